@@ -1,0 +1,206 @@
+//! Accounts, access keys and the service keys made at `init`.
+
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use zeroize::Zeroizing;
+
+use super::{service_keys, Engine, Error, Result};
+use crate::hsm::{Hsm, KeySpec};
+use crate::store::{now_ms, Store, StoreError};
+
+/// A secret key decrypted from the store, kept in memory for signature checks.
+pub(super) struct CachedSecret {
+    pub account_id: i64,
+    pub secret: Zeroizing<Vec<u8>>,
+}
+
+/// A freshly created access key; the secret is shown once.
+pub struct NewAccessKey {
+    /// The access key id.
+    pub access_key: String,
+    /// The secret key. Shown once, never logged, stored only encrypted.
+    pub secret_key: Zeroizing<String>,
+    /// Owning account.
+    pub account_id: i64,
+}
+
+impl std::fmt::Debug for NewAccessKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewAccessKey")
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// An access key as listed by the admin CLI (no secret).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AccessKeyInfo {
+    /// The access key id.
+    pub access_key: String,
+    /// Owning account's name.
+    pub account: String,
+    /// `active` or `revoked`.
+    pub status: String,
+    /// Creation time, ms.
+    pub created_at: i64,
+}
+
+fn random_text(len: usize, upper: bool) -> String {
+    let s: String = rand::rngs::OsRng
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect();
+    if upper {
+        s.to_ascii_uppercase()
+    } else {
+        s
+    }
+}
+
+/// Creates the service keys that do not exist yet (KEK, audit HMAC key,
+/// attestation key). Idempotent; returns the names created.
+pub async fn ensure_service_keys(hsm: &Hsm, store: &Store) -> Result<Vec<&'static str>> {
+    let wanted = [
+        (service_keys::KEK, KeySpec::Aes256 { extractable: false }),
+        (service_keys::AUDIT_HMAC, KeySpec::HmacSha256),
+        (service_keys::ATTESTATION, KeySpec::EcP256),
+    ];
+    let mut made = Vec::new();
+    for (name, spec) in wanted {
+        if store.service_key(name).await?.is_some() {
+            continue;
+        }
+        let id = hsm.random(16).await?;
+        hsm.generate(spec, format!("hsm-kms/service/{name}"), id.clone())
+            .await?;
+        // A crash here leaves an unnamed object; the reconciler removes it
+        // and the next `init` makes the key again.
+        store.put_service_key(name, &id).await?;
+        made.push(name);
+    }
+    Ok(made)
+}
+
+impl Engine {
+    /// Creates an account.
+    pub async fn create_account(&self, name: &str) -> Result<i64> {
+        if name.is_empty() || name.len() > 64 {
+            return Err(Error::InvalidInput("account name must be 1 to 64 characters".into()));
+        }
+        match self.store().create_account(name).await {
+            Ok(id) => Ok(id),
+            Err(StoreError::Conflict) => Err(Error::Conflict(format!("account {name} exists"))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates an access key for an account (by name). The secret is
+    /// encrypted under the HSM KEK, with the access key id as AAD.
+    pub async fn create_access_key(&self, account: &str) -> Result<NewAccessKey> {
+        let acct = self
+            .store()
+            .account_by_name(account)
+            .await?
+            .ok_or(Error::NotFound("account"))?;
+        let access_key = random_text(20, true);
+        let secret_key = Zeroizing::new(random_text(40, false));
+        let ct = self
+            .hsm()
+            .aes_gcm_encrypt(
+                self.inner.kek_id.clone(),
+                secret_key.as_bytes().to_vec(),
+                access_key.as_bytes().to_vec(),
+                None,
+            )
+            .await?;
+        self.store()
+            .insert_access_key(&access_key, acct.id, &ct)
+            .await?;
+        Ok(NewAccessKey {
+            access_key,
+            secret_key,
+            account_id: acct.id,
+        })
+    }
+
+    /// Lists access keys (no secrets).
+    pub async fn list_access_keys(&self) -> Result<Vec<AccessKeyInfo>> {
+        let accounts = self.store().list_accounts().await?;
+        let rows = self.store().list_access_keys().await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AccessKeyInfo {
+                account: accounts
+                    .iter()
+                    .find(|a| a.id == r.account_id)
+                    .map(|a| a.name.clone())
+                    .unwrap_or_default(),
+                access_key: r.access_key,
+                status: r.status,
+                created_at: r.created_at,
+            })
+            .collect())
+    }
+
+    /// Revokes an access key; requests signed with it fail from now on.
+    pub async fn revoke_access_key(&self, access_key: &str) -> Result<()> {
+        if !self.store().revoke_access_key(access_key).await? {
+            return Err(Error::NotFound("access key"));
+        }
+        self.inner
+            .secrets
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(access_key);
+        Ok(())
+    }
+
+    /// The account and secret of an active access key, for signature checks.
+    /// The secret is decrypted in the token once and then cached in memory.
+    /// Unknown and revoked keys give `Unauthenticated`.
+    pub async fn access_key_secret(&self, access_key: &str) -> Result<(i64, Zeroizing<Vec<u8>>)> {
+        if let Some(c) = self
+            .inner
+            .secrets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(access_key)
+        {
+            return Ok((c.account_id, c.secret.clone()));
+        }
+        let row = self
+            .store()
+            .access_key(access_key)
+            .await?
+            .filter(|r| r.status == "active")
+            .ok_or_else(|| Error::Unauthenticated("unknown or revoked access key".into()))?;
+        let secret = Zeroizing::new(
+            self.hsm()
+                .aes_gcm_decrypt(
+                    self.inner.kek_id.clone(),
+                    row.secret_ct.clone(),
+                    access_key.as_bytes().to_vec(),
+                )
+                .await?,
+        );
+        self.inner
+            .secrets
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                access_key.to_string(),
+                CachedSecret {
+                    account_id: row.account_id,
+                    secret: secret.clone(),
+                },
+            );
+        Ok((row.account_id, secret))
+    }
+}
+
+/// Milliseconds now (re-exported for the engine's modules).
+pub(super) fn now() -> i64 {
+    now_ms()
+}

@@ -1,0 +1,246 @@
+//! The engine, dialect-neutral: accounts and access keys, keys and their
+//! versions, crypto operations, rotation, deletion and the start-up
+//! reconciler. Dialect modules call this; this calls `hsm` and `store`.
+
+mod accounts;
+mod crypto;
+mod keys;
+mod reconcile;
+mod scheduler;
+
+pub use accounts::{ensure_service_keys, AccessKeyInfo, NewAccessKey};
+pub use crypto::{CustomKey, Sealed, ENCRYPT_MAX, SIGN_DATA_MAX, CONTEXT_MAX};
+pub use keys::{CreateKeyRequest, KeyType, KeyView, KeyStatus, VersionView, ROTATION_PERIOD_DEFAULT, DELETION_WAIT_MS, MAX_VERSIONS};
+pub use reconcile::{reconcile, ReconcileReport};
+pub use scheduler::spawn_scheduler;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use crate::hsm::{Hsm, HsmError};
+use crate::store::{KeyRow, Store, StoreError, VersionRow};
+
+/// An error of the engine. Dialects map each variant to their own envelope.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The key (or other resource) does not exist or is not visible to the caller.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The request is malformed or out of range.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The resource's state forbids the operation (e.g. rotating a disabled key).
+    #[error("{0}")]
+    InvalidState(String),
+    /// The key is disabled or pending deletion.
+    #[error("the key is not enabled")]
+    KeyDisabled,
+    /// The key version named by the ciphertext or request is disabled or destroyed.
+    #[error("key version {0} is disabled or unavailable")]
+    VersionDisabled(i64),
+    /// The key type does not support the operation.
+    #[error("the operation is not supported by key type {0}")]
+    WrongKeyType(String),
+    /// The ciphertext did not decrypt (tampered, wrong context, wrong key).
+    #[error("the ciphertext could not be decrypted")]
+    DecryptFailed,
+    /// A name or identifier is already taken.
+    #[error("{0}")]
+    Conflict(String),
+    /// Authentication failed.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A fault of the HSM or the store; details are logged, not returned.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<HsmError> for Error {
+    fn from(e: HsmError) -> Self {
+        match e {
+            HsmError::DecryptFailed => Error::DecryptFailed,
+            HsmError::DataLength => Error::InvalidInput("data length out of range for the key".into()),
+            other => {
+                tracing::error!(error = %other, "HSM failure");
+                Error::Internal(other.to_string())
+            }
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict => Error::Conflict("already exists".into()),
+            other => {
+                tracing::error!(error = %other, "store failure");
+                Error::Internal(other.to_string())
+            }
+        }
+    }
+}
+
+/// Result type of the engine.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A key with its versions, as cached in memory.
+#[derive(Debug, Clone)]
+pub struct KeyEntry {
+    /// The key row.
+    pub key: KeyRow,
+    /// Its versions, oldest first.
+    pub versions: Vec<VersionRow>,
+}
+
+impl KeyEntry {
+    /// The newest active version.
+    pub fn current(&self) -> Option<&VersionRow> {
+        self.versions
+            .iter()
+            .rev()
+            .find(|v| v.state == crate::store::VersionState::Active)
+    }
+
+    /// A given version if it is active.
+    pub fn version(&self, n: i64) -> Option<&VersionRow> {
+        self.versions
+            .iter()
+            .find(|v| v.version == n && v.state == crate::store::VersionState::Active)
+    }
+}
+
+/// Service key names recorded in the store.
+pub mod service_keys {
+    /// AES-256 KEK that encrypts API secret keys in the store.
+    pub const KEK: &str = "kek";
+    /// HMAC key that chains the audit log.
+    pub const AUDIT_HMAC: &str = "audit-hmac";
+    /// P-256 key that signs attestation reports.
+    pub const ATTESTATION: &str = "attestation";
+}
+
+/// The engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+struct EngineInner {
+    hsm: Hsm,
+    store: Store,
+    keys: RwLock<HashMap<String, Arc<KeyEntry>>>,
+    secrets: RwLock<HashMap<String, accounts::CachedSecret>>,
+    kek_id: Vec<u8>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("hsm", &self.inner.hsm).finish()
+    }
+}
+
+impl Engine {
+    /// Builds the engine over an initialised token and store. Fails when
+    /// `init` has not created the service keys yet.
+    pub async fn new(hsm: Hsm, store: Store) -> Result<Self> {
+        let kek_id = store
+            .service_key(service_keys::KEK)
+            .await?
+            .ok_or_else(|| Error::InvalidState("the service is not initialised: run `hsm-kms init`".into()))?;
+        Ok(Engine {
+            inner: Arc::new(EngineInner {
+                hsm,
+                store,
+                keys: RwLock::new(HashMap::new()),
+                secrets: RwLock::new(HashMap::new()),
+                kek_id,
+            }),
+        })
+    }
+
+    /// The HSM port.
+    pub fn hsm(&self) -> &Hsm {
+        &self.inner.hsm
+    }
+
+    /// The metadata store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Loads a key (with its versions) from the cache or the store.
+    pub async fn key_entry(&self, uid: &str) -> Result<Arc<KeyEntry>> {
+        if let Some(e) = self
+            .inner
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+        {
+            return Ok(e.clone());
+        }
+        let (key, versions) = self
+            .inner
+            .store
+            .key_by_uid(uid)
+            .await?
+            .ok_or(Error::NotFound("key"))?;
+        let entry = Arc::new(KeyEntry { key, versions });
+        self.inner
+            .keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid.to_string(), entry.clone());
+        Ok(entry)
+    }
+
+    /// A key of `account_id` that is not deleted; another account's key is
+    /// reported as not found, never described.
+    pub async fn owned_key(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
+        let e = self.key_entry(uid).await?;
+        if e.key.account_id != account_id || e.key.status == "DELETED" {
+            return Err(Error::NotFound("key"));
+        }
+        Ok(e)
+    }
+
+    /// Drops a key from the cache after a change.
+    pub fn invalidate(&self, uid: &str) {
+        self.inner
+            .keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
+    }
+
+    /// Checks the token and the store answer (for `/readyz`).
+    pub async fn ready(&self) -> Result<()> {
+        self.inner.hsm.ping().await?;
+        self.inner.store.ping().await?;
+        Ok(())
+    }
+}
+
+/// Fault-injection points for the crash-consistency tests. Compiled only
+/// with the `test-hooks` feature: when `HSM_KMS_FAULT_PAUSE` names the point,
+/// the process writes the file named by `HSM_KMS_FAULT_MARKER` and blocks
+/// forever, so that the test can SIGKILL it exactly there.
+#[cfg(feature = "test-hooks")]
+pub fn fault_point(name: &str) {
+    if std::env::var("HSM_KMS_FAULT_PAUSE").ok().as_deref() == Some(name) {
+        if let Ok(marker) = std::env::var("HSM_KMS_FAULT_MARKER") {
+            let _ = std::fs::write(marker, name);
+        }
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+}
+
+/// No-op without the `test-hooks` feature.
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub fn fault_point(_name: &str) {}

@@ -1,0 +1,48 @@
+//! Scheduled work: automatic rotation when due and destruction of keys whose
+//! deletion waiting period is over.
+
+use std::time::Duration;
+
+use super::accounts::now;
+use super::Engine;
+
+impl Engine {
+    /// One pass of the scheduler. Returns (rotated, destroyed).
+    pub async fn run_due_work(&self) -> super::Result<(usize, usize)> {
+        let t = now();
+        let mut rotated = 0;
+        for key_id in self.store().keys_due_for_rotation(t).await? {
+            let Some((key, versions)) = self.store().key_by_id(key_id).await? else { continue };
+            let entry = super::KeyEntry { key, versions };
+            match self.rotate_entry(&entry).await {
+                Ok(_) => rotated += 1,
+                Err(e) => tracing::warn!(key = %entry.key.uid, error = %e, "automatic rotation failed"),
+            }
+        }
+        let mut destroyed = 0;
+        for key_id in self.store().keys_due_for_deletion(t).await? {
+            let Some((key, _)) = self.store().key_by_id(key_id).await? else { continue };
+            match self.destroy_key(key_id, &key.uid).await {
+                Ok(()) => destroyed += 1,
+                Err(e) => tracing::warn!(key = %key.uid, error = %e, "scheduled destruction failed"),
+            }
+        }
+        Ok((rotated, destroyed))
+    }
+}
+
+/// Runs [`Engine::run_due_work`] every `interval` until the runtime stops.
+pub fn spawn_scheduler(engine: Engine, interval: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match engine.run_due_work().await {
+                Ok((0, 0)) => {}
+                Ok((r, d)) => tracing::info!(rotated = r, destroyed = d, "scheduler pass"),
+                Err(e) => tracing::warn!(error = %e, "scheduler pass failed"),
+            }
+        }
+    })
+}

@@ -1,0 +1,75 @@
+//! Errors of the PKCS#11 port.
+
+use cryptoki::error::RvError;
+
+/// An error from the HSM layer. Never carries key material or PINs.
+#[derive(Debug, thiserror::Error)]
+pub enum HsmError {
+    /// The PKCS#11 module could not be loaded or initialised.
+    #[error("cannot load PKCS#11 module {path}: {source}")]
+    Module {
+        /// Module path from the configuration.
+        path: String,
+        /// Underlying error.
+        source: cryptoki::error::Error,
+    },
+    /// No slot holds a token with the configured label or id.
+    #[error("no initialised token matches {0}")]
+    TokenNotFound(String),
+    /// Login with the user PIN was refused.
+    #[error("login to the token failed: {0}")]
+    Login(cryptoki::error::Error),
+    /// No object with the given CKA_ID exists on the token.
+    #[error("object not found on the token")]
+    ObjectNotFound,
+    /// The token rejected a ciphertext (bad tag, wrong length, padding).
+    #[error("the token could not decrypt the data")]
+    DecryptFailed,
+    /// The data is too long or too short for the mechanism.
+    #[error("data length out of range for the mechanism")]
+    DataLength,
+    /// Any other PKCS#11 error.
+    #[error("PKCS#11 call failed: {0}")]
+    Pkcs11(cryptoki::error::Error),
+    /// A value read from the token could not be interpreted.
+    #[error("unexpected value from the token: {0}")]
+    Malformed(String),
+    /// The blocking worker pool failed (a panic in a worker or a shutdown).
+    #[error("HSM worker failed: {0}")]
+    Worker(String),
+}
+
+impl From<cryptoki::error::Error> for HsmError {
+    fn from(e: cryptoki::error::Error) -> Self {
+        match &e {
+            cryptoki::error::Error::Pkcs11(rv, _) => match rv {
+                RvError::EncryptedDataInvalid
+                | RvError::EncryptedDataLenRange => HsmError::DecryptFailed,
+                RvError::DataLenRange => HsmError::DataLength,
+                RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid => {
+                    HsmError::ObjectNotFound
+                }
+                _ => HsmError::Pkcs11(e),
+            },
+            _ => HsmError::Pkcs11(e),
+        }
+    }
+}
+
+impl HsmError {
+    /// True when the session that produced this error should not go back to the pool.
+    pub fn poisons_session(&self) -> bool {
+        matches!(
+            self,
+            HsmError::Pkcs11(cryptoki::error::Error::Pkcs11(
+                RvError::SessionHandleInvalid
+                    | RvError::SessionClosed
+                    | RvError::DeviceRemoved
+                    | RvError::DeviceError
+                    | RvError::TokenNotPresent
+                    | RvError::UserNotLoggedIn,
+                _
+            ))
+        )
+    }
+}

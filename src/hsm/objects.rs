@@ -1,0 +1,167 @@
+//! Object inventory: listing the service's objects, reading back their
+//! protection attributes, and destroying them.
+
+use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+
+use super::{Hsm, OpClass, Result, SessionRef};
+
+/// Label prefix of every object the service creates.
+pub const LABEL_PREFIX: &str = "hsm-kms/";
+
+/// One object of the service found on the token.
+#[derive(Debug, Clone)]
+pub struct TokenObject {
+    /// `CKA_ID`.
+    pub id: Vec<u8>,
+    /// `CKA_LABEL`.
+    pub label: String,
+}
+
+/// Protection attributes of one object, read back from the token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Object class (`CKO_*`) as text.
+    pub class: String,
+    /// `CKA_LABEL`.
+    pub label: String,
+    /// `CKA_TOKEN`.
+    pub token: bool,
+    /// `CKA_PRIVATE`.
+    pub private: bool,
+    /// `CKA_SENSITIVE` (absent on public keys and data objects: false).
+    pub sensitive: bool,
+    /// `CKA_EXTRACTABLE` (absent on data objects: false).
+    pub extractable: bool,
+    /// `CKA_LOCAL`: generated in the token.
+    pub local: bool,
+    /// `CKA_MODIFIABLE`.
+    pub modifiable: bool,
+    /// `CKA_NEVER_EXTRACTABLE`.
+    pub never_extractable: bool,
+    /// `CKA_ALWAYS_SENSITIVE`.
+    pub always_sensitive: bool,
+}
+
+impl SessionRef<'_> {
+    /// Every token object whose label starts with [`LABEL_PREFIX`].
+    pub fn list_service_objects(&self) -> Result<Vec<TokenObject>> {
+        let handles = self.raw().find_objects(&[Attribute::Token(true)])?;
+        let mut out = Vec::new();
+        for h in handles {
+            let attrs = self
+                .raw()
+                .get_attributes(h, &[AttributeType::Label, AttributeType::Id])?;
+            let (mut label, mut id) = (None, None);
+            for a in attrs {
+                match a {
+                    Attribute::Label(l) => label = Some(String::from_utf8_lossy(&l).into_owned()),
+                    Attribute::Id(i) => id = Some(i),
+                    _ => {}
+                }
+            }
+            if let (Some(label), Some(id)) = (label, id) {
+                if label.starts_with(LABEL_PREFIX) {
+                    out.push(TokenObject { id, label });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Destroys every token object with `CKA_ID = id`. Returns how many.
+    pub fn destroy_id(&self, id: &[u8]) -> Result<usize> {
+        let handles = self
+            .raw()
+            .find_objects(&[Attribute::Token(true), Attribute::Id(id.to_vec())])?;
+        for h in &handles {
+            self.raw().destroy_object(*h)?;
+        }
+        self.hsm.forget(id);
+        Ok(handles.len())
+    }
+
+    /// Protection attributes of every object with `CKA_ID = id`.
+    pub fn object_info(&self, id: &[u8]) -> Result<Vec<ObjectInfo>> {
+        let handles = self
+            .raw()
+            .find_objects(&[Attribute::Token(true), Attribute::Id(id.to_vec())])?;
+        let mut out = Vec::new();
+        for h in handles {
+            let attrs = self.raw().get_attributes(
+                h,
+                &[
+                    AttributeType::Class,
+                    AttributeType::Label,
+                    AttributeType::Token,
+                    AttributeType::Private,
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
+                    AttributeType::Local,
+                    AttributeType::Modifiable,
+                    AttributeType::NeverExtractable,
+                    AttributeType::AlwaysSensitive,
+                ],
+            )?;
+            let mut info = ObjectInfo::default();
+            for a in attrs {
+                match a {
+                    Attribute::Class(c) => info.class = class_name(c).to_string(),
+                    Attribute::Label(l) => info.label = String::from_utf8_lossy(&l).into_owned(),
+                    Attribute::Token(b) => info.token = b,
+                    Attribute::Private(b) => info.private = b,
+                    Attribute::Sensitive(b) => info.sensitive = b,
+                    Attribute::Extractable(b) => info.extractable = b,
+                    Attribute::Local(b) => info.local = b,
+                    Attribute::Modifiable(b) => info.modifiable = b,
+                    Attribute::NeverExtractable(b) => info.never_extractable = b,
+                    Attribute::AlwaysSensitive(b) => info.always_sensitive = b,
+                    _ => {}
+                }
+            }
+            out.push(info);
+        }
+        Ok(out)
+    }
+
+    /// Reads `CKA_VALUE` of an extractable secret key (export policy only).
+    pub fn secret_value(&self, id: &[u8]) -> Result<Vec<u8>> {
+        let h = self.handle(id, ObjectClass::SECRET_KEY)?;
+        for a in self.raw().get_attributes(h, &[AttributeType::Value])? {
+            if let Attribute::Value(v) = a {
+                return Ok(v);
+            }
+        }
+        Err(super::HsmError::Malformed("no CKA_VALUE".into()))
+    }
+}
+
+fn class_name(c: ObjectClass) -> &'static str {
+    if c == ObjectClass::SECRET_KEY {
+        "secret-key"
+    } else if c == ObjectClass::PRIVATE_KEY {
+        "private-key"
+    } else if c == ObjectClass::PUBLIC_KEY {
+        "public-key"
+    } else if c == ObjectClass::DATA {
+        "data"
+    } else {
+        "other"
+    }
+}
+
+impl Hsm {
+    /// See [`SessionRef::list_service_objects`].
+    pub async fn list_service_objects(&self) -> Result<Vec<TokenObject>> {
+        self.run(OpClass::Symmetric, |s| s.list_service_objects()).await
+    }
+
+    /// See [`SessionRef::destroy_id`].
+    pub async fn destroy_id(&self, id: Vec<u8>) -> Result<usize> {
+        self.run(OpClass::Symmetric, move |s| s.destroy_id(&id)).await
+    }
+
+    /// See [`SessionRef::object_info`].
+    pub async fn object_info(&self, id: Vec<u8>) -> Result<Vec<ObjectInfo>> {
+        self.run(OpClass::Symmetric, move |s| s.object_info(&id)).await
+    }
+}

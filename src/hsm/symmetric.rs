@@ -1,0 +1,127 @@
+//! AES-GCM and HMAC-SHA-256 inside the token.
+
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::ObjectClass;
+
+use super::{Hsm, OpClass, Result, SessionRef};
+
+/// Length of the GCM nonce.
+pub const GCM_IV_LEN: usize = 12;
+/// Length of the GCM tag.
+pub const GCM_TAG_LEN: usize = 16;
+
+impl SessionRef<'_> {
+    /// AES-GCM encryption with a 96-bit IV and a 128-bit tag. Returns
+    /// `iv || ciphertext || tag`. Without `iv`, a fresh one comes from the
+    /// token's generator.
+    pub fn aes_gcm_encrypt(
+        &self,
+        id: &[u8],
+        plaintext: &[u8],
+        aad: &[u8],
+        iv: Option<[u8; GCM_IV_LEN]>,
+    ) -> Result<Vec<u8>> {
+        let h = self.handle(id, ObjectClass::SECRET_KEY)?;
+        let mut iv = match iv {
+            Some(iv) => iv,
+            None => {
+                let mut iv = [0u8; GCM_IV_LEN];
+                self.raw().generate_random_slice(&mut iv)?;
+                iv
+            }
+        };
+        let ct = {
+            let params = GcmParams::new(&mut iv, aad, ((GCM_TAG_LEN * 8) as u64).into())?;
+            self.raw().encrypt(&Mechanism::AesGcm(params), h, plaintext)?
+        };
+        let mut out = Vec::with_capacity(GCM_IV_LEN + ct.len());
+        out.extend_from_slice(&iv);
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    /// Decrypts `iv || ciphertext || tag` made by [`SessionRef::aes_gcm_encrypt`].
+    pub fn aes_gcm_decrypt(&self, id: &[u8], blob: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
+        if blob.len() < GCM_IV_LEN + GCM_TAG_LEN {
+            return Err(super::HsmError::DecryptFailed);
+        }
+        let h = self.handle(id, ObjectClass::SECRET_KEY)?;
+        let mut iv = [0u8; GCM_IV_LEN];
+        iv.copy_from_slice(&blob[..GCM_IV_LEN]);
+        let params = GcmParams::new(&mut iv, aad, ((GCM_TAG_LEN * 8) as u64).into())?;
+        match self
+            .raw()
+            .decrypt(&Mechanism::AesGcm(params), h, &blob[GCM_IV_LEN..])
+        {
+            Ok(pt) => Ok(pt),
+            // SoftHSM answers a bad tag with CKR_FUNCTION_FAILED or
+            // CKR_ENCRYPTED_DATA_INVALID; both mean "not ours".
+            Err(cryptoki::error::Error::Pkcs11(
+                cryptoki::error::RvError::FunctionFailed
+                | cryptoki::error::RvError::EncryptedDataInvalid
+                | cryptoki::error::RvError::EncryptedDataLenRange,
+                _,
+            )) => Err(super::HsmError::DecryptFailed),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// HMAC-SHA-256 with a generic secret key in the token.
+    pub fn hmac_sha256(&self, id: &[u8], data: &[u8]) -> Result<Vec<u8>> {
+        let h = self.handle(id, ObjectClass::SECRET_KEY)?;
+        Ok(self.raw().sign(&Mechanism::Sha256Hmac, h, data)?)
+    }
+}
+
+impl Hsm {
+    /// See [`SessionRef::aes_gcm_encrypt`].
+    pub async fn aes_gcm_encrypt(
+        &self,
+        id: Vec<u8>,
+        plaintext: Vec<u8>,
+        aad: Vec<u8>,
+        iv: Option<[u8; GCM_IV_LEN]>,
+    ) -> Result<Vec<u8>> {
+        self.run(OpClass::Symmetric, move |s| {
+            s.aes_gcm_encrypt(&id, &plaintext, &aad, iv)
+        })
+        .await
+    }
+
+    /// See [`SessionRef::aes_gcm_decrypt`].
+    pub async fn aes_gcm_decrypt(&self, id: Vec<u8>, blob: Vec<u8>, aad: Vec<u8>) -> Result<Vec<u8>> {
+        self.run(OpClass::Symmetric, move |s| s.aes_gcm_decrypt(&id, &blob, &aad))
+            .await
+    }
+
+    /// Convergent AES-GCM: the IV is the first 12 bytes of
+    /// HMAC-SHA-256(hmac key, len(context) || context || plaintext), computed
+    /// in the token, and the context is the GCM AAD. One blocking hop for both
+    /// calls.
+    pub async fn aes_gcm_encrypt_convergent(
+        &self,
+        aes_id: Vec<u8>,
+        hmac_id: Vec<u8>,
+        plaintext: Vec<u8>,
+        context: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        self.run(OpClass::Symmetric, move |s| {
+            let mut msg = Vec::with_capacity(4 + context.len() + plaintext.len());
+            msg.extend_from_slice(&(context.len() as u32).to_be_bytes());
+            msg.extend_from_slice(&context);
+            msg.extend_from_slice(&plaintext);
+            let mac = s.hmac_sha256(&hmac_id, &msg)?;
+            let mut iv = [0u8; GCM_IV_LEN];
+            iv.copy_from_slice(&mac[..GCM_IV_LEN]);
+            s.aes_gcm_encrypt(&aes_id, &plaintext, &context, Some(iv))
+        })
+        .await
+    }
+
+    /// See [`SessionRef::hmac_sha256`].
+    pub async fn hmac_sha256(&self, id: Vec<u8>, data: Vec<u8>) -> Result<Vec<u8>> {
+        self.run(OpClass::Symmetric, move |s| s.hmac_sha256(&id, &data))
+            .await
+    }
+}

@@ -1,0 +1,9 @@
+//! hsm-kms: an HSM-backed key management service that serves the NAVER Cloud
+//! KMS and NHN Cloud Secure Key Manager APIs over one engine whose every key
+//! lives in a PKCS#11 token.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod hsm;
+pub mod store;
+pub mod core;

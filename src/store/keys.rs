@@ -1,0 +1,443 @@
+//! Keys and key versions.
+
+use sqlx::Row;
+
+use super::{map_unique, now_ms, Result, Store, StoreError};
+
+/// State of a key version's HSM object, for crash consistency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionState {
+    /// Row written; the HSM object may or may not exist yet.
+    Pending,
+    /// HSM object exists and the version is usable.
+    Active,
+    /// Being destroyed; the HSM object may or may not exist any more.
+    Destroying,
+    /// HSM object destroyed.
+    Destroyed,
+}
+
+impl VersionState {
+    /// Text stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionState::Pending => "pending",
+            VersionState::Active => "active",
+            VersionState::Destroying => "destroying",
+            VersionState::Destroyed => "destroyed",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "pending" => VersionState::Pending,
+            "active" => VersionState::Active,
+            "destroying" => VersionState::Destroying,
+            _ => VersionState::Destroyed,
+        }
+    }
+}
+
+/// A key row.
+#[derive(Debug, Clone)]
+pub struct KeyRow {
+    /// Internal id (NAVER `keyId`).
+    pub id: i64,
+    /// Public identifier (NAVER `keyTag`).
+    pub uid: String,
+    /// Owning account.
+    pub account_id: i64,
+    /// Name, unique in the account.
+    pub name: String,
+    /// `AES256`, `RSA2048` or `ECDSA`.
+    pub key_type: String,
+    /// `ENABLE`, `DISABLE`, `REVOKE` or `DELETED`.
+    pub status: String,
+    /// Free text.
+    pub memo: String,
+    /// NAVER `protectionType` as requested (`BASIC` or `COMMON_HSM`).
+    pub protection_type: String,
+    /// Convergent encryption.
+    pub is_convergent: bool,
+    /// Automatic rotation on.
+    pub is_auto_rotation: bool,
+    /// Rotation period in days.
+    pub rotation_period: Option<i64>,
+    /// Next automatic rotation, ms.
+    pub next_rotation_at: Option<i64>,
+    /// Scheduled destruction, ms.
+    pub destroy_at: Option<i64>,
+    /// Status to go back to when a deletion request is cancelled.
+    pub status_before_delete: Option<String>,
+    /// Last status change, ms.
+    pub status_at: i64,
+    /// Creation time, ms.
+    pub created_at: i64,
+    /// Last change, ms.
+    pub updated_at: i64,
+}
+
+/// A key version row.
+#[derive(Debug, Clone)]
+pub struct VersionRow {
+    /// Owning key.
+    pub key_id: i64,
+    /// Version number, from 1.
+    pub version: i64,
+    /// Object state.
+    pub state: VersionState,
+    /// Usable for crypto when active.
+    pub enabled: bool,
+    /// `CKA_ID` of the key object (or pair).
+    pub cka_id: Vec<u8>,
+    /// `CKA_ID` of the convergent HMAC key, if any.
+    pub aux_cka_id: Option<Vec<u8>>,
+    /// Last enable/disable, ms.
+    pub status_at: i64,
+    /// Creation time, ms.
+    pub created_at: i64,
+}
+
+/// The fields of a key to create.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    /// Public identifier.
+    pub uid: String,
+    /// Owning account.
+    pub account_id: i64,
+    /// Name.
+    pub name: String,
+    /// Key type.
+    pub key_type: String,
+    /// Memo.
+    pub memo: String,
+    /// NAVER `protectionType`.
+    pub protection_type: String,
+    /// Convergent encryption.
+    pub is_convergent: bool,
+    /// Automatic rotation.
+    pub is_auto_rotation: bool,
+    /// Rotation period in days.
+    pub rotation_period: Option<i64>,
+    /// Next rotation, ms.
+    pub next_rotation_at: Option<i64>,
+}
+
+const KEY_COLS: &str = "id, uid, account_id, name, key_type, status, memo, protection_type, is_convergent, is_auto_rotation, rotation_period, next_rotation_at, destroy_at, status_before_delete, status_at, created_at, updated_at";
+
+fn key_from_row(r: &sqlx::sqlite::SqliteRow) -> std::result::Result<KeyRow, sqlx::Error> {
+    Ok(KeyRow {
+        id: r.try_get("id")?,
+        uid: r.try_get("uid")?,
+        account_id: r.try_get("account_id")?,
+        name: r.try_get("name")?,
+        key_type: r.try_get("key_type")?,
+        status: r.try_get("status")?,
+        memo: r.try_get("memo")?,
+        protection_type: r.try_get("protection_type")?,
+        is_convergent: r.try_get("is_convergent")?,
+        is_auto_rotation: r.try_get("is_auto_rotation")?,
+        rotation_period: r.try_get("rotation_period")?,
+        next_rotation_at: r.try_get("next_rotation_at")?,
+        destroy_at: r.try_get("destroy_at")?,
+        status_before_delete: r.try_get("status_before_delete")?,
+        status_at: r.try_get("status_at")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn version_from_row(r: &sqlx::sqlite::SqliteRow) -> std::result::Result<VersionRow, sqlx::Error> {
+    let state: String = r.try_get("state")?;
+    Ok(VersionRow {
+        key_id: r.try_get("key_id")?,
+        version: r.try_get("version")?,
+        state: VersionState::parse(&state),
+        enabled: r.try_get("enabled")?,
+        cka_id: r.try_get("cka_id")?,
+        aux_cka_id: r.try_get("aux_cka_id")?,
+        status_at: r.try_get("status_at")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+const VERSION_COLS: &str = "key_id, version, state, enabled, cka_id, aux_cka_id, status_at, created_at";
+
+impl Store {
+    /// Writes a new key with its first version `pending`, in one transaction.
+    /// Returns the key id. `Conflict` when the name or uid is taken.
+    pub async fn insert_key_pending(
+        &self,
+        key: &NewKey,
+        cka_id: &[u8],
+        aux_cka_id: Option<&[u8]>,
+    ) -> Result<i64> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        let r = sqlx::query(
+            "INSERT INTO keys (uid, account_id, name, key_type, status, memo, protection_type, is_convergent, is_auto_rotation, rotation_period, next_rotation_at, status_at, created_at, updated_at)
+             VALUES (?, ?, ?, ?, 'ENABLE', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&key.uid)
+        .bind(key.account_id)
+        .bind(&key.name)
+        .bind(&key.key_type)
+        .bind(&key.memo)
+        .bind(&key.protection_type)
+        .bind(key.is_convergent)
+        .bind(key.is_auto_rotation)
+        .bind(key.rotation_period)
+        .bind(key.next_rotation_at)
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_unique)?;
+        let key_id = r.last_insert_rowid();
+        sqlx::query(
+            "INSERT INTO key_versions (key_id, version, state, enabled, cka_id, aux_cka_id, status_at, created_at) VALUES (?, 1, 'pending', 1, ?, ?, ?, ?)",
+        )
+        .bind(key_id)
+        .bind(cka_id)
+        .bind(aux_cka_id)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_unique)?;
+        tx.commit().await?;
+        Ok(key_id)
+    }
+
+    /// Writes the next version of a key as `pending`. Returns its number.
+    /// `Conflict` if a concurrent rotation took the number first.
+    pub async fn insert_version_pending(
+        &self,
+        key_id: i64,
+        cka_id: &[u8],
+        aux_cka_id: Option<&[u8]>,
+    ) -> Result<i64> {
+        let mut tx = self.pool().begin().await?;
+        let next: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM key_versions WHERE key_id = ?",
+        )
+        .bind(key_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO key_versions (key_id, version, state, enabled, cka_id, aux_cka_id, status_at, created_at) VALUES (?, ?, 'pending', 1, ?, ?, ?, ?)",
+        )
+        .bind(key_id)
+        .bind(next)
+        .bind(cka_id)
+        .bind(aux_cka_id)
+        .bind(now_ms())
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_unique)?;
+        tx.commit().await?;
+        Ok(next)
+    }
+
+    /// Moves a version to `state`.
+    pub async fn set_version_state(&self, key_id: i64, version: i64, state: VersionState) -> Result<()> {
+        sqlx::query("UPDATE key_versions SET state = ? WHERE key_id = ? AND version = ?")
+            .bind(state.as_str())
+            .bind(key_id)
+            .bind(version)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Activates a pending version and, in the same transaction, applies the
+    /// rotation bookkeeping of the key (next rotation time).
+    pub async fn activate_version(&self, key_id: i64, version: i64, next_rotation_at: Option<i64>) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("UPDATE key_versions SET state = 'active' WHERE key_id = ? AND version = ? AND state = 'pending'")
+            .bind(key_id)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE keys SET next_rotation_at = COALESCE(?, next_rotation_at), updated_at = ? WHERE id = ?")
+            .bind(next_rotation_at)
+            .bind(now_ms())
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes a version row that never became active (reconciler, failed creation).
+    pub async fn delete_pending_version(&self, key_id: i64, version: i64) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM key_versions WHERE key_id = ? AND version = ? AND state = 'pending'")
+            .bind(key_id)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        // A key whose only version never came to be is removed with it.
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM key_versions WHERE key_id = ?")
+            .bind(key_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if left == 0 {
+            sqlx::query("DELETE FROM keys WHERE id = ?")
+                .bind(key_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Enables or disables one version.
+    pub async fn set_version_enabled(&self, key_id: i64, version: i64, enabled: bool) -> Result<bool> {
+        let r = sqlx::query("UPDATE key_versions SET enabled = ?, status_at = ? WHERE key_id = ? AND version = ? AND state = 'active'")
+            .bind(enabled)
+            .bind(now_ms())
+            .bind(key_id)
+            .bind(version)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// A key by its public identifier, with all its versions (oldest first).
+    pub async fn key_by_uid(&self, uid: &str) -> Result<Option<(KeyRow, Vec<VersionRow>)>> {
+        let row = sqlx::query(&format!("SELECT {KEY_COLS} FROM keys WHERE uid = ?"))
+            .bind(uid)
+            .fetch_optional(self.pool())
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let key = key_from_row(&row)?;
+        let versions = self.versions(key.id).await?;
+        Ok(Some((key, versions)))
+    }
+
+    /// A key by its internal id, with its versions.
+    pub async fn key_by_id(&self, id: i64) -> Result<Option<(KeyRow, Vec<VersionRow>)>> {
+        let row = sqlx::query(&format!("SELECT {KEY_COLS} FROM keys WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let key = key_from_row(&row)?;
+        let versions = self.versions(key.id).await?;
+        Ok(Some((key, versions)))
+    }
+
+    /// Versions of a key, oldest first.
+    pub async fn versions(&self, key_id: i64) -> Result<Vec<VersionRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {VERSION_COLS} FROM key_versions WHERE key_id = ? ORDER BY version"
+        ))
+        .bind(key_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(version_from_row).collect::<std::result::Result<_, _>>().map_err(StoreError::Db)
+    }
+
+    /// Versions in a given state, across keys (reconciler).
+    pub async fn versions_in_state(&self, state: VersionState) -> Result<Vec<VersionRow>> {
+        let rows = sqlx::query(&format!("SELECT {VERSION_COLS} FROM key_versions WHERE state = ?"))
+            .bind(state.as_str())
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(version_from_row).collect::<std::result::Result<_, _>>().map_err(StoreError::Db)
+    }
+
+    /// Every `CKA_ID` the store names (key versions not destroyed, service keys).
+    pub async fn known_object_ids(&self) -> Result<Vec<Vec<u8>>> {
+        let mut ids: Vec<Vec<u8>> = sqlx::query_scalar("SELECT cka_id FROM key_versions WHERE state <> 'destroyed'")
+            .fetch_all(self.pool())
+            .await?;
+        let aux: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT aux_cka_id FROM key_versions WHERE state <> 'destroyed' AND aux_cka_id IS NOT NULL",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        ids.extend(aux);
+        ids.extend(self.service_key_ids().await?);
+        Ok(ids)
+    }
+
+    /// Keys of an account that are visible (not deleted), newest first, with
+    /// the total count.
+    pub async fn list_keys(&self, account_id: i64, offset: i64, limit: i64) -> Result<(Vec<KeyRow>, i64)> {
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keys WHERE account_id = ? AND status <> 'DELETED'")
+            .bind(account_id)
+            .fetch_one(self.pool())
+            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLS} FROM keys WHERE account_id = ? AND status <> 'DELETED' ORDER BY id DESC LIMIT ? OFFSET ?"
+        ))
+        .bind(account_id)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(self.pool())
+        .await?;
+        let keys = rows.iter().map(key_from_row).collect::<std::result::Result<_, _>>()?;
+        Ok((keys, total))
+    }
+
+    /// Writes the mutable fields of a key.
+    pub async fn update_key(&self, k: &KeyRow) -> Result<()> {
+        sqlx::query(
+            "UPDATE keys SET status = ?, memo = ?, is_auto_rotation = ?, rotation_period = ?, next_rotation_at = ?, destroy_at = ?, status_before_delete = ?, status_at = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(&k.status)
+        .bind(&k.memo)
+        .bind(k.is_auto_rotation)
+        .bind(k.rotation_period)
+        .bind(k.next_rotation_at)
+        .bind(k.destroy_at)
+        .bind(&k.status_before_delete)
+        .bind(k.status_at)
+        .bind(now_ms())
+        .bind(k.id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Ids of enabled keys with automatic rotation due at `now`.
+    pub async fn keys_due_for_rotation(&self, now: i64) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM keys WHERE is_auto_rotation = 1 AND status = 'ENABLE' AND next_rotation_at IS NOT NULL AND next_rotation_at <= ?",
+        )
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Ids of keys pending deletion whose waiting period is over.
+    pub async fn keys_due_for_deletion(&self, now: i64) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM keys WHERE status = 'REVOKE' AND destroy_at IS NOT NULL AND destroy_at <= ?",
+        )
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Marks a key deleted and all its live versions `destroying`, in one
+    /// transaction.
+    pub async fn mark_key_destroying(&self, key_id: i64) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("UPDATE keys SET status = 'DELETED', updated_at = ? WHERE id = ?")
+            .bind(now_ms())
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE key_versions SET state = 'destroying' WHERE key_id = ? AND state IN ('active', 'pending')")
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
