@@ -4,6 +4,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod hsm;
-pub mod store;
+pub mod api;
+pub mod config;
 pub mod core;
+pub mod hsm;
+pub mod server;
+pub mod store;

@@ -87,7 +87,9 @@ impl Engine {
     /// Creates an account.
     pub async fn create_account(&self, name: &str) -> Result<i64> {
         if name.is_empty() || name.len() > 64 {
-            return Err(Error::InvalidInput("account name must be 1 to 64 characters".into()));
+            return Err(Error::InvalidInput(
+                "account name must be 1 to 64 characters".into(),
+            ));
         }
         match self.store().create_account(name).await {
             Ok(id) => Ok(id),

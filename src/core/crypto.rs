@@ -35,7 +35,8 @@ pub struct CustomKey {
 }
 
 fn key_type(e: &KeyEntry) -> Result<KeyType> {
-    KeyType::parse(&e.key.key_type).ok_or_else(|| Error::Internal(format!("unknown key type {}", e.key.key_type)))
+    KeyType::parse(&e.key.key_type)
+        .ok_or_else(|| Error::Internal(format!("unknown key type {}", e.key.key_type)))
 }
 
 fn usable(e: &KeyEntry) -> Result<()> {
@@ -66,25 +67,42 @@ fn current(e: &KeyEntry) -> Result<&VersionRow> {
 fn check_context(e: &KeyEntry, kt: KeyType, context: &Option<Vec<u8>>) -> Result<()> {
     if let Some(c) = context {
         if c.len() > CONTEXT_MAX {
-            return Err(Error::InvalidInput("context must be at most 50 bytes".into()));
+            return Err(Error::InvalidInput(
+                "context must be at most 50 bytes".into(),
+            ));
         }
         if kt != KeyType::Aes256 {
-            return Err(Error::InvalidInput("context is only supported for AES256 keys".into()));
+            return Err(Error::InvalidInput(
+                "context is only supported for AES256 keys".into(),
+            ));
         }
     } else if e.key.is_convergent {
-        return Err(Error::InvalidInput("context is required for a convergent key".into()));
+        return Err(Error::InvalidInput(
+            "context is required for a convergent key".into(),
+        ));
     }
     Ok(())
 }
 
 impl Engine {
     /// Encrypts with the key's current version.
-    pub async fn encrypt(&self, account_id: i64, uid: &str, plaintext: Vec<u8>, context: Option<Vec<u8>>) -> Result<Sealed> {
+    pub async fn encrypt(
+        &self,
+        account_id: i64,
+        uid: &str,
+        plaintext: Vec<u8>,
+        context: Option<Vec<u8>>,
+    ) -> Result<Sealed> {
         let e = self.owned_key(account_id, uid).await?;
         self.encrypt_entry(&e, plaintext, context).await
     }
 
-    async fn encrypt_entry(&self, e: &KeyEntry, plaintext: Vec<u8>, context: Option<Vec<u8>>) -> Result<Sealed> {
+    async fn encrypt_entry(
+        &self,
+        e: &KeyEntry,
+        plaintext: Vec<u8>,
+        context: Option<Vec<u8>>,
+    ) -> Result<Sealed> {
         usable(e)?;
         let kt = key_type(e)?;
         check_context(e, kt, &context)?;
@@ -92,39 +110,69 @@ impl Engine {
         let blob = match kt {
             KeyType::Aes256 => {
                 if plaintext.len() > ENCRYPT_MAX {
-                    return Err(Error::InvalidInput("plaintext must be at most 32 KB".into()));
+                    return Err(Error::InvalidInput(
+                        "plaintext must be at most 32 KB".into(),
+                    ));
                 }
                 match (&v.aux_cka_id, context) {
                     (Some(hmac_id), Some(ctx)) => {
                         self.hsm()
-                            .aes_gcm_encrypt_convergent(v.cka_id.clone(), hmac_id.clone(), plaintext, ctx)
+                            .aes_gcm_encrypt_convergent(
+                                v.cka_id.clone(),
+                                hmac_id.clone(),
+                                plaintext,
+                                ctx,
+                            )
                             .await?
                     }
                     (_, ctx) => {
                         self.hsm()
-                            .aes_gcm_encrypt(v.cka_id.clone(), plaintext, ctx.unwrap_or_default(), None)
+                            .aes_gcm_encrypt(
+                                v.cka_id.clone(),
+                                plaintext,
+                                ctx.unwrap_or_default(),
+                                None,
+                            )
                             .await?
                     }
                 }
             }
             KeyType::Rsa2048 => {
                 if plaintext.len() > RSA_ENCRYPT_MAX {
-                    return Err(Error::InvalidInput("plaintext must be at most 190 bytes for an RSA2048 key".into()));
+                    return Err(Error::InvalidInput(
+                        "plaintext must be at most 190 bytes for an RSA2048 key".into(),
+                    ));
                 }
-                self.hsm().rsa_oaep_encrypt(v.cka_id.clone(), plaintext).await?
+                self.hsm()
+                    .rsa_oaep_encrypt(v.cka_id.clone(), plaintext)
+                    .await?
             }
             KeyType::Ecdsa => return Err(Error::WrongKeyType(kt.as_str().into())),
         };
-        Ok(Sealed { version: v.version, blob })
+        Ok(Sealed {
+            version: v.version,
+            blob,
+        })
     }
 
     /// Decrypts a ciphertext made by any enabled version of the key.
-    pub async fn decrypt(&self, account_id: i64, uid: &str, sealed: &Sealed, context: Option<Vec<u8>>) -> Result<Zeroizing<Vec<u8>>> {
+    pub async fn decrypt(
+        &self,
+        account_id: i64,
+        uid: &str,
+        sealed: &Sealed,
+        context: Option<Vec<u8>>,
+    ) -> Result<Zeroizing<Vec<u8>>> {
         let e = self.owned_key(account_id, uid).await?;
         self.decrypt_entry(&e, sealed, context).await
     }
 
-    async fn decrypt_entry(&self, e: &KeyEntry, sealed: &Sealed, context: Option<Vec<u8>>) -> Result<Zeroizing<Vec<u8>>> {
+    async fn decrypt_entry(
+        &self,
+        e: &KeyEntry,
+        sealed: &Sealed,
+        context: Option<Vec<u8>>,
+    ) -> Result<Zeroizing<Vec<u8>>> {
         usable(e)?;
         let kt = key_type(e)?;
         check_context(e, kt, &context)?;
@@ -132,17 +180,31 @@ impl Engine {
         let pt = match kt {
             KeyType::Aes256 => {
                 self.hsm()
-                    .aes_gcm_decrypt(v.cka_id.clone(), sealed.blob.clone(), context.unwrap_or_default())
+                    .aes_gcm_decrypt(
+                        v.cka_id.clone(),
+                        sealed.blob.clone(),
+                        context.unwrap_or_default(),
+                    )
                     .await?
             }
-            KeyType::Rsa2048 => self.hsm().rsa_oaep_decrypt(v.cka_id.clone(), sealed.blob.clone()).await?,
+            KeyType::Rsa2048 => {
+                self.hsm()
+                    .rsa_oaep_decrypt(v.cka_id.clone(), sealed.blob.clone())
+                    .await?
+            }
             KeyType::Ecdsa => return Err(Error::WrongKeyType(kt.as_str().into())),
         };
         Ok(Zeroizing::new(pt))
     }
 
     /// Decrypts and encrypts again under the current version.
-    pub async fn reencrypt(&self, account_id: i64, uid: &str, sealed: &Sealed, context: Option<Vec<u8>>) -> Result<Sealed> {
+    pub async fn reencrypt(
+        &self,
+        account_id: i64,
+        uid: &str,
+        sealed: &Sealed,
+        context: Option<Vec<u8>>,
+    ) -> Result<Sealed> {
         let e = self.owned_key(account_id, uid).await?;
         let pt = self.decrypt_entry(&e, sealed, context.clone()).await?;
         self.encrypt_entry(&e, pt.to_vec(), context).await
@@ -163,7 +225,14 @@ impl Engine {
     }
 
     /// Verifies a signature made by version `version`.
-    pub async fn verify(&self, account_id: i64, uid: &str, version: i64, data: Vec<u8>, signature: Vec<u8>) -> Result<bool> {
+    pub async fn verify(
+        &self,
+        account_id: i64,
+        uid: &str,
+        version: i64,
+        data: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> Result<bool> {
         let e = self.owned_key(account_id, uid).await?;
         usable(&e)?;
         let alg = sign_alg(&e)?;
@@ -171,11 +240,19 @@ impl Engine {
             return Err(Error::InvalidInput("data must be at most 8 KB".into()));
         }
         let v = usable_version(&e, version)?;
-        Ok(self.hsm().verify(v.cka_id.clone(), alg, data, signature).await?)
+        Ok(self
+            .hsm()
+            .verify(v.cka_id.clone(), alg, data, signature)
+            .await?)
     }
 
     /// The DER SubjectPublicKeyInfo of a version (the current one by default).
-    pub async fn public_key(&self, account_id: i64, uid: &str, version: Option<i64>) -> Result<(i64, Vec<u8>)> {
+    pub async fn public_key(
+        &self,
+        account_id: i64,
+        uid: &str,
+        version: Option<i64>,
+    ) -> Result<(i64, Vec<u8>)> {
         let e = self.owned_key(account_id, uid).await?;
         usable(&e)?;
         let kt = key_type(&e)?;
@@ -185,7 +262,9 @@ impl Engine {
         let v = match version {
             Some(n) => {
                 if !(1..=super::keys::MAX_VERSIONS).contains(&n) {
-                    return Err(Error::InvalidInput("keyVersion must be between 1 and 100".into()));
+                    return Err(Error::InvalidInput(
+                        "keyVersion must be between 1 and 100".into(),
+                    ));
                 }
                 usable_version(&e, n)?
             }
@@ -197,7 +276,13 @@ impl Engine {
 
     /// A random key of `bits` bits from the token's generator, returned with
     /// its encryption under the master key (AES256 or RSA2048).
-    pub async fn create_custom_key(&self, account_id: i64, uid: &str, bits: u32, context: Option<Vec<u8>>) -> Result<CustomKey> {
+    pub async fn create_custom_key(
+        &self,
+        account_id: i64,
+        uid: &str,
+        bits: u32,
+        context: Option<Vec<u8>>,
+    ) -> Result<CustomKey> {
         if !matches!(bits, 128 | 256 | 512) {
             return Err(Error::InvalidInput("bits must be 128, 256 or 512".into()));
         }

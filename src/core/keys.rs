@@ -104,7 +104,8 @@ fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();
     (3..=15).contains(&b.len())
         && b[0].is_ascii_alphabetic()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
 }
 
 /// Checks a rotation period in days.
@@ -112,14 +113,18 @@ pub fn check_rotation_period(days: i64) -> Result<i64> {
     if (1..=730).contains(&days) {
         Ok(days)
     } else {
-        Err(Error::InvalidInput("rotationPeriod must be between 1 and 730 days".into()))
+        Err(Error::InvalidInput(
+            "rotationPeriod must be between 1 and 730 days".into(),
+        ))
     }
 }
 
 /// Checks a memo.
 pub fn check_memo(memo: &str) -> Result<()> {
     if memo.chars().count() > 100 {
-        return Err(Error::InvalidInput("memo must be at most 100 characters".into()));
+        return Err(Error::InvalidInput(
+            "memo must be at most 100 characters".into(),
+        ));
     }
     Ok(())
 }
@@ -130,15 +135,22 @@ fn label(uid: &str, version: i64) -> String {
 
 impl Engine {
     /// Creates a key and its first version in the token.
-    pub async fn create_key(&self, account_id: i64, req: CreateKeyRequest) -> Result<Arc<KeyEntry>> {
+    pub async fn create_key(
+        &self,
+        account_id: i64,
+        req: CreateKeyRequest,
+    ) -> Result<Arc<KeyEntry>> {
         if !valid_name(&req.name) {
             return Err(Error::InvalidInput(
-                "keyName must be 3 to 15 letters, digits, '-' or '_', starting with a letter".into(),
+                "keyName must be 3 to 15 letters, digits, '-' or '_', starting with a letter"
+                    .into(),
             ));
         }
         check_memo(&req.memo)?;
         if req.is_convergent && req.key_type != KeyType::Aes256 {
-            return Err(Error::InvalidInput("isConvergent is only allowed for AES256 keys".into()));
+            return Err(Error::InvalidInput(
+                "isConvergent is only allowed for AES256 keys".into(),
+            ));
         }
         let rotation_period = match (req.is_auto_rotation, req.rotation_period) {
             (true, p) => Some(check_rotation_period(p.unwrap_or(ROTATION_PERIOD_DEFAULT))?),
@@ -167,10 +179,17 @@ impl Engine {
             rotation_period,
             next_rotation_at: rotation_period.map(|d| now() + d * DAY_MS),
         };
-        let key_id = match self.store().insert_key_pending(&new, &cka_id, aux_id.as_deref()).await {
+        let key_id = match self
+            .store()
+            .insert_key_pending(&new, &cka_id, aux_id.as_deref())
+            .await
+        {
             Ok(id) => id,
             Err(crate::store::StoreError::Conflict) => {
-                return Err(Error::Conflict(format!("a key named {} already exists", req.name)))
+                return Err(Error::Conflict(format!(
+                    "a key named {} already exists",
+                    req.name
+                )))
             }
             Err(e) => return Err(e.into()),
         };
@@ -199,7 +218,11 @@ impl Engine {
                 .await?;
             if let Some(aux) = aux_id {
                 self.hsm()
-                    .generate(KeySpec::HmacSha256, format!("{}/convergent", label(uid, version)), aux.to_vec())
+                    .generate(
+                        KeySpec::HmacSha256,
+                        format!("{}/convergent", label(uid, version)),
+                        aux.to_vec(),
+                    )
                     .await?;
             }
             Ok::<(), crate::hsm::HsmError>(())
@@ -218,7 +241,12 @@ impl Engine {
     }
 
     /// Keys of an account, newest first: (keys, total count).
-    pub async fn list_keys(&self, account_id: i64, page_no: i64, page_size: i64) -> Result<(Vec<KeyEntry>, i64)> {
+    pub async fn list_keys(
+        &self,
+        account_id: i64,
+        page_no: i64,
+        page_size: i64,
+    ) -> Result<(Vec<KeyEntry>, i64)> {
         let (rows, total) = self
             .store()
             .list_keys(account_id, (page_no - 1) * page_size, page_size)
@@ -241,7 +269,9 @@ impl Engine {
     pub async fn enable_key(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
         let mut e = (*self.owned_key(account_id, uid).await?).clone();
         if e.key.status == KeyStatus::REVOKE {
-            return Err(Error::InvalidState("the key is pending deletion; cancel the deletion first".into()));
+            return Err(Error::InvalidState(
+                "the key is pending deletion; cancel the deletion first".into(),
+            ));
         }
         if e.key.status != KeyStatus::ENABLE {
             e.key.status = KeyStatus::ENABLE.into();
@@ -265,24 +295,40 @@ impl Engine {
 
     /// Enables or disables one version. The newest version cannot be
     /// disabled, and versions of a key that is not enabled cannot change.
-    pub async fn set_version_enabled(&self, account_id: i64, uid: &str, version: i64, enabled: bool) -> Result<crate::store::VersionRow> {
+    pub async fn set_version_enabled(
+        &self,
+        account_id: i64,
+        uid: &str,
+        version: i64,
+        enabled: bool,
+    ) -> Result<crate::store::VersionRow> {
         if !(1..=MAX_VERSIONS).contains(&version) {
-            return Err(Error::InvalidInput("version must be between 1 and 100".into()));
+            return Err(Error::InvalidInput(
+                "version must be between 1 and 100".into(),
+            ));
         }
         let e = self.owned_key(account_id, uid).await?;
         if e.key.status != KeyStatus::ENABLE {
-            return Err(Error::InvalidState("versions of a key that is not enabled cannot change".into()));
+            return Err(Error::InvalidState(
+                "versions of a key that is not enabled cannot change".into(),
+            ));
         }
         let v = e.version(version).ok_or(Error::NotFound("key version"))?;
         if !enabled && e.current().map(|c| c.version) == Some(version) {
-            return Err(Error::InvalidState("the newest version cannot be disabled".into()));
+            return Err(Error::InvalidState(
+                "the newest version cannot be disabled".into(),
+            ));
         }
         if v.enabled != enabled {
-            self.store().set_version_enabled(e.key.id, version, enabled).await?;
+            self.store()
+                .set_version_enabled(e.key.id, version, enabled)
+                .await?;
             self.invalidate(uid);
         }
         let e = self.key_entry(uid).await?;
-        e.version(version).cloned().ok_or(Error::NotFound("key version"))
+        e.version(version)
+            .cloned()
+            .ok_or(Error::NotFound("key version"))
     }
 
     /// Makes a new version, which becomes the current one.
@@ -293,11 +339,15 @@ impl Engine {
 
     pub(super) async fn rotate_entry(&self, e: &KeyEntry) -> Result<Arc<KeyEntry>> {
         if e.key.status != KeyStatus::ENABLE {
-            return Err(Error::InvalidState("only an enabled key can be rotated".into()));
+            return Err(Error::InvalidState(
+                "only an enabled key can be rotated".into(),
+            ));
         }
         let last = e.versions.last().map(|v| v.version).unwrap_or(0);
         if last >= MAX_VERSIONS {
-            return Err(Error::InvalidState("the key has reached 100 versions".into()));
+            return Err(Error::InvalidState(
+                "the key has reached 100 versions".into(),
+            ));
         }
         let key_type = KeyType::parse(&e.key.key_type)
             .ok_or_else(|| Error::Internal(format!("unknown key type {}", e.key.key_type)))?;
@@ -314,23 +364,38 @@ impl Engine {
         {
             Ok(v) => v,
             Err(crate::store::StoreError::Conflict) => {
-                return Err(Error::Conflict("a concurrent rotation is in progress; retry".into()))
+                return Err(Error::Conflict(
+                    "a concurrent rotation is in progress; retry".into(),
+                ))
             }
             Err(err) => return Err(err.into()),
         };
         if version > MAX_VERSIONS {
-            self.store().delete_pending_version(e.key.id, version).await?;
-            return Err(Error::InvalidState("the key has reached 100 versions".into()));
+            self.store()
+                .delete_pending_version(e.key.id, version)
+                .await?;
+            return Err(Error::InvalidState(
+                "the key has reached 100 versions".into(),
+            ));
         }
-        self.make_version_objects(e.key.id, version, &e.key.uid, key_type, &cka_id, aux_id.as_deref())
-            .await?;
+        self.make_version_objects(
+            e.key.id,
+            version,
+            &e.key.uid,
+            key_type,
+            &cka_id,
+            aux_id.as_deref(),
+        )
+        .await?;
         fault_point("rotate:after-hsm");
         let next = if e.key.is_auto_rotation {
             e.key.rotation_period.map(|d| now() + d * DAY_MS)
         } else {
             None
         };
-        self.store().activate_version(e.key.id, version, next).await?;
+        self.store()
+            .activate_version(e.key.id, version, next)
+            .await?;
         fault_point("rotate:after-store");
         self.invalidate(&e.key.uid);
         tracing::info!(key = %e.key.uid, version, "key rotated");
@@ -341,7 +406,9 @@ impl Engine {
     pub async fn request_deletion(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
         let mut e = (*self.owned_key(account_id, uid).await?).clone();
         if e.key.status == KeyStatus::REVOKE {
-            return Err(Error::InvalidState("the key is already pending deletion".into()));
+            return Err(Error::InvalidState(
+                "the key is already pending deletion".into(),
+            ));
         }
         let t = now();
         e.key.status_before_delete = Some(e.key.status.clone());
@@ -355,7 +422,9 @@ impl Engine {
     pub async fn cancel_deletion(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
         let mut e = (*self.owned_key(account_id, uid).await?).clone();
         if e.key.status != KeyStatus::REVOKE {
-            return Err(Error::InvalidState("the key is not pending deletion".into()));
+            return Err(Error::InvalidState(
+                "the key is not pending deletion".into(),
+            ));
         }
         e.key.status = KeyStatus::DISABLE.into();
         e.key.status_at = now();
@@ -368,7 +437,9 @@ impl Engine {
     pub async fn delete_key(&self, account_id: i64, uid: &str) -> Result<()> {
         let e = self.owned_key(account_id, uid).await?;
         if e.key.status != KeyStatus::REVOKE {
-            return Err(Error::InvalidState("only a key pending deletion can be deleted".into()));
+            return Err(Error::InvalidState(
+                "only a key pending deletion can be deleted".into(),
+            ));
         }
         self.destroy_key(e.key.id, uid).await
     }
@@ -399,7 +470,12 @@ impl Engine {
     }
 
     /// Replaces the memo.
-    pub async fn update_memo(&self, account_id: i64, uid: &str, memo: String) -> Result<Arc<KeyEntry>> {
+    pub async fn update_memo(
+        &self,
+        account_id: i64,
+        uid: &str,
+        memo: String,
+    ) -> Result<Arc<KeyEntry>> {
         check_memo(&memo)?;
         let mut e = (*self.owned_key(account_id, uid).await?).clone();
         e.key.memo = memo;
@@ -407,11 +483,18 @@ impl Engine {
     }
 
     /// Changes the rotation period; automatic rotation must be on.
-    pub async fn update_rotation_period(&self, account_id: i64, uid: &str, days: i64) -> Result<Arc<KeyEntry>> {
+    pub async fn update_rotation_period(
+        &self,
+        account_id: i64,
+        uid: &str,
+        days: i64,
+    ) -> Result<Arc<KeyEntry>> {
         let days = check_rotation_period(days)?;
         let mut e = (*self.owned_key(account_id, uid).await?).clone();
         if !e.key.is_auto_rotation {
-            return Err(Error::InvalidState("enable automatic rotation before setting its period".into()));
+            return Err(Error::InvalidState(
+                "enable automatic rotation before setting its period".into(),
+            ));
         }
         e.key.rotation_period = Some(days);
         e.key.next_rotation_at = Some(last_rotation(&e) + days * DAY_MS);
@@ -419,7 +502,12 @@ impl Engine {
     }
 
     /// Turns automatic rotation on or off.
-    pub async fn set_auto_rotation(&self, account_id: i64, uid: &str, on: bool) -> Result<Arc<KeyEntry>> {
+    pub async fn set_auto_rotation(
+        &self,
+        account_id: i64,
+        uid: &str,
+        on: bool,
+    ) -> Result<Arc<KeyEntry>> {
         let mut e = (*self.owned_key(account_id, uid).await?).clone();
         if on {
             let days = e.key.rotation_period.unwrap_or(ROTATION_PERIOD_DEFAULT);
@@ -435,5 +523,7 @@ impl Engine {
 }
 
 fn last_rotation(e: &KeyEntry) -> i64 {
-    e.current().map(|v| v.created_at).unwrap_or(e.key.created_at)
+    e.current()
+        .map(|v| v.created_at)
+        .unwrap_or(e.key.created_at)
 }

@@ -9,8 +9,11 @@ mod reconcile;
 mod scheduler;
 
 pub use accounts::{ensure_service_keys, AccessKeyInfo, NewAccessKey};
-pub use crypto::{CustomKey, Sealed, ENCRYPT_MAX, SIGN_DATA_MAX, CONTEXT_MAX};
-pub use keys::{CreateKeyRequest, KeyType, KeyView, KeyStatus, VersionView, ROTATION_PERIOD_DEFAULT, DELETION_WAIT_MS, MAX_VERSIONS};
+pub use crypto::{CustomKey, Sealed, CONTEXT_MAX, ENCRYPT_MAX, SIGN_DATA_MAX};
+pub use keys::{
+    CreateKeyRequest, KeyStatus, KeyType, KeyView, VersionView, DELETION_WAIT_MS, MAX_VERSIONS,
+    ROTATION_PERIOD_DEFAULT,
+};
 pub use reconcile::{reconcile, ReconcileReport};
 pub use scheduler::spawn_scheduler;
 
@@ -62,7 +65,9 @@ impl From<HsmError> for Error {
     fn from(e: HsmError) -> Self {
         match e {
             HsmError::DecryptFailed => Error::DecryptFailed,
-            HsmError::DataLength => Error::InvalidInput("data length out of range for the key".into()),
+            HsmError::DataLength => {
+                Error::InvalidInput("data length out of range for the key".into())
+            }
             other => {
                 tracing::error!(error = %other, "HSM failure");
                 Error::Internal(other.to_string())
@@ -138,7 +143,9 @@ struct EngineInner {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("hsm", &self.inner.hsm).finish()
+        f.debug_struct("Engine")
+            .field("hsm", &self.inner.hsm)
+            .finish()
     }
 }
 
@@ -146,10 +153,9 @@ impl Engine {
     /// Builds the engine over an initialised token and store. Fails when
     /// `init` has not created the service keys yet.
     pub async fn new(hsm: Hsm, store: Store) -> Result<Self> {
-        let kek_id = store
-            .service_key(service_keys::KEK)
-            .await?
-            .ok_or_else(|| Error::InvalidState("the service is not initialised: run `hsm-kms init`".into()))?;
+        let kek_id = store.service_key(service_keys::KEK).await?.ok_or_else(|| {
+            Error::InvalidState("the service is not initialised: run `hsm-kms init`".into())
+        })?;
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 hsm,

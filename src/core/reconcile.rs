@@ -37,7 +37,11 @@ pub async fn reconcile(hsm: &Hsm, store: &Store) -> Result<ReconcileReport> {
             hsm.destroy_id(aux.clone()).await?;
         }
         store.delete_pending_version(v.key_id, v.version).await?;
-        tracing::warn!(key_id = v.key_id, version = v.version, "rolled back a version interrupted during creation");
+        tracing::warn!(
+            key_id = v.key_id,
+            version = v.version,
+            "rolled back a version interrupted during creation"
+        );
         report.pending_rolled_back += 1;
     }
 
@@ -46,7 +50,9 @@ pub async fn reconcile(hsm: &Hsm, store: &Store) -> Result<ReconcileReport> {
         if let Some(aux) = &v.aux_cka_id {
             hsm.destroy_id(aux.clone()).await?;
         }
-        store.set_version_state(v.key_id, v.version, VersionState::Destroyed).await?;
+        store
+            .set_version_state(v.key_id, v.version, VersionState::Destroyed)
+            .await?;
         report.destroyed_finished += 1;
     }
 
@@ -64,7 +70,11 @@ pub async fn reconcile(hsm: &Hsm, store: &Store) -> Result<ReconcileReport> {
 
     for v in store.versions_in_state(VersionState::Active).await? {
         if !present.contains(&v.cka_id) {
-            tracing::error!(key_id = v.key_id, version = v.version, "an active key version has no object on the token");
+            tracing::error!(
+                key_id = v.key_id,
+                version = v.version,
+                "an active key version has no object on the token"
+            );
             report.missing_objects += 1;
         }
     }
@@ -75,7 +85,11 @@ impl Engine {
     /// Runs the reconciler on the engine's token and store.
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
         let r = reconcile(self.hsm(), self.store()).await?;
-        self.inner.keys.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.inner
+            .keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         Ok(r)
     }
 }

@@ -12,19 +12,27 @@ impl Engine {
         let t = now();
         let mut rotated = 0;
         for key_id in self.store().keys_due_for_rotation(t).await? {
-            let Some((key, versions)) = self.store().key_by_id(key_id).await? else { continue };
+            let Some((key, versions)) = self.store().key_by_id(key_id).await? else {
+                continue;
+            };
             let entry = super::KeyEntry { key, versions };
             match self.rotate_entry(&entry).await {
                 Ok(_) => rotated += 1,
-                Err(e) => tracing::warn!(key = %entry.key.uid, error = %e, "automatic rotation failed"),
+                Err(e) => {
+                    tracing::warn!(key = %entry.key.uid, error = %e, "automatic rotation failed")
+                }
             }
         }
         let mut destroyed = 0;
         for key_id in self.store().keys_due_for_deletion(t).await? {
-            let Some((key, _)) = self.store().key_by_id(key_id).await? else { continue };
+            let Some((key, _)) = self.store().key_by_id(key_id).await? else {
+                continue;
+            };
             match self.destroy_key(key_id, &key.uid).await {
                 Ok(()) => destroyed += 1,
-                Err(e) => tracing::warn!(key = %key.uid, error = %e, "scheduled destruction failed"),
+                Err(e) => {
+                    tracing::warn!(key = %key.uid, error = %e, "scheduled destruction failed")
+                }
             }
         }
         Ok((rotated, destroyed))

@@ -86,14 +86,18 @@ impl SessionRef<'_> {
     pub fn verify(&self, id: &[u8], alg: SignAlg, data: &[u8], signature: &[u8]) -> Result<bool> {
         let h = self.handle(id, ObjectClass::PUBLIC_KEY)?;
         let res = match alg {
-            SignAlg::RsaPkcs1Sha256 => self.raw().verify(&Mechanism::Sha256RsaPkcs, h, data, signature),
+            SignAlg::RsaPkcs1Sha256 => {
+                self.raw()
+                    .verify(&Mechanism::Sha256RsaPkcs, h, data, signature)
+            }
             SignAlg::RsaPkcs1Raw => self.raw().verify(&Mechanism::RsaPkcs, h, data, signature),
             SignAlg::EcdsaP256Sha256 => {
                 let Ok(sig) = p256::ecdsa::Signature::from_der(signature) else {
                     return Ok(false);
                 };
                 let digest = Sha256::digest(data);
-                self.raw().verify(&Mechanism::Ecdsa, h, &digest, &sig.to_bytes())
+                self.raw()
+                    .verify(&Mechanism::Ecdsa, h, &digest, &sig.to_bytes())
             }
         };
         match res {
@@ -114,7 +118,12 @@ impl SessionRef<'_> {
         let h = self.handle(id, ObjectClass::PUBLIC_KEY)?;
         let attrs = self.raw().get_attributes(
             h,
-            &[AttributeType::KeyType, AttributeType::Modulus, AttributeType::PublicExponent, AttributeType::EcPoint],
+            &[
+                AttributeType::KeyType,
+                AttributeType::Modulus,
+                AttributeType::PublicExponent,
+                AttributeType::EcPoint,
+            ],
         )?;
         let (mut n, mut e, mut point) = (None, None, None);
         for a in attrs {
@@ -148,33 +157,48 @@ impl SessionRef<'_> {
                 .map_err(|e| HsmError::Malformed(format!("EC public key: {e}")))?;
             return Ok(der.as_bytes().to_vec());
         }
-        Err(HsmError::Malformed("public key has neither RSA nor EC attributes".into()))
+        Err(HsmError::Malformed(
+            "public key has neither RSA nor EC attributes".into(),
+        ))
     }
 }
 
 impl Hsm {
     /// See [`SessionRef::rsa_oaep_encrypt`].
     pub async fn rsa_oaep_encrypt(&self, id: Vec<u8>, data: Vec<u8>) -> Result<Vec<u8>> {
-        self.run(OpClass::Asymmetric, move |s| s.rsa_oaep_encrypt(&id, &data)).await
+        self.run(OpClass::Asymmetric, move |s| s.rsa_oaep_encrypt(&id, &data))
+            .await
     }
 
     /// See [`SessionRef::rsa_oaep_decrypt`].
     pub async fn rsa_oaep_decrypt(&self, id: Vec<u8>, data: Vec<u8>) -> Result<Vec<u8>> {
-        self.run(OpClass::Asymmetric, move |s| s.rsa_oaep_decrypt(&id, &data)).await
+        self.run(OpClass::Asymmetric, move |s| s.rsa_oaep_decrypt(&id, &data))
+            .await
     }
 
     /// See [`SessionRef::sign`].
     pub async fn sign(&self, id: Vec<u8>, alg: SignAlg, data: Vec<u8>) -> Result<Vec<u8>> {
-        self.run(OpClass::Asymmetric, move |s| s.sign(&id, alg, &data)).await
+        self.run(OpClass::Asymmetric, move |s| s.sign(&id, alg, &data))
+            .await
     }
 
     /// See [`SessionRef::verify`].
-    pub async fn verify(&self, id: Vec<u8>, alg: SignAlg, data: Vec<u8>, sig: Vec<u8>) -> Result<bool> {
-        self.run(OpClass::Asymmetric, move |s| s.verify(&id, alg, &data, &sig)).await
+    pub async fn verify(
+        &self,
+        id: Vec<u8>,
+        alg: SignAlg,
+        data: Vec<u8>,
+        sig: Vec<u8>,
+    ) -> Result<bool> {
+        self.run(OpClass::Asymmetric, move |s| {
+            s.verify(&id, alg, &data, &sig)
+        })
+        .await
     }
 
     /// See [`SessionRef::public_key_spki`].
     pub async fn public_key_spki(&self, id: Vec<u8>) -> Result<Vec<u8>> {
-        self.run(OpClass::Symmetric, move |s| s.public_key_spki(&id)).await
+        self.run(OpClass::Symmetric, move |s| s.public_key_spki(&id))
+            .await
     }
 }

@@ -43,8 +43,9 @@ impl From<cryptoki::error::Error> for HsmError {
     fn from(e: cryptoki::error::Error) -> Self {
         match &e {
             cryptoki::error::Error::Pkcs11(rv, _) => match rv {
-                RvError::EncryptedDataInvalid
-                | RvError::EncryptedDataLenRange => HsmError::DecryptFailed,
+                RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange => {
+                    HsmError::DecryptFailed
+                }
                 RvError::DataLenRange => HsmError::DataLength,
                 RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid => {
                     HsmError::ObjectNotFound

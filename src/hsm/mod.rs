@@ -312,11 +312,13 @@ fn find_slot(ctx: &Pkcs11, cfg: &HsmConfig) -> Result<(Slot, String)> {
             return Ok((slot, label));
         }
     }
-    Err(HsmError::TokenNotFound(match (&cfg.token_label, cfg.slot_id) {
-        (Some(l), _) => format!("label {l:?}"),
-        (None, Some(id)) => format!("slot id {id}"),
-        (None, None) => "any slot".to_string(),
-    }))
+    Err(HsmError::TokenNotFound(
+        match (&cfg.token_label, cfg.slot_id) {
+            (Some(l), _) => format!("label {l:?}"),
+            (None, Some(id)) => format!("slot id {id}"),
+            (None, None) => "any slot".to_string(),
+        },
+    ))
 }
 
 /// Default module path: Debian's SoftHSMv2, overridable with `PKCS11_MODULE`.

@@ -152,16 +152,19 @@ fn class_name(c: ObjectClass) -> &'static str {
 impl Hsm {
     /// See [`SessionRef::list_service_objects`].
     pub async fn list_service_objects(&self) -> Result<Vec<TokenObject>> {
-        self.run(OpClass::Symmetric, |s| s.list_service_objects()).await
+        self.run(OpClass::Symmetric, |s| s.list_service_objects())
+            .await
     }
 
     /// See [`SessionRef::destroy_id`].
     pub async fn destroy_id(&self, id: Vec<u8>) -> Result<usize> {
-        self.run(OpClass::Symmetric, move |s| s.destroy_id(&id)).await
+        self.run(OpClass::Symmetric, move |s| s.destroy_id(&id))
+            .await
     }
 
     /// See [`SessionRef::object_info`].
     pub async fn object_info(&self, id: Vec<u8>) -> Result<Vec<ObjectInfo>> {
-        self.run(OpClass::Symmetric, move |s| s.object_info(&id)).await
+        self.run(OpClass::Symmetric, move |s| s.object_info(&id))
+            .await
     }
 }

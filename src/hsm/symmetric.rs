@@ -33,7 +33,8 @@ impl SessionRef<'_> {
         };
         let ct = {
             let params = GcmParams::new(&mut iv, aad, ((GCM_TAG_LEN * 8) as u64).into())?;
-            self.raw().encrypt(&Mechanism::AesGcm(params), h, plaintext)?
+            self.raw()
+                .encrypt(&Mechanism::AesGcm(params), h, plaintext)?
         };
         let mut out = Vec::with_capacity(GCM_IV_LEN + ct.len());
         out.extend_from_slice(&iv);
@@ -90,9 +91,16 @@ impl Hsm {
     }
 
     /// See [`SessionRef::aes_gcm_decrypt`].
-    pub async fn aes_gcm_decrypt(&self, id: Vec<u8>, blob: Vec<u8>, aad: Vec<u8>) -> Result<Vec<u8>> {
-        self.run(OpClass::Symmetric, move |s| s.aes_gcm_decrypt(&id, &blob, &aad))
-            .await
+    pub async fn aes_gcm_decrypt(
+        &self,
+        id: Vec<u8>,
+        blob: Vec<u8>,
+        aad: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        self.run(OpClass::Symmetric, move |s| {
+            s.aes_gcm_decrypt(&id, &blob, &aad)
+        })
+        .await
     }
 
     /// Convergent AES-GCM: the IV is the first 12 bytes of

@@ -8,7 +8,8 @@ use cryptoki::object::{Attribute, KeyType, ObjectClass};
 use super::{HsmError, OpClass, Result, SessionRef};
 
 /// DER encoding of the OID of NIST P-256 (prime256v1), for `CKA_EC_PARAMS`.
-pub(crate) const P256_OID_DER: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+pub(crate) const P256_OID_DER: [u8; 10] =
+    [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 
 /// What a generated key may be used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,11 +171,17 @@ impl super::Hsm {
         } else {
             OpClass::Symmetric
         };
-        self.run(class, move |s| s.generate(spec, &label, &id)).await
+        self.run(class, move |s| s.generate(spec, &label, &id))
+            .await
     }
 
     /// Stores `value` as a private `CKO_DATA` token object (NHN secrets).
-    pub async fn create_data_object(&self, label: String, id: Vec<u8>, value: Vec<u8>) -> Result<()> {
+    pub async fn create_data_object(
+        &self,
+        label: String,
+        id: Vec<u8>,
+        value: Vec<u8>,
+    ) -> Result<()> {
         self.run(OpClass::Symmetric, move |s| {
             let mut t = private_common(&label, &id, false);
             // CKO_DATA has no CKA_SENSITIVE / CKA_EXTRACTABLE.
@@ -194,7 +201,9 @@ impl super::Hsm {
     pub async fn read_data_object(&self, id: Vec<u8>) -> Result<Vec<u8>> {
         self.run(OpClass::Symmetric, move |s| {
             let h = s.handle(&id, ObjectClass::DATA)?;
-            let attrs = s.raw().get_attributes(h, &[cryptoki::object::AttributeType::Value])?;
+            let attrs = s
+                .raw()
+                .get_attributes(h, &[cryptoki::object::AttributeType::Value])?;
             for a in attrs {
                 if let Attribute::Value(v) = a {
                     return Ok(v);

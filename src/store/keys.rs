@@ -161,7 +161,8 @@ fn version_from_row(r: &sqlx::sqlite::SqliteRow) -> std::result::Result<VersionR
     })
 }
 
-const VERSION_COLS: &str = "key_id, version, state, enabled, cka_id, aux_cka_id, status_at, created_at";
+const VERSION_COLS: &str =
+    "key_id, version, state, enabled, cka_id, aux_cka_id, status_at, created_at";
 
 impl Store {
     /// Writes a new key with its first version `pending`, in one transaction.
@@ -242,7 +243,12 @@ impl Store {
     }
 
     /// Moves a version to `state`.
-    pub async fn set_version_state(&self, key_id: i64, version: i64, state: VersionState) -> Result<()> {
+    pub async fn set_version_state(
+        &self,
+        key_id: i64,
+        version: i64,
+        state: VersionState,
+    ) -> Result<()> {
         sqlx::query("UPDATE key_versions SET state = ? WHERE key_id = ? AND version = ?")
             .bind(state.as_str())
             .bind(key_id)
@@ -254,7 +260,12 @@ impl Store {
 
     /// Activates a pending version and, in the same transaction, applies the
     /// rotation bookkeeping of the key (next rotation time).
-    pub async fn activate_version(&self, key_id: i64, version: i64, next_rotation_at: Option<i64>) -> Result<()> {
+    pub async fn activate_version(
+        &self,
+        key_id: i64,
+        version: i64,
+        next_rotation_at: Option<i64>,
+    ) -> Result<()> {
         let mut tx = self.pool().begin().await?;
         sqlx::query("UPDATE key_versions SET state = 'active' WHERE key_id = ? AND version = ? AND state = 'pending'")
             .bind(key_id)
@@ -274,11 +285,13 @@ impl Store {
     /// Deletes a version row that never became active (reconciler, failed creation).
     pub async fn delete_pending_version(&self, key_id: i64, version: i64) -> Result<()> {
         let mut tx = self.pool().begin().await?;
-        sqlx::query("DELETE FROM key_versions WHERE key_id = ? AND version = ? AND state = 'pending'")
-            .bind(key_id)
-            .bind(version)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "DELETE FROM key_versions WHERE key_id = ? AND version = ? AND state = 'pending'",
+        )
+        .bind(key_id)
+        .bind(version)
+        .execute(&mut *tx)
+        .await?;
         // A key whose only version never came to be is removed with it.
         let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM key_versions WHERE key_id = ?")
             .bind(key_id)
@@ -295,7 +308,12 @@ impl Store {
     }
 
     /// Enables or disables one version.
-    pub async fn set_version_enabled(&self, key_id: i64, version: i64, enabled: bool) -> Result<bool> {
+    pub async fn set_version_enabled(
+        &self,
+        key_id: i64,
+        version: i64,
+        enabled: bool,
+    ) -> Result<bool> {
         let r = sqlx::query("UPDATE key_versions SET enabled = ?, status_at = ? WHERE key_id = ? AND version = ? AND state = 'active'")
             .bind(enabled)
             .bind(now_ms())
@@ -338,23 +356,32 @@ impl Store {
         .bind(key_id)
         .fetch_all(self.pool())
         .await?;
-        rows.iter().map(version_from_row).collect::<std::result::Result<_, _>>().map_err(StoreError::Db)
+        rows.iter()
+            .map(version_from_row)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(StoreError::Db)
     }
 
     /// Versions in a given state, across keys (reconciler).
     pub async fn versions_in_state(&self, state: VersionState) -> Result<Vec<VersionRow>> {
-        let rows = sqlx::query(&format!("SELECT {VERSION_COLS} FROM key_versions WHERE state = ?"))
-            .bind(state.as_str())
-            .fetch_all(self.pool())
-            .await?;
-        rows.iter().map(version_from_row).collect::<std::result::Result<_, _>>().map_err(StoreError::Db)
+        let rows = sqlx::query(&format!(
+            "SELECT {VERSION_COLS} FROM key_versions WHERE state = ?"
+        ))
+        .bind(state.as_str())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(version_from_row)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(StoreError::Db)
     }
 
     /// Every `CKA_ID` the store names (key versions not destroyed, service keys).
     pub async fn known_object_ids(&self) -> Result<Vec<Vec<u8>>> {
-        let mut ids: Vec<Vec<u8>> = sqlx::query_scalar("SELECT cka_id FROM key_versions WHERE state <> 'destroyed'")
-            .fetch_all(self.pool())
-            .await?;
+        let mut ids: Vec<Vec<u8>> =
+            sqlx::query_scalar("SELECT cka_id FROM key_versions WHERE state <> 'destroyed'")
+                .fetch_all(self.pool())
+                .await?;
         let aux: Vec<Vec<u8>> = sqlx::query_scalar(
             "SELECT aux_cka_id FROM key_versions WHERE state <> 'destroyed' AND aux_cka_id IS NOT NULL",
         )
@@ -367,11 +394,18 @@ impl Store {
 
     /// Keys of an account that are visible (not deleted), newest first, with
     /// the total count.
-    pub async fn list_keys(&self, account_id: i64, offset: i64, limit: i64) -> Result<(Vec<KeyRow>, i64)> {
-        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keys WHERE account_id = ? AND status <> 'DELETED'")
-            .bind(account_id)
-            .fetch_one(self.pool())
-            .await?;
+    pub async fn list_keys(
+        &self,
+        account_id: i64,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<KeyRow>, i64)> {
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM keys WHERE account_id = ? AND status <> 'DELETED'",
+        )
+        .bind(account_id)
+        .fetch_one(self.pool())
+        .await?;
         let rows = sqlx::query(&format!(
             "SELECT {KEY_COLS} FROM keys WHERE account_id = ? AND status <> 'DELETED' ORDER BY id DESC LIMIT ? OFFSET ?"
         ))
@@ -380,7 +414,10 @@ impl Store {
         .bind(offset)
         .fetch_all(self.pool())
         .await?;
-        let keys = rows.iter().map(key_from_row).collect::<std::result::Result<_, _>>()?;
+        let keys = rows
+            .iter()
+            .map(key_from_row)
+            .collect::<std::result::Result<_, _>>()?;
         Ok((keys, total))
     }
 

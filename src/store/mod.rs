@@ -110,10 +110,12 @@ impl Store {
 
     /// The `CKA_ID` of a service key, if it was created.
     pub async fn service_key(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        Ok(sqlx::query_scalar("SELECT cka_id FROM service_keys WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT cka_id FROM service_keys WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// Records a service key.
@@ -148,21 +150,30 @@ impl Store {
 
     /// Looks an account up by name.
     pub async fn account_by_name(&self, name: &str) -> Result<Option<AccountRow>> {
-        Ok(sqlx::query_as("SELECT id, name, created_at FROM accounts WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT id, name, created_at FROM accounts WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// All accounts.
     pub async fn list_accounts(&self) -> Result<Vec<AccountRow>> {
-        Ok(sqlx::query_as("SELECT id, name, created_at FROM accounts ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT id, name, created_at FROM accounts ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// Stores a new access key.
-    pub async fn insert_access_key(&self, access_key: &str, account_id: i64, secret_ct: &[u8]) -> Result<()> {
+    pub async fn insert_access_key(
+        &self,
+        access_key: &str,
+        account_id: i64,
+        secret_ct: &[u8],
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO access_keys (access_key, account_id, secret_ct, status, created_at) VALUES (?, ?, ?, 'active', ?)",
         )

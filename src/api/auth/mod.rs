@@ -1,0 +1,3 @@
+//! Request authentication shared by the dialects.
+
+pub mod ncp;

@@ -1,0 +1,145 @@
+//! HTTP surface: one module per dialect, shared authentication, and the
+//! service's own endpoints (`/healthz`, `/readyz`, `/openapi.json`).
+
+pub mod auth;
+pub mod naver;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderName, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::core::Engine;
+
+/// Settings the HTTP layer needs.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Allowed skew of NCP signature timestamps, seconds.
+    pub signature_window_secs: i64,
+    /// NAVER `baseUrl` reported in key records.
+    pub naver_base_url: String,
+    /// Proxies whose `X-Forwarded-For` is trusted.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Largest request body, bytes.
+    pub body_limit: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            signature_window_secs: 300,
+            naver_base_url: "https://ocapi.ncloud.com".into(),
+            trusted_proxies: vec![],
+            body_limit: 1024 * 1024,
+        }
+    }
+}
+
+/// Shared state of every handler.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The engine.
+    pub engine: Engine,
+    /// HTTP settings.
+    pub config: Arc<ApiConfig>,
+}
+
+/// The client address: the socket peer, or the first untrusted hop of
+/// `X-Forwarded-For` when the peer is a trusted proxy.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    if !trusted.iter().any(|n| n.contains(&peer)) {
+        return peer;
+    }
+    let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) else {
+        return peer;
+    };
+    // Walk from the nearest hop back; the first address that is not a
+    // trusted proxy is the client.
+    let mut client = peer;
+    for hop in xff.rsplit(',').map(str::trim) {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !trusted.iter().any(|n| n.contains(&ip)) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Builds the router of every dialect.
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.body_limit;
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
+        .merge(naver::router())
+        .with_state(state)
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let id = req
+                    .headers()
+                    .get(REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                // Only the path: query strings and headers are not logged.
+                tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path())
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    match st.engine.ready().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")).into_response(),
+    }
+}
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        include_str!("../../docs/openapi.json"),
+    )
+        .into_response()
+}
+
+/// The peer address, when the server was started with connect info.
+pub fn peer_ip(ci: Option<&ConnectInfo<SocketAddr>>) -> IpAddr {
+    ci.map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xff_only_from_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.7, 10.1.1.1".parse().unwrap());
+        let direct: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(client_ip(direct, &h, &trusted), direct);
+        let proxy: IpAddr = "10.2.2.2".parse().unwrap();
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
+    }
+}

@@ -1,0 +1,137 @@
+//! The NAVER Cloud KMS dialect: API 2.0 under `/kms/v1`, with its success
+//! envelope `{"code":"SUCCESS","data":...}` and its error envelope
+//! `{"error":{"errorCode","message","details"}}`.
+
+mod auth;
+mod format;
+mod v2;
+
+pub use auth::AccountAuth;
+pub use format::{format_sealed, parse_sealed};
+
+use axum::extract::FromRequest;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
+
+use super::AppState;
+use crate::core::Error;
+
+/// Builds the NAVER routes.
+pub fn router() -> axum::Router<AppState> {
+    v2::router()
+}
+
+/// A NAVER error: HTTP status, `errorCode`, `message` and `details`.
+#[derive(Debug)]
+pub struct NaverError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// `error.errorCode`.
+    pub code: &'static str,
+    /// `error.message`.
+    pub message: &'static str,
+    /// `error.details`.
+    pub details: String,
+}
+
+impl NaverError {
+    /// 400 / `100` / Bad Request.
+    pub fn bad_request(details: impl Into<String>) -> Self {
+        NaverError {
+            status: StatusCode::BAD_REQUEST,
+            code: "100",
+            message: "Bad Request",
+            details: details.into(),
+        }
+    }
+
+    /// 401 / `200` / Authentication Failed.
+    pub fn unauthenticated(details: impl Into<String>) -> Self {
+        NaverError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "200",
+            message: "Authentication Failed",
+            details: details.into(),
+        }
+    }
+}
+
+impl From<Error> for NaverError {
+    fn from(e: Error) -> Self {
+        let details = e.to_string();
+        let (status, code, message) = match &e {
+            Error::InvalidInput(_)
+            | Error::InvalidState(_)
+            | Error::WrongKeyType(_)
+            | Error::DecryptFailed
+            | Error::Conflict(_) => (StatusCode::BAD_REQUEST, "100", "Bad Request"),
+            Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "200", "Authentication Failed"),
+            Error::Forbidden(_) => (StatusCode::UNAUTHORIZED, "210", "Permission Denied"),
+            Error::KeyDisabled | Error::VersionDisabled(_) => {
+                (StatusCode::FORBIDDEN, "230", "Forbidden")
+            }
+            Error::NotFound(_) => (StatusCode::NOT_FOUND, "300", "Not Found"),
+            Error::Internal(_) => {
+                return NaverError {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    code: "900",
+                    message: "Unexpected Error",
+                    details: "an internal error occurred; see the server log".into(),
+                }
+            }
+        };
+        NaverError {
+            status,
+            code,
+            message,
+            details,
+        }
+    }
+}
+
+impl IntoResponse for NaverError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": {"errorCode": self.code, "message": self.message, "details": self.details}})),
+        )
+            .into_response()
+    }
+}
+
+/// Result of a NAVER handler.
+pub type NaverResult<T> = Result<T, NaverError>;
+
+/// The success envelope.
+pub fn success<T: Serialize>(data: T) -> Response {
+    Json(json!({"code": "SUCCESS", "data": data})).into_response()
+}
+
+/// A JSON body whose rejections answer in the NAVER envelope. An empty body
+/// reads as `{}`, for endpoints whose fields are all optional.
+pub struct NaverJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for NaverJson<T> {
+    type Rejection = NaverError;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| NaverError::bad_request(format!("cannot read the request body: {e}")))?;
+        let body: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(body)
+            .map(NaverJson)
+            .map_err(|e| NaverError::bad_request(format!("malformed JSON body: {e}")))
+    }
+}

@@ -1,0 +1,313 @@
+//! Configuration: a TOML file (examples under `hsm-config/`), every key
+//! overridable by an `HSM_KMS_{SECTION}_{KEY}` environment variable. The
+//! user PIN never comes from the TOML: it is read from the environment
+//! variable named by `hsm.pin_env` (default `HSM_KMS_PIN`) or from
+//! `hsm.pin_file`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::hsm::HsmConfig;
+
+/// A configuration error.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// Path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file or an override is not valid.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// No PIN was provided.
+    #[error("no user PIN: set {0} or hsm.pin_file")]
+    NoPin(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP server.
+    pub server: ServerConfig,
+    /// PKCS#11 token.
+    pub hsm: HsmSection,
+    /// Metadata store.
+    pub store: StoreConfig,
+    /// NAVER dialect settings.
+    pub naver: NaverConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// Proxies whose `X-Forwarded-For` is trusted for the client address.
+    pub trusted_proxies: Vec<String>,
+    /// Largest request body, bytes.
+    pub body_limit: usize,
+    /// Seconds between scheduler passes (rotation, deletion).
+    pub scheduler_interval_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            trusted_proxies: vec![],
+            body_limit: 1024 * 1024,
+            scheduler_interval_secs: 60,
+        }
+    }
+}
+
+/// `[hsm]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HsmSection {
+    /// PKCS#11 module path.
+    pub module: String,
+    /// Token label (preferred over `slot_id`).
+    pub token_label: Option<String>,
+    /// Slot id.
+    pub slot_id: Option<u64>,
+    /// Environment variable holding the user PIN.
+    pub pin_env: String,
+    /// File holding the user PIN (first line).
+    pub pin_file: Option<String>,
+    /// Sessions kept open.
+    pub max_sessions: usize,
+    /// Symmetric operations at once.
+    pub symmetric_concurrency: usize,
+    /// Asymmetric operations at once.
+    pub asymmetric_concurrency: usize,
+}
+
+impl Default for HsmSection {
+    fn default() -> Self {
+        HsmSection {
+            module: crate::hsm::default_module_path().display().to_string(),
+            token_label: Some("hsm-kms".into()),
+            slot_id: None,
+            pin_env: "HSM_KMS_PIN".into(),
+            pin_file: None,
+            max_sessions: 16,
+            symmetric_concurrency: 2,
+            asymmetric_concurrency: 2,
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Directory of the SQLite database.
+    pub data_dir: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            data_dir: "./data".into(),
+        }
+    }
+}
+
+/// `[naver]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NaverConfig {
+    /// Allowed clock skew of `x-ncp-apigw-timestamp`, seconds.
+    pub signature_window_secs: i64,
+    /// `baseUrl` reported in key records.
+    pub base_url: String,
+}
+
+impl Default for NaverConfig {
+    fn default() -> Self {
+        NaverConfig {
+            signature_window_secs: 300,
+            base_url: "https://ocapi.ncloud.com".into(),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `json` or `text`.
+    pub format: String,
+    /// An `EnvFilter` directive, e.g. `info` or `hsm_kms=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "json".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (if given) and applies `HSM_KMS_*` overrides.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.display().to_string(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let mut value: toml::Value =
+            toml::from_str(&text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        apply_env(&mut value, std::env::vars())?;
+        value
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// The listen address.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server
+            .listen
+            .parse()
+            .map_err(|e| ConfigError::Invalid(format!("server.listen: {e}")))
+    }
+
+    /// The trusted proxies as networks.
+    pub fn trusted_proxies(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        self.server
+            .trusted_proxies
+            .iter()
+            .map(|s| {
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|e| ConfigError::Invalid(format!("server.trusted_proxies {s}: {e}")))
+            })
+            .collect()
+    }
+
+    /// The HSM settings with the PIN resolved.
+    pub fn hsm_config(&self) -> Result<HsmConfig, ConfigError> {
+        let pin = match (&self.hsm.pin_file, std::env::var(&self.hsm.pin_env)) {
+            (_, Ok(p)) if !p.is_empty() => p,
+            (Some(file), _) => std::fs::read_to_string(file)
+                .map_err(|source| ConfigError::Read {
+                    path: file.clone(),
+                    source,
+                })?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            _ => return Err(ConfigError::NoPin(self.hsm.pin_env.clone())),
+        };
+        Ok(HsmConfig {
+            module: PathBuf::from(&self.hsm.module),
+            token_label: self.hsm.token_label.clone().filter(|l| !l.is_empty()),
+            slot_id: self.hsm.slot_id,
+            pin: SecretString::from(pin),
+            max_sessions: self.hsm.max_sessions,
+            symmetric_concurrency: self.hsm.symmetric_concurrency,
+            asymmetric_concurrency: self.hsm.asymmetric_concurrency,
+        })
+    }
+}
+
+const SECTIONS: [&str; 5] = ["server", "hsm", "store", "naver", "log"];
+
+/// Applies `HSM_KMS_{SECTION}_{KEY}=value` overrides to a parsed config.
+/// Values are parsed as TOML when they parse (numbers, booleans, arrays) and
+/// taken as strings otherwise. `HSM_KMS_PIN` is not a config key.
+fn apply_env(
+    value: &mut toml::Value,
+    vars: impl Iterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let defaults = toml::Value::try_from(Config::default())
+        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    let root = value
+        .as_table_mut()
+        .ok_or_else(|| ConfigError::Invalid("not a table".into()))?;
+    for (name, raw) in vars {
+        let Some(rest) = name.strip_prefix("HSM_KMS_") else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        let Some(section) = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) else {
+            continue;
+        };
+        let key = &rest[section.len() + 1..];
+        let known = defaults
+            .get(section)
+            .and_then(|t| t.as_table())
+            .map(|t| t.contains_key(key) || matches!(key, "token_label" | "slot_id" | "pin_file"))
+            .unwrap_or(false);
+        if !known {
+            continue;
+        }
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(raw.clone()));
+        // Keys that are strings stay strings even when the text looks numeric.
+        let parsed = match defaults.get(section).and_then(|t| t.get(key)) {
+            Some(toml::Value::String(_)) => toml::Value::String(raw.clone()),
+            _ => parsed,
+        };
+        root.entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::Invalid(format!("[{section}] is not a table")))?
+            .insert(key.to_string(), parsed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_apply_with_types() {
+        let mut v: toml::Value = toml::from_str("[server]\nlisten = \"0.0.0.0:1\"").unwrap();
+        apply_env(
+            &mut v,
+            vec![
+                (
+                    "HSM_KMS_SERVER_LISTEN".to_string(),
+                    "127.0.0.1:9".to_string(),
+                ),
+                ("HSM_KMS_HSM_MAX_SESSIONS".to_string(), "4".to_string()),
+                ("HSM_KMS_HSM_TOKEN_LABEL".to_string(), "123".to_string()),
+                ("HSM_KMS_PIN".to_string(), "secret".to_string()),
+            ]
+            .into_iter(),
+        )
+        .unwrap();
+        let c: Config = v.try_into().unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9");
+        assert_eq!(c.hsm.max_sessions, 4);
+        assert_eq!(c.hsm.token_label.as_deref(), Some("123"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let v: std::result::Result<Config, _> = toml::from_str("[server]\nlisen = \"x\"");
+        assert!(v.is_err());
+    }
+}

@@ -1,0 +1,111 @@
+//! Wiring: opens the token and the store from a [`Config`], runs the
+//! reconciler, and serves the router. Used by `main` and by the tests.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::api::{router, ApiConfig, AppState};
+use crate::config::Config;
+use crate::core::{ensure_service_keys, reconcile, spawn_scheduler, Engine, NewAccessKey};
+use crate::hsm::Hsm;
+use crate::store::Store;
+
+/// Opens the token (login) and the store described by `cfg`.
+pub async fn open(cfg: &Config) -> anyhow::Result<(Hsm, Store)> {
+    let hcfg = cfg.hsm_config()?;
+    let hsm = tokio::task::spawn_blocking(move || Hsm::open(&hcfg))
+        .await
+        .context("HSM worker")?
+        .context("cannot open the HSM token")?;
+    let store = Store::open_sqlite(&PathBuf::from(&cfg.store.data_dir))
+        .await
+        .context("cannot open the metadata store")?;
+    Ok((hsm, store))
+}
+
+/// What `init` did.
+#[derive(Debug)]
+pub struct InitOutcome {
+    /// Service keys created by this run.
+    pub created_service_keys: Vec<&'static str>,
+    /// The first account's credentials, when this run created them.
+    pub first_credentials: Option<NewAccessKey>,
+}
+
+/// `hsm-kms init`: service keys in the token, schema, a first account with
+/// one access key. Idempotent: a second run creates nothing.
+pub async fn init(cfg: &Config, account: &str) -> anyhow::Result<InitOutcome> {
+    let (hsm, store) = open(cfg).await?;
+    reconcile(&hsm, &store).await?;
+    let created = ensure_service_keys(&hsm, &store).await?;
+    let engine = Engine::new(hsm, store).await?;
+    let first_credentials = if engine.store().account_by_name(account).await?.is_none() {
+        engine.create_account(account).await?;
+        Some(engine.create_access_key(account).await?)
+    } else {
+        None
+    };
+    Ok(InitOutcome {
+        created_service_keys: created,
+        first_credentials,
+    })
+}
+
+/// A running server.
+pub struct Running {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// The engine it serves.
+    pub engine: Engine,
+    /// Completes when the server stops.
+    pub handle: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Opens everything, reconciles, and serves on `cfg.server.listen` until
+/// `shutdown` completes.
+pub async fn start(
+    cfg: &Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Running> {
+    let (hsm, store) = open(cfg).await?;
+    let report = reconcile(&hsm, &store).await?;
+    tracing::info!(?report, "reconciler finished");
+    let engine = Engine::new(hsm, store).await?;
+    let api = ApiConfig {
+        signature_window_secs: cfg.naver.signature_window_secs,
+        naver_base_url: cfg.naver.base_url.clone(),
+        trusted_proxies: cfg.trusted_proxies()?,
+        body_limit: cfg.server.body_limit,
+    };
+    let app = router(AppState {
+        engine: engine.clone(),
+        config: Arc::new(api),
+    });
+    let listener = TcpListener::bind(cfg.listen_addr()?)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
+    let addr = listener.local_addr()?;
+    spawn_scheduler(
+        engine.clone(),
+        Duration::from_secs(cfg.server.scheduler_interval_secs.max(1)),
+    );
+    let handle = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+    });
+    tracing::info!(%addr, token = engine.hsm().token_label(), "hsm-kms listening");
+    Ok(Running {
+        addr,
+        engine,
+        handle,
+    })
+}
