@@ -1,0 +1,294 @@
+//! Shared test harness: a fresh SoftHSMv2 token and SQLite store under a temp
+//! dir, `init`, and the server on 127.0.0.1:0, in this process.
+//!
+//! SoftHSM reads `SOFTHSM2_CONF` once per process and a process can
+//! initialise a PKCS#11 module once, so each test must run in its own process:
+//! run the suite with `cargo nextest run` (see `scripts/test.sh`).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use hsm_kms::api::auth::ncp::{sign, SignatureVersion};
+use hsm_kms::config::Config;
+use hsm_kms::core::Engine;
+use reqwest::Method;
+use serde_json::Value;
+
+/// User PIN of test tokens.
+pub const PIN: &str = "1234";
+/// SO PIN of test tokens.
+pub const SO_PIN: &str = "12345678";
+
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// The PKCS#11 module under test (`PKCS11_MODULE`, default Debian's SoftHSMv2).
+pub fn module() -> String {
+    std::env::var("PKCS11_MODULE").unwrap_or_else(|_| "/usr/lib/softhsm/libsofthsm2.so".into())
+}
+
+/// Makes a SoftHSM config and one initialised token labelled `label` under
+/// `dir`; returns the config path. Sets `SOFTHSM2_CONF` for this process.
+pub fn make_token(dir: &Path, label: &str) -> PathBuf {
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens).expect("token dir");
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .expect("softhsm2.conf");
+    let out = Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &conf)
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            label,
+            "--so-pin",
+            SO_PIN,
+            "--pin",
+            PIN,
+        ])
+        .output()
+        .expect("softhsm2-util must be installed (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "softhsm2-util failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::env::set_var("SOFTHSM2_CONF", &conf);
+    conf
+}
+
+/// A config for a token and data dir under `dir`.
+pub fn config(dir: &Path) -> Config {
+    let pin_file = dir.join("pin");
+    std::fs::write(&pin_file, PIN).expect("pin file");
+    let mut cfg = Config::default();
+    cfg.hsm.module = module();
+    cfg.hsm.token_label = Some("hsm-kms-test".into());
+    cfg.hsm.pin_env = "HSM_KMS_TEST_PIN_UNSET".into();
+    cfg.hsm.pin_file = Some(pin_file.display().to_string());
+    cfg.store.data_dir = dir.join("data").display().to_string();
+    cfg.server.listen = "127.0.0.1:0".into();
+    cfg.server.scheduler_interval_secs = 3600;
+    cfg
+}
+
+/// A running service with a first account.
+pub struct Kms {
+    /// Base URL, `http://127.0.0.1:port`.
+    pub url: String,
+    /// First account's access key.
+    pub access_key: String,
+    /// First account's secret key.
+    pub secret_key: String,
+    /// The engine, for assertions through the PKCS#11 layer and the store.
+    pub engine: Engine,
+    /// The config used.
+    pub config: Config,
+    /// HTTP client.
+    pub client: reqwest::Client,
+    /// Temp dir holding the token and the store.
+    pub dir: tempfile::TempDir,
+}
+
+/// An HTTP answer: status and JSON body (`Value::Null` if not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Parsed body.
+    pub body: Value,
+    /// Headers.
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Reply {
+    /// `body.data`.
+    pub fn data(&self) -> &Value {
+        &self.body["data"]
+    }
+    /// Asserts a NAVER error envelope with this status and error code.
+    pub fn assert_naver_error(&self, status: u16, code: &str) {
+        assert_eq!(
+            self.status, status,
+            "unexpected status, body: {}",
+            self.body
+        );
+        assert_eq!(self.body["error"]["errorCode"], code, "body: {}", self.body);
+        assert!(
+            self.body["error"]["message"].is_string(),
+            "body: {}",
+            self.body
+        );
+        assert!(
+            self.body["error"]["details"].is_string(),
+            "body: {}",
+            self.body
+        );
+    }
+    /// Asserts NAVER success and returns `data`.
+    pub fn ok(&self) -> &Value {
+        assert_eq!(self.status, 200, "body: {}", self.body);
+        assert_eq!(self.body["code"], "SUCCESS", "body: {}", self.body);
+        self.data()
+    }
+}
+
+/// Milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+impl Kms {
+    /// Starts a fresh service (new token, new store, `init`).
+    pub async fn start() -> Kms {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a fresh service after `tweak` adjusts the config.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Kms {
+        assert!(
+            !STARTED.swap(true, Ordering::SeqCst),
+            "one service per test process: run the integration tests with `cargo nextest run`"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        make_token(dir.path(), "hsm-kms-test");
+        let mut cfg = config(dir.path());
+        tweak(&mut cfg);
+        let out = hsm_kms::server::init(&cfg, "default").await.expect("init");
+        let creds = out.first_credentials.expect("first credentials");
+        let running = hsm_kms::server::start(&cfg, std::future::pending())
+            .await
+            .expect("start");
+        Kms {
+            url: format!("http://{}", running.addr),
+            access_key: creds.access_key.clone(),
+            secret_key: creds.secret_key.to_string(),
+            engine: running.engine,
+            config: cfg,
+            client: reqwest::Client::new(),
+            dir,
+        }
+    }
+
+    /// Creates another account with its own access key: (access key, secret).
+    pub async fn second_account(&self, name: &str) -> (String, String) {
+        self.engine.create_account(name).await.expect("account");
+        let k = self
+            .engine
+            .create_access_key(name)
+            .await
+            .expect("access key");
+        (k.access_key.clone(), k.secret_key.to_string())
+    }
+
+    /// A request signed with signature v2 by the first account.
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
+        self.call_as(
+            &self.access_key.clone(),
+            &self.secret_key.clone(),
+            method,
+            path,
+            body,
+        )
+        .await
+    }
+
+    /// A request signed with signature v2 by the given access key.
+    pub async fn call_as(
+        &self,
+        ak: &str,
+        sk: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Reply {
+        let ts = now_ms().to_string();
+        let sig = sign(
+            SignatureVersion::V2,
+            sk.as_bytes(),
+            method,
+            path,
+            &ts,
+            ak,
+            None,
+        );
+        let headers = vec![
+            ("x-ncp-apigw-timestamp".to_string(), ts),
+            ("x-ncp-iam-access-key".to_string(), ak.to_string()),
+            ("x-ncp-apigw-signature-v2".to_string(), sig),
+        ];
+        self.raw(
+            method,
+            path,
+            &headers,
+            body.map(|b| b.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    /// A request with exactly these headers and body bytes.
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: Option<Vec<u8>>,
+    ) -> Reply {
+        let m = Method::from_bytes(method.as_bytes()).expect("method");
+        let mut rb = self.client.request(m, format!("{}{}", self.url, path));
+        for (k, v) in headers {
+            rb = rb.header(k, v);
+        }
+        if let Some(b) = body {
+            rb = rb.header("content-type", "application/json").body(b);
+        }
+        let resp = rb.send().await.expect("HTTP request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.expect("body");
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    /// Creates a key and returns its keyTag.
+    pub async fn create_key(&self, name: &str, key_type: &str, extra: Value) -> String {
+        let mut body =
+            serde_json::json!({"keyName": name, "keyType": key_type, "isAutoRotation": false});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        let r = self.call("POST", "/kms/v1/keys", Some(body)).await;
+        r.ok()["keyTag"].as_str().expect("keyTag").to_string()
+    }
+}
+
+/// Base64 (standard).
+pub fn b64(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// Base64 decode (standard).
+pub fn unb64(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .expect("base64")
+}
