@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod naver;
+pub mod ratelimit;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -28,6 +29,8 @@ pub struct ApiConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Largest request body, bytes.
     pub body_limit: usize,
+    /// Per-key quota on crypto calls, when enabled.
+    pub rate_limit: Option<ratelimit::KeyRateLimiter>,
 }
 
 impl Default for ApiConfig {
@@ -37,6 +40,7 @@ impl Default for ApiConfig {
             naver_base_url: "https://ocapi.ncloud.com".into(),
             trusted_proxies: vec![],
             body_limit: 1024 * 1024,
+            rate_limit: None,
         }
     }
 }
@@ -85,7 +89,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
-        .merge(naver::router())
+        .merge(naver::router(state.clone()))
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(

@@ -9,6 +9,7 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::auth::{Caller, NoteVersion};
 use super::format::{b64, context, enc, format_sealed, parse_sealed, OneOrMany};
 use super::{success, AccountAuth, NaverError, NaverJson, NaverResult};
 use crate::api::AppState;
@@ -51,6 +52,11 @@ pub(super) fn router() -> Router<AppState> {
             "/kms/v1/keys/{key_tag}/disable-auto-rotation",
             post(disable_auto_rotation),
         )
+}
+
+/// The crypto routes, which also take token auth and are rate limited.
+pub(super) fn crypto_router() -> Router<AppState> {
+    Router::new()
         .route("/kms/v1/keys/{key_tag}/encrypt", post(encrypt))
         .route("/kms/v1/keys/{key_tag}/decrypt", post(decrypt))
         .route("/kms/v1/keys/{key_tag}/re-encrypt", post(reencrypt))
@@ -162,6 +168,7 @@ async fn create_key(
             },
         )
         .await?;
+    auth.note_key(&e.key.uid);
     Ok(success(key_info(&e, &st.config.naver_base_url)))
 }
 
@@ -174,7 +181,7 @@ async fn get_key(
     Ok(success(key_info(&e, &st.config.naver_base_url)))
 }
 
-fn int_param(
+pub(super) fn int_param(
     q: &HashMap<String, String>,
     name: &str,
     default: i64,
@@ -476,7 +483,7 @@ pub(super) fn plaintexts(p: &OneOrMany) -> NaverResult<Vec<Vec<u8>>> {
 
 async fn encrypt(
     State(st): State<AppState>,
-    auth: AccountAuth,
+    auth: Caller,
     Path(tag): Path<String>,
     NaverJson(b): NaverJson<EncryptBody>,
 ) -> NaverResult<Response> {
@@ -515,7 +522,7 @@ fn ciphertexts(c: &OneOrMany) -> NaverResult<Vec<Sealed>> {
 
 async fn decrypt(
     State(st): State<AppState>,
-    auth: AccountAuth,
+    auth: Caller,
     Path(tag): Path<String>,
     NaverJson(b): NaverJson<DecryptBody>,
 ) -> NaverResult<Response> {
@@ -536,7 +543,7 @@ async fn decrypt(
 
 async fn reencrypt(
     State(st): State<AppState>,
-    auth: AccountAuth,
+    auth: Caller,
     Path(tag): Path<String>,
     NaverJson(b): NaverJson<DecryptBody>,
 ) -> NaverResult<Response> {
@@ -566,7 +573,7 @@ struct CustomKeyBody {
 
 async fn create_custom_key(
     State(st): State<AppState>,
-    auth: AccountAuth,
+    auth: Caller,
     Path(tag): Path<String>,
     NaverJson(b): NaverJson<CustomKeyBody>,
 ) -> NaverResult<Response> {
@@ -591,7 +598,7 @@ struct SignBody {
 
 async fn sign(
     State(st): State<AppState>,
-    auth: AccountAuth,
+    auth: Caller,
     Path(tag): Path<String>,
     NaverJson(b): NaverJson<SignBody>,
 ) -> NaverResult<Response> {
@@ -601,6 +608,7 @@ async fn sign(
             .ok_or_else(|| NaverError::bad_request("data is required"))?,
     )?;
     let (version, sig) = st.engine.sign(auth.account_id, &tag, data).await?;
+    auth.note_version(version);
     Ok(success(
         json!({"signature": format_sealed(&Sealed { version, blob: sig })}),
     ))
@@ -615,7 +623,7 @@ struct VerifyBody {
 
 async fn verify(
     State(st): State<AppState>,
-    auth: AccountAuth,
+    auth: Caller,
     Path(tag): Path<String>,
     NaverJson(b): NaverJson<VerifyBody>,
 ) -> NaverResult<Response> {
@@ -644,7 +652,7 @@ struct PubKeyBody {
 
 async fn get_public_key(
     State(st): State<AppState>,
-    auth: AccountAuth,
+    auth: Caller,
     Path(tag): Path<String>,
     NaverJson(b): NaverJson<PubKeyBody>,
 ) -> NaverResult<Response> {
