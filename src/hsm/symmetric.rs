@@ -56,10 +56,12 @@ impl SessionRef<'_> {
             .decrypt(&Mechanism::AesGcm(params), h, &blob[GCM_IV_LEN..])
         {
             Ok(pt) => Ok(pt),
-            // SoftHSM answers a bad tag with CKR_FUNCTION_FAILED or
-            // CKR_ENCRYPTED_DATA_INVALID; both mean "not ours".
+            // SoftHSMv2 2.6 answers a bad GCM tag with CKR_GENERAL_ERROR;
+            // other tokens use CKR_ENCRYPTED_DATA_INVALID or
+            // CKR_FUNCTION_FAILED. All mean "not a ciphertext of this key".
             Err(cryptoki::error::Error::Pkcs11(
                 cryptoki::error::RvError::FunctionFailed
+                | cryptoki::error::RvError::GeneralError
                 | cryptoki::error::RvError::EncryptedDataInvalid
                 | cryptoki::error::RvError::EncryptedDataLenRange,
                 _,

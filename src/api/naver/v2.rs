@@ -169,6 +169,9 @@ async fn create_key(
         )
         .await?;
     auth.note_key(&e.key.uid);
+    if let Some(v) = e.current() {
+        auth.note_version(v.version);
+    }
     Ok(success(key_info(&e, &st.config.naver_base_url)))
 }
 
@@ -338,6 +341,7 @@ async fn set_version(
     enabled: bool,
 ) -> NaverResult<Response> {
     let n = parse_version(&version)?;
+    auth.note_version(n);
     let v = st
         .engine
         .set_version_enabled(auth.account_id, &tag, n, enabled)
@@ -372,6 +376,7 @@ async fn rotate(
     let v = e.current().ok_or_else(|| {
         NaverError::from(crate::core::Error::Internal("no current version".into()))
     })?;
+    auth.note_version(v.version);
     Ok(success(
         json!({"keyTag": e.key.uid, "version": v.version, "rotatedDate": v.created_at}),
     ))
@@ -497,6 +502,7 @@ async fn encrypt(
             .engine
             .encrypt(auth.account_id, &tag, pt, ctx.clone())
             .await?;
+        auth.note_version(sealed.version);
         out.push(format_sealed(&sealed));
     }
     Ok(success(json!({"ciphertext": p.same_shape(out)})))
@@ -532,6 +538,7 @@ async fn decrypt(
     let ctx = context(&b.context)?;
     let mut out = Vec::new();
     for sealed in ciphertexts(&c)? {
+        auth.note_version(sealed.version);
         let pt = st
             .engine
             .decrypt(auth.account_id, &tag, &sealed, ctx.clone())
@@ -557,6 +564,7 @@ async fn reencrypt(
             .engine
             .reencrypt(auth.account_id, &tag, &sealed, ctx.clone())
             .await?;
+        auth.note_version(s.version);
         out.push(format_sealed(&s));
     }
     Ok(success(json!({"newCiphertext": c.same_shape(out)})))
@@ -582,6 +590,7 @@ async fn create_custom_key(
         .engine
         .create_custom_key(auth.account_id, &tag, b.bits.unwrap_or(256), ctx)
         .await?;
+    auth.note_version(ck.sealed.version);
     let mut data =
         json!({"ciphertext": format_sealed(&ck.sealed), "key_version": ck.sealed.version});
     if b.request_plain_key {
@@ -637,6 +646,7 @@ async fn verify(
         &b.signature
             .ok_or_else(|| NaverError::bad_request("signature is required"))?,
     )?;
+    auth.note_version(sig.version);
     let valid = st
         .engine
         .verify(auth.account_id, &tag, sig.version, data, sig.blob)
@@ -656,10 +666,11 @@ async fn get_public_key(
     Path(tag): Path<String>,
     NaverJson(b): NaverJson<PubKeyBody>,
 ) -> NaverResult<Response> {
-    let (_, der) = st
+    let (version, der) = st
         .engine
         .public_key(auth.account_id, &tag, b.key_version)
         .await?;
+    auth.note_version(version);
     Ok(success(json!({"publicKey": pem("PUBLIC KEY", &der)})))
 }
 
