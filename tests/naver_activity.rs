@@ -203,3 +203,37 @@ async fn logging_can_be_turned_off() {
         .await;
     assert_eq!(r.ok()["totalCount"], 0);
 }
+
+#[tokio::test]
+async fn scheduled_rotation_is_recorded_as_system_work() {
+    let kms = Kms::start().await;
+    let tag = kms
+        .create_key(
+            "auto-key",
+            "AES256",
+            json!({"isAutoRotation": true, "rotationPeriod": 1}),
+        )
+        .await;
+    // Make the rotation due by moving its time into the past in the store.
+    let db = format!("sqlite://{}/metadata.db", kms.config.store.data_dir);
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    sqlx::query("UPDATE keys SET next_rotation_at = ? WHERE uid = ?")
+        .bind(now_ms() - 1000)
+        .bind(&tag)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (rotated, _) = kms.engine.run_due_work().await.unwrap();
+    assert_eq!(rotated, 1);
+    let r = kms
+        .call("GET", &format!("/kms/v1/keys/{tag}/last-use-info"), None)
+        .await;
+    let d = r.ok();
+    assert_eq!(d["data"]["api"]["action"], "RotateKey");
+    assert_eq!(d["data"]["requestor"]["requestType"], "SYSTEM");
+    assert_eq!(d["data"]["kmsKey"]["keyVersion"], 2);
+    let info = kms.call("GET", &format!("/kms/v1/keys/{tag}"), None).await;
+    let info = info.ok();
+    assert_eq!(info["currentVersion"], 2);
+    assert!(info["nextRotationDate"].as_i64().unwrap() > now_ms() + 23 * 3_600_000);
+}
