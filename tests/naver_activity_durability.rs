@@ -22,6 +22,8 @@ fn hsm_kms(dir: &Path) -> Command {
     c
 }
 
+// The caller kills and reaps the child it is handed.
+#[allow(clippy::zombie_processes)]
 fn serve(dir: &Path) -> (Child, String) {
     let addr_file = dir.join("addr");
     let _ = std::fs::remove_file(&addr_file);
