@@ -103,8 +103,23 @@ pub fn router(state: AppState) -> Router {
                 tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path())
             }),
         )
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// A panic in a handler is a bug; the client gets a 500 in an envelope both
+/// dialects' clients parse as an error, never a dropped connection.
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        axum::Json(serde_json::json!({
+            "error": {"errorCode": "900", "message": "Unexpected Error", "details": "internal error"},
+            "header": {"resultCode": -1, "resultMessage": "internal error", "isSuccessful": false}
+        })),
+    )
+        .into_response()
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {
