@@ -246,6 +246,8 @@ impl SessionRef<'_> {
     /// Finds the handle of the object with `CKA_ID = id` and class `class`,
     /// from the cache when possible.
     pub(crate) fn handle(&self, id: &[u8], class: ObjectClass) -> Result<ObjectHandle> {
+        // CK_OBJECT_CLASS is u64 on Linux but not on every platform.
+        #[allow(clippy::useless_conversion)]
         let key = (id.to_vec(), u64::from(*class));
         {
             let map = self
