@@ -246,7 +246,7 @@ impl SessionRef<'_> {
     /// Finds the handle of the object with `CKA_ID = id` and class `class`,
     /// from the cache when possible.
     pub(crate) fn handle(&self, id: &[u8], class: ObjectClass) -> Result<ObjectHandle> {
-        // CK_ULONG is u64 on 64-bit targets only.
+        // CK_OBJECT_CLASS is u64 on Linux but not on every platform.
         #[allow(clippy::useless_conversion)]
         let key = (id.to_vec(), u64::from(*class));
         {

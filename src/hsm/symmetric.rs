@@ -56,9 +56,10 @@ impl SessionRef<'_> {
             .decrypt(&Mechanism::AesGcm(params), h, &blob[GCM_IV_LEN..])
         {
             Ok(pt) => Ok(pt),
-            // SoftHSMv2 2.6 answers a bad GCM tag with CKR_GENERAL_ERROR;
-            // other tokens use CKR_ENCRYPTED_DATA_INVALID or
-            // CKR_FUNCTION_FAILED. All mean "not a ciphertext of this key".
+            // SoftHSM answers a bad tag with CKR_FUNCTION_FAILED,
+            // CKR_ENCRYPTED_DATA_INVALID or (2.6.1) CKR_GENERAL_ERROR; all
+            // mean "not ours". The key handle was valid, so a general error
+            // here is the tag check, not a broken token.
             Err(cryptoki::error::Error::Pkcs11(
                 cryptoki::error::RvError::FunctionFailed
                 | cryptoki::error::RvError::GeneralError
