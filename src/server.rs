@@ -98,6 +98,7 @@ pub async fn start(
         trusted_proxies: cfg.trusted_proxies()?,
         body_limit: cfg.server.body_limit,
     };
+    crate::api::metrics::handle();
     let app = router(AppState {
         engine: engine.clone(),
         config: Arc::new(api),

@@ -2,6 +2,7 @@
 //! service's own endpoints (`/healthz`, `/readyz`, `/openapi.json`).
 
 pub mod auth;
+pub mod metrics;
 pub mod naver;
 pub mod ratelimit;
 
@@ -89,7 +90,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics::render))
         .merge(naver::router(state.clone()))
+        .route_layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(
