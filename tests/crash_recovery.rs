@@ -104,8 +104,35 @@ async fn assert_consistent(site: &Site) {
     }
 }
 
-/// Sends `method path` and waits for the server to pause at the fault point
-/// (the request never gets an answer), then SIGKILLs the server.
+/// Sends `method path` and waits until the server pauses at the fault point
+/// (the request never gets an answer; the paused thread stays blocked after
+/// the client gives up on it).
+async fn pause_at_fault(
+    server: &Server,
+    marker: &Path,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) {
+    let start = Instant::now();
+    let req = server.call(method, path, body);
+    tokio::pin!(req);
+    loop {
+        tokio::select! {
+            r = &mut req => panic!("the request answered instead of pausing: {r:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+        if marker.exists() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the fault point was not reached"
+        );
+    }
+}
+
+/// [`pause_at_fault`], then SIGKILL.
 async fn kill_at_fault(
     server: Server,
     marker: &Path,
@@ -113,24 +140,7 @@ async fn kill_at_fault(
     path: &str,
     body: Option<Value>,
 ) {
-    let start = Instant::now();
-    {
-        let req = server.call(method, path, body);
-        tokio::pin!(req);
-        loop {
-            tokio::select! {
-                r = &mut req => panic!("the request answered instead of pausing: {r:?}"),
-                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-            }
-            if marker.exists() {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "the fault point was not reached"
-            );
-        }
-    }
+    pause_at_fault(&server, marker, method, path, body).await;
     server.kill();
 }
 
@@ -257,8 +267,8 @@ async fn creation_killed_between_hsm_and_store_leaves_no_key() {
 
     let marker = site.dir.path().join("fault-create");
     let server = site.serve(&fault_env("create:after-hsm", &marker)).await;
-    kill_at_fault(
-        server,
+    pause_at_fault(
+        &server,
         &marker,
         "POST",
         "/kms/v1/keys",
@@ -272,6 +282,22 @@ async fn creation_killed_between_hsm_and_store_leaves_no_key() {
         .expect("the half-made key's pending row")
         .clone();
     assert_eq!(crashed.state, "pending");
+    // While it is half-made, the running server does not show the key.
+    let list = server.call("GET", "/kms/v1/keys", None).await;
+    assert_eq!(list.ok()["totalCount"], 1, "{}", list.body);
+    server
+        .call("GET", &format!("/kms/v1/keys/{}", crashed.uid), None)
+        .await
+        .assert_naver_error(404, "300");
+    server
+        .call(
+            "POST",
+            &format!("/kms/v1/keys/{}/encrypt", crashed.uid),
+            Some(json!({"plaintext": b64(b"x")})),
+        )
+        .await
+        .assert_naver_error(404, "300");
+    server.kill();
     assert_eq!(
         site.token_objects()
             .iter()
