@@ -1690,3 +1690,52 @@ async fn signature_failures_answer_401() {
     let r = kms.call("GET", &keys(&tag), None).await;
     assert_auth_error(&r, "revoked");
 }
+
+#[tokio::test]
+async fn a_key_holds_at_most_100_versions() {
+    let kms = Kms::start().await;
+    let tag = kms.create_key("full", "AES256", json!({})).await;
+    let ct1 = kms.encrypt(&tag, b"first", None).await;
+    // A rotation costs about 0.1 s on SoftHSM (object file, fsync'd store
+    // writes): versions 2 to 98 are written into the store directly (rows
+    // without objects, never used below); 99 and 100 are real rotations.
+    let db = kms.db().await;
+    for v in 2..=98 {
+        sqlx::query(
+            "INSERT INTO key_versions (key_id, version, state, enabled, cka_id, status_at, created_at)
+             SELECT id, ?, 'active', 1, randomblob(16), created_at, created_at FROM keys WHERE uid = ?",
+        )
+        .bind(v)
+        .bind(&tag)
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+    for v in 99..=100 {
+        let r = kms.op(&tag, "rotate", json!(null)).await;
+        assert_eq!(r.ok()["version"], v);
+    }
+    let r = kms.op(&tag, "rotate", json!(null)).await;
+    r.assert_naver_error(400, "100");
+    assert!(r.body["error"]["details"].as_str().unwrap().contains("100"));
+    let info = kms.call("GET", &keys(&tag), None).await;
+    assert_eq!(info.ok()["currentVersion"], 100);
+    let r = kms
+        .call("GET", &format!("{}/versions", keys(&tag)), None)
+        .await;
+    assert_eq!(r.ok()["versionList"].as_array().unwrap().len(), 100);
+    assert!(kms
+        .encrypt(&tag, b"x", None)
+        .await
+        .starts_with("ncpkms:v100:"));
+    assert_eq!(kms.decrypt_ok(&tag, &ct1, None).await, b"first");
+    // No version 101 row was left behind by the refused rotation.
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM key_versions v JOIN keys k ON k.id = v.key_id WHERE k.uid = ?",
+    )
+    .bind(&tag)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(n, 100);
+}

@@ -246,10 +246,11 @@ impl Engine {
     }
 
     /// A key of `account_id` that is not deleted; another account's key is
-    /// reported as not found, never described.
+    /// reported as not found, never described. So is a key still being
+    /// created (no active version yet), which no client has been given.
     pub async fn owned_key(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
         let e = self.key_entry(uid).await?;
-        if e.key.account_id != account_id || e.key.status == "DELETED" {
+        if e.key.account_id != account_id || e.key.status == "DELETED" || e.current().is_none() {
             return Err(Error::NotFound("key"));
         }
         Ok(e)

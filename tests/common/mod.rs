@@ -6,6 +6,8 @@
 //! run the suite with `cargo nextest run` (see `scripts/test.sh`).
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -331,24 +333,7 @@ impl Kms {
         headers: &[(String, String)],
         body: Option<Vec<u8>>,
     ) -> Reply {
-        let m = Method::from_bytes(method.as_bytes()).expect("method");
-        let mut rb = self.client.request(m, format!("{}{}", self.url, path));
-        for (k, v) in headers {
-            rb = rb.header(k, v);
-        }
-        if let Some(b) = body {
-            rb = rb.header("content-type", "application/json").body(b);
-        }
-        let resp = rb.send().await.expect("HTTP request");
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let bytes = resp.bytes().await.expect("body");
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply {
-            status,
-            body,
-            headers,
-        }
+        send(&self.client, &self.url, method, path, headers, body).await
     }
 
     /// Creates a key and returns its keyTag.
@@ -362,6 +347,35 @@ impl Kms {
         }
         let r = self.call("POST", "/kms/v1/keys", Some(body)).await;
         r.ok()["keyTag"].as_str().expect("keyTag").to_string()
+    }
+}
+
+/// Sends a request with exactly these headers and body bytes to `url`.
+pub async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: Option<Vec<u8>>,
+) -> Reply {
+    let m = Method::from_bytes(method.as_bytes()).expect("method");
+    let mut rb = client.request(m, format!("{url}{path}"));
+    for (k, v) in headers {
+        rb = rb.header(k, v);
+    }
+    if let Some(b) = body {
+        rb = rb.header("content-type", "application/json").body(b);
+    }
+    let resp = rb.send().await.expect("HTTP request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.bytes().await.expect("body");
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Reply {
+        status,
+        body,
+        headers,
     }
 }
 
