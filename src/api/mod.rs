@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod naver;
+pub mod nhn;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -86,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
         .merge(naver::router())
+        .merge(nhn::router())
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(

@@ -5,6 +5,7 @@
 mod accounts;
 mod crypto;
 mod keys;
+pub mod nhn;
 mod reconcile;
 mod scheduler;
 
@@ -56,6 +57,9 @@ pub enum Error {
     /// The caller may not do this.
     #[error("{0}")]
     Forbidden(String),
+    /// An NHN key store's IPv4 / MAC / client-certificate check refused the client.
+    #[error("{0}")]
+    KeyStoreAuth(nhn::AuthFactor),
     /// A fault of the HSM or the store; details are logged, not returned.
     #[error("internal error")]
     Internal(String),
@@ -139,6 +143,7 @@ struct EngineInner {
     keys: RwLock<HashMap<String, Arc<KeyEntry>>>,
     secrets: RwLock<HashMap<String, accounts::CachedSecret>>,
     kek_id: Vec<u8>,
+    nhn: nhn::NhnState,
 }
 
 impl std::fmt::Debug for Engine {
@@ -163,6 +168,7 @@ impl Engine {
                 keys: RwLock::new(HashMap::new()),
                 secrets: RwLock::new(HashMap::new()),
                 kek_id,
+                nhn: nhn::NhnState::default(),
             }),
         })
     }

@@ -9,6 +9,7 @@
 
 mod asymmetric;
 mod error;
+mod export;
 mod objects;
 mod symmetric;
 mod templates;
@@ -246,7 +247,7 @@ impl SessionRef<'_> {
     /// Finds the handle of the object with `CKA_ID = id` and class `class`,
     /// from the cache when possible.
     pub(crate) fn handle(&self, id: &[u8], class: ObjectClass) -> Result<ObjectHandle> {
-        let key = (id.to_vec(), u64::from(*class));
+        let key = (id.to_vec(), *class);
         {
             let map = self
                 .hsm
@@ -259,11 +260,15 @@ impl SessionRef<'_> {
             }
         }
         use cryptoki::object::Attribute;
-        let found = self.session.find_objects(&[
-            Attribute::Token(true),
-            Attribute::Class(class),
-            Attribute::Id(id.to_vec()),
-        ])?;
+        // Data objects have no CKA_ID: their id is their label.
+        let name = if class == ObjectClass::DATA {
+            Attribute::Label(id.to_vec())
+        } else {
+            Attribute::Id(id.to_vec())
+        };
+        let found =
+            self.session
+                .find_objects(&[Attribute::Token(true), Attribute::Class(class), name])?;
         let h = match found.as_slice() {
             [h] => *h,
             [] => return Err(HsmError::ObjectNotFound),

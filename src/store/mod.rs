@@ -3,8 +3,13 @@
 //! API secret keys are ciphertexts under the HSM KEK.
 
 mod keys;
+mod nhn;
 
 pub use keys::{KeyRow, NewKey, VersionRow, VersionState};
+pub use nhn::{
+    NewCredential, NewKeyStore, NhnCredentialRow, NhnKeyFilter, NhnKeyRow, NhnKeyStoreRow,
+    NhnProjectRow, NhnUserAccessKeyRow,
+};
 
 use std::path::Path;
 use std::str::FromStr;

@@ -70,7 +70,9 @@ impl From<Error> for NaverError {
             | Error::DecryptFailed
             | Error::Conflict(_) => (StatusCode::BAD_REQUEST, "100", "Bad Request"),
             Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "200", "Authentication Failed"),
-            Error::Forbidden(_) => (StatusCode::UNAUTHORIZED, "210", "Permission Denied"),
+            Error::Forbidden(_) | Error::KeyStoreAuth(_) => {
+                (StatusCode::UNAUTHORIZED, "210", "Permission Denied")
+            }
             Error::KeyDisabled | Error::VersionDisabled(_) => {
                 (StatusCode::FORBIDDEN, "230", "Forbidden")
             }
