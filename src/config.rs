@@ -45,6 +45,8 @@ pub struct Config {
     pub naver: NaverConfig,
     /// Logging.
     pub log: LogConfig,
+    /// TLS listener (mutual TLS for NHN certificate authentication).
+    pub tls: TlsConfig,
 }
 
 /// `[server]`
@@ -144,6 +146,33 @@ impl Default for NaverConfig {
     }
 }
 
+/// `[tls]`: a second listener serving the same API over TLS. Off while
+/// `listen` is empty.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Address of the TLS listener; empty = no TLS listener.
+    pub listen: String,
+    /// Server certificate chain (PEM).
+    pub cert_file: String,
+    /// Server private key (PEM, PKCS#8 / PKCS#1 / SEC1).
+    pub key_file: String,
+    /// Ask clients for a certificate issued by a project CA (NHN
+    /// certificate authentication). Clients without one are still served.
+    pub client_auth: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            listen: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            client_auth: true,
+        }
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -229,7 +258,7 @@ impl Config {
     }
 }
 
-const SECTIONS: [&str; 5] = ["server", "hsm", "store", "naver", "log"];
+const SECTIONS: [&str; 6] = ["server", "hsm", "store", "naver", "log", "tls"];
 
 /// Applies `HSM_KMS_{SECTION}_{KEY}=value` overrides to a parsed config.
 /// Values are parsed as TOML when they parse (numbers, booleans, arrays) and

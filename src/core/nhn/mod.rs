@@ -508,11 +508,15 @@ impl Engine {
     }
 
     /// Loads the project CA certificates (for the TLS client verifier).
+    /// A CA made by another process (the admin CLI) is picked up by the
+    /// scheduler's next pass.
     pub async fn nhn_load_cas(&self) -> Result<()> {
         let cas = self.store().nhn_ca_certs().await?;
         let mut g = write(&self.nhn().cas);
-        g.0 += 1;
-        g.1 = cas;
+        if g.1 != cas || g.0 == 0 {
+            g.0 += 1;
+            g.1 = cas;
+        }
         Ok(())
     }
 
@@ -531,7 +535,10 @@ impl Engine {
                 .nhn_delete_credential(id, now, DEFAULT_USER)
                 .await?;
         }
+        // Drop cached credentials so that changes made by another process
+        // (the admin CLI) apply, and pick up new project CAs.
         write(&self.nhn().stores).clear();
+        self.nhn_load_cas().await?;
         self.nhn_flush_access().await?;
         Ok(rotated)
     }
