@@ -1493,3 +1493,114 @@ async fn key_store_and_key_queries() {
         -1300,
     );
 }
+
+#[tokio::test]
+async fn scheduled_deletions_and_reconciler_keep_live_objects() {
+    let kms = nhn::start().await;
+    let p = project(&kms, "p1", false).await;
+    let ks = key_store(&kms, &p, "S", true, false, false, false).await;
+    let keep = create_key(&kms, &p, "secrets", "S", json!({"secretValue": "keep"})).await;
+    let gone = create_key(&kms, &p, "secrets", "S", json!({"secretValue": "gone"})).await;
+    let sym = create_key(&kms, &p, "symmetric-keys", "S", json!({})).await;
+    ok(&call(
+        &kms,
+        &p,
+        "POST",
+        "/auths/ipv4s",
+        Some(json!({"keyStoreName": "S", "value": "127.0.0.1"})),
+    )
+    .await);
+    ok(&call(
+        &kms,
+        &p,
+        "POST",
+        "/auths/certificates",
+        Some(json!({"keyStoreName": "S", "name": "c", "password": "pw", "lifeTime": 1})),
+    )
+    .await);
+
+    // The reconciler knows every NHN object (secrets, keys, the project CA).
+    let report = kms.engine.reconcile().await.unwrap();
+    assert_eq!(report.orphans_destroyed, 0, "{report:?}");
+    assert_eq!(report.missing_objects, 0, "{report:?}");
+    assert_eq!(
+        ok(&call(&kms, &p, "GET", &format!("/secrets/{keep}"), None).await)["secret"],
+        "keep"
+    );
+    ok(&call(
+        &kms,
+        &p,
+        "POST",
+        &format!("/symmetric-keys/{sym}/encrypt"),
+        Some(json!({"plaintext": "x"})),
+    )
+    .await);
+
+    // A key whose seven days are over is destroyed by the scheduler.
+    ok(&call(&kms, &p, "PUT", &format!("/keys/{gone}/delete"), None).await);
+    let e = kms.engine.key_entry(&gone).await.unwrap();
+    let mut k = e.key.clone();
+    assert!(k.destroy_at.unwrap() - common::now_ms() > 6 * 24 * 3600 * 1000);
+    k.destroy_at = Some(common::now_ms() - 1);
+    kms.engine.store().update_key(&k).await.unwrap();
+    kms.engine.invalidate(&gone);
+    let (_, destroyed) = kms.engine.run_due_work().await.unwrap();
+    assert_eq!(destroyed, 1);
+    err(
+        &call(&kms, &p, "GET", &format!("/secrets/{gone}"), None).await,
+        404,
+        -1300,
+    );
+    assert!(kms
+        .engine
+        .hsm()
+        .object_info(e.versions[0].cka_id.clone())
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        ok(&call(&kms, &p, "GET", &format!("/secrets/{keep}"), None).await)["secret"],
+        "keep"
+    );
+
+    // A credential whose waiting period is over is deleted by the scheduler.
+    let row = kms
+        .engine
+        .store()
+        .nhn_credential(ks, "ipv4", "127.0.0.1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(kms
+        .engine
+        .store()
+        .nhn_request_credential_deletion(row.id, common::now_ms() - 1, "test")
+        .await
+        .unwrap());
+    kms.engine.run_due_work().await.unwrap();
+    let r = call(&kms, &p, "GET", &format!("/keystores/{ks}/ips"), None).await;
+    assert_eq!(ok(&r)["ipv4List"], json!([]));
+    err(
+        &call(&kms, &p, "GET", &format!("/secrets/{keep}"), None).await,
+        403,
+        -1200,
+    );
+    // Last access was written by the scheduler's batch.
+    let r = call(
+        &kms,
+        &p,
+        "GET",
+        &format!("/keystores/{ks}/keys/{keep}"),
+        None,
+    )
+    .await;
+    assert!(ok(&r)["lastAccessDatetime"].is_string());
+    let meta = kms
+        .engine
+        .store()
+        .nhn_key(kms.engine.key_entry(&keep).await.unwrap().key.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(meta.last_access_at.is_some());
+}

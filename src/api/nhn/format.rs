@@ -70,7 +70,6 @@ pub fn key_record(v: &NhnKeyView) -> Value {
         "name": m.name,
         "description": m.description,
         "keyType": m.nhn_type,
-        "keyStatus": if v.is_active() { "ACTIVE" } else { "DELETE_WAIT" },
         "currentKeyValueVersion": v.current_version(),
         "autoRotationPeriod": m.auto_rotation_period,
         "nextAutoRotationDate": opt_datetime(m.next_rotation_at.filter(|_| m.auto_rotation_period > 0)),
