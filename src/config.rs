@@ -49,6 +49,8 @@ pub struct Config {
     pub activity_log: ActivityLogConfig,
     /// Per-key request quotas.
     pub rate_limit: RateLimitConfig,
+    /// TLS listener (mutual TLS for NHN certificate authentication).
+    pub tls: TlsConfig,
 }
 
 /// `[activity_log]`
@@ -203,6 +205,33 @@ impl Default for NaverConfig {
     }
 }
 
+/// `[tls]`: a second listener serving the same API over TLS. Off while
+/// `listen` is empty.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Address of the TLS listener; empty = no TLS listener.
+    pub listen: String,
+    /// Server certificate chain (PEM).
+    pub cert_file: String,
+    /// Server private key (PEM, PKCS#8 / PKCS#1 / SEC1).
+    pub key_file: String,
+    /// Ask clients for a certificate issued by a project CA (NHN
+    /// certificate authentication). Clients without one are still served.
+    pub client_auth: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            listen: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            client_auth: true,
+        }
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -288,7 +317,7 @@ impl Config {
     }
 }
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "server",
     "hsm",
     "store",
@@ -296,6 +325,7 @@ const SECTIONS: [&str; 7] = [
     "log",
     "activity_log",
     "rate_limit",
+    "tls",
 ];
 
 /// Applies `HSM_KMS_{SECTION}_{KEY}=value` overrides to a parsed config.

@@ -1,6 +1,8 @@
 //! The `hsm-kms` binary: `init`, `serve` and `admin` commands.
 #![forbid(unsafe_code)]
 
+mod nhn_admin;
+
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -78,6 +80,12 @@ enum AdminCmd {
     },
     /// Show the protection attributes of every object of the service on the token.
     ListObjects,
+    /// NHN Secure Key Manager: projects, appkeys, User Access Keys, key
+    /// stores and client certificates.
+    Nhn {
+        #[command(subcommand)]
+        cmd: nhn_admin::NhnCmd,
+    },
 }
 
 fn init_tracing(cfg: &Config) {
@@ -196,6 +204,7 @@ async fn admin(engine: &Engine, cmd: AdminCmd) -> anyhow::Result<()> {
             engine.revoke_api_key(&api_key).await?;
             println!("revoked API key");
         }
+        AdminCmd::Nhn { cmd } => nhn_admin::run(engine, cmd).await?,
         AdminCmd::ListObjects => {
             let mut ids: Vec<Vec<u8>> = engine
                 .hsm()
