@@ -109,7 +109,7 @@ async fn n_operations_give_n_records_in_order() {
     let d = r.ok();
     assert_eq!(d["activityLogList"].as_array().unwrap().len(), 4);
     assert_eq!(d["activityLogList"][0], list[4]);
-    assert_eq!(d["totalPageNo"], (expected.len() + 3) / 4);
+    assert_eq!(d["totalPageNo"], expected.len().div_ceil(4));
     let r = kms
         .call(
             "GET",
