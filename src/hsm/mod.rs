@@ -246,7 +246,7 @@ impl SessionRef<'_> {
     /// Finds the handle of the object with `CKA_ID = id` and class `class`,
     /// from the cache when possible.
     pub(crate) fn handle(&self, id: &[u8], class: ObjectClass) -> Result<ObjectHandle> {
-        let key = (id.to_vec(), u64::from(*class));
+        let key = (id.to_vec(), *class);
         {
             let map = self
                 .hsm
