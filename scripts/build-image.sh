@@ -48,14 +48,27 @@ fi
 
 CACHE=$ROOT/.cache/images
 mkdir -p "$CACHE"
-ensure_base_image "$CACHE"
+# The base (network and disk bound when made with debootstrap) is made
+# while cargo compiles (CPU bound).
+ensure_base_image "$CACHE" > "$CACHE/base.log" 2>&1 &
+BASE_PID=$!
 
 echo "==> cargo build --release --bin hsm-kms" >&2
 t0=$(date +%s)
-(cd "$ROOT" && cargo build --release --locked --bin hsm-kms)
+if ! (cd "$ROOT" && cargo build --release --locked --bin hsm-kms); then
+  kill "$BASE_PID" 2>/dev/null || true
+  exit 1
+fi
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release/hsm-kms
 echo "==> binary built in $(( $(date +%s) - t0 ))s" >&2
+
+if ! wait "$BASE_PID"; then
+  cat "$CACHE/base.log" >&2
+  echo "could not get debian:bookworm-slim" >&2
+  exit 1
+fi
+cat "$CACHE/base.log" >&2
 
 CTX=$(mktemp -d /tmp/hsm-kms-image-ctx.XXXXXX)
 trap 'rm -rf "$CTX"' EXIT
