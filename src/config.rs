@@ -45,6 +45,61 @@ pub struct Config {
     pub naver: NaverConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Activity log.
+    pub activity_log: ActivityLogConfig,
+    /// Per-key request quotas.
+    pub rate_limit: RateLimitConfig,
+}
+
+/// `[activity_log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActivityLogConfig {
+    /// Record every key-management and crypto call (group commit).
+    pub enabled: bool,
+}
+
+impl Default for ActivityLogConfig {
+    fn default() -> Self {
+        ActivityLogConfig { enabled: true }
+    }
+}
+
+/// `[rate_limit]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// `off` (default), `naver` (300 requests/s per key, the vendor's figure
+    /// for API 2.0 Encrypt) or `custom` (the two keys below).
+    pub profile: String,
+    /// Requests per second per key (`custom`).
+    pub requests_per_second: u32,
+    /// Burst size per key (`custom`).
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            profile: "off".into(),
+            requests_per_second: 300,
+            burst: 300,
+        }
+    }
+}
+
+impl RateLimitConfig {
+    /// (requests per second, burst), or `None` when off.
+    pub fn quota(&self) -> Result<Option<(u32, u32)>, ConfigError> {
+        match self.profile.as_str() {
+            "off" => Ok(None),
+            "naver" => Ok(Some((300, 300))),
+            "custom" if self.requests_per_second > 0 => Ok(Some((self.requests_per_second, self.burst.max(1)))),
+            other => Err(ConfigError::Invalid(format!(
+                "rate_limit.profile {other:?}: use off, naver or custom (with requests_per_second > 0)"
+            ))),
+        }
+    }
 }
 
 /// `[server]`
@@ -133,6 +188,9 @@ pub struct NaverConfig {
     pub signature_window_secs: i64,
     /// `baseUrl` reported in key records.
     pub base_url: String,
+    /// Seconds in one "hour" of token lifetimes. 3600; tests shorten it to
+    /// exercise expiry.
+    pub token_hour_secs: u64,
 }
 
 impl Default for NaverConfig {
@@ -140,6 +198,7 @@ impl Default for NaverConfig {
         NaverConfig {
             signature_window_secs: 300,
             base_url: "https://ocapi.ncloud.com".into(),
+            token_hour_secs: 3600,
         }
     }
 }
@@ -229,7 +288,15 @@ impl Config {
     }
 }
 
-const SECTIONS: [&str; 5] = ["server", "hsm", "store", "naver", "log"];
+const SECTIONS: [&str; 7] = [
+    "server",
+    "hsm",
+    "store",
+    "naver",
+    "log",
+    "activity_log",
+    "rate_limit",
+];
 
 /// Applies `HSM_KMS_{SECTION}_{KEY}=value` overrides to a parsed config.
 /// Values are parsed as TOML when they parse (numbers, booleans, arrays) and

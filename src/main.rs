@@ -76,6 +76,17 @@ enum AdminCmd {
         /// The access key id.
         access_key: String,
     },
+    /// Create an API Gateway API key (for API 1.0 signature v1 requests).
+    CreateApiKey {
+        /// Account name.
+        #[arg(long, default_value = "default")]
+        account: String,
+    },
+    /// Revoke an API Gateway API key.
+    RevokeApiKey {
+        /// The API key.
+        api_key: String,
+    },
     /// Show the protection attributes of every object of the service on the token.
     ListObjects,
 }
@@ -258,6 +269,13 @@ async fn admin(engine: &Engine, cmd: AdminCmd) -> anyhow::Result<()> {
         AdminCmd::RevokeAccessKey { access_key } => {
             engine.revoke_access_key(&access_key).await?;
             println!("revoked {access_key}");
+        }
+        AdminCmd::CreateApiKey { account } => {
+            println!("api_key={}", engine.create_api_key(&account).await?);
+        }
+        AdminCmd::RevokeApiKey { api_key } => {
+            engine.revoke_api_key(&api_key).await?;
+            println!("revoked API key");
         }
         AdminCmd::ListObjects => {
             let mut ids: Vec<Vec<u8>> = engine

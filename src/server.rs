@@ -11,7 +11,9 @@ use tokio::net::TcpListener;
 
 use crate::api::{router, ApiConfig, AppState};
 use crate::config::Config;
-use crate::core::{ensure_service_keys, reconcile, spawn_scheduler, Engine, NewAccessKey};
+use crate::core::{
+    ensure_service_keys, reconcile, spawn_scheduler, Engine, EngineOptions, NewAccessKey,
+};
 use crate::hsm::Hsm;
 use crate::store::Store;
 
@@ -75,13 +77,28 @@ pub async fn start(
     let (hsm, store) = open(cfg).await?;
     let report = reconcile(&hsm, &store).await?;
     tracing::info!(?report, "reconciler finished");
-    let engine = Engine::new(hsm, store).await?;
+    let engine = Engine::with_options(
+        hsm,
+        store,
+        EngineOptions {
+            activity_log: cfg.activity_log.enabled,
+            token_hour_ms: i64::try_from(cfg.naver.token_hour_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+        },
+    )
+    .await?;
+    let rate_limit = cfg
+        .rate_limit
+        .quota()?
+        .and_then(|(rps, burst)| crate::api::ratelimit::KeyRateLimiter::new(rps, burst));
     let api = ApiConfig {
+        rate_limit,
         signature_window_secs: cfg.naver.signature_window_secs,
         naver_base_url: cfg.naver.base_url.clone(),
         trusted_proxies: cfg.trusted_proxies()?,
         body_limit: cfg.server.body_limit,
     };
+    crate::api::metrics::handle();
     let app = router(AppState {
         engine: engine.clone(),
         config: Arc::new(api),

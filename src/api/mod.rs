@@ -2,7 +2,9 @@
 //! service's own endpoints (`/healthz`, `/readyz`, `/openapi.json`).
 
 pub mod auth;
+pub mod metrics;
 pub mod naver;
+pub mod ratelimit;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -28,6 +30,8 @@ pub struct ApiConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Largest request body, bytes.
     pub body_limit: usize,
+    /// Per-key quota on crypto calls, when enabled.
+    pub rate_limit: Option<ratelimit::KeyRateLimiter>,
 }
 
 impl Default for ApiConfig {
@@ -37,6 +41,7 @@ impl Default for ApiConfig {
             naver_base_url: "https://ocapi.ncloud.com".into(),
             trusted_proxies: vec![],
             body_limit: 1024 * 1024,
+            rate_limit: None,
         }
     }
 }
@@ -85,7 +90,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
-        .merge(naver::router())
+        .route("/metrics", get(metrics::render))
+        .merge(naver::router(state.clone()))
+        .route_layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(
@@ -99,8 +106,23 @@ pub fn router(state: AppState) -> Router {
                 tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path())
             }),
         )
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// A panic in a handler is a bug; the client gets a 500 in an envelope both
+/// dialects' clients parse as an error, never a dropped connection.
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        axum::Json(serde_json::json!({
+            "error": {"errorCode": "900", "message": "Unexpected Error", "details": "internal error"},
+            "header": {"resultCode": -1, "resultMessage": "internal error", "isSuccessful": false}
+        })),
+    )
+        .into_response()
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {

@@ -206,3 +206,30 @@ impl Engine {
 pub(super) fn now() -> i64 {
     now_ms()
 }
+
+impl Engine {
+    /// Creates an API Gateway API key (signature v1) for an account.
+    pub async fn create_api_key(&self, account: &str) -> Result<String> {
+        let acct = self
+            .store()
+            .account_by_name(account)
+            .await?
+            .ok_or(Error::NotFound("account"))?;
+        let key = random_text(40, false);
+        self.store().insert_api_key(&key, acct.id).await?;
+        Ok(key)
+    }
+
+    /// The account owning an active API key.
+    pub async fn api_key_account(&self, api_key: &str) -> Result<Option<i64>> {
+        Ok(self.store().api_key_account(api_key).await?)
+    }
+
+    /// Revokes an API key.
+    pub async fn revoke_api_key(&self, api_key: &str) -> Result<()> {
+        if !self.store().revoke_api_key(api_key).await? {
+            return Err(Error::NotFound("API key"));
+        }
+        Ok(())
+    }
+}

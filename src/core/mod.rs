@@ -3,12 +3,15 @@
 //! reconciler. Dialect modules call this; this calls `hsm` and `store`.
 
 mod accounts;
+mod activity;
 mod crypto;
 mod keys;
 mod reconcile;
 mod scheduler;
+mod tokens;
 
 pub use accounts::{ensure_service_keys, AccessKeyInfo, NewAccessKey};
+pub use activity::ActivityLog;
 pub use crypto::{CustomKey, Sealed, CONTEXT_MAX, ENCRYPT_MAX, SIGN_DATA_MAX};
 pub use keys::{
     CreateKeyRequest, KeyStatus, KeyType, KeyView, VersionView, DELETION_WAIT_MS, MAX_VERSIONS,
@@ -16,6 +19,10 @@ pub use keys::{
 };
 pub use reconcile::{reconcile, ReconcileReport};
 pub use scheduler::spawn_scheduler;
+pub use tokens::{
+    parse_rule, Lifetime, TokenAuth, TokenKind, TokenSet, DEFAULT_ACCESS_HOURS,
+    DEFAULT_REFRESH_HOURS,
+};
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -139,6 +146,29 @@ struct EngineInner {
     keys: RwLock<HashMap<String, Arc<KeyEntry>>>,
     secrets: RwLock<HashMap<String, accounts::CachedSecret>>,
     kek_id: Vec<u8>,
+    activity: ActivityLog,
+    tokens: RwLock<HashMap<Vec<u8>, crate::store::TokenRow>>,
+    generators: RwLock<HashMap<i64, Option<crate::store::GeneratorRow>>>,
+    acls: RwLock<HashMap<i64, (bool, Vec<ipnet::IpNet>)>>,
+    token_hour_ms: i64,
+}
+
+/// Engine settings that are not the token or the store.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Keep the activity log.
+    pub activity_log: bool,
+    /// Length of one "hour" of token lifetimes, ms (3 600 000; tests shorten it).
+    pub token_hour_ms: i64,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            activity_log: true,
+            token_hour_ms: 3_600_000,
+        }
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -153,9 +183,16 @@ impl Engine {
     /// Builds the engine over an initialised token and store. Fails when
     /// `init` has not created the service keys yet.
     pub async fn new(hsm: Hsm, store: Store) -> Result<Self> {
+        Self::with_options(hsm, store, EngineOptions::default()).await
+    }
+
+    /// [`Engine::new`] with explicit options. Starts the activity-log writer,
+    /// so it must run inside a tokio runtime.
+    pub async fn with_options(hsm: Hsm, store: Store, opts: EngineOptions) -> Result<Self> {
         let kek_id = store.service_key(service_keys::KEK).await?.ok_or_else(|| {
             Error::InvalidState("the service is not initialised: run `hsm-kms init`".into())
         })?;
+        let store_for_log = store.clone();
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 hsm,
@@ -163,6 +200,11 @@ impl Engine {
                 keys: RwLock::new(HashMap::new()),
                 secrets: RwLock::new(HashMap::new()),
                 kek_id,
+                activity: ActivityLog::start(store_for_log, opts.activity_log),
+                tokens: RwLock::new(HashMap::new()),
+                generators: RwLock::new(HashMap::new()),
+                acls: RwLock::new(HashMap::new()),
+                token_hour_ms: opts.token_hour_ms.max(1),
             }),
         })
     }
@@ -204,10 +246,11 @@ impl Engine {
     }
 
     /// A key of `account_id` that is not deleted; another account's key is
-    /// reported as not found, never described.
+    /// reported as not found, never described. So is a key still being
+    /// created (no active version yet), which no client has been given.
     pub async fn owned_key(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
         let e = self.key_entry(uid).await?;
-        if e.key.account_id != account_id || e.key.status == "DELETED" {
+        if e.key.account_id != account_id || e.key.status == "DELETED" || e.current().is_none() {
             return Err(Error::NotFound("key"));
         }
         Ok(e)

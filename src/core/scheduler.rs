@@ -17,7 +17,11 @@ impl Engine {
             };
             let entry = super::KeyEntry { key, versions };
             match self.rotate_entry(&entry).await {
-                Ok(_) => rotated += 1,
+                Ok(after) => {
+                    rotated += 1;
+                    let v = after.current().map(|v| v.version);
+                    self.record_system(&entry.key, v, "RotateKey").await;
+                }
                 Err(e) => {
                     tracing::warn!(key = %entry.key.uid, error = %e, "automatic rotation failed")
                 }
@@ -29,13 +33,41 @@ impl Engine {
                 continue;
             };
             match self.destroy_key(key_id, &key.uid).await {
-                Ok(()) => destroyed += 1,
+                Ok(()) => {
+                    destroyed += 1;
+                    self.record_system(&key, None, "DeleteKey").await;
+                }
                 Err(e) => {
                     tracing::warn!(key = %key.uid, error = %e, "scheduled destruction failed")
                 }
             }
         }
         Ok((rotated, destroyed))
+    }
+}
+
+impl Engine {
+    /// Records work the service did on its own (requestor type `SYSTEM`).
+    async fn record_system(&self, key: &crate::store::KeyRow, version: Option<i64>, action: &str) {
+        let row = crate::store::ActivityRow {
+            id: 0,
+            at: now(),
+            account_id: key.account_id,
+            key_uid: key.uid.clone(),
+            key_name: key.name.clone(),
+            key_id: key.id,
+            version,
+            action: action.to_string(),
+            auth_type: "SYSTEM".into(),
+            caller: "scheduler".into(),
+            source_ip: String::new(),
+            result: "SUCCESS".into(),
+            status: 200,
+            message: String::new(),
+        };
+        if let Err(e) = self.record_activity(row).await {
+            tracing::warn!(error = %e, "cannot record scheduled work");
+        }
     }
 }
 

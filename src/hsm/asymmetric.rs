@@ -36,28 +36,85 @@ pub const RSA_RAW_SIGN_MAX: usize = 245;
 
 impl SessionRef<'_> {
     /// RSA-OAEP (SHA-256, MGF1-SHA-256) with the public key.
+    ///
+    /// Tokens without OAEP-SHA-256 (SoftHSMv2 2.6 takes only SHA-1 and answers
+    /// `CKR_ARGUMENTS_BAD` at `C_EncryptInit`) get the same padding applied
+    /// outside the token with the public key read from it: the result is a
+    /// standard OAEP-SHA-256 ciphertext either way, and no secret leaves the
+    /// token.
     pub fn rsa_oaep_encrypt(&self, id: &[u8], data: &[u8]) -> Result<Vec<u8>> {
         if data.len() > RSA_OAEP_MAX {
             return Err(HsmError::DataLength);
         }
         let h = self.handle(id, ObjectClass::PUBLIC_KEY)?;
-        Ok(self.raw().encrypt(&oaep(), h, data)?)
+        match self.raw().encrypt(&oaep(), h, data) {
+            Err(e) if oaep_unsupported(&e) => {
+                let key = self.rsa_public_key(id)?;
+                key.encrypt(&mut rand::rngs::OsRng, rsa::Oaep::new::<Sha256>(), data)
+                    .map_err(|_| HsmError::DataLength)
+            }
+            other => Ok(other?),
+        }
     }
 
-    /// RSA-OAEP decryption with the private key.
+    /// RSA-OAEP (SHA-256) decryption with the private key.
+    ///
+    /// On tokens without OAEP-SHA-256 the private-key operation is raw RSA
+    /// (`CKM_RSA_X_509`) in the token and the OAEP decoding, which handles
+    /// only the padded plaintext, is done here in constant time.
     pub fn rsa_oaep_decrypt(&self, id: &[u8], data: &[u8]) -> Result<Vec<u8>> {
+        use cryptoki::error::{Error as CkError, RvError};
         let h = self.handle(id, ObjectClass::PRIVATE_KEY)?;
+        let decrypt_failed = |e: CkError| match e {
+            CkError::Pkcs11(
+                RvError::EncryptedDataInvalid
+                | RvError::EncryptedDataLenRange
+                | RvError::FunctionFailed
+                | RvError::DataLenRange
+                | RvError::DataInvalid,
+                _,
+            ) => HsmError::DecryptFailed,
+            e => e.into(),
+        };
         match self.raw().decrypt(&oaep(), h, data) {
             Ok(v) => Ok(v),
-            Err(cryptoki::error::Error::Pkcs11(
-                cryptoki::error::RvError::EncryptedDataInvalid
-                | cryptoki::error::RvError::EncryptedDataLenRange
-                | cryptoki::error::RvError::FunctionFailed
-                | cryptoki::error::RvError::DataLenRange,
-                _,
-            )) => Err(HsmError::DecryptFailed),
-            Err(e) => Err(e.into()),
+            Err(e) if oaep_unsupported(&e) => {
+                if data.len() != RSA_MODULUS_LEN {
+                    return Err(HsmError::DecryptFailed);
+                }
+                let em = zeroize::Zeroizing::new(
+                    self.raw()
+                        .decrypt(&Mechanism::RsaX509, h, data)
+                        .map_err(decrypt_failed)?,
+                );
+                oaep_sha256_decode(&em, RSA_MODULUS_LEN).ok_or(HsmError::DecryptFailed)
+            }
+            Err(e) => Err(decrypt_failed(e)),
         }
+    }
+
+    /// The RSA public key of a version, read from its public-key object.
+    fn rsa_public_key(&self, id: &[u8]) -> Result<rsa::RsaPublicKey> {
+        let h = self.handle(id, ObjectClass::PUBLIC_KEY)?;
+        let (mut n, mut e) = (None, None);
+        for a in self
+            .raw()
+            .get_attributes(h, &[AttributeType::Modulus, AttributeType::PublicExponent])?
+        {
+            match a {
+                Attribute::Modulus(v) => n = Some(v),
+                Attribute::PublicExponent(v) => e = Some(v),
+                _ => {}
+            }
+        }
+        let (Some(n), Some(e)) = (n, e) else {
+            return Err(HsmError::Malformed("not an RSA public key".into()));
+        };
+        rsa::RsaPublicKey::new(
+            rsa::BigUint::from_bytes_be(&n),
+            rsa::BigUint::from_bytes_be(&e),
+        )
+        .map_err(|e| HsmError::Malformed(format!("RSA public key: {e}")))
     }
 
     /// Signs `data` with the private key.
@@ -163,6 +220,71 @@ impl SessionRef<'_> {
     }
 }
 
+/// Length of an RSA-2048 modulus and ciphertext, bytes.
+const RSA_MODULUS_LEN: usize = 256;
+
+/// True when the token refuses the OAEP-SHA-256 parameters themselves
+/// (rather than the data), so the software padding path applies.
+fn oaep_unsupported(e: &cryptoki::error::Error) -> bool {
+    use cryptoki::error::RvError;
+    matches!(
+        e,
+        cryptoki::error::Error::Pkcs11(
+            RvError::ArgumentsBad | RvError::MechanismParamInvalid | RvError::MechanismInvalid,
+            cryptoki::context::Function::EncryptInit | cryptoki::context::Function::DecryptInit
+        )
+    )
+}
+
+/// MGF1 with SHA-256, XORed into `out`.
+fn mgf1_xor(out: &mut [u8], seed: &[u8]) {
+    for (counter, chunk) in (0u32..).zip(out.chunks_mut(32)) {
+        let mut h = Sha256::new();
+        h.update(seed);
+        h.update(counter.to_be_bytes());
+        let mask = h.finalize();
+        for (o, m) in chunk.iter_mut().zip(mask.iter()) {
+            *o ^= m;
+        }
+    }
+}
+
+/// EME-OAEP decoding (RFC 8017 7.1.2) with SHA-256 and an empty label, in
+/// time that does not depend on where the padding goes wrong.
+fn oaep_sha256_decode(em_in: &[u8], k: usize) -> Option<Vec<u8>> {
+    use subtle::{ConditionallySelectable, ConstantTimeEq};
+    const H: usize = 32;
+    if em_in.len() > k || k < 2 * H + 2 {
+        return None;
+    }
+    // Raw RSA may drop leading zero bytes: put them back.
+    let mut em = zeroize::Zeroizing::new(vec![0u8; k]);
+    em[k - em_in.len()..].copy_from_slice(em_in);
+    let (y, rest) = em.split_at_mut(1);
+    let (seed, db) = rest.split_at_mut(H);
+    mgf1_xor(seed, db);
+    mgf1_xor(db, seed);
+    let l_hash = Sha256::digest([]);
+    let mut good = y[0].ct_eq(&0) & db[..H].ct_eq(&l_hash[..]);
+    // Find the 0x01 separator after the zero padding without branching on data.
+    let mut looking = subtle::Choice::from(1u8);
+    let mut index = 0u32;
+    for (i, b) in db[H..].iter().enumerate() {
+        let is_one = b.ct_eq(&1);
+        let is_zero = b.ct_eq(&0);
+        index.conditional_assign(&(i as u32), looking & is_one);
+        // A byte that is neither 0 nor 1 before the separator is invalid.
+        good &= !(looking & !is_one & !is_zero);
+        looking &= !is_one;
+    }
+    good &= !looking;
+    if bool::from(good) {
+        Some(db[H + index as usize + 1..].to_vec())
+    } else {
+        None
+    }
+}
+
 impl Hsm {
     /// See [`SessionRef::rsa_oaep_encrypt`].
     pub async fn rsa_oaep_encrypt(&self, id: Vec<u8>, data: Vec<u8>) -> Result<Vec<u8>> {
@@ -200,5 +322,34 @@ impl Hsm {
     pub async fn public_key_spki(&self, id: Vec<u8>) -> Result<Vec<u8>> {
         self.run(OpClass::Symmetric, move |s| s.public_key_spki(&id))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oaep_decode_matches_the_rsa_crate() {
+        use rsa::traits::{PrivateKeyParts as _, PublicKeyParts as _};
+        let mut rng = rand::rngs::OsRng;
+        let key = rsa::RsaPrivateKey::new(&mut rng, 1024).unwrap();
+        let pk = key.to_public_key();
+        let k = pk.size();
+        for msg in [&b""[..], b"x", &[7u8; 62]] {
+            let ct = pk
+                .encrypt(&mut rng, rsa::Oaep::new::<Sha256>(), msg)
+                .unwrap();
+            // Raw RSA: m = c^d mod n.
+            let c = rsa::BigUint::from_bytes_be(&ct);
+            let m = c.modpow(key.d(), key.n());
+            let em = m.to_bytes_be();
+            assert_eq!(oaep_sha256_decode(&em, k).as_deref(), Some(msg));
+            let mut bad = vec![0u8; k - em.len()];
+            bad.extend_from_slice(&em);
+            bad[k - 1] ^= 1;
+            assert_eq!(oaep_sha256_decode(&bad, k), None);
+        }
+        assert_eq!(oaep_sha256_decode(&[0u8; 128], 128), None);
     }
 }

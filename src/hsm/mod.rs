@@ -246,7 +246,9 @@ impl SessionRef<'_> {
     /// Finds the handle of the object with `CKA_ID = id` and class `class`,
     /// from the cache when possible.
     pub(crate) fn handle(&self, id: &[u8], class: ObjectClass) -> Result<ObjectHandle> {
-        let key = (id.to_vec(), *class);
+        // CK_OBJECT_CLASS is u64 on Linux but not on every platform.
+        #[allow(clippy::useless_conversion)]
+        let key = (id.to_vec(), u64::from(*class));
         {
             let map = self
                 .hsm

@@ -56,10 +56,13 @@ impl SessionRef<'_> {
             .decrypt(&Mechanism::AesGcm(params), h, &blob[GCM_IV_LEN..])
         {
             Ok(pt) => Ok(pt),
-            // SoftHSM answers a bad tag with CKR_FUNCTION_FAILED or
-            // CKR_ENCRYPTED_DATA_INVALID; both mean "not ours".
+            // SoftHSM answers a bad tag with CKR_FUNCTION_FAILED,
+            // CKR_ENCRYPTED_DATA_INVALID or (2.6.1) CKR_GENERAL_ERROR; all
+            // mean "not ours". The key handle was valid, so a general error
+            // here is the tag check, not a broken token.
             Err(cryptoki::error::Error::Pkcs11(
                 cryptoki::error::RvError::FunctionFailed
+                | cryptoki::error::RvError::GeneralError
                 | cryptoki::error::RvError::EncryptedDataInvalid
                 | cryptoki::error::RvError::EncryptedDataLenRange,
                 _,

@@ -392,8 +392,9 @@ impl Store {
         Ok(ids)
     }
 
-    /// Keys of an account that are visible (not deleted), newest first, with
-    /// the total count.
+    /// Keys of an account that are visible (not deleted, and past creation:
+    /// a key whose first version is still `pending` is not listed), newest
+    /// first, with the total count.
     pub async fn list_keys(
         &self,
         account_id: i64,
@@ -401,13 +402,13 @@ impl Store {
         limit: i64,
     ) -> Result<(Vec<KeyRow>, i64)> {
         let total: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM keys WHERE account_id = ? AND status <> 'DELETED'",
+            "SELECT COUNT(*) FROM keys WHERE account_id = ? AND status <> 'DELETED' AND EXISTS (SELECT 1 FROM key_versions v WHERE v.key_id = keys.id AND v.state = 'active')",
         )
         .bind(account_id)
         .fetch_one(self.pool())
         .await?;
         let rows = sqlx::query(&format!(
-            "SELECT {KEY_COLS} FROM keys WHERE account_id = ? AND status <> 'DELETED' ORDER BY id DESC LIMIT ? OFFSET ?"
+            "SELECT {KEY_COLS} FROM keys WHERE account_id = ? AND status <> 'DELETED' AND EXISTS (SELECT 1 FROM key_versions v WHERE v.key_id = keys.id AND v.state = 'active') ORDER BY id DESC LIMIT ? OFFSET ?"
         ))
         .bind(account_id)
         .bind(limit)

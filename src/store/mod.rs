@@ -3,8 +3,10 @@
 //! API secret keys are ciphertexts under the HSM KEK.
 
 mod keys;
+mod naver;
 
 pub use keys::{KeyRow, NewKey, VersionRow, VersionState};
+pub use naver::{ActivityRow, GeneratorRow, NewToken, TokenRow};
 
 use std::path::Path;
 use std::str::FromStr;

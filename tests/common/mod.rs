@@ -6,6 +6,8 @@
 //! run the suite with `cargo nextest run` (see `scripts/test.sh`).
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -161,6 +163,11 @@ impl Kms {
             !STARTED.swap(true, Ordering::SeqCst),
             "one service per test process: run the integration tests with `cargo nextest run`"
         );
+        // Errors of the service show in a failing test's output (RUST_LOG for more).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().expect("tempdir");
         make_token(dir.path(), "hsm-kms-test");
         let mut cfg = config(dir.path());
@@ -204,6 +211,87 @@ impl Kms {
         .await
     }
 
+    /// The three v2 signature headers for a request signed at `ts` (ms text).
+    pub fn signed_headers(
+        ak: &str,
+        sk: &str,
+        method: &str,
+        path: &str,
+        ts: &str,
+    ) -> Vec<(String, String)> {
+        let sig = sign(
+            SignatureVersion::V2,
+            sk.as_bytes(),
+            method,
+            path,
+            ts,
+            ak,
+            None,
+        );
+        vec![
+            ("x-ncp-apigw-timestamp".to_string(), ts.to_string()),
+            ("x-ncp-iam-access-key".to_string(), ak.to_string()),
+            ("x-ncp-apigw-signature-v2".to_string(), sig),
+        ]
+    }
+
+    /// A request by the first account with raw body bytes (e.g. malformed JSON).
+    pub async fn call_raw_body(&self, method: &str, path: &str, body: &[u8]) -> Reply {
+        let h = Self::signed_headers(
+            &self.access_key,
+            &self.secret_key,
+            method,
+            path,
+            &now_ms().to_string(),
+        );
+        self.raw(method, path, &h, Some(body.to_vec())).await
+    }
+
+    /// `POST /kms/v1/keys/{tag}/{action}` by the first account.
+    pub async fn op(&self, tag: &str, action: &str, body: Value) -> Reply {
+        self.call("POST", &format!("/kms/v1/keys/{tag}/{action}"), Some(body))
+            .await
+    }
+
+    /// Encrypts one plaintext and returns the ciphertext text.
+    pub async fn encrypt(&self, tag: &str, plaintext: &[u8], context: Option<&[u8]>) -> String {
+        let mut body = serde_json::json!({"plaintext": b64(plaintext)});
+        if let Some(c) = context {
+            body["context"] = b64(c).into();
+        }
+        let r = self.op(tag, "encrypt", body).await;
+        r.ok()["ciphertext"]
+            .as_str()
+            .expect("ciphertext")
+            .to_string()
+    }
+
+    /// Decrypt request; the reply is returned unchecked.
+    pub async fn decrypt(&self, tag: &str, ciphertext: &str, context: Option<&[u8]>) -> Reply {
+        let mut body = serde_json::json!({"ciphertext": ciphertext});
+        if let Some(c) = context {
+            body["context"] = b64(c).into();
+        }
+        self.op(tag, "decrypt", body).await
+    }
+
+    /// Decrypts and returns the plaintext bytes (asserting success).
+    pub async fn decrypt_ok(&self, tag: &str, ciphertext: &str, context: Option<&[u8]>) -> Vec<u8> {
+        let r = self.decrypt(tag, ciphertext, context).await;
+        unb64(r.ok()["plaintext"].as_str().expect("plaintext"))
+    }
+
+    /// Path of the SQLite metadata file.
+    pub fn db_path(&self) -> PathBuf {
+        PathBuf::from(&self.config.store.data_dir).join("metadata.db")
+    }
+
+    /// A separate connection pool on the service's SQLite file, for tests
+    /// that move scheduled times into the past.
+    pub async fn db(&self) -> sqlx::SqlitePool {
+        db_pool(&self.db_path()).await
+    }
+
     /// A request signed with signature v2 by the given access key.
     pub async fn call_as(
         &self,
@@ -245,24 +333,7 @@ impl Kms {
         headers: &[(String, String)],
         body: Option<Vec<u8>>,
     ) -> Reply {
-        let m = Method::from_bytes(method.as_bytes()).expect("method");
-        let mut rb = self.client.request(m, format!("{}{}", self.url, path));
-        for (k, v) in headers {
-            rb = rb.header(k, v);
-        }
-        if let Some(b) = body {
-            rb = rb.header("content-type", "application/json").body(b);
-        }
-        let resp = rb.send().await.expect("HTTP request");
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let bytes = resp.bytes().await.expect("body");
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply {
-            status,
-            body,
-            headers,
-        }
+        send(&self.client, &self.url, method, path, headers, body).await
     }
 
     /// Creates a key and returns its keyTag.
@@ -279,6 +350,35 @@ impl Kms {
     }
 }
 
+/// Sends a request with exactly these headers and body bytes to `url`.
+pub async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: Option<Vec<u8>>,
+) -> Reply {
+    let m = Method::from_bytes(method.as_bytes()).expect("method");
+    let mut rb = client.request(m, format!("{url}{path}"));
+    for (k, v) in headers {
+        rb = rb.header(k, v);
+    }
+    if let Some(b) = body {
+        rb = rb.header("content-type", "application/json").body(b);
+    }
+    let resp = rb.send().await.expect("HTTP request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.bytes().await.expect("body");
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Reply {
+        status,
+        body,
+        headers,
+    }
+}
+
 /// Base64 (standard).
 pub fn b64(data: &[u8]) -> String {
     use base64::Engine as _;
@@ -291,4 +391,18 @@ pub fn unb64(s: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(s)
         .expect("base64")
+}
+
+/// A connection pool on a SQLite file written by the service.
+pub async fn db_pool(path: &Path) -> sqlx::SqlitePool {
+    use std::str::FromStr as _;
+    let opts =
+        sqlx::sqlite::SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .expect("sqlite url")
+            .busy_timeout(std::time::Duration::from_secs(10));
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await
+        .expect("open metadata.db")
 }

@@ -1,12 +1,22 @@
-//! Account authentication for API 2.0: NCP API Gateway signature v2.
+//! NAVER authentication: account auth (NCP signature v2, or v1 with an API
+//! Gateway API key for API 1.0) and token auth (`x-ncp-ocapi-token`). Every
+//! extractor also tells the activity log who the caller is.
 
-use axum::extract::FromRequestParts;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 
+use super::activity::ActivitySlot;
 use super::NaverError;
-use crate::api::auth::ncp::{SignatureError, SignatureVersion, SignedRequest};
+use crate::api::auth::ncp::{
+    SignatureError, SignatureVersion, SignedRequest, SIGNATURE_V1, SIGNATURE_V2,
+};
 use crate::api::AppState;
-use crate::core::Error;
+use crate::core::{Error, TokenAuth, TokenKind};
+
+/// Header of token auth.
+pub const OCAPI_TOKEN: &str = "x-ncp-ocapi-token";
 
 /// The account a request was signed for.
 #[derive(Debug, Clone)]
@@ -15,6 +25,59 @@ pub struct AccountAuth {
     pub account_id: i64,
     /// The access key that signed.
     pub access_key: String,
+    slot: Option<ActivitySlot>,
+}
+
+/// The caller of a crypto endpoint: an account (signature) or an access token.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Account the call acts for.
+    pub account_id: i64,
+    slot: Option<ActivitySlot>,
+}
+
+/// A verified refresh token (Create Access Token, Renew Token Set).
+#[derive(Debug, Clone)]
+pub struct RefreshAuth {
+    /// The token's identity.
+    pub token: TokenAuth,
+}
+
+/// Records the key version an operation used, for the activity log.
+pub trait NoteVersion {
+    /// The slot of this request, if the activity middleware runs.
+    fn slot(&self) -> Option<&ActivitySlot>;
+    /// Notes the version.
+    fn note_version(&self, v: i64) {
+        if let Some(s) = self.slot() {
+            s.set_version(v);
+        }
+    }
+    /// Notes the key (for calls whose path has no key tag, e.g. Create Key).
+    fn note_key(&self, uid: &str) {
+        if let Some(s) = self.slot() {
+            s.set_key(uid);
+        }
+    }
+}
+
+impl NoteVersion for AccountAuth {
+    fn slot(&self) -> Option<&ActivitySlot> {
+        self.slot.as_ref()
+    }
+}
+
+impl NoteVersion for Caller {
+    fn slot(&self) -> Option<&ActivitySlot> {
+        self.slot.as_ref()
+    }
+}
+
+/// The client address of a request (socket peer, or X-Forwarded-For from a
+/// trusted proxy).
+pub fn request_ip(parts: &Parts, state: &AppState) -> IpAddr {
+    let peer = crate::api::peer_ip(parts.extensions.get::<ConnectInfo<SocketAddr>>());
+    crate::api::client_ip(peer, &parts.headers, &state.config.trusted_proxies)
 }
 
 /// Verifies an NCP signature of `version` on request `parts`.
@@ -33,6 +96,12 @@ pub async fn verify_signature(
         Err(Error::Unauthenticated(_)) => return Err(fail(SignatureError::UnknownAccessKey)),
         Err(e) => return Err(e.into()),
     };
+    if let Some(api_key) = signed.api_key {
+        match state.engine.api_key_account(api_key).await? {
+            Some(owner) if owner == account_id => {}
+            _ => return Err(fail(SignatureError::UnknownApiKey)),
+        }
+    }
     let pq = parts
         .uri
         .path_and_query()
@@ -41,10 +110,56 @@ pub async fn verify_signature(
     signed
         .verify(parts.method.as_str(), pq, &secret)
         .map_err(fail)?;
+    let slot = parts.extensions.get::<ActivitySlot>().cloned();
+    let auth_type = match version {
+        SignatureVersion::V1 => "SIGNATURE_V1",
+        SignatureVersion::V2 => "ACCOUNT",
+    };
+    if let Some(s) = &slot {
+        s.set_caller(
+            account_id,
+            auth_type,
+            signed.access_key,
+            request_ip(parts, state),
+        );
+    }
     Ok(AccountAuth {
         account_id,
         access_key: signed.access_key.to_string(),
+        slot,
     })
+}
+
+fn key_tag_of(parts: &Parts) -> Option<String> {
+    // /kms/v1/keys/{keyTag}/... or /keys/v{1,2}/{keyTag}/...
+    let segs: Vec<&str> = parts.uri.path().split('/').collect();
+    match segs.as_slice() {
+        ["", "kms", "v1", "keys", tag, ..] => Some((*tag).to_string()),
+        ["", "keys", _, tag, ..] => Some((*tag).to_string()),
+        _ => None,
+    }
+}
+
+async fn verify_token(
+    parts: &Parts,
+    state: &AppState,
+    kind: TokenKind,
+) -> Result<TokenAuth, NaverError> {
+    let token = parts
+        .headers
+        .get(OCAPI_TOKEN)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| NaverError::unauthenticated(format!("missing header {OCAPI_TOKEN}")))?;
+    let tag = key_tag_of(parts).ok_or_else(|| NaverError::bad_request("no key tag in the path"))?;
+    let ip = request_ip(parts, state);
+    let auth = state
+        .engine
+        .authenticate_token(token, kind, &tag, ip)
+        .await?;
+    if let Some(s) = parts.extensions.get::<ActivitySlot>() {
+        s.set_caller(auth.account_id, "TOKEN", &auth.token_id, ip);
+    }
+    Ok(auth)
 }
 
 impl FromRequestParts<AppState> for AccountAuth {
@@ -54,15 +169,59 @@ impl FromRequestParts<AppState> for AccountAuth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        if parts.headers.contains_key("x-ncp-ocapi-token")
-            && !parts
-                .headers
-                .contains_key(crate::api::auth::ncp::SIGNATURE_V2)
-        {
+        if parts.headers.contains_key(OCAPI_TOKEN) && !parts.headers.contains_key(SIGNATURE_V2) {
             return Err(NaverError::unauthenticated(
                 "this endpoint requires account authentication (x-ncp-apigw-signature-v2)",
             ));
         }
         verify_signature(parts, state, SignatureVersion::V2).await
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = NaverError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let slot = parts.extensions.get::<ActivitySlot>().cloned();
+        let v1_path = parts.uri.path().starts_with("/keys/v1/");
+        if v1_path {
+            let a = verify_signature(parts, state, SignatureVersion::V1).await?;
+            return Ok(Caller {
+                account_id: a.account_id,
+                slot,
+            });
+        }
+        if parts.headers.contains_key(OCAPI_TOKEN)
+            && !parts.headers.contains_key(SIGNATURE_V2)
+            && !parts.headers.contains_key(SIGNATURE_V1)
+            && parts.uri.path().starts_with("/kms/")
+        {
+            let t = verify_token(parts, state, TokenKind::Access).await?;
+            return Ok(Caller {
+                account_id: t.account_id,
+                slot,
+            });
+        }
+        let a = verify_signature(parts, state, SignatureVersion::V2).await?;
+        Ok(Caller {
+            account_id: a.account_id,
+            slot,
+        })
+    }
+}
+
+impl FromRequestParts<AppState> for RefreshAuth {
+    type Rejection = NaverError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(RefreshAuth {
+            token: verify_token(parts, state, TokenKind::Refresh).await?,
+        })
     }
 }

@@ -2,11 +2,16 @@
 //! envelope `{"code":"SUCCESS","data":...}` and its error envelope
 //! `{"error":{"errorCode","message","details"}}`.
 
+mod activity;
 mod auth;
+mod crypto;
 mod format;
+mod tokens;
+mod v1;
 mod v2;
 
-pub use auth::AccountAuth;
+pub use activity::action;
+pub use auth::{AccountAuth, Caller};
 pub use format::{format_sealed, parse_sealed};
 
 use axum::extract::FromRequest;
@@ -20,9 +25,58 @@ use serde_json::json;
 use super::AppState;
 use crate::core::Error;
 
-/// Builds the NAVER routes.
-pub fn router() -> axum::Router<AppState> {
+/// Builds the NAVER routes: API 2.0 (account and token auth) and API 1.0,
+/// with the per-key quota on crypto calls and the activity log on all.
+pub fn router(state: AppState) -> axum::Router<AppState> {
+    let crypto =
+        v2::crypto_router()
+            .merge(v1::router())
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                rate_limit,
+            ));
     v2::router()
+        .merge(tokens::router())
+        .merge(crypto)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            activity::record,
+        ))
+}
+
+/// Per-key quota middleware for crypto routes.
+async fn rate_limit(
+    axum::extract::State(st): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(limiter) = &st.config.rate_limit {
+        let tag = req.uri().path().split('/').filter(|s| !s.is_empty()).nth(
+            if req.uri().path().starts_with("/kms/") {
+                3
+            } else {
+                2
+            },
+        );
+        if let Some(tag) = tag {
+            if let Err(wait) = limiter.check(tag) {
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                let mut resp = NaverError {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    code: "400",
+                    message: "Rate Limited",
+                    details: format!("more than {} requests per second for this key", limiter.rps),
+                }
+                .into_response();
+                if let Ok(v) = axum::http::HeaderValue::from_str(&secs.max(1).to_string()) {
+                    resp.headers_mut()
+                        .insert(axum::http::header::RETRY_AFTER, v);
+                }
+                return resp;
+            }
+        }
+    }
+    next.run(req).await
 }
 
 /// A NAVER error: HTTP status, `errorCode`, `message` and `details`.
@@ -70,8 +124,7 @@ impl From<Error> for NaverError {
             | Error::DecryptFailed
             | Error::Conflict(_) => (StatusCode::BAD_REQUEST, "100", "Bad Request"),
             Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "200", "Authentication Failed"),
-            Error::Forbidden(_) => (StatusCode::UNAUTHORIZED, "210", "Permission Denied"),
-            Error::KeyDisabled | Error::VersionDisabled(_) => {
+            Error::Forbidden(_) | Error::KeyDisabled | Error::VersionDisabled(_) => {
                 (StatusCode::FORBIDDEN, "230", "Forbidden")
             }
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "300", "Not Found"),

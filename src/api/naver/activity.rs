@@ -1,0 +1,172 @@
+//! Activity-log middleware: every key-management and crypto call of an
+//! authenticated caller is recorded (time, key, version, action, caller,
+//! address, result) and the answer waits until the record is durable.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::NaverError;
+use crate::api::AppState;
+use crate::store::ActivityRow;
+
+#[derive(Debug, Default)]
+struct Ctx {
+    account_id: Option<i64>,
+    auth_type: &'static str,
+    caller: String,
+    ip: Option<IpAddr>,
+    key_uid: Option<String>,
+    version: Option<i64>,
+}
+
+/// What the extractors and handlers of one request tell the activity log.
+#[derive(Debug, Clone, Default)]
+pub struct ActivitySlot(Arc<Mutex<Ctx>>);
+
+impl ActivitySlot {
+    fn with<R>(&self, f: impl FnOnce(&mut Ctx) -> R) -> R {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+    pub(super) fn set_caller(
+        &self,
+        account_id: i64,
+        auth_type: &'static str,
+        caller: &str,
+        ip: IpAddr,
+    ) {
+        self.with(|c| {
+            c.account_id = Some(account_id);
+            c.auth_type = auth_type;
+            c.caller = caller.to_string();
+            c.ip = Some(ip);
+        });
+    }
+    pub(super) fn set_version(&self, v: i64) {
+        self.with(|c| c.version = Some(v));
+    }
+    pub(super) fn set_key(&self, uid: &str) {
+        self.with(|c| c.key_uid = Some(uid.to_string()));
+    }
+}
+
+/// The NAVER action name of a route, or `None` for calls that are not
+/// recorded (key listing, and reading the activity log itself).
+pub fn action(method: &str, template: &str) -> Option<&'static str> {
+    let tail = template
+        .strip_prefix("/kms/v1/keys")
+        .or_else(|| template.strip_prefix("/keys/v1/{key_tag}"))
+        .or_else(|| template.strip_prefix("/keys/v2/{key_tag}"))?;
+    let tail = tail.strip_prefix("/{key_tag}").unwrap_or(tail);
+    Some(match (method, tail) {
+        ("POST", "") if template == "/kms/v1/keys" => "CreateKey",
+        ("GET", "") if template != "/kms/v1/keys" => "GetKeyInfo",
+        ("DELETE", "") => "DeleteKey",
+        ("POST", "/enable") => "EnableKey",
+        ("POST", "/disable") => "DisableKey",
+        ("GET", "/versions") => "GetKeyVersionList",
+        ("POST", "/versions/{version}/enable") => "EnableKeyVersion",
+        ("POST", "/versions/{version}/disable") => "DisableKeyVersion",
+        ("POST", "/rotate") => "RotateKey",
+        ("POST", "/request-deletion") => "RequestKeyDeletion",
+        ("POST", "/cancel-deletion") => "CancelKeyDeletion",
+        ("PUT", "/memo") => "UpdateMemo",
+        ("PUT", "/rotation-period") => "UpdateRotationPeriod",
+        ("POST", "/enable-auto-rotation") => "EnableAutoRotation",
+        ("POST", "/disable-auto-rotation") => "DisableAutoRotation",
+        ("POST", "/encrypt") => "Encrypt",
+        ("POST", "/decrypt") => "Decrypt",
+        ("POST", "/re-encrypt" | "/reencrypt") => "ReEncrypt",
+        ("POST", "/create-custom-key" | "/createCustomKey") => "CreateCustomKey",
+        ("POST", "/sign") => "Sign",
+        ("POST", "/verify") => "Verify",
+        ("POST", "/get-pub-key") => "GetPublicKey",
+        ("POST", "/acl/enable") => "EnableIpAcl",
+        ("POST", "/acl/disable") => "DisableIpAcl",
+        ("GET", "/acl") => "GetAclRuleList",
+        ("POST", "/acl") => "AddAclRule",
+        ("DELETE", "/acl") => "DeleteAclRule",
+        ("POST", "/token-generator") => "CreateTokenGenerator",
+        ("GET", "/token-generator") => "GetTokenGenerator",
+        ("PUT", "/token-generator") => "UpdateTokenGenerator",
+        ("DELETE", "/token-generator") => "DeleteTokenGenerator",
+        ("POST", "/token-set") => "CreateTokenSet",
+        ("PUT", "/token-set") => "RenewTokenSet",
+        ("POST", "/access-token") => "CreateAccessToken",
+        _ => return None,
+    })
+}
+
+fn tag_from_path(path: &str) -> Option<String> {
+    let segs: Vec<&str> = path.split('/').collect();
+    match segs.as_slice() {
+        ["", "kms", "v1", "keys", tag, ..] => Some((*tag).to_string()),
+        ["", "keys", _, tag, ..] => Some((*tag).to_string()),
+        _ => None,
+    }
+}
+
+/// The middleware. Apply with `route_layer` so `MatchedPath` is known.
+pub async fn record(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    let template = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let method = req.method().as_str().to_string();
+    let Some(action) = template.as_deref().and_then(|t| action(&method, t)) else {
+        return next.run(req).await;
+    };
+    if !st.engine.activity_enabled() {
+        return next.run(req).await;
+    }
+    let path_tag = tag_from_path(req.uri().path());
+    let slot = ActivitySlot::default();
+    req.extensions_mut().insert(slot.clone());
+    let resp = next.run(req).await;
+    let ctx = std::mem::take(&mut *slot.0.lock().unwrap_or_else(|p| p.into_inner()));
+    let (Some(account_id), Some(uid)) = (ctx.account_id, ctx.key_uid.or(path_tag)) else {
+        return resp;
+    };
+    // Only keys of the caller's own account get records; a probe of another
+    // account's key tag must not write into that account's log.
+    let Ok(entry) = st.engine.key_entry(&uid).await else {
+        return resp;
+    };
+    if entry.key.account_id != account_id {
+        return resp;
+    }
+    let status = resp.status();
+    let row = ActivityRow {
+        id: 0,
+        at: crate::store::now_ms(),
+        account_id,
+        key_uid: entry.key.uid.clone(),
+        key_name: entry.key.name.clone(),
+        key_id: entry.key.id,
+        version: ctx.version,
+        action: action.to_string(),
+        auth_type: ctx.auth_type.to_string(),
+        caller: ctx.caller,
+        source_ip: ctx.ip.map(|i| i.to_string()).unwrap_or_default(),
+        result: if status.is_success() {
+            "SUCCESS"
+        } else {
+            "FAIL"
+        }
+        .to_string(),
+        status: i64::from(status.as_u16()),
+        message: if status.is_success() {
+            String::new()
+        } else {
+            status.canonical_reason().unwrap_or("").to_string()
+        },
+    };
+    match st.engine.record_activity(row).await {
+        Ok(()) => resp,
+        Err(e) => NaverError::from(e).into_response(),
+    }
+}

@@ -1,0 +1,118 @@
+//! The activity log, written with group commit: callers hand a record to one
+//! writer task and wait; the writer takes every record queued so far, writes
+//! them in one transaction, and acknowledges them all once it has committed.
+//! An operation is answered only after its record is durable.
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Engine, Error, Result};
+use crate::store::{ActivityRow, Store};
+
+/// Largest batch per transaction.
+const MAX_BATCH: usize = 512;
+
+type Pending = (
+    ActivityRow,
+    oneshot::Sender<std::result::Result<(), String>>,
+);
+
+/// Handle to the writer task.
+#[derive(Clone, Debug)]
+pub struct ActivityLog {
+    tx: Option<mpsc::Sender<Pending>>,
+}
+
+impl ActivityLog {
+    /// Starts the writer on `store`; `enabled = false` makes every record a no-op.
+    pub fn start(store: Store, enabled: bool) -> Self {
+        if !enabled {
+            return ActivityLog { tx: None };
+        }
+        let (tx, mut rx) = mpsc::channel::<Pending>(4096);
+        tokio::spawn(async move {
+            let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+            while let Some(first) = rx.recv().await {
+                batch.push(first);
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(p) => batch.push(p),
+                        Err(_) => break,
+                    }
+                }
+                let rows: Vec<ActivityRow> = batch.iter().map(|(r, _)| r.clone()).collect();
+                let res = store
+                    .insert_activity_batch(&rows)
+                    .await
+                    .map_err(|e| e.to_string());
+                if let Err(e) = &res {
+                    tracing::error!(error = %e, records = rows.len(), "activity log write failed");
+                }
+                for (_, ack) in batch.drain(..) {
+                    let _ = ack.send(res.clone());
+                }
+            }
+        });
+        ActivityLog { tx: Some(tx) }
+    }
+
+    /// True when records are kept.
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Queues a record and waits until it is committed.
+    pub async fn record(&self, row: ActivityRow) -> Result<()> {
+        let Some(tx) = &self.tx else { return Ok(()) };
+        let (ack, done) = oneshot::channel();
+        tx.send((row, ack))
+            .await
+            .map_err(|_| Error::Internal("activity log writer stopped".into()))?;
+        done.await
+            .map_err(|_| Error::Internal("activity log writer stopped".into()))?
+            .map_err(Error::Internal)
+    }
+}
+
+impl Engine {
+    /// True when the activity log is kept.
+    pub fn activity_enabled(&self) -> bool {
+        self.inner.activity.enabled()
+    }
+
+    /// Records one activity and waits until it is durable.
+    pub async fn record_activity(&self, row: ActivityRow) -> Result<()> {
+        self.inner.activity.record(row).await
+    }
+
+    /// Activity of a key owned by `account_id`, oldest first: (rows, total).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn key_activity(
+        &self,
+        account_id: i64,
+        uid: &str,
+        from: i64,
+        to: i64,
+        keyword: Option<&str>,
+        page_no: i64,
+        page_size: i64,
+    ) -> Result<(Vec<ActivityRow>, i64)> {
+        let e = self.owned_key(account_id, uid).await?;
+        Ok(self
+            .store()
+            .activity(
+                &e.key.uid,
+                from,
+                to,
+                keyword,
+                (page_no - 1) * page_size,
+                page_size,
+            )
+            .await?)
+    }
+
+    /// The newest activity record of a key owned by `account_id`.
+    pub async fn latest_activity(&self, account_id: i64, uid: &str) -> Result<Option<ActivityRow>> {
+        let e = self.owned_key(account_id, uid).await?;
+        Ok(self.store().latest_activity(&e.key.uid).await?)
+    }
+}

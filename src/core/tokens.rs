@@ -1,0 +1,494 @@
+//! Token generators, token sets and token authentication (NAVER API 2.0
+//! token auth), and the per-key IP ACL that gates token requests.
+//!
+//! Tokens are 256-bit random values shown once; the store keeps their
+//! SHA-256 hashes. A token acts for the account that created its set, only on
+//! its key, and only while the generator that issued it is active and has not
+//! been replaced.
+
+use std::net::IpAddr;
+
+use base64::Engine as _;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use super::accounts::now;
+use super::{Engine, Error, Result};
+use crate::store::{GeneratorRow, NewToken, TokenRow};
+
+/// Largest token lifetime in hours (two years).
+pub const MAX_TOKEN_HOURS: i64 = 17_520;
+/// Default access-token lifetime in hours.
+pub const DEFAULT_ACCESS_HOURS: i64 = 72;
+/// Default refresh-token lifetime in hours.
+pub const DEFAULT_REFRESH_HOURS: i64 = 2_160;
+/// Prefix of every token the service issues.
+pub const TOKEN_PREFIX: &str = "ncpkms_";
+
+/// A token lifetime: a number of hours or unlimited (`"UL"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// Hours, 1 to 17520.
+    Hours(i64),
+    /// Never expires.
+    Unlimited,
+}
+
+impl Lifetime {
+    /// Checks the range.
+    pub fn checked(self, field: &str) -> Result<Self> {
+        match self {
+            Lifetime::Hours(h) if !(1..=MAX_TOKEN_HOURS).contains(&h) => Err(Error::InvalidInput(
+                format!("{field} must be between 1 and {MAX_TOKEN_HOURS} hours, or \"UL\""),
+            )),
+            l => Ok(l),
+        }
+    }
+}
+
+/// What kind of token a request presents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// Access token: crypto calls.
+    Access,
+    /// Refresh token: Create Access Token and Renew Token Set.
+    Refresh,
+}
+
+impl TokenKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Access => "access",
+            TokenKind::Refresh => "refresh",
+        }
+    }
+}
+
+/// A token set as returned once to the client.
+pub struct TokenSet {
+    /// The refresh token, if the set has one.
+    pub refresh_token: Option<Zeroizing<String>>,
+    /// The access token.
+    pub access_token: Zeroizing<String>,
+}
+
+/// Who a verified token acts for.
+#[derive(Debug, Clone)]
+pub struct TokenAuth {
+    /// Account.
+    pub account_id: i64,
+    /// The token's public id (for the activity log).
+    pub token_id: String,
+    /// The key it is scoped to.
+    pub key_id: i64,
+    /// Its token set.
+    pub set_id: String,
+    /// Its hash (to revoke a refresh token on renewal).
+    pub hash: Vec<u8>,
+}
+
+fn hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+fn new_token() -> (Zeroizing<String>, Vec<u8>, String) {
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let token = Zeroizing::new(format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    ));
+    let h = hash(&token);
+    let mut id = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    (token, h, hex::encode(id))
+}
+
+impl Engine {
+    fn token_expiry(&self, l: Lifetime) -> Option<i64> {
+        match l {
+            Lifetime::Unlimited => None,
+            Lifetime::Hours(h) => Some(now() + h * self.inner.token_hour_ms),
+        }
+    }
+
+    /// The generator of a key owned by `account_id`.
+    pub async fn token_generator(&self, account_id: i64, uid: &str) -> Result<GeneratorRow> {
+        let e = self.owned_key(account_id, uid).await?;
+        self.store()
+            .generator(e.key.id)
+            .await?
+            .ok_or(Error::NotFound("token generator"))
+    }
+
+    /// Creates the key's generator; fails if one is already active.
+    pub async fn create_token_generator(&self, account_id: i64, uid: &str) -> Result<()> {
+        let e = self.owned_key(account_id, uid).await?;
+        if let Some(g) = self.store().generator(e.key.id).await? {
+            if g.status == "ACTIVE" {
+                return Err(Error::Conflict(
+                    "the key already has an active token generator".into(),
+                ));
+            }
+        }
+        self.store()
+            .put_generator(e.key.id, &uuid::Uuid::new_v4().to_string())
+            .await?;
+        self.forget_generator(e.key.id);
+        Ok(())
+    }
+
+    /// Replaces the generator: every token it issued stops working.
+    pub async fn replace_token_generator(&self, account_id: i64, uid: &str) -> Result<()> {
+        let e = self.owned_key(account_id, uid).await?;
+        match self.store().generator(e.key.id).await? {
+            Some(g) if g.status == "ACTIVE" => {}
+            _ => return Err(Error::NotFound("active token generator")),
+        }
+        self.store()
+            .put_generator(e.key.id, &uuid::Uuid::new_v4().to_string())
+            .await?;
+        self.forget_generator(e.key.id);
+        Ok(())
+    }
+
+    /// Disables the generator: every token it issued stops working.
+    pub async fn delete_token_generator(&self, account_id: i64, uid: &str) -> Result<()> {
+        let e = self.owned_key(account_id, uid).await?;
+        if !self.store().disable_generator(e.key.id).await? {
+            return Err(Error::NotFound("active token generator"));
+        }
+        self.forget_generator(e.key.id);
+        Ok(())
+    }
+
+    fn forget_generator(&self, key_id: i64) {
+        self.inner
+            .generators
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key_id);
+    }
+
+    async fn active_generator(&self, key_id: i64) -> Result<Option<GeneratorRow>> {
+        if let Some(g) = self
+            .inner
+            .generators
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key_id)
+        {
+            return Ok(g.clone());
+        }
+        let g = self
+            .store()
+            .generator(key_id)
+            .await?
+            .filter(|g| g.status == "ACTIVE");
+        self.inner
+            .generators
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key_id, g.clone());
+        Ok(g)
+    }
+
+    async fn issue(
+        &self,
+        key_id: i64,
+        account_id: i64,
+        access: Lifetime,
+        refresh: Option<Lifetime>,
+        set_id: Option<String>,
+        revoke: Option<&[u8]>,
+    ) -> Result<TokenSet> {
+        let g = self
+            .active_generator(key_id)
+            .await?
+            .ok_or_else(|| Error::InvalidState("the key has no active token generator".into()))?;
+        let set_id = set_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let (at, at_hash, at_id) = new_token();
+        let mut rows = vec![NewToken {
+            hash: at_hash,
+            token_id: at_id,
+            kind: "access",
+            expires_at: self.token_expiry(access),
+        }];
+        let refresh_token = match refresh {
+            Some(l) => {
+                let (rt, rt_hash, rt_id) = new_token();
+                rows.push(NewToken {
+                    hash: rt_hash,
+                    token_id: rt_id,
+                    kind: "refresh",
+                    expires_at: self.token_expiry(l),
+                });
+                Some(rt)
+            }
+            None => None,
+        };
+        self.store()
+            .insert_tokens(key_id, &g.generator_id, account_id, &set_id, &rows, revoke)
+            .await?;
+        if let Some(h) = revoke {
+            self.inner
+                .tokens
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(h);
+        }
+        Ok(TokenSet {
+            refresh_token,
+            access_token: at,
+        })
+    }
+
+    /// Create Token Set (account auth).
+    pub async fn create_token_set(
+        &self,
+        account_id: i64,
+        uid: &str,
+        access: Lifetime,
+        refresh: Lifetime,
+    ) -> Result<TokenSet> {
+        let access = access.checked("accessTokenHours")?;
+        let refresh = refresh.checked("refreshTokenHours")?;
+        let e = self.owned_key(account_id, uid).await?;
+        self.issue(e.key.id, account_id, access, Some(refresh), None, None)
+            .await
+    }
+
+    /// Create Access Token from a verified refresh token.
+    pub async fn create_access_token(
+        &self,
+        auth: &TokenAuth,
+        access: Lifetime,
+    ) -> Result<Zeroizing<String>> {
+        let access = access.checked("accessTokenHours")?;
+        let set = self
+            .issue(
+                auth.key_id,
+                auth.account_id,
+                access,
+                None,
+                Some(auth.set_id.clone()),
+                None,
+            )
+            .await?;
+        Ok(set.access_token)
+    }
+
+    /// Renew Token Set from a verified refresh token: a new set, and the
+    /// presented refresh token is revoked.
+    pub async fn renew_token_set(
+        &self,
+        auth: &TokenAuth,
+        access: Lifetime,
+        refresh: Lifetime,
+    ) -> Result<TokenSet> {
+        let access = access.checked("accessTokenHours")?;
+        let refresh = refresh.checked("refreshTokenHours")?;
+        self.issue(
+            auth.key_id,
+            auth.account_id,
+            access,
+            Some(refresh),
+            None,
+            Some(&auth.hash),
+        )
+        .await
+    }
+
+    /// Verifies a token of `kind` for the key `uid`, from `client`. Every
+    /// failure is `Unauthenticated`, except an address outside the key's
+    /// IP ACL, which is `Forbidden`.
+    pub async fn authenticate_token(
+        &self,
+        token: &str,
+        kind: TokenKind,
+        uid: &str,
+        client: IpAddr,
+    ) -> Result<TokenAuth> {
+        let bad = |m: &str| Error::Unauthenticated(m.to_string());
+        if !token.starts_with(TOKEN_PREFIX) || token.len() > 128 {
+            return Err(bad("malformed token"));
+        }
+        let h = hash(token);
+        let cached = self
+            .inner
+            .tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&h)
+            .cloned();
+        let row: TokenRow = match cached {
+            Some(r) => r,
+            None => {
+                let r = self
+                    .store()
+                    .token_by_hash(&h)
+                    .await?
+                    .ok_or_else(|| bad("unknown token"))?;
+                self.inner
+                    .tokens
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(h.clone(), r.clone());
+                r
+            }
+        };
+        if row.revoked_at.is_some() {
+            return Err(bad("the token was revoked"));
+        }
+        if row.kind != kind.as_str() {
+            return Err(bad(&format!("this call needs a {} token", kind.as_str())));
+        }
+        if row.expires_at.is_some_and(|t| t <= now()) {
+            return Err(bad("the token has expired"));
+        }
+        let e = self
+            .key_entry(uid)
+            .await
+            .map_err(|_| bad("the token is not valid for this key"))?;
+        if e.key.id != row.key_id || e.key.status == super::KeyStatus::DELETED {
+            return Err(bad("the token is not valid for this key"));
+        }
+        let g = self.active_generator(row.key_id).await?;
+        let valid_gen = g
+            .as_ref()
+            .map(|g| bool::from(g.generator_id.as_bytes().ct_eq(row.generator_id.as_bytes())))
+            .unwrap_or(false);
+        if !valid_gen {
+            return Err(bad(
+                "the token generator that issued this token was disabled or replaced",
+            ));
+        }
+        self.check_acl(row.key_id, client).await?;
+        Ok(TokenAuth {
+            account_id: row.account_id,
+            token_id: row.token_id,
+            key_id: row.key_id,
+            set_id: row.set_id,
+            hash: h,
+        })
+    }
+
+    // ---- IP ACL ----
+
+    async fn check_acl(&self, key_id: i64, client: IpAddr) -> Result<()> {
+        let cached = self
+            .inner
+            .acls
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key_id)
+            .cloned();
+        let (on, nets) = match cached {
+            Some(v) => v,
+            None => {
+                let (on, rules) = self.store().acl(key_id).await?;
+                let nets: Vec<ipnet::IpNet> =
+                    rules.iter().filter_map(|r| parse_rule(r).ok()).collect();
+                self.inner
+                    .acls
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key_id, (on, nets.clone()));
+                (on, nets)
+            }
+        };
+        let client = match client {
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        if on && !nets.iter().any(|n| n.contains(&client)) {
+            return Err(Error::Forbidden(format!(
+                "{client} is not allowed by the key's IP ACL"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Turns the key's IP ACL on or off. Once on, only listed addresses may
+    /// use tokens of the key (none while the list is empty).
+    pub async fn set_acl(&self, account_id: i64, uid: &str, on: bool) -> Result<()> {
+        let e = self.owned_key(account_id, uid).await?;
+        self.store().set_acl_enabled(e.key.id, on).await?;
+        self.inner
+            .acls
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&e.key.id);
+        Ok(())
+    }
+
+    /// The key's ACL: (enabled, rules).
+    pub async fn acl(&self, account_id: i64, uid: &str) -> Result<(bool, Vec<String>)> {
+        let e = self.owned_key(account_id, uid).await?;
+        Ok(self.store().acl(e.key.id).await?)
+    }
+
+    /// Adds or removes ACL rules (IPv4 addresses or CIDR ranges).
+    pub async fn change_acl_rules(
+        &self,
+        account_id: i64,
+        uid: &str,
+        rules: &[String],
+        add: bool,
+    ) -> Result<Vec<String>> {
+        if rules.is_empty() || rules.len() > 100 {
+            return Err(Error::InvalidInput(
+                "ipList must hold 1 to 100 entries".into(),
+            ));
+        }
+        let mut canon = Vec::with_capacity(rules.len());
+        for r in rules {
+            let n = parse_rule(r).map_err(Error::InvalidInput)?;
+            canon.push(if n.prefix_len() == 32 {
+                n.addr().to_string()
+            } else {
+                n.to_string()
+            });
+        }
+        let e = self.owned_key(account_id, uid).await?;
+        if add {
+            let (_, existing) = self.store().acl(e.key.id).await?;
+            let new = canon.iter().filter(|r| !existing.contains(r)).count();
+            if existing.len() + new > 100 {
+                return Err(Error::InvalidInput(
+                    "a key's IP ACL holds at most 100 rules".into(),
+                ));
+            }
+            self.store().add_acl_rules(e.key.id, &canon).await?;
+        } else {
+            self.store().delete_acl_rules(e.key.id, &canon).await?;
+        }
+        self.inner
+            .acls
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&e.key.id);
+        Ok(self.store().acl(e.key.id).await?.1)
+    }
+}
+
+/// Parses an IPv4 address or IPv4 CIDR range.
+pub fn parse_rule(r: &str) -> std::result::Result<ipnet::IpNet, String> {
+    let r = r.trim();
+    let net = if r.contains('/') {
+        r.parse::<ipnet::Ipv4Net>()
+            .map_err(|_| format!("{r} is not an IPv4 address or CIDR range"))?
+            .trunc()
+    } else {
+        let a: std::net::Ipv4Addr = r
+            .parse()
+            .map_err(|_| format!("{r} is not an IPv4 address or CIDR range"))?;
+        ipnet::Ipv4Net::from(a)
+    };
+    Ok(ipnet::IpNet::V4(net))
+}

@@ -1,0 +1,360 @@
+//! NAVER-specific metadata: token generators and token hashes, IP ACLs,
+//! API Gateway API keys and the activity log.
+
+use sqlx::Row;
+
+use super::{map_unique, now_ms, Result, Store};
+
+/// A token generator row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct GeneratorRow {
+    /// Key.
+    pub key_id: i64,
+    /// Current generator id.
+    pub generator_id: String,
+    /// `ACTIVE` or `INACTIVE`.
+    pub status: String,
+    /// When it was (re)enabled, ms.
+    pub enabled_at: i64,
+    /// When it was disabled, ms.
+    pub disabled_at: Option<i64>,
+    /// Tokens issued by the current generator.
+    pub issued_count: i64,
+}
+
+/// A token row (its hash, never the token).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TokenRow {
+    /// Public id.
+    pub token_id: String,
+    /// Key it is scoped to.
+    pub key_id: i64,
+    /// Generator that issued it.
+    pub generator_id: String,
+    /// Account on whose behalf it acts.
+    pub account_id: i64,
+    /// `access` or `refresh`.
+    pub kind: String,
+    /// Token set.
+    pub set_id: String,
+    /// Expiry, ms; `None` for unlimited.
+    pub expires_at: Option<i64>,
+    /// Revocation time, ms.
+    pub revoked_at: Option<i64>,
+}
+
+/// A new token to store.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    /// SHA-256 of the token.
+    pub hash: Vec<u8>,
+    /// Public id.
+    pub token_id: String,
+    /// `access` or `refresh`.
+    pub kind: &'static str,
+    /// Expiry, ms.
+    pub expires_at: Option<i64>,
+}
+
+/// One activity record.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct ActivityRow {
+    /// Sequence.
+    pub id: i64,
+    /// Time, ms.
+    pub at: i64,
+    /// Owning account.
+    pub account_id: i64,
+    /// Key tag.
+    pub key_uid: String,
+    /// Key name.
+    pub key_name: String,
+    /// Key id.
+    pub key_id: i64,
+    /// Key version used, if any.
+    pub version: Option<i64>,
+    /// API action (e.g. `Encrypt`).
+    pub action: String,
+    /// `ACCOUNT`, `TOKEN`, `SIGNATURE_V1`, `SYSTEM`.
+    pub auth_type: String,
+    /// Access key or token id.
+    pub caller: String,
+    /// Client address.
+    pub source_ip: String,
+    /// `SUCCESS` or `FAIL`.
+    pub result: String,
+    /// HTTP status.
+    pub status: i64,
+    /// Error details, empty on success.
+    pub message: String,
+}
+
+const ACTIVITY_COLS: &str =
+    "id, at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message";
+
+impl Store {
+    /// The generator of a key.
+    pub async fn generator(&self, key_id: i64) -> Result<Option<GeneratorRow>> {
+        Ok(sqlx::query_as("SELECT key_id, generator_id, status, enabled_at, disabled_at, issued_count FROM token_generators WHERE key_id = ?")
+            .bind(key_id)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
+    /// Creates or replaces the generator of a key with a new id, active.
+    pub async fn put_generator(&self, key_id: i64, generator_id: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO token_generators (key_id, generator_id, status, enabled_at, disabled_at, issued_count) VALUES (?, ?, 'ACTIVE', ?, NULL, 0)
+             ON CONFLICT(key_id) DO UPDATE SET generator_id = excluded.generator_id, status = 'ACTIVE', enabled_at = excluded.enabled_at, disabled_at = NULL, issued_count = 0",
+        )
+        .bind(key_id)
+        .bind(generator_id)
+        .bind(now_ms())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Disables the generator of a key. Returns false when there is none active.
+    pub async fn disable_generator(&self, key_id: i64) -> Result<bool> {
+        let r = sqlx::query("UPDATE token_generators SET status = 'INACTIVE', disabled_at = ? WHERE key_id = ? AND status = 'ACTIVE'")
+            .bind(now_ms())
+            .bind(key_id)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Stores the hashes of a token set (and optionally revokes the refresh
+    /// token it replaces) in one transaction; counts the tokens issued.
+    pub async fn insert_tokens(
+        &self,
+        key_id: i64,
+        generator_id: &str,
+        account_id: i64,
+        set_id: &str,
+        tokens: &[NewToken],
+        revoke_hash: Option<&[u8]>,
+    ) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        if let Some(h) = revoke_hash {
+            sqlx::query(
+                "UPDATE tokens SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(h)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for t in tokens {
+            sqlx::query(
+                "INSERT INTO tokens (token_hash, token_id, key_id, generator_id, account_id, kind, set_id, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&t.hash)
+            .bind(&t.token_id)
+            .bind(key_id)
+            .bind(generator_id)
+            .bind(account_id)
+            .bind(t.kind)
+            .bind(set_id)
+            .bind(t.expires_at)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_unique)?;
+        }
+        sqlx::query("UPDATE token_generators SET issued_count = issued_count + ? WHERE key_id = ? AND generator_id = ?")
+            .bind(tokens.len() as i64)
+            .bind(key_id)
+            .bind(generator_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Looks a token up by its hash.
+    pub async fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRow>> {
+        Ok(sqlx::query_as(
+            "SELECT token_id, key_id, generator_id, account_id, kind, set_id, expires_at, revoked_at FROM tokens WHERE token_hash = ?",
+        )
+        .bind(hash)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Turns the IP ACL of a key on or off.
+    pub async fn set_acl_enabled(&self, key_id: i64, on: bool) -> Result<()> {
+        sqlx::query("UPDATE keys SET acl_enabled = ? WHERE id = ?")
+            .bind(on)
+            .bind(key_id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// The ACL of a key: (enabled, rules in insertion order).
+    pub async fn acl(&self, key_id: i64) -> Result<(bool, Vec<String>)> {
+        let on: bool = sqlx::query_scalar("SELECT acl_enabled FROM keys WHERE id = ?")
+            .bind(key_id)
+            .fetch_one(self.pool())
+            .await?;
+        let rules = sqlx::query(
+            "SELECT rule FROM key_acl_rules WHERE key_id = ? ORDER BY created_at, rule",
+        )
+        .bind(key_id)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|r| r.try_get::<String, _>("rule"))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok((on, rules))
+    }
+
+    /// Adds rules (duplicates are ignored).
+    pub async fn add_acl_rules(&self, key_id: i64, rules: &[String]) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        for r in rules {
+            sqlx::query(
+                "INSERT OR IGNORE INTO key_acl_rules (key_id, rule, created_at) VALUES (?, ?, ?)",
+            )
+            .bind(key_id)
+            .bind(r)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes rules.
+    pub async fn delete_acl_rules(&self, key_id: i64, rules: &[String]) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        for r in rules {
+            sqlx::query("DELETE FROM key_acl_rules WHERE key_id = ? AND rule = ?")
+                .bind(key_id)
+                .bind(r)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores an API Gateway API key.
+    pub async fn insert_api_key(&self, api_key: &str, account_id: i64) -> Result<()> {
+        sqlx::query("INSERT INTO api_keys (api_key, account_id, status, created_at) VALUES (?, ?, 'active', ?)")
+            .bind(api_key)
+            .bind(account_id)
+            .bind(now_ms())
+            .execute(self.pool())
+            .await
+            .map_err(map_unique)?;
+        Ok(())
+    }
+
+    /// The account of an active API key.
+    pub async fn api_key_account(&self, api_key: &str) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT account_id FROM api_keys WHERE api_key = ? AND status = 'active'",
+        )
+        .bind(api_key)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Revokes an API key.
+    pub async fn revoke_api_key(&self, api_key: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE api_keys SET status = 'revoked' WHERE api_key = ? AND status = 'active'",
+        )
+        .bind(api_key)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Writes a batch of activity records in one transaction (group commit).
+    pub async fn insert_activity_batch(&self, batch: &[ActivityRow]) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        for a in batch {
+            sqlx::query(
+                "INSERT INTO activity_logs (at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(a.at)
+            .bind(a.account_id)
+            .bind(&a.key_uid)
+            .bind(&a.key_name)
+            .bind(a.key_id)
+            .bind(a.version)
+            .bind(&a.action)
+            .bind(&a.auth_type)
+            .bind(&a.caller)
+            .bind(&a.source_ip)
+            .bind(&a.result)
+            .bind(a.status)
+            .bind(&a.message)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Activity records of a key in `[from, to]`, oldest first, paged, with
+    /// the total count. `keyword` filters on action, caller, address or result.
+    pub async fn activity(
+        &self,
+        key_uid: &str,
+        from: i64,
+        to: i64,
+        keyword: Option<&str>,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<ActivityRow>, i64)> {
+        let pattern = keyword.map(|k| format!("%{}%", k.replace('%', "\\%").replace('_', "\\_")));
+        let filter = "key_uid = ? AND at >= ? AND at <= ? AND (? IS NULL OR action LIKE ? ESCAPE '\\' OR caller LIKE ? ESCAPE '\\' OR source_ip LIKE ? ESCAPE '\\' OR result LIKE ? ESCAPE '\\')";
+        let total: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM activity_logs WHERE {filter}"
+        ))
+        .bind(key_uid)
+        .bind(from)
+        .bind(to)
+        .bind(&pattern)
+        .bind(&pattern)
+        .bind(&pattern)
+        .bind(&pattern)
+        .bind(&pattern)
+        .fetch_one(self.pool())
+        .await?;
+        let rows = sqlx::query_as(&format!(
+            "SELECT {ACTIVITY_COLS} FROM activity_logs WHERE {filter} ORDER BY id LIMIT ? OFFSET ?"
+        ))
+        .bind(key_uid)
+        .bind(from)
+        .bind(to)
+        .bind(&pattern)
+        .bind(&pattern)
+        .bind(&pattern)
+        .bind(&pattern)
+        .bind(&pattern)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(self.pool())
+        .await?;
+        Ok((rows, total))
+    }
+
+    /// The newest activity record of a key.
+    pub async fn latest_activity(&self, key_uid: &str) -> Result<Option<ActivityRow>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {ACTIVITY_COLS} FROM activity_logs WHERE key_uid = ? ORDER BY id DESC LIMIT 1"
+        ))
+        .bind(key_uid)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+}

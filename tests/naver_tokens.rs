@@ -1,0 +1,463 @@
+//! NAVER API 2.0 token auth: token generators, token sets, the token crypto
+//! calls, and the IP ACL that gates them.
+mod common;
+
+use common::{b64, Kms, Reply};
+use serde_json::{json, Value};
+
+async fn with_token(
+    kms: &Kms,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> Reply {
+    kms.raw(
+        method,
+        path,
+        &[("x-ncp-ocapi-token".to_string(), token.to_string())],
+        Some(body.unwrap_or(json!({})).to_string().into_bytes()),
+    )
+    .await
+}
+
+async fn token_set(kms: &Kms, tag: &str, body: Value) -> (String, String) {
+    kms.call("POST", &format!("/kms/v1/keys/{tag}/token-generator"), None)
+        .await
+        .ok();
+    let r = kms
+        .call("POST", &format!("/kms/v1/keys/{tag}/token-set"), Some(body))
+        .await;
+    let d = r.ok();
+    (
+        d["refreshToken"]
+            .as_str()
+            .expect("refreshToken")
+            .to_string(),
+        d["accessToken"].as_str().expect("accessToken").to_string(),
+    )
+}
+
+async fn encrypt_with(kms: &Kms, tag: &str, token: &str) -> Reply {
+    with_token(
+        kms,
+        "POST",
+        &format!("/kms/v1/keys/{tag}/encrypt"),
+        token,
+        Some(json!({"plaintext": b64(b"payload")})),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn full_token_flow_with_expiry_and_renewal() {
+    // One token "hour" lasts 2 seconds in this test.
+    let kms = Kms::start_with(|c| c.naver.token_hour_secs = 2).await;
+    let tag = kms.create_key("tok-key", "AES256", json!({})).await;
+
+    let r = kms
+        .call("GET", &format!("/kms/v1/keys/{tag}/token-generator"), None)
+        .await;
+    r.assert_naver_error(404, "300");
+    let (refresh, access) = token_set(
+        &kms,
+        &tag,
+        json!({"accessTokenHours": 1, "refreshTokenHours": 100}),
+    )
+    .await;
+    assert!(access.len() >= 43 && refresh.len() >= 43 && access != refresh);
+
+    let g = kms
+        .call("GET", &format!("/kms/v1/keys/{tag}/token-generator"), None)
+        .await;
+    let g = g.ok();
+    assert_eq!(g["status"], "ACTIVE");
+    assert_eq!(g["issuedTokenCount"], 2);
+    assert!(g["tokenGeneratorId"].is_string() && g["enabledDate"].is_i64());
+
+    let r = encrypt_with(&kms, &tag, &access).await;
+    let ct = r.ok()["ciphertext"].as_str().unwrap().to_string();
+    let r = with_token(
+        &kms,
+        "POST",
+        &format!("/kms/v1/keys/{tag}/decrypt"),
+        &access,
+        Some(json!({"ciphertext": ct})),
+    )
+    .await;
+    assert_eq!(r.ok()["plaintext"], b64(b"payload"));
+
+    tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
+    let r = encrypt_with(&kms, &tag, &access).await;
+    r.assert_naver_error(401, "200");
+    assert!(r.body["error"]["details"]
+        .as_str()
+        .unwrap()
+        .contains("expired"));
+
+    // A new access token from the refresh token.
+    let r = with_token(
+        &kms,
+        "POST",
+        &format!("/kms/v1/keys/{tag}/access-token"),
+        &refresh,
+        Some(json!({"accessTokenHours": 10})),
+    )
+    .await;
+    let access2 = r.ok()["accessToken"].as_str().unwrap().to_string();
+    encrypt_with(&kms, &tag, &access2).await.ok();
+
+    // Renew the set: the new tokens work, the old refresh token does not.
+    let r = with_token(
+        &kms,
+        "PUT",
+        &format!("/kms/v1/keys/{tag}/token-set"),
+        &refresh,
+        Some(json!({"accessTokenHours": "UL", "refreshTokenHours": 5})),
+    )
+    .await;
+    let d = r.ok().clone();
+    let refresh3 = d["refreshToken"].as_str().unwrap().to_string();
+    let access3 = d["accessToken"].as_str().unwrap().to_string();
+    encrypt_with(&kms, &tag, &access3).await.ok();
+    let r = with_token(
+        &kms,
+        "POST",
+        &format!("/kms/v1/keys/{tag}/access-token"),
+        &refresh,
+        None,
+    )
+    .await;
+    r.assert_naver_error(401, "200");
+    assert!(r.body["error"]["details"]
+        .as_str()
+        .unwrap()
+        .contains("revoked"));
+    let r = with_token(
+        &kms,
+        "POST",
+        &format!("/kms/v1/keys/{tag}/access-token"),
+        &refresh3,
+        None,
+    )
+    .await;
+    r.ok();
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused() {
+    let kms = Kms::start().await;
+    let tag = kms.create_key("key-one", "AES256", json!({})).await;
+    let other = kms.create_key("key-two", "AES256", json!({})).await;
+    let (refresh, access) = token_set(&kms, &tag, json!({})).await;
+
+    for bad in [
+        "",
+        "garbage",
+        "ncpkms_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    ] {
+        encrypt_with(&kms, &tag, bad)
+            .await
+            .assert_naver_error(401, "200");
+    }
+    // A token of another key.
+    let r = encrypt_with(&kms, &other, &access).await;
+    r.assert_naver_error(401, "200");
+    // The refresh token is not an access token, and vice versa.
+    encrypt_with(&kms, &tag, &refresh)
+        .await
+        .assert_naver_error(401, "200");
+    with_token(
+        &kms,
+        "POST",
+        &format!("/kms/v1/keys/{tag}/access-token"),
+        &access,
+        None,
+    )
+    .await
+    .assert_naver_error(401, "200");
+    // Token auth is not account auth: management endpoints refuse it.
+    with_token(&kms, "GET", &format!("/kms/v1/keys/{tag}"), &access, None)
+        .await
+        .assert_naver_error(401, "200");
+    // Lifetimes out of range.
+    let r = kms
+        .call(
+            "POST",
+            &format!("/kms/v1/keys/{tag}/token-set"),
+            Some(json!({"accessTokenHours": 17521})),
+        )
+        .await;
+    r.assert_naver_error(400, "100");
+    let r = kms
+        .call(
+            "POST",
+            &format!("/kms/v1/keys/{tag}/token-set"),
+            Some(json!({"refreshTokenHours": "forever"})),
+        )
+        .await;
+    r.assert_naver_error(400, "100");
+    // Another account cannot make tokens for this key.
+    let (ak, sk) = kms.second_account("intruder").await;
+    let r = kms
+        .call_as(
+            &ak,
+            &sk,
+            "POST",
+            &format!("/kms/v1/keys/{tag}/token-set"),
+            Some(json!({})),
+        )
+        .await;
+    r.assert_naver_error(404, "300");
+}
+
+#[tokio::test]
+async fn replacing_or_deleting_the_generator_stops_its_tokens() {
+    let kms = Kms::start().await;
+    let tag = kms.create_key("gen-key", "AES256", json!({})).await;
+    let (_, access) = token_set(&kms, &tag, json!({})).await;
+    encrypt_with(&kms, &tag, &access).await.ok();
+    // Creating a second generator while one is active is refused.
+    kms.call("POST", &format!("/kms/v1/keys/{tag}/token-generator"), None)
+        .await
+        .assert_naver_error(400, "100");
+
+    kms.call("PUT", &format!("/kms/v1/keys/{tag}/token-generator"), None)
+        .await
+        .ok();
+    encrypt_with(&kms, &tag, &access)
+        .await
+        .assert_naver_error(401, "200");
+    let r = kms
+        .call(
+            "POST",
+            &format!("/kms/v1/keys/{tag}/token-set"),
+            Some(json!({})),
+        )
+        .await;
+    let access2 = r.ok()["accessToken"].as_str().unwrap().to_string();
+    encrypt_with(&kms, &tag, &access2).await.ok();
+
+    let r = kms
+        .call(
+            "DELETE",
+            &format!("/kms/v1/keys/{tag}/token-generator"),
+            None,
+        )
+        .await;
+    assert!(r.ok().is_null());
+    encrypt_with(&kms, &tag, &access2)
+        .await
+        .assert_naver_error(401, "200");
+    let g = kms
+        .call("GET", &format!("/kms/v1/keys/{tag}/token-generator"), None)
+        .await;
+    let g = g.ok();
+    assert_eq!(g["status"], "INACTIVE");
+    assert!(g["disabledDate"].is_i64());
+    // No token set without an active generator.
+    kms.call(
+        "POST",
+        &format!("/kms/v1/keys/{tag}/token-set"),
+        Some(json!({})),
+    )
+    .await
+    .assert_naver_error(400, "100");
+}
+
+#[tokio::test]
+async fn every_token_crypto_call_works() {
+    let kms = Kms::start().await;
+    let aes = kms.create_key("aes-key", "AES256", json!({})).await;
+    let rsa = kms.create_key("rsa-key", "RSA2048", json!({})).await;
+    let (_, at_aes) = token_set(&kms, &aes, json!({})).await;
+    let (_, at_rsa) = token_set(&kms, &rsa, json!({})).await;
+
+    let r = with_token(
+        &kms,
+        "POST",
+        &format!("/kms/v1/keys/{aes}/create-custom-key"),
+        &at_aes,
+        Some(json!({"requestPlainKey": true, "bits": 128})),
+    )
+    .await;
+    let d = r.ok().clone();
+    assert_eq!(d["key_version"], 1);
+    let r = with_token(
+        &kms,
+        "POST",
+        &format!("/kms/v1/keys/{aes}/decrypt"),
+        &at_aes,
+        Some(json!({"ciphertext": d["ciphertext"]})),
+    )
+    .await;
+    assert_eq!(r.ok()["plaintext"], d["plaintext"]);
+    let r = with_token(
+        &kms,
+        "POST",
+        &format!("/kms/v1/keys/{aes}/reencrypt"),
+        &at_aes,
+        Some(json!({"ciphertext": d["ciphertext"]})),
+    )
+    .await;
+    assert!(r.ok()["newCiphertext"]
+        .as_str()
+        .unwrap()
+        .starts_with("ncpkms:v1:"));
+
+    let r = with_token(
+        &kms,
+        "POST",
+        &format!("/kms/v1/keys/{rsa}/sign"),
+        &at_rsa,
+        Some(json!({"data": b64(b"doc")})),
+    )
+    .await;
+    let sig = r.ok()["signature"].clone();
+    let r = with_token(
+        &kms,
+        "POST",
+        &format!("/kms/v1/keys/{rsa}/verify"),
+        &at_rsa,
+        Some(json!({"data": b64(b"doc"), "signature": sig})),
+    )
+    .await;
+    assert_eq!(r.ok()["valid"], true);
+    let r = with_token(
+        &kms,
+        "POST",
+        &format!("/kms/v1/keys/{rsa}/get-pub-key"),
+        &at_rsa,
+        None,
+    )
+    .await;
+    assert!(r.ok()["publicKey"]
+        .as_str()
+        .unwrap()
+        .starts_with("-----BEGIN PUBLIC KEY-----"));
+}
+
+#[tokio::test]
+async fn ip_acl_gates_token_calls_only() {
+    let kms = Kms::start().await;
+    let tag = kms.create_key("acl-key", "AES256", json!({})).await;
+    let (_, access) = token_set(&kms, &tag, json!({})).await;
+    let r = kms
+        .call("GET", &format!("/kms/v1/keys/{tag}/acl"), None)
+        .await;
+    assert_eq!(
+        r.ok().clone(),
+        json!({"keyTag": tag, "isAclEnabled": false, "allowedIpList": []})
+    );
+
+    // Enabled with no rules: deny all token requests.
+    let r = kms
+        .call("POST", &format!("/kms/v1/keys/{tag}/acl/enable"), None)
+        .await;
+    assert_eq!(r.ok()["isAclEnabled"], true);
+    encrypt_with(&kms, &tag, &access)
+        .await
+        .assert_naver_error(403, "230");
+    // Account auth is not subject to the key's ACL.
+    kms.call(
+        "POST",
+        &format!("/kms/v1/keys/{tag}/encrypt"),
+        Some(json!({"plaintext": b64(b"x")})),
+    )
+    .await
+    .ok();
+
+    // An address outside the list is refused; the loopback client inside it passes.
+    let r = kms
+        .call(
+            "POST",
+            &format!("/kms/v1/keys/{tag}/acl"),
+            Some(json!({"ipList": ["10.1.2.3", "192.168.0.0/16"]})),
+        )
+        .await;
+    assert_eq!(
+        r.ok()["allowedIpList"],
+        json!(["10.1.2.3", "192.168.0.0/16"])
+    );
+    encrypt_with(&kms, &tag, &access)
+        .await
+        .assert_naver_error(403, "230");
+    let r = kms
+        .call(
+            "POST",
+            &format!("/kms/v1/keys/{tag}/acl"),
+            Some(json!({"ipList": ["127.0.0.0/8"]})),
+        )
+        .await;
+    assert_eq!(r.ok()["allowedIpList"].as_array().unwrap().len(), 3);
+    encrypt_with(&kms, &tag, &access).await.ok();
+
+    // Bad rules.
+    for bad in [
+        json!({"ipList": ["300.1.1.1"]}),
+        json!({"ipList": ["::1"]}),
+        json!({"ipList": []}),
+        json!({}),
+    ] {
+        kms.call("POST", &format!("/kms/v1/keys/{tag}/acl"), Some(bad))
+            .await
+            .assert_naver_error(400, "100");
+    }
+
+    // Delete the loopback rule: refused again.
+    let r = kms
+        .call(
+            "DELETE",
+            &format!("/kms/v1/keys/{tag}/acl"),
+            Some(json!({"ipList": ["127.0.0.0/8"]})),
+        )
+        .await;
+    assert_eq!(
+        r.ok()["allowedIpList"],
+        json!(["10.1.2.3", "192.168.0.0/16"])
+    );
+    encrypt_with(&kms, &tag, &access)
+        .await
+        .assert_naver_error(403, "230");
+
+    // Disabled: allowed again.
+    kms.call("POST", &format!("/kms/v1/keys/{tag}/acl/disable"), None)
+        .await
+        .ok();
+    encrypt_with(&kms, &tag, &access).await.ok();
+}
+
+#[tokio::test]
+async fn acl_uses_forwarded_address_only_from_trusted_proxies() {
+    let kms = Kms::start_with(|c| c.server.trusted_proxies = vec!["127.0.0.1".into()]).await;
+    let tag = kms.create_key("xff-key", "AES256", json!({})).await;
+    let (_, access) = token_set(&kms, &tag, json!({})).await;
+    kms.call("POST", &format!("/kms/v1/keys/{tag}/acl/enable"), None)
+        .await
+        .ok();
+    kms.call(
+        "POST",
+        &format!("/kms/v1/keys/{tag}/acl"),
+        Some(json!({"ipList": ["203.0.113.7"]})),
+    )
+    .await
+    .ok();
+    let path = format!("/kms/v1/keys/{tag}/encrypt");
+    let body = Some(json!({"plaintext": b64(b"x")}).to_string().into_bytes());
+    let hdr = |xff: &str| {
+        vec![
+            ("x-ncp-ocapi-token".to_string(), access.clone()),
+            ("x-forwarded-for".to_string(), xff.to_string()),
+        ]
+    };
+    kms.raw("POST", &path, &hdr("203.0.113.7"), body.clone())
+        .await
+        .ok();
+    kms.raw("POST", &path, &hdr("198.51.100.9"), body.clone())
+        .await
+        .assert_naver_error(403, "230");
+    // Without the header the peer (127.0.0.1) is the client, which is not listed.
+    encrypt_with(&kms, &tag, &access)
+        .await
+        .assert_naver_error(403, "230");
+}
