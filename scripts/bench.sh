@@ -76,11 +76,24 @@ raw() { awk -v op="$1" -v t="threads=$2" '$1 == "raw" && $2 == op && $3 == t { s
 "$TARGET/hsm-kms" --config "$CONFIG" init --account bench >"$WORK/creds" 2>/dev/null
 AK="$(sed -n 's/^access_key=//p' "$WORK/creds")"
 SK="$(sed -n 's/^secret_key=//p' "$WORK/creds")"
-"$TARGET/hsm-kms" --config "$CONFIG" serve --addr-file "$WORK/addr" >/dev/null 2>"$WORK/server.log" &
-SERVER_PID=$!
-for _ in $(seq 100); do [ -s "$WORK/addr" ] && break; sleep 0.1; done
-[ -s "$WORK/addr" ] || die "server did not start: $(cat "$WORK/server.log")"
-URL="http://$(cat "$WORK/addr")"
+# start_server [ENV=VALUE ...]: (re)starts the server on the same token and store.
+start_server() {
+    stop_server
+    rm -f "$WORK/addr"
+    env "$@" "$TARGET/hsm-kms" --config "$CONFIG" serve --addr-file "$WORK/addr" >/dev/null 2>"$WORK/server.log" &
+    SERVER_PID=$!
+    for _ in $(seq 100); do [ -s "$WORK/addr" ] && break; sleep 0.1; done
+    [ -s "$WORK/addr" ] || die "server did not start: $(cat "$WORK/server.log")"
+    URL="http://$(cat "$WORK/addr")"
+}
+stop_server() {
+    if [ -n "$SERVER_PID" ]; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=""
+    fi
+}
+start_server
 
 # sign_headers METHOD PATH: the three NCP headers as `-H` arguments, one per line.
 sign_headers() {
@@ -104,9 +117,10 @@ EC_TAG="$(create_key bench-ec ECDSA)"
 [ -n "$AES_TAG" ] && [ -n "$RSA_TAG" ] && [ -n "$EC_TAG" ] || die "could not create the keys"
 DATA_B64="$(head -c 256 /dev/urandom | base64 -w0)"
 
-# http_run NAME PATH BODY -> "rps p50_ms p99_ms"
+# http_run NAME PATH BODY [TOKEN] -> "rps p50_ms p99_ms"; with TOKEN the
+# requests use token auth (x-ncp-ocapi-token) instead of signatures.
 http_run() {
-    local name="$1" path="$2" body="$3" hdrs out
+    local name="$1" path="$2" body="$3" token="${4:-}" hdrs out
     cat >"$WORK/$name.lua" <<LUA
 wrk.method = "POST"
 wrk.body = [[$body]]
@@ -117,10 +131,15 @@ done = function(summary, latency, requests)
     latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.errors.status, errs))
 end
 LUA
-    # One checked request first: a wrong signature would otherwise bench 401s.
-    out="$(api POST "$path" "$body")"
+    if [ -n "$token" ]; then
+        hdrs=(-H "x-ncp-ocapi-token: $token")
+        out="$(curl -sS -X POST "${hdrs[@]}" -H 'content-type: application/json' --data "$body" "$URL$path")"
+    else
+        # One checked request first: a wrong signature would otherwise bench 401s.
+        out="$(api POST "$path" "$body")"
+        mapfile -t hdrs < <(sign_headers POST "$path")
+    fi
     grep -q '"code":"SUCCESS"' <<<"$out" || die "$name: $out"
-    mapfile -t hdrs < <(sign_headers POST "$path")
     log "wrk $name: ${HTTP_SECS}s, $CONNECTIONS connections"
     wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${HTTP_SECS}s" --latency -s "$WORK/$name.lua" "${hdrs[@]}" "$URL$path" >"$WORK/$name.wrk"
     local line
@@ -134,12 +153,22 @@ AES_HTTP="$(http_run encrypt "/kms/v1/keys/$AES_TAG/encrypt" "{\"plaintext\":\"$
 RSA_HTTP="$(http_run sign-rsa "/kms/v1/keys/$RSA_TAG/sign" "{\"data\":\"$DATA_B64\"}")"
 EC_HTTP="$(http_run sign-ecdsa "/kms/v1/keys/$EC_TAG/sign" "{\"data\":\"$DATA_B64\"}")"
 
+# Encrypt with token auth (access token of a token set), same server.
+api POST "/kms/v1/keys/$AES_TAG/token-generator" '' >/dev/null
+ACCESS_TOKEN="$(api POST "/kms/v1/keys/$AES_TAG/token-set" '{}' | grep -o '"accessToken":"[^"]*"' | cut -d'"' -f4)"
+[ -n "$ACCESS_TOKEN" ] || die "could not create a token set"
+TOKEN_HTTP="$(http_run encrypt-token "/kms/v1/keys/$AES_TAG/encrypt" "{\"plaintext\":\"$DATA_B64\"}" "$ACCESS_TOKEN")"
+
+# Encrypt with the activity log off: the same token and store, restarted.
+start_server HSM_KMS_ACTIVITY_LOG_ENABLED=false
+NOLOG_HTTP="$(http_run encrypt-nolog "/kms/v1/keys/$AES_TAG/encrypt" "{\"plaintext\":\"$DATA_B64\"}")"
+
 # (c) the table.
 cpu="$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
 printf '\nhsm-kms benchmark: %s cores (%s), SoftHSMv2 %s, one token, loopback, wrk -t%s -c%s\n' \
     "$(nproc)" "${cpu:-unknown CPU}" "$(softhsm2-util --version)" "$WRK_THREADS" "$CONNECTIONS"
-printf 'server: symmetric_concurrency=%s asymmetric_concurrency=%s activity_log=%s (HSM_KMS_* overrides apply)\n\n' \
-    "${HSM_KMS_HSM_SYMMETRIC_CONCURRENCY:-2}" "${HSM_KMS_HSM_ASYMMETRIC_CONCURRENCY:-2}" "${HSM_KMS_ACTIVITY_LOG_ENABLED:-true}"
+printf 'server: symmetric_concurrency=%s asymmetric_concurrency=%s activity log on except in the "log off" row (HSM_KMS_* overrides apply)\n\n' \
+    "${HSM_KMS_HSM_SYMMETRIC_CONCURRENCY:-2}" "${HSM_KMS_HSM_ASYMMETRIC_CONCURRENCY:-2}"
 printf '%-26s %12s %12s %12s %9s %9s %8s\n' operation "raw 1 thr/s" "raw 2 thr/s" "HTTP req/s" "p50 ms" "p99 ms" ratio
 row() { # row LABEL RAWOP "rps p50 p99"
     local r1 r2 best rps p50 p99
@@ -152,4 +181,10 @@ row() { # row LABEL RAWOP "rps p50 p99"
 row "AES-256-GCM encrypt 256B" aes-gcm-encrypt-256B "$AES_HTTP"
 row "RSA-2048 sign" rsa2048-sign "$RSA_HTTP"
 row "ECDSA P-256 sign" ecdsa-p256-sign "$EC_HTTP"
+row "AES encrypt, token auth" aes-gcm-encrypt-256B "$TOKEN_HTTP"
+row "AES encrypt, log off" aes-gcm-encrypt-256B "$NOLOG_HTTP"
+read -r log_on _ <<<"$AES_HTTP"
+read -r log_off _ <<<"$NOLOG_HTTP"
+printf '\nactivity log cost: Encrypt with the log on = %.1f%% of the rate with it off\n' \
+    "$(awk -v a="$log_on" -v b="$log_off" 'BEGIN { print 100 * a / b }')"
 printf '\nratio = HTTP req/s / the better raw figure (1 or 2 threads) of the same token.\n'

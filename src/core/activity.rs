@@ -30,16 +30,20 @@ impl ActivityLog {
         }
         let (tx, mut rx) = mpsc::channel::<Pending>(4096);
         tokio::spawn(async move {
-            let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-            while let Some(first) = rx.recv().await {
-                batch.push(first);
-                while batch.len() < MAX_BATCH {
+            let mut rows: Vec<ActivityRow> = Vec::with_capacity(MAX_BATCH);
+            let mut acks = Vec::with_capacity(MAX_BATCH);
+            while let Some((row, ack)) = rx.recv().await {
+                rows.push(row);
+                acks.push(ack);
+                while rows.len() < MAX_BATCH {
                     match rx.try_recv() {
-                        Ok(p) => batch.push(p),
+                        Ok((row, ack)) => {
+                            rows.push(row);
+                            acks.push(ack);
+                        }
                         Err(_) => break,
                     }
                 }
-                let rows: Vec<ActivityRow> = batch.iter().map(|(r, _)| r.clone()).collect();
                 let res = store
                     .insert_activity_batch(&rows)
                     .await
@@ -47,7 +51,8 @@ impl ActivityLog {
                 if let Err(e) = &res {
                     tracing::error!(error = %e, records = rows.len(), "activity log write failed");
                 }
-                for (_, ack) in batch.drain(..) {
+                rows.clear();
+                for ack in acks.drain(..) {
                     let _ = ack.send(res.clone());
                 }
             }

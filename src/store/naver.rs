@@ -276,29 +276,30 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Writes a batch of activity records in one transaction (group commit).
+    /// Writes a batch of activity records in one transaction (group commit),
+    /// as multi-row INSERTs: one statement per 512 records.
     pub async fn insert_activity_batch(&self, batch: &[ActivityRow]) -> Result<()> {
         let mut tx = self.pool().begin().await?;
-        for a in batch {
-            sqlx::query(
-                "INSERT INTO activity_logs (at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(a.at)
-            .bind(a.account_id)
-            .bind(&a.key_uid)
-            .bind(&a.key_name)
-            .bind(a.key_id)
-            .bind(a.version)
-            .bind(&a.action)
-            .bind(&a.auth_type)
-            .bind(&a.caller)
-            .bind(&a.source_ip)
-            .bind(&a.result)
-            .bind(a.status)
-            .bind(&a.message)
-            .execute(&mut *tx)
-            .await?;
+        for chunk in batch.chunks(512) {
+            let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO activity_logs (at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message) ",
+            );
+            qb.push_values(chunk, |mut b, a| {
+                b.push_bind(a.at)
+                    .push_bind(a.account_id)
+                    .push_bind(&a.key_uid)
+                    .push_bind(&a.key_name)
+                    .push_bind(a.key_id)
+                    .push_bind(a.version)
+                    .push_bind(&a.action)
+                    .push_bind(&a.auth_type)
+                    .push_bind(&a.caller)
+                    .push_bind(&a.source_ip)
+                    .push_bind(&a.result)
+                    .push_bind(a.status)
+                    .push_bind(&a.message);
+            });
+            qb.build().persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
