@@ -76,20 +76,6 @@ impl OneOrMany {
     }
 }
 
-/// Decodes an optional base64 `context` of at most 50 bytes.
-pub fn context(c: &Option<String>) -> Result<Option<Vec<u8>>, NaverError> {
-    match c {
-        None => Ok(None),
-        Some(s) => {
-            let v = b64("context", s)?;
-            if v.len() > crate::core::CONTEXT_MAX {
-                return Err(NaverError::bad_request("context must be at most 50 bytes"));
-            }
-            Ok(Some(v))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 
 mod activity;
 mod auth;
+mod crypto;
 mod format;
 mod tokens;
 mod v1;

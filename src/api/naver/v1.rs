@@ -14,15 +14,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::{Caller, NoteVersion};
-use super::format::{b64, enc, format_sealed, parse_sealed, OneOrMany};
-use super::v2::plaintexts;
+use super::auth::Caller;
+use super::crypto;
+use super::format::OneOrMany;
 use super::NaverError;
 use crate::api::AppState;
-use crate::core::{Error, Sealed, CONTEXT_MAX};
+use crate::core::Error;
 
 pub(super) fn router() -> Router<AppState> {
     let mut r = Router::new();
@@ -88,6 +87,15 @@ impl From<Error> for V1Error {
     }
 }
 
+impl From<crypto::OpError> for V1Error {
+    fn from(e: crypto::OpError) -> Self {
+        match e {
+            crypto::OpError::Request(e) => e.into(),
+            crypto::OpError::Engine(e) => e.into(),
+        }
+    }
+}
+
 impl From<NaverError> for V1Error {
     fn from(e: NaverError) -> Self {
         if e.status == axum::http::StatusCode::BAD_REQUEST {
@@ -130,91 +138,27 @@ impl<T: DeserializeOwned> FromRequest<AppState> for V1Json<T> {
     }
 }
 
-fn context(c: &Option<String>) -> Result<Option<Vec<u8>>, V1Error> {
-    match c {
-        None => Ok(None),
-        Some(s) => {
-            let v = b64("context", s)?;
-            if v.len() > CONTEXT_MAX {
-                return Err(V1Error::invalid("context must be at most 50 bytes"));
-            }
-            Ok(Some(v))
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EncryptBody {
-    plaintext: Option<OneOrMany>,
-    context: Option<String>,
-}
-
 async fn encrypt(
     State(st): State<AppState>,
     auth: Caller,
     Path(tag): Path<String>,
-    V1Json(b): V1Json<EncryptBody>,
+    V1Json(b): V1Json<crypto::EncryptBody>,
 ) -> V1Result {
-    let p = b
-        .plaintext
-        .ok_or_else(|| V1Error::invalid("plaintext is required"))?;
-    let ctx = context(&b.context)?;
-    let mut out = Vec::new();
-    for pt in plaintexts(&p)? {
-        let s = st
-            .engine
-            .encrypt(auth.account_id, &tag, pt, ctx.clone())
-            .await?;
-        auth.note_version(s.version);
-        out.push(format_sealed(&s));
-    }
-    Ok(ok(match p {
-        OneOrMany::One(_) => json!({"ciphertext": out.pop()}),
-        OneOrMany::Many(_) => json!({"ciphertextList": out}),
+    Ok(ok(match crypto::encrypt(&st, &auth, &tag, b).await? {
+        OneOrMany::One(c) => json!({"ciphertext": c}),
+        OneOrMany::Many(list) => json!({"ciphertextList": list}),
     }))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DecryptBody {
-    ciphertext: Option<OneOrMany>,
-    context: Option<String>,
-}
-
-fn sealed_list(c: &OneOrMany) -> Result<Vec<Sealed>, V1Error> {
-    let items = c.items();
-    if items.is_empty() {
-        return Err(V1Error::invalid("ciphertext must not be empty"));
-    }
-    Ok(items
-        .into_iter()
-        .map(|s| parse_sealed("ciphertext", s))
-        .collect::<Result<Vec<_>, _>>()?)
 }
 
 async fn decrypt(
     State(st): State<AppState>,
     auth: Caller,
     Path(tag): Path<String>,
-    V1Json(b): V1Json<DecryptBody>,
+    V1Json(b): V1Json<crypto::DecryptBody>,
 ) -> V1Result {
-    let c = b
-        .ciphertext
-        .ok_or_else(|| V1Error::invalid("ciphertext is required"))?;
-    let ctx = context(&b.context)?;
-    let mut out = Vec::new();
-    for s in sealed_list(&c)? {
-        auth.note_version(s.version);
-        let pt = st
-            .engine
-            .decrypt(auth.account_id, &tag, &s, ctx.clone())
-            .await?;
-        out.push(enc(&pt));
-    }
-    Ok(ok(match c {
-        OneOrMany::One(_) => json!({"plaintext": out.pop()}),
-        OneOrMany::Many(_) => json!({"plaintextList": out}),
+    Ok(ok(match crypto::decrypt(&st, &auth, &tag, b).await? {
+        OneOrMany::One(p) => json!({"plaintext": p}),
+        OneOrMany::Many(list) => json!({"plaintextList": list}),
     }))
 }
 
@@ -222,102 +166,37 @@ async fn reencrypt(
     State(st): State<AppState>,
     auth: Caller,
     Path(tag): Path<String>,
-    V1Json(b): V1Json<DecryptBody>,
+    V1Json(b): V1Json<crypto::DecryptBody>,
 ) -> V1Result {
-    let c = b
-        .ciphertext
-        .ok_or_else(|| V1Error::invalid("ciphertext is required"))?;
-    let ctx = context(&b.context)?;
-    let mut out = Vec::new();
-    for s in sealed_list(&c)? {
-        let n = st
-            .engine
-            .reencrypt(auth.account_id, &tag, &s, ctx.clone())
-            .await?;
-        auth.note_version(n.version);
-        out.push(format_sealed(&n));
-    }
-    Ok(ok(json!({"newCiphertext": c.same_shape(out)})))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CustomKeyBody {
-    #[serde(default)]
-    request_plain_key: bool,
-    bits: Option<u32>,
-    context: Option<String>,
+    let out = crypto::reencrypt(&st, &auth, &tag, b).await?;
+    Ok(ok(json!({"newCiphertext": out})))
 }
 
 async fn create_custom_key(
     State(st): State<AppState>,
     auth: Caller,
     Path(tag): Path<String>,
-    V1Json(b): V1Json<CustomKeyBody>,
+    V1Json(b): V1Json<crypto::CustomKeyBody>,
 ) -> V1Result {
-    let ctx = context(&b.context)?;
-    let ck = st
-        .engine
-        .create_custom_key(auth.account_id, &tag, b.bits.unwrap_or(256), ctx)
-        .await?;
-    auth.note_version(ck.sealed.version);
-    let mut data =
-        json!({"ciphertext": format_sealed(&ck.sealed), "key_version": ck.sealed.version});
-    if b.request_plain_key {
-        data["plaintext"] = json!(enc(&ck.plaintext));
-    }
-    Ok(ok(data))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SignBody {
-    data: Option<String>,
+    Ok(ok(crypto::create_custom_key(&st, &auth, &tag, b).await?))
 }
 
 async fn sign(
     State(st): State<AppState>,
     auth: Caller,
     Path(tag): Path<String>,
-    V1Json(b): V1Json<SignBody>,
+    V1Json(b): V1Json<crypto::SignBody>,
 ) -> V1Result {
-    let data = b64(
-        "data",
-        &b.data.ok_or_else(|| V1Error::invalid("data is required"))?,
-    )?;
-    let (version, sig) = st.engine.sign(auth.account_id, &tag, data).await?;
-    auth.note_version(version);
-    Ok(ok(
-        json!({"signature": format_sealed(&Sealed { version, blob: sig })}),
-    ))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VerifyBody {
-    data: Option<String>,
-    signature: Option<String>,
+    let signature = crypto::sign(&st, &auth, &tag, b).await?;
+    Ok(ok(json!({"signature": signature})))
 }
 
 async fn verify(
     State(st): State<AppState>,
     auth: Caller,
     Path(tag): Path<String>,
-    V1Json(b): V1Json<VerifyBody>,
+    V1Json(b): V1Json<crypto::VerifyBody>,
 ) -> V1Result {
-    let data = b64(
-        "data",
-        &b.data.ok_or_else(|| V1Error::invalid("data is required"))?,
-    )?;
-    let sig = parse_sealed(
-        "signature",
-        &b.signature
-            .ok_or_else(|| V1Error::invalid("signature is required"))?,
-    )?;
-    auth.note_version(sig.version);
-    let valid = st
-        .engine
-        .verify(auth.account_id, &tag, sig.version, data, sig.blob)
-        .await?;
+    let valid = crypto::verify(&st, &auth, &tag, b).await?;
     Ok(ok(json!({"valid": valid})))
 }

@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::auth::{Caller, NoteVersion};
-use super::format::{b64, context, enc, format_sealed, parse_sealed, OneOrMany};
+use super::crypto;
+use super::format::enc;
 use super::{success, AccountAuth, NaverError, NaverJson, NaverResult};
 use crate::api::AppState;
-use crate::core::{CreateKeyRequest, KeyEntry, KeyType, Sealed, ENCRYPT_MAX};
+use crate::core::{CreateKeyRequest, KeyEntry, KeyType};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -458,199 +459,64 @@ async fn disable_auto_rotation(
 
 // ---- crypto ----
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EncryptBody {
-    plaintext: Option<OneOrMany>,
-    context: Option<String>,
-}
-
-/// Decodes the plaintexts and enforces the 32 KB limit on their total.
-pub(super) fn plaintexts(p: &OneOrMany) -> NaverResult<Vec<Vec<u8>>> {
-    let items = p.items();
-    if items.is_empty() {
-        return Err(NaverError::bad_request("plaintext must not be empty"));
-    }
-    let mut out = Vec::with_capacity(items.len());
-    let mut total = 0usize;
-    for s in items {
-        let v = b64("plaintext", s)?;
-        total += v.len();
-        if total > ENCRYPT_MAX {
-            return Err(NaverError::bad_request(
-                "plaintext must be at most 32 KB in total",
-            ));
-        }
-        out.push(v);
-    }
-    Ok(out)
-}
-
 async fn encrypt(
     State(st): State<AppState>,
     auth: Caller,
     Path(tag): Path<String>,
-    NaverJson(b): NaverJson<EncryptBody>,
+    NaverJson(b): NaverJson<crypto::EncryptBody>,
 ) -> NaverResult<Response> {
-    let p = b
-        .plaintext
-        .ok_or_else(|| NaverError::bad_request("plaintext is required"))?;
-    let ctx = context(&b.context)?;
-    let mut out = Vec::new();
-    for pt in plaintexts(&p)? {
-        let sealed = st
-            .engine
-            .encrypt(auth.account_id, &tag, pt, ctx.clone())
-            .await?;
-        auth.note_version(sealed.version);
-        out.push(format_sealed(&sealed));
-    }
-    Ok(success(json!({"ciphertext": p.same_shape(out)})))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DecryptBody {
-    ciphertext: Option<OneOrMany>,
-    context: Option<String>,
-}
-
-fn ciphertexts(c: &OneOrMany) -> NaverResult<Vec<Sealed>> {
-    let items = c.items();
-    if items.is_empty() {
-        return Err(NaverError::bad_request("ciphertext must not be empty"));
-    }
-    items
-        .into_iter()
-        .map(|s| parse_sealed("ciphertext", s))
-        .collect()
+    let out = crypto::encrypt(&st, &auth, &tag, b).await?;
+    Ok(success(json!({"ciphertext": out})))
 }
 
 async fn decrypt(
     State(st): State<AppState>,
     auth: Caller,
     Path(tag): Path<String>,
-    NaverJson(b): NaverJson<DecryptBody>,
+    NaverJson(b): NaverJson<crypto::DecryptBody>,
 ) -> NaverResult<Response> {
-    let c = b
-        .ciphertext
-        .ok_or_else(|| NaverError::bad_request("ciphertext is required"))?;
-    let ctx = context(&b.context)?;
-    let mut out = Vec::new();
-    for sealed in ciphertexts(&c)? {
-        auth.note_version(sealed.version);
-        let pt = st
-            .engine
-            .decrypt(auth.account_id, &tag, &sealed, ctx.clone())
-            .await?;
-        out.push(enc(&pt));
-    }
-    Ok(success(json!({"plaintext": c.same_shape(out)})))
+    let out = crypto::decrypt(&st, &auth, &tag, b).await?;
+    Ok(success(json!({"plaintext": out})))
 }
 
 async fn reencrypt(
     State(st): State<AppState>,
     auth: Caller,
     Path(tag): Path<String>,
-    NaverJson(b): NaverJson<DecryptBody>,
+    NaverJson(b): NaverJson<crypto::DecryptBody>,
 ) -> NaverResult<Response> {
-    let c = b
-        .ciphertext
-        .ok_or_else(|| NaverError::bad_request("ciphertext is required"))?;
-    let ctx = context(&b.context)?;
-    let mut out = Vec::new();
-    for sealed in ciphertexts(&c)? {
-        let s = st
-            .engine
-            .reencrypt(auth.account_id, &tag, &sealed, ctx.clone())
-            .await?;
-        auth.note_version(s.version);
-        out.push(format_sealed(&s));
-    }
-    Ok(success(json!({"newCiphertext": c.same_shape(out)})))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CustomKeyBody {
-    #[serde(default)]
-    request_plain_key: bool,
-    bits: Option<u32>,
-    context: Option<String>,
+    let out = crypto::reencrypt(&st, &auth, &tag, b).await?;
+    Ok(success(json!({"newCiphertext": out})))
 }
 
 async fn create_custom_key(
     State(st): State<AppState>,
     auth: Caller,
     Path(tag): Path<String>,
-    NaverJson(b): NaverJson<CustomKeyBody>,
+    NaverJson(b): NaverJson<crypto::CustomKeyBody>,
 ) -> NaverResult<Response> {
-    let ctx = context(&b.context)?;
-    let ck = st
-        .engine
-        .create_custom_key(auth.account_id, &tag, b.bits.unwrap_or(256), ctx)
-        .await?;
-    auth.note_version(ck.sealed.version);
-    let mut data =
-        json!({"ciphertext": format_sealed(&ck.sealed), "key_version": ck.sealed.version});
-    if b.request_plain_key {
-        data["plaintext"] = json!(enc(&ck.plaintext));
-    }
-    Ok(success(data))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SignBody {
-    data: Option<String>,
+    Ok(success(
+        crypto::create_custom_key(&st, &auth, &tag, b).await?,
+    ))
 }
 
 async fn sign(
     State(st): State<AppState>,
     auth: Caller,
     Path(tag): Path<String>,
-    NaverJson(b): NaverJson<SignBody>,
+    NaverJson(b): NaverJson<crypto::SignBody>,
 ) -> NaverResult<Response> {
-    let data = b64(
-        "data",
-        &b.data
-            .ok_or_else(|| NaverError::bad_request("data is required"))?,
-    )?;
-    let (version, sig) = st.engine.sign(auth.account_id, &tag, data).await?;
-    auth.note_version(version);
-    Ok(success(
-        json!({"signature": format_sealed(&Sealed { version, blob: sig })}),
-    ))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VerifyBody {
-    data: Option<String>,
-    signature: Option<String>,
+    let signature = crypto::sign(&st, &auth, &tag, b).await?;
+    Ok(success(json!({"signature": signature})))
 }
 
 async fn verify(
     State(st): State<AppState>,
     auth: Caller,
     Path(tag): Path<String>,
-    NaverJson(b): NaverJson<VerifyBody>,
+    NaverJson(b): NaverJson<crypto::VerifyBody>,
 ) -> NaverResult<Response> {
-    let data = b64(
-        "data",
-        &b.data
-            .ok_or_else(|| NaverError::bad_request("data is required"))?,
-    )?;
-    let sig = parse_sealed(
-        "signature",
-        &b.signature
-            .ok_or_else(|| NaverError::bad_request("signature is required"))?,
-    )?;
-    auth.note_version(sig.version);
-    let valid = st
-        .engine
-        .verify(auth.account_id, &tag, sig.version, data, sig.blob)
-        .await?;
+    let valid = crypto::verify(&st, &auth, &tag, b).await?;
     Ok(success(json!({"valid": valid})))
 }
 

@@ -1,0 +1,239 @@
+//! The six crypto calls shared by API 2.0 and API 1.0: request bodies,
+//! decoding and limits, and the engine calls. Each API wraps the results in
+//! its own envelope and field names.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::{Caller, NoteVersion};
+use super::format::{b64, enc, format_sealed, parse_sealed, OneOrMany};
+use super::NaverError;
+use crate::api::AppState;
+use crate::core::{Error, Sealed, CONTEXT_MAX, ENCRYPT_MAX};
+
+/// A failure of a shared crypto call: the request's shape (already a NAVER
+/// 400) or the engine's verdict (each API maps it its own way).
+#[derive(Debug)]
+pub enum OpError {
+    /// The body is malformed: a missing field, bad base64, over a limit.
+    Request(NaverError),
+    /// The engine refused or failed.
+    Engine(Error),
+}
+
+impl From<NaverError> for OpError {
+    fn from(e: NaverError) -> Self {
+        OpError::Request(e)
+    }
+}
+
+impl From<Error> for OpError {
+    fn from(e: Error) -> Self {
+        OpError::Engine(e)
+    }
+}
+
+impl From<OpError> for NaverError {
+    fn from(e: OpError) -> Self {
+        match e {
+            OpError::Request(e) => e,
+            OpError::Engine(e) => e.into(),
+        }
+    }
+}
+
+type OpResult<T> = Result<T, OpError>;
+
+fn required<T>(v: Option<T>, field: &str) -> Result<T, NaverError> {
+    v.ok_or_else(|| NaverError::bad_request(format!("{field} is required")))
+}
+
+/// Decodes an optional base64 `context` of at most 50 bytes.
+pub fn context(c: &Option<String>) -> Result<Option<Vec<u8>>, NaverError> {
+    match c {
+        None => Ok(None),
+        Some(s) => {
+            let v = b64("context", s)?;
+            if v.len() > CONTEXT_MAX {
+                return Err(NaverError::bad_request("context must be at most 50 bytes"));
+            }
+            Ok(Some(v))
+        }
+    }
+}
+
+/// Decodes the plaintexts and enforces the 32 KB limit on their total.
+pub fn plaintexts(p: &OneOrMany) -> Result<Vec<Vec<u8>>, NaverError> {
+    let items = p.items();
+    if items.is_empty() {
+        return Err(NaverError::bad_request("plaintext must not be empty"));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    let mut total = 0usize;
+    for s in items {
+        let v = b64("plaintext", s)?;
+        total += v.len();
+        if total > ENCRYPT_MAX {
+            return Err(NaverError::bad_request(
+                "plaintext must be at most 32 KB in total",
+            ));
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
+fn ciphertexts(c: &OneOrMany) -> Result<Vec<Sealed>, NaverError> {
+    let items = c.items();
+    if items.is_empty() {
+        return Err(NaverError::bad_request("ciphertext must not be empty"));
+    }
+    items
+        .into_iter()
+        .map(|s| parse_sealed("ciphertext", s))
+        .collect()
+}
+
+/// Encrypt body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptBody {
+    plaintext: Option<OneOrMany>,
+    context: Option<String>,
+}
+
+/// Decrypt and Re-encrypt body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecryptBody {
+    ciphertext: Option<OneOrMany>,
+    context: Option<String>,
+}
+
+/// Create Custom Key body.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CustomKeyBody {
+    #[serde(default)]
+    request_plain_key: bool,
+    bits: Option<u32>,
+    context: Option<String>,
+}
+
+/// Sign body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignBody {
+    data: Option<String>,
+}
+
+/// Verify body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyBody {
+    data: Option<String>,
+    signature: Option<String>,
+}
+
+/// Encrypts every plaintext; the output keeps the input's shape.
+pub async fn encrypt(
+    st: &AppState,
+    auth: &Caller,
+    tag: &str,
+    b: EncryptBody,
+) -> OpResult<OneOrMany> {
+    let p = required(b.plaintext, "plaintext")?;
+    let ctx = context(&b.context)?;
+    let mut out = Vec::new();
+    for pt in plaintexts(&p)? {
+        let sealed = st
+            .engine
+            .encrypt(auth.account_id, tag, pt, ctx.clone())
+            .await?;
+        auth.note_version(sealed.version);
+        out.push(format_sealed(&sealed));
+    }
+    Ok(p.same_shape(out))
+}
+
+/// Decrypts every ciphertext; the output keeps the input's shape.
+pub async fn decrypt(
+    st: &AppState,
+    auth: &Caller,
+    tag: &str,
+    b: DecryptBody,
+) -> OpResult<OneOrMany> {
+    let c = required(b.ciphertext, "ciphertext")?;
+    let ctx = context(&b.context)?;
+    let mut out = Vec::new();
+    for sealed in ciphertexts(&c)? {
+        auth.note_version(sealed.version);
+        let pt = st
+            .engine
+            .decrypt(auth.account_id, tag, &sealed, ctx.clone())
+            .await?;
+        out.push(enc(&pt));
+    }
+    Ok(c.same_shape(out))
+}
+
+/// Re-encrypts every ciphertext under the newest version.
+pub async fn reencrypt(
+    st: &AppState,
+    auth: &Caller,
+    tag: &str,
+    b: DecryptBody,
+) -> OpResult<OneOrMany> {
+    let c = required(b.ciphertext, "ciphertext")?;
+    let ctx = context(&b.context)?;
+    let mut out = Vec::new();
+    for sealed in ciphertexts(&c)? {
+        let s = st
+            .engine
+            .reencrypt(auth.account_id, tag, &sealed, ctx.clone())
+            .await?;
+        auth.note_version(s.version);
+        out.push(format_sealed(&s));
+    }
+    Ok(c.same_shape(out))
+}
+
+/// `{"ciphertext", "key_version", "plaintext"?}` of Create Custom Key.
+pub async fn create_custom_key(
+    st: &AppState,
+    auth: &Caller,
+    tag: &str,
+    b: CustomKeyBody,
+) -> OpResult<Value> {
+    let ctx = context(&b.context)?;
+    let ck = st
+        .engine
+        .create_custom_key(auth.account_id, tag, b.bits.unwrap_or(256), ctx)
+        .await?;
+    auth.note_version(ck.sealed.version);
+    let mut data =
+        json!({"ciphertext": format_sealed(&ck.sealed), "key_version": ck.sealed.version});
+    if b.request_plain_key {
+        data["plaintext"] = json!(enc(&ck.plaintext));
+    }
+    Ok(data)
+}
+
+/// The `ncpkms:v{n}:` signature of Sign.
+pub async fn sign(st: &AppState, auth: &Caller, tag: &str, b: SignBody) -> OpResult<String> {
+    let data = b64("data", &required(b.data, "data")?)?;
+    let (version, sig) = st.engine.sign(auth.account_id, tag, data).await?;
+    auth.note_version(version);
+    Ok(format_sealed(&Sealed { version, blob: sig }))
+}
+
+/// The verdict of Verify.
+pub async fn verify(st: &AppState, auth: &Caller, tag: &str, b: VerifyBody) -> OpResult<bool> {
+    let data = b64("data", &required(b.data, "data")?)?;
+    let sig = parse_sealed("signature", &required(b.signature, "signature")?)?;
+    auth.note_version(sig.version);
+    Ok(st
+        .engine
+        .verify(auth.account_id, tag, sig.version, data, sig.blob)
+        .await?)
+}
