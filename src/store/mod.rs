@@ -6,7 +6,7 @@ mod keys;
 mod naver;
 
 pub use keys::{KeyRow, NewKey, VersionRow, VersionState};
-pub use naver::{ActivityRow, GeneratorRow, NewToken, TokenRow};
+pub use naver::{ActivityRow, GeneratorRow, NewToken, TokenParent, TokenRow};
 
 use std::path::Path;
 use std::str::FromStr;
