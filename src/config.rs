@@ -49,6 +49,8 @@ pub struct Config {
     pub activity_log: ActivityLogConfig,
     /// Per-key request quotas.
     pub rate_limit: RateLimitConfig,
+    /// TLS listener (mutual TLS for NHN certificate authentication).
+    pub tls: TlsConfig,
 }
 
 /// `[activity_log]`
@@ -203,6 +205,33 @@ impl Default for NaverConfig {
     }
 }
 
+/// `[tls]`: a second listener serving the same API over TLS. Off while
+/// `listen` is empty.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Address of the TLS listener; empty = no TLS listener.
+    pub listen: String,
+    /// Server certificate chain (PEM).
+    pub cert_file: String,
+    /// Server private key (PEM, PKCS#8 / PKCS#1 / SEC1).
+    pub key_file: String,
+    /// Ask clients for a certificate issued by a project CA (NHN
+    /// certificate authentication). Clients without one are still served.
+    pub client_auth: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            listen: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            client_auth: true,
+        }
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -288,7 +317,7 @@ impl Config {
     }
 }
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "server",
     "hsm",
     "store",
@@ -296,6 +325,7 @@ const SECTIONS: [&str; 7] = [
     "log",
     "activity_log",
     "rate_limit",
+    "tls",
 ];
 
 /// Applies `HSM_KMS_{SECTION}_{KEY}=value` overrides to a parsed config.
@@ -376,5 +406,73 @@ mod tests {
     fn unknown_keys_are_rejected() {
         let v: std::result::Result<Config, _> = toml::from_str("[server]\nlisen = \"x\"");
         assert!(v.is_err());
+    }
+
+    fn hsm_config_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("hsm-config")
+    }
+
+    #[test]
+    fn every_example_config_loads() {
+        let mut seen = 0;
+        for entry in std::fs::read_dir(hsm_config_dir()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+                continue;
+            }
+            let cfg =
+                Config::load(Some(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            cfg.listen_addr()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            cfg.trusted_proxies()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(
+                cfg.hsm
+                    .token_label
+                    .as_deref()
+                    .is_some_and(|l| !l.is_empty())
+                    || cfg.hsm.slot_id.is_some(),
+                "{}: names neither a token label nor a slot",
+                path.display()
+            );
+            seen += 1;
+        }
+        assert!(
+            seen >= 5,
+            "expected SoftHSMv2 and vendor profiles, found {seen}"
+        );
+    }
+
+    #[test]
+    fn softhsm2_example_documents_the_defaults() {
+        let text = std::fs::read_to_string(hsm_config_dir().join("softhsm2.toml")).unwrap();
+        let from_file: Config = toml::from_str(&text).unwrap();
+        let mut defaults = Config::default();
+        // The built-in module path follows $PKCS11_MODULE; the file shows Debian's.
+        defaults.hsm.module = "/usr/lib/softhsm/libsofthsm2.so".into();
+        assert_eq!(
+            toml::Value::try_from(&from_file).unwrap(),
+            toml::Value::try_from(&defaults).unwrap()
+        );
+        // Every key of every section appears in the file (commented or not).
+        let keys = toml::Value::try_from(Config::default()).unwrap();
+        for (section, table) in keys.as_table().unwrap() {
+            assert!(
+                text.contains(&format!("[{section}]")),
+                "[{section}] missing"
+            );
+            for key in table.as_table().unwrap().keys() {
+                assert!(
+                    text.contains(&format!("{key} =")),
+                    "{section}.{key} missing"
+                );
+            }
+        }
+        for optional in ["slot_id", "pin_file"] {
+            assert!(
+                text.contains(&format!("# {optional} =")),
+                "{optional} missing"
+            );
+        }
     }
 }

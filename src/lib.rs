@@ -10,3 +10,4 @@ pub mod core;
 pub mod hsm;
 pub mod server;
 pub mod store;
+pub mod tls;

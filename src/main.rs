@@ -1,5 +1,7 @@
-//! The `hsm-kms` binary: `init`, `serve` and `admin` commands.
+//! The `hsm-kms` binary: `init`, `serve`, `healthcheck` and `admin` commands.
 #![forbid(unsafe_code)]
+
+mod nhn_admin;
 
 use std::path::PathBuf;
 
@@ -37,6 +39,17 @@ enum Cmd {
         /// Write the bound address to this file once listening (for scripts and tests).
         #[arg(long)]
         addr_file: Option<PathBuf>,
+    },
+    /// Probe `/readyz` of a running server; exit 0 when it answers 200.
+    /// Used by the container's HEALTHCHECK, so the image needs no curl.
+    Healthcheck {
+        /// URL to probe (plain http). Default: `/readyz` on the configured
+        /// listen port, via 127.0.0.1 when listening on all addresses.
+        #[arg(long)]
+        url: Option<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3)]
+        timeout_secs: u64,
     },
     /// Administration: accounts and access keys.
     Admin {
@@ -78,6 +91,12 @@ enum AdminCmd {
     },
     /// Show the protection attributes of every object of the service on the token.
     ListObjects,
+    /// NHN Secure Key Manager: projects, appkeys, User Access Keys, key
+    /// stores and client certificates.
+    Nhn {
+        #[command(subcommand)]
+        cmd: nhn_admin::NhnCmd,
+    },
 }
 
 fn init_tracing(cfg: &Config) {
@@ -157,6 +176,18 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
             println!("hsm-kms listening on http://{}", running.addr);
             running.handle.await??;
         }
+        Cmd::Healthcheck { url, timeout_secs } => {
+            let url = match url {
+                Some(u) => u,
+                None => default_probe_url(&cfg)?,
+            };
+            let status =
+                tokio::time::timeout(std::time::Duration::from_secs(timeout_secs), probe(&url))
+                    .await
+                    .with_context(|| format!("{url}: no answer within {timeout_secs}s"))??;
+            anyhow::ensure!(status == 200, "{url} answered HTTP {status}");
+            println!("{url}: HTTP 200");
+        }
         Cmd::Admin { cmd } => {
             let (hsm, store) = server::open(&cfg).await?;
             let engine = Engine::new(hsm, store).await?;
@@ -164,6 +195,64 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `/readyz` on the configured listen port; an unspecified listen address
+/// (`0.0.0.0`, `::`) is probed through loopback.
+fn default_probe_url(cfg: &Config) -> anyhow::Result<String> {
+    let mut addr = cfg.listen_addr()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    Ok(format!("http://{addr}/readyz"))
+}
+
+/// One HTTP/1.1 GET over a plain TCP connection; returns the status code.
+async fn probe(url: &str) -> anyhow::Result<u16> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let uri: http::Uri = url.parse().with_context(|| format!("bad URL {url}"))?;
+    anyhow::ensure!(
+        uri.scheme_str() == Some("http"),
+        "only http:// URLs are probed"
+    );
+    let authority = uri.authority().context("URL has no host")?;
+    let port = authority.port_u16().unwrap_or(80);
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .with_context(|| format!("cannot connect to {authority}"))?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 256];
+    // The status line is all we need.
+    while !head.contains(&b'\n') {
+        let n = stream.read(&mut buf).await?;
+        anyhow::ensure!(n > 0, "connection closed before a status line");
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| {
+            format!(
+                "not an HTTP status line: {}",
+                line.lines().next().unwrap_or("")
+            )
+        })
 }
 
 async fn admin(engine: &Engine, cmd: AdminCmd) -> anyhow::Result<()> {
@@ -196,6 +285,7 @@ async fn admin(engine: &Engine, cmd: AdminCmd) -> anyhow::Result<()> {
             engine.revoke_api_key(&api_key).await?;
             println!("revoked API key");
         }
+        AdminCmd::Nhn { cmd } => nhn_admin::run(engine, cmd).await?,
         AdminCmd::ListObjects => {
             let mut ids: Vec<Vec<u8>> = engine
                 .hsm()

@@ -62,6 +62,8 @@ pub async fn init(cfg: &Config, account: &str) -> anyhow::Result<InitOutcome> {
 pub struct Running {
     /// The bound address.
     pub addr: SocketAddr,
+    /// The bound address of the TLS listener, when `[tls] listen` is set.
+    pub tls_addr: Option<SocketAddr>,
     /// The engine it serves.
     pub engine: Engine,
     /// Completes when the server stops.
@@ -107,21 +109,53 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
     let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let tls_addr = if cfg.tls.listen.is_empty() {
+        None
+    } else {
+        engine.nhn_load_cas().await?;
+        let tls_cfg = crate::tls::server_config(
+            std::path::Path::new(&cfg.tls.cert_file),
+            std::path::Path::new(&cfg.tls.key_file),
+            cfg.tls.client_auth,
+            &engine,
+        )?;
+        let tls_listener = TcpListener::bind(&cfg.tls.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.tls.listen))?;
+        let tls_addr = tls_listener.local_addr()?;
+        tokio::spawn(crate::tls::serve(
+            tls_listener,
+            tls_cfg,
+            app.clone(),
+            stop_rx.clone(),
+        ));
+        tracing::info!(%tls_addr, "hsm-kms TLS listener");
+        Some(tls_addr)
+    };
     spawn_scheduler(
         engine.clone(),
         Duration::from_secs(cfg.server.scheduler_interval_secs.max(1)),
     );
+    let mut stop = stop_rx;
     let handle = tokio::spawn(async move {
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|v| *v).await;
+        })
         .await
     });
     tracing::info!(%addr, token = engine.hsm().token_label(), "hsm-kms listening");
     Ok(Running {
         addr,
+        tls_addr,
         engine,
         handle,
     })

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod metrics;
 pub mod naver;
+pub mod nhn;
 pub mod ratelimit;
 
 use std::net::{IpAddr, SocketAddr};
@@ -92,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics::render))
         .merge(naver::router(state.clone()))
+        .merge(nhn::router())
         .route_layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(limit))

@@ -193,8 +193,15 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         };
-        self.make_version_objects(key_id, 1, &uid, req.key_type, &cka_id, aux_id.as_deref())
-            .await?;
+        self.make_version_objects(
+            key_id,
+            1,
+            &uid,
+            req.key_type.spec(),
+            &cka_id,
+            aux_id.as_deref(),
+        )
+        .await?;
         fault_point("create:after-hsm");
         self.store().activate_version(key_id, 1, None).await?;
         self.invalidate(&uid);
@@ -203,18 +210,18 @@ impl Engine {
 
     /// Generates the objects of one version; on failure removes whatever was
     /// made and the pending row, so no half-made version survives.
-    async fn make_version_objects(
+    pub(super) async fn make_version_objects(
         &self,
         key_id: i64,
         version: i64,
         uid: &str,
-        key_type: KeyType,
+        spec: KeySpec,
         cka_id: &[u8],
         aux_id: Option<&[u8]>,
     ) -> Result<()> {
         let res = async {
             self.hsm()
-                .generate(key_type.spec(), label(uid, version), cka_id.to_vec())
+                .generate(spec, label(uid, version), cka_id.to_vec())
                 .await?;
             if let Some(aux) = aux_id {
                 self.hsm()
@@ -382,7 +389,7 @@ impl Engine {
             e.key.id,
             version,
             &e.key.uid,
-            key_type,
+            key_type.spec(),
             &cka_id,
             aux_id.as_deref(),
         )

@@ -6,6 +6,7 @@ mod accounts;
 mod activity;
 mod crypto;
 mod keys;
+pub mod nhn;
 mod reconcile;
 mod scheduler;
 mod tokens;
@@ -63,6 +64,9 @@ pub enum Error {
     /// The caller may not do this.
     #[error("{0}")]
     Forbidden(String),
+    /// An NHN key store's IPv4 / MAC / client-certificate check refused the client.
+    #[error("{0}")]
+    KeyStoreAuth(nhn::AuthFactor),
     /// A fault of the HSM or the store; details are logged, not returned.
     #[error("internal error")]
     Internal(String),
@@ -151,6 +155,7 @@ struct EngineInner {
     generators: RwLock<HashMap<i64, Option<crate::store::GeneratorRow>>>,
     acls: RwLock<HashMap<i64, (bool, Vec<ipnet::IpNet>)>>,
     token_hour_ms: i64,
+    nhn: nhn::NhnState,
 }
 
 /// Engine settings that are not the token or the store.
@@ -205,6 +210,7 @@ impl Engine {
                 generators: RwLock::new(HashMap::new()),
                 acls: RwLock::new(HashMap::new()),
                 token_hour_ms: opts.token_hour_ms.max(1),
+                nhn: nhn::NhnState::default(),
             }),
         })
     }

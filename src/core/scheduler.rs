@@ -42,6 +42,7 @@ impl Engine {
                 }
             }
         }
+        rotated += self.nhn_run_due_work(t).await?;
         Ok((rotated, destroyed))
     }
 }

@@ -9,6 +9,7 @@
 
 mod asymmetric;
 mod error;
+mod export;
 mod objects;
 mod symmetric;
 mod templates;
@@ -261,11 +262,15 @@ impl SessionRef<'_> {
             }
         }
         use cryptoki::object::Attribute;
-        let found = self.session.find_objects(&[
-            Attribute::Token(true),
-            Attribute::Class(class),
-            Attribute::Id(id.to_vec()),
-        ])?;
+        // Data objects have no CKA_ID: their id is their label.
+        let name = if class == ObjectClass::DATA {
+            Attribute::Label(id.to_vec())
+        } else {
+            Attribute::Id(id.to_vec())
+        };
+        let found =
+            self.session
+                .find_objects(&[Attribute::Token(true), Attribute::Class(class), name])?;
         let h = match found.as_slice() {
             [h] => *h,
             [] => return Err(HsmError::ObjectNotFound),

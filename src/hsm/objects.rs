@@ -59,6 +59,8 @@ impl SessionRef<'_> {
                     _ => {}
                 }
             }
+            // Data objects have no CKA_ID; their id is their label.
+            let id = id.or_else(|| label.as_ref().map(|l| l.as_bytes().to_vec()));
             if let (Some(label), Some(id)) = (label, id) {
                 if label.starts_with(LABEL_PREFIX) {
                     out.push(TokenObject { id, label });
@@ -70,9 +72,7 @@ impl SessionRef<'_> {
 
     /// Destroys every token object with `CKA_ID = id`. Returns how many.
     pub fn destroy_id(&self, id: &[u8]) -> Result<usize> {
-        let handles = self
-            .raw()
-            .find_objects(&[Attribute::Token(true), Attribute::Id(id.to_vec())])?;
+        let handles = self.find_by_id(id)?;
         for h in &handles {
             self.raw().destroy_object(*h)?;
         }
@@ -82,9 +82,7 @@ impl SessionRef<'_> {
 
     /// Protection attributes of every object with `CKA_ID = id`.
     pub fn object_info(&self, id: &[u8]) -> Result<Vec<ObjectInfo>> {
-        let handles = self
-            .raw()
-            .find_objects(&[Attribute::Token(true), Attribute::Id(id.to_vec())])?;
+        let handles = self.find_by_id(id)?;
         let mut out = Vec::new();
         for h in handles {
             let attrs = self.raw().get_attributes(
@@ -121,6 +119,22 @@ impl SessionRef<'_> {
             out.push(info);
         }
         Ok(out)
+    }
+
+    /// Objects with `CKA_ID = id`, and the data object labelled `id` (data
+    /// objects have no `CKA_ID`; see [`super::Hsm::create_data_object`]).
+    fn find_by_id(&self, id: &[u8]) -> Result<Vec<cryptoki::object::ObjectHandle>> {
+        let mut handles = self
+            .raw()
+            .find_objects(&[Attribute::Token(true), Attribute::Id(id.to_vec())])?;
+        if id.starts_with(LABEL_PREFIX.as_bytes()) {
+            handles.extend(self.raw().find_objects(&[
+                Attribute::Token(true),
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Label(id.to_vec()),
+            ])?);
+        }
+        Ok(handles)
     }
 
     /// Reads `CKA_VALUE` of an extractable secret key (export policy only).

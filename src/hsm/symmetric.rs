@@ -57,12 +57,12 @@ impl SessionRef<'_> {
         {
             Ok(pt) => Ok(pt),
             // SoftHSM answers a bad tag with CKR_FUNCTION_FAILED,
-            // CKR_ENCRYPTED_DATA_INVALID or (2.6.1) CKR_GENERAL_ERROR; all
-            // mean "not ours". The key handle was valid, so a general error
-            // here is the tag check, not a broken token.
+            // CKR_ENCRYPTED_DATA_INVALID or (2.6.1, one-shot C_Decrypt)
+            // CKR_GENERAL_ERROR; all mean "not ours" here, where the key
+            // handle and the mechanism are known to be valid.
             Err(cryptoki::error::Error::Pkcs11(
-                cryptoki::error::RvError::FunctionFailed
-                | cryptoki::error::RvError::GeneralError
+                cryptoki::error::RvError::GeneralError
+                | cryptoki::error::RvError::FunctionFailed
                 | cryptoki::error::RvError::EncryptedDataInvalid
                 | cryptoki::error::RvError::EncryptedDataLenRange,
                 _,

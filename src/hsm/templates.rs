@@ -176,28 +176,30 @@ impl super::Hsm {
     }
 
     /// Stores `value` as a private `CKO_DATA` token object (NHN secrets).
-    pub async fn create_data_object(
-        &self,
-        label: String,
-        id: Vec<u8>,
-        value: Vec<u8>,
-    ) -> Result<()> {
+    ///
+    /// `CKO_DATA` has no `CKA_ID` (SoftHSMv2 refuses one with
+    /// `CKR_ATTRIBUTE_TYPE_INVALID`), so a data object is named by its label:
+    /// its id, everywhere the service records or looks up an object id, is
+    /// the label's bytes. The label must therefore be unique and start with
+    /// `hsm-kms/`.
+    pub async fn create_data_object(&self, label: String, value: Vec<u8>) -> Result<()> {
         self.run(OpClass::Symmetric, move |s| {
-            let mut t = private_common(&label, &id, false);
-            // CKO_DATA has no CKA_SENSITIVE / CKA_EXTRACTABLE.
-            t.retain(|a| !matches!(a, Attribute::Sensitive(_) | Attribute::Extractable(_)));
-            t.extend([
+            let t = vec![
+                Attribute::Token(true),
+                Attribute::Label(label.into_bytes()),
+                Attribute::Private(true),
+                Attribute::Modifiable(false),
                 Attribute::Class(ObjectClass::DATA),
                 Attribute::Application(b"hsm-kms".to_vec()),
                 Attribute::Value(value),
-            ]);
+            ];
             s.raw().create_object(&t)?;
             Ok(())
         })
         .await
     }
 
-    /// Reads the value of a `CKO_DATA` object.
+    /// Reads the value of a `CKO_DATA` object (`id` = its label's bytes).
     pub async fn read_data_object(&self, id: Vec<u8>) -> Result<Vec<u8>> {
         self.run(OpClass::Symmetric, move |s| {
             let h = s.handle(&id, ObjectClass::DATA)?;

@@ -389,6 +389,7 @@ impl Store {
         .await?;
         ids.extend(aux);
         ids.extend(self.service_key_ids().await?);
+        ids.extend(self.nhn_ca_key_ids().await?);
         Ok(ids)
     }
 

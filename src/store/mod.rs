@@ -4,9 +4,14 @@
 
 mod keys;
 mod naver;
+mod nhn;
 
 pub use keys::{KeyRow, NewKey, VersionRow, VersionState};
 pub use naver::{ActivityRow, GeneratorRow, NewToken, TokenParent, TokenRow};
+pub use nhn::{
+    NewCredential, NewKeyStore, NhnCredentialRow, NhnKeyFilter, NhnKeyRow, NhnKeyStoreRow,
+    NhnProjectRow, NhnUserAccessKeyRow,
+};
 
 use std::path::Path;
 use std::str::FromStr;

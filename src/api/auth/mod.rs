@@ -1,3 +1,4 @@
 //! Request authentication shared by the dialects.
 
 pub mod ncp;
+pub mod nhn;

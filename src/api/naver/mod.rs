@@ -155,6 +155,7 @@ impl From<Error> for NaverError {
             | Error::DecryptFailed
             | Error::Conflict(_) => (StatusCode::BAD_REQUEST, "100", "Bad Request"),
             Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "200", "Authentication Failed"),
+            Error::KeyStoreAuth(_) => (StatusCode::UNAUTHORIZED, "210", "Permission Denied"),
             Error::Forbidden(_) | Error::KeyDisabled | Error::VersionDisabled(_) => {
                 (StatusCode::FORBIDDEN, "230", "Forbidden")
             }

@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# One-run benchmark on one fresh SoftHSMv2 token:
+#   (a) raw PKCS#11 ops/s through the crate's hsm layer (examples/hsm_bench.rs),
+#       on 1 and 2 threads: AES-256-GCM encrypt of 256 bytes, RSA-2048 sign,
+#       ECDSA P-256 sign;
+#   (b) the release server on loopback under wrk: signed HTTP Encrypt (256-byte
+#       plaintexts) and Sign (RSA2048, ECDSA) requests/s with p50/p99 latency;
+#   (c) the ratio HTTP req/s / best raw ops/s for each.
+#
+#   scripts/bench.sh
+#
+# Environment: RAW_SECS (3) per raw measurement, HTTP_SECS (10) per wrk run,
+# CONNECTIONS (16) wrk connections, WRK_THREADS (1), and any HSM_KMS_* key to
+# change the server's config (e.g. HSM_KMS_HSM_SYMMETRIC_CONCURRENCY=1).
+# NCP signatures do not cover the body and stay valid for 5 minutes, so each
+# wrk run reuses headers signed just before it.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+RAW_SECS="${RAW_SECS:-3}"
+HTTP_SECS="${HTTP_SECS:-10}"
+CONNECTIONS="${CONNECTIONS:-16}"
+WRK_THREADS="${WRK_THREADS:-1}"
+
+apt_install softhsm2 opensc wrk curl openssl
+command -v cc >/dev/null 2>&1 || apt_install build-essential
+command -v pkg-config >/dev/null 2>&1 || apt_install pkg-config
+MODULE="$(softhsm_module)"
+need_cargo
+log "building hsm-kms and examples/hsm_bench (release)"
+(cd "$ROOT" && cargo build --release --locked --bin hsm-kms --example hsm_bench)
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+
+WORK="$(mktemp -d /tmp/hsm-kms-bench.XXXXXX)"
+SERVER_PID=""
+cleanup() {
+    if [ -n "$SERVER_PID" ]; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# One token for everything.
+umask 077
+mkdir -p "$WORK/tokens" "$WORK/data"
+export SOFTHSM2_CONF="$WORK/softhsm2.conf"
+printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$WORK/tokens" >"$SOFTHSM2_CONF"
+random_secret >"$WORK/user.pin"
+softhsm2-util --init-token --free --label hsm-kms-bench --so-pin "$(random_secret)" \
+    --pin "$(cat "$WORK/user.pin")" >/dev/null
+CONFIG="$WORK/hsm-kms.toml"
+cat >"$CONFIG" <<CONF
+[server]
+listen = "127.0.0.1:0"
+[hsm]
+module = "$MODULE"
+token_label = "hsm-kms-bench"
+pin_file = "$WORK/user.pin"
+[store]
+data_dir = "$WORK/data"
+[log]
+format = "json"
+level = "info"
+CONF
+unset HSM_KMS_PIN HSM_KMS_CONFIG
+
+# (a) raw PKCS#11.
+log "raw PKCS#11 through the hsm layer (${RAW_SECS}s per figure)"
+"$TARGET/examples/hsm_bench" --config "$CONFIG" --secs "$RAW_SECS" | tee "$WORK/raw.txt"
+raw() { awk -v op="$1" -v t="threads=$2" '$1 == "raw" && $2 == op && $3 == t { sub("ops_per_sec=", "", $4); print $4 }' "$WORK/raw.txt"; }
+
+# (b) the server.
+"$TARGET/hsm-kms" --config "$CONFIG" init --account bench >"$WORK/creds" 2>/dev/null
+AK="$(sed -n 's/^access_key=//p' "$WORK/creds")"
+SK="$(sed -n 's/^secret_key=//p' "$WORK/creds")"
+"$TARGET/hsm-kms" --config "$CONFIG" serve --addr-file "$WORK/addr" >/dev/null 2>"$WORK/server.log" &
+SERVER_PID=$!
+for _ in $(seq 100); do [ -s "$WORK/addr" ] && break; sleep 0.1; done
+[ -s "$WORK/addr" ] || die "server did not start: $(cat "$WORK/server.log")"
+URL="http://$(cat "$WORK/addr")"
+
+# sign_headers METHOD PATH: the three NCP headers as `-H` arguments, one per line.
+sign_headers() {
+    local ts sig
+    ts="$(date +%s%3N)"
+    sig="$(printf '%s %s\n%s\n%s' "$1" "$2" "$ts" "$AK" | openssl dgst -sha256 -hmac "$SK" -binary | base64 -w0)"
+    printf '%s\n' -H "x-ncp-apigw-timestamp: $ts" -H "x-ncp-iam-access-key: $AK" -H "x-ncp-apigw-signature-v2: $sig"
+}
+api() { # api METHOD PATH BODY
+    local hdrs
+    mapfile -t hdrs < <(sign_headers "$1" "$2")
+    curl -sS -X "$1" "${hdrs[@]}" -H 'content-type: application/json' --data "$3" "$URL$2"
+}
+create_key() { # create_key NAME TYPE -> keyTag
+    api POST /kms/v1/keys "{\"keyName\":\"$1\",\"keyType\":\"$2\",\"isAutoRotation\":false}" \
+        | grep -o '"keyTag":"[0-9a-f]*"' | cut -d'"' -f4
+}
+AES_TAG="$(create_key bench-aes AES256)"
+RSA_TAG="$(create_key bench-rsa RSA2048)"
+EC_TAG="$(create_key bench-ec ECDSA)"
+[ -n "$AES_TAG" ] && [ -n "$RSA_TAG" ] && [ -n "$EC_TAG" ] || die "could not create the keys"
+DATA_B64="$(head -c 256 /dev/urandom | base64 -w0)"
+
+# http_run NAME PATH BODY -> "rps p50_ms p99_ms"
+http_run() {
+    local name="$1" path="$2" body="$3" hdrs out
+    cat >"$WORK/$name.lua" <<LUA
+wrk.method = "POST"
+wrk.body = [[$body]]
+wrk.headers["Content-Type"] = "application/json"
+done = function(summary, latency, requests)
+  local errs = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
+  io.write(string.format("RESULT %.1f %.3f %.3f %d %d\n", summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.errors.status, errs))
+end
+LUA
+    # One checked request first: a wrong signature would otherwise bench 401s.
+    out="$(api POST "$path" "$body")"
+    grep -q '"code":"SUCCESS"' <<<"$out" || die "$name: $out"
+    mapfile -t hdrs < <(sign_headers POST "$path")
+    log "wrk $name: ${HTTP_SECS}s, $CONNECTIONS connections"
+    wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${HTTP_SECS}s" --latency -s "$WORK/$name.lua" "${hdrs[@]}" "$URL$path" >"$WORK/$name.wrk"
+    local line
+    line="$(grep '^RESULT' "$WORK/$name.wrk")" || die "$name: no result: $(cat "$WORK/$name.wrk")"
+    read -r _ rps p50 p99 non2xx errs <<<"$line"
+    [ "$non2xx" -eq 0 ] || die "$name: $non2xx non-2xx answers"
+    [ "$errs" -eq 0 ] || log "$name: $errs socket errors"
+    echo "$rps $p50 $p99"
+}
+AES_HTTP="$(http_run encrypt "/kms/v1/keys/$AES_TAG/encrypt" "{\"plaintext\":\"$DATA_B64\"}")"
+RSA_HTTP="$(http_run sign-rsa "/kms/v1/keys/$RSA_TAG/sign" "{\"data\":\"$DATA_B64\"}")"
+EC_HTTP="$(http_run sign-ecdsa "/kms/v1/keys/$EC_TAG/sign" "{\"data\":\"$DATA_B64\"}")"
+
+# (c) the table.
+cpu="$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
+printf '\nhsm-kms benchmark: %s cores (%s), SoftHSMv2 %s, one token, loopback, wrk -t%s -c%s\n' \
+    "$(nproc)" "${cpu:-unknown CPU}" "$(softhsm2-util --version)" "$WRK_THREADS" "$CONNECTIONS"
+printf 'server: symmetric_concurrency=%s asymmetric_concurrency=%s activity_log=%s (HSM_KMS_* overrides apply)\n\n' \
+    "${HSM_KMS_HSM_SYMMETRIC_CONCURRENCY:-2}" "${HSM_KMS_HSM_ASYMMETRIC_CONCURRENCY:-2}" "${HSM_KMS_ACTIVITY_LOG_ENABLED:-true}"
+printf '%-26s %12s %12s %12s %9s %9s %8s\n' operation "raw 1 thr/s" "raw 2 thr/s" "HTTP req/s" "p50 ms" "p99 ms" ratio
+row() { # row LABEL RAWOP "rps p50 p99"
+    local r1 r2 best rps p50 p99
+    r1="$(raw "$2" 1)"; r2="$(raw "$2" 2)"
+    read -r rps p50 p99 <<<"$3"
+    best="$(awk -v a="$r1" -v b="$r2" 'BEGIN { print (a > b ? a : b) }')"
+    printf '%-26s %12.0f %12.0f %12.0f %9.2f %9.2f %8.3f\n' "$1" "$r1" "$r2" "$rps" "$p50" "$p99" \
+        "$(awk -v h="$rps" -v r="$best" 'BEGIN { print h / r }')"
+}
+row "AES-256-GCM encrypt 256B" aes-gcm-encrypt-256B "$AES_HTTP"
+row "RSA-2048 sign" rsa2048-sign "$RSA_HTTP"
+row "ECDSA P-256 sign" ecdsa-p256-sign "$EC_HTTP"
+printf '\nratio = HTTP req/s / the better raw figure (1 or 2 threads) of the same token.\n'

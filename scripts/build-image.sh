@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Builds the release `hsm-kms` binary and the runtime image (default tag
+# hsm-kms:latest) from docker/Dockerfile.
+#
+#   scripts/build-image.sh [--start-engine] [--tag NAME:TAG]
+#
+# --start-engine  when no Docker engine answers and we are root: install
+#                 docker.io if needed and start dockerd (left running).
+#
+# The binary is built on the host and copied in: the image's base is Debian 12
+# (bookworm), so the host must have glibc 2.36 or older (Debian 12 does).
+# A smoke run (`hsm-kms --version` inside the image) catches a mismatch.
+#
+# Where `debian:bookworm-slim` is not present and cannot be pulled (no
+# registry, as on CI machines here), the base is made locally with
+# debootstrap + docker import; the rootfs tarball is cached under .cache/images/.
+#
+# Network: the image build runs `apt-get install` against Debian's mirror.
+# It builds with `--network host` (HSM_KMS_BUILD_NETWORK, default `host`)
+# because sandboxed engines often give the default bridge no route out; set
+# HSM_KMS_BUILD_NETWORK=default to use the bridge.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=lib/docker-engine.sh
+. "$ROOT/scripts/lib/docker-engine.sh"
+
+TAG=${HSM_KMS_IMAGE:-hsm-kms:latest}
+START_ENGINE=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --start-engine) START_ENGINE=1 ;;
+    --tag) TAG=$2; shift ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+if ! engine_answers; then
+  if [ "$START_ENGINE" = 1 ]; then
+    start_engine
+  else
+    engine_help
+    exit 1
+  fi
+fi
+
+CACHE=$ROOT/.cache/images
+mkdir -p "$CACHE"
+# The base (network and disk bound when made with debootstrap) is made
+# while cargo compiles (CPU bound).
+ensure_base_image "$CACHE" > "$CACHE/base.log" 2>&1 &
+BASE_PID=$!
+
+echo "==> cargo build --release --bin hsm-kms" >&2
+t0=$(date +%s)
+if ! (cd "$ROOT" && cargo build --release --locked --bin hsm-kms); then
+  kill "$BASE_PID" 2>/dev/null || true
+  exit 1
+fi
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET_DIR/release/hsm-kms
+echo "==> binary built in $(( $(date +%s) - t0 ))s" >&2
+
+if ! wait "$BASE_PID"; then
+  cat "$CACHE/base.log" >&2
+  echo "could not get debian:bookworm-slim" >&2
+  exit 1
+fi
+cat "$CACHE/base.log" >&2
+
+CTX=$(mktemp -d /tmp/hsm-kms-image-ctx.XXXXXX)
+trap 'rm -rf "$CTX"' EXIT
+install -m 0755 "$BIN" "$CTX/hsm-kms"
+# Line tables are for local debugging; the image does without them.
+strip --strip-debug "$CTX/hsm-kms" 2>/dev/null || true
+install -m 0755 "$ROOT/docker/entrypoint.sh" "$CTX/entrypoint.sh"
+cp "$ROOT/docker/Dockerfile" "$CTX/Dockerfile"
+
+NETWORK=${HSM_KMS_BUILD_NETWORK:-host}
+echo "==> docker build -t $TAG (network: $NETWORK)" >&2
+t0=$(date +%s)
+# DOCKER_BUILDKIT=0: the legacy builder needs no buildx plugin (Debian's
+# docker.io ships none); the Dockerfile uses no BuildKit-only syntax.
+DOCKER_BUILDKIT=0 docker build --network "$NETWORK" \
+  --label "org.opencontainers.image.revision=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+  -t "$TAG" "$CTX"
+echo "==> image built in $(( $(date +%s) - t0 ))s" >&2
+
+# The binary must load in the image (glibc of the host vs bookworm).
+docker run --rm --entrypoint /usr/local/bin/hsm-kms "$TAG" --version >&2
+size=$(docker image inspect -f '{{.Size}}' "$TAG")
+echo "==> $TAG: $(awk -v s="$size" 'BEGIN{printf "%.1f MB", s/1e6}')" >&2

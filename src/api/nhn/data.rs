@@ -1,0 +1,301 @@
+//! NHN data endpoints, each behind its key store's authentication: confirm,
+//! secrets, symmetric keys and asymmetric keys.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::format::{b64, hex_list, parse_ciphertext, unb64};
+use super::{success, NhnCtx, NhnError, NhnJson, NhnResult};
+use crate::api::AppState;
+use crate::core::nhn::NhnSealed;
+
+const P: &str = "/keymanager/v1.2/appkey/{appkey}";
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route(&format!("{P}/confirm"), get(confirm))
+        .route(
+            &format!("{P}/secrets/{{keyid}}"),
+            get(get_secret).put(put_secret),
+        )
+        .route(
+            &format!("{P}/symmetric-keys/{{keyid}}/encrypt"),
+            post(encrypt),
+        )
+        .route(
+            &format!("{P}/symmetric-keys/{{keyid}}/decrypt"),
+            post(decrypt),
+        )
+        .route(
+            &format!("{P}/symmetric-keys/{{keyid}}/create-local-key"),
+            post(create_local_key),
+        )
+        .route(
+            &format!("{P}/symmetric-keys/{{keyid}}/symmetric-key"),
+            get(symmetric_key),
+        )
+        .route(&format!("{P}/asymmetric-keys/{{keyid}}/sign"), post(sign))
+        .route(
+            &format!("{P}/asymmetric-keys/{{keyid}}/verify"),
+            post(verify),
+        )
+        .route(
+            &format!("{P}/asymmetric-keys/{{keyid}}/privateKey"),
+            get(private_key),
+        )
+        .route(
+            &format!("{P}/asymmetric-keys/{{keyid}}/publicKey"),
+            get(public_key),
+        )
+}
+
+type KeyPath = Path<(String, String)>;
+
+async fn confirm(ctx: NhnCtx) -> Response {
+    let sent = ctx.client.cert_sha256.is_some();
+    success(json!({
+        "clientIp": ctx.client.ip.to_string(),
+        "clientMacHeader": ctx.client.mac,
+        "clientSentCertificate": sent,
+        // The vendor's example spells the field this way; clients written
+        // against the example read this one.
+        "clientSentCerfificate": sent,
+    }))
+}
+
+async fn get_secret(
+    State(st): State<AppState>,
+    ctx: NhnCtx,
+    Path((_, keyid)): KeyPath,
+) -> NhnResult {
+    let s = st
+        .engine
+        .nhn_get_secret(&ctx.project, &keyid, &ctx.client)
+        .await?;
+    Ok(success(json!({"secret": s.as_str()})))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SecretBody {
+    secret_value: Option<String>,
+}
+
+async fn put_secret(
+    State(st): State<AppState>,
+    ctx: NhnCtx,
+    Path((_, keyid)): KeyPath,
+    NhnJson(b): NhnJson<SecretBody>,
+) -> NhnResult {
+    let value = b
+        .secret_value
+        .ok_or_else(|| NhnError::bad_request("secretValue is required"))?;
+    let v = st
+        .engine
+        .nhn_update_secret(&ctx.project, &keyid, &value, &ctx.client, &ctx.user)
+        .await?;
+    let k = &v.entry.key;
+    Ok(success(json!({
+        "keyId": k.uid,
+        "name": v.meta.name,
+        "description": v.meta.description,
+        "secretValue": value,
+        "creationUser": v.meta.creation_user,
+        "creationDatetime": super::format::datetime(k.created_at),
+        "lastChangeUser": v.meta.last_change_user,
+        "lastChangeDatetime": super::format::datetime(k.updated_at),
+    })))
+}
+
+#[derive(Deserialize)]
+struct PlaintextBody {
+    plaintext: Option<String>,
+}
+
+async fn encrypt(
+    State(st): State<AppState>,
+    ctx: NhnCtx,
+    Path((_, keyid)): KeyPath,
+    NhnJson(b): NhnJson<PlaintextBody>,
+) -> NhnResult {
+    let pt = b
+        .plaintext
+        .ok_or_else(|| NhnError::bad_request("plaintext is required"))?;
+    let sealed = st
+        .engine
+        .nhn_encrypt(&ctx.project, &keyid, pt.as_bytes(), &ctx.client)
+        .await?;
+    Ok(success(json!({
+        "ciphertext": b64(&sealed.to_bytes()),
+        "keyVersion": sealed.version,
+    })))
+}
+
+#[derive(Deserialize)]
+struct CiphertextBody {
+    ciphertext: Option<String>,
+}
+
+async fn decrypt(
+    State(st): State<AppState>,
+    ctx: NhnCtx,
+    Path((_, keyid)): KeyPath,
+    NhnJson(b): NhnJson<CiphertextBody>,
+) -> NhnResult {
+    let ct = b
+        .ciphertext
+        .ok_or_else(|| NhnError::bad_request("ciphertext is required"))?;
+    let sealed = parse_ciphertext(&ct)?;
+    let pt = st
+        .engine
+        .nhn_decrypt(&ctx.project, &keyid, &sealed, &ctx.client)
+        .await?;
+    let text = std::str::from_utf8(&pt)
+        .map_err(|_| NhnError::invalid_user_data("the plaintext is not UTF-8 text"))?;
+    Ok(success(
+        json!({"plaintext": text, "keyVersion": sealed.version}),
+    ))
+}
+
+async fn create_local_key(
+    State(st): State<AppState>,
+    ctx: NhnCtx,
+    Path((_, keyid)): KeyPath,
+) -> NhnResult {
+    let lk = st
+        .engine
+        .nhn_create_local_key(&ctx.project, &keyid, &ctx.client)
+        .await?;
+    Ok(success(json!({
+        "localKeyPlaintext": lk.plaintext_b64.as_str(),
+        "localKeyCiphertext": b64(&lk.sealed.to_bytes()),
+        "keyVersion": lk.sealed.version,
+    })))
+}
+
+fn key_version(q: &HashMap<String, String>) -> Result<Option<i64>, NhnError> {
+    match q.get("keyVersion") {
+        None => Ok(None),
+        Some(s) => s
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .map(Some)
+            .ok_or_else(|| NhnError::bad_request("keyVersion must be a positive integer")),
+    }
+}
+
+async fn symmetric_key(
+    State(st): State<AppState>,
+    ctx: NhnCtx,
+    Path((_, keyid)): KeyPath,
+    Query(q): Query<HashMap<String, String>>,
+) -> NhnResult {
+    let n = key_version(&q)?;
+    let (version, key) = st
+        .engine
+        .nhn_export_symmetric_key(&ctx.project, &keyid, n, &ctx.client)
+        .await?;
+    Ok(success(
+        json!({"symmetricKey": hex_list(&key), "keyVersion": version}),
+    ))
+}
+
+async fn sign(
+    State(st): State<AppState>,
+    ctx: NhnCtx,
+    Path((_, keyid)): KeyPath,
+    NhnJson(b): NhnJson<PlaintextBody>,
+) -> NhnResult {
+    let pt = b
+        .plaintext
+        .ok_or_else(|| NhnError::bad_request("plaintext is required"))?;
+    let sealed = st
+        .engine
+        .nhn_sign(&ctx.project, &keyid, pt.as_bytes(), &ctx.client)
+        .await?;
+    Ok(success(json!({
+        "signature": b64(&sealed.to_bytes()),
+        "keyVersion": sealed.version,
+    })))
+}
+
+#[derive(Deserialize)]
+struct VerifyBody {
+    plaintext: Option<String>,
+    signature: Option<String>,
+}
+
+/// RSA-2048 signature length.
+const SIG_LEN: usize = 256;
+
+async fn verify(
+    State(st): State<AppState>,
+    ctx: NhnCtx,
+    Path((_, keyid)): KeyPath,
+    NhnJson(b): NhnJson<VerifyBody>,
+) -> NhnResult {
+    let pt = b
+        .plaintext
+        .ok_or_else(|| NhnError::bad_request("plaintext is required"))?;
+    let sig = b
+        .signature
+        .ok_or_else(|| NhnError::bad_request("signature is required"))?;
+    let raw = unb64("signature", &sig)?;
+    // Our signatures carry the version in front; a bare RSA signature is
+    // checked against the current version.
+    let (hint, sig) = match raw.len() {
+        n if n == 4 + SIG_LEN => {
+            let s = NhnSealed::from_bytes(&raw, SIG_LEN)
+                .ok_or_else(|| NhnError::invalid_user_data("malformed signature"))?;
+            (Some(s.version), s.payload)
+        }
+        _ => (None, raw),
+    };
+    let (version, ok) = st
+        .engine
+        .nhn_verify(&ctx.project, &keyid, pt.as_bytes(), hint, sig, &ctx.client)
+        .await?;
+    Ok(success(json!({"result": ok, "keyVersion": version})))
+}
+
+async fn private_key(
+    State(st): State<AppState>,
+    ctx: NhnCtx,
+    Path((_, keyid)): KeyPath,
+    Query(q): Query<HashMap<String, String>>,
+) -> NhnResult {
+    let n = key_version(&q)?;
+    let (version, der) = st
+        .engine
+        .nhn_export_private_key(&ctx.project, &keyid, n, &ctx.client)
+        .await?;
+    Ok(success(json!({
+        "keyType": "PrivateKey",
+        "key": hex_list(&der),
+        "encodedKey": b64(&der),
+        "keyVersion": version,
+    })))
+}
+
+async fn public_key(
+    State(st): State<AppState>,
+    ctx: NhnCtx,
+    Path((_, keyid)): KeyPath,
+    Query(q): Query<HashMap<String, String>>,
+) -> NhnResult {
+    let n = key_version(&q)?;
+    let (version, der) = st.engine.nhn_public_key(&ctx.project, &keyid, n).await?;
+    Ok(success(json!({
+        "keyType": "PublicKey",
+        "key": hex_list(&der),
+        "encodedKey": b64(&der),
+        "keyVersion": version,
+    })))
+}

@@ -1,0 +1,127 @@
+//! NHN formats: date-times, the `0x.., 0x..` hex form of keys, base64, and
+//! the key / key-store / credential records.
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use super::NhnError;
+use crate::core::nhn::{CredentialView, NhnKeyView, NhnSealed};
+use crate::store::NhnKeyStoreRow;
+
+/// `YYYY-MM-DDTHH:MM:SS.mmm` in UTC.
+pub fn datetime(ms: i64) -> String {
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&fmt).ok())
+        .unwrap_or_default()
+}
+
+/// Optional date-time.
+pub fn opt_datetime(ms: Option<i64>) -> Value {
+    ms.map(|m| Value::String(datetime(m)))
+        .unwrap_or(Value::Null)
+}
+
+/// `0x30, 0x82, ...`.
+pub fn hex_list(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("0x{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Standard base64.
+pub fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Decodes standard base64, or answers -1001.
+pub fn unb64(field: &str, s: &str) -> Result<Vec<u8>, NhnError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .map_err(|_| NhnError::invalid_user_data(format!("{field} is not valid base64")))
+}
+
+/// Parses an NHN ciphertext: base64 of `version || iv || ct || tag`.
+pub fn parse_ciphertext(s: &str) -> Result<NhnSealed, NhnError> {
+    let raw = unb64("ciphertext", s)?;
+    NhnSealed::from_bytes(&raw, 12 + 16)
+        .ok_or_else(|| NhnError::invalid_user_data("ciphertext is too short"))
+}
+
+/// `Y` / `N`.
+pub fn yn(b: bool) -> &'static str {
+    if b {
+        "Y"
+    } else {
+        "N"
+    }
+}
+
+/// A key record (key list details and key detail).
+pub fn key_record(v: &NhnKeyView) -> Value {
+    let k = &v.entry.key;
+    let m = &v.meta;
+    json!({
+        "keyId": k.uid,
+        "name": m.name,
+        "description": m.description,
+        "keyType": m.nhn_type,
+        "currentKeyValueVersion": v.current_version(),
+        "autoRotationPeriod": m.auto_rotation_period,
+        "nextAutoRotationDate": opt_datetime(m.next_rotation_at.filter(|_| m.auto_rotation_period > 0)),
+        "lastAccessDatetime": opt_datetime(v.last_access_at),
+        "deletionDatetime": opt_datetime(k.destroy_at.filter(|_| !v.is_active())),
+        "creationUser": m.creation_user,
+        "creationDatetime": datetime(k.created_at),
+        "lastChangeUser": m.last_change_user,
+        "lastChangeDatetime": datetime(k.updated_at),
+    })
+}
+
+/// A key-store record.
+pub fn key_store_record(s: &NhnKeyStoreRow) -> Value {
+    json!({
+        "keyStoreId": s.id,
+        "name": s.name,
+        "description": s.description,
+        "ip4AuthUse": yn(s.ip4_auth_use),
+        "macAuthUse": yn(s.mac_auth_use),
+        "certificateAuthUse": yn(s.certificate_auth_use),
+        "creationUser": s.creation_user,
+        "creationDatetime": datetime(s.created_at),
+        "lastChangeUser": s.last_change_user,
+        "lastChangeDatetime": datetime(s.updated_at),
+    })
+}
+
+/// A credential record (IPv4, MAC or certificate detail).
+pub fn credential_record(c: &CredentialView) -> Value {
+    let r = &c.row;
+    let deletion = opt_datetime(r.deletion_at.filter(|_| r.status != "active"));
+    let mut v = json!({
+        "description": r.description,
+        "lastAccessDatetime": opt_datetime(c.last_access_at),
+        "deletionDatetime": deletion,
+        "creationUser": r.creation_user,
+        "creationDatetime": datetime(r.created_at),
+        "lastChangeUser": r.last_change_user,
+        "lastChangeDatetime": datetime(r.updated_at),
+    });
+    if let Some(o) = v.as_object_mut() {
+        if r.kind == "certificate" {
+            o.insert("name".into(), json!(r.value));
+            o.insert(
+                "password".into(),
+                json!(c.password.as_ref().map(|p| p.as_str().to_string())),
+            );
+            o.insert("expirationDate".into(), opt_datetime(r.expires_at));
+        } else {
+            o.insert("value".into(), json!(r.value));
+        }
+    }
+    v
+}

@@ -1,0 +1,329 @@
+//! Operations on NHN keys: secrets (read, update), AES-256-GCM encryption
+//! and decryption, local keys, raw PKCS#1 v1.5 signatures, public keys, and
+//! the export queries allowed by a key store's export policy.
+//!
+//! NHN ciphertexts and signatures are `version (4 bytes, big-endian) ||
+//! payload`, where the payload is `iv || ciphertext || tag` or the signature;
+//! the dialect base64-encodes them.
+
+use zeroize::Zeroizing;
+
+use super::keys::{NhnKeyType, NhnKeyView};
+use super::{NhnClient, NhnProject};
+use crate::core::{Engine, Error, Result, ENCRYPT_MAX};
+use crate::hsm::asymmetric_limits::RSA_RAW_SIGN_MAX;
+use crate::hsm::SignAlg;
+use crate::store::{VersionRow, VersionState};
+
+/// Largest secret value, bytes.
+pub const NHN_SECRET_MAX: usize = 32 * 1024;
+
+/// A version-tagged ciphertext or signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NhnSealed {
+    /// Key version.
+    pub version: i64,
+    /// `iv || ciphertext || tag`, or the signature.
+    pub payload: Vec<u8>,
+}
+
+impl NhnSealed {
+    /// `version (u32 BE) || payload`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + self.payload.len());
+        out.extend_from_slice(&(self.version as u32).to_be_bytes());
+        out.extend_from_slice(&self.payload);
+        out
+    }
+
+    /// Splits `version || payload`; `None` when shorter than `4 + min_payload`.
+    pub fn from_bytes(b: &[u8], min_payload: usize) -> Option<Self> {
+        if b.len() < 4 + min_payload {
+            return None;
+        }
+        let version = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as i64;
+        Some(NhnSealed {
+            version,
+            payload: b[4..].to_vec(),
+        })
+    }
+}
+
+/// A local key: the plaintext key (base64 text) and its encryption.
+pub struct LocalKey {
+    /// Base64 of the 32 random bytes.
+    pub plaintext_b64: Zeroizing<String>,
+    /// The base64 text encrypted under the key's current version.
+    pub sealed: NhnSealed,
+}
+
+pub(super) fn check_secret(v: &str) -> Result<Vec<u8>> {
+    if v.is_empty() || v.len() > NHN_SECRET_MAX {
+        return Err(Error::InvalidInput(format!(
+            "secretValue must be 1 to {NHN_SECRET_MAX} bytes"
+        )));
+    }
+    Ok(v.as_bytes().to_vec())
+}
+
+fn current(v: &NhnKeyView) -> Result<&VersionRow> {
+    v.entry
+        .current()
+        .ok_or_else(|| Error::Internal(format!("key {} has no active version", v.entry.key.uid)))
+}
+
+/// A given version, for decrypt / verify / queries.
+fn version(v: &NhnKeyView, n: i64) -> Result<&VersionRow> {
+    let row = v
+        .entry
+        .versions
+        .iter()
+        .find(|r| r.version == n)
+        .ok_or(Error::NotFound("key version"))?;
+    if row.state != VersionState::Active || !row.enabled {
+        return Err(Error::VersionDisabled(n));
+    }
+    Ok(row)
+}
+
+fn pick(v: &NhnKeyView, n: Option<i64>) -> Result<&VersionRow> {
+    match n {
+        Some(n) => version(v, n),
+        None => current(v),
+    }
+}
+
+impl Engine {
+    /// The current value of a secret.
+    pub async fn nhn_get_secret(
+        &self,
+        p: &NhnProject,
+        uid: &str,
+        c: &NhnClient,
+    ) -> Result<Zeroizing<String>> {
+        let v = self
+            .nhn_usable_key(p, uid, NhnKeyType::Secret, Some(c))
+            .await?;
+        let row = current(&v)?;
+        let bytes = Zeroizing::new(self.hsm().read_data_object(row.cka_id.clone()).await?);
+        let s = std::str::from_utf8(&bytes)
+            .map_err(|_| Error::Internal("secret value is not UTF-8".into()))?;
+        Ok(Zeroizing::new(s.to_string()))
+    }
+
+    /// Replaces a secret's value with a new version.
+    pub async fn nhn_update_secret(
+        &self,
+        p: &NhnProject,
+        uid: &str,
+        value: &str,
+        c: &NhnClient,
+        user: &str,
+    ) -> Result<NhnKeyView> {
+        let bytes = check_secret(value)?;
+        let v = self
+            .nhn_usable_key(p, uid, NhnKeyType::Secret, Some(c))
+            .await?;
+        self.nhn_new_version(&v, Some(bytes)).await?;
+        self.store()
+            .nhn_touch_key_change(v.entry.key.id, user)
+            .await?;
+        self.nhn_forget_key(uid);
+        self.nhn_key(p, uid).await
+    }
+
+    pub(super) fn nhn_forget_key(&self, uid: &str) {
+        super::write(&self.nhn().keys).remove(uid);
+        self.invalidate(uid);
+    }
+
+    /// Encrypts at most 32 KB with the current version.
+    pub async fn nhn_encrypt(
+        &self,
+        p: &NhnProject,
+        uid: &str,
+        plaintext: &[u8],
+        c: &NhnClient,
+    ) -> Result<NhnSealed> {
+        if plaintext.len() > ENCRYPT_MAX {
+            return Err(Error::InvalidInput(
+                "plaintext must be at most 32 KB".into(),
+            ));
+        }
+        let v = self
+            .nhn_usable_key(p, uid, NhnKeyType::Symmetric, Some(c))
+            .await?;
+        self.nhn_seal(&v, plaintext.to_vec()).await
+    }
+
+    async fn nhn_seal(&self, v: &NhnKeyView, plaintext: Vec<u8>) -> Result<NhnSealed> {
+        let row = current(v)?;
+        let payload = self
+            .hsm()
+            .aes_gcm_encrypt(row.cka_id.clone(), plaintext, Vec::new(), None)
+            .await?;
+        Ok(NhnSealed {
+            version: row.version,
+            payload,
+        })
+    }
+
+    /// Decrypts a ciphertext of any live version.
+    pub async fn nhn_decrypt(
+        &self,
+        p: &NhnProject,
+        uid: &str,
+        sealed: &NhnSealed,
+        c: &NhnClient,
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        let v = self
+            .nhn_usable_key(p, uid, NhnKeyType::Symmetric, Some(c))
+            .await?;
+        let row = version(&v, sealed.version)?;
+        Ok(Zeroizing::new(
+            self.hsm()
+                .aes_gcm_decrypt(row.cka_id.clone(), sealed.payload.clone(), Vec::new())
+                .await?,
+        ))
+    }
+
+    /// A fresh AES-256 key from the token's generator, as base64 text, and
+    /// that text encrypted under the key (so Decrypt gives the text back).
+    pub async fn nhn_create_local_key(
+        &self,
+        p: &NhnProject,
+        uid: &str,
+        c: &NhnClient,
+    ) -> Result<LocalKey> {
+        use base64::Engine as _;
+        let v = self
+            .nhn_usable_key(p, uid, NhnKeyType::Symmetric, Some(c))
+            .await?;
+        let raw = Zeroizing::new(self.hsm().random(32).await?);
+        let b64 = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*raw));
+        let sealed = self.nhn_seal(&v, b64.as_bytes().to_vec()).await?;
+        Ok(LocalKey {
+            plaintext_b64: b64,
+            sealed,
+        })
+    }
+
+    /// The AES key of a version, when the key was created extractable.
+    pub async fn nhn_export_symmetric_key(
+        &self,
+        p: &NhnProject,
+        uid: &str,
+        n: Option<i64>,
+        c: &NhnClient,
+    ) -> Result<(i64, Zeroizing<Vec<u8>>)> {
+        let v = self
+            .nhn_usable_key(p, uid, NhnKeyType::Symmetric, Some(c))
+            .await?;
+        if !v.meta.extractable {
+            return Err(Error::Forbidden(
+                "the key store's export policy does not allow reading this key".into(),
+            ));
+        }
+        let row = pick(&v, n)?;
+        let value = self.hsm().secret_value(row.cka_id.clone()).await?;
+        Ok((row.version, value))
+    }
+
+    /// Signs at most 245 bytes with raw RSASSA-PKCS1-v1_5 (no hash, no
+    /// DigestInfo), with the current version.
+    pub async fn nhn_sign(
+        &self,
+        p: &NhnProject,
+        uid: &str,
+        data: &[u8],
+        c: &NhnClient,
+    ) -> Result<NhnSealed> {
+        if data.len() > RSA_RAW_SIGN_MAX {
+            return Err(Error::InvalidInput(format!(
+                "plaintext must be at most {RSA_RAW_SIGN_MAX} bytes"
+            )));
+        }
+        let v = self
+            .nhn_usable_key(p, uid, NhnKeyType::Asymmetric, Some(c))
+            .await?;
+        let row = current(&v)?;
+        let sig = self
+            .hsm()
+            .sign(row.cka_id.clone(), SignAlg::RsaPkcs1Raw, data.to_vec())
+            .await?;
+        Ok(NhnSealed {
+            version: row.version,
+            payload: sig,
+        })
+    }
+
+    /// Verifies a signature made by `sealed.version` (or the current version
+    /// when `None`).
+    pub async fn nhn_verify(
+        &self,
+        p: &NhnProject,
+        uid: &str,
+        data: &[u8],
+        version_hint: Option<i64>,
+        signature: Vec<u8>,
+        c: &NhnClient,
+    ) -> Result<(i64, bool)> {
+        if data.len() > RSA_RAW_SIGN_MAX {
+            return Err(Error::InvalidInput(format!(
+                "plaintext must be at most {RSA_RAW_SIGN_MAX} bytes"
+            )));
+        }
+        let v = self
+            .nhn_usable_key(p, uid, NhnKeyType::Asymmetric, Some(c))
+            .await?;
+        let row = pick(&v, version_hint)?;
+        let ok = self
+            .hsm()
+            .verify(
+                row.cka_id.clone(),
+                SignAlg::RsaPkcs1Raw,
+                data.to_vec(),
+                signature,
+            )
+            .await?;
+        Ok((row.version, ok))
+    }
+
+    /// The SubjectPublicKeyInfo DER of a version. NHN serves the public key
+    /// without key-store authentication.
+    pub async fn nhn_public_key(
+        &self,
+        p: &NhnProject,
+        uid: &str,
+        n: Option<i64>,
+    ) -> Result<(i64, Vec<u8>)> {
+        let v = self
+            .nhn_usable_key(p, uid, NhnKeyType::Asymmetric, None)
+            .await?;
+        let row = pick(&v, n)?;
+        let der = self.hsm().public_key_spki(row.cka_id.clone()).await?;
+        Ok((row.version, der))
+    }
+
+    /// The PKCS#8 DER of a version's private key, when the key was created
+    /// extractable.
+    pub async fn nhn_export_private_key(
+        &self,
+        p: &NhnProject,
+        uid: &str,
+        n: Option<i64>,
+        c: &NhnClient,
+    ) -> Result<(i64, Zeroizing<Vec<u8>>)> {
+        let v = self
+            .nhn_usable_key(p, uid, NhnKeyType::Asymmetric, Some(c))
+            .await?;
+        if !v.meta.extractable {
+            return Err(Error::Forbidden(
+                "the key store's export policy does not allow reading this key".into(),
+            ));
+        }
+        let row = pick(&v, n)?;
+        let der = self.hsm().rsa_private_key_pkcs8(row.cka_id.clone()).await?;
+        Ok((row.version, der))
+    }
+}

@@ -1,0 +1,461 @@
+//! NHN keys: secrets, symmetric (AES-256) and asymmetric (RSA-2048) keys in a
+//! key store; creation, automatic rotation, the two-step deletion, queries.
+//!
+//! Keys and versions live in the engine's `keys` / `key_versions` tables (so
+//! the reconciler and the deletion scheduler cover them), with the NHN side
+//! in `nhn_keys`. A secret version is a private `CKO_DATA` object.
+
+use std::sync::Arc;
+
+use super::{read, write, NhnClient, NhnProject};
+use crate::core::{Engine, Error, KeyEntry, Result};
+use crate::hsm::{KeySpec, KeyUsage};
+use crate::store::{now_ms, NewKey, NhnKeyFilter, NhnKeyRow, NhnKeyStoreRow, StoreError};
+
+/// Waiting period between a deletion request and the destruction: 7 days.
+pub const KEY_DELETION_WAIT_MS: i64 = 7 * DAY_MS;
+const DAY_MS: i64 = 24 * 3600 * 1000;
+/// Longest automatic-rotation period, days.
+const ROTATION_MAX_DAYS: i64 = 3650;
+
+/// NHN key types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NhnKeyType {
+    /// Confidential data in `CKO_DATA` objects.
+    Secret,
+    /// AES-256-GCM.
+    Symmetric,
+    /// RSA-2048, raw PKCS#1 v1.5 signatures.
+    Asymmetric,
+}
+
+impl NhnKeyType {
+    /// NHN's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NhnKeyType::Secret => "SECRET",
+            NhnKeyType::Symmetric => "SYMMETRIC_KEY",
+            NhnKeyType::Asymmetric => "ASYMMETRIC_KEY",
+        }
+    }
+
+    /// Parses NHN's name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "SECRET" => Some(NhnKeyType::Secret),
+            "SYMMETRIC_KEY" => Some(NhnKeyType::Symmetric),
+            "ASYMMETRIC_KEY" => Some(NhnKeyType::Asymmetric),
+            _ => None,
+        }
+    }
+
+    fn engine_type(self) -> &'static str {
+        match self {
+            NhnKeyType::Secret => "SECRET",
+            NhnKeyType::Symmetric => "AES256",
+            NhnKeyType::Asymmetric => "RSA2048",
+        }
+    }
+
+    pub(super) fn spec(self, extractable: bool) -> Option<KeySpec> {
+        match self {
+            NhnKeyType::Secret => None,
+            NhnKeyType::Symmetric => Some(KeySpec::Aes256 { extractable }),
+            NhnKeyType::Asymmetric => Some(KeySpec::Rsa2048 {
+                usage: KeyUsage::Sign,
+                extractable,
+            }),
+        }
+    }
+}
+
+/// A key with its NHN metadata, for the dialect to format.
+#[derive(Debug, Clone)]
+pub struct NhnKeyView {
+    /// Engine key and versions.
+    pub entry: Arc<KeyEntry>,
+    /// NHN side.
+    pub meta: Arc<NhnKeyRow>,
+    /// Last access, merged with the not-yet-written batch.
+    pub last_access_at: Option<i64>,
+}
+
+impl NhnKeyView {
+    /// The key type.
+    pub fn key_type(&self) -> Option<NhnKeyType> {
+        NhnKeyType::parse(&self.meta.nhn_type)
+    }
+    /// Newest active version number.
+    pub fn current_version(&self) -> i64 {
+        self.entry.current().map(|v| v.version).unwrap_or(0)
+    }
+    /// Whether the key is usable (not pending deletion).
+    pub fn is_active(&self) -> bool {
+        self.entry.key.status == crate::core::KeyStatus::ENABLE
+    }
+}
+
+fn check_text(field: &str, v: &str, max: usize, required: bool) -> Result<()> {
+    if (required && v.trim().is_empty()) || v.chars().count() > max {
+        return Err(Error::InvalidInput(format!(
+            "{field} must be {} to {max} characters",
+            if required { 1 } else { 0 }
+        )));
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// The object id of a new version: 16 random bytes, or for a secret (a
+    /// `CKO_DATA` object, which has no `CKA_ID`) its unique label.
+    async fn nhn_object_id(&self, kind: NhnKeyType, uid: &str) -> Result<Vec<u8>> {
+        let r = self.hsm().random(16).await?;
+        Ok(match kind {
+            NhnKeyType::Secret => format!("hsm-kms/{uid}/secret/{}", hex::encode(r)).into_bytes(),
+            _ => r,
+        })
+    }
+
+    /// A key of the project with its NHN metadata; keys of other projects and
+    /// destroyed keys are not found.
+    pub async fn nhn_key(&self, project: &NhnProject, uid: &str) -> Result<NhnKeyView> {
+        let entry = match self.key_entry(uid).await {
+            Ok(e) => e,
+            Err(Error::NotFound(_)) => return Err(Error::NotFound("key")),
+            Err(e) => return Err(e),
+        };
+        if entry.key.account_id != project.account_id
+            || entry.key.status == crate::core::KeyStatus::DELETED
+        {
+            return Err(Error::NotFound("key"));
+        }
+        let cached = read(&self.nhn().keys).get(uid).cloned();
+        let meta = match cached {
+            Some(m) => m,
+            None => {
+                let m = Arc::new(
+                    self.store()
+                        .nhn_key(entry.key.id)
+                        .await?
+                        .ok_or(Error::NotFound("key"))?,
+                );
+                write(&self.nhn().keys).insert(uid.to_string(), m.clone());
+                m
+            }
+        };
+        let last_access_at = match (
+            meta.last_access_at,
+            self.nhn_pending_key_access(entry.key.id),
+        ) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(NhnKeyView {
+            entry,
+            meta,
+            last_access_at,
+        })
+    }
+
+    /// A key for a data call: of the expected type, its key store's
+    /// authentication passed, and not pending deletion.
+    pub async fn nhn_usable_key(
+        &self,
+        project: &NhnProject,
+        uid: &str,
+        want: NhnKeyType,
+        client: Option<&NhnClient>,
+    ) -> Result<NhnKeyView> {
+        let v = self.nhn_key(project, uid).await?;
+        if let Some(c) = client {
+            self.nhn_authorize(v.meta.key_store_id, c).await?;
+        }
+        if v.key_type() != Some(want) {
+            return Err(Error::WrongKeyType(v.meta.nhn_type.clone()));
+        }
+        if !v.is_active() {
+            return Err(Error::KeyDisabled);
+        }
+        self.nhn_record_key_access(v.entry.key.id);
+        Ok(v)
+    }
+
+    /// Creates a key in a key store of the project. `secret` is the value of
+    /// a secret; `auto_rotation_period` (days, 0 = off) applies to symmetric
+    /// and asymmetric keys. Keys are extractable when the key store's export
+    /// policy allows it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn nhn_create_key(
+        &self,
+        project: &NhnProject,
+        key_store_name: &str,
+        kind: NhnKeyType,
+        name: &str,
+        description: &str,
+        secret: Option<&str>,
+        auto_rotation_period: i64,
+        user: &str,
+    ) -> Result<NhnKeyView> {
+        check_text("name", name, 100, true)?;
+        check_text("description", description, 500, false)?;
+        if !(0..=ROTATION_MAX_DAYS).contains(&auto_rotation_period) {
+            return Err(Error::InvalidInput(format!(
+                "autoRotationPeriod must be 0 (off) to {ROTATION_MAX_DAYS} days"
+            )));
+        }
+        if kind == NhnKeyType::Secret && auto_rotation_period != 0 {
+            return Err(Error::InvalidInput(
+                "a secret has no automatic rotation".into(),
+            ));
+        }
+        let value = match (kind, secret) {
+            (NhnKeyType::Secret, Some(v)) => Some(super::crypto::check_secret(v)?),
+            (NhnKeyType::Secret, None) => {
+                return Err(Error::InvalidInput("secretValue is required".into()))
+            }
+            _ => None,
+        };
+        let store: NhnKeyStoreRow = self.nhn_key_store_named(project, key_store_name).await?;
+        let extractable = kind != NhnKeyType::Secret && store.allow_export;
+        let uid = hex::encode(self.hsm().random(16).await?);
+        let cka_id = self.nhn_object_id(kind, &uid).await?;
+        let now = now_ms();
+        let next = (auto_rotation_period > 0).then(|| now + auto_rotation_period * DAY_MS);
+        let new = NewKey {
+            uid: uid.clone(),
+            account_id: project.account_id,
+            // The engine's per-account name index is NAVER's rule; NHN names
+            // live in nhn_keys and may repeat.
+            name: format!("nhn/{uid}"),
+            key_type: kind.engine_type().into(),
+            memo: String::new(),
+            protection_type: "HSM".into(),
+            is_convergent: false,
+            is_auto_rotation: false,
+            rotation_period: None,
+            next_rotation_at: None,
+        };
+        let key_id = match self.store().insert_key_pending(&new, &cka_id, None).await {
+            Ok(id) => id,
+            Err(StoreError::Conflict) => {
+                return Err(Error::Conflict("key id collision; retry".into()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let meta = NhnKeyRow {
+            key_id,
+            key_store_id: store.id,
+            name: name.to_string(),
+            description: description.to_string(),
+            nhn_type: kind.as_str().into(),
+            extractable,
+            auto_rotation_period,
+            next_rotation_at: next,
+            last_access_at: None,
+            creation_user: user.to_string(),
+            last_change_user: user.to_string(),
+        };
+        if let Err(e) = self.store().nhn_insert_key(&meta).await {
+            self.store().delete_pending_version(key_id, 1).await?;
+            return Err(e.into());
+        }
+        self.nhn_make_version(key_id, 1, &uid, kind, extractable, &cka_id, value)
+            .await?;
+        crate::core::fault_point("nhn-create:after-hsm");
+        self.store().activate_version(key_id, 1, None).await?;
+        self.invalidate(&uid);
+        tracing::info!(key = %uid, kind = kind.as_str(), "NHN key created");
+        self.nhn_key(project, &uid).await
+    }
+
+    /// Makes the token object(s) of one version; on failure removes what was
+    /// made and the pending row.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn nhn_make_version(
+        &self,
+        key_id: i64,
+        version: i64,
+        uid: &str,
+        kind: NhnKeyType,
+        extractable: bool,
+        cka_id: &[u8],
+        secret: Option<Vec<u8>>,
+    ) -> Result<()> {
+        match kind.spec(extractable) {
+            Some(spec) => {
+                self.make_version_objects(key_id, version, uid, spec, cka_id, None)
+                    .await
+            }
+            None => {
+                let value = secret.ok_or_else(|| Error::Internal("secret without value".into()))?;
+                let label = String::from_utf8(cka_id.to_vec())
+                    .map_err(|_| Error::Internal("secret object id is not a label".into()))?;
+                let res = self.hsm().create_data_object(label, value).await;
+                if let Err(e) = res {
+                    tracing::error!(error = %e, key = uid, version, "secret object creation failed; rolling back");
+                    let _ = self.hsm().destroy_id(cka_id.to_vec()).await;
+                    self.store().delete_pending_version(key_id, version).await?;
+                    return Err(e.into());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds a version and makes it current (rotation, secret update).
+    pub(super) async fn nhn_new_version(
+        &self,
+        v: &NhnKeyView,
+        secret: Option<Vec<u8>>,
+    ) -> Result<i64> {
+        let kind = v
+            .key_type()
+            .ok_or_else(|| Error::Internal(format!("unknown NHN key type {}", v.meta.nhn_type)))?;
+        let cka_id = self.nhn_object_id(kind, &v.entry.key.uid).await?;
+        let key_id = v.entry.key.id;
+        let version = match self
+            .store()
+            .insert_version_pending(key_id, &cka_id, None)
+            .await
+        {
+            Ok(n) => n,
+            Err(StoreError::Conflict) => {
+                return Err(Error::Conflict(
+                    "a concurrent change is in progress; retry".into(),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.nhn_make_version(
+            key_id,
+            version,
+            &v.entry.key.uid,
+            kind,
+            v.meta.extractable,
+            &cka_id,
+            secret,
+        )
+        .await?;
+        self.store().activate_version(key_id, version, None).await?;
+        self.invalidate(&v.entry.key.uid);
+        Ok(version)
+    }
+
+    /// Rotates an NHN key now and schedules the next automatic rotation.
+    pub async fn nhn_rotate(&self, v: &NhnKeyView) -> Result<i64> {
+        if v.key_type() == Some(NhnKeyType::Secret) {
+            return Err(Error::WrongKeyType("SECRET".into()));
+        }
+        if !v.is_active() {
+            return Err(Error::KeyDisabled);
+        }
+        let version = self.nhn_new_version(v, None).await?;
+        let next = (v.meta.auto_rotation_period > 0)
+            .then(|| now_ms() + v.meta.auto_rotation_period * DAY_MS);
+        self.store()
+            .nhn_set_next_rotation(v.entry.key.id, next)
+            .await?;
+        write(&self.nhn().keys).remove(&v.entry.key.uid);
+        tracing::info!(key = %v.entry.key.uid, version, "NHN key rotated");
+        Ok(version)
+    }
+
+    pub(super) async fn nhn_rotate_due(&self, now: i64) -> Result<usize> {
+        let mut rotated = 0;
+        for key_id in self.store().nhn_keys_due_for_rotation(now).await? {
+            let Some((key, _)) = self.store().key_by_id(key_id).await? else {
+                continue;
+            };
+            let project = NhnProject {
+                id: 0,
+                name: String::new(),
+                account_id: key.account_id,
+                require_user_access_key: false,
+            };
+            let res = async {
+                let v = self.nhn_key(&project, &key.uid).await?;
+                self.nhn_rotate(&v).await
+            }
+            .await;
+            match res {
+                Ok(_) => rotated += 1,
+                Err(e) => {
+                    tracing::warn!(key = %key.uid, error = %e, "NHN automatic rotation failed")
+                }
+            }
+        }
+        Ok(rotated)
+    }
+
+    /// Requests deletion: the key stops working now and is destroyed after
+    /// seven days. Returns the deletion time.
+    pub async fn nhn_request_key_deletion(
+        &self,
+        project: &NhnProject,
+        uid: &str,
+        user: &str,
+    ) -> Result<i64> {
+        let v = self.nhn_key(project, uid).await?;
+        if !v.is_active() {
+            return Err(Error::InvalidState(
+                "the key is already scheduled for deletion".into(),
+            ));
+        }
+        let mut k = v.entry.key.clone();
+        let t = now_ms();
+        k.status_before_delete = Some(k.status.clone());
+        k.status = crate::core::KeyStatus::REVOKE.into();
+        k.status_at = t;
+        k.destroy_at = Some(t + KEY_DELETION_WAIT_MS);
+        self.store().update_key(&k).await?;
+        self.store().nhn_touch_key_change(k.id, user).await?;
+        self.invalidate(uid);
+        write(&self.nhn().keys).remove(uid);
+        Ok(t + KEY_DELETION_WAIT_MS)
+    }
+
+    /// Destroys a key that is scheduled for deletion, now. An active key is
+    /// refused. Returns the deletion time.
+    pub async fn nhn_delete_key_now(&self, project: &NhnProject, uid: &str) -> Result<i64> {
+        let v = self.nhn_key(project, uid).await?;
+        if v.is_active() {
+            return Err(Error::InvalidState(
+                "only a key scheduled for deletion can be deleted immediately".into(),
+            ));
+        }
+        self.destroy_key(v.entry.key.id, uid).await?;
+        write(&self.nhn().keys).remove(uid);
+        Ok(now_ms())
+    }
+
+    /// Keys of a key store of the project: (views, total).
+    pub async fn nhn_list_keys(
+        &self,
+        project: &NhnProject,
+        key_store_id: i64,
+        filter: &NhnKeyFilter,
+    ) -> Result<(Vec<NhnKeyView>, i64)> {
+        let store = self.nhn_key_store(project, key_store_id).await?;
+        let (uids, total) = self.store().nhn_list_keys(store.id, filter).await?;
+        let mut out = Vec::with_capacity(uids.len());
+        for uid in uids {
+            out.push(self.nhn_key(project, &uid).await?);
+        }
+        Ok((out, total))
+    }
+
+    /// One key of a key store of the project.
+    pub async fn nhn_key_in_store(
+        &self,
+        project: &NhnProject,
+        key_store_id: i64,
+        uid: &str,
+    ) -> Result<NhnKeyView> {
+        let store = self.nhn_key_store(project, key_store_id).await?;
+        let v = self.nhn_key(project, uid).await?;
+        if v.meta.key_store_id != store.id {
+            return Err(Error::NotFound("key"));
+        }
+        Ok(v)
+    }
+}

@@ -1,0 +1,545 @@
+//! NHN Secure Key Manager tenancy and key-store authentication: projects and
+//! their appkeys, User Access Keys, key stores with their IPv4 / MAC /
+//! client-certificate switches and export policy. Keys are in `keys.rs`,
+//! their operations in `crypto.rs`, credentials and the per-project CA in
+//! `certs.rs`.
+
+mod certs;
+mod crypto;
+mod keys;
+
+pub use certs::{CertificateView, CredentialKind, CredentialView, IssuedCertificate};
+pub use crypto::{LocalKey, NhnSealed, NHN_SECRET_MAX};
+pub use keys::{NhnKeyType, NhnKeyView, KEY_DELETION_WAIT_MS};
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
+
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use super::{Engine, Error, Result};
+use crate::store::{NewKeyStore, NhnKeyRow, NhnKeyStoreRow, NhnProjectRow, StoreError};
+
+/// The user recorded as creator / modifier when no User Access Key is used.
+pub const DEFAULT_USER: &str = "SECURE_KEY_MANAGER";
+
+/// Which key-store authentication refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFactor {
+    /// The client's IPv4 address is not registered.
+    Ipv4,
+    /// The `X-TOAST-CLIENT-MAC-ADDR` header is missing or not registered.
+    Mac,
+    /// No valid, unexpired, not-deleted client certificate of the key store.
+    Certificate,
+}
+
+impl std::fmt::Display for AuthFactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AuthFactor::Ipv4 => "IPv4 authentication failed",
+            AuthFactor::Mac => "MAC authentication failed",
+            AuthFactor::Certificate => "certificate authentication failed",
+        })
+    }
+}
+
+/// What the server saw of a client: address (after the trusted-proxy rule),
+/// MAC header, and the SHA-256 of the TLS client certificate, if any.
+#[derive(Debug, Clone)]
+pub struct NhnClient {
+    /// Client address.
+    pub ip: IpAddr,
+    /// `X-TOAST-CLIENT-MAC-ADDR`, as sent.
+    pub mac: Option<String>,
+    /// SHA-256 of the DER of the certificate presented in the TLS handshake.
+    pub cert_sha256: Option<[u8; 32]>,
+}
+
+/// A project as the API sees it.
+#[derive(Debug, Clone)]
+pub struct NhnProject {
+    /// Project id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// Engine account owning the keys.
+    pub account_id: i64,
+    /// Requests must carry a valid User Access Key.
+    pub require_user_access_key: bool,
+}
+
+impl From<NhnProjectRow> for NhnProject {
+    fn from(r: NhnProjectRow) -> Self {
+        NhnProject {
+            id: r.id,
+            name: r.name,
+            account_id: r.account_id,
+            require_user_access_key: r.require_user_access_key,
+        }
+    }
+}
+
+/// A freshly made User Access Key; the secret is shown once.
+pub struct NewUserAccessKey {
+    /// User Access Key id.
+    pub access_key: String,
+    /// Secret Access Key. Never logged; stored only as a SHA-256.
+    pub secret: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for NewUserAccessKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewUserAccessKey")
+            .field("access_key", &self.access_key)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Settings of a key store to create (admin).
+#[derive(Debug, Clone, Default)]
+pub struct KeyStoreSettings {
+    /// Name, unique in the project.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// IPv4 authentication.
+    pub ip4_auth_use: bool,
+    /// MAC authentication.
+    pub mac_auth_use: bool,
+    /// Client-certificate authentication.
+    pub certificate_auth_use: bool,
+    /// Export policy: keys created in the store are readable back.
+    pub allow_export: bool,
+}
+
+/// The active credentials of a key store, cached for the auth checks.
+#[derive(Debug)]
+pub(crate) struct KeyStoreAuth {
+    pub store: NhnKeyStoreRow,
+    ipv4: Vec<(i64, IpAddr)>,
+    macs: Vec<(i64, String)>,
+    certs: Vec<(i64, Vec<u8>, i64)>,
+}
+
+/// In-memory state of the NHN dialect's engine side: caches and the batch of
+/// last-access times not yet written.
+#[derive(Default)]
+pub(crate) struct NhnState {
+    appkeys: RwLock<HashMap<String, Arc<NhnProject>>>,
+    keys: RwLock<HashMap<String, Arc<NhnKeyRow>>>,
+    stores: RwLock<HashMap<i64, Arc<KeyStoreAuth>>>,
+    key_access: Mutex<HashMap<i64, i64>>,
+    cred_access: Mutex<HashMap<i64, i64>>,
+    cas: RwLock<(u64, Vec<Vec<u8>>)>,
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn random_text(len: usize) -> String {
+    rand::rngs::OsRng
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+/// Normalises a MAC address to lower-case, colon-separated form, or `None`
+/// when it is not six hexadecimal pairs.
+pub fn normalize_mac(s: &str) -> Option<String> {
+    let parts: Vec<&str> = s.trim().split([':', '-']).collect();
+    if parts.len() != 6
+        || parts
+            .iter()
+            .any(|p| p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return None;
+    }
+    Some(parts.join(":").to_ascii_lowercase())
+}
+
+fn as_ipv4(ip: IpAddr) -> Option<std::net::Ipv4Addr> {
+    match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+    }
+}
+
+impl Engine {
+    fn nhn(&self) -> &NhnState {
+        &self.inner.nhn
+    }
+
+    /// Creates a project (and the engine account owning its keys).
+    pub async fn nhn_create_project(
+        &self,
+        name: &str,
+        require_user_access_key: bool,
+    ) -> Result<i64> {
+        if name.is_empty() || name.chars().count() > 56 {
+            return Err(Error::InvalidInput(
+                "project name must be 1 to 56 characters".into(),
+            ));
+        }
+        match self
+            .store()
+            .nhn_create_project(name, &format!("nhn:{name}"), require_user_access_key)
+            .await
+        {
+            Ok(id) => Ok(id),
+            Err(StoreError::Conflict) => Err(Error::Conflict(format!("project {name} exists"))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn nhn_project_named(&self, name: &str) -> Result<NhnProjectRow> {
+        self.store()
+            .nhn_project_by_name(name)
+            .await?
+            .ok_or(Error::NotFound("project"))
+    }
+
+    /// Makes a new appkey (32 random characters) for a project.
+    pub async fn nhn_create_appkey(&self, project: &str) -> Result<String> {
+        let p = self.nhn_project_named(project).await?;
+        let appkey = random_text(32);
+        self.store().nhn_insert_appkey(&appkey, p.id).await?;
+        Ok(appkey)
+    }
+
+    /// Makes a User Access Key for a project; the secret is returned once.
+    pub async fn nhn_create_user_access_key(&self, project: &str) -> Result<NewUserAccessKey> {
+        let p = self.nhn_project_named(project).await?;
+        let access_key = random_text(20);
+        let secret = Zeroizing::new(random_text(40));
+        let hash = Sha256::digest(secret.as_bytes());
+        self.store()
+            .nhn_insert_user_access_key(&access_key, p.id, &hash)
+            .await?;
+        Ok(NewUserAccessKey { access_key, secret })
+    }
+
+    /// Revokes a User Access Key.
+    pub async fn nhn_revoke_user_access_key(&self, access_key: &str) -> Result<()> {
+        if !self.store().nhn_revoke_user_access_key(access_key).await? {
+            return Err(Error::NotFound("user access key"));
+        }
+        Ok(())
+    }
+
+    /// Creates a key store in a project (admin), with its switches and
+    /// export policy.
+    pub async fn nhn_create_key_store(&self, project: &str, s: KeyStoreSettings) -> Result<i64> {
+        let p = self.nhn_project_named(project).await?;
+        if s.name.is_empty() || s.name.chars().count() > 100 {
+            return Err(Error::InvalidInput(
+                "key store name must be 1 to 100 characters".into(),
+            ));
+        }
+        match self
+            .store()
+            .nhn_create_key_store(&NewKeyStore {
+                project_id: p.id,
+                name: s.name.clone(),
+                description: s.description,
+                ip4_auth_use: s.ip4_auth_use,
+                mac_auth_use: s.mac_auth_use,
+                certificate_auth_use: s.certificate_auth_use,
+                allow_export: s.allow_export,
+                creation_user: DEFAULT_USER.into(),
+            })
+            .await
+        {
+            Ok(id) => Ok(id),
+            Err(StoreError::Conflict) => Err(Error::Conflict(format!(
+                "key store {} exists in project {project}",
+                s.name
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Changes the switches of a key store (admin). `None` leaves a switch as is.
+    pub async fn nhn_update_key_store(
+        &self,
+        project: &str,
+        name: &str,
+        ip4: Option<bool>,
+        mac: Option<bool>,
+        cert: Option<bool>,
+        allow_export: Option<bool>,
+    ) -> Result<()> {
+        let p = self.nhn_project_named(project).await?;
+        let mut s = self
+            .store()
+            .nhn_key_store_by_name(p.id, name)
+            .await?
+            .ok_or(Error::NotFound("key store"))?;
+        s.ip4_auth_use = ip4.unwrap_or(s.ip4_auth_use);
+        s.mac_auth_use = mac.unwrap_or(s.mac_auth_use);
+        s.certificate_auth_use = cert.unwrap_or(s.certificate_auth_use);
+        s.allow_export = allow_export.unwrap_or(s.allow_export);
+        s.last_change_user = DEFAULT_USER.into();
+        self.store().nhn_update_key_store(&s).await?;
+        write(&self.nhn().stores).remove(&s.id);
+        Ok(())
+    }
+
+    /// The project an appkey names; `NotFound("appkey")` otherwise.
+    pub async fn nhn_project_by_appkey(&self, appkey: &str) -> Result<Arc<NhnProject>> {
+        if let Some(p) = read(&self.nhn().appkeys).get(appkey) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(NhnProject::from(
+            self.store()
+                .nhn_project_by_appkey(appkey)
+                .await?
+                .ok_or(Error::NotFound("appkey"))?,
+        ));
+        write(&self.nhn().appkeys).insert(appkey.to_string(), p.clone());
+        Ok(p)
+    }
+
+    /// Checks the User Access Key headers of a request. Both absent is
+    /// allowed unless the project requires them; present ones must be a valid,
+    /// active key of this project. Returns the user to record.
+    pub async fn nhn_check_user_access_key(
+        &self,
+        project: &NhnProject,
+        access_key: Option<&str>,
+        secret: Option<&str>,
+    ) -> Result<String> {
+        let (ak, sk) = match (access_key, secret) {
+            (None, None) if !project.require_user_access_key => return Ok(DEFAULT_USER.into()),
+            (Some(ak), Some(sk)) => (ak, sk),
+            (None, None) => {
+                return Err(Error::Unauthenticated(
+                    "this project requires a User Access Key".into(),
+                ))
+            }
+            _ => {
+                return Err(Error::Unauthenticated(
+                    "both the User Access Key and the Secret Access Key are required".into(),
+                ))
+            }
+        };
+        let row = self
+            .store()
+            .nhn_user_access_key(ak)
+            .await?
+            .filter(|r| r.status == "active" && r.project_id == project.id);
+        let hash = Sha256::digest(sk.as_bytes());
+        match row {
+            Some(r) if bool::from(r.secret_sha256.as_slice().ct_eq(&hash[..])) => Ok(r.access_key),
+            _ => Err(Error::Unauthenticated(
+                "invalid User Access Key or Secret Access Key".into(),
+            )),
+        }
+    }
+
+    /// Key stores of a project.
+    pub async fn nhn_key_stores(&self, project: &NhnProject) -> Result<Vec<NhnKeyStoreRow>> {
+        Ok(self.store().nhn_key_stores(project.id).await?)
+    }
+
+    /// A key store of the project by id.
+    pub async fn nhn_key_store(&self, project: &NhnProject, id: i64) -> Result<NhnKeyStoreRow> {
+        self.store()
+            .nhn_key_store(id)
+            .await?
+            .filter(|s| s.project_id == project.id)
+            .ok_or(Error::NotFound("key store"))
+    }
+
+    /// A key store of the project by name.
+    pub async fn nhn_key_store_named(
+        &self,
+        project: &NhnProject,
+        name: &str,
+    ) -> Result<NhnKeyStoreRow> {
+        self.store()
+            .nhn_key_store_by_name(project.id, name)
+            .await?
+            .ok_or(Error::NotFound("key store"))
+    }
+
+    async fn nhn_store_auth(&self, id: i64) -> Result<Arc<KeyStoreAuth>> {
+        if let Some(a) = read(&self.nhn().stores).get(&id) {
+            return Ok(a.clone());
+        }
+        let store = self
+            .store()
+            .nhn_key_store(id)
+            .await?
+            .ok_or(Error::NotFound("key store"))?;
+        let active = |rows: Vec<crate::store::NhnCredentialRow>| {
+            rows.into_iter()
+                .filter(|r| r.status == "active")
+                .collect::<Vec<_>>()
+        };
+        let ipv4 = active(self.store().nhn_credentials(id, "ipv4").await?)
+            .into_iter()
+            .filter_map(|r| r.value.parse::<IpAddr>().ok().map(|ip| (r.id, ip)))
+            .collect();
+        let macs = active(self.store().nhn_credentials(id, "mac").await?)
+            .into_iter()
+            .map(|r| (r.id, r.value))
+            .collect();
+        let certs = active(self.store().nhn_credentials(id, "certificate").await?)
+            .into_iter()
+            .filter_map(|r| Some((r.id, r.cert_sha256?, r.expires_at?)))
+            .collect();
+        let a = Arc::new(KeyStoreAuth {
+            store,
+            ipv4,
+            macs,
+            certs,
+        });
+        write(&self.nhn().stores).insert(id, a.clone());
+        Ok(a)
+    }
+
+    pub(crate) fn nhn_forget_store(&self, id: i64) {
+        write(&self.nhn().stores).remove(&id);
+    }
+
+    /// Applies the key store's authentication to a client, in NHN's order:
+    /// IPv4, then MAC, then client certificate. Each check runs only when
+    /// its switch is on; a switch on with no registered credential refuses
+    /// everyone.
+    pub async fn nhn_authorize(&self, key_store_id: i64, client: &NhnClient) -> Result<()> {
+        let auth = self.nhn_store_auth(key_store_id).await?;
+        let mut used = Vec::new();
+        if auth.store.ip4_auth_use {
+            let ip = as_ipv4(client.ip);
+            let hit = auth
+                .ipv4
+                .iter()
+                .find(|(_, reg)| ip.is_some() && as_ipv4(*reg) == ip)
+                .ok_or(Error::KeyStoreAuth(AuthFactor::Ipv4))?;
+            used.push(hit.0);
+        }
+        if auth.store.mac_auth_use {
+            let mac = client
+                .mac
+                .as_deref()
+                .and_then(normalize_mac)
+                .ok_or(Error::KeyStoreAuth(AuthFactor::Mac))?;
+            let hit = auth
+                .macs
+                .iter()
+                .find(|(_, reg)| *reg == mac)
+                .ok_or(Error::KeyStoreAuth(AuthFactor::Mac))?;
+            used.push(hit.0);
+        }
+        if auth.store.certificate_auth_use {
+            let sha = client
+                .cert_sha256
+                .ok_or(Error::KeyStoreAuth(AuthFactor::Certificate))?;
+            let now = crate::store::now_ms();
+            let hit = auth
+                .certs
+                .iter()
+                .find(|(_, h, exp)| h.as_slice() == sha.as_slice() && *exp > now)
+                .ok_or(Error::KeyStoreAuth(AuthFactor::Certificate))?;
+            used.push(hit.0);
+        }
+        if !used.is_empty() {
+            let now = crate::store::now_ms();
+            let mut acc = lock(&self.nhn().cred_access);
+            for id in used {
+                acc.insert(id, now);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn nhn_record_key_access(&self, key_id: i64) {
+        lock(&self.nhn().key_access).insert(key_id, crate::store::now_ms());
+    }
+
+    pub(crate) fn nhn_pending_key_access(&self, key_id: i64) -> Option<i64> {
+        lock(&self.nhn().key_access).get(&key_id).copied()
+    }
+
+    pub(crate) fn nhn_pending_cred_access(&self, id: i64) -> Option<i64> {
+        lock(&self.nhn().cred_access).get(&id).copied()
+    }
+
+    /// Writes the batched last-access times to the store.
+    pub async fn nhn_flush_access(&self) -> Result<()> {
+        let keys: Vec<(i64, i64)> = std::mem::take(&mut *lock(&self.nhn().key_access))
+            .into_iter()
+            .collect();
+        let creds: Vec<(i64, i64)> = std::mem::take(&mut *lock(&self.nhn().cred_access))
+            .into_iter()
+            .collect();
+        if keys.is_empty() && creds.is_empty() {
+            return Ok(());
+        }
+        self.store().nhn_flush_access(&keys, &creds).await?;
+        for (id, _) in &keys {
+            if let Some(uid) = self.nhn_uid_of(*id) {
+                write(&self.nhn().keys).remove(&uid);
+            }
+        }
+        Ok(())
+    }
+
+    fn nhn_uid_of(&self, key_id: i64) -> Option<String> {
+        read(&self.nhn().keys)
+            .iter()
+            .find(|(_, k)| k.key_id == key_id)
+            .map(|(u, _)| u.clone())
+    }
+
+    /// Loads the project CA certificates (for the TLS client verifier).
+    /// A CA made by another process (the admin CLI) is picked up by the
+    /// scheduler's next pass.
+    pub async fn nhn_load_cas(&self) -> Result<()> {
+        let cas = self.store().nhn_ca_certs().await?;
+        let mut g = write(&self.nhn().cas);
+        if g.1 != cas || g.0 == 0 {
+            g.0 += 1;
+            g.1 = cas;
+        }
+        Ok(())
+    }
+
+    /// The project CA certificates with a generation number that changes
+    /// whenever a CA is added.
+    pub fn nhn_cas(&self) -> (u64, Vec<Vec<u8>>) {
+        read(&self.nhn().cas).clone()
+    }
+
+    /// Scheduled NHN work: automatic rotation, credential deletion after the
+    /// waiting period, and the last-access batch. Returns keys rotated.
+    pub async fn nhn_run_due_work(&self, now: i64) -> Result<usize> {
+        let rotated = self.nhn_rotate_due(now).await?;
+        for id in self.store().nhn_credentials_due_for_deletion(now).await? {
+            self.store()
+                .nhn_delete_credential(id, now, DEFAULT_USER)
+                .await?;
+        }
+        // Drop cached credentials so that changes made by another process
+        // (the admin CLI) apply, and pick up new project CAs.
+        write(&self.nhn().stores).clear();
+        self.nhn_load_cas().await?;
+        self.nhn_flush_access().await?;
+        Ok(rotated)
+    }
+}

@@ -1,0 +1,260 @@
+//! `hsm-kms admin nhn ...`: what the NHN console does for Secure Key
+//! Manager: projects, appkeys, User Access Keys, key stores with their
+//! authentication switches and export policy, and client certificates
+//! (issued by the project CA in the token, delivered as PKCS#12 files).
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use hsm_kms::core::nhn::KeyStoreSettings;
+use hsm_kms::core::Engine;
+use zeroize::Zeroizing;
+
+#[derive(Subcommand)]
+pub enum NhnCmd {
+    /// Create a project.
+    CreateProject {
+        /// Project name.
+        name: String,
+        /// Refuse requests without a valid User Access Key.
+        #[arg(long)]
+        require_user_access_key: bool,
+    },
+    /// Create an appkey for a project; prints it.
+    CreateAppkey {
+        /// Project name.
+        #[arg(long)]
+        project: String,
+    },
+    /// Create a User Access Key; prints the Secret Access Key once.
+    CreateUserAccessKey {
+        /// Project name.
+        #[arg(long)]
+        project: String,
+    },
+    /// Revoke a User Access Key.
+    RevokeUserAccessKey {
+        /// The User Access Key id.
+        access_key: String,
+    },
+    /// Create a key store.
+    CreateKeyStore {
+        /// Project name.
+        #[arg(long)]
+        project: String,
+        /// Key store name.
+        #[arg(long)]
+        name: String,
+        /// Description.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Turn on IPv4 authentication (ip4AuthUse).
+        #[arg(long)]
+        ip4_auth: bool,
+        /// Turn on MAC authentication (macAuthUse).
+        #[arg(long)]
+        mac_auth: bool,
+        /// Turn on client-certificate authentication (certificateAuthUse).
+        #[arg(long)]
+        certificate_auth: bool,
+        /// Export policy: keys created in this store can be read back
+        /// (symmetric-key and privateKey queries). Off by default.
+        #[arg(long)]
+        allow_export: bool,
+    },
+    /// Change the switches of a key store (keys keep the export setting they
+    /// were created with).
+    UpdateKeyStore {
+        /// Project name.
+        #[arg(long)]
+        project: String,
+        /// Key store name.
+        #[arg(long)]
+        name: String,
+        /// ip4AuthUse.
+        #[arg(long)]
+        ip4_auth: Option<bool>,
+        /// macAuthUse.
+        #[arg(long)]
+        mac_auth: Option<bool>,
+        /// certificateAuthUse.
+        #[arg(long)]
+        certificate_auth: Option<bool>,
+        /// Export policy for keys created from now on.
+        #[arg(long)]
+        allow_export: Option<bool>,
+    },
+    /// Issue a client certificate for a key store and write its PKCS#12 file.
+    /// The password is read from the environment variable named by
+    /// --password-env (never from the command line).
+    IssueCertificate {
+        /// Project name.
+        #[arg(long)]
+        project: String,
+        /// Key store name.
+        #[arg(long)]
+        key_store: String,
+        /// Certificate name.
+        #[arg(long)]
+        name: String,
+        /// Lifetime in days.
+        #[arg(long, default_value_t = 365)]
+        lifetime_days: i64,
+        /// Description.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Environment variable holding the PKCS#12 password.
+        #[arg(long, default_value = "HSM_KMS_CERT_PASSWORD")]
+        password_env: String,
+        /// Where to write the PKCS#12 file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write the PKCS#12 file of a certificate issued through the API.
+    ExportCertificate {
+        /// Project name.
+        #[arg(long)]
+        project: String,
+        /// Key store name.
+        #[arg(long)]
+        key_store: String,
+        /// Certificate name.
+        #[arg(long)]
+        name: String,
+        /// Where to write the PKCS#12 file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn write_private(path: &PathBuf, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(data)?;
+    Ok(())
+}
+
+pub async fn run(engine: &Engine, cmd: NhnCmd) -> anyhow::Result<()> {
+    match cmd {
+        NhnCmd::CreateProject {
+            name,
+            require_user_access_key,
+        } => {
+            let id = engine
+                .nhn_create_project(&name, require_user_access_key)
+                .await?;
+            println!("project={name} id={id}");
+        }
+        NhnCmd::CreateAppkey { project } => {
+            println!("appkey={}", engine.nhn_create_appkey(&project).await?);
+        }
+        NhnCmd::CreateUserAccessKey { project } => {
+            let k = engine.nhn_create_user_access_key(&project).await?;
+            println!("user_access_key={}", k.access_key);
+            println!("secret_access_key={}", k.secret.as_str());
+            eprintln!("The Secret Access Key is shown once; store it now.");
+        }
+        NhnCmd::RevokeUserAccessKey { access_key } => {
+            engine.nhn_revoke_user_access_key(&access_key).await?;
+            println!("revoked {access_key}");
+        }
+        NhnCmd::CreateKeyStore {
+            project,
+            name,
+            description,
+            ip4_auth,
+            mac_auth,
+            certificate_auth,
+            allow_export,
+        } => {
+            let id = engine
+                .nhn_create_key_store(
+                    &project,
+                    KeyStoreSettings {
+                        name: name.clone(),
+                        description,
+                        ip4_auth_use: ip4_auth,
+                        mac_auth_use: mac_auth,
+                        certificate_auth_use: certificate_auth,
+                        allow_export,
+                    },
+                )
+                .await?;
+            println!("key_store={name} keyStoreId={id}");
+        }
+        NhnCmd::UpdateKeyStore {
+            project,
+            name,
+            ip4_auth,
+            mac_auth,
+            certificate_auth,
+            allow_export,
+        } => {
+            engine
+                .nhn_update_key_store(
+                    &project,
+                    &name,
+                    ip4_auth,
+                    mac_auth,
+                    certificate_auth,
+                    allow_export,
+                )
+                .await?;
+            println!("updated {name}");
+        }
+        NhnCmd::IssueCertificate {
+            project,
+            key_store,
+            name,
+            lifetime_days,
+            description,
+            password_env,
+            out,
+        } => {
+            let password = Zeroizing::new(
+                std::env::var(&password_env)
+                    .with_context(|| format!("set {password_env} to the PKCS#12 password"))?,
+            );
+            let p = engine.nhn_project(&project).await?;
+            engine
+                .nhn_add_certificate(
+                    &p,
+                    &key_store,
+                    &name,
+                    &password,
+                    lifetime_days,
+                    &description,
+                    "ADMIN",
+                )
+                .await?;
+            let p12 = engine
+                .nhn_export_certificate(&project, &key_store, &name)
+                .await?;
+            write_private(&out, &p12)?;
+            println!("certificate={name} pkcs12={}", out.display());
+        }
+        NhnCmd::ExportCertificate {
+            project,
+            key_store,
+            name,
+            out,
+        } => {
+            let p12 = engine
+                .nhn_export_certificate(&project, &key_store, &name)
+                .await?;
+            write_private(&out, &p12)?;
+            println!("certificate={name} pkcs12={}", out.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,669 @@
+//! NHN Secure Key Manager metadata: projects, appkeys, User Access Keys, key
+//! stores, the NHN side of keys, and key-store credentials.
+
+use super::{map_unique, now_ms, Result, Store};
+
+/// A project row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NhnProjectRow {
+    /// Project id.
+    pub id: i64,
+    /// Project name.
+    pub name: String,
+    /// Engine account that owns the project's keys.
+    pub account_id: i64,
+    /// Requests must carry a valid User Access Key.
+    pub require_user_access_key: bool,
+    /// `CKA_ID` of the client-certificate CA key, once made.
+    pub ca_cka_id: Option<Vec<u8>>,
+    /// The CA certificate (DER), once made.
+    pub ca_cert: Option<Vec<u8>>,
+    /// Creation time, ms.
+    pub created_at: i64,
+}
+
+/// A User Access Key row (the secret only as a SHA-256).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NhnUserAccessKeyRow {
+    /// The User Access Key id.
+    pub access_key: String,
+    /// Owning project.
+    pub project_id: i64,
+    /// SHA-256 of the Secret Access Key.
+    pub secret_sha256: Vec<u8>,
+    /// `active` or `revoked`.
+    pub status: String,
+}
+
+/// A key store row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NhnKeyStoreRow {
+    /// Key store id (NHN `keyStoreId`).
+    pub id: i64,
+    /// Owning project.
+    pub project_id: i64,
+    /// Name, unique in the project.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// IPv4 authentication on.
+    pub ip4_auth_use: bool,
+    /// MAC authentication on.
+    pub mac_auth_use: bool,
+    /// Client-certificate authentication on.
+    pub certificate_auth_use: bool,
+    /// Keys created in this store are extractable (symmetric-key and
+    /// private-key queries allowed).
+    pub allow_export: bool,
+    /// Creator.
+    pub creation_user: String,
+    /// Creation time, ms.
+    pub created_at: i64,
+    /// Last modifier.
+    pub last_change_user: String,
+    /// Last change, ms.
+    pub updated_at: i64,
+}
+
+/// The fields of a key store to create.
+#[derive(Debug, Clone)]
+pub struct NewKeyStore {
+    /// Owning project.
+    pub project_id: i64,
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// IPv4 authentication on.
+    pub ip4_auth_use: bool,
+    /// MAC authentication on.
+    pub mac_auth_use: bool,
+    /// Certificate authentication on.
+    pub certificate_auth_use: bool,
+    /// Export policy.
+    pub allow_export: bool,
+    /// Creator.
+    pub creation_user: String,
+}
+
+/// The NHN side of a key.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NhnKeyRow {
+    /// `keys.id`.
+    pub key_id: i64,
+    /// Key store.
+    pub key_store_id: i64,
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// `SECRET`, `SYMMETRIC_KEY` or `ASYMMETRIC_KEY`.
+    pub nhn_type: String,
+    /// Versions are created extractable.
+    pub extractable: bool,
+    /// Days between automatic rotations, 0 = off.
+    pub auto_rotation_period: i64,
+    /// Next automatic rotation, ms.
+    pub next_rotation_at: Option<i64>,
+    /// Last use, ms.
+    pub last_access_at: Option<i64>,
+    /// Creator.
+    pub creation_user: String,
+    /// Last modifier.
+    pub last_change_user: String,
+}
+
+/// A key-store credential (IPv4 address, MAC address or client certificate).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NhnCredentialRow {
+    /// Row id.
+    pub id: i64,
+    /// Key store.
+    pub key_store_id: i64,
+    /// `ipv4`, `mac` or `certificate`.
+    pub kind: String,
+    /// Address, or certificate name.
+    pub value: String,
+    /// Description.
+    pub description: String,
+    /// `active`, `deleting` or `deleted`.
+    pub status: String,
+    /// Scheduled (or done) deletion, ms.
+    pub deletion_at: Option<i64>,
+    /// Last use, ms.
+    pub last_access_at: Option<i64>,
+    /// SHA-256 of the certificate DER.
+    pub cert_sha256: Option<Vec<u8>>,
+    /// Certificate DER.
+    pub cert_der: Option<Vec<u8>>,
+    /// Certificate expiry, ms.
+    pub expires_at: Option<i64>,
+    /// Certificate password under the KEK.
+    pub password_ct: Option<Vec<u8>>,
+    /// PKCS#12 file under the KEK.
+    pub p12_ct: Option<Vec<u8>>,
+    /// Creator.
+    pub creation_user: String,
+    /// Creation time, ms.
+    pub created_at: i64,
+    /// Last modifier.
+    pub last_change_user: String,
+    /// Last change, ms.
+    pub updated_at: i64,
+}
+
+/// A credential to add.
+#[derive(Debug, Clone, Default)]
+pub struct NewCredential {
+    /// Key store.
+    pub key_store_id: i64,
+    /// `ipv4`, `mac` or `certificate`.
+    pub kind: String,
+    /// Address or certificate name.
+    pub value: String,
+    /// Description.
+    pub description: String,
+    /// SHA-256 of the certificate DER.
+    pub cert_sha256: Option<Vec<u8>>,
+    /// Certificate DER.
+    pub cert_der: Option<Vec<u8>>,
+    /// Expiry, ms.
+    pub expires_at: Option<i64>,
+    /// Password under the KEK.
+    pub password_ct: Option<Vec<u8>>,
+    /// PKCS#12 under the KEK.
+    pub p12_ct: Option<Vec<u8>>,
+    /// Creator.
+    pub creation_user: String,
+}
+
+/// Filters of the key list of a key store.
+#[derive(Debug, Clone, Default)]
+pub struct NhnKeyFilter {
+    /// `SECRET`, `SYMMETRIC_KEY` or `ASYMMETRIC_KEY`.
+    pub nhn_type: Option<String>,
+    /// Substring of the name.
+    pub name: Option<String>,
+    /// `Some(true)`: active keys only; `Some(false)`: keys pending deletion only.
+    pub active: Option<bool>,
+    /// Rows to skip.
+    pub offset: i64,
+    /// Rows to return.
+    pub limit: i64,
+}
+
+const PROJECT_COLS: &str =
+    "id, name, account_id, require_user_access_key, ca_cka_id, ca_cert, created_at";
+const STORE_COLS: &str = "id, project_id, name, description, ip4_auth_use, mac_auth_use, certificate_auth_use, allow_export, creation_user, created_at, last_change_user, updated_at";
+const NHN_KEY_COLS: &str = "key_id, key_store_id, name, description, nhn_type, extractable, auto_rotation_period, next_rotation_at, last_access_at, creation_user, last_change_user";
+const CRED_COLS: &str = "id, key_store_id, kind, value, description, status, deletion_at, last_access_at, cert_sha256, cert_der, expires_at, password_ct, p12_ct, creation_user, created_at, last_change_user, updated_at";
+
+impl Store {
+    /// Creates a project with its engine account, in one transaction.
+    /// `Conflict` when the name is taken.
+    pub async fn nhn_create_project(
+        &self,
+        name: &str,
+        account_name: &str,
+        require_user_access_key: bool,
+    ) -> Result<i64> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        let acct = sqlx::query("INSERT INTO accounts (name, created_at) VALUES (?, ?)")
+            .bind(account_name)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_unique)?
+            .last_insert_rowid();
+        let id = sqlx::query(
+            "INSERT INTO nhn_projects (name, account_id, require_user_access_key, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(name)
+        .bind(acct)
+        .bind(require_user_access_key)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_unique)?
+        .last_insert_rowid();
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// A project by name.
+    pub async fn nhn_project_by_name(&self, name: &str) -> Result<Option<NhnProjectRow>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {PROJECT_COLS} FROM nhn_projects WHERE name = ?"
+        ))
+        .bind(name)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// A project by id.
+    pub async fn nhn_project(&self, id: i64) -> Result<Option<NhnProjectRow>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {PROJECT_COLS} FROM nhn_projects WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Records the project's CA key and certificate (once).
+    pub async fn nhn_set_project_ca(&self, id: i64, cka_id: &[u8], cert: &[u8]) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE nhn_projects SET ca_cka_id = ?, ca_cert = ? WHERE id = ? AND ca_cka_id IS NULL",
+        )
+        .bind(cka_id)
+        .bind(cert)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Every project CA certificate (for the TLS client verifier).
+    pub async fn nhn_ca_certs(&self) -> Result<Vec<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT ca_cert FROM nhn_projects WHERE ca_cert IS NOT NULL")
+                .fetch_all(self.pool())
+                .await?,
+        )
+    }
+
+    /// CKA_IDs of the project CA keys (for the reconciler).
+    pub async fn nhn_ca_key_ids(&self) -> Result<Vec<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT ca_cka_id FROM nhn_projects WHERE ca_cka_id IS NOT NULL")
+                .fetch_all(self.pool())
+                .await?,
+        )
+    }
+
+    /// Adds an appkey to a project.
+    pub async fn nhn_insert_appkey(&self, appkey: &str, project_id: i64) -> Result<()> {
+        sqlx::query("INSERT INTO nhn_appkeys (appkey, project_id, created_at) VALUES (?, ?, ?)")
+            .bind(appkey)
+            .bind(project_id)
+            .bind(now_ms())
+            .execute(self.pool())
+            .await
+            .map_err(map_unique)?;
+        Ok(())
+    }
+
+    /// The project of an appkey.
+    pub async fn nhn_project_by_appkey(&self, appkey: &str) -> Result<Option<NhnProjectRow>> {
+        Ok(sqlx::query_as(
+            "SELECT p.id, p.name, p.account_id, p.require_user_access_key, p.ca_cka_id, p.ca_cert, p.created_at
+             FROM nhn_appkeys a JOIN nhn_projects p ON p.id = a.project_id WHERE a.appkey = ?",
+        )
+        .bind(appkey)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Stores a User Access Key.
+    pub async fn nhn_insert_user_access_key(
+        &self,
+        access_key: &str,
+        project_id: i64,
+        secret_sha256: &[u8],
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO nhn_user_access_keys (access_key, project_id, secret_sha256, status, created_at) VALUES (?, ?, ?, 'active', ?)",
+        )
+        .bind(access_key)
+        .bind(project_id)
+        .bind(secret_sha256)
+        .bind(now_ms())
+        .execute(self.pool())
+        .await
+        .map_err(map_unique)?;
+        Ok(())
+    }
+
+    /// A User Access Key.
+    pub async fn nhn_user_access_key(
+        &self,
+        access_key: &str,
+    ) -> Result<Option<NhnUserAccessKeyRow>> {
+        Ok(sqlx::query_as(
+            "SELECT access_key, project_id, secret_sha256, status FROM nhn_user_access_keys WHERE access_key = ?",
+        )
+        .bind(access_key)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Revokes a User Access Key.
+    pub async fn nhn_revoke_user_access_key(&self, access_key: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE nhn_user_access_keys SET status = 'revoked' WHERE access_key = ? AND status = 'active'",
+        )
+        .bind(access_key)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Creates a key store; `Conflict` when the name is taken in the project.
+    pub async fn nhn_create_key_store(&self, s: &NewKeyStore) -> Result<i64> {
+        let now = now_ms();
+        let r = sqlx::query(
+            "INSERT INTO nhn_key_stores (project_id, name, description, ip4_auth_use, mac_auth_use, certificate_auth_use, allow_export, creation_user, created_at, last_change_user, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(s.project_id)
+        .bind(&s.name)
+        .bind(&s.description)
+        .bind(s.ip4_auth_use)
+        .bind(s.mac_auth_use)
+        .bind(s.certificate_auth_use)
+        .bind(s.allow_export)
+        .bind(&s.creation_user)
+        .bind(now)
+        .bind(&s.creation_user)
+        .bind(now)
+        .execute(self.pool())
+        .await
+        .map_err(map_unique)?;
+        Ok(r.last_insert_rowid())
+    }
+
+    /// Changes the switches and export policy of a key store.
+    pub async fn nhn_update_key_store(&self, s: &NhnKeyStoreRow) -> Result<()> {
+        sqlx::query(
+            "UPDATE nhn_key_stores SET description = ?, ip4_auth_use = ?, mac_auth_use = ?, certificate_auth_use = ?, allow_export = ?, last_change_user = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(&s.description)
+        .bind(s.ip4_auth_use)
+        .bind(s.mac_auth_use)
+        .bind(s.certificate_auth_use)
+        .bind(s.allow_export)
+        .bind(&s.last_change_user)
+        .bind(now_ms())
+        .bind(s.id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Key stores of a project, by id.
+    pub async fn nhn_key_stores(&self, project_id: i64) -> Result<Vec<NhnKeyStoreRow>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {STORE_COLS} FROM nhn_key_stores WHERE project_id = ? ORDER BY id"
+        ))
+        .bind(project_id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// A key store by id.
+    pub async fn nhn_key_store(&self, id: i64) -> Result<Option<NhnKeyStoreRow>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {STORE_COLS} FROM nhn_key_stores WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// A key store of a project by name.
+    pub async fn nhn_key_store_by_name(
+        &self,
+        project_id: i64,
+        name: &str,
+    ) -> Result<Option<NhnKeyStoreRow>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {STORE_COLS} FROM nhn_key_stores WHERE project_id = ? AND name = ?"
+        ))
+        .bind(project_id)
+        .bind(name)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Writes the NHN side of a key (right after `insert_key_pending`).
+    pub async fn nhn_insert_key(&self, k: &NhnKeyRow) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO nhn_keys ({NHN_KEY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(k.key_id)
+        .bind(k.key_store_id)
+        .bind(&k.name)
+        .bind(&k.description)
+        .bind(&k.nhn_type)
+        .bind(k.extractable)
+        .bind(k.auto_rotation_period)
+        .bind(k.next_rotation_at)
+        .bind(k.last_access_at)
+        .bind(&k.creation_user)
+        .bind(&k.last_change_user)
+        .execute(self.pool())
+        .await
+        .map_err(map_unique)?;
+        Ok(())
+    }
+
+    /// The NHN side of a key.
+    pub async fn nhn_key(&self, key_id: i64) -> Result<Option<NhnKeyRow>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {NHN_KEY_COLS} FROM nhn_keys WHERE key_id = ?"
+        ))
+        .bind(key_id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Sets the next rotation time of an NHN key.
+    pub async fn nhn_set_next_rotation(&self, key_id: i64, at: Option<i64>) -> Result<()> {
+        sqlx::query("UPDATE nhn_keys SET next_rotation_at = ? WHERE key_id = ?")
+            .bind(at)
+            .bind(key_id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Records who changed a key last.
+    pub async fn nhn_touch_key_change(&self, key_id: i64, user: &str) -> Result<()> {
+        sqlx::query("UPDATE nhn_keys SET last_change_user = ? WHERE key_id = ?")
+            .bind(user)
+            .bind(key_id)
+            .execute(self.pool())
+            .await?;
+        sqlx::query("UPDATE keys SET updated_at = ? WHERE id = ?")
+            .bind(now_ms())
+            .bind(key_id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Writes last-access times (batched by the engine).
+    pub async fn nhn_flush_access(&self, keys: &[(i64, i64)], creds: &[(i64, i64)]) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        for (id, at) in keys {
+            sqlx::query("UPDATE nhn_keys SET last_access_at = MAX(COALESCE(last_access_at, 0), ?) WHERE key_id = ?")
+                .bind(at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (id, at) in creds {
+            sqlx::query("UPDATE nhn_credentials SET last_access_at = MAX(COALESCE(last_access_at, 0), ?) WHERE id = ?")
+                .bind(at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// NHN keys with automatic rotation due at `now` (enabled keys only).
+    pub async fn nhn_keys_due_for_rotation(&self, now: i64) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT n.key_id FROM nhn_keys n JOIN keys k ON k.id = n.key_id
+             WHERE n.auto_rotation_period > 0 AND n.next_rotation_at IS NOT NULL AND n.next_rotation_at <= ? AND k.status = 'ENABLE'",
+        )
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Uids of the keys of a key store that are not destroyed, filtered, in
+    /// creation order, with the total count.
+    pub async fn nhn_list_keys(
+        &self,
+        key_store_id: i64,
+        f: &NhnKeyFilter,
+    ) -> Result<(Vec<String>, i64)> {
+        let mut cond = String::from("n.key_store_id = ? AND k.status <> 'DELETED'");
+        if f.nhn_type.is_some() {
+            cond.push_str(" AND n.nhn_type = ?");
+        }
+        if f.name.is_some() {
+            cond.push_str(" AND instr(n.name, ?) > 0");
+        }
+        match f.active {
+            Some(true) => cond.push_str(" AND k.status = 'ENABLE'"),
+            Some(false) => cond.push_str(" AND k.status <> 'ENABLE'"),
+            None => {}
+        }
+        let from = format!("FROM nhn_keys n JOIN keys k ON k.id = n.key_id WHERE {cond}");
+        let count_sql = format!("SELECT COUNT(*) {from}");
+        let list_sql = format!("SELECT k.uid {from} ORDER BY k.id LIMIT ? OFFSET ?");
+        let mut count = sqlx::query_scalar::<_, i64>(&count_sql).bind(key_store_id);
+        let mut list = sqlx::query_scalar::<_, String>(&list_sql).bind(key_store_id);
+        if let Some(t) = &f.nhn_type {
+            count = count.bind(t.clone());
+            list = list.bind(t.clone());
+        }
+        if let Some(n) = &f.name {
+            count = count.bind(n.clone());
+            list = list.bind(n.clone());
+        }
+        let total = count.fetch_one(self.pool()).await?;
+        let uids = list
+            .bind(f.limit)
+            .bind(f.offset)
+            .fetch_all(self.pool())
+            .await?;
+        Ok((uids, total))
+    }
+
+    /// Adds a credential; `Conflict` when the same value is live in the store.
+    pub async fn nhn_insert_credential(&self, c: &NewCredential) -> Result<i64> {
+        let now = now_ms();
+        let r = sqlx::query(
+            "INSERT INTO nhn_credentials (key_store_id, kind, value, description, status, cert_sha256, cert_der, expires_at, password_ct, p12_ct, creation_user, created_at, last_change_user, updated_at)
+             VALUES (?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(c.key_store_id)
+        .bind(&c.kind)
+        .bind(&c.value)
+        .bind(&c.description)
+        .bind(&c.cert_sha256)
+        .bind(&c.cert_der)
+        .bind(c.expires_at)
+        .bind(&c.password_ct)
+        .bind(&c.p12_ct)
+        .bind(&c.creation_user)
+        .bind(now)
+        .bind(&c.creation_user)
+        .bind(now)
+        .execute(self.pool())
+        .await
+        .map_err(map_unique)?;
+        Ok(r.last_insert_rowid())
+    }
+
+    /// Live (active or deleting) credentials of a key store of one kind.
+    pub async fn nhn_credentials(
+        &self,
+        key_store_id: i64,
+        kind: &str,
+    ) -> Result<Vec<NhnCredentialRow>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {CRED_COLS} FROM nhn_credentials WHERE key_store_id = ? AND kind = ? AND status <> 'deleted' ORDER BY id"
+        ))
+        .bind(key_store_id)
+        .bind(kind)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// The live credential of a key store with this kind and value.
+    pub async fn nhn_credential(
+        &self,
+        key_store_id: i64,
+        kind: &str,
+        value: &str,
+    ) -> Result<Option<NhnCredentialRow>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {CRED_COLS} FROM nhn_credentials WHERE key_store_id = ? AND kind = ? AND value = ? AND status <> 'deleted'"
+        ))
+        .bind(key_store_id)
+        .bind(kind)
+        .bind(value)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Marks a credential `deleting` with its deletion time.
+    pub async fn nhn_request_credential_deletion(
+        &self,
+        id: i64,
+        at: i64,
+        user: &str,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE nhn_credentials SET status = 'deleting', deletion_at = ?, last_change_user = ?, updated_at = ? WHERE id = ? AND status = 'active'",
+        )
+        .bind(at)
+        .bind(user)
+        .bind(now_ms())
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Deletes a credential: status `deleted`, certificate secrets wiped.
+    pub async fn nhn_delete_credential(&self, id: i64, at: i64, user: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE nhn_credentials SET status = 'deleted', deletion_at = ?, password_ct = NULL, p12_ct = NULL, last_change_user = ?, updated_at = ? WHERE id = ? AND status <> 'deleted'",
+        )
+        .bind(at)
+        .bind(user)
+        .bind(now_ms())
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Credentials whose deletion waiting period is over.
+    pub async fn nhn_credentials_due_for_deletion(&self, now: i64) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM nhn_credentials WHERE status = 'deleting' AND deletion_at <= ?",
+        )
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// The live certificate credential whose DER hashes to `sha256`.
+    pub async fn nhn_certificate_by_hash(&self, sha256: &[u8]) -> Result<Option<NhnCredentialRow>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {CRED_COLS} FROM nhn_credentials WHERE kind = 'certificate' AND cert_sha256 = ? AND status <> 'deleted'"
+        ))
+        .bind(sha256)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+}
