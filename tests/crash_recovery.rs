@@ -418,3 +418,139 @@ async fn rotation_killed_after_the_store_write_survives() {
         "the acknowledged version keeps its pair"
     );
 }
+
+#[tokio::test]
+async fn deletion_killed_between_mark_and_destroy_is_finished() {
+    let mut site = Site::init();
+    let marker = site.dir.path().join("fault-destroy");
+    let mut env = fault_env("destroy:after-mark", &marker);
+    env.push(("HSM_KMS_LOG_LEVEL", "info"));
+    let server = site.serve(&env).await;
+    // The doomed key has two versions, each with an AES key and its
+    // convergent HMAC key; the other keys must come through untouched.
+    let doomed = create_key(&server, "doomed", "AES256", json!({"isConvergent": true})).await;
+    let r = server
+        .call("POST", &format!("/kms/v1/keys/{doomed}/rotate"), None)
+        .await;
+    assert_eq!(r.ok()["version"], 2);
+    let keeper = create_key(&server, "keeper", "AES256", json!({})).await;
+    let signer = create_key(&server, "signer", "ECDSA", json!({})).await;
+    let ct = encrypt(&server, &keeper, b"still here", None).await;
+    let sig = server
+        .call(
+            "POST",
+            &format!("/kms/v1/keys/{signer}/sign"),
+            Some(json!({"data": b64(b"doc")})),
+        )
+        .await;
+    let sig = sig.ok()["signature"].as_str().unwrap().to_string();
+    let r = server
+        .call(
+            "POST",
+            &format!("/kms/v1/keys/{doomed}/request-deletion"),
+            None,
+        )
+        .await;
+    assert_eq!(r.ok()["status"], "REVOKE");
+    let objects_before = site.token_objects();
+    kill_at_fault(
+        server,
+        &marker,
+        "DELETE",
+        &format!("/kms/v1/keys/{doomed}"),
+        None,
+    )
+    .await;
+
+    // The crash window was really hit: both versions are marked, their
+    // objects are still on the token.
+    let marked: Vec<Row> = rows(&site)
+        .await
+        .into_iter()
+        .filter(|r| r.uid == doomed)
+        .collect();
+    assert_eq!(marked.len(), 2);
+    let mut doomed_ids = HashSet::new();
+    for r in &marked {
+        assert_eq!(r.state, "destroying", "{r:?}");
+        doomed_ids.insert(r.cka_id.clone());
+        doomed_ids.insert(r.aux_id.clone().expect("convergent key"));
+    }
+    let objects = site.token_objects();
+    assert_eq!(
+        objects
+            .iter()
+            .filter(|o| doomed_ids.contains(&o.id))
+            .count(),
+        4,
+        "two AES keys and two HMAC keys before recovery"
+    );
+    assert_eq!(objects.len(), objects_before.len());
+
+    // Restart: the reconciler finishes the destruction.
+    let server = site.serve(&[("HSM_KMS_LOG_LEVEL", "info")]).await;
+    assert!(
+        site.log(2).contains("destroyed_finished: 2"),
+        "the reconciler reports both versions: {}",
+        site.log(2)
+    );
+    server
+        .call("GET", &format!("/kms/v1/keys/{doomed}"), None)
+        .await
+        .assert_naver_error(404, "300");
+    server
+        .call(
+            "POST",
+            &format!("/kms/v1/keys/{doomed}/encrypt"),
+            Some(json!({"plaintext": b64(b"x")})),
+        )
+        .await
+        .assert_naver_error(404, "300");
+    server
+        .call("DELETE", &format!("/kms/v1/keys/{doomed}"), None)
+        .await
+        .assert_naver_error(404, "300");
+    let list = server.call("GET", "/kms/v1/keys", None).await;
+    assert_eq!(list.ok()["totalCount"], 2, "{}", list.body);
+    let tags: HashSet<&str> = list.ok()["keyList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["keyTag"].as_str().unwrap())
+        .collect();
+    assert_eq!(tags, HashSet::from([keeper.as_str(), signer.as_str()]));
+    // The other keys work as before; the name is free again.
+    assert_eq!(decrypt(&server, &keeper, &ct, None).await, b"still here");
+    let r = server
+        .call(
+            "POST",
+            &format!("/kms/v1/keys/{signer}/verify"),
+            Some(json!({"data": b64(b"doc"), "signature": sig})),
+        )
+        .await;
+    assert_eq!(r.ok()["valid"], true);
+    let again = create_key(&server, "doomed", "AES256", json!({})).await;
+    assert_ne!(again, doomed);
+    server.kill();
+
+    assert_consistent(&site).await;
+    let after = rows(&site).await;
+    for r in after.iter().filter(|r| r.uid == doomed) {
+        assert_eq!(r.state, "destroyed", "{r:?}");
+    }
+    let objects = site.token_objects();
+    assert!(
+        !objects.iter().any(|o| doomed_ids.contains(&o.id)),
+        "the doomed key's objects are gone"
+    );
+    // Exactly the doomed key's four objects went; the new key added one.
+    assert_eq!(objects.len(), objects_before.len() - 4 + 1);
+    let db = site.db().await;
+    let status: String = sqlx::query_scalar("SELECT status FROM keys WHERE uid = ?")
+        .bind(&doomed)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    assert_eq!(status, "DELETED");
+}

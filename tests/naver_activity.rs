@@ -237,3 +237,73 @@ async fn scheduled_rotation_is_recorded_as_system_work() {
     assert_eq!(info["currentVersion"], 2);
     assert!(info["nextRotationDate"].as_i64().unwrap() > now_ms() + 23 * 3_600_000);
 }
+
+#[tokio::test]
+async fn latest_use_info_of_an_unused_key() {
+    let kms = Kms::start().await;
+    // A key made through the engine (as an operator tool would) has no
+    // record yet.
+    let account_id = kms
+        .engine
+        .store()
+        .account_by_name("default")
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let e = kms
+        .engine
+        .create_key(
+            account_id,
+            hsm_kms::core::CreateKeyRequest {
+                name: "unused".into(),
+                key_type: hsm_kms::core::KeyType::Aes256,
+                memo: String::new(),
+                is_convergent: false,
+                is_auto_rotation: false,
+                rotation_period: None,
+                protection_type: "COMMON_HSM".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let tag = e.key.uid.clone();
+    let r = kms
+        .call("GET", &format!("/kms/v1/keys/{tag}/last-use-info"), None)
+        .await;
+    let d = r.ok();
+    assert!(d["timestamp"].is_null(), "{d}");
+    assert!(d["data"].is_null(), "{d}");
+    assert!(d["message"].as_str().is_some_and(|m| !m.is_empty()), "{d}");
+    let r = kms
+        .call("GET", &format!("/kms/v1/keys/{tag}/activities"), None)
+        .await;
+    assert_eq!(r.ok()["totalCount"], 0);
+    assert_eq!(r.ok()["activityLogList"], json!([]));
+    assert_eq!(r.ok()["totalPageNo"], 0);
+    // Reading the log is not a use.
+    let r = kms
+        .call("GET", &format!("/kms/v1/keys/{tag}/last-use-info"), None)
+        .await;
+    assert!(r.ok()["data"].is_null());
+    // Unknown keys are 404, not an empty answer.
+    kms.call("GET", "/kms/v1/keys/nosuchkey/last-use-info", None)
+        .await
+        .assert_naver_error(404, "300");
+
+    // The first use shows.
+    kms.call(
+        "POST",
+        &format!("/kms/v1/keys/{tag}/encrypt"),
+        Some(json!({"plaintext": b64(b"first")})),
+    )
+    .await
+    .ok();
+    let r = kms
+        .call("GET", &format!("/kms/v1/keys/{tag}/last-use-info"), None)
+        .await;
+    let d = r.ok();
+    assert_eq!(d["data"]["api"]["action"], "Encrypt");
+    assert_eq!(d["data"]["kmsKey"]["keyTag"], tag.as_str());
+    assert!(d["timestamp"].as_str().unwrap().ends_with('Z'));
+}

@@ -461,3 +461,329 @@ async fn acl_uses_forwarded_address_only_from_trusted_proxies() {
         .await
         .assert_naver_error(403, "230");
 }
+
+#[tokio::test]
+async fn an_expired_refresh_token_is_refused_and_tokens_are_stored_hashed() {
+    // One token "hour" lasts 1 second in this test.
+    let kms = Kms::start_with(|c| c.naver.token_hour_secs = 1).await;
+    let tag = kms.create_key("exp-key", "AES256", json!({})).await;
+    let (refresh, access) = token_set(
+        &kms,
+        &tag,
+        json!({"accessTokenHours": "UL", "refreshTokenHours": 1}),
+    )
+    .await;
+    // Within its lifetime the refresh token works.
+    let r = with_token(
+        &kms,
+        "POST",
+        &format!("/kms/v1/keys/{tag}/access-token"),
+        &refresh,
+        Some(json!({"accessTokenHours": "UL"})),
+    )
+    .await;
+    let access2 = r.ok()["accessToken"].as_str().unwrap().to_string();
+
+    // The store holds hashes and public ids, never a token.
+    let db = kms.db().await;
+    let rows: Vec<(Vec<u8>, String)> = sqlx::query_as("SELECT token_hash, token_id FROM tokens")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    assert_eq!(rows.len(), 3);
+    {
+        use sha2::{Digest, Sha256};
+        for t in [&refresh, &access, &access2] {
+            let h = Sha256::digest(t.as_bytes()).to_vec();
+            assert!(rows.iter().any(|(hash, _)| *hash == h), "hash of a token");
+            assert!(rows.iter().all(|(_, id)| !t.contains(id.as_str())));
+        }
+    }
+    let raw = std::fs::read(kms.db_path()).unwrap();
+    let wal = std::fs::read(kms.db_path().with_extension("db-wal")).unwrap_or_default();
+    for t in [&refresh, &access, &access2] {
+        let needle = t.as_bytes();
+        for file in [&raw, &wal] {
+            assert!(
+                !file.windows(needle.len()).any(|w| w == needle),
+                "a token in the clear in the store"
+            );
+        }
+    }
+
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    for (method, path, body) in [
+        ("POST", "access-token", json!({})),
+        ("PUT", "token-set", json!({})),
+    ] {
+        let r = with_token(
+            &kms,
+            method,
+            &format!("/kms/v1/keys/{tag}/{path}"),
+            &refresh,
+            Some(body),
+        )
+        .await;
+        r.assert_naver_error(401, "200");
+        assert!(
+            r.body["error"]["details"]
+                .as_str()
+                .unwrap()
+                .contains("expired"),
+            "{}",
+            r.body
+        );
+    }
+    // Unlimited access tokens outlive the refresh token that made them.
+    encrypt_with(&kms, &tag, &access).await.ok();
+    encrypt_with(&kms, &tag, &access2).await.ok();
+}
+
+#[tokio::test]
+async fn a_refresh_token_renews_the_set_only_once() {
+    let kms = Kms::start().await;
+    let tag = kms.create_key("once-key", "AES256", json!({})).await;
+    let (refresh, _) = token_set(&kms, &tag, json!({})).await;
+    let path = format!("/kms/v1/keys/{tag}/token-set");
+    let renew = || {
+        with_token(
+            &kms,
+            "PUT",
+            &path,
+            &refresh,
+            Some(json!({"accessTokenHours": 1})),
+        )
+    };
+    // The same refresh token presented several times at once: one renewal
+    // wins, the others are replays of a revoked token.
+    let (a, b, c, d) = tokio::join!(renew(), renew(), renew(), renew());
+    let replies = [a, b, c, d];
+    let won: Vec<&Reply> = replies.iter().filter(|r| r.status == 200).collect();
+    assert_eq!(
+        won.len(),
+        1,
+        "{:?}",
+        replies.iter().map(|r| &r.body).collect::<Vec<_>>()
+    );
+    for r in replies.iter().filter(|r| r.status != 200) {
+        r.assert_naver_error(401, "200");
+    }
+    // Afterwards neither renewal nor a new access token works with it.
+    renew().await.assert_naver_error(401, "200");
+    with_token(
+        &kms,
+        "POST",
+        &format!("/kms/v1/keys/{tag}/access-token"),
+        &refresh,
+        None,
+    )
+    .await
+    .assert_naver_error(401, "200");
+    let g = kms
+        .call("GET", &format!("/kms/v1/keys/{tag}/token-generator"), None)
+        .await;
+    assert_eq!(
+        g.ok()["issuedTokenCount"],
+        4,
+        "one set, then one renewed set"
+    );
+}
+
+#[tokio::test]
+async fn tokens_of_a_deleted_key_stop_working() {
+    let kms = Kms::start().await;
+    let tag = kms.create_key("gone-key", "AES256", json!({})).await;
+    let keep = kms.create_key("kept-key", "AES256", json!({})).await;
+    let (refresh, access) = token_set(&kms, &tag, json!({})).await;
+    let (_, keep_access) = token_set(&kms, &keep, json!({})).await;
+    encrypt_with(&kms, &tag, &access).await.ok();
+
+    // Pending deletion: the key is not usable, by token or otherwise.
+    kms.call(
+        "POST",
+        &format!("/kms/v1/keys/{tag}/request-deletion"),
+        None,
+    )
+    .await
+    .ok();
+    encrypt_with(&kms, &tag, &access)
+        .await
+        .assert_naver_error(403, "230");
+
+    // Deleted: every token of the key is refused as not valid.
+    kms.call("DELETE", &format!("/kms/v1/keys/{tag}"), None)
+        .await
+        .ok();
+    encrypt_with(&kms, &tag, &access)
+        .await
+        .assert_naver_error(401, "200");
+    for (method, path) in [("POST", "access-token"), ("PUT", "token-set")] {
+        with_token(
+            &kms,
+            method,
+            &format!("/kms/v1/keys/{tag}/{path}"),
+            &refresh,
+            None,
+        )
+        .await
+        .assert_naver_error(401, "200");
+    }
+    // A new key with the same name gets nothing from the old tokens.
+    let again = kms.create_key("gone-key", "AES256", json!({})).await;
+    encrypt_with(&kms, &again, &access)
+        .await
+        .assert_naver_error(401, "200");
+    // Another key's tokens are unaffected.
+    encrypt_with(&kms, &keep, &keep_access).await.ok();
+}
+
+#[tokio::test]
+async fn array_plaintext_over_the_total_limit_in_api_2() {
+    let kms = Kms::start().await;
+    let tag = kms.create_key("arr-key", "AES256", json!({})).await;
+    let (_, access) = token_set(&kms, &tag, json!({})).await;
+    let path = format!("/kms/v1/keys/{tag}/encrypt");
+    let half = b64(&vec![1u8; 16 * 1024]);
+    let over = b64(&vec![2u8; 16 * 1024 + 1]);
+    // 32 KB in total is the limit, under account and token auth alike.
+    let at_limit = json!({"plaintext": [half.clone(), half.clone()]});
+    let over_limit = json!({"plaintext": [half.clone(), over]});
+    let r = kms.call("POST", &path, Some(at_limit.clone())).await;
+    let cts = r.ok()["ciphertext"].as_array().unwrap().clone();
+    assert_eq!(cts.len(), 2);
+    let r = with_token(&kms, "POST", &path, &access, Some(at_limit)).await;
+    assert_eq!(r.ok()["ciphertext"].as_array().unwrap().len(), 2);
+    let r = kms.call("POST", &path, Some(over_limit.clone())).await;
+    r.assert_naver_error(400, "100");
+    with_token(&kms, "POST", &path, &access, Some(over_limit))
+        .await
+        .assert_naver_error(400, "100");
+    // Many small items over the total too.
+    let many: Vec<String> = (0..33).map(|_| b64(&[3u8; 1024])).collect();
+    kms.call("POST", &path, Some(json!({"plaintext": many})))
+        .await
+        .assert_naver_error(400, "100");
+    // An empty array is refused; the decrypt side takes the array back.
+    kms.call("POST", &path, Some(json!({"plaintext": []})))
+        .await
+        .assert_naver_error(400, "100");
+    let r = kms
+        .call(
+            "POST",
+            &format!("/kms/v1/keys/{tag}/decrypt"),
+            Some(json!({"ciphertext": cts})),
+        )
+        .await;
+    assert_eq!(r.ok()["plaintext"], json!([half.clone(), half]));
+}
+
+#[tokio::test]
+async fn acl_holds_at_most_100_rules() {
+    let kms = Kms::start().await;
+    let tag = kms.create_key("big-acl", "AES256", json!({})).await;
+    let path = format!("/kms/v1/keys/{tag}/acl");
+    let hundred: Vec<String> = (1..=100).map(|i| format!("10.0.0.{i}")).collect();
+    // 101 entries in one call are refused; 100 are accepted.
+    let mut too_many = hundred.clone();
+    too_many.push("10.0.1.0/24".into());
+    kms.call("POST", &path, Some(json!({"ipList": too_many})))
+        .await
+        .assert_naver_error(400, "100");
+    let r = kms
+        .call("POST", &path, Some(json!({"ipList": hundred})))
+        .await;
+    assert_eq!(r.ok()["allowedIpList"].as_array().unwrap().len(), 100);
+    // Full: a new rule is refused, one already there is not a new rule.
+    kms.call("POST", &path, Some(json!({"ipList": ["10.0.1.0/24"]})))
+        .await
+        .assert_naver_error(400, "100");
+    let r = kms
+        .call(
+            "POST",
+            &path,
+            Some(json!({"ipList": ["10.0.0.7", "10.0.0.7/32"]})),
+        )
+        .await;
+    assert_eq!(r.ok()["allowedIpList"].as_array().unwrap().len(), 100);
+    // With one slot free, the same new rule written twice takes one slot.
+    let r = kms
+        .call("DELETE", &path, Some(json!({"ipList": ["10.0.0.100"]})))
+        .await;
+    assert_eq!(r.ok()["allowedIpList"].as_array().unwrap().len(), 99);
+    let r = kms
+        .call(
+            "POST",
+            &path,
+            Some(json!({"ipList": ["192.0.2.9", "192.0.2.9/32", " 192.0.2.9 "]})),
+        )
+        .await;
+    let list = r.ok()["allowedIpList"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 100);
+    assert_eq!(list.iter().filter(|r| *r == "192.0.2.9").count(), 1);
+    let r = kms.call("GET", &path, None).await;
+    assert_eq!(r.ok()["allowedIpList"].as_array().unwrap().len(), 100);
+}
+
+#[tokio::test]
+async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
+    // No trusted proxies: X-Forwarded-For never names the client.
+    let kms = Kms::start().await;
+    let tag = kms.create_key("spoof-key", "AES256", json!({})).await;
+    let (_, access) = token_set(&kms, &tag, json!({})).await;
+    kms.call("POST", &format!("/kms/v1/keys/{tag}/acl/enable"), None)
+        .await
+        .ok();
+    kms.call(
+        "POST",
+        &format!("/kms/v1/keys/{tag}/acl"),
+        Some(json!({"ipList": ["203.0.113.7"]})),
+    )
+    .await
+    .ok();
+    let path = format!("/kms/v1/keys/{tag}/encrypt");
+    let body = Some(json!({"plaintext": b64(b"x")}).to_string().into_bytes());
+    let hdr = |xff: &str, real_ip: &str| {
+        vec![
+            ("x-ncp-ocapi-token".to_string(), access.clone()),
+            ("x-forwarded-for".to_string(), xff.to_string()),
+            ("x-real-ip".to_string(), real_ip.to_string()),
+        ]
+    };
+    // A listed address in the header does not let the loopback peer in.
+    kms.raw(
+        "POST",
+        &path,
+        &hdr("203.0.113.7", "203.0.113.7"),
+        body.clone(),
+    )
+    .await
+    .assert_naver_error(403, "230");
+    kms.raw(
+        "POST",
+        &path,
+        &hdr("198.51.100.1, 203.0.113.7", "203.0.113.7"),
+        body.clone(),
+    )
+    .await
+    .assert_naver_error(403, "230");
+    // Allow the peer: an unlisted address in the header does not keep it out.
+    kms.call(
+        "POST",
+        &format!("/kms/v1/keys/{tag}/acl"),
+        Some(json!({"ipList": ["127.0.0.1"]})),
+    )
+    .await
+    .ok();
+    kms.raw("POST", &path, &hdr("198.51.100.9", "198.51.100.9"), body)
+        .await
+        .ok();
+    // The activity log records the peer, not the claimed address.
+    let r = kms
+        .call("GET", &format!("/kms/v1/keys/{tag}/last-use-info"), None)
+        .await;
+    let d = r.ok();
+    assert_eq!(d["data"]["api"]["action"], "Encrypt");
+    assert_eq!(d["data"]["api"]["type"], "TOKEN");
+    assert_eq!(d["data"]["requestor"]["ip"], "127.0.0.1");
+}

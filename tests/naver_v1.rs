@@ -301,3 +301,109 @@ async fn per_key_quota_answers_429_with_retry_after() {
         .await
         .ok();
 }
+
+#[tokio::test]
+async fn api_1_refuses_token_auth() {
+    let kms = Kms::start().await;
+    let tag = kms.create_key("tok-v1", "RSA2048", json!({})).await;
+    kms.call("POST", &format!("/kms/v1/keys/{tag}/token-generator"), None)
+        .await
+        .ok();
+    let r = kms
+        .call(
+            "POST",
+            &format!("/kms/v1/keys/{tag}/token-set"),
+            Some(json!({})),
+        )
+        .await;
+    let access = r.ok()["accessToken"].as_str().unwrap().to_string();
+    let token = [("x-ncp-ocapi-token".to_string(), access.clone())];
+    let body = json!({"plaintext": b64(b"x")}).to_string().into_bytes();
+    // The token works on API 2.0 ...
+    kms.raw(
+        "POST",
+        &format!("/kms/v1/keys/{tag}/encrypt"),
+        &token,
+        Some(body.clone()),
+    )
+    .await
+    .ok();
+    // ... and on no API 1.0 path: those take gateway signatures only.
+    for v in ["v1", "v2"] {
+        for action in ["encrypt", "sign", "createCustomKey"] {
+            let r = kms
+                .raw(
+                    "POST",
+                    &format!("/keys/{v}/{tag}/{action}"),
+                    &token,
+                    Some(body.clone()),
+                )
+                .await;
+            r.assert_naver_error(401, "200");
+        }
+    }
+    // Nothing was recorded for the refused calls.
+    let r = kms
+        .call("GET", &format!("/kms/v1/keys/{tag}/last-use-info"), None)
+        .await;
+    assert_eq!(r.ok()["data"]["api"]["type"], "TOKEN");
+    assert_eq!(r.ok()["data"]["api"]["action"], "Encrypt");
+    let r = kms
+        .call("GET", &format!("/kms/v1/keys/{tag}/activities"), None)
+        .await;
+    assert_eq!(r.ok()["totalCount"], 4, "{}", r.body);
+}
+
+#[tokio::test]
+async fn unauthenticated_requests_do_not_use_a_keys_quota() {
+    let kms = Kms::start_with(|c| {
+        c.rate_limit.profile = "custom".into();
+        c.rate_limit.requests_per_second = 3;
+        c.rate_limit.burst = 3;
+    })
+    .await;
+    let tag = kms.create_key("quota-dos", "AES256", json!({})).await;
+    let body = json!({"plaintext": b64(b"x")}).to_string().into_bytes();
+    // Someone who knows the key tag but holds no credential floods it.
+    for path in [
+        format!("/kms/v1/keys/{tag}/encrypt"),
+        format!("/keys/v2/{tag}/encrypt"),
+    ] {
+        for _ in 0..5 {
+            let r = kms.raw("POST", &path, &[], Some(body.clone())).await;
+            r.assert_naver_error(401, "200");
+            let bad = [("x-ncp-ocapi-token".to_string(), "ncpkms_forged".to_string())];
+            let r = kms.raw("POST", &path, &bad, Some(body.clone())).await;
+            r.assert_naver_error(401, "200");
+        }
+    }
+    // The owner still has the whole quota.
+    for _ in 0..3 {
+        kms.call(
+            "POST",
+            &format!("/kms/v1/keys/{tag}/encrypt"),
+            Some(json!({"plaintext": b64(b"x")})),
+        )
+        .await
+        .ok();
+    }
+    let r = kms
+        .call(
+            "POST",
+            &format!("/kms/v1/keys/{tag}/encrypt"),
+            Some(json!({"plaintext": b64(b"x")})),
+        )
+        .await;
+    r.assert_naver_error(429, "400");
+    assert!(r.headers.contains_key("retry-after"));
+    // Over the quota, API 1.0 answers 429 in the gateway envelope too.
+    let r = kms
+        .call(
+            "POST",
+            &format!("/keys/v2/{tag}/encrypt"),
+            Some(json!({"plaintext": b64(b"x")})),
+        )
+        .await;
+    r.assert_naver_error(429, "400");
+    assert!(r.headers.contains_key("retry-after"));
+}

@@ -12,7 +12,15 @@ use crate::store::{now_ms, Store, StoreError};
 pub(super) struct CachedSecret {
     pub account_id: i64,
     pub secret: Zeroizing<Vec<u8>>,
+    /// When the store last said the access key is active.
+    pub checked_at: std::time::Instant,
 }
+
+/// How long a cached access key is trusted before its status is read from
+/// the store again. `hsm-kms admin revoke-access-key` runs in another
+/// process and cannot clear this process's cache: a revocation takes effect
+/// within this time on a running server.
+pub const ACCESS_KEY_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A freshly created access key; the secret is shown once.
 pub struct NewAccessKey {
@@ -163,21 +171,45 @@ impl Engine {
     /// The secret is decrypted in the token once and then cached in memory.
     /// Unknown and revoked keys give `Unauthenticated`.
     pub async fn access_key_secret(&self, access_key: &str) -> Result<(i64, Zeroizing<Vec<u8>>)> {
-        if let Some(c) = self
+        let revoked = || Error::Unauthenticated("unknown or revoked access key".into());
+        let cached = self
             .inner
             .secrets
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(access_key)
-        {
-            return Ok((c.account_id, c.secret.clone()));
+            .map(|c| (c.account_id, c.secret.clone(), c.checked_at));
+        if let Some((account_id, secret, checked_at)) = cached {
+            if checked_at.elapsed() < ACCESS_KEY_RECHECK {
+                return Ok((account_id, secret));
+            }
+            // Stale: ask the store whether the key is still active (no
+            // second decryption).
+            let active = self
+                .store()
+                .access_key(access_key)
+                .await?
+                .is_some_and(|r| r.status == "active");
+            let mut cache = self
+                .inner
+                .secrets
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            if !active {
+                cache.remove(access_key);
+                return Err(revoked());
+            }
+            if let Some(c) = cache.get_mut(access_key) {
+                c.checked_at = std::time::Instant::now();
+            }
+            return Ok((account_id, secret));
         }
         let row = self
             .store()
             .access_key(access_key)
             .await?
             .filter(|r| r.status == "active")
-            .ok_or_else(|| Error::Unauthenticated("unknown or revoked access key".into()))?;
+            .ok_or_else(revoked)?;
         let secret = Zeroizing::new(
             self.hsm()
                 .aes_gcm_decrypt(
@@ -196,6 +228,7 @@ impl Engine {
                 CachedSecret {
                     account_id: row.account_id,
                     secret: secret.clone(),
+                    checked_at: std::time::Instant::now(),
                 },
             );
         Ok((row.account_id, secret))

@@ -456,6 +456,7 @@ impl Engine {
     pub(super) async fn destroy_key(&self, key_id: i64, uid: &str) -> Result<()> {
         self.store().mark_key_destroying(key_id).await?;
         self.invalidate(uid);
+        fault_point("destroy:after-mark");
         for v in self.store().versions(key_id).await? {
             if v.state == VersionState::Destroying {
                 self.destroy_version_objects(&v).await?;

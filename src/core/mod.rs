@@ -11,7 +11,7 @@ mod reconcile;
 mod scheduler;
 mod tokens;
 
-pub use accounts::{ensure_service_keys, AccessKeyInfo, NewAccessKey};
+pub use accounts::{ensure_service_keys, AccessKeyInfo, NewAccessKey, ACCESS_KEY_RECHECK};
 pub use activity::ActivityLog;
 pub use crypto::{CustomKey, Sealed, CONTEXT_MAX, ENCRYPT_MAX, SIGN_DATA_MAX};
 pub use keys::{

@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 
 use super::accounts::now;
 use super::{Engine, Error, Result};
-use crate::store::{GeneratorRow, NewToken, TokenRow};
+use crate::store::{GeneratorRow, NewToken, TokenParent, TokenRow};
 
 /// Largest token lifetime in hours (two years).
 pub const MAX_TOKEN_HOURS: i64 = 17_520;
@@ -202,7 +202,7 @@ impl Engine {
         access: Lifetime,
         refresh: Option<Lifetime>,
         set_id: Option<String>,
-        revoke: Option<&[u8]>,
+        parent: TokenParent<'_>,
     ) -> Result<TokenSet> {
         let g = self
             .active_generator(key_id)
@@ -229,15 +229,26 @@ impl Engine {
             }
             None => None,
         };
-        self.store()
-            .insert_tokens(key_id, &g.generator_id, account_id, &set_id, &rows, revoke)
+        let live = self
+            .store()
+            .insert_tokens(key_id, &g.generator_id, account_id, &set_id, &rows, parent)
             .await?;
-        if let Some(h) = revoke {
+        // A parent revoked now, or found revoked, must not be trusted from
+        // the cache again.
+        let stale = match parent {
+            TokenParent::Revoke(h) => Some(h),
+            TokenParent::Live(h) if !live => Some(h),
+            _ => None,
+        };
+        if let Some(h) = stale {
             self.inner
                 .tokens
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(h);
+        }
+        if !live {
+            return Err(Error::Unauthenticated("the token was revoked".into()));
         }
         Ok(TokenSet {
             refresh_token,
@@ -256,8 +267,15 @@ impl Engine {
         let access = access.checked("accessTokenHours")?;
         let refresh = refresh.checked("refreshTokenHours")?;
         let e = self.owned_key(account_id, uid).await?;
-        self.issue(e.key.id, account_id, access, Some(refresh), None, None)
-            .await
+        self.issue(
+            e.key.id,
+            account_id,
+            access,
+            Some(refresh),
+            None,
+            TokenParent::None,
+        )
+        .await
     }
 
     /// Create Access Token from a verified refresh token.
@@ -274,7 +292,7 @@ impl Engine {
                 access,
                 None,
                 Some(auth.set_id.clone()),
-                None,
+                TokenParent::Live(&auth.hash),
             )
             .await?;
         Ok(set.access_token)
@@ -296,7 +314,7 @@ impl Engine {
             access,
             Some(refresh),
             None,
-            Some(&auth.hash),
+            TokenParent::Revoke(&auth.hash),
         )
         .await
     }
@@ -449,11 +467,15 @@ impl Engine {
         let mut canon = Vec::with_capacity(rules.len());
         for r in rules {
             let n = parse_rule(r).map_err(Error::InvalidInput)?;
-            canon.push(if n.prefix_len() == 32 {
+            let rule = if n.prefix_len() == 32 {
                 n.addr().to_string()
             } else {
                 n.to_string()
-            });
+            };
+            // `1.2.3.4` and `1.2.3.4/32` are one rule, and count once.
+            if !canon.contains(&rule) {
+                canon.push(rule);
+            }
         }
         let e = self.owned_key(account_id, uid).await?;
         if add {

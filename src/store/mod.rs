@@ -7,7 +7,7 @@ mod naver;
 mod nhn;
 
 pub use keys::{KeyRow, NewKey, VersionRow, VersionState};
-pub use naver::{ActivityRow, GeneratorRow, NewToken, TokenRow};
+pub use naver::{ActivityRow, GeneratorRow, NewToken, TokenParent, TokenRow};
 pub use nhn::{
     NewCredential, NewKeyStore, NhnCredentialRow, NhnKeyFilter, NhnKeyRow, NhnKeyStoreRow,
     NhnProjectRow, NhnUserAccessKeyRow,

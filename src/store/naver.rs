@@ -43,6 +43,17 @@ pub struct TokenRow {
     pub revoked_at: Option<i64>,
 }
 
+/// The refresh token that new tokens are made from, if any.
+#[derive(Debug, Clone, Copy)]
+pub enum TokenParent<'a> {
+    /// Create Token Set (account auth): no parent.
+    None,
+    /// Create Access Token: the refresh token (hash) must still be unrevoked.
+    Live(&'a [u8]),
+    /// Renew Token Set: the refresh token (hash) is revoked, once.
+    Revoke(&'a [u8]),
+}
+
 /// A new token to store.
 #[derive(Debug, Clone)]
 pub struct NewToken {
@@ -125,8 +136,11 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Stores the hashes of a token set (and optionally revokes the refresh
-    /// token it replaces) in one transaction; counts the tokens issued.
+    /// Inserts new tokens of one set. With a `parent` (the refresh token the
+    /// call was authenticated with), the insert happens only while that token
+    /// is still unrevoked, checked and (for a renewal) revoked in the same
+    /// transaction, so a refresh token cannot be replayed concurrently.
+    /// Returns `false`, writing nothing, when the parent was revoked.
     pub async fn insert_tokens(
         &self,
         key_id: i64,
@@ -134,18 +148,39 @@ impl Store {
         account_id: i64,
         set_id: &str,
         tokens: &[NewToken],
-        revoke_hash: Option<&[u8]>,
-    ) -> Result<()> {
+        parent: TokenParent<'_>,
+    ) -> Result<bool> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
-        if let Some(h) = revoke_hash {
-            sqlx::query(
-                "UPDATE tokens SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL",
+        // Each check is an UPDATE guarded by `revoked_at IS NULL`: it takes
+        // the write lock and decides atomically, so of two renewals with one
+        // refresh token only the first finds it unrevoked. (For `Live` the
+        // write changes nothing; it is there for the lock.)
+        let live = match parent {
+            TokenParent::None => true,
+            TokenParent::Revoke(h) => {
+                sqlx::query(
+                    "UPDATE tokens SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL",
+                )
+                .bind(now)
+                .bind(h)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1
+            }
+            TokenParent::Live(h) => sqlx::query(
+                "UPDATE tokens SET revoked_at = NULL WHERE token_hash = ? AND revoked_at IS NULL",
             )
-            .bind(now)
             .bind(h)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected()
+                == 1,
+        };
+        if !live {
+            tx.rollback().await?;
+            return Ok(false);
         }
         for t in tokens {
             sqlx::query(
@@ -171,7 +206,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Looks a token up by its hash.

@@ -33,6 +33,11 @@ pub fn module() -> String {
 /// Makes a SoftHSM config and one initialised token labelled `label` under
 /// `dir`; returns the config path. Sets `SOFTHSM2_CONF` for this process.
 pub fn make_token(dir: &Path, label: &str) -> PathBuf {
+    make_token_with_pin(dir, label, PIN)
+}
+
+/// [`make_token`] with another user PIN.
+pub fn make_token_with_pin(dir: &Path, label: &str, pin: &str) -> PathBuf {
     let tokens = dir.join("tokens");
     std::fs::create_dir_all(&tokens).expect("token dir");
     let conf = dir.join("softhsm2.conf");
@@ -54,7 +59,7 @@ pub fn make_token(dir: &Path, label: &str) -> PathBuf {
             "--so-pin",
             SO_PIN,
             "--pin",
-            PIN,
+            pin,
         ])
         .output()
         .expect("softhsm2-util must be installed (scripts/test.sh installs it)");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{make_token, now_ms, send, Kms, Reply, PIN};
+use super::{make_token_with_pin, now_ms, send, Kms, Reply, PIN};
 
 /// Label of the token the subprocesses use.
 pub const TOKEN_LABEL: &str = "hsm-kms-test";
@@ -25,6 +25,10 @@ pub struct Site {
     pub access_key: String,
     /// First account's secret key, from `hsm-kms init`.
     pub secret_key: String,
+    /// What `hsm-kms init` wrote on stderr.
+    pub init_stderr: String,
+    pin: String,
+    env: Vec<(String, String)>,
     runs: usize,
 }
 
@@ -61,8 +65,15 @@ pub fn binary() -> &'static str {
 impl Site {
     /// Makes a token and runs `hsm-kms init`.
     pub fn init() -> Site {
+        Self::init_with(PIN, &[])
+    }
+
+    /// Makes a token whose user PIN is `pin` and runs `hsm-kms init`; every
+    /// command of the site (init, serve, admin) gets `env` on top of the
+    /// defaults.
+    pub fn init_with(pin: &str, env: &[(&str, &str)]) -> Site {
         let dir = tempfile::tempdir().expect("tempdir");
-        let softhsm_conf = make_token(dir.path(), TOKEN_LABEL);
+        let softhsm_conf = make_token_with_pin(dir.path(), TOKEN_LABEL, pin);
         let data_dir = dir.path().join("data");
         let mut site = Site {
             dir,
@@ -70,6 +81,12 @@ impl Site {
             data_dir,
             access_key: String::new(),
             secret_key: String::new(),
+            init_stderr: String::new(),
+            pin: pin.to_string(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             runs: 0,
         };
         let out = site
@@ -82,6 +99,7 @@ impl Site {
             "hsm-kms init failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        site.init_stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         let stdout = String::from_utf8_lossy(&out.stdout);
         for line in stdout.lines() {
             if let Some(v) = line.strip_prefix("access_key=") {
@@ -106,11 +124,14 @@ impl Site {
         c.env("SOFTHSM2_CONF", &self.softhsm_conf)
             .env("HSM_KMS_HSM_MODULE", super::module())
             .env("HSM_KMS_HSM_TOKEN_LABEL", TOKEN_LABEL)
-            .env("HSM_KMS_PIN", PIN)
+            .env("HSM_KMS_PIN", &self.pin)
             .env("HSM_KMS_STORE_DATA_DIR", &self.data_dir)
             .env("HSM_KMS_SERVER_LISTEN", "127.0.0.1:0")
             .env("HSM_KMS_LOG_LEVEL", "warn")
             .env("HSM_KMS_LOG_FORMAT", "text");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
         c
     }
 

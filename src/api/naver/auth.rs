@@ -8,7 +8,7 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 
 use super::activity::ActivitySlot;
-use super::NaverError;
+use super::{NaverError, QuotaGate};
 use crate::api::auth::ncp::{
     SignatureError, SignatureVersion, SignedRequest, SIGNATURE_V1, SIGNATURE_V2,
 };
@@ -186,30 +186,28 @@ impl FromRequestParts<AppState> for Caller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let slot = parts.extensions.get::<ActivitySlot>().cloned();
-        let v1_path = parts.uri.path().starts_with("/keys/v1/");
-        if v1_path {
-            let a = verify_signature(parts, state, SignatureVersion::V1).await?;
-            return Ok(Caller {
-                account_id: a.account_id,
-                slot,
-            });
-        }
-        if parts.headers.contains_key(OCAPI_TOKEN)
+        let account_id = if parts.uri.path().starts_with("/keys/v1/") {
+            verify_signature(parts, state, SignatureVersion::V1)
+                .await?
+                .account_id
+        } else if parts.headers.contains_key(OCAPI_TOKEN)
             && !parts.headers.contains_key(SIGNATURE_V2)
             && !parts.headers.contains_key(SIGNATURE_V1)
             && parts.uri.path().starts_with("/kms/")
         {
-            let t = verify_token(parts, state, TokenKind::Access).await?;
-            return Ok(Caller {
-                account_id: t.account_id,
-                slot,
-            });
+            verify_token(parts, state, TokenKind::Access)
+                .await?
+                .account_id
+        } else {
+            verify_signature(parts, state, SignatureVersion::V2)
+                .await?
+                .account_id
+        };
+        // Only an authenticated call counts against the key's quota.
+        if let Some(gate) = parts.extensions.get::<QuotaGate>() {
+            gate.take()?;
         }
-        let a = verify_signature(parts, state, SignatureVersion::V2).await?;
-        Ok(Caller {
-            account_id: a.account_id,
-            slot,
-        })
+        Ok(Caller { account_id, slot })
     }
 }
 

@@ -44,39 +44,70 @@ pub fn router(state: AppState) -> axum::Router<AppState> {
         ))
 }
 
-/// Per-key quota middleware for crypto routes.
+/// The per-key quota of one crypto request. The middleware below puts it in
+/// the request; the [`Caller`] extractor takes from it once the caller is
+/// authenticated, so requests without valid credentials never use up a key's
+/// quota (nor fill the limiter with made-up key tags).
+#[derive(Debug, Clone)]
+pub(crate) struct QuotaGate {
+    limiter: crate::api::ratelimit::KeyRateLimiter,
+    tag: String,
+    retry_after: std::sync::Arc<std::sync::Mutex<Option<u64>>>,
+}
+
+impl QuotaGate {
+    /// Takes one request from the key's bucket: 429 when it is empty.
+    pub(crate) fn take(&self) -> Result<(), NaverError> {
+        let Err(wait) = self.limiter.check(&self.tag) else {
+            return Ok(());
+        };
+        let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+        *self.retry_after.lock().unwrap_or_else(|p| p.into_inner()) = Some(secs);
+        Err(NaverError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "400",
+            message: "Rate Limited",
+            details: format!(
+                "more than {} requests per second for this key",
+                self.limiter.rps
+            ),
+        })
+    }
+}
+
+/// Per-key quota middleware for crypto routes: hands the request a
+/// [`QuotaGate`] and adds `Retry-After` to an answer the gate refused.
 async fn rate_limit(
     axum::extract::State(st): axum::extract::State<AppState>,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if let Some(limiter) = &st.config.rate_limit {
-        let tag = req.uri().path().split('/').filter(|s| !s.is_empty()).nth(
-            if req.uri().path().starts_with("/kms/") {
-                3
-            } else {
-                2
-            },
-        );
-        if let Some(tag) = tag {
-            if let Err(wait) = limiter.check(tag) {
-                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                let mut resp = NaverError {
-                    status: StatusCode::TOO_MANY_REQUESTS,
-                    code: "400",
-                    message: "Rate Limited",
-                    details: format!("more than {} requests per second for this key", limiter.rps),
-                }
-                .into_response();
-                if let Ok(v) = axum::http::HeaderValue::from_str(&secs.max(1).to_string()) {
-                    resp.headers_mut()
-                        .insert(axum::http::header::RETRY_AFTER, v);
-                }
-                return resp;
-            }
+    let Some(limiter) = &st.config.rate_limit else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    let tag = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .nth(if path.starts_with("/kms/") { 3 } else { 2 });
+    let Some(tag) = tag.map(str::to_string) else {
+        return next.run(req).await;
+    };
+    let gate = QuotaGate {
+        limiter: limiter.clone(),
+        tag,
+        retry_after: Default::default(),
+    };
+    req.extensions_mut().insert(gate.clone());
+    let mut resp = next.run(req).await;
+    let retry_after = *gate.retry_after.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(secs) = retry_after {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
         }
     }
-    next.run(req).await
+    resp
 }
 
 /// A NAVER error: HTTP status, `errorCode`, `message` and `details`.
