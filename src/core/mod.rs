@@ -4,6 +4,7 @@
 
 mod accounts;
 mod activity;
+mod cache;
 mod crypto;
 mod keys;
 pub mod nhn;
@@ -147,13 +148,13 @@ pub struct Engine {
 struct EngineInner {
     hsm: Hsm,
     store: Store,
-    keys: RwLock<HashMap<String, Arc<KeyEntry>>>,
+    keys: cache::Cache<String, Arc<KeyEntry>>,
     secrets: RwLock<HashMap<String, accounts::CachedSecret>>,
     kek_id: Vec<u8>,
     activity: ActivityLog,
-    tokens: RwLock<HashMap<Vec<u8>, crate::store::TokenRow>>,
-    generators: RwLock<HashMap<i64, Option<crate::store::GeneratorRow>>>,
-    acls: RwLock<HashMap<i64, (bool, Vec<ipnet::IpNet>)>>,
+    tokens: cache::Cache<Vec<u8>, crate::store::TokenRow>,
+    generators: cache::Cache<i64, Option<crate::store::GeneratorRow>>,
+    acls: cache::Cache<i64, (bool, Vec<ipnet::IpNet>)>,
     token_hour_ms: i64,
     nhn: nhn::NhnState,
 }
@@ -202,13 +203,13 @@ impl Engine {
             inner: Arc::new(EngineInner {
                 hsm,
                 store,
-                keys: RwLock::new(HashMap::new()),
+                keys: cache::Cache::new(),
                 secrets: RwLock::new(HashMap::new()),
                 kek_id,
                 activity: ActivityLog::start(store_for_log, opts.activity_log),
-                tokens: RwLock::new(HashMap::new()),
-                generators: RwLock::new(HashMap::new()),
-                acls: RwLock::new(HashMap::new()),
+                tokens: cache::Cache::new(),
+                generators: cache::Cache::new(),
+                acls: cache::Cache::new(),
                 token_hour_ms: opts.token_hour_ms.max(1),
                 nhn: nhn::NhnState::default(),
             }),
@@ -227,15 +228,10 @@ impl Engine {
 
     /// Loads a key (with its versions) from the cache or the store.
     pub async fn key_entry(&self, uid: &str) -> Result<Arc<KeyEntry>> {
-        if let Some(e) = self
-            .inner
-            .keys
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(uid)
-        {
-            return Ok(e.clone());
-        }
+        let seen = match self.inner.keys.get(uid) {
+            Ok(e) => return Ok(e),
+            Err(generation) => generation,
+        };
         let (key, versions) = self
             .inner
             .store
@@ -243,11 +239,7 @@ impl Engine {
             .await?
             .ok_or(Error::NotFound("key"))?;
         let entry = Arc::new(KeyEntry { key, versions });
-        self.inner
-            .keys
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(uid.to_string(), entry.clone());
+        self.inner.keys.fill(uid.to_string(), entry.clone(), seen);
         Ok(entry)
     }
 
@@ -264,11 +256,7 @@ impl Engine {
 
     /// Drops a key from the cache after a change.
     pub fn invalidate(&self, uid: &str) {
-        self.inner
-            .keys
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(uid);
+        self.inner.keys.remove(uid);
     }
 
     /// Checks the token and the store answer (for `/readyz`).

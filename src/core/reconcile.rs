@@ -85,11 +85,7 @@ impl Engine {
     /// Runs the reconciler on the engine's token and store.
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
         let r = reconcile(self.hsm(), self.store()).await?;
-        self.inner
-            .keys
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.inner.keys.clear();
         Ok(r)
     }
 }

@@ -165,33 +165,20 @@ impl Engine {
     }
 
     fn forget_generator(&self, key_id: i64) {
-        self.inner
-            .generators
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key_id);
+        self.inner.generators.remove(&key_id);
     }
 
     async fn active_generator(&self, key_id: i64) -> Result<Option<GeneratorRow>> {
-        if let Some(g) = self
-            .inner
-            .generators
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key_id)
-        {
-            return Ok(g.clone());
-        }
+        let seen = match self.inner.generators.get(&key_id) {
+            Ok(g) => return Ok(g),
+            Err(generation) => generation,
+        };
         let g = self
             .store()
             .generator(key_id)
             .await?
             .filter(|g| g.status == "ACTIVE");
-        self.inner
-            .generators
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key_id, g.clone());
+        self.inner.generators.fill(key_id, g.clone(), seen);
         Ok(g)
     }
 
@@ -241,11 +228,7 @@ impl Engine {
             _ => None,
         };
         if let Some(h) = stale {
-            self.inner
-                .tokens
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(h);
+            self.inner.tokens.remove(h);
         }
         if !live {
             return Err(Error::Unauthenticated("the token was revoked".into()));
@@ -334,26 +317,15 @@ impl Engine {
             return Err(bad("malformed token"));
         }
         let h = hash(token);
-        let cached = self
-            .inner
-            .tokens
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&h)
-            .cloned();
-        let row: TokenRow = match cached {
-            Some(r) => r,
-            None => {
+        let row: TokenRow = match self.inner.tokens.get(&h) {
+            Ok(r) => r,
+            Err(seen) => {
                 let r = self
                     .store()
                     .token_by_hash(&h)
                     .await?
                     .ok_or_else(|| bad("unknown token"))?;
-                self.inner
-                    .tokens
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(h.clone(), r.clone());
+                self.inner.tokens.fill(h.clone(), r.clone(), seen);
                 r
             }
         };
@@ -396,24 +368,13 @@ impl Engine {
     // ---- IP ACL ----
 
     async fn check_acl(&self, key_id: i64, client: IpAddr) -> Result<()> {
-        let cached = self
-            .inner
-            .acls
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key_id)
-            .cloned();
-        let (on, nets) = match cached {
-            Some(v) => v,
-            None => {
+        let (on, nets) = match self.inner.acls.get(&key_id) {
+            Ok(v) => v,
+            Err(seen) => {
                 let (on, rules) = self.store().acl(key_id).await?;
                 let nets: Vec<ipnet::IpNet> =
                     rules.iter().filter_map(|r| parse_rule(r).ok()).collect();
-                self.inner
-                    .acls
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key_id, (on, nets.clone()));
+                self.inner.acls.fill(key_id, (on, nets.clone()), seen);
                 (on, nets)
             }
         };
@@ -437,11 +398,7 @@ impl Engine {
     pub async fn set_acl(&self, account_id: i64, uid: &str, on: bool) -> Result<()> {
         let e = self.owned_key(account_id, uid).await?;
         self.store().set_acl_enabled(e.key.id, on).await?;
-        self.inner
-            .acls
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&e.key.id);
+        self.inner.acls.remove(&e.key.id);
         Ok(())
     }
 
@@ -490,11 +447,7 @@ impl Engine {
         } else {
             self.store().delete_acl_rules(e.key.id, &canon).await?;
         }
-        self.inner
-            .acls
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&e.key.id);
+        self.inner.acls.remove(&e.key.id);
         Ok(self.store().acl(e.key.id).await?.1)
     }
 }
