@@ -59,11 +59,18 @@ pub struct Config {
 pub struct ActivityLogConfig {
     /// Record every key-management and crypto call (group commit).
     pub enabled: bool,
+    /// Flush every commit of the log to disk before answering (survives
+    /// power loss). Off: commits reach the OS (SQLite WAL,
+    /// `synchronous=NORMAL`), which survives the process being killed.
+    pub fsync: bool,
 }
 
 impl Default for ActivityLogConfig {
     fn default() -> Self {
-        ActivityLogConfig { enabled: true }
+        ActivityLogConfig {
+            enabled: true,
+            fsync: false,
+        }
     }
 }
 

@@ -23,13 +23,17 @@ pub struct ActivityLog {
 }
 
 impl ActivityLog {
-    /// Starts the writer on `store`; `enabled = false` makes every record a no-op.
-    pub fn start(store: Store, enabled: bool) -> Self {
+    /// Starts the writer on `store`; `enabled = false` makes every record a
+    /// no-op. With `fsync`, every commit is flushed to disk (survives power
+    /// loss); without, commits reach the OS (WAL, `synchronous=NORMAL`) and
+    /// survive the process being killed, which is what an answer waits for.
+    pub fn start(store: Store, enabled: bool, fsync: bool) -> Self {
         if !enabled {
             return ActivityLog { tx: None };
         }
         let (tx, mut rx) = mpsc::channel::<Pending>(4096);
         tokio::spawn(async move {
+            let mut conn: Option<sqlx::SqliteConnection> = None;
             let mut rows: Vec<ActivityRow> = Vec::with_capacity(MAX_BATCH);
             let mut acks = Vec::with_capacity(MAX_BATCH);
             while let Some((row, ack)) = rx.recv().await {
@@ -44,10 +48,18 @@ impl ActivityLog {
                         Err(_) => break,
                     }
                 }
-                let res = store
-                    .insert_activity_batch(&rows)
-                    .await
-                    .map_err(|e| e.to_string());
+                if conn.is_none() {
+                    conn = store.activity_writer(fsync).await.ok();
+                }
+                let res = match conn.as_mut() {
+                    Some(c) => crate::store::insert_activity_batch_on(c, &rows).await,
+                    None => store.insert_activity_batch(&rows).await,
+                }
+                .map_err(|e| e.to_string());
+                if res.is_err() {
+                    // A broken connection is replaced at the next batch.
+                    conn = None;
+                }
                 if let Err(e) = &res {
                     tracing::error!(error = %e, records = rows.len(), "activity log write failed");
                 }

@@ -164,6 +164,8 @@ struct EngineInner {
 pub struct EngineOptions {
     /// Keep the activity log.
     pub activity_log: bool,
+    /// Flush every activity-log commit to disk (power-loss durable).
+    pub activity_fsync: bool,
     /// Length of one "hour" of token lifetimes, ms (3 600 000; tests shorten it).
     pub token_hour_ms: i64,
 }
@@ -172,6 +174,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             activity_log: true,
+            activity_fsync: false,
             token_hour_ms: 3_600_000,
         }
     }
@@ -206,7 +209,7 @@ impl Engine {
                 keys: cache::Cache::new(),
                 secrets: RwLock::new(HashMap::new()),
                 kek_id,
-                activity: ActivityLog::start(store_for_log, opts.activity_log),
+                activity: ActivityLog::start(store_for_log, opts.activity_log, opts.activity_fsync),
                 tokens: cache::Cache::new(),
                 generators: cache::Cache::new(),
                 acls: cache::Cache::new(),

@@ -7,7 +7,9 @@ mod naver;
 mod nhn;
 
 pub use keys::{KeyRow, NewKey, VersionRow, VersionState};
-pub use naver::{ActivityRow, GeneratorRow, NewToken, TokenParent, TokenRow};
+pub use naver::{
+    insert_activity_batch_on, ActivityRow, GeneratorRow, NewToken, TokenParent, TokenRow,
+};
 pub use nhn::{
     NewCredential, NewKeyStore, NhnCredentialRow, NhnKeyFilter, NhnKeyRow, NhnKeyStoreRow,
     NhnProjectRow, NhnUserAccessKeyRow,

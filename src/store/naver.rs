@@ -314,7 +314,32 @@ impl Store {
     /// Writes a batch of activity records in one transaction (group commit),
     /// as multi-row INSERTs: one statement per 512 records.
     pub async fn insert_activity_batch(&self, batch: &[ActivityRow]) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut conn = self.pool().acquire().await?;
+        insert_activity_batch_on(&mut conn, batch).await
+    }
+
+    /// A connection of its own for the activity-log writer, whose commits
+    /// fsync the WAL only when `fsync` is set (`PRAGMA synchronous` is per
+    /// connection; the metadata connections keep `FULL`).
+    pub async fn activity_writer(&self, fsync: bool) -> Result<sqlx::SqliteConnection> {
+        let mut conn = self.pool().acquire().await?.detach();
+        let mode = if fsync { "FULL" } else { "NORMAL" };
+        sqlx::query(&format!("PRAGMA synchronous = {mode}"))
+            .execute(&mut conn)
+            .await?;
+        Ok(conn)
+    }
+}
+
+/// Writes a batch of activity records in one transaction on `conn`, as
+/// multi-row INSERTs: one statement per 512 records.
+pub async fn insert_activity_batch_on(
+    conn: &mut sqlx::SqliteConnection,
+    batch: &[ActivityRow],
+) -> Result<()> {
+    {
+        use sqlx::Connection as _;
+        let mut tx = conn.begin().await?;
         for chunk in batch.chunks(512) {
             let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO activity_logs (at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message) ",
@@ -337,9 +362,11 @@ impl Store {
             qb.build().persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(())
     }
+    Ok(())
+}
 
+impl Store {
     /// Activity records of a key in `[from, to]`, oldest first, paged, with
     /// the total count. `keyword` filters on action, caller, address or result.
     pub async fn activity(
