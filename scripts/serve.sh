@@ -102,7 +102,7 @@ SECRET_KEY="$(sed -n 's/^secret_key=//p' "$CREDS")"
 
 cat <<MSG
 
-  hsm-kms on http://127.0.0.1:$PORT  (NAVER KMS API 2.0 under /kms/v1)
+  hsm-kms on http://127.0.0.1:$PORT  (NAVER KMS under /kms/v1 and /keys, NHN SKM under /keymanager)
   access key: $ACCESS_KEY
   secret key: $SECRET_KEY
   (kept in $CREDS; PINs in $DATA_DIR/user.pin and so.pin, all mode 0600)

@@ -218,3 +218,27 @@ async fn deletion_scheduler_destroys_after_the_waiting_period() {
         b"still here".to_vec()
     );
 }
+
+/// `hsm-kms admin revoke-access-key` runs in another process and writes only
+/// the store; the running server must stop accepting the key by its next
+/// scheduler pass, not keep its cached secret until a restart.
+#[tokio::test]
+async fn access_key_revoked_by_another_process_stops_working_after_a_pass() {
+    let kms = Kms::start().await;
+    kms.call("GET", "/kms/v1/keys", None).await.ok();
+    // What the admin CLI does: the store alone, through its own connection.
+    let db = kms.db().await;
+    let revoked = sqlx::query(
+        "UPDATE access_keys SET status = 'revoked', revoked_at = ? WHERE access_key = ?",
+    )
+    .bind(now_ms())
+    .bind(&kms.access_key)
+    .execute(&db)
+    .await
+    .unwrap();
+    assert_eq!(revoked.rows_affected(), 1);
+    kms.engine.run_due_work().await.unwrap();
+    kms.call("GET", "/kms/v1/keys", None)
+        .await
+        .assert_naver_error(401, "200");
+}

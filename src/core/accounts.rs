@@ -167,6 +167,17 @@ impl Engine {
         Ok(())
     }
 
+    /// Drops every cached access-key secret, so that a key revoked by
+    /// another process (the `admin` CLI writes only the store) stops working
+    /// here too. The scheduler calls it on every pass.
+    pub(crate) fn forget_cached_secrets(&self) {
+        self.inner
+            .secrets
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// The account and secret of an active access key, for signature checks.
     /// The secret is decrypted in the token once and then cached in memory.
     /// Unknown and revoked keys give `Unauthenticated`.

@@ -43,6 +43,9 @@ impl Engine {
             }
         }
         rotated += self.nhn_run_due_work(t).await?;
+        // Access keys revoked by the admin CLI (another process) apply from
+        // the next pass on; the secrets are decrypted again on first use.
+        self.forget_cached_secrets();
         Ok((rotated, destroyed))
     }
 }

@@ -24,28 +24,37 @@ use crate::api::AppState;
 use crate::core::Error;
 
 pub(super) fn router() -> Router<AppState> {
-    let mut r = Router::new();
-    for v in ["v1", "v2"] {
-        r = r
-            .route(&format!("/keys/{v}/{{key_tag}}/encrypt"), post(encrypt))
-            .route(&format!("/keys/{v}/{{key_tag}}/decrypt"), post(decrypt))
-            .route(
-                &format!("/keys/{v}/{{key_tag}}/createCustomKey"),
-                post(create_custom_key),
-            )
-            .route(
-                &format!("/keys/{v}/{{key_tag}}/create-custom-key"),
-                post(create_custom_key),
-            )
-            .route(&format!("/keys/{v}/{{key_tag}}/reencrypt"), post(reencrypt))
-            .route(
-                &format!("/keys/{v}/{{key_tag}}/re-encrypt"),
-                post(reencrypt),
-            )
-            .route(&format!("/keys/{v}/{{key_tag}}/sign"), post(sign))
-            .route(&format!("/keys/{v}/{{key_tag}}/verify"), post(verify));
-    }
-    r
+    // Literal paths, one per route, so tests/openapi.rs can find each one.
+    // `/keys/v1` takes signature v1, `/keys/v2` signature v2 (see `Caller`).
+    Router::new()
+        .route("/keys/v1/{key_tag}/encrypt", post(encrypt))
+        .route("/keys/v1/{key_tag}/decrypt", post(decrypt))
+        .route(
+            "/keys/v1/{key_tag}/createCustomKey",
+            post(create_custom_key),
+        )
+        .route(
+            "/keys/v1/{key_tag}/create-custom-key",
+            post(create_custom_key),
+        )
+        .route("/keys/v1/{key_tag}/reencrypt", post(reencrypt))
+        .route("/keys/v1/{key_tag}/re-encrypt", post(reencrypt))
+        .route("/keys/v1/{key_tag}/sign", post(sign))
+        .route("/keys/v1/{key_tag}/verify", post(verify))
+        .route("/keys/v2/{key_tag}/encrypt", post(encrypt))
+        .route("/keys/v2/{key_tag}/decrypt", post(decrypt))
+        .route(
+            "/keys/v2/{key_tag}/createCustomKey",
+            post(create_custom_key),
+        )
+        .route(
+            "/keys/v2/{key_tag}/create-custom-key",
+            post(create_custom_key),
+        )
+        .route("/keys/v2/{key_tag}/reencrypt", post(reencrypt))
+        .route("/keys/v2/{key_tag}/re-encrypt", post(reencrypt))
+        .route("/keys/v2/{key_tag}/sign", post(sign))
+        .route("/keys/v2/{key_tag}/verify", post(verify))
 }
 
 /// An API 1.0 failure.
