@@ -331,37 +331,29 @@ impl Store {
     }
 }
 
-/// Writes a batch of activity records in one transaction on `conn`, as
-/// multi-row INSERTs: one statement per 512 records.
-pub async fn insert_activity_batch_on(
-    conn: &mut sqlx::SqliteConnection,
-    batch: &[ActivityRow],
-) -> Result<()> {
-    {
-        use sqlx::Connection as _;
-        let mut tx = conn.begin().await?;
-        for chunk in batch.chunks(512) {
-            let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO activity_logs (at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message) ",
-            );
-            qb.push_values(chunk, |mut b, a| {
-                b.push_bind(a.at)
-                    .push_bind(a.account_id)
-                    .push_bind(&a.key_uid)
-                    .push_bind(&a.key_name)
-                    .push_bind(a.key_id)
-                    .push_bind(a.version)
-                    .push_bind(&a.action)
-                    .push_bind(&a.auth_type)
-                    .push_bind(&a.caller)
-                    .push_bind(&a.source_ip)
-                    .push_bind(&a.result)
-                    .push_bind(a.status)
-                    .push_bind(&a.message);
-            });
-            qb.build().persistent(false).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
+/// Writes a batch of activity records on `conn`: one multi-row INSERT (one
+/// implicit transaction, one round trip to SQLite) per 512 records.
+pub async fn insert_activity_batch_on(conn: &mut sqlx::SqliteConnection, batch: &[ActivityRow]) -> Result<()> {
+    for chunk in batch.chunks(512) {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO activity_logs (at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message) ",
+        );
+        qb.push_values(chunk, |mut b, a| {
+            b.push_bind(a.at)
+                .push_bind(a.account_id)
+                .push_bind(&a.key_uid)
+                .push_bind(&a.key_name)
+                .push_bind(a.key_id)
+                .push_bind(a.version)
+                .push_bind(&a.action)
+                .push_bind(&a.auth_type)
+                .push_bind(&a.caller)
+                .push_bind(&a.source_ip)
+                .push_bind(&a.result)
+                .push_bind(a.status)
+                .push_bind(&a.message);
+        });
+        qb.build().persistent(false).execute(&mut *conn).await?;
     }
     Ok(())
 }
