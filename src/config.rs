@@ -69,7 +69,7 @@ impl Default for ActivityLogConfig {
     fn default() -> Self {
         ActivityLogConfig {
             enabled: true,
-            fsync: false,
+            fsync: true,
         }
     }
 }

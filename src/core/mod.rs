@@ -174,7 +174,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             activity_log: true,
-            activity_fsync: false,
+            activity_fsync: true,
             token_hour_ms: 3_600_000,
         }
     }

@@ -333,7 +333,10 @@ impl Store {
 
 /// Writes a batch of activity records on `conn`: one multi-row INSERT (one
 /// implicit transaction, one round trip to SQLite) per 512 records.
-pub async fn insert_activity_batch_on(conn: &mut sqlx::SqliteConnection, batch: &[ActivityRow]) -> Result<()> {
+pub async fn insert_activity_batch_on(
+    conn: &mut sqlx::SqliteConnection,
+    batch: &[ActivityRow],
+) -> Result<()> {
     for chunk in batch.chunks(512) {
         let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO activity_logs (at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message) ",
