@@ -142,6 +142,25 @@ async fn openapi() -> Response {
         .into_response()
 }
 
+/// Reads a JSON body for a dialect's extractor; an empty body reads as `{}`
+/// (endpoints whose fields are all optional). The error is the text the
+/// dialect puts in its 400 envelope.
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    req: axum::extract::Request,
+    state: &AppState,
+) -> Result<T, String> {
+    use axum::extract::FromRequest as _;
+    let bytes = axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|e| format!("cannot read the request body: {e}"))?;
+    let body: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &bytes
+    };
+    serde_json::from_slice(body).map_err(|e| format!("malformed JSON body: {e}"))
+}
+
 /// The peer address, when the server was started with connect info.
 pub fn peer_ip(ci: Option<&ConnectInfo<SocketAddr>>) -> IpAddr {
     ci.map(|c| c.0.ip())

@@ -207,16 +207,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for NaverJson<T> {
         req: axum::extract::Request,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(req, state)
+        crate::api::read_json(req, state)
             .await
-            .map_err(|e| NaverError::bad_request(format!("cannot read the request body: {e}")))?;
-        let body: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            &bytes
-        };
-        serde_json::from_slice(body)
             .map(NaverJson)
-            .map_err(|e| NaverError::bad_request(format!("malformed JSON body: {e}")))
+            .map_err(NaverError::bad_request)
     }
 }

@@ -196,16 +196,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for NhnJson<T> {
         req: axum::extract::Request,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(req, state)
+        crate::api::read_json(req, state)
             .await
-            .map_err(|e| NhnError::bad_request(format!("cannot read the request body: {e}")))?;
-        let body: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            &bytes
-        };
-        serde_json::from_slice(body)
             .map(NhnJson)
-            .map_err(|e| NhnError::bad_request(format!("malformed JSON body: {e}")))
+            .map_err(NhnError::bad_request)
     }
 }
