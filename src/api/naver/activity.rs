@@ -101,15 +101,6 @@ pub fn action(method: &str, template: &str) -> Option<&'static str> {
     })
 }
 
-fn tag_from_path(path: &str) -> Option<String> {
-    let segs: Vec<&str> = path.split('/').collect();
-    match segs.as_slice() {
-        ["", "kms", "v1", "keys", tag, ..] => Some((*tag).to_string()),
-        ["", "keys", _, tag, ..] => Some((*tag).to_string()),
-        _ => None,
-    }
-}
-
 /// The middleware. Apply with `route_layer` so `MatchedPath` is known.
 pub async fn record(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let template = req
@@ -123,7 +114,7 @@ pub async fn record(State(st): State<AppState>, mut req: Request, next: Next) ->
     if !st.engine.activity_enabled() {
         return next.run(req).await;
     }
-    let path_tag = tag_from_path(req.uri().path());
+    let path_tag = super::key_tag_in(req.uri().path()).map(str::to_string);
     let slot = ActivitySlot::default();
     req.extensions_mut().insert(slot.clone());
     let resp = next.run(req).await;

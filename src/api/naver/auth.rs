@@ -130,16 +130,6 @@ pub async fn verify_signature(
     })
 }
 
-fn key_tag_of(parts: &Parts) -> Option<String> {
-    // /kms/v1/keys/{keyTag}/... or /keys/v{1,2}/{keyTag}/...
-    let segs: Vec<&str> = parts.uri.path().split('/').collect();
-    match segs.as_slice() {
-        ["", "kms", "v1", "keys", tag, ..] => Some((*tag).to_string()),
-        ["", "keys", _, tag, ..] => Some((*tag).to_string()),
-        _ => None,
-    }
-}
-
 async fn verify_token(
     parts: &Parts,
     state: &AppState,
@@ -150,11 +140,12 @@ async fn verify_token(
         .get(OCAPI_TOKEN)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| NaverError::unauthenticated(format!("missing header {OCAPI_TOKEN}")))?;
-    let tag = key_tag_of(parts).ok_or_else(|| NaverError::bad_request("no key tag in the path"))?;
+    let tag = super::key_tag_in(parts.uri.path())
+        .ok_or_else(|| NaverError::bad_request("no key tag in the path"))?;
     let ip = request_ip(parts, state);
     let auth = state
         .engine
-        .authenticate_token(token, kind, &tag, ip)
+        .authenticate_token(token, kind, tag, ip)
         .await?;
     if let Some(s) = parts.extensions.get::<ActivitySlot>() {
         s.set_caller(auth.account_id, "TOKEN", &auth.token_id, ip);

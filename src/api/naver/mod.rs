@@ -75,6 +75,25 @@ impl QuotaGate {
     }
 }
 
+/// The key tag of a NAVER path: `/kms/v1/keys/{keyTag}/...` (API 2.0) or
+/// `/keys/v{1,2}/{keyTag}/...` (API 1.0).
+pub(crate) fn key_tag_in(path: &str) -> Option<&str> {
+    let mut segs = path.split('/');
+    match (
+        segs.next(),
+        segs.next(),
+        segs.next(),
+        segs.next(),
+        segs.next(),
+    ) {
+        (Some(""), Some("kms"), Some("v1"), Some("keys"), Some(tag)) if !tag.is_empty() => {
+            Some(tag)
+        }
+        (Some(""), Some("keys"), Some(_), Some(tag), _) if !tag.is_empty() => Some(tag),
+        _ => None,
+    }
+}
+
 /// Per-key quota middleware for crypto routes: hands the request a
 /// [`QuotaGate`] and adds `Retry-After` to an answer the gate refused.
 async fn rate_limit(
@@ -85,12 +104,7 @@ async fn rate_limit(
     let Some(limiter) = &st.config.rate_limit else {
         return next.run(req).await;
     };
-    let path = req.uri().path();
-    let tag = path
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .nth(if path.starts_with("/kms/") { 3 } else { 2 });
-    let Some(tag) = tag.map(str::to_string) else {
+    let Some(tag) = key_tag_in(req.uri().path()).map(str::to_string) else {
         return next.run(req).await;
     };
     let gate = QuotaGate {
@@ -211,5 +225,21 @@ impl<T: DeserializeOwned> FromRequest<AppState> for NaverJson<T> {
             .await
             .map(NaverJson)
             .map_err(NaverError::bad_request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_tag_in;
+
+    #[test]
+    fn key_tags_of_both_apis() {
+        assert_eq!(key_tag_in("/kms/v1/keys/abc/encrypt"), Some("abc"));
+        assert_eq!(key_tag_in("/kms/v1/keys/abc"), Some("abc"));
+        assert_eq!(key_tag_in("/keys/v1/abc/sign"), Some("abc"));
+        assert_eq!(key_tag_in("/keys/v2/abc/verify"), Some("abc"));
+        assert_eq!(key_tag_in("/kms/v1/keys"), None);
+        assert_eq!(key_tag_in("/kms/v1/keys/"), None);
+        assert_eq!(key_tag_in("/healthz"), None);
     }
 }
