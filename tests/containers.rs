@@ -56,6 +56,21 @@ mod docker_api {
     /// The API version testcontainers' bollard asks for.
     const CLIENT_API: (u32, u32) = (1, 49);
 
+    /// `DOCKER_HOST` as it was before [`connect`] pointed it at the proxy.
+    static ENGINE_HOST: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+    /// The `docker` CLI aimed at the engine itself, not at the proxy: the
+    /// CLI negotiates the API version on its own, and `docker exec` needs a
+    /// connection upgrade (stream hijack) that the proxy does not forward.
+    pub fn cli() -> std::process::Command {
+        let mut c = std::process::Command::new("docker");
+        match ENGINE_HOST.get_or_init(|| std::env::var("DOCKER_HOST").ok()) {
+            Some(h) => c.env("DOCKER_HOST", h),
+            None => c.env_remove("DOCKER_HOST"),
+        };
+        c
+    }
+
     fn engine_socket() -> PathBuf {
         match std::env::var("DOCKER_HOST") {
             Ok(h) if h.starts_with("unix://") => PathBuf::from(&h["unix://".len()..]),
@@ -94,6 +109,7 @@ mod docker_api {
     /// rewrites `/v1.49/...` to the engine's version. Call once per process,
     /// before the first container.
     pub async fn connect() {
+        ENGINE_HOST.get_or_init(|| std::env::var("DOCKER_HOST").ok());
         if std::env::var("DOCKER_HOST").is_ok_and(|h| !h.starts_with("unix://")) {
             return; // A remote or TCP engine: used as configured.
         }
@@ -626,4 +642,209 @@ async fn no_pin_at_all_is_refused_before_touching_the_token() {
             "token volume touched"
         );
     }
+}
+
+/// `docker exec <container> hsm-kms admin nhn ARGS...` with the environment
+/// the container was started with (PIN, SoftHSM config, data dir); returns
+/// its stdout. Runs as the image's user, like the server.
+fn nhn_admin(node: &Node, args: &[&str]) -> String {
+    let out = docker_api::cli()
+        .args(["exec", node.container.id(), "hsm-kms", "admin", "nhn"])
+        .args(args)
+        .output()
+        .expect("docker exec");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "hsm-kms admin nhn {args:?} failed ({})\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The value of `key=` in an admin command's output (`key=value` words).
+fn admin_field(out: &str, key: &str) -> String {
+    out.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in admin output: {out}"))
+        .to_string()
+}
+
+/// An NHN Secure Key Manager v1.2 call under `appkey`; returns status and body.
+async fn nhn_call(
+    node: &Node,
+    appkey: &str,
+    method: &str,
+    suffix: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut rb = node.http.request(
+        method.parse().unwrap(),
+        format!("{}/keymanager/v1.2/appkey/{appkey}{suffix}", node.url),
+    );
+    if let Some(b) = body {
+        rb = rb.json(&b);
+    }
+    let resp = rb.send().await.expect("HTTP request");
+    let status = resp.status().as_u16();
+    (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+}
+
+/// Asserts the NHN success envelope and returns `body`.
+fn nhn_ok((status, body): (u16, Value)) -> Value {
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["header"]["isSuccessful"], true, "{body}");
+    assert_eq!(body["header"]["resultCode"], 0, "{body}");
+    body["body"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Docker and the hsm-kms:latest image: scripts/test-containers.sh"]
+async fn nhn_dialect_through_admin_made_appkey() {
+    docker_api::connect().await;
+    let vols = Volumes::new();
+    let node = Node::start(&vols, Pin::Env(PIN)).await;
+
+    // The console's part, done with the admin CLI inside the container
+    // (it opens the same token and SQLite store as the running server).
+    let out = nhn_admin(&node, &["create-project", "ct-shop"]);
+    assert!(out.starts_with("project=ct-shop id="), "{out}");
+    let appkey = admin_field(
+        &nhn_admin(&node, &["create-appkey", "--project", "ct-shop"]),
+        "appkey",
+    );
+    assert!(appkey.len() >= 16, "{appkey}");
+    let out = nhn_admin(
+        &node,
+        &[
+            "create-key-store",
+            "--project",
+            "ct-shop",
+            "--name",
+            "ct-store",
+        ],
+    );
+    assert_eq!(admin_field(&out, "key_store"), "ct-store", "{out}");
+    let ks: i64 = admin_field(&out, "keyStoreId").parse().expect("keyStoreId");
+
+    let (status, body) = nhn_call(&node, &appkey, "GET", "/confirm", None).await;
+    let confirm = nhn_ok((status, body));
+    assert_eq!(confirm["clientSentCertificate"], false, "{confirm}");
+
+    let create = |kind: &'static str, extra: Value| {
+        let node = &node;
+        let appkey = appkey.clone();
+        async move {
+            let mut body = json!({"keyStoreName": "ct-store", "name": format!("ct {kind}"),
+                "description": "container test"});
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            let b = nhn_ok(
+                nhn_call(
+                    node,
+                    &appkey,
+                    "POST",
+                    &format!("/keys/{kind}/create"),
+                    Some(body),
+                )
+                .await,
+            );
+            assert_eq!(b["keyStatus"], "ACTIVE", "{b}");
+            let id = b["keyId"].as_str().expect("keyId").to_string();
+            assert_eq!(id.len(), 32, "{id}");
+            id
+        }
+    };
+
+    // Symmetric key: encrypt / decrypt round trip; a tampered ciphertext fails.
+    let sym = create("symmetric-keys", json!({"autoRotationPeriod": 0})).await;
+    let b = nhn_ok(
+        nhn_call(
+            &node,
+            &appkey,
+            "POST",
+            &format!("/symmetric-keys/{sym}/encrypt"),
+            Some(json!({"plaintext": "hello from the container"})),
+        )
+        .await,
+    );
+    assert_eq!(b["keyVersion"], 1, "{b}");
+    let ct = b["ciphertext"].as_str().expect("ciphertext").to_string();
+    assert!(!ct.contains("hello"), "{ct}");
+    let b = nhn_ok(
+        nhn_call(
+            &node,
+            &appkey,
+            "POST",
+            &format!("/symmetric-keys/{sym}/decrypt"),
+            Some(json!({"ciphertext": ct})),
+        )
+        .await,
+    );
+    assert_eq!(b["plaintext"], "hello from the container", "{b}");
+
+    // Asymmetric key: sign / verify; a changed message does not verify.
+    let asym = create("asymmetric-keys", json!({"autoRotationPeriod": 0})).await;
+    let b = nhn_ok(
+        nhn_call(
+            &node,
+            &appkey,
+            "POST",
+            &format!("/asymmetric-keys/{asym}/sign"),
+            Some(json!({"plaintext": "container message"})),
+        )
+        .await,
+    );
+    let sig = b["signature"].as_str().expect("signature").to_string();
+    for (msg, valid) in [("container message", true), ("another message", false)] {
+        let b = nhn_ok(
+            nhn_call(
+                &node,
+                &appkey,
+                "POST",
+                &format!("/asymmetric-keys/{asym}/verify"),
+                Some(json!({"plaintext": msg, "signature": sig})),
+            )
+            .await,
+        );
+        assert_eq!(b["result"], valid, "{msg}: {b}");
+    }
+
+    // Secret: create and read back; the key store lists it.
+    let sec = create("secrets", json!({"secretValue": "db-password-42"})).await;
+    let b = nhn_ok(nhn_call(&node, &appkey, "GET", &format!("/secrets/{sec}"), None).await);
+    assert_eq!(b["secret"], "db-password-42", "{b}");
+    let b = nhn_ok(
+        nhn_call(
+            &node,
+            &appkey,
+            "GET",
+            &format!("/keystores/{ks}/keys/{sec}"),
+            None,
+        )
+        .await,
+    );
+    assert_eq!(b["keyId"], sec.as_str(), "{b}");
+
+    // NHN errors (docs/nhn-error-codes.md): unknown appkey -> 401 / -1100,
+    // unknown key id -> 404 / -1300, each in the NHN envelope with a null body.
+    for (key, suffix, status, code) in [
+        ("nosuchappkey", "/confirm".to_string(), 401, -1100),
+        (
+            appkey.as_str(),
+            "/secrets/00000000000000000000000000000000".to_string(),
+            404,
+            -1300,
+        ),
+    ] {
+        let (s, body) = nhn_call(&node, key, "GET", &suffix, None).await;
+        assert_eq!(s, status, "{suffix}: {body}");
+        assert_eq!(body["header"]["isSuccessful"], false, "{body}");
+        assert_eq!(body["header"]["resultCode"], code, "{body}");
+        assert!(body["header"]["resultMessage"].is_string(), "{body}");
+        assert!(body["body"].is_null(), "{body}");
+    }
+    node.remove().await;
 }
