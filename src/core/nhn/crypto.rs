@@ -216,17 +216,11 @@ impl Engine {
         n: Option<i64>,
         c: &NhnClient,
     ) -> Result<(i64, Zeroizing<Vec<u8>>)> {
-        let v = self
-            .nhn_usable_key(p, uid, NhnKeyType::Symmetric, Some(c))
+        let (version, cka_id) = self
+            .nhn_exportable_version(p, uid, NhnKeyType::Symmetric, n, c)
             .await?;
-        if !v.meta.extractable {
-            return Err(Error::Forbidden(
-                "the key store's export policy does not allow reading this key".into(),
-            ));
-        }
-        let row = pick(&v, n)?;
-        let value = self.hsm().secret_value(row.cka_id.clone()).await?;
-        Ok((row.version, value))
+        let value = self.hsm().secret_value(cka_id).await?;
+        Ok((version, value))
     }
 
     /// Signs at most 245 bytes with raw RSASSA-PKCS1-v1_5 (no hash, no
@@ -314,16 +308,31 @@ impl Engine {
         n: Option<i64>,
         c: &NhnClient,
     ) -> Result<(i64, Zeroizing<Vec<u8>>)> {
-        let v = self
-            .nhn_usable_key(p, uid, NhnKeyType::Asymmetric, Some(c))
+        let (version, cka_id) = self
+            .nhn_exportable_version(p, uid, NhnKeyType::Asymmetric, n, c)
             .await?;
+        let der = self.hsm().rsa_private_key_pkcs8(cka_id).await?;
+        Ok((version, der))
+    }
+
+    /// The version (number and `CKA_ID`) of a key that may be read back:
+    /// usable by this client, and created extractable under its key store's
+    /// export policy; otherwise `Forbidden`.
+    async fn nhn_exportable_version(
+        &self,
+        p: &NhnProject,
+        uid: &str,
+        kind: NhnKeyType,
+        n: Option<i64>,
+        c: &NhnClient,
+    ) -> Result<(i64, Vec<u8>)> {
+        let v = self.nhn_usable_key(p, uid, kind, Some(c)).await?;
         if !v.meta.extractable {
             return Err(Error::Forbidden(
                 "the key store's export policy does not allow reading this key".into(),
             ));
         }
         let row = pick(&v, n)?;
-        let der = self.hsm().rsa_private_key_pkcs8(row.cka_id.clone()).await?;
-        Ok((row.version, der))
+        Ok((row.version, row.cka_id.clone()))
     }
 }
