@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::{normalize_mac, write, NhnProject};
+use super::{normalize_mac, NhnProject};
 use crate::core::{Engine, Error, Result};
 use crate::hsm::{Hsm, KeySpec, SignAlg};
 use crate::store::{now_ms, NewCredential, NhnCredentialRow, StoreError};
@@ -518,13 +518,9 @@ impl Engine {
         value: &str,
         user: &str,
     ) -> Result<(String, i64)> {
-        let value = kind.normalize(value)?;
-        let store = self.nhn_key_store_named(project, key_store).await?;
-        let row = self
-            .store()
-            .nhn_credential(store.id, kind.as_str(), &value)
-            .await?
-            .ok_or(Error::NotFound("credential"))?;
+        let (value, store_id, row) = self
+            .nhn_credential_named(project, key_store, kind, value)
+            .await?;
         if row.status != "active" {
             return Err(Error::InvalidState(
                 "the credential is already scheduled for deletion".into(),
@@ -534,8 +530,27 @@ impl Engine {
         self.store()
             .nhn_request_credential_deletion(row.id, at, user)
             .await?;
-        self.nhn_forget_store(store.id);
+        self.nhn_forget_store(store_id);
         Ok((value, at))
+    }
+
+    /// A credential of a key store by its (normalised) value: the value,
+    /// the key store id and the row.
+    async fn nhn_credential_named(
+        &self,
+        project: &NhnProject,
+        key_store: &str,
+        kind: CredentialKind,
+        value: &str,
+    ) -> Result<(String, i64, NhnCredentialRow)> {
+        let value = kind.normalize(value)?;
+        let store = self.nhn_key_store_named(project, key_store).await?;
+        let row = self
+            .store()
+            .nhn_credential(store.id, kind.as_str(), &value)
+            .await?
+            .ok_or(Error::NotFound("credential"))?;
+        Ok((value, store.id, row))
     }
 
     /// Deletes a credential scheduled for deletion, now.
@@ -547,13 +562,9 @@ impl Engine {
         value: &str,
         user: &str,
     ) -> Result<(String, i64)> {
-        let value = kind.normalize(value)?;
-        let store = self.nhn_key_store_named(project, key_store).await?;
-        let row = self
-            .store()
-            .nhn_credential(store.id, kind.as_str(), &value)
-            .await?
-            .ok_or(Error::NotFound("credential"))?;
+        let (value, store_id, row) = self
+            .nhn_credential_named(project, key_store, kind, value)
+            .await?;
         if row.status == "active" {
             return Err(Error::InvalidState(
                 "only a credential scheduled for deletion can be deleted immediately".into(),
@@ -561,7 +572,7 @@ impl Engine {
         }
         let at = now_ms();
         self.store().nhn_delete_credential(row.id, at, user).await?;
-        write(&self.nhn().stores).remove(&store.id);
+        self.nhn_forget_store(store_id);
         Ok((value, at))
     }
 }
