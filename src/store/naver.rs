@@ -373,8 +373,17 @@ impl Store {
         offset: i64,
         limit: i64,
     ) -> Result<(Vec<ActivityRow>, i64)> {
-        let pattern = keyword.map(|k| format!("%{}%", k.replace('%', "\\%").replace('_', "\\_")));
-        let filter = "key_uid = ? AND at >= ? AND at <= ? AND (? IS NULL OR action LIKE ? ESCAPE '\\' OR caller LIKE ? ESCAPE '\\' OR source_ip LIKE ? ESCAPE '\\' OR result LIKE ? ESCAPE '\\')";
+        // LIKE wildcards and the escape character itself match literally.
+        let pattern = keyword.map(|k| {
+            format!(
+                "%{}%",
+                k.replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            )
+        });
+        // Numbered parameters: ?1 key, ?2 from, ?3 to, ?4 pattern (or NULL).
+        let filter = "key_uid = ?1 AND at >= ?2 AND at <= ?3 AND (?4 IS NULL OR action LIKE ?4 ESCAPE '\\' OR caller LIKE ?4 ESCAPE '\\' OR source_ip LIKE ?4 ESCAPE '\\' OR result LIKE ?4 ESCAPE '\\')";
         let total: i64 = sqlx::query_scalar(&format!(
             "SELECT COUNT(*) FROM activity_logs WHERE {filter}"
         ))
@@ -382,22 +391,14 @@ impl Store {
         .bind(from)
         .bind(to)
         .bind(&pattern)
-        .bind(&pattern)
-        .bind(&pattern)
-        .bind(&pattern)
-        .bind(&pattern)
         .fetch_one(self.pool())
         .await?;
         let rows = sqlx::query_as(&format!(
-            "SELECT {ACTIVITY_COLS} FROM activity_logs WHERE {filter} ORDER BY id LIMIT ? OFFSET ?"
+            "SELECT {ACTIVITY_COLS} FROM activity_logs WHERE {filter} ORDER BY id LIMIT ?5 OFFSET ?6"
         ))
         .bind(key_uid)
         .bind(from)
         .bind(to)
-        .bind(&pattern)
-        .bind(&pattern)
-        .bind(&pattern)
-        .bind(&pattern)
         .bind(&pattern)
         .bind(limit)
         .bind(offset)
