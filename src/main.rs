@@ -91,6 +91,20 @@ enum AdminCmd {
     },
     /// Show the protection attributes of every object of the service on the token.
     ListObjects,
+    /// Compare the token with the store: print the installation ids, one
+    /// line per `hsm-kms/` object that no store row names (label, CKA_ID hex,
+    /// class), one line per object the store names but the token lacks, and
+    /// a summary. A dry run unless `--destroy-orphans --yes` is given.
+    Reconcile {
+        /// Destroy the listed unknown objects (for good: a key made after the
+        /// store's last backup is among them if the store was restored).
+        /// Needs `--yes`, and the token and store to carry one installation id.
+        #[arg(long)]
+        destroy_orphans: bool,
+        /// Confirm `--destroy-orphans`.
+        #[arg(long)]
+        yes: bool,
+    },
     /// NHN Secure Key Manager: projects, appkeys, User Access Keys, key
     /// stores and client certificates.
     Nhn {
@@ -140,11 +154,13 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg = Config::load(cli.config.as_deref())?;
     init_tracing(&cfg);
-    let res = run(cli.cmd, cfg).await;
-    if let Err(e) = &res {
+    if let Err(e) = run(cli.cmd, cfg).await {
         tracing::error!(error = format!("{e:#}"), "hsm-kms failed");
+        // One line an operator can read (and a script can grep).
+        eprintln!("hsm-kms: {e:#}");
+        std::process::exit(1);
     }
-    res
+    Ok(())
 }
 
 async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
@@ -187,6 +203,16 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
                     .with_context(|| format!("{url}: no answer within {timeout_secs}s"))??;
             anyhow::ensure!(status == 200, "{url} answered HTTP {status}");
             println!("{url}: HTTP 200");
+        }
+        Cmd::Admin {
+            cmd:
+                AdminCmd::Reconcile {
+                    destroy_orphans,
+                    yes,
+                },
+        } => {
+            let (hsm, store) = server::open(&cfg).await?;
+            admin_reconcile(&hsm, &store, destroy_orphans, yes).await?;
         }
         Cmd::Admin { cmd } => {
             let (hsm, store) = server::open(&cfg).await?;
@@ -255,6 +281,53 @@ async fn probe(url: &str) -> anyhow::Result<u16> {
         })
 }
 
+/// `hsm-kms admin reconcile [--destroy-orphans --yes]`. Needs no engine, so
+/// it also runs against an empty or foreign store.
+async fn admin_reconcile(
+    hsm: &hsm_kms::hsm::Hsm,
+    store: &hsm_kms::store::Store,
+    destroy_orphans: bool,
+    yes: bool,
+) -> anyhow::Result<()> {
+    use hsm_kms::core::Inventory;
+    let inv = Inventory::take(hsm, store).await?;
+    let none = || "none".to_string();
+    let agree = inv.store_id.is_some() && inv.store_id == inv.token_id;
+    println!(
+        "installation\ttoken={}\tstore={}\t{}",
+        inv.token_id.clone().unwrap_or_else(none),
+        inv.store_id.clone().unwrap_or_else(none),
+        if agree { "agree" } else { "DISAGREE" }
+    );
+    let unknown = inv.unknown();
+    for o in &unknown {
+        println!("unknown\t{}\t{}\t{}", o.label, hex::encode(&o.id), o.class);
+    }
+    for m in &inv.missing {
+        println!("missing\t{m}");
+    }
+    println!(
+        "summary\t{} unknown objects (no store row names them), {} missing objects (named by the store, not on the token), {} objects on the token",
+        unknown.len(),
+        inv.missing.len(),
+        inv.objects.len()
+    );
+    if !destroy_orphans {
+        if !unknown.is_empty() {
+            println!("dry run: nothing destroyed; `hsm-kms admin reconcile --destroy-orphans --yes` destroys the unknown objects for good");
+        }
+        return Ok(());
+    }
+    anyhow::ensure!(
+        yes,
+        "--destroy-orphans destroys the {} unknown objects above for good; add --yes to confirm",
+        unknown.len()
+    );
+    let n = hsm_kms::core::destroy_orphans(hsm, store).await?;
+    println!("destroyed\t{n} object ids");
+    Ok(())
+}
+
 async fn admin(engine: &Engine, cmd: AdminCmd) -> anyhow::Result<()> {
     match cmd {
         AdminCmd::CreateAccount { name } => {
@@ -286,6 +359,12 @@ async fn admin(engine: &Engine, cmd: AdminCmd) -> anyhow::Result<()> {
             println!("revoked API key");
         }
         AdminCmd::Nhn { cmd } => nhn_admin::run(engine, cmd).await?,
+        // Normally taken before an engine is built (see `run`); kept here so
+        // the match stays complete.
+        AdminCmd::Reconcile {
+            destroy_orphans,
+            yes,
+        } => admin_reconcile(engine.hsm(), engine.store(), destroy_orphans, yes).await?,
         AdminCmd::ListObjects => {
             let mut ids: Vec<Vec<u8>> = engine
                 .hsm()

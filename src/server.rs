@@ -13,6 +13,7 @@ use crate::api::{router, ApiConfig, AppState};
 use crate::config::Config;
 use crate::core::{
     ensure_service_keys, reconcile, spawn_scheduler, Engine, EngineOptions, NewAccessKey,
+    ReconcileReport, StartMode,
 };
 use crate::hsm::Hsm;
 use crate::store::Store;
@@ -30,6 +31,25 @@ pub async fn open(cfg: &Config) -> anyhow::Result<(Hsm, Store)> {
     Ok((hsm, store))
 }
 
+/// The reconciler with the store path and token named in its refusals, so
+/// that a wrong `store.data_dir` shows in the one-line error.
+async fn start_up(
+    cfg: &Config,
+    hsm: &Hsm,
+    store: &Store,
+    mode: StartMode,
+) -> anyhow::Result<ReconcileReport> {
+    reconcile(hsm, store, mode).await.with_context(|| {
+        let dir = PathBuf::from(&cfg.store.data_dir);
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
+        format!(
+            "store {} and token {:?}",
+            dir.join("metadata.db").display(),
+            hsm.token_label()
+        )
+    })
+}
+
 /// What `init` did.
 #[derive(Debug)]
 pub struct InitOutcome {
@@ -43,7 +63,7 @@ pub struct InitOutcome {
 /// one access key. Idempotent: a second run creates nothing.
 pub async fn init(cfg: &Config, account: &str) -> anyhow::Result<InitOutcome> {
     let (hsm, store) = open(cfg).await?;
-    reconcile(&hsm, &store).await?;
+    start_up(cfg, &hsm, &store, StartMode::Init).await?;
     let created = ensure_service_keys(&hsm, &store).await?;
     let engine = Engine::new(hsm, store).await?;
     let first_credentials = if engine.store().account_by_name(account).await?.is_none() {
@@ -77,8 +97,16 @@ pub async fn start(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
     let (hsm, store) = open(cfg).await?;
-    let report = reconcile(&hsm, &store).await?;
+    let report = start_up(cfg, &hsm, &store, StartMode::Serve).await?;
     tracing::info!(?report, "reconciler finished");
+    if report.unknown_objects > 0 {
+        tracing::warn!(
+            unknown_objects = report.unknown_objects,
+            "the token holds hsm-kms objects that the store does not name (keys made after the \
+             store's backup, an interrupted init, or another tool's objects); they were left in \
+             place: list them with `hsm-kms admin reconcile`"
+        );
+    }
     let engine = Engine::with_options(
         hsm,
         store,

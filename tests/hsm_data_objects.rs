@@ -1,6 +1,7 @@
 //! Regression: `CKO_DATA` objects (NHN secrets) have no `CKA_ID`; the HSM
-//! port names them by label for creation, lookup, listing, inspection,
-//! destruction, and the reconciler's orphan sweep.
+//! port names them by label for creation, lookup, listing, inspection and
+//! destruction. The reconciler reports one that no row names and leaves it
+//! (issue 8, item 1: nothing is destroyed on absence alone).
 mod common;
 
 #[tokio::test]
@@ -19,9 +20,17 @@ async fn data_objects_are_named_by_label() {
     assert!(info[0].private && info[0].token && !info[0].modifiable);
     let listed = hsm.list_service_objects().await.unwrap();
     assert!(listed.iter().any(|o| o.id == id && o.label == label));
-    // No row names it: the reconciler destroys it as an orphan.
+    // No row names it: the reconciler reports it and leaves it in place.
     let report = kms.engine.reconcile().await.unwrap();
-    assert_eq!(report.orphans_destroyed, 1);
+    assert_eq!(report.unknown_objects, 1);
+    assert_eq!(hsm.object_info(id.clone()).await.unwrap().len(), 1);
+    assert_eq!(hsm.read_data_object(id.clone()).await.unwrap(), b"abc");
+    // Destroyed only on an operator's word (`admin reconcile --destroy-orphans --yes`).
+    let n = hsm_kms::core::destroy_orphans(&hsm, kms.engine.store())
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
     assert!(hsm.object_info(id.clone()).await.unwrap().is_empty());
     assert!(hsm.read_data_object(id).await.is_err());
+    assert_eq!(kms.engine.reconcile().await.unwrap().unknown_objects, 0);
 }

@@ -129,7 +129,9 @@ struct Listed {
 fn parse_listing(text: &str) -> Vec<Listed> {
     let mut out: Vec<Listed> = Vec::new();
     for line in text.lines() {
-        if !line.starts_with(' ') && line.contains("Object;") {
+        // Keys print "Secret Key Object; ...", data objects "Data object N"
+        // (the installation id object) with a quoted label.
+        if !line.starts_with(' ') && (line.contains("Object;") || line.starts_with("Data object")) {
             out.push(Listed {
                 kind: line.split(';').next().unwrap_or("").trim().to_string(),
                 ..Default::default()
@@ -139,7 +141,7 @@ fn parse_listing(text: &str) -> Vec<Listed> {
         let Some(cur) = out.last_mut() else { continue };
         let line = line.trim();
         if let Some(v) = line.strip_prefix("label:") {
-            cur.label = v.trim().to_string();
+            cur.label = v.trim().trim_matches('\'').to_string();
         } else if let Some(v) = line.strip_prefix("ID:") {
             cur.id = v.trim().to_string();
         } else if let Some(v) = line.strip_prefix("Access:") {
@@ -174,7 +176,11 @@ async fn pkcs11_tool_lists_every_version() {
     let listing = parse_listing(&String::from_utf8_lossy(&out.stdout));
     let ours: Vec<&Listed> = listing
         .iter()
-        .filter(|o| o.label.starts_with("hsm-kms/") && !o.label.starts_with("hsm-kms/service/"))
+        .filter(|o| {
+            o.label.starts_with("hsm-kms/")
+                && !o.label.starts_with("hsm-kms/service/")
+                && o.label != "hsm-kms/installation"
+        })
         .collect();
 
     let mut want_count = 0;

@@ -1521,7 +1521,7 @@ async fn scheduled_deletions_and_reconciler_keep_live_objects() {
 
     // The reconciler knows every NHN object (secrets, keys, the project CA).
     let report = kms.engine.reconcile().await.unwrap();
-    assert_eq!(report.orphans_destroyed, 0, "{report:?}");
+    assert_eq!(report.unknown_objects, 0, "{report:?}");
     assert_eq!(report.missing_objects, 0, "{report:?}");
     assert_eq!(
         ok(&call(&kms, &p, "GET", &format!("/secrets/{keep}"), None).await)["secret"],

@@ -42,7 +42,8 @@ fn token_listing(softhsm_conf: &Path) -> Vec<(String, String)> {
         if !line.starts_with(' ') && (line.contains("Object;") || line.starts_with("Data object")) {
             let kind = line.split(';').next().unwrap_or("").trim().to_string();
             objects.push((kind, String::new()));
-        } else if let (Some(cur), Some(v)) = (objects.last_mut(), line.trim().strip_prefix("label:"))
+        } else if let (Some(cur), Some(v)) =
+            (objects.last_mut(), line.trim().strip_prefix("label:"))
         {
             cur.1 = v.trim().trim_matches('\'').to_string();
         }
@@ -194,7 +195,10 @@ async fn item1_wrong_data_dir_destroys_nothing() {
         .await
         .expect("init recorded an installation id");
     let msg = stderr(&out);
-    assert!(msg.contains(&format!("token installation id: {id}")), "{msg}");
+    assert!(
+        msg.contains(&format!("token installation id: {id}")),
+        "{msg}"
+    );
     assert!(msg.contains("store installation id: none"), "{msg}");
     assert!(msg.contains("nothing was destroyed"), "{msg}");
     assert!(msg.contains("elsewhere/data/metadata.db"), "{msg}");
@@ -266,11 +270,17 @@ async fn item1_second_init_on_used_token_refused() {
     assert!(!out.status.success(), "init must refuse: {}", stderr(&out));
     let id = store_installation_id(&site.db_path()).await.unwrap();
     let msg = stderr(&out);
-    assert!(msg.contains(&format!("token installation id: {id}")), "{msg}");
+    assert!(
+        msg.contains(&format!("token installation id: {id}")),
+        "{msg}"
+    );
     assert!(msg.contains("store installation id: none"), "{msg}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("secret_key="));
     // The second store got no id, so a retry is refused the same way.
-    assert_eq!(store_installation_id(&second.join("metadata.db")).await, None);
+    assert_eq!(
+        store_installation_id(&second.join("metadata.db")).await,
+        None
+    );
     let mut cmd = site.command();
     cmd.env("HSM_KMS_STORE_DATA_DIR", &second).arg("serve");
     assert!(!run_to_exit(cmd).status.success());
@@ -300,14 +310,18 @@ async fn item1_store_restored_from_older_backup_keeps_newer_keys() {
     // leaves the newer object alone.
     copy_store(&backup, &site.data_dir);
     let server = site.serve(&[("HSM_KMS_LOG_LEVEL", "info")]).await;
-    assert_eq!(count(&site), before, "{}", site.log(2));
+    assert_eq!(count(&site), before, "{}", site.log(3));
     assert_eq!(decrypt(&server, &tag, &ct).await, b"old secret");
     server
         .call("GET", &format!("/kms/v1/keys/{newer}"), None)
         .await
         .assert_naver_error(404, "300");
     server.kill();
-    assert!(site.log(2).contains("unknown_objects: 1"), "{}", site.log(2));
+    assert!(
+        site.log(3).contains("unknown_objects: 1"),
+        "{}",
+        site.log(3)
+    );
 
     // `admin reconcile` lists it (dry run) and destroys nothing.
     let mut cmd = site.command();
@@ -404,7 +418,10 @@ async fn item1_used_store_with_fresh_token_refused() {
     assert!(!out.status.success(), "serve must refuse: {}", stderr(&out));
     let id = store_installation_id(&site.db_path()).await.unwrap();
     let msg = stderr(&out);
-    assert!(msg.contains(&format!("store installation id: {id}")), "{msg}");
+    assert!(
+        msg.contains(&format!("store installation id: {id}")),
+        "{msg}"
+    );
     assert!(msg.contains("token installation id: none"), "{msg}");
     assert_eq!(token_listing(&fresh_conf).len(), 0, "nothing written");
     let mut cmd = site.command();
@@ -441,7 +458,11 @@ fn write_stray(site: &Site, label: &str) {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn delete_data_object(site: &Site, label: &str) {
@@ -463,7 +484,11 @@ fn delete_data_object(site: &Site, label: &str) {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -496,7 +521,11 @@ async fn item1_admin_reconcile_destroys_orphans_only_on_request() {
         .collect();
     assert_eq!(
         unknown,
-        vec![format!("unknown\thsm-kms/stray\t{}\tdata", hex::encode("hsm-kms/stray")).as_str()],
+        vec![format!(
+            "unknown\thsm-kms/stray\t{}\tdata",
+            hex::encode("hsm-kms/stray")
+        )
+        .as_str()],
         "{listing}"
     );
     assert!(listing.contains("summary\t1 unknown objects"), "{listing}");

@@ -83,8 +83,9 @@ pub async fn ensure_service_keys(hsm: &Hsm, store: &Store) -> Result<Vec<&'stati
         let id = hsm.random(16).await?;
         hsm.generate(spec, format!("hsm-kms/service/{name}"), id.clone())
             .await?;
-        // A crash here leaves an unnamed object; the reconciler removes it
-        // and the next `init` makes the key again.
+        // A crash here leaves an object no row names: the reconciler reports
+        // it (never destroys it), the next `init` makes the key again, and
+        // `hsm-kms admin reconcile --destroy-orphans --yes` removes the stray.
         store.put_service_key(name, &id).await?;
         made.push(name);
     }

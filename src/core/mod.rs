@@ -19,7 +19,7 @@ pub use keys::{
     CreateKeyRequest, KeyStatus, KeyType, KeyView, VersionView, DELETION_WAIT_MS, MAX_VERSIONS,
     ROTATION_PERIOD_DEFAULT,
 };
-pub use reconcile::{reconcile, ReconcileReport};
+pub use reconcile::{bind, destroy_orphans, reconcile, Inventory, ReconcileReport, StartMode};
 pub use scheduler::spawn_scheduler;
 pub use tokens::{
     parse_rule, Lifetime, TokenAuth, TokenKind, TokenSet, DEFAULT_ACCESS_HOURS,

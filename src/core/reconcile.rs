@@ -1,35 +1,258 @@
-//! The start-up reconciler: finishes or undoes what a crash interrupted, in
-//! both directions between the store and the token.
+//! The start-up reconciler: checks that the token and the store belong to
+//! one installation, then finishes or undoes what a crash interrupted, and
+//! only that.
 //!
-//! - a `pending` version never reached a client: its objects (if any) are
-//!   destroyed and its row removed;
-//! - a `destroying` version is destroyed and marked `destroyed`;
-//! - an `hsm-kms/` object that no row names is an orphan and is destroyed;
-//! - an `active` version whose object is missing is reported (it cannot be
-//!   repaired; the operator must restore the token from backup).
+//! An object that no store row names is never destroyed at start: an empty,
+//! wrong or restored store looks exactly like a store whose keys were never
+//! made, and destroying on that evidence loses every key (issue 8, item 1).
+//! So:
+//!
+//! - **binding**: `init` writes a random installation id in the store (table
+//!   `installation`) and on the token (a private, non-modifiable `CKO_DATA`
+//!   object labelled [`crate::hsm::INSTALLATION_LABEL`]). At every start both must agree;
+//!   otherwise the service refuses to start, names both ids and destroys
+//!   nothing. Installations made before ids existed are adopted only when the
+//!   token holds every object the store names and nothing the store does not
+//!   know.
+//! - **repair by proof**: a `pending` version (the store wrote `pending`
+//!   before making its objects; no client ever saw it) is rolled back; a
+//!   `destroying` version (the store recorded the decision to destroy) is
+//!   finished.
+//! - **report the rest**: an `hsm-kms/` object that no row names is logged
+//!   and counted, never destroyed; `hsm-kms admin reconcile` lists them and
+//!   `--destroy-orphans --yes` destroys them on an operator's word.
+//! - **refuse on loss**: an active version, service key or NHN project CA
+//!   whose object is missing stops the start, naming what is missing.
 
 use std::collections::HashSet;
 
-use super::{Engine, Result};
-use crate::hsm::Hsm;
+use super::{Engine, Error, Result};
+use crate::hsm::{Hsm, TokenObject};
 use crate::store::{Store, VersionState};
 
-/// What a reconciler run did.
+/// What a reconciler run found and did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ReconcileReport {
+    /// The installation id shared by the token and the store.
+    pub installation_id: String,
+    /// How the binding was reached: `checked` (both agreed), `created` (a
+    /// fresh `init`), `completed` (an interrupted `init` or adoption written
+    /// on the token), `adopted` (an installation made before ids existed).
+    pub binding: &'static str,
     /// Pending versions rolled back.
     pub pending_rolled_back: usize,
     /// Destroying versions finished.
     pub destroyed_finished: usize,
-    /// Orphan objects destroyed.
-    pub orphans_destroyed: usize,
-    /// Active versions whose object is missing from the token.
+    /// `hsm-kms/` objects that no row names: reported, left in place.
+    pub unknown_objects: usize,
+    /// Active versions, service keys or CA keys whose object is missing
+    /// (always 0 in a report: a start with missing objects is refused).
     pub missing_objects: usize,
 }
 
-/// Runs the reconciler on a token and store (before the engine serves).
-pub async fn reconcile(hsm: &Hsm, store: &Store) -> Result<ReconcileReport> {
-    let mut report = ReconcileReport::default();
+/// Whether the caller may create a new binding (`init`) or only check one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMode {
+    /// `hsm-kms init`: a fresh token and store get a new installation id.
+    Init,
+    /// `hsm-kms serve` (and in-process starts): an unbound pair is refused.
+    Serve,
+}
+
+/// The token's objects and the store's names for them, taken together.
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    /// Installation id recorded in the store.
+    pub store_id: Option<String>,
+    /// Installation id recorded on the token.
+    pub token_id: Option<String>,
+    /// Every `hsm-kms/` object on the token except the installation object.
+    pub objects: Vec<TokenObject>,
+    /// Every object id the store names (versions not destroyed, service
+    /// keys, NHN project CAs).
+    pub known: HashSet<Vec<u8>>,
+    /// What the store names as live but the token lacks, described for an
+    /// operator (`key {uid} v{n}`, `service key kek`, ...).
+    pub missing: Vec<String>,
+}
+
+impl Inventory {
+    /// Reads the token and the store. Changes nothing.
+    pub async fn take(hsm: &Hsm, store: &Store) -> Result<Self> {
+        let store_id = store.installation_id().await?;
+        let token_id = hsm.installation_id().await?;
+        let objects = hsm.list_service_objects().await?;
+        let known: HashSet<Vec<u8>> = store.known_object_ids().await?.into_iter().collect();
+        let present: HashSet<&[u8]> = objects.iter().map(|o| o.id.as_slice()).collect();
+        let mut missing = Vec::new();
+        for (name, id) in store.service_keys().await? {
+            if !present.contains(id.as_slice()) {
+                missing.push(format!("service key {name}"));
+            }
+        }
+        for id in store.nhn_ca_key_ids().await? {
+            if !present.contains(id.as_slice()) {
+                missing.push(format!("NHN project CA key {}", hex::encode(&id)));
+            }
+        }
+        for (uid, version, id, aux) in store.active_version_ids().await? {
+            if !present.contains(id.as_slice()) {
+                missing.push(format!("key {uid} v{version}"));
+            }
+            if let Some(aux) = aux {
+                if !present.contains(aux.as_slice()) {
+                    missing.push(format!("key {uid} v{version} (convergent HMAC key)"));
+                }
+            }
+        }
+        Ok(Inventory {
+            store_id,
+            token_id,
+            objects,
+            known,
+            missing,
+        })
+    }
+
+    /// Objects on the token that no store row names, in token order.
+    pub fn unknown(&self) -> Vec<&TokenObject> {
+        self.objects
+            .iter()
+            .filter(|o| !self.known.contains(&o.id))
+            .collect()
+    }
+
+    /// Whether the token proves it holds exactly what this store describes:
+    /// every object the store names is there, and nothing else of ours.
+    fn token_matches_store(&self) -> bool {
+        self.missing.is_empty() && self.unknown().is_empty()
+    }
+
+    /// The one-line refusal naming both ids and the likely causes.
+    fn refusal(&self, what: &str) -> Error {
+        let id = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
+        Error::InvalidState(format!(
+            "refusing to start, nothing was destroyed: {what} (token installation id: {}, \
+             {} hsm-kms objects; store installation id: {}, {} objects named). Likely causes: \
+             a wrong or relative store.data_dir, a lost or fresh data volume, a store restored \
+             from before `hsm-kms init`, the wrong token (hsm.token_label / hsm.slot_id) or a \
+             re-initialised one, or two installations pointed at one token. Point the service \
+             at this token's own store (or restore it from backup), or at this store's own token",
+            id(&self.token_id),
+            self.objects.len(),
+            id(&self.store_id),
+            self.known.len(),
+        ))
+    }
+}
+
+/// A new installation id: 16 random bytes from the token, hex.
+async fn new_installation_id(hsm: &Hsm) -> Result<String> {
+    Ok(hex::encode(hsm.random(16).await?))
+}
+
+/// Writes `id` on the token; logs and returns it.
+async fn write_token_id(hsm: &Hsm, id: &str, binding: &'static str) -> Result<&'static str> {
+    hsm.put_installation_id(id).await?;
+    tracing::info!(
+        installation_id = id,
+        binding,
+        "bound the token to the store with an installation id"
+    );
+    Ok(binding)
+}
+
+/// Checks (and, where the evidence allows, makes) the binding between the
+/// token and the store. Returns the installation id and how it was reached.
+///
+/// The store is always written before the token, so an interruption leaves
+/// "store has an id, token has none", which is completed only when the
+/// token holds exactly what the store names.
+pub async fn bind(hsm: &Hsm, store: &Store, mode: StartMode) -> Result<(String, &'static str)> {
+    let inv = Inventory::take(hsm, store).await?;
+    match (inv.store_id.clone(), inv.token_id.clone()) {
+        (Some(s), Some(t)) if s == t => Ok((s, "checked")),
+        (Some(_), Some(_)) => Err(inv.refusal(
+            "the token and the store belong to two different installations",
+        )),
+        (None, Some(_)) => Err(inv.refusal(
+            "the token belongs to an installation but the store has no installation id (an empty, new or other store)",
+        )),
+        (Some(s), None) => {
+            if inv.token_matches_store() {
+                // An `init` or an adoption was interrupted after the store
+                // write: the token holds exactly what the store names.
+                let how = write_token_id(hsm, &s, "completed").await?;
+                Ok((s, how))
+            } else {
+                Err(inv.refusal(&format!(
+                    "the store belongs to an installation but the token has no installation id and \
+                     does not hold what the store names ({} missing, {} unknown)",
+                    inv.missing.len(),
+                    inv.unknown().len()
+                )))
+            }
+        }
+        (None, None) if inv.known.is_empty() && inv.objects.is_empty() => match mode {
+            StartMode::Init => {
+                let id = new_installation_id(hsm).await?;
+                store.put_installation_id(&id).await?;
+                let how = write_token_id(hsm, &id, "created").await?;
+                Ok((id, how))
+            }
+            StartMode::Serve => Err(Error::InvalidState(
+                "the service is not initialised: run `hsm-kms init`".into(),
+            )),
+        },
+        (None, None) if inv.known.is_empty() => Err(inv.refusal(
+            "the token holds hsm-kms objects but the store is empty and neither has an installation id",
+        )),
+        (None, None) => {
+            // Made before installation ids existed: adopt only on proof.
+            if inv.token_matches_store() {
+                let id = new_installation_id(hsm).await?;
+                store.put_installation_id(&id).await?;
+                let how = write_token_id(hsm, &id, "adopted").await?;
+                Ok((id, how))
+            } else {
+                Err(inv.refusal(&format!(
+                    "this token and store predate installation ids and do not match: {} objects the \
+                     store names are missing from the token ({}), {} objects on the token are \
+                     unknown to the store (see `hsm-kms admin reconcile`)",
+                    inv.missing.len(),
+                    summarise(&inv.missing),
+                    inv.unknown().len()
+                )))
+            }
+        }
+    }
+}
+
+/// The first few entries of a list, for one-line messages.
+fn summarise(items: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut s = items
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > SHOWN {
+        s.push_str(&format!(", and {} more", items.len() - SHOWN));
+    }
+    s
+}
+
+/// Runs the reconciler on a token and store (before the engine serves):
+/// [`bind`], then the crash repair, then the report of unknown objects and
+/// the refusal on missing ones.
+pub async fn reconcile(hsm: &Hsm, store: &Store, mode: StartMode) -> Result<ReconcileReport> {
+    let (installation_id, binding) = bind(hsm, store, mode).await?;
+    let mut report = ReconcileReport {
+        installation_id,
+        binding,
+        ..ReconcileReport::default()
+    };
 
     for v in store.versions_in_state(VersionState::Pending).await? {
         hsm.destroy_id(v.cka_id.clone()).await?;
@@ -56,35 +279,68 @@ pub async fn reconcile(hsm: &Hsm, store: &Store) -> Result<ReconcileReport> {
         report.destroyed_finished += 1;
     }
 
-    let known: HashSet<Vec<u8>> = store.known_object_ids().await?.into_iter().collect();
-    let objects = hsm.list_service_objects().await?;
-    let present: HashSet<Vec<u8>> = objects.iter().map(|o| o.id.clone()).collect();
-    let mut seen_orphans = HashSet::new();
-    for o in &objects {
-        if !known.contains(&o.id) && seen_orphans.insert(o.id.clone()) {
-            tracing::warn!(label = %o.label, "destroying an orphan object that no key version names");
-            hsm.destroy_id(o.id.clone()).await?;
-            report.orphans_destroyed += 1;
-        }
+    let inv = Inventory::take(hsm, store).await?;
+    let unknown = inv.unknown();
+    for o in &unknown {
+        tracing::warn!(
+            label = %o.label,
+            id = %hex::encode(&o.id),
+            class = %o.class,
+            "an hsm-kms object that no store row names; left in place (see `hsm-kms admin reconcile`)"
+        );
     }
-
-    for v in store.versions_in_state(VersionState::Active).await? {
-        if !present.contains(&v.cka_id) {
-            tracing::error!(
-                key_id = v.key_id,
-                version = v.version,
-                "an active key version has no object on the token"
-            );
-            report.missing_objects += 1;
-        }
+    report.unknown_objects = unknown.len();
+    if !inv.missing.is_empty() {
+        report.missing_objects = inv.missing.len();
+        return Err(Error::InvalidState(format!(
+            "refusing to start, nothing was destroyed: the store names {} objects that are not on \
+             the token (installation id {}): {}. Likely causes: the wrong token, a token restored \
+             from a backup older than the store, or objects deleted outside hsm-kms. Restore the \
+             token from a backup that holds them",
+            inv.missing.len(),
+            report.installation_id,
+            summarise(&inv.missing)
+        )));
     }
     Ok(report)
 }
 
+/// Destroys the objects [`Inventory::unknown`] lists, on an operator's
+/// explicit word (`hsm-kms admin reconcile --destroy-orphans --yes`). Refused
+/// unless the token and the store carry the same installation id: without
+/// that, "unknown to this store" says nothing about an object. Returns the
+/// number of object ids destroyed.
+pub async fn destroy_orphans(hsm: &Hsm, store: &Store) -> Result<usize> {
+    let inv = Inventory::take(hsm, store).await?;
+    match (&inv.store_id, &inv.token_id) {
+        (Some(s), Some(t)) if s == t => {}
+        _ => {
+            return Err(
+                inv.refusal("--destroy-orphans needs a token and a store with one installation id")
+            )
+        }
+    }
+    let mut done = HashSet::new();
+    for o in inv.unknown() {
+        if !done.insert(o.id.clone()) {
+            continue;
+        }
+        let n = hsm.destroy_id(o.id.clone()).await?;
+        tracing::warn!(
+            label = %o.label,
+            id = %hex::encode(&o.id),
+            class = %o.class,
+            objects = n,
+            "destroyed an object that no store row names (admin reconcile --destroy-orphans)"
+        );
+    }
+    Ok(done.len())
+}
+
 impl Engine {
-    /// Runs the reconciler on the engine's token and store.
+    /// Runs the reconciler on the engine's token and store, as `serve` does.
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
-        let r = reconcile(self.hsm(), self.store()).await?;
+        let r = reconcile(self.hsm(), self.store(), StartMode::Serve).await?;
         self.inner.keys.clear();
         Ok(r)
     }

@@ -20,7 +20,7 @@ pub mod asymmetric_limits {
     pub use super::asymmetric::{RSA_OAEP_MAX, RSA_RAW_SIGN_MAX};
 }
 pub use error::HsmError;
-pub use objects::{ObjectInfo, TokenObject};
+pub use objects::{ObjectInfo, TokenObject, INSTALLATION_LABEL, LABEL_PREFIX};
 pub use templates::{KeySpec, KeyUsage};
 
 use std::collections::HashMap;

@@ -8,6 +8,11 @@ use super::{Hsm, OpClass, Result, SessionRef};
 /// Label prefix of every object the service creates.
 pub const LABEL_PREFIX: &str = "hsm-kms/";
 
+/// Label of the private `CKO_DATA` object that holds the installation id
+/// binding this token to its store (see `core::reconcile`). It is not a key
+/// and [`SessionRef::list_service_objects`] leaves it out.
+pub const INSTALLATION_LABEL: &str = "hsm-kms/installation";
+
 /// One object of the service found on the token.
 #[derive(Debug, Clone)]
 pub struct TokenObject {
@@ -15,6 +20,8 @@ pub struct TokenObject {
     pub id: Vec<u8>,
     /// `CKA_LABEL`.
     pub label: String,
+    /// Object class (`CKO_*`) as text, as in [`ObjectInfo::class`].
+    pub class: String,
 }
 
 /// Protection attributes of one object, read back from the token.
@@ -43,27 +50,57 @@ pub struct ObjectInfo {
 }
 
 impl SessionRef<'_> {
-    /// Every token object whose label starts with [`LABEL_PREFIX`].
+    /// Every token object whose label starts with [`LABEL_PREFIX`], except
+    /// the installation object ([`INSTALLATION_LABEL`]).
     pub fn list_service_objects(&self) -> Result<Vec<TokenObject>> {
         let handles = self.raw().find_objects(&[Attribute::Token(true)])?;
         let mut out = Vec::new();
         for h in handles {
-            let attrs = self
-                .raw()
-                .get_attributes(h, &[AttributeType::Label, AttributeType::Id])?;
-            let (mut label, mut id) = (None, None);
+            let attrs = self.raw().get_attributes(
+                h,
+                &[
+                    AttributeType::Label,
+                    AttributeType::Id,
+                    AttributeType::Class,
+                ],
+            )?;
+            let (mut label, mut id, mut class) = (None, None, "other");
             for a in attrs {
                 match a {
                     Attribute::Label(l) => label = Some(String::from_utf8_lossy(&l).into_owned()),
                     Attribute::Id(i) => id = Some(i),
+                    Attribute::Class(c) => class = class_name(c),
                     _ => {}
                 }
             }
             // Data objects have no CKA_ID; their id is their label.
             let id = id.or_else(|| label.as_ref().map(|l| l.as_bytes().to_vec()));
             if let (Some(label), Some(id)) = (label, id) {
-                if label.starts_with(LABEL_PREFIX) {
-                    out.push(TokenObject { id, label });
+                if label.starts_with(LABEL_PREFIX) && label != INSTALLATION_LABEL {
+                    out.push(TokenObject {
+                        id,
+                        label,
+                        class: class.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The values of every `CKO_DATA` object labelled [`INSTALLATION_LABEL`]
+    /// (none on a token `init` has not bound yet; more than one is a fault).
+    pub fn installation_ids(&self) -> Result<Vec<String>> {
+        let handles = self.raw().find_objects(&[
+            Attribute::Token(true),
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Label(INSTALLATION_LABEL.as_bytes().to_vec()),
+        ])?;
+        let mut out = Vec::new();
+        for h in handles {
+            for a in self.raw().get_attributes(h, &[AttributeType::Value])? {
+                if let Attribute::Value(v) = a {
+                    out.push(String::from_utf8_lossy(&v).into_owned());
                 }
             }
         }
@@ -167,6 +204,31 @@ impl Hsm {
     /// See [`SessionRef::list_service_objects`].
     pub async fn list_service_objects(&self) -> Result<Vec<TokenObject>> {
         self.run(OpClass::Symmetric, |s| s.list_service_objects())
+            .await
+    }
+
+    /// The installation id on the token, if any. Two installation objects
+    /// with different values are refused as malformed.
+    pub async fn installation_id(&self) -> Result<Option<String>> {
+        let mut ids = self
+            .run(OpClass::Symmetric, |s| s.installation_ids())
+            .await?;
+        ids.sort();
+        ids.dedup();
+        match ids.len() {
+            0 => Ok(None),
+            1 => Ok(ids.pop()),
+            n => Err(super::HsmError::Malformed(format!(
+                "{n} different {INSTALLATION_LABEL} objects on the token: {}",
+                ids.join(", ")
+            ))),
+        }
+    }
+
+    /// Writes the installation id on the token as a private, non-modifiable
+    /// `CKO_DATA` object labelled [`INSTALLATION_LABEL`].
+    pub async fn put_installation_id(&self, id: &str) -> Result<()> {
+        self.create_data_object(INSTALLATION_LABEL.to_string(), id.as_bytes().to_vec())
             .await
     }
 

@@ -376,6 +376,16 @@ impl Store {
             .map_err(StoreError::Db)
     }
 
+    /// Every active version with its key's uid: (uid, version, `CKA_ID`,
+    /// convergent `CKA_ID`). Their objects must be on the token.
+    pub async fn active_version_ids(&self) -> Result<Vec<(String, i64, Vec<u8>, Option<Vec<u8>>)>> {
+        Ok(sqlx::query_as(
+            "SELECT k.uid, v.version, v.cka_id, v.aux_cka_id FROM key_versions v JOIN keys k ON k.id = v.key_id WHERE v.state = 'active' ORDER BY k.id, v.version",
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     /// Every `CKA_ID` the store names (key versions not destroyed, service keys).
     pub async fn known_object_ids(&self) -> Result<Vec<Vec<u8>>> {
         let mut ids: Vec<Vec<u8>> =

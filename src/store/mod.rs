@@ -146,6 +146,37 @@ impl Store {
             .await?)
     }
 
+    /// The installation id this store was bound to at `init` (hex), if any.
+    pub async fn installation_id(&self) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT installation_id FROM installation WHERE singleton = 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Records the installation id; `Conflict` when one is recorded already.
+    pub async fn put_installation_id(&self, id: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO installation (singleton, installation_id, created_at) VALUES (1, ?, ?)",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(map_unique)?;
+        Ok(())
+    }
+
+    /// Service keys by name: (name, `CKA_ID`).
+    pub async fn service_keys(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(
+            sqlx::query_as("SELECT name, cka_id FROM service_keys ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     /// Creates an account; `Conflict` when the name is taken.
     pub async fn create_account(&self, name: &str) -> Result<i64> {
         let r = sqlx::query("INSERT INTO accounts (name, created_at) VALUES (?, ?)")
