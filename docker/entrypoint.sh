@@ -9,6 +9,16 @@
 # account's access key and secret key. They are printed once, here, and kept
 # in $DATA/first-credentials (mode 0600) so a restart does not print them again.
 # Then exec `hsm-kms serve` (or whatever command was given).
+#
+# The two volumes belong together; both mismatches stop the container (exit 1)
+# and destroy nothing:
+# - an empty token volume with a used data volume (a store, or the marker of
+#   an earlier first start) is refused here, before any token is made;
+# - a used token with an empty data volume reaches `hsm-kms init`, which
+#   refuses because the token carries an installation id (or hsm-kms objects)
+#   and the store does not. A token volume whose first start stopped before
+#   `hsm-kms init` finished holds no hsm-kms object, so `init` completes it.
+# `hsm-kms serve` checks the same binding at every start.
 set -eu
 
 TOKENS_DIR=${HSM_KMS_TOKENS_DIR:-/var/lib/hsm-kms/tokens}
@@ -53,7 +63,9 @@ if [ -z "$(ls -A "$TOKENS_DIR" 2>/dev/null)" ]; then
   [ -n "$SO_PIN" ] || die "empty token volume and no SO PIN: set HSM_KMS_SO_PIN or HSM_KMS_SO_PIN_FILE"
   # A fresh token with an old data dir would leave records pointing at keys
   # that do not exist: refuse rather than guess.
-  [ ! -e "$MARKER" ] || die "$DATA_DIR belongs to another token (found $MARKER) but the token volume is empty; mount the matching token volume or an empty data volume"
+  for f in "$MARKER" "$DATA_DIR/metadata.db"; do
+    [ ! -e "$f" ] || die "the token volume $TOKENS_DIR is empty but the data volume $DATA_DIR is in use (found $f): mount the token volume that belongs to this data volume (or restore it from backup), or an empty data volume for a new installation; nothing was changed"
+  done
   say "empty token volume: initialising SoftHSM token '$LABEL'"
   softhsm2-util --init-token --free --label "$LABEL" --so-pin "$SO_PIN" --pin "$PIN" >/dev/null \
     || die "softhsm2-util --init-token failed"
@@ -64,7 +76,12 @@ unset PIN HSM_KMS_SO_PIN
 if [ ! -e "$MARKER" ]; then
   umask 077
   # `init` is idempotent: if an earlier start died half-way it completes the job.
-  hsm-kms init --account "$INIT_ACCOUNT" > "$CREDS.tmp"
+  # On a used token with an empty (or foreign) data volume it refuses, naming
+  # both installation ids; stop here and keep the token untouched.
+  if ! hsm-kms init --account "$INIT_ACCOUNT" > "$CREDS.tmp"; then
+    rm -f "$CREDS.tmp"
+    die "hsm-kms init refused (reason above): if the token volume $TOKENS_DIR is in use, mount the data volume that belongs to it (or restore it from backup); nothing was destroyed"
+  fi
   if grep -q '^secret_key=' "$CREDS.tmp"; then
     mv "$CREDS.tmp" "$CREDS"
     echo "==== hsm-kms first credentials (shown once; kept in $CREDS, mode 0600) ===="
