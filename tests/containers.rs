@@ -644,6 +644,57 @@ async fn no_pin_at_all_is_refused_before_touching_the_token() {
     }
 }
 
+/// Issue 8, item 1: the entrypoint and `hsm-kms` refuse both mismatched
+/// volume pairs (a used token with an empty data volume, an empty token
+/// volume with a used data volume), exit 1 and destroy nothing: the right
+/// pair serves the old key afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Docker and the hsm-kms:latest image: scripts/test-containers.sh"]
+async fn item1_mismatched_volumes_are_refused_in_both_directions() {
+    docker_api::connect().await;
+    let vols = Volumes::new();
+    let spare = Volumes::new();
+    let first = Node::start(&vols, Pin::Env(PIN)).await;
+    let creds = first.first_credentials().await.expect("first credentials");
+    let aes = first.create_key(&creds, "bound", "AES256").await;
+    let ct = encrypt(&first, &creds, &aes, b"kept").await;
+    first.remove().await;
+
+    // Mixed pairs; `spare` and `vols` remove the volumes at the end.
+    let used_token_empty_data = std::mem::ManuallyDrop::new(Volumes {
+        tokens: vols.tokens.clone(),
+        data: spare.data.clone(),
+    });
+    let empty_token_used_data = std::mem::ManuallyDrop::new(Volumes {
+        tokens: spare.tokens.clone(),
+        data: vols.data.clone(),
+    });
+    for (pair, want) in [
+        (
+            &*used_token_empty_data,
+            "refusing to start, nothing was destroyed",
+        ),
+        (&*empty_token_used_data, "is empty but the data volume"),
+    ] {
+        let c = run(
+            pair,
+            Pin::Env(PIN),
+            WaitFor::exit(testcontainers::core::wait::ExitWaitStrategy::new()),
+        )
+        .await;
+        let err = String::from_utf8_lossy(&c.stderr_to_vec().await.unwrap()).into_owned();
+        let out = String::from_utf8_lossy(&c.stdout_to_vec().await.unwrap()).into_owned();
+        assert_eq!(c.exit_code().await.unwrap(), Some(1), "{err}");
+        assert!(err.contains(want), "{err}");
+        assert!(!out.contains("secret_key="), "no new installation: {out}");
+        c.rm().await.expect("remove container");
+    }
+
+    let again = Node::start(&vols, Pin::Env(PIN)).await;
+    assert_eq!(decrypt(&again, &creds, &aes, &ct).await, b64(b"kept"));
+    again.remove().await;
+}
+
 /// `docker exec <container> hsm-kms admin nhn ARGS...` with the environment
 /// the container was started with (PIN, SoftHSM config, data dir); returns
 /// its stdout. Runs as the image's user, like the server.
