@@ -256,22 +256,6 @@ pub fn loggable_path(path: &str) -> Cow<'_, str> {
     ))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_appkey_is_not_in_the_logged_path() {
-        let p = loggable_path("/keymanager/v1.2/appkey/SECRETappkey123/keys/x/create");
-        assert!(!p.contains("SECRETappkey123"), "{p}");
-        assert!(p.starts_with("/keymanager/v1.2/appkey/[appkey "), "{p}");
-        assert!(p.ends_with("]/keys/x/create"), "{p}");
-        let p = loggable_path("/keymanager/v1.0/appkey/SECRETappkey123");
-        assert!(!p.contains("SECRETappkey123"), "{p}");
-        assert_eq!(loggable_path("/kms/v1/keys"), "/kms/v1/keys");
-    }
-}
-
 /// A JSON body whose rejections answer in the NHN envelope.
 pub struct NhnJson<T>(pub T);
 
@@ -286,5 +270,21 @@ impl<T: DeserializeOwned> FromRequest<AppState> for NhnJson<T> {
             .await
             .map(NhnJson)
             .map_err(NhnError::bad_request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_appkey_is_not_in_the_logged_path() {
+        let p = loggable_path("/keymanager/v1.2/appkey/SECRETappkey123/keys/x/create");
+        assert!(!p.contains("SECRETappkey123"), "{p}");
+        assert!(p.starts_with("/keymanager/v1.2/appkey/[appkey "), "{p}");
+        assert!(p.ends_with("]/keys/x/create"), "{p}");
+        let p = loggable_path("/keymanager/v1.0/appkey/SECRETappkey123");
+        assert!(!p.contains("SECRETappkey123"), "{p}");
+        assert_eq!(loggable_path("/kms/v1/keys"), "/kms/v1/keys");
     }
 }
