@@ -467,7 +467,11 @@ impl Engine {
             Err(seen) => seen,
         };
         let Some(row) = self.store().nhn_project_by_appkey(appkey).await? else {
-            self.nhn().appkeys.remove(appkey);
+            // Drop a revoked appkey's entry; unknown appkeys (say, guesses)
+            // leave the cache and its generation alone.
+            if self.nhn().appkeys.get_if(appkey, |_| true).is_ok() {
+                self.nhn().appkeys.remove(appkey);
+            }
             return Err(Error::NotFound("appkey"));
         };
         let project = Arc::new(NhnProject::from(row));
