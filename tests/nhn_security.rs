@@ -809,3 +809,66 @@ async fn item8_nhn_credential_cache_keeps_no_deleted_credential() {
         "a credential whose deletion was requested still authorized in rounds {stale:?} of {rounds}"
     );
 }
+
+/// The upgrade: projects of a store made before issue 8 require the User
+/// Access Key on management calls from then on (fail closed), those created
+/// with `--require-user-access-key` keep it on data calls too, appkeys stay
+/// active, and no certificate password survives.
+#[tokio::test]
+async fn item2_migration_turns_the_requirement_on_and_drops_passwords() {
+    let db = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let run = |name: &str| {
+        let sql = std::fs::read_to_string(dir.join(name)).unwrap();
+        let db = db.clone();
+        async move { sqlx::raw_sql(&sql).execute(&db).await.unwrap() }
+    };
+    for m in ["0001_core.sql", "0002_nhn.sql", "0003_naver.sql"] {
+        run(m).await;
+    }
+    sqlx::raw_sql(
+        "INSERT INTO accounts (id, name, created_at) VALUES (1, 'nhn:open', 0), (2, 'nhn:locked', 0);
+         INSERT INTO nhn_projects (id, name, account_id, require_user_access_key, created_at)
+             VALUES (1, 'open', 1, 0, 0), (2, 'locked', 2, 1, 0);
+         INSERT INTO nhn_appkeys (appkey, project_id, created_at) VALUES ('k1', 1, 0), ('k2', 2, 0);
+         INSERT INTO nhn_key_stores (id, project_id, name, ip4_auth_use, mac_auth_use,
+             certificate_auth_use, creation_user, created_at, last_change_user, updated_at)
+             VALUES (1, 1, 's', 0, 0, 1, 'u', 0, 'u', 0);
+         INSERT INTO nhn_credentials (key_store_id, kind, value, status, password_ct, p12_ct,
+             creation_user, created_at, last_change_user, updated_at)
+             VALUES (1, 'certificate', 'c', 'active', x'0102', x'0304', 'u', 0, 'u', 0);",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    run("0005_nhn_security.sql").await;
+    let rows: Vec<(String, bool, bool)> = sqlx::query_as(
+        "SELECT name, require_user_access_key, require_user_access_key_on_data FROM nhn_projects ORDER BY id",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("open".to_string(), true, false),
+            ("locked".to_string(), true, true)
+        ]
+    );
+    let active: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM nhn_appkeys WHERE status = 'active'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(active, 2);
+    let (pw, p12): (Option<Vec<u8>>, Option<Vec<u8>>) =
+        sqlx::query_as("SELECT password_ct, p12_ct FROM nhn_credentials")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!((pw, p12), (None, Some(vec![3, 4])));
+}
