@@ -7,25 +7,57 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use hsm_kms::core::nhn::KeyStoreSettings;
+use hsm_kms::core::nhn::{appkey_fingerprint, KeyStoreSettings};
 use hsm_kms::core::Engine;
+use hsm_kms::store::UserAccessKeyRequirement;
 use zeroize::Zeroizing;
 
 #[derive(Subcommand)]
 pub enum NhnCmd {
-    /// Create a project.
+    /// Create a project. Its management calls need a User Access Key unless
+    /// --require-user-access-key false.
     CreateProject {
         /// Project name.
         name: String,
-        /// Refuse requests without a valid User Access Key.
-        #[arg(long)]
+        /// Management calls (credentials, key creation and deletion, secret
+        /// updates, key-store queries) need a valid User Access Key.
+        #[arg(long, value_name = "true|false", default_value_t = true, num_args = 0..=1,
+              default_missing_value = "true", action = clap::ArgAction::Set)]
         require_user_access_key: bool,
+        /// Data calls (encrypt, decrypt, sign, verify, reads) need one too.
+        #[arg(long, value_name = "true|false", default_value_t = false, num_args = 0..=1,
+              default_missing_value = "true", action = clap::ArgAction::Set)]
+        require_user_access_key_on_data: bool,
+    },
+    /// Change which calls of a project need a User Access Key; a running
+    /// server applies it within a second.
+    UpdateProject {
+        /// Project name.
+        name: String,
+        /// Management calls need a User Access Key.
+        #[arg(long, value_name = "true|false")]
+        require_user_access_key: Option<bool>,
+        /// Data calls need one too.
+        #[arg(long, value_name = "true|false")]
+        require_user_access_key_on_data: Option<bool>,
     },
     /// Create an appkey for a project; prints it.
     CreateAppkey {
         /// Project name.
         #[arg(long)]
         project: String,
+    },
+    /// Revoke an appkey; a running server refuses it within a second.
+    RevokeAppkey {
+        /// The appkey.
+        appkey: String,
+    },
+    /// Replace an appkey by a new one of the same project (printed) and
+    /// revoke the old one. For a switch without downtime: create-appkey,
+    /// move the clients, then revoke-appkey.
+    RotateAppkey {
+        /// The appkey to replace.
+        appkey: String,
     },
     /// Create a User Access Key; prints the Secret Access Key once.
     CreateUserAccessKey {
@@ -149,14 +181,56 @@ pub async fn run(engine: &Engine, cmd: NhnCmd) -> anyhow::Result<()> {
         NhnCmd::CreateProject {
             name,
             require_user_access_key,
+            require_user_access_key_on_data,
         } => {
             let id = engine
-                .nhn_create_project(&name, require_user_access_key)
+                .nhn_create_project_with(
+                    &name,
+                    UserAccessKeyRequirement {
+                        management: require_user_access_key,
+                        data: require_user_access_key_on_data,
+                    },
+                )
                 .await?;
             println!("project={name} id={id}");
+            if !require_user_access_key {
+                eprintln!(
+                    "warning: project {name} takes management calls with the appkey alone; \
+                     anyone holding an appkey can change its key stores and destroy its keys"
+                );
+            }
+        }
+        NhnCmd::UpdateProject {
+            name,
+            require_user_access_key,
+            require_user_access_key_on_data,
+        } => {
+            let p = engine
+                .nhn_update_project(
+                    &name,
+                    require_user_access_key,
+                    require_user_access_key_on_data,
+                )
+                .await?;
+            println!(
+                "project={name} require_user_access_key={} require_user_access_key_on_data={}",
+                p.require.management, p.require.data
+            );
         }
         NhnCmd::CreateAppkey { project } => {
-            println!("appkey={}", engine.nhn_create_appkey(&project).await?);
+            let appkey = engine.nhn_create_appkey(&project).await?;
+            println!("appkey={appkey}");
+            println!("appkey_fingerprint={}", appkey_fingerprint(&appkey));
+        }
+        NhnCmd::RevokeAppkey { appkey } => {
+            engine.nhn_revoke_appkey(&appkey).await?;
+            println!("revoked appkey_fingerprint={}", appkey_fingerprint(&appkey));
+        }
+        NhnCmd::RotateAppkey { appkey } => {
+            let new = engine.nhn_rotate_appkey(&appkey).await?;
+            println!("appkey={new}");
+            println!("appkey_fingerprint={}", appkey_fingerprint(&new));
+            println!("revoked appkey_fingerprint={}", appkey_fingerprint(&appkey));
         }
         NhnCmd::CreateUserAccessKey { project } => {
             let k = engine.nhn_create_user_access_key(&project).await?;

@@ -118,6 +118,7 @@ pub async fn start(
         },
     )
     .await?;
+    engine.nhn_warn_optional_user_access_keys().await?;
     let rate_limit = cfg
         .rate_limit
         .quota()?

@@ -722,10 +722,12 @@ fn admin_field(out: &str, key: &str) -> String {
         .to_string()
 }
 
-/// An NHN Secure Key Manager v1.2 call under `appkey`; returns status and body.
+/// An NHN Secure Key Manager v1.2 call under `appkey`, with the User
+/// Access Key headers when `uak` is given; returns status and body.
 async fn nhn_call(
     node: &Node,
     appkey: &str,
+    uak: Option<&(String, String)>,
     method: &str,
     suffix: &str,
     body: Option<Value>,
@@ -734,6 +736,11 @@ async fn nhn_call(
         method.parse().unwrap(),
         format!("{}/keymanager/v1.2/appkey/{appkey}{suffix}", node.url),
     );
+    if let Some((id, secret)) = uak {
+        rb = rb
+            .header("X-TC-AUTHENTICATION-ID", id)
+            .header("X-TC-AUTHENTICATION-SECRET", secret);
+    }
     if let Some(b) = body {
         rb = rb.json(&b);
     }
@@ -766,6 +773,12 @@ async fn nhn_dialect_through_admin_made_appkey() {
         "appkey",
     );
     assert!(appkey.len() >= 16, "{appkey}");
+    // Management calls need the project's User Access Key (issue 8).
+    let out = nhn_admin(&node, &["create-user-access-key", "--project", "ct-shop"]);
+    let uak = (
+        admin_field(&out, "user_access_key"),
+        admin_field(&out, "secret_access_key"),
+    );
     let out = nhn_admin(
         &node,
         &[
@@ -779,13 +792,14 @@ async fn nhn_dialect_through_admin_made_appkey() {
     assert_eq!(admin_field(&out, "key_store"), "ct-store", "{out}");
     let ks: i64 = admin_field(&out, "keyStoreId").parse().expect("keyStoreId");
 
-    let (status, body) = nhn_call(&node, &appkey, "GET", "/confirm", None).await;
+    let (status, body) = nhn_call(&node, &appkey, Some(&uak), "GET", "/confirm", None).await;
     let confirm = nhn_ok((status, body));
     assert_eq!(confirm["clientSentCertificate"], false, "{confirm}");
 
     let create = |kind: &'static str, extra: Value| {
         let node = &node;
         let appkey = appkey.clone();
+        let uak = uak.clone();
         async move {
             let mut body = json!({"keyStoreName": "ct-store", "name": format!("ct {kind}"),
                 "description": "container test"});
@@ -796,6 +810,7 @@ async fn nhn_dialect_through_admin_made_appkey() {
                 nhn_call(
                     node,
                     &appkey,
+                    Some(&uak),
                     "POST",
                     &format!("/keys/{kind}/create"),
                     Some(body),
@@ -815,6 +830,7 @@ async fn nhn_dialect_through_admin_made_appkey() {
         nhn_call(
             &node,
             &appkey,
+            Some(&uak),
             "POST",
             &format!("/symmetric-keys/{sym}/encrypt"),
             Some(json!({"plaintext": "hello from the container"})),
@@ -828,6 +844,7 @@ async fn nhn_dialect_through_admin_made_appkey() {
         nhn_call(
             &node,
             &appkey,
+            Some(&uak),
             "POST",
             &format!("/symmetric-keys/{sym}/decrypt"),
             Some(json!({"ciphertext": ct})),
@@ -842,6 +859,7 @@ async fn nhn_dialect_through_admin_made_appkey() {
         nhn_call(
             &node,
             &appkey,
+            Some(&uak),
             "POST",
             &format!("/asymmetric-keys/{asym}/sign"),
             Some(json!({"plaintext": "container message"})),
@@ -854,6 +872,7 @@ async fn nhn_dialect_through_admin_made_appkey() {
             nhn_call(
                 &node,
                 &appkey,
+                Some(&uak),
                 "POST",
                 &format!("/asymmetric-keys/{asym}/verify"),
                 Some(json!({"plaintext": msg, "signature": sig})),
@@ -865,12 +884,23 @@ async fn nhn_dialect_through_admin_made_appkey() {
 
     // Secret: create and read back; the key store lists it.
     let sec = create("secrets", json!({"secretValue": "db-password-42"})).await;
-    let b = nhn_ok(nhn_call(&node, &appkey, "GET", &format!("/secrets/{sec}"), None).await);
+    let b = nhn_ok(
+        nhn_call(
+            &node,
+            &appkey,
+            Some(&uak),
+            "GET",
+            &format!("/secrets/{sec}"),
+            None,
+        )
+        .await,
+    );
     assert_eq!(b["secret"], "db-password-42", "{b}");
     let b = nhn_ok(
         nhn_call(
             &node,
             &appkey,
+            Some(&uak),
             "GET",
             &format!("/keystores/{ks}/keys/{sec}"),
             None,
@@ -890,7 +920,7 @@ async fn nhn_dialect_through_admin_made_appkey() {
             -1300,
         ),
     ] {
-        let (s, body) = nhn_call(&node, key, "GET", &suffix, None).await;
+        let (s, body) = nhn_call(&node, key, Some(&uak), "GET", &suffix, None).await;
         assert_eq!(s, status, "{suffix}: {body}");
         assert_eq!(body["header"]["isSuccessful"], false, "{body}");
         assert_eq!(body["header"]["resultCode"], code, "{body}");

@@ -7,7 +7,10 @@ mod nhn;
 
 use aes_gcm::aead::{Aead, KeyInit};
 use common::{b64, unb64};
-use nhn::{call, call_h, create_key, err, key_store, ok, project};
+use hsm_kms::store::UserAccessKeyRequirement;
+use nhn::{
+    call, call_appkey_only, call_appkey_only_h, call_h, create_key, err, key_store, ok, project,
+};
 use serde_json::json;
 
 fn hex_list_bytes(s: &str) -> Vec<u8> {
@@ -50,15 +53,47 @@ async fn confirm_and_appkey_and_user_access_key() {
         .await;
     err(&r, 401, -1100);
 
-    // A project that requires User Access Keys.
-    let q = project(&kms, "locked", true).await;
+    // A project that took management calls with the appkey alone keeps
+    // working that way (and the server warns at start: tests/nhn_security.rs).
+    key_store(&kms, &p, "open store", false, false, false, false).await;
+    let r = call_appkey_only(
+        &kms,
+        &p,
+        "POST",
+        "/keys/secrets/create",
+        Some(json!({"keyStoreName": "open store", "name": "n", "secretValue": "v"})),
+    )
+    .await;
+    ok(&r);
+
+    // A project that requires User Access Keys on every call.
+    kms.engine
+        .nhn_create_project_with(
+            "locked",
+            UserAccessKeyRequirement {
+                management: true,
+                data: true,
+            },
+        )
+        .await
+        .unwrap();
+    let q = nhn::Project {
+        name: "locked".into(),
+        appkey: kms.engine.nhn_create_appkey("locked").await.unwrap(),
+        project: kms.engine.nhn_project("locked").await.unwrap(),
+        uak: (String::new(), String::new()),
+    };
     let uak = kms
         .engine
         .nhn_create_user_access_key("locked")
         .await
         .unwrap();
     let other = kms.engine.nhn_create_user_access_key("open").await.unwrap();
-    err(&call(&kms, &q, "GET", "/confirm", None).await, 401, -1101);
+    err(
+        &call_appkey_only(&kms, &q, "GET", "/confirm", None).await,
+        401,
+        -1102,
+    );
     let ak = uak.access_key.clone();
     let sk = uak.secret.to_string();
     let r = call_h(
@@ -138,8 +173,8 @@ async fn confirm_and_appkey_and_user_access_key() {
 #[tokio::test]
 async fn secrets_create_query_update_delete() {
     let kms = nhn::start().await;
-    let p = project(&kms, "p1", false).await;
-    let other = project(&kms, "p2", false).await;
+    let p = project(&kms, "p1", true).await;
+    let other = project(&kms, "p2", true).await;
     key_store(&kms, &p, "Store #1", false, false, false, false).await;
     key_store(&kms, &other, "Store #1", false, false, false, false).await;
 
@@ -273,11 +308,27 @@ async fn secrets_create_query_update_delete() {
     )
     .await;
     err(&r, 400, -1000);
+    // Without a User Access Key the body is not even read.
+    let r = call_appkey_only_h(
+        &kms,
+        &p,
+        "POST",
+        "/keys/secrets/create",
+        None,
+        &[("content-type", "application/json")],
+    )
+    .await;
+    err(&r, 401, -1102);
+    let uak: Vec<(String, String)> = p
+        .uak_headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let r = kms
         .raw(
             "POST",
             &p.path("/keys/secrets/create"),
-            &[],
+            &uak,
             Some(b"{not json".to_vec()),
         )
         .await;
@@ -338,8 +389,8 @@ async fn secrets_create_query_update_delete() {
 #[tokio::test]
 async fn symmetric_encrypt_decrypt_local_key_and_rotation() {
     let kms = nhn::start().await;
-    let p = project(&kms, "p1", false).await;
-    let other = project(&kms, "p2", false).await;
+    let p = project(&kms, "p1", true).await;
+    let other = project(&kms, "p2", true).await;
     key_store(&kms, &p, "S", false, false, false, false).await;
     let id = create_key(
         &kms,
@@ -579,7 +630,7 @@ async fn symmetric_encrypt_decrypt_local_key_and_rotation() {
 #[tokio::test]
 async fn export_policy_allows_reading_keys_back() {
     let kms = nhn::start().await;
-    let p = project(&kms, "p1", false).await;
+    let p = project(&kms, "p1", true).await;
     key_store(&kms, &p, "Exportable", false, false, false, true).await;
     let id = create_key(&kms, &p, "symmetric-keys", "Exportable", json!({})).await;
     let r = call(
@@ -699,8 +750,8 @@ async fn export_policy_allows_reading_keys_back() {
 #[tokio::test]
 async fn asymmetric_sign_verify_public_key() {
     let kms = nhn::start().await;
-    let p = project(&kms, "p1", false).await;
-    let other = project(&kms, "p2", false).await;
+    let p = project(&kms, "p1", true).await;
+    let other = project(&kms, "p2", true).await;
     key_store(&kms, &p, "S", false, false, false, false).await;
     let id = create_key(
         &kms,
@@ -914,7 +965,7 @@ async fn asymmetric_sign_verify_public_key() {
 #[tokio::test]
 async fn ipv4_authentication() {
     let kms = nhn::start().await;
-    let p = project(&kms, "p1", false).await;
+    let p = project(&kms, "p1", true).await;
     let ks = key_store(&kms, &p, "S", true, false, false, false).await;
     let id = create_key(&kms, &p, "secrets", "S", json!({"secretValue": "v"})).await;
     let get = format!("/secrets/{id}");
@@ -1063,7 +1114,7 @@ async fn ipv4_authentication() {
     assert_eq!(d["value"], "127.0.0.1");
     assert_eq!(d["description"], "local");
     assert!(d["deletionDatetime"].is_null());
-    assert_eq!(d["creationUser"], "SECURE_KEY_MANAGER");
+    assert_eq!(d["creationUser"], p.uak.0.as_str());
     assert!(d["creationDatetime"].is_string() && d["lastChangeDatetime"].is_string());
     assert!(d["lastAccessDatetime"].is_string(), "used above: {d}");
 
@@ -1112,7 +1163,7 @@ async fn ipv4_authentication() {
 #[tokio::test]
 async fn mac_authentication() {
     let kms = nhn::start().await;
-    let p = project(&kms, "p1", false).await;
+    let p = project(&kms, "p1", true).await;
     let ks = key_store(&kms, &p, "S", false, true, false, false).await;
     let id = create_key(&kms, &p, "symmetric-keys", "S", json!({})).await;
     let enc = format!("/symmetric-keys/{id}/encrypt");
@@ -1178,7 +1229,7 @@ async fn mac_authentication() {
 #[tokio::test]
 async fn certificate_switch_refuses_plain_http_and_lists_certificates() {
     let kms = nhn::start().await;
-    let p = project(&kms, "p1", false).await;
+    let p = project(&kms, "p1", true).await;
     let ks = key_store(&kms, &p, "S", false, false, true, false).await;
     let id = create_key(&kms, &p, "secrets", "S", json!({"secretValue": "v"})).await;
     // No certificate (plain HTTP): refused.
@@ -1236,7 +1287,8 @@ async fn certificate_switch_refuses_plain_http_and_lists_certificates() {
     .await;
     let d = &ok(&r)["certificateList"][0];
     assert_eq!(d["name"], "Certificate Name #1");
-    assert_eq!(d["password"], "pw-1");
+    // Shown once, at issuance; never listed (issue 8).
+    assert!(d["password"].is_null(), "{d}");
     assert!(d["expirationDate"].is_string());
 
     // The PKCS#12 is kept under the KEK, and opens with the password.
@@ -1294,8 +1346,8 @@ async fn certificate_switch_refuses_plain_http_and_lists_certificates() {
 #[tokio::test]
 async fn key_store_and_key_queries() {
     let kms = nhn::start().await;
-    let p = project(&kms, "p1", false).await;
-    let other = project(&kms, "p2", false).await;
+    let p = project(&kms, "p1", true).await;
+    let other = project(&kms, "p2", true).await;
     let s1 = key_store(&kms, &p, "One", true, false, true, false).await;
     let s2 = key_store(&kms, &p, "Two", false, false, false, false).await;
     let o1 = key_store(&kms, &other, "One", false, false, false, false).await;
@@ -1306,7 +1358,7 @@ async fn key_store_and_key_queries() {
         .raw(
             "GET",
             &format!("/keymanager/v1.0/appkey/{}/keystores?detail=true", p.appkey),
-            &[],
+            &p.uak_headers().map(|(k, v)| (k.to_string(), v.to_string())),
             None,
         )
         .await;
@@ -1497,7 +1549,7 @@ async fn key_store_and_key_queries() {
 #[tokio::test]
 async fn scheduled_deletions_and_reconciler_keep_live_objects() {
     let kms = nhn::start().await;
-    let p = project(&kms, "p1", false).await;
+    let p = project(&kms, "p1", true).await;
     let ks = key_store(&kms, &p, "S", true, false, false, false).await;
     let keep = create_key(&kms, &p, "secrets", "S", json!({"secretValue": "keep"})).await;
     let gone = create_key(&kms, &p, "secrets", "S", json!({"secretValue": "gone"})).await;

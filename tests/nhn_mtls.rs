@@ -2,13 +2,13 @@
 //! certificate issued through the API by the project CA (whose key is in the
 //! token), delivered as a PKCS#12 file by `hsm-kms admin nhn`, opens the key
 //! store; no certificate, another key store's, an expired, a foreign and a
-//! deleted certificate do not.
+//! deleted certificate do not. A refused handshake is told apart from any
+//! other I/O failure by the TLS alert the server sent.
 mod common;
 #[path = "common/nhn.rs"]
 mod nhn;
 
 use std::net::SocketAddr;
-use std::path::Path;
 
 use base64::Engine as _;
 use hsm_kms::core::nhn::KeyStoreSettings;
@@ -129,19 +129,52 @@ fn assert_refused(r: Result<(u16, Value), reqwest::Error>, what: &str) {
     assert_eq!(body["header"]["resultCode"], -1202, "{what}: {body}");
 }
 
-/// The TLS handshake itself refuses the certificate.
-fn assert_handshake_refused(r: Result<(u16, Value), reqwest::Error>, what: &str) {
-    if let Ok((status, body)) = r {
-        panic!("{what}: expected a handshake failure, got {status} {body}");
+/// The TLS alert the server sent, found in the client's error chain (the
+/// rustls error sits inside an `io::Error`, whose `source` skips it).
+fn alert_received(e: &reqwest::Error) -> Option<rustls::AlertDescription> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls::Error::AlertReceived(a)) = tls {
+            return Some(*a);
+        }
+        next = err.source();
+    }
+    None
+}
+
+/// The TLS handshake itself refuses the certificate, with this alert from
+/// the server (not a refused connection, a timeout or any other I/O error).
+fn assert_handshake_refused(
+    r: Result<(u16, Value), reqwest::Error>,
+    alert: rustls::AlertDescription,
+    what: &str,
+) {
+    match r {
+        Ok((status, body)) => {
+            panic!("{what}: expected a handshake failure, got {status} {body}")
+        }
+        Err(e) => assert_eq!(
+            alert_received(&e),
+            Some(alert),
+            "{what}: the server should refuse the certificate with {alert:?}: {e:?}"
+        ),
     }
 }
 
 #[tokio::test]
-async fn mutual_tls_with_issued_pkcs12() {
+async fn item8_mutual_tls_with_issued_pkcs12_and_refusal_reasons() {
     let t = start().await;
     let e = &t.engine;
-    e.nhn_create_project("p", false).await.unwrap();
+    // Management calls (issuance, deletion) with the project's User Access Key.
+    e.nhn_create_project("p", true).await.unwrap();
     let appkey = e.nhn_create_appkey("p").await.unwrap();
+    let uak = e.nhn_create_user_access_key("p").await.unwrap();
+    let (uak_id, uak_secret) = (uak.access_key.clone(), uak.secret.to_string());
     for name in ["TLS", "Other"] {
         e.nhn_create_key_store(
             "p",
@@ -159,8 +192,16 @@ async fn mutual_tls_with_issued_pkcs12() {
     let post = |path: String, body: Value| {
         let http = http.clone();
         let url = format!("{}{}{}", t.plain, base, path);
+        let (id, secret) = (uak_id.clone(), uak_secret.clone());
         async move {
-            let r = http.post(url).json(&body).send().await.unwrap();
+            let r = http
+                .post(url)
+                .header("X-TC-AUTHENTICATION-ID", id)
+                .header("X-TC-AUTHENTICATION-SECRET", secret)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
             let status = r.status().as_u16();
             let v: Value = r.json().await.unwrap();
             assert_eq!(status, 200, "{v}");
@@ -170,8 +211,16 @@ async fn mutual_tls_with_issued_pkcs12() {
     let put = |path: String, body: Value| {
         let http = http.clone();
         let url = format!("{}{}{}", t.plain, base, path);
+        let (id, secret) = (uak_id.clone(), uak_secret.clone());
         async move {
-            let r = http.put(url).json(&body).send().await.unwrap();
+            let r = http
+                .put(url)
+                .header("X-TC-AUTHENTICATION-ID", id)
+                .header("X-TC-AUTHENTICATION-SECRET", secret)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status().as_u16(), 200);
         }
     };
@@ -295,7 +344,11 @@ async fn mutual_tls_with_issued_pkcs12() {
             .unwrap(),
         "pw-x",
     );
-    assert_handshake_refused(t.get(Some(&old), &get_secret).await, "expired certificate");
+    assert_handshake_refused(
+        t.get(Some(&old), &get_secret).await,
+        rustls::AlertDescription::CertificateExpired,
+        "expired certificate",
+    );
 
     // A certificate from a CA the service does not know.
     let foreign = rcgen::generate_simple_self_signed(vec!["client".into()]).unwrap();
@@ -303,6 +356,7 @@ async fn mutual_tls_with_issued_pkcs12() {
     fpem.push_str(&foreign.cert.pem());
     assert_handshake_refused(
         t.get(Some(fpem.as_bytes()), &get_secret).await,
+        rustls::AlertDescription::UnknownCA,
         "foreign certificate",
     );
 
@@ -313,5 +367,4 @@ async fn mutual_tls_with_issued_pkcs12() {
     )
     .await;
     assert_refused(t.get(Some(&c1), &get_secret).await, "deleted certificate");
-    assert!(Path::new(&p12_path).exists());
 }

@@ -338,6 +338,16 @@ fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|n| n.to_string()).collect()
 }
 
+/// NHN management calls (`docs/nhn-error-codes.md`): credentials, key
+/// creation and deletion, key-store and key queries, and the secret update.
+fn nhn_management(method: &str, path: &str) -> bool {
+    let rest = path.split_once("/appkey/{appkey}").map_or("", |(_, r)| r);
+    ["/keys/", "/auths/", "/keystores"]
+        .iter()
+        .any(|p| rest.starts_with(p))
+        || (method == "put" && rest.starts_with("/secrets/"))
+}
+
 /// NHN data calls: checked against the key store's IPv4 / MAC / certificate
 /// switches (`publicKey` is not, as NHN documents).
 fn nhn_key_store_checked(path: &str) -> bool {
@@ -436,8 +446,23 @@ fn document_is_openapi_3_1_with_resolvable_refs_and_each_dialects_auth() {
                         && p["required"] == true),
                     "{at}: appkey path parameter"
                 );
-                assert!(reqs.contains(&BTreeSet::new()), "{at}: UAK is optional");
-                assert!(reqs.contains(&uak), "{at}: UAK pair");
+                if nhn_management(method, path) {
+                    // Issue 8: the appkey alone is not enough.
+                    assert!(
+                        reqs.iter().all(|r| uak.is_subset(r)),
+                        "{at}: management needs the UAK"
+                    );
+                    assert!(reqs.contains(&uak), "{at}: UAK pair");
+                    assert!(
+                        op["description"]
+                            .as_str()
+                            .is_some_and(|d| d.contains("-1102")),
+                        "{at}: documents -1102"
+                    );
+                } else {
+                    assert!(reqs.contains(&BTreeSet::new()), "{at}: UAK is optional");
+                    assert!(reqs.contains(&uak), "{at}: UAK pair");
+                }
                 let store_checked = nhn_key_store_checked(path);
                 for factor in ["NhnClientMac", "NhnClientCertificate"] {
                     assert_eq!(

@@ -105,10 +105,14 @@ pub fn router(state: AppState) -> Router {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("-");
                 // Only the path: query strings and headers are not logged.
-                tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path())
+                // NHN appkeys (bearer credentials in the path) as fingerprints.
+                let path = nhn::loggable_path(req.uri().path());
+                tracing::info_span!("request", id = %id, method = %req.method(), path = %path)
             }),
         )
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }

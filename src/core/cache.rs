@@ -33,6 +33,18 @@ impl<K: Eq + Hash, V: Clone> Cache<K, V> {
         g.1.get(k).cloned().ok_or(g.0)
     }
 
+    /// The cached value if `fresh` accepts it; otherwise (missing, or too
+    /// old to trust without asking the store again) the generation to pass
+    /// to [`Cache::fill`].
+    pub fn get_if<Q>(&self, k: &Q, fresh: impl FnOnce(&V) -> bool) -> Result<V, u64>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        g.1.get(k).filter(|v| fresh(v)).cloned().ok_or(g.0)
+    }
+
     /// Keeps `v` unless the cache was invalidated since generation `seen`.
     pub fn fill(&self, k: K, v: V, seen: u64) {
         let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());

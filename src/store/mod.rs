@@ -12,7 +12,7 @@ pub use naver::{
 };
 pub use nhn::{
     NewCredential, NewKeyStore, NhnCredentialRow, NhnKeyFilter, NhnKeyRow, NhnKeyStoreRow,
-    NhnProjectRow, NhnUserAccessKeyRow,
+    NhnProjectRow, NhnUserAccessKeyRow, UserAccessKeyRequirement,
 };
 
 use std::path::Path;

@@ -12,14 +12,35 @@ pub struct NhnProjectRow {
     pub name: String,
     /// Engine account that owns the project's keys.
     pub account_id: i64,
-    /// Requests must carry a valid User Access Key.
+    /// Management calls must carry a valid User Access Key.
     pub require_user_access_key: bool,
+    /// Data calls must carry one too.
+    pub require_user_access_key_on_data: bool,
     /// `CKA_ID` of the client-certificate CA key, once made.
     pub ca_cka_id: Option<Vec<u8>>,
     /// The CA certificate (DER), once made.
     pub ca_cert: Option<Vec<u8>>,
     /// Creation time, ms.
     pub created_at: i64,
+}
+
+/// Which calls of a project need a User Access Key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserAccessKeyRequirement {
+    /// Management calls (credentials, key creation and deletion, secret
+    /// updates, key-store queries). On by default.
+    pub management: bool,
+    /// Data calls (encrypt, decrypt, sign, verify, secret and key reads).
+    pub data: bool,
+}
+
+impl Default for UserAccessKeyRequirement {
+    fn default() -> Self {
+        UserAccessKeyRequirement {
+            management: true,
+            data: false,
+        }
+    }
 }
 
 /// A User Access Key row (the secret only as a SHA-256).
@@ -138,9 +159,7 @@ pub struct NhnCredentialRow {
     pub cert_der: Option<Vec<u8>>,
     /// Certificate expiry, ms.
     pub expires_at: Option<i64>,
-    /// Certificate password under the KEK.
-    pub password_ct: Option<Vec<u8>>,
-    /// PKCS#12 file under the KEK.
+    /// PKCS#12 file under the KEK (its password is not kept).
     pub p12_ct: Option<Vec<u8>>,
     /// Creator.
     pub creation_user: String,
@@ -169,8 +188,6 @@ pub struct NewCredential {
     pub cert_der: Option<Vec<u8>>,
     /// Expiry, ms.
     pub expires_at: Option<i64>,
-    /// Password under the KEK.
-    pub password_ct: Option<Vec<u8>>,
     /// PKCS#12 under the KEK.
     pub p12_ct: Option<Vec<u8>>,
     /// Creator.
@@ -192,11 +209,10 @@ pub struct NhnKeyFilter {
     pub limit: i64,
 }
 
-const PROJECT_COLS: &str =
-    "id, name, account_id, require_user_access_key, ca_cka_id, ca_cert, created_at";
+const PROJECT_COLS: &str = "id, name, account_id, require_user_access_key, require_user_access_key_on_data, ca_cka_id, ca_cert, created_at";
 const STORE_COLS: &str = "id, project_id, name, description, ip4_auth_use, mac_auth_use, certificate_auth_use, allow_export, creation_user, created_at, last_change_user, updated_at";
 const NHN_KEY_COLS: &str = "key_id, key_store_id, name, description, nhn_type, extractable, auto_rotation_period, next_rotation_at, last_access_at, creation_user, last_change_user";
-const CRED_COLS: &str = "id, key_store_id, kind, value, description, status, deletion_at, last_access_at, cert_sha256, cert_der, expires_at, password_ct, p12_ct, creation_user, created_at, last_change_user, updated_at";
+const CRED_COLS: &str = "id, key_store_id, kind, value, description, status, deletion_at, last_access_at, cert_sha256, cert_der, expires_at, p12_ct, creation_user, created_at, last_change_user, updated_at";
 
 impl Store {
     /// Creates a project with its engine account, in one transaction.
@@ -205,7 +221,7 @@ impl Store {
         &self,
         name: &str,
         account_name: &str,
-        require_user_access_key: bool,
+        require: UserAccessKeyRequirement,
     ) -> Result<i64> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
@@ -217,11 +233,12 @@ impl Store {
             .map_err(map_unique)?
             .last_insert_rowid();
         let id = sqlx::query(
-            "INSERT INTO nhn_projects (name, account_id, require_user_access_key, created_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO nhn_projects (name, account_id, require_user_access_key, require_user_access_key_on_data, created_at) VALUES (?, ?, ?, ?, ?)",
         )
         .bind(name)
         .bind(acct)
-        .bind(require_user_access_key)
+        .bind(require.management)
+        .bind(require.data)
         .bind(now)
         .execute(&mut *tx)
         .await
@@ -297,11 +314,85 @@ impl Store {
     /// The project of an appkey.
     pub async fn nhn_project_by_appkey(&self, appkey: &str) -> Result<Option<NhnProjectRow>> {
         Ok(sqlx::query_as(
-            "SELECT p.id, p.name, p.account_id, p.require_user_access_key, p.ca_cka_id, p.ca_cert, p.created_at
-             FROM nhn_appkeys a JOIN nhn_projects p ON p.id = a.project_id WHERE a.appkey = ?",
+            "SELECT p.id, p.name, p.account_id, p.require_user_access_key, p.require_user_access_key_on_data, p.ca_cka_id, p.ca_cert, p.created_at
+             FROM nhn_appkeys a JOIN nhn_projects p ON p.id = a.project_id WHERE a.appkey = ? AND a.status = 'active'",
         )
         .bind(appkey)
         .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Revokes an active appkey; `false` when no active appkey has this value.
+    pub async fn nhn_revoke_appkey(&self, appkey: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE nhn_appkeys SET status = 'revoked', revoked_at = ? WHERE appkey = ? AND status = 'active'",
+        )
+        .bind(now_ms())
+        .bind(appkey)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Replaces an active appkey by `new` for the same project, in one
+    /// transaction: the old one is revoked. `false` when `old` is not an
+    /// active appkey.
+    pub async fn nhn_rotate_appkey(&self, old: &str, new: &str) -> Result<bool> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        let project: Option<i64> = sqlx::query_scalar(
+            "SELECT project_id FROM nhn_appkeys WHERE appkey = ? AND status = 'active'",
+        )
+        .bind(old)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(project) = project else {
+            return Ok(false);
+        };
+        sqlx::query("UPDATE nhn_appkeys SET status = 'revoked', revoked_at = ? WHERE appkey = ?")
+            .bind(now)
+            .bind(old)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO nhn_appkeys (appkey, project_id, status, created_at) VALUES (?, ?, 'active', ?)",
+        )
+        .bind(new)
+        .bind(project)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_unique)?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Changes a project's User Access Key requirements; `None` leaves one
+    /// as is. `false` when no project has this name.
+    pub async fn nhn_update_project(
+        &self,
+        name: &str,
+        management: Option<bool>,
+        data: Option<bool>,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE nhn_projects SET require_user_access_key = COALESCE(?, require_user_access_key),
+             require_user_access_key_on_data = COALESCE(?, require_user_access_key_on_data) WHERE name = ?",
+        )
+        .bind(management)
+        .bind(data)
+        .bind(name)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Every project, by id.
+    pub async fn nhn_projects(&self) -> Result<Vec<NhnProjectRow>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {PROJECT_COLS} FROM nhn_projects ORDER BY id"
+        ))
+        .fetch_all(self.pool())
         .await?)
     }
 
@@ -560,8 +651,8 @@ impl Store {
     pub async fn nhn_insert_credential(&self, c: &NewCredential) -> Result<i64> {
         let now = now_ms();
         let r = sqlx::query(
-            "INSERT INTO nhn_credentials (key_store_id, kind, value, description, status, cert_sha256, cert_der, expires_at, password_ct, p12_ct, creation_user, created_at, last_change_user, updated_at)
-             VALUES (?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO nhn_credentials (key_store_id, kind, value, description, status, cert_sha256, cert_der, expires_at, p12_ct, creation_user, created_at, last_change_user, updated_at)
+             VALUES (?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(c.key_store_id)
         .bind(&c.kind)
@@ -570,7 +661,6 @@ impl Store {
         .bind(&c.cert_sha256)
         .bind(&c.cert_der)
         .bind(c.expires_at)
-        .bind(&c.password_ct)
         .bind(&c.p12_ct)
         .bind(&c.creation_user)
         .bind(now)

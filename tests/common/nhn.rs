@@ -1,6 +1,8 @@
-//! NHN helpers on top of the shared harness: a project with an appkey and
-//! key stores made through the engine (as `hsm-kms admin nhn` does), calls
-//! under `/keymanager/v1.2/appkey/{appkey}`, and envelope assertions.
+//! NHN helpers on top of the shared harness: a project with an appkey, a
+//! User Access Key and key stores made through the engine (as `hsm-kms
+//! admin nhn` does), calls under `/keymanager/v1.2/appkey/{appkey}` (with
+//! the User Access Key, as the owner sends them, or with the appkey alone,
+//! as an application's data calls), and envelope assertions.
 #![allow(dead_code)]
 
 use hsm_kms::core::nhn::{KeyStoreSettings, NhnProject};
@@ -16,6 +18,8 @@ pub struct Project {
     pub appkey: String,
     /// Engine view.
     pub project: NhnProject,
+    /// A User Access Key of the project: (id, Secret Access Key).
+    pub uak: (String, String),
 }
 
 /// Starts a service that trusts `X-Forwarded-For` from 127.0.0.1, so tests
@@ -24,7 +28,9 @@ pub async fn start() -> Kms {
     Kms::start_with(|c| c.server.trusted_proxies = vec!["127.0.0.1/32".into()]).await
 }
 
-/// Makes a project and an appkey.
+/// Makes a project (management calls need a User Access Key when
+/// `require_uak`, the default of `admin nhn create-project`), an appkey and
+/// a User Access Key.
 pub async fn project(kms: &Kms, name: &str, require_uak: bool) -> Project {
     kms.engine
         .nhn_create_project(name, require_uak)
@@ -32,10 +38,16 @@ pub async fn project(kms: &Kms, name: &str, require_uak: bool) -> Project {
         .expect("project");
     let appkey = kms.engine.nhn_create_appkey(name).await.expect("appkey");
     let project = kms.engine.nhn_project(name).await.expect("project view");
+    let k = kms
+        .engine
+        .nhn_create_user_access_key(name)
+        .await
+        .expect("user access key");
     Project {
         name: name.into(),
         appkey,
         project,
+        uak: (k.access_key.clone(), k.secret.to_string()),
     }
 }
 
@@ -70,10 +82,52 @@ impl Project {
     pub fn path(&self, suffix: &str) -> String {
         format!("/keymanager/v1.2/appkey/{}{}", self.appkey, suffix)
     }
+
+    /// The User Access Key headers of the project's owner.
+    pub fn uak_headers(&self) -> [(&str, &str); 2] {
+        [
+            ("X-TC-AUTHENTICATION-ID", self.uak.0.as_str()),
+            ("X-TC-AUTHENTICATION-SECRET", self.uak.1.as_str()),
+        ]
+    }
 }
 
-/// A call with extra headers.
+/// A call by the owner with extra headers: the User Access Key headers are
+/// added unless `headers` sets them.
 pub async fn call_h(
+    kms: &Kms,
+    p: &Project,
+    method: &str,
+    suffix: &str,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let sets_uak = headers
+        .iter()
+        .any(|(k, _)| k.to_ascii_lowercase().starts_with("x-tc-authentication"));
+    let uak = if sets_uak {
+        vec![]
+    } else {
+        p.uak_headers().to_vec()
+    };
+    let h: Vec<(&str, &str)> = headers.iter().copied().chain(uak).collect();
+    call_appkey_only_h(kms, p, method, suffix, body, &h).await
+}
+
+/// A call by the owner (with the User Access Key).
+pub async fn call(
+    kms: &Kms,
+    p: &Project,
+    method: &str,
+    suffix: &str,
+    body: Option<Value>,
+) -> Reply {
+    call_h(kms, p, method, suffix, body, &[]).await
+}
+
+/// A call with the appkey and exactly these headers (no User Access Key
+/// unless given).
+pub async fn call_appkey_only_h(
     kms: &Kms,
     p: &Project,
     method: &str,
@@ -94,15 +148,15 @@ pub async fn call_h(
     .await
 }
 
-/// A call with no extra headers.
-pub async fn call(
+/// A call with the appkey alone, as an application's data calls are made.
+pub async fn call_appkey_only(
     kms: &Kms,
     p: &Project,
     method: &str,
     suffix: &str,
     body: Option<Value>,
 ) -> Reply {
-    call_h(kms, p, method, suffix, body, &[]).await
+    call_appkey_only_h(kms, p, method, suffix, body, &[]).await
 }
 
 /// Asserts NHN success and returns `body`.

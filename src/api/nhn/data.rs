@@ -1,5 +1,6 @@
 //! NHN data endpoints, each behind its key store's authentication: confirm,
-//! secrets, symmetric keys and asymmetric keys.
+//! secrets, symmetric keys and asymmetric keys. Only the secret update is a
+//! management call (a User Access Key as well).
 
 use std::collections::HashMap;
 
@@ -11,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::format::{b64, hex_list, parse_ciphertext, unb64};
-use super::{success, NhnCtx, NhnError, NhnJson, NhnResult};
+use super::{success, ManageCtx, NhnCtx, NhnError, NhnJson, NhnResult};
 use crate::api::AppState;
 use crate::core::nhn::NhnSealed;
 
@@ -87,9 +88,11 @@ struct SecretBody {
     secret_value: Option<String>,
 }
 
+/// Changing a secret is management (a User Access Key) and passes the key
+/// store's checks too.
 async fn put_secret(
     State(st): State<AppState>,
-    ctx: NhnCtx,
+    ManageCtx(ctx): ManageCtx,
     Path((_, keyid)): KeyPath,
     NhnJson(b): NhnJson<SecretBody>,
 ) -> NhnResult {

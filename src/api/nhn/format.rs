@@ -114,10 +114,9 @@ pub fn credential_record(c: &CredentialView) -> Value {
     if let Some(o) = v.as_object_mut() {
         if r.kind == "certificate" {
             o.insert("name".into(), json!(r.value));
-            o.insert(
-                "password".into(),
-                json!(c.password.as_ref().map(|p| p.as_str().to_string())),
-            );
+            // NHN's record has the password; it is shown only in the
+            // issuance response and never kept, so the field is null.
+            o.insert("password".into(), Value::Null);
             o.insert("expirationDate".into(), opt_datetime(r.expires_at));
         } else {
             o.insert("value".into(), json!(r.value));

@@ -1,7 +1,7 @@
 //! NHN management endpoints: key creation and the two-step deletion,
 //! key-store credentials, and the key-store queries. They need the appkey
-//! (and the User Access Key where the project requires one), not the key
-//! store's IPv4 / MAC / certificate checks.
+//! and a User Access Key of the project ([`ManageCtx`]; a project may turn
+//! that off), not the key store's IPv4 / MAC / certificate checks.
 
 use std::collections::HashMap;
 
@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::format::{credential_record, datetime, key_record, key_store_record};
-use super::{success, NhnCtx, NhnError, NhnJson, NhnResult};
+use super::{success, ManageCtx, NhnCtx, NhnError, NhnJson, NhnResult};
 use crate::api::AppState;
 use crate::core::nhn::{CredentialKind, NhnKeyType};
 use crate::store::NhnKeyFilter;
@@ -65,7 +65,7 @@ fn required(v: Option<String>, field: &str) -> Result<String, NhnError> {
 
 async fn create_key(
     State(st): State<AppState>,
-    ctx: NhnCtx,
+    ManageCtx(ctx): ManageCtx,
     Path((_, kind)): Path<(String, String)>,
     NhnJson(b): NhnJson<CreateKeyBody>,
 ) -> NhnResult {
@@ -101,7 +101,7 @@ async fn create_key(
 
 async fn request_deletion(
     State(st): State<AppState>,
-    ctx: NhnCtx,
+    ManageCtx(ctx): ManageCtx,
     Path((_, keyid)): Path<(String, String)>,
 ) -> NhnResult {
     let at = st
@@ -115,7 +115,7 @@ async fn request_deletion(
 
 async fn delete_now(
     State(st): State<AppState>,
-    ctx: NhnCtx,
+    ManageCtx(ctx): ManageCtx,
     Path((_, keyid)): Path<(String, String)>,
 ) -> NhnResult {
     let at = st.engine.nhn_delete_key_now(&ctx.project, &keyid).await?;
@@ -158,7 +158,7 @@ impl CredentialBody {
 
 async fn add_credential(
     State(st): State<AppState>,
-    ctx: NhnCtx,
+    ManageCtx(ctx): ManageCtx,
     Path((_, kind)): Path<(String, String)>,
     NhnJson(mut b): NhnJson<CredentialBody>,
 ) -> NhnResult {
@@ -184,8 +184,10 @@ async fn add_credential(
                     &ctx.user,
                 )
                 .await?;
+            // The password is shown here, once: it is not kept, and the
+            // certificate queries answer it as null.
             Ok(success(
-                json!({"name": row.value, "description": row.description}),
+                json!({"name": row.value, "description": row.description, "password": password}),
             ))
         }
         _ => {
@@ -218,7 +220,7 @@ fn deletion_body(kind: CredentialKind, subject: String, at: i64) -> Value {
 
 async fn request_credential_deletion(
     State(st): State<AppState>,
-    ctx: NhnCtx,
+    ManageCtx(ctx): ManageCtx,
     Path((_, kind)): Path<(String, String)>,
     NhnJson(mut b): NhnJson<CredentialBody>,
 ) -> NhnResult {
@@ -234,7 +236,7 @@ async fn request_credential_deletion(
 
 async fn delete_credential_now(
     State(st): State<AppState>,
-    ctx: NhnCtx,
+    ManageCtx(ctx): ManageCtx,
     Path((_, kind)): Path<(String, String)>,
     NhnJson(mut b): NhnJson<CredentialBody>,
 ) -> NhnResult {
@@ -261,7 +263,7 @@ fn flag(q: &HashMap<String, String>, name: &str) -> Result<bool, NhnError> {
 
 async fn key_stores(
     State(st): State<AppState>,
-    ctx: NhnCtx,
+    ManageCtx(ctx): ManageCtx,
     Query(q): Query<HashMap<String, String>>,
 ) -> NhnResult {
     let stores = st.engine.nhn_key_stores(&ctx.project).await?;
@@ -281,7 +283,7 @@ fn store_id(s: &str) -> Result<i64, NhnError> {
 
 async fn key_store(
     State(st): State<AppState>,
-    ctx: NhnCtx,
+    ManageCtx(ctx): ManageCtx,
     Path((_, ksid)): Path<(String, String)>,
 ) -> NhnResult {
     let s = st
@@ -342,7 +344,7 @@ fn key_filter(q: &HashMap<String, String>) -> Result<NhnKeyFilter, NhnError> {
 
 async fn keys(
     State(st): State<AppState>,
-    ctx: NhnCtx,
+    ManageCtx(ctx): ManageCtx,
     Path((_, ksid)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> NhnResult {
@@ -363,7 +365,7 @@ async fn keys(
 
 async fn key(
     State(st): State<AppState>,
-    ctx: NhnCtx,
+    ManageCtx(ctx): ManageCtx,
     Path((_, ksid, keyid)): Path<(String, String, String)>,
 ) -> NhnResult {
     let v = st
@@ -396,7 +398,7 @@ async fn list_credentials(
 
 async fn ips(
     State(st): State<AppState>,
-    ctx: NhnCtx,
+    ManageCtx(ctx): ManageCtx,
     Path((_, ksid)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> NhnResult {
@@ -405,7 +407,7 @@ async fn ips(
 
 async fn macs(
     State(st): State<AppState>,
-    ctx: NhnCtx,
+    ManageCtx(ctx): ManageCtx,
     Path((_, ksid)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> NhnResult {
@@ -414,7 +416,7 @@ async fn macs(
 
 async fn certificates(
     State(st): State<AppState>,
-    ctx: NhnCtx,
+    ManageCtx(ctx): ManageCtx,
     Path((_, ksid)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> NhnResult {

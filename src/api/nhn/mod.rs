@@ -7,6 +7,7 @@ mod data;
 mod format;
 mod manage;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::extract::{FromRequest, FromRequestParts, Path};
@@ -20,7 +21,7 @@ use serde_json::json;
 
 use super::AppState;
 use crate::api::auth::nhn::{client_of, user_access_key};
-use crate::core::nhn::{AuthFactor, NhnClient, NhnProject};
+use crate::core::nhn::{appkey_fingerprint, AuthFactor, NhnCall, NhnClient, NhnProject};
 use crate::core::Error;
 
 /// Builds the NHN routes.
@@ -55,6 +56,24 @@ impl NhnError {
             -1000,
             "Invalid Request Parameter",
             detail,
+        )
+    }
+
+    /// -1102, 401: a call that needs a User Access Key came without the
+    /// `X-TC-AUTHENTICATION-ID` / `X-TC-AUTHENTICATION-SECRET` headers.
+    pub fn user_access_key_required(call: NhnCall) -> Self {
+        let what = match call {
+            NhnCall::Management => "management calls",
+            NhnCall::Data => "every call",
+        };
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            -1102,
+            "User Access Key Required",
+            format!(
+                "{what} of this project need a User Access Key \
+                 (X-TC-AUTHENTICATION-ID and X-TC-AUTHENTICATION-SECRET)"
+            ),
         )
     }
 
@@ -157,13 +176,9 @@ pub struct NhnCtx {
     pub client: NhnClient,
 }
 
-impl FromRequestParts<AppState> for NhnCtx {
-    type Rejection = NhnError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+impl NhnCtx {
+    /// Appkey, then User Access Key as the class of call requires.
+    async fn extract(parts: &mut Parts, state: &AppState, call: NhnCall) -> Result<Self, NhnError> {
         let Path(params) =
             Path::<std::collections::HashMap<String, String>>::from_request_parts(parts, state)
                 .await
@@ -173,9 +188,12 @@ impl FromRequestParts<AppState> for NhnCtx {
             .ok_or_else(|| NhnError::bad_request("no appkey in the path"))?;
         let project = state.engine.nhn_project_by_appkey(appkey).await?;
         let (ak, sk) = user_access_key(parts);
+        if ak.is_none() && sk.is_none() && project.requires_user_access_key(call) {
+            return Err(NhnError::user_access_key_required(call));
+        }
         let user = state
             .engine
-            .nhn_check_user_access_key(&project, ak, sk)
+            .nhn_check_user_access_key(&project, ak, sk, call)
             .await?;
         let client = client_of(parts, &state.config.trusted_proxies);
         Ok(NhnCtx {
@@ -184,6 +202,58 @@ impl FromRequestParts<AppState> for NhnCtx {
             client,
         })
     }
+}
+
+/// The context of a data call: the appkey, and the User Access Key only
+/// where the project asks for it on data calls (the key store's checks come
+/// with the key).
+impl FromRequestParts<AppState> for NhnCtx {
+    type Rejection = NhnError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        NhnCtx::extract(parts, state, NhnCall::Data).await
+    }
+}
+
+/// The context of a management call: the appkey and, unless the project
+/// turned it off, a valid User Access Key of the project (-1102 without
+/// one, -1101 with a wrong one).
+#[derive(Debug, Clone)]
+pub struct ManageCtx(pub NhnCtx);
+
+impl FromRequestParts<AppState> for ManageCtx {
+    type Rejection = NhnError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        NhnCtx::extract(parts, state, NhnCall::Management)
+            .await
+            .map(ManageCtx)
+    }
+}
+
+/// The request path as logged: an NHN appkey is a bearer credential, so the
+/// segment after `/appkey/` is replaced by its fingerprint
+/// ([`appkey_fingerprint`]); other paths are logged as they are.
+pub fn loggable_path(path: &str) -> Cow<'_, str> {
+    if !path.starts_with("/keymanager/") {
+        return Cow::Borrowed(path);
+    }
+    let Some(at) = path.find("/appkey/").map(|i| i + "/appkey/".len()) else {
+        return Cow::Borrowed(path);
+    };
+    let end = path[at..].find('/').map_or(path.len(), |i| at + i);
+    Cow::Owned(format!(
+        "{}[appkey {}]{}",
+        &path[..at],
+        appkey_fingerprint(&path[at..end]),
+        &path[end..]
+    ))
 }
 
 /// A JSON body whose rejections answer in the NHN envelope.
@@ -200,5 +270,21 @@ impl<T: DeserializeOwned> FromRequest<AppState> for NhnJson<T> {
             .await
             .map(NhnJson)
             .map_err(NhnError::bad_request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_appkey_is_not_in_the_logged_path() {
+        let p = loggable_path("/keymanager/v1.2/appkey/SECRETappkey123/keys/x/create");
+        assert!(!p.contains("SECRETappkey123"), "{p}");
+        assert!(p.starts_with("/keymanager/v1.2/appkey/[appkey "), "{p}");
+        assert!(p.ends_with("]/keys/x/create"), "{p}");
+        let p = loggable_path("/keymanager/v1.0/appkey/SECRETappkey123");
+        assert!(!p.contains("SECRETappkey123"), "{p}");
+        assert_eq!(loggable_path("/kms/v1/keys"), "/kms/v1/keys");
     }
 }

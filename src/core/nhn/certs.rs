@@ -69,8 +69,6 @@ pub struct CredentialView {
     pub row: NhnCredentialRow,
     /// Last use, merged with the batch not yet written.
     pub last_access_at: Option<i64>,
-    /// The certificate password (certificates only), decrypted.
-    pub password: Option<Zeroizing<String>>,
 }
 
 /// A certificate issued by a project CA.
@@ -325,7 +323,7 @@ impl Engine {
 
     /// Issues a client certificate for a key store (`lifetime_days` from
     /// now) and records it; the PKCS#12 file is kept under the KEK for
-    /// `hsm-kms admin nhn export-certificate`.
+    /// `hsm-kms admin nhn export-certificate`, its password is not kept.
     #[allow(clippy::too_many_arguments)]
     pub async fn nhn_add_certificate(
         &self,
@@ -389,20 +387,12 @@ impl Engine {
         let issued = self
             .nhn_issue_certificate_raw(project, key_store, &name, password, not_before, not_after)
             .await?;
-        let kek = self.inner.kek_id.clone();
-        let password_ct = self
-            .hsm()
-            .aes_gcm_encrypt(
-                kek.clone(),
-                password.as_bytes().to_vec(),
-                Self::cred_aad(store.id, &name, "password"),
-                None,
-            )
-            .await?;
+        // The password is not kept: the caller chose it and gets it back
+        // once, in the issuance response.
         let p12_ct = self
             .hsm()
             .aes_gcm_encrypt(
-                kek,
+                self.inner.kek_id.clone(),
                 issued.p12.to_vec(),
                 Self::cred_aad(store.id, &name, "p12"),
                 None,
@@ -416,7 +406,6 @@ impl Engine {
             cert_sha256: Some(Sha256::digest(&issued.cert_der).to_vec()),
             cert_der: Some(issued.cert_der),
             expires_at: Some(issued.expires_at),
-            password_ct: Some(password_ct),
             p12_ct: Some(p12_ct),
             creation_user: user.into(),
         })
@@ -481,21 +470,6 @@ impl Engine {
             if want.as_ref().is_some_and(|w| *w != row.value) {
                 continue;
             }
-            let password = match (&row.password_ct, &want) {
-                (Some(ct), Some(_)) => {
-                    let pt = Zeroizing::new(
-                        self.hsm()
-                            .aes_gcm_decrypt(
-                                self.inner.kek_id.clone(),
-                                ct.clone(),
-                                Self::cred_aad(store.id, &row.value, "password"),
-                            )
-                            .await?,
-                    );
-                    Some(Zeroizing::new(String::from_utf8_lossy(&pt).into_owned()))
-                }
-                _ => None,
-            };
             let last_access_at = match (row.last_access_at, self.nhn_pending_cred_access(row.id)) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
@@ -503,7 +477,6 @@ impl Engine {
             out.push(CredentialView {
                 row,
                 last_access_at,
-                password,
             });
         }
         Ok(out)

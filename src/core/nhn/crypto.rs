@@ -133,7 +133,7 @@ impl Engine {
     }
 
     pub(super) fn nhn_forget_key(&self, uid: &str) {
-        super::write(&self.nhn().keys).remove(uid);
+        self.nhn().keys.remove(uid);
         self.invalidate(uid);
     }
 

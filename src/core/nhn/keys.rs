@@ -7,10 +7,12 @@
 
 use std::sync::Arc;
 
-use super::{read, write, NhnClient, NhnProject};
+use super::{NhnClient, NhnProject};
 use crate::core::{Engine, Error, KeyEntry, Result};
 use crate::hsm::{KeySpec, KeyUsage};
-use crate::store::{now_ms, NewKey, NhnKeyFilter, NhnKeyRow, NhnKeyStoreRow, StoreError};
+use crate::store::{
+    now_ms, NewKey, NhnKeyFilter, NhnKeyRow, NhnKeyStoreRow, StoreError, UserAccessKeyRequirement,
+};
 
 /// Waiting period between a deletion request and the destruction: 7 days.
 pub const KEY_DELETION_WAIT_MS: i64 = 7 * DAY_MS;
@@ -129,17 +131,16 @@ impl Engine {
         {
             return Err(Error::NotFound("key"));
         }
-        let cached = read(&self.nhn().keys).get(uid).cloned();
-        let meta = match cached {
-            Some(m) => m,
-            None => {
+        let meta = match self.nhn().keys.get(uid) {
+            Ok(m) => m,
+            Err(seen) => {
                 let m = Arc::new(
                     self.store()
                         .nhn_key(entry.key.id)
                         .await?
                         .ok_or(Error::NotFound("key"))?,
                 );
-                write(&self.nhn().keys).insert(uid.to_string(), m.clone());
+                self.nhn().keys.fill(uid.to_string(), m.clone(), seen);
                 m
             }
         };
@@ -355,7 +356,7 @@ impl Engine {
         self.store()
             .nhn_set_next_rotation(v.entry.key.id, next)
             .await?;
-        write(&self.nhn().keys).remove(&v.entry.key.uid);
+        self.nhn().keys.remove(&v.entry.key.uid);
         tracing::info!(key = %v.entry.key.uid, version, "NHN key rotated");
         Ok(version)
     }
@@ -370,7 +371,7 @@ impl Engine {
                 id: 0,
                 name: String::new(),
                 account_id: key.account_id,
-                require_user_access_key: false,
+                require: UserAccessKeyRequirement::default(),
             };
             let res = async {
                 let v = self.nhn_key(&project, &key.uid).await?;
@@ -410,7 +411,7 @@ impl Engine {
         self.store().update_key(&k).await?;
         self.store().nhn_touch_key_change(k.id, user).await?;
         self.invalidate(uid);
-        write(&self.nhn().keys).remove(uid);
+        self.nhn().keys.remove(uid);
         Ok(t + KEY_DELETION_WAIT_MS)
     }
 
@@ -424,7 +425,7 @@ impl Engine {
             ));
         }
         self.destroy_key(v.entry.key.id, uid).await?;
-        write(&self.nhn().keys).remove(uid);
+        self.nhn().keys.remove(uid);
         Ok(now_ms())
     }
 

@@ -15,6 +15,7 @@ pub use keys::{NhnKeyType, NhnKeyView, KEY_DELETION_WAIT_MS};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use rand::distributions::Alphanumeric;
 use rand::Rng;
@@ -22,8 +23,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use super::{Engine, Error, Result};
-use crate::store::{NewKeyStore, NhnKeyRow, NhnKeyStoreRow, NhnProjectRow, StoreError};
+use super::cache::Cache;
+use super::{Engine, Error, Result, ACCESS_KEY_RECHECK};
+use crate::store::{
+    NewKeyStore, NhnKeyRow, NhnKeyStoreRow, NhnProjectRow, StoreError, UserAccessKeyRequirement,
+};
 
 /// The user recorded as creator / modifier when no User Access Key is used.
 pub const DEFAULT_USER: &str = "SECURE_KEY_MANAGER";
@@ -70,8 +74,18 @@ pub struct NhnProject {
     pub name: String,
     /// Engine account owning the keys.
     pub account_id: i64,
-    /// Requests must carry a valid User Access Key.
-    pub require_user_access_key: bool,
+    /// Which calls must carry a valid User Access Key.
+    pub require: UserAccessKeyRequirement,
+}
+
+impl NhnProject {
+    /// Whether a call of this class must carry a User Access Key.
+    pub fn requires_user_access_key(&self, call: NhnCall) -> bool {
+        match call {
+            NhnCall::Management => self.require.management,
+            NhnCall::Data => self.require.data,
+        }
+    }
 }
 
 impl From<NhnProjectRow> for NhnProject {
@@ -80,9 +94,34 @@ impl From<NhnProjectRow> for NhnProject {
             id: r.id,
             name: r.name,
             account_id: r.account_id,
-            require_user_access_key: r.require_user_access_key,
+            require: UserAccessKeyRequirement {
+                management: r.require_user_access_key,
+                data: r.require_user_access_key_on_data,
+            },
         }
     }
+}
+
+/// The two classes of NHN calls (`docs/nhn-error-codes.md` lists each
+/// route's class).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NhnCall {
+    /// Credentials, key creation and deletion, secret updates, key-store and
+    /// key queries: what an appkey alone must not do. A User Access Key is
+    /// required unless the project turned that off.
+    Management,
+    /// Encrypt, decrypt, create-local-key, sign, verify, secret and key
+    /// reads, confirm: the appkey and the key store's IPv4 / MAC /
+    /// certificate checks (a User Access Key only where the project asks).
+    Data,
+}
+
+/// A short, stable, non-reversible name of an appkey for logs and the admin
+/// CLI: the first 12 hex digits of its SHA-256. The appkey itself is a
+/// bearer credential and is never logged.
+pub fn appkey_fingerprint(appkey: &str) -> String {
+    let h = Sha256::digest(appkey.as_bytes());
+    h[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A freshly made User Access Key; the secret is shown once.
@@ -128,16 +167,38 @@ pub(crate) struct KeyStoreAuth {
     certs: Vec<(i64, Vec<u8>, i64)>,
 }
 
+/// A project found through an appkey, and when the store last said the
+/// appkey is active.
+#[derive(Debug, Clone)]
+struct CachedAppkey {
+    project: Arc<NhnProject>,
+    checked_at: Instant,
+}
+
 /// In-memory state of the NHN dialect's engine side: caches and the batch of
-/// last-access times not yet written.
-#[derive(Default)]
+/// last-access times not yet written. The caches are generation-guarded
+/// ([`Cache`]): a load that started before an invalidation (a credential
+/// deletion, a switch change, a revoked appkey) is used once and not kept.
 pub(crate) struct NhnState {
-    appkeys: RwLock<HashMap<String, Arc<NhnProject>>>,
-    keys: RwLock<HashMap<String, Arc<NhnKeyRow>>>,
-    stores: RwLock<HashMap<i64, Arc<KeyStoreAuth>>>,
+    appkeys: Cache<String, CachedAppkey>,
+    keys: Cache<String, Arc<NhnKeyRow>>,
+    stores: Cache<i64, Arc<KeyStoreAuth>>,
     key_access: Mutex<HashMap<i64, i64>>,
     cred_access: Mutex<HashMap<i64, i64>>,
     cas: RwLock<(u64, Vec<Vec<u8>>)>,
+}
+
+impl Default for NhnState {
+    fn default() -> Self {
+        NhnState {
+            appkeys: Cache::new(),
+            keys: Cache::new(),
+            stores: Cache::new(),
+            key_access: Mutex::default(),
+            cred_access: Mutex::default(),
+            cas: RwLock::default(),
+        }
+    }
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -185,10 +246,28 @@ impl Engine {
     }
 
     /// Creates a project (and the engine account owning its keys).
+    /// `require_user_access_key`: management calls need a User Access Key
+    /// (the admin CLI's default); data calls do not.
     pub async fn nhn_create_project(
         &self,
         name: &str,
         require_user_access_key: bool,
+    ) -> Result<i64> {
+        self.nhn_create_project_with(
+            name,
+            UserAccessKeyRequirement {
+                management: require_user_access_key,
+                data: false,
+            },
+        )
+        .await
+    }
+
+    /// Creates a project with explicit User Access Key requirements.
+    pub async fn nhn_create_project_with(
+        &self,
+        name: &str,
+        require: UserAccessKeyRequirement,
     ) -> Result<i64> {
         if name.is_empty() || name.chars().count() > 56 {
             return Err(Error::InvalidInput(
@@ -197,7 +276,7 @@ impl Engine {
         }
         match self
             .store()
-            .nhn_create_project(name, &format!("nhn:{name}"), require_user_access_key)
+            .nhn_create_project(name, &format!("nhn:{name}"), require)
             .await
         {
             Ok(id) => Ok(id),
@@ -219,6 +298,80 @@ impl Engine {
         let appkey = random_text(32);
         self.store().nhn_insert_appkey(&appkey, p.id).await?;
         Ok(appkey)
+    }
+
+    /// Revokes an appkey: it names no project from now on (within
+    /// [`ACCESS_KEY_RECHECK`] on a server running in another process).
+    pub async fn nhn_revoke_appkey(&self, appkey: &str) -> Result<()> {
+        if !self.store().nhn_revoke_appkey(appkey).await? {
+            return Err(Error::NotFound("appkey"));
+        }
+        self.nhn().appkeys.remove(appkey);
+        tracing::info!(appkey = %appkey_fingerprint(appkey), "NHN appkey revoked");
+        Ok(())
+    }
+
+    /// Replaces an appkey by a new one of the same project and revokes the
+    /// old one, in one transaction. Returns the new appkey.
+    pub async fn nhn_rotate_appkey(&self, appkey: &str) -> Result<String> {
+        let new = random_text(32);
+        if !self.store().nhn_rotate_appkey(appkey, &new).await? {
+            return Err(Error::NotFound("appkey"));
+        }
+        self.nhn().appkeys.remove(appkey);
+        tracing::info!(
+            old = %appkey_fingerprint(appkey),
+            new = %appkey_fingerprint(&new),
+            "NHN appkey rotated"
+        );
+        Ok(new)
+    }
+
+    /// Changes which calls of a project need a User Access Key; `None`
+    /// leaves a setting as is. A running server in another process applies
+    /// it within [`ACCESS_KEY_RECHECK`].
+    pub async fn nhn_update_project(
+        &self,
+        name: &str,
+        management: Option<bool>,
+        data: Option<bool>,
+    ) -> Result<NhnProject> {
+        if !self
+            .store()
+            .nhn_update_project(name, management, data)
+            .await?
+        {
+            return Err(Error::NotFound("project"));
+        }
+        self.nhn().appkeys.clear();
+        let p: NhnProject = self.nhn_project_named(name).await?.into();
+        if !p.require.management {
+            tracing::warn!(project = %p.name, "NHN project no longer requires a User Access Key for management calls");
+        }
+        Ok(p)
+    }
+
+    /// Logs a warning for every project whose management calls take the
+    /// appkey alone; the server calls it at start. Returns their number.
+    pub async fn nhn_warn_optional_user_access_keys(&self) -> Result<usize> {
+        let open: Vec<_> = self
+            .store()
+            .nhn_projects()
+            .await?
+            .into_iter()
+            .filter(|p| !p.require_user_access_key)
+            .collect();
+        for p in &open {
+            tracing::warn!(
+                project = %p.name,
+                "NHN project does not require a User Access Key for management calls: anyone \
+                 holding one of its appkeys can register addresses, delete credentials and \
+                 destroy keys; turn it on with `hsm-kms admin nhn update-project {} \
+                 --require-user-access-key true`",
+                p.name
+            );
+        }
+        Ok(open.len())
     }
 
     /// Makes a User Access Key for a project; the secret is returned once.
@@ -295,40 +448,64 @@ impl Engine {
         s.allow_export = allow_export.unwrap_or(s.allow_export);
         s.last_change_user = DEFAULT_USER.into();
         self.store().nhn_update_key_store(&s).await?;
-        write(&self.nhn().stores).remove(&s.id);
+        self.nhn().stores.remove(&s.id);
         Ok(())
     }
 
-    /// The project an appkey names; `NotFound("appkey")` otherwise.
+    /// The project an active appkey names; `NotFound("appkey")` otherwise.
+    /// A cached answer is trusted for [`ACCESS_KEY_RECHECK`], then the store
+    /// is asked again, so that a revocation or a project change made by the
+    /// admin CLI (another process) applies within that time, as for NAVER
+    /// access keys.
     pub async fn nhn_project_by_appkey(&self, appkey: &str) -> Result<Arc<NhnProject>> {
-        if let Some(p) = read(&self.nhn().appkeys).get(appkey) {
-            return Ok(p.clone());
-        }
-        let p = Arc::new(NhnProject::from(
-            self.store()
-                .nhn_project_by_appkey(appkey)
-                .await?
-                .ok_or(Error::NotFound("appkey"))?,
-        ));
-        write(&self.nhn().appkeys).insert(appkey.to_string(), p.clone());
-        Ok(p)
+        let seen = match self
+            .nhn()
+            .appkeys
+            .get_if(appkey, |c| c.checked_at.elapsed() < ACCESS_KEY_RECHECK)
+        {
+            Ok(c) => return Ok(c.project),
+            Err(seen) => seen,
+        };
+        let Some(row) = self.store().nhn_project_by_appkey(appkey).await? else {
+            // Drop a revoked appkey's entry; unknown appkeys (say, guesses)
+            // leave the cache and its generation alone.
+            if self.nhn().appkeys.get_if(appkey, |_| true).is_ok() {
+                self.nhn().appkeys.remove(appkey);
+            }
+            return Err(Error::NotFound("appkey"));
+        };
+        let project = Arc::new(NhnProject::from(row));
+        self.nhn().appkeys.fill(
+            appkey.to_string(),
+            CachedAppkey {
+                project: project.clone(),
+                checked_at: Instant::now(),
+            },
+            seen,
+        );
+        Ok(project)
     }
 
     /// Checks the User Access Key headers of a request. Both absent is
-    /// allowed unless the project requires them; present ones must be a valid,
-    /// active key of this project. Returns the user to record.
+    /// allowed unless the project requires them for this class of call;
+    /// present ones must be a valid, active key of this project. Returns the
+    /// user to record. The Secret Access Key is compared as a SHA-256 in
+    /// constant time, and hashed even when the key id is unknown.
     pub async fn nhn_check_user_access_key(
         &self,
         project: &NhnProject,
         access_key: Option<&str>,
         secret: Option<&str>,
+        call: NhnCall,
     ) -> Result<String> {
         let (ak, sk) = match (access_key, secret) {
-            (None, None) if !project.require_user_access_key => return Ok(DEFAULT_USER.into()),
+            (None, None) if !project.requires_user_access_key(call) => {
+                return Ok(DEFAULT_USER.into())
+            }
             (Some(ak), Some(sk)) => (ak, sk),
             (None, None) => {
                 return Err(Error::Unauthenticated(
-                    "this project requires a User Access Key".into(),
+                    "this call requires a User Access Key".into(),
                 ))
             }
             _ => {
@@ -343,8 +520,13 @@ impl Engine {
             .await?
             .filter(|r| r.status == "active" && r.project_id == project.id);
         let hash = Sha256::digest(sk.as_bytes());
+        let expected = row
+            .as_ref()
+            .map(|r| r.secret_sha256.as_slice())
+            .unwrap_or(&[0u8; 32]);
+        let matches = bool::from(expected.ct_eq(&hash[..]));
         match row {
-            Some(r) if bool::from(r.secret_sha256.as_slice().ct_eq(&hash[..])) => Ok(r.access_key),
+            Some(r) if matches => Ok(r.access_key),
             _ => Err(Error::Unauthenticated(
                 "invalid User Access Key or Secret Access Key".into(),
             )),
@@ -378,9 +560,10 @@ impl Engine {
     }
 
     async fn nhn_store_auth(&self, id: i64) -> Result<Arc<KeyStoreAuth>> {
-        if let Some(a) = read(&self.nhn().stores).get(&id) {
-            return Ok(a.clone());
-        }
+        let seen = match self.nhn().stores.get(&id) {
+            Ok(a) => return Ok(a),
+            Err(seen) => seen,
+        };
         let store = self
             .store()
             .nhn_key_store(id)
@@ -409,12 +592,14 @@ impl Engine {
             macs,
             certs,
         });
-        write(&self.nhn().stores).insert(id, a.clone());
+        // Not kept if a credential changed while it was read: the change
+        // (say a deletion request) must not be undone by an older read.
+        self.nhn().stores.fill(id, a.clone(), seen);
         Ok(a)
     }
 
     pub(crate) fn nhn_forget_store(&self, id: i64) {
-        write(&self.nhn().stores).remove(&id);
+        self.nhn().stores.remove(&id);
     }
 
     /// Applies the key store's authentication to a client, in NHN's order:
@@ -492,19 +677,11 @@ impl Engine {
             return Ok(());
         }
         self.store().nhn_flush_access(&keys, &creds).await?;
-        for (id, _) in &keys {
-            if let Some(uid) = self.nhn_uid_of(*id) {
-                write(&self.nhn().keys).remove(&uid);
-            }
+        if !keys.is_empty() {
+            // The cached rows hold the old last-access times.
+            self.nhn().keys.clear();
         }
         Ok(())
-    }
-
-    fn nhn_uid_of(&self, key_id: i64) -> Option<String> {
-        read(&self.nhn().keys)
-            .iter()
-            .find(|(_, k)| k.key_id == key_id)
-            .map(|(u, _)| u.clone())
     }
 
     /// Loads the project CA certificates (for the TLS client verifier).
@@ -537,7 +714,7 @@ impl Engine {
         }
         // Drop cached credentials so that changes made by another process
         // (the admin CLI) apply, and pick up new project CAs.
-        write(&self.nhn().stores).clear();
+        self.nhn().stores.clear();
         self.nhn_load_cas().await?;
         self.nhn_flush_access().await?;
         Ok(rotated)
