@@ -100,6 +100,7 @@ pub async fn start(
         naver_base_url: cfg.naver.base_url.clone(),
         trusted_proxies: cfg.trusted_proxies()?,
         body_limit: cfg.server.body_limit,
+        max_batch_items: cfg.limits.max_batch_items,
     };
     crate::api::metrics::handle();
     let app = router(AppState {
