@@ -75,6 +75,9 @@ pub struct KeyRow {
     pub created_at: i64,
     /// Last change, ms.
     pub updated_at: i64,
+    /// Bumped by every write of the row; [`Store::update_key`] writes only
+    /// over the revision it read.
+    pub revision: i64,
 }
 
 /// A key version row.
@@ -123,7 +126,7 @@ pub struct NewKey {
     pub next_rotation_at: Option<i64>,
 }
 
-const KEY_COLS: &str = "id, uid, account_id, name, key_type, status, memo, protection_type, is_convergent, is_auto_rotation, rotation_period, next_rotation_at, destroy_at, status_before_delete, status_at, created_at, updated_at";
+const KEY_COLS: &str = "id, uid, account_id, name, key_type, status, memo, protection_type, is_convergent, is_auto_rotation, rotation_period, next_rotation_at, destroy_at, status_before_delete, status_at, created_at, updated_at, revision";
 
 fn key_from_row(r: &sqlx::sqlite::SqliteRow) -> std::result::Result<KeyRow, sqlx::Error> {
     Ok(KeyRow {
@@ -144,6 +147,7 @@ fn key_from_row(r: &sqlx::sqlite::SqliteRow) -> std::result::Result<KeyRow, sqlx
         status_at: r.try_get("status_at")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
+        revision: r.try_get("revision")?,
     })
 }
 
@@ -272,7 +276,7 @@ impl Store {
             .bind(version)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE keys SET next_rotation_at = COALESCE(?, next_rotation_at), updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE keys SET next_rotation_at = COALESCE(?, next_rotation_at), updated_at = ?, revision = revision + 1 WHERE id = ?")
             .bind(next_rotation_at)
             .bind(now_ms())
             .bind(key_id)
@@ -423,10 +427,12 @@ impl Store {
         Ok((keys, total))
     }
 
-    /// Writes the mutable fields of a key.
-    pub async fn update_key(&self, k: &KeyRow) -> Result<()> {
-        sqlx::query(
-            "UPDATE keys SET status = ?, memo = ?, is_auto_rotation = ?, rotation_period = ?, next_rotation_at = ?, destroy_at = ?, status_before_delete = ?, status_at = ?, updated_at = ? WHERE id = ?",
+    /// Writes the mutable fields of a key, only if the row is still at the
+    /// revision `k` was read at: `false` when another write came first (read
+    /// again and retry).
+    pub async fn update_key(&self, k: &KeyRow) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE keys SET status = ?, memo = ?, is_auto_rotation = ?, rotation_period = ?, next_rotation_at = ?, destroy_at = ?, status_before_delete = ?, status_at = ?, updated_at = ?, revision = revision + 1 WHERE id = ? AND revision = ?",
         )
         .bind(&k.status)
         .bind(&k.memo)
@@ -438,9 +444,10 @@ impl Store {
         .bind(k.status_at)
         .bind(now_ms())
         .bind(k.id)
+        .bind(k.revision)
         .execute(self.pool())
         .await?;
-        Ok(())
+        Ok(r.rows_affected() == 1)
     }
 
     /// Ids of enabled keys with automatic rotation due at `now`.
@@ -467,7 +474,7 @@ impl Store {
     /// transaction.
     pub async fn mark_key_destroying(&self, key_id: i64) -> Result<()> {
         let mut tx = self.pool().begin().await?;
-        sqlx::query("UPDATE keys SET status = 'DELETED', updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE keys SET status = 'DELETED', updated_at = ?, revision = revision + 1 WHERE id = ?")
             .bind(now_ms())
             .bind(key_id)
             .execute(&mut *tx)

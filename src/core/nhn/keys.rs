@@ -395,23 +395,32 @@ impl Engine {
         uid: &str,
         user: &str,
     ) -> Result<i64> {
-        let v = self.nhn_key(project, uid).await?;
-        if !v.is_active() {
-            return Err(Error::InvalidState(
-                "the key is already scheduled for deletion".into(),
-            ));
+        // The row is written only over the revision read (a rotation may
+        // land in between): read again on a lost race.
+        for _ in 0..8 {
+            let v = self.nhn_key(project, uid).await?;
+            if !v.is_active() {
+                return Err(Error::InvalidState(
+                    "the key is already scheduled for deletion".into(),
+                ));
+            }
+            let mut k = v.entry.key.clone();
+            let t = now_ms();
+            k.status_before_delete = Some(k.status.clone());
+            k.status = crate::core::KeyStatus::REVOKE.into();
+            k.status_at = t;
+            k.destroy_at = Some(t + KEY_DELETION_WAIT_MS);
+            let written = self.store().update_key(&k).await?;
+            self.invalidate(uid);
+            write(&self.nhn().keys).remove(uid);
+            if written {
+                self.store().nhn_touch_key_change(k.id, user).await?;
+                return Ok(t + KEY_DELETION_WAIT_MS);
+            }
         }
-        let mut k = v.entry.key.clone();
-        let t = now_ms();
-        k.status_before_delete = Some(k.status.clone());
-        k.status = crate::core::KeyStatus::REVOKE.into();
-        k.status_at = t;
-        k.destroy_at = Some(t + KEY_DELETION_WAIT_MS);
-        self.store().update_key(&k).await?;
-        self.store().nhn_touch_key_change(k.id, user).await?;
-        self.invalidate(uid);
-        write(&self.nhn().keys).remove(uid);
-        Ok(t + KEY_DELETION_WAIT_MS)
+        Err(Error::InvalidState(
+            "the key is being changed by other requests; retry".into(),
+        ))
     }
 
     /// Destroys a key that is scheduled for deletion, now. An active key is
