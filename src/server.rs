@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{router, ApiConfig, AppState};
 use crate::config::Config;
+use crate::connections::{ConnLimits, Plain};
 use crate::core::{
     ensure_service_keys, reconcile, spawn_scheduler, Engine, EngineOptions, NewAccessKey,
 };
@@ -134,6 +135,7 @@ pub async fn start(
             tls_listener,
             tls_cfg,
             app.clone(),
+            ConnLimits::from_config(&cfg.server),
             stop_rx.clone(),
         ));
         tracing::info!(%tls_addr, "hsm-kms TLS listener");
@@ -143,16 +145,12 @@ pub async fn start(
         engine.clone(),
         Duration::from_secs(cfg.server.scheduler_interval_secs.max(1)),
     );
-    let mut stop = stop_rx;
+    // Served with hyper directly rather than axum::serve, for the
+    // connection cap and the slow-client timeouts (crate::connections).
+    let limits = ConnLimits::from_config(&cfg.server);
     let handle = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|v| *v).await;
-        })
-        .await
+        crate::connections::serve(listener, "plain", limits, Plain, app, stop_rx).await;
+        Ok(())
     });
     tracing::info!(%addr, token = engine.hsm().token_label(), "hsm-kms listening");
     Ok(Running {
