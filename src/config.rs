@@ -78,6 +78,20 @@ pub struct LimitsConfig {
     pub max_certificates_per_key_store: u64,
 }
 
+impl LimitsConfig {
+    /// The object-count limits for the engine.
+    pub fn object_limits(&self) -> crate::core::ObjectLimits {
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        crate::core::ObjectLimits {
+            keys_per_account: n(self.max_keys_per_account),
+            token_sets_per_key: n(self.max_token_sets_per_key),
+            nhn_secrets_per_project: n(self.max_nhn_secrets_per_project),
+            secret_versions: n(self.max_secret_versions),
+            certificates_per_key_store: n(self.max_certificates_per_key_store),
+        }
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {

@@ -316,6 +316,7 @@ pub async fn serve<U: Upgrade>(
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        tracing::trace!(listener = name, %peer, "connection accepted");
         let upgrade = upgrade.clone();
         let app = app.clone();
         let shutdown = shutdown.clone();
@@ -323,6 +324,7 @@ pub async fn serve<U: Upgrade>(
             let _permit = permit;
             metrics::gauge!("hsm_kms_connections_open", "listener" => name).increment(1.0);
             connection(tcp, peer, limits, upgrade, app, shutdown).await;
+            tracing::trace!(listener = name, %peer, "connection closed");
             metrics::gauge!("hsm_kms_connections_open", "listener" => name).decrement(1.0);
         });
     }

@@ -88,6 +88,7 @@ pub async fn start(
             activity_fsync: cfg.activity_log.fsync,
             token_hour_ms: i64::try_from(cfg.naver.token_hour_secs.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
+            limits: cfg.limits.object_limits(),
         },
     )
     .await?;

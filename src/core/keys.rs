@@ -132,6 +132,14 @@ pub fn check_memo(memo: &str) -> Result<()> {
     Ok(())
 }
 
+/// The account (or NHN project) already has `max` keys.
+pub(super) fn keys_limit(max: i64) -> Error {
+    Error::LimitExceeded(format!(
+        "the account has reached its limit of {max} keys (limits.max_keys_per_account); \
+         destroy keys it no longer needs"
+    ))
+}
+
 fn label(uid: &str, version: i64) -> String {
     format!("hsm-kms/{uid}/v{version}")
 }
@@ -182,9 +190,14 @@ impl Engine {
             rotation_period,
             next_rotation_at: rotation_period.map(|d| now() + d * DAY_MS),
         };
+        let max = self.limits().keys_per_account;
+        let caps = crate::store::KeyCaps {
+            per_account: max,
+            of_type: None,
+        };
         let key_id = match self
             .store()
-            .insert_key_pending(&new, &cka_id, aux_id.as_deref())
+            .insert_key_pending(&new, &cka_id, aux_id.as_deref(), caps)
             .await
         {
             Ok(id) => id,
@@ -194,6 +207,7 @@ impl Engine {
                     req.name
                 )))
             }
+            Err(crate::store::StoreError::LimitReached(_)) => return Err(keys_limit(max)),
             Err(e) => return Err(e.into()),
         };
         self.make_version_objects(

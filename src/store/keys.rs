@@ -101,6 +101,16 @@ pub struct VersionRow {
     pub created_at: i64,
 }
 
+/// Counts a new key must stay below (the key itself included they may be
+/// reached, not passed).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyCaps<'a> {
+    /// Keys of the account not destroyed.
+    pub per_account: i64,
+    /// Keys of the account of one `key_type`, not destroyed, and their cap.
+    pub of_type: Option<(&'a str, i64)>,
+}
+
 /// The fields of a key to create.
 #[derive(Debug, Clone)]
 pub struct NewKey {
@@ -170,18 +180,25 @@ const VERSION_COLS: &str =
 
 impl Store {
     /// Writes a new key with its first version `pending`, in one transaction.
-    /// Returns the key id. `Conflict` when the name or uid is taken.
+    /// Returns the key id. `Conflict` when the name or uid is taken,
+    /// `LimitReached("keys")` / `LimitReached("type")` when the account
+    /// already has `caps` keys: the counts are read by the INSERT itself,
+    /// which holds the write lock, so concurrent creations cannot overshoot.
     pub async fn insert_key_pending(
         &self,
         key: &NewKey,
         cka_id: &[u8],
         aux_cka_id: Option<&[u8]>,
+        caps: KeyCaps<'_>,
     ) -> Result<i64> {
         let now = now_ms();
+        let (type_name, type_cap) = caps.of_type.unwrap_or(("", i64::MAX));
         let mut tx = self.pool().begin().await?;
         let r = sqlx::query(
             "INSERT INTO keys (uid, account_id, name, key_type, status, memo, protection_type, is_convergent, is_auto_rotation, rotation_period, next_rotation_at, status_at, created_at, updated_at)
-             VALUES (?, ?, ?, ?, 'ENABLE', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             SELECT ?1, ?2, ?3, ?4, 'ENABLE', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13
+             WHERE (SELECT COUNT(*) FROM keys WHERE account_id = ?2 AND status <> 'DELETED') < ?14
+               AND (SELECT COUNT(*) FROM keys WHERE account_id = ?2 AND status <> 'DELETED' AND key_type = ?15) < ?16",
         )
         .bind(&key.uid)
         .bind(key.account_id)
@@ -196,9 +213,28 @@ impl Store {
         .bind(now)
         .bind(now)
         .bind(now)
+        .bind(caps.per_account)
+        .bind(type_name)
+        .bind(type_cap)
         .execute(&mut *tx)
         .await
         .map_err(map_unique)?;
+        if r.rows_affected() == 0 {
+            let of_account: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM keys WHERE account_id = ? AND status <> 'DELETED'",
+            )
+            .bind(key.account_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.rollback().await?;
+            return Err(StoreError::LimitReached(
+                if of_account >= caps.per_account {
+                    "keys"
+                } else {
+                    "type"
+                },
+            ));
+        }
         let key_id = r.last_insert_rowid();
         sqlx::query(
             "INSERT INTO key_versions (key_id, version, state, enabled, cka_id, aux_cka_id, status_at, created_at) VALUES (?, 1, 'pending', 1, ?, ?, ?, ?)",

@@ -179,7 +179,8 @@ impl From<Error> for NaverError {
             | Error::InvalidState(_)
             | Error::WrongKeyType(_)
             | Error::DecryptFailed
-            | Error::Conflict(_) => (StatusCode::BAD_REQUEST, "100", "Bad Request"),
+            | Error::Conflict(_)
+            | Error::LimitExceeded(_) => (StatusCode::BAD_REQUEST, "100", "Bad Request"),
             Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "200", "Authentication Failed"),
             Error::KeyStoreAuth(_) => (StatusCode::UNAUTHORIZED, "210", "Permission Denied"),
             Error::Forbidden(_) | Error::KeyDisabled | Error::VersionDisabled(_) => {
