@@ -180,7 +180,11 @@ async fn item6_token_sets_per_key_quota() {
     };
     let r1 = set().await;
     let refresh = r1.ok()["refreshToken"].as_str().unwrap().to_string();
-    set().await.ok();
+    // Two concurrent creations for the last slot: exactly one succeeds.
+    let (a, b) = tokio::join!(set(), set());
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(statuses, [200, 400], "{} / {}", a.body, b.body);
     let r = set().await;
     r.assert_naver_error(400, "100");
     let d = r.body["error"]["details"].as_str().unwrap();

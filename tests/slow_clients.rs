@@ -249,12 +249,19 @@ async fn item7_idle_keep_alive_and_slow_body_closed() {
 #[tokio::test]
 async fn item7_connections_beyond_the_cap_are_closed() {
     let s = start(|c| c.server.max_connections = 20).await;
+    // 20 connections, each proven accepted by one answered request (then
+    // idle, well within the default idle timeout).
     let mut held = Vec::new();
     for _ in 0..20 {
-        held.push(TcpStream::connect(s.plain).await.unwrap());
+        let mut c = TcpStream::connect(s.plain).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: kms\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(c);
     }
-    // Give the server time to accept them all.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut extra = TcpStream::connect(s.plain).await.unwrap();
     let t = Instant::now();
     closed_by(&mut extra, t + Duration::from_secs(2))
@@ -349,9 +356,9 @@ async fn item7_tls_listener_connections_beyond_the_cap_are_closed() {
     // 40 open connections (handshakes done, idle), the 41st is closed.
     let mut held = Vec::new();
     for _ in 0..40 {
+        // A finished handshake proves the server accepted the connection.
         held.push(s.tls_connect().await);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut extra = TcpStream::connect(s.tls).await.unwrap();
     let t = Instant::now();
     closed_by(&mut extra, t + Duration::from_secs(1))
