@@ -51,6 +51,58 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     /// TLS listener (mutual TLS for NHN certificate authentication).
     pub tls: TlsConfig,
+    /// Bounds on batches and on how many objects a tenant may create.
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: items per array request and object counts per owner. Each is
+/// finite so that one credential cannot fill the token, the store or the
+/// worker pool; raise them for tenants that need more.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Items in one NAVER array request (plaintext / ciphertext lists of
+    /// Encrypt, Decrypt, Re-encrypt, API 1.0 and 2.0). Each item also
+    /// counts as one request against the per-key quota.
+    pub max_batch_items: usize,
+    /// Keys per account (NAVER accounts and NHN projects; keys pending
+    /// deletion count until destroyed).
+    pub max_keys_per_account: u64,
+    /// Live token sets (unrevoked, unexpired refresh tokens) per NAVER key.
+    pub max_token_sets_per_key: u64,
+    /// NHN secrets per project (not yet destroyed).
+    pub max_nhn_secrets_per_project: u64,
+    /// Versions of one NHN secret (each update makes one).
+    pub max_secret_versions: u64,
+    /// Client certificates per NHN key store (not yet deleted).
+    pub max_certificates_per_key_store: u64,
+}
+
+impl LimitsConfig {
+    /// The object-count limits for the engine.
+    pub fn object_limits(&self) -> crate::core::ObjectLimits {
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        crate::core::ObjectLimits {
+            keys_per_account: n(self.max_keys_per_account),
+            token_sets_per_key: n(self.max_token_sets_per_key),
+            nhn_secrets_per_project: n(self.max_nhn_secrets_per_project),
+            secret_versions: n(self.max_secret_versions),
+            certificates_per_key_store: n(self.max_certificates_per_key_store),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_batch_items: 100,
+            max_keys_per_account: 10_000,
+            max_token_sets_per_key: 100,
+            max_nhn_secrets_per_project: 10_000,
+            max_secret_versions: 100,
+            max_certificates_per_key_store: 100,
+        }
+    }
 }
 
 /// `[activity_log]`
@@ -123,6 +175,19 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// Seconds between scheduler passes (rotation, deletion).
     pub scheduler_interval_secs: u64,
+    /// Seconds a client has to send a complete request head, counted from
+    /// its first byte (also the TLS handshake on the `[tls]` listener).
+    pub header_read_timeout_secs: u64,
+    /// Seconds a client has to send a complete request body, counted from
+    /// the end of its head.
+    pub body_read_timeout_secs: u64,
+    /// Seconds a connection may stay open with no request in progress and no
+    /// byte of a new one received (keep-alive idle).
+    pub idle_timeout_secs: u64,
+    /// Open connections per listener (plain and `[tls]` each); connections
+    /// beyond it are closed at once and counted in
+    /// `hsm_kms_connections_refused_total`.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -132,6 +197,10 @@ impl Default for ServerConfig {
             trusted_proxies: vec![],
             body_limit: 1024 * 1024,
             scheduler_interval_secs: 60,
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 30,
+            idle_timeout_secs: 60,
+            max_connections: 4096,
         }
     }
 }
@@ -324,7 +393,7 @@ impl Config {
     }
 }
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "server",
     "hsm",
     "store",
@@ -333,6 +402,7 @@ const SECTIONS: [&str; 8] = [
     "activity_log",
     "rate_limit",
     "tls",
+    "limits",
 ];
 
 /// Applies `HSM_KMS_{SECTION}_{KEY}=value` overrides to a parsed config.

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod config;
+pub mod connections;
 pub mod core;
 pub mod hsm;
 pub mod server;

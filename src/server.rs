@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{router, ApiConfig, AppState};
 use crate::config::Config;
+use crate::connections::{ConnLimits, Plain};
 use crate::core::{
     ensure_service_keys, reconcile, spawn_scheduler, Engine, EngineOptions, NewAccessKey,
     ReconcileReport, StartMode,
@@ -115,6 +116,7 @@ pub async fn start(
             activity_fsync: cfg.activity_log.fsync,
             token_hour_ms: i64::try_from(cfg.naver.token_hour_secs.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
+            limits: cfg.limits.object_limits(),
         },
     )
     .await?;
@@ -129,6 +131,7 @@ pub async fn start(
         naver_base_url: cfg.naver.base_url.clone(),
         trusted_proxies: cfg.trusted_proxies()?,
         body_limit: cfg.server.body_limit,
+        max_batch_items: cfg.limits.max_batch_items,
     };
     crate::api::metrics::handle();
     let app = router(AppState {
@@ -162,6 +165,7 @@ pub async fn start(
             tls_listener,
             tls_cfg,
             app.clone(),
+            ConnLimits::from_config(&cfg.server),
             stop_rx.clone(),
         ));
         tracing::info!(%tls_addr, "hsm-kms TLS listener");
@@ -171,16 +175,12 @@ pub async fn start(
         engine.clone(),
         Duration::from_secs(cfg.server.scheduler_interval_secs.max(1)),
     );
-    let mut stop = stop_rx;
+    // Served with hyper directly rather than axum::serve, for the
+    // connection cap and the slow-client timeouts (crate::connections).
+    let limits = ConnLimits::from_config(&cfg.server);
     let handle = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|v| *v).await;
-        })
-        .await
+        crate::connections::serve(listener, "plain", limits, Plain, app, stop_rx).await;
+        Ok(())
     });
     tracing::info!(%addr, token = engine.hsm().token_label(), "hsm-kms listening");
     Ok(Running {

@@ -10,12 +10,6 @@
 //! [`TlsClientCert`]. Clients without a certificate are served too (the key
 //! store decides whether that is enough).
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
-
-use axum::extract::ConnectInfo;
 use axum::Router;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
@@ -25,7 +19,10 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use sha2::{Digest, Sha256};
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::api::auth::nhn::TlsClientCert;
 use crate::core::Engine;
@@ -207,62 +204,56 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
-/// Serves `app` over TLS on `listener` until `shutdown` turns true.
+/// The TLS step of the [`crate::connections`] machinery: the handshake,
+/// then the client certificate's SHA-256 as a [`TlsClientCert`] on every
+/// request of the connection.
+#[derive(Clone)]
+struct TlsUpgrade {
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl crate::connections::Upgrade for TlsUpgrade {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+
+    async fn upgrade(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(Self::Io, http::Extensions)> {
+        let tls = match self.acceptor.accept(tcp).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "TLS handshake refused");
+                return None;
+            }
+        };
+        let cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(&Sha256::digest(c.as_ref()));
+                h
+            });
+        let mut ext = http::Extensions::new();
+        ext.insert(TlsClientCert(cert));
+        Some((tls, ext))
+    }
+}
+
+/// Serves `app` over TLS on `listener` under `limits` (the handshake counts
+/// against the request-head timeout) until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     app: Router,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    limits: crate::connections::ConnLimits,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!(error = %e, "TLS accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = async { shutdown.wait_for(|v| *v).await.is_ok() } => break,
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::info!(%peer, error = %e, "TLS handshake refused");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-            let cert = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| {
-                    let mut h = [0u8; 32];
-                    h.copy_from_slice(&Sha256::digest(c.as_ref()));
-                    h
-                });
-            let ext = TlsClientCert(cert);
-            let svc = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                    req.extensions_mut().insert(ext);
-                    tower::ServiceExt::oneshot(app.clone(), req)
-                },
-            );
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                .await
-            {
-                tracing::debug!(error = %e, "TLS connection ended with an error");
-            }
-        });
-    }
+    let upgrade = TlsUpgrade {
+        acceptor: tokio_rustls::TlsAcceptor::from(config),
+    };
+    crate::connections::serve(listener, "tls", limits, upgrade, app, shutdown).await;
 }

@@ -33,6 +33,8 @@ pub struct ApiConfig {
     pub body_limit: usize,
     /// Per-key quota on crypto calls, when enabled.
     pub rate_limit: Option<ratelimit::KeyRateLimiter>,
+    /// Items in one NAVER array request (`limits.max_batch_items`).
+    pub max_batch_items: usize,
 }
 
 impl Default for ApiConfig {
@@ -43,6 +45,7 @@ impl Default for ApiConfig {
             trusted_proxies: vec![],
             body_limit: 1024 * 1024,
             rate_limit: None,
+            max_batch_items: 100,
         }
     }
 }

@@ -47,6 +47,23 @@ impl KeyRateLimiter {
             .check_key(&key.to_string())
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
+
+    /// Takes `n` requests for `key` at once (one per item of a batch), or
+    /// none: `Err(Some(wait))` when over the quota, `Err(None)` when `n` is
+    /// larger than the burst and can never pass.
+    pub fn check_n(&self, key: &str, n: u32) -> Result<(), Option<Duration>> {
+        let Some(n) = NonZeroU32::new(n) else {
+            return Ok(());
+        };
+        if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
+            self.inner.retain_recent();
+        }
+        match self.inner.check_key_n(&key.to_string(), n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(Some(not_until.wait_time_from(self.clock.now()))),
+            Err(_) => Err(None),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -63,5 +80,16 @@ mod tests {
         assert!(wait > Duration::ZERO && wait <= Duration::from_millis(200));
         // Another key has its own bucket.
         assert!(l.check("b").is_ok());
+    }
+
+    #[test]
+    fn batches_take_one_unit_per_item() {
+        let l = KeyRateLimiter::new(1, 10).unwrap();
+        assert!(l.check_n("a", 7).is_ok());
+        assert!(matches!(l.check_n("a", 4), Err(Some(_))));
+        assert!(l.check_n("a", 3).is_ok());
+        assert!(l.check("a").is_err());
+        assert_eq!(l.check_n("b", 11), Err(None));
+        assert!(l.check_n("b", 10).is_ok());
     }
 }

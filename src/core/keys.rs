@@ -19,6 +19,9 @@ pub const DELETION_WAIT_MS: i64 = 72 * 3600 * 1000;
 /// Highest version number a key may reach.
 pub const MAX_VERSIONS: i64 = 100;
 const DAY_MS: i64 = 24 * 3600 * 1000;
+/// Reads and re-applies of one key change before giving up on a key that
+/// other requests keep changing.
+const MODIFY_ATTEMPTS: usize = 16;
 
 /// Key status values (NAVER's).
 pub struct KeyStatus;
@@ -129,6 +132,14 @@ pub fn check_memo(memo: &str) -> Result<()> {
     Ok(())
 }
 
+/// The account (or NHN project) already has `max` keys.
+pub(super) fn keys_limit(max: i64) -> Error {
+    Error::LimitExceeded(format!(
+        "the account has reached its limit of {max} keys (limits.max_keys_per_account); \
+         destroy keys it no longer needs"
+    ))
+}
+
 fn label(uid: &str, version: i64) -> String {
     format!("hsm-kms/{uid}/v{version}")
 }
@@ -179,9 +190,14 @@ impl Engine {
             rotation_period,
             next_rotation_at: rotation_period.map(|d| now() + d * DAY_MS),
         };
+        let max = self.limits().keys_per_account;
+        let caps = crate::store::KeyCaps {
+            per_account: max,
+            of_type: None,
+        };
         let key_id = match self
             .store()
-            .insert_key_pending(&new, &cka_id, aux_id.as_deref())
+            .insert_key_pending(&new, &cka_id, aux_id.as_deref(), caps)
             .await
         {
             Ok(id) => id,
@@ -191,6 +207,7 @@ impl Engine {
                     req.name
                 )))
             }
+            Err(crate::store::StoreError::LimitReached(_)) => return Err(keys_limit(max)),
             Err(e) => return Err(e.into()),
         };
         self.make_version_objects(
@@ -266,38 +283,61 @@ impl Engine {
         Ok((out, total))
     }
 
-    async fn save(&self, entry: &KeyEntry) -> Result<Arc<KeyEntry>> {
-        self.store().update_key(&entry.key).await?;
-        self.invalidate(&entry.key.uid);
-        self.key_entry(&entry.key.uid).await
+    /// Reads the key, applies `change` and writes the row back only if no
+    /// other write came in between (the row's revision); on a lost race it
+    /// reads again and re-applies `change`, so concurrent changes of
+    /// different fields (memo, rotation period, status) all persist.
+    async fn modify(
+        &self,
+        account_id: i64,
+        uid: &str,
+        change: impl Fn(&mut KeyEntry) -> Result<()>,
+    ) -> Result<Arc<KeyEntry>> {
+        for _ in 0..MODIFY_ATTEMPTS {
+            let mut e = (*self.owned_key(account_id, uid).await?).clone();
+            change(&mut e)?;
+            let written = self.store().update_key(&e.key).await?;
+            // Either way the cached entry is stale now.
+            self.invalidate(uid);
+            if written {
+                return self.key_entry(uid).await;
+            }
+        }
+        Err(Error::Conflict(
+            "the key is being changed by other requests; retry".into(),
+        ))
     }
 
     /// Enables a disabled key.
     pub async fn enable_key(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
-        let mut e = (*self.owned_key(account_id, uid).await?).clone();
-        if e.key.status == KeyStatus::REVOKE {
-            return Err(Error::InvalidState(
-                "the key is pending deletion; cancel the deletion first".into(),
-            ));
-        }
-        if e.key.status != KeyStatus::ENABLE {
-            e.key.status = KeyStatus::ENABLE.into();
-            e.key.status_at = now();
-        }
-        self.save(&e).await
+        self.modify(account_id, uid, |e| {
+            if e.key.status == KeyStatus::REVOKE {
+                return Err(Error::InvalidState(
+                    "the key is pending deletion; cancel the deletion first".into(),
+                ));
+            }
+            if e.key.status != KeyStatus::ENABLE {
+                e.key.status = KeyStatus::ENABLE.into();
+                e.key.status_at = now();
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Disables an enabled key: every version stops working.
     pub async fn disable_key(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
-        let mut e = (*self.owned_key(account_id, uid).await?).clone();
-        if e.key.status == KeyStatus::REVOKE {
-            return Err(Error::InvalidState("the key is pending deletion".into()));
-        }
-        if e.key.status != KeyStatus::DISABLE {
-            e.key.status = KeyStatus::DISABLE.into();
-            e.key.status_at = now();
-        }
-        self.save(&e).await
+        self.modify(account_id, uid, |e| {
+            if e.key.status == KeyStatus::REVOKE {
+                return Err(Error::InvalidState("the key is pending deletion".into()));
+            }
+            if e.key.status != KeyStatus::DISABLE {
+                e.key.status = KeyStatus::DISABLE.into();
+                e.key.status_at = now();
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Enables or disables one version. The newest version cannot be
@@ -411,33 +451,37 @@ impl Engine {
 
     /// Schedules the key's destruction after the 72-hour waiting period.
     pub async fn request_deletion(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
-        let mut e = (*self.owned_key(account_id, uid).await?).clone();
-        if e.key.status == KeyStatus::REVOKE {
-            return Err(Error::InvalidState(
-                "the key is already pending deletion".into(),
-            ));
-        }
-        let t = now();
-        e.key.status_before_delete = Some(e.key.status.clone());
-        e.key.status = KeyStatus::REVOKE.into();
-        e.key.status_at = t;
-        e.key.destroy_at = Some(t + DELETION_WAIT_MS);
-        self.save(&e).await
+        self.modify(account_id, uid, |e| {
+            if e.key.status == KeyStatus::REVOKE {
+                return Err(Error::InvalidState(
+                    "the key is already pending deletion".into(),
+                ));
+            }
+            let t = now();
+            e.key.status_before_delete = Some(e.key.status.clone());
+            e.key.status = KeyStatus::REVOKE.into();
+            e.key.status_at = t;
+            e.key.destroy_at = Some(t + DELETION_WAIT_MS);
+            Ok(())
+        })
+        .await
     }
 
     /// Cancels a pending deletion; the key comes back disabled.
     pub async fn cancel_deletion(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
-        let mut e = (*self.owned_key(account_id, uid).await?).clone();
-        if e.key.status != KeyStatus::REVOKE {
-            return Err(Error::InvalidState(
-                "the key is not pending deletion".into(),
-            ));
-        }
-        e.key.status = KeyStatus::DISABLE.into();
-        e.key.status_at = now();
-        e.key.destroy_at = None;
-        e.key.status_before_delete = None;
-        self.save(&e).await
+        self.modify(account_id, uid, |e| {
+            if e.key.status != KeyStatus::REVOKE {
+                return Err(Error::InvalidState(
+                    "the key is not pending deletion".into(),
+                ));
+            }
+            e.key.status = KeyStatus::DISABLE.into();
+            e.key.status_at = now();
+            e.key.destroy_at = None;
+            e.key.status_before_delete = None;
+            Ok(())
+        })
+        .await
     }
 
     /// Destroys a key that is pending deletion, now.
@@ -485,9 +529,11 @@ impl Engine {
         memo: String,
     ) -> Result<Arc<KeyEntry>> {
         check_memo(&memo)?;
-        let mut e = (*self.owned_key(account_id, uid).await?).clone();
-        e.key.memo = memo;
-        self.save(&e).await
+        self.modify(account_id, uid, |e| {
+            e.key.memo.clone_from(&memo);
+            Ok(())
+        })
+        .await
     }
 
     /// Changes the rotation period; automatic rotation must be on.
@@ -498,15 +544,17 @@ impl Engine {
         days: i64,
     ) -> Result<Arc<KeyEntry>> {
         let days = check_rotation_period(days)?;
-        let mut e = (*self.owned_key(account_id, uid).await?).clone();
-        if !e.key.is_auto_rotation {
-            return Err(Error::InvalidState(
-                "enable automatic rotation before setting its period".into(),
-            ));
-        }
-        e.key.rotation_period = Some(days);
-        e.key.next_rotation_at = Some(last_rotation(&e) + days * DAY_MS);
-        self.save(&e).await
+        self.modify(account_id, uid, |e| {
+            if !e.key.is_auto_rotation {
+                return Err(Error::InvalidState(
+                    "enable automatic rotation before setting its period".into(),
+                ));
+            }
+            e.key.rotation_period = Some(days);
+            e.key.next_rotation_at = Some(last_rotation(e) + days * DAY_MS);
+            Ok(())
+        })
+        .await
     }
 
     /// Turns automatic rotation on or off.
@@ -516,17 +564,19 @@ impl Engine {
         uid: &str,
         on: bool,
     ) -> Result<Arc<KeyEntry>> {
-        let mut e = (*self.owned_key(account_id, uid).await?).clone();
-        if on {
-            let days = e.key.rotation_period.unwrap_or(ROTATION_PERIOD_DEFAULT);
-            e.key.is_auto_rotation = true;
-            e.key.rotation_period = Some(days);
-            e.key.next_rotation_at = Some(now() + days * DAY_MS);
-        } else {
-            e.key.is_auto_rotation = false;
-            e.key.next_rotation_at = None;
-        }
-        self.save(&e).await
+        self.modify(account_id, uid, |e| {
+            if on {
+                let days = e.key.rotation_period.unwrap_or(ROTATION_PERIOD_DEFAULT);
+                e.key.is_auto_rotation = true;
+                e.key.rotation_period = Some(days);
+                e.key.next_rotation_at = Some(now() + days * DAY_MS);
+            } else {
+                e.key.is_auto_rotation = false;
+                e.key.next_rotation_at = None;
+            }
+            Ok(())
+        })
+        .await
     }
 }
 

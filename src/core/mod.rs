@@ -68,6 +68,9 @@ pub enum Error {
     /// An NHN key store's IPv4 / MAC / client-certificate check refused the client.
     #[error("{0}")]
     KeyStoreAuth(nhn::AuthFactor),
+    /// An owner has as many objects of a kind as `[limits]` allows.
+    #[error("{0}")]
+    LimitExceeded(String),
     /// A fault of the HSM or the store; details are logged, not returned.
     #[error("internal error")]
     Internal(String),
@@ -92,6 +95,9 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict => Error::Conflict("already exists".into()),
+            StoreError::LimitReached(what) => {
+                Error::LimitExceeded(format!("the limit on {what} is reached"))
+            }
             other => {
                 tracing::error!(error = %other, "store failure");
                 Error::Internal(other.to_string())
@@ -156,6 +162,7 @@ struct EngineInner {
     generators: cache::Cache<i64, Option<crate::store::GeneratorRow>>,
     acls: cache::Cache<i64, (bool, Vec<ipnet::IpNet>)>,
     token_hour_ms: i64,
+    limits: ObjectLimits,
     nhn: nhn::NhnState,
 }
 
@@ -168,6 +175,8 @@ pub struct EngineOptions {
     pub activity_fsync: bool,
     /// Length of one "hour" of token lifetimes, ms (3 600 000; tests shorten it).
     pub token_hour_ms: i64,
+    /// How many objects one owner may make.
+    pub limits: ObjectLimits,
 }
 
 impl Default for EngineOptions {
@@ -176,6 +185,36 @@ impl Default for EngineOptions {
             activity_log: true,
             activity_fsync: true,
             token_hour_ms: 3_600_000,
+            limits: ObjectLimits::default(),
+        }
+    }
+}
+
+/// How many objects one owner may make (`[limits]`): each creation checks
+/// its count in the same write transaction as its insert, so concurrent
+/// creations cannot overshoot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLimits {
+    /// Keys per account (NAVER accounts and NHN projects), not destroyed.
+    pub keys_per_account: i64,
+    /// Live token sets per NAVER key.
+    pub token_sets_per_key: i64,
+    /// NHN secrets per project, not destroyed.
+    pub nhn_secrets_per_project: i64,
+    /// Versions of one NHN secret.
+    pub secret_versions: i64,
+    /// Client certificates per NHN key store, not deleted.
+    pub certificates_per_key_store: i64,
+}
+
+impl Default for ObjectLimits {
+    fn default() -> Self {
+        ObjectLimits {
+            keys_per_account: 10_000,
+            token_sets_per_key: 100,
+            nhn_secrets_per_project: 10_000,
+            secret_versions: 100,
+            certificates_per_key_store: 100,
         }
     }
 }
@@ -214,6 +253,7 @@ impl Engine {
                 generators: cache::Cache::new(),
                 acls: cache::Cache::new(),
                 token_hour_ms: opts.token_hour_ms.max(1),
+                limits: opts.limits,
                 nhn: nhn::NhnState::default(),
             }),
         })
@@ -227,6 +267,11 @@ impl Engine {
     /// The metadata store.
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The object-count limits in force.
+    pub fn limits(&self) -> ObjectLimits {
+        self.inner.limits
     }
 
     /// Loads a key (with its versions) from the cache or the store.

@@ -216,10 +216,32 @@ impl Engine {
             }
             None => None,
         };
-        let live = self
+        // A new set (not a renewal, which replaces one) counts against the
+        // key's limit of live sets.
+        let max_sets = self.limits().token_sets_per_key;
+        let cap = matches!(parent, TokenParent::None).then_some(max_sets);
+        let live = match self
             .store()
-            .insert_tokens(key_id, &g.generator_id, account_id, &set_id, &rows, parent)
-            .await?;
+            .insert_tokens(
+                key_id,
+                &g.generator_id,
+                account_id,
+                &set_id,
+                &rows,
+                parent,
+                cap,
+            )
+            .await
+        {
+            Ok(live) => live,
+            Err(crate::store::StoreError::LimitReached(_)) => {
+                return Err(Error::LimitExceeded(format!(
+                    "the key has reached its limit of {max_sets} live token sets \
+                     (limits.max_token_sets_per_key); revoke or let some expire"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
         // A parent revoked now, or found revoked, must not be trusted from
         // the cache again.
         let stale = match parent {

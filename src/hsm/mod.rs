@@ -155,10 +155,12 @@ impl Hsm {
         T: Send + 'static,
         F: FnOnce(&SessionRef<'_>) -> Result<T> + Send + 'static,
     {
-        let sem = match class {
-            OpClass::Symmetric => &self.inner.symmetric,
-            OpClass::Asymmetric => &self.inner.asymmetric,
+        let (sem, label) = match class {
+            OpClass::Symmetric => (&self.inner.symmetric, "symmetric"),
+            OpClass::Asymmetric => (&self.inner.asymmetric, "asymmetric"),
         };
+        // Operators (and tests) see how much token work requests cause.
+        metrics::counter!("hsm_kms_token_calls_total", "class" => label).increment(1);
         let _permit = sem
             .acquire()
             .await

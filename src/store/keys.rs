@@ -75,6 +75,9 @@ pub struct KeyRow {
     pub created_at: i64,
     /// Last change, ms.
     pub updated_at: i64,
+    /// Bumped by every write of the row; [`Store::update_key`] writes only
+    /// over the revision it read.
+    pub revision: i64,
 }
 
 /// A key version row.
@@ -96,6 +99,16 @@ pub struct VersionRow {
     pub status_at: i64,
     /// Creation time, ms.
     pub created_at: i64,
+}
+
+/// Counts a new key must stay below (the key itself included they may be
+/// reached, not passed).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyCaps<'a> {
+    /// Keys of the account not destroyed.
+    pub per_account: i64,
+    /// Keys of the account of one `key_type`, not destroyed, and their cap.
+    pub of_type: Option<(&'a str, i64)>,
 }
 
 /// The fields of a key to create.
@@ -123,7 +136,7 @@ pub struct NewKey {
     pub next_rotation_at: Option<i64>,
 }
 
-const KEY_COLS: &str = "id, uid, account_id, name, key_type, status, memo, protection_type, is_convergent, is_auto_rotation, rotation_period, next_rotation_at, destroy_at, status_before_delete, status_at, created_at, updated_at";
+const KEY_COLS: &str = "id, uid, account_id, name, key_type, status, memo, protection_type, is_convergent, is_auto_rotation, rotation_period, next_rotation_at, destroy_at, status_before_delete, status_at, created_at, updated_at, revision";
 
 fn key_from_row(r: &sqlx::sqlite::SqliteRow) -> std::result::Result<KeyRow, sqlx::Error> {
     Ok(KeyRow {
@@ -144,6 +157,7 @@ fn key_from_row(r: &sqlx::sqlite::SqliteRow) -> std::result::Result<KeyRow, sqlx
         status_at: r.try_get("status_at")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
+        revision: r.try_get("revision")?,
     })
 }
 
@@ -166,18 +180,25 @@ const VERSION_COLS: &str =
 
 impl Store {
     /// Writes a new key with its first version `pending`, in one transaction.
-    /// Returns the key id. `Conflict` when the name or uid is taken.
+    /// Returns the key id. `Conflict` when the name or uid is taken,
+    /// `LimitReached("keys")` / `LimitReached("type")` when the account
+    /// already has `caps` keys: the counts are read by the INSERT itself,
+    /// which holds the write lock, so concurrent creations cannot overshoot.
     pub async fn insert_key_pending(
         &self,
         key: &NewKey,
         cka_id: &[u8],
         aux_cka_id: Option<&[u8]>,
+        caps: KeyCaps<'_>,
     ) -> Result<i64> {
         let now = now_ms();
+        let (type_name, type_cap) = caps.of_type.unwrap_or(("", i64::MAX));
         let mut tx = self.pool().begin().await?;
         let r = sqlx::query(
             "INSERT INTO keys (uid, account_id, name, key_type, status, memo, protection_type, is_convergent, is_auto_rotation, rotation_period, next_rotation_at, status_at, created_at, updated_at)
-             VALUES (?, ?, ?, ?, 'ENABLE', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             SELECT ?1, ?2, ?3, ?4, 'ENABLE', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13
+             WHERE (SELECT COUNT(*) FROM keys WHERE account_id = ?2 AND status <> 'DELETED') < ?14
+               AND (SELECT COUNT(*) FROM keys WHERE account_id = ?2 AND status <> 'DELETED' AND key_type = ?15) < ?16",
         )
         .bind(&key.uid)
         .bind(key.account_id)
@@ -192,9 +213,28 @@ impl Store {
         .bind(now)
         .bind(now)
         .bind(now)
+        .bind(caps.per_account)
+        .bind(type_name)
+        .bind(type_cap)
         .execute(&mut *tx)
         .await
         .map_err(map_unique)?;
+        if r.rows_affected() == 0 {
+            let of_account: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM keys WHERE account_id = ? AND status <> 'DELETED'",
+            )
+            .bind(key.account_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.rollback().await?;
+            return Err(StoreError::LimitReached(
+                if of_account >= caps.per_account {
+                    "keys"
+                } else {
+                    "type"
+                },
+            ));
+        }
         let key_id = r.last_insert_rowid();
         sqlx::query(
             "INSERT INTO key_versions (key_id, version, state, enabled, cka_id, aux_cka_id, status_at, created_at) VALUES (?, 1, 'pending', 1, ?, ?, ?, ?)",
@@ -272,7 +312,7 @@ impl Store {
             .bind(version)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE keys SET next_rotation_at = COALESCE(?, next_rotation_at), updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE keys SET next_rotation_at = COALESCE(?, next_rotation_at), updated_at = ?, revision = revision + 1 WHERE id = ?")
             .bind(next_rotation_at)
             .bind(now_ms())
             .bind(key_id)
@@ -433,10 +473,12 @@ impl Store {
         Ok((keys, total))
     }
 
-    /// Writes the mutable fields of a key.
-    pub async fn update_key(&self, k: &KeyRow) -> Result<()> {
-        sqlx::query(
-            "UPDATE keys SET status = ?, memo = ?, is_auto_rotation = ?, rotation_period = ?, next_rotation_at = ?, destroy_at = ?, status_before_delete = ?, status_at = ?, updated_at = ? WHERE id = ?",
+    /// Writes the mutable fields of a key, only if the row is still at the
+    /// revision `k` was read at: `false` when another write came first (read
+    /// again and retry).
+    pub async fn update_key(&self, k: &KeyRow) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE keys SET status = ?, memo = ?, is_auto_rotation = ?, rotation_period = ?, next_rotation_at = ?, destroy_at = ?, status_before_delete = ?, status_at = ?, updated_at = ?, revision = revision + 1 WHERE id = ? AND revision = ?",
         )
         .bind(&k.status)
         .bind(&k.memo)
@@ -448,9 +490,10 @@ impl Store {
         .bind(k.status_at)
         .bind(now_ms())
         .bind(k.id)
+        .bind(k.revision)
         .execute(self.pool())
         .await?;
-        Ok(())
+        Ok(r.rows_affected() == 1)
     }
 
     /// Ids of enabled keys with automatic rotation due at `now`.
@@ -477,7 +520,7 @@ impl Store {
     /// transaction.
     pub async fn mark_key_destroying(&self, key_id: i64) -> Result<()> {
         let mut tx = self.pool().begin().await?;
-        sqlx::query("UPDATE keys SET status = 'DELETED', updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE keys SET status = 'DELETED', updated_at = ?, revision = revision + 1 WHERE id = ?")
             .bind(now_ms())
             .bind(key_id)
             .execute(&mut *tx)

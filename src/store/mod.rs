@@ -6,7 +6,7 @@ mod keys;
 mod naver;
 mod nhn;
 
-pub use keys::{KeyRow, NewKey, VersionRow, VersionState};
+pub use keys::{KeyCaps, KeyRow, NewKey, VersionRow, VersionState};
 pub use naver::{
     insert_activity_batch_on, ActivityRow, GeneratorRow, NewToken, TokenParent, TokenRow,
 };
@@ -34,6 +34,9 @@ pub enum StoreError {
     /// A uniqueness constraint refused the write.
     #[error("already exists")]
     Conflict,
+    /// A count limit refused the insert (names what was counted).
+    #[error("limit reached: {0}")]
+    LimitReached(&'static str),
 }
 
 /// Result type of the store.

@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use super::{map_unique, now_ms, Result, Store};
+use super::{map_unique, now_ms, Result, Store, StoreError};
 
 /// A token generator row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -140,7 +140,11 @@ impl Store {
     /// call was authenticated with), the insert happens only while that token
     /// is still unrevoked, checked and (for a renewal) revoked in the same
     /// transaction, so a refresh token cannot be replayed concurrently.
-    /// Returns `false`, writing nothing, when the parent was revoked.
+    /// Returns `false`, writing nothing, when the parent was revoked. With
+    /// `max_live_sets`, `LimitReached("token sets")` when the key's current
+    /// generator already has that many live sets (unrevoked, unexpired
+    /// refresh tokens), counted under the write lock.
+    #[allow(clippy::too_many_arguments)]
     pub async fn insert_tokens(
         &self,
         key_id: i64,
@@ -149,9 +153,30 @@ impl Store {
         set_id: &str,
         tokens: &[NewToken],
         parent: TokenParent<'_>,
+        max_live_sets: Option<i64>,
     ) -> Result<bool> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
+        if let Some(max) = max_live_sets {
+            // Take the write lock first, so the count below cannot be raced
+            // past by a concurrent creation.
+            sqlx::query("UPDATE token_generators SET issued_count = issued_count WHERE key_id = ?")
+                .bind(key_id)
+                .execute(&mut *tx)
+                .await?;
+            let live: i64 = sqlx::query_scalar(
+                "SELECT COUNT(DISTINCT set_id) FROM tokens WHERE key_id = ? AND generator_id = ? AND kind = 'refresh' AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)",
+            )
+            .bind(key_id)
+            .bind(generator_id)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            if live >= max {
+                tx.rollback().await?;
+                return Err(StoreError::LimitReached("token sets"));
+            }
+        }
         // Each check is an UPDATE guarded by `revoked_at IS NULL`: it takes
         // the write lock and decides atomically, so of two renewals with one
         // refresh token only the first finds it unrevoked. (For `Live` the

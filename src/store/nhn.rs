@@ -1,7 +1,7 @@
 //! NHN Secure Key Manager metadata: projects, appkeys, User Access Keys, key
 //! stores, the NHN side of keys, and key-store credentials.
 
-use super::{map_unique, now_ms, Result, Store};
+use super::{map_unique, now_ms, Result, Store, StoreError};
 
 /// A project row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -647,12 +647,20 @@ impl Store {
         Ok((uids, total))
     }
 
-    /// Adds a credential; `Conflict` when the same value is live in the store.
-    pub async fn nhn_insert_credential(&self, c: &NewCredential) -> Result<i64> {
+    /// Adds a credential; `Conflict` when the same value is live in the
+    /// store, `LimitReached("credentials")` when the key store already has
+    /// `max_of_kind` live credentials of its kind (counted by the INSERT
+    /// itself, under the write lock).
+    pub async fn nhn_insert_credential(
+        &self,
+        c: &NewCredential,
+        max_of_kind: Option<i64>,
+    ) -> Result<i64> {
         let now = now_ms();
         let r = sqlx::query(
             "INSERT INTO nhn_credentials (key_store_id, kind, value, description, status, cert_sha256, cert_der, expires_at, p12_ct, creation_user, created_at, last_change_user, updated_at)
-             VALUES (?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?)",
+             SELECT ?1, ?2, ?3, ?4, 'active', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12
+             WHERE (SELECT COUNT(*) FROM nhn_credentials WHERE key_store_id = ?1 AND kind = ?2 AND status <> 'deleted') < ?13",
         )
         .bind(c.key_store_id)
         .bind(&c.kind)
@@ -666,9 +674,13 @@ impl Store {
         .bind(now)
         .bind(&c.creation_user)
         .bind(now)
+        .bind(max_of_kind.unwrap_or(i64::MAX))
         .execute(self.pool())
         .await
         .map_err(map_unique)?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::LimitReached("credentials"));
+        }
         Ok(r.last_insert_rowid())
     }
 

@@ -34,6 +34,19 @@ pub struct Caller {
     /// Account the call acts for.
     pub account_id: i64,
     slot: Option<ActivitySlot>,
+    gate: Option<QuotaGate>,
+}
+
+impl Caller {
+    /// Charges the key's quota for a batch of `items`: the request itself
+    /// took one unit when the caller was authenticated, each further item
+    /// takes one more.
+    pub fn charge_items(&self, items: usize) -> Result<(), NaverError> {
+        match &self.gate {
+            Some(gate) if items > 1 => gate.take_n(u32::try_from(items - 1).unwrap_or(u32::MAX)),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A verified refresh token (Create Access Token, Renew Token Set).
@@ -195,10 +208,15 @@ impl FromRequestParts<AppState> for Caller {
                 .account_id
         };
         // Only an authenticated call counts against the key's quota.
-        if let Some(gate) = parts.extensions.get::<QuotaGate>() {
+        let gate = parts.extensions.get::<QuotaGate>().cloned();
+        if let Some(gate) = &gate {
             gate.take()?;
         }
-        Ok(Caller { account_id, slot })
+        Ok(Caller {
+            account_id,
+            slot,
+            gate,
+        })
     }
 }
 

@@ -62,12 +62,25 @@ pub fn context(c: &Option<String>) -> Result<Option<Vec<u8>>, NaverError> {
     }
 }
 
-/// Decodes the plaintexts and enforces the 32 KB limit on their total.
-pub fn plaintexts(p: &OneOrMany) -> Result<Vec<Vec<u8>>, NaverError> {
+/// Refuses a list of more than `max` items (`limits.max_batch_items`)
+/// before anything is decoded or any token call is made.
+fn check_batch(field: &str, items: usize, max: usize) -> Result<(), NaverError> {
+    if items > max {
+        return Err(NaverError::bad_request(format!(
+            "{field} may list at most {max} items; this request has {items}"
+        )));
+    }
+    Ok(())
+}
+
+/// Decodes the plaintexts and enforces the batch cap and the 32 KB limit on
+/// their total.
+pub fn plaintexts(p: &OneOrMany, max_items: usize) -> Result<Vec<Vec<u8>>, NaverError> {
     let items = p.items();
     if items.is_empty() {
         return Err(NaverError::bad_request("plaintext must not be empty"));
     }
+    check_batch("plaintext", items.len(), max_items)?;
     let mut out = Vec::with_capacity(items.len());
     let mut total = 0usize;
     for s in items {
@@ -83,11 +96,12 @@ pub fn plaintexts(p: &OneOrMany) -> Result<Vec<Vec<u8>>, NaverError> {
     Ok(out)
 }
 
-fn ciphertexts(c: &OneOrMany) -> Result<Vec<Sealed>, NaverError> {
+fn ciphertexts(c: &OneOrMany, max_items: usize) -> Result<Vec<Sealed>, NaverError> {
     let items = c.items();
     if items.is_empty() {
         return Err(NaverError::bad_request("ciphertext must not be empty"));
     }
+    check_batch("ciphertext", items.len(), max_items)?;
     items
         .into_iter()
         .map(|s| parse_sealed("ciphertext", s))
@@ -144,8 +158,10 @@ pub async fn encrypt(
 ) -> OpResult<OneOrMany> {
     let p = required(b.plaintext, "plaintext")?;
     let ctx = context(&b.context)?;
-    let mut out = Vec::new();
-    for pt in plaintexts(&p)? {
+    let pts = plaintexts(&p, st.config.max_batch_items)?;
+    auth.charge_items(pts.len())?;
+    let mut out = Vec::with_capacity(pts.len());
+    for pt in pts {
         let sealed = st
             .engine
             .encrypt(auth.account_id, tag, pt, ctx.clone())
@@ -165,8 +181,10 @@ pub async fn decrypt(
 ) -> OpResult<OneOrMany> {
     let c = required(b.ciphertext, "ciphertext")?;
     let ctx = context(&b.context)?;
-    let mut out = Vec::new();
-    for sealed in ciphertexts(&c)? {
+    let cts = ciphertexts(&c, st.config.max_batch_items)?;
+    auth.charge_items(cts.len())?;
+    let mut out = Vec::with_capacity(cts.len());
+    for sealed in cts {
         auth.note_version(sealed.version);
         let pt = st
             .engine
@@ -186,8 +204,10 @@ pub async fn reencrypt(
 ) -> OpResult<OneOrMany> {
     let c = required(b.ciphertext, "ciphertext")?;
     let ctx = context(&b.context)?;
-    let mut out = Vec::new();
-    for sealed in ciphertexts(&c)? {
+    let cts = ciphertexts(&c, st.config.max_batch_items)?;
+    auth.charge_items(cts.len())?;
+    let mut out = Vec::with_capacity(cts.len());
+    for sealed in cts {
         let s = st
             .engine
             .reencrypt(auth.account_id, tag, &sealed, ctx.clone())

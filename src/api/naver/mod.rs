@@ -58,19 +58,31 @@ pub(crate) struct QuotaGate {
 impl QuotaGate {
     /// Takes one request from the key's bucket: 429 when it is empty.
     pub(crate) fn take(&self) -> Result<(), NaverError> {
-        let Err(wait) = self.limiter.check(&self.tag) else {
-            return Ok(());
+        self.take_n(1)
+    }
+
+    /// Takes `n` requests (the items of a batch) from the key's bucket, all
+    /// or none: 429 when they are not there.
+    pub(crate) fn take_n(&self, n: u32) -> Result<(), NaverError> {
+        let details = match self.limiter.check_n(&self.tag, n) {
+            Ok(()) => return Ok(()),
+            Err(Some(wait)) => {
+                let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+                *self.retry_after.lock().unwrap_or_else(|p| p.into_inner()) = Some(secs);
+                format!(
+                    "more than {} requests per second for this key",
+                    self.limiter.rps
+                )
+            }
+            Err(None) => format!(
+                "a batch of {n} items is more than this key's burst allows; send fewer items"
+            ),
         };
-        let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
-        *self.retry_after.lock().unwrap_or_else(|p| p.into_inner()) = Some(secs);
         Err(NaverError {
             status: StatusCode::TOO_MANY_REQUESTS,
             code: "400",
             message: "Rate Limited",
-            details: format!(
-                "more than {} requests per second for this key",
-                self.limiter.rps
-            ),
+            details,
         })
     }
 }
@@ -167,7 +179,8 @@ impl From<Error> for NaverError {
             | Error::InvalidState(_)
             | Error::WrongKeyType(_)
             | Error::DecryptFailed
-            | Error::Conflict(_) => (StatusCode::BAD_REQUEST, "100", "Bad Request"),
+            | Error::Conflict(_)
+            | Error::LimitExceeded(_) => (StatusCode::BAD_REQUEST, "100", "Bad Request"),
             Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "200", "Authentication Failed"),
             Error::KeyStoreAuth(_) => (StatusCode::UNAUTHORIZED, "210", "Permission Denied"),
             Error::Forbidden(_) | Error::KeyDisabled | Error::VersionDisabled(_) => {

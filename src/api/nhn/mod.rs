@@ -129,6 +129,7 @@ impl From<Error> for NhnError {
             Error::NotFound("key store") => Self::new(S::NOT_FOUND, -1500, "Invalid Key Store", d),
             Error::NotFound(_) => Self::new(S::NOT_FOUND, -1501, "Invalid Credential", d),
             Error::Conflict(_) => Self::new(S::CONFLICT, -1502, "Duplicated", d),
+            Error::LimitExceeded(_) => Self::new(S::BAD_REQUEST, -1600, "Limit Exceeded", d),
             Error::Internal(_) => Self::new(
                 S::INTERNAL_SERVER_ERROR,
                 -9999,

@@ -311,14 +311,24 @@ impl Engine {
     }
 
     async fn nhn_insert_cred(&self, c: NewCredential) -> Result<i64> {
-        match self.store().nhn_insert_credential(&c).await {
+        let max = (c.kind == "certificate").then(|| self.limits().certificates_per_key_store);
+        match self.store().nhn_insert_credential(&c, max).await {
             Ok(id) => Ok(id),
             Err(StoreError::Conflict) => Err(Error::Conflict(format!(
                 "{} {} is already registered in the key store",
                 c.kind, c.value
             ))),
+            Err(StoreError::LimitReached(_)) => Err(self.certificates_limit()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    fn certificates_limit(&self) -> Error {
+        Error::LimitExceeded(format!(
+            "the key store has reached its limit of {} certificates \
+             (limits.max_certificates_per_key_store); delete unused ones",
+            self.limits().certificates_per_key_store
+        ))
     }
 
     /// Issues a client certificate for a key store (`lifetime_days` from
@@ -383,6 +393,16 @@ impl Engine {
             return Err(Error::Conflict(format!(
                 "certificate {name} is already registered in the key store"
             )));
+        }
+        // Saves the CA signature when the key store is full; the insert
+        // below decides under the write lock.
+        let live = self
+            .store()
+            .nhn_credentials(store.id, "certificate")
+            .await?;
+        if i64::try_from(live.len()).unwrap_or(i64::MAX) >= self.limits().certificates_per_key_store
+        {
+            return Err(self.certificates_limit());
         }
         let issued = self
             .nhn_issue_certificate_raw(project, key_store, &name, password, not_before, not_after)

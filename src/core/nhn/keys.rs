@@ -236,10 +236,30 @@ impl Engine {
             rotation_period: None,
             next_rotation_at: None,
         };
-        let key_id = match self.store().insert_key_pending(&new, &cka_id, None).await {
+        let limits = self.limits();
+        let caps = crate::store::KeyCaps {
+            per_account: limits.keys_per_account,
+            of_type: (kind == NhnKeyType::Secret)
+                .then(|| (kind.engine_type(), limits.nhn_secrets_per_project)),
+        };
+        let key_id = match self
+            .store()
+            .insert_key_pending(&new, &cka_id, None, caps)
+            .await
+        {
             Ok(id) => id,
             Err(StoreError::Conflict) => {
                 return Err(Error::Conflict("key id collision; retry".into()))
+            }
+            Err(StoreError::LimitReached("type")) => {
+                return Err(Error::LimitExceeded(format!(
+                    "the project has reached its limit of {} secrets \
+                     (limits.max_nhn_secrets_per_project)",
+                    limits.nhn_secrets_per_project
+                )))
+            }
+            Err(StoreError::LimitReached(_)) => {
+                return Err(crate::core::keys::keys_limit(limits.keys_per_account))
             }
             Err(e) => return Err(e.into()),
         };
@@ -312,6 +332,20 @@ impl Engine {
         let kind = v
             .key_type()
             .ok_or_else(|| Error::Internal(format!("unknown NHN key type {}", v.meta.nhn_type)))?;
+        // Secrets keep every version; their number is bounded. Versions are
+        // numbered in the store, so the check after the insert below is
+        // exact even under concurrent updates; this one saves the work.
+        let max_versions = self.limits().secret_versions;
+        let secret_limit = || {
+            Error::LimitExceeded(format!(
+                "the secret has reached its limit of {max_versions} versions \
+                 (limits.max_secret_versions)"
+            ))
+        };
+        let last = v.entry.versions.last().map(|r| r.version).unwrap_or(0);
+        if kind == NhnKeyType::Secret && last >= max_versions {
+            return Err(secret_limit());
+        }
         let cka_id = self.nhn_object_id(kind, &v.entry.key.uid).await?;
         let key_id = v.entry.key.id;
         let version = match self
@@ -327,6 +361,10 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         };
+        if kind == NhnKeyType::Secret && version > max_versions {
+            self.store().delete_pending_version(key_id, version).await?;
+            return Err(secret_limit());
+        }
         self.nhn_make_version(
             key_id,
             version,
@@ -396,23 +434,32 @@ impl Engine {
         uid: &str,
         user: &str,
     ) -> Result<i64> {
-        let v = self.nhn_key(project, uid).await?;
-        if !v.is_active() {
-            return Err(Error::InvalidState(
-                "the key is already scheduled for deletion".into(),
-            ));
+        // The row is written only over the revision read (a rotation may
+        // land in between): read again on a lost race.
+        for _ in 0..8 {
+            let v = self.nhn_key(project, uid).await?;
+            if !v.is_active() {
+                return Err(Error::InvalidState(
+                    "the key is already scheduled for deletion".into(),
+                ));
+            }
+            let mut k = v.entry.key.clone();
+            let t = now_ms();
+            k.status_before_delete = Some(k.status.clone());
+            k.status = crate::core::KeyStatus::REVOKE.into();
+            k.status_at = t;
+            k.destroy_at = Some(t + KEY_DELETION_WAIT_MS);
+            let written = self.store().update_key(&k).await?;
+            self.invalidate(uid);
+            self.nhn().keys.remove(uid);
+            if written {
+                self.store().nhn_touch_key_change(k.id, user).await?;
+                return Ok(t + KEY_DELETION_WAIT_MS);
+            }
         }
-        let mut k = v.entry.key.clone();
-        let t = now_ms();
-        k.status_before_delete = Some(k.status.clone());
-        k.status = crate::core::KeyStatus::REVOKE.into();
-        k.status_at = t;
-        k.destroy_at = Some(t + KEY_DELETION_WAIT_MS);
-        self.store().update_key(&k).await?;
-        self.store().nhn_touch_key_change(k.id, user).await?;
-        self.invalidate(uid);
-        self.nhn().keys.remove(uid);
-        Ok(t + KEY_DELETION_WAIT_MS)
+        Err(Error::InvalidState(
+            "the key is being changed by other requests; retry".into(),
+        ))
     }
 
     /// Destroys a key that is scheduled for deletion, now. An active key is
