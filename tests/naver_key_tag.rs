@@ -201,6 +201,16 @@ async fn item3_encoded_key_tag_refused_on_every_route_and_logged_once_canonical(
     }
 
     // Token auth (crypto) and refresh-token calls with an encoded tag.
+    if kms
+        .call("GET", &format!("/kms/v1/keys/{tag}"), None)
+        .await
+        .ok()["status"]
+        != "ENABLE"
+    {
+        kms.call("POST", &format!("/kms/v1/keys/{tag}/enable"), None)
+            .await
+            .ok();
+    }
     kms.call("POST", &format!("/kms/v1/keys/{tag}/token-generator"), None)
         .await
         .ok();
