@@ -269,6 +269,14 @@ pub struct NaverConfig {
     /// Seconds in one "hour" of token lifetimes. 3600; tests shorten it to
     /// exercise expiry.
     pub token_hour_secs: u64,
+    /// Which signed calls refuse a second use of (access key, timestamp,
+    /// signature): `management` (default: calls that change keys, ACLs,
+    /// token generators and sets), `all` (every signed call, crypto
+    /// included) or `off`.
+    pub replay_guard: String,
+    /// Most signatures the replay guard holds at once (each until its
+    /// timestamp leaves the window); when full, guarded calls answer 503.
+    pub replay_guard_max_entries: usize,
 }
 
 impl Default for NaverConfig {
@@ -277,7 +285,24 @@ impl Default for NaverConfig {
             signature_window_secs: 300,
             base_url: "https://ocapi.ncloud.com".into(),
             token_hour_secs: 3600,
+            replay_guard: "management".into(),
+            replay_guard_max_entries: 100_000,
         }
+    }
+}
+
+/// The longest `naver.signature_window_secs`: NCP's own 5 minutes.
+pub const MAX_SIGNATURE_WINDOW_SECS: i64 = 300;
+
+impl NaverConfig {
+    /// `replay_guard` parsed.
+    pub fn replay_mode(&self) -> Result<crate::api::naver::ReplayMode, ConfigError> {
+        crate::api::naver::ReplayMode::parse(&self.replay_guard).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "naver.replay_guard {:?}: use management, all or off",
+                self.replay_guard
+            ))
+        })
     }
 }
 
@@ -340,9 +365,30 @@ impl Config {
         let mut value: toml::Value =
             toml::from_str(&text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         apply_env(&mut value, std::env::vars())?;
-        value
+        let cfg: Config = value
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values whose type alone does not make them valid.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let w = self.naver.signature_window_secs;
+        if !(1..=MAX_SIGNATURE_WINDOW_SECS).contains(&w) {
+            return Err(ConfigError::Invalid(format!(
+                "naver.signature_window_secs = {w}: must be from 1 to {MAX_SIGNATURE_WINDOW_SECS} \
+                 seconds (NCP's own window is 300; a longer one lets a captured signature be \
+                 replayed for longer)"
+            )));
+        }
+        self.naver.replay_mode()?;
+        if self.naver.replay_guard_max_entries == 0 {
+            return Err(ConfigError::Invalid(
+                "naver.replay_guard_max_entries must be at least 1 (use replay_guard = \"off\" to turn the guard off)".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The listen address.
@@ -477,6 +523,40 @@ mod tests {
         assert_eq!(c.server.listen, "127.0.0.1:9");
         assert_eq!(c.hsm.max_sessions, 4);
         assert_eq!(c.hsm.token_label.as_deref(), Some("123"));
+    }
+
+    /// Issue 8, item 5: the window is at most NCP's 300 s, at least 1 s.
+    #[test]
+    fn item5_signature_window_validated() {
+        for (w, ok) in [
+            (0, false),
+            (1, true),
+            (60, true),
+            (300, true),
+            (301, false),
+            (-5, false),
+        ] {
+            let mut c = Config::default();
+            c.naver.signature_window_secs = w;
+            let r = c.validate();
+            assert_eq!(r.is_ok(), ok, "{w}: {r:?}");
+            if let Err(e) = r {
+                let m = e.to_string();
+                assert!(
+                    m.contains("signature_window_secs") && m.contains("300"),
+                    "{m}"
+                );
+            }
+        }
+        let mut c = Config::default();
+        c.naver.replay_guard = "sometimes".into();
+        assert!(c.validate().is_err());
+        for mode in ["off", "management", "all"] {
+            c.naver.replay_guard = mode.into();
+            assert!(c.validate().is_ok(), "{mode}");
+        }
+        c.naver.replay_guard_max_entries = 0;
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -97,6 +97,7 @@ pub async fn start(
     cfg: &Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
+    cfg.validate()?;
     let (hsm, store) = open(cfg).await?;
     let report = start_up(cfg, &hsm, &store, StartMode::Serve).await?;
     tracing::info!(?report, "reconciler finished");
@@ -125,7 +126,13 @@ pub async fn start(
         .rate_limit
         .quota()?
         .and_then(|(rps, burst)| crate::api::ratelimit::KeyRateLimiter::new(rps, burst));
+    let replay_guard = Arc::new(crate::api::naver::ReplayGuard::new(
+        cfg.naver.replay_mode()?,
+        cfg.naver.signature_window_secs,
+        cfg.naver.replay_guard_max_entries,
+    ));
     let api = ApiConfig {
+        replay_guard,
         rate_limit,
         signature_window_secs: cfg.naver.signature_window_secs,
         naver_base_url: cfg.naver.base_url.clone(),

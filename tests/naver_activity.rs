@@ -307,3 +307,45 @@ async fn latest_use_info_of_an_unused_key() {
     assert_eq!(d["data"]["kmsKey"]["keyTag"], tag.as_str());
     assert!(d["timestamp"].as_str().unwrap().ends_with('Z'));
 }
+
+/// Issue 8, low: the activity log fails closed when its lookup of the key
+/// fails. Delete Key drops the key from the cache, so the log used to read
+/// it back from the store after the handler had destroyed it; when that
+/// read failed the answer was a silent success with no record. Here the
+/// store refuses to read key rows (a column renamed under the service)
+/// while the deletion itself still works: the client gets either a recorded
+/// success or an error, never an unrecorded success.
+#[tokio::test]
+async fn low_activity_log_fails_closed_when_its_lookup_fails() {
+    let kms = Kms::start().await;
+    let tag = kms.create_key("fail-closed", "AES256", json!({})).await;
+    kms.call(
+        "POST",
+        &format!("/kms/v1/keys/{tag}/request-deletion"),
+        None,
+    )
+    .await
+    .ok();
+    let db = kms.db().await;
+    sqlx::query("ALTER TABLE keys RENAME COLUMN memo TO memo_unreadable")
+        .execute(&db)
+        .await
+        .expect("rename");
+    let r = kms
+        .call("DELETE", &format!("/kms/v1/keys/{tag}"), None)
+        .await;
+    let recorded: (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM activity_logs WHERE key_uid = ? AND action = 'DeleteKey'",
+    )
+    .bind(&tag)
+    .fetch_one(&db)
+    .await
+    .expect("count");
+    assert!(
+        r.status != 200 || recorded.0 == 1,
+        "Delete Key answered {} with {} records: {}",
+        r.status,
+        recorded.0,
+        r.body
+    );
+}

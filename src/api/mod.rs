@@ -35,6 +35,8 @@ pub struct ApiConfig {
     pub rate_limit: Option<ratelimit::KeyRateLimiter>,
     /// Items in one NAVER array request (`limits.max_batch_items`).
     pub max_batch_items: usize,
+    /// Refuses a second use of an NCP signature on the calls it covers.
+    pub replay_guard: Arc<naver::ReplayGuard>,
 }
 
 impl Default for ApiConfig {
@@ -46,6 +48,11 @@ impl Default for ApiConfig {
             body_limit: 1024 * 1024,
             rate_limit: None,
             max_batch_items: 100,
+            replay_guard: Arc::new(naver::ReplayGuard::new(
+                naver::ReplayMode::Management,
+                300,
+                100_000,
+            )),
         }
     }
 }
@@ -59,30 +66,66 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
 }
 
-/// The client address: the socket peer, or the first untrusted hop of
-/// `X-Forwarded-For` when the peer is a trusted proxy.
+/// The address [`client_ip`] answers when a trusted proxy forwarded a hop
+/// that is not an address (`unknown`, an empty entry, text): the unspecified
+/// IPv6 address `::`. No IPv4 check, registered address or sensible ACL rule
+/// matches it, so such a request fails every address check, and the
+/// activity log shows `::`.
+pub const UNKNOWN_CLIENT: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+
+/// The client address of a request.
+///
+/// A peer that is not in `trusted` is the client: its headers are ignored.
+/// Behind trusted proxies, every `X-Forwarded-For` line is read in order
+/// (HAProxy appends its own line, nginx appends to one comma list; both
+/// forms, and mixes, read as one list), and the hops are walked from the
+/// right: trusted proxies are skipped and the first untrusted hop is the
+/// client. Entries on its left were written by the client itself and are
+/// never believed. If every hop is trusted, the leftmost is the client.
+/// A hop that is not an address (`unknown`, empty, garbage) stops the walk:
+/// nothing on its left can be trusted and the hop on its right is a proxy,
+/// not the client, so the answer is [`UNKNOWN_CLIENT`]. Hops may carry a
+/// port (`192.0.2.1:4711`, `[2001:db8::1]:4711`), as some load balancers
+/// write them.
+///
+/// RFC 7239 `Forwarded` is ignored: a proxy that sets only `Forwarded` must
+/// be configured to set (append to) `X-Forwarded-For` as well, and a client
+/// cannot use `Forwarded` to claim an address.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
-    if !trusted.iter().any(|n| n.contains(&peer)) {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
         return peer;
     }
-    let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) else {
-        return peer;
-    };
-    // Walk from the nearest hop back; the first address that is not a
-    // trusted proxy is the client.
+    let mut hops: Vec<Option<IpAddr>> = Vec::new();
+    for line in headers.get_all("x-forwarded-for") {
+        match line.to_str() {
+            Ok(text) => hops.extend(text.split(',').map(|h| parse_hop(h.trim()))),
+            Err(_) => hops.push(None),
+        }
+    }
     let mut client = peer;
-    for hop in xff.rsplit(',').map(str::trim) {
-        match hop.parse::<IpAddr>() {
-            Ok(ip) => {
-                client = ip;
-                if !trusted.iter().any(|n| n.contains(&ip)) {
-                    break;
-                }
-            }
-            Err(_) => break,
+    for hop in hops.iter().rev() {
+        match hop {
+            Some(ip) if is_trusted(ip) => client = *ip,
+            Some(ip) => return *ip,
+            None => return UNKNOWN_CLIENT,
         }
     }
     client
+}
+
+/// One `X-Forwarded-For` entry: an address, optionally with a port.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = hop.parse::<SocketAddr>() {
+        return Some(sa.ip());
+    }
+    hop.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .and_then(|h| h.parse::<std::net::Ipv6Addr>().ok())
+        .map(IpAddr::V6)
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -191,5 +234,68 @@ mod tests {
             "203.0.113.7".parse::<IpAddr>().unwrap()
         );
         assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
+    }
+
+    fn xff(lines: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for l in lines {
+            h.append("x-forwarded-for", l.parse().unwrap());
+        }
+        h
+    }
+
+    /// Issue 8, item 4: every line is read, from the right.
+    #[test]
+    fn item4_every_forwarded_line_walked_from_the_right() {
+        let trusted: Vec<ipnet::IpNet> = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "127.0.0.1/32".parse().unwrap(),
+        ];
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let cases: &[(&[&str], IpAddr)] = &[
+            // HAProxy: the client's forged line first, the proxy's own line last.
+            (&["198.51.100.7", "203.0.113.9"], ip("203.0.113.9")),
+            (&["203.0.113.9", "198.51.100.7"], ip("198.51.100.7")),
+            // nginx: one list.
+            (&["198.51.100.7, 203.0.113.9"], ip("203.0.113.9")),
+            (&["198.51.100.7, 203.0.113.9, 10.1.1.1"], ip("203.0.113.9")),
+            (
+                &["198.51.100.7", "203.0.113.9, 10.1.1.1"],
+                ip("203.0.113.9"),
+            ),
+            // Every hop trusted: the leftmost.
+            (&["10.3.3.3, 10.1.1.1"], ip("10.3.3.3")),
+            // Ports, as some load balancers write them.
+            (&["198.51.100.7, 203.0.113.9:4711"], ip("203.0.113.9")),
+            (&["[2001:db8::1]:4711"], ip("2001:db8::1")),
+            (&["[2001:db8::1]"], ip("2001:db8::1")),
+            // Garbage where the client should be: unknown, never the proxy.
+            (&["198.51.100.7, unknown, 10.1.1.1"], UNKNOWN_CLIENT),
+            (&["198.51.100.7, , 10.1.1.1"], UNKNOWN_CLIENT),
+            (&["198.51.100.7", ""], UNKNOWN_CLIENT),
+            // Garbage left of the client does not matter.
+            (&["junk, 203.0.113.9"], ip("203.0.113.9")),
+            (&["junk", "203.0.113.9"], ip("203.0.113.9")),
+            // No header: the peer.
+            (&[], proxy),
+        ];
+        for (lines, want) in cases {
+            assert_eq!(client_ip(proxy, &xff(lines), &trusted), *want, "{lines:?}");
+        }
+        // Forwarded (RFC 7239) is not read.
+        let mut h = HeaderMap::new();
+        h.insert("forwarded", "for=198.51.100.7".parse().unwrap());
+        assert_eq!(client_ip(proxy, &h, &trusted), proxy);
+        // A line that is not text is garbage too.
+        let mut h = xff(&["198.51.100.7"]);
+        h.append(
+            "x-forwarded-for",
+            axum::http::HeaderValue::from_bytes(b"\xff\xfe").unwrap(),
+        );
+        assert_eq!(client_ip(proxy, &h, &trusted), UNKNOWN_CLIENT);
+        // An untrusted peer's headers are ignored entirely.
+        let peer = ip("203.0.113.50");
+        assert_eq!(client_ip(peer, &xff(&["198.51.100.7"]), &trusted), peer);
     }
 }

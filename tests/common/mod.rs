@@ -156,6 +156,23 @@ pub fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// A signing timestamp (ms text) this process has not used before: now, or
+/// one past the last one handed out. A signature covers method, path,
+/// timestamp and access key, so two calls signed in the same millisecond
+/// would be identical and the replay guard refuses the second on management
+/// calls; well-behaved clients never reuse a timestamp, and neither do tests.
+pub fn fresh_ts() -> String {
+    static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let now = now_ms();
+    let prev = LAST.fetch_max(now, Ordering::SeqCst);
+    let ts = if prev >= now {
+        LAST.fetch_add(1, Ordering::SeqCst) + 1
+    } else {
+        now
+    };
+    ts.to_string()
+}
+
 impl Kms {
     /// Starts a fresh service (new token, new store, `init`).
     pub async fn start() -> Kms {
@@ -247,7 +264,7 @@ impl Kms {
             &self.secret_key,
             method,
             path,
-            &now_ms().to_string(),
+            &fresh_ts(),
         );
         self.raw(method, path, &h, Some(body.to_vec())).await
     }
@@ -306,7 +323,7 @@ impl Kms {
         path: &str,
         body: Option<Value>,
     ) -> Reply {
-        let ts = now_ms().to_string();
+        let ts = fresh_ts();
         let sig = sign(
             SignatureVersion::V2,
             sk.as_bytes(),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{make_token_with_pin, now_ms, send, Kms, Reply, PIN};
+use super::{make_token_with_pin, send, Kms, Reply, PIN};
 
 /// Label of the token the subprocesses use.
 pub const TOKEN_LABEL: &str = "hsm-kms-test";
@@ -231,7 +231,7 @@ impl Server {
             &self.secret_key,
             method,
             path,
-            &now_ms().to_string(),
+            &super::fresh_ts(),
         );
         send(
             &self.client,

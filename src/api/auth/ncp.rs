@@ -98,13 +98,21 @@ impl<'a> SignedRequest<'a> {
         })
     }
 
-    /// Checks the timestamp against `now_ms` with a window of `window_secs`.
-    pub fn check_timestamp(&self, now_ms: i64, window_secs: i64) -> Result<(), SignatureError> {
-        let ts: i64 = self
-            .timestamp
+    /// The timestamp as a number of milliseconds.
+    pub fn timestamp_ms(&self) -> Result<i64, SignatureError> {
+        self.timestamp
             .parse()
-            .map_err(|_| SignatureError::BadTimestamp)?;
-        if (now_ms - ts).abs() > window_secs * 1000 {
+            .map_err(|_| SignatureError::BadTimestamp)
+    }
+
+    /// Checks the timestamp against `now_ms` with a window of `window_secs`.
+    /// The distance is computed in 128 bits: any pair of i64 stamps (a
+    /// client may send `i64::MIN` or `i64::MAX`) gives an exact answer, never
+    /// an overflow, so far-past and far-future stamps are both refused.
+    pub fn check_timestamp(&self, now_ms: i64, window_secs: i64) -> Result<(), SignatureError> {
+        let ts = self.timestamp_ms()?;
+        let skew = (i128::from(now_ms) - i128::from(ts)).abs();
+        if skew > i128::from(window_secs) * 1000 {
             return Err(SignatureError::Expired(window_secs));
         }
         Ok(())
@@ -258,6 +266,82 @@ mod tests {
             r.check_timestamp(1000000 - 360_000, 300),
             Err(SignatureError::Expired(300))
         );
+    }
+
+    /// splitmix64: a deterministic stream of 64-bit values that covers the
+    /// whole range, so the property test needs no extra dependency and
+    /// fails the same way on every run.
+    fn splitmix(state: &mut u64) -> u64 {
+        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Issue 8, low: timestamp arithmetic cannot overflow. Over the whole
+    /// i64 range of both the sent stamp and the server clock (edges and
+    /// 200,000 pseudo-random pairs), the check never panics (debug builds
+    /// trap on overflow) and accepts exactly the stamps within the window.
+    #[test]
+    fn low_timestamp_check_never_overflows_over_the_whole_i64_range() {
+        let edges = [
+            i64::MIN,
+            i64::MIN + 1,
+            -300_001,
+            -1,
+            0,
+            1,
+            1_700_000_000_000,
+            i64::MAX - 300_000,
+            i64::MAX - 1,
+            i64::MAX,
+        ];
+        let mut pairs: Vec<(i64, i64)> = Vec::new();
+        for &a in &edges {
+            for &b in &edges {
+                pairs.push((a, b));
+            }
+        }
+        let mut seed = 8;
+        for _ in 0..200_000 {
+            let ts = splitmix(&mut seed) as i64;
+            let now = splitmix(&mut seed) as i64;
+            pairs.push((ts, now));
+            // Near misses around the window's edges.
+            let off = (splitmix(&mut seed) % 600_003) as i64 - 300_001;
+            pairs.push((now.wrapping_add(off), now));
+        }
+        for (ts, now) in pairs {
+            let text = ts.to_string();
+            let r = SignedRequest {
+                version: SignatureVersion::V2,
+                timestamp: &text,
+                access_key: "AK",
+                api_key: None,
+                signature: "x",
+            };
+            for window in [1, 5, 300] {
+                let within = (i128::from(now) - i128::from(ts)).abs() <= i128::from(window) * 1000;
+                let got = r.check_timestamp(now, window);
+                assert_eq!(
+                    got.is_ok(),
+                    within,
+                    "ts {ts} now {now} window {window}: {got:?}"
+                );
+            }
+        }
+        // Far-future stamps and stamps beyond i64 are refused, not wrapped.
+        let now = 1_700_000_000_000;
+        for far in [
+            i64::MAX.to_string(),
+            "99999999999999999999999".into(),
+            (now + 301_000).to_string(),
+        ] {
+            let h = headers(&[(TIMESTAMP, &far), (ACCESS_KEY, "AK"), (SIGNATURE_V2, "x")]);
+            let r = SignedRequest::from_headers(&h, SignatureVersion::V2).unwrap();
+            assert!(r.check_timestamp(now, 300).is_err(), "{far} accepted");
+        }
     }
 
     #[test]

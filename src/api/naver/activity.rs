@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::NaverError;
 use crate::api::AppState;
+use crate::core::KeyEntry;
 use crate::store::ActivityRow;
 
 #[derive(Debug, Default)]
@@ -20,6 +21,7 @@ struct Ctx {
     caller: String,
     ip: Option<IpAddr>,
     key_uid: Option<String>,
+    entry: Option<Arc<KeyEntry>>,
     version: Option<i64>,
 }
 
@@ -51,6 +53,11 @@ impl ActivitySlot {
     }
     pub(super) fn set_key(&self, uid: &str) {
         self.with(|c| c.key_uid = Some(uid.to_string()));
+    }
+    /// The key the path names, resolved once the caller was authenticated
+    /// and before the handler acted.
+    pub(super) fn set_entry(&self, entry: Arc<KeyEntry>) {
+        self.with(|c| c.entry = Some(entry));
     }
 }
 
@@ -114,21 +121,48 @@ pub async fn record(State(st): State<AppState>, mut req: Request, next: Next) ->
     if !st.engine.activity_enabled() {
         return next.run(req).await;
     }
-    let path_tag = super::key_tag_in(req.uri().path()).map(str::to_string);
     let slot = ActivitySlot::default();
     req.extensions_mut().insert(slot.clone());
     let resp = next.run(req).await;
     let ctx = std::mem::take(&mut *slot.0.lock().unwrap_or_else(|p| p.into_inner()));
-    let (Some(account_id), Some(uid)) = (ctx.account_id, ctx.key_uid.or(path_tag)) else {
-        return resp;
+    // Fails closed: an answer that reports success always has its record.
+    // Whatever cannot be recorded is refused, never answered silently.
+    let unrecorded = |resp: Response, why: &str| {
+        if resp.status().is_success() {
+            tracing::error!(
+                action,
+                why,
+                "refusing an answer the activity log cannot record"
+            );
+            NaverError::from(crate::core::Error::Internal(format!("activity log: {why}")))
+                .into_response()
+        } else {
+            resp
+        }
+    };
+    // No authenticated caller: the handler did not run, nothing to record.
+    let Some(account_id) = ctx.account_id else {
+        return unrecorded(resp, "no authenticated caller");
+    };
+    // The key: as the handler noted it (Create Key), else as resolved from
+    // the path before the handler acted (see `auth::resolve_logged_key`).
+    let entry = match (ctx.key_uid, ctx.entry) {
+        (Some(uid), Some(e)) if e.key.uid == uid => e,
+        (Some(uid), _) => match st.engine.key_entry(&uid).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, action, "activity log: key lookup failed");
+                return unrecorded(resp, "key lookup failed");
+            }
+        },
+        (None, Some(e)) => e,
+        // No such key (a probe of a tag that does not exist).
+        (None, None) => return unrecorded(resp, "no key"),
     };
     // Only keys of the caller's own account get records; a probe of another
     // account's key tag must not write into that account's log.
-    let Ok(entry) = st.engine.key_entry(&uid).await else {
-        return resp;
-    };
     if entry.key.account_id != account_id {
-        return resp;
+        return unrecorded(resp, "another account's key");
     }
     let status = resp.status();
     let row = ActivityRow {

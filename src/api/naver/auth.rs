@@ -8,7 +8,7 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 
 use super::activity::ActivitySlot;
-use super::{NaverError, QuotaGate};
+use super::{NaverError, QuotaGate, ReplayError};
 use crate::api::auth::ncp::{
     SignatureError, SignatureVersion, SignedRequest, SIGNATURE_V1, SIGNATURE_V2,
 };
@@ -123,6 +123,7 @@ pub async fn verify_signature(
     signed
         .verify(parts.method.as_str(), pq, &secret)
         .map_err(fail)?;
+    check_replay(parts, state, &signed)?;
     let slot = parts.extensions.get::<ActivitySlot>().cloned();
     let auth_type = match version {
         SignatureVersion::V1 => "SIGNATURE_V1",
@@ -135,6 +136,7 @@ pub async fn verify_signature(
             signed.access_key,
             request_ip(parts, state),
         );
+        resolve_logged_key(parts, state, s).await?;
     }
     Ok(AccountAuth {
         account_id,
@@ -162,8 +164,80 @@ async fn verify_token(
         .await?;
     if let Some(s) = parts.extensions.get::<ActivitySlot>() {
         s.set_caller(auth.account_id, "TOKEN", &auth.token_id, ip);
+        resolve_logged_key(parts, state, s).await?;
     }
     Ok(auth)
+}
+
+/// The replay guard (issue 8, item 5), after the signature verified: only
+/// genuine signatures take room in it, so nobody without the secret key can
+/// fill it or block another caller's request.
+fn check_replay(
+    parts: &Parts,
+    state: &AppState,
+    signed: &SignedRequest<'_>,
+) -> Result<(), NaverError> {
+    let guard = &state.config.replay_guard;
+    let template = parts
+        .extensions
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str());
+    if !guard.covers(parts.method.as_str(), template) {
+        return Ok(());
+    }
+    let ts = signed
+        .timestamp_ms()
+        .map_err(|e| NaverError::unauthenticated(e.to_string()))?;
+    match guard.check(
+        signed.access_key,
+        ts,
+        signed.signature,
+        crate::store::now_ms(),
+    ) {
+        Ok(()) => Ok(()),
+        Err(e @ ReplayError::Replayed) => {
+            tracing::warn!(
+                access_key = %access_key_hint(signed.access_key),
+                "replayed signature refused"
+            );
+            Err(NaverError::unauthenticated(e.to_string()))
+        }
+        Err(e @ ReplayError::Full) => {
+            tracing::warn!("replay guard full: signed management call refused");
+            Err(NaverError::unavailable(e.to_string()))
+        }
+    }
+}
+
+/// An access key as logs may show it: its first four characters. Access
+/// keys identify a caller and are half of a credential; the log names which
+/// one without handing the whole of it to whoever reads the log.
+pub fn access_key_hint(access_key: &str) -> String {
+    let prefix: String = access_key.chars().take(4).collect();
+    format!("{prefix}...")
+}
+
+/// Tells the activity log which key the call names, once the caller is
+/// known and before the handler acts: the entry the handler will resolve
+/// from the same (canonical) tag. A lookup that fails for any reason other
+/// than "no such key" refuses the call here, so nothing is done that could
+/// not be recorded (the log fails closed).
+async fn resolve_logged_key(
+    parts: &Parts,
+    state: &AppState,
+    slot: &ActivitySlot,
+) -> Result<(), NaverError> {
+    let Some(tag) = super::key_tag_in(parts.uri.path()) else {
+        return Ok(());
+    };
+    match state.engine.key_entry(tag).await {
+        Ok(entry) => {
+            slot.set_entry(entry);
+            Ok(())
+        }
+        Err(Error::NotFound(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl FromRequestParts<AppState> for AccountAuth {

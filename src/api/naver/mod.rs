@@ -6,6 +6,7 @@ mod activity;
 mod auth;
 mod crypto;
 mod format;
+mod replay;
 mod tokens;
 mod v1;
 mod v2;
@@ -13,6 +14,7 @@ mod v2;
 pub use activity::action;
 pub use auth::{AccountAuth, Caller};
 pub use format::{format_sealed, parse_sealed};
+pub use replay::{ReplayError, ReplayGuard, ReplayMode};
 
 use axum::extract::FromRequest;
 use axum::http::StatusCode;
@@ -42,6 +44,26 @@ pub fn router(state: AppState) -> axum::Router<AppState> {
             state,
             activity::record,
         ))
+        .route_layer(axum::middleware::from_fn(canonical_path))
+}
+
+/// Refuses a NAVER path that carries percent-encoding, before
+/// authentication, quota and activity log see it (issue 8, item 3).
+///
+/// Key tags are hex text and versions numbers: no NAVER path ever needs
+/// encoding. The router decodes path parameters, so `%31ab...` and `1ab...`
+/// would reach the handler as the same key while the quota and the log,
+/// which read the path as sent, saw two different ones (a fresh quota bucket
+/// per spelling, calls with no activity record). Refusing every other
+/// spelling makes the tag as sent the tag the handler uses, on every route.
+async fn canonical_path(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if req.uri().path().contains('%') {
+        return NaverError::bad_request(
+            "the path must not be percent-encoded: send the key tag as it is (hex text)",
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// The per-key quota of one crypto request. The middleware below puts it in
@@ -88,8 +110,12 @@ impl QuotaGate {
 }
 
 /// The key tag of a NAVER path: `/kms/v1/keys/{keyTag}/...` (API 2.0) or
-/// `/keys/v{1,2}/{keyTag}/...` (API 1.0).
+/// `/keys/v{1,2}/{keyTag}/...` (API 1.0). A percent-encoded path has no tag
+/// here ([`canonical_path`] refuses it before anything reads one).
 pub(crate) fn key_tag_in(path: &str) -> Option<&str> {
+    if path.contains('%') {
+        return None;
+    }
     let mut segs = path.split('/');
     match (
         segs.next(),
@@ -156,6 +182,16 @@ impl NaverError {
             status: StatusCode::BAD_REQUEST,
             code: "100",
             message: "Bad Request",
+            details: details.into(),
+        }
+    }
+
+    /// 503 / `900` / Service Unavailable: a bounded resource is full.
+    pub fn unavailable(details: impl Into<String>) -> Self {
+        NaverError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "900",
+            message: "Service Unavailable",
             details: details.into(),
         }
     }
@@ -254,5 +290,7 @@ mod tests {
         assert_eq!(key_tag_in("/kms/v1/keys"), None);
         assert_eq!(key_tag_in("/kms/v1/keys/"), None);
         assert_eq!(key_tag_in("/healthz"), None);
+        assert_eq!(key_tag_in("/kms/v1/keys/%61bc/encrypt"), None);
+        assert_eq!(key_tag_in("/keys/v2/ab%63/encrypt"), None);
     }
 }
