@@ -24,13 +24,13 @@ fn esc(s: &str) -> String {
 }
 
 const STYLE: &str = "
-body{font:14px/1.4 'DejaVu Sans',Arial,sans-serif;margin:24px;color:#111}
+body{font:13px/1.35 'DejaVu Sans',Arial,sans-serif;margin:24px;color:#111}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:16px;margin:24px 0 8px}
 .verdict{font-size:18px;padding:10px 14px;border-radius:4px;margin:12px 0}
 .clean{background:#e6f4ea;border:1px solid #34a853}.flagged{background:#fce8e6;border:1px solid #d93025}
-table{border-collapse:collapse;margin:4px 0}th,td{border:1px solid #bbb;padding:3px 6px;text-align:left;vertical-align:top}
-th{background:#eee}td.no{color:#999}td.bad{background:#fce8e6;font-weight:bold}
-tr.group td{border-top:2px solid #555}code,.mono{font-family:'DejaVu Sans Mono',monospace;font-size:12px}
+table{border-collapse:collapse;margin:4px 0}th,td{border:1px solid #bbb;padding:2px 4px;text-align:left;vertical-align:top}
+th{background:#eee;font-size:11px}td.no{color:#999}td.bad{background:#fce8e6;font-weight:bold}
+tr.group td{border-top:2px solid #555}td.wrap{min-width:115px;max-width:150px;word-break:break-all;font-family:'DejaVu Sans Mono',monospace;font-size:11px}code,.mono{font-family:'DejaVu Sans Mono',monospace;font-size:12px}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px;margin:0}dt{font-weight:bold}dd{margin:0}
 pre{white-space:pre-wrap;word-break:break-all;font-size:11px;background:#f6f6f6;padding:8px}
 ";
@@ -172,6 +172,12 @@ const HEAD: [&str; 17] = [
 fn table(h: &mut String, rows: &[Row]) {
     h.push_str("<table><tr>");
     for c in HEAD {
+        // Long attribute names may break after an underscore.
+        let c = if c.len() > 10 {
+            c.replace('_', "_<wbr>")
+        } else {
+            c.to_string()
+        };
         let _ = write!(h, "<th>{c}</th>");
     }
     h.push_str("</tr>\n");
@@ -224,8 +230,9 @@ fn table(h: &mut String, rows: &[Row]) {
             " class=\"bad\""
         };
         let mut first = String::from("<tr class=\"group\">");
-        for v in &store {
-            let _ = write!(first, "<td rowspan=\"{span}\">{}</td>", esc(v));
+        for (i, v) in store.iter().enumerate() {
+            let wrap = if i == 0 { " class=\"wrap\"" } else { "" };
+            let _ = write!(first, "<td rowspan=\"{span}\"{wrap}>{}</td>", esc(v));
         }
         if row.objects.is_empty() {
             let _ = writeln!(
@@ -260,10 +267,12 @@ fn object_cells(h: &mut String, o: &TokenView, row: &Row) {
         (Some(k), None, None) => k.clone(),
         (None, _, _) => String::new(),
     };
-    for v in [&o.class, &size, &o.label] {
+    for v in [&o.class, &size] {
         let _ = write!(h, "<td>{}</td>", esc(v));
     }
-    let _ = write!(h, "<td class=\"mono\">{}</td>", esc(&o.id));
+    for v in [&o.label, &o.id] {
+        let _ = write!(h, "<td class=\"wrap\">{}</td>", esc(v));
+    }
     // A cell is marked when a flag of this object names that attribute.
     let flagged = |code: &str| {
         row.flags
