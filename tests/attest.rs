@@ -94,16 +94,7 @@ fn verify(report: &Path, pem: &Path) -> (i32, String) {
 }
 
 fn pkcs11_tool(args: &[&str]) {
-    let out = Command::new("pkcs11-tool")
-        .args([
-            "--module",
-            &common::module(),
-            "--token-label",
-            "hsm-kms-test",
-            "--login",
-            "--pin",
-            PIN,
-        ])
+    let out = common::pkcs11_tool()
         .args(args)
         .output()
         .expect("pkcs11-tool (opensc) must be installed; scripts/test.sh installs it");
