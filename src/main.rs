@@ -1,6 +1,8 @@
 //! The `hsm-kms` binary: `init`, `serve`, `healthcheck` and `admin` commands.
 #![forbid(unsafe_code)]
 
+mod attest_cli;
+mod attest_html;
 mod nhn_admin;
 
 use std::path::PathBuf;
@@ -51,6 +53,9 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         timeout_secs: u64,
     },
+    /// Attestation: a signed report of what the token says about every key
+    /// version, beside the store's view; its public key; its offline check.
+    Attest(attest_cli::AttestArgs),
     /// Administration: accounts and access keys.
     Admin {
         #[command(subcommand)]
@@ -204,6 +209,7 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
             anyhow::ensure!(status == 200, "{url} answered HTTP {status}");
             println!("{url}: HTTP 200");
         }
+        Cmd::Attest(args) => attest_cli::run(&cfg, args).await?,
         Cmd::Admin {
             cmd:
                 AdminCmd::Reconcile {
@@ -366,27 +372,19 @@ async fn admin(engine: &Engine, cmd: AdminCmd) -> anyhow::Result<()> {
             yes,
         } => admin_reconcile(engine.hsm(), engine.store(), destroy_orphans, yes).await?,
         AdminCmd::ListObjects => {
-            let mut ids: Vec<Vec<u8>> = engine
-                .hsm()
-                .list_service_objects()
-                .await?
-                .into_iter()
-                .map(|o| o.id)
-                .collect();
-            ids.sort();
-            ids.dedup();
-            for id in ids {
-                for info in engine.hsm().object_info(id.clone()).await? {
-                    println!(
-                        "{}",
-                        serde_json::to_string(&serde_json::json!({
-                            "label": info.label, "class": info.class, "id": hex::encode(&id),
-                            "private": info.private, "sensitive": info.sensitive, "extractable": info.extractable,
-                            "local": info.local, "modifiable": info.modifiable,
-                            "never_extractable": info.never_extractable, "always_sensitive": info.always_sensitive,
-                        }))?
-                    );
-                }
+            let mut objects = engine.hsm().service_object_infos().await?;
+            objects.sort_by(|a, b| (&a.id, &a.class).cmp(&(&b.id, &b.class)));
+            for info in objects {
+                println!(
+                    "{}",
+                    serde_json::to_string(&serde_json::json!({
+                        "label": info.label, "class": info.class, "id": hex::encode(&info.id),
+                        "key_type": info.key_type, "bits": info.bits, "curve": info.curve,
+                        "private": info.private, "sensitive": info.sensitive, "extractable": info.extractable,
+                        "local": info.local, "modifiable": info.modifiable,
+                        "never_extractable": info.never_extractable, "always_sensitive": info.always_sensitive,
+                    }))?
+                );
             }
         }
     }

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Kms, PIN};
+use common::Kms;
 use hsm_kms::hsm::ObjectInfo;
 use serde_json::json;
 
@@ -155,17 +155,8 @@ fn parse_listing(text: &str) -> Vec<Listed> {
 async fn pkcs11_tool_lists_every_version() {
     let kms = Kms::start().await;
     let keys = make_keys(&kms).await;
-    let out = std::process::Command::new("pkcs11-tool")
-        .args([
-            "--module",
-            &common::module(),
-            "--token-label",
-            "hsm-kms-test",
-            "--login",
-            "--pin",
-            PIN,
-            "--list-objects",
-        ])
+    let out = common::pkcs11_tool()
+        .arg("--list-objects")
         .output()
         .expect("pkcs11-tool must be installed (package opensc; scripts/test.sh installs it)");
     assert!(

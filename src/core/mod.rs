@@ -4,6 +4,7 @@
 
 mod accounts;
 mod activity;
+pub mod attest;
 mod cache;
 mod crypto;
 mod keys;

@@ -10,6 +10,7 @@
 mod asymmetric;
 mod error;
 mod export;
+mod info;
 mod objects;
 mod symmetric;
 mod templates;
@@ -20,6 +21,7 @@ pub mod asymmetric_limits {
     pub use super::asymmetric::{RSA_OAEP_MAX, RSA_RAW_SIGN_MAX};
 }
 pub use error::HsmError;
+pub use info::{ModuleInfo, TokenInfo};
 pub use objects::{ObjectInfo, TokenObject, INSTALLATION_LABEL, LABEL_PREFIX};
 pub use templates::{KeySpec, KeyUsage};
 

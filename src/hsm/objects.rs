@@ -31,6 +31,18 @@ pub struct ObjectInfo {
     pub class: String,
     /// `CKA_LABEL`.
     pub label: String,
+    /// `CKA_ID`; for a data object (which has none) its label's bytes, as
+    /// in [`TokenObject::id`].
+    pub id: Vec<u8>,
+    /// `CKA_KEY_TYPE` without its `CKK_` prefix (`AES`, `RSA`, `EC`,
+    /// `GENERIC_SECRET`); `None` on data objects.
+    pub key_type: Option<String>,
+    /// Key size in bits: `CKA_VALUE_LEN` x 8 for secret keys, the modulus
+    /// length for RSA; `None` where neither applies.
+    pub bits: Option<u64>,
+    /// The curve of an EC key (`P-256`, or the hex DER of `CKA_EC_PARAMS`
+    /// for another curve).
+    pub curve: Option<String>,
     /// `CKA_TOKEN`.
     pub token: bool,
     /// `CKA_PRIVATE`.
@@ -119,43 +131,78 @@ impl SessionRef<'_> {
 
     /// Protection attributes of every object with `CKA_ID = id`.
     pub fn object_info(&self, id: &[u8]) -> Result<Vec<ObjectInfo>> {
-        let handles = self.find_by_id(id)?;
+        self.find_by_id(id)?
+            .into_iter()
+            .map(|h| self.read_info(h))
+            .collect()
+    }
+
+    /// Protection attributes of every object of the service on the token
+    /// (labels starting with [`LABEL_PREFIX`], the installation object
+    /// left out), read in one pass: for reports over the whole token, where
+    /// one look-up per id would cost a scan of the token each.
+    pub fn service_object_infos(&self) -> Result<Vec<ObjectInfo>> {
         let mut out = Vec::new();
-        for h in handles {
-            let attrs = self.raw().get_attributes(
-                h,
-                &[
-                    AttributeType::Class,
-                    AttributeType::Label,
-                    AttributeType::Token,
-                    AttributeType::Private,
-                    AttributeType::Sensitive,
-                    AttributeType::Extractable,
-                    AttributeType::Local,
-                    AttributeType::Modifiable,
-                    AttributeType::NeverExtractable,
-                    AttributeType::AlwaysSensitive,
-                ],
-            )?;
-            let mut info = ObjectInfo::default();
-            for a in attrs {
-                match a {
-                    Attribute::Class(c) => info.class = class_name(c).to_string(),
-                    Attribute::Label(l) => info.label = String::from_utf8_lossy(&l).into_owned(),
-                    Attribute::Token(b) => info.token = b,
-                    Attribute::Private(b) => info.private = b,
-                    Attribute::Sensitive(b) => info.sensitive = b,
-                    Attribute::Extractable(b) => info.extractable = b,
-                    Attribute::Local(b) => info.local = b,
-                    Attribute::Modifiable(b) => info.modifiable = b,
-                    Attribute::NeverExtractable(b) => info.never_extractable = b,
-                    Attribute::AlwaysSensitive(b) => info.always_sensitive = b,
-                    _ => {}
-                }
+        for h in self.raw().find_objects(&[Attribute::Token(true)])? {
+            let info = self.read_info(h)?;
+            if info.label.starts_with(LABEL_PREFIX) && info.label != INSTALLATION_LABEL {
+                out.push(info);
             }
-            out.push(info);
         }
         Ok(out)
+    }
+
+    /// Reads one object's class, label, id, key type and size, and its
+    /// protection attributes. Attributes an object does not have (key
+    /// attributes on a data object) read as absent: false or `None`.
+    fn read_info(&self, h: cryptoki::object::ObjectHandle) -> Result<ObjectInfo> {
+        let attrs = self.raw().get_attributes(
+            h,
+            &[
+                AttributeType::Class,
+                AttributeType::Label,
+                AttributeType::Id,
+                AttributeType::KeyType,
+                AttributeType::ValueLen,
+                AttributeType::Modulus,
+                AttributeType::EcParams,
+                AttributeType::Token,
+                AttributeType::Private,
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::Local,
+                AttributeType::Modifiable,
+                AttributeType::NeverExtractable,
+                AttributeType::AlwaysSensitive,
+            ],
+        )?;
+        let mut info = ObjectInfo::default();
+        let mut id = None;
+        for a in attrs {
+            match a {
+                Attribute::Class(c) => info.class = class_name(c).to_string(),
+                Attribute::Label(l) => info.label = String::from_utf8_lossy(&l).into_owned(),
+                Attribute::Id(i) => id = Some(i),
+                Attribute::KeyType(k) => {
+                    info.key_type = Some(k.to_string().trim_start_matches("CKK_").to_string())
+                }
+                Attribute::ValueLen(n) => info.bits = Some(u64::from(n) * 8),
+                Attribute::Modulus(m) => info.bits = Some(modulus_bits(&m)),
+                Attribute::EcParams(p) => info.curve = Some(curve_name(&p)),
+                Attribute::Token(b) => info.token = b,
+                Attribute::Private(b) => info.private = b,
+                Attribute::Sensitive(b) => info.sensitive = b,
+                Attribute::Extractable(b) => info.extractable = b,
+                Attribute::Local(b) => info.local = b,
+                Attribute::Modifiable(b) => info.modifiable = b,
+                Attribute::NeverExtractable(b) => info.never_extractable = b,
+                Attribute::AlwaysSensitive(b) => info.always_sensitive = b,
+                _ => {}
+            }
+        }
+        // Data objects have no CKA_ID: their id is their label.
+        info.id = id.unwrap_or_else(|| info.label.as_bytes().to_vec());
+        Ok(info)
     }
 
     /// Objects with `CKA_ID = id`, and the data object labelled `id` (data
@@ -183,6 +230,24 @@ impl SessionRef<'_> {
             }
         }
         Err(super::HsmError::Malformed("no CKA_VALUE".into()))
+    }
+}
+
+/// Bits of an RSA modulus given big-endian (leading zero bytes ignored).
+fn modulus_bits(m: &[u8]) -> u64 {
+    let m = match m.iter().position(|b| *b != 0) {
+        Some(i) => &m[i..],
+        None => return 0,
+    };
+    (m.len() as u64 - 1) * 8 + u64::from(8 - m[0].leading_zeros())
+}
+
+/// `P-256` for the DER OID of prime256v1, else the parameters in hex.
+fn curve_name(params: &[u8]) -> String {
+    if params == super::templates::P256_OID_DER {
+        "P-256".to_string()
+    } else {
+        hex::encode(params)
     }
 }
 
@@ -242,5 +307,30 @@ impl Hsm {
     pub async fn object_info(&self, id: Vec<u8>) -> Result<Vec<ObjectInfo>> {
         self.run(OpClass::Symmetric, move |s| s.object_info(&id))
             .await
+    }
+
+    /// See [`SessionRef::service_object_infos`].
+    pub async fn service_object_infos(&self) -> Result<Vec<ObjectInfo>> {
+        self.run(OpClass::Symmetric, |s| s.service_object_infos())
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modulus_bits_counts_from_the_top_bit() {
+        assert_eq!(modulus_bits(&[0x80; 256]), 2048);
+        assert_eq!(modulus_bits(&[0x00, 0x7f, 0xff]), 15);
+        assert_eq!(modulus_bits(&[0x01]), 1);
+        assert_eq!(modulus_bits(&[0, 0]), 0);
+    }
+
+    #[test]
+    fn p256_is_named() {
+        assert_eq!(curve_name(&super::super::templates::P256_OID_DER), "P-256");
+        assert_eq!(curve_name(&[0x06, 0x01, 0x2a]), "06012a");
     }
 }

@@ -175,6 +175,40 @@ fn version_from_row(r: &sqlx::sqlite::SqliteRow) -> std::result::Result<VersionR
     })
 }
 
+/// One key version as an attestation report describes it: the version, its
+/// key, the key's owner and, for NHN keys, the key store.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct VersionOwnerRow {
+    /// Public identifier of the key (NAVER `keyTag`, NHN `keyId`).
+    pub uid: String,
+    /// Engine key type (`AES256`, `RSA2048`, `ECDSA`, `SECRET`).
+    pub key_type: String,
+    /// Key status (`ENABLE`, `DISABLE`, `REVOKE`, `DELETED`).
+    pub key_status: String,
+    /// Version number.
+    pub version: i64,
+    /// Version state as stored (`pending`, `active`, `destroying`).
+    pub state: String,
+    /// Version enabled.
+    pub enabled: bool,
+    /// `CKA_ID` of the version's object (or pair).
+    pub cka_id: Vec<u8>,
+    /// `CKA_ID` of the convergent HMAC key, if any.
+    pub aux_cka_id: Option<Vec<u8>>,
+    /// The owning account's name (`nhn:{project}` for NHN projects).
+    pub account: String,
+    /// NHN key type (`SECRET`, `SYMMETRIC_KEY`, `ASYMMETRIC_KEY`); `None`
+    /// for NAVER keys.
+    pub nhn_type: Option<String>,
+    /// NHN key store name.
+    pub key_store: Option<String>,
+    /// NHN project name.
+    pub project: Option<String>,
+    /// The NHN key was created extractable under its key store's export
+    /// policy.
+    pub export_policy: Option<bool>,
+}
+
 const VERSION_COLS: &str =
     "key_id, version, state, enabled, cka_id, aux_cka_id, status_at, created_at";
 
@@ -422,6 +456,27 @@ impl Store {
         Ok(sqlx::query_as(
             "SELECT k.uid, v.version, v.cka_id, v.aux_cka_id FROM key_versions v JOIN keys k ON k.id = v.key_id WHERE v.state = 'active' ORDER BY k.id, v.version",
         )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Every version not destroyed, with its key, owner and NHN key store,
+    /// in key then version order; only the key `uid` when given.
+    pub async fn versions_with_owners(&self, uid: Option<&str>) -> Result<Vec<VersionOwnerRow>> {
+        Ok(sqlx::query_as(
+            "SELECT k.uid, k.key_type, k.status AS key_status, v.version, v.state, v.enabled,
+                    v.cka_id, v.aux_cka_id, a.name AS account, n.nhn_type,
+                    s.name AS key_store, p.name AS project, n.extractable AS export_policy
+             FROM key_versions v
+             JOIN keys k ON k.id = v.key_id
+             JOIN accounts a ON a.id = k.account_id
+             LEFT JOIN nhn_keys n ON n.key_id = k.id
+             LEFT JOIN nhn_key_stores s ON s.id = n.key_store_id
+             LEFT JOIN nhn_projects p ON p.id = s.project_id
+             WHERE v.state <> 'destroyed' AND (?1 IS NULL OR k.uid = ?1)
+             ORDER BY k.id, v.version",
+        )
+        .bind(uid)
         .fetch_all(self.pool())
         .await?)
     }

@@ -6,7 +6,7 @@ mod keys;
 mod naver;
 mod nhn;
 
-pub use keys::{KeyCaps, KeyRow, NewKey, VersionRow, VersionState};
+pub use keys::{KeyCaps, KeyRow, NewKey, VersionOwnerRow, VersionRow, VersionState};
 pub use naver::{
     insert_activity_batch_on, ActivityRow, GeneratorRow, NewToken, TokenParent, TokenRow,
 };

@@ -30,6 +30,21 @@ pub fn module() -> String {
     std::env::var("PKCS11_MODULE").unwrap_or_else(|_| "/usr/lib/softhsm/libsofthsm2.so".into())
 }
 
+/// `pkcs11-tool` (OpenSC) on the test token, logged in with the user PIN.
+pub fn pkcs11_tool() -> Command {
+    let mut c = Command::new("pkcs11-tool");
+    c.args([
+        "--module",
+        &module(),
+        "--token-label",
+        "hsm-kms-test",
+        "--login",
+        "--pin",
+        PIN,
+    ]);
+    c
+}
+
 /// Makes a SoftHSM config and one initialised token labelled `label` under
 /// `dir`; returns the config path. Sets `SOFTHSM2_CONF` for this process.
 pub fn make_token(dir: &Path, label: &str) -> PathBuf {
