@@ -227,7 +227,7 @@ impl Store {
     ) -> Result<i64> {
         let now = now_ms();
         let (type_name, type_cap) = caps.of_type.unwrap_or(("", i64::MAX));
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let r = sqlx::query(
             "INSERT INTO keys (uid, account_id, name, key_type, status, memo, protection_type, is_convergent, is_auto_rotation, rotation_period, next_rotation_at, status_at, created_at, updated_at)
              SELECT ?1, ?2, ?3, ?4, 'ENABLE', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13
@@ -293,7 +293,7 @@ impl Store {
         cka_id: &[u8],
         aux_cka_id: Option<&[u8]>,
     ) -> Result<i64> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let next: i64 = sqlx::query_scalar(
             "SELECT COALESCE(MAX(version), 0) + 1 FROM key_versions WHERE key_id = ?",
         )
@@ -340,7 +340,7 @@ impl Store {
         version: i64,
         next_rotation_at: Option<i64>,
     ) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE key_versions SET state = 'active' WHERE key_id = ? AND version = ? AND state = 'pending'")
             .bind(key_id)
             .bind(version)
@@ -358,7 +358,7 @@ impl Store {
 
     /// Deletes a version row that never became active (reconciler, failed creation).
     pub async fn delete_pending_version(&self, key_id: i64, version: i64) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "DELETE FROM key_versions WHERE key_id = ? AND version = ? AND state = 'pending'",
         )
@@ -574,7 +574,7 @@ impl Store {
     /// Marks a key deleted and all its live versions `destroying`, in one
     /// transaction.
     pub async fn mark_key_destroying(&self, key_id: i64) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE keys SET status = 'DELETED', updated_at = ?, revision = revision + 1 WHERE id = ?")
             .bind(now_ms())
             .bind(key_id)

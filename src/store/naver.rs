@@ -156,7 +156,7 @@ impl Store {
         max_live_sets: Option<i64>,
     ) -> Result<bool> {
         let now = now_ms();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         if let Some(max) = max_live_sets {
             // Take the write lock first, so the count below cannot be raced
             // past by a concurrent creation.
@@ -274,7 +274,7 @@ impl Store {
 
     /// Adds rules (duplicates are ignored).
     pub async fn add_acl_rules(&self, key_id: i64, rules: &[String]) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         for r in rules {
             sqlx::query(
                 "INSERT OR IGNORE INTO key_acl_rules (key_id, rule, created_at) VALUES (?, ?, ?)",
@@ -291,7 +291,7 @@ impl Store {
 
     /// Removes rules.
     pub async fn delete_acl_rules(&self, key_id: i64, rules: &[String]) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         for r in rules {
             sqlx::query("DELETE FROM key_acl_rules WHERE key_id = ? AND rule = ?")
                 .bind(key_id)

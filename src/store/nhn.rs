@@ -224,7 +224,7 @@ impl Store {
         require: UserAccessKeyRequirement,
     ) -> Result<i64> {
         let now = now_ms();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let acct = sqlx::query("INSERT INTO accounts (name, created_at) VALUES (?, ?)")
             .bind(account_name)
             .bind(now)
@@ -339,7 +339,7 @@ impl Store {
     /// active appkey.
     pub async fn nhn_rotate_appkey(&self, old: &str, new: &str) -> Result<bool> {
         let now = now_ms();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let project: Option<i64> = sqlx::query_scalar(
             "SELECT project_id FROM nhn_appkeys WHERE appkey = ? AND status = 'active'",
         )
@@ -576,7 +576,7 @@ impl Store {
 
     /// Writes last-access times (batched by the engine).
     pub async fn nhn_flush_access(&self, keys: &[(i64, i64)], creds: &[(i64, i64)]) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         for (id, at) in keys {
             sqlx::query("UPDATE nhn_keys SET last_access_at = MAX(COALESCE(last_access_at, 0), ?) WHERE key_id = ?")
                 .bind(at)
