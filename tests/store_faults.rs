@@ -348,3 +348,197 @@ async fn disk_full_between_object_and_activation_rolls_back_on_proof() {
     assert_eq!(objects(&kms).await, before + 1);
     objects_match_rows(&kms).await;
 }
+
+/// Calls must answer, whatever the store does: never a hang.
+async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(15), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within 15 s"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_only_filesystem_refuses_writes_and_fails_closed() {
+    if !root("read_only") {
+        return;
+    }
+    // `mount -o remount,ro` is refused (EBUSY) while SQLite holds its files
+    // open for writing; what turns a filesystem read-only under a running
+    // server is the kernel, after an error, with `errors=remount-ro`.
+    // ext4's `trigger_fs_error` makes exactly that happen.
+    let base = tempfile::tempdir().unwrap().keep();
+    let mnt = Mounted::ext4(&base.join("ext4.img"), &base.join("mnt"), 32);
+    let data = mnt.dir.join("data");
+    let kms = Kms::start_with(|c| c.store.data_dir = data.display().to_string()).await;
+    let tag = kms.create_key("ro1", "AES256", json!({})).await;
+    let ct = kms.encrypt(&tag, b"before", None).await;
+    let p = project(&kms, "pr", true).await;
+    nhn_t::key_store(&kms, &p, "S", false, false, false, false).await;
+    let nhn_key = nhn_t::create_key(&kms, &p, "symmetric-keys", "S", json!({})).await;
+    let before = objects(&kms).await;
+    assert_eq!(readyz(&kms).await.0, 200);
+
+    let out = Command::new("findmnt")
+        .args(["-no", "SOURCE"])
+        .arg(&mnt.dir)
+        .output()
+        .unwrap();
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let dev = dev.rsplit('/').next().unwrap().to_string();
+    std::fs::write(
+        format!("/sys/fs/ext4/{dev}/trigger_fs_error"),
+        "hsm-kms store fault test",
+    )
+    .expect("trigger an ext4 error");
+    assert!(
+        std::fs::File::create(mnt.dir.join("probe")).is_err(),
+        "the filesystem is still writable"
+    );
+
+    let r = bounded(
+        "create",
+        kms.call("POST", "/kms/v1/keys", Some(key_body("ro2"))),
+    )
+    .await;
+    naver_503(&r, "create on a read-only disk");
+    let r = bounded(
+        "rotate",
+        kms.call("POST", &format!("/kms/v1/keys/{tag}/rotate"), None),
+    )
+    .await;
+    naver_503(&r, "rotate on a read-only disk");
+    let r = bounded(
+        "NHN create",
+        nhn_t::call(
+            &kms,
+            &p,
+            "POST",
+            "/keys/symmetric-keys/create",
+            Some(json!({"keyStoreName": "S", "name": "ro", "description": "d"})),
+        ),
+    )
+    .await;
+    nhn_503(&r, "NHN create on a read-only disk");
+    let r = bounded(
+        "decrypt",
+        kms.op(&tag, "decrypt", json!({"ciphertext": ct.clone()})),
+    )
+    .await;
+    naver_503(&r, "decrypt without its activity record");
+    let r = bounded(
+        "NHN encrypt",
+        nhn_t::call(
+            &kms,
+            &p,
+            "POST",
+            &format!("/symmetric-keys/{nhn_key}/encrypt"),
+            Some(json!({"plaintext": "still"})),
+        ),
+    )
+    .await;
+    nhn_t::ok(&r);
+    assert_eq!(
+        bounded("readyz", readyz(&kms)).await,
+        (503, true),
+        "readyz on a read-only disk"
+    );
+    assert_eq!(
+        objects(&kms).await,
+        before,
+        "objects made on a read-only disk"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_file_deleted_refuses_every_call_and_is_not_recreated() {
+    let kms = Kms::start().await;
+    let tag = kms.create_key("gone1", "AES256", json!({})).await;
+    let p = project(&kms, "pd", true).await;
+    let db = kms.db_path();
+    let before = objects(&kms).await;
+    std::fs::remove_file(&db).unwrap();
+
+    let r = kms
+        .call("POST", "/kms/v1/keys", Some(key_body("gone2")))
+        .await;
+    naver_503(&r, "create after the store file was deleted");
+    let r = kms
+        .op(&tag, "encrypt", json!({"plaintext": b64(b"x")}))
+        .await;
+    naver_503(&r, "encrypt after the store file was deleted");
+    let r = kms.call("GET", &format!("/kms/v1/keys/{tag}"), None).await;
+    naver_503(&r, "key info after the store file was deleted");
+    let r = nhn_t::call(&kms, &p, "GET", "/keystores", None).await;
+    nhn_503(&r, "NHN call after the store file was deleted");
+    assert_eq!(readyz(&kms).await, (503, true));
+    assert!(kms.engine.store_lost());
+    assert!(!db.exists(), "the store file was recreated");
+    assert_eq!(objects(&kms).await, before);
+}
+
+/// Waits for the server to exit by itself; returns its status and log.
+async fn exits(site: &Site, server: &mut common::process::Server, run: usize) -> (i32, String) {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            return (status.code().unwrap_or(-1), site.log(run));
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the server kept running on a lost store: {}",
+            site.log(run)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn store_file_deleted_under_running_server_stops_it_with_one_clear_line() {
+    let mut site = Site::init();
+    let mut server = site.serve(&[]).await;
+    let r = server
+        .call("POST", "/kms/v1/keys", Some(key_body("del1")))
+        .await;
+    r.ok();
+    std::fs::remove_file(site.db_path()).unwrap();
+    let (code, log) = exits(&site, &mut server, 1).await;
+    assert_ne!(code, 0, "{log}");
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("the metadata store is lost"))
+        .collect();
+    assert!(!lines.is_empty(), "{log}");
+    assert!(lines.iter().all(|l| l.contains("was deleted")), "{log}");
+    assert!(lines.iter().any(|l| l.contains("ERROR")), "{log}");
+    assert!(log.contains("nothing was recreated"), "{log}");
+    assert!(!site.db_path().exists(), "the store file was recreated");
+}
+
+#[tokio::test]
+async fn store_file_replaced_under_running_server_stops_it() {
+    let mut site = Site::init();
+    let mut server = site.serve(&[]).await;
+    server
+        .call("POST", "/kms/v1/keys", Some(key_body("rep1")))
+        .await
+        .ok();
+    // An older copy put in place of the live file (a restore from backup
+    // done under the running service).
+    let copy = site.dir.path().join("copy.db");
+    {
+        let db = site.db().await;
+        sqlx::query(&format!("VACUUM INTO '{}'", copy.display()))
+            .execute(&db)
+            .await
+            .unwrap();
+        db.close().await;
+    }
+    server
+        .call("POST", "/kms/v1/keys", Some(key_body("rep2")))
+        .await
+        .ok();
+    std::fs::rename(&copy, site.db_path()).unwrap();
+    let (code, log) = exits(&site, &mut server, 1).await;
+    assert_ne!(code, 0, "{log}");
+    assert!(log.contains("the metadata store is lost"), "{log}");
+    assert!(log.contains("was replaced"), "{log}");
+}

@@ -205,8 +205,9 @@ pub(crate) fn retry_after(resp: &mut Response) {
 }
 
 /// Refuses every API call once the store file was deleted or replaced
-/// under the service, in the dialect's envelope, and checks the file again
-/// after each call: an answer computed on a file that is no longer the
+/// under the service, in the dialect's envelope. The file is checked (one
+/// `stat`) before each call, so that a call does not start on a lost store,
+/// and after it, so that an answer computed on a file that is no longer the
 /// store (its writes lost, its reads stale) is not sent. `/healthz`,
 /// `/readyz`, `/metrics` and `/openapi.json` are not API calls.
 async fn store_guard(
@@ -229,7 +230,7 @@ async fn store_guard(
             naver::NaverError::from(e).into_response()
         }
     };
-    if st.engine.store_lost() {
+    if st.engine.store().check_file().is_err() {
         return lost(nhn);
     }
     let resp = next.run(req).await;

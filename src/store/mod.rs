@@ -17,8 +17,9 @@ pub use nhn::{
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
@@ -28,7 +29,7 @@ use sqlx::SqlitePool;
 pub enum StoreError {
     /// A database error.
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -42,6 +43,44 @@ pub enum StoreError {
     /// nothing is read or written any more (see [`Store::check_file`]).
     #[error("the metadata store is lost: {0}")]
     Lost(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if db_unavailable(&e) {
+            note_fault();
+        }
+        StoreError::Db(e)
+    }
+}
+
+/// When this process last saw the store fail for an unavailable reason, in
+/// nanoseconds after [`fault_clock`]'s start (0: never). Connections opened
+/// before it are closed instead of reused: after a failed write SQLite may
+/// have rolled the transaction back by itself, and sqlx's bookkeeping of
+/// that connection's transaction depth is then wrong (its next transaction
+/// would be a savepoint that a rollback leaves open, holding a stale
+/// snapshot), so the service would stay broken after the disk recovered.
+static LAST_FAULT_NS: AtomicU64 = AtomicU64::new(0);
+
+fn fault_clock() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+fn note_fault() {
+    let ns = u64::try_from(fault_clock().elapsed().as_nanos()).unwrap_or(u64::MAX);
+    LAST_FAULT_NS.fetch_max(ns.max(1), Ordering::Relaxed);
+}
+
+/// Whether a connection of age `age` was opened before the last fault.
+fn opened_before_last_fault(age: Duration) -> bool {
+    let last = LAST_FAULT_NS.load(Ordering::Relaxed);
+    if last == 0 {
+        return false;
+    }
+    let opened = fault_clock().elapsed().saturating_sub(age).as_nanos();
+    opened <= u128::from(last)
 }
 
 impl StoreError {
@@ -92,7 +131,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 fn map_unique(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict,
-        _ => StoreError::Db(e),
+        _ => StoreError::from(e),
     }
 }
 
@@ -185,6 +224,10 @@ impl Store {
             .max_connections(8)
             .idle_timeout(None)
             .max_lifetime(None)
+            .before_acquire(|_conn, meta| {
+                let keep = !opened_before_last_fault(meta.age);
+                Box::pin(async move { Ok(keep) })
+            })
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
@@ -256,8 +299,9 @@ impl Store {
 
     /// Checks that the database answers and can take a write (for
     /// `/readyz`): the file is still ours, its filesystem is writable with at
-    /// least [`MIN_FREE_BYTES`] free, and it takes the write lock (`BEGIN
-    /// IMMEDIATE`, which a read-only file refuses).
+    /// least [`MIN_FREE_BYTES`] free, and a write that changes nothing
+    /// commits (a filesystem the kernel turned read-only after an error may
+    /// still say `rw` in its mount flags).
     pub async fn ping(&self) -> Result<()> {
         self.check_file()?;
         if let Some(dir) = self.file.path.parent() {
@@ -277,9 +321,11 @@ impl Store {
                 }
             }
         }
-        let mut conn = self.pool.acquire().await?;
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+        // A write that changes nothing still commits a WAL frame: a
+        // read-only or failing disk refuses it.
+        sqlx::query("UPDATE installation SET created_at = created_at WHERE singleton = 1")
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
