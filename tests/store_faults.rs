@@ -47,14 +47,17 @@ fn run(cmd: &str, args: &[&str]) {
 }
 
 /// A filesystem mounted by the test; unmounted (lazily, so that a server
-/// still holding files cannot keep it) when dropped.
+/// still holding files cannot keep it) when dropped, and the directory
+/// holding it (and an ext4 image) removed.
 struct Mounted {
     dir: PathBuf,
+    base: PathBuf,
 }
 
 impl Mounted {
-    /// A tmpfs of `size` (mount syntax, e.g. `16m`) at `dir`.
-    fn tmpfs(dir: &Path, size: &str) -> Mounted {
+    /// A tmpfs of `size` (mount syntax, e.g. `16m`) at `base/mnt`.
+    fn tmpfs(base: &Path, size: &str) -> Mounted {
+        let dir = &base.join("mnt");
         std::fs::create_dir_all(dir).unwrap();
         let opts = format!("size={size}");
         run(
@@ -63,12 +66,14 @@ impl Mounted {
         );
         Mounted {
             dir: dir.to_path_buf(),
+            base: base.to_path_buf(),
         }
     }
 
-    /// An ext4 image of `mb` MiB, loop-mounted at `dir` with
-    /// `errors=remount-ro` (Debian's default for its root filesystem).
-    fn ext4(image: &Path, dir: &Path, mb: u64) -> Mounted {
+    /// An ext4 image of `mb` MiB under `base`, loop-mounted at `base/mnt`
+    /// with `errors=remount-ro` (Debian's default for its root filesystem).
+    fn ext4(base: &Path, mb: u64) -> Mounted {
+        let (image, dir) = (&base.join("ext4.img"), &base.join("mnt"));
         std::fs::create_dir_all(dir).unwrap();
         let f = std::fs::File::create(image).unwrap();
         f.set_len(mb << 20).unwrap();
@@ -84,6 +89,7 @@ impl Mounted {
         );
         Mounted {
             dir: dir.to_path_buf(),
+            base: base.to_path_buf(),
         }
     }
 
@@ -205,7 +211,7 @@ fn key_body(name: &str) -> Value {
 /// A service whose store is on a fresh tmpfs under the test's temp dir.
 async fn on_tmpfs(size: &str) -> (Kms, Mounted) {
     let base = tempfile::tempdir().unwrap().keep();
-    let mnt = Mounted::tmpfs(&base.join("mnt"), size);
+    let mnt = Mounted::tmpfs(&base, size);
     let data = mnt.dir.join("data");
     let kms = Kms::start_with(|c| c.store.data_dir = data.display().to_string()).await;
     (kms, mnt)
@@ -296,8 +302,8 @@ async fn disk_full_between_object_and_activation_rolls_back_on_proof() {
     if !root("disk_full_activation") {
         return;
     }
-    let base = tempfile::tempdir().unwrap().keep();
-    let marker = base.join("gate");
+    let gate = tempfile::tempdir().unwrap();
+    let marker = gate.path().join("gate");
     std::env::set_var("HSM_KMS_FAULT_GATE", "create:after-hsm");
     std::env::set_var("HSM_KMS_FAULT_MARKER", &marker);
     let (kms, mnt) = on_tmpfs("24m").await;
@@ -366,7 +372,7 @@ async fn read_only_filesystem_refuses_writes_and_fails_closed() {
     // server is the kernel, after an error, with `errors=remount-ro`.
     // ext4's `trigger_fs_error` makes exactly that happen.
     let base = tempfile::tempdir().unwrap().keep();
-    let mnt = Mounted::ext4(&base.join("ext4.img"), &base.join("mnt"), 32);
+    let mnt = Mounted::ext4(&base, 32);
     let data = mnt.dir.join("data");
     let kms = Kms::start_with(|c| c.store.data_dir = data.display().to_string()).await;
     let tag = kms.create_key("ro1", "AES256", json!({})).await;
