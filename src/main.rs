@@ -195,7 +195,21 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", f.display()))?;
             }
             println!("hsm-kms listening on http://{}", running.addr);
-            running.handle.await??;
+            let engine = running.engine.clone();
+            tokio::select! {
+                r = running.handle => r??,
+                // Exits non-zero rather than serving 503s forever: nothing
+                // in this process can bring the store back, a supervisor's
+                // restart goes through the start-up binding check (which
+                // refuses a missing or foreign store), and a crash loop with
+                // this line is what an operator notices.
+                why = engine.watch_store(std::time::Duration::from_secs(1)) => {
+                    anyhow::bail!(
+                        "the metadata store is lost: {why}; stopped serving, nothing was recreated: \
+                         restore metadata.db and restart (the start-up check verifies it)"
+                    )
+                }
+            }
         }
         Cmd::Healthcheck { url, timeout_secs } => {
             let url = match url {

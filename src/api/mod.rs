@@ -141,6 +141,10 @@ pub fn router(state: AppState) -> Router {
         .merge(naver::router(state.clone()))
         .merge(nhn::router())
         .route_layer(axum::middleware::from_fn(metrics::track))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            store_guard,
+        ))
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(
@@ -180,8 +184,60 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 async fn readyz(State(st): State<AppState>) -> Response {
     match st.engine.ready().await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")).into_response(),
+        Err(e) => {
+            let mut resp =
+                (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")).into_response();
+            retry_after(&mut resp);
+            resp
+        }
     }
+}
+
+/// Seconds a client is told to wait (`Retry-After`) when a dependency of
+/// the service is unavailable (503).
+pub const RETRY_AFTER_SECS: u64 = 5;
+
+/// Adds `Retry-After: RETRY_AFTER_SECS` to a 503 unless it has one.
+pub(crate) fn retry_after(resp: &mut Response) {
+    resp.headers_mut()
+        .entry(axum::http::header::RETRY_AFTER)
+        .or_insert_with(|| axum::http::HeaderValue::from(RETRY_AFTER_SECS));
+}
+
+/// Refuses every API call once the store file was deleted or replaced
+/// under the service, in the dialect's envelope. The file is checked (one
+/// `stat`) before each call, so that a call does not start on a lost store,
+/// and after it, so that an answer computed on a file that is no longer the
+/// store (its writes lost, its reads stale) is not sent. `/healthz`,
+/// `/readyz`, `/metrics` and `/openapi.json` are not API calls.
+async fn store_guard(
+    State(st): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    let nhn = path.starts_with("/keymanager/");
+    if !(nhn || path.starts_with("/kms/") || path.starts_with("/keys/")) {
+        return next.run(req).await;
+    }
+    let lost = |nhn: bool| {
+        let e = crate::core::Error::Unavailable(
+            "the metadata store is lost (deleted or replaced); see the server log".into(),
+        );
+        if nhn {
+            nhn::NhnError::from(e).into_response()
+        } else {
+            naver::NaverError::from(e).into_response()
+        }
+    };
+    if st.engine.store().check_file().is_err() {
+        return lost(nhn);
+    }
+    let resp = next.run(req).await;
+    if st.engine.store().check_file().is_err() {
+        return lost(nhn);
+    }
+    resp
 }
 
 async fn openapi() -> Response {

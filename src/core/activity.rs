@@ -2,6 +2,12 @@
 //! writer task and wait; the writer takes every record queued so far, writes
 //! them in one transaction, and acknowledges them all once it has committed.
 //! An operation is answered only after its record is durable.
+//!
+//! No unlogged crypto: when the record cannot be written (a full or
+//! read-only disk, a lost store file) every operation waiting on the batch
+//! is refused with a 503, whatever the token did for it; nothing is dropped
+//! silently. The next batch tries again on a fresh connection, so the log
+//! works again, without a restart, once the disk does.
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -11,9 +17,17 @@ use crate::store::{ActivityRow, Store};
 /// Largest batch per transaction.
 const MAX_BATCH: usize = 512;
 
+/// Why a batch was not recorded: the store's message, and whether the
+/// store is unavailable (503) rather than broken (500).
+#[derive(Debug, Clone)]
+struct Unrecorded {
+    unavailable: bool,
+    message: String,
+}
+
 type Pending = (
     ActivityRow,
-    oneshot::Sender<std::result::Result<(), String>>,
+    oneshot::Sender<std::result::Result<(), Unrecorded>>,
 );
 
 /// Handle to the writer task.
@@ -55,13 +69,19 @@ impl ActivityLog {
                     Some(c) => crate::store::insert_activity_batch_on(c, &rows).await,
                     None => store.insert_activity_batch(&rows).await,
                 }
-                .map_err(|e| e.to_string());
+                // A commit into a deleted or replaced file is lost to the
+                // next start: not acknowledged.
+                .and_then(|()| store.check_file())
+                .map_err(|e| Unrecorded {
+                    unavailable: e.is_unavailable(),
+                    message: e.to_string(),
+                });
                 if res.is_err() {
                     // A broken connection is replaced at the next batch.
                     conn = None;
                 }
                 if let Err(e) = &res {
-                    tracing::error!(error = %e, records = rows.len(), "activity log write failed");
+                    tracing::error!(error = %e.message, records = rows.len(), "activity log write failed; the operations are refused (no unlogged crypto)");
                 }
                 rows.clear();
                 for ack in acks.drain(..) {
@@ -86,7 +106,15 @@ impl ActivityLog {
             .map_err(|_| Error::Internal("activity log writer stopped".into()))?;
         done.await
             .map_err(|_| Error::Internal("activity log writer stopped".into()))?
-            .map_err(Error::Internal)
+            .map_err(|e| {
+                if e.unavailable {
+                    Error::Unavailable(
+                        "the activity log cannot be written; the operation is refused".into(),
+                    )
+                } else {
+                    Error::Internal(e.message)
+                }
+            })
     }
 }
 

@@ -140,6 +140,21 @@ pub(super) fn keys_limit(max: i64) -> Error {
     ))
 }
 
+/// A version whose objects this process made and whose activation failed.
+#[derive(Debug, Clone)]
+pub(crate) struct Abandoned {
+    /// Owning key.
+    pub(crate) key_id: i64,
+    /// Version number.
+    pub(crate) version: i64,
+    /// The key's uid (cache, log).
+    pub(crate) uid: String,
+    /// `CKA_ID` (or NHN secret label) of the version's object.
+    pub(crate) cka_id: Vec<u8>,
+    /// `CKA_ID` of the convergent HMAC key, if any.
+    pub(crate) aux_id: Option<Vec<u8>>,
+}
+
 fn label(uid: &str, version: i64) -> String {
     format!("hsm-kms/{uid}/v{version}")
 }
@@ -220,9 +235,113 @@ impl Engine {
         )
         .await?;
         fault_point("create:after-hsm");
-        self.store().activate_version(key_id, 1, None).await?;
+        self.activate_made_version(
+            Abandoned {
+                key_id,
+                version: 1,
+                uid: uid.clone(),
+                cka_id,
+                aux_id,
+            },
+            None,
+        )
+        .await?;
         self.invalidate(&uid);
         self.key_entry(&uid).await
+    }
+
+    /// Activates a version whose objects were just made. When the store
+    /// refuses (a full or read-only disk), the version is rolled back
+    /// ([`Engine::roll_back_version`]) so that no object outlives the
+    /// failed request; if even that cannot be written now, each scheduler
+    /// pass tries again, and the start-up reconciler's `pending` rule
+    /// covers a restart. Returns the store's error, or `Ok` when the
+    /// activation did commit after all.
+    pub(super) async fn activate_made_version(
+        &self,
+        made: Abandoned,
+        next_rotation_at: Option<i64>,
+    ) -> Result<()> {
+        let err = match self
+            .store()
+            .activate_version(made.key_id, made.version, next_rotation_at)
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) => Error::from(e),
+        };
+        self.invalidate(&made.uid);
+        match self.roll_back_version(&made).await {
+            Ok(true) => {
+                tracing::warn!(key = %made.uid, version = made.version, "activation failed; the version's objects were destroyed and its row removed");
+                Err(err)
+            }
+            Ok(false) => Ok(()),
+            Err(e) => {
+                tracing::warn!(key = %made.uid, version = made.version, error = %e, "activation failed and so did its rollback; retried by the scheduler");
+                self.inner
+                    .abandoned
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(made);
+                Err(err)
+            }
+        }
+    }
+
+    /// Rolls back a version this process wrote `pending` and whose objects
+    /// it made, on positive proof only: the store must first commit the
+    /// decision (`pending` to `destroying`, for the row with this `CKA_ID`);
+    /// then the objects are destroyed and the row removed. Returns `false`
+    /// when the version turned out active (its activation committed), and
+    /// leaves it alone. Safe to repeat.
+    pub(super) async fn roll_back_version(&self, v: &Abandoned) -> Result<bool> {
+        match self
+            .store()
+            .mark_pending_destroying(v.key_id, v.version, &v.cka_id)
+            .await?
+        {
+            Some(VersionState::Active) => return Ok(false),
+            Some(VersionState::Destroying) => {}
+            _ => return Ok(true),
+        }
+        self.hsm().destroy_id(v.cka_id.clone()).await?;
+        if let Some(aux) = &v.aux_id {
+            self.hsm().destroy_id(aux.clone()).await?;
+        }
+        self.store()
+            .delete_version_in_state(v.key_id, v.version, VersionState::Destroying)
+            .await?;
+        self.invalidate(&v.uid);
+        Ok(true)
+    }
+
+    /// Retries the rollbacks the store refused earlier (scheduler pass).
+    /// Returns how many are still waiting.
+    pub(super) async fn retry_abandoned(&self) -> usize {
+        let todo = std::mem::take(
+            &mut *self
+                .inner
+                .abandoned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let mut left = Vec::new();
+        for v in todo {
+            match self.roll_back_version(&v).await {
+                Ok(_) => {
+                    tracing::info!(key = %v.uid, version = v.version, "rolled back a version whose activation failed")
+                }
+                Err(_) => left.push(v),
+            }
+        }
+        let mut q = self
+            .inner
+            .abandoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        q.extend(left);
+        q.len()
     }
 
     /// Generates the objects of one version; on failure removes whatever was
@@ -440,9 +559,17 @@ impl Engine {
         } else {
             None
         };
-        self.store()
-            .activate_version(e.key.id, version, next)
-            .await?;
+        self.activate_made_version(
+            Abandoned {
+                key_id: e.key.id,
+                version,
+                uid: e.key.uid.clone(),
+                cka_id,
+                aux_id,
+            },
+            next,
+        )
+        .await?;
         fault_point("rotate:after-store");
         self.invalidate(&e.key.uid);
         tracing::info!(key = %e.key.uid, version, "key rotated");

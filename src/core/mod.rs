@@ -75,6 +75,12 @@ pub enum Error {
     /// A fault of the HSM or the store; details are logged, not returned.
     #[error("internal error")]
     Internal(String),
+    /// A dependency is unusable right now (the store's disk is full or
+    /// read-only, the store file is lost, the token is unreachable): 503
+    /// with `Retry-After`; the request did not take effect and may be
+    /// retried.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<HsmError> for Error {
@@ -98,6 +104,10 @@ impl From<StoreError> for Error {
             StoreError::Conflict => Error::Conflict("already exists".into()),
             StoreError::LimitReached(what) => {
                 Error::LimitExceeded(format!("the limit on {what} is reached"))
+            }
+            other if other.is_unavailable() => {
+                tracing::error!(error = %other, "the metadata store is unavailable");
+                Error::Unavailable("the metadata store is unavailable; retry later".into())
             }
             other => {
                 tracing::error!(error = %other, "store failure");
@@ -165,6 +175,11 @@ struct EngineInner {
     token_hour_ms: i64,
     limits: ObjectLimits,
     nhn: nhn::NhnState,
+    /// The store's installation id at start, if it had one.
+    installation_id: Option<String>,
+    /// Versions whose creation failed after their objects were made and
+    /// whose rollback the store refused: retried by each scheduler pass.
+    abandoned: std::sync::Mutex<Vec<keys::Abandoned>>,
 }
 
 /// Engine settings that are not the token or the store.
@@ -242,6 +257,7 @@ impl Engine {
             Error::InvalidState("the service is not initialised: run `hsm-kms init`".into())
         })?;
         let store_for_log = store.clone();
+        let installation_id = store.installation_id().await?;
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 hsm,
@@ -256,6 +272,8 @@ impl Engine {
                 token_hour_ms: opts.token_hour_ms.max(1),
                 limits: opts.limits,
                 nhn: nhn::NhnState::default(),
+                installation_id,
+                abandoned: std::sync::Mutex::new(Vec::new()),
             }),
         })
     }
@@ -308,10 +326,64 @@ impl Engine {
         self.inner.keys.remove(uid);
     }
 
-    /// Checks the token and the store answer (for `/readyz`).
+    /// Checks the token and the store answer (for `/readyz`), and that the
+    /// store is still this installation's ([`Engine::check_store`]).
     pub async fn ready(&self) -> Result<()> {
         self.inner.hsm.ping().await?;
-        self.inner.store.ping().await?;
+        self.check_store().await?;
+        self.inner
+            .store
+            .ping()
+            .await
+            .map_err(|e| Error::Unavailable(format!("the metadata store is unavailable: {e}")))?;
+        Ok(())
+    }
+
+    /// True once the store file was found deleted or replaced: every API
+    /// call answers 503 and `serve` exits (see `server::start`).
+    pub fn store_lost(&self) -> bool {
+        self.inner.store.lost().is_some()
+    }
+
+    /// Checks the store every `interval` with [`Engine::check_store`] and
+    /// returns why once it is lost (deleted or replaced). `serve` stops on
+    /// it: the running process cannot get its store back (its connections
+    /// hold the old inode) and must not adopt another file without the
+    /// start-up binding check.
+    pub async fn watch_store(&self, interval: std::time::Duration) -> String {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let _ = self.check_store().await;
+            if let Some(why) = self.inner.store.lost() {
+                return why.to_string();
+            }
+        }
+    }
+
+    /// Checks that the store is the one this engine started on: the same
+    /// file (inode and device of `metadata.db`) holding the same
+    /// installation id. A mismatch marks the store lost for good. A store
+    /// that cannot be read right now is not a mismatch.
+    pub async fn check_store(&self) -> Result<()> {
+        let store = &self.inner.store;
+        store.check_file()?;
+        if let Some(expected) = &self.inner.installation_id {
+            match store.installation_id().await {
+                Ok(Some(id)) if &id == expected => {}
+                Ok(found) => {
+                    return Err(store
+                        .mark_lost(format!(
+                            "its installation id changed from {expected} to {}",
+                            found.as_deref().unwrap_or("none")
+                        ))
+                        .into())
+                }
+                Err(e) if e.is_unavailable() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(())
     }
 }
@@ -320,8 +392,20 @@ impl Engine {
 /// with the `test-hooks` feature: when `HSM_KMS_FAULT_PAUSE` names the point,
 /// the process writes the file named by `HSM_KMS_FAULT_MARKER` and blocks
 /// forever, so that the test can SIGKILL it exactly there.
+///
+/// With `HSM_KMS_FAULT_GATE` naming the point instead, the process writes
+/// the marker and waits until the test deletes it, then goes on: the test
+/// changes the world (fills the store's disk) at exactly that point.
 #[cfg(feature = "test-hooks")]
 pub fn fault_point(name: &str) {
+    if std::env::var("HSM_KMS_FAULT_GATE").ok().as_deref() == Some(name) {
+        if let Ok(marker) = std::env::var("HSM_KMS_FAULT_MARKER") {
+            let _ = std::fs::write(&marker, name);
+            while std::path::Path::new(&marker).exists() {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
     if std::env::var("HSM_KMS_FAULT_PAUSE").ok().as_deref() == Some(name) {
         if let Ok(marker) = std::env::var("HSM_KMS_FAULT_MARKER") {
             let _ = std::fs::write(marker, name);

@@ -9,6 +9,10 @@ use super::Engine;
 impl Engine {
     /// One pass of the scheduler. Returns (rotated, destroyed).
     pub async fn run_due_work(&self) -> super::Result<(usize, usize)> {
+        self.check_store().await?;
+        if self.retry_abandoned().await > 0 {
+            tracing::warn!("versions whose activation failed still wait for their rollback");
+        }
         let t = now();
         let mut rotated = 0;
         for key_id in self.store().keys_due_for_rotation(t).await? {

@@ -358,14 +358,69 @@ impl Store {
 
     /// Deletes a version row that never became active (reconciler, failed creation).
     pub async fn delete_pending_version(&self, key_id: i64, version: i64) -> Result<()> {
+        self.delete_version_in_state(key_id, version, VersionState::Pending)
+            .await
+    }
+
+    /// Decides to roll back a version whose creation failed after its
+    /// objects were made: moves it from `pending` to `destroying` (only the
+    /// row with this `CKA_ID`, so only the version the caller wrote) and,
+    /// when the key has no active version, marks the key deleted (its name
+    /// is free again even if the rollback stops here). Returns the version's
+    /// state after the write: `Destroying` when its objects may now be
+    /// destroyed, `Active` when an activation the caller saw fail did
+    /// commit, `None` when the row is gone.
+    pub async fn mark_pending_destroying(
+        &self,
+        key_id: i64,
+        version: i64,
+        cka_id: &[u8],
+    ) -> Result<Option<VersionState>> {
         let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "DELETE FROM key_versions WHERE key_id = ? AND version = ? AND state = 'pending'",
+        let r = sqlx::query(
+            "UPDATE key_versions SET state = 'destroying' WHERE key_id = ? AND version = ? AND cka_id = ? AND state = 'pending'",
         )
         .bind(key_id)
         .bind(version)
+        .bind(cka_id)
         .execute(&mut *tx)
         .await?;
+        if r.rows_affected() == 1 {
+            sqlx::query(
+                "UPDATE keys SET status = 'DELETED', updated_at = ?, revision = revision + 1 WHERE id = ? AND NOT EXISTS (SELECT 1 FROM key_versions v WHERE v.key_id = keys.id AND v.state = 'active')",
+            )
+            .bind(now_ms())
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let state: Option<String> = sqlx::query_scalar(
+            "SELECT state FROM key_versions WHERE key_id = ? AND version = ? AND cka_id = ?",
+        )
+        .bind(key_id)
+        .bind(version)
+        .bind(cka_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(state.as_deref().map(VersionState::parse))
+    }
+
+    /// Deletes a version row in `state` and, when it was the key's last
+    /// version, the key.
+    pub async fn delete_version_in_state(
+        &self,
+        key_id: i64,
+        version: i64,
+        state: VersionState,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM key_versions WHERE key_id = ? AND version = ? AND state = ?")
+            .bind(key_id)
+            .bind(version)
+            .bind(state.as_str())
+            .execute(&mut *tx)
+            .await?;
         // A key whose only version never came to be is removed with it.
         let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM key_versions WHERE key_id = ?")
             .bind(key_id)

@@ -223,6 +223,11 @@ impl From<Error> for NaverError {
                 (StatusCode::FORBIDDEN, "230", "Forbidden")
             }
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "300", "Not Found"),
+            Error::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "900",
+                "Service Unavailable",
+            ),
             Error::Internal(_) => {
                 return NaverError {
                     status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -243,11 +248,15 @@ impl From<Error> for NaverError {
 
 impl IntoResponse for NaverError {
     fn into_response(self) -> Response {
-        (
+        let mut resp = (
             self.status,
             Json(json!({"error": {"errorCode": self.code, "message": self.message, "details": self.details}})),
         )
-            .into_response()
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            crate::api::retry_after(&mut resp);
+        }
+        resp
     }
 }
 

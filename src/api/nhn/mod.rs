@@ -130,6 +130,9 @@ impl From<Error> for NhnError {
             Error::NotFound(_) => Self::new(S::NOT_FOUND, -1501, "Invalid Credential", d),
             Error::Conflict(_) => Self::new(S::CONFLICT, -1502, "Duplicated", d),
             Error::LimitExceeded(_) => Self::new(S::BAD_REQUEST, -1600, "Limit Exceeded", d),
+            Error::Unavailable(_) => {
+                Self::new(S::SERVICE_UNAVAILABLE, -9998, "Service Unavailable", d)
+            }
             Error::Internal(_) => Self::new(
                 S::INTERNAL_SERVER_ERROR,
                 -9999,
@@ -142,14 +145,18 @@ impl From<Error> for NhnError {
 
 impl IntoResponse for NhnError {
     fn into_response(self) -> Response {
-        (
+        let mut resp = (
             self.status,
             Json(json!({
                 "header": {"resultCode": self.code, "resultMessage": self.message, "isSuccessful": false},
                 "body": null,
             })),
         )
-            .into_response()
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            crate::api::retry_after(&mut resp);
+        }
+        resp
     }
 }
 

@@ -283,7 +283,17 @@ impl Engine {
         self.nhn_make_version(key_id, 1, &uid, kind, extractable, &cka_id, value)
             .await?;
         crate::core::fault_point("nhn-create:after-hsm");
-        self.store().activate_version(key_id, 1, None).await?;
+        self.activate_made_version(
+            crate::core::keys::Abandoned {
+                key_id,
+                version: 1,
+                uid: uid.clone(),
+                cka_id,
+                aux_id: None,
+            },
+            None,
+        )
+        .await?;
         self.invalidate(&uid);
         tracing::info!(key = %uid, kind = kind.as_str(), "NHN key created");
         self.nhn_key(project, &uid).await
@@ -375,7 +385,17 @@ impl Engine {
             secret,
         )
         .await?;
-        self.store().activate_version(key_id, version, None).await?;
+        self.activate_made_version(
+            crate::core::keys::Abandoned {
+                key_id,
+                version,
+                uid: v.entry.key.uid.clone(),
+                cka_id,
+                aux_id: None,
+            },
+            None,
+        )
+        .await?;
         self.invalidate(&v.entry.key.uid);
         Ok(version)
     }
