@@ -15,7 +15,11 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Some(raw) = ecdsa_der_to_raw(data) {
         assert_eq!(raw.len(), 64);
-        assert_eq!(ecdsa_raw_to_der(&raw).as_deref(), Some(data), "non-canonical DER accepted");
+        assert_eq!(
+            ecdsa_raw_to_der(&raw).as_deref(),
+            Some(data),
+            "non-canonical DER accepted"
+        );
     }
     match ecdsa_raw_to_der(data) {
         Some(der) => {

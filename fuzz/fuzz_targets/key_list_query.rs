@@ -13,8 +13,7 @@
 #![no_main]
 
 use hsm_kms::fuzzing::{
-    naver_activity_params, naver_list_params, nhn_flag, nhn_key_filter, nhn_key_version,
-    query_map,
+    naver_activity_params, naver_list_params, nhn_flag, nhn_key_filter, nhn_key_version, query_map,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -52,10 +51,12 @@ fuzz_target!(|data: &[u8]| {
         Ok(f) => {
             assert!(f.offset >= 0, "{f:?}");
             assert!((10..=100).contains(&f.limit));
-            assert!(f.name.is_none_or(|n| !n.is_empty() && n.chars().count() <= 100));
             assert!(f
-                .nhn_type
-                .is_none_or(|t| ["SECRET", "SYMMETRIC_KEY", "ASYMMETRIC_KEY"].contains(&t.as_str())));
+                .name
+                .is_none_or(|n| !n.is_empty() && n.chars().count() <= 100));
+            assert!(f.nhn_type.is_none_or(
+                |t| ["SECRET", "SYMMETRIC_KEY", "ASYMMETRIC_KEY"].contains(&t.as_str())
+            ));
         }
         Err(e) => assert_eq!(e.status.as_u16(), 400),
     }

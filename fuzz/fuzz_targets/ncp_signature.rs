@@ -14,9 +14,7 @@
 //! signature `sign` makes always verifies.
 #![no_main]
 
-use hsm_kms::fuzzing::{
-    naver_key_tag, ncp_sign, SignatureError, SignatureVersion, SignedRequest,
-};
+use hsm_kms::fuzzing::{naver_key_tag, ncp_sign, SignatureError, SignatureVersion, SignedRequest};
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 
@@ -59,7 +57,12 @@ fuzz_target!(|data: &[u8]| {
         SignatureVersion::V1 => SIGNATURE_V1,
     };
     // A value hyper would not accept never reaches the extractor.
-    for (name, v) in [(TIMESTAMP, ts), (ACCESS_KEY, ak), (sig_name, sig), (API_KEY, api)] {
+    for (name, v) in [
+        (TIMESTAMP, ts),
+        (ACCESS_KEY, ak),
+        (sig_name, sig),
+        (API_KEY, api),
+    ] {
         if let Ok(v) = HeaderValue::from_bytes(v) {
             h.insert(name, v);
         }
@@ -87,7 +90,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(Some(signed.signature), text(sig_name));
 
     // The timestamp window, against an exact oracle.
-    match (signed.timestamp.parse::<i64>(), signed.check_timestamp(now, window)) {
+    match (
+        signed.timestamp.parse::<i64>(),
+        signed.check_timestamp(now, window),
+    ) {
         (Err(_), r) => assert_eq!(r, Err(SignatureError::BadTimestamp)),
         (Ok(t), r) => {
             let within = (i128::from(now) - i128::from(t)).abs() <= i128::from(window) * 1000;
