@@ -61,7 +61,7 @@ for t in "${targets[@]}"; do
         -max_total_time="$SECS" -print_final_stats=1 -timeout=10 \
         >"$scratch/$t.log" 2>&1 || rc=$?
     t1=$(date +%s)
-    execs=$(awk -F: '/stat::number_of_executed_units/ { gsub(/ /, "", $2); n = $2 } END { print n + 0 }' "$scratch/$t.log")
+    execs=$(sed -n 's/.*stat::number_of_executed_units: *\([0-9][0-9]*\).*/\1/p' "$scratch/$t.log" | tail -n 1); execs=${execs:-0}; mkdir -p target/logs; cp "$scratch/$t.log" "target/logs/$t.log"
     secs=$((t1 - t0))
     rate=$((execs / (secs > 0 ? secs : 1)))
     if [ "$rc" -eq 0 ]; then
