@@ -8,6 +8,8 @@ pub mod api;
 pub mod config;
 pub mod connections;
 pub mod core;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hsm;
 pub mod server;
 pub mod store;

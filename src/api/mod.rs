@@ -259,10 +259,16 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
     let bytes = axum::body::Bytes::from_request(req, state)
         .await
         .map_err(|e| format!("cannot read the request body: {e}"))?;
+    parse_json(&bytes)
+}
+
+/// The body rule of [`read_json`]: empty or blank reads as `{}`, anything
+/// else must be JSON of `T`.
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     let body: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
-        &bytes
+        bytes
     };
     serde_json::from_slice(body).map_err(|e| format!("malformed JSON body: {e}"))
 }

@@ -131,9 +131,7 @@ impl SessionRef<'_> {
             SignAlg::EcdsaP256Sha256 => {
                 let digest = Sha256::digest(data);
                 let raw = self.raw().sign(&Mechanism::Ecdsa, h, &digest)?;
-                let sig = p256::ecdsa::Signature::from_slice(&raw)
-                    .map_err(|e| HsmError::Malformed(format!("ECDSA signature: {e}")))?;
-                Ok(sig.to_der().as_bytes().to_vec())
+                ecdsa_raw_to_der(&raw)
             }
         }
     }
@@ -149,12 +147,11 @@ impl SessionRef<'_> {
             }
             SignAlg::RsaPkcs1Raw => self.raw().verify(&Mechanism::RsaPkcs, h, data, signature),
             SignAlg::EcdsaP256Sha256 => {
-                let Ok(sig) = p256::ecdsa::Signature::from_der(signature) else {
+                let Some(raw) = ecdsa_der_to_raw(signature) else {
                     return Ok(false);
                 };
                 let digest = Sha256::digest(data);
-                self.raw()
-                    .verify(&Mechanism::Ecdsa, h, &digest, &sig.to_bytes())
+                self.raw().verify(&Mechanism::Ecdsa, h, &digest, &raw)
             }
         };
         match res {
@@ -220,8 +217,24 @@ impl SessionRef<'_> {
     }
 }
 
+/// The token's raw P-256 ECDSA signature (`r || s`, 32 bytes each, as
+/// `CKM_ECDSA` gives it) as DER, the form both dialects answer.
+pub(crate) fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>> {
+    let sig = p256::ecdsa::Signature::from_slice(raw)
+        .map_err(|e| HsmError::Malformed(format!("ECDSA signature: {e}")))?;
+    Ok(sig.to_der().as_bytes().to_vec())
+}
+
+/// A client's DER P-256 ECDSA signature as the raw `r || s` that
+/// `CKM_ECDSA` verifies; `None` when it does not parse.
+pub(crate) fn ecdsa_der_to_raw(der: &[u8]) -> Option<Vec<u8>> {
+    p256::ecdsa::Signature::from_der(der)
+        .ok()
+        .map(|sig| sig.to_bytes().to_vec())
+}
+
 /// Length of an RSA-2048 modulus and ciphertext, bytes.
-const RSA_MODULUS_LEN: usize = 256;
+pub(crate) const RSA_MODULUS_LEN: usize = 256;
 
 /// True when the token refuses the OAEP-SHA-256 parameters themselves
 /// (rather than the data), so the software padding path applies.
@@ -251,7 +264,7 @@ fn mgf1_xor(out: &mut [u8], seed: &[u8]) {
 
 /// EME-OAEP decoding (RFC 8017 7.1.2) with SHA-256 and an empty label, in
 /// time that does not depend on where the padding goes wrong.
-fn oaep_sha256_decode(em_in: &[u8], k: usize) -> Option<Vec<u8>> {
+pub(crate) fn oaep_sha256_decode(em_in: &[u8], k: usize) -> Option<Vec<u8>> {
     use subtle::{ConditionallySelectable, ConstantTimeEq};
     const H: usize = 32;
     if em_in.len() > k || k < 2 * H + 2 {

@@ -7,7 +7,7 @@
 //! for its mechanism class, then a session from the pool, inside
 //! `spawn_blocking`.
 
-mod asymmetric;
+pub(crate) mod asymmetric;
 mod error;
 mod export;
 mod info;

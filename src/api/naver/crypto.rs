@@ -149,6 +149,97 @@ pub struct VerifyBody {
     signature: Option<String>,
 }
 
+/// An Encrypt request, decoded and within its limits.
+#[derive(Debug)]
+pub struct EncryptRequest {
+    /// The request's shape, which the response keeps.
+    pub shape: OneOrMany,
+    /// The decoded context.
+    pub context: Option<Vec<u8>>,
+    /// The decoded plaintexts, at most 32 KB in total.
+    pub plaintexts: Vec<Vec<u8>>,
+}
+
+impl EncryptBody {
+    /// Checks and decodes the body: `plaintext` is required, `context` at
+    /// most 50 bytes, at most `max_items` plaintexts of 32 KB in total.
+    pub fn decode(self, max_items: usize) -> Result<EncryptRequest, NaverError> {
+        let shape = required(self.plaintext, "plaintext")?;
+        let context = context(&self.context)?;
+        let plaintexts = plaintexts(&shape, max_items)?;
+        Ok(EncryptRequest {
+            shape,
+            context,
+            plaintexts,
+        })
+    }
+}
+
+/// A Decrypt or Re-encrypt request, decoded.
+#[derive(Debug)]
+pub struct DecryptRequest {
+    /// The request's shape, which the response keeps.
+    pub shape: OneOrMany,
+    /// The decoded context.
+    pub context: Option<Vec<u8>>,
+    /// The parsed `ncpkms:v{n}:` ciphertexts.
+    pub ciphertexts: Vec<Sealed>,
+}
+
+impl DecryptBody {
+    /// Checks and decodes the body: `ciphertext` is required, each one of
+    /// the form `ncpkms:v{n}:{base64}`, at most `max_items` of them.
+    pub fn decode(self, max_items: usize) -> Result<DecryptRequest, NaverError> {
+        let shape = required(self.ciphertext, "ciphertext")?;
+        let context = context(&self.context)?;
+        let ciphertexts = ciphertexts(&shape, max_items)?;
+        Ok(DecryptRequest {
+            shape,
+            context,
+            ciphertexts,
+        })
+    }
+}
+
+/// A Create Custom Key request, decoded.
+#[derive(Debug)]
+pub struct CustomKeyRequest {
+    /// Whether the answer carries the plaintext key.
+    pub request_plain_key: bool,
+    /// Key length in bits (the engine checks the value).
+    pub bits: u32,
+    /// The decoded context.
+    pub context: Option<Vec<u8>>,
+}
+
+impl CustomKeyBody {
+    /// Decodes the body; `bits` defaults to 256.
+    pub fn decode(self) -> Result<CustomKeyRequest, NaverError> {
+        Ok(CustomKeyRequest {
+            request_plain_key: self.request_plain_key,
+            bits: self.bits.unwrap_or(256),
+            context: context(&self.context)?,
+        })
+    }
+}
+
+impl SignBody {
+    /// The decoded `data` (required).
+    pub fn decode(self) -> Result<Vec<u8>, NaverError> {
+        b64("data", &required(self.data, "data")?)
+    }
+}
+
+impl VerifyBody {
+    /// The decoded `data` and the parsed `ncpkms:v{n}:` signature (both
+    /// required).
+    pub fn decode(self) -> Result<(Vec<u8>, Sealed), NaverError> {
+        let data = b64("data", &required(self.data, "data")?)?;
+        let sig = parse_sealed("signature", &required(self.signature, "signature")?)?;
+        Ok((data, sig))
+    }
+}
+
 /// Encrypts every plaintext; the output keeps the input's shape.
 pub async fn encrypt(
     st: &AppState,
@@ -156,20 +247,18 @@ pub async fn encrypt(
     tag: &str,
     b: EncryptBody,
 ) -> OpResult<OneOrMany> {
-    let p = required(b.plaintext, "plaintext")?;
-    let ctx = context(&b.context)?;
-    let pts = plaintexts(&p, st.config.max_batch_items)?;
-    auth.charge_items(pts.len())?;
-    let mut out = Vec::with_capacity(pts.len());
-    for pt in pts {
+    let r = b.decode(st.config.max_batch_items)?;
+    auth.charge_items(r.plaintexts.len())?;
+    let mut out = Vec::with_capacity(r.plaintexts.len());
+    for pt in r.plaintexts {
         let sealed = st
             .engine
-            .encrypt(auth.account_id, tag, pt, ctx.clone())
+            .encrypt(auth.account_id, tag, pt, r.context.clone())
             .await?;
         auth.note_version(sealed.version);
         out.push(format_sealed(&sealed));
     }
-    Ok(p.same_shape(out))
+    Ok(r.shape.same_shape(out))
 }
 
 /// Decrypts every ciphertext; the output keeps the input's shape.
@@ -179,20 +268,18 @@ pub async fn decrypt(
     tag: &str,
     b: DecryptBody,
 ) -> OpResult<OneOrMany> {
-    let c = required(b.ciphertext, "ciphertext")?;
-    let ctx = context(&b.context)?;
-    let cts = ciphertexts(&c, st.config.max_batch_items)?;
-    auth.charge_items(cts.len())?;
-    let mut out = Vec::with_capacity(cts.len());
-    for sealed in cts {
+    let r = b.decode(st.config.max_batch_items)?;
+    auth.charge_items(r.ciphertexts.len())?;
+    let mut out = Vec::with_capacity(r.ciphertexts.len());
+    for sealed in r.ciphertexts {
         auth.note_version(sealed.version);
         let pt = st
             .engine
-            .decrypt(auth.account_id, tag, &sealed, ctx.clone())
+            .decrypt(auth.account_id, tag, &sealed, r.context.clone())
             .await?;
         out.push(enc(&pt));
     }
-    Ok(c.same_shape(out))
+    Ok(r.shape.same_shape(out))
 }
 
 /// Re-encrypts every ciphertext under the newest version.
@@ -202,20 +289,18 @@ pub async fn reencrypt(
     tag: &str,
     b: DecryptBody,
 ) -> OpResult<OneOrMany> {
-    let c = required(b.ciphertext, "ciphertext")?;
-    let ctx = context(&b.context)?;
-    let cts = ciphertexts(&c, st.config.max_batch_items)?;
-    auth.charge_items(cts.len())?;
-    let mut out = Vec::with_capacity(cts.len());
-    for sealed in cts {
+    let r = b.decode(st.config.max_batch_items)?;
+    auth.charge_items(r.ciphertexts.len())?;
+    let mut out = Vec::with_capacity(r.ciphertexts.len());
+    for sealed in r.ciphertexts {
         let s = st
             .engine
-            .reencrypt(auth.account_id, tag, &sealed, ctx.clone())
+            .reencrypt(auth.account_id, tag, &sealed, r.context.clone())
             .await?;
         auth.note_version(s.version);
         out.push(format_sealed(&s));
     }
-    Ok(c.same_shape(out))
+    Ok(r.shape.same_shape(out))
 }
 
 /// `{"ciphertext", "key_version", "plaintext"?}` of Create Custom Key.
@@ -225,15 +310,15 @@ pub async fn create_custom_key(
     tag: &str,
     b: CustomKeyBody,
 ) -> OpResult<Value> {
-    let ctx = context(&b.context)?;
+    let r = b.decode()?;
     let ck = st
         .engine
-        .create_custom_key(auth.account_id, tag, b.bits.unwrap_or(256), ctx)
+        .create_custom_key(auth.account_id, tag, r.bits, r.context)
         .await?;
     auth.note_version(ck.sealed.version);
     let mut data =
         json!({"ciphertext": format_sealed(&ck.sealed), "key_version": ck.sealed.version});
-    if b.request_plain_key {
+    if r.request_plain_key {
         data["plaintext"] = json!(enc(&ck.plaintext));
     }
     Ok(data)
@@ -241,7 +326,7 @@ pub async fn create_custom_key(
 
 /// The `ncpkms:v{n}:` signature of Sign.
 pub async fn sign(st: &AppState, auth: &Caller, tag: &str, b: SignBody) -> OpResult<String> {
-    let data = b64("data", &required(b.data, "data")?)?;
+    let data = b.decode()?;
     let (version, sig) = st.engine.sign(auth.account_id, tag, data).await?;
     auth.note_version(version);
     Ok(format_sealed(&Sealed { version, blob: sig }))
@@ -249,8 +334,7 @@ pub async fn sign(st: &AppState, auth: &Caller, tag: &str, b: SignBody) -> OpRes
 
 /// The verdict of Verify.
 pub async fn verify(st: &AppState, auth: &Caller, tag: &str, b: VerifyBody) -> OpResult<bool> {
-    let data = b64("data", &required(b.data, "data")?)?;
-    let sig = parse_sealed("signature", &required(b.signature, "signature")?)?;
+    let (data, sig) = b.decode()?;
     auth.note_version(sig.version);
     Ok(st
         .engine

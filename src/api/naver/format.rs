@@ -22,6 +22,10 @@ pub fn parse_sealed(field: &str, text: &str) -> Result<Sealed, NaverError> {
     };
     let rest = text.strip_prefix("ncpkms:v").ok_or_else(bad)?;
     let (v, b64) = rest.split_once(':').ok_or_else(bad)?;
+    // One spelling per version: digits only, no sign, no leading zero.
+    if v.starts_with('0') || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
     let version: i64 = v.parse().map_err(|_| bad())?;
     if !(1..=crate::core::MAX_VERSIONS).contains(&version) {
         return Err(bad());
@@ -89,6 +93,23 @@ mod tests {
         let t = format_sealed(&s);
         assert_eq!(t, "ncpkms:v7:AQID");
         assert_eq!(parse_sealed("c", &t).unwrap(), s);
+    }
+
+    /// Found by the `naver_sealed` fuzz target and the format proptest:
+    /// `v07` and `v+7` were read as version 7, so one ciphertext had several
+    /// accepted spellings. The version is digits without a leading zero.
+    #[test]
+    fn sealed_version_has_one_spelling() {
+        for t in [
+            "ncpkms:v07:AQID",
+            "ncpkms:v+7:AQID",
+            "ncpkms:v007:AQID",
+            "ncpkms:v 7:AQID",
+        ] {
+            assert!(parse_sealed("c", t).is_err(), "{t}");
+        }
+        assert_eq!(parse_sealed("c", "ncpkms:v7:AQID").unwrap().version, 7);
+        assert_eq!(parse_sealed("c", "ncpkms:v100:AQID").unwrap().version, 100);
     }
 
     #[test]

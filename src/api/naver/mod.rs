@@ -4,12 +4,12 @@
 
 mod activity;
 mod auth;
-mod crypto;
-mod format;
+pub(crate) mod crypto;
+pub(crate) mod format;
 mod replay;
-mod tokens;
+pub(crate) mod tokens;
 mod v1;
-mod v2;
+pub(crate) mod v2;
 
 pub use activity::action;
 pub use auth::{AccountAuth, Caller};

@@ -293,26 +293,57 @@ fn activity_json(a: &ActivityRow) -> Value {
     })
 }
 
+/// The query of Get Key Activity, checked.
+#[derive(Debug)]
+pub(crate) struct ActivityParams<'a> {
+    /// `timestampFrom`, ms (default: a day before `to`).
+    pub(crate) from: i64,
+    /// `timestampTo`, ms (default: now).
+    pub(crate) to: i64,
+    /// `pageNo`, 1 to 2^31 - 1.
+    pub(crate) page_no: i64,
+    /// `pageSize`, 1 to 200.
+    pub(crate) page_size: i64,
+    /// `keyword`, when not empty.
+    pub(crate) keyword: Option<&'a str>,
+}
+
+/// Reads the query of Get Key Activity at `now` (ms).
+pub(crate) fn activity_params(
+    q: &HashMap<String, String>,
+    now: i64,
+) -> NaverResult<ActivityParams<'_>> {
+    let to = int_param(q, "timestampTo", now, 0, i64::MAX)?;
+    let from = int_param(q, "timestampFrom", to - 24 * 3600 * 1000, 0, i64::MAX)?;
+    if from > to {
+        return Err(NaverError::bad_request(
+            "timestampFrom must not be after timestampTo",
+        ));
+    }
+    let page_no = int_param(q, "pageNo", 1, 1, i64::from(i32::MAX))?;
+    let page_size = int_param(q, "pageSize", 100, 1, 200)?;
+    let keyword = q
+        .get("keyword")
+        .map(String::as_str)
+        .filter(|k| !k.is_empty());
+    Ok(ActivityParams {
+        from,
+        to,
+        page_no,
+        page_size,
+        keyword,
+    })
+}
+
 async fn activities(
     State(st): State<AppState>,
     auth: AccountAuth,
     Path(tag): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> NaverResult<Response> {
-    let now = crate::store::now_ms();
-    let to = int_param(&q, "timestampTo", now, 0, i64::MAX)?;
-    let from = int_param(&q, "timestampFrom", to - 24 * 3600 * 1000, 0, i64::MAX)?;
-    if from > to {
-        return Err(NaverError::bad_request(
-            "timestampFrom must not be after timestampTo",
-        ));
-    }
-    let page_no = int_param(&q, "pageNo", 1, 1, i64::from(i32::MAX))?;
-    let page_size = int_param(&q, "pageSize", 100, 1, 200)?;
-    let keyword = q
-        .get("keyword")
-        .map(String::as_str)
-        .filter(|k| !k.is_empty());
+    let p = activity_params(&q, crate::store::now_ms())?;
+    let (from, to, page_no, page_size) = (p.from, p.to, p.page_no, p.page_size);
+    let keyword = p.keyword;
     let (rows, total) = st
         .engine
         .key_activity(auth.account_id, &tag, from, to, keyword, page_no, page_size)

@@ -203,13 +203,20 @@ pub(super) fn int_param(
     }
 }
 
+/// `pageNo` (1 to 2^31 - 1, default 1) and `pageSize` (1 to 200, default
+/// 100) of Get Key List.
+pub(crate) fn list_params(q: &HashMap<String, String>) -> NaverResult<(i64, i64)> {
+    let page_no = int_param(q, "pageNo", 1, 1, i64::from(i32::MAX))?;
+    let page_size = int_param(q, "pageSize", 100, 1, 200)?;
+    Ok((page_no, page_size))
+}
+
 async fn list_keys(
     State(st): State<AppState>,
     auth: AccountAuth,
     Query(q): Query<HashMap<String, String>>,
 ) -> NaverResult<Response> {
-    let page_no = int_param(&q, "pageNo", 1, 1, i64::from(i32::MAX))?;
-    let page_size = int_param(&q, "pageSize", 100, 1, 200)?;
+    let (page_no, page_size) = list_params(&q)?;
     let (keys, total) = st
         .engine
         .list_keys(auth.account_id, page_no, page_size)
@@ -520,10 +527,11 @@ async fn verify(
     Ok(success(json!({"valid": valid})))
 }
 
+/// Get Public Key body.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct PubKeyBody {
-    key_version: Option<i64>,
+pub(crate) struct PubKeyBody {
+    pub(crate) key_version: Option<i64>,
 }
 
 async fn get_public_key(

@@ -11,10 +11,9 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::format::{b64, hex_list, parse_ciphertext, unb64};
+use super::format::{b64, hex_list, parse_ciphertext, parse_signature};
 use super::{success, ManageCtx, NhnCtx, NhnError, NhnJson, NhnResult};
 use crate::api::AppState;
-use crate::core::nhn::NhnSealed;
 
 const P: &str = "/keymanager/v1.2/appkey/{appkey}";
 
@@ -82,10 +81,11 @@ async fn get_secret(
     Ok(success(json!({"secret": s.as_str()})))
 }
 
+/// Update Secret body.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct SecretBody {
-    secret_value: Option<String>,
+pub(crate) struct SecretBody {
+    pub(crate) secret_value: Option<String>,
 }
 
 /// Changing a secret is management (a User Access Key) and passes the key
@@ -116,9 +116,10 @@ async fn put_secret(
     })))
 }
 
+/// Encrypt and Sign body.
 #[derive(Deserialize)]
-struct PlaintextBody {
-    plaintext: Option<String>,
+pub(crate) struct PlaintextBody {
+    pub(crate) plaintext: Option<String>,
 }
 
 async fn encrypt(
@@ -140,9 +141,10 @@ async fn encrypt(
     })))
 }
 
+/// Decrypt body.
 #[derive(Deserialize)]
-struct CiphertextBody {
-    ciphertext: Option<String>,
+pub(crate) struct CiphertextBody {
+    pub(crate) ciphertext: Option<String>,
 }
 
 async fn decrypt(
@@ -182,7 +184,8 @@ async fn create_local_key(
     })))
 }
 
-fn key_version(q: &HashMap<String, String>) -> Result<Option<i64>, NhnError> {
+/// The optional `keyVersion` query parameter (a positive integer).
+pub(crate) fn key_version(q: &HashMap<String, String>) -> Result<Option<i64>, NhnError> {
     match q.get("keyVersion") {
         None => Ok(None),
         Some(s) => s
@@ -229,14 +232,12 @@ async fn sign(
     })))
 }
 
+/// Verify body.
 #[derive(Deserialize)]
-struct VerifyBody {
-    plaintext: Option<String>,
-    signature: Option<String>,
+pub(crate) struct VerifyBody {
+    pub(crate) plaintext: Option<String>,
+    pub(crate) signature: Option<String>,
 }
-
-/// RSA-2048 signature length.
-const SIG_LEN: usize = 256;
 
 async fn verify(
     State(st): State<AppState>,
@@ -250,17 +251,7 @@ async fn verify(
     let sig = b
         .signature
         .ok_or_else(|| NhnError::bad_request("signature is required"))?;
-    let raw = unb64("signature", &sig)?;
-    // Our signatures carry the version in front; a bare RSA signature is
-    // checked against the current version.
-    let (hint, sig) = match raw.len() {
-        n if n == 4 + SIG_LEN => {
-            let s = NhnSealed::from_bytes(&raw, SIG_LEN)
-                .ok_or_else(|| NhnError::invalid_user_data("malformed signature"))?;
-            (Some(s.version), s.payload)
-        }
-        _ => (None, raw),
-    };
+    let (hint, sig) = parse_signature(&sig)?;
     let (version, ok) = st
         .engine
         .nhn_verify(&ctx.project, &keyid, pt.as_bytes(), hint, sig, &ctx.client)

@@ -52,6 +52,26 @@ pub fn parse_ciphertext(s: &str) -> Result<NhnSealed, NhnError> {
         .ok_or_else(|| NhnError::invalid_user_data("ciphertext is too short"))
 }
 
+/// RSA-2048 signature length.
+const SIG_LEN: usize = 256;
+
+/// Parses the `signature` of Verify: base64 of `version || signature`
+/// (what Sign answers), or of a bare RSA-2048 signature, checked against
+/// the current version (`None`).
+pub fn parse_signature(s: &str) -> Result<(Option<i64>, Vec<u8>), NhnError> {
+    let raw = unb64("signature", s)?;
+    // Our signatures carry the version in front; a bare RSA signature is
+    // checked against the current version.
+    Ok(match raw.len() {
+        n if n == 4 + SIG_LEN => {
+            let s = NhnSealed::from_bytes(&raw, SIG_LEN)
+                .ok_or_else(|| NhnError::invalid_user_data("malformed signature"))?;
+            (Some(s.version), s.payload)
+        }
+        _ => (None, raw),
+    })
+}
+
 /// `Y` / `N`.
 pub fn yn(b: bool) -> &'static str {
     if b {

@@ -250,7 +250,8 @@ async fn delete_credential_now(
     Ok(success(deletion_body(kind, v, at)))
 }
 
-fn flag(q: &HashMap<String, String>, name: &str) -> Result<bool, NhnError> {
+/// A `true` / `false` query flag (any case), `false` when absent.
+pub(crate) fn flag(q: &HashMap<String, String>, name: &str) -> Result<bool, NhnError> {
     match q.get(name).map(|s| s.to_ascii_lowercase()) {
         None => Ok(false),
         Some(s) if s == "true" => Ok(true),
@@ -293,7 +294,8 @@ async fn key_store(
     Ok(success(key_store_record(&s)))
 }
 
-fn key_filter(q: &HashMap<String, String>) -> Result<NhnKeyFilter, NhnError> {
+/// The filters and page of Get Key List.
+pub(crate) fn key_filter(q: &HashMap<String, String>) -> Result<NhnKeyFilter, NhnError> {
     let nhn_type = match q.get("type") {
         None => None,
         Some(t) => Some(

@@ -3,9 +3,9 @@
 //! with its envelope `{"header":{"resultCode","resultMessage",
 //! "isSuccessful"},"body":...}`. Error codes: `docs/nhn-error-codes.md`.
 
-mod data;
-mod format;
-mod manage;
+pub(crate) mod data;
+pub(crate) mod format;
+pub(crate) mod manage;
 
 use std::borrow::Cow;
 use std::sync::Arc;
