@@ -180,6 +180,9 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 async fn readyz(State(st): State<AppState>) -> Response {
     match st.engine.ready().await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(crate::core::Error::Unavailable(why)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")).into_response()
+        }
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")).into_response(),
     }
 }

@@ -71,10 +71,22 @@ pub enum Error {
     /// An owner has as many objects of a kind as `[limits]` allows.
     #[error("{0}")]
     LimitExceeded(String),
+    /// The HSM is unusable for now (being re-initialised, or a token fault
+    /// that was not repaired in time); the client should retry after
+    /// [`RETRY_AFTER_SECS`]. Details are logged, not returned.
+    #[error("the HSM is temporarily unavailable; retry later")]
+    Unavailable(String),
+    /// The token no longer holds the object of a key version that the store
+    /// names (deleted outside hsm-kms). Other keys are unaffected.
+    #[error("key material missing from the HSM")]
+    KeyMaterialMissing,
     /// A fault of the HSM or the store; details are logged, not returned.
     #[error("internal error")]
     Internal(String),
 }
+
+/// `Retry-After` (seconds) of an answer to [`Error::Unavailable`].
+pub const RETRY_AFTER_SECS: u64 = 1;
 
 impl From<HsmError> for Error {
     fn from(e: HsmError) -> Self {
@@ -82,6 +94,21 @@ impl From<HsmError> for Error {
             HsmError::DecryptFailed => Error::DecryptFailed,
             HsmError::DataLength => {
                 Error::InvalidInput("data length out of range for the key".into())
+            }
+            HsmError::ObjectNotFound => {
+                tracing::error!(
+                    "key material missing from the HSM: the store names an object the token \
+                     does not hold (see `hsm-kms admin reconcile`)"
+                );
+                Error::KeyMaterialMissing
+            }
+            e @ HsmError::Unavailable(_) => {
+                tracing::warn!(error = %e, "answering 503: the HSM is unavailable");
+                Error::Unavailable(e.to_string())
+            }
+            e if e.fault().is_some() => {
+                tracing::warn!(error = %e, "answering 503: token fault");
+                Error::Unavailable(e.to_string())
             }
             other => {
                 tracing::error!(error = %other, "HSM failure");

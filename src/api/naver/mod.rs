@@ -223,6 +223,15 @@ impl From<Error> for NaverError {
                 (StatusCode::FORBIDDEN, "230", "Forbidden")
             }
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "300", "Not Found"),
+            Error::Unavailable(_) => {
+                return NaverError::unavailable("the HSM is temporarily unavailable; retry later")
+            }
+            Error::KeyMaterialMissing => {
+                return NaverError::unavailable(
+                    "key material missing from the HSM: the token no longer holds this key \
+                     version's object; other keys are unaffected",
+                )
+            }
             Error::Internal(_) => {
                 return NaverError {
                     status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -243,11 +252,18 @@ impl From<Error> for NaverError {
 
 impl IntoResponse for NaverError {
     fn into_response(self) -> Response {
-        (
+        let mut resp = (
             self.status,
             Json(json!({"error": {"errorCode": self.code, "message": self.message, "details": self.details}})),
         )
-            .into_response()
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(crate::core::RETRY_AFTER_SECS),
+            );
+        }
+        resp
     }
 }
 

@@ -130,6 +130,18 @@ impl From<Error> for NhnError {
             Error::NotFound(_) => Self::new(S::NOT_FOUND, -1501, "Invalid Credential", d),
             Error::Conflict(_) => Self::new(S::CONFLICT, -1502, "Duplicated", d),
             Error::LimitExceeded(_) => Self::new(S::BAD_REQUEST, -1600, "Limit Exceeded", d),
+            Error::Unavailable(_) => Self::new(
+                S::SERVICE_UNAVAILABLE,
+                -9503,
+                "Service Unavailable",
+                "the HSM is temporarily unavailable; retry later",
+            ),
+            Error::KeyMaterialMissing => Self::new(
+                S::SERVICE_UNAVAILABLE,
+                -9504,
+                "Key Material Missing",
+                "the HSM no longer holds this key version's object; other keys are unaffected",
+            ),
             Error::Internal(_) => Self::new(
                 S::INTERNAL_SERVER_ERROR,
                 -9999,
@@ -142,14 +154,21 @@ impl From<Error> for NhnError {
 
 impl IntoResponse for NhnError {
     fn into_response(self) -> Response {
-        (
+        let mut resp = (
             self.status,
             Json(json!({
                 "header": {"resultCode": self.code, "resultMessage": self.message, "isSuccessful": false},
                 "body": null,
             })),
         )
-            .into_response()
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(crate::core::RETRY_AFTER_SECS),
+            );
+        }
+        resp
     }
 }
 
