@@ -281,6 +281,16 @@ async fn module_finalized_and_token_gone_answers_503_then_recovers() {
         assert!(text.contains("unusable"), "{text}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Key creation is never retried; it fails closed and leaves no
+    // half-made version behind (checked once the token is back).
+    let r = kms
+        .call(
+            "POST",
+            "/kms/v1/keys",
+            Some(json!({"keyName": "during", "keyType": "AES256"})),
+        )
+        .await;
+    assert_naver_503(&r);
     // API 1.0 answers in the 2.0 error envelope for this too.
     let r = kms
         .call(
@@ -318,6 +328,14 @@ async fn module_finalized_and_token_gone_answers_503_then_recovers() {
     let r = nhn::call(&kms, &p, "POST", &nhn_enc, Some(json!({"plaintext": "x"}))).await;
     nhn::ok(&r);
     assert!(metric(&kms, "hsm_kms_hsm_recoveries_total").await >= 1.0);
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM key_versions WHERE state = 'pending'")
+            .fetch_one(&kms.db().await)
+            .await
+            .unwrap();
+    assert_eq!(pending, 0);
+    // The name is free: nothing of the failed creation survived.
+    kms.create_key("during", "AES256", json!({})).await;
 }
 
 /// Issue 9 §1: a key object deleted by another PKCS#11 client (another
