@@ -96,6 +96,7 @@ impl From<HsmError> for Error {
                 Error::InvalidInput("data length out of range for the key".into())
             }
             HsmError::ObjectNotFound => {
+                metrics::counter!("hsm_kms_key_material_missing_total").increment(1);
                 tracing::error!(
                     "key material missing from the HSM: the store names an object the token \
                      does not hold (see `hsm-kms admin reconcile`)"

@@ -325,12 +325,14 @@ impl Hsm {
         // A private object that is "not found" while the session lost its
         // login is a login fault, not a missing key.
         let err = match err {
-            HsmError::ObjectNotFound if !recovery::logged_in(&session).unwrap_or(true) => {
-                HsmError::Pkcs11(cryptoki::error::Error::Pkcs11(
+            HsmError::ObjectNotFound => match recovery::logged_in(&session) {
+                Ok(true) => HsmError::ObjectNotFound,
+                Ok(false) => HsmError::Pkcs11(cryptoki::error::Error::Pkcs11(
                     cryptoki::error::RvError::UserNotLoggedIn,
                     cryptoki::context::Function::FindObjects,
-                ))
-            }
+                )),
+                Err(e) => e,
+            },
             e => e,
         };
         match err.fault() {

@@ -289,10 +289,10 @@ impl Hsm {
     /// Completes once the token is ready, or after `wait`; returns whether
     /// it is ready.
     pub async fn wait_ready(&self, wait: Duration) -> bool {
-        let mut rx = self.inner.health.subscribe();
-        if rx.borrow().is_ready() {
+        if self.inner.health.borrow().is_ready() {
             return true;
         }
+        let mut rx = self.inner.health.subscribe();
         let ready = matches!(
             tokio::time::timeout(wait, rx.wait_for(Health::is_ready)).await,
             Ok(Ok(_))
