@@ -299,7 +299,7 @@ impl Hsm {
     /// sessions may be dead too).
     fn attempt<T>(&self, f: &dyn Fn(&SessionRef<'_>) -> Result<T>, fresh: bool) -> Result<T> {
         let module = self.module()?;
-        let session = match module.checkout(&self.inner.cfg, fresh) {
+        let pooled = match module.checkout(&self.inner.cfg, fresh) {
             Ok(s) => s,
             Err(e) => {
                 if e.fault() == Some(Fault::Device) {
@@ -308,8 +308,9 @@ impl Hsm {
                 return Err(e);
             }
         };
+        let session = &pooled.session;
         let sref = SessionRef {
-            session: &session,
+            session,
             hsm: self,
             cached: RefCell::new(Vec::new()),
         };
@@ -317,7 +318,7 @@ impl Hsm {
         let cached = sref.cached.into_inner();
         let err = match out {
             Ok(v) => {
-                module.checkin(session, self.inner.max_sessions);
+                module.checkin(pooled, self.inner.max_sessions);
                 return Ok(v);
             }
             Err(e) => e,
@@ -325,7 +326,7 @@ impl Hsm {
         // A private object that is "not found" while the session lost its
         // login is a login fault, not a missing key.
         let err = match err {
-            HsmError::ObjectNotFound => match recovery::logged_in(&session) {
+            HsmError::ObjectNotFound => match recovery::logged_in(session) {
                 Ok(true) => HsmError::ObjectNotFound,
                 Ok(false) => HsmError::Pkcs11(cryptoki::error::Error::Pkcs11(
                     cryptoki::error::RvError::UserNotLoggedIn,
@@ -336,11 +337,11 @@ impl Hsm {
             e => e,
         };
         match err.fault() {
-            None => module.checkin(session, self.inner.max_sessions),
+            None => module.checkin(pooled, self.inner.max_sessions),
             Some(Fault::Session) => {
                 tracing::warn!(error = %err, "a PKCS#11 session is gone; opening another");
-                recovery::forget(session);
-                module.sweep_idle();
+                recovery::forget(pooled.session);
+                module.session_fault();
                 // Tokens drop object handles with the sessions
                 // (SoftHSMv2 drops every handle of the slot).
                 self.clear_handles();
@@ -348,23 +349,23 @@ impl Hsm {
             Some(Fault::Login) => {
                 tracing::warn!(error = %err, "the token lost its login; logging in again");
                 self.clear_handles();
-                match recovery::login(&session, &self.inner.cfg) {
-                    Ok(()) => module.checkin(session, self.inner.max_sessions),
+                match recovery::login(session, &self.inner.cfg) {
+                    Ok(()) => module.checkin(pooled, self.inner.max_sessions),
                     Err(e) => {
                         tracing::error!(error = %e, "logging in again failed");
-                        recovery::forget(session);
+                        recovery::forget(pooled.session);
                     }
                 }
             }
             Some(Fault::Handle) => {
                 self.forget_handles(&cached);
-                match recovery::ensure_login(&session, &self.inner.cfg) {
-                    Ok(()) => module.checkin(session, self.inner.max_sessions),
-                    Err(_) => recovery::forget(session),
+                match recovery::ensure_login(session, &self.inner.cfg) {
+                    Ok(()) => module.checkin(pooled, self.inner.max_sessions),
+                    Err(_) => recovery::forget(pooled.session),
                 }
             }
             Some(Fault::Device) => {
-                recovery::forget(session);
+                recovery::forget(pooled.session);
                 self.device_fault(module.generation, &err);
             }
         }

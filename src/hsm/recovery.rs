@@ -8,12 +8,12 @@
 //!
 //! | class | PKCS#11 codes | repair | state |
 //! | --- | --- | --- | --- |
-//! | [`Fault::Session`] | `CKR_SESSION_HANDLE_INVALID`, `CKR_SESSION_CLOSED` | forget the session (never close it: its handle may already name a new session), sweep the idle pool, open a fresh logged-in session | ready |
+//! | [`Fault::Session`] | `CKR_SESSION_HANDLE_INVALID`, `CKR_SESSION_CLOSED`, `CKR_OPERATION_ACTIVE` | forget the session and every session opened before the fault (never close them: after `C_CloseAllSessions` the token reuses handle numbers, so an old handle may already name a new session), drop the handle cache, open a fresh logged-in session | ready |
 //! | [`Fault::Login`] | `CKR_USER_NOT_LOGGED_IN`, a private object not found while the session is public | `C_Login` again (`CKR_USER_ALREADY_LOGGED_IN` counts as done), drop the handle cache | ready |
 //! | [`Fault::Handle`] | `CKR_OBJECT_HANDLE_INVALID`, `CKR_KEY_HANDLE_INVALID` | drop the cache entries the call used (the retry looks each up once with `C_FindObjects`), log in if the session lost its login | ready |
 //! | [`Fault::Device`] | `CKR_DEVICE_ERROR`, `CKR_DEVICE_REMOVED`, `CKR_TOKEN_NOT_PRESENT`, `CKR_CRYPTOKI_NOT_INITIALIZED`, `CKR_SLOT_ID_INVALID`, `CKR_TOKEN_NOT_RECOGNIZED` | the recovery thread waits for in-flight calls of the generation, `C_Finalize`, then `C_Initialize` on a fresh context, finds the slot again by token label, logs in, clears the handle cache; backs off 100 ms doubling to `hsm.recovery_backoff_max_ms` while that fails | recovering |
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,7 +49,11 @@ pub enum Fault {
 
 fn rv_fault(rv: RvError) -> Option<Fault> {
     match rv {
-        RvError::SessionHandleInvalid | RvError::SessionClosed => Some(Fault::Session),
+        // CKR_OPERATION_ACTIVE: the session is in a state this call did not
+        // leave it in; use another one.
+        RvError::SessionHandleInvalid | RvError::SessionClosed | RvError::OperationActive => {
+            Some(Fault::Session)
+        }
         RvError::UserNotLoggedIn => Some(Fault::Login),
         RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid => Some(Fault::Handle),
         RvError::DeviceError
@@ -116,7 +120,10 @@ pub(super) struct Module {
     pub(super) ctx: Pkcs11,
     pub(super) slot: Slot,
     pub(super) token_label: String,
-    idle: Mutex<Vec<Session>>,
+    idle: Mutex<Vec<PooledSession>>,
+    /// Bumped at every session fault: sessions opened before it are never
+    /// pooled again, whatever they answer (see [`Fault::Session`]).
+    epoch: AtomicU64,
     /// Set when a fresh generation replaces this one: its sessions are then
     /// forgotten, never closed, since after `C_Finalize` / `C_Initialize`
     /// their handle numbers may name sessions of the new generation.
@@ -150,7 +157,8 @@ impl Module {
                 ctx,
                 slot,
                 token_label,
-                idle: Mutex::new(vec![session]),
+                idle: Mutex::new(vec![PooledSession { session, epoch: 0 }]),
+                epoch: AtomicU64::new(0),
                 stale: AtomicBool::new(false),
             }),
             Err(e) => {
@@ -160,19 +168,20 @@ impl Module {
         }
     }
 
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Session>> {
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<PooledSession>> {
         // A poisoned lock only means a worker panicked while holding it;
         // the Vec itself is still consistent.
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// An idle session, or a new logged-in one when `fresh` or none is idle.
-    pub(super) fn checkout(&self, cfg: &HsmConfig, fresh: bool) -> Result<Session> {
+    pub(super) fn checkout(&self, cfg: &HsmConfig, fresh: bool) -> Result<PooledSession> {
         if !fresh {
             if let Some(s) = self.lock_idle().pop() {
                 return Ok(s);
             }
         }
+        let epoch = self.epoch.load(Ordering::Acquire);
         let s = self.ctx.open_rw_session(self.slot)?;
         // Sessions share the application's login, but that login is gone
         // when every session was closed (C_CloseAllSessions): log in when
@@ -181,49 +190,50 @@ impl Module {
             forget(s);
             return Err(e);
         }
-        Ok(s)
+        Ok(PooledSession { session: s, epoch })
     }
 
     /// Returns a session to the pool (or closes it when the pool is full).
-    pub(super) fn checkin(&self, session: Session, max: usize) {
-        if self.stale.load(Ordering::Acquire) {
-            forget(session);
+    pub(super) fn checkin(&self, p: PooledSession, max: usize) {
+        if self.stale.load(Ordering::Acquire) || p.epoch != self.epoch.load(Ordering::Acquire) {
+            forget(p.session);
             return;
         }
         let mut idle = self.lock_idle();
         if idle.len() < max {
-            idle.push(session);
+            idle.push(p);
         }
     }
 
-    /// After a session-class fault: keeps the idle sessions that still
-    /// answer `C_GetSessionInfo`, forgets the others.
-    pub(super) fn sweep_idle(&self) {
-        let sessions = std::mem::take(&mut *self.lock_idle());
-        let mut kept = Vec::with_capacity(sessions.len());
-        for s in sessions {
-            if s.get_session_info().is_ok() {
-                kept.push(s);
-            } else {
-                forget(s);
-            }
+    /// After a session-class fault: no session opened before it is pooled
+    /// again. They are forgotten rather than checked, since a stale handle
+    /// may answer for a session opened since.
+    pub(super) fn session_fault(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        for p in std::mem::take(&mut *self.lock_idle()) {
+            forget(p.session);
         }
-        self.lock_idle().extend(kept);
     }
 
     fn retire(&self) {
         self.stale.store(true, Ordering::Release);
-        for s in std::mem::take(&mut *self.lock_idle()) {
-            forget(s);
+        for p in std::mem::take(&mut *self.lock_idle()) {
+            forget(p.session);
         }
     }
+}
+
+/// A session of the pool, with the session epoch it was opened in.
+pub(super) struct PooledSession {
+    pub(super) session: Session,
+    epoch: u64,
 }
 
 impl Drop for Module {
     fn drop(&mut self) {
         if self.stale.load(Ordering::Acquire) {
-            for s in std::mem::take(&mut *self.lock_idle()) {
-                forget(s);
+            for p in std::mem::take(&mut *self.lock_idle()) {
+                forget(p.session);
             }
         }
     }
