@@ -163,6 +163,12 @@ async fn load_with_faults(
     stop.store(true, Ordering::Relaxed);
     let fired = hook.await.unwrap();
     assert!(fired >= 5, "the fault fired only {fired} times");
+    eprintln!(
+        "{} requests acknowledged, {} failed, fault fired {fired} times, {} repaired runs",
+        tally.ok.load(Ordering::Relaxed),
+        tally.failed.lock().unwrap().len(),
+        metric(&kms, "hsm_kms_hsm_retries_total").await
+    );
     tally
 }
 
@@ -313,6 +319,7 @@ async fn module_finalized_and_token_gone_answers_503_then_recovers() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    eprintln!("ready again {:?} after the token came back", back.elapsed());
     assert_eq!(
         kms.decrypt_ok(&aes, &before, None).await,
         b"acknowledged before the fault"
