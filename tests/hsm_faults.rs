@@ -163,11 +163,11 @@ async fn load_with_faults(
     stop.store(true, Ordering::Relaxed);
     let fired = hook.await.unwrap();
     assert!(fired >= 5, "the fault fired only {fired} times");
+    let repaired = metric(&kms, "hsm_kms_hsm_retries_total").await;
+    let failed = tally.failed.lock().unwrap().len();
     eprintln!(
-        "{} requests acknowledged, {} failed, fault fired {fired} times, {} repaired runs",
+        "{} requests acknowledged, {failed} failed, fault fired {fired} times, {repaired} repaired runs",
         tally.ok.load(Ordering::Relaxed),
-        tally.failed.lock().unwrap().len(),
-        metric(&kms, "hsm_kms_hsm_retries_total").await
     );
     tally
 }
