@@ -225,6 +225,10 @@ pub struct HsmSection {
     pub symmetric_concurrency: usize,
     /// Asymmetric operations at once.
     pub asymmetric_concurrency: usize,
+    /// How long a request waits for a token being re-initialised, ms.
+    pub unavailable_wait_ms: u64,
+    /// Longest pause between two failed re-initialisations of the module, ms.
+    pub recovery_backoff_max_ms: u64,
 }
 
 impl Default for HsmSection {
@@ -238,6 +242,8 @@ impl Default for HsmSection {
             max_sessions: 16,
             symmetric_concurrency: 2,
             asymmetric_concurrency: 2,
+            unavailable_wait_ms: 500,
+            recovery_backoff_max_ms: 1000,
         }
     }
 }
@@ -435,6 +441,10 @@ impl Config {
             max_sessions: self.hsm.max_sessions,
             symmetric_concurrency: self.hsm.symmetric_concurrency,
             asymmetric_concurrency: self.hsm.asymmetric_concurrency,
+            unavailable_wait: std::time::Duration::from_millis(self.hsm.unavailable_wait_ms),
+            recovery_backoff_max: std::time::Duration::from_millis(
+                self.hsm.recovery_backoff_max_ms,
+            ),
         })
     }
 }

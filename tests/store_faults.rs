@@ -185,7 +185,7 @@ fn naver_503(r: &Reply, what: &str) {
 
 /// A 503 in the NHN envelope with `Retry-After`.
 fn nhn_503(r: &Reply, what: &str) {
-    nhn_t::err(r, 503, -9998);
+    nhn_t::err(r, 503, -9503);
     assert!(
         r.headers.get("retry-after").is_some(),
         "{what}: no Retry-After"

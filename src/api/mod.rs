@@ -193,15 +193,12 @@ async fn readyz(State(st): State<AppState>) -> Response {
     }
 }
 
-/// Seconds a client is told to wait (`Retry-After`) when a dependency of
-/// the service is unavailable (503).
-pub const RETRY_AFTER_SECS: u64 = 5;
-
-/// Adds `Retry-After: RETRY_AFTER_SECS` to a 503 unless it has one.
+/// Adds `Retry-After` ([`crate::core::RETRY_AFTER_SECS`]) to a 503 unless
+/// it has one.
 pub(crate) fn retry_after(resp: &mut Response) {
     resp.headers_mut()
         .entry(axum::http::header::RETRY_AFTER)
-        .or_insert_with(|| axum::http::HeaderValue::from(RETRY_AFTER_SECS));
+        .or_insert_with(|| axum::http::HeaderValue::from(crate::core::RETRY_AFTER_SECS));
 }
 
 /// Refuses every API call once the store file was deleted or replaced

@@ -373,14 +373,60 @@ impl Engine {
         .await;
         if let Err(e) = res {
             tracing::error!(error = %e, key = uid, version, "key generation failed; rolling back");
-            let _ = self.hsm().destroy_id(cka_id.to_vec()).await;
-            if let Some(aux) = aux_id {
-                let _ = self.hsm().destroy_id(aux.to_vec()).await;
+            let ids: Vec<Vec<u8>> = std::iter::once(cka_id.to_vec())
+                .chain(aux_id.map(<[u8]>::to_vec))
+                .collect();
+            if self.destroy_ids(&ids).await.is_ok() {
+                self.store().delete_pending_version(key_id, version).await?;
+            } else {
+                // The token is unusable, and the generation may have been
+                // done before the fault: the pending row is the only record
+                // of that object. Keep it, and finish the rollback once the
+                // token is back (the start-up reconciler does it otherwise).
+                self.roll_back_later(key_id, version, ids);
             }
-            self.store().delete_pending_version(key_id, version).await?;
             return Err(e.into());
         }
         Ok(())
+    }
+
+    async fn destroy_ids(&self, ids: &[Vec<u8>]) -> crate::hsm::Result<()> {
+        for id in ids {
+            self.hsm().destroy_id(id.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// Rolls back a pending version whose objects could not be destroyed
+    /// (the token was unusable): waits for the token, destroys them, then
+    /// deletes the row. Only this process's own failed creation is touched.
+    fn roll_back_later(&self, key_id: i64, version: i64, ids: Vec<Vec<u8>>) {
+        tracing::warn!(
+            key_id,
+            version,
+            "the token is unusable: the pending version stays until its objects can be destroyed"
+        );
+        let engine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                engine
+                    .hsm()
+                    .wait_ready(std::time::Duration::from_secs(5))
+                    .await;
+                if engine.destroy_ids(&ids).await.is_ok() {
+                    match engine.store().delete_pending_version(key_id, version).await {
+                        Ok(()) => {
+                            tracing::info!(key_id, version, "rolled back the pending version");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, key_id, version, "deleting the pending version failed")
+                        }
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
     }
 
     /// Keys of an account, newest first: (keys, total count).

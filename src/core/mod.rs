@@ -72,16 +72,25 @@ pub enum Error {
     /// An owner has as many objects of a kind as `[limits]` allows.
     #[error("{0}")]
     LimitExceeded(String),
+    /// The token no longer holds the object of a key version that the store
+    /// names (deleted outside hsm-kms). Other keys are unaffected.
+    #[error("key material missing from the HSM")]
+    KeyMaterialMissing,
     /// A fault of the HSM or the store; details are logged, not returned.
     #[error("internal error")]
     Internal(String),
-    /// A dependency is unusable right now (the store's disk is full or
-    /// read-only, the store file is lost, the token is unreachable): 503
-    /// with `Retry-After`; the request did not take effect and may be
-    /// retried.
+    /// A dependency is unusable right now (the token is being
+    /// re-initialised or unreachable, the store's disk is full or read-only,
+    /// the store file is lost): 503 with `Retry-After` ([`RETRY_AFTER_SECS`]);
+    /// the request did not take effect and may be retried. The text is
+    /// client-safe (it names the dependency, never a PKCS#11 or SQLite
+    /// code); details are logged.
     #[error("service unavailable: {0}")]
     Unavailable(String),
 }
+
+/// `Retry-After` (seconds) of an answer to [`Error::Unavailable`].
+pub const RETRY_AFTER_SECS: u64 = 1;
 
 impl From<HsmError> for Error {
     fn from(e: HsmError) -> Self {
@@ -89,6 +98,22 @@ impl From<HsmError> for Error {
             HsmError::DecryptFailed => Error::DecryptFailed,
             HsmError::DataLength => {
                 Error::InvalidInput("data length out of range for the key".into())
+            }
+            HsmError::ObjectNotFound => {
+                metrics::counter!("hsm_kms_key_material_missing_total").increment(1);
+                tracing::error!(
+                    "key material missing from the HSM: the store names an object the token \
+                     does not hold (see `hsm-kms admin reconcile`)"
+                );
+                Error::KeyMaterialMissing
+            }
+            e @ HsmError::Unavailable(_) => {
+                tracing::warn!(error = %e, "answering 503: the HSM is unavailable");
+                Error::Unavailable("the HSM is temporarily unavailable; retry later".into())
+            }
+            e if e.fault().is_some() => {
+                tracing::warn!(error = %e, "answering 503: token fault");
+                Error::Unavailable("the HSM is temporarily unavailable; retry later".into())
             }
             other => {
                 tracing::error!(error = %other, "HSM failure");

@@ -19,9 +19,18 @@ pub enum HsmError {
     /// Login with the user PIN was refused.
     #[error("login to the token failed: {0}")]
     Login(cryptoki::error::Error),
-    /// No object with the given CKA_ID exists on the token.
+    /// No object with the given CKA_ID exists on the token (a logged-in
+    /// `C_FindObjects` found none).
     #[error("object not found on the token")]
     ObjectNotFound,
+    /// A cached object handle is no longer valid (`CKR_OBJECT_HANDLE_INVALID`,
+    /// `CKR_KEY_HANDLE_INVALID`); the object is looked up again.
+    #[error("object handle no longer valid")]
+    StaleHandle,
+    /// The token is unusable for now: it is being re-initialised, or a fault
+    /// was not repaired in time. Carries the cause, for the log.
+    #[error("the HSM is unavailable: {0}")]
+    Unavailable(String),
     /// The token rejected a ciphertext (bad tag, wrong length, padding).
     #[error("the token could not decrypt the data")]
     DecryptFailed,
@@ -47,9 +56,7 @@ impl From<cryptoki::error::Error> for HsmError {
                     HsmError::DecryptFailed
                 }
                 RvError::DataLenRange => HsmError::DataLength,
-                RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid => {
-                    HsmError::ObjectNotFound
-                }
+                RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid => HsmError::StaleHandle,
                 _ => HsmError::Pkcs11(e),
             },
             _ => HsmError::Pkcs11(e),
@@ -58,19 +65,14 @@ impl From<cryptoki::error::Error> for HsmError {
 }
 
 impl HsmError {
-    /// True when the session that produced this error should not go back to the pool.
-    pub fn poisons_session(&self) -> bool {
-        matches!(
-            self,
-            HsmError::Pkcs11(cryptoki::error::Error::Pkcs11(
-                RvError::SessionHandleInvalid
-                    | RvError::SessionClosed
-                    | RvError::DeviceRemoved
-                    | RvError::DeviceError
-                    | RvError::TokenNotPresent
-                    | RvError::UserNotLoggedIn,
-                _
-            ))
-        )
+    /// The error a caller sees once the port gave up on repairing it: a
+    /// token fault (session, login, handle, device) becomes
+    /// [`HsmError::Unavailable`]; anything else is unchanged.
+    pub fn settled(self) -> HsmError {
+        match self {
+            HsmError::Unavailable(_) => self,
+            e if e.fault().is_some() => HsmError::Unavailable(e.to_string()),
+            e => e,
+        }
     }
 }

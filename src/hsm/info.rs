@@ -55,7 +55,8 @@ impl Hsm {
 
     /// The module's `C_GetInfo`.
     fn module_info(&self) -> Result<ModuleInfo> {
-        let i = self.inner.ctx.get_library_info()?;
+        let m = self.module()?;
+        let i = m.ctx.get_library_info()?;
         Ok(ModuleInfo {
             cryptoki_version: i.cryptoki_version().to_string(),
             manufacturer: i.manufacturer_id().trim_end().to_string(),
@@ -66,8 +67,9 @@ impl Hsm {
 
     /// The slot's and the token's information, flags included.
     fn token_info(&self) -> Result<TokenInfo> {
-        let slot = self.inner.ctx.get_slot_info(self.inner.slot)?;
-        let t = self.inner.ctx.get_token_info(self.inner.slot)?;
+        let m = self.module()?;
+        let slot = m.ctx.get_slot_info(m.slot)?;
+        let t = m.ctx.get_token_info(m.slot)?;
         let flags = [
             ("RNG", t.rng()),
             ("WRITE_PROTECTED", t.write_protected()),
@@ -97,7 +99,7 @@ impl Hsm {
         .map(|(name, _)| name.to_string())
         .collect();
         Ok(TokenInfo {
-            slot_id: self.inner.slot.id(),
+            slot_id: m.slot.id(),
             slot_description: slot.slot_description().trim_end().to_string(),
             label: t.label().trim_end().to_string(),
             manufacturer: t.manufacturer_id().trim_end().to_string(),

@@ -12,6 +12,7 @@ mod error;
 mod export;
 mod info;
 mod objects;
+mod recovery;
 mod symmetric;
 mod templates;
 
@@ -23,18 +24,23 @@ pub mod asymmetric_limits {
 pub use error::HsmError;
 pub use info::{ModuleInfo, TokenInfo};
 pub use objects::{ObjectInfo, TokenObject, INSTALLATION_LABEL, LABEL_PREFIX};
+pub use recovery::{Fault, Health, RECOVERY_BACKOFF_MIN};
 pub use templates::{KeySpec, KeyUsage};
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::context::Pkcs11;
 use cryptoki::object::{ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 use secrecy::SecretString;
 use tokio::sync::Semaphore;
+
+use recovery::Module;
 
 /// Result type of the HSM layer.
 pub type Result<T> = std::result::Result<T, HsmError>;
@@ -56,6 +62,11 @@ pub struct HsmConfig {
     pub symmetric_concurrency: usize,
     /// How many asymmetric operations (RSA, ECDSA, key generation) run at once.
     pub asymmetric_concurrency: usize,
+    /// How long a request waits for a re-initialising token before it is
+    /// answered [`HsmError::Unavailable`].
+    pub unavailable_wait: Duration,
+    /// Longest pause between two failed re-initialisations of the module.
+    pub recovery_backoff_max: Duration,
 }
 
 impl std::fmt::Debug for HsmConfig {
@@ -68,6 +79,8 @@ impl std::fmt::Debug for HsmConfig {
             .field("max_sessions", &self.max_sessions)
             .field("symmetric_concurrency", &self.symmetric_concurrency)
             .field("asymmetric_concurrency", &self.asymmetric_concurrency)
+            .field("unavailable_wait", &self.unavailable_wait)
+            .field("recovery_backoff_max", &self.recovery_backoff_max)
             .finish()
     }
 }
@@ -81,27 +94,58 @@ pub enum OpClass {
     Asymmetric,
 }
 
+/// How many times a [`Retry::Once`] operation runs at most: session, login
+/// and handle faults prove the failing call did nothing, are repaired on the
+/// spot, and the operation runs again; a device fault allows one more run
+/// only, on the re-initialised module.
+pub const REPAIRED_RUNS: u32 = 3;
+
+/// Whether an operation may run again after a token fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Reads and crypto (encrypt, decrypt, sign, verify, look-ups): after a
+    /// repaired fault the operation runs again (see [`REPAIRED_RUNS`]) before
+    /// it fails.
+    Once,
+    /// Object creation and destruction: never run twice (a first run may
+    /// have changed the token before the fault); the fault is repaired for
+    /// the next request and this one fails.
+    Never,
+}
+
 /// A handle to one token slot. Cheap to clone.
+///
+/// It survives token faults: see [`recovery`](self) for the session, login,
+/// handle and device repairs, and [`Hsm::health`].
 #[derive(Clone)]
 pub struct Hsm {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    ctx: Pkcs11,
-    slot: Slot,
+    cfg: HsmConfig,
+    /// The serving module generation; `None` while recovering.
+    module: RwLock<Option<Arc<Module>>>,
+    health: tokio::sync::watch::Sender<Health>,
     token_label: String,
-    idle: Mutex<Vec<Session>>,
+    slot_id: u64,
     max_sessions: usize,
-    handles: RwLock<HashMap<(Vec<u8>, u64), ObjectHandle>>,
+    handles: RwLock<HashMap<HandleKey, ObjectHandle>>,
     symmetric: Semaphore,
     asymmetric: Semaphore,
+    /// Permits of (`symmetric`, `asymmetric`).
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
+    permits: (u32, u32),
+    backoff_max: Duration,
 }
+
+/// `(CKA_ID or label, CKO_*)`.
+type HandleKey = (Vec<u8>, u64);
 
 impl std::fmt::Debug for Hsm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hsm")
-            .field("slot", &self.inner.slot.id())
+            .field("slot", &self.inner.slot_id)
             .field("token_label", &self.inner.token_label)
             .finish()
     }
@@ -113,29 +157,25 @@ impl Hsm {
     /// This blocks; call it before the runtime serves requests or inside
     /// `spawn_blocking`.
     pub fn open(cfg: &HsmConfig) -> Result<Self> {
-        let module_err = |source| HsmError::Module {
-            path: cfg.module.display().to_string(),
-            source,
-        };
-        let ctx = Pkcs11::new(&cfg.module).map_err(module_err)?;
-        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-            .map_err(module_err)?;
-        let (slot, token_label) = find_slot(&ctx, cfg)?;
-        let session = ctx.open_rw_session(slot)?;
-        session
-            .login(UserType::User, Some(&cfg.pin))
-            .map_err(HsmError::Login)?;
+        let module = Module::open(cfg, 1)?;
         let max_sessions = cfg.max_sessions.max(1);
+        let (health, _) = tokio::sync::watch::channel(Health::Ready { generation: 1 });
+        let sym = cfg.symmetric_concurrency.clamp(1, 1 << 20);
+        let asym = cfg.asymmetric_concurrency.clamp(1, 1 << 20);
+        metrics::gauge!("hsm_kms_hsm_ready").set(1.0);
         Ok(Hsm {
             inner: Arc::new(Inner {
-                ctx,
-                slot,
-                token_label,
-                idle: Mutex::new(vec![session]),
+                token_label: module.token_label.clone(),
+                slot_id: module.slot.id(),
+                cfg: cfg.clone(),
+                module: RwLock::new(Some(Arc::new(module))),
+                health,
                 max_sessions,
                 handles: RwLock::new(HashMap::new()),
-                symmetric: Semaphore::new(cfg.symmetric_concurrency.max(1)),
-                asymmetric: Semaphore::new(cfg.asymmetric_concurrency.max(1)),
+                symmetric: Semaphore::new(sym),
+                asymmetric: Semaphore::new(asym),
+                permits: (sym as u32, asym as u32),
+                backoff_max: cfg.recovery_backoff_max,
             }),
         })
     }
@@ -145,17 +185,36 @@ impl Hsm {
         &self.inner.token_label
     }
 
-    /// The slot id in use.
+    /// The slot id found at start (a re-initialised module may renumber
+    /// slots; the token is found again by its label).
     pub fn slot_id(&self) -> u64 {
-        self.inner.slot.id()
+        self.inner.slot_id
     }
 
     /// Runs `f` with a logged-in session on the blocking pool, bounded by the
-    /// concurrency budget of `class`.
+    /// concurrency budget of `class`; after a repaired token fault `f` runs
+    /// once more ([`Retry::Once`]). For reads and crypto.
     pub async fn run<T, F>(&self, class: OpClass, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&SessionRef<'_>) -> Result<T> + Send + 'static,
+        F: Fn(&SessionRef<'_>) -> Result<T> + Send + Sync + 'static,
+    {
+        self.run_with(class, Retry::Once, f).await
+    }
+
+    /// [`Hsm::run`] for operations that change the token ([`Retry::Never`]).
+    pub async fn run_once<T, F>(&self, class: OpClass, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&SessionRef<'_>) -> Result<T> + Send + Sync + 'static,
+    {
+        self.run_with(class, Retry::Never, f).await
+    }
+
+    async fn run_with<T, F>(&self, class: OpClass, retry: Retry, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&SessionRef<'_>) -> Result<T> + Send + Sync + 'static,
     {
         let (sem, label) = match class {
             OpClass::Symmetric => (&self.inner.symmetric, "symmetric"),
@@ -163,76 +222,231 @@ impl Hsm {
         };
         // Operators (and tests) see how much token work requests cause.
         metrics::counter!("hsm_kms_token_calls_total", "class" => label).increment(1);
-        let _permit = sem
-            .acquire()
-            .await
-            .map_err(|e| HsmError::Worker(e.to_string()))?;
-        let hsm = self.clone();
-        tokio::task::spawn_blocking(move || hsm.run_blocking(f))
-            .await
-            .map_err(|e| HsmError::Worker(e.to_string()))?
+        let f = Arc::new(f);
+        let mut runs = match retry {
+            Retry::Once => REPAIRED_RUNS,
+            Retry::Never => 1,
+        };
+        let mut fresh = false;
+        let mut last = None;
+        let mut run = 0;
+        while run < runs {
+            run += 1;
+            if !self.wait_ready(self.inner.cfg.unavailable_wait).await {
+                return Err(HsmError::Unavailable(self.unavailable_reason()));
+            }
+            let _permit = sem
+                .acquire()
+                .await
+                .map_err(|e| HsmError::Worker(e.to_string()))?;
+            let hsm = self.clone();
+            let f = f.clone();
+            let out = tokio::task::spawn_blocking(move || hsm.attempt(&*f, fresh))
+                .await
+                .map_err(|e| HsmError::Worker(e.to_string()))?;
+            match out {
+                Ok(v) => return Ok(v),
+                Err(e) => match e.fault() {
+                    Some(fault) if run < runs => {
+                        metrics::counter!("hsm_kms_hsm_retries_total").increment(1);
+                        tracing::info!(error = %e, ?fault, "token fault repaired; running the operation again");
+                        if fault == Fault::Device {
+                            // One more run, on the re-initialised module.
+                            runs = runs.min(run + 1);
+                        }
+                        fresh = fault == Fault::Session;
+                        last = Some(e);
+                    }
+                    _ => return Err(e.settled()),
+                },
+            }
+        }
+        Err(last
+            .map(HsmError::settled)
+            .unwrap_or_else(|| HsmError::Unavailable(self.unavailable_reason())))
     }
 
-    /// Runs `f` with a logged-in session on the current thread. For CLI
-    /// commands, start-up work and benchmarks; request paths use [`Hsm::run`].
+    /// Runs `f` with a logged-in session on the current thread, once more
+    /// after a repaired token fault. For CLI commands, start-up work and
+    /// benchmarks; request paths use [`Hsm::run`].
     pub fn run_blocking<T, F>(&self, f: F) -> Result<T>
     where
-        F: FnOnce(&SessionRef<'_>) -> Result<T>,
+        F: Fn(&SessionRef<'_>) -> Result<T>,
     {
-        let session = self.checkout()?;
+        let mut fresh = false;
+        let mut runs = REPAIRED_RUNS;
+        let mut run = 0;
+        while run < runs {
+            run += 1;
+            if !self.wait_ready_blocking(self.inner.cfg.unavailable_wait) {
+                return Err(HsmError::Unavailable(self.unavailable_reason()));
+            }
+            match self.attempt(&f, fresh) {
+                Ok(v) => return Ok(v),
+                Err(e) if run < runs && e.fault().is_some() => {
+                    if e.fault() == Some(Fault::Device) {
+                        runs = runs.min(run + 1);
+                    }
+                    fresh = e.fault() == Some(Fault::Session);
+                }
+                Err(e) => return Err(e.settled()),
+            }
+        }
+        Err(HsmError::Unavailable(self.unavailable_reason()))
+    }
+
+    /// One run of `f` on a session of the current generation, and the repair
+    /// its fault asks for (see [`recovery`](self)). `fresh`: open a new
+    /// session rather than take an idle one (after a session fault, idle
+    /// sessions may be dead too).
+    fn attempt<T>(&self, f: &dyn Fn(&SessionRef<'_>) -> Result<T>, fresh: bool) -> Result<T> {
+        let module = self.module()?;
+        let pooled = match module.checkout(&self.inner.cfg, fresh) {
+            Ok(s) => s,
+            Err(e) => {
+                if e.fault() == Some(Fault::Device) {
+                    self.device_fault(module.generation, &e);
+                }
+                return Err(e);
+            }
+        };
+        let session = &pooled.session;
         let sref = SessionRef {
-            session: &session,
+            session,
             hsm: self,
+            cached: RefCell::new(Vec::new()),
         };
         let out = f(&sref);
-        match &out {
-            Err(e) if e.poisons_session() => {
-                tracing::warn!(error = %e, "dropping a broken PKCS#11 session");
+        let cached = sref.cached.into_inner();
+        let err = match out {
+            Ok(v) => {
+                module.checkin(pooled, self.inner.max_sessions);
+                return Ok(v);
             }
-            _ => self.checkin(session),
+            Err(e) => e,
+        };
+        // A private object that is "not found" while the session lost its
+        // login is a login fault, not a missing key.
+        let err = match err {
+            HsmError::ObjectNotFound => match recovery::logged_in(session) {
+                Ok(true) => HsmError::ObjectNotFound,
+                Ok(false) => HsmError::Pkcs11(cryptoki::error::Error::Pkcs11(
+                    cryptoki::error::RvError::UserNotLoggedIn,
+                    cryptoki::context::Function::FindObjects,
+                )),
+                Err(e) => e,
+            },
+            e => e,
+        };
+        match err.fault() {
+            None => module.checkin(pooled, self.inner.max_sessions),
+            Some(Fault::Session) => {
+                tracing::warn!(error = %err, "a PKCS#11 session is gone; opening another");
+                recovery::forget(pooled.session);
+                module.session_fault();
+                // Tokens drop object handles with the sessions
+                // (SoftHSMv2 drops every handle of the slot).
+                self.clear_handles();
+            }
+            Some(Fault::Login) => {
+                tracing::warn!(error = %err, "the token lost its login; logging in again");
+                self.clear_handles();
+                match recovery::login(session, &self.inner.cfg) {
+                    Ok(()) => module.checkin(pooled, self.inner.max_sessions),
+                    Err(e) => {
+                        tracing::error!(error = %e, "logging in again failed");
+                        recovery::forget(pooled.session);
+                    }
+                }
+            }
+            Some(Fault::Handle) => {
+                self.forget_handles(&cached);
+                match recovery::ensure_login(session, &self.inner.cfg) {
+                    Ok(()) => module.checkin(pooled, self.inner.max_sessions),
+                    Err(_) => recovery::forget(pooled.session),
+                }
+            }
+            Some(Fault::Device) => {
+                recovery::forget(pooled.session);
+                self.device_fault(module.generation, &err);
+            }
         }
-        out
+        Err(err)
     }
 
-    fn checkout(&self) -> Result<Session> {
-        if let Some(s) = self.lock_idle().pop() {
-            return Ok(s);
-        }
-        // Sessions share the login state of the application, so a new one
-        // is logged in already.
-        Ok(self.inner.ctx.open_rw_session(self.inner.slot)?)
-    }
-
-    fn checkin(&self, session: Session) {
-        let mut idle = self.lock_idle();
-        if idle.len() < self.inner.max_sessions {
-            idle.push(session);
-        }
-    }
-
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Session>> {
-        // A poisoned lock only means a worker panicked while holding it;
-        // the Vec itself is still consistent.
-        self.inner.idle.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_handles_mut(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<HandleKey, ObjectHandle>> {
+        self.inner
+            .handles
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Forgets the cached handles of an object id (after destroying it).
     fn forget(&self, id: &[u8]) {
-        let mut map = self
-            .inner
-            .handles
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        map.retain(|(k, _), _| k.as_slice() != id);
+        self.lock_handles_mut()
+            .retain(|(k, _), _| k.as_slice() != id);
     }
 
-    /// Checks that the token still answers (for `/readyz`).
+    /// Forgets cached handles that a call found invalid.
+    fn forget_handles(&self, keys: &[HandleKey]) {
+        let mut map = self.lock_handles_mut();
+        for k in keys {
+            map.remove(k);
+        }
+    }
+
+    /// Drops the whole handle cache (after a login loss or a new module
+    /// generation, where every handle may have changed).
+    fn clear_handles(&self) {
+        self.lock_handles_mut().clear();
+    }
+
+    /// Checks that the token answers (for `/readyz`): not while it is being
+    /// re-initialised, and a call on a pooled session otherwise.
     pub async fn ping(&self) -> Result<()> {
+        if !self.health().is_ready() {
+            return Err(HsmError::Unavailable(self.unavailable_reason()));
+        }
         self.run(OpClass::Symmetric, |s| {
             s.session.get_session_info()?;
             Ok(())
         })
         .await
+    }
+
+    /// The PKCS#11 context and slot of the serving generation, for test
+    /// hooks that act on the service's own sessions.
+    #[cfg(feature = "test-hooks")]
+    pub fn context(&self) -> Result<(Pkcs11, Slot)> {
+        let m = self.module()?;
+        Ok((m.ctx.clone(), m.slot))
+    }
+
+    /// Runs `f` on the serving context and slot while no operation of the
+    /// service is inside the token: every concurrency permit is taken first.
+    /// For test hooks that close sessions or log out: SoftHSMv2 2.6 frees a
+    /// session's state under a concurrent call on it (`C_CloseAllSessions`
+    /// racing a `C_FindObjectsInit` answered `CKR_GENERAL_ERROR` and then
+    /// crashed the process), which a network HSM's server does not do.
+    #[cfg(feature = "test-hooks")]
+    pub async fn quiesced<T>(&self, f: impl FnOnce(Pkcs11, Slot) -> T) -> Result<T> {
+        let worker = |e: tokio::sync::AcquireError| HsmError::Worker(e.to_string());
+        let _sym = self
+            .inner
+            .symmetric
+            .acquire_many(self.inner.permits.0)
+            .await
+            .map_err(worker)?;
+        let _asym = self
+            .inner
+            .asymmetric
+            .acquire_many(self.inner.permits.1)
+            .await
+            .map_err(worker)?;
+        let (ctx, slot) = self.context()?;
+        Ok(f(ctx, slot))
     }
 }
 
@@ -240,6 +454,9 @@ impl Hsm {
 pub struct SessionRef<'a> {
     session: &'a Session,
     hsm: &'a Hsm,
+    /// Handles this call took from the cache: the ones to look up again
+    /// when the token calls one invalid.
+    cached: RefCell<Vec<HandleKey>>,
 }
 
 impl SessionRef<'_> {
@@ -262,6 +479,7 @@ impl SessionRef<'_> {
                 .read()
                 .unwrap_or_else(|p| p.into_inner());
             if let Some(h) = map.get(&key) {
+                self.cached.borrow_mut().push(key.clone());
                 return Ok(*h);
             }
         }
@@ -285,12 +503,8 @@ impl SessionRef<'_> {
                 )))
             }
         };
-        self.hsm
-            .inner
-            .handles
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, h);
+        self.hsm.lock_handles_mut().insert(key.clone(), h);
+        self.cached.borrow_mut().push(key);
         Ok(h)
     }
 

@@ -299,7 +299,7 @@ impl Hsm {
 
     /// See [`SessionRef::destroy_id`].
     pub async fn destroy_id(&self, id: Vec<u8>) -> Result<usize> {
-        self.run(OpClass::Symmetric, move |s| s.destroy_id(&id))
+        self.run_once(OpClass::Symmetric, move |s| s.destroy_id(&id))
             .await
     }
 

@@ -171,7 +171,7 @@ impl super::Hsm {
         } else {
             OpClass::Symmetric
         };
-        self.run(class, move |s| s.generate(spec, &label, &id))
+        self.run_once(class, move |s| s.generate(spec, &label, &id))
             .await
     }
 
@@ -183,15 +183,15 @@ impl super::Hsm {
     /// the label's bytes. The label must therefore be unique and start with
     /// `hsm-kms/`.
     pub async fn create_data_object(&self, label: String, value: Vec<u8>) -> Result<()> {
-        self.run(OpClass::Symmetric, move |s| {
+        self.run_once(OpClass::Symmetric, move |s| {
             let t = vec![
                 Attribute::Token(true),
-                Attribute::Label(label.into_bytes()),
+                Attribute::Label(label.clone().into_bytes()),
                 Attribute::Private(true),
                 Attribute::Modifiable(false),
                 Attribute::Class(ObjectClass::DATA),
                 Attribute::Application(b"hsm-kms".to_vec()),
-                Attribute::Value(value),
+                Attribute::Value(value.clone()),
             ];
             s.raw().create_object(&t)?;
             Ok(())

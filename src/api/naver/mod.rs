@@ -228,6 +228,12 @@ impl From<Error> for NaverError {
                 "900",
                 "Service Unavailable",
             ),
+            Error::KeyMaterialMissing => {
+                return NaverError::unavailable(
+                    "key material missing from the HSM: the token no longer holds this key \
+                     version's object; other keys are unaffected",
+                )
+            }
             Error::Internal(_) => {
                 return NaverError {
                     status: StatusCode::INTERNAL_SERVER_ERROR,

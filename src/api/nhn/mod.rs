@@ -131,8 +131,14 @@ impl From<Error> for NhnError {
             Error::Conflict(_) => Self::new(S::CONFLICT, -1502, "Duplicated", d),
             Error::LimitExceeded(_) => Self::new(S::BAD_REQUEST, -1600, "Limit Exceeded", d),
             Error::Unavailable(_) => {
-                Self::new(S::SERVICE_UNAVAILABLE, -9998, "Service Unavailable", d)
+                Self::new(S::SERVICE_UNAVAILABLE, -9503, "Service Unavailable", d)
             }
+            Error::KeyMaterialMissing => Self::new(
+                S::SERVICE_UNAVAILABLE,
+                -9504,
+                "Key Material Missing",
+                "the HSM no longer holds this key version's object; other keys are unaffected",
+            ),
             Error::Internal(_) => Self::new(
                 S::INTERNAL_SERVER_ERROR,
                 -9999,
