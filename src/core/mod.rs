@@ -354,7 +354,12 @@ impl Engine {
     /// Checks the token and the store answer (for `/readyz`), and that the
     /// store is still this installation's ([`Engine::check_store`]).
     pub async fn ready(&self) -> Result<()> {
-        self.inner.hsm.ping().await?;
+        // `/readyz` is for operators: it says why the token is unusable
+        // (API answers only say "temporarily unavailable").
+        self.inner.hsm.ping().await.map_err(|e| match e {
+            HsmError::Unavailable(why) => Error::Unavailable(why),
+            other => Error::from(other),
+        })?;
         self.check_store().await?;
         self.inner
             .store
