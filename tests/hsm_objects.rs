@@ -124,6 +124,7 @@ struct Listed {
     label: String,
     id: String,
     access: String,
+    usage: String,
 }
 
 fn parse_listing(text: &str) -> Vec<Listed> {
@@ -146,6 +147,8 @@ fn parse_listing(text: &str) -> Vec<Listed> {
             cur.id = v.trim().to_string();
         } else if let Some(v) = line.strip_prefix("Access:") {
             cur.access = v.trim().to_string();
+        } else if let Some(v) = line.strip_prefix("Usage:") {
+            cur.usage = v.trim().to_string();
         }
     }
     out
@@ -190,6 +193,24 @@ async fn pkcs11_tool_lists_every_version() {
             assert_eq!(found.len(), want.len(), "{label}: one object or one pair");
             for o in &found {
                 assert_eq!(o.id, hex::encode(&v.cka_id), "{label}");
+                // Usage flags only for the key's purpose: no key wraps or
+                // unwraps, and an ECDSA pair only signs and verifies (SoftHSM
+                // defaults CKA_DECRYPT / CKA_UNWRAP to true when unset).
+                let usage: BTreeSet<&str> = o.usage.split(", ").collect();
+                assert!(
+                    !usage.contains("wrap") && !usage.contains("unwrap"),
+                    "{label} {}: usage {}",
+                    o.kind,
+                    o.usage
+                );
+                if *kt == "ECDSA" {
+                    let want = if o.kind == "Private Key Object" {
+                        "sign"
+                    } else {
+                        "verify"
+                    };
+                    assert_eq!(o.usage, want, "{label} {}", o.kind);
+                }
                 if o.kind == "Public Key Object" {
                     assert!(o.access.contains("local"), "{label}: {}", o.access);
                 } else {

@@ -148,12 +148,18 @@ impl SessionRef<'_> {
                     Attribute::Modifiable(false),
                     Attribute::EcParams(P256_OID_DER.to_vec()),
                     Attribute::Verify(true),
+                    // Unset, SoftHSM makes these true: usage flags only
+                    // for the key's purpose.
+                    Attribute::Encrypt(false),
+                    Attribute::Wrap(false),
                 ]);
                 let mut private = private_common(label, id, false);
                 private.extend([
                     Attribute::Class(ObjectClass::PRIVATE_KEY),
                     Attribute::KeyType(KeyType::EC),
                     Attribute::Sign(true),
+                    Attribute::Decrypt(false),
+                    Attribute::Unwrap(false),
                     Attribute::Derive(false),
                 ]);
                 s.generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)?;
