@@ -7,36 +7,13 @@
 //! record and a fresh quota bucket per spelling.
 mod common;
 
-use common::{b64, now_ms, Kms, Reply};
-use hsm_kms::api::auth::ncp::{sign, SignatureVersion};
+use common::{b64, Kms, Reply};
 use serde_json::{json, Value};
 
 /// The tag with its first character percent-encoded: the same key once
 /// decoded, another spelling on the wire.
 fn encoded(tag: &str) -> String {
     format!("%{:02X}{}", tag.as_bytes()[0], &tag[1..])
-}
-
-/// A v1-signed API 1.0 call (signature over the path as sent).
-async fn v1(kms: &Kms, api_key: &str, path: &str, body: Value) -> Reply {
-    let ts = now_ms().to_string();
-    let sig = sign(
-        SignatureVersion::V1,
-        kms.secret_key.as_bytes(),
-        "POST",
-        path,
-        &ts,
-        &kms.access_key,
-        Some(api_key),
-    );
-    let h = vec![
-        ("x-ncp-apigw-timestamp".to_string(), ts),
-        ("x-ncp-apigw-api-key".to_string(), api_key.to_string()),
-        ("x-ncp-iam-access-key".to_string(), kms.access_key.clone()),
-        ("x-ncp-apigw-signature-v1".to_string(), sig),
-    ];
-    kms.raw("POST", path, &h, Some(body.to_string().into_bytes()))
-        .await
 }
 
 async fn records(kms: &Kms, tag: &str) -> i64 {
@@ -270,12 +247,15 @@ async fn item3_encoded_key_tag_refused_on_every_route_and_logged_once_canonical(
     for (action, body) in v1_routes.iter() {
         let before = records(&kms, &tag).await;
         let bad = format!("/keys/v1/{}/{action}", encoded(&tag));
-        assert_refused(&v1(&kms, &api_key, &bad, body.clone()).await, &bad);
+        assert_refused(
+            &common::v1_call(&kms, &api_key, &bad, body.clone()).await,
+            &bad,
+        );
         let bad = format!("/keys/v2/{}/{action}", encoded(&tag));
         assert_refused(&kms.call("POST", &bad, Some(body.clone())).await, &bad);
         assert_eq!(records(&kms, &tag).await, before, "{action}");
         let good = format!("/keys/v1/{tag}/{action}");
-        let r = v1(&kms, &api_key, &good, body.clone()).await;
+        let r = common::v1_call(&kms, &api_key, &good, body.clone()).await;
         assert_eq!(r.status, 200, "{good}: {}", r.body);
         let good = format!("/keys/v2/{tag}/{action}");
         let r = kms.call("POST", &good, Some(body.clone())).await;
@@ -289,7 +269,10 @@ async fn item3_encoded_key_tag_refused_on_every_route_and_logged_once_canonical(
             json!({"data": b64(b"item3"), "signature": sig})
         };
         let bad = format!("/keys/v1/{}/{action}", encoded(&rsa));
-        assert_refused(&v1(&kms, &api_key, &bad, body.clone()).await, &bad);
+        assert_refused(
+            &common::v1_call(&kms, &api_key, &bad, body.clone()).await,
+            &bad,
+        );
         let bad = format!("/keys/v2/{}/{action}", encoded(&rsa));
         assert_refused(&kms.call("POST", &bad, Some(body)).await, &bad);
     }

@@ -9,7 +9,6 @@ mod common;
 
 use common::process::Site;
 use common::{b64, now_ms, Kms, Reply};
-use hsm_kms::api::auth::ncp::{sign, SignatureVersion};
 use hsm_kms::config::Config;
 use serde_json::{json, Value};
 
@@ -35,26 +34,6 @@ fn v2_headers(kms: &Kms, method: &str, path: &str) -> Vec<(String, String)> {
         path,
         &now_ms().to_string(),
     )
-}
-
-/// v1 signature headers (API 1.0 under `/keys/v1`).
-fn v1_headers(kms: &Kms, api_key: &str, path: &str) -> Vec<(String, String)> {
-    let ts = now_ms().to_string();
-    let sig = sign(
-        SignatureVersion::V1,
-        kms.secret_key.as_bytes(),
-        "POST",
-        path,
-        &ts,
-        &kms.access_key,
-        Some(api_key),
-    );
-    vec![
-        ("x-ncp-apigw-timestamp".to_string(), ts),
-        ("x-ncp-apigw-api-key".to_string(), api_key.to_string()),
-        ("x-ncp-iam-access-key".to_string(), kms.access_key.clone()),
-        ("x-ncp-apigw-signature-v1".to_string(), sig),
-    ]
 }
 
 async fn send(
@@ -191,7 +170,7 @@ async fn item5_identical_crypto_calls_in_one_millisecond_served_under_management
     b.ok();
     // API 1.0, both signatures.
     let p1 = format!("/keys/v1/{tag}/encrypt");
-    let h1 = v1_headers(&kms, &api_key, &p1);
+    let h1 = common::v1_headers(&kms, &api_key, &p1);
     let p2 = format!("/keys/v2/{tag}/encrypt");
     let h2 = v2_headers(&kms, "POST", &p2);
     for _ in 0..2 {
@@ -223,7 +202,7 @@ async fn item5_replays_refused_under_all_for_api_2_0_and_both_1_0_signatures() {
     // API 1.0, signature v1 and v2.
     let body = json!({"ciphertext": other});
     let p1 = format!("/keys/v1/{tag}/decrypt");
-    let h1 = v1_headers(&kms, &api_key, &p1);
+    let h1 = common::v1_headers(&kms, &api_key, &p1);
     let r = send(&kms, "POST", &p1, &h1, Some(body.clone())).await;
     assert_eq!(r.body["code"], "SUCCESS", "{}", r.body);
     assert_replay_refused(

@@ -6,27 +6,6 @@ use common::{b64, now_ms, Kms, Reply};
 use hsm_kms::api::auth::ncp::{sign, SignatureVersion};
 use serde_json::{json, Value};
 
-async fn v1(kms: &Kms, api_key: &str, path: &str, body: Value) -> Reply {
-    let ts = now_ms().to_string();
-    let sig = sign(
-        SignatureVersion::V1,
-        kms.secret_key.as_bytes(),
-        "POST",
-        path,
-        &ts,
-        &kms.access_key,
-        Some(api_key),
-    );
-    let h = vec![
-        ("x-ncp-apigw-timestamp".to_string(), ts),
-        ("x-ncp-apigw-api-key".to_string(), api_key.to_string()),
-        ("x-ncp-iam-access-key".to_string(), kms.access_key.clone()),
-        ("x-ncp-apigw-signature-v1".to_string(), sig),
-    ];
-    kms.raw("POST", path, &h, Some(body.to_string().into_bytes()))
-        .await
-}
-
 fn ok1(r: &Reply) -> &Value {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["code"], "SUCCESS", "{}", r.body);
@@ -48,7 +27,7 @@ async fn v1_signature_with_api_key_and_cross_api_ciphertexts() {
     let tag = kms.create_key("shared-key", "AES256", json!({})).await;
 
     // Encrypt through 1.0 (v1 signature), decrypt through 2.0, and back.
-    let r = v1(
+    let r = common::v1_call(
         &kms,
         &api_key,
         &format!("/keys/v1/{tag}/encrypt"),
@@ -72,7 +51,7 @@ async fn v1_signature_with_api_key_and_cross_api_ciphertexts() {
         )
         .await;
     let ct2 = r.ok()["ciphertext"].as_str().unwrap().to_string();
-    let r = v1(
+    let r = common::v1_call(
         &kms,
         &api_key,
         &format!("/keys/v1/{tag}/decrypt"),
@@ -82,7 +61,7 @@ async fn v1_signature_with_api_key_and_cross_api_ciphertexts() {
     assert_eq!(ok1(&r)["plaintext"], b64(b"two"));
 
     // Array forms use ciphertextList / plaintextList.
-    let r = v1(
+    let r = common::v1_call(
         &kms,
         &api_key,
         &format!("/keys/v1/{tag}/encrypt"),
@@ -91,7 +70,7 @@ async fn v1_signature_with_api_key_and_cross_api_ciphertexts() {
     .await;
     let list = ok1(&r)["ciphertextList"].as_array().unwrap().clone();
     assert_eq!(list.len(), 2);
-    let r = v1(
+    let r = common::v1_call(
         &kms,
         &api_key,
         &format!("/keys/v1/{tag}/decrypt"),
@@ -102,7 +81,7 @@ async fn v1_signature_with_api_key_and_cross_api_ciphertexts() {
 
     // Over the total limit: the 200-with-code form.
     let big = b64(&vec![7u8; 20 * 1024]);
-    let r = v1(
+    let r = common::v1_call(
         &kms,
         &api_key,
         &format!("/keys/v1/{tag}/encrypt"),
@@ -110,7 +89,7 @@ async fn v1_signature_with_api_key_and_cross_api_ciphertexts() {
     )
     .await;
     fail1(&r, "INVALID_PARAMETER");
-    let r = v1(
+    let r = common::v1_call(
         &kms,
         &api_key,
         &format!("/keys/v1/{tag}/encrypt"),
@@ -118,7 +97,7 @@ async fn v1_signature_with_api_key_and_cross_api_ciphertexts() {
     )
     .await;
     fail1(&r, "INVALID_PARAMETER");
-    let r = v1(
+    let r = common::v1_call(
         &kms,
         &api_key,
         &format!("/keys/v1/{tag}/decrypt"),
@@ -126,7 +105,7 @@ async fn v1_signature_with_api_key_and_cross_api_ciphertexts() {
     )
     .await;
     fail1(&r, "DECRYPTION_FAILED");
-    let r = v1(
+    let r = common::v1_call(
         &kms,
         &api_key,
         &format!("/keys/v1/{tag}/sign"),
@@ -136,7 +115,7 @@ async fn v1_signature_with_api_key_and_cross_api_ciphertexts() {
     fail1(&r, "UNSUPPORTED_KEY_TYPE");
 
     // Custom key (camelCase path) and re-encrypt.
-    let r = v1(
+    let r = common::v1_call(
         &kms,
         &api_key,
         &format!("/keys/v1/{tag}/createCustomKey"),
@@ -146,7 +125,7 @@ async fn v1_signature_with_api_key_and_cross_api_ciphertexts() {
     let d = ok1(&r).clone();
     assert_eq!(d["key_version"], 1);
     assert_eq!(common::unb64(d["plaintext"].as_str().unwrap()).len(), 32);
-    let r = v1(
+    let r = common::v1_call(
         &kms,
         &api_key,
         &format!("/keys/v1/{tag}/reencrypt"),
@@ -159,7 +138,7 @@ async fn v1_signature_with_api_key_and_cross_api_ciphertexts() {
         .starts_with("ncpkms:v1:"));
 
     // A wrong or revoked API key is an authentication failure (gateway envelope).
-    let r = v1(
+    let r = common::v1_call(
         &kms,
         "not-an-api-key",
         &format!("/keys/v1/{tag}/encrypt"),
@@ -195,7 +174,7 @@ async fn v1_signature_with_api_key_and_cross_api_ciphertexts() {
     .await
     .assert_naver_error(401, "200");
     kms.engine.revoke_api_key(&api_key).await.unwrap();
-    let r = v1(
+    let r = common::v1_call(
         &kms,
         &api_key,
         &format!("/keys/v1/{tag}/encrypt"),
@@ -205,7 +184,7 @@ async fn v1_signature_with_api_key_and_cross_api_ciphertexts() {
     r.assert_naver_error(401, "200");
     // An unknown key tag is a 404 in the gateway envelope.
     let k2 = kms.engine.create_api_key("default").await.unwrap();
-    let r = v1(
+    let r = common::v1_call(
         &kms,
         &k2,
         "/keys/v1/nosuchkey/encrypt",
