@@ -47,7 +47,12 @@ async fn the_path_chosen_matches_the_module() {
 
     // OpenSC's own view of the mechanism list agrees on ECDSA-SHA256.
     let out = std::process::Command::new("pkcs11-tool")
-        .args(["--module", &common::module(), "--token-label", "hsm-kms-test"])
+        .args([
+            "--module",
+            &common::module(),
+            "--token-label",
+            "hsm-kms-test",
+        ])
         .arg("--list-mechanisms")
         .output()
         .expect("pkcs11-tool (opensc) must be installed");
@@ -115,7 +120,8 @@ async fn ecdsa_sha256_on_the_chosen_path_is_standard() {
     let sig = sig.ok()["signature"].as_str().unwrap().to_string();
     let der = unb64(sig.rsplit_once(':').unwrap().1);
     let parsed = p256::ecdsa::Signature::from_der(&der).expect("DER signature");
-    vk.verify(&message, &parsed).expect("verifies outside the service");
+    vk.verify(&message, &parsed)
+        .expect("verifies outside the service");
 
     let verify = |data: Vec<u8>, sig: String| {
         let kms = &kms;

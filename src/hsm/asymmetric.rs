@@ -91,11 +91,10 @@ impl SessionRef<'_> {
                 // with CKR_DEVICE_ERROR at C_Decrypt (its OpenSSL error mapped
                 // as is). The session still answering tells that from a lost
                 // token, which fails C_GetSessionInfo too and is repaired.
-                Err(CkError::Pkcs11(RvError::DeviceError, cryptoki::context::Function::Decrypt))
-                    if self.raw().get_session_info().is_ok() =>
-                {
-                    Err(HsmError::DecryptFailed)
-                }
+                Err(CkError::Pkcs11(
+                    RvError::DeviceError,
+                    cryptoki::context::Function::Decrypt,
+                )) if self.raw().get_session_info().is_ok() => Err(HsmError::DecryptFailed),
                 Err(e) => Err(decrypt_failed(e)),
             },
             MechanismPath::Outside => {

@@ -62,22 +62,23 @@ impl MechanismPaths {
         } else {
             MechanismPath::Outside
         };
-        let rsa_oaep_sha256 =
-            if offers(MechanismType::RSA_PKCS_OAEP, |i| i.encrypt() && i.decrypt()) {
-                match module.checkout(cfg, false) {
-                    Ok(pooled) => {
-                        let path = oaep_trial(&pooled.session);
-                        module.checkin(pooled, cfg.max_sessions.max(1));
-                        path
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "no session to try OAEP-SHA-256; padding outside the token");
-                        MechanismPath::Outside
-                    }
+        let rsa_oaep_sha256 = if offers(MechanismType::RSA_PKCS_OAEP, |i| {
+            i.encrypt() && i.decrypt()
+        }) {
+            match module.checkout(cfg, false) {
+                Ok(pooled) => {
+                    let path = oaep_trial(&pooled.session);
+                    module.checkin(pooled, cfg.max_sessions.max(1));
+                    path
                 }
-            } else {
-                MechanismPath::Outside
-            };
+                Err(e) => {
+                    tracing::warn!(error = %e, "no session to try OAEP-SHA-256; padding outside the token");
+                    MechanismPath::Outside
+                }
+            }
+        } else {
+            MechanismPath::Outside
+        };
         MechanismPaths {
             rsa_oaep_sha256,
             ecdsa_sha256,

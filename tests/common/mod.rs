@@ -168,10 +168,26 @@ fn make_kryoptic_token(dir: &Path, label: &str, pin: &str) -> PathBuf {
     .expect("kryoptic.conf");
     let slot = KRYOPTIC_SLOT.to_string();
     let steps: [&[&str]; 2] = [
-        &["--init-token", "--slot", &slot, "--label", label, "--so-pin", SO_PIN],
         &[
-            "--slot", &slot, "--login", "--login-type", "so", "--so-pin", SO_PIN, "--init-pin",
-            "--pin", pin,
+            "--init-token",
+            "--slot",
+            &slot,
+            "--label",
+            label,
+            "--so-pin",
+            SO_PIN,
+        ],
+        &[
+            "--slot",
+            &slot,
+            "--login",
+            "--login-type",
+            "so",
+            "--so-pin",
+            SO_PIN,
+            "--init-pin",
+            "--pin",
+            pin,
         ],
     ];
     for args in steps {
@@ -181,7 +197,9 @@ fn make_kryoptic_token(dir: &Path, label: &str, pin: &str) -> PathBuf {
             .args(args)
             .env("KRYOPTIC_CONF", &conf)
             .output()
-            .expect("pkcs11-tool (OpenSC) must be installed (scripts/test-kryoptic.sh installs it)");
+            .expect(
+                "pkcs11-tool (OpenSC) must be installed (scripts/test-kryoptic.sh installs it)",
+            );
         assert!(
             out.status.success(),
             "pkcs11-tool {} failed: {}{}",
