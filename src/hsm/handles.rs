@@ -188,7 +188,8 @@ impl<H: Copy> HandleMap<H> {
         publish(&s);
     }
 
-    /// Counts one search and returns why a single look-up of `key` happens.
+    /// Why a single look-up of `key` happens: its handle went stale, or
+    /// the map never knew it.
     pub(super) fn refresh_reason(&self, key: &HandleKey) -> Refresh {
         if self.read().stale.contains(key) {
             Refresh::Stale
