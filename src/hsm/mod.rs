@@ -355,6 +355,7 @@ impl Hsm {
                 return Err(e);
             }
         };
+        let logins = recovery::logins();
         let session = &pooled.session;
         let sref = SessionRef {
             session,
@@ -372,10 +373,13 @@ impl Hsm {
         };
         // A private object that is "not found" while the session lost its
         // login is a login fault, not a missing key.
+        // Another thread may have repaired the login while this call ran
+        // logged out (two workers meet the same C_Logout): that is a login
+        // fault too, and the call runs again.
         let err = match err {
             HsmError::ObjectNotFound => match recovery::logged_in(session) {
-                Ok(true) => HsmError::ObjectNotFound,
-                Ok(false) => HsmError::Pkcs11(cryptoki::error::Error::Pkcs11(
+                Ok(true) if recovery::logins() == logins => HsmError::ObjectNotFound,
+                Ok(_) => HsmError::Pkcs11(cryptoki::error::Error::Pkcs11(
                     cryptoki::error::RvError::UserNotLoggedIn,
                     cryptoki::context::Function::FindObjects,
                 )),
