@@ -19,7 +19,8 @@
 #   BENCH_PARTS=levers scripts/bench.sh   only (d), without the raw benchmark
 #   PROFILE_DIR=docs/perf scripts/bench.sh  also a flamegraph of the server
 #       (perf record + inferno) during the first Encrypt round of each lever
-#       configuration: PROFILE_DIR/encrypt-<configuration>.svg
+#       configuration but the host-IV one: PROFILE_DIR/encrypt-<configuration>.svg
+#   BENCH_BUILD=0 uses the release binaries already in target/release
 #
 # Environment: RAW_SECS (3) per raw measurement, HTTP_SECS (10) per wrk run,
 # CONNECTIONS (16) wrk connections, WRK_THREADS (1), and any HSM_KMS_* key to
@@ -48,7 +49,9 @@ command -v cc >/dev/null 2>&1 || apt_install build-essential
 command -v pkg-config >/dev/null 2>&1 || apt_install pkg-config
 MODULE="$(softhsm_module)"
 need_cargo
-if part raw; then
+if [ "${BENCH_BUILD:-1}" = 0 ]; then
+    log "BENCH_BUILD=0: using the release binaries already built"
+elif part raw; then
     log "building hsm-kms and examples/hsm_bench (release)"
     (cd "$ROOT" && cargo build --release --locked --bin hsm-kms --example hsm_bench)
 else
@@ -217,7 +220,7 @@ if part levers; then
             # shellcheck disable=SC2086
             start_server HSM_KMS_ACTIVITY_LOG_ENABLED=true HSM_KMS_ACTIVITY_LOG_FSYNC=true ${c#*:}
             perf_pid=""
-            if [ -n "${PROFILE_DIR:-}" ] && [ "$round" -eq 1 ]; then
+            if [ -n "${PROFILE_DIR:-}" ] && [ "$round" -eq 1 ] && [ "$name" != workers+hostiv ]; then
                 perf record -F 199 --call-graph dwarf,16384 -p "$SERVER_PID" -o "$WORK/perf-$name.data" \
                     -- sleep "$((HTTP_SECS - 2))" >/dev/null 2>&1 &
                 perf_pid=$!
