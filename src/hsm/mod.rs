@@ -273,7 +273,13 @@ impl Hsm {
                     w.submit(
                         class,
                         Box::new(move || {
-                            let _ = tx.send(hsm.attempt(&*f, fresh));
+                            let out = hsm.attempt(&*f, fresh);
+                            // The port is dropped here, before the caller
+                            // hears back: the last clone must not go on a
+                            // worker thread while the process exits (a
+                            // C_Finalize racing exit made CLI commands fail).
+                            drop((hsm, f));
+                            let _ = tx.send(out);
                         }),
                     );
                     rx.await
