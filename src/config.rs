@@ -229,6 +229,12 @@ pub struct HsmSection {
     pub unavailable_wait_ms: u64,
     /// Longest pause between two failed re-initialisations of the module, ms.
     pub recovery_backoff_max_ms: u64,
+    /// How token calls reach sessions: `workers` or `blocking_pool`.
+    pub dispatch: crate::hsm::Dispatch,
+    /// Where AES-GCM IVs come from: `token` (`C_GenerateRandom`) or `host`.
+    pub gcm_iv_source: crate::hsm::IvSource,
+    /// AES-GCM encryptions allowed per key version (SP 800-38D 8.3).
+    pub gcm_invocation_limit: u64,
 }
 
 impl Default for HsmSection {
@@ -244,6 +250,9 @@ impl Default for HsmSection {
             asymmetric_concurrency: 2,
             unavailable_wait_ms: 500,
             recovery_backoff_max_ms: 1000,
+            dispatch: crate::hsm::Dispatch::Workers,
+            gcm_iv_source: crate::hsm::IvSource::Token,
+            gcm_invocation_limit: crate::hsm::GCM_INVOCATION_LIMIT,
         }
     }
 }
@@ -445,6 +454,8 @@ impl Config {
             recovery_backoff_max: std::time::Duration::from_millis(
                 self.hsm.recovery_backoff_max_ms,
             ),
+            dispatch: self.hsm.dispatch,
+            gcm_iv_source: self.hsm.gcm_iv_source,
         })
     }
 }

@@ -381,6 +381,18 @@ async fn read_only_filesystem_refuses_writes_and_fails_closed() {
     let p = project(&kms, "pr", true).await;
     nhn_t::key_store(&kms, &p, "S", false, false, false, false).await;
     let nhn_key = nhn_t::create_key(&kms, &p, "symmetric-keys", "S", json!({})).await;
+    // One Encrypt first: it reserves a block of AES-GCM invocations for the
+    // version in the store (issue 10), which later encrypts use without a write.
+    nhn_t::ok(
+        &nhn_t::call(
+            &kms,
+            &p,
+            "POST",
+            &format!("/symmetric-keys/{nhn_key}/encrypt"),
+            Some(json!({"plaintext": "first"})),
+        )
+        .await,
+    );
     let before = objects(&kms).await;
     assert_eq!(readyz(&kms).await.0, 200);
 

@@ -7,6 +7,7 @@ mod activity;
 pub mod attest;
 mod cache;
 mod crypto;
+mod invocations;
 mod keys;
 pub mod nhn;
 mod reconcile;
@@ -205,6 +206,8 @@ struct EngineInner {
     /// Versions whose creation failed after their objects were made and
     /// whose rollback the store refused: retried by each scheduler pass.
     abandoned: std::sync::Mutex<Vec<keys::Abandoned>>,
+    /// AES-GCM invocations per key version.
+    gcm: invocations::GcmCounts,
 }
 
 /// Engine settings that are not the token or the store.
@@ -218,6 +221,8 @@ pub struct EngineOptions {
     pub token_hour_ms: i64,
     /// How many objects one owner may make.
     pub limits: ObjectLimits,
+    /// AES-GCM encryptions allowed per key version (`hsm.gcm_invocation_limit`).
+    pub gcm_invocation_limit: u64,
 }
 
 impl Default for EngineOptions {
@@ -227,6 +232,7 @@ impl Default for EngineOptions {
             activity_fsync: true,
             token_hour_ms: 3_600_000,
             limits: ObjectLimits::default(),
+            gcm_invocation_limit: crate::hsm::GCM_INVOCATION_LIMIT,
         }
     }
 }
@@ -299,6 +305,7 @@ impl Engine {
                 nhn: nhn::NhnState::default(),
                 installation_id,
                 abandoned: std::sync::Mutex::new(Vec::new()),
+                gcm: invocations::GcmCounts::new(opts.gcm_invocation_limit),
             }),
         })
     }

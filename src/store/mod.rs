@@ -2,6 +2,7 @@
 //! migrations embedded in the binary. Nothing secret is stored in the clear:
 //! API secret keys are ciphertexts under the HSM KEK.
 
+mod invocations;
 mod keys;
 mod naver;
 mod nhn;
