@@ -118,6 +118,7 @@ pub async fn start(
             token_hour_ms: i64::try_from(cfg.naver.token_hour_secs.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
             limits: cfg.limits.object_limits(),
+            checkpoints: cfg.audit.policy(),
         },
     )
     .await?;

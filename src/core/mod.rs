@@ -5,6 +5,7 @@
 mod accounts;
 mod activity;
 pub mod attest;
+pub mod audit;
 mod cache;
 mod crypto;
 mod keys;
@@ -218,6 +219,8 @@ pub struct EngineOptions {
     pub token_hour_ms: i64,
     /// How many objects one owner may make.
     pub limits: ObjectLimits,
+    /// When the audit chain gets a signed checkpoint (`[audit]`).
+    pub checkpoints: audit::CheckpointPolicy,
 }
 
 impl Default for EngineOptions {
@@ -227,6 +230,7 @@ impl Default for EngineOptions {
             activity_fsync: true,
             token_hour_ms: 3_600_000,
             limits: ObjectLimits::default(),
+            checkpoints: audit::CheckpointPolicy::default(),
         }
     }
 }
@@ -283,6 +287,12 @@ impl Engine {
         })?;
         let store_for_log = store.clone();
         let installation_id = store.installation_id().await?;
+        // Every record is chained: no activity log without the audit keys.
+        let chain = if opts.activity_log {
+            Some(audit::AuditChain::open(hsm.clone(), &store, opts.checkpoints).await?)
+        } else {
+            None
+        };
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 hsm,
@@ -290,7 +300,7 @@ impl Engine {
                 keys: cache::Cache::new(),
                 secrets: RwLock::new(HashMap::new()),
                 kek_id,
-                activity: ActivityLog::start(store_for_log, opts.activity_log, opts.activity_fsync),
+                activity: ActivityLog::start(store_for_log, chain, opts.activity_fsync),
                 tokens: cache::Cache::new(),
                 generators: cache::Cache::new(),
                 acls: cache::Cache::new(),

@@ -2,10 +2,15 @@
 //! migrations embedded in the binary. Nothing secret is stored in the clear:
 //! API secret keys are ciphertexts under the HSM KEK.
 
+mod audit;
 mod keys;
 mod naver;
 mod nhn;
 
+pub use audit::{
+    begin_audit_batch, chain_tail_on, insert_chained_on, insert_checkpoint_on, last_checkpoint_on,
+    AuditRecordRow, ChainTail, CheckpointRow,
+};
 pub use keys::{KeyCaps, KeyRow, NewKey, VersionOwnerRow, VersionRow, VersionState};
 pub use naver::{
     insert_activity_batch_on, ActivityRow, GeneratorRow, NewToken, TokenParent, TokenRow,
