@@ -210,12 +210,22 @@ impl Store {
     pub async fn open_sqlite(data_dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
         let path = data_dir.join("metadata.db");
-        // An empty file is an empty SQLite database.
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
+        // An empty file is an empty SQLite database. An existing file is
+        // never opened here: closing a descriptor of it would drop every
+        // POSIX lock this process holds on it, including those of SQLite
+        // connections still open on it (a store opened twice in one
+        // process, as `init` then `serve` in the tests), and another
+        // process closing its last connection would then take the file as
+        // unused and reset the WAL under them (records lost).
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
             .open(&path)
-            .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(StoreError::Db(sqlx::Error::Io(e))),
+        }
         let url = format!("sqlite://{}", path.display());
         let opts = SqliteConnectOptions::from_str(&url)?
             .create_if_missing(false)
