@@ -244,7 +244,19 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
         }
         Cmd::Admin { cmd } => {
             let (hsm, store) = server::open(&cfg).await?;
-            let engine = Engine::new(hsm, store).await?;
+            // The admin commands' records join the audit chain with the
+            // configured checkpoints.
+            let engine = Engine::with_options(
+                hsm,
+                store,
+                hsm_kms::core::EngineOptions {
+                    activity_log: cfg.activity_log.enabled,
+                    activity_fsync: cfg.activity_log.fsync,
+                    checkpoints: cfg.audit.policy(),
+                    ..Default::default()
+                },
+            )
+            .await?;
             admin(&engine, cmd).await?;
         }
     }

@@ -199,7 +199,7 @@ impl AuditChain {
         let id = self.hmac_id.clone();
         Ok(self
             .hsm
-            .run(OpClass::Symmetric, move |s| {
+            .run_audit(OpClass::Symmetric, move |s| {
                 let mut prev = prev;
                 let mut out = Vec::with_capacity(msgs.len());
                 let mut buf = Vec::with_capacity(512);
@@ -224,7 +224,7 @@ impl AuditChain {
         let inputs = Arc::new(inputs);
         Ok(self
             .hsm
-            .run(OpClass::Symmetric, move |s| {
+            .run_audit(OpClass::Symmetric, move |s| {
                 inputs.iter().map(|m| s.hmac_sha256(&id, m)).collect()
             })
             .await?)
@@ -233,9 +233,12 @@ impl AuditChain {
     /// Signs a checkpoint in the token.
     async fn checkpoint(&self, seq: i64, chain: &[u8], at: i64) -> Result<CheckpointRow> {
         let bytes = canonical_checkpoint(&self.installation_id, seq, chain, at);
+        let id = self.attest_id.clone();
         let signature = self
             .hsm
-            .sign(self.attest_id.clone(), SignAlg::EcdsaP256Sha256, bytes)
+            .run_audit(OpClass::Asymmetric, move |s| {
+                s.sign(&id, SignAlg::EcdsaP256Sha256, &bytes)
+            })
             .await?;
         Ok(CheckpointRow {
             seq,
