@@ -24,10 +24,16 @@ use serde_json::json;
 fn close_all_sessions(_: cryptoki::context::Pkcs11, slot: cryptoki::slot::Slot) {
     // SAFETY: the module is already loaded and initialised by the service;
     // loading it again returns the same library, whose C_CloseAllSessions
-    // takes a plain slot id.
+    // takes a plain slot id. Through C_GetFunctionList: Kryoptic exports no
+    // other symbol.
     let rv = unsafe {
         let lib = cryptoki_sys::Pkcs11::new(common::module()).expect("load the module");
-        lib.C_CloseAllSessions(slot.id())
+        let mut list: cryptoki_sys::CK_FUNCTION_LIST_PTR = std::ptr::null_mut();
+        assert_eq!(lib.C_GetFunctionList(&mut list), cryptoki_sys::CKR_OK);
+        let close = (*list)
+            .C_CloseAllSessions
+            .expect("C_CloseAllSessions in the function list");
+        close(slot.id())
     };
     assert_eq!(rv, cryptoki_sys::CKR_OK, "C_CloseAllSessions");
 }
@@ -208,6 +214,12 @@ async fn all_sessions_closed_under_load_fails_nothing() {
 /// session) every 150 ms under load: 0 failed requests after re-login.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn login_lost_under_load_fails_nothing() {
+    if common::softhsm_only(
+        "Kryoptic 1.5.4 deadlocks when C_Login runs while other sessions are inside \
+         C_FindObjectsInit / C_OpenSession (docs/pkcs11-portability.md)",
+    ) {
+        return;
+    }
     let kms = Arc::new(Kms::start().await);
     let tally = load_with_faults(kms.clone(), 3, logout).await;
     let failed = tally.failed.lock().unwrap().clone();
@@ -360,9 +372,9 @@ async fn key_object_deleted_behind_the_service() {
         .fetch_one(&kms.db().await)
         .await
         .unwrap();
-    let conf = std::env::var("SOFTHSM2_CONF").unwrap();
+    let conf = std::env::var(common::token_conf_var()).unwrap();
     let out = std::process::Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", &conf)
+        .env(common::token_conf_var(), &conf)
         .args([
             "--module",
             &common::module(),
@@ -404,7 +416,7 @@ async fn key_object_deleted_behind_the_service() {
 
     let data_dir = &kms.config.store.data_dir;
     let out = std::process::Command::new(common::process::binary())
-        .env("SOFTHSM2_CONF", &conf)
+        .env(common::token_conf_var(), &conf)
         .env("HSM_KMS_HSM_MODULE", common::module())
         .env("HSM_KMS_HSM_TOKEN_LABEL", "hsm-kms-test")
         .env("HSM_KMS_PIN", common::PIN)

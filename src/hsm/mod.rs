@@ -11,6 +11,7 @@ pub(crate) mod asymmetric;
 mod error;
 mod export;
 mod info;
+mod mechanisms;
 mod objects;
 mod recovery;
 mod symmetric;
@@ -23,6 +24,7 @@ pub mod asymmetric_limits {
 }
 pub use error::HsmError;
 pub use info::{ModuleInfo, TokenInfo};
+pub use mechanisms::{MechanismPath, MechanismPaths};
 pub use objects::{ObjectInfo, TokenObject, INSTALLATION_LABEL, LABEL_PREFIX};
 pub use recovery::{Fault, Health, RECOVERY_BACKOFF_MIN};
 pub use templates::{KeySpec, KeyUsage};
@@ -137,6 +139,9 @@ struct Inner {
     #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     permits: (u32, u32),
     backoff_max: Duration,
+    /// Token or outside path of OAEP-SHA-256 and ECDSA-SHA-256, found at
+    /// the first open.
+    paths: MechanismPaths,
 }
 
 /// `(CKA_ID or label, CKO_*)`.
@@ -158,6 +163,12 @@ impl Hsm {
     /// `spawn_blocking`.
     pub fn open(cfg: &HsmConfig) -> Result<Self> {
         let module = Module::open(cfg, 1)?;
+        let paths = MechanismPaths::probe(&module, cfg);
+        tracing::info!(
+            rsa_oaep_sha256 = ?paths.rsa_oaep_sha256,
+            ecdsa_sha256 = ?paths.ecdsa_sha256,
+            "token mechanism paths"
+        );
         let max_sessions = cfg.max_sessions.max(1);
         let (health, _) = tokio::sync::watch::channel(Health::Ready { generation: 1 });
         let sym = cfg.symmetric_concurrency.clamp(1, 1 << 20);
@@ -176,6 +187,7 @@ impl Hsm {
                 asymmetric: Semaphore::new(asym),
                 permits: (sym as u32, asym as u32),
                 backoff_max: cfg.recovery_backoff_max,
+                paths,
             }),
         })
     }
@@ -183,6 +195,12 @@ impl Hsm {
     /// Label of the token in use.
     pub fn token_label(&self) -> &str {
         &self.inner.token_label
+    }
+
+    /// Where OAEP-SHA-256 and ECDSA-SHA-256 run on this token: in one
+    /// token mechanism or with the hashing / padding done here.
+    pub fn mechanism_paths(&self) -> MechanismPaths {
+        self.inner.paths
     }
 
     /// The slot id found at start (a re-initialised module may renumber

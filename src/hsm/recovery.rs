@@ -67,7 +67,17 @@ fn rv_fault(rv: RvError) -> Option<Fault> {
 }
 
 fn ck_fault(e: &CkError) -> Option<Fault> {
+    use cryptoki::context::Function as F;
     match e {
+        // Kryoptic 1.5 answers CKR_GENERAL_ERROR, not CKR_KEY_HANDLE_INVALID
+        // or CKR_USER_NOT_LOGGED_IN, when a key handle's object was deleted
+        // by another process or the login was lost (it cannot read the
+        // object's row any more): look the key up again and check the login,
+        // which is the repair of both (docs/pkcs11-portability.md).
+        CkError::Pkcs11(
+            RvError::GeneralError,
+            F::EncryptInit | F::DecryptInit | F::SignInit | F::VerifyInit | F::GetAttributeValue,
+        ) => Some(Fault::Handle),
         CkError::Pkcs11(rv, _) => rv_fault(*rv),
         _ => None,
     }
