@@ -4,7 +4,9 @@
 //! An operation is answered only after its record is durable.
 //!
 //! No unlogged crypto: when the record cannot be written (a full or
-//! read-only disk, a lost store file) every operation waiting on the batch
+//! read-only disk, where full means less than
+//! [`MIN_FREE_BYTES`](crate::store::MIN_FREE_BYTES) free as for `/readyz`;
+//! a lost store file) every operation waiting on the batch
 //! is refused with a 503, whatever the token did for it; nothing is dropped
 //! silently. The next batch tries again on a fresh connection, so the log
 //! works again, without a restart, once the disk does.
@@ -95,9 +97,12 @@ impl ActivityLog {
                 if conn.is_none() {
                     conn = store.activity_writer(fsync).await.ok();
                 }
-                let res = match conn.as_mut() {
-                    Some(c) => chain.write_batch(c, &mut tail, since_ms, &rows).await,
-                    None => Err(Error::Unavailable(
+                // A full disk refuses every batch, not only those whose WAL
+                // frames find no space left allocated (Store::check_space).
+                let res = match (conn.as_mut(), store.check_space()) {
+                    (_, Err(e)) => Err(Error::from(e)),
+                    (Some(c), Ok(())) => chain.write_batch(c, &mut tail, since_ms, &rows).await,
+                    (None, Ok(())) => Err(Error::Unavailable(
                         "the metadata store is unavailable".into(),
                     )),
                 }

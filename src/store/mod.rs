@@ -12,9 +12,7 @@ pub use audit::{
     AuditRecordRow, ChainTail, CheckpointRow,
 };
 pub use keys::{KeyCaps, KeyRow, NewKey, VersionOwnerRow, VersionRow, VersionState};
-pub use naver::{
-    insert_activity_batch_on, ActivityRow, GeneratorRow, NewToken, TokenParent, TokenRow,
-};
+pub use naver::{ActivityRow, GeneratorRow, NewToken, TokenParent, TokenRow};
 pub use nhn::{
     NewCredential, NewKeyStore, NhnCredentialRow, NhnKeyFilter, NhnKeyRow, NhnKeyStoreRow,
     NhnProjectRow, NhnUserAccessKeyRow, UserAccessKeyRequirement,
@@ -307,6 +305,37 @@ impl Store {
         }
     }
 
+    /// Checks that the store's filesystem is writable with at least
+    /// [`MIN_FREE_BYTES`] free (one `statvfs`); an error of the `statvfs`
+    /// itself says nothing about the filesystem and passes. `/readyz` and
+    /// the activity log's writer use it, so that a full disk refuses the
+    /// log's commits every time: without it, a small commit on a full disk
+    /// still succeeds whenever its WAL frames fit into space that earlier
+    /// failed or restarted WAL writes left allocated, and whether a NAVER
+    /// call is refused would depend on the pages its batch touches.
+    pub fn check_space(&self) -> Result<()> {
+        let Some(dir) = self.file.path.parent() else {
+            return Ok(());
+        };
+        let Ok(fs) = rustix::fs::statvfs(dir) else {
+            return Ok(());
+        };
+        if fs.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
+            return Err(StoreError::Db(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::ReadOnlyFilesystem,
+                "the store's filesystem is read-only",
+            ))));
+        }
+        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+        if free < MIN_FREE_BYTES {
+            return Err(StoreError::Db(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!("{} bytes free on the store's filesystem", free),
+            ))));
+        }
+        Ok(())
+    }
+
     /// The underlying pool (for modules of the store).
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
@@ -329,23 +358,7 @@ impl Store {
     /// still say `rw` in its mount flags).
     pub async fn ping(&self) -> Result<()> {
         self.check_file()?;
-        if let Some(dir) = self.file.path.parent() {
-            if let Ok(fs) = rustix::fs::statvfs(dir) {
-                if fs.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
-                    return Err(StoreError::Db(sqlx::Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::ReadOnlyFilesystem,
-                        "the store's filesystem is read-only",
-                    ))));
-                }
-                let free = fs.f_bavail.saturating_mul(fs.f_frsize);
-                if free < MIN_FREE_BYTES {
-                    return Err(StoreError::Db(sqlx::Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::StorageFull,
-                        format!("{} bytes free on the store's filesystem", free),
-                    ))));
-                }
-            }
-        }
+        self.check_space()?;
         // A write that changes nothing still commits a WAL frame: a
         // read-only or failing disk refuses it.
         sqlx::query("UPDATE installation SET created_at = created_at WHERE singleton = 1")
