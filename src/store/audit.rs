@@ -66,6 +66,34 @@ pub async fn chain_tail_on(conn: &mut SqliteConnection) -> Result<ChainTail> {
     Ok(ChainTail { start_seq, last })
 }
 
+/// The chain's tail and the newest checkpoint's (seq, time) on `conn`, in
+/// one statement (the writer reads both inside every batch's transaction).
+pub async fn chain_state_on(
+    conn: &mut SqliteConnection,
+) -> Result<(ChainTail, Option<(i64, i64)>)> {
+    #[allow(clippy::type_complexity)]
+    let (start_seq, last_id, last_chain, cp_seq, cp_at): (
+        Option<i64>,
+        Option<i64>,
+        Option<Vec<u8>>,
+        Option<i64>,
+        Option<i64>,
+    ) = sqlx::query_as(
+        "SELECT (SELECT start_seq FROM audit_chain WHERE singleton = 1), \
+                (SELECT id FROM activity_logs ORDER BY id DESC LIMIT 1), \
+                (SELECT chain FROM activity_logs ORDER BY id DESC LIMIT 1), \
+                (SELECT seq FROM audit_checkpoints ORDER BY seq DESC LIMIT 1), \
+                (SELECT at FROM audit_checkpoints ORDER BY seq DESC LIMIT 1)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let tail = ChainTail {
+        start_seq: start_seq.unwrap_or(1),
+        last: last_id.map(|id| (id, last_chain)),
+    };
+    Ok((tail, cp_seq.zip(cp_at)))
+}
+
 /// Inserts chained records: `rows[i]` gets sequence number `first_seq + i`
 /// and chain value `chains[i]`. One multi-row INSERT per 512 records.
 pub async fn insert_chained_on(

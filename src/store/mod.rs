@@ -8,8 +8,8 @@ mod naver;
 mod nhn;
 
 pub use audit::{
-    begin_audit_batch, chain_tail_on, insert_chained_on, insert_checkpoint_on, last_checkpoint_on,
-    AuditRecordRow, ChainTail, CheckpointRow,
+    begin_audit_batch, chain_state_on, chain_tail_on, insert_chained_on, insert_checkpoint_on,
+    last_checkpoint_on, AuditRecordRow, ChainTail, CheckpointRow,
 };
 pub use keys::{KeyCaps, KeyRow, NewKey, VersionOwnerRow, VersionRow, VersionState};
 pub use naver::{ActivityRow, GeneratorRow, NewToken, TokenParent, TokenRow};

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use super::{service_keys, Error, Result};
 use crate::hsm::{Hsm, OpClass, SignAlg};
 use crate::store::{
-    begin_audit_batch, chain_tail_on, insert_chained_on, insert_checkpoint_on, last_checkpoint_on,
-    ActivityRow, ChainTail, CheckpointRow, Store,
+    begin_audit_batch, chain_state_on, chain_tail_on, insert_chained_on, insert_checkpoint_on,
+    last_checkpoint_on, ActivityRow, ChainTail, CheckpointRow, Store,
 };
 
 /// The first field of a record's canonical bytes.
@@ -249,12 +249,13 @@ impl AuditChain {
     }
 
     /// Whether the chain ending at `last_seq` needs a checkpoint now.
-    fn due(&self, last_cp: Option<&CheckpointRow>, since_ms: i64, last_seq: i64, now: i64) -> bool {
-        let covered = last_cp.map(|c| c.seq).unwrap_or(0);
+    /// `last_cp`: the newest checkpoint's sequence number and time.
+    fn due(&self, last_cp: Option<(i64, i64)>, since_ms: i64, last_seq: i64, now: i64) -> bool {
+        let covered = last_cp.map(|c| c.0).unwrap_or(0);
         if last_seq <= covered {
             return false;
         }
-        let cp_at = last_cp.map(|c| c.at).unwrap_or(since_ms);
+        let cp_at = last_cp.map(|c| c.1).unwrap_or(since_ms);
         last_seq - covered >= self.policy.every_records || now - cp_at >= self.policy.every_ms
     }
 
@@ -277,7 +278,8 @@ impl AuditChain {
         let (mut first, prev) = Self::next_link(&guess);
         let mut chains = self.chain_values(prev, first, rows).await?;
         let mut tx = begin_audit_batch(conn).await?;
-        let tail = chain_tail_on(&mut tx).await?;
+        // One statement for the tail and the newest checkpoint.
+        let (tail, cp) = chain_state_on(&mut tx).await?;
         if tail != guess {
             let (f, p) = Self::next_link(&tail);
             first = f;
@@ -286,9 +288,8 @@ impl AuditChain {
         insert_chained_on(&mut tx, first, rows, &chains).await?;
         let last_seq = first + rows.len() as i64 - 1;
         let last_chain = chains.last().copied().unwrap_or(prev);
-        let cp = last_checkpoint_on(&mut tx).await?;
         let now = crate::store::now_ms();
-        if self.due(cp.as_ref(), since_ms, last_seq, now) {
+        if self.due(cp, since_ms, last_seq, now) {
             let cp = self.checkpoint(last_seq, &last_chain, now).await?;
             insert_checkpoint_on(&mut tx, &cp).await?;
         }
