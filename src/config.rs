@@ -47,6 +47,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Activity log.
     pub activity_log: ActivityLogConfig,
+    /// The audit chain over the activity log.
+    pub audit: AuditConfig,
     /// Per-key request quotas.
     pub rate_limit: RateLimitConfig,
     /// TLS listener (mutual TLS for NHN certificate authentication).
@@ -122,6 +124,37 @@ impl Default for ActivityLogConfig {
         ActivityLogConfig {
             enabled: true,
             fsync: true,
+        }
+    }
+}
+
+/// `[audit]`: signed checkpoints of the audit chain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Sign a checkpoint after this many records since the last one.
+    pub checkpoint_every_records: u64,
+    /// Sign a checkpoint of records added since the last one after this
+    /// many seconds, also while no records arrive.
+    pub checkpoint_every_secs: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            checkpoint_every_records: 1000,
+            checkpoint_every_secs: 60,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The checkpoint policy for the engine.
+    pub fn policy(&self) -> crate::core::audit::CheckpointPolicy {
+        crate::core::audit::CheckpointPolicy {
+            every_records: i64::try_from(self.checkpoint_every_records.max(1)).unwrap_or(i64::MAX),
+            every_ms: i64::try_from(self.checkpoint_every_secs.max(1).saturating_mul(1000))
+                .unwrap_or(i64::MAX),
         }
     }
 }
@@ -460,13 +493,14 @@ impl Config {
     }
 }
 
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "server",
     "hsm",
     "store",
     "naver",
     "log",
     "activity_log",
+    "audit",
     "rate_limit",
     "tls",
     "limits",

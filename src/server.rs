@@ -122,6 +122,7 @@ pub async fn start(
                 .unwrap_or(i64::MAX),
             limits: cfg.limits.object_limits(),
             gcm_invocation_limit: cfg.hsm.gcm_invocation_limit,
+            checkpoints: cfg.audit.policy(),
         },
     )
     .await?;

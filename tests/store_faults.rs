@@ -298,6 +298,67 @@ async fn disk_full_refuses_writes_fails_closed_and_recovers_without_restart() {
     objects_match_rows(&kms).await;
 }
 
+/// Free bytes on the filesystem holding `dir` (`df`).
+fn free_bytes(dir: &Path) -> u64 {
+    let out = Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(dir)
+        .output()
+        .expect("df");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df --output=avail")
+}
+
+/// The disk is "full" for the activity log as for `/readyz`: below
+/// `MIN_FREE_BYTES` (1 MiB) free, NAVER crypto is refused every time.
+/// Before, the log's writer only failed when a commit found no room, and a
+/// small commit still fitting (here 256 KiB are left; on a full disk, WAL
+/// space that failed writes had allocated) was acknowledged while
+/// `/readyz` said 503: the suite saw a decrypt answered 200 on a full disk
+/// in `disk_full_refuses_writes_fails_closed_and_recovers_without_restart`
+/// under load. This test failed on that code (encrypt answered 200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn below_the_free_space_reserve_naver_crypto_is_refused_every_time() {
+    if !root("below_reserve") {
+        return;
+    }
+    let (kms, mnt) = on_tmpfs("24m").await;
+    let tag = kms.create_key("reserve", "AES256", json!({})).await;
+    let ct = kms.encrypt(&tag, b"before", None).await;
+    // Leave 256 KiB: room for many commits, under the 1 MiB reserve.
+    let filler = mnt.dir.join("filler");
+    let free = free_bytes(&mnt.dir);
+    let keep = 256 * 1024;
+    assert!(
+        free > keep + (1 << 20),
+        "{free} bytes free on a fresh tmpfs"
+    );
+    std::fs::write(&filler, vec![0u8; usize::try_from(free - keep).unwrap()]).unwrap();
+    let left = free_bytes(&mnt.dir);
+    assert!(left > 64 * 1024 && left < 1 << 20, "{left} bytes left");
+    assert_eq!(readyz(&kms).await, (503, true), "readyz under the reserve");
+    for i in 0..5 {
+        let r = kms
+            .op(
+                &tag,
+                "encrypt",
+                json!({"plaintext": b64(b"under the reserve")}),
+            )
+            .await;
+        naver_503(&r, &format!("encrypt {i} under the reserve"));
+        let r = kms
+            .op(&tag, "decrypt", json!({"ciphertext": ct.clone()}))
+            .await;
+        naver_503(&r, &format!("decrypt {i} under the reserve"));
+    }
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(readyz(&kms).await.0, 200, "readyz after space returned");
+    assert_eq!(kms.decrypt_ok(&tag, &ct, None).await, b"before");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn disk_full_between_object_and_activation_rolls_back_on_proof() {
     if !root("disk_full_activation") {

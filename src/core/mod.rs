@@ -5,6 +5,7 @@
 mod accounts;
 mod activity;
 pub mod attest;
+pub mod audit;
 mod cache;
 mod crypto;
 mod invocations;
@@ -223,6 +224,8 @@ pub struct EngineOptions {
     pub limits: ObjectLimits,
     /// AES-GCM encryptions allowed per key version (`hsm.gcm_invocation_limit`).
     pub gcm_invocation_limit: u64,
+    /// When the audit chain gets a signed checkpoint (`[audit]`).
+    pub checkpoints: audit::CheckpointPolicy,
 }
 
 impl Default for EngineOptions {
@@ -233,6 +236,7 @@ impl Default for EngineOptions {
             token_hour_ms: 3_600_000,
             limits: ObjectLimits::default(),
             gcm_invocation_limit: crate::hsm::GCM_INVOCATION_LIMIT,
+            checkpoints: audit::CheckpointPolicy::default(),
         }
     }
 }
@@ -289,6 +293,12 @@ impl Engine {
         })?;
         let store_for_log = store.clone();
         let installation_id = store.installation_id().await?;
+        // Every record is chained: no activity log without the audit keys.
+        let chain = if opts.activity_log {
+            Some(audit::AuditChain::open(hsm.clone(), &store, opts.checkpoints).await?)
+        } else {
+            None
+        };
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 hsm,
@@ -296,7 +306,7 @@ impl Engine {
                 keys: cache::Cache::new(),
                 secrets: RwLock::new(HashMap::new()),
                 kek_id,
-                activity: ActivityLog::start(store_for_log, opts.activity_log, opts.activity_fsync),
+                activity: ActivityLog::start(store_for_log, chain, opts.activity_fsync),
                 tokens: cache::Cache::new(),
                 generators: cache::Cache::new(),
                 acls: cache::Cache::new(),

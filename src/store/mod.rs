@@ -2,15 +2,18 @@
 //! migrations embedded in the binary. Nothing secret is stored in the clear:
 //! API secret keys are ciphertexts under the HSM KEK.
 
+mod audit;
 mod invocations;
 mod keys;
 mod naver;
 mod nhn;
 
-pub use keys::{KeyCaps, KeyRow, NewKey, VersionOwnerRow, VersionRow, VersionState};
-pub use naver::{
-    insert_activity_batch_on, ActivityRow, GeneratorRow, NewToken, TokenParent, TokenRow,
+pub use audit::{
+    begin_audit_batch, chain_state_on, chain_tail_on, insert_chained_on, insert_checkpoint_on,
+    last_checkpoint_on, AuditRecordRow, ChainTail, CheckpointRow,
 };
+pub use keys::{KeyCaps, KeyRow, NewKey, VersionOwnerRow, VersionRow, VersionState};
+pub use naver::{ActivityRow, GeneratorRow, NewToken, TokenParent, TokenRow};
 pub use nhn::{
     NewCredential, NewKeyStore, NhnCredentialRow, NhnKeyFilter, NhnKeyRow, NhnKeyStoreRow,
     NhnProjectRow, NhnUserAccessKeyRow, UserAccessKeyRequirement,
@@ -206,12 +209,22 @@ impl Store {
     pub async fn open_sqlite(data_dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
         let path = data_dir.join("metadata.db");
-        // An empty file is an empty SQLite database.
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
+        // An empty file is an empty SQLite database. An existing file is
+        // never opened here: closing a descriptor of it would drop every
+        // POSIX lock this process holds on it, including those of SQLite
+        // connections still open on it (a store opened twice in one
+        // process, as `init` then `serve` in the tests), and another
+        // process closing its last connection would then take the file as
+        // unused and reset the WAL under them (records lost).
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
             .open(&path)
-            .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(StoreError::Db(sqlx::Error::Io(e))),
+        }
         let url = format!("sqlite://{}", path.display());
         let opts = SqliteConnectOptions::from_str(&url)?
             .create_if_missing(false)
@@ -293,6 +306,37 @@ impl Store {
         }
     }
 
+    /// Checks that the store's filesystem is writable with at least
+    /// [`MIN_FREE_BYTES`] free (one `statvfs`); an error of the `statvfs`
+    /// itself says nothing about the filesystem and passes. `/readyz` and
+    /// the activity log's writer use it, so that a full disk refuses the
+    /// log's commits every time: without it, a small commit on a full disk
+    /// still succeeds whenever its WAL frames fit into space that earlier
+    /// failed or restarted WAL writes left allocated, and whether a NAVER
+    /// call is refused would depend on the pages its batch touches.
+    pub fn check_space(&self) -> Result<()> {
+        let Some(dir) = self.file.path.parent() else {
+            return Ok(());
+        };
+        let Ok(fs) = rustix::fs::statvfs(dir) else {
+            return Ok(());
+        };
+        if fs.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
+            return Err(StoreError::Db(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::ReadOnlyFilesystem,
+                "the store's filesystem is read-only",
+            ))));
+        }
+        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+        if free < MIN_FREE_BYTES {
+            return Err(StoreError::Db(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!("{} bytes free on the store's filesystem", free),
+            ))));
+        }
+        Ok(())
+    }
+
     /// The underlying pool (for modules of the store).
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
@@ -315,23 +359,7 @@ impl Store {
     /// still say `rw` in its mount flags).
     pub async fn ping(&self) -> Result<()> {
         self.check_file()?;
-        if let Some(dir) = self.file.path.parent() {
-            if let Ok(fs) = rustix::fs::statvfs(dir) {
-                if fs.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
-                    return Err(StoreError::Db(sqlx::Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::ReadOnlyFilesystem,
-                        "the store's filesystem is read-only",
-                    ))));
-                }
-                let free = fs.f_bavail.saturating_mul(fs.f_frsize);
-                if free < MIN_FREE_BYTES {
-                    return Err(StoreError::Db(sqlx::Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::StorageFull,
-                        format!("{} bytes free on the store's filesystem", free),
-                    ))));
-                }
-            }
-        }
+        self.check_space()?;
         // A write that changes nothing still commits a WAL frame: a
         // read-only or failing disk refuses it.
         sqlx::query("UPDATE installation SET created_at = created_at WHERE singleton = 1")

@@ -336,13 +336,6 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Writes a batch of activity records in one transaction (group commit),
-    /// as multi-row INSERTs: one statement per 512 records.
-    pub async fn insert_activity_batch(&self, batch: &[ActivityRow]) -> Result<()> {
-        let mut conn = self.pool().acquire().await?;
-        insert_activity_batch_on(&mut conn, batch).await
-    }
-
     /// A connection of its own for the activity-log writer, whose commits
     /// fsync the WAL only when `fsync` is set (`PRAGMA synchronous` is per
     /// connection; the metadata connections keep `FULL`).
@@ -354,36 +347,6 @@ impl Store {
             .await?;
         Ok(conn)
     }
-}
-
-/// Writes a batch of activity records on `conn`: one multi-row INSERT (one
-/// implicit transaction, one round trip to SQLite) per 512 records.
-pub async fn insert_activity_batch_on(
-    conn: &mut sqlx::SqliteConnection,
-    batch: &[ActivityRow],
-) -> Result<()> {
-    for chunk in batch.chunks(512) {
-        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO activity_logs (at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message) ",
-        );
-        qb.push_values(chunk, |mut b, a| {
-            b.push_bind(a.at)
-                .push_bind(a.account_id)
-                .push_bind(&a.key_uid)
-                .push_bind(&a.key_name)
-                .push_bind(a.key_id)
-                .push_bind(a.version)
-                .push_bind(&a.action)
-                .push_bind(&a.auth_type)
-                .push_bind(&a.caller)
-                .push_bind(&a.source_ip)
-                .push_bind(&a.result)
-                .push_bind(a.status)
-                .push_bind(&a.message);
-        });
-        qb.build().persistent(false).execute(&mut *conn).await?;
-    }
-    Ok(())
 }
 
 impl Store {
