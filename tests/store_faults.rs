@@ -230,6 +230,20 @@ async fn disk_full_refuses_writes_fails_closed_and_recovers_without_restart() {
     nhn_t::key_store(&kms, &p, "S", false, false, false, false).await;
     let nhn_key = nhn_t::create_key(&kms, &p, "symmetric-keys", "S", json!({})).await;
     let nhn_enc = format!("/symmetric-keys/{nhn_key}/encrypt");
+    // The version's first Encrypt since the start reserves its block of
+    // AES-GCM invocations in the store (src/core/invocations.rs): made
+    // before the fill, so the call on the full disk needs no write. Without
+    // it the call on the full disk answered 503 or 200 depending on whether
+    // the reservation's small commit still fit into allocated WAL space.
+    let r = nhn_t::call(
+        &kms,
+        &p,
+        "POST",
+        &nhn_enc,
+        Some(json!({"plaintext": "before"})),
+    )
+    .await;
+    nhn_t::ok(&r);
     let before = objects(&kms).await;
 
     let filler = mnt.fill();
@@ -265,7 +279,7 @@ async fn disk_full_refuses_writes_fails_closed_and_recovers_without_restart() {
         .op(&tag, "decrypt", json!({"ciphertext": ct.clone()}))
         .await;
     naver_503(&r, "decrypt without its activity record");
-    // NHN data calls write nothing: they keep working.
+    // NHN data calls on a reserved version write nothing: they keep working.
     let r = nhn_t::call(
         &kms,
         &p,
