@@ -591,7 +591,18 @@ struct Stats {
     total_requests: AtomicU64,
     total_errors: AtomicU64,
     first_errors: Mutex<Vec<String>>,
+    /// Token objects the management calls created (key versions, NHN keys,
+    /// NHN secret versions): SoftHSMv2 runs inside the server and keeps
+    /// every token object in its heap.
+    objects: AtomicU64,
 }
+
+/// Live heap SoftHSMv2 2.6 keeps per token object, measured with heaptrack
+/// on this soak's server (README, Stress and soak): 809 305 bytes for the
+/// 133 objects made between 75 s and 360 s of a 6-minute run (C_GenerateKey
+/// about 8.0 KB an AES key, C_CreateObject about 3.5 KB a secret version).
+/// The verdict's RSS growth is judged net of these bytes.
+const BYTES_PER_OBJECT: u64 = 6 * 1024;
 
 impl Stats {
     fn record(&self, what: &str, started: Instant, result: anyhow::Result<()>) {
@@ -689,10 +700,13 @@ async fn management(ctx: Arc<Ctx>, stats: Arc<Stats>, end: Instant) {
             let r = async {
                 let (tag, versions) = match rotating.take() {
                     Some((tag, v)) if v < 95 => (tag, v),
-                    _ => (
-                        create_naver_key(&ctx, &mut c, &format!("soak-rot-{n}"), "AES256").await?,
-                        1,
-                    ),
+                    _ => {
+                        let tag =
+                            create_naver_key(&ctx, &mut c, &format!("soak-rot-{n}"), "AES256")
+                                .await?;
+                        stats.objects.fetch_add(1, Ordering::Relaxed);
+                        (tag, 1)
+                    }
                 };
                 let d = naver(
                     &ctx,
@@ -702,6 +716,7 @@ async fn management(ctx: Arc<Ctx>, stats: Arc<Stats>, end: Instant) {
                     None,
                 )
                 .await?;
+                stats.objects.fetch_add(1, Ordering::Relaxed);
                 let v = d["version"].as_i64().unwrap_or(versions + 1);
                 rotating = Some((tag, v));
                 anyhow::Ok(())
@@ -758,7 +773,9 @@ async fn management(ctx: Arc<Ctx>, stats: Arc<Stats>, end: Instant) {
         }
         if n % 15 == 11 {
             let t = Instant::now();
-            let r = create_nhn_key(&ctx, &mut c, n).await.map(|_| ());
+            let r = create_nhn_key(&ctx, &mut c, n).await.map(|_| {
+                stats.objects.fetch_add(1, Ordering::Relaxed);
+            });
             stats.record("NHN key creation", t, r);
         }
         if n % 5 == 2 {
@@ -766,7 +783,11 @@ async fn management(ctx: Arc<Ctx>, stats: Arc<Stats>, end: Instant) {
             let r = async {
                 let (id, count) = match secret.take() {
                     Some((id, k)) if k < 90 => (id, k),
-                    _ => (create_nhn_secret(&ctx, &mut c, n).await?, 1),
+                    _ => {
+                        let id = create_nhn_secret(&ctx, &mut c, n).await?;
+                        stats.objects.fetch_add(1, Ordering::Relaxed);
+                        (id, 1)
+                    }
                 };
                 nhn(
                     &ctx,
@@ -776,6 +797,7 @@ async fn management(ctx: Arc<Ctx>, stats: Arc<Stats>, end: Instant) {
                     Some(json!({"secretValue": format!("soak secret {n}")})),
                 )
                 .await?;
+                stats.objects.fetch_add(1, Ordering::Relaxed);
                 secret = Some((id, count + 1));
                 anyhow::Ok(())
             }
@@ -789,6 +811,8 @@ async fn management(ctx: Arc<Ctx>, stats: Arc<Stats>, end: Instant) {
 struct Row {
     p99: f64,
     rss: u64,
+    /// Token objects created so far.
+    objects: u64,
 }
 
 async fn soak(ctx: Arc<Ctx>, rate: f64, minutes: u64) -> anyhow::Result<bool> {
@@ -797,6 +821,7 @@ async fn soak(ctx: Arc<Ctx>, rate: f64, minutes: u64) -> anyhow::Result<bool> {
         total_requests: AtomicU64::new(0),
         total_errors: AtomicU64::new(0),
         first_errors: Mutex::new(Vec::new()),
+        objects: AtomicU64::new(0),
     });
     let start = Instant::now();
     let end = start + Duration::from_secs(minutes * 60);
@@ -825,8 +850,8 @@ async fn soak(ctx: Arc<Ctx>, rate: f64, minutes: u64) -> anyhow::Result<bool> {
         let stats = stats.clone();
         tokio::spawn(async move {
             println!(
-                "{:>6} {:>9} {:>7} {:>9} {:>9} {:>9} {:>6}",
-                "minute", "requests", "errors", "p50 ms", "p99 ms", "RSS MiB", "fds"
+                "{:>6} {:>9} {:>7} {:>9} {:>9} {:>9} {:>6} {:>8}",
+                "minute", "requests", "errors", "p50 ms", "p99 ms", "RSS MiB", "fds", "objects"
             );
             let mut rows = Vec::new();
             let mut next = start + Duration::from_secs(60);
@@ -839,13 +864,14 @@ async fn soak(ctx: Arc<Ctx>, rate: f64, minutes: u64) -> anyhow::Result<bool> {
                 l.sort_unstable();
                 let (p50, p99) = (percentile(&l, 0.50), percentile(&l, 0.99));
                 let (rss, fds) = (rss_kib(pid), open_fds(pid));
+                let objects = stats.objects.load(Ordering::Relaxed);
                 println!(
-                    "{minute:>6} {:>9} {:>7} {p50:>9.2} {p99:>9.2} {:>9.1} {fds:>6}",
+                    "{minute:>6} {:>9} {:>7} {p50:>9.2} {p99:>9.2} {:>9.1} {fds:>6} {objects:>8}",
                     l.len(),
                     m.errors,
                     rss as f64 / 1024.0
                 );
-                rows.push(Row { p99, rss });
+                rows.push(Row { p99, rss, objects });
             }
             rows
         })
@@ -891,10 +917,19 @@ async fn soak(ctx: Arc<Ctx>, rate: f64, minutes: u64) -> anyhow::Result<bool> {
         (Some(f), Some(l)) => (f, l),
         _ => bail!("no complete minute"),
     };
-    let growth = if first.rss > 0 {
-        (last.rss as f64 - first.rss as f64) / first.rss as f64 * 100.0
+    // The token objects made after minute 1 stay in SoftHSMv2's heap, inside
+    // the server: that growth is bounded by the objects a deployment keeps,
+    // not a leak, so the verdict judges the growth net of it.
+    let made = last.objects.saturating_sub(first.objects);
+    let allowance_kib = made * BYTES_PER_OBJECT / 1024;
+    let (gross, growth) = if first.rss > 0 {
+        let delta = last.rss as f64 - first.rss as f64;
+        (
+            delta / first.rss as f64 * 100.0,
+            (delta - allowance_kib as f64) / first.rss as f64 * 100.0,
+        )
     } else {
-        f64::INFINITY
+        (f64::INFINITY, f64::INFINITY)
     };
     let drift = if first.p99 > 0.0 {
         last.p99 / first.p99
@@ -904,9 +939,11 @@ async fn soak(ctx: Arc<Ctx>, rate: f64, minutes: u64) -> anyhow::Result<bool> {
     let pass = errors == 0 && growth < 10.0 && drift < 2.0;
     println!(
         "verdict: {} — {requests} requests in {minutes} min at {rate:.0} req/s target, {errors} errors \
-         (need 0), RSS growth after minute 1 {growth:+.1}% (need < 10%), p99 drift minute {} / minute 1 \
-         = {drift:.2}x (need < 2x)",
+         (need 0), RSS growth after minute 1 {growth:+.1}% net of {made} token objects created \
+         x {} KiB (gross {gross:+.1}%; need net < 10%), p99 drift minute {} / minute 1 = {drift:.2}x \
+         (need < 2x)",
         if pass { "PASS" } else { "FAIL" },
+        BYTES_PER_OBJECT / 1024,
         rows.len(),
     );
     Ok(pass)
