@@ -47,7 +47,7 @@ impl ActivityLog {
         }
         let (tx, mut rx) = mpsc::channel::<Pending>(4096);
         tokio::spawn(async move {
-            let mut conn: Option<sqlx::SqliteConnection> = None;
+            let mut conn: Option<crate::store::ActivityWriter> = None;
             let mut rows: Vec<ActivityRow> = Vec::with_capacity(MAX_BATCH);
             let mut acks = Vec::with_capacity(MAX_BATCH);
             while let Some((row, ack)) = rx.recv().await {
@@ -66,7 +66,7 @@ impl ActivityLog {
                     conn = store.activity_writer(fsync).await.ok();
                 }
                 let res = match conn.as_mut() {
-                    Some(c) => crate::store::insert_activity_batch_on(c, &rows).await,
+                    Some(c) => c.write(&rows).await,
                     None => store.insert_activity_batch(&rows).await,
                 }
                 // A commit into a deleted or replaced file is lost to the

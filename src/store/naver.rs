@@ -3,7 +3,37 @@
 
 use sqlx::Row;
 
-use super::{map_unique, now_ms, Result, Store, StoreError};
+use super::{map_unique, now_ms, Db, Result, Store, StoreError};
+
+/// Writes a batch of activity records on a connection of engine `$db`: one
+/// multi-row INSERT (one implicit transaction, one round trip) per 512
+/// records.
+macro_rules! insert_activity_batch {
+    ($db:ty, $conn:expr, $batch:expr) => {{
+        for chunk in $batch.chunks(512) {
+            let mut qb = sqlx::QueryBuilder::<$db>::new(
+                "INSERT INTO activity_logs (at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message) ",
+            );
+            qb.push_values(chunk, |mut b, a| {
+                b.push_bind(a.at)
+                    .push_bind(a.account_id)
+                    .push_bind(&a.key_uid)
+                    .push_bind(&a.key_name)
+                    .push_bind(a.key_id)
+                    .push_bind(a.version)
+                    .push_bind(&a.action)
+                    .push_bind(&a.auth_type)
+                    .push_bind(&a.caller)
+                    .push_bind(&a.source_ip)
+                    .push_bind(&a.result)
+                    .push_bind(a.status)
+                    .push_bind(&a.message);
+            });
+            qb.build().persistent(false).execute(&mut *$conn).await?;
+        }
+        Ok(())
+    }};
+}
 
 /// A token generator row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -106,34 +136,40 @@ const ACTIVITY_COLS: &str =
 impl Store {
     /// The generator of a key.
     pub async fn generator(&self, key_id: i64) -> Result<Option<GeneratorRow>> {
-        Ok(sqlx::query_as("SELECT key_id, generator_id, status, enabled_at, disabled_at, issued_count FROM token_generators WHERE key_id = ?")
-            .bind(key_id)
-            .fetch_optional(self.pool())
-            .await?)
+        on_db!(self, db => {
+            Ok(sqlx::query_as("SELECT key_id, generator_id, status, enabled_at, disabled_at, issued_count FROM token_generators WHERE key_id = $1")
+                .bind(key_id)
+                .fetch_optional(&db.pool)
+                .await?)
+        })
     }
 
     /// Creates or replaces the generator of a key with a new id, active.
     pub async fn put_generator(&self, key_id: i64, generator_id: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO token_generators (key_id, generator_id, status, enabled_at, disabled_at, issued_count) VALUES (?, ?, 'ACTIVE', ?, NULL, 0)
-             ON CONFLICT(key_id) DO UPDATE SET generator_id = excluded.generator_id, status = 'ACTIVE', enabled_at = excluded.enabled_at, disabled_at = NULL, issued_count = 0",
-        )
-        .bind(key_id)
-        .bind(generator_id)
-        .bind(now_ms())
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        on_db!(self, db => {
+            sqlx::query(
+                "INSERT INTO token_generators (key_id, generator_id, status, enabled_at, disabled_at, issued_count) VALUES ($1, $2, 'ACTIVE', $3, NULL, 0)
+                 ON CONFLICT(key_id) DO UPDATE SET generator_id = excluded.generator_id, status = 'ACTIVE', enabled_at = excluded.enabled_at, disabled_at = NULL, issued_count = 0",
+            )
+            .bind(key_id)
+            .bind(generator_id)
+            .bind(now_ms())
+            .execute(&db.pool)
+            .await?;
+            Ok(())
+        })
     }
 
     /// Disables the generator of a key. Returns false when there is none active.
     pub async fn disable_generator(&self, key_id: i64) -> Result<bool> {
-        let r = sqlx::query("UPDATE token_generators SET status = 'INACTIVE', disabled_at = ? WHERE key_id = ? AND status = 'ACTIVE'")
-            .bind(now_ms())
-            .bind(key_id)
-            .execute(self.pool())
-            .await?;
-        Ok(r.rows_affected() == 1)
+        on_db!(self, db => {
+            let r = sqlx::query("UPDATE token_generators SET status = 'INACTIVE', disabled_at = $1 WHERE key_id = $2 AND status = 'ACTIVE'")
+                .bind(now_ms())
+                .bind(key_id)
+                .execute(&db.pool)
+                .await?;
+            Ok(r.rows_affected() == 1)
+        })
     }
 
     /// Inserts new tokens of one set. With a `parent` (the refresh token the
@@ -155,235 +191,250 @@ impl Store {
         parent: TokenParent<'_>,
         max_live_sets: Option<i64>,
     ) -> Result<bool> {
-        let now = now_ms();
-        let mut tx = self.begin_write().await?;
-        if let Some(max) = max_live_sets {
-            // Take the write lock first, so the count below cannot be raced
-            // past by a concurrent creation.
-            sqlx::query("UPDATE token_generators SET issued_count = issued_count WHERE key_id = ?")
-                .bind(key_id)
-                .execute(&mut *tx)
-                .await?;
-            let live: i64 = sqlx::query_scalar(
-                "SELECT COUNT(DISTINCT set_id) FROM tokens WHERE key_id = ? AND generator_id = ? AND kind = 'refresh' AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)",
-            )
-            .bind(key_id)
-            .bind(generator_id)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            if live >= max {
-                tx.rollback().await?;
-                return Err(StoreError::LimitReached("token sets"));
-            }
-        }
-        // Each check is an UPDATE guarded by `revoked_at IS NULL`: it takes
-        // the write lock and decides atomically, so of two renewals with one
-        // refresh token only the first finds it unrevoked. (For `Live` the
-        // write changes nothing; it is there for the lock.)
-        let live = match parent {
-            TokenParent::None => true,
-            TokenParent::Revoke(h) => {
-                sqlx::query(
-                    "UPDATE tokens SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL",
+        on_db!(self, db => {
+            let now = now_ms();
+            let mut tx = db.begin_write().await?;
+            if let Some(max) = max_live_sets {
+                // Take the write lock first, so the count below cannot be raced
+                // past by a concurrent creation.
+                sqlx::query("UPDATE token_generators SET issued_count = issued_count WHERE key_id = $1")
+                    .bind(key_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let live: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(DISTINCT set_id) FROM tokens WHERE key_id = $1 AND generator_id = $2 AND kind = 'refresh' AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3)",
                 )
+                .bind(key_id)
+                .bind(generator_id)
                 .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                if live >= max {
+                    tx.rollback().await?;
+                    return Err(StoreError::LimitReached("token sets"));
+                }
+            }
+            // Each check is an UPDATE guarded by `revoked_at IS NULL`: it takes
+            // the write lock and decides atomically, so of two renewals with one
+            // refresh token only the first finds it unrevoked. (For `Live` the
+            // write changes nothing; it is there for the lock.)
+            let live = match parent {
+                TokenParent::None => true,
+                TokenParent::Revoke(h) => {
+                    sqlx::query(
+                        "UPDATE tokens SET revoked_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL",
+                    )
+                    .bind(now)
+                    .bind(h)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                        == 1
+                }
+                TokenParent::Live(h) => sqlx::query(
+                    "UPDATE tokens SET revoked_at = NULL WHERE token_hash = $1 AND revoked_at IS NULL",
+                )
                 .bind(h)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected()
-                    == 1
+                    == 1,
+            };
+            if !live {
+                tx.rollback().await?;
+                return Ok(false);
             }
-            TokenParent::Live(h) => sqlx::query(
-                "UPDATE tokens SET revoked_at = NULL WHERE token_hash = ? AND revoked_at IS NULL",
-            )
-            .bind(h)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1,
-        };
-        if !live {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        for t in tokens {
-            sqlx::query(
-                "INSERT INTO tokens (token_hash, token_id, key_id, generator_id, account_id, kind, set_id, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&t.hash)
-            .bind(&t.token_id)
-            .bind(key_id)
-            .bind(generator_id)
-            .bind(account_id)
-            .bind(t.kind)
-            .bind(set_id)
-            .bind(t.expires_at)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_unique)?;
-        }
-        sqlx::query("UPDATE token_generators SET issued_count = issued_count + ? WHERE key_id = ? AND generator_id = ?")
-            .bind(tokens.len() as i64)
-            .bind(key_id)
-            .bind(generator_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(true)
+            for t in tokens {
+                sqlx::query(
+                    "INSERT INTO tokens (token_hash, token_id, key_id, generator_id, account_id, kind, set_id, expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(&t.hash)
+                .bind(&t.token_id)
+                .bind(key_id)
+                .bind(generator_id)
+                .bind(account_id)
+                .bind(t.kind)
+                .bind(set_id)
+                .bind(t.expires_at)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_unique)?;
+            }
+            sqlx::query("UPDATE token_generators SET issued_count = issued_count + $1 WHERE key_id = $2 AND generator_id = $3")
+                .bind(tokens.len() as i64)
+                .bind(key_id)
+                .bind(generator_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(true)
+        })
     }
 
     /// Looks a token up by its hash.
     pub async fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRow>> {
-        Ok(sqlx::query_as(
-            "SELECT token_id, key_id, generator_id, account_id, kind, set_id, expires_at, revoked_at FROM tokens WHERE token_hash = ?",
-        )
-        .bind(hash)
-        .fetch_optional(self.pool())
-        .await?)
+        on_db!(self, db => {
+            Ok(sqlx::query_as(
+                "SELECT token_id, key_id, generator_id, account_id, kind, set_id, expires_at, revoked_at FROM tokens WHERE token_hash = $1",
+            )
+            .bind(hash)
+            .fetch_optional(&db.pool)
+            .await?)
+        })
     }
 
     /// Turns the IP ACL of a key on or off.
     pub async fn set_acl_enabled(&self, key_id: i64, on: bool) -> Result<()> {
-        sqlx::query("UPDATE keys SET acl_enabled = ? WHERE id = ?")
-            .bind(on)
-            .bind(key_id)
-            .execute(self.pool())
-            .await?;
-        Ok(())
+        on_db!(self, db => {
+            sqlx::query("UPDATE keys SET acl_enabled = $1 WHERE id = $2")
+                .bind(on)
+                .bind(key_id)
+                .execute(&db.pool)
+                .await?;
+            Ok(())
+        })
     }
 
     /// The ACL of a key: (enabled, rules in insertion order).
     pub async fn acl(&self, key_id: i64) -> Result<(bool, Vec<String>)> {
-        let on: bool = sqlx::query_scalar("SELECT acl_enabled FROM keys WHERE id = ?")
+        on_db!(self, db => {
+            let on: bool = sqlx::query_scalar("SELECT acl_enabled FROM keys WHERE id = $1")
+                .bind(key_id)
+                .fetch_one(&db.pool)
+                .await?;
+            let rules = sqlx::query(
+                "SELECT rule FROM key_acl_rules WHERE key_id = $1 ORDER BY created_at, rule",
+            )
             .bind(key_id)
-            .fetch_one(self.pool())
-            .await?;
-        let rules = sqlx::query(
-            "SELECT rule FROM key_acl_rules WHERE key_id = ? ORDER BY created_at, rule",
-        )
-        .bind(key_id)
-        .fetch_all(self.pool())
-        .await?
-        .iter()
-        .map(|r| r.try_get::<String, _>("rule"))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok((on, rules))
+            .fetch_all(&db.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>("rule"))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok((on, rules))
+        })
     }
 
     /// Adds rules (duplicates are ignored).
     pub async fn add_acl_rules(&self, key_id: i64, rules: &[String]) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        for r in rules {
-            sqlx::query(
-                "INSERT OR IGNORE INTO key_acl_rules (key_id, rule, created_at) VALUES (?, ?, ?)",
-            )
-            .bind(key_id)
-            .bind(r)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        on_db!(self, db => {
+            let mut tx = db.begin_write().await?;
+            for r in rules {
+                sqlx::query(
+                    "INSERT INTO key_acl_rules (key_id, rule, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                )
+                .bind(key_id)
+                .bind(r)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// Removes rules.
     pub async fn delete_acl_rules(&self, key_id: i64, rules: &[String]) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        for r in rules {
-            sqlx::query("DELETE FROM key_acl_rules WHERE key_id = ? AND rule = ?")
-                .bind(key_id)
-                .bind(r)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        on_db!(self, db => {
+            let mut tx = db.begin_write().await?;
+            for r in rules {
+                sqlx::query("DELETE FROM key_acl_rules WHERE key_id = $1 AND rule = $2")
+                    .bind(key_id)
+                    .bind(r)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// Stores an API Gateway API key.
     pub async fn insert_api_key(&self, api_key: &str, account_id: i64) -> Result<()> {
-        sqlx::query("INSERT INTO api_keys (api_key, account_id, status, created_at) VALUES (?, ?, 'active', ?)")
-            .bind(api_key)
-            .bind(account_id)
-            .bind(now_ms())
-            .execute(self.pool())
-            .await
-            .map_err(map_unique)?;
-        Ok(())
+        on_db!(self, db => {
+            sqlx::query("INSERT INTO api_keys (api_key, account_id, status, created_at) VALUES ($1, $2, 'active', $3)")
+                .bind(api_key)
+                .bind(account_id)
+                .bind(now_ms())
+                .execute(&db.pool)
+                .await
+                .map_err(map_unique)?;
+            Ok(())
+        })
     }
 
     /// The account of an active API key.
     pub async fn api_key_account(&self, api_key: &str) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT account_id FROM api_keys WHERE api_key = ? AND status = 'active'",
-        )
-        .bind(api_key)
-        .fetch_optional(self.pool())
-        .await?)
+        on_db!(self, db => {
+            Ok(sqlx::query_scalar(
+                "SELECT account_id FROM api_keys WHERE api_key = $1 AND status = 'active'",
+            )
+            .bind(api_key)
+            .fetch_optional(&db.pool)
+            .await?)
+        })
     }
 
     /// Revokes an API key.
     pub async fn revoke_api_key(&self, api_key: &str) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE api_keys SET status = 'revoked' WHERE api_key = ? AND status = 'active'",
-        )
-        .bind(api_key)
-        .execute(self.pool())
-        .await?;
-        Ok(r.rows_affected() == 1)
+        on_db!(self, db => {
+            let r = sqlx::query(
+                "UPDATE api_keys SET status = 'revoked' WHERE api_key = $1 AND status = 'active'",
+            )
+            .bind(api_key)
+            .execute(&db.pool)
+            .await?;
+            Ok(r.rows_affected() == 1)
+        })
     }
 
     /// Writes a batch of activity records in one transaction (group commit),
     /// as multi-row INSERTs: one statement per 512 records.
     pub async fn insert_activity_batch(&self, batch: &[ActivityRow]) -> Result<()> {
-        let mut conn = self.pool().acquire().await?;
-        insert_activity_batch_on(&mut conn, batch).await
+        match &self.db {
+            Db::Sqlite(db) => {
+                let mut conn = db.pool.acquire().await?;
+                insert_activity_batch!(sqlx::Sqlite, conn, batch)
+            }
+            Db::Postgres(db) => {
+                let mut conn = db.pool.acquire().await?;
+                insert_activity_batch!(sqlx::Postgres, conn, batch)
+            }
+        }
     }
 
     /// A connection of its own for the activity-log writer, whose commits
-    /// fsync the WAL only when `fsync` is set (`PRAGMA synchronous` is per
-    /// connection; the metadata connections keep `FULL`).
-    pub async fn activity_writer(&self, fsync: bool) -> Result<sqlx::SqliteConnection> {
-        let mut conn = self.pool().acquire().await?.detach();
-        let mode = if fsync { "FULL" } else { "NORMAL" };
-        sqlx::query(&format!("PRAGMA synchronous = {mode}"))
-            .execute(&mut conn)
-            .await?;
-        Ok(conn)
+    /// are flushed to disk only when `fsync` is set (the metadata
+    /// connections always flush).
+    pub async fn activity_writer(&self, fsync: bool) -> Result<ActivityWriter> {
+        Ok(ActivityWriter(match &self.db {
+            Db::Sqlite(db) => WriterConn::Sqlite(db.activity_writer(fsync).await?),
+            Db::Postgres(db) => WriterConn::Postgres(db.activity_writer(fsync).await?),
+        }))
     }
 }
 
-/// Writes a batch of activity records on `conn`: one multi-row INSERT (one
-/// implicit transaction, one round trip to SQLite) per 512 records.
-pub async fn insert_activity_batch_on(
-    conn: &mut sqlx::SqliteConnection,
-    batch: &[ActivityRow],
-) -> Result<()> {
-    for chunk in batch.chunks(512) {
-        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO activity_logs (at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message) ",
-        );
-        qb.push_values(chunk, |mut b, a| {
-            b.push_bind(a.at)
-                .push_bind(a.account_id)
-                .push_bind(&a.key_uid)
-                .push_bind(&a.key_name)
-                .push_bind(a.key_id)
-                .push_bind(a.version)
-                .push_bind(&a.action)
-                .push_bind(&a.auth_type)
-                .push_bind(&a.caller)
-                .push_bind(&a.source_ip)
-                .push_bind(&a.result)
-                .push_bind(a.status)
-                .push_bind(&a.message);
-        });
-        qb.build().persistent(false).execute(&mut *conn).await?;
+/// The activity-log writer's own connection (see [`Store::activity_writer`]).
+#[derive(Debug)]
+pub struct ActivityWriter(WriterConn);
+
+#[derive(Debug)]
+enum WriterConn {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl ActivityWriter {
+    /// Writes a batch of activity records: one multi-row INSERT (one
+    /// implicit transaction) per 512 records.
+    pub async fn write(&mut self, batch: &[ActivityRow]) -> Result<()> {
+        match &mut self.0 {
+            WriterConn::Sqlite(conn) => insert_activity_batch!(sqlx::Sqlite, conn, batch),
+            WriterConn::Postgres(conn) => insert_activity_batch!(sqlx::Postgres, conn, batch),
+        }
     }
-    Ok(())
 }
 
 impl Store {
@@ -398,47 +449,51 @@ impl Store {
         offset: i64,
         limit: i64,
     ) -> Result<(Vec<ActivityRow>, i64)> {
-        // LIKE wildcards and the escape character itself match literally.
-        let pattern = keyword.map(|k| {
-            format!(
-                "%{}%",
-                k.replace('\\', "\\\\")
-                    .replace('%', "\\%")
-                    .replace('_', "\\_")
-            )
-        });
-        // Numbered parameters: ?1 key, ?2 from, ?3 to, ?4 pattern (or NULL).
-        let filter = "key_uid = ?1 AND at >= ?2 AND at <= ?3 AND (?4 IS NULL OR action LIKE ?4 ESCAPE '\\' OR caller LIKE ?4 ESCAPE '\\' OR source_ip LIKE ?4 ESCAPE '\\' OR result LIKE ?4 ESCAPE '\\')";
-        let total: i64 = sqlx::query_scalar(&format!(
-            "SELECT COUNT(*) FROM activity_logs WHERE {filter}"
-        ))
-        .bind(key_uid)
-        .bind(from)
-        .bind(to)
-        .bind(&pattern)
-        .fetch_one(self.pool())
-        .await?;
-        let rows = sqlx::query_as(&format!(
-            "SELECT {ACTIVITY_COLS} FROM activity_logs WHERE {filter} ORDER BY id LIMIT ?5 OFFSET ?6"
-        ))
-        .bind(key_uid)
-        .bind(from)
-        .bind(to)
-        .bind(&pattern)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(self.pool())
-        .await?;
-        Ok((rows, total))
+        on_db!(self, db => {
+            // LIKE wildcards and the escape character itself match literally.
+            let pattern = keyword.map(|k| {
+                format!(
+                    "%{}%",
+                    k.replace('\\', "\\\\")
+                        .replace('%', "\\%")
+                        .replace('_', "\\_")
+                )
+            });
+            // Numbered parameters: ?1 key, ?2 from, ?3 to, ?4 pattern (or NULL).
+            let filter = "key_uid = $1 AND at >= $2 AND at <= $3 AND ($4 IS NULL OR LOWER(action) LIKE LOWER($4) ESCAPE '\\' OR LOWER(caller) LIKE LOWER($4) ESCAPE '\\' OR LOWER(source_ip) LIKE LOWER($4) ESCAPE '\\' OR LOWER(result) LIKE LOWER($4) ESCAPE '\\')";
+            let total: i64 = sqlx::query_scalar(&format!(
+                "SELECT COUNT(*) FROM activity_logs WHERE {filter}"
+            ))
+            .bind(key_uid)
+            .bind(from)
+            .bind(to)
+            .bind(&pattern)
+            .fetch_one(&db.pool)
+            .await?;
+            let rows = sqlx::query_as(&format!(
+                "SELECT {ACTIVITY_COLS} FROM activity_logs WHERE {filter} ORDER BY id LIMIT $5 OFFSET $6"
+            ))
+            .bind(key_uid)
+            .bind(from)
+            .bind(to)
+            .bind(&pattern)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&db.pool)
+            .await?;
+            Ok((rows, total))
+        })
     }
 
     /// The newest activity record of a key.
     pub async fn latest_activity(&self, key_uid: &str) -> Result<Option<ActivityRow>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {ACTIVITY_COLS} FROM activity_logs WHERE key_uid = ? ORDER BY id DESC LIMIT 1"
-        ))
-        .bind(key_uid)
-        .fetch_optional(self.pool())
-        .await?)
+        on_db!(self, db => {
+            Ok(sqlx::query_as(&format!(
+                "SELECT {ACTIVITY_COLS} FROM activity_logs WHERE key_uid = $1 ORDER BY id DESC LIMIT 1"
+            ))
+            .bind(key_uid)
+            .fetch_optional(&db.pool)
+            .await?)
+        })
     }
 }
