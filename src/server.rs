@@ -1,6 +1,7 @@
 //! Wiring: opens the token and the store from a [`Config`], runs the
 //! reconciler, and serves the router. Used by `main` and by the tests.
 
+use crate::store::AccountRepo;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -25,9 +25,12 @@ struct Row {
     aux_id: Option<String>,
 }
 
+/// (uid, key type, version, state, `CKA_ID`, convergent `CKA_ID`).
+type VersionTuple = (String, String, i64, String, Vec<u8>, Option<Vec<u8>>);
+
 async fn rows(site: &Site) -> Vec<Row> {
     let db = site.db().await;
-    let rows: Vec<(String, String, i64, String, Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
+    let rows: Vec<VersionTuple> = sqlx::query_as(
         "SELECT k.uid, k.key_type, v.version, v.state, v.cka_id, v.aux_cka_id
          FROM key_versions v JOIN keys k ON k.id = v.key_id ORDER BY k.id, v.version",
     )

@@ -3,6 +3,7 @@
 mod common;
 
 use common::{b64, now_ms, Kms};
+use hsm_kms::store::AccountRepo;
 use serde_json::json;
 
 #[tokio::test]

@@ -1732,7 +1732,7 @@ async fn a_key_holds_at_most_100_versions() {
     assert_eq!(kms.decrypt_ok(&tag, &ct1, None).await, b"first");
     // No version 101 row was left behind by the refused rotation.
     let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM key_versions v JOIN keys k ON k.id = v.key_id WHERE k.uid = ?",
+        "SELECT COUNT(*) FROM key_versions v JOIN keys k ON k.id = v.key_id WHERE k.uid = $1",
     )
     .bind(&tag)
     .fetch_one(&db)

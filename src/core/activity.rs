@@ -9,6 +9,7 @@
 //! silently. The next batch tries again on a fresh connection, so the log
 //! works again, without a restart, once the disk does.
 
+use crate::store::ActivitySink;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Engine, Error, Result};

@@ -1,6 +1,6 @@
 //! Service keys, the installation id, accounts and access keys.
 
-use super::{map_unique, now_ms, Result, Store};
+use super::{map_unique, now_ms, AccountRepo, InstallationRepo, Result, Store};
 
 /// An access key row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -28,81 +28,8 @@ pub struct AccountRow {
     pub created_at: i64,
 }
 
-impl Store {
-    /// The `CKA_ID` of a service key, if it was created.
-    pub async fn service_key(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        on_db!(self, db => {
-            Ok(
-                sqlx::query_scalar("SELECT cka_id FROM service_keys WHERE name = $1")
-                    .bind(name)
-                    .fetch_optional(&db.pool)
-                    .await?,
-            )
-        })
-    }
-
-    /// Records a service key.
-    pub async fn put_service_key(&self, name: &str, cka_id: &[u8]) -> Result<()> {
-        on_db!(self, db => {
-            sqlx::query("INSERT INTO service_keys (name, cka_id, created_at) VALUES ($1, $2, $3)")
-                .bind(name)
-                .bind(cka_id)
-                .bind(now_ms())
-                .execute(&db.pool)
-                .await
-                .map_err(map_unique)?;
-            Ok(())
-        })
-    }
-
-    /// All service keys' ids.
-    pub async fn service_key_ids(&self) -> Result<Vec<Vec<u8>>> {
-        on_db!(self, db => {
-            Ok(sqlx::query_scalar("SELECT cka_id FROM service_keys")
-                .fetch_all(&db.pool)
-                .await?)
-        })
-    }
-
-    /// The installation id this store was bound to at `init` (hex), if any.
-    pub async fn installation_id(&self) -> Result<Option<String>> {
-        on_db!(self, db => {
-            Ok(
-                sqlx::query_scalar("SELECT installation_id FROM installation WHERE singleton = 1")
-                    .fetch_optional(&db.pool)
-                    .await?,
-            )
-        })
-    }
-
-    /// Records the installation id; `Conflict` when one is recorded already.
-    pub async fn put_installation_id(&self, id: &str) -> Result<()> {
-        on_db!(self, db => {
-            sqlx::query(
-                "INSERT INTO installation (singleton, installation_id, created_at) VALUES (1, $1, $2)",
-            )
-            .bind(id)
-            .bind(now_ms())
-            .execute(&db.pool)
-            .await
-            .map_err(map_unique)?;
-            Ok(())
-        })
-    }
-
-    /// Service keys by name: (name, `CKA_ID`).
-    pub async fn service_keys(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        on_db!(self, db => {
-            Ok(
-                sqlx::query_as("SELECT name, cka_id FROM service_keys ORDER BY name")
-                    .fetch_all(&db.pool)
-                    .await?,
-            )
-        })
-    }
-
-    /// Creates an account; `Conflict` when the name is taken.
-    pub async fn create_account(&self, name: &str) -> Result<i64> {
+impl AccountRepo for Store {
+    async fn create_account(&self, name: &str) -> Result<i64> {
         on_db!(self, db => {
             sqlx::query_scalar("INSERT INTO accounts (name, created_at) VALUES ($1, $2) RETURNING id")
                 .bind(name)
@@ -113,8 +40,7 @@ impl Store {
         })
     }
 
-    /// Looks an account up by name.
-    pub async fn account_by_name(&self, name: &str) -> Result<Option<AccountRow>> {
+    async fn account_by_name(&self, name: &str) -> Result<Option<AccountRow>> {
         on_db!(self, db => {
             Ok(
                 sqlx::query_as("SELECT id, name, created_at FROM accounts WHERE name = $1")
@@ -125,8 +51,7 @@ impl Store {
         })
     }
 
-    /// All accounts.
-    pub async fn list_accounts(&self) -> Result<Vec<AccountRow>> {
+    async fn list_accounts(&self) -> Result<Vec<AccountRow>> {
         on_db!(self, db => {
             Ok(
                 sqlx::query_as("SELECT id, name, created_at FROM accounts ORDER BY id")
@@ -136,8 +61,7 @@ impl Store {
         })
     }
 
-    /// Stores a new access key.
-    pub async fn insert_access_key(
+    async fn insert_access_key(
         &self,
         access_key: &str,
         account_id: i64,
@@ -158,8 +82,7 @@ impl Store {
         })
     }
 
-    /// Looks an access key up.
-    pub async fn access_key(&self, access_key: &str) -> Result<Option<AccessKeyRow>> {
+    async fn access_key(&self, access_key: &str) -> Result<Option<AccessKeyRow>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(
                 "SELECT access_key, account_id, secret_ct, status, created_at FROM access_keys WHERE access_key = $1",
@@ -170,8 +93,7 @@ impl Store {
         })
     }
 
-    /// Access keys of all accounts.
-    pub async fn list_access_keys(&self) -> Result<Vec<AccessKeyRow>> {
+    async fn list_access_keys(&self) -> Result<Vec<AccessKeyRow>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(
                 "SELECT access_key, account_id, secret_ct, status, created_at FROM access_keys ORDER BY created_at",
@@ -181,8 +103,7 @@ impl Store {
         })
     }
 
-    /// Marks an access key revoked. Returns false when there is no such key.
-    pub async fn revoke_access_key(&self, access_key: &str) -> Result<bool> {
+    async fn revoke_access_key(&self, access_key: &str) -> Result<bool> {
         on_db!(self, db => {
             let r = sqlx::query(
                 "UPDATE access_keys SET status = 'revoked', revoked_at = $1 WHERE access_key = $2 AND status = 'active'",
@@ -192,6 +113,74 @@ impl Store {
             .execute(&db.pool)
             .await?;
             Ok(r.rows_affected() == 1)
+        })
+    }
+}
+
+impl InstallationRepo for Store {
+    async fn service_key(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        on_db!(self, db => {
+            Ok(
+                sqlx::query_scalar("SELECT cka_id FROM service_keys WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&db.pool)
+                    .await?,
+            )
+        })
+    }
+
+    async fn put_service_key(&self, name: &str, cka_id: &[u8]) -> Result<()> {
+        on_db!(self, db => {
+            sqlx::query("INSERT INTO service_keys (name, cka_id, created_at) VALUES ($1, $2, $3)")
+                .bind(name)
+                .bind(cka_id)
+                .bind(now_ms())
+                .execute(&db.pool)
+                .await
+                .map_err(map_unique)?;
+            Ok(())
+        })
+    }
+
+    async fn service_key_ids(&self) -> Result<Vec<Vec<u8>>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_scalar("SELECT cka_id FROM service_keys")
+                .fetch_all(&db.pool)
+                .await?)
+        })
+    }
+
+    async fn installation_id(&self) -> Result<Option<String>> {
+        on_db!(self, db => {
+            Ok(
+                sqlx::query_scalar("SELECT installation_id FROM installation WHERE singleton = 1")
+                    .fetch_optional(&db.pool)
+                    .await?,
+            )
+        })
+    }
+
+    async fn put_installation_id(&self, id: &str) -> Result<()> {
+        on_db!(self, db => {
+            sqlx::query(
+                "INSERT INTO installation (singleton, installation_id, created_at) VALUES (1, $1, $2)",
+            )
+            .bind(id)
+            .bind(now_ms())
+            .execute(&db.pool)
+            .await
+            .map_err(map_unique)?;
+            Ok(())
+        })
+    }
+
+    async fn service_keys(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        on_db!(self, db => {
+            Ok(
+                sqlx::query_as("SELECT name, cka_id FROM service_keys ORDER BY name")
+                    .fetch_all(&db.pool)
+                    .await?,
+            )
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Keys and key versions.
 
-use super::{map_unique, now_ms, Result, Store, StoreError};
+use super::{map_unique, now_ms, KeyRepo, Result, Store, StoreError};
+use super::{InstallationRepo, NhnRepo};
 
 /// State of a key version's HSM object, for crash consistency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +80,7 @@ pub struct KeyRow {
     pub created_at: i64,
     /// Last change, ms.
     pub updated_at: i64,
-    /// Bumped by every write of the row; [`Store::update_key`] writes only
+    /// Bumped by every write of the row; [`KeyRepo::update_key`](super::KeyRepo::update_key) writes only
     /// over the revision it read.
     pub revision: i64,
 }
@@ -180,13 +181,8 @@ pub struct VersionOwnerRow {
 const VERSION_COLS: &str =
     "key_id, version, state, enabled, cka_id, aux_cka_id, status_at, created_at";
 
-impl Store {
-    /// Writes a new key with its first version `pending`, in one transaction.
-    /// Returns the key id. `Conflict` when the name or uid is taken,
-    /// `LimitReached("keys")` / `LimitReached("type")` when the account
-    /// already has `caps` keys: the counts are read by the INSERT itself,
-    /// which holds the write lock, so concurrent creations cannot overshoot.
-    pub async fn insert_key_pending(
+impl KeyRepo for Store {
+    async fn insert_key_pending(
         &self,
         key: &NewKey,
         cka_id: &[u8],
@@ -255,9 +251,7 @@ impl Store {
         })
     }
 
-    /// Writes the next version of a key as `pending`. Returns its number.
-    /// `Conflict` if a concurrent rotation took the number first.
-    pub async fn insert_version_pending(
+    async fn insert_version_pending(
         &self,
         key_id: i64,
         cka_id: &[u8],
@@ -288,8 +282,7 @@ impl Store {
         })
     }
 
-    /// Moves a version to `state`.
-    pub async fn set_version_state(
+    async fn set_version_state(
         &self,
         key_id: i64,
         version: i64,
@@ -306,9 +299,7 @@ impl Store {
         })
     }
 
-    /// Activates a pending version and, in the same transaction, applies the
-    /// rotation bookkeeping of the key (next rotation time).
-    pub async fn activate_version(
+    async fn activate_version(
         &self,
         key_id: i64,
         version: i64,
@@ -332,21 +323,12 @@ impl Store {
         })
     }
 
-    /// Deletes a version row that never became active (reconciler, failed creation).
-    pub async fn delete_pending_version(&self, key_id: i64, version: i64) -> Result<()> {
+    async fn delete_pending_version(&self, key_id: i64, version: i64) -> Result<()> {
         self.delete_version_in_state(key_id, version, VersionState::Pending)
             .await
     }
 
-    /// Decides to roll back a version whose creation failed after its
-    /// objects were made: moves it from `pending` to `destroying` (only the
-    /// row with this `CKA_ID`, so only the version the caller wrote) and,
-    /// when the key has no active version, marks the key deleted (its name
-    /// is free again even if the rollback stops here). Returns the version's
-    /// state after the write: `Destroying` when its objects may now be
-    /// destroyed, `Active` when an activation the caller saw fail did
-    /// commit, `None` when the row is gone.
-    pub async fn mark_pending_destroying(
+    async fn mark_pending_destroying(
         &self,
         key_id: i64,
         version: i64,
@@ -384,9 +366,7 @@ impl Store {
         })
     }
 
-    /// Deletes a version row in `state` and, when it was the key's last
-    /// version, the key.
-    pub async fn delete_version_in_state(
+    async fn delete_version_in_state(
         &self,
         key_id: i64,
         version: i64,
@@ -416,13 +396,7 @@ impl Store {
         })
     }
 
-    /// Enables or disables one version.
-    pub async fn set_version_enabled(
-        &self,
-        key_id: i64,
-        version: i64,
-        enabled: bool,
-    ) -> Result<bool> {
+    async fn set_version_enabled(&self, key_id: i64, version: i64, enabled: bool) -> Result<bool> {
         on_db!(self, db => {
             let r = sqlx::query("UPDATE key_versions SET enabled = $1, status_at = $2 WHERE key_id = $3 AND version = $4 AND state = 'active'")
                 .bind(enabled)
@@ -435,8 +409,7 @@ impl Store {
         })
     }
 
-    /// A key by its public identifier, with all its versions (oldest first).
-    pub async fn key_by_uid(&self, uid: &str) -> Result<Option<(KeyRow, Vec<VersionRow>)>> {
+    async fn key_by_uid(&self, uid: &str) -> Result<Option<(KeyRow, Vec<VersionRow>)>> {
         on_db!(self, db => {
             let row: Option<KeyRow> = sqlx::query_as(&format!("SELECT {KEY_COLS} FROM keys WHERE uid = $1"))
                 .bind(uid)
@@ -448,8 +421,7 @@ impl Store {
         })
     }
 
-    /// A key by its internal id, with its versions.
-    pub async fn key_by_id(&self, id: i64) -> Result<Option<(KeyRow, Vec<VersionRow>)>> {
+    async fn key_by_id(&self, id: i64) -> Result<Option<(KeyRow, Vec<VersionRow>)>> {
         on_db!(self, db => {
             let row: Option<KeyRow> = sqlx::query_as(&format!("SELECT {KEY_COLS} FROM keys WHERE id = $1"))
                 .bind(id)
@@ -461,8 +433,7 @@ impl Store {
         })
     }
 
-    /// Versions of a key, oldest first.
-    pub async fn versions(&self, key_id: i64) -> Result<Vec<VersionRow>> {
+    async fn versions(&self, key_id: i64) -> Result<Vec<VersionRow>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {VERSION_COLS} FROM key_versions WHERE key_id = $1 ORDER BY version"
@@ -473,8 +444,7 @@ impl Store {
         })
     }
 
-    /// Versions in a given state, across keys (reconciler).
-    pub async fn versions_in_state(&self, state: VersionState) -> Result<Vec<VersionRow>> {
+    async fn versions_in_state(&self, state: VersionState) -> Result<Vec<VersionRow>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {VERSION_COLS} FROM key_versions WHERE state = $1"
@@ -485,9 +455,7 @@ impl Store {
         })
     }
 
-    /// Every active version with its key's uid: (uid, version, `CKA_ID`,
-    /// convergent `CKA_ID`). Their objects must be on the token.
-    pub async fn active_version_ids(&self) -> Result<Vec<(String, i64, Vec<u8>, Option<Vec<u8>>)>> {
+    async fn active_version_ids(&self) -> Result<Vec<(String, i64, Vec<u8>, Option<Vec<u8>>)>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(
                 "SELECT k.uid, v.version, v.cka_id, v.aux_cka_id FROM key_versions v JOIN keys k ON k.id = v.key_id WHERE v.state = 'active' ORDER BY k.id, v.version",
@@ -497,9 +465,7 @@ impl Store {
         })
     }
 
-    /// Every version not destroyed, with its key, owner and NHN key store,
-    /// in key then version order; only the key `uid` when given.
-    pub async fn versions_with_owners(&self, uid: Option<&str>) -> Result<Vec<VersionOwnerRow>> {
+    async fn versions_with_owners(&self, uid: Option<&str>) -> Result<Vec<VersionOwnerRow>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(
                 "SELECT k.uid, k.key_type, k.status AS key_status, v.version, v.state, v.enabled,
@@ -520,8 +486,7 @@ impl Store {
         })
     }
 
-    /// Every `CKA_ID` the store names (key versions not destroyed, service keys).
-    pub async fn known_object_ids(&self) -> Result<Vec<Vec<u8>>> {
+    async fn known_object_ids(&self) -> Result<Vec<Vec<u8>>> {
         on_db!(self, db => {
             let mut ids: Vec<Vec<u8>> =
                 sqlx::query_scalar("SELECT cka_id FROM key_versions WHERE state <> 'destroyed'")
@@ -539,10 +504,7 @@ impl Store {
         })
     }
 
-    /// Keys of an account that are visible (not deleted, and past creation:
-    /// a key whose first version is still `pending` is not listed), newest
-    /// first, with the total count.
-    pub async fn list_keys(
+    async fn list_keys(
         &self,
         account_id: i64,
         offset: i64,
@@ -567,10 +529,7 @@ impl Store {
         })
     }
 
-    /// Writes the mutable fields of a key, only if the row is still at the
-    /// revision `k` was read at: `false` when another write came first (read
-    /// again and retry).
-    pub async fn update_key(&self, k: &KeyRow) -> Result<bool> {
+    async fn update_key(&self, k: &KeyRow) -> Result<bool> {
         on_db!(self, db => {
             let r = sqlx::query(
                 "UPDATE keys SET status = $1, memo = $2, is_auto_rotation = $3, rotation_period = $4, next_rotation_at = $5, destroy_at = $6, status_before_delete = $7, status_at = $8, updated_at = $9, revision = revision + 1 WHERE id = $10 AND revision = $11",
@@ -592,8 +551,7 @@ impl Store {
         })
     }
 
-    /// Ids of enabled keys with automatic rotation due at `now`.
-    pub async fn keys_due_for_rotation(&self, now: i64) -> Result<Vec<i64>> {
+    async fn keys_due_for_rotation(&self, now: i64) -> Result<Vec<i64>> {
         on_db!(self, db => {
             Ok(sqlx::query_scalar(
                 "SELECT id FROM keys WHERE is_auto_rotation = TRUE AND status = 'ENABLE' AND next_rotation_at IS NOT NULL AND next_rotation_at <= $1",
@@ -604,8 +562,7 @@ impl Store {
         })
     }
 
-    /// Ids of keys pending deletion whose waiting period is over.
-    pub async fn keys_due_for_deletion(&self, now: i64) -> Result<Vec<i64>> {
+    async fn keys_due_for_deletion(&self, now: i64) -> Result<Vec<i64>> {
         on_db!(self, db => {
             Ok(sqlx::query_scalar(
                 "SELECT id FROM keys WHERE status = 'REVOKE' AND destroy_at IS NOT NULL AND destroy_at <= $1",
@@ -616,9 +573,7 @@ impl Store {
         })
     }
 
-    /// Marks a key deleted and all its live versions `destroying`, in one
-    /// transaction.
-    pub async fn mark_key_destroying(&self, key_id: i64) -> Result<()> {
+    async fn mark_key_destroying(&self, key_id: i64) -> Result<()> {
         on_db!(self, db => {
             let mut tx = db.begin_write().await?;
             sqlx::query("UPDATE keys SET status = 'DELETED', updated_at = $1, revision = revision + 1 WHERE id = $2")

@@ -27,6 +27,7 @@ mod keys;
 mod naver;
 mod nhn;
 mod postgres;
+mod repo;
 mod sqlite;
 
 pub use accounts::{AccessKeyRow, AccountRow};
@@ -36,6 +37,7 @@ pub use nhn::{
     NewCredential, NewKeyStore, NhnCredentialRow, NhnKeyFilter, NhnKeyRow, NhnKeyStoreRow,
     NhnProjectRow, NhnUserAccessKeyRow, UserAccessKeyRequirement,
 };
+pub use repo::{AccountRepo, ActivitySink, InstallationRepo, KeyRepo, NaverRepo, NhnRepo};
 pub use sqlite::MIN_FREE_BYTES;
 
 use std::path::Path;

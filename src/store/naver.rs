@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use super::{map_unique, now_ms, Db, Result, Store, StoreError};
+use super::{map_unique, now_ms, ActivitySink, Db, NaverRepo, Result, Store, StoreError};
 
 /// Writes a batch of activity records on a connection of engine `$db`: one
 /// multi-row INSERT (one implicit transaction, one round trip) per 512
@@ -133,9 +133,8 @@ pub struct ActivityRow {
 const ACTIVITY_COLS: &str =
     "id, at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message";
 
-impl Store {
-    /// The generator of a key.
-    pub async fn generator(&self, key_id: i64) -> Result<Option<GeneratorRow>> {
+impl NaverRepo for Store {
+    async fn generator(&self, key_id: i64) -> Result<Option<GeneratorRow>> {
         on_db!(self, db => {
             Ok(sqlx::query_as("SELECT key_id, generator_id, status, enabled_at, disabled_at, issued_count FROM token_generators WHERE key_id = $1")
                 .bind(key_id)
@@ -144,8 +143,7 @@ impl Store {
         })
     }
 
-    /// Creates or replaces the generator of a key with a new id, active.
-    pub async fn put_generator(&self, key_id: i64, generator_id: &str) -> Result<()> {
+    async fn put_generator(&self, key_id: i64, generator_id: &str) -> Result<()> {
         on_db!(self, db => {
             sqlx::query(
                 "INSERT INTO token_generators (key_id, generator_id, status, enabled_at, disabled_at, issued_count) VALUES ($1, $2, 'ACTIVE', $3, NULL, 0)
@@ -160,8 +158,7 @@ impl Store {
         })
     }
 
-    /// Disables the generator of a key. Returns false when there is none active.
-    pub async fn disable_generator(&self, key_id: i64) -> Result<bool> {
+    async fn disable_generator(&self, key_id: i64) -> Result<bool> {
         on_db!(self, db => {
             let r = sqlx::query("UPDATE token_generators SET status = 'INACTIVE', disabled_at = $1 WHERE key_id = $2 AND status = 'ACTIVE'")
                 .bind(now_ms())
@@ -172,16 +169,8 @@ impl Store {
         })
     }
 
-    /// Inserts new tokens of one set. With a `parent` (the refresh token the
-    /// call was authenticated with), the insert happens only while that token
-    /// is still unrevoked, checked and (for a renewal) revoked in the same
-    /// transaction, so a refresh token cannot be replayed concurrently.
-    /// Returns `false`, writing nothing, when the parent was revoked. With
-    /// `max_live_sets`, `LimitReached("token sets")` when the key's current
-    /// generator already has that many live sets (unrevoked, unexpired
-    /// refresh tokens), counted under the write lock.
     #[allow(clippy::too_many_arguments)]
-    pub async fn insert_tokens(
+    async fn insert_tokens(
         &self,
         key_id: i64,
         generator_id: &str,
@@ -272,8 +261,7 @@ impl Store {
         })
     }
 
-    /// Looks a token up by its hash.
-    pub async fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRow>> {
+    async fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRow>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(
                 "SELECT token_id, key_id, generator_id, account_id, kind, set_id, expires_at, revoked_at FROM tokens WHERE token_hash = $1",
@@ -284,8 +272,7 @@ impl Store {
         })
     }
 
-    /// Turns the IP ACL of a key on or off.
-    pub async fn set_acl_enabled(&self, key_id: i64, on: bool) -> Result<()> {
+    async fn set_acl_enabled(&self, key_id: i64, on: bool) -> Result<()> {
         on_db!(self, db => {
             sqlx::query("UPDATE keys SET acl_enabled = $1 WHERE id = $2")
                 .bind(on)
@@ -296,8 +283,7 @@ impl Store {
         })
     }
 
-    /// The ACL of a key: (enabled, rules in insertion order).
-    pub async fn acl(&self, key_id: i64) -> Result<(bool, Vec<String>)> {
+    async fn acl(&self, key_id: i64) -> Result<(bool, Vec<String>)> {
         on_db!(self, db => {
             let on: bool = sqlx::query_scalar("SELECT acl_enabled FROM keys WHERE id = $1")
                 .bind(key_id)
@@ -316,8 +302,7 @@ impl Store {
         })
     }
 
-    /// Adds rules (duplicates are ignored).
-    pub async fn add_acl_rules(&self, key_id: i64, rules: &[String]) -> Result<()> {
+    async fn add_acl_rules(&self, key_id: i64, rules: &[String]) -> Result<()> {
         on_db!(self, db => {
             let mut tx = db.begin_write().await?;
             for r in rules {
@@ -335,8 +320,7 @@ impl Store {
         })
     }
 
-    /// Removes rules.
-    pub async fn delete_acl_rules(&self, key_id: i64, rules: &[String]) -> Result<()> {
+    async fn delete_acl_rules(&self, key_id: i64, rules: &[String]) -> Result<()> {
         on_db!(self, db => {
             let mut tx = db.begin_write().await?;
             for r in rules {
@@ -351,8 +335,7 @@ impl Store {
         })
     }
 
-    /// Stores an API Gateway API key.
-    pub async fn insert_api_key(&self, api_key: &str, account_id: i64) -> Result<()> {
+    async fn insert_api_key(&self, api_key: &str, account_id: i64) -> Result<()> {
         on_db!(self, db => {
             sqlx::query("INSERT INTO api_keys (api_key, account_id, status, created_at) VALUES ($1, $2, 'active', $3)")
                 .bind(api_key)
@@ -365,8 +348,7 @@ impl Store {
         })
     }
 
-    /// The account of an active API key.
-    pub async fn api_key_account(&self, api_key: &str) -> Result<Option<i64>> {
+    async fn api_key_account(&self, api_key: &str) -> Result<Option<i64>> {
         on_db!(self, db => {
             Ok(sqlx::query_scalar(
                 "SELECT account_id FROM api_keys WHERE api_key = $1 AND status = 'active'",
@@ -377,8 +359,7 @@ impl Store {
         })
     }
 
-    /// Revokes an API key.
-    pub async fn revoke_api_key(&self, api_key: &str) -> Result<bool> {
+    async fn revoke_api_key(&self, api_key: &str) -> Result<bool> {
         on_db!(self, db => {
             let r = sqlx::query(
                 "UPDATE api_keys SET status = 'revoked' WHERE api_key = $1 AND status = 'active'",
@@ -389,10 +370,10 @@ impl Store {
             Ok(r.rows_affected() == 1)
         })
     }
+}
 
-    /// Writes a batch of activity records in one transaction (group commit),
-    /// as multi-row INSERTs: one statement per 512 records.
-    pub async fn insert_activity_batch(&self, batch: &[ActivityRow]) -> Result<()> {
+impl ActivitySink for Store {
+    async fn insert_activity_batch(&self, batch: &[ActivityRow]) -> Result<()> {
         match &self.db {
             Db::Sqlite(db) => {
                 let mut conn = db.pool.acquire().await?;
@@ -405,42 +386,14 @@ impl Store {
         }
     }
 
-    /// A connection of its own for the activity-log writer, whose commits
-    /// are flushed to disk only when `fsync` is set (the metadata
-    /// connections always flush).
-    pub async fn activity_writer(&self, fsync: bool) -> Result<ActivityWriter> {
+    async fn activity_writer(&self, fsync: bool) -> Result<ActivityWriter> {
         Ok(ActivityWriter(match &self.db {
             Db::Sqlite(db) => WriterConn::Sqlite(db.activity_writer(fsync).await?),
             Db::Postgres(db) => WriterConn::Postgres(db.activity_writer(fsync).await?),
         }))
     }
-}
 
-/// The activity-log writer's own connection (see [`Store::activity_writer`]).
-#[derive(Debug)]
-pub struct ActivityWriter(WriterConn);
-
-#[derive(Debug)]
-enum WriterConn {
-    Sqlite(sqlx::SqliteConnection),
-    Postgres(sqlx::PgConnection),
-}
-
-impl ActivityWriter {
-    /// Writes a batch of activity records: one multi-row INSERT (one
-    /// implicit transaction) per 512 records.
-    pub async fn write(&mut self, batch: &[ActivityRow]) -> Result<()> {
-        match &mut self.0 {
-            WriterConn::Sqlite(conn) => insert_activity_batch!(sqlx::Sqlite, conn, batch),
-            WriterConn::Postgres(conn) => insert_activity_batch!(sqlx::Postgres, conn, batch),
-        }
-    }
-}
-
-impl Store {
-    /// Activity records of a key in `[from, to]`, oldest first, paged, with
-    /// the total count. `keyword` filters on action, caller, address or result.
-    pub async fn activity(
+    async fn activity(
         &self,
         key_uid: &str,
         from: i64,
@@ -485,8 +438,7 @@ impl Store {
         })
     }
 
-    /// The newest activity record of a key.
-    pub async fn latest_activity(&self, key_uid: &str) -> Result<Option<ActivityRow>> {
+    async fn latest_activity(&self, key_uid: &str) -> Result<Option<ActivityRow>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {ACTIVITY_COLS} FROM activity_logs WHERE key_uid = $1 ORDER BY id DESC LIMIT 1"
@@ -495,5 +447,26 @@ impl Store {
             .fetch_optional(&db.pool)
             .await?)
         })
+    }
+}
+
+/// The activity-log writer's own connection (see [`ActivitySink::activity_writer`]).
+#[derive(Debug)]
+pub struct ActivityWriter(WriterConn);
+
+#[derive(Debug)]
+enum WriterConn {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl ActivityWriter {
+    /// Writes a batch of activity records: one multi-row INSERT (one
+    /// implicit transaction) per 512 records.
+    pub async fn write(&mut self, batch: &[ActivityRow]) -> Result<()> {
+        match &mut self.0 {
+            WriterConn::Sqlite(conn) => insert_activity_batch!(sqlx::Sqlite, conn, batch),
+            WriterConn::Postgres(conn) => insert_activity_batch!(sqlx::Postgres, conn, batch),
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! NHN Secure Key Manager metadata: projects, appkeys, User Access Keys, key
 //! stores, the NHN side of keys, and key-store credentials.
 
-use super::{map_unique, now_ms, Result, Store, StoreError};
+use super::{map_unique, now_ms, NhnRepo, Result, Store, StoreError};
 
 /// A project row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -214,10 +214,8 @@ const STORE_COLS: &str = "id, project_id, name, description, ip4_auth_use, mac_a
 const NHN_KEY_COLS: &str = "key_id, key_store_id, name, description, nhn_type, extractable, auto_rotation_period, next_rotation_at, last_access_at, creation_user, last_change_user";
 const CRED_COLS: &str = "id, key_store_id, kind, value, description, status, deletion_at, last_access_at, cert_sha256, cert_der, expires_at, p12_ct, creation_user, created_at, last_change_user, updated_at";
 
-impl Store {
-    /// Creates a project with its engine account, in one transaction.
-    /// `Conflict` when the name is taken.
-    pub async fn nhn_create_project(
+impl NhnRepo for Store {
+    async fn nhn_create_project(
         &self,
         name: &str,
         account_name: &str,
@@ -250,8 +248,7 @@ impl Store {
         })
     }
 
-    /// A project by name.
-    pub async fn nhn_project_by_name(&self, name: &str) -> Result<Option<NhnProjectRow>> {
+    async fn nhn_project_by_name(&self, name: &str) -> Result<Option<NhnProjectRow>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {PROJECT_COLS} FROM nhn_projects WHERE name = $1"
@@ -262,8 +259,7 @@ impl Store {
         })
     }
 
-    /// A project by id.
-    pub async fn nhn_project(&self, id: i64) -> Result<Option<NhnProjectRow>> {
+    async fn nhn_project(&self, id: i64) -> Result<Option<NhnProjectRow>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {PROJECT_COLS} FROM nhn_projects WHERE id = $1"
@@ -274,8 +270,7 @@ impl Store {
         })
     }
 
-    /// Records the project's CA key and certificate (once).
-    pub async fn nhn_set_project_ca(&self, id: i64, cka_id: &[u8], cert: &[u8]) -> Result<bool> {
+    async fn nhn_set_project_ca(&self, id: i64, cka_id: &[u8], cert: &[u8]) -> Result<bool> {
         on_db!(self, db => {
             let r = sqlx::query(
                 "UPDATE nhn_projects SET ca_cka_id = $1, ca_cert = $2 WHERE id = $3 AND ca_cka_id IS NULL",
@@ -289,8 +284,7 @@ impl Store {
         })
     }
 
-    /// Every project CA certificate (for the TLS client verifier).
-    pub async fn nhn_ca_certs(&self) -> Result<Vec<Vec<u8>>> {
+    async fn nhn_ca_certs(&self) -> Result<Vec<Vec<u8>>> {
         on_db!(self, db => {
             Ok(
                 sqlx::query_scalar("SELECT ca_cert FROM nhn_projects WHERE ca_cert IS NOT NULL")
@@ -300,8 +294,7 @@ impl Store {
         })
     }
 
-    /// CKA_IDs of the project CA keys (for the reconciler).
-    pub async fn nhn_ca_key_ids(&self) -> Result<Vec<Vec<u8>>> {
+    async fn nhn_ca_key_ids(&self) -> Result<Vec<Vec<u8>>> {
         on_db!(self, db => {
             Ok(
                 sqlx::query_scalar("SELECT ca_cka_id FROM nhn_projects WHERE ca_cka_id IS NOT NULL")
@@ -311,8 +304,7 @@ impl Store {
         })
     }
 
-    /// Adds an appkey to a project.
-    pub async fn nhn_insert_appkey(&self, appkey: &str, project_id: i64) -> Result<()> {
+    async fn nhn_insert_appkey(&self, appkey: &str, project_id: i64) -> Result<()> {
         on_db!(self, db => {
             sqlx::query("INSERT INTO nhn_appkeys (appkey, project_id, created_at) VALUES ($1, $2, $3)")
                 .bind(appkey)
@@ -325,8 +317,7 @@ impl Store {
         })
     }
 
-    /// The project of an appkey.
-    pub async fn nhn_project_by_appkey(&self, appkey: &str) -> Result<Option<NhnProjectRow>> {
+    async fn nhn_project_by_appkey(&self, appkey: &str) -> Result<Option<NhnProjectRow>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(
                 "SELECT p.id, p.name, p.account_id, p.require_user_access_key, p.require_user_access_key_on_data, p.ca_cka_id, p.ca_cert, p.created_at
@@ -338,8 +329,7 @@ impl Store {
         })
     }
 
-    /// Revokes an active appkey; `false` when no active appkey has this value.
-    pub async fn nhn_revoke_appkey(&self, appkey: &str) -> Result<bool> {
+    async fn nhn_revoke_appkey(&self, appkey: &str) -> Result<bool> {
         on_db!(self, db => {
             let r = sqlx::query(
                 "UPDATE nhn_appkeys SET status = 'revoked', revoked_at = $1 WHERE appkey = $2 AND status = 'active'",
@@ -352,10 +342,7 @@ impl Store {
         })
     }
 
-    /// Replaces an active appkey by `new` for the same project, in one
-    /// transaction: the old one is revoked. `false` when `old` is not an
-    /// active appkey.
-    pub async fn nhn_rotate_appkey(&self, old: &str, new: &str) -> Result<bool> {
+    async fn nhn_rotate_appkey(&self, old: &str, new: &str) -> Result<bool> {
         on_db!(self, db => {
             let now = now_ms();
             let mut tx = db.begin_write().await?;
@@ -387,9 +374,7 @@ impl Store {
         })
     }
 
-    /// Changes a project's User Access Key requirements; `None` leaves one
-    /// as is. `false` when no project has this name.
-    pub async fn nhn_update_project(
+    async fn nhn_update_project(
         &self,
         name: &str,
         management: Option<bool>,
@@ -409,8 +394,7 @@ impl Store {
         })
     }
 
-    /// Every project, by id.
-    pub async fn nhn_projects(&self) -> Result<Vec<NhnProjectRow>> {
+    async fn nhn_projects(&self) -> Result<Vec<NhnProjectRow>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {PROJECT_COLS} FROM nhn_projects ORDER BY id"
@@ -420,8 +404,7 @@ impl Store {
         })
     }
 
-    /// Stores a User Access Key.
-    pub async fn nhn_insert_user_access_key(
+    async fn nhn_insert_user_access_key(
         &self,
         access_key: &str,
         project_id: i64,
@@ -442,11 +425,7 @@ impl Store {
         })
     }
 
-    /// A User Access Key.
-    pub async fn nhn_user_access_key(
-        &self,
-        access_key: &str,
-    ) -> Result<Option<NhnUserAccessKeyRow>> {
+    async fn nhn_user_access_key(&self, access_key: &str) -> Result<Option<NhnUserAccessKeyRow>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(
                 "SELECT access_key, project_id, secret_sha256, status FROM nhn_user_access_keys WHERE access_key = $1",
@@ -457,8 +436,7 @@ impl Store {
         })
     }
 
-    /// Revokes a User Access Key.
-    pub async fn nhn_revoke_user_access_key(&self, access_key: &str) -> Result<bool> {
+    async fn nhn_revoke_user_access_key(&self, access_key: &str) -> Result<bool> {
         on_db!(self, db => {
             let r = sqlx::query(
                 "UPDATE nhn_user_access_keys SET status = 'revoked' WHERE access_key = $1 AND status = 'active'",
@@ -470,8 +448,7 @@ impl Store {
         })
     }
 
-    /// Creates a key store; `Conflict` when the name is taken in the project.
-    pub async fn nhn_create_key_store(&self, s: &NewKeyStore) -> Result<i64> {
+    async fn nhn_create_key_store(&self, s: &NewKeyStore) -> Result<i64> {
         on_db!(self, db => {
             let now = now_ms();
             sqlx::query_scalar(
@@ -495,8 +472,7 @@ impl Store {
         })
     }
 
-    /// Changes the switches and export policy of a key store.
-    pub async fn nhn_update_key_store(&self, s: &NhnKeyStoreRow) -> Result<()> {
+    async fn nhn_update_key_store(&self, s: &NhnKeyStoreRow) -> Result<()> {
         on_db!(self, db => {
             sqlx::query(
                 "UPDATE nhn_key_stores SET description = $1, ip4_auth_use = $2, mac_auth_use = $3, certificate_auth_use = $4, allow_export = $5, last_change_user = $6, updated_at = $7 WHERE id = $8",
@@ -515,8 +491,7 @@ impl Store {
         })
     }
 
-    /// Key stores of a project, by id.
-    pub async fn nhn_key_stores(&self, project_id: i64) -> Result<Vec<NhnKeyStoreRow>> {
+    async fn nhn_key_stores(&self, project_id: i64) -> Result<Vec<NhnKeyStoreRow>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {STORE_COLS} FROM nhn_key_stores WHERE project_id = $1 ORDER BY id"
@@ -527,8 +502,7 @@ impl Store {
         })
     }
 
-    /// A key store by id.
-    pub async fn nhn_key_store(&self, id: i64) -> Result<Option<NhnKeyStoreRow>> {
+    async fn nhn_key_store(&self, id: i64) -> Result<Option<NhnKeyStoreRow>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {STORE_COLS} FROM nhn_key_stores WHERE id = $1"
@@ -539,8 +513,7 @@ impl Store {
         })
     }
 
-    /// A key store of a project by name.
-    pub async fn nhn_key_store_by_name(
+    async fn nhn_key_store_by_name(
         &self,
         project_id: i64,
         name: &str,
@@ -556,8 +529,7 @@ impl Store {
         })
     }
 
-    /// Writes the NHN side of a key (right after `insert_key_pending`).
-    pub async fn nhn_insert_key(&self, k: &NhnKeyRow) -> Result<()> {
+    async fn nhn_insert_key(&self, k: &NhnKeyRow) -> Result<()> {
         on_db!(self, db => {
             sqlx::query(&format!(
                 "INSERT INTO nhn_keys ({NHN_KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
@@ -580,8 +552,7 @@ impl Store {
         })
     }
 
-    /// The NHN side of a key.
-    pub async fn nhn_key(&self, key_id: i64) -> Result<Option<NhnKeyRow>> {
+    async fn nhn_key(&self, key_id: i64) -> Result<Option<NhnKeyRow>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {NHN_KEY_COLS} FROM nhn_keys WHERE key_id = $1"
@@ -592,8 +563,7 @@ impl Store {
         })
     }
 
-    /// Sets the next rotation time of an NHN key.
-    pub async fn nhn_set_next_rotation(&self, key_id: i64, at: Option<i64>) -> Result<()> {
+    async fn nhn_set_next_rotation(&self, key_id: i64, at: Option<i64>) -> Result<()> {
         on_db!(self, db => {
             sqlx::query("UPDATE nhn_keys SET next_rotation_at = $1 WHERE key_id = $2")
                 .bind(at)
@@ -604,8 +574,7 @@ impl Store {
         })
     }
 
-    /// Records who changed a key last.
-    pub async fn nhn_touch_key_change(&self, key_id: i64, user: &str) -> Result<()> {
+    async fn nhn_touch_key_change(&self, key_id: i64, user: &str) -> Result<()> {
         on_db!(self, db => {
             sqlx::query("UPDATE nhn_keys SET last_change_user = $1 WHERE key_id = $2")
                 .bind(user)
@@ -621,8 +590,7 @@ impl Store {
         })
     }
 
-    /// Writes last-access times (batched by the engine).
-    pub async fn nhn_flush_access(&self, keys: &[(i64, i64)], creds: &[(i64, i64)]) -> Result<()> {
+    async fn nhn_flush_access(&self, keys: &[(i64, i64)], creds: &[(i64, i64)]) -> Result<()> {
         on_db!(self, db => {
             let mut tx = db.begin_write().await?;
             for (id, at) in keys {
@@ -644,8 +612,7 @@ impl Store {
         })
     }
 
-    /// NHN keys with automatic rotation due at `now` (enabled keys only).
-    pub async fn nhn_keys_due_for_rotation(&self, now: i64) -> Result<Vec<i64>> {
+    async fn nhn_keys_due_for_rotation(&self, now: i64) -> Result<Vec<i64>> {
         on_db!(self, db => {
             Ok(sqlx::query_scalar(
                 "SELECT n.key_id FROM nhn_keys n JOIN keys k ON k.id = n.key_id
@@ -657,9 +624,7 @@ impl Store {
         })
     }
 
-    /// Uids of the keys of a key store that are not destroyed, filtered, in
-    /// creation order, with the total count.
-    pub async fn nhn_list_keys(
+    async fn nhn_list_keys(
         &self,
         key_store_id: i64,
         f: &NhnKeyFilter,
@@ -695,11 +660,7 @@ impl Store {
         })
     }
 
-    /// Adds a credential; `Conflict` when the same value is live in the
-    /// store, `LimitReached("credentials")` when the key store already has
-    /// `max_of_kind` live credentials of its kind (counted by the INSERT
-    /// itself, under the write lock).
-    pub async fn nhn_insert_credential(
+    async fn nhn_insert_credential(
         &self,
         c: &NewCredential,
         max_of_kind: Option<i64>,
@@ -740,8 +701,7 @@ impl Store {
         })
     }
 
-    /// Live (active or deleting) credentials of a key store of one kind.
-    pub async fn nhn_credentials(
+    async fn nhn_credentials(
         &self,
         key_store_id: i64,
         kind: &str,
@@ -757,8 +717,7 @@ impl Store {
         })
     }
 
-    /// The live credential of a key store with this kind and value.
-    pub async fn nhn_credential(
+    async fn nhn_credential(
         &self,
         key_store_id: i64,
         kind: &str,
@@ -776,13 +735,7 @@ impl Store {
         })
     }
 
-    /// Marks a credential `deleting` with its deletion time.
-    pub async fn nhn_request_credential_deletion(
-        &self,
-        id: i64,
-        at: i64,
-        user: &str,
-    ) -> Result<bool> {
+    async fn nhn_request_credential_deletion(&self, id: i64, at: i64, user: &str) -> Result<bool> {
         on_db!(self, db => {
             let r = sqlx::query(
                 "UPDATE nhn_credentials SET status = 'deleting', deletion_at = $1, last_change_user = $2, updated_at = $3 WHERE id = $4 AND status = 'active'",
@@ -797,8 +750,7 @@ impl Store {
         })
     }
 
-    /// Deletes a credential: status `deleted`, certificate secrets wiped.
-    pub async fn nhn_delete_credential(&self, id: i64, at: i64, user: &str) -> Result<bool> {
+    async fn nhn_delete_credential(&self, id: i64, at: i64, user: &str) -> Result<bool> {
         on_db!(self, db => {
             let r = sqlx::query(
                 "UPDATE nhn_credentials SET status = 'deleted', deletion_at = $1, password_ct = NULL, p12_ct = NULL, last_change_user = $2, updated_at = $3 WHERE id = $4 AND status <> 'deleted'",
@@ -813,8 +765,7 @@ impl Store {
         })
     }
 
-    /// Credentials whose deletion waiting period is over.
-    pub async fn nhn_credentials_due_for_deletion(&self, now: i64) -> Result<Vec<i64>> {
+    async fn nhn_credentials_due_for_deletion(&self, now: i64) -> Result<Vec<i64>> {
         on_db!(self, db => {
             Ok(sqlx::query_scalar(
                 "SELECT id FROM nhn_credentials WHERE status = 'deleting' AND deletion_at <= $1",
@@ -825,8 +776,7 @@ impl Store {
         })
     }
 
-    /// The live certificate credential whose DER hashes to `sha256`.
-    pub async fn nhn_certificate_by_hash(&self, sha256: &[u8]) -> Result<Option<NhnCredentialRow>> {
+    async fn nhn_certificate_by_hash(&self, sha256: &[u8]) -> Result<Option<NhnCredentialRow>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {CRED_COLS} FROM nhn_credentials WHERE kind = 'certificate' AND cert_sha256 = $1 AND status <> 'deleted'"

@@ -20,7 +20,7 @@ use super::Result;
 /// their read-then-write steps (the next version number, the live-set
 /// count) cannot interleave: two concurrent rotations get versions 2 and 3.
 /// Reads and single-statement writes do not take it.
-const WRITE_LOCK: i64 = 0x6873_6d2d_6b6d_73;
+const WRITE_LOCK: i64 = 0x0068_736d_2d6b_6d73;
 
 /// A PostgreSQL store.
 #[derive(Clone, Debug)]
