@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-run benchmark on one fresh SoftHSMv2 token:
-#   (a) raw PKCS#11 ops/s through the crate's hsm layer (examples/hsm_bench.rs),
+#   (a) raw PKCS#11 ops/s through the crate's hsm layer (src/bin/hsm_bench.rs),
 #       on 1 and 2 threads: AES-256-GCM encrypt of 256 bytes, RSA-2048 sign,
 #       ECDSA P-256 sign;
 #   (b) the release server on loopback under wrk: signed HTTP Encrypt (256-byte
@@ -28,8 +28,8 @@ command -v cc >/dev/null 2>&1 || apt_install build-essential
 command -v pkg-config >/dev/null 2>&1 || apt_install pkg-config
 MODULE="$(softhsm_module)"
 need_cargo
-log "building hsm-kms and examples/hsm_bench (release)"
-(cd "$ROOT" && cargo build --release --locked --bin hsm-kms --example hsm_bench)
+log "building hsm-kms and hsm-kms-bench (release; feature bench: runtime dependencies only)"
+(cd "$ROOT" && cargo build --release --locked --features bench --bin hsm-kms --bin hsm-kms-bench)
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 
 WORK="$(mktemp -d /tmp/hsm-kms-bench.XXXXXX)"
@@ -69,7 +69,7 @@ unset HSM_KMS_PIN HSM_KMS_CONFIG
 
 # (a) raw PKCS#11.
 log "raw PKCS#11 through the hsm layer (${RAW_SECS}s per figure)"
-"$TARGET/examples/hsm_bench" --config "$CONFIG" --secs "$RAW_SECS" | tee "$WORK/raw.txt"
+"$TARGET/hsm-kms-bench" --config "$CONFIG" --secs "$RAW_SECS" | tee "$WORK/raw.txt"
 raw() { awk -v op="$1" -v t="threads=$2" '$1 == "raw" && $2 == op && $3 == t { sub("ops_per_sec=", "", $4); print $4 }' "$WORK/raw.txt"; }
 
 # (b) the server.

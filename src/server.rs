@@ -92,6 +92,9 @@ pub async fn start(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
     cfg.validate()?;
+    // Before the token is opened: the start-up enumeration that fills the
+    // handle map is counted too (`hsm_kms_find_objects_total`).
+    crate::api::metrics::handle();
     let (hsm, store) = open(cfg).await?;
     let report = start_up(&hsm, &store, StartMode::Serve).await?;
     tracing::info!(?report, "reconciler finished");
@@ -134,7 +137,6 @@ pub async fn start(
         body_limit: cfg.server.body_limit,
         max_batch_items: cfg.limits.max_batch_items,
     };
-    crate::api::metrics::handle();
     let app = router(AppState {
         engine: engine.clone(),
         config: Arc::new(api),

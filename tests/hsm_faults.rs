@@ -24,10 +24,16 @@ use serde_json::json;
 fn close_all_sessions(_: cryptoki::context::Pkcs11, slot: cryptoki::slot::Slot) {
     // SAFETY: the module is already loaded and initialised by the service;
     // loading it again returns the same library, whose C_CloseAllSessions
-    // takes a plain slot id.
+    // takes a plain slot id. Through C_GetFunctionList: Kryoptic exports no
+    // other symbol.
     let rv = unsafe {
         let lib = cryptoki_sys::Pkcs11::new(common::module()).expect("load the module");
-        lib.C_CloseAllSessions(slot.id())
+        let mut list: cryptoki_sys::CK_FUNCTION_LIST_PTR = std::ptr::null_mut();
+        assert_eq!(lib.C_GetFunctionList(&mut list), cryptoki_sys::CKR_OK);
+        let close = (*list)
+            .C_CloseAllSessions
+            .expect("C_CloseAllSessions in the function list");
+        close(slot.id())
     };
     assert_eq!(rv, cryptoki_sys::CKR_OK, "C_CloseAllSessions");
 }
@@ -208,6 +214,12 @@ async fn all_sessions_closed_under_load_fails_nothing() {
 /// session) every 150 ms under load: 0 failed requests after re-login.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn login_lost_under_load_fails_nothing() {
+    if common::softhsm_only(
+        "Kryoptic 1.5.4 deadlocks when C_Login runs while other sessions are inside \
+         C_FindObjectsInit / C_OpenSession (docs/pkcs11-portability.md)",
+    ) {
+        return;
+    }
     let kms = Arc::new(Kms::start().await);
     let tally = load_with_faults(kms.clone(), 3, logout).await;
     let failed = tally.failed.lock().unwrap().clone();
@@ -360,9 +372,9 @@ async fn key_object_deleted_behind_the_service() {
         .fetch_one(&kms.db().await)
         .await
         .unwrap();
-    let conf = std::env::var("SOFTHSM2_CONF").unwrap();
+    let conf = std::env::var(common::token_conf_var()).unwrap();
     let out = std::process::Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", &conf)
+        .env(common::token_conf_var(), &conf)
         .args([
             "--module",
             &common::module(),
@@ -404,7 +416,7 @@ async fn key_object_deleted_behind_the_service() {
 
     let data_dir = &kms.config.store.data_dir;
     let out = std::process::Command::new(common::process::binary())
-        .env("SOFTHSM2_CONF", &conf)
+        .env(common::token_conf_var(), &conf)
         .env("HSM_KMS_HSM_MODULE", common::module())
         .env("HSM_KMS_HSM_TOKEN_LABEL", "hsm-kms-test")
         .env("HSM_KMS_PIN", common::PIN)
@@ -468,4 +480,188 @@ async fn start_fails_with_one_line_on_bad_module_or_wrong_pin() {
     );
     let line = failed_serve(&site, &[("HSM_KMS_HSM_TOKEN_LABEL", "no-such-token")]);
     assert!(line.contains("no initialised token matches"), "{line}");
+}
+
+/// Version rows in `state` (all keys, both dialects).
+async fn versions_in(kms: &Kms, state: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM key_versions WHERE state = ?")
+        .bind(state)
+        .fetch_one(&kms.db().await)
+        .await
+        .unwrap()
+}
+
+/// The service's objects on the token, by `CKA_ID`.
+async fn object_ids(kms: &Kms) -> Vec<Vec<u8>> {
+    let mut ids: Vec<Vec<u8>> = kms
+        .engine
+        .hsm()
+        .list_service_objects()
+        .await
+        .expect("list the token's objects")
+        .into_iter()
+        .map(|o| o.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Issue 9: a device fault after the store wrote a creation's or a
+/// rotation's `pending` row and before the token wrote its key. The request
+/// stops at the fault point (`*:after-pending`, a gate of the `test-hooks`
+/// feature); there the module is finalized under the service and the token
+/// taken away, so the key generation fails as on a dead network HSM. The
+/// client gets the 503 envelope of its dialect; the pending row stays while
+/// the token is down (it is the only record of a generation the token may
+/// have done before failing); once the token is back the service rolls the
+/// row back, destroying only objects with the row's own `CKA_ID`s: every
+/// other object and version is still there and still works. The same call
+/// then succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn device_fault_between_pending_row_and_token_write_rolls_back() {
+    let kms = Arc::new(
+        Kms::start_with(|c| {
+            c.server.trusted_proxies = vec!["127.0.0.1/32".into()];
+            c.hsm.unavailable_wait_ms = 100;
+        })
+        .await,
+    );
+    let aes = kms.create_key("aes", "AES256", json!({})).await;
+    let ct = kms.encrypt(&aes, b"acknowledged before", None).await;
+    let p = Arc::new(nhn::project(&kms, "p", true).await);
+    nhn::key_store(&kms, &p, "S", false, false, false, false).await;
+    let nhn_key = nhn::create_key(&kms, &p, "symmetric-keys", "S", json!({})).await;
+    let nhn_ct = {
+        let r = nhn::call(
+            &kms,
+            &p,
+            "POST",
+            &format!("/symmetric-keys/{nhn_key}/encrypt"),
+            Some(json!({"plaintext": "kept"})),
+        )
+        .await;
+        nhn::ok(&r)["ciphertext"].as_str().unwrap().to_string()
+    };
+    let gate = tempfile::tempdir().unwrap();
+    let marker = gate.path().join("gate");
+    std::env::set_var("HSM_KMS_FAULT_MARKER", &marker);
+    let rotate = format!("/kms/v1/keys/{aes}/rotate");
+
+    for (case, point) in [
+        ("NAVER create", "create:after-pending"),
+        ("NAVER rotate", "rotate:after-pending"),
+        ("NHN key create", "nhn-create:after-pending"),
+        ("NHN secret create", "nhn-create:after-pending"),
+    ] {
+        let objects = object_ids(&kms).await;
+        let active = versions_in(&kms, "active").await;
+        std::env::set_var("HSM_KMS_FAULT_GATE", point);
+        let call = {
+            let (kms, p, rotate) = (kms.clone(), p.clone(), rotate.clone());
+            move || async move {
+                match case {
+                    "NAVER create" => {
+                        let body = json!({"keyName": "during", "keyType": "AES256"});
+                        kms.call("POST", "/kms/v1/keys", Some(body)).await
+                    }
+                    "NAVER rotate" => kms.call("POST", &rotate, None).await,
+                    "NHN key create" => {
+                        let body =
+                            json!({"keyStoreName": "S", "name": "during", "description": "d"});
+                        nhn::call(&kms, &p, "POST", "/keys/symmetric-keys/create", Some(body)).await
+                    }
+                    _ => {
+                        let body =
+                            json!({"keyStoreName": "S", "name": "during", "secretValue": "v"});
+                        nhn::call(&kms, &p, "POST", "/keys/secrets/create", Some(body)).await
+                    }
+                }
+            }
+        };
+        let req = tokio::spawn(call.clone()());
+        let start = Instant::now();
+        while !marker.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{case}: {point} not reached"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            versions_in(&kms, "pending").await,
+            1,
+            "{case}: the pending row"
+        );
+
+        // The device fails before the token writes anything.
+        let tokens = kms.dir.path().join("tokens");
+        let away = kms.dir.path().join("tokens.away");
+        std::fs::rename(&tokens, &away).unwrap();
+        let (ctx, _) = kms.engine.hsm().context().unwrap();
+        ctx.finalize().expect("C_Finalize");
+        std::env::remove_var("HSM_KMS_FAULT_GATE");
+        std::fs::remove_file(&marker).unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(15), req)
+            .await
+            .unwrap_or_else(|_| panic!("{case}: no answer within 15 s"))
+            .unwrap();
+        if case.starts_with("NHN") {
+            nhn::err(&r, 503, -9503);
+            assert_eq!(
+                r.headers.get("retry-after").and_then(|v| v.to_str().ok()),
+                Some("1")
+            );
+            assert!(!r.body.to_string().contains("CKR_"), "{}", r.body);
+        } else {
+            assert_naver_503(&r);
+        }
+        // While the token is down nothing can prove what the generation
+        // did: the row stays.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            versions_in(&kms, "pending").await,
+            1,
+            "{case}: kept while down"
+        );
+
+        std::fs::rename(&away, &tokens).unwrap();
+        let back = Instant::now();
+        while versions_in(&kms, "pending").await != 0 {
+            assert!(
+                back.elapsed() < Duration::from_secs(15),
+                "{case}: the pending row was not rolled back 15 s after the token came back"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(readyz(&kms).await.0, 200);
+        assert_eq!(object_ids(&kms).await, objects, "{case}: objects changed");
+        assert_eq!(versions_in(&kms, "active").await, active);
+        assert_eq!(versions_in(&kms, "destroying").await, 0);
+        assert_eq!(
+            kms.decrypt_ok(&aes, &ct, None).await,
+            b"acknowledged before"
+        );
+        let r = nhn::call(
+            &kms,
+            &p,
+            "POST",
+            &format!("/symmetric-keys/{nhn_key}/decrypt"),
+            Some(json!({"ciphertext": nhn_ct})),
+        )
+        .await;
+        assert_eq!(nhn::ok(&r)["plaintext"], "kept");
+
+        // The retry succeeds and adds exactly its own objects.
+        let r = call().await;
+        assert_eq!(r.status, 200, "{case}: retry: {}", r.body);
+        if case.starts_with("NHN") {
+            nhn::ok(&r);
+        } else {
+            r.ok();
+        }
+        assert_eq!(versions_in(&kms, "active").await, active + 1);
+        assert_eq!(object_ids(&kms).await.len(), objects.len() + 1);
+    }
+    let ct2 = kms.encrypt(&aes, b"after", None).await;
+    assert_eq!(kms.decrypt_ok(&aes, &ct2, None).await, b"after");
 }

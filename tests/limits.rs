@@ -77,11 +77,10 @@ async fn item6_batch_over_the_cap_refused_before_any_token_call() {
             assert_eq!(r.body["code"], "INVALID_PARAMETER", "{}", r.body);
         }
         assert_eq!(after, before, "no token call for a refused batch ({path})");
+        // Printed, not asserted: speed belongs in benchmarks, and a timing
+        // bound fails on a loaded machine. The token-call count above is the
+        // proof that nothing reached the token.
         eprintln!("{path}: 50,000 items refused in {took:?}");
-        assert!(
-            took < Duration::from_millis(50),
-            "{path}: refusal took {took:?}"
-        );
     }
 
     // Decrypt and re-encrypt lists too; the cap itself is allowed.

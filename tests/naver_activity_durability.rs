@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 fn hsm_kms(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hsm-kms"));
-    c.env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
+    c.env(common::token_conf_var(), common::token_conf_path(dir))
         .env("HSM_KMS_HSM_MODULE", common::module())
         .env("HSM_KMS_HSM_TOKEN_LABEL", "hsm-kms-test")
         .env("HSM_KMS_PIN", PIN)

@@ -557,6 +557,9 @@ async fn readyz(client: &reqwest::Client, url: &str) -> u16 {
 #[tokio::test]
 #[ignore = "needs p11-kit 0.25.5: run scripts/test-network-hsm.sh"]
 async fn crypto_through_p11kit_remoting() {
+    if common::softhsm_only("p11-kit remoting is set up around a SoftHSMv2 token") {
+        return;
+    }
     let site = RemoteSite::init();
     let server = site.serve().await;
     let tag = server
@@ -604,6 +607,9 @@ async fn crypto_through_p11kit_remoting() {
 #[tokio::test]
 #[ignore = "needs p11-kit 0.25.5: run scripts/test-network-hsm.sh"]
 async fn p11kit_server_killed_and_restarted_under_load() {
+    if common::softhsm_only("p11-kit remoting is set up around a SoftHSMv2 token") {
+        return;
+    }
     let mut site = RemoteSite::init();
     let mut server = site.serve().await;
     let pid = server.child.id();

@@ -18,7 +18,7 @@ use serde_json::json;
 /// a user login: (kind, label).
 fn token_listing(softhsm_conf: &Path) -> Vec<(String, String)> {
     let out = Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", softhsm_conf)
+        .env(common::token_conf_var(), softhsm_conf)
         .args([
             "--module",
             &common::module(),
@@ -431,7 +431,7 @@ async fn item1_used_store_with_fresh_token_refused() {
     let fresh_conf = common::make_token(&fresh_dir, TOKEN_LABEL);
 
     let mut cmd = site.command();
-    cmd.env("SOFTHSM2_CONF", &fresh_conf).arg("serve");
+    cmd.env(common::token_conf_var(), &fresh_conf).arg("serve");
     let out = run_to_exit(cmd);
     assert!(!out.status.success(), "serve must refuse: {}", stderr(&out));
     let id = store_installation_id(&site.db_path()).await.unwrap();
@@ -443,7 +443,7 @@ async fn item1_used_store_with_fresh_token_refused() {
     assert!(msg.contains("token installation id: none"), "{msg}");
     assert_eq!(token_listing(&fresh_conf).len(), 0, "nothing written");
     let mut cmd = site.command();
-    cmd.env("SOFTHSM2_CONF", &fresh_conf).arg("init");
+    cmd.env(common::token_conf_var(), &fresh_conf).arg("init");
     assert!(!run_to_exit(cmd).status.success());
     assert_eq!(token_listing(&fresh_conf).len(), 0, "nothing written");
 
@@ -457,7 +457,7 @@ fn write_stray(site: &Site, label: &str) {
     let value = site.dir.path().join("stray-value");
     std::fs::write(&value, b"stray").unwrap();
     let out = Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", &site.softhsm_conf)
+        .env(common::token_conf_var(), &site.softhsm_conf)
         .args([
             "--module",
             &common::module(),
@@ -485,7 +485,7 @@ fn write_stray(site: &Site, label: &str) {
 
 fn delete_data_object(site: &Site, label: &str) {
     let out = Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", &site.softhsm_conf)
+        .env(common::token_conf_var(), &site.softhsm_conf)
         .args([
             "--module",
             &common::module(),

@@ -226,6 +226,7 @@ impl Engine {
             Err(crate::store::StoreError::LimitReached(_)) => return Err(keys_limit(max)),
             Err(e) => return Err(e.into()),
         };
+        fault_point("create:after-pending");
         self.make_version_objects(
             key_id,
             1,
@@ -401,7 +402,7 @@ impl Engine {
     /// Rolls back a pending version whose objects could not be destroyed
     /// (the token was unusable): waits for the token, destroys them, then
     /// deletes the row. Only this process's own failed creation is touched.
-    fn roll_back_later(&self, key_id: i64, version: i64, ids: Vec<Vec<u8>>) {
+    pub(crate) fn roll_back_later(&self, key_id: i64, version: i64, ids: Vec<Vec<u8>>) {
         tracing::warn!(
             key_id,
             version,
@@ -591,6 +592,7 @@ impl Engine {
                 "the key has reached 100 versions".into(),
             ));
         }
+        fault_point("rotate:after-pending");
         self.make_version_objects(
             e.key.id,
             version,

@@ -171,6 +171,16 @@ async fn write_token_id(hsm: &Hsm, id: &str, binding: &'static str) -> Result<&'
 /// token holds exactly what the store names.
 pub async fn bind(hsm: &Hsm, store: &Store, mode: StartMode) -> Result<(String, &'static str)> {
     let inv = Inventory::take(hsm, store).await?;
+    bind_taken(hsm, store, mode, &inv).await
+}
+
+/// [`bind`] on an inventory already taken.
+async fn bind_taken(
+    hsm: &Hsm,
+    store: &Store,
+    mode: StartMode,
+    inv: &Inventory,
+) -> Result<(String, &'static str)> {
     match (inv.store_id.clone(), inv.token_id.clone()) {
         (Some(s), Some(t)) if s == t => Ok((s, "checked")),
         (Some(_), Some(_)) => Err(inv.refusal(
@@ -247,8 +257,13 @@ fn summarise(items: &[String]) -> String {
 /// Runs the reconciler on a token and store (before the engine serves):
 /// [`bind`], then the crash repair, then the report of unknown objects and
 /// the refusal on missing ones.
+///
+/// The token is enumerated once (twice when a crash left work to repair):
+/// that enumeration also fills the HSM port's handle map, so no request
+/// searches the token afterwards.
 pub async fn reconcile(hsm: &Hsm, store: &Store, mode: StartMode) -> Result<ReconcileReport> {
-    let (installation_id, binding) = bind(hsm, store, mode).await?;
+    let inv = Inventory::take(hsm, store).await?;
+    let (installation_id, binding) = bind_taken(hsm, store, mode, &inv).await?;
     let mut report = ReconcileReport {
         installation_id,
         binding,
@@ -280,7 +295,13 @@ pub async fn reconcile(hsm: &Hsm, store: &Store, mode: StartMode) -> Result<Reco
         report.destroyed_finished += 1;
     }
 
-    let inv = Inventory::take(hsm, store).await?;
+    // The repairs above changed the token; otherwise the first inventory
+    // still holds.
+    let inv = if report.pending_rolled_back + report.destroyed_finished > 0 {
+        Inventory::take(hsm, store).await?
+    } else {
+        inv
+    };
     let unknown = inv.unknown();
     for o in &unknown {
         tracing::warn!(

@@ -6,7 +6,7 @@ use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use sha2::{Digest, Sha256};
 
-use super::{Hsm, HsmError, OpClass, Result, SessionRef};
+use super::{Hsm, HsmError, MechanismPath, OpClass, Result, SessionRef};
 
 /// A signature scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,12 +16,12 @@ pub enum SignAlg {
     /// Raw RSASSA-PKCS1-v1_5 on caller-supplied bytes, at most 245 of them
     /// (`CKM_RSA_PKCS`; NHN's sign).
     RsaPkcs1Raw,
-    /// ECDSA P-256 over SHA-256; the digest is taken outside the token and the
-    /// signature is DER-encoded.
+    /// ECDSA P-256 over SHA-256 (`CKM_ECDSA_SHA256`, or the digest taken here
+    /// and `CKM_ECDSA` where the token lacks it); the signature is DER-encoded.
     EcdsaP256Sha256,
 }
 
-fn oaep() -> Mechanism<'static> {
+pub(super) fn oaep() -> Mechanism<'static> {
     Mechanism::RsaPkcsOaep(PkcsOaepParams::new(
         MechanismType::SHA256,
         PkcsMgfType::MGF1_SHA256,
@@ -35,6 +35,11 @@ pub const RSA_OAEP_MAX: usize = 190;
 pub const RSA_RAW_SIGN_MAX: usize = 245;
 
 impl SessionRef<'_> {
+    /// Where OAEP-SHA-256 and ECDSA-SHA-256 run (see [`super::mechanisms`]).
+    fn paths(&self) -> super::MechanismPaths {
+        self.hsm.inner.paths
+    }
+
     /// RSA-OAEP (SHA-256, MGF1-SHA-256) with the public key.
     ///
     /// Tokens without OAEP-SHA-256 (SoftHSMv2 2.6 takes only SHA-1 and answers
@@ -46,20 +51,23 @@ impl SessionRef<'_> {
         if data.len() > RSA_OAEP_MAX {
             return Err(HsmError::DataLength);
         }
-        let h = self.handle(id, ObjectClass::PUBLIC_KEY)?;
-        match self.raw().encrypt(&oaep(), h, data) {
-            Err(e) if oaep_unsupported(&e) => {
+        match self.paths().rsa_oaep_sha256 {
+            MechanismPath::Token => {
+                let h = self.handle(id, ObjectClass::PUBLIC_KEY)?;
+                Ok(self.raw().encrypt(&oaep(), h, data)?)
+            }
+            MechanismPath::Outside => {
                 let key = self.rsa_public_key(id)?;
                 key.encrypt(&mut rand::rngs::OsRng, rsa::Oaep::new::<Sha256>(), data)
                     .map_err(|_| HsmError::DataLength)
             }
-            other => Ok(other?),
         }
     }
 
     /// RSA-OAEP (SHA-256) decryption with the private key.
     ///
-    /// On tokens without OAEP-SHA-256 the private-key operation is raw RSA
+    /// On tokens without OAEP-SHA-256 (see [`super::mechanisms`]) the
+    /// private-key operation is raw RSA
     /// (`CKM_RSA_X_509`) in the token and the OAEP decoding, which handles
     /// only the padded plaintext, is done here in constant time.
     pub fn rsa_oaep_decrypt(&self, id: &[u8], data: &[u8]) -> Result<Vec<u8>> {
@@ -76,9 +84,20 @@ impl SessionRef<'_> {
             ) => HsmError::DecryptFailed,
             e => e.into(),
         };
-        match self.raw().decrypt(&oaep(), h, data) {
-            Ok(v) => Ok(v),
-            Err(e) if oaep_unsupported(&e) => {
+        match self.paths().rsa_oaep_sha256 {
+            MechanismPath::Token => match self.raw().decrypt(&oaep(), h, data) {
+                Ok(v) => Ok(v),
+                // Kryoptic 1.5 answers a ciphertext whose OAEP decoding fails
+                // with CKR_DEVICE_ERROR at C_Decrypt (its OpenSSL error mapped
+                // as is). The session still answering tells that from a lost
+                // token, which fails C_GetSessionInfo too and is repaired.
+                Err(CkError::Pkcs11(
+                    RvError::DeviceError,
+                    cryptoki::context::Function::Decrypt,
+                )) if self.raw().get_session_info().is_ok() => Err(HsmError::DecryptFailed),
+                Err(e) => Err(decrypt_failed(e)),
+            },
+            MechanismPath::Outside => {
                 if data.len() != RSA_MODULUS_LEN {
                     return Err(HsmError::DecryptFailed);
                 }
@@ -89,7 +108,6 @@ impl SessionRef<'_> {
                 );
                 oaep_sha256_decode(&em, RSA_MODULUS_LEN).ok_or(HsmError::DecryptFailed)
             }
-            Err(e) => Err(decrypt_failed(e)),
         }
     }
 
@@ -129,8 +147,13 @@ impl SessionRef<'_> {
                 Ok(self.raw().sign(&Mechanism::RsaPkcs, h, data)?)
             }
             SignAlg::EcdsaP256Sha256 => {
-                let digest = Sha256::digest(data);
-                let raw = self.raw().sign(&Mechanism::Ecdsa, h, &digest)?;
+                let raw = match self.paths().ecdsa_sha256 {
+                    MechanismPath::Token => self.raw().sign(&Mechanism::EcdsaSha256, h, data)?,
+                    MechanismPath::Outside => {
+                        let digest = Sha256::digest(data);
+                        self.raw().sign(&Mechanism::Ecdsa, h, &digest)?
+                    }
+                };
                 ecdsa_raw_to_der(&raw)
             }
         }
@@ -150,8 +173,15 @@ impl SessionRef<'_> {
                 let Some(raw) = ecdsa_der_to_raw(signature) else {
                     return Ok(false);
                 };
-                let digest = Sha256::digest(data);
-                self.raw().verify(&Mechanism::Ecdsa, h, &digest, &raw)
+                match self.paths().ecdsa_sha256 {
+                    MechanismPath::Token => {
+                        self.raw().verify(&Mechanism::EcdsaSha256, h, data, &raw)
+                    }
+                    MechanismPath::Outside => {
+                        let digest = Sha256::digest(data);
+                        self.raw().verify(&Mechanism::Ecdsa, h, &digest, &raw)
+                    }
+                }
             }
         };
         match res {
@@ -238,7 +268,7 @@ pub(crate) const RSA_MODULUS_LEN: usize = 256;
 
 /// True when the token refuses the OAEP-SHA-256 parameters themselves
 /// (rather than the data), so the software padding path applies.
-fn oaep_unsupported(e: &cryptoki::error::Error) -> bool {
+pub(super) fn oaep_unsupported(e: &cryptoki::error::Error) -> bool {
     use cryptoki::error::RvError;
     matches!(
         e,

@@ -1,6 +1,7 @@
 //! The PKCS#11 port: module loading, login, a pool of logged-in sessions served
-//! from tokio's blocking pool, key templates, mechanisms and a cache of object
-//! handles keyed by `CKA_ID`.
+//! from tokio's blocking pool, key templates, mechanisms and the map of object
+//! handles keyed by `CKA_ID` ([`handles`]: filled at start-up, so that no
+//! request searches the token).
 //!
 //! Nothing in this module runs PKCS#11 calls on the async executor's threads:
 //! every operation goes through [`Hsm::run`], which takes a concurrency permit
@@ -10,7 +11,9 @@
 pub(crate) mod asymmetric;
 mod error;
 mod export;
+mod handles;
 mod info;
+mod mechanisms;
 mod objects;
 mod recovery;
 mod symmetric;
@@ -22,13 +25,14 @@ pub mod asymmetric_limits {
     pub use super::asymmetric::{RSA_OAEP_MAX, RSA_RAW_SIGN_MAX};
 }
 pub use error::HsmError;
+pub use handles::FindCalls;
 pub use info::{ModuleInfo, TokenInfo};
+pub use mechanisms::{MechanismPath, MechanismPaths};
 pub use objects::{ObjectInfo, TokenObject, INSTALLATION_LABEL, LABEL_PREFIX};
 pub use recovery::{Fault, Health, RECOVERY_BACKOFF_MIN};
 pub use templates::{KeySpec, KeyUsage};
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -130,17 +134,19 @@ struct Inner {
     token_label: String,
     slot_id: u64,
     max_sessions: usize,
-    handles: RwLock<HashMap<HandleKey, ObjectHandle>>,
+    handles: handles::HandleMap,
     symmetric: Semaphore,
     asymmetric: Semaphore,
     /// Permits of (`symmetric`, `asymmetric`).
     #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     permits: (u32, u32),
     backoff_max: Duration,
+    /// Token or outside path of OAEP-SHA-256 and ECDSA-SHA-256, found at
+    /// the first open.
+    paths: MechanismPaths,
 }
 
-/// `(CKA_ID or label, CKO_*)`.
-type HandleKey = (Vec<u8>, u64);
+use handles::HandleKey;
 
 impl std::fmt::Debug for Hsm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -158,6 +164,12 @@ impl Hsm {
     /// `spawn_blocking`.
     pub fn open(cfg: &HsmConfig) -> Result<Self> {
         let module = Module::open(cfg, 1)?;
+        let paths = MechanismPaths::probe(&module, cfg);
+        tracing::info!(
+            rsa_oaep_sha256 = ?paths.rsa_oaep_sha256,
+            ecdsa_sha256 = ?paths.ecdsa_sha256,
+            "token mechanism paths"
+        );
         let max_sessions = cfg.max_sessions.max(1);
         let (health, _) = tokio::sync::watch::channel(Health::Ready { generation: 1 });
         let sym = cfg.symmetric_concurrency.clamp(1, 1 << 20);
@@ -171,11 +183,12 @@ impl Hsm {
                 module: RwLock::new(Some(Arc::new(module))),
                 health,
                 max_sessions,
-                handles: RwLock::new(HashMap::new()),
+                handles: handles::HandleMap::default(),
                 symmetric: Semaphore::new(sym),
                 asymmetric: Semaphore::new(asym),
                 permits: (sym as u32, asym as u32),
                 backoff_max: cfg.recovery_backoff_max,
+                paths,
             }),
         })
     }
@@ -183,6 +196,12 @@ impl Hsm {
     /// Label of the token in use.
     pub fn token_label(&self) -> &str {
         &self.inner.token_label
+    }
+
+    /// Where OAEP-SHA-256 and ECDSA-SHA-256 run on this token: in one
+    /// token mechanism or with the hashing / padding done here.
+    pub fn mechanism_paths(&self) -> MechanismPaths {
+        self.inner.paths
     }
 
     /// The slot id found at start (a re-initialised module may renumber
@@ -300,6 +319,9 @@ impl Hsm {
     /// session rather than take an idle one (after a session fault, idle
     /// sessions may be dead too).
     fn attempt<T>(&self, f: &dyn Fn(&SessionRef<'_>) -> Result<T>, fresh: bool) -> Result<T> {
+        // Before the module: a handle learnt on this session is kept only
+        // if no fault ended the handle map's epoch meanwhile.
+        let epoch = self.inner.handles.epoch();
         let module = self.module()?;
         let pooled = match module.checkout(&self.inner.cfg, fresh) {
             Ok(s) => s,
@@ -315,6 +337,7 @@ impl Hsm {
             session,
             hsm: self,
             cached: RefCell::new(Vec::new()),
+            epoch,
         };
         let out = f(&sref);
         let cached = sref.cached.into_inner();
@@ -346,11 +369,12 @@ impl Hsm {
                 module.session_fault();
                 // Tokens drop object handles with the sessions
                 // (SoftHSMv2 drops every handle of the slot).
-                self.clear_handles();
+                self.inner.handles.invalidate();
             }
             Some(Fault::Login) => {
                 tracing::warn!(error = %err, "the token lost its login; logging in again");
-                self.clear_handles();
+                // Private objects' handles go with the login.
+                self.inner.handles.invalidate();
                 match recovery::login(session, &self.inner.cfg) {
                     Ok(()) => module.checkin(pooled, self.inner.max_sessions),
                     Err(e) => {
@@ -360,7 +384,7 @@ impl Hsm {
                 }
             }
             Some(Fault::Handle) => {
-                self.forget_handles(&cached);
+                self.inner.handles.forget_stale(&cached);
                 match recovery::ensure_login(session, &self.inner.cfg) {
                     Ok(()) => module.checkin(pooled, self.inner.max_sessions),
                     Err(_) => recovery::forget(pooled.session),
@@ -374,33 +398,28 @@ impl Hsm {
         Err(err)
     }
 
-    fn lock_handles_mut(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, HashMap<HandleKey, ObjectHandle>> {
-        self.inner
-            .handles
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Forgets the cached handles of an object id (after destroying it).
+    /// Forgets the handles of an object id (after destroying it).
     fn forget(&self, id: &[u8]) {
-        self.lock_handles_mut()
-            .retain(|(k, _), _| k.as_slice() != id);
+        self.inner.handles.forget_id(id);
     }
 
-    /// Forgets cached handles that a call found invalid.
-    fn forget_handles(&self, keys: &[HandleKey]) {
-        let mut map = self.lock_handles_mut();
-        for k in keys {
-            map.remove(k);
-        }
+    /// How many `C_FindObjects` searches this port made so far (also in
+    /// `hsm_kms_find_objects_total`): requests on known keys make none.
+    pub fn find_calls(&self) -> FindCalls {
+        self.inner.handles.find_calls()
     }
 
-    /// Drops the whole handle cache (after a login loss or a new module
-    /// generation, where every handle may have changed).
-    fn clear_handles(&self) {
-        self.lock_handles_mut().clear();
+    /// Entries of the handle map and the bytes it holds (also in
+    /// `hsm_kms_handle_map_entries` and `hsm_kms_handle_map_bytes`).
+    pub fn handle_map_size(&self) -> (usize, usize) {
+        (self.inner.handles.len(), self.inner.handles.bytes())
+    }
+
+    /// Fills the handle map from one enumeration of the token unless it is
+    /// complete already (after a module re-initialisation; the next
+    /// look-up would do it otherwise).
+    pub(crate) fn rebuild_handles_blocking(&self) -> Result<()> {
+        self.run_blocking(|s| s.rebuild_handles())
     }
 
     /// Checks that the token answers (for `/readyz`): not while it is being
@@ -457,6 +476,8 @@ pub struct SessionRef<'a> {
     /// Handles this call took from the cache: the ones to look up again
     /// when the token calls one invalid.
     cached: RefCell<Vec<HandleKey>>,
+    /// The handle map's epoch when this session was lent.
+    epoch: u64,
 }
 
 impl SessionRef<'_> {
@@ -465,24 +486,26 @@ impl SessionRef<'_> {
         self.session
     }
 
-    /// Finds the handle of the object with `CKA_ID = id` and class `class`,
-    /// from the cache when possible.
+    /// The handle of the object with `CKA_ID = id` (a data object: label
+    /// `id`) and class `class`, from the handle map. The token is searched
+    /// only when the map cannot answer: once in all to refill a map a fault
+    /// emptied, or for this one object when its handle went stale or the
+    /// complete map does not know it (see [`handles`]).
     pub(crate) fn handle(&self, id: &[u8], class: ObjectClass) -> Result<ObjectHandle> {
         // CK_OBJECT_CLASS is u64 on Linux but not on every platform.
         #[allow(clippy::useless_conversion)]
         let key = (id.to_vec(), u64::from(*class));
-        {
-            let map = self
-                .hsm
-                .inner
-                .handles
-                .read()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(h) = map.get(&key) {
-                self.cached.borrow_mut().push(key.clone());
-                return Ok(*h);
-            }
+        let map = &self.hsm.inner.handles;
+        let (mut found, complete) = map.get(&key);
+        if found.is_none() && !complete {
+            self.rebuild_handles()?;
+            found = map.get(&key).0;
         }
+        if let Some(h) = found {
+            self.cached.borrow_mut().push(key);
+            return Ok(h);
+        }
+        handles::count_refresh(map.refresh_reason(&key));
         use cryptoki::object::Attribute;
         // Data objects have no CKA_ID: their id is their label.
         let name = if class == ObjectClass::DATA {
@@ -490,9 +513,7 @@ impl SessionRef<'_> {
         } else {
             Attribute::Id(id.to_vec())
         };
-        let found =
-            self.session
-                .find_objects(&[Attribute::Token(true), Attribute::Class(class), name])?;
+        let found = self.find(&[Attribute::Token(true), Attribute::Class(class), name])?;
         let h = match found.as_slice() {
             [h] => *h,
             [] => return Err(HsmError::ObjectNotFound),
@@ -503,9 +524,54 @@ impl SessionRef<'_> {
                 )))
             }
         };
-        self.hsm.lock_handles_mut().insert(key.clone(), h);
+        map.insert(self.epoch, [(key.clone(), h)]);
         self.cached.borrow_mut().push(key);
         Ok(h)
+    }
+
+    /// `C_FindObjects` for one object (or a few), counted.
+    pub(crate) fn find(
+        &self,
+        template: &[cryptoki::object::Attribute],
+    ) -> Result<Vec<ObjectHandle>> {
+        self.hsm.inner.handles.count_find(false);
+        Ok(self.session.find_objects(template)?)
+    }
+
+    /// `C_FindObjects` over every token object, counted.
+    pub(crate) fn enumerate(&self) -> Result<Vec<ObjectHandle>> {
+        self.hsm.inner.handles.count_find(true);
+        Ok(self
+            .session
+            .find_objects(&[cryptoki::object::Attribute::Token(true)])?)
+    }
+
+    /// Refills an incomplete handle map from one enumeration; threads that
+    /// need it meanwhile wait for that one instead of searching too.
+    fn rebuild_handles(&self) -> Result<()> {
+        let map = &self.hsm.inner.handles;
+        let _one = map.rebuild_lock();
+        if map.is_complete() {
+            return Ok(());
+        }
+        self.list_service_objects().map(|_| ())
+    }
+
+    /// Stores the handles of objects this session just made.
+    pub(crate) fn remember(&self, id: &[u8], handles: &[(ObjectClass, ObjectHandle)]) {
+        // CK_OBJECT_CLASS is u64 on Linux but not on every platform.
+        #[allow(clippy::useless_conversion)]
+        self.hsm.inner.handles.insert(
+            self.epoch,
+            handles
+                .iter()
+                .map(|(c, h)| ((id.to_vec(), u64::from(**c)), *h)),
+        );
+    }
+
+    /// Stores what an enumeration found; see [`handles::HandleMap::install`].
+    pub(crate) fn install_handles(&self, entries: Vec<(HandleKey, ObjectHandle)>) {
+        self.hsm.inner.handles.install(self.epoch, entries);
     }
 
     /// Random bytes from the token's generator.

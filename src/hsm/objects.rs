@@ -63,10 +63,14 @@ pub struct ObjectInfo {
 
 impl SessionRef<'_> {
     /// Every token object whose label starts with [`LABEL_PREFIX`], except
-    /// the installation object ([`INSTALLATION_LABEL`]).
+    /// the installation object ([`INSTALLATION_LABEL`]), from one
+    /// enumeration of the token, which also fills the handle map (see
+    /// [`super::handles`]): the reconciler's listing at start-up is what
+    /// spares every request a search.
     pub fn list_service_objects(&self) -> Result<Vec<TokenObject>> {
-        let handles = self.raw().find_objects(&[Attribute::Token(true)])?;
+        let handles = self.enumerate()?;
         let mut out = Vec::new();
+        let mut entries = Vec::with_capacity(handles.len());
         for h in handles {
             let attrs = self.raw().get_attributes(
                 h,
@@ -76,12 +80,19 @@ impl SessionRef<'_> {
                     AttributeType::Class,
                 ],
             )?;
-            let (mut label, mut id, mut class) = (None, None, "other");
+            let (mut label, mut id, mut class, mut code) = (None, None, "other", None);
             for a in attrs {
                 match a {
                     Attribute::Label(l) => label = Some(String::from_utf8_lossy(&l).into_owned()),
                     Attribute::Id(i) => id = Some(i),
-                    Attribute::Class(c) => class = class_name(c),
+                    Attribute::Class(c) => {
+                        class = class_name(c);
+                        // CK_OBJECT_CLASS is u64 on Linux but not everywhere.
+                        #[allow(clippy::useless_conversion)]
+                        {
+                            code = Some(u64::from(*c));
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -89,6 +100,9 @@ impl SessionRef<'_> {
             let id = id.or_else(|| label.as_ref().map(|l| l.as_bytes().to_vec()));
             if let (Some(label), Some(id)) = (label, id) {
                 if label.starts_with(LABEL_PREFIX) && label != INSTALLATION_LABEL {
+                    if let Some(code) = code {
+                        entries.push(((id.clone(), code), h));
+                    }
                     out.push(TokenObject {
                         id,
                         label,
@@ -97,13 +111,14 @@ impl SessionRef<'_> {
                 }
             }
         }
+        self.install_handles(entries);
         Ok(out)
     }
 
     /// The values of every `CKO_DATA` object labelled [`INSTALLATION_LABEL`]
     /// (none on a token `init` has not bound yet; more than one is a fault).
     pub fn installation_ids(&self) -> Result<Vec<String>> {
-        let handles = self.raw().find_objects(&[
+        let handles = self.find(&[
             Attribute::Token(true),
             Attribute::Class(ObjectClass::DATA),
             Attribute::Label(INSTALLATION_LABEL.as_bytes().to_vec()),
@@ -143,7 +158,7 @@ impl SessionRef<'_> {
     /// one look-up per id would cost a scan of the token each.
     pub fn service_object_infos(&self) -> Result<Vec<ObjectInfo>> {
         let mut out = Vec::new();
-        for h in self.raw().find_objects(&[Attribute::Token(true)])? {
+        for h in self.enumerate()? {
             let info = self.read_info(h)?;
             if info.label.starts_with(LABEL_PREFIX) && info.label != INSTALLATION_LABEL {
                 out.push(info);
@@ -208,11 +223,9 @@ impl SessionRef<'_> {
     /// Objects with `CKA_ID = id`, and the data object labelled `id` (data
     /// objects have no `CKA_ID`; see [`super::Hsm::create_data_object`]).
     fn find_by_id(&self, id: &[u8]) -> Result<Vec<cryptoki::object::ObjectHandle>> {
-        let mut handles = self
-            .raw()
-            .find_objects(&[Attribute::Token(true), Attribute::Id(id.to_vec())])?;
+        let mut handles = self.find(&[Attribute::Token(true), Attribute::Id(id.to_vec())])?;
         if id.starts_with(LABEL_PREFIX.as_bytes()) {
-            handles.extend(self.raw().find_objects(&[
+            handles.extend(self.find(&[
                 Attribute::Token(true),
                 Attribute::Class(ObjectClass::DATA),
                 Attribute::Label(id.to_vec()),

@@ -8,10 +8,10 @@
 //!
 //! | class | PKCS#11 codes | repair | state |
 //! | --- | --- | --- | --- |
-//! | [`Fault::Session`] | `CKR_SESSION_HANDLE_INVALID`, `CKR_SESSION_CLOSED`, `CKR_OPERATION_ACTIVE` | forget the session and every session opened before the fault (never close them: after `C_CloseAllSessions` the token reuses handle numbers, so an old handle may already name a new session), drop the handle cache, open a fresh logged-in session | ready |
-//! | [`Fault::Login`] | `CKR_USER_NOT_LOGGED_IN`, a private object not found while the session is public | `C_Login` again (`CKR_USER_ALREADY_LOGGED_IN` counts as done), drop the handle cache | ready |
-//! | [`Fault::Handle`] | `CKR_OBJECT_HANDLE_INVALID`, `CKR_KEY_HANDLE_INVALID` | drop the cache entries the call used (the retry looks each up once with `C_FindObjects`), log in if the session lost its login | ready |
-//! | [`Fault::Device`] | `CKR_DEVICE_ERROR`, `CKR_DEVICE_REMOVED`, `CKR_TOKEN_NOT_PRESENT`, `CKR_CRYPTOKI_NOT_INITIALIZED`, `CKR_SLOT_ID_INVALID`, `CKR_TOKEN_NOT_RECOGNIZED` | the recovery thread waits for in-flight calls of the generation, `C_Finalize`, then `C_Initialize` on a fresh context, finds the slot again by token label, logs in, clears the handle cache; backs off 100 ms doubling to `hsm.recovery_backoff_max_ms` while that fails | recovering |
+//! | [`Fault::Session`] | `CKR_SESSION_HANDLE_INVALID`, `CKR_SESSION_CLOSED`, `CKR_OPERATION_ACTIVE` | forget the session and every session opened before the fault (never close them: after `C_CloseAllSessions` the token reuses handle numbers, so an old handle may already name a new session), empty the handle map (refilled by one enumeration at the next look-up), open a fresh logged-in session | ready |
+//! | [`Fault::Login`] | `CKR_USER_NOT_LOGGED_IN`, a private object not found while the session is public | `C_Login` again (`CKR_USER_ALREADY_LOGGED_IN` counts as done), empty the handle map (refilled by one enumeration) | ready |
+//! | [`Fault::Handle`] | `CKR_OBJECT_HANDLE_INVALID`, `CKR_KEY_HANDLE_INVALID` | drop the map entries the call used (the retry looks each up once by `CKA_ID`, counted in `hsm_kms_handle_refreshes_total{reason="stale"}`), log in if the session lost its login | ready |
+//! | [`Fault::Device`] | `CKR_DEVICE_ERROR`, `CKR_DEVICE_REMOVED`, `CKR_TOKEN_NOT_PRESENT`, `CKR_CRYPTOKI_NOT_INITIALIZED`, `CKR_SLOT_ID_INVALID`, `CKR_TOKEN_NOT_RECOGNIZED` | the recovery thread waits for in-flight calls of the generation, `C_Finalize`, then `C_Initialize` on a fresh context, finds the slot again by token label, logs in, empties the handle map and refills it from one enumeration; backs off 100 ms doubling to `hsm.recovery_backoff_max_ms` while that fails | recovering |
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -67,7 +67,17 @@ fn rv_fault(rv: RvError) -> Option<Fault> {
 }
 
 fn ck_fault(e: &CkError) -> Option<Fault> {
+    use cryptoki::context::Function as F;
     match e {
+        // Kryoptic 1.5 answers CKR_GENERAL_ERROR, not CKR_KEY_HANDLE_INVALID
+        // or CKR_USER_NOT_LOGGED_IN, when a key handle's object was deleted
+        // by another process or the login was lost (it cannot read the
+        // object's row any more): look the key up again and check the login,
+        // which is the repair of both (docs/pkcs11-portability.md).
+        CkError::Pkcs11(
+            RvError::GeneralError,
+            F::EncryptInit | F::DecryptInit | F::SignInit | F::VerifyInit | F::GetAttributeValue,
+        ) => Some(Fault::Handle),
         CkError::Pkcs11(rv, _) => rv_fault(*rv),
         _ => None,
     }
@@ -374,7 +384,7 @@ impl Hsm {
                 tracing::info!(error = %e, "C_Finalize of the broken module generation");
             }
         }
-        self.clear_handles();
+        self.inner.handles.invalidate();
         let mut delay = RECOVERY_BACKOFF_MIN;
         let mut attempts = 0u32;
         loop {
@@ -393,6 +403,11 @@ impl Hsm {
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "the token is usable again: module re-initialised, logged in"
                     );
+                    // Refill the handle map now rather than in the first
+                    // request that needs it.
+                    if let Err(e) = self.rebuild_handles_blocking() {
+                        tracing::warn!(error = %e, "refilling the handle map after the re-initialisation failed; the next request retries");
+                    }
                     return;
                 }
                 Err(e) => {

@@ -97,7 +97,8 @@ impl SessionRef<'_> {
                     Attribute::Unwrap(false),
                     Attribute::Derive(false),
                 ]);
-                s.generate_key(&Mechanism::AesKeyGen, &t)?;
+                let h = s.generate_key(&Mechanism::AesKeyGen, &t)?;
+                self.remember(id, &[(ObjectClass::SECRET_KEY, h)]);
             }
             KeySpec::HmacSha256 => {
                 let mut t = private_common(label, id, false);
@@ -113,7 +114,8 @@ impl SessionRef<'_> {
                     Attribute::Unwrap(false),
                     Attribute::Derive(false),
                 ]);
-                s.generate_key(&Mechanism::GenericSecretKeyGen, &t)?;
+                let h = s.generate_key(&Mechanism::GenericSecretKeyGen, &t)?;
+                self.remember(id, &[(ObjectClass::SECRET_KEY, h)]);
             }
             KeySpec::Rsa2048 { usage, extractable } => {
                 let mut public = common(label, id);
@@ -137,7 +139,15 @@ impl SessionRef<'_> {
                     Attribute::Unwrap(false),
                     Attribute::Derive(false),
                 ]);
-                s.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)?;
+                let (pb, pv) =
+                    s.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)?;
+                self.remember(
+                    id,
+                    &[
+                        (ObjectClass::PUBLIC_KEY, pb),
+                        (ObjectClass::PRIVATE_KEY, pv),
+                    ],
+                );
             }
             KeySpec::EcP256 => {
                 let mut public = common(label, id);
@@ -162,7 +172,14 @@ impl SessionRef<'_> {
                     Attribute::Unwrap(false),
                     Attribute::Derive(false),
                 ]);
-                s.generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)?;
+                let (pb, pv) = s.generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)?;
+                self.remember(
+                    id,
+                    &[
+                        (ObjectClass::PUBLIC_KEY, pb),
+                        (ObjectClass::PRIVATE_KEY, pv),
+                    ],
+                );
             }
         }
         Ok(())
@@ -199,7 +216,9 @@ impl super::Hsm {
                 Attribute::Application(b"hsm-kms".to_vec()),
                 Attribute::Value(value.clone()),
             ];
-            s.raw().create_object(&t)?;
+            let h = s.raw().create_object(&t)?;
+            // A data object's id is its label.
+            s.remember(label.as_bytes(), &[(ObjectClass::DATA, h)]);
             Ok(())
         })
         .await

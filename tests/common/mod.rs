@@ -1,9 +1,12 @@
-//! Shared test harness: a fresh SoftHSMv2 token and SQLite store under a temp
-//! dir, `init`, and the server on 127.0.0.1:0, in this process.
+//! Shared test harness: a fresh token and SQLite store under a temp dir,
+//! `init`, and the server on 127.0.0.1:0, in this process.
 //!
-//! SoftHSM reads `SOFTHSM2_CONF` once per process and a process can
-//! initialise a PKCS#11 module once, so each test must run in its own process:
-//! run the suite with `cargo nextest run` (see `scripts/test.sh`).
+//! The token is SoftHSMv2's by default; `HSM_KMS_TEST_MODULE=kryoptic` with
+//! `PKCS11_MODULE` naming Kryoptic's module runs the same tests on a
+//! Kryoptic token (see `scripts/test-kryoptic.sh`). Both read their config
+//! file (`SOFTHSM2_CONF`, `KRYOPTIC_CONF`) once per process and a process
+//! can initialise a PKCS#11 module once, so each test must run in its own
+//! process: run the suite with `cargo nextest run` (see `scripts/test.sh`).
 #![allow(dead_code)]
 
 pub mod process;
@@ -30,6 +33,55 @@ pub fn module() -> String {
     std::env::var("PKCS11_MODULE").unwrap_or_else(|_| "/usr/lib/softhsm/libsofthsm2.so".into())
 }
 
+/// The PKCS#11 implementation the tests run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestModule {
+    /// SoftHSMv2 (the default).
+    SoftHsm,
+    /// Kryoptic, its token a SQLite file named in `KRYOPTIC_CONF`.
+    Kryoptic,
+}
+
+/// `HSM_KMS_TEST_MODULE`: `softhsm` (default) or `kryoptic`.
+pub fn test_module() -> TestModule {
+    match std::env::var("HSM_KMS_TEST_MODULE").as_deref() {
+        Err(_) | Ok("") | Ok("softhsm") => TestModule::SoftHsm,
+        Ok("kryoptic") => TestModule::Kryoptic,
+        Ok(other) => panic!("HSM_KMS_TEST_MODULE={other:?}: expected softhsm or kryoptic"),
+    }
+}
+
+/// The variable that names the token's config file for the module under
+/// test (`SOFTHSM2_CONF` or `KRYOPTIC_CONF`), for tests that start the
+/// binary on a given token.
+pub fn token_conf_var() -> &'static str {
+    match test_module() {
+        TestModule::SoftHsm => "SOFTHSM2_CONF",
+        TestModule::Kryoptic => "KRYOPTIC_CONF",
+    }
+}
+
+/// The config file [`make_token`] writes under `dir` for the module under
+/// test.
+pub fn token_conf_path(dir: &Path) -> PathBuf {
+    match test_module() {
+        TestModule::SoftHsm => dir.join("softhsm2.conf"),
+        TestModule::Kryoptic => dir.join("kryoptic.conf"),
+    }
+}
+
+/// True (after printing why) when the test must be skipped because it needs
+/// SoftHSMv2 itself (its tools, its file layout or its behaviour) and the
+/// suite runs on another module. Use: `if common::softhsm_only("...") { return; }`.
+pub fn softhsm_only(reason: &str) -> bool {
+    let other = test_module() != TestModule::SoftHsm;
+    if other {
+        println!("SKIPPED on {:?}: {reason}", test_module());
+        eprintln!("SKIPPED on {:?}: {reason}", test_module());
+    }
+    other
+}
+
 /// `pkcs11-tool` (OpenSC) on the test token, logged in with the user PIN.
 pub fn pkcs11_tool() -> Command {
     let mut c = Command::new("pkcs11-tool");
@@ -45,14 +97,18 @@ pub fn pkcs11_tool() -> Command {
     c
 }
 
-/// Makes a SoftHSM config and one initialised token labelled `label` under
-/// `dir`; returns the config path. Sets `SOFTHSM2_CONF` for this process.
+/// Makes a token config and one initialised token labelled `label` under
+/// `dir` for the module under test; returns the config path. Sets
+/// [`token_conf_var`] (`SOFTHSM2_CONF` or `KRYOPTIC_CONF`) for this process.
 pub fn make_token(dir: &Path, label: &str) -> PathBuf {
     make_token_with_pin(dir, label, PIN)
 }
 
 /// [`make_token`] with another user PIN.
 pub fn make_token_with_pin(dir: &Path, label: &str, pin: &str) -> PathBuf {
+    if test_module() == TestModule::Kryoptic {
+        return make_kryoptic_token(dir, label, pin);
+    }
     let tokens = dir.join("tokens");
     std::fs::create_dir_all(&tokens).expect("token dir");
     let conf = dir.join("softhsm2.conf");
@@ -155,6 +211,75 @@ pub async fn any_pool(url: &str, path: &Path) -> sqlx::AnyPool {
         .connect(&url)
         .await
         .expect("open the store")
+}
+
+/// Slot id of the Kryoptic test tokens.
+pub const KRYOPTIC_SLOT: u64 = 42;
+
+/// A Kryoptic config naming one SQLite token file under `dir` (a 0700
+/// directory, the file made under umask 077), the token initialised with
+/// `pkcs11-tool --init-token` and `--init-pin` as Kryoptic documents.
+fn make_kryoptic_token(dir: &Path, label: &str, pin: &str) -> PathBuf {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let tokens = dir.join("tokens");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&tokens)
+        .expect("token dir");
+    let conf = dir.join("kryoptic.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[slots]]\nslot = {KRYOPTIC_SLOT}\ndbtype = \"sqlite\"\ndbargs = \"{}\"\n",
+            tokens.join("token.sql").display()
+        ),
+    )
+    .expect("kryoptic.conf");
+    let slot = KRYOPTIC_SLOT.to_string();
+    let steps: [&[&str]; 2] = [
+        &[
+            "--init-token",
+            "--slot",
+            &slot,
+            "--label",
+            label,
+            "--so-pin",
+            SO_PIN,
+        ],
+        &[
+            "--slot",
+            &slot,
+            "--login",
+            "--login-type",
+            "so",
+            "--so-pin",
+            SO_PIN,
+            "--init-pin",
+            "--pin",
+            pin,
+        ],
+    ];
+    for args in steps {
+        let out = Command::new("sh")
+            .args(["-c", "umask 077 && exec pkcs11-tool --module \"$0\" \"$@\""])
+            .arg(module())
+            .args(args)
+            .env("KRYOPTIC_CONF", &conf)
+            .output()
+            .expect(
+                "pkcs11-tool (OpenSC) must be installed (scripts/test-kryoptic.sh installs it)",
+            );
+        assert!(
+            out.status.success(),
+            "pkcs11-tool {} failed: {}{}",
+            args[0],
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::env::set_var("KRYOPTIC_CONF", &conf);
+    conf
 }
 
 /// A config for a token and data dir under `dir`.

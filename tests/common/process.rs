@@ -17,7 +17,8 @@ pub const TOKEN_LABEL: &str = "hsm-kms-test";
 pub struct Site {
     /// Temp dir holding everything.
     pub dir: tempfile::TempDir,
-    /// The SoftHSM config (`SOFTHSM2_CONF`).
+    /// The token's config (`SOFTHSM2_CONF` or `KRYOPTIC_CONF`, see
+    /// [`super::token_conf_var`]).
     pub softhsm_conf: PathBuf,
     /// The store's data dir.
     pub data_dir: PathBuf,
@@ -124,7 +125,7 @@ impl Site {
                 c.env_remove(k);
             }
         }
-        c.env("SOFTHSM2_CONF", &self.softhsm_conf)
+        c.env(super::token_conf_var(), &self.softhsm_conf)
             .env("HSM_KMS_HSM_MODULE", super::module())
             .env("HSM_KMS_HSM_TOKEN_LABEL", TOKEN_LABEL)
             .env("HSM_KMS_PIN", &self.pin)

@@ -281,6 +281,7 @@ impl Engine {
             self.store().delete_pending_version(key_id, 1).await?;
             return Err(e.into());
         }
+        crate::core::fault_point("nhn-create:after-pending");
         self.nhn_make_version(key_id, 1, &uid, kind, extractable, &cka_id, value)
             .await?;
         crate::core::fault_point("nhn-create:after-hsm");
@@ -325,8 +326,13 @@ impl Engine {
                 let res = self.hsm().create_data_object(label, value).await;
                 if let Err(e) = res {
                     tracing::error!(error = %e, key = uid, version, "secret object creation failed; rolling back");
-                    let _ = self.hsm().destroy_id(cka_id.to_vec()).await;
-                    self.store().delete_pending_version(key_id, version).await?;
+                    if self.hsm().destroy_id(cka_id.to_vec()).await.is_ok() {
+                        self.store().delete_pending_version(key_id, version).await?;
+                    } else {
+                        // As for keys: the object may have been made before
+                        // the fault, and the pending row is its only record.
+                        self.roll_back_later(key_id, version, vec![cka_id.to_vec()]);
+                    }
                     return Err(e.into());
                 }
                 Ok(())

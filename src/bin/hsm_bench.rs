@@ -1,5 +1,6 @@
-//! Raw PKCS#11 throughput through the crate's `hsm` layer, the baseline of
-//! `scripts/bench.sh`: AES-256-GCM encryption of 256 bytes, RSA-2048
+//! `hsm-kms-bench` (built with `--features bench`, from the runtime
+//! dependencies alone): raw PKCS#11 throughput through the crate's `hsm`
+//! layer, the baseline of `scripts/bench.sh`: AES-256-GCM encryption of 256 bytes, RSA-2048
 //! PKCS#1 v1.5 SHA-256 signing and ECDSA P-256 signing of 256 bytes, on one
 //! thread and on two threads, each thread looping on one logged-in session.
 //!
@@ -7,7 +8,7 @@
 //! exactly as the service's Encrypt does; the ECDSA figure includes the
 //! SHA-256 taken outside the token and the DER encoding.
 //!
-//! Usage: `hsm_bench [--config FILE] [--secs N]` (the PIN as for the
+//! Usage: `hsm-kms-bench [--config FILE] [--secs N]` (the PIN as for the
 //! server: `HSM_KMS_PIN` or `hsm.pin_file`). The keys it makes carry the
 //! label prefix `hsm-kms-bench/` (not the service's `hsm-kms/`) and are
 //! destroyed at the end. Prints one line per measurement:
@@ -99,7 +100,7 @@ fn main() -> anyhow::Result<()> {
                     .context("--secs must be a number")?
             }
             other => anyhow::bail!(
-                "unknown argument {other}; usage: hsm_bench [--config FILE] [--secs N]"
+                "unknown argument {other}; usage: hsm-kms-bench [--config FILE] [--secs N]"
             ),
         }
     }

@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# Scale benchmark (issue 10 §1): does the key count matter?
+#
+#   scripts/bench-scale.sh [N...]        (default: 100 10000 100000)
+#
+# For each N, on a fresh SoftHSMv2 token (file object store) and store:
+#   1. `hsm-kms init`, then `hsm-kms-scale populate` creates N AES-256 key
+#      versions through the engine (pending row, token object, activation,
+#      as Create Key does), CONCURRENCY (16) at a time: keys/s;
+#   2. the release server starts on them: seconds from spawn to /readyz 200;
+#   3. with no warm-up, wrk runs signed Encrypt requests on keys drawn at
+#      random among the N (HTTP_SECS, CONNECTIONS), so most requests are a
+#      key's first use since the start: req/s, p50, p99;
+#   4. then the same on one hot key: req/s, and random / hot;
+#   5. memory: the handle map's bytes per key version (from /metrics) and
+#      the server's RSS growth over the random run per key touched (the
+#      engine's key cache fills one entry per key used).
+# Prints one table. Environment: HTTP_SECS (10), CONNECTIONS (64),
+# WRK_THREADS (2), CONCURRENCY (16), KEEP=1 keeps the work dirs.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+HTTP_SECS="${HTTP_SECS:-10}"
+CONNECTIONS="${CONNECTIONS:-64}"
+WRK_THREADS="${WRK_THREADS:-2}"
+CONCURRENCY="${CONCURRENCY:-16}"
+SIZES=("$@")
+[ "${#SIZES[@]}" -gt 0 ] || SIZES=(100 10000 100000)
+
+apt_install softhsm2 opensc wrk curl
+command -v cc >/dev/null 2>&1 || apt_install build-essential
+command -v pkg-config >/dev/null 2>&1 || apt_install pkg-config
+MODULE="$(softhsm_module)"
+need_cargo
+log "building hsm-kms and hsm-kms-scale (release, feature bench)"
+(cd "$ROOT" && cargo build --release --locked --features bench --bin hsm-kms --bin hsm-kms-scale)
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+
+SERVER_PID=""
+WORKS=()
+cleanup() {
+    stop_server
+    if [ "${KEEP:-0}" != 1 ]; then
+        for w in "${WORKS[@]}"; do rm -rf "$w"; done
+    fi
+}
+stop_server() {
+    if [ -n "$SERVER_PID" ]; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=""
+    fi
+}
+trap cleanup EXIT
+now_ms() { date +%s%3N; }
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+metric() { # metric URL NAME -> value (sum of samples)
+    curl -s "$1/metrics" | awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $NF } END { printf "%.0f\n", s }'
+}
+
+# The wrk script: Encrypt of 256 bytes on a key drawn at random from the
+# signed request lines (`path timestamp signature`) in $SCALE_REQUESTS.
+DATA_B64="$(head -c 256 /dev/urandom | base64 -w0)"
+LUA="$(mktemp /tmp/hsm-kms-scale.XXXXXX.lua)"
+WORKS+=("$LUA")
+cat >"$LUA" <<LUA
+local entries = {}
+local ak = os.getenv("SCALE_AK")
+local body = '{"plaintext":"$DATA_B64"}'
+function init(args)
+  for line in io.lines(os.getenv("SCALE_REQUESTS")) do
+    local p, ts, sig = line:match("(%S+) (%S+) (%S+)")
+    entries[#entries + 1] = { p, ts, sig }
+  end
+  math.randomseed(os.time() + math.floor(os.clock() * 1000000))
+end
+function request()
+  local e = entries[math.random(#entries)]
+  return wrk.format("POST", e[1], {
+    ["Content-Type"] = "application/json",
+    ["x-ncp-apigw-timestamp"] = e[2],
+    ["x-ncp-iam-access-key"] = ak,
+    ["x-ncp-apigw-signature-v2"] = e[3],
+  }, body)
+end
+done = function(summary, latency, requests)
+  local errs = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
+  io.write(string.format("RESULT %.1f %.3f %.3f %d %d %d\n", summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.errors.status, errs, summary.requests))
+end
+LUA
+
+# run_wrk DIR LIMIT -> "rps p50 p99 requests"
+run_wrk() {
+    local dir="$1" limit="$2" ak line rps p50 p99 non2xx errs n
+    ak="$("$TARGET/hsm-kms-scale" sign --dir "$dir" --limit "$limit" | sed -n 's/^access_key=//p')"
+    SCALE_AK="$ak" SCALE_REQUESTS="$dir/requests" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${HTTP_SECS}s" \
+        -s "$LUA" "$URL" >"$dir/wrk-$limit.txt"
+    line="$(grep '^RESULT' "$dir/wrk-$limit.txt")" || die "no wrk result: $(cat "$dir/wrk-$limit.txt")"
+    read -r _ rps p50 p99 non2xx errs n <<<"$line"
+    [ "$non2xx" -eq 0 ] || die "$non2xx non-2xx answers (N=$limit); server log: $(tail -5 "$dir/server.log")"
+    [ "$errs" -eq 0 ] || log "$errs socket errors"
+    echo "$rps $p50 $p99 $n"
+}
+
+RESULTS=()
+for N in "${SIZES[@]}"; do
+    WORK="$(mktemp -d /tmp/hsm-kms-scale.XXXXXX)"
+    WORKS+=("$WORK")
+    umask 077
+    mkdir -p "$WORK/tokens" "$WORK/data" "$WORK/scale"
+    export SOFTHSM2_CONF="$WORK/softhsm2.conf"
+    printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$WORK/tokens" >"$SOFTHSM2_CONF"
+    random_secret >"$WORK/user.pin"
+    softhsm2-util --init-token --free --label hsm-kms-scale --so-pin "$(random_secret)" \
+        --pin "$(cat "$WORK/user.pin")" >/dev/null
+    CONFIG="$WORK/hsm-kms.toml"
+    cat >"$CONFIG" <<CONF
+[server]
+listen = "127.0.0.1:0"
+[hsm]
+module = "$MODULE"
+token_label = "hsm-kms-scale"
+pin_file = "$WORK/user.pin"
+[store]
+data_dir = "$WORK/data"
+[limits]
+max_keys_per_account = $((N + 10))
+[log]
+format = "json"
+level = "warn"
+CONF
+    unset HSM_KMS_PIN HSM_KMS_CONFIG
+    "$TARGET/hsm-kms" --config "$CONFIG" init --account bench >/dev/null 2>"$WORK/init.log" \
+        || die "init: $(cat "$WORK/init.log")"
+
+    log "N=$N: creating $N AES-256 keys through the engine, $CONCURRENCY at a time"
+    pop="$("$TARGET/hsm-kms-scale" populate --config "$CONFIG" --keys "$N" \
+        --concurrency "$CONCURRENCY" --out "$WORK/scale")"
+    echo "$pop" >&2
+    kps="$(sed -n 's/.*keys_per_sec=\([0-9.]*\).*/\1/p' <<<"$pop")"
+    objects="$(find "$WORK/tokens" -name '*.object' | wc -l)"
+    store_kib="$(du -sk "$WORK/tokens" | cut -f1)"
+
+    log "N=$N: starting the server ($objects token objects, $store_kib KiB)"
+    rm -f "$WORK/addr"
+    t0="$(now_ms)"
+    "$TARGET/hsm-kms" --config "$CONFIG" serve --addr-file "$WORK/addr" >/dev/null 2>"$WORK/server.log" &
+    SERVER_PID=$!
+    URL=""
+    for _ in $(seq 1200); do
+        if [ -s "$WORK/addr" ]; then
+            URL="http://$(cat "$WORK/addr")"
+            [ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/readyz")" = 200 ] && break
+        fi
+        kill -0 "$SERVER_PID" 2>/dev/null || die "server exited: $(cat "$WORK/server.log")"
+        sleep 0.05
+    done
+    ready_ms=$(($(now_ms) - t0))
+    rss0="$(rss_kib "$SERVER_PID")"
+
+    log "N=$N: Encrypt on random keys, no warm-up (${HTTP_SECS}s, $CONNECTIONS connections)"
+    read -r r_rps r_p50 r_p99 r_n <<<"$(run_wrk "$WORK/scale" "$N")"
+    rss1="$(rss_kib "$SERVER_PID")"
+    lookups="$(metric "$URL" hsm_kms_find_objects_total)"
+    refreshes="$(metric "$URL" hsm_kms_handle_refreshes_total)"
+    map_entries="$(metric "$URL" hsm_kms_handle_map_entries)"
+    map_bytes="$(metric "$URL" hsm_kms_handle_map_bytes)"
+    log "N=$N: Encrypt on one hot key"
+    read -r h_rps _ h_p99 _ <<<"$(run_wrk "$WORK/scale" 1)"
+    stop_server
+
+    # Distinct keys a uniform draw of r_n requests among N touches.
+    touched="$(awk -v n="$N" -v r="$r_n" 'BEGIN { printf "%.0f", n * (1 - exp(-r / n)) }')"
+    RESULTS+=("$(printf '%s %s %s %s %s %s %s %s %s %s %s %s %s %s %s' "$N" "$kps" "$ready_ms" \
+        "$r_rps" "$r_p50" "$r_p99" "$h_rps" "$h_p99" "$map_entries" "$map_bytes" \
+        "$((rss1 - rss0))" "$touched" "$lookups" "$refreshes" "$store_kib")")
+    rm -rf "$WORK/tokens" "$WORK/data"
+done
+
+cpu="$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
+printf '\nhsm-kms scale benchmark: %s cores (%s), SoftHSMv2 %s (file object store), wrk -t%s -c%s, %ss per run, 256-byte Encrypt\n' \
+    "$(nproc)" "${cpu:-unknown CPU}" "$(softhsm2-util --version)" "$WRK_THREADS" "$CONNECTIONS" "$HTTP_SECS"
+printf '%8s %9s %9s %11s %8s %8s %11s %8s %7s %10s %10s %8s %8s\n' \
+    "keys" "create/s" "ready s" "random r/s" "p50 ms" "p99 ms" "hot r/s" "p99 ms" "random" "map B/ver" "RSS B/key" "finds" "refresh"
+for r in "${RESULTS[@]}"; do
+    read -r n kps ready r_rps r_p50 r_p99 h_rps h_p99 entries bytes drss touched finds refreshes _ <<<"$r"
+    printf '%8s %9.0f %9.2f %11.0f %8.2f %8.2f %11.0f %8.2f %6.0f%% %10.0f %10.0f %8s %8s\n' \
+        "$n" "$kps" "$(awk -v m="$ready" 'BEGIN { print m / 1000 }')" "$r_rps" "$r_p50" "$r_p99" "$h_rps" "$h_p99" \
+        "$(awk -v a="$r_rps" -v b="$h_rps" 'BEGIN { print 100 * a / b }')" \
+        "$(awk -v b="$bytes" -v e="$entries" 'BEGIN { print (e > 0 ? b / e : 0) }')" \
+        "$(awk -v d="$drss" -v t="$touched" 'BEGIN { print (t > 0 ? d * 1024 / t : 0) }')" \
+        "$finds" "$refreshes"
+done
+printf '\nrandom = random-key req/s / one-hot-key req/s, same server, random run first (cold: no warm-up).\n'
+printf 'ready s = spawn to /readyz 200 (reconciler, one token enumeration filling the handle map).\n'
+printf 'map B/ver = handle map bytes / entries; RSS B/key = RSS growth over the random run / keys it touched.\n'
+printf 'finds = C_FindObjects searches since start (start-up enumeration and installation-id look-up included); refresh = handle refreshes.\n'
