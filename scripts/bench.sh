@@ -9,6 +9,19 @@
 #
 #   scripts/bench.sh
 #
+#   (d) the levers of issue 10 §2, each on its own, in alternating rounds on
+#       the same binary, token and store (runtime switches): dispatch
+#       (blocking_pool = before, workers = after) and the IV source (token,
+#       host), for Encrypt (log + fsync), RSA-2048 sign and ECDSA sign at
+#       LEVER_CONNECTIONS; medians of LEVER_ROUNDS.
+#
+#   scripts/bench.sh                  everything
+#   BENCH_PARTS=levers scripts/bench.sh   only (d), without the raw benchmark
+#   PROFILE_DIR=docs/perf scripts/bench.sh  also a flamegraph of the server
+#       (perf record + inferno) during the first Encrypt round of each lever
+#       configuration but the host-IV one: PROFILE_DIR/encrypt-<configuration>.svg
+#   BENCH_BUILD=0 uses the release binaries already in target/release
+#
 # Environment: RAW_SECS (3) per raw measurement, HTTP_SECS (10) per wrk run,
 # CONNECTIONS (16) wrk connections, WRK_THREADS (1), and any HSM_KMS_* key to
 # change the server's config (e.g. HSM_KMS_HSM_SYMMETRIC_CONCURRENCY=1).
@@ -22,14 +35,29 @@ RAW_SECS="${RAW_SECS:-3}"
 HTTP_SECS="${HTTP_SECS:-10}"
 CONNECTIONS="${CONNECTIONS:-16}"
 WRK_THREADS="${WRK_THREADS:-1}"
+BENCH_PARTS="${BENCH_PARTS:-raw http log levers}"
+part() { [[ " $BENCH_PARTS " == *" $1 "* ]]; }
 
 apt_install softhsm2 opensc wrk curl openssl
+if [ -n "${PROFILE_DIR:-}" ]; then
+    command -v perf >/dev/null 2>&1 || apt_install linux-perf
+    need_cargo
+    command -v inferno-flamegraph >/dev/null 2>&1 || cargo install --locked inferno
+    PROFILE_DIR="$(realpath -m "$PROFILE_DIR")"
+fi
 command -v cc >/dev/null 2>&1 || apt_install build-essential
 command -v pkg-config >/dev/null 2>&1 || apt_install pkg-config
 MODULE="$(softhsm_module)"
 need_cargo
-log "building hsm-kms and hsm-kms-bench (release; feature bench: runtime dependencies only)"
-(cd "$ROOT" && cargo build --release --locked --features bench --bin hsm-kms --bin hsm-kms-bench)
+if [ "${BENCH_BUILD:-1}" = 0 ]; then
+    log "BENCH_BUILD=0: using the release binaries already built"
+elif part raw; then
+    log "building hsm-kms and hsm-kms-bench (release; feature bench: runtime dependencies only)"
+    (cd "$ROOT" && cargo build --release --locked --features bench --bin hsm-kms --bin hsm-kms-bench)
+else
+    log "building hsm-kms (release)"
+    (cd "$ROOT" && cargo build --release --locked --bin hsm-kms)
+fi
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 
 WORK="$(mktemp -d /tmp/hsm-kms-bench.XXXXXX)"
@@ -68,8 +96,11 @@ CONF
 unset HSM_KMS_PIN HSM_KMS_CONFIG
 
 # (a) raw PKCS#11.
-log "raw PKCS#11 through the hsm layer (${RAW_SECS}s per figure)"
-"$TARGET/hsm-kms-bench" --config "$CONFIG" --secs "$RAW_SECS" | tee "$WORK/raw.txt"
+: >"$WORK/raw.txt"
+if part raw; then
+    log "raw PKCS#11 through the hsm layer (${RAW_SECS}s per figure)"
+    "$TARGET/hsm-kms-bench" --config "$CONFIG" --secs "$RAW_SECS" | tee "$WORK/raw.txt"
+fi
 raw() { awk -v op="$1" -v t="threads=$2" '$1 == "raw" && $2 == op && $3 == t { sub("ops_per_sec=", "", $4); print $4 }' "$WORK/raw.txt"; }
 
 # (b) the server.
@@ -149,6 +180,72 @@ LUA
     [ "$errs" -eq 0 ] || log "$name: $errs socket errors"
     echo "$rps $p50 $p99"
 }
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+med3() { # med3 FILE -> "median_rps median_p50 median_p99"
+    printf '%s %s %s\n' "$(cut -d' ' -f1 "$1" | median)" "$(cut -d' ' -f2 "$1" | median)" "$(cut -d' ' -f3 "$1" | median)"
+}
+lever_table() {
+    printf '\nlevers (issue 10 §2), wrk -t%s -c%s, activity log + fsync on, medians of %s alternating rounds (req/s per round in brackets)\n' \
+        "$WRK_THREADS" "$LEVER_CONNECTIONS" "$LEVER_ROUNDS"
+    printf '%-16s %-16s %10s %8s %8s %7s  %s\n' configuration operation "req/s" "p50 ms" "p99 ms" "x before" rounds
+    local c name op base rps p50 p99
+    for op in enc rsa ec; do
+        read -r base _ <<<"$(med3 "$WORK/lever-before-$op.txt")"
+        for c in "${LEVER_CONFIGS[@]}"; do
+            name="${c%%:*}"
+            read -r rps p50 p99 <<<"$(med3 "$WORK/lever-$name-$op.txt")"
+            printf '%-16s %-16s %10.0f %8.2f %8.2f %7.2f  [%s]\n' "$name" \
+                "$(case $op in enc) echo "AES encrypt" ;; rsa) echo "RSA-2048 sign" ;; ec) echo "ECDSA sign" ;; esac)" \
+                "$rps" "$p50" "$p99" "$(awk -v a="$rps" -v b="$base" 'BEGIN { print a / b }')" \
+                "$(cut -d' ' -f1 "$WORK/lever-$name-$op.txt" | xargs printf '%.0f ')"
+        done
+    done
+}
+
+# (d) the levers, first (a fresh store for every configuration's rounds).
+# lever_run NAME ENV... : one wrk run per op on a server started with ENV.
+LEVER_ROUNDS="${LEVER_ROUNDS:-3}"
+LEVER_CONNECTIONS="${LEVER_CONNECTIONS:-64}"
+LEVER_CONFIGS=(
+    "before:HSM_KMS_HSM_DISPATCH=blocking_pool"
+    "workers:HSM_KMS_HSM_DISPATCH=workers"
+    "workers+hostiv:HSM_KMS_HSM_DISPATCH=workers HSM_KMS_HSM_GCM_IV_SOURCE=host"
+)
+if part levers; then
+    SAVED_CONNECTIONS="$CONNECTIONS"
+    CONNECTIONS="$LEVER_CONNECTIONS"
+    for round in $(seq "$LEVER_ROUNDS"); do
+        for c in "${LEVER_CONFIGS[@]}"; do
+            name="${c%%:*}"
+            # shellcheck disable=SC2086
+            start_server HSM_KMS_ACTIVITY_LOG_ENABLED=true HSM_KMS_ACTIVITY_LOG_FSYNC=true ${c#*:}
+            perf_pid=""
+            if [ -n "${PROFILE_DIR:-}" ] && [ "$round" -eq 1 ] && [ "$name" != workers+hostiv ]; then
+                perf record -F 199 --call-graph dwarf,16384 -p "$SERVER_PID" -o "$WORK/perf-$name.data" \
+                    -- sleep "$((HTTP_SECS - 2))" >/dev/null 2>&1 &
+                perf_pid=$!
+            fi
+            http_run "lever-$name-enc-$round" "/kms/v1/keys/$AES_TAG/encrypt" "{\"plaintext\":\"$DATA_B64\"}" >>"$WORK/lever-$name-enc.txt"
+            if [ -n "$perf_pid" ]; then
+                wait "$perf_pid" || true
+                mkdir -p "$PROFILE_DIR"
+                perf script --no-inline -i "$WORK/perf-$name.data" 2>/dev/null | inferno-collapse-perf \
+                    | inferno-flamegraph --title "hsm-kms Encrypt, wrk -c$CONNECTIONS, $name" >"$PROFILE_DIR/encrypt-$name.svg" \
+                    || log "flamegraph $name failed"
+                rm -f "$WORK/perf-$name.data"
+            fi
+            http_run "lever-$name-rsa-$round" "/kms/v1/keys/$RSA_TAG/sign" "{\"data\":\"$DATA_B64\"}" >>"$WORK/lever-$name-rsa.txt"
+            http_run "lever-$name-ec-$round" "/kms/v1/keys/$EC_TAG/sign" "{\"data\":\"$DATA_B64\"}" >>"$WORK/lever-$name-ec.txt"
+        done
+    done
+    CONNECTIONS="$SAVED_CONNECTIONS"
+    start_server
+fi
+if ! part http; then
+    lever_table
+    exit 0
+fi
+
 AES_HTTP="$(http_run encrypt "/kms/v1/keys/$AES_TAG/encrypt" "{\"plaintext\":\"$DATA_B64\"}")"
 RSA_HTTP="$(http_run sign-rsa "/kms/v1/keys/$RSA_TAG/sign" "{\"data\":\"$DATA_B64\"}")"
 EC_HTTP="$(http_run sign-ecdsa "/kms/v1/keys/$EC_TAG/sign" "{\"data\":\"$DATA_B64\"}")"
@@ -168,7 +265,6 @@ LOG_ROUNDS="${LOG_ROUNDS:-3}"
 LOG_CONNECTIONS="${LOG_CONNECTIONS:-64}"
 MAIN_CONNECTIONS="$CONNECTIONS"
 CONNECTIONS="$LOG_CONNECTIONS"
-median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 : >"$WORK/log-on.txt"
 : >"$WORK/log-fsync.txt"
 : >"$WORK/log-off.txt"
@@ -180,9 +276,6 @@ for round in $(seq "$LOG_ROUNDS"); do
     start_server HSM_KMS_ACTIVITY_LOG_ENABLED=false
     http_run "encrypt-log-off-$round" "/kms/v1/keys/$AES_TAG/encrypt" "{\"plaintext\":\"$DATA_B64\"}" >>"$WORK/log-off.txt"
 done
-med3() { # med3 FILE -> "median_rps median_p50 median_p99"
-    printf '%s %s %s\n' "$(cut -d' ' -f1 "$1" | median)" "$(cut -d' ' -f2 "$1" | median)" "$(cut -d' ' -f3 "$1" | median)"
-}
 CONNECTIONS="$MAIN_CONNECTIONS"
 LOGON_HTTP="$(med3 "$WORK/log-on.txt")"
 FSYNC_HTTP="$(med3 "$WORK/log-fsync.txt")"
@@ -220,3 +313,7 @@ printf '\nactivity log (wrk -c%s): Encrypt with the log on = %.1f%% of the rate 
 printf 'activity log with fsync = %.1f%% of the rate with it off (rounds: %s req/s)\n' \
     "$(awk -v a="$log_fsync" -v b="$log_off" 'BEGIN { print 100 * a / b }')" "$(cut -d' ' -f1 "$WORK/log-fsync.txt" | tr '\n' ' ')"
 printf '\nratio = HTTP req/s / the better raw figure (1 or 2 threads) of the same token.\n'
+if part levers; then
+    lever_table
+fi
+printf '\nscale curve (N keys, random-key encrypt after a restart): scripts/bench-scale.sh\n'

@@ -47,6 +47,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Activity log.
     pub activity_log: ActivityLogConfig,
+    /// The audit chain over the activity log.
+    pub audit: AuditConfig,
     /// Per-key request quotas.
     pub rate_limit: RateLimitConfig,
     /// TLS listener (mutual TLS for NHN certificate authentication).
@@ -122,6 +124,37 @@ impl Default for ActivityLogConfig {
         ActivityLogConfig {
             enabled: true,
             fsync: true,
+        }
+    }
+}
+
+/// `[audit]`: signed checkpoints of the audit chain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Sign a checkpoint after this many records since the last one.
+    pub checkpoint_every_records: u64,
+    /// Sign a checkpoint of records added since the last one after this
+    /// many seconds, also while no records arrive.
+    pub checkpoint_every_secs: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            checkpoint_every_records: 1000,
+            checkpoint_every_secs: 60,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The checkpoint policy for the engine.
+    pub fn policy(&self) -> crate::core::audit::CheckpointPolicy {
+        crate::core::audit::CheckpointPolicy {
+            every_records: i64::try_from(self.checkpoint_every_records.max(1)).unwrap_or(i64::MAX),
+            every_ms: i64::try_from(self.checkpoint_every_secs.max(1).saturating_mul(1000))
+                .unwrap_or(i64::MAX),
         }
     }
 }
@@ -229,6 +262,12 @@ pub struct HsmSection {
     pub unavailable_wait_ms: u64,
     /// Longest pause between two failed re-initialisations of the module, ms.
     pub recovery_backoff_max_ms: u64,
+    /// How token calls reach sessions: `workers` or `blocking_pool`.
+    pub dispatch: crate::hsm::Dispatch,
+    /// Where AES-GCM IVs come from: `token` (`C_GenerateRandom`) or `host`.
+    pub gcm_iv_source: crate::hsm::IvSource,
+    /// AES-GCM encryptions allowed per key version (SP 800-38D 8.3).
+    pub gcm_invocation_limit: u64,
 }
 
 impl Default for HsmSection {
@@ -244,6 +283,9 @@ impl Default for HsmSection {
             asymmetric_concurrency: 2,
             unavailable_wait_ms: 500,
             recovery_backoff_max_ms: 1000,
+            dispatch: crate::hsm::Dispatch::Workers,
+            gcm_iv_source: crate::hsm::IvSource::Token,
+            gcm_invocation_limit: crate::hsm::GCM_INVOCATION_LIMIT,
         }
     }
 }
@@ -449,17 +491,20 @@ impl Config {
             recovery_backoff_max: std::time::Duration::from_millis(
                 self.hsm.recovery_backoff_max_ms,
             ),
+            dispatch: self.hsm.dispatch,
+            gcm_iv_source: self.hsm.gcm_iv_source,
         })
     }
 }
 
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "server",
     "hsm",
     "store",
     "naver",
     "log",
     "activity_log",
+    "audit",
     "rate_limit",
     "tls",
     "limits",

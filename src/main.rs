@@ -3,6 +3,7 @@
 
 mod attest_cli;
 mod attest_html;
+mod audit_cli;
 mod nhn_admin;
 
 use std::path::PathBuf;
@@ -56,6 +57,12 @@ enum Cmd {
     /// Attestation: a signed report of what the token says about every key
     /// version, beside the store's view; its public key; its offline check.
     Attest(attest_cli::AttestArgs),
+    /// The tamper-evident audit trail: walk the chain with the token, export
+    /// it for an auditor, check an export offline.
+    Audit {
+        #[command(subcommand)]
+        cmd: audit_cli::AuditCmd,
+    },
     /// Administration: accounts and access keys.
     Admin {
         #[command(subcommand)]
@@ -224,6 +231,7 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
             println!("{url}: HTTP 200");
         }
         Cmd::Attest(args) => attest_cli::run(&cfg, args).await?,
+        Cmd::Audit { cmd } => audit_cli::run(&cfg, cmd).await?,
         Cmd::Admin {
             cmd:
                 AdminCmd::Reconcile {
@@ -236,7 +244,19 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
         }
         Cmd::Admin { cmd } => {
             let (hsm, store) = server::open(&cfg).await?;
-            let engine = Engine::new(hsm, store).await?;
+            // The admin commands' records join the audit chain with the
+            // configured checkpoints.
+            let engine = Engine::with_options(
+                hsm,
+                store,
+                hsm_kms::core::EngineOptions {
+                    activity_log: cfg.activity_log.enabled,
+                    activity_fsync: cfg.activity_log.fsync,
+                    checkpoints: cfg.audit.policy(),
+                    ..Default::default()
+                },
+            )
+            .await?;
             admin(&engine, cmd).await?;
         }
     }
@@ -348,7 +368,41 @@ async fn admin_reconcile(
     Ok(())
 }
 
+/// The audit-trail action and target of an admin command that changes
+/// something (`None` for reads). Never a secret: API keys, which callers
+/// send as credentials, are not named.
+fn admin_audit(cmd: &AdminCmd) -> Option<(&'static str, String)> {
+    match cmd {
+        AdminCmd::CreateAccount { name } => Some(("AdminCreateAccount", format!("account={name}"))),
+        AdminCmd::CreateAccessKey { account } => {
+            Some(("AdminCreateAccessKey", format!("account={account}")))
+        }
+        AdminCmd::RevokeAccessKey { access_key } => {
+            Some(("AdminRevokeAccessKey", format!("accessKey={access_key}")))
+        }
+        AdminCmd::CreateApiKey { account } => {
+            Some(("AdminCreateApiKey", format!("account={account}")))
+        }
+        AdminCmd::RevokeApiKey { .. } => Some(("AdminRevokeApiKey", String::new())),
+        AdminCmd::Nhn { cmd } => Some(cmd.audit()),
+        AdminCmd::ListAccessKeys | AdminCmd::ListObjects | AdminCmd::Reconcile { .. } => None,
+    }
+}
+
 async fn admin(engine: &Engine, cmd: AdminCmd) -> anyhow::Result<()> {
+    let audit = admin_audit(&cmd);
+    admin_run(engine, cmd).await?;
+    // Recorded once done; a failed command changed nothing to record.
+    if let Some((action, target)) = audit {
+        engine
+            .record_admin(action, &target)
+            .await
+            .context("the action was done but its audit record could not be written")?;
+    }
+    Ok(())
+}
+
+async fn admin_run(engine: &Engine, cmd: AdminCmd) -> anyhow::Result<()> {
     match cmd {
         AdminCmd::CreateAccount { name } => {
             let id = engine.create_account(&name).await?;

@@ -176,6 +176,51 @@ fn write_private(path: &PathBuf, data: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl NhnCmd {
+    /// The audit-trail action name and target (names only: never an
+    /// appkey, access key or password) of this command.
+    pub fn audit(&self) -> (&'static str, String) {
+        match self {
+            NhnCmd::CreateProject { name, .. } => ("NhnCreateProject", format!("project={name}")),
+            NhnCmd::UpdateProject { name, .. } => ("NhnUpdateProject", format!("project={name}")),
+            NhnCmd::CreateAppkey { project } => ("NhnCreateAppkey", format!("project={project}")),
+            NhnCmd::RevokeAppkey { .. } => ("NhnRevokeAppkey", String::new()),
+            NhnCmd::RotateAppkey { .. } => ("NhnRotateAppkey", String::new()),
+            NhnCmd::CreateUserAccessKey { project } => {
+                ("NhnCreateUserAccessKey", format!("project={project}"))
+            }
+            NhnCmd::RevokeUserAccessKey { .. } => ("NhnRevokeUserAccessKey", String::new()),
+            NhnCmd::CreateKeyStore { project, name, .. } => (
+                "NhnCreateKeyStore",
+                format!("project={project} keyStore={name}"),
+            ),
+            NhnCmd::UpdateKeyStore { project, name, .. } => (
+                "NhnUpdateKeyStore",
+                format!("project={project} keyStore={name}"),
+            ),
+            NhnCmd::IssueCertificate {
+                project,
+                key_store,
+                name,
+                ..
+            } => (
+                "NhnIssueCertificate",
+                format!("project={project} keyStore={key_store} certificate={name}"),
+            ),
+            NhnCmd::ExportCertificate {
+                project,
+                key_store,
+                name,
+                ..
+            } => (
+                "NhnExportCertificate",
+                format!("project={project} keyStore={key_store} certificate={name}"),
+            ),
+        }
+    }
+}
+
+/// Runs `hsm-kms admin nhn ...`.
 pub async fn run(engine: &Engine, cmd: NhnCmd) -> anyhow::Result<()> {
     match cmd {
         NhnCmd::CreateProject {

@@ -115,6 +115,8 @@ pub async fn start(
             token_hour_ms: i64::try_from(cfg.naver.token_hour_secs.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
             limits: cfg.limits.object_limits(),
+            gcm_invocation_limit: cfg.hsm.gcm_invocation_limit,
+            checkpoints: cfg.audit.policy(),
         },
     )
     .await?;

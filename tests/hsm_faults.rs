@@ -203,7 +203,10 @@ async fn all_sessions_closed_under_load_fails_nothing() {
         failed.len() + tally.ok.load(Ordering::Relaxed),
         failed.first()
     );
-    assert!(tally.ok.load(Ordering::Relaxed) > 100);
+    // The load ran between the faults (a floor, not a speed: 578 was the
+    // median on a shared 2-core machine, 64 the worst seen; the proof is
+    // 0 failed with the faults repaired, asserted around this).
+    assert!(tally.ok.load(Ordering::Relaxed) >= 20);
     // The faults were met and repaired, not missed.
     assert!(metric(&kms, "hsm_kms_hsm_retries_total").await > 0.0);
     all_decrypt(&kms, &tally).await;
@@ -230,7 +233,10 @@ async fn login_lost_under_load_fails_nothing() {
         failed.len() + tally.ok.load(Ordering::Relaxed),
         failed.first()
     );
-    assert!(tally.ok.load(Ordering::Relaxed) > 100);
+    // The load ran between the faults (a floor, not a speed: 578 was the
+    // median on a shared 2-core machine, 64 the worst seen; the proof is
+    // 0 failed with the faults repaired, asserted around this).
+    assert!(tally.ok.load(Ordering::Relaxed) >= 20);
     assert!(metric(&kms, "hsm_kms_hsm_retries_total").await > 0.0);
     all_decrypt(&kms, &tally).await;
     assert_eq!(readyz(&kms).await.0, 200);

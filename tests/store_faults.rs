@@ -235,6 +235,20 @@ async fn disk_full_refuses_writes_fails_closed_and_recovers_without_restart() {
     nhn_t::key_store(&kms, &p, "S", false, false, false, false).await;
     let nhn_key = nhn_t::create_key(&kms, &p, "symmetric-keys", "S", json!({})).await;
     let nhn_enc = format!("/symmetric-keys/{nhn_key}/encrypt");
+    // The version's first Encrypt since the start reserves its block of
+    // AES-GCM invocations in the store (src/core/invocations.rs): made
+    // before the fill, so the call on the full disk needs no write. Without
+    // it the call on the full disk answered 503 or 200 depending on whether
+    // the reservation's small commit still fit into allocated WAL space.
+    let r = nhn_t::call(
+        &kms,
+        &p,
+        "POST",
+        &nhn_enc,
+        Some(json!({"plaintext": "before"})),
+    )
+    .await;
+    nhn_t::ok(&r);
     let before = objects(&kms).await;
 
     let filler = mnt.fill();
@@ -270,7 +284,7 @@ async fn disk_full_refuses_writes_fails_closed_and_recovers_without_restart() {
         .op(&tag, "decrypt", json!({"ciphertext": ct.clone()}))
         .await;
     naver_503(&r, "decrypt without its activity record");
-    // NHN data calls write nothing: they keep working.
+    // NHN data calls on a reserved version write nothing: they keep working.
     let r = nhn_t::call(
         &kms,
         &p,
@@ -301,6 +315,72 @@ async fn disk_full_refuses_writes_fails_closed_and_recovers_without_restart() {
     nhn_t::create_key(&kms, &p, "symmetric-keys", "S", json!({})).await;
     assert_eq!(objects(&kms).await, before + 3);
     objects_match_rows(&kms).await;
+}
+
+/// Free bytes on the filesystem holding `dir` (`df`).
+fn free_bytes(dir: &Path) -> u64 {
+    let out = Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(dir)
+        .output()
+        .expect("df");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df --output=avail")
+}
+
+/// The disk is "full" for the activity log as for `/readyz`: below
+/// `MIN_FREE_BYTES` (1 MiB) free, NAVER crypto is refused every time.
+/// Before, the log's writer only failed when a commit found no room, and a
+/// small commit still fitting (here 256 KiB are left; on a full disk, WAL
+/// space that failed writes had allocated) was acknowledged while
+/// `/readyz` said 503: the suite saw a decrypt answered 200 on a full disk
+/// in `disk_full_refuses_writes_fails_closed_and_recovers_without_restart`
+/// under load. This test failed on that code (encrypt answered 200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn below_the_free_space_reserve_naver_crypto_is_refused_every_time() {
+    if common::sqlite_only(
+        "SQLite file and filesystem faults (disk full, read-only, file deleted or replaced)",
+    ) {
+        return;
+    }
+    if !root("below_reserve") {
+        return;
+    }
+    let (kms, mnt) = on_tmpfs("24m").await;
+    let tag = kms.create_key("reserve", "AES256", json!({})).await;
+    let ct = kms.encrypt(&tag, b"before", None).await;
+    // Leave 256 KiB: room for many commits, under the 1 MiB reserve.
+    let filler = mnt.dir.join("filler");
+    let free = free_bytes(&mnt.dir);
+    let keep = 256 * 1024;
+    assert!(
+        free > keep + (1 << 20),
+        "{free} bytes free on a fresh tmpfs"
+    );
+    std::fs::write(&filler, vec![0u8; usize::try_from(free - keep).unwrap()]).unwrap();
+    let left = free_bytes(&mnt.dir);
+    assert!(left > 64 * 1024 && left < 1 << 20, "{left} bytes left");
+    assert_eq!(readyz(&kms).await, (503, true), "readyz under the reserve");
+    for i in 0..5 {
+        let r = kms
+            .op(
+                &tag,
+                "encrypt",
+                json!({"plaintext": b64(b"under the reserve")}),
+            )
+            .await;
+        naver_503(&r, &format!("encrypt {i} under the reserve"));
+        let r = kms
+            .op(&tag, "decrypt", json!({"ciphertext": ct.clone()}))
+            .await;
+        naver_503(&r, &format!("decrypt {i} under the reserve"));
+    }
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(readyz(&kms).await.0, 200, "readyz after space returned");
+    assert_eq!(kms.decrypt_ok(&tag, &ct, None).await, b"before");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -396,6 +476,18 @@ async fn read_only_filesystem_refuses_writes_and_fails_closed() {
     let p = project(&kms, "pr", true).await;
     nhn_t::key_store(&kms, &p, "S", false, false, false, false).await;
     let nhn_key = nhn_t::create_key(&kms, &p, "symmetric-keys", "S", json!({})).await;
+    // One Encrypt first: it reserves a block of AES-GCM invocations for the
+    // version in the store (issue 10), which later encrypts use without a write.
+    nhn_t::ok(
+        &nhn_t::call(
+            &kms,
+            &p,
+            "POST",
+            &format!("/symmetric-keys/{nhn_key}/encrypt"),
+            Some(json!({"plaintext": "first"})),
+        )
+        .await,
+    );
     let before = objects(&kms).await;
     assert_eq!(readyz(&kms).await.0, 200);
 

@@ -4,7 +4,9 @@
 //! An operation is answered only after its record is durable.
 //!
 //! No unlogged crypto: when the record cannot be written (a full or
-//! read-only disk, a lost store file) every operation waiting on the batch
+//! read-only disk, where full means less than
+//! [`MIN_FREE_BYTES`](crate::store::MIN_FREE_BYTES) free as for `/readyz`;
+//! a lost store file) every operation waiting on the batch
 //! is refused with a 503, whatever the token did for it; nothing is dropped
 //! silently. The next batch tries again on a fresh connection, so the log
 //! works again, without a restart, once the disk does.
@@ -12,6 +14,7 @@
 use crate::store::ActivitySink;
 use tokio::sync::{mpsc, oneshot};
 
+use super::audit::AuditChain;
 use super::{Engine, Error, Result};
 use crate::store::{ActivityRow, Store};
 
@@ -38,20 +41,49 @@ pub struct ActivityLog {
 }
 
 impl ActivityLog {
-    /// Starts the writer on `store`; `enabled = false` makes every record a
-    /// no-op. With `fsync`, every commit is flushed to disk (survives power
-    /// loss); without, commits reach the OS (WAL, `synchronous=NORMAL`) and
-    /// survive the process being killed, which is what an answer waits for.
-    pub fn start(store: Store, enabled: bool, fsync: bool) -> Self {
-        if !enabled {
+    /// Starts the writer on `store`; without `chain` (the activity log is
+    /// off) every record is a no-op. With `fsync`, every commit is flushed
+    /// to disk (survives power loss); without, commits reach the OS (WAL,
+    /// `synchronous=NORMAL`) and survive the process being killed, which is
+    /// what an answer waits for.
+    ///
+    /// Each batch is chained in the token before it is written (one token
+    /// session pass, in sequence order: see [`AuditChain::write_batch`]);
+    /// while no records arrive, the writer wakes every
+    /// `audit.checkpoint_every_secs` to sign a checkpoint of records not yet
+    /// covered by one.
+    pub fn start(store: Store, chain: Option<AuditChain>, fsync: bool) -> Self {
+        let Some(chain) = chain else {
             return ActivityLog { tx: None };
-        }
+        };
         let (tx, mut rx) = mpsc::channel::<Pending>(4096);
         tokio::spawn(async move {
             let mut conn: Option<crate::store::ActivityWriter> = None;
+            let mut tail = None;
+            let since_ms = crate::store::now_ms();
+            let idle = std::time::Duration::from_millis(
+                u64::try_from(chain.policy().every_ms).unwrap_or(60_000),
+            );
             let mut rows: Vec<ActivityRow> = Vec::with_capacity(MAX_BATCH);
             let mut acks = Vec::with_capacity(MAX_BATCH);
-            while let Some((row, ack)) = rx.recv().await {
+            loop {
+                let (row, ack) = match tokio::time::timeout(idle, rx.recv()).await {
+                    Ok(Some(p)) => p,
+                    Ok(None) => break,
+                    Err(_) => {
+                        // Idle: the time trigger of checkpoints.
+                        if conn.is_none() {
+                            conn = store.activity_writer(fsync).await.ok();
+                        }
+                        if let Some(c) = conn.as_mut() {
+                            if let Err(e) = chain.checkpoint_if_due(c, since_ms).await {
+                                tracing::warn!(error = %e, "audit checkpoint failed; retried later");
+                                conn = None;
+                            }
+                        }
+                        continue;
+                    }
+                };
                 rows.push(row);
                 acks.push(ack);
                 while rows.len() < MAX_BATCH {
@@ -66,20 +98,27 @@ impl ActivityLog {
                 if conn.is_none() {
                     conn = store.activity_writer(fsync).await.ok();
                 }
-                let res = match conn.as_mut() {
-                    Some(c) => c.write(&rows).await,
-                    None => store.insert_activity_batch(&rows).await,
+                // A full disk refuses every batch, not only those whose WAL
+                // frames find no space left allocated (Store::check_space).
+                let res = match (conn.as_mut(), store.check_space()) {
+                    (_, Err(e)) => Err(Error::from(e)),
+                    (Some(c), Ok(())) => chain.write_batch(c, &mut tail, since_ms, &rows).await,
+                    (None, Ok(())) => Err(Error::Unavailable(
+                        "the metadata store is unavailable".into(),
+                    )),
                 }
                 // A commit into a deleted or replaced file is lost to the
                 // next start: not acknowledged.
-                .and_then(|()| store.check_file())
+                .and_then(|()| store.check_file().map_err(Error::from))
                 .map_err(|e| Unrecorded {
-                    unavailable: e.is_unavailable(),
+                    unavailable: matches!(e, Error::Unavailable(_)),
                     message: e.to_string(),
                 });
                 if res.is_err() {
-                    // A broken connection is replaced at the next batch.
+                    // A broken connection is replaced at the next batch,
+                    // and the tail read again.
                     conn = None;
+                    tail = None;
                 }
                 if let Err(e) = &res {
                     tracing::error!(error = %e.message, records = rows.len(), "activity log write failed; the operations are refused (no unlogged crypto)");
@@ -128,6 +167,29 @@ impl Engine {
     /// Records one activity and waits until it is durable.
     pub async fn record_activity(&self, row: ActivityRow) -> Result<()> {
         self.inner.activity.record(row).await
+    }
+
+    /// Records an action of the admin CLI (`auth_type` `ADMIN`, caller
+    /// `admin-cli`) in the chained log, and waits until it is durable.
+    /// `target` names what was acted on (names and public ids only).
+    pub async fn record_admin(&self, action: &str, target: &str) -> Result<()> {
+        let row = ActivityRow {
+            id: 0,
+            at: crate::store::now_ms(),
+            account_id: 0,
+            key_uid: String::new(),
+            key_name: String::new(),
+            key_id: 0,
+            version: None,
+            action: action.to_string(),
+            auth_type: "ADMIN".into(),
+            caller: "admin-cli".into(),
+            source_ip: String::new(),
+            result: "SUCCESS".into(),
+            status: 0,
+            message: target.to_string(),
+        };
+        self.record_activity(row).await
     }
 
     /// Activity of a key owned by `account_id`, oldest first: (rows, total).

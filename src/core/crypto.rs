@@ -114,6 +114,7 @@ impl Engine {
                         "plaintext must be at most 32 KB".into(),
                     ));
                 }
+                self.count_gcm_invocation(&v.cka_id, v.version).await?;
                 match (&v.aux_cka_id, context) {
                     (Some(hmac_id), Some(ctx)) => {
                         self.hsm()

@@ -5,8 +5,10 @@
 mod accounts;
 mod activity;
 pub mod attest;
+pub mod audit;
 mod cache;
 mod crypto;
+mod invocations;
 mod keys;
 pub mod nhn;
 mod reconcile;
@@ -206,6 +208,8 @@ struct EngineInner {
     /// Versions whose creation failed after their objects were made and
     /// whose rollback the store refused: retried by each scheduler pass.
     abandoned: std::sync::Mutex<Vec<keys::Abandoned>>,
+    /// AES-GCM invocations per key version.
+    gcm: invocations::GcmCounts,
 }
 
 /// Engine settings that are not the token or the store.
@@ -219,6 +223,10 @@ pub struct EngineOptions {
     pub token_hour_ms: i64,
     /// How many objects one owner may make.
     pub limits: ObjectLimits,
+    /// AES-GCM encryptions allowed per key version (`hsm.gcm_invocation_limit`).
+    pub gcm_invocation_limit: u64,
+    /// When the audit chain gets a signed checkpoint (`[audit]`).
+    pub checkpoints: audit::CheckpointPolicy,
 }
 
 impl Default for EngineOptions {
@@ -228,6 +236,8 @@ impl Default for EngineOptions {
             activity_fsync: true,
             token_hour_ms: 3_600_000,
             limits: ObjectLimits::default(),
+            gcm_invocation_limit: crate::hsm::GCM_INVOCATION_LIMIT,
+            checkpoints: audit::CheckpointPolicy::default(),
         }
     }
 }
@@ -284,6 +294,12 @@ impl Engine {
         })?;
         let store_for_log = store.clone();
         let installation_id = store.installation_id().await?;
+        // Every record is chained: no activity log without the audit keys.
+        let chain = if opts.activity_log {
+            Some(audit::AuditChain::open(hsm.clone(), &store, opts.checkpoints).await?)
+        } else {
+            None
+        };
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 hsm,
@@ -291,7 +307,7 @@ impl Engine {
                 keys: cache::Cache::new(),
                 secrets: RwLock::new(HashMap::new()),
                 kek_id,
-                activity: ActivityLog::start(store_for_log, opts.activity_log, opts.activity_fsync),
+                activity: ActivityLog::start(store_for_log, chain, opts.activity_fsync),
                 tokens: cache::Cache::new(),
                 generators: cache::Cache::new(),
                 acls: cache::Cache::new(),
@@ -300,6 +316,7 @@ impl Engine {
                 nhn: nhn::NhnState::default(),
                 installation_id,
                 abandoned: std::sync::Mutex::new(Vec::new()),
+                gcm: invocations::GcmCounts::new(opts.gcm_invocation_limit),
             }),
         })
     }

@@ -18,8 +18,10 @@ mod objects;
 mod recovery;
 mod symmetric;
 mod templates;
+mod workers;
 
 pub use asymmetric::SignAlg;
+pub use symmetric::{IvSource, GCM_INVOCATION_LIMIT};
 /// Input limits of the RSA mechanisms.
 pub mod asymmetric_limits {
     pub use super::asymmetric::{RSA_OAEP_MAX, RSA_RAW_SIGN_MAX};
@@ -71,6 +73,22 @@ pub struct HsmConfig {
     pub unavailable_wait: Duration,
     /// Longest pause between two failed re-initialisations of the module.
     pub recovery_backoff_max: Duration,
+    /// How token calls reach a session (see [`Dispatch`]).
+    pub dispatch: Dispatch,
+    /// Where AES-GCM IVs come from.
+    pub gcm_iv_source: IvSource,
+}
+
+/// How request paths hand token calls to sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dispatch {
+    /// Fixed worker threads per class, fed by a queue (the default).
+    #[default]
+    Workers,
+    /// `spawn_blocking` behind a semaphore per class (the earlier dispatch;
+    /// kept to measure against).
+    BlockingPool,
 }
 
 impl std::fmt::Debug for HsmConfig {
@@ -85,6 +103,8 @@ impl std::fmt::Debug for HsmConfig {
             .field("asymmetric_concurrency", &self.asymmetric_concurrency)
             .field("unavailable_wait", &self.unavailable_wait)
             .field("recovery_backoff_max", &self.recovery_backoff_max)
+            .field("dispatch", &self.dispatch)
+            .field("gcm_iv_source", &self.gcm_iv_source)
             .finish()
     }
 }
@@ -144,6 +164,8 @@ struct Inner {
     /// Token or outside path of OAEP-SHA-256 and ECDSA-SHA-256, found at
     /// the first open.
     paths: MechanismPaths,
+    /// The worker threads, with [`Dispatch::Workers`].
+    workers: Option<workers::Workers>,
 }
 
 use handles::HandleKey;
@@ -175,6 +197,13 @@ impl Hsm {
         let sym = cfg.symmetric_concurrency.clamp(1, 1 << 20);
         let asym = cfg.asymmetric_concurrency.clamp(1, 1 << 20);
         metrics::gauge!("hsm_kms_hsm_ready").set(1.0);
+        let workers = match cfg.dispatch {
+            Dispatch::Workers => Some(
+                workers::Workers::start(sym, asym)
+                    .map_err(|e| HsmError::Worker(format!("starting token workers: {e}")))?,
+            ),
+            Dispatch::BlockingPool => None,
+        };
         Ok(Hsm {
             inner: Arc::new(Inner {
                 token_label: module.token_label.clone(),
@@ -189,6 +218,7 @@ impl Hsm {
                 permits: (sym as u32, asym as u32),
                 backoff_max: cfg.recovery_backoff_max,
                 paths,
+                workers,
             }),
         })
     }
@@ -230,7 +260,35 @@ impl Hsm {
         self.run_with(class, Retry::Never, f).await
     }
 
+    /// [`Hsm::run`] for the audit chain's passes (one per group-commit
+    /// batch, one per walked page), counted as
+    /// `hsm_kms_audit_token_calls_total` apart from the token calls that
+    /// requests make (`hsm_kms_token_calls_total`).
+    pub async fn run_audit<T, F>(&self, class: OpClass, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&SessionRef<'_>) -> Result<T> + Send + Sync + 'static,
+    {
+        self.run_counted(class, Retry::Once, "hsm_kms_audit_token_calls_total", f)
+            .await
+    }
+
     async fn run_with<T, F>(&self, class: OpClass, retry: Retry, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&SessionRef<'_>) -> Result<T> + Send + Sync + 'static,
+    {
+        self.run_counted(class, retry, "hsm_kms_token_calls_total", f)
+            .await
+    }
+
+    async fn run_counted<T, F>(
+        &self,
+        class: OpClass,
+        retry: Retry,
+        counter: &'static str,
+        f: F,
+    ) -> Result<T>
     where
         T: Send + 'static,
         F: Fn(&SessionRef<'_>) -> Result<T> + Send + Sync + 'static,
@@ -240,7 +298,7 @@ impl Hsm {
             OpClass::Asymmetric => (&self.inner.asymmetric, "asymmetric"),
         };
         // Operators (and tests) see how much token work requests cause.
-        metrics::counter!("hsm_kms_token_calls_total", "class" => label).increment(1);
+        metrics::counter!(counter, "class" => label).increment(1);
         let f = Arc::new(f);
         let mut runs = match retry {
             Retry::Once => REPAIRED_RUNS,
@@ -254,15 +312,36 @@ impl Hsm {
             if !self.wait_ready(self.inner.cfg.unavailable_wait).await {
                 return Err(HsmError::Unavailable(self.unavailable_reason()));
             }
-            let _permit = sem
-                .acquire()
-                .await
-                .map_err(|e| HsmError::Worker(e.to_string()))?;
             let hsm = self.clone();
             let f = f.clone();
-            let out = tokio::task::spawn_blocking(move || hsm.attempt(&*f, fresh))
-                .await
-                .map_err(|e| HsmError::Worker(e.to_string()))?;
+            let out = match &self.inner.workers {
+                Some(w) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    w.submit(
+                        class,
+                        Box::new(move || {
+                            let out = hsm.attempt(&*f, fresh);
+                            // The port is dropped here, before the caller
+                            // hears back: the last clone must not go on a
+                            // worker thread while the process exits (a
+                            // C_Finalize racing exit made CLI commands fail).
+                            drop((hsm, f));
+                            let _ = tx.send(out);
+                        }),
+                    );
+                    rx.await
+                        .map_err(|_| HsmError::Worker("a token worker panicked".into()))?
+                }
+                None => {
+                    let _permit = sem
+                        .acquire()
+                        .await
+                        .map_err(|e| HsmError::Worker(e.to_string()))?;
+                    tokio::task::spawn_blocking(move || hsm.attempt(&*f, fresh))
+                        .await
+                        .map_err(|e| HsmError::Worker(e.to_string()))?
+                }
+            };
             match out {
                 Ok(v) => return Ok(v),
                 Err(e) => match e.fault() {
@@ -332,6 +411,7 @@ impl Hsm {
                 return Err(e);
             }
         };
+        let logins = recovery::logins();
         let session = &pooled.session;
         let sref = SessionRef {
             session,
@@ -350,10 +430,13 @@ impl Hsm {
         };
         // A private object that is "not found" while the session lost its
         // login is a login fault, not a missing key.
+        // Another thread may have repaired the login while this call ran
+        // logged out (two workers meet the same C_Logout): that is a login
+        // fault too, and the call runs again.
         let err = match err {
             HsmError::ObjectNotFound => match recovery::logged_in(session) {
-                Ok(true) => HsmError::ObjectNotFound,
-                Ok(false) => HsmError::Pkcs11(cryptoki::error::Error::Pkcs11(
+                Ok(true) if recovery::logins() == logins => HsmError::ObjectNotFound,
+                Ok(_) => HsmError::Pkcs11(cryptoki::error::Error::Pkcs11(
                     cryptoki::error::RvError::UserNotLoggedIn,
                     cryptoki::context::Function::FindObjects,
                 )),
@@ -450,7 +533,22 @@ impl Hsm {
     /// racing a `C_FindObjectsInit` answered `CKR_GENERAL_ERROR` and then
     /// crashed the process), which a network HSM's server does not do.
     #[cfg(feature = "test-hooks")]
-    pub async fn quiesced<T>(&self, f: impl FnOnce(Pkcs11, Slot) -> T) -> Result<T> {
+    pub async fn quiesced<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Pkcs11, Slot) -> T + Send + 'static,
+    ) -> Result<T> {
+        if self.inner.workers.is_some() {
+            let hsm = self.clone();
+            return tokio::task::spawn_blocking(move || {
+                let w = hsm.inner.workers.as_ref().expect("workers");
+                w.exclusive(|| {
+                    let (ctx, slot) = hsm.context()?;
+                    Ok(f(ctx, slot))
+                })
+            })
+            .await
+            .map_err(|e| HsmError::Worker(e.to_string()))?;
+        }
         let worker = |e: tokio::sync::AcquireError| HsmError::Worker(e.to_string());
         let _sym = self
             .inner

@@ -255,10 +255,24 @@ pub(super) fn forget(session: Session) {
     std::mem::forget(session);
 }
 
+/// Successful `C_Login` calls of this process so far (see [`logins`]).
+static LOGINS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times this process logged in: a call that found a private
+/// object missing while a login was repaired by another thread ran on a
+/// logged-out session, whatever the session says now.
+pub(super) fn logins() -> u64 {
+    LOGINS.load(Ordering::Acquire)
+}
+
 /// `C_Login` as the user; an application already logged in is fine.
 pub(super) fn login(session: &Session, cfg: &HsmConfig) -> Result<()> {
     match session.login(UserType::User, Some(&cfg.pin)) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Ok(()) => {
+            LOGINS.fetch_add(1, Ordering::AcqRel);
+            Ok(())
+        }
+        Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
         Err(e) => Err(HsmError::Login(e)),
     }
 }

@@ -11,6 +11,24 @@ pub const GCM_IV_LEN: usize = 12;
 /// Length of the GCM tag.
 pub const GCM_TAG_LEN: usize = 16;
 
+/// AES-GCM encryptions with random 96-bit IVs allowed per key (SP 800-38D
+/// section 8.3: the probability of a repeated IV stays below 2^-32 for at
+/// most 2^32 invocations of the encryption function with one key).
+pub const GCM_INVOCATION_LIMIT: u64 = 1 << 32;
+
+/// Where the random 96-bit GCM IVs come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IvSource {
+    /// `C_GenerateRandom` in the token (FIPS 140-3 IG C.H: generated inside
+    /// the module boundary). The default.
+    #[default]
+    Token,
+    /// The operating system's CSPRNG (`getrandom`), outside the token: one
+    /// token call less per Encrypt; not for FIPS 140-3 deployments.
+    Host,
+}
+
 impl SessionRef<'_> {
     /// AES-GCM encryption with a 96-bit IV and a 128-bit tag. Returns
     /// `iv || ciphertext || tag`. Without `iv`, a fresh one comes from the
@@ -27,7 +45,15 @@ impl SessionRef<'_> {
             Some(iv) => iv,
             None => {
                 let mut iv = [0u8; GCM_IV_LEN];
-                self.raw().generate_random_slice(&mut iv)?;
+                match self.hsm.inner.cfg.gcm_iv_source {
+                    IvSource::Token => self.raw().generate_random_slice(&mut iv)?,
+                    IvSource::Host => {
+                        use rand::RngCore as _;
+                        rand::rngs::OsRng
+                            .try_fill_bytes(&mut iv)
+                            .map_err(|e| super::HsmError::Worker(format!("getrandom: {e}")))?
+                    }
+                }
                 iv
             }
         };

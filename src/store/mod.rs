@@ -23,6 +23,8 @@ macro_rules! on_db {
 }
 
 mod accounts;
+mod audit;
+mod invocations;
 mod keys;
 mod naver;
 mod nhn;
@@ -31,6 +33,7 @@ mod repo;
 mod sqlite;
 
 pub use accounts::{AccessKeyRow, AccountRow};
+pub use audit::{AuditRecordRow, AuditTx, ChainTail, CheckpointRow};
 pub use keys::{KeyCaps, KeyRow, NewKey, VersionOwnerRow, VersionRow, VersionState};
 pub use naver::{ActivityRow, ActivityWriter, GeneratorRow, NewToken, TokenParent, TokenRow};
 pub use nhn::{
@@ -202,6 +205,21 @@ impl Store {
     pub fn check_file(&self) -> Result<()> {
         match &self.db {
             Db::Sqlite(db) => db.check_file(),
+            Db::Postgres(_) => Ok(()),
+        }
+    }
+
+    /// Checks that the store's filesystem is writable with at least
+    /// [`MIN_FREE_BYTES`] free (SQLite; always passes on PostgreSQL, whose
+    /// server answers for its own disk). `/readyz` and the activity log's
+    /// writer use it, so that a full disk refuses the log's commits every
+    /// time: without it, a small commit on a full disk still succeeds
+    /// whenever its WAL frames fit into space that earlier failed or
+    /// restarted WAL writes left allocated, and whether a NAVER call is
+    /// refused would depend on the pages its batch touches.
+    pub fn check_space(&self) -> Result<()> {
+        match &self.db {
+            Db::Sqlite(db) => db.check_disk(),
             Db::Postgres(_) => Ok(()),
         }
     }

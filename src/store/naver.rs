@@ -5,36 +5,6 @@ use sqlx::Row;
 
 use super::{map_unique, now_ms, ActivitySink, Db, NaverRepo, Result, Store, StoreError};
 
-/// Writes a batch of activity records on a connection of engine `$db`: one
-/// multi-row INSERT (one implicit transaction, one round trip) per 512
-/// records.
-macro_rules! insert_activity_batch {
-    ($db:ty, $conn:expr, $batch:expr) => {{
-        for chunk in $batch.chunks(512) {
-            let mut qb = sqlx::QueryBuilder::<$db>::new(
-                "INSERT INTO activity_logs (at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message) ",
-            );
-            qb.push_values(chunk, |mut b, a| {
-                b.push_bind(a.at)
-                    .push_bind(a.account_id)
-                    .push_bind(&a.key_uid)
-                    .push_bind(&a.key_name)
-                    .push_bind(a.key_id)
-                    .push_bind(a.version)
-                    .push_bind(&a.action)
-                    .push_bind(&a.auth_type)
-                    .push_bind(&a.caller)
-                    .push_bind(&a.source_ip)
-                    .push_bind(&a.result)
-                    .push_bind(a.status)
-                    .push_bind(&a.message);
-            });
-            qb.build().persistent(false).execute(&mut *$conn).await?;
-        }
-        Ok(())
-    }};
-}
-
 /// A token generator row.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct GeneratorRow {
@@ -373,19 +343,6 @@ impl NaverRepo for Store {
 }
 
 impl ActivitySink for Store {
-    async fn insert_activity_batch(&self, batch: &[ActivityRow]) -> Result<()> {
-        match &self.db {
-            Db::Sqlite(db) => {
-                let mut conn = db.pool.acquire().await?;
-                insert_activity_batch!(sqlx::Sqlite, conn, batch)
-            }
-            Db::Postgres(db) => {
-                let mut conn = db.pool.acquire().await?;
-                insert_activity_batch!(sqlx::Postgres, conn, batch)
-            }
-        }
-    }
-
     async fn activity_writer(&self, fsync: bool) -> Result<ActivityWriter> {
         Ok(ActivityWriter(match &self.db {
             Db::Sqlite(db) => WriterConn::Sqlite(db.activity_writer(fsync).await?),
@@ -452,21 +409,10 @@ impl ActivitySink for Store {
 
 /// The activity-log writer's own connection (see [`ActivitySink::activity_writer`]).
 #[derive(Debug)]
-pub struct ActivityWriter(WriterConn);
+pub struct ActivityWriter(pub(super) WriterConn);
 
 #[derive(Debug)]
-enum WriterConn {
+pub(super) enum WriterConn {
     Sqlite(sqlx::SqliteConnection),
     Postgres(sqlx::PgConnection),
-}
-
-impl ActivityWriter {
-    /// Writes a batch of activity records: one multi-row INSERT (one
-    /// implicit transaction) per 512 records.
-    pub async fn write(&mut self, batch: &[ActivityRow]) -> Result<()> {
-        match &mut self.0 {
-            WriterConn::Sqlite(conn) => insert_activity_batch!(sqlx::Sqlite, conn, batch),
-            WriterConn::Postgres(conn) => insert_activity_batch!(sqlx::Postgres, conn, batch),
-        }
-    }
 }

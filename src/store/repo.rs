@@ -487,16 +487,10 @@ pub trait NhnRepo {
     ) -> impl Future<Output = Result<Option<NhnCredentialRow>>> + Send;
 }
 
-/// The activity log: batches written with group commit, and the reads of
+/// The activity log: the writer's connection (batches are chained and
+/// written with group commit through [`ActivityWriter`]), and the reads of
 /// `GET .../activities` and `.../last-use-info`.
 pub trait ActivitySink {
-    /// Writes a batch of activity records in one transaction (group commit),
-    /// as multi-row INSERTs: one statement per 512 records.
-    fn insert_activity_batch(
-        &self,
-        batch: &[ActivityRow],
-    ) -> impl Future<Output = Result<()>> + Send;
-
     /// A connection of its own for the activity-log writer, whose commits
     /// are flushed to disk only when `fsync` is set (the metadata
     /// connections always flush).

@@ -159,6 +159,7 @@ impl Engine {
 
     async fn nhn_seal(&self, v: &NhnKeyView, plaintext: Vec<u8>) -> Result<NhnSealed> {
         let row = current(v)?;
+        self.count_gcm_invocation(&row.cka_id, row.version).await?;
         let payload = self
             .hsm()
             .aes_gcm_encrypt(row.cka_id.clone(), plaintext, Vec::new(), None)

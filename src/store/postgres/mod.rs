@@ -66,6 +66,21 @@ impl PgDb {
         Ok(tx)
     }
 
+    /// The same write transaction on a connection of its own (the activity
+    /// log's writer): the advisory lock serializes it with every other
+    /// writer, on this node and the others.
+    pub(super) async fn begin_write_on(
+        conn: &mut sqlx::PgConnection,
+    ) -> Result<sqlx::Transaction<'_, sqlx::Postgres>> {
+        use sqlx::Connection as _;
+        let mut tx = conn.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(WRITE_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
     /// A connection of its own for the activity-log writer; without
     /// `fsync` its commits return before the WAL reaches the disk
     /// (`synchronous_commit = off`: they survive this process being killed,

@@ -102,12 +102,22 @@ impl SqliteDb {
     pub(super) async fn open(data_dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(data_dir).map_err(io)?;
         let path = data_dir.join("metadata.db");
-        // An empty file is an empty SQLite database.
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
+        // An empty file is an empty SQLite database. An existing file is
+        // never opened here: closing a descriptor of it would drop every
+        // POSIX lock this process holds on it, including those of SQLite
+        // connections still open on it (a store opened twice in one
+        // process, as `init` then `serve` in the tests), and another
+        // process closing its last connection would then take the file as
+        // unused and reset the WAL under them (records lost).
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
             .open(&path)
-            .map_err(io)?;
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(e)),
+        }
         let url = format!("sqlite://{}", path.display());
         let opts = SqliteConnectOptions::from_str(&url)?
             .create_if_missing(false)
@@ -201,6 +211,15 @@ impl SqliteDb {
     /// under concurrent load: tests/stress_one_key.rs).
     pub(super) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// The same write transaction on a connection of its own (the activity
+    /// log's writer).
+    pub(super) async fn begin_write_on(
+        conn: &mut sqlx::SqliteConnection,
+    ) -> Result<sqlx::Transaction<'_, sqlx::Sqlite>> {
+        use sqlx::Connection as _;
+        Ok(conn.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     /// The file is still ours and its filesystem is writable with at least

@@ -1,0 +1,397 @@
+//! `hsm-kms audit export` and `hsm-kms audit verify-export`: the records
+//! with their chain values and the signed checkpoints as JSON lines for an
+//! auditor, and the offline check of such a file with the attestation
+//! public key (checkpoint signatures, sequence continuity, checkpoints
+//! against the records' chain values). The chain values themselves need the
+//! `audit-hmac` key: `hsm-kms audit verify` checks them on the service.
+//!
+//! File format `hsm-kms-audit-export/1`, one JSON object per line:
+//! - first, `{"type":"header","format","installationId","chainStart",
+//!   "unchained","publicKeySha256","exportedAt","recordBytes","checkpointBytes"}`;
+//! - then every record in sequence order, `{"type":"record","seq","at",
+//!   "accountId","keyUid","keyName","keyId","version","action","authType",
+//!   "caller","sourceIp","result","status","message","chain"}` (`chain`
+//!   hex, `null` for records before the chain);
+//! - each checkpoint right after the record it covers (or at the end when
+//!   that record is not in the log), `{"type":"checkpoint","seq","chain",
+//!   "at","signature"}` (`signature` base64 DER).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{checkpoint_signature_ok, BreakKind};
+use crate::core::{Error, Result};
+use crate::hsm::Hsm;
+use crate::store::{ActivityRow, CheckpointRow, InstallationRepo as _, Store};
+
+/// The `format` of export files.
+pub const FORMAT: &str = "hsm-kms-audit-export/1";
+
+/// One line of an export.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Line {
+    /// The first line.
+    Header(Header),
+    /// An activity record.
+    Record(Record),
+    /// A signed checkpoint.
+    Checkpoint(Checkpoint),
+}
+
+/// The header line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Header {
+    /// [`FORMAT`].
+    pub format: String,
+    /// The installation id (part of every checkpoint's signed bytes).
+    pub installation_id: String,
+    /// The first chained sequence number.
+    pub chain_start: i64,
+    /// Records before it (written before the chain existed).
+    pub unchained: i64,
+    /// SHA-256 (hex) of the attestation key's DER SubjectPublicKeyInfo.
+    pub public_key_sha256: String,
+    /// When the export was written, ms.
+    pub exported_at: i64,
+    /// How a record's canonical bytes and chain value are made.
+    pub record_bytes: String,
+    /// How a checkpoint's signed bytes are made.
+    pub checkpoint_bytes: String,
+}
+
+/// A record line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    /// Sequence number.
+    pub seq: i64,
+    /// Time, ms.
+    pub at: i64,
+    /// Owning account.
+    pub account_id: i64,
+    /// Key uid (NAVER keyTag).
+    pub key_uid: String,
+    /// Key name.
+    pub key_name: String,
+    /// Key id.
+    pub key_id: i64,
+    /// Key version.
+    pub version: Option<i64>,
+    /// Action.
+    pub action: String,
+    /// Auth type.
+    pub auth_type: String,
+    /// Caller.
+    pub caller: String,
+    /// Client address.
+    pub source_ip: String,
+    /// `SUCCESS` / `FAIL`.
+    pub result: String,
+    /// HTTP status.
+    pub status: i64,
+    /// Message.
+    pub message: String,
+    /// Chain value, hex; `None` before the chain.
+    pub chain: Option<String>,
+}
+
+impl Record {
+    /// The record as the chain saw it.
+    pub fn row(&self) -> ActivityRow {
+        ActivityRow {
+            id: self.seq,
+            at: self.at,
+            account_id: self.account_id,
+            key_uid: self.key_uid.clone(),
+            key_name: self.key_name.clone(),
+            key_id: self.key_id,
+            version: self.version,
+            action: self.action.clone(),
+            auth_type: self.auth_type.clone(),
+            caller: self.caller.clone(),
+            source_ip: self.source_ip.clone(),
+            result: self.result.clone(),
+            status: self.status,
+            message: self.message.clone(),
+        }
+    }
+}
+
+/// A checkpoint line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    /// The last record it covers.
+    pub seq: i64,
+    /// That record's chain value, hex.
+    pub chain: String,
+    /// When it was made, ms.
+    pub at: i64,
+    /// ECDSA P-256 over SHA-256 of the checkpoint bytes, DER, base64.
+    pub signature: String,
+}
+
+/// What `record_bytes` says in the header.
+pub const RECORD_BYTES: &str = "chain[seq] = HMAC-SHA-256(audit-hmac key, chain[seq-1] || canonical(seq, record)), \
+     chain[chainStart-1] = 32 zero bytes; canonical = each field as a 4-byte big-endian length then its bytes: \
+     \"hsm-kms-audit-record/1\", seq, at, accountId, keyUid, keyName, keyId, version (empty when null), action, \
+     authType, caller, sourceIp, result, status, message; integers 8-byte big-endian, texts UTF-8";
+
+/// What `checkpoint_bytes` says in the header.
+pub const CHECKPOINT_BYTES: &str = "ECDSA P-256 with SHA-256 (DER) by the attestation key over the fields, \
+     each as a 4-byte big-endian length then its bytes: \"hsm-kms-audit-checkpoint/1\", installationId, seq, \
+     chain (32 bytes), at; integers 8-byte big-endian";
+
+fn line(out: &mut impl Write, l: &Line) -> Result<()> {
+    serde_json::to_writer(&mut *out, l).map_err(|e| Error::Internal(format!("export: {e}")))?;
+    out.write_all(b"\n")
+        .map_err(|e| Error::Internal(format!("export: {e}")))
+}
+
+fn cp_line(c: &CheckpointRow) -> Line {
+    Line::Checkpoint(Checkpoint {
+        seq: c.seq,
+        chain: hex::encode(&c.chain),
+        at: c.at,
+        signature: base64::engine::general_purpose::STANDARD.encode(&c.signature),
+    })
+}
+
+/// Writes the whole log with chain values and checkpoints to `out`;
+/// returns (records, checkpoints) written.
+pub async fn export(hsm: &Hsm, store: &Store, out: &mut impl Write) -> Result<(i64, usize)> {
+    let spki = super::attestation_spki(hsm, store).await?;
+    let start = store.audit_start_seq().await?;
+    let header = Header {
+        format: FORMAT.into(),
+        installation_id: store.installation_id().await?.unwrap_or_default(),
+        chain_start: start,
+        unchained: store.audit_count_before(start).await?,
+        public_key_sha256: hex::encode(Sha256::digest(&spki)),
+        exported_at: crate::store::now_ms(),
+        record_bytes: RECORD_BYTES.into(),
+        checkpoint_bytes: CHECKPOINT_BYTES.into(),
+    };
+    line(out, &Line::Header(header))?;
+    let all_cps = store.audit_checkpoints().await?;
+    let mut cps = all_cps.iter().peekable();
+    let mut next = i64::MIN;
+    let mut n = 0;
+    loop {
+        let page = store.audit_records(next, 10_000).await?;
+        let Some(last) = page.last() else { break };
+        next = last.row.id + 1;
+        for r in &page {
+            let a = &r.row;
+            line(
+                out,
+                &Line::Record(Record {
+                    seq: a.id,
+                    at: a.at,
+                    account_id: a.account_id,
+                    key_uid: a.key_uid.clone(),
+                    key_name: a.key_name.clone(),
+                    key_id: a.key_id,
+                    version: a.version,
+                    action: a.action.clone(),
+                    auth_type: a.auth_type.clone(),
+                    caller: a.caller.clone(),
+                    source_ip: a.source_ip.clone(),
+                    result: a.result.clone(),
+                    status: a.status,
+                    message: a.message.clone(),
+                    chain: r.chain.as_ref().map(hex::encode),
+                }),
+            )?;
+            n += 1;
+            while let Some(c) = cps.next_if(|c| c.seq <= a.id) {
+                line(out, &cp_line(c))?;
+            }
+        }
+    }
+    for c in cps {
+        line(out, &cp_line(c))?;
+    }
+    Ok((n, all_cps.len()))
+}
+
+/// Why an export file was refused outright.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// Not an export of this format.
+    #[error("not an hsm-kms audit export: {0}")]
+    Malformed(String),
+    /// The public key is not a P-256 PEM public key.
+    #[error("the public key is not a P-256 PEM public key: {0}")]
+    PublicKey(String),
+    /// The export names another attestation key.
+    #[error(
+        "the export names another attestation key (sha256 {export}; the key given: sha256 {given})"
+    )]
+    OtherKey {
+        /// The export's.
+        export: String,
+        /// The given key's.
+        given: String,
+    },
+}
+
+/// What the offline check found.
+#[derive(Debug, Clone)]
+pub struct ExportReport {
+    /// Records in the file.
+    pub records: i64,
+    /// Chained records.
+    pub chained: i64,
+    /// Checkpoints whose signature holds.
+    pub checkpoints_ok: usize,
+    /// The first break, if any.
+    pub first_break: Option<super::Break>,
+}
+
+/// Checks an export offline with the attestation public key (PEM): every
+/// checkpoint's signature, sequence continuity of the chained records,
+/// each checkpoint's chain value against its record's, and that the
+/// records reach the newest checkpoint. The HMAC chain values are not
+/// checked here (that needs the token: `hsm-kms audit verify`).
+pub fn verify_export(
+    file: &[u8],
+    public_key_pem: &str,
+) -> std::result::Result<ExportReport, ExportError> {
+    use p256::pkcs8::{DecodePublicKey as _, EncodePublicKey as _};
+    let key = p256::PublicKey::from_public_key_pem(public_key_pem.trim())
+        .map_err(|e| ExportError::PublicKey(e.to_string()))?;
+    let spki = key
+        .to_public_key_der()
+        .map_err(|e| ExportError::PublicKey(e.to_string()))?;
+    let given = hex::encode(Sha256::digest(spki.as_bytes()));
+    let vk = p256::ecdsa::VerifyingKey::from(key);
+    let text = std::str::from_utf8(file).map_err(|e| ExportError::Malformed(e.to_string()))?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty()).enumerate();
+    let header = match lines.next().map(|(_, l)| serde_json::from_str::<Line>(l)) {
+        Some(Ok(Line::Header(h))) if h.format == FORMAT => h,
+        Some(Ok(_)) => {
+            return Err(ExportError::Malformed(
+                "the first line is not its header".into(),
+            ))
+        }
+        Some(Err(e)) => return Err(ExportError::Malformed(format!("line 1: {e}"))),
+        None => return Err(ExportError::Malformed("empty file".into())),
+    };
+    if header.public_key_sha256 != given {
+        return Err(ExportError::OtherKey {
+            export: header.public_key_sha256,
+            given,
+        });
+    }
+    let mut report = ExportReport {
+        records: 0,
+        chained: 0,
+        checkpoints_ok: 0,
+        first_break: None,
+    };
+    let mut breaks: Vec<super::Break> = Vec::new();
+    let mut chains: BTreeMap<i64, Option<String>> = BTreeMap::new();
+    let mut cps: Vec<Checkpoint> = Vec::new();
+    let mut last: Option<i64> = None;
+    for (i, l) in lines {
+        match serde_json::from_str::<Line>(l) {
+            Ok(Line::Record(r)) => {
+                report.records += 1;
+                if r.seq >= header.chain_start {
+                    report.chained += 1;
+                    let expected = last
+                        .map(|s| s + 1)
+                        .unwrap_or(header.chain_start)
+                        .max(header.chain_start);
+                    if r.seq < expected {
+                        breaks.push(super::verify::brk(
+                            r.seq,
+                            BreakKind::Reordered,
+                            format!("seq {} comes after seq {}", r.seq, expected - 1),
+                        ));
+                    } else if r.seq > expected {
+                        breaks.push(super::verify::brk(
+                            expected,
+                            BreakKind::Deleted,
+                            format!("the records at seq {expected} to {} are missing", r.seq - 1),
+                        ));
+                    }
+                    if r.chain.is_none() {
+                        breaks.push(super::verify::brk(
+                            r.seq,
+                            BreakKind::Edited,
+                            format!("the record at seq {} has no chain value", r.seq),
+                        ));
+                    }
+                }
+                last = Some(last.map_or(r.seq, |s: i64| s.max(r.seq)));
+                chains.insert(r.seq, r.chain);
+            }
+            Ok(Line::Checkpoint(c)) => cps.push(c),
+            Ok(Line::Header(_)) => {
+                return Err(ExportError::Malformed(format!(
+                    "line {}: a second header",
+                    i + 1
+                )))
+            }
+            Err(e) => return Err(ExportError::Malformed(format!("line {}: {e}", i + 1))),
+        }
+    }
+    let mut newest_good = None;
+    for c in &cps {
+        let row = CheckpointRow {
+            seq: c.seq,
+            chain: hex::decode(&c.chain).unwrap_or_default(),
+            at: c.at,
+            signature: base64::engine::general_purpose::STANDARD
+                .decode(&c.signature)
+                .unwrap_or_default(),
+        };
+        if !checkpoint_signature_ok(&vk, &header.installation_id, &row) {
+            breaks.push(super::verify::brk(
+                c.seq,
+                BreakKind::BadCheckpointSignature,
+                format!(
+                    "the checkpoint at seq {} does not carry a valid attestation-key signature",
+                    c.seq
+                ),
+            ));
+            continue;
+        }
+        report.checkpoints_ok += 1;
+        newest_good = newest_good.max(Some(c.seq));
+        match chains.get(&c.seq) {
+            Some(Some(chain)) if *chain == c.chain => {}
+            Some(_) => breaks.push(super::verify::brk(
+                c.seq,
+                BreakKind::CheckpointMismatch,
+                format!(
+                    "the checkpoint signed at seq {} names another chain value than the record's",
+                    c.seq
+                ),
+            )),
+            None => {}
+        }
+    }
+    if let Some(s) = newest_good {
+        let end = last.unwrap_or(header.chain_start - 1);
+        if s > end {
+            breaks.push(super::verify::brk(
+                end + 1,
+                BreakKind::Truncated,
+                format!(
+                    "the records end at seq {end} but a checkpoint signed at seq {s} covers more"
+                ),
+            ));
+        }
+    }
+    report.first_break = breaks.into_iter().min_by_key(|b| b.seq);
+    Ok(report)
+}

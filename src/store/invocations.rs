@@ -1,0 +1,38 @@
+//! Durable counts of AES-GCM invocations per key version (by `CKA_ID`).
+
+use super::{Result, Store};
+
+impl Store {
+    /// Invocations reserved so far for the key object `cka_id` (0 if none).
+    pub async fn gcm_reserved(&self, cka_id: &[u8]) -> Result<u64> {
+        on_db!(self, db => {
+            let v: Option<i64> =
+                sqlx::query_scalar("SELECT reserved FROM gcm_invocations WHERE cka_id = $1")
+                    .bind(cka_id)
+                    .fetch_optional(&db.pool)
+                    .await?;
+            Ok(v.unwrap_or(0).max(0) as u64)
+        })
+    }
+
+    /// Reserves the next `block` invocations for `cka_id` in one atomic
+    /// increment and returns the new reserved count: the caller may use
+    /// the invocations from `returned - block` (exclusive) up to `returned`.
+    /// Two callers (two nodes, or a node and an admin command) never get
+    /// the same block, whatever they read before.
+    pub async fn gcm_reserve_next(&self, cka_id: &[u8], block: u64) -> Result<u64> {
+        let block = block.min(i64::MAX as u64) as i64;
+        on_db!(self, db => {
+            let v: i64 = sqlx::query_scalar(
+                "INSERT INTO gcm_invocations (cka_id, reserved) VALUES ($1, $2) \
+                 ON CONFLICT (cka_id) DO UPDATE SET reserved = gcm_invocations.reserved + excluded.reserved \
+                 RETURNING reserved",
+            )
+            .bind(cka_id)
+            .bind(block)
+            .fetch_one(&db.pool)
+            .await?;
+            Ok(v.max(0) as u64)
+        })
+    }
+}

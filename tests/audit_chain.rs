@@ -1,0 +1,574 @@
+//! The tamper-evident audit trail (issue 12, section 2): every activity
+//! record carries a chain value computed in the token, checkpoints are
+//! signed with the attestation key, and `hsm-kms audit verify` finds the
+//! first break (position and kind) after rows were edited, deleted,
+//! reordered or truncated, or a checkpoint forged, directly in the store
+//! (SQLite, or PostgreSQL with `HSM_KMS_TEST_STORE=postgres`).
+//!
+//! Each test starts the service in-process on a fresh SoftHSM token (one
+//! checkpoint every 10 records), makes 31 records (CreateKey, then Encrypt
+//! and Decrypt alternately: seq 1 is CreateKey, even seqs Encrypt, odd
+//! seqs Decrypt), tampers with the store through a connection of its own, and runs the real binary for `audit verify`, `audit export`
+//! and `audit verify-export`, as an operator would beside the server.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Kms, PIN};
+use serde_json::json;
+
+/// Records made by [`setup`].
+const RECORDS: i64 = 31;
+
+/// The binary with the service's token and store.
+fn kms_cmd(kms: &Kms) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hsm-kms"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("HSM_KMS_") {
+            c.env_remove(k);
+        }
+    }
+    let cfg = &kms.config;
+    c.env("HSM_KMS_HSM_MODULE", &cfg.hsm.module)
+        .env("HSM_KMS_HSM_TOKEN_LABEL", "hsm-kms-test")
+        .env("HSM_KMS_PIN", PIN)
+        .env("HSM_KMS_STORE_DATA_DIR", &cfg.store.data_dir)
+        .env("HSM_KMS_STORE_URL", &cfg.store.url)
+        .env("HSM_KMS_LOG_LEVEL", "warn")
+        .env("HSM_KMS_LOG_FORMAT", "text");
+    c
+}
+
+/// Runs the binary: (exit code, stdout, stderr).
+fn run(mut c: Command) -> (i32, String, String) {
+    let out = c.output().expect("run hsm-kms");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `hsm-kms audit verify [ARGS]`: (exit code, stdout).
+fn verify(kms: &Kms, args: &[&str]) -> (i32, String) {
+    let mut c = kms_cmd(kms);
+    c.args(["audit", "verify"]).args(args);
+    let (code, out, err) = run(c);
+    assert!(code == 0 || code == 1, "audit verify failed: {out}{err}");
+    (code, out)
+}
+
+/// Asserts `audit verify` reports the first break at `seq` of `kind`.
+fn assert_break(kms: &Kms, seq: i64, kind: &str) {
+    let (code, out) = verify(kms, &[]);
+    assert_eq!(code, 1, "a break exits 1: {out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("BREAK "))
+        .unwrap_or_else(|| panic!("no BREAK line: {out}"));
+    assert!(
+        line.starts_with(&format!("BREAK seq={seq} kind={kind} ")),
+        "expected the break at seq {seq} ({kind}): {out}"
+    );
+}
+
+/// `hsm-kms audit export --out FILE`.
+fn export(kms: &Kms, name: &str) -> PathBuf {
+    let path = kms.dir.path().join(name);
+    let mut c = kms_cmd(kms);
+    c.args(["audit", "export", "--out"]).arg(&path);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "audit export: {out}{err}");
+    path
+}
+
+/// The attestation public key, from `hsm-kms attest public-key`.
+fn public_key(kms: &Kms) -> PathBuf {
+    let path = kms.dir.path().join("attest.pem");
+    let mut c = kms_cmd(kms);
+    c.args(["attest", "public-key", "--out"]).arg(&path);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "attest public-key: {out}{err}");
+    path
+}
+
+/// `hsm-kms audit verify-export FILE --public-key PEM` with no token and
+/// no store at all: (exit code, stdout).
+fn verify_export(file: &Path, pem: &Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hsm-kms"))
+        .env_clear()
+        .env("HSM_KMS_HSM_MODULE", "/nonexistent/module.so")
+        .env("HSM_KMS_STORE_DATA_DIR", "/nonexistent/data")
+        .args(["audit", "verify-export"])
+        .arg(file)
+        .arg("--public-key")
+        .arg(pem)
+        .output()
+        .expect("run hsm-kms audit verify-export");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// A service with 31 records and checkpoints at seq 10, 20 and 30.
+async fn setup() -> Kms {
+    let kms = Kms::start_with(|c| {
+        c.audit.checkpoint_every_records = 10;
+        c.audit.checkpoint_every_secs = 3600;
+    })
+    .await;
+    let tag = kms.create_key("audited", "AES256", json!({})).await;
+    for i in 0..15u8 {
+        let ct = kms.encrypt(&tag, &[i; 4], None).await;
+        assert_eq!(kms.decrypt_ok(&tag, &ct, None).await, vec![i; 4]);
+    }
+    kms
+}
+
+async fn exec(kms: &Kms, sql: &str) {
+    let db = kms.db().await;
+    sqlx::query(sql).execute(&db).await.expect(sql);
+    db.close().await;
+}
+
+/// Runs `sql` with one bound blob (`$1`).
+async fn exec_blob(kms: &Kms, sql: &str, blob: Vec<u8>) {
+    let db = kms.db().await;
+    sqlx::query(sql).bind(blob).execute(&db).await.expect(sql);
+    db.close().await;
+}
+
+/// Exchanges the time and action of two records, leaving their ids and
+/// chain values in place.
+async fn swap_fields(kms: &Kms, a: i64, b: i64) {
+    let db = kms.db().await;
+    let get = |id: i64| {
+        sqlx::query_as::<_, (i64, String)>("SELECT at, action FROM activity_logs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&db)
+    };
+    let (ra, rb) = (get(a).await.unwrap(), get(b).await.unwrap());
+    assert_ne!(ra, rb, "the records differ");
+    for (id, (at, action)) in [(a, rb), (b, ra)] {
+        sqlx::query("UPDATE activity_logs SET at = $1, action = $2 WHERE id = $3")
+            .bind(at)
+            .bind(action)
+            .bind(id)
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    db.close().await;
+}
+
+async fn checkpoints(kms: &Kms) -> Vec<i64> {
+    let db = kms.db().await;
+    let v = sqlx::query_scalar("SELECT seq FROM audit_checkpoints ORDER BY seq")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    v
+}
+
+#[tokio::test]
+async fn an_untouched_log_verifies_online_and_offline() {
+    let kms = setup().await;
+    assert_eq!(checkpoints(&kms).await, vec![10, 20, 30]);
+    let (code, out) = verify(&kms, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "checked {RECORDS} records from seq 1 to seq {RECORDS}; 3 checkpoints (newest at seq 30)"
+        )),
+        "{out}"
+    );
+    assert!(out.lines().last() == Some("OK"), "{out}");
+    assert!(!out.contains("unchained"), "{out}");
+    // From a later position, anchored on the stored chain value before it.
+    let (code, out) = verify(&kms, &["--from", "15"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("checked 17 records from seq 15"), "{out}");
+
+    // An admin CLI action, written by another process, joins the chain.
+    let mut c = kms_cmd(&kms);
+    c.args(["admin", "create-account", "auditor-demo"]);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{out}{err}");
+    let db = kms.db().await;
+    let (action, auth, msg, chain): (String, String, String, Option<Vec<u8>>) =
+        sqlx::query_as("SELECT action, auth_type, message, chain FROM activity_logs WHERE id = $1")
+            .bind(RECORDS + 1)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    db.close().await;
+    assert_eq!(
+        (action.as_str(), auth.as_str(), msg.as_str()),
+        ("AdminCreateAccount", "ADMIN", "account=auditor-demo")
+    );
+    assert_eq!(chain.map(|c| c.len()), Some(32));
+    // ... and the server continues the chain after it.
+    let tag = kms.create_key("after-admin", "AES256", json!({})).await;
+    kms.encrypt(&tag, b"x", None).await;
+    let (code, out) = verify(&kms, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("checked 34 records"), "{out}");
+
+    // The export checks offline with the attestation public key.
+    let file = export(&kms, "audit.jsonl");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["type"], "header");
+    assert_eq!(lines[0]["format"], "hsm-kms-audit-export/1");
+    assert_eq!(lines.iter().filter(|l| l["type"] == "record").count(), 34);
+    assert_eq!(
+        lines.iter().filter(|l| l["type"] == "checkpoint").count(),
+        3
+    );
+    // The checkpoint at seq 10 comes right after record 10.
+    let at = lines
+        .iter()
+        .position(|l| l["type"] == "checkpoint" && l["seq"] == 10)
+        .unwrap();
+    assert_eq!(lines[at - 1]["seq"], 10);
+    assert_eq!(lines[at - 1]["chain"], lines[at]["chain"]);
+    let pem = public_key(&kms);
+    let (code, out) = verify_export(&file, &pem);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("34 records (34 chained), 3 checkpoints"),
+        "{out}"
+    );
+
+    // A line cut out of the export, and a checkpoint altered in it, are
+    // found offline.
+    let cut: String = text
+        .lines()
+        .filter(|l| !l.contains("\"seq\":7,"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cut_file = kms.dir.path().join("cut.jsonl");
+    std::fs::write(&cut_file, cut).unwrap();
+    let (code, out) = verify_export(&cut_file, &pem);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("BREAK seq=7 kind=deleted"), "{out}");
+    let mut forged: Vec<serde_json::Value> = lines.clone();
+    forged[at]["at"] = json!(forged[at]["at"].as_i64().unwrap() + 1);
+    let forged_file = kms.dir.path().join("forged.jsonl");
+    std::fs::write(
+        &forged_file,
+        forged.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let (code, out) = verify_export(&forged_file, &pem);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("BREAK seq=10 kind=bad-checkpoint-signature"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn an_edited_field_is_found_at_its_record() {
+    let kms = setup().await;
+    exec(
+        &kms,
+        "UPDATE activity_logs SET source_ip = '203.0.113.9' WHERE id = 17",
+    )
+    .await;
+    assert_break(&kms, 17, "edited");
+    // Walking from after the edit, the rest holds.
+    let (code, out) = verify(&kms, &["--from", "18"]);
+    assert_eq!(code, 0, "{out}");
+    // An edited chain value is an edit too.
+    exec_blob(
+        &kms,
+        "UPDATE activity_logs SET source_ip = '127.0.0.1', chain = $1 WHERE id = 17",
+        vec![0u8; 32],
+    )
+    .await;
+    assert_break(&kms, 17, "edited");
+}
+
+#[tokio::test]
+async fn a_deleted_row_is_found_at_its_position() {
+    let kms = setup().await;
+    exec(&kms, "DELETE FROM activity_logs WHERE id = 12").await;
+    assert_break(&kms, 12, "deleted");
+}
+
+#[tokio::test]
+async fn swapped_rows_are_found_as_reordered() {
+    let kms = setup().await;
+    // Fields moved, chain values left in place (an Encrypt and a Decrypt).
+    swap_fields(&kms, 14, 15).await;
+    assert_break(&kms, 14, "reordered");
+    swap_fields(&kms, 14, 15).await;
+    let (code, out) = verify(&kms, &[]);
+    assert_eq!(code, 0, "swapped back: {out}");
+    // Whole rows moved, chain values with them.
+    for sql in [
+        "UPDATE activity_logs SET id = -14 WHERE id = 14",
+        "UPDATE activity_logs SET id = 14 WHERE id = 19",
+        "UPDATE activity_logs SET id = 19 WHERE id = -14",
+    ] {
+        exec(&kms, sql).await;
+    }
+    assert_break(&kms, 14, "reordered");
+}
+
+#[tokio::test]
+async fn a_truncated_tail_is_found_by_the_checkpoint() {
+    let kms = setup().await;
+    // Records 26 to 31 cut off; the checkpoint at 30 covered them.
+    exec(&kms, "DELETE FROM activity_logs WHERE id > 25").await;
+    assert_break(&kms, 26, "truncated");
+    // Offline too, from an export of the truncated log.
+    let file = export(&kms, "truncated.jsonl");
+    let pem = public_key(&kms);
+    let (code, out) = verify_export(&file, &pem);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("BREAK seq=26 kind=truncated"), "{out}");
+    // The service writing on after the cut does not hide it: the chain it
+    // continues from seq 26 does not match the checkpoint signed at 30.
+    let tag: String = {
+        let db = kms.db().await;
+        let t = sqlx::query_scalar("SELECT key_uid FROM activity_logs WHERE id = 1")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        db.close().await;
+        t
+    };
+    for _ in 0..6 {
+        kms.encrypt(&tag, b"more", None).await;
+    }
+    assert_break(&kms, 30, "checkpoint-mismatch");
+}
+
+#[tokio::test]
+async fn a_forged_checkpoint_is_found() {
+    let kms = setup().await;
+    exec_blob(
+        &kms,
+        "UPDATE audit_checkpoints SET chain = $1 WHERE seq = 20",
+        vec![0u8; 32],
+    )
+    .await;
+    assert_break(&kms, 20, "bad-checkpoint-signature");
+    // A made-up checkpoint past the end (to fake a longer log) as well.
+    let kms_db = kms.db().await;
+    sqlx::query("UPDATE audit_checkpoints SET chain = (SELECT chain FROM activity_logs WHERE id = 20) WHERE seq = 20")
+        .execute(&kms_db)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO audit_checkpoints (seq, chain, at, signature) SELECT 99, chain, at, signature FROM audit_checkpoints WHERE seq = 30")
+        .execute(&kms_db)
+        .await
+        .unwrap();
+    kms_db.close().await;
+    assert_break(&kms, 99, "bad-checkpoint-signature");
+}
+
+#[tokio::test]
+async fn records_written_before_the_chain_are_reported_unchained() {
+    // A store as the release before the chain left it: the engine's
+    // migrations before 0009 and three activity records.
+    let legacy = tempfile::tempdir().unwrap();
+    let migs = legacy.path().join("migrations");
+    std::fs::create_dir_all(&migs).unwrap();
+    let engine = if common::on_postgres() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(engine);
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.as_str() < "0009" {
+            std::fs::copy(&p, migs.join(&name)).unwrap();
+        }
+    }
+    let data = legacy.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let db_file = data.join("metadata.db");
+    let url = common::test_store_url();
+    if url.is_empty() {
+        std::fs::File::create(&db_file).unwrap();
+        let db = common::db_pool(&db_file).await;
+        sqlx::migrate::Migrator::new(migs.as_path())
+            .await
+            .unwrap()
+            .run(&db)
+            .await
+            .unwrap();
+        db.close().await;
+    } else {
+        let db = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::migrate::Migrator::new(migs.as_path())
+            .await
+            .unwrap()
+            .run(&db)
+            .await
+            .unwrap();
+        db.close().await;
+    }
+    let db = common::any_pool(&url, &db_file).await;
+    for i in 0..3 {
+        sqlx::query(
+            "INSERT INTO activity_logs (at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message)
+             VALUES ($1, 1, 'old-key', 'old', 1, 1, 'Encrypt', 'ACCOUNT', 'AK', '10.0.0.1', 'SUCCESS', 200, '')",
+        )
+        .bind(1_600_000_000_000i64 + i)
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+    db.close().await;
+    // The upgrade: this release opens it (migration 0009) and chains from
+    // seq 4 on.
+    let data_dir = data.display().to_string();
+    let kms = Kms::start_with(move |c| {
+        c.store.data_dir = data_dir;
+        c.store.url = url;
+    })
+    .await;
+    let tag = kms.create_key("new", "AES256", json!({})).await;
+    kms.encrypt(&tag, b"x", None).await;
+    let (code, out) = verify(&kms, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("unchained before seq 4: 3 records"), "{out}");
+    assert!(
+        out.contains("checked 2 records from seq 4 to seq 5"),
+        "{out}"
+    );
+    // The export carries them, without chain values, and checks offline.
+    let file = export(&kms, "legacy.jsonl");
+    let (code, out) = verify_export(&file, &public_key(&kms));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("5 records (2 chained)"), "{out}");
+}
+
+#[tokio::test]
+async fn checkpoints_come_every_t_seconds_while_idle() {
+    let kms = Kms::start_with(|c| {
+        c.audit.checkpoint_every_records = 1000;
+        c.audit.checkpoint_every_secs = 1;
+    })
+    .await;
+    let tag = kms.create_key("idle", "AES256", json!({})).await;
+    kms.encrypt(&tag, b"x", None).await;
+    // No further request: the writer's time trigger signs the tail.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while checkpoints(&kms).await != vec![2] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint of seq 2 while idle: {:?}",
+            checkpoints(&kms).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (code, out) = verify(&kms, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 checkpoints (newest at seq 2)"), "{out}");
+}
+
+#[tokio::test]
+async fn an_installation_without_the_audit_key_gets_it_from_init() {
+    let kms = Kms::start().await;
+    // As an installation made before `init` made the audit-hmac key.
+    exec(&kms, "DELETE FROM service_keys WHERE name = 'audit-hmac'").await;
+    let mut c = kms_cmd(&kms);
+    c.args(["admin", "create-account", "x"]);
+    let (code, out, err) = run(c);
+    assert_ne!(code, 0, "no audit key, no unchained record: {out}{err}");
+    assert!(
+        err.contains("no `audit-hmac` service key") && err.contains("hsm-kms init"),
+        "{err}"
+    );
+    let mut c = kms_cmd(&kms);
+    c.arg("init");
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("created service keys: audit-hmac"), "{err}");
+    let mut c = kms_cmd(&kms);
+    c.args(["admin", "create-account", "x"]);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out) = verify(&kms, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("checked 1 records"), "{out}");
+}
+
+/// Set in the child process of the test below: the store it opens and closes.
+const CHILD_DB: &str = "AUDIT_CHAIN_TEST_CHILD_DB";
+
+/// A store opened a second time in one process (as `init` then `serve` in
+/// the in-process tests) must leave the first one's SQLite locks alone:
+/// the second open used to open and close a descriptor of `metadata.db`,
+/// which dropped every POSIX lock of the process on it, so another process
+/// closing its last connection took the database as unused and reset the
+/// WAL under the open connections (this test's chain walk then lost
+/// records written after an admin command, about one run in four).
+#[tokio::test]
+async fn a_store_opened_twice_in_one_process_keeps_its_wal() {
+    if common::sqlite_only("SQLite's file locks and WAL") {
+        return;
+    }
+    if let Ok(path) = std::env::var(CHILD_DB) {
+        // The other process: open, read, close (the last connection).
+        let db = common::db_pool(Path::new(&path)).await;
+        sqlx::query("SELECT COUNT(*) FROM accounts")
+            .execute(&db)
+            .await
+            .unwrap();
+        db.close().await;
+        return;
+    }
+    use hsm_kms::store::AccountRepo as _;
+    let dir = tempfile::tempdir().unwrap();
+    let a = hsm_kms::store::Store::open_sqlite(dir.path())
+        .await
+        .unwrap();
+    a.create_account("first").await.unwrap();
+    let _b = hsm_kms::store::Store::open_sqlite(dir.path())
+        .await
+        .unwrap();
+    let db_file = dir.path().join("metadata.db");
+    let wal = dir.path().join("metadata.db-wal");
+    assert!(wal.exists(), "WAL mode");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_store_opened_twice_in_one_process_keeps_its_wal",
+            "--exact",
+        ])
+        .env(CHILD_DB, &db_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        wal.exists(),
+        "another process's last close reset the WAL under this process's open connections"
+    );
+    a.create_account("second").await.unwrap();
+    let db = common::db_pool(&db_file).await;
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+}
