@@ -377,6 +377,24 @@ async fn a_forged_checkpoint_is_found() {
     assert_break(&kms, 99, "bad-checkpoint-signature");
 }
 
+/// On PostgreSQL a new, empty database in the test cluster (not
+/// `common::test_store_url`, whose databases may come migrated); empty
+/// (SQLite) otherwise.
+async fn legacy_store_url() -> String {
+    use sqlx::{Connection as _, Executor as _};
+    if !common::on_postgres() {
+        return String::new();
+    }
+    let admin = std::env::var("HSM_KMS_TEST_PG_URL").expect("HSM_KMS_TEST_PG_URL");
+    let name = format!("legacy_{}", uuid::Uuid::new_v4().simple());
+    let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
+    c.execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+    format!("{}/{name}", admin.rsplit_once('/').unwrap().0)
+}
+
 #[tokio::test]
 async fn records_written_before_the_chain_are_reported_unchained() {
     // A store as the release before the chain left it: the engine's
@@ -402,7 +420,7 @@ async fn records_written_before_the_chain_are_reported_unchained() {
     let data = legacy.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let db_file = data.join("metadata.db");
-    let url = common::test_store_url();
+    let url = legacy_store_url().await;
     if url.is_empty() {
         std::fs::File::create(&db_file).unwrap();
         let db = common::db_pool(&db_file).await;
