@@ -296,12 +296,16 @@ impl Default for HsmSection {
 pub struct StoreConfig {
     /// Directory of the SQLite database.
     pub data_dir: String,
+    /// PostgreSQL URL (`postgres://user@host:port/db`); empty: SQLite under
+    /// `data_dir`.
+    pub url: String,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             data_dir: "./data".into(),
+            url: String::new(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Wiring: opens the token and the store from a [`Config`], runs the
 //! reconciler, and serves the router. Used by `main` and by the tests.
 
+use crate::store::AccountRepo;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ pub async fn open(cfg: &Config) -> anyhow::Result<(Hsm, Store)> {
         .await
         .context("HSM worker")?
         .context("cannot open the HSM token")?;
-    let store = Store::open_sqlite(&PathBuf::from(&cfg.store.data_dir))
+    let store = Store::open(&cfg.store.url, &PathBuf::from(&cfg.store.data_dir))
         .await
         .context("cannot open the metadata store")?;
     Ok((hsm, store))
@@ -34,18 +35,11 @@ pub async fn open(cfg: &Config) -> anyhow::Result<(Hsm, Store)> {
 
 /// The reconciler with the store path and token named in its refusals, so
 /// that a wrong `store.data_dir` shows in the one-line error.
-async fn start_up(
-    cfg: &Config,
-    hsm: &Hsm,
-    store: &Store,
-    mode: StartMode,
-) -> anyhow::Result<ReconcileReport> {
+async fn start_up(hsm: &Hsm, store: &Store, mode: StartMode) -> anyhow::Result<ReconcileReport> {
     reconcile(hsm, store, mode).await.with_context(|| {
-        let dir = PathBuf::from(&cfg.store.data_dir);
-        let dir = std::path::absolute(&dir).unwrap_or(dir);
         format!(
             "store {} and token {:?}",
-            dir.join("metadata.db").display(),
+            store.describe(),
             hsm.token_label()
         )
     })
@@ -64,7 +58,7 @@ pub struct InitOutcome {
 /// one access key. Idempotent: a second run creates nothing.
 pub async fn init(cfg: &Config, account: &str) -> anyhow::Result<InitOutcome> {
     let (hsm, store) = open(cfg).await?;
-    start_up(cfg, &hsm, &store, StartMode::Init).await?;
+    start_up(&hsm, &store, StartMode::Init).await?;
     let created = ensure_service_keys(&hsm, &store).await?;
     let engine = Engine::new(hsm, store).await?;
     let first_credentials = if engine.store().account_by_name(account).await?.is_none() {
@@ -102,7 +96,7 @@ pub async fn start(
     // handle map is counted too (`hsm_kms_find_objects_total`).
     crate::api::metrics::handle();
     let (hsm, store) = open(cfg).await?;
-    let report = start_up(cfg, &hsm, &store, StartMode::Serve).await?;
+    let report = start_up(&hsm, &store, StartMode::Serve).await?;
     tracing::info!(?report, "reconciler finished");
     if report.unknown_objects > 0 {
         tracing::warn!(

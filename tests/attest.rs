@@ -17,6 +17,7 @@ use std::process::{Command, Output};
 
 use common::{Kms, PIN};
 use hsm_kms::core::attest::{self, Row, Scope, SignedReport};
+use hsm_kms::store::InstallationRepo;
 use nhn::{key_store, project};
 use serde_json::json;
 
@@ -33,6 +34,7 @@ fn kms_cmd(kms: &Kms) -> Command {
         .env("HSM_KMS_HSM_TOKEN_LABEL", "hsm-kms-test")
         .env("HSM_KMS_PIN", PIN)
         .env("HSM_KMS_STORE_DATA_DIR", &cfg.store.data_dir)
+        .env("HSM_KMS_STORE_URL", &cfg.store.url)
         .env("HSM_KMS_LOG_LEVEL", "warn")
         .env("HSM_KMS_LOG_FORMAT", "text");
     c

@@ -2,13 +2,13 @@
 //! record carries a chain value computed in the token, checkpoints are
 //! signed with the attestation key, and `hsm-kms audit verify` finds the
 //! first break (position and kind) after rows were edited, deleted,
-//! reordered or truncated, or a checkpoint forged, directly in SQLite.
+//! reordered or truncated, or a checkpoint forged, directly in the store
+//! (SQLite, or PostgreSQL with `HSM_KMS_TEST_STORE=postgres`).
 //!
 //! Each test starts the service in-process on a fresh SoftHSM token (one
 //! checkpoint every 10 records), makes 31 records (CreateKey, then Encrypt
 //! and Decrypt alternately: seq 1 is CreateKey, even seqs Encrypt, odd
-//! seqs Decrypt), tampers with `metadata.db` through its own SQLite
-//! connection, and runs the real binary for `audit verify`, `audit export`
+//! seqs Decrypt), tampers with the store through a connection of its own, and runs the real binary for `audit verify`, `audit export`
 //! and `audit verify-export`, as an operator would beside the server.
 
 mod common;
@@ -35,6 +35,7 @@ fn kms_cmd(kms: &Kms) -> Command {
         .env("HSM_KMS_HSM_TOKEN_LABEL", "hsm-kms-test")
         .env("HSM_KMS_PIN", PIN)
         .env("HSM_KMS_STORE_DATA_DIR", &cfg.store.data_dir)
+        .env("HSM_KMS_STORE_URL", &cfg.store.url)
         .env("HSM_KMS_LOG_LEVEL", "warn")
         .env("HSM_KMS_LOG_FORMAT", "text");
     c
@@ -133,19 +134,26 @@ async fn exec(kms: &Kms, sql: &str) {
     db.close().await;
 }
 
+/// Runs `sql` with one bound blob (`$1`).
+async fn exec_blob(kms: &Kms, sql: &str, blob: Vec<u8>) {
+    let db = kms.db().await;
+    sqlx::query(sql).bind(blob).execute(&db).await.expect(sql);
+    db.close().await;
+}
+
 /// Exchanges the time and action of two records, leaving their ids and
 /// chain values in place.
 async fn swap_fields(kms: &Kms, a: i64, b: i64) {
     let db = kms.db().await;
     let get = |id: i64| {
-        sqlx::query_as::<_, (i64, String)>("SELECT at, action FROM activity_logs WHERE id = ?")
+        sqlx::query_as::<_, (i64, String)>("SELECT at, action FROM activity_logs WHERE id = $1")
             .bind(id)
             .fetch_one(&db)
     };
     let (ra, rb) = (get(a).await.unwrap(), get(b).await.unwrap());
     assert_ne!(ra, rb, "the records differ");
     for (id, (at, action)) in [(a, rb), (b, ra)] {
-        sqlx::query("UPDATE activity_logs SET at = ?, action = ? WHERE id = ?")
+        sqlx::query("UPDATE activity_logs SET at = $1, action = $2 WHERE id = $3")
             .bind(at)
             .bind(action)
             .bind(id)
@@ -192,7 +200,7 @@ async fn an_untouched_log_verifies_online_and_offline() {
     assert_eq!(code, 0, "{out}{err}");
     let db = kms.db().await;
     let (action, auth, msg, chain): (String, String, String, Option<Vec<u8>>) =
-        sqlx::query_as("SELECT action, auth_type, message, chain FROM activity_logs WHERE id = ?")
+        sqlx::query_as("SELECT action, auth_type, message, chain FROM activity_logs WHERE id = $1")
             .bind(RECORDS + 1)
             .fetch_one(&db)
             .await
@@ -280,9 +288,10 @@ async fn an_edited_field_is_found_at_its_record() {
     let (code, out) = verify(&kms, &["--from", "18"]);
     assert_eq!(code, 0, "{out}");
     // An edited chain value is an edit too.
-    exec(
+    exec_blob(
         &kms,
-        "UPDATE activity_logs SET source_ip = '127.0.0.1', chain = zeroblob(32) WHERE id = 17",
+        "UPDATE activity_logs SET source_ip = '127.0.0.1', chain = $1 WHERE id = 17",
+        vec![0u8; 32],
     )
     .await;
     assert_break(&kms, 17, "edited");
@@ -347,9 +356,10 @@ async fn a_truncated_tail_is_found_by_the_checkpoint() {
 #[tokio::test]
 async fn a_forged_checkpoint_is_found() {
     let kms = setup().await;
-    exec(
+    exec_blob(
         &kms,
-        "UPDATE audit_checkpoints SET chain = zeroblob(32) WHERE seq = 20",
+        "UPDATE audit_checkpoints SET chain = $1 WHERE seq = 20",
+        vec![0u8; 32],
     )
     .await;
     assert_break(&kms, 20, "bad-checkpoint-signature");
@@ -367,14 +377,39 @@ async fn a_forged_checkpoint_is_found() {
     assert_break(&kms, 99, "bad-checkpoint-signature");
 }
 
+/// On PostgreSQL a new, empty database in the test cluster (not
+/// `common::test_store_url`, whose databases may come migrated); empty
+/// (SQLite) otherwise.
+async fn legacy_store_url() -> String {
+    use sqlx::{Connection as _, Executor as _};
+    if !common::on_postgres() {
+        return String::new();
+    }
+    let admin = std::env::var("HSM_KMS_TEST_PG_URL").expect("HSM_KMS_TEST_PG_URL");
+    let name = format!("legacy_{}", uuid::Uuid::new_v4().simple());
+    let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
+    c.execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+    format!("{}/{name}", admin.rsplit_once('/').unwrap().0)
+}
+
 #[tokio::test]
 async fn records_written_before_the_chain_are_reported_unchained() {
-    // A store as the release before the chain left it: migrations 0001 to
-    // 0008 and three activity records.
+    // A store as the release before the chain left it: the engine's
+    // migrations before 0009 and three activity records.
     let legacy = tempfile::tempdir().unwrap();
     let migs = legacy.path().join("migrations");
     std::fs::create_dir_all(&migs).unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let engine = if common::on_postgres() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(engine);
     for e in std::fs::read_dir(&src).unwrap() {
         let p = e.unwrap().path();
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
@@ -385,18 +420,32 @@ async fn records_written_before_the_chain_are_reported_unchained() {
     let data = legacy.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let db_file = data.join("metadata.db");
-    std::fs::File::create(&db_file).unwrap();
-    let db = common::db_pool(&db_file).await;
-    sqlx::migrate::Migrator::new(migs.as_path())
-        .await
-        .unwrap()
-        .run(&db)
-        .await
-        .unwrap();
+    let url = legacy_store_url().await;
+    if url.is_empty() {
+        std::fs::File::create(&db_file).unwrap();
+        let db = common::db_pool(&db_file).await;
+        sqlx::migrate::Migrator::new(migs.as_path())
+            .await
+            .unwrap()
+            .run(&db)
+            .await
+            .unwrap();
+        db.close().await;
+    } else {
+        let db = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::migrate::Migrator::new(migs.as_path())
+            .await
+            .unwrap()
+            .run(&db)
+            .await
+            .unwrap();
+        db.close().await;
+    }
+    let db = common::any_pool(&url, &db_file).await;
     for i in 0..3 {
         sqlx::query(
             "INSERT INTO activity_logs (at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message)
-             VALUES (?, 1, 'old-key', 'old', 1, 1, 'Encrypt', 'ACCOUNT', 'AK', '10.0.0.1', 'SUCCESS', 200, '')",
+             VALUES ($1, 1, 'old-key', 'old', 1, 1, 'Encrypt', 'ACCOUNT', 'AK', '10.0.0.1', 'SUCCESS', 200, '')",
         )
         .bind(1_600_000_000_000i64 + i)
         .execute(&db)
@@ -407,7 +456,11 @@ async fn records_written_before_the_chain_are_reported_unchained() {
     // The upgrade: this release opens it (migration 0009) and chains from
     // seq 4 on.
     let data_dir = data.display().to_string();
-    let kms = Kms::start_with(move |c| c.store.data_dir = data_dir).await;
+    let kms = Kms::start_with(move |c| {
+        c.store.data_dir = data_dir;
+        c.store.url = url;
+    })
+    .await;
     let tag = kms.create_key("new", "AES256", json!({})).await;
     kms.encrypt(&tag, b"x", None).await;
     let (code, out) = verify(&kms, &[]);
@@ -487,6 +540,9 @@ const CHILD_DB: &str = "AUDIT_CHAIN_TEST_CHILD_DB";
 /// records written after an admin command, about one run in four).
 #[tokio::test]
 async fn a_store_opened_twice_in_one_process_keeps_its_wal() {
+    if common::sqlite_only("SQLite's file locks and WAL") {
+        return;
+    }
     if let Ok(path) = std::env::var(CHILD_DB) {
         // The other process: open, read, close (the last connection).
         let db = common::db_pool(Path::new(&path)).await;
@@ -497,6 +553,7 @@ async fn a_store_opened_twice_in_one_process_keeps_its_wal() {
         db.close().await;
         return;
     }
+    use hsm_kms::store::AccountRepo as _;
     let dir = tempfile::tempdir().unwrap();
     let a = hsm_kms::store::Store::open_sqlite(dir.path())
         .await

@@ -25,10 +25,13 @@ struct Row {
     aux_id: Option<String>,
 }
 
+/// (uid, key type, version, state, `CKA_ID`, convergent `CKA_ID`).
+type VersionTuple = (String, String, i64, String, Vec<u8>, Option<Vec<u8>>);
+
 async fn rows(site: &Site) -> Vec<Row> {
     let db = site.db().await;
-    let rows: Vec<(String, String, i64, String, String, Option<String>)> = sqlx::query_as(
-        "SELECT k.uid, k.key_type, v.version, v.state, lower(hex(v.cka_id)), lower(hex(v.aux_cka_id))
+    let rows: Vec<VersionTuple> = sqlx::query_as(
+        "SELECT k.uid, k.key_type, v.version, v.state, v.cka_id, v.aux_cka_id
          FROM key_versions v JOIN keys k ON k.id = v.key_id ORDER BY k.id, v.version",
     )
     .fetch_all(&db)
@@ -41,20 +44,20 @@ async fn rows(site: &Site) -> Vec<Row> {
             key_type,
             version,
             state,
-            cka_id,
-            aux_id: aux_id.filter(|a| !a.is_empty()),
+            cka_id: hex::encode(cka_id),
+            aux_id: aux_id.filter(|a| !a.is_empty()).map(hex::encode),
         })
         .collect()
 }
 
 async fn service_ids(site: &Site) -> HashSet<String> {
     let db = site.db().await;
-    let ids: Vec<String> = sqlx::query_scalar("SELECT lower(hex(cka_id)) FROM service_keys")
+    let ids: Vec<Vec<u8>> = sqlx::query_scalar("SELECT cka_id FROM service_keys")
         .fetch_all(&db)
         .await
         .unwrap();
     db.close().await;
-    ids.into_iter().collect()
+    ids.into_iter().map(hex::encode).collect()
 }
 
 /// The invariants after recovery (checked with the server stopped): every
@@ -546,7 +549,7 @@ async fn deletion_killed_between_mark_and_destroy_is_finished() {
     // Exactly the doomed key's four objects went; the new key added one.
     assert_eq!(objects.len(), objects_before.len() - 4 + 1);
     let db = site.db().await;
-    let status: String = sqlx::query_scalar("SELECT status FROM keys WHERE uid = ?")
+    let status: String = sqlx::query_scalar("SELECT status FROM keys WHERE uid = $1")
         .bind(&doomed)
         .fetch_one(&db)
         .await

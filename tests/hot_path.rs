@@ -34,11 +34,12 @@ async fn gcm_invocation_limit_refuses_encrypt_until_rotation() {
     let v1 = kms.engine.key_entry(&tag).await.unwrap().versions[0]
         .cka_id
         .clone();
-    let reserved: i64 = sqlx::query_scalar("SELECT reserved FROM gcm_invocations WHERE cka_id = ?")
-        .bind(&v1)
-        .fetch_one(&kms.db().await)
-        .await
-        .unwrap();
+    let reserved: i64 =
+        sqlx::query_scalar("SELECT reserved FROM gcm_invocations WHERE cka_id = $1")
+            .bind(&v1)
+            .fetch_one(&kms.db().await)
+            .await
+            .unwrap();
     assert_eq!(reserved, 3);
     // A rotation makes a fresh version with its own count.
     kms.op(&tag, "rotate", json!(null)).await.ok();
@@ -60,6 +61,49 @@ async fn gcm_invocation_limit_refuses_encrypt_until_rotation() {
         )
         .await;
     assert_eq!(r.status, 400, "{}", r.body);
+}
+
+/// Two nodes on one store (two `Store` handles, each with its own pool)
+/// reserving invocation blocks of one key version at once get disjoint
+/// blocks: each reservation is one atomic increment in the store, not a
+/// read followed by a write (where both nodes could read the same count
+/// and hand out the same invocations).
+#[tokio::test]
+async fn gcm_reservations_of_two_nodes_never_overlap() {
+    let kms = Kms::start().await;
+    let open = || {
+        hsm_kms::store::Store::open(
+            &kms.config.store.url,
+            std::path::Path::new(&kms.config.store.data_dir),
+        )
+    };
+    let (a, b) = (open().await.unwrap(), open().await.unwrap());
+    let cka_id = b"shared-version".to_vec();
+    const BLOCK: u64 = 7;
+    const PER_NODE: usize = 20;
+    let mut tasks = tokio::task::JoinSet::new();
+    for node in [a, b] {
+        for _ in 0..PER_NODE {
+            let (node, id) = (node.clone(), cka_id.clone());
+            tasks.spawn(async move { node.gcm_reserve_next(&id, BLOCK).await.unwrap() });
+        }
+    }
+    let mut ends = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        ends.push(r.unwrap());
+    }
+    ends.sort_unstable();
+    // Every block (end - BLOCK, end] handed out once: the ends are
+    // exactly BLOCK, 2 BLOCK, ..., 40 BLOCK.
+    let want: Vec<u64> = (1..=2 * PER_NODE as u64).map(|i| i * BLOCK).collect();
+    assert_eq!(ends, want);
+    let reserved: i64 =
+        sqlx::query_scalar("SELECT reserved FROM gcm_invocations WHERE cka_id = $1")
+            .bind(&cka_id)
+            .fetch_one(&kms.db().await)
+            .await
+            .unwrap();
+    assert_eq!(reserved as u64, 2 * PER_NODE as u64 * BLOCK);
 }
 
 #[tokio::test]

@@ -427,6 +427,7 @@ async fn key_object_deleted_behind_the_service() {
         .env("HSM_KMS_HSM_TOKEN_LABEL", "hsm-kms-test")
         .env("HSM_KMS_PIN", common::PIN)
         .env("HSM_KMS_STORE_DATA_DIR", data_dir)
+        .env("HSM_KMS_STORE_URL", &kms.config.store.url)
         .env("HSM_KMS_LOG_LEVEL", "warn")
         .args(["admin", "reconcile"])
         .output()

@@ -3,6 +3,7 @@
 mod common;
 
 use common::{b64, now_ms, Kms};
+use hsm_kms::store::AccountRepo;
 use serde_json::json;
 
 #[tokio::test]
@@ -215,9 +216,8 @@ async fn scheduled_rotation_is_recorded_as_system_work() {
         )
         .await;
     // Make the rotation due by moving its time into the past in the store.
-    let db = format!("sqlite://{}/metadata.db", kms.config.store.data_dir);
-    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
-    sqlx::query("UPDATE keys SET next_rotation_at = ? WHERE uid = ?")
+    let pool = kms.db().await;
+    sqlx::query("UPDATE keys SET next_rotation_at = $1 WHERE uid = $2")
         .bind(now_ms() - 1000)
         .bind(&tag)
         .execute(&pool)
@@ -335,7 +335,7 @@ async fn low_activity_log_fails_closed_when_its_lookup_fails() {
         .call("DELETE", &format!("/kms/v1/keys/{tag}"), None)
         .await;
     let recorded: (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM activity_logs WHERE key_uid = ? AND action = 'DeleteKey'",
+        "SELECT COUNT(*) FROM activity_logs WHERE key_uid = $1 AND action = 'DeleteKey'",
     )
     .bind(&tag)
     .fetch_one(&db)

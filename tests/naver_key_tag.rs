@@ -18,7 +18,7 @@ fn encoded(tag: &str) -> String {
 
 async fn records(kms: &Kms, tag: &str) -> i64 {
     let db = kms.db().await;
-    let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM activity_logs WHERE key_uid = ?")
+    let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM activity_logs WHERE key_uid = $1")
         .bind(tag)
         .fetch_one(&db)
         .await

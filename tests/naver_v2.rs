@@ -1703,9 +1703,10 @@ async fn a_key_holds_at_most_100_versions() {
     for v in 2..=98 {
         sqlx::query(
             "INSERT INTO key_versions (key_id, version, state, enabled, cka_id, status_at, created_at)
-             SELECT id, ?, 'active', 1, randomblob(16), created_at, created_at FROM keys WHERE uid = ?",
+             SELECT id, $1, 'active', TRUE, $2, created_at, created_at FROM keys WHERE uid = $3",
         )
         .bind(v)
+        .bind(rand::random::<[u8; 16]>().to_vec())
         .bind(&tag)
         .execute(&db)
         .await
@@ -1731,7 +1732,7 @@ async fn a_key_holds_at_most_100_versions() {
     assert_eq!(kms.decrypt_ok(&tag, &ct1, None).await, b"first");
     // No version 101 row was left behind by the refused rotation.
     let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM key_versions v JOIN keys k ON k.id = v.key_id WHERE k.uid = ?",
+        "SELECT COUNT(*) FROM key_versions v JOIN keys k ON k.id = v.key_id WHERE k.uid = $1",
     )
     .bind(&tag)
     .fetch_one(&db)

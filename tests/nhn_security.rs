@@ -816,12 +816,13 @@ async fn item8_nhn_credential_cache_keeps_no_deleted_credential() {
 /// active, and no certificate password survives.
 #[tokio::test]
 async fn item2_migration_turns_the_requirement_on_and_drops_passwords() {
+    // (The SQLite migrations themselves; the PostgreSQL schema starts after them.)
     let db = sqlx::sqlite::SqlitePoolOptions::new()
         .max_connections(1)
         .connect("sqlite::memory:")
         .await
         .unwrap();
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
     let run = |name: &str| {
         let sql = std::fs::read_to_string(dir.join(name)).unwrap();
         let db = db.clone();

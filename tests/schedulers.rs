@@ -13,7 +13,7 @@ const DAY_MS: i64 = 24 * 3600 * 1000;
 
 async fn set_due(kms: &Kms, column: &str, tag: &str, at: i64) {
     let db = kms.db().await;
-    let r = sqlx::query(&format!("UPDATE keys SET {column} = ? WHERE uid = ?"))
+    let r = sqlx::query(&format!("UPDATE keys SET {column} = $1 WHERE uid = $2"))
         .bind(at)
         .bind(tag)
         .execute(&db)
@@ -191,7 +191,7 @@ async fn deletion_scheduler_destroys_after_the_waiting_period() {
     }
     let db = kms.db().await;
     let states: Vec<String> = sqlx::query_scalar(
-        "SELECT v.state FROM key_versions v JOIN keys k ON k.id = v.key_id WHERE k.uid IN (?, ?)",
+        "SELECT v.state FROM key_versions v JOIN keys k ON k.id = v.key_id WHERE k.uid IN ($1, $2)",
     )
     .bind(&doomed)
     .bind(&doomed_rsa)
@@ -199,7 +199,7 @@ async fn deletion_scheduler_destroys_after_the_waiting_period() {
     .await
     .unwrap();
     assert_eq!(states, vec!["destroyed"; 3]);
-    let status: String = sqlx::query_scalar("SELECT status FROM keys WHERE uid = ?")
+    let status: String = sqlx::query_scalar("SELECT status FROM keys WHERE uid = $1")
         .bind(&doomed)
         .fetch_one(&db)
         .await
@@ -229,7 +229,7 @@ async fn access_key_revoked_by_another_process_stops_working_after_a_pass() {
     // What the admin CLI does: the store alone, through its own connection.
     let db = kms.db().await;
     let revoked = sqlx::query(
-        "UPDATE access_keys SET status = 'revoked', revoked_at = ? WHERE access_key = ?",
+        "UPDATE access_keys SET status = 'revoked', revoked_at = $1 WHERE access_key = $2",
     )
     .bind(now_ms())
     .bind(&kms.access_key)

@@ -220,6 +220,11 @@ async fn on_tmpfs(size: &str) -> (Kms, Mounted) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn disk_full_refuses_writes_fails_closed_and_recovers_without_restart() {
+    if common::sqlite_only(
+        "SQLite file and filesystem faults (disk full, read-only, file deleted or replaced)",
+    ) {
+        return;
+    }
     if !root("disk_full") {
         return;
     }
@@ -336,6 +341,11 @@ fn free_bytes(dir: &Path) -> u64 {
 /// under load. This test failed on that code (encrypt answered 200).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn below_the_free_space_reserve_naver_crypto_is_refused_every_time() {
+    if common::sqlite_only(
+        "SQLite file and filesystem faults (disk full, read-only, file deleted or replaced)",
+    ) {
+        return;
+    }
     if !root("below_reserve") {
         return;
     }
@@ -375,6 +385,11 @@ async fn below_the_free_space_reserve_naver_crypto_is_refused_every_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn disk_full_between_object_and_activation_rolls_back_on_proof() {
+    if common::sqlite_only(
+        "SQLite file and filesystem faults (disk full, read-only, file deleted or replaced)",
+    ) {
+        return;
+    }
     if !root("disk_full_activation") {
         return;
     }
@@ -440,6 +455,11 @@ async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn read_only_filesystem_refuses_writes_and_fails_closed() {
+    if common::sqlite_only(
+        "SQLite file and filesystem faults (disk full, read-only, file deleted or replaced)",
+    ) {
+        return;
+    }
     if !root("read_only") {
         return;
     }
@@ -544,6 +564,11 @@ async fn read_only_filesystem_refuses_writes_and_fails_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn store_file_deleted_refuses_every_call_and_is_not_recreated() {
+    if common::sqlite_only(
+        "SQLite file and filesystem faults (disk full, read-only, file deleted or replaced)",
+    ) {
+        return;
+    }
     let kms = Kms::start().await;
     let tag = kms.create_key("gone1", "AES256", json!({})).await;
     let p = project(&kms, "pd", true).await;
@@ -587,6 +612,11 @@ async fn exits(site: &Site, server: &mut common::process::Server, run: usize) ->
 
 #[tokio::test]
 async fn store_file_deleted_under_running_server_stops_it_with_one_clear_line() {
+    if common::sqlite_only(
+        "SQLite file and filesystem faults (disk full, read-only, file deleted or replaced)",
+    ) {
+        return;
+    }
     let mut site = Site::init();
     let mut server = site.serve(&[]).await;
     let r = server
@@ -609,6 +639,11 @@ async fn store_file_deleted_under_running_server_stops_it_with_one_clear_line() 
 
 #[tokio::test]
 async fn store_file_replaced_under_running_server_stops_it() {
+    if common::sqlite_only(
+        "SQLite file and filesystem faults (disk full, read-only, file deleted or replaced)",
+    ) {
+        return;
+    }
     let mut site = Site::init();
     let mut server = site.serve(&[]).await;
     server

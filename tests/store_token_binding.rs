@@ -171,6 +171,9 @@ fn copy_store(from: &Path, to: &Path) {
 
 #[tokio::test]
 async fn item1_wrong_data_dir_destroys_nothing() {
+    if common::sqlite_only("moves, copies and empties the SQLite store files") {
+        return;
+    }
     let (mut site, tag, ct) = used_site().await;
     let before = count(&site);
     assert!(before >= 6, "service keys and two keys: {before}");
@@ -217,6 +220,9 @@ async fn item1_wrong_data_dir_destroys_nothing() {
 
 #[tokio::test]
 async fn item1_empty_store_on_used_token_refused() {
+    if common::sqlite_only("moves, copies and empties the SQLite store files") {
+        return;
+    }
     let (mut site, tag, ct) = used_site().await;
     let before = count(&site);
     // The data volume is lost: the same data_dir, now empty.
@@ -259,6 +265,9 @@ async fn item1_empty_store_on_used_token_refused() {
 
 #[tokio::test]
 async fn item1_second_init_on_used_token_refused() {
+    if common::sqlite_only("moves, copies and empties the SQLite store files") {
+        return;
+    }
     let (mut site, tag, ct) = used_site().await;
     let before = count(&site);
     let second = site.dir.path().join("second-installation");
@@ -292,6 +301,9 @@ async fn item1_second_init_on_used_token_refused() {
 
 #[tokio::test]
 async fn item1_store_restored_from_older_backup_keeps_newer_keys() {
+    if common::sqlite_only("moves, copies and empties the SQLite store files") {
+        return;
+    }
     let (mut site, tag, ct) = used_site().await;
     let backup = site.dir.path().join("backup");
     copy_store(&site.data_dir, &backup);
@@ -350,6 +362,9 @@ async fn item1_store_restored_from_older_backup_keeps_newer_keys() {
 
 #[tokio::test]
 async fn item1_store_listing_missing_objects_refused() {
+    if common::sqlite_only("moves, copies and empties the SQLite store files") {
+        return;
+    }
     let (mut site, tag, ct) = used_site().await;
     let server = site.serve(&[]).await;
     let doomed = create_key(&server, "doomed", "AES256").await;
@@ -404,6 +419,9 @@ async fn item1_store_listing_missing_objects_refused() {
 
 #[tokio::test]
 async fn item1_used_store_with_fresh_token_refused() {
+    if common::sqlite_only("moves, copies and empties the SQLite store files") {
+        return;
+    }
     let (mut site, tag, ct) = used_site().await;
     let before = count(&site);
     // The reverse direction: the data volume is right, the token is a new,
@@ -493,6 +511,9 @@ fn delete_data_object(site: &Site, label: &str) {
 
 #[tokio::test]
 async fn item1_admin_reconcile_destroys_orphans_only_on_request() {
+    if common::sqlite_only("moves, copies and empties the SQLite store files") {
+        return;
+    }
     let (mut site, tag, ct) = used_site().await;
     write_stray(&site, "hsm-kms/stray");
     let before = count(&site);
@@ -549,6 +570,9 @@ async fn item1_admin_reconcile_destroys_orphans_only_on_request() {
 
 #[tokio::test]
 async fn item1_installation_made_before_ids_adopted_only_on_proof() {
+    if common::sqlite_only("moves, copies and empties the SQLite store files") {
+        return;
+    }
     let (mut site, tag, ct) = used_site().await;
     // Make it look like an installation from before this change.
     delete_data_object(&site, "hsm-kms/installation");

@@ -27,6 +27,7 @@ use anyhow::{anyhow, bail, Context as _};
 use hsm_kms::api::auth::ncp::{sign, SignatureVersion};
 use hsm_kms::config::Config;
 use hsm_kms::core::{reconcile, CreateKeyRequest, Engine, EngineOptions, KeyType, StartMode};
+use hsm_kms::store::AccountRepo as _;
 
 const ACCOUNT: &str = "scale";
 

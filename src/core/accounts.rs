@@ -1,5 +1,6 @@
 //! Accounts, access keys and the service keys made at `init`.
 
+use crate::store::{AccountRepo, InstallationRepo, NaverRepo};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use zeroize::Zeroizing;

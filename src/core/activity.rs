@@ -11,6 +11,7 @@
 //! silently. The next batch tries again on a fresh connection, so the log
 //! works again, without a restart, once the disk does.
 
+use crate::store::ActivitySink;
 use tokio::sync::{mpsc, oneshot};
 
 use super::audit::AuditChain;
@@ -57,7 +58,7 @@ impl ActivityLog {
         };
         let (tx, mut rx) = mpsc::channel::<Pending>(4096);
         tokio::spawn(async move {
-            let mut conn: Option<sqlx::SqliteConnection> = None;
+            let mut conn: Option<crate::store::ActivityWriter> = None;
             let mut tail = None;
             let since_ms = crate::store::now_ms();
             let idle = std::time::Duration::from_millis(

@@ -19,8 +19,10 @@
 //! ([`RESERVATION_BLOCK`], capped at the limit) is written to the store
 //! first. After a restart the count starts at the reservation: a crash
 //! loses at most one block of unused invocations and never lets a count go
-//! back. Several nodes on one store would each need their own reservations
-//! (an atomic increment of `reserved`, which `gcm_reserve` is not yet).
+//! back. A block is reserved by one atomic increment of `reserved` in the
+//! store (`Store::gcm_reserve_next`): several nodes on one store (or a
+//! node restarted while another still counts) get disjoint blocks, never
+//! the same invocations.
 //!
 //! At the limit (`hsm.gcm_invocation_limit`, default 2^32) Encrypt with that
 //! version is refused ([`Error::InvalidState`], a 400 asking to rotate); a
@@ -108,12 +110,31 @@ impl Engine {
                 counts.limit
             )));
         }
-        let reserved = c.used.saturating_add(RESERVATION_BLOCK).min(counts.limit);
-        self.store().gcm_reserve(cka_id, reserved).await?;
+        // The next block, whatever another node reserved since `c` was
+        // read: the increment is atomic, the block is ours alone.
+        let block = RESERVATION_BLOCK.min(counts.limit - c.used).max(1);
+        let upto = self.store().gcm_reserve_next(cka_id, block).await?;
+        let from = upto.saturating_sub(block);
+        let reserved = upto.min(counts.limit);
+        if from >= reserved {
+            // Others took the invocations up to the limit meanwhile.
+            counts.lock().insert(
+                cka_id.to_vec(),
+                Count {
+                    used: from,
+                    reserved: from,
+                },
+            );
+            metrics::counter!("hsm_kms_gcm_invocation_limit_refusals_total").increment(1);
+            return Err(Error::InvalidState(format!(
+                "key version {version} reached its AES-GCM invocation limit ({}); rotate the key",
+                counts.limit
+            )));
+        }
         counts.lock().insert(
             cka_id.to_vec(),
             Count {
-                used: c.used + 1,
+                used: from + 1,
                 reserved,
             },
         );

@@ -5,6 +5,7 @@
 //! destroyed between a `destroying` mark and `destroyed`, so that the
 //! reconciler can finish or undo whatever a crash interrupted.
 
+use crate::store::KeyRepo;
 use std::sync::Arc;
 
 use super::accounts::now;

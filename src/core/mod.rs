@@ -29,6 +29,7 @@ pub use tokens::{
     DEFAULT_REFRESH_HOURS,
 };
 
+use crate::store::{InstallationRepo, KeyRepo};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 

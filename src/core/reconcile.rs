@@ -24,6 +24,7 @@
 //! - **refuse on loss**: an active version, service key or NHN project CA
 //!   whose object is missing stops the start, naming what is missing.
 
+use crate::store::{InstallationRepo, KeyRepo, NhnRepo};
 use std::collections::HashSet;
 
 use super::{Engine, Error, Result};

@@ -1,6 +1,7 @@
 //! Scheduled work: automatic rotation when due and destruction of keys whose
 //! deletion waiting period is over.
 
+use crate::store::KeyRepo;
 use std::time::Duration;
 
 use super::accounts::now;

@@ -6,6 +6,7 @@
 //! its key, and only while the generator that issued it is active and has not
 //! been replaced.
 
+use crate::store::NaverRepo;
 use std::net::IpAddr;
 
 use base64::Engine as _;

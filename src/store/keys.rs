@@ -1,8 +1,7 @@
 //! Keys and key versions.
 
-use sqlx::Row;
-
-use super::{map_unique, now_ms, Result, Store, StoreError};
+use super::{map_unique, now_ms, KeyRepo, Result, Store, StoreError};
+use super::{InstallationRepo, NhnRepo};
 
 /// State of a key version's HSM object, for crash consistency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +16,12 @@ pub enum VersionState {
     Destroyed,
 }
 
+impl From<String> for VersionState {
+    fn from(s: String) -> Self {
+        VersionState::parse(&s)
+    }
+}
+
 impl VersionState {
     /// Text stored in the database.
     pub fn as_str(self) -> &'static str {
@@ -28,7 +33,7 @@ impl VersionState {
         }
     }
 
-    fn parse(s: &str) -> Self {
+    pub(super) fn parse(s: &str) -> Self {
         match s {
             "pending" => VersionState::Pending,
             "active" => VersionState::Active,
@@ -39,7 +44,7 @@ impl VersionState {
 }
 
 /// A key row.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct KeyRow {
     /// Internal id (NAVER `keyId`).
     pub id: i64,
@@ -75,19 +80,20 @@ pub struct KeyRow {
     pub created_at: i64,
     /// Last change, ms.
     pub updated_at: i64,
-    /// Bumped by every write of the row; [`Store::update_key`] writes only
+    /// Bumped by every write of the row; [`KeyRepo::update_key`](super::KeyRepo::update_key) writes only
     /// over the revision it read.
     pub revision: i64,
 }
 
 /// A key version row.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct VersionRow {
     /// Owning key.
     pub key_id: i64,
     /// Version number, from 1.
     pub version: i64,
     /// Object state.
+    #[sqlx(try_from = "String")]
     pub state: VersionState,
     /// Usable for crypto when active.
     pub enabled: bool,
@@ -138,43 +144,6 @@ pub struct NewKey {
 
 const KEY_COLS: &str = "id, uid, account_id, name, key_type, status, memo, protection_type, is_convergent, is_auto_rotation, rotation_period, next_rotation_at, destroy_at, status_before_delete, status_at, created_at, updated_at, revision";
 
-fn key_from_row(r: &sqlx::sqlite::SqliteRow) -> std::result::Result<KeyRow, sqlx::Error> {
-    Ok(KeyRow {
-        id: r.try_get("id")?,
-        uid: r.try_get("uid")?,
-        account_id: r.try_get("account_id")?,
-        name: r.try_get("name")?,
-        key_type: r.try_get("key_type")?,
-        status: r.try_get("status")?,
-        memo: r.try_get("memo")?,
-        protection_type: r.try_get("protection_type")?,
-        is_convergent: r.try_get("is_convergent")?,
-        is_auto_rotation: r.try_get("is_auto_rotation")?,
-        rotation_period: r.try_get("rotation_period")?,
-        next_rotation_at: r.try_get("next_rotation_at")?,
-        destroy_at: r.try_get("destroy_at")?,
-        status_before_delete: r.try_get("status_before_delete")?,
-        status_at: r.try_get("status_at")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-        revision: r.try_get("revision")?,
-    })
-}
-
-fn version_from_row(r: &sqlx::sqlite::SqliteRow) -> std::result::Result<VersionRow, sqlx::Error> {
-    let state: String = r.try_get("state")?;
-    Ok(VersionRow {
-        key_id: r.try_get("key_id")?,
-        version: r.try_get("version")?,
-        state: VersionState::parse(&state),
-        enabled: r.try_get("enabled")?,
-        cka_id: r.try_get("cka_id")?,
-        aux_cka_id: r.try_get("aux_cka_id")?,
-        status_at: r.try_get("status_at")?,
-        created_at: r.try_get("created_at")?,
-    })
-}
-
 /// One key version as an attestation report describes it: the version, its
 /// key, the key's owner and, for NHN keys, the key store.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -212,434 +181,412 @@ pub struct VersionOwnerRow {
 const VERSION_COLS: &str =
     "key_id, version, state, enabled, cka_id, aux_cka_id, status_at, created_at";
 
-impl Store {
-    /// Writes a new key with its first version `pending`, in one transaction.
-    /// Returns the key id. `Conflict` when the name or uid is taken,
-    /// `LimitReached("keys")` / `LimitReached("type")` when the account
-    /// already has `caps` keys: the counts are read by the INSERT itself,
-    /// which holds the write lock, so concurrent creations cannot overshoot.
-    pub async fn insert_key_pending(
+impl KeyRepo for Store {
+    async fn insert_key_pending(
         &self,
         key: &NewKey,
         cka_id: &[u8],
         aux_cka_id: Option<&[u8]>,
         caps: KeyCaps<'_>,
     ) -> Result<i64> {
-        let now = now_ms();
-        let (type_name, type_cap) = caps.of_type.unwrap_or(("", i64::MAX));
-        let mut tx = self.begin_write().await?;
-        let r = sqlx::query(
-            "INSERT INTO keys (uid, account_id, name, key_type, status, memo, protection_type, is_convergent, is_auto_rotation, rotation_period, next_rotation_at, status_at, created_at, updated_at)
-             SELECT ?1, ?2, ?3, ?4, 'ENABLE', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13
-             WHERE (SELECT COUNT(*) FROM keys WHERE account_id = ?2 AND status <> 'DELETED') < ?14
-               AND (SELECT COUNT(*) FROM keys WHERE account_id = ?2 AND status <> 'DELETED' AND key_type = ?15) < ?16",
-        )
-        .bind(&key.uid)
-        .bind(key.account_id)
-        .bind(&key.name)
-        .bind(&key.key_type)
-        .bind(&key.memo)
-        .bind(&key.protection_type)
-        .bind(key.is_convergent)
-        .bind(key.is_auto_rotation)
-        .bind(key.rotation_period)
-        .bind(key.next_rotation_at)
-        .bind(now)
-        .bind(now)
-        .bind(now)
-        .bind(caps.per_account)
-        .bind(type_name)
-        .bind(type_cap)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_unique)?;
-        if r.rows_affected() == 0 {
-            let of_account: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM keys WHERE account_id = ? AND status <> 'DELETED'",
+        on_db!(self, db => {
+            let now = now_ms();
+            let (type_name, type_cap) = caps.of_type.unwrap_or(("", i64::MAX));
+            let mut tx = db.begin_write().await?;
+            let key_id: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO keys (uid, account_id, name, key_type, status, memo, protection_type, is_convergent, is_auto_rotation, rotation_period, next_rotation_at, status_at, created_at, updated_at)
+                 SELECT $1, $2, $3, $4, 'ENABLE', $5, $6, $7, $8, $9, $10, $11, $12, $13
+                 WHERE (SELECT COUNT(*) FROM keys WHERE account_id = $2 AND status <> 'DELETED') < $14
+                   AND (SELECT COUNT(*) FROM keys WHERE account_id = $2 AND status <> 'DELETED' AND key_type = $15) < $16
+             RETURNING id",
             )
+            .bind(&key.uid)
             .bind(key.account_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            tx.rollback().await?;
-            return Err(StoreError::LimitReached(
-                if of_account >= caps.per_account {
-                    "keys"
-                } else {
-                    "type"
-                },
-            ));
-        }
-        let key_id = r.last_insert_rowid();
-        sqlx::query(
-            "INSERT INTO key_versions (key_id, version, state, enabled, cka_id, aux_cka_id, status_at, created_at) VALUES (?, 1, 'pending', 1, ?, ?, ?, ?)",
-        )
-        .bind(key_id)
-        .bind(cka_id)
-        .bind(aux_cka_id)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_unique)?;
-        tx.commit().await?;
-        Ok(key_id)
+            .bind(&key.name)
+            .bind(&key.key_type)
+            .bind(&key.memo)
+            .bind(&key.protection_type)
+            .bind(key.is_convergent)
+            .bind(key.is_auto_rotation)
+            .bind(key.rotation_period)
+            .bind(key.next_rotation_at)
+            .bind(now)
+            .bind(now)
+            .bind(now)
+            .bind(caps.per_account)
+            .bind(type_name)
+            .bind(type_cap)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_unique)?;
+            let Some(key_id) = key_id else {
+                let of_account: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM keys WHERE account_id = $1 AND status <> 'DELETED'",
+                )
+                .bind(key.account_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.rollback().await?;
+                return Err(StoreError::LimitReached(
+                    if of_account >= caps.per_account {
+                        "keys"
+                    } else {
+                        "type"
+                    },
+                ));
+            };
+            sqlx::query(
+                "INSERT INTO key_versions (key_id, version, state, enabled, cka_id, aux_cka_id, status_at, created_at) VALUES ($1, 1, 'pending', TRUE, $2, $3, $4, $5)",
+            )
+            .bind(key_id)
+            .bind(cka_id)
+            .bind(aux_cka_id)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_unique)?;
+            tx.commit().await?;
+            Ok(key_id)
+        })
     }
 
-    /// Writes the next version of a key as `pending`. Returns its number.
-    /// `Conflict` if a concurrent rotation took the number first.
-    pub async fn insert_version_pending(
+    async fn insert_version_pending(
         &self,
         key_id: i64,
         cka_id: &[u8],
         aux_cka_id: Option<&[u8]>,
     ) -> Result<i64> {
-        let mut tx = self.begin_write().await?;
-        let next: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(version), 0) + 1 FROM key_versions WHERE key_id = ?",
-        )
-        .bind(key_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO key_versions (key_id, version, state, enabled, cka_id, aux_cka_id, status_at, created_at) VALUES (?, ?, 'pending', 1, ?, ?, ?, ?)",
-        )
-        .bind(key_id)
-        .bind(next)
-        .bind(cka_id)
-        .bind(aux_cka_id)
-        .bind(now_ms())
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await
-        .map_err(map_unique)?;
-        tx.commit().await?;
-        Ok(next)
+        on_db!(self, db => {
+            let mut tx = db.begin_write().await?;
+            let next: i64 = sqlx::query_scalar(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM key_versions WHERE key_id = $1",
+            )
+            .bind(key_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO key_versions (key_id, version, state, enabled, cka_id, aux_cka_id, status_at, created_at) VALUES ($1, $2, 'pending', TRUE, $3, $4, $5, $6)",
+            )
+            .bind(key_id)
+            .bind(next)
+            .bind(cka_id)
+            .bind(aux_cka_id)
+            .bind(now_ms())
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_unique)?;
+            tx.commit().await?;
+            Ok(next)
+        })
     }
 
-    /// Moves a version to `state`.
-    pub async fn set_version_state(
+    async fn set_version_state(
         &self,
         key_id: i64,
         version: i64,
         state: VersionState,
     ) -> Result<()> {
-        sqlx::query("UPDATE key_versions SET state = ? WHERE key_id = ? AND version = ?")
-            .bind(state.as_str())
-            .bind(key_id)
-            .bind(version)
-            .execute(self.pool())
-            .await?;
-        Ok(())
+        on_db!(self, db => {
+            sqlx::query("UPDATE key_versions SET state = $1 WHERE key_id = $2 AND version = $3")
+                .bind(state.as_str())
+                .bind(key_id)
+                .bind(version)
+                .execute(&db.pool)
+                .await?;
+            Ok(())
+        })
     }
 
-    /// Activates a pending version and, in the same transaction, applies the
-    /// rotation bookkeeping of the key (next rotation time).
-    pub async fn activate_version(
+    async fn activate_version(
         &self,
         key_id: i64,
         version: i64,
         next_rotation_at: Option<i64>,
     ) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("UPDATE key_versions SET state = 'active' WHERE key_id = ? AND version = ? AND state = 'pending'")
-            .bind(key_id)
-            .bind(version)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE keys SET next_rotation_at = COALESCE(?, next_rotation_at), updated_at = ?, revision = revision + 1 WHERE id = ?")
-            .bind(next_rotation_at)
-            .bind(now_ms())
-            .bind(key_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        on_db!(self, db => {
+            let mut tx = db.begin_write().await?;
+            sqlx::query("UPDATE key_versions SET state = 'active' WHERE key_id = $1 AND version = $2 AND state = 'pending'")
+                .bind(key_id)
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE keys SET next_rotation_at = COALESCE($1, next_rotation_at), updated_at = $2, revision = revision + 1 WHERE id = $3")
+                .bind(next_rotation_at)
+                .bind(now_ms())
+                .bind(key_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
-    /// Deletes a version row that never became active (reconciler, failed creation).
-    pub async fn delete_pending_version(&self, key_id: i64, version: i64) -> Result<()> {
+    async fn delete_pending_version(&self, key_id: i64, version: i64) -> Result<()> {
         self.delete_version_in_state(key_id, version, VersionState::Pending)
             .await
     }
 
-    /// Decides to roll back a version whose creation failed after its
-    /// objects were made: moves it from `pending` to `destroying` (only the
-    /// row with this `CKA_ID`, so only the version the caller wrote) and,
-    /// when the key has no active version, marks the key deleted (its name
-    /// is free again even if the rollback stops here). Returns the version's
-    /// state after the write: `Destroying` when its objects may now be
-    /// destroyed, `Active` when an activation the caller saw fail did
-    /// commit, `None` when the row is gone.
-    pub async fn mark_pending_destroying(
+    async fn mark_pending_destroying(
         &self,
         key_id: i64,
         version: i64,
         cka_id: &[u8],
     ) -> Result<Option<VersionState>> {
-        let mut tx = self.begin_write().await?;
-        let r = sqlx::query(
-            "UPDATE key_versions SET state = 'destroying' WHERE key_id = ? AND version = ? AND cka_id = ? AND state = 'pending'",
-        )
-        .bind(key_id)
-        .bind(version)
-        .bind(cka_id)
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() == 1 {
-            sqlx::query(
-                "UPDATE keys SET status = 'DELETED', updated_at = ?, revision = revision + 1 WHERE id = ? AND NOT EXISTS (SELECT 1 FROM key_versions v WHERE v.key_id = keys.id AND v.state = 'active')",
+        on_db!(self, db => {
+            let mut tx = db.begin_write().await?;
+            let r = sqlx::query(
+                "UPDATE key_versions SET state = 'destroying' WHERE key_id = $1 AND version = $2 AND cka_id = $3 AND state = 'pending'",
             )
-            .bind(now_ms())
             .bind(key_id)
+            .bind(version)
+            .bind(cka_id)
             .execute(&mut *tx)
             .await?;
-        }
-        let state: Option<String> = sqlx::query_scalar(
-            "SELECT state FROM key_versions WHERE key_id = ? AND version = ? AND cka_id = ?",
-        )
-        .bind(key_id)
-        .bind(version)
-        .bind(cka_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(state.as_deref().map(VersionState::parse))
+            if r.rows_affected() == 1 {
+                sqlx::query(
+                    "UPDATE keys SET status = 'DELETED', updated_at = $1, revision = revision + 1 WHERE id = $2 AND NOT EXISTS (SELECT 1 FROM key_versions v WHERE v.key_id = keys.id AND v.state = 'active')",
+                )
+                .bind(now_ms())
+                .bind(key_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let state: Option<String> = sqlx::query_scalar(
+                "SELECT state FROM key_versions WHERE key_id = $1 AND version = $2 AND cka_id = $3",
+            )
+            .bind(key_id)
+            .bind(version)
+            .bind(cka_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(state.as_deref().map(VersionState::parse))
+        })
     }
 
-    /// Deletes a version row in `state` and, when it was the key's last
-    /// version, the key.
-    pub async fn delete_version_in_state(
+    async fn delete_version_in_state(
         &self,
         key_id: i64,
         version: i64,
         state: VersionState,
     ) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM key_versions WHERE key_id = ? AND version = ? AND state = ?")
-            .bind(key_id)
-            .bind(version)
-            .bind(state.as_str())
-            .execute(&mut *tx)
-            .await?;
-        // A key whose only version never came to be is removed with it.
-        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM key_versions WHERE key_id = ?")
-            .bind(key_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        if left == 0 {
-            sqlx::query("DELETE FROM keys WHERE id = ?")
+        on_db!(self, db => {
+            let mut tx = db.begin_write().await?;
+            sqlx::query("DELETE FROM key_versions WHERE key_id = $1 AND version = $2 AND state = $3")
                 .bind(key_id)
+                .bind(version)
+                .bind(state.as_str())
                 .execute(&mut *tx)
                 .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Enables or disables one version.
-    pub async fn set_version_enabled(
-        &self,
-        key_id: i64,
-        version: i64,
-        enabled: bool,
-    ) -> Result<bool> {
-        let r = sqlx::query("UPDATE key_versions SET enabled = ?, status_at = ? WHERE key_id = ? AND version = ? AND state = 'active'")
-            .bind(enabled)
-            .bind(now_ms())
-            .bind(key_id)
-            .bind(version)
-            .execute(self.pool())
-            .await?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    /// A key by its public identifier, with all its versions (oldest first).
-    pub async fn key_by_uid(&self, uid: &str) -> Result<Option<(KeyRow, Vec<VersionRow>)>> {
-        let row = sqlx::query(&format!("SELECT {KEY_COLS} FROM keys WHERE uid = ?"))
-            .bind(uid)
-            .fetch_optional(self.pool())
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let key = key_from_row(&row)?;
-        let versions = self.versions(key.id).await?;
-        Ok(Some((key, versions)))
-    }
-
-    /// A key by its internal id, with its versions.
-    pub async fn key_by_id(&self, id: i64) -> Result<Option<(KeyRow, Vec<VersionRow>)>> {
-        let row = sqlx::query(&format!("SELECT {KEY_COLS} FROM keys WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let key = key_from_row(&row)?;
-        let versions = self.versions(key.id).await?;
-        Ok(Some((key, versions)))
-    }
-
-    /// Versions of a key, oldest first.
-    pub async fn versions(&self, key_id: i64) -> Result<Vec<VersionRow>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {VERSION_COLS} FROM key_versions WHERE key_id = ? ORDER BY version"
-        ))
-        .bind(key_id)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(version_from_row)
-            .collect::<std::result::Result<_, _>>()
-            .map_err(StoreError::Db)
-    }
-
-    /// Versions in a given state, across keys (reconciler).
-    pub async fn versions_in_state(&self, state: VersionState) -> Result<Vec<VersionRow>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {VERSION_COLS} FROM key_versions WHERE state = ?"
-        ))
-        .bind(state.as_str())
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(version_from_row)
-            .collect::<std::result::Result<_, _>>()
-            .map_err(StoreError::Db)
-    }
-
-    /// Every active version with its key's uid: (uid, version, `CKA_ID`,
-    /// convergent `CKA_ID`). Their objects must be on the token.
-    pub async fn active_version_ids(&self) -> Result<Vec<(String, i64, Vec<u8>, Option<Vec<u8>>)>> {
-        Ok(sqlx::query_as(
-            "SELECT k.uid, v.version, v.cka_id, v.aux_cka_id FROM key_versions v JOIN keys k ON k.id = v.key_id WHERE v.state = 'active' ORDER BY k.id, v.version",
-        )
-        .fetch_all(self.pool())
-        .await?)
-    }
-
-    /// Every version not destroyed, with its key, owner and NHN key store,
-    /// in key then version order; only the key `uid` when given.
-    pub async fn versions_with_owners(&self, uid: Option<&str>) -> Result<Vec<VersionOwnerRow>> {
-        Ok(sqlx::query_as(
-            "SELECT k.uid, k.key_type, k.status AS key_status, v.version, v.state, v.enabled,
-                    v.cka_id, v.aux_cka_id, a.name AS account, n.nhn_type,
-                    s.name AS key_store, p.name AS project, n.extractable AS export_policy
-             FROM key_versions v
-             JOIN keys k ON k.id = v.key_id
-             JOIN accounts a ON a.id = k.account_id
-             LEFT JOIN nhn_keys n ON n.key_id = k.id
-             LEFT JOIN nhn_key_stores s ON s.id = n.key_store_id
-             LEFT JOIN nhn_projects p ON p.id = s.project_id
-             WHERE v.state <> 'destroyed' AND (?1 IS NULL OR k.uid = ?1)
-             ORDER BY k.id, v.version",
-        )
-        .bind(uid)
-        .fetch_all(self.pool())
-        .await?)
-    }
-
-    /// Every `CKA_ID` the store names (key versions not destroyed, service keys).
-    pub async fn known_object_ids(&self) -> Result<Vec<Vec<u8>>> {
-        let mut ids: Vec<Vec<u8>> =
-            sqlx::query_scalar("SELECT cka_id FROM key_versions WHERE state <> 'destroyed'")
-                .fetch_all(self.pool())
+            // A key whose only version never came to be is removed with it.
+            let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM key_versions WHERE key_id = $1")
+                .bind(key_id)
+                .fetch_one(&mut *tx)
                 .await?;
-        let aux: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT aux_cka_id FROM key_versions WHERE state <> 'destroyed' AND aux_cka_id IS NOT NULL",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        ids.extend(aux);
-        ids.extend(self.service_key_ids().await?);
-        ids.extend(self.nhn_ca_key_ids().await?);
-        Ok(ids)
+            if left == 0 {
+                sqlx::query("DELETE FROM keys WHERE id = $1")
+                    .bind(key_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
-    /// Keys of an account that are visible (not deleted, and past creation:
-    /// a key whose first version is still `pending` is not listed), newest
-    /// first, with the total count.
-    pub async fn list_keys(
+    async fn set_version_enabled(&self, key_id: i64, version: i64, enabled: bool) -> Result<bool> {
+        on_db!(self, db => {
+            let r = sqlx::query("UPDATE key_versions SET enabled = $1, status_at = $2 WHERE key_id = $3 AND version = $4 AND state = 'active'")
+                .bind(enabled)
+                .bind(now_ms())
+                .bind(key_id)
+                .bind(version)
+                .execute(&db.pool)
+                .await?;
+            Ok(r.rows_affected() == 1)
+        })
+    }
+
+    async fn key_by_uid(&self, uid: &str) -> Result<Option<(KeyRow, Vec<VersionRow>)>> {
+        on_db!(self, db => {
+            let row: Option<KeyRow> = sqlx::query_as(&format!("SELECT {KEY_COLS} FROM keys WHERE uid = $1"))
+                .bind(uid)
+                .fetch_optional(&db.pool)
+                .await?;
+            let Some(key) = row else { return Ok(None) };
+            let versions = self.versions(key.id).await?;
+            Ok(Some((key, versions)))
+        })
+    }
+
+    async fn key_by_id(&self, id: i64) -> Result<Option<(KeyRow, Vec<VersionRow>)>> {
+        on_db!(self, db => {
+            let row: Option<KeyRow> = sqlx::query_as(&format!("SELECT {KEY_COLS} FROM keys WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&db.pool)
+                .await?;
+            let Some(key) = row else { return Ok(None) };
+            let versions = self.versions(key.id).await?;
+            Ok(Some((key, versions)))
+        })
+    }
+
+    async fn versions(&self, key_id: i64) -> Result<Vec<VersionRow>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_as(&format!(
+                "SELECT {VERSION_COLS} FROM key_versions WHERE key_id = $1 ORDER BY version"
+            ))
+            .bind(key_id)
+            .fetch_all(&db.pool)
+            .await?)
+        })
+    }
+
+    async fn versions_in_state(&self, state: VersionState) -> Result<Vec<VersionRow>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_as(&format!(
+                "SELECT {VERSION_COLS} FROM key_versions WHERE state = $1"
+            ))
+            .bind(state.as_str())
+            .fetch_all(&db.pool)
+            .await?)
+        })
+    }
+
+    async fn active_version_ids(&self) -> Result<Vec<(String, i64, Vec<u8>, Option<Vec<u8>>)>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_as(
+                "SELECT k.uid, v.version, v.cka_id, v.aux_cka_id FROM key_versions v JOIN keys k ON k.id = v.key_id WHERE v.state = 'active' ORDER BY k.id, v.version",
+            )
+            .fetch_all(&db.pool)
+            .await?)
+        })
+    }
+
+    async fn versions_with_owners(&self, uid: Option<&str>) -> Result<Vec<VersionOwnerRow>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_as(
+                "SELECT k.uid, k.key_type, k.status AS key_status, v.version, v.state, v.enabled,
+                        v.cka_id, v.aux_cka_id, a.name AS account, n.nhn_type,
+                        s.name AS key_store, p.name AS project, n.extractable AS export_policy
+                 FROM key_versions v
+                 JOIN keys k ON k.id = v.key_id
+                 JOIN accounts a ON a.id = k.account_id
+                 LEFT JOIN nhn_keys n ON n.key_id = k.id
+                 LEFT JOIN nhn_key_stores s ON s.id = n.key_store_id
+                 LEFT JOIN nhn_projects p ON p.id = s.project_id
+                 WHERE v.state <> 'destroyed' AND ($1 IS NULL OR k.uid = $1)
+                 ORDER BY k.id, v.version",
+            )
+            .bind(uid)
+            .fetch_all(&db.pool)
+            .await?)
+        })
+    }
+
+    async fn known_object_ids(&self) -> Result<Vec<Vec<u8>>> {
+        on_db!(self, db => {
+            let mut ids: Vec<Vec<u8>> =
+                sqlx::query_scalar("SELECT cka_id FROM key_versions WHERE state <> 'destroyed'")
+                    .fetch_all(&db.pool)
+                    .await?;
+            let aux: Vec<Vec<u8>> = sqlx::query_scalar(
+                "SELECT aux_cka_id FROM key_versions WHERE state <> 'destroyed' AND aux_cka_id IS NOT NULL",
+            )
+            .fetch_all(&db.pool)
+            .await?;
+            ids.extend(aux);
+            ids.extend(self.service_key_ids().await?);
+            ids.extend(self.nhn_ca_key_ids().await?);
+            Ok(ids)
+        })
+    }
+
+    async fn list_keys(
         &self,
         account_id: i64,
         offset: i64,
         limit: i64,
     ) -> Result<(Vec<KeyRow>, i64)> {
-        let total: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM keys WHERE account_id = ? AND status <> 'DELETED' AND EXISTS (SELECT 1 FROM key_versions v WHERE v.key_id = keys.id AND v.state = 'active')",
-        )
-        .bind(account_id)
-        .fetch_one(self.pool())
-        .await?;
-        let rows = sqlx::query(&format!(
-            "SELECT {KEY_COLS} FROM keys WHERE account_id = ? AND status <> 'DELETED' AND EXISTS (SELECT 1 FROM key_versions v WHERE v.key_id = keys.id AND v.state = 'active') ORDER BY id DESC LIMIT ? OFFSET ?"
-        ))
-        .bind(account_id)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(self.pool())
-        .await?;
-        let keys = rows
-            .iter()
-            .map(key_from_row)
-            .collect::<std::result::Result<_, _>>()?;
-        Ok((keys, total))
+        on_db!(self, db => {
+            let total: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM keys WHERE account_id = $1 AND status <> 'DELETED' AND EXISTS (SELECT 1 FROM key_versions v WHERE v.key_id = keys.id AND v.state = 'active')",
+            )
+            .bind(account_id)
+            .fetch_one(&db.pool)
+            .await?;
+            let keys: Vec<KeyRow> = sqlx::query_as(&format!(
+                "SELECT {KEY_COLS} FROM keys WHERE account_id = $1 AND status <> 'DELETED' AND EXISTS (SELECT 1 FROM key_versions v WHERE v.key_id = keys.id AND v.state = 'active') ORDER BY id DESC LIMIT $2 OFFSET $3"
+            ))
+            .bind(account_id)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&db.pool)
+            .await?;
+            Ok((keys, total))
+        })
     }
 
-    /// Writes the mutable fields of a key, only if the row is still at the
-    /// revision `k` was read at: `false` when another write came first (read
-    /// again and retry).
-    pub async fn update_key(&self, k: &KeyRow) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE keys SET status = ?, memo = ?, is_auto_rotation = ?, rotation_period = ?, next_rotation_at = ?, destroy_at = ?, status_before_delete = ?, status_at = ?, updated_at = ?, revision = revision + 1 WHERE id = ? AND revision = ?",
-        )
-        .bind(&k.status)
-        .bind(&k.memo)
-        .bind(k.is_auto_rotation)
-        .bind(k.rotation_period)
-        .bind(k.next_rotation_at)
-        .bind(k.destroy_at)
-        .bind(&k.status_before_delete)
-        .bind(k.status_at)
-        .bind(now_ms())
-        .bind(k.id)
-        .bind(k.revision)
-        .execute(self.pool())
-        .await?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    /// Ids of enabled keys with automatic rotation due at `now`.
-    pub async fn keys_due_for_rotation(&self, now: i64) -> Result<Vec<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM keys WHERE is_auto_rotation = 1 AND status = 'ENABLE' AND next_rotation_at IS NOT NULL AND next_rotation_at <= ?",
-        )
-        .bind(now)
-        .fetch_all(self.pool())
-        .await?)
-    }
-
-    /// Ids of keys pending deletion whose waiting period is over.
-    pub async fn keys_due_for_deletion(&self, now: i64) -> Result<Vec<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM keys WHERE status = 'REVOKE' AND destroy_at IS NOT NULL AND destroy_at <= ?",
-        )
-        .bind(now)
-        .fetch_all(self.pool())
-        .await?)
-    }
-
-    /// Marks a key deleted and all its live versions `destroying`, in one
-    /// transaction.
-    pub async fn mark_key_destroying(&self, key_id: i64) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("UPDATE keys SET status = 'DELETED', updated_at = ?, revision = revision + 1 WHERE id = ?")
+    async fn update_key(&self, k: &KeyRow) -> Result<bool> {
+        on_db!(self, db => {
+            let r = sqlx::query(
+                "UPDATE keys SET status = $1, memo = $2, is_auto_rotation = $3, rotation_period = $4, next_rotation_at = $5, destroy_at = $6, status_before_delete = $7, status_at = $8, updated_at = $9, revision = revision + 1 WHERE id = $10 AND revision = $11",
+            )
+            .bind(&k.status)
+            .bind(&k.memo)
+            .bind(k.is_auto_rotation)
+            .bind(k.rotation_period)
+            .bind(k.next_rotation_at)
+            .bind(k.destroy_at)
+            .bind(&k.status_before_delete)
+            .bind(k.status_at)
             .bind(now_ms())
-            .bind(key_id)
-            .execute(&mut *tx)
+            .bind(k.id)
+            .bind(k.revision)
+            .execute(&db.pool)
             .await?;
-        sqlx::query("UPDATE key_versions SET state = 'destroying' WHERE key_id = ? AND state IN ('active', 'pending')")
-            .bind(key_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+            Ok(r.rows_affected() == 1)
+        })
+    }
+
+    async fn keys_due_for_rotation(&self, now: i64) -> Result<Vec<i64>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_scalar(
+                "SELECT id FROM keys WHERE is_auto_rotation = TRUE AND status = 'ENABLE' AND next_rotation_at IS NOT NULL AND next_rotation_at <= $1",
+            )
+            .bind(now)
+            .fetch_all(&db.pool)
+            .await?)
+        })
+    }
+
+    async fn keys_due_for_deletion(&self, now: i64) -> Result<Vec<i64>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_scalar(
+                "SELECT id FROM keys WHERE status = 'REVOKE' AND destroy_at IS NOT NULL AND destroy_at <= $1",
+            )
+            .bind(now)
+            .fetch_all(&db.pool)
+            .await?)
+        })
+    }
+
+    async fn mark_key_destroying(&self, key_id: i64) -> Result<()> {
+        on_db!(self, db => {
+            let mut tx = db.begin_write().await?;
+            sqlx::query("UPDATE keys SET status = 'DELETED', updated_at = $1, revision = revision + 1 WHERE id = $2")
+                .bind(now_ms())
+                .bind(key_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE key_versions SET state = 'destroying' WHERE key_id = $1 AND state IN ('active', 'pending')")
+                .bind(key_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
     }
 }

@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use super::{map_unique, now_ms, Result, Store, StoreError};
+use super::{map_unique, now_ms, ActivitySink, Db, NaverRepo, Result, Store, StoreError};
 
 /// A token generator row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -103,49 +103,44 @@ pub struct ActivityRow {
 const ACTIVITY_COLS: &str =
     "id, at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message";
 
-impl Store {
-    /// The generator of a key.
-    pub async fn generator(&self, key_id: i64) -> Result<Option<GeneratorRow>> {
-        Ok(sqlx::query_as("SELECT key_id, generator_id, status, enabled_at, disabled_at, issued_count FROM token_generators WHERE key_id = ?")
+impl NaverRepo for Store {
+    async fn generator(&self, key_id: i64) -> Result<Option<GeneratorRow>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_as("SELECT key_id, generator_id, status, enabled_at, disabled_at, issued_count FROM token_generators WHERE key_id = $1")
+                .bind(key_id)
+                .fetch_optional(&db.pool)
+                .await?)
+        })
+    }
+
+    async fn put_generator(&self, key_id: i64, generator_id: &str) -> Result<()> {
+        on_db!(self, db => {
+            sqlx::query(
+                "INSERT INTO token_generators (key_id, generator_id, status, enabled_at, disabled_at, issued_count) VALUES ($1, $2, 'ACTIVE', $3, NULL, 0)
+                 ON CONFLICT(key_id) DO UPDATE SET generator_id = excluded.generator_id, status = 'ACTIVE', enabled_at = excluded.enabled_at, disabled_at = NULL, issued_count = 0",
+            )
             .bind(key_id)
-            .fetch_optional(self.pool())
-            .await?)
-    }
-
-    /// Creates or replaces the generator of a key with a new id, active.
-    pub async fn put_generator(&self, key_id: i64, generator_id: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO token_generators (key_id, generator_id, status, enabled_at, disabled_at, issued_count) VALUES (?, ?, 'ACTIVE', ?, NULL, 0)
-             ON CONFLICT(key_id) DO UPDATE SET generator_id = excluded.generator_id, status = 'ACTIVE', enabled_at = excluded.enabled_at, disabled_at = NULL, issued_count = 0",
-        )
-        .bind(key_id)
-        .bind(generator_id)
-        .bind(now_ms())
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
-
-    /// Disables the generator of a key. Returns false when there is none active.
-    pub async fn disable_generator(&self, key_id: i64) -> Result<bool> {
-        let r = sqlx::query("UPDATE token_generators SET status = 'INACTIVE', disabled_at = ? WHERE key_id = ? AND status = 'ACTIVE'")
+            .bind(generator_id)
             .bind(now_ms())
-            .bind(key_id)
-            .execute(self.pool())
+            .execute(&db.pool)
             .await?;
-        Ok(r.rows_affected() == 1)
+            Ok(())
+        })
     }
 
-    /// Inserts new tokens of one set. With a `parent` (the refresh token the
-    /// call was authenticated with), the insert happens only while that token
-    /// is still unrevoked, checked and (for a renewal) revoked in the same
-    /// transaction, so a refresh token cannot be replayed concurrently.
-    /// Returns `false`, writing nothing, when the parent was revoked. With
-    /// `max_live_sets`, `LimitReached("token sets")` when the key's current
-    /// generator already has that many live sets (unrevoked, unexpired
-    /// refresh tokens), counted under the write lock.
+    async fn disable_generator(&self, key_id: i64) -> Result<bool> {
+        on_db!(self, db => {
+            let r = sqlx::query("UPDATE token_generators SET status = 'INACTIVE', disabled_at = $1 WHERE key_id = $2 AND status = 'ACTIVE'")
+                .bind(now_ms())
+                .bind(key_id)
+                .execute(&db.pool)
+                .await?;
+            Ok(r.rows_affected() == 1)
+        })
+    }
+
     #[allow(clippy::too_many_arguments)]
-    pub async fn insert_tokens(
+    async fn insert_tokens(
         &self,
         key_id: i64,
         generator_id: &str,
@@ -155,204 +150,207 @@ impl Store {
         parent: TokenParent<'_>,
         max_live_sets: Option<i64>,
     ) -> Result<bool> {
-        let now = now_ms();
-        let mut tx = self.begin_write().await?;
-        if let Some(max) = max_live_sets {
-            // Take the write lock first, so the count below cannot be raced
-            // past by a concurrent creation.
-            sqlx::query("UPDATE token_generators SET issued_count = issued_count WHERE key_id = ?")
-                .bind(key_id)
-                .execute(&mut *tx)
-                .await?;
-            let live: i64 = sqlx::query_scalar(
-                "SELECT COUNT(DISTINCT set_id) FROM tokens WHERE key_id = ? AND generator_id = ? AND kind = 'refresh' AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)",
-            )
-            .bind(key_id)
-            .bind(generator_id)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            if live >= max {
-                tx.rollback().await?;
-                return Err(StoreError::LimitReached("token sets"));
-            }
-        }
-        // Each check is an UPDATE guarded by `revoked_at IS NULL`: it takes
-        // the write lock and decides atomically, so of two renewals with one
-        // refresh token only the first finds it unrevoked. (For `Live` the
-        // write changes nothing; it is there for the lock.)
-        let live = match parent {
-            TokenParent::None => true,
-            TokenParent::Revoke(h) => {
-                sqlx::query(
-                    "UPDATE tokens SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL",
+        on_db!(self, db => {
+            let now = now_ms();
+            let mut tx = db.begin_write().await?;
+            if let Some(max) = max_live_sets {
+                // Take the write lock first, so the count below cannot be raced
+                // past by a concurrent creation.
+                sqlx::query("UPDATE token_generators SET issued_count = issued_count WHERE key_id = $1")
+                    .bind(key_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let live: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(DISTINCT set_id) FROM tokens WHERE key_id = $1 AND generator_id = $2 AND kind = 'refresh' AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3)",
                 )
+                .bind(key_id)
+                .bind(generator_id)
                 .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                if live >= max {
+                    tx.rollback().await?;
+                    return Err(StoreError::LimitReached("token sets"));
+                }
+            }
+            // Each check is an UPDATE guarded by `revoked_at IS NULL`: it takes
+            // the write lock and decides atomically, so of two renewals with one
+            // refresh token only the first finds it unrevoked. (For `Live` the
+            // write changes nothing; it is there for the lock.)
+            let live = match parent {
+                TokenParent::None => true,
+                TokenParent::Revoke(h) => {
+                    sqlx::query(
+                        "UPDATE tokens SET revoked_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL",
+                    )
+                    .bind(now)
+                    .bind(h)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                        == 1
+                }
+                TokenParent::Live(h) => sqlx::query(
+                    "UPDATE tokens SET revoked_at = NULL WHERE token_hash = $1 AND revoked_at IS NULL",
+                )
                 .bind(h)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected()
-                    == 1
+                    == 1,
+            };
+            if !live {
+                tx.rollback().await?;
+                return Ok(false);
             }
-            TokenParent::Live(h) => sqlx::query(
-                "UPDATE tokens SET revoked_at = NULL WHERE token_hash = ? AND revoked_at IS NULL",
-            )
-            .bind(h)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1,
-        };
-        if !live {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        for t in tokens {
-            sqlx::query(
-                "INSERT INTO tokens (token_hash, token_id, key_id, generator_id, account_id, kind, set_id, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&t.hash)
-            .bind(&t.token_id)
-            .bind(key_id)
-            .bind(generator_id)
-            .bind(account_id)
-            .bind(t.kind)
-            .bind(set_id)
-            .bind(t.expires_at)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_unique)?;
-        }
-        sqlx::query("UPDATE token_generators SET issued_count = issued_count + ? WHERE key_id = ? AND generator_id = ?")
-            .bind(tokens.len() as i64)
-            .bind(key_id)
-            .bind(generator_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    /// Looks a token up by its hash.
-    pub async fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRow>> {
-        Ok(sqlx::query_as(
-            "SELECT token_id, key_id, generator_id, account_id, kind, set_id, expires_at, revoked_at FROM tokens WHERE token_hash = ?",
-        )
-        .bind(hash)
-        .fetch_optional(self.pool())
-        .await?)
-    }
-
-    /// Turns the IP ACL of a key on or off.
-    pub async fn set_acl_enabled(&self, key_id: i64, on: bool) -> Result<()> {
-        sqlx::query("UPDATE keys SET acl_enabled = ? WHERE id = ?")
-            .bind(on)
-            .bind(key_id)
-            .execute(self.pool())
-            .await?;
-        Ok(())
-    }
-
-    /// The ACL of a key: (enabled, rules in insertion order).
-    pub async fn acl(&self, key_id: i64) -> Result<(bool, Vec<String>)> {
-        let on: bool = sqlx::query_scalar("SELECT acl_enabled FROM keys WHERE id = ?")
-            .bind(key_id)
-            .fetch_one(self.pool())
-            .await?;
-        let rules = sqlx::query(
-            "SELECT rule FROM key_acl_rules WHERE key_id = ? ORDER BY created_at, rule",
-        )
-        .bind(key_id)
-        .fetch_all(self.pool())
-        .await?
-        .iter()
-        .map(|r| r.try_get::<String, _>("rule"))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok((on, rules))
-    }
-
-    /// Adds rules (duplicates are ignored).
-    pub async fn add_acl_rules(&self, key_id: i64, rules: &[String]) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        for r in rules {
-            sqlx::query(
-                "INSERT OR IGNORE INTO key_acl_rules (key_id, rule, created_at) VALUES (?, ?, ?)",
-            )
-            .bind(key_id)
-            .bind(r)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Removes rules.
-    pub async fn delete_acl_rules(&self, key_id: i64, rules: &[String]) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        for r in rules {
-            sqlx::query("DELETE FROM key_acl_rules WHERE key_id = ? AND rule = ?")
+            for t in tokens {
+                sqlx::query(
+                    "INSERT INTO tokens (token_hash, token_id, key_id, generator_id, account_id, kind, set_id, expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(&t.hash)
+                .bind(&t.token_id)
                 .bind(key_id)
-                .bind(r)
+                .bind(generator_id)
+                .bind(account_id)
+                .bind(t.kind)
+                .bind(set_id)
+                .bind(t.expires_at)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_unique)?;
+            }
+            sqlx::query("UPDATE token_generators SET issued_count = issued_count + $1 WHERE key_id = $2 AND generator_id = $3")
+                .bind(tokens.len() as i64)
+                .bind(key_id)
+                .bind(generator_id)
                 .execute(&mut *tx)
                 .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+            tx.commit().await?;
+            Ok(true)
+        })
     }
 
-    /// Stores an API Gateway API key.
-    pub async fn insert_api_key(&self, api_key: &str, account_id: i64) -> Result<()> {
-        sqlx::query("INSERT INTO api_keys (api_key, account_id, status, created_at) VALUES (?, ?, 'active', ?)")
+    async fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRow>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_as(
+                "SELECT token_id, key_id, generator_id, account_id, kind, set_id, expires_at, revoked_at FROM tokens WHERE token_hash = $1",
+            )
+            .bind(hash)
+            .fetch_optional(&db.pool)
+            .await?)
+        })
+    }
+
+    async fn set_acl_enabled(&self, key_id: i64, on: bool) -> Result<()> {
+        on_db!(self, db => {
+            sqlx::query("UPDATE keys SET acl_enabled = $1 WHERE id = $2")
+                .bind(on)
+                .bind(key_id)
+                .execute(&db.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    async fn acl(&self, key_id: i64) -> Result<(bool, Vec<String>)> {
+        on_db!(self, db => {
+            let on: bool = sqlx::query_scalar("SELECT acl_enabled FROM keys WHERE id = $1")
+                .bind(key_id)
+                .fetch_one(&db.pool)
+                .await?;
+            let rules = sqlx::query(
+                "SELECT rule FROM key_acl_rules WHERE key_id = $1 ORDER BY created_at, rule",
+            )
+            .bind(key_id)
+            .fetch_all(&db.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>("rule"))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok((on, rules))
+        })
+    }
+
+    async fn add_acl_rules(&self, key_id: i64, rules: &[String]) -> Result<()> {
+        on_db!(self, db => {
+            let mut tx = db.begin_write().await?;
+            for r in rules {
+                sqlx::query(
+                    "INSERT INTO key_acl_rules (key_id, rule, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                )
+                .bind(key_id)
+                .bind(r)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    async fn delete_acl_rules(&self, key_id: i64, rules: &[String]) -> Result<()> {
+        on_db!(self, db => {
+            let mut tx = db.begin_write().await?;
+            for r in rules {
+                sqlx::query("DELETE FROM key_acl_rules WHERE key_id = $1 AND rule = $2")
+                    .bind(key_id)
+                    .bind(r)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    async fn insert_api_key(&self, api_key: &str, account_id: i64) -> Result<()> {
+        on_db!(self, db => {
+            sqlx::query("INSERT INTO api_keys (api_key, account_id, status, created_at) VALUES ($1, $2, 'active', $3)")
+                .bind(api_key)
+                .bind(account_id)
+                .bind(now_ms())
+                .execute(&db.pool)
+                .await
+                .map_err(map_unique)?;
+            Ok(())
+        })
+    }
+
+    async fn api_key_account(&self, api_key: &str) -> Result<Option<i64>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_scalar(
+                "SELECT account_id FROM api_keys WHERE api_key = $1 AND status = 'active'",
+            )
             .bind(api_key)
-            .bind(account_id)
-            .bind(now_ms())
-            .execute(self.pool())
-            .await
-            .map_err(map_unique)?;
-        Ok(())
+            .fetch_optional(&db.pool)
+            .await?)
+        })
     }
 
-    /// The account of an active API key.
-    pub async fn api_key_account(&self, api_key: &str) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT account_id FROM api_keys WHERE api_key = ? AND status = 'active'",
-        )
-        .bind(api_key)
-        .fetch_optional(self.pool())
-        .await?)
-    }
-
-    /// Revokes an API key.
-    pub async fn revoke_api_key(&self, api_key: &str) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE api_keys SET status = 'revoked' WHERE api_key = ? AND status = 'active'",
-        )
-        .bind(api_key)
-        .execute(self.pool())
-        .await?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    /// A connection of its own for the activity-log writer, whose commits
-    /// fsync the WAL only when `fsync` is set (`PRAGMA synchronous` is per
-    /// connection; the metadata connections keep `FULL`).
-    pub async fn activity_writer(&self, fsync: bool) -> Result<sqlx::SqliteConnection> {
-        let mut conn = self.pool().acquire().await?.detach();
-        let mode = if fsync { "FULL" } else { "NORMAL" };
-        sqlx::query(&format!("PRAGMA synchronous = {mode}"))
-            .execute(&mut conn)
+    async fn revoke_api_key(&self, api_key: &str) -> Result<bool> {
+        on_db!(self, db => {
+            let r = sqlx::query(
+                "UPDATE api_keys SET status = 'revoked' WHERE api_key = $1 AND status = 'active'",
+            )
+            .bind(api_key)
+            .execute(&db.pool)
             .await?;
-        Ok(conn)
+            Ok(r.rows_affected() == 1)
+        })
     }
 }
 
-impl Store {
-    /// Activity records of a key in `[from, to]`, oldest first, paged, with
-    /// the total count. `keyword` filters on action, caller, address or result.
-    pub async fn activity(
+impl ActivitySink for Store {
+    async fn activity_writer(&self, fsync: bool) -> Result<ActivityWriter> {
+        Ok(ActivityWriter(match &self.db {
+            Db::Sqlite(db) => WriterConn::Sqlite(db.activity_writer(fsync).await?),
+            Db::Postgres(db) => WriterConn::Postgres(db.activity_writer(fsync).await?),
+        }))
+    }
+
+    async fn activity(
         &self,
         key_uid: &str,
         from: i64,
@@ -361,47 +359,60 @@ impl Store {
         offset: i64,
         limit: i64,
     ) -> Result<(Vec<ActivityRow>, i64)> {
-        // LIKE wildcards and the escape character itself match literally.
-        let pattern = keyword.map(|k| {
-            format!(
-                "%{}%",
-                k.replace('\\', "\\\\")
-                    .replace('%', "\\%")
-                    .replace('_', "\\_")
-            )
-        });
-        // Numbered parameters: ?1 key, ?2 from, ?3 to, ?4 pattern (or NULL).
-        let filter = "key_uid = ?1 AND at >= ?2 AND at <= ?3 AND (?4 IS NULL OR action LIKE ?4 ESCAPE '\\' OR caller LIKE ?4 ESCAPE '\\' OR source_ip LIKE ?4 ESCAPE '\\' OR result LIKE ?4 ESCAPE '\\')";
-        let total: i64 = sqlx::query_scalar(&format!(
-            "SELECT COUNT(*) FROM activity_logs WHERE {filter}"
-        ))
-        .bind(key_uid)
-        .bind(from)
-        .bind(to)
-        .bind(&pattern)
-        .fetch_one(self.pool())
-        .await?;
-        let rows = sqlx::query_as(&format!(
-            "SELECT {ACTIVITY_COLS} FROM activity_logs WHERE {filter} ORDER BY id LIMIT ?5 OFFSET ?6"
-        ))
-        .bind(key_uid)
-        .bind(from)
-        .bind(to)
-        .bind(&pattern)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(self.pool())
-        .await?;
-        Ok((rows, total))
+        on_db!(self, db => {
+            // LIKE wildcards and the escape character itself match literally.
+            let pattern = keyword.map(|k| {
+                format!(
+                    "%{}%",
+                    k.replace('\\', "\\\\")
+                        .replace('%', "\\%")
+                        .replace('_', "\\_")
+                )
+            });
+            // Numbered parameters: ?1 key, ?2 from, ?3 to, ?4 pattern (or NULL).
+            let filter = "key_uid = $1 AND at >= $2 AND at <= $3 AND ($4 IS NULL OR LOWER(action) LIKE LOWER($4) ESCAPE '\\' OR LOWER(caller) LIKE LOWER($4) ESCAPE '\\' OR LOWER(source_ip) LIKE LOWER($4) ESCAPE '\\' OR LOWER(result) LIKE LOWER($4) ESCAPE '\\')";
+            let total: i64 = sqlx::query_scalar(&format!(
+                "SELECT COUNT(*) FROM activity_logs WHERE {filter}"
+            ))
+            .bind(key_uid)
+            .bind(from)
+            .bind(to)
+            .bind(&pattern)
+            .fetch_one(&db.pool)
+            .await?;
+            let rows = sqlx::query_as(&format!(
+                "SELECT {ACTIVITY_COLS} FROM activity_logs WHERE {filter} ORDER BY id LIMIT $5 OFFSET $6"
+            ))
+            .bind(key_uid)
+            .bind(from)
+            .bind(to)
+            .bind(&pattern)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&db.pool)
+            .await?;
+            Ok((rows, total))
+        })
     }
 
-    /// The newest activity record of a key.
-    pub async fn latest_activity(&self, key_uid: &str) -> Result<Option<ActivityRow>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {ACTIVITY_COLS} FROM activity_logs WHERE key_uid = ? ORDER BY id DESC LIMIT 1"
-        ))
-        .bind(key_uid)
-        .fetch_optional(self.pool())
-        .await?)
+    async fn latest_activity(&self, key_uid: &str) -> Result<Option<ActivityRow>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_as(&format!(
+                "SELECT {ACTIVITY_COLS} FROM activity_logs WHERE key_uid = $1 ORDER BY id DESC LIMIT 1"
+            ))
+            .bind(key_uid)
+            .fetch_optional(&db.pool)
+            .await?)
+        })
     }
+}
+
+/// The activity-log writer's own connection (see [`ActivitySink::activity_writer`]).
+#[derive(Debug)]
+pub struct ActivityWriter(pub(super) WriterConn);
+
+#[derive(Debug)]
+pub(super) enum WriterConn {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
 }

@@ -1,7 +1,7 @@
 //! NHN Secure Key Manager metadata: projects, appkeys, User Access Keys, key
 //! stores, the NHN side of keys, and key-store credentials.
 
-use super::{map_unique, now_ms, Result, Store, StoreError};
+use super::{map_unique, now_ms, NhnRepo, Result, Store, StoreError};
 
 /// A project row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -214,558 +214,576 @@ const STORE_COLS: &str = "id, project_id, name, description, ip4_auth_use, mac_a
 const NHN_KEY_COLS: &str = "key_id, key_store_id, name, description, nhn_type, extractable, auto_rotation_period, next_rotation_at, last_access_at, creation_user, last_change_user";
 const CRED_COLS: &str = "id, key_store_id, kind, value, description, status, deletion_at, last_access_at, cert_sha256, cert_der, expires_at, p12_ct, creation_user, created_at, last_change_user, updated_at";
 
-impl Store {
-    /// Creates a project with its engine account, in one transaction.
-    /// `Conflict` when the name is taken.
-    pub async fn nhn_create_project(
+impl NhnRepo for Store {
+    async fn nhn_create_project(
         &self,
         name: &str,
         account_name: &str,
         require: UserAccessKeyRequirement,
     ) -> Result<i64> {
-        let now = now_ms();
-        let mut tx = self.begin_write().await?;
-        let acct = sqlx::query("INSERT INTO accounts (name, created_at) VALUES (?, ?)")
+        on_db!(self, db => {
+            let now = now_ms();
+            let mut tx = db.begin_write().await?;
+            let acct: i64 = sqlx::query_scalar(
+                "INSERT INTO accounts (name, created_at) VALUES ($1, $2) RETURNING id",
+            )
             .bind(account_name)
             .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_unique)?
-            .last_insert_rowid();
-        let id = sqlx::query(
-            "INSERT INTO nhn_projects (name, account_id, require_user_access_key, require_user_access_key_on_data, created_at) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(name)
-        .bind(acct)
-        .bind(require.management)
-        .bind(require.data)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_unique)?
-        .last_insert_rowid();
-        tx.commit().await?;
-        Ok(id)
-    }
-
-    /// A project by name.
-    pub async fn nhn_project_by_name(&self, name: &str) -> Result<Option<NhnProjectRow>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {PROJECT_COLS} FROM nhn_projects WHERE name = ?"
-        ))
-        .bind(name)
-        .fetch_optional(self.pool())
-        .await?)
-    }
-
-    /// A project by id.
-    pub async fn nhn_project(&self, id: i64) -> Result<Option<NhnProjectRow>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {PROJECT_COLS} FROM nhn_projects WHERE id = ?"
-        ))
-        .bind(id)
-        .fetch_optional(self.pool())
-        .await?)
-    }
-
-    /// Records the project's CA key and certificate (once).
-    pub async fn nhn_set_project_ca(&self, id: i64, cka_id: &[u8], cert: &[u8]) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE nhn_projects SET ca_cka_id = ?, ca_cert = ? WHERE id = ? AND ca_cka_id IS NULL",
-        )
-        .bind(cka_id)
-        .bind(cert)
-        .bind(id)
-        .execute(self.pool())
-        .await?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    /// Every project CA certificate (for the TLS client verifier).
-    pub async fn nhn_ca_certs(&self) -> Result<Vec<Vec<u8>>> {
-        Ok(
-            sqlx::query_scalar("SELECT ca_cert FROM nhn_projects WHERE ca_cert IS NOT NULL")
-                .fetch_all(self.pool())
-                .await?,
-        )
-    }
-
-    /// CKA_IDs of the project CA keys (for the reconciler).
-    pub async fn nhn_ca_key_ids(&self) -> Result<Vec<Vec<u8>>> {
-        Ok(
-            sqlx::query_scalar("SELECT ca_cka_id FROM nhn_projects WHERE ca_cka_id IS NOT NULL")
-                .fetch_all(self.pool())
-                .await?,
-        )
-    }
-
-    /// Adds an appkey to a project.
-    pub async fn nhn_insert_appkey(&self, appkey: &str, project_id: i64) -> Result<()> {
-        sqlx::query("INSERT INTO nhn_appkeys (appkey, project_id, created_at) VALUES (?, ?, ?)")
-            .bind(appkey)
-            .bind(project_id)
-            .bind(now_ms())
-            .execute(self.pool())
+            .fetch_one(&mut *tx)
             .await
             .map_err(map_unique)?;
-        Ok(())
-    }
-
-    /// The project of an appkey.
-    pub async fn nhn_project_by_appkey(&self, appkey: &str) -> Result<Option<NhnProjectRow>> {
-        Ok(sqlx::query_as(
-            "SELECT p.id, p.name, p.account_id, p.require_user_access_key, p.require_user_access_key_on_data, p.ca_cka_id, p.ca_cert, p.created_at
-             FROM nhn_appkeys a JOIN nhn_projects p ON p.id = a.project_id WHERE a.appkey = ? AND a.status = 'active'",
-        )
-        .bind(appkey)
-        .fetch_optional(self.pool())
-        .await?)
-    }
-
-    /// Revokes an active appkey; `false` when no active appkey has this value.
-    pub async fn nhn_revoke_appkey(&self, appkey: &str) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE nhn_appkeys SET status = 'revoked', revoked_at = ? WHERE appkey = ? AND status = 'active'",
-        )
-        .bind(now_ms())
-        .bind(appkey)
-        .execute(self.pool())
-        .await?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    /// Replaces an active appkey by `new` for the same project, in one
-    /// transaction: the old one is revoked. `false` when `old` is not an
-    /// active appkey.
-    pub async fn nhn_rotate_appkey(&self, old: &str, new: &str) -> Result<bool> {
-        let now = now_ms();
-        let mut tx = self.begin_write().await?;
-        let project: Option<i64> = sqlx::query_scalar(
-            "SELECT project_id FROM nhn_appkeys WHERE appkey = ? AND status = 'active'",
-        )
-        .bind(old)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(project) = project else {
-            return Ok(false);
-        };
-        sqlx::query("UPDATE nhn_appkeys SET status = 'revoked', revoked_at = ? WHERE appkey = ?")
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO nhn_projects (name, account_id, require_user_access_key, require_user_access_key_on_data, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            )
+            .bind(name)
+            .bind(acct)
+            .bind(require.management)
+            .bind(require.data)
             .bind(now)
-            .bind(old)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO nhn_appkeys (appkey, project_id, status, created_at) VALUES (?, ?, 'active', ?)",
-        )
-        .bind(new)
-        .bind(project)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_unique)?;
-        tx.commit().await?;
-        Ok(true)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_unique)?;
+            tx.commit().await?;
+            Ok(id)
+        })
     }
 
-    /// Changes a project's User Access Key requirements; `None` leaves one
-    /// as is. `false` when no project has this name.
-    pub async fn nhn_update_project(
+    async fn nhn_project_by_name(&self, name: &str) -> Result<Option<NhnProjectRow>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_as(&format!(
+                "SELECT {PROJECT_COLS} FROM nhn_projects WHERE name = $1"
+            ))
+            .bind(name)
+            .fetch_optional(&db.pool)
+            .await?)
+        })
+    }
+
+    async fn nhn_project(&self, id: i64) -> Result<Option<NhnProjectRow>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_as(&format!(
+                "SELECT {PROJECT_COLS} FROM nhn_projects WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(&db.pool)
+            .await?)
+        })
+    }
+
+    async fn nhn_set_project_ca(&self, id: i64, cka_id: &[u8], cert: &[u8]) -> Result<bool> {
+        on_db!(self, db => {
+            let r = sqlx::query(
+                "UPDATE nhn_projects SET ca_cka_id = $1, ca_cert = $2 WHERE id = $3 AND ca_cka_id IS NULL",
+            )
+            .bind(cka_id)
+            .bind(cert)
+            .bind(id)
+            .execute(&db.pool)
+            .await?;
+            Ok(r.rows_affected() == 1)
+        })
+    }
+
+    async fn nhn_ca_certs(&self) -> Result<Vec<Vec<u8>>> {
+        on_db!(self, db => {
+            Ok(
+                sqlx::query_scalar("SELECT ca_cert FROM nhn_projects WHERE ca_cert IS NOT NULL")
+                    .fetch_all(&db.pool)
+                    .await?,
+            )
+        })
+    }
+
+    async fn nhn_ca_key_ids(&self) -> Result<Vec<Vec<u8>>> {
+        on_db!(self, db => {
+            Ok(
+                sqlx::query_scalar("SELECT ca_cka_id FROM nhn_projects WHERE ca_cka_id IS NOT NULL")
+                    .fetch_all(&db.pool)
+                    .await?,
+            )
+        })
+    }
+
+    async fn nhn_insert_appkey(&self, appkey: &str, project_id: i64) -> Result<()> {
+        on_db!(self, db => {
+            sqlx::query("INSERT INTO nhn_appkeys (appkey, project_id, created_at) VALUES ($1, $2, $3)")
+                .bind(appkey)
+                .bind(project_id)
+                .bind(now_ms())
+                .execute(&db.pool)
+                .await
+                .map_err(map_unique)?;
+            Ok(())
+        })
+    }
+
+    async fn nhn_project_by_appkey(&self, appkey: &str) -> Result<Option<NhnProjectRow>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_as(
+                "SELECT p.id, p.name, p.account_id, p.require_user_access_key, p.require_user_access_key_on_data, p.ca_cka_id, p.ca_cert, p.created_at
+                 FROM nhn_appkeys a JOIN nhn_projects p ON p.id = a.project_id WHERE a.appkey = $1 AND a.status = 'active'",
+            )
+            .bind(appkey)
+            .fetch_optional(&db.pool)
+            .await?)
+        })
+    }
+
+    async fn nhn_revoke_appkey(&self, appkey: &str) -> Result<bool> {
+        on_db!(self, db => {
+            let r = sqlx::query(
+                "UPDATE nhn_appkeys SET status = 'revoked', revoked_at = $1 WHERE appkey = $2 AND status = 'active'",
+            )
+            .bind(now_ms())
+            .bind(appkey)
+            .execute(&db.pool)
+            .await?;
+            Ok(r.rows_affected() == 1)
+        })
+    }
+
+    async fn nhn_rotate_appkey(&self, old: &str, new: &str) -> Result<bool> {
+        on_db!(self, db => {
+            let now = now_ms();
+            let mut tx = db.begin_write().await?;
+            let project: Option<i64> = sqlx::query_scalar(
+                "SELECT project_id FROM nhn_appkeys WHERE appkey = $1 AND status = 'active'",
+            )
+            .bind(old)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(project) = project else {
+                return Ok(false);
+            };
+            sqlx::query("UPDATE nhn_appkeys SET status = 'revoked', revoked_at = $1 WHERE appkey = $2")
+                .bind(now)
+                .bind(old)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO nhn_appkeys (appkey, project_id, status, created_at) VALUES ($1, $2, 'active', $3)",
+            )
+            .bind(new)
+            .bind(project)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_unique)?;
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    async fn nhn_update_project(
         &self,
         name: &str,
         management: Option<bool>,
         data: Option<bool>,
     ) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE nhn_projects SET require_user_access_key = COALESCE(?, require_user_access_key),
-             require_user_access_key_on_data = COALESCE(?, require_user_access_key_on_data) WHERE name = ?",
-        )
-        .bind(management)
-        .bind(data)
-        .bind(name)
-        .execute(self.pool())
-        .await?;
-        Ok(r.rows_affected() == 1)
+        on_db!(self, db => {
+            let r = sqlx::query(
+                "UPDATE nhn_projects SET require_user_access_key = COALESCE($1, require_user_access_key),
+                 require_user_access_key_on_data = COALESCE($2, require_user_access_key_on_data) WHERE name = $3",
+            )
+            .bind(management)
+            .bind(data)
+            .bind(name)
+            .execute(&db.pool)
+            .await?;
+            Ok(r.rows_affected() == 1)
+        })
     }
 
-    /// Every project, by id.
-    pub async fn nhn_projects(&self) -> Result<Vec<NhnProjectRow>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {PROJECT_COLS} FROM nhn_projects ORDER BY id"
-        ))
-        .fetch_all(self.pool())
-        .await?)
+    async fn nhn_projects(&self) -> Result<Vec<NhnProjectRow>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_as(&format!(
+                "SELECT {PROJECT_COLS} FROM nhn_projects ORDER BY id"
+            ))
+            .fetch_all(&db.pool)
+            .await?)
+        })
     }
 
-    /// Stores a User Access Key.
-    pub async fn nhn_insert_user_access_key(
+    async fn nhn_insert_user_access_key(
         &self,
         access_key: &str,
         project_id: i64,
         secret_sha256: &[u8],
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO nhn_user_access_keys (access_key, project_id, secret_sha256, status, created_at) VALUES (?, ?, ?, 'active', ?)",
-        )
-        .bind(access_key)
-        .bind(project_id)
-        .bind(secret_sha256)
-        .bind(now_ms())
-        .execute(self.pool())
-        .await
-        .map_err(map_unique)?;
-        Ok(())
+        on_db!(self, db => {
+            sqlx::query(
+                "INSERT INTO nhn_user_access_keys (access_key, project_id, secret_sha256, status, created_at) VALUES ($1, $2, $3, 'active', $4)",
+            )
+            .bind(access_key)
+            .bind(project_id)
+            .bind(secret_sha256)
+            .bind(now_ms())
+            .execute(&db.pool)
+            .await
+            .map_err(map_unique)?;
+            Ok(())
+        })
     }
 
-    /// A User Access Key.
-    pub async fn nhn_user_access_key(
-        &self,
-        access_key: &str,
-    ) -> Result<Option<NhnUserAccessKeyRow>> {
-        Ok(sqlx::query_as(
-            "SELECT access_key, project_id, secret_sha256, status FROM nhn_user_access_keys WHERE access_key = ?",
-        )
-        .bind(access_key)
-        .fetch_optional(self.pool())
-        .await?)
+    async fn nhn_user_access_key(&self, access_key: &str) -> Result<Option<NhnUserAccessKeyRow>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_as(
+                "SELECT access_key, project_id, secret_sha256, status FROM nhn_user_access_keys WHERE access_key = $1",
+            )
+            .bind(access_key)
+            .fetch_optional(&db.pool)
+            .await?)
+        })
     }
 
-    /// Revokes a User Access Key.
-    pub async fn nhn_revoke_user_access_key(&self, access_key: &str) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE nhn_user_access_keys SET status = 'revoked' WHERE access_key = ? AND status = 'active'",
-        )
-        .bind(access_key)
-        .execute(self.pool())
-        .await?;
-        Ok(r.rows_affected() == 1)
+    async fn nhn_revoke_user_access_key(&self, access_key: &str) -> Result<bool> {
+        on_db!(self, db => {
+            let r = sqlx::query(
+                "UPDATE nhn_user_access_keys SET status = 'revoked' WHERE access_key = $1 AND status = 'active'",
+            )
+            .bind(access_key)
+            .execute(&db.pool)
+            .await?;
+            Ok(r.rows_affected() == 1)
+        })
     }
 
-    /// Creates a key store; `Conflict` when the name is taken in the project.
-    pub async fn nhn_create_key_store(&self, s: &NewKeyStore) -> Result<i64> {
-        let now = now_ms();
-        let r = sqlx::query(
-            "INSERT INTO nhn_key_stores (project_id, name, description, ip4_auth_use, mac_auth_use, certificate_auth_use, allow_export, creation_user, created_at, last_change_user, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(s.project_id)
-        .bind(&s.name)
-        .bind(&s.description)
-        .bind(s.ip4_auth_use)
-        .bind(s.mac_auth_use)
-        .bind(s.certificate_auth_use)
-        .bind(s.allow_export)
-        .bind(&s.creation_user)
-        .bind(now)
-        .bind(&s.creation_user)
-        .bind(now)
-        .execute(self.pool())
-        .await
-        .map_err(map_unique)?;
-        Ok(r.last_insert_rowid())
+    async fn nhn_create_key_store(&self, s: &NewKeyStore) -> Result<i64> {
+        on_db!(self, db => {
+            let now = now_ms();
+            sqlx::query_scalar(
+                "INSERT INTO nhn_key_stores (project_id, name, description, ip4_auth_use, mac_auth_use, certificate_auth_use, allow_export, creation_user, created_at, last_change_user, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+            )
+            .bind(s.project_id)
+            .bind(&s.name)
+            .bind(&s.description)
+            .bind(s.ip4_auth_use)
+            .bind(s.mac_auth_use)
+            .bind(s.certificate_auth_use)
+            .bind(s.allow_export)
+            .bind(&s.creation_user)
+            .bind(now)
+            .bind(&s.creation_user)
+            .bind(now)
+            .fetch_one(&db.pool)
+            .await
+            .map_err(map_unique)
+        })
     }
 
-    /// Changes the switches and export policy of a key store.
-    pub async fn nhn_update_key_store(&self, s: &NhnKeyStoreRow) -> Result<()> {
-        sqlx::query(
-            "UPDATE nhn_key_stores SET description = ?, ip4_auth_use = ?, mac_auth_use = ?, certificate_auth_use = ?, allow_export = ?, last_change_user = ?, updated_at = ? WHERE id = ?",
-        )
-        .bind(&s.description)
-        .bind(s.ip4_auth_use)
-        .bind(s.mac_auth_use)
-        .bind(s.certificate_auth_use)
-        .bind(s.allow_export)
-        .bind(&s.last_change_user)
-        .bind(now_ms())
-        .bind(s.id)
-        .execute(self.pool())
-        .await?;
-        Ok(())
+    async fn nhn_update_key_store(&self, s: &NhnKeyStoreRow) -> Result<()> {
+        on_db!(self, db => {
+            sqlx::query(
+                "UPDATE nhn_key_stores SET description = $1, ip4_auth_use = $2, mac_auth_use = $3, certificate_auth_use = $4, allow_export = $5, last_change_user = $6, updated_at = $7 WHERE id = $8",
+            )
+            .bind(&s.description)
+            .bind(s.ip4_auth_use)
+            .bind(s.mac_auth_use)
+            .bind(s.certificate_auth_use)
+            .bind(s.allow_export)
+            .bind(&s.last_change_user)
+            .bind(now_ms())
+            .bind(s.id)
+            .execute(&db.pool)
+            .await?;
+            Ok(())
+        })
     }
 
-    /// Key stores of a project, by id.
-    pub async fn nhn_key_stores(&self, project_id: i64) -> Result<Vec<NhnKeyStoreRow>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {STORE_COLS} FROM nhn_key_stores WHERE project_id = ? ORDER BY id"
-        ))
-        .bind(project_id)
-        .fetch_all(self.pool())
-        .await?)
+    async fn nhn_key_stores(&self, project_id: i64) -> Result<Vec<NhnKeyStoreRow>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_as(&format!(
+                "SELECT {STORE_COLS} FROM nhn_key_stores WHERE project_id = $1 ORDER BY id"
+            ))
+            .bind(project_id)
+            .fetch_all(&db.pool)
+            .await?)
+        })
     }
 
-    /// A key store by id.
-    pub async fn nhn_key_store(&self, id: i64) -> Result<Option<NhnKeyStoreRow>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {STORE_COLS} FROM nhn_key_stores WHERE id = ?"
-        ))
-        .bind(id)
-        .fetch_optional(self.pool())
-        .await?)
+    async fn nhn_key_store(&self, id: i64) -> Result<Option<NhnKeyStoreRow>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_as(&format!(
+                "SELECT {STORE_COLS} FROM nhn_key_stores WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(&db.pool)
+            .await?)
+        })
     }
 
-    /// A key store of a project by name.
-    pub async fn nhn_key_store_by_name(
+    async fn nhn_key_store_by_name(
         &self,
         project_id: i64,
         name: &str,
     ) -> Result<Option<NhnKeyStoreRow>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {STORE_COLS} FROM nhn_key_stores WHERE project_id = ? AND name = ?"
-        ))
-        .bind(project_id)
-        .bind(name)
-        .fetch_optional(self.pool())
-        .await?)
+        on_db!(self, db => {
+            Ok(sqlx::query_as(&format!(
+                "SELECT {STORE_COLS} FROM nhn_key_stores WHERE project_id = $1 AND name = $2"
+            ))
+            .bind(project_id)
+            .bind(name)
+            .fetch_optional(&db.pool)
+            .await?)
+        })
     }
 
-    /// Writes the NHN side of a key (right after `insert_key_pending`).
-    pub async fn nhn_insert_key(&self, k: &NhnKeyRow) -> Result<()> {
-        sqlx::query(&format!(
-            "INSERT INTO nhn_keys ({NHN_KEY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(k.key_id)
-        .bind(k.key_store_id)
-        .bind(&k.name)
-        .bind(&k.description)
-        .bind(&k.nhn_type)
-        .bind(k.extractable)
-        .bind(k.auto_rotation_period)
-        .bind(k.next_rotation_at)
-        .bind(k.last_access_at)
-        .bind(&k.creation_user)
-        .bind(&k.last_change_user)
-        .execute(self.pool())
-        .await
-        .map_err(map_unique)?;
-        Ok(())
+    async fn nhn_insert_key(&self, k: &NhnKeyRow) -> Result<()> {
+        on_db!(self, db => {
+            sqlx::query(&format!(
+                "INSERT INTO nhn_keys ({NHN_KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            ))
+            .bind(k.key_id)
+            .bind(k.key_store_id)
+            .bind(&k.name)
+            .bind(&k.description)
+            .bind(&k.nhn_type)
+            .bind(k.extractable)
+            .bind(k.auto_rotation_period)
+            .bind(k.next_rotation_at)
+            .bind(k.last_access_at)
+            .bind(&k.creation_user)
+            .bind(&k.last_change_user)
+            .execute(&db.pool)
+            .await
+            .map_err(map_unique)?;
+            Ok(())
+        })
     }
 
-    /// The NHN side of a key.
-    pub async fn nhn_key(&self, key_id: i64) -> Result<Option<NhnKeyRow>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {NHN_KEY_COLS} FROM nhn_keys WHERE key_id = ?"
-        ))
-        .bind(key_id)
-        .fetch_optional(self.pool())
-        .await?)
-    }
-
-    /// Sets the next rotation time of an NHN key.
-    pub async fn nhn_set_next_rotation(&self, key_id: i64, at: Option<i64>) -> Result<()> {
-        sqlx::query("UPDATE nhn_keys SET next_rotation_at = ? WHERE key_id = ?")
-            .bind(at)
+    async fn nhn_key(&self, key_id: i64) -> Result<Option<NhnKeyRow>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_as(&format!(
+                "SELECT {NHN_KEY_COLS} FROM nhn_keys WHERE key_id = $1"
+            ))
             .bind(key_id)
-            .execute(self.pool())
-            .await?;
-        Ok(())
+            .fetch_optional(&db.pool)
+            .await?)
+        })
     }
 
-    /// Records who changed a key last.
-    pub async fn nhn_touch_key_change(&self, key_id: i64, user: &str) -> Result<()> {
-        sqlx::query("UPDATE nhn_keys SET last_change_user = ? WHERE key_id = ?")
-            .bind(user)
-            .bind(key_id)
-            .execute(self.pool())
-            .await?;
-        sqlx::query("UPDATE keys SET updated_at = ? WHERE id = ?")
-            .bind(now_ms())
-            .bind(key_id)
-            .execute(self.pool())
-            .await?;
-        Ok(())
-    }
-
-    /// Writes last-access times (batched by the engine).
-    pub async fn nhn_flush_access(&self, keys: &[(i64, i64)], creds: &[(i64, i64)]) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        for (id, at) in keys {
-            sqlx::query("UPDATE nhn_keys SET last_access_at = MAX(COALESCE(last_access_at, 0), ?) WHERE key_id = ?")
+    async fn nhn_set_next_rotation(&self, key_id: i64, at: Option<i64>) -> Result<()> {
+        on_db!(self, db => {
+            sqlx::query("UPDATE nhn_keys SET next_rotation_at = $1 WHERE key_id = $2")
                 .bind(at)
-                .bind(id)
-                .execute(&mut *tx)
+                .bind(key_id)
+                .execute(&db.pool)
                 .await?;
-        }
-        for (id, at) in creds {
-            sqlx::query("UPDATE nhn_credentials SET last_access_at = MAX(COALESCE(last_access_at, 0), ?) WHERE id = ?")
-                .bind(at)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+            Ok(())
+        })
     }
 
-    /// NHN keys with automatic rotation due at `now` (enabled keys only).
-    pub async fn nhn_keys_due_for_rotation(&self, now: i64) -> Result<Vec<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT n.key_id FROM nhn_keys n JOIN keys k ON k.id = n.key_id
-             WHERE n.auto_rotation_period > 0 AND n.next_rotation_at IS NOT NULL AND n.next_rotation_at <= ? AND k.status = 'ENABLE'",
-        )
-        .bind(now)
-        .fetch_all(self.pool())
-        .await?)
+    async fn nhn_touch_key_change(&self, key_id: i64, user: &str) -> Result<()> {
+        on_db!(self, db => {
+            sqlx::query("UPDATE nhn_keys SET last_change_user = $1 WHERE key_id = $2")
+                .bind(user)
+                .bind(key_id)
+                .execute(&db.pool)
+                .await?;
+            sqlx::query("UPDATE keys SET updated_at = $1 WHERE id = $2")
+                .bind(now_ms())
+                .bind(key_id)
+                .execute(&db.pool)
+                .await?;
+            Ok(())
+        })
     }
 
-    /// Uids of the keys of a key store that are not destroyed, filtered, in
-    /// creation order, with the total count.
-    pub async fn nhn_list_keys(
+    async fn nhn_flush_access(&self, keys: &[(i64, i64)], creds: &[(i64, i64)]) -> Result<()> {
+        on_db!(self, db => {
+            let mut tx = db.begin_write().await?;
+            for (id, at) in keys {
+                sqlx::query(&format!("UPDATE nhn_keys SET last_access_at = {}(COALESCE(last_access_at, 0), $1) WHERE key_id = $2", db.greatest()))
+                    .bind(at)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for (id, at) in creds {
+                sqlx::query(&format!("UPDATE nhn_credentials SET last_access_at = {}(COALESCE(last_access_at, 0), $1) WHERE id = $2", db.greatest()))
+                    .bind(at)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    async fn nhn_keys_due_for_rotation(&self, now: i64) -> Result<Vec<i64>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_scalar(
+                "SELECT n.key_id FROM nhn_keys n JOIN keys k ON k.id = n.key_id
+                 WHERE n.auto_rotation_period > 0 AND n.next_rotation_at IS NOT NULL AND n.next_rotation_at <= $1 AND k.status = 'ENABLE'",
+            )
+            .bind(now)
+            .fetch_all(&db.pool)
+            .await?)
+        })
+    }
+
+    async fn nhn_list_keys(
         &self,
         key_store_id: i64,
         f: &NhnKeyFilter,
     ) -> Result<(Vec<String>, i64)> {
-        let mut cond = String::from("n.key_store_id = ? AND k.status <> 'DELETED'");
-        if f.nhn_type.is_some() {
-            cond.push_str(" AND n.nhn_type = ?");
-        }
-        if f.name.is_some() {
-            cond.push_str(" AND instr(n.name, ?) > 0");
-        }
-        match f.active {
-            Some(true) => cond.push_str(" AND k.status = 'ENABLE'"),
-            Some(false) => cond.push_str(" AND k.status <> 'ENABLE'"),
-            None => {}
-        }
-        let from = format!("FROM nhn_keys n JOIN keys k ON k.id = n.key_id WHERE {cond}");
-        let count_sql = format!("SELECT COUNT(*) {from}");
-        let list_sql = format!("SELECT k.uid {from} ORDER BY k.id LIMIT ? OFFSET ?");
-        let mut count = sqlx::query_scalar::<_, i64>(&count_sql).bind(key_store_id);
-        let mut list = sqlx::query_scalar::<_, String>(&list_sql).bind(key_store_id);
-        if let Some(t) = &f.nhn_type {
-            count = count.bind(t.clone());
-            list = list.bind(t.clone());
-        }
-        if let Some(n) = &f.name {
-            count = count.bind(n.clone());
-            list = list.bind(n.clone());
-        }
-        let total = count.fetch_one(self.pool()).await?;
-        let uids = list
-            .bind(f.limit)
-            .bind(f.offset)
-            .fetch_all(self.pool())
-            .await?;
-        Ok((uids, total))
+        on_db!(self, db => {
+            let status = match f.active {
+                Some(true) => " AND k.status = 'ENABLE'",
+                Some(false) => " AND k.status <> 'ENABLE'",
+                None => "",
+            };
+            let from = format!(
+                "FROM nhn_keys n JOIN keys k ON k.id = n.key_id
+                 WHERE n.key_store_id = $1 AND k.status <> 'DELETED'
+                   AND ($2 IS NULL OR n.nhn_type = $2) AND ($3 IS NULL OR {}(n.name, $3) > 0){status}",
+                db.position()
+            );
+            let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) {from}"))
+                .bind(key_store_id)
+                .bind(&f.nhn_type)
+                .bind(&f.name)
+                .fetch_one(&db.pool)
+                .await?;
+            let uids: Vec<String> =
+                sqlx::query_scalar(&format!("SELECT k.uid {from} ORDER BY k.id LIMIT $4 OFFSET $5"))
+                    .bind(key_store_id)
+                    .bind(&f.nhn_type)
+                    .bind(&f.name)
+                    .bind(f.limit)
+                    .bind(f.offset)
+                    .fetch_all(&db.pool)
+                    .await?;
+            Ok((uids, total))
+        })
     }
 
-    /// Adds a credential; `Conflict` when the same value is live in the
-    /// store, `LimitReached("credentials")` when the key store already has
-    /// `max_of_kind` live credentials of its kind (counted by the INSERT
-    /// itself, under the write lock).
-    pub async fn nhn_insert_credential(
+    async fn nhn_insert_credential(
         &self,
         c: &NewCredential,
         max_of_kind: Option<i64>,
     ) -> Result<i64> {
-        let now = now_ms();
-        let r = sqlx::query(
-            "INSERT INTO nhn_credentials (key_store_id, kind, value, description, status, cert_sha256, cert_der, expires_at, p12_ct, creation_user, created_at, last_change_user, updated_at)
-             SELECT ?1, ?2, ?3, ?4, 'active', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12
-             WHERE (SELECT COUNT(*) FROM nhn_credentials WHERE key_store_id = ?1 AND kind = ?2 AND status <> 'deleted') < ?13",
-        )
-        .bind(c.key_store_id)
-        .bind(&c.kind)
-        .bind(&c.value)
-        .bind(&c.description)
-        .bind(&c.cert_sha256)
-        .bind(&c.cert_der)
-        .bind(c.expires_at)
-        .bind(&c.p12_ct)
-        .bind(&c.creation_user)
-        .bind(now)
-        .bind(&c.creation_user)
-        .bind(now)
-        .bind(max_of_kind.unwrap_or(i64::MAX))
-        .execute(self.pool())
-        .await
-        .map_err(map_unique)?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::LimitReached("credentials"));
-        }
-        Ok(r.last_insert_rowid())
+        on_db!(self, db => {
+            let now = now_ms();
+            // In a write transaction: the count and the insert are one step
+            // for concurrent additions on either engine.
+            let mut tx = db.begin_write().await?;
+            let id: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO nhn_credentials (key_store_id, kind, value, description, status, cert_sha256, cert_der, expires_at, p12_ct, creation_user, created_at, last_change_user, updated_at)
+                 SELECT $1, $2, $3, $4, 'active', $5, $6, $7, $8, $9, $10, $11, $12
+                 WHERE (SELECT COUNT(*) FROM nhn_credentials WHERE key_store_id = $1 AND kind = $2 AND status <> 'deleted') < $13
+                 RETURNING id",
+            )
+            .bind(c.key_store_id)
+            .bind(&c.kind)
+            .bind(&c.value)
+            .bind(&c.description)
+            .bind(&c.cert_sha256)
+            .bind(&c.cert_der)
+            .bind(c.expires_at)
+            .bind(&c.p12_ct)
+            .bind(&c.creation_user)
+            .bind(now)
+            .bind(&c.creation_user)
+            .bind(now)
+            .bind(max_of_kind.unwrap_or(i64::MAX))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_unique)?;
+            let Some(id) = id else {
+                tx.rollback().await?;
+                return Err(StoreError::LimitReached("credentials"));
+            };
+            tx.commit().await?;
+            Ok(id)
+        })
     }
 
-    /// Live (active or deleting) credentials of a key store of one kind.
-    pub async fn nhn_credentials(
+    async fn nhn_credentials(
         &self,
         key_store_id: i64,
         kind: &str,
     ) -> Result<Vec<NhnCredentialRow>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {CRED_COLS} FROM nhn_credentials WHERE key_store_id = ? AND kind = ? AND status <> 'deleted' ORDER BY id"
-        ))
-        .bind(key_store_id)
-        .bind(kind)
-        .fetch_all(self.pool())
-        .await?)
+        on_db!(self, db => {
+            Ok(sqlx::query_as(&format!(
+                "SELECT {CRED_COLS} FROM nhn_credentials WHERE key_store_id = $1 AND kind = $2 AND status <> 'deleted' ORDER BY id"
+            ))
+            .bind(key_store_id)
+            .bind(kind)
+            .fetch_all(&db.pool)
+            .await?)
+        })
     }
 
-    /// The live credential of a key store with this kind and value.
-    pub async fn nhn_credential(
+    async fn nhn_credential(
         &self,
         key_store_id: i64,
         kind: &str,
         value: &str,
     ) -> Result<Option<NhnCredentialRow>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {CRED_COLS} FROM nhn_credentials WHERE key_store_id = ? AND kind = ? AND value = ? AND status <> 'deleted'"
-        ))
-        .bind(key_store_id)
-        .bind(kind)
-        .bind(value)
-        .fetch_optional(self.pool())
-        .await?)
+        on_db!(self, db => {
+            Ok(sqlx::query_as(&format!(
+                "SELECT {CRED_COLS} FROM nhn_credentials WHERE key_store_id = $1 AND kind = $2 AND value = $3 AND status <> 'deleted'"
+            ))
+            .bind(key_store_id)
+            .bind(kind)
+            .bind(value)
+            .fetch_optional(&db.pool)
+            .await?)
+        })
     }
 
-    /// Marks a credential `deleting` with its deletion time.
-    pub async fn nhn_request_credential_deletion(
-        &self,
-        id: i64,
-        at: i64,
-        user: &str,
-    ) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE nhn_credentials SET status = 'deleting', deletion_at = ?, last_change_user = ?, updated_at = ? WHERE id = ? AND status = 'active'",
-        )
-        .bind(at)
-        .bind(user)
-        .bind(now_ms())
-        .bind(id)
-        .execute(self.pool())
-        .await?;
-        Ok(r.rows_affected() == 1)
+    async fn nhn_request_credential_deletion(&self, id: i64, at: i64, user: &str) -> Result<bool> {
+        on_db!(self, db => {
+            let r = sqlx::query(
+                "UPDATE nhn_credentials SET status = 'deleting', deletion_at = $1, last_change_user = $2, updated_at = $3 WHERE id = $4 AND status = 'active'",
+            )
+            .bind(at)
+            .bind(user)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&db.pool)
+            .await?;
+            Ok(r.rows_affected() == 1)
+        })
     }
 
-    /// Deletes a credential: status `deleted`, certificate secrets wiped.
-    pub async fn nhn_delete_credential(&self, id: i64, at: i64, user: &str) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE nhn_credentials SET status = 'deleted', deletion_at = ?, password_ct = NULL, p12_ct = NULL, last_change_user = ?, updated_at = ? WHERE id = ? AND status <> 'deleted'",
-        )
-        .bind(at)
-        .bind(user)
-        .bind(now_ms())
-        .bind(id)
-        .execute(self.pool())
-        .await?;
-        Ok(r.rows_affected() == 1)
+    async fn nhn_delete_credential(&self, id: i64, at: i64, user: &str) -> Result<bool> {
+        on_db!(self, db => {
+            let r = sqlx::query(
+                "UPDATE nhn_credentials SET status = 'deleted', deletion_at = $1, password_ct = NULL, p12_ct = NULL, last_change_user = $2, updated_at = $3 WHERE id = $4 AND status <> 'deleted'",
+            )
+            .bind(at)
+            .bind(user)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&db.pool)
+            .await?;
+            Ok(r.rows_affected() == 1)
+        })
     }
 
-    /// Credentials whose deletion waiting period is over.
-    pub async fn nhn_credentials_due_for_deletion(&self, now: i64) -> Result<Vec<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM nhn_credentials WHERE status = 'deleting' AND deletion_at <= ?",
-        )
-        .bind(now)
-        .fetch_all(self.pool())
-        .await?)
+    async fn nhn_credentials_due_for_deletion(&self, now: i64) -> Result<Vec<i64>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_scalar(
+                "SELECT id FROM nhn_credentials WHERE status = 'deleting' AND deletion_at <= $1",
+            )
+            .bind(now)
+            .fetch_all(&db.pool)
+            .await?)
+        })
     }
 
-    /// The live certificate credential whose DER hashes to `sha256`.
-    pub async fn nhn_certificate_by_hash(&self, sha256: &[u8]) -> Result<Option<NhnCredentialRow>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {CRED_COLS} FROM nhn_credentials WHERE kind = 'certificate' AND cert_sha256 = ? AND status <> 'deleted'"
-        ))
-        .bind(sha256)
-        .fetch_optional(self.pool())
-        .await?)
+    async fn nhn_certificate_by_hash(&self, sha256: &[u8]) -> Result<Option<NhnCredentialRow>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_as(&format!(
+                "SELECT {CRED_COLS} FROM nhn_credentials WHERE kind = 'certificate' AND cert_sha256 = $1 AND status <> 'deleted'"
+            ))
+            .bind(sha256)
+            .fetch_optional(&db.pool)
+            .await?)
+        })
     }
 }

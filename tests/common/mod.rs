@@ -143,6 +143,76 @@ pub fn make_token_with_pin(dir: &Path, label: &str, pin: &str) -> PathBuf {
     conf
 }
 
+/// True when the suite runs on PostgreSQL (`HSM_KMS_TEST_STORE=postgres`,
+/// with the throwaway cluster of `scripts/postgres.sh` in
+/// `HSM_KMS_TEST_PG_URL`); SQLite otherwise.
+pub fn on_postgres() -> bool {
+    std::env::var("HSM_KMS_TEST_STORE").as_deref() == Ok("postgres")
+}
+
+/// For tests of SQLite itself (its file, its disk): on PostgreSQL prints
+/// why the test does not apply and returns true (the test returns).
+pub fn sqlite_only(why: &str) -> bool {
+    if on_postgres() {
+        eprintln!("skipped on postgres: {why}");
+        return true;
+    }
+    false
+}
+
+/// The store URL of a fresh service: on PostgreSQL a new database of its
+/// own in the cluster at `HSM_KMS_TEST_PG_URL`; empty (SQLite under the
+/// data dir) otherwise.
+pub fn test_store_url() -> String {
+    if !on_postgres() {
+        return String::new();
+    }
+    let admin = std::env::var("HSM_KMS_TEST_PG_URL").expect(
+        "HSM_KMS_TEST_STORE=postgres needs HSM_KMS_TEST_PG_URL: run under scripts/postgres.sh -- ...",
+    );
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let url = format!(
+        "{}/{name}",
+        admin.rsplit_once('/').expect("a URL with a database").0
+    );
+    // Called from sync and async contexts alike: its own thread and runtime.
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async move {
+                use sqlx::{Connection as _, Executor as _};
+                let mut c = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .expect("connect to the test cluster");
+                c.execute(format!("CREATE DATABASE {name}").as_str())
+                    .await
+                    .expect("create the test database");
+            })
+    })
+    .join()
+    .expect("create the test database");
+    url
+}
+
+/// A pool on a store written by the service, through sqlx's `Any` driver:
+/// the SQLite file at `path` when `url` is empty, else the PostgreSQL
+/// database. Queries for both engines use `$N` parameters.
+pub async fn any_pool(url: &str, path: &Path) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    let url = if url.is_empty() {
+        format!("sqlite://{}", path.display())
+    } else {
+        url.to_string()
+    };
+    sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .expect("open the store")
+}
+
 /// Slot id of the Kryoptic test tokens.
 pub const KRYOPTIC_SLOT: u64 = 42;
 
@@ -222,6 +292,7 @@ pub fn config(dir: &Path) -> Config {
     cfg.hsm.pin_env = "HSM_KMS_TEST_PIN_UNSET".into();
     cfg.hsm.pin_file = Some(pin_file.display().to_string());
     cfg.store.data_dir = dir.join("data").display().to_string();
+    cfg.store.url = test_store_url();
     cfg.server.listen = "127.0.0.1:0".into();
     cfg.server.scheduler_interval_secs = 3600;
     cfg
@@ -448,10 +519,11 @@ impl Kms {
         PathBuf::from(&self.config.store.data_dir).join("metadata.db")
     }
 
-    /// A separate connection pool on the service's SQLite file, for tests
-    /// that move scheduled times into the past.
-    pub async fn db(&self) -> sqlx::SqlitePool {
-        db_pool(&self.db_path()).await
+    /// A separate connection pool on the service's store (SQLite file or
+    /// PostgreSQL database), for tests that move scheduled times into the
+    /// past.
+    pub async fn db(&self) -> sqlx::AnyPool {
+        any_pool(&self.config.store.url, &self.db_path()).await
     }
 
     /// A request signed with signature v2 by the given access key.

@@ -22,6 +22,8 @@ pub struct Site {
     pub softhsm_conf: PathBuf,
     /// The store's data dir.
     pub data_dir: PathBuf,
+    /// The PostgreSQL store's URL; empty on SQLite.
+    pub store_url: String,
     /// First account's access key, from `hsm-kms init`.
     pub access_key: String,
     /// First account's secret key, from `hsm-kms init`.
@@ -80,6 +82,7 @@ impl Site {
             dir,
             softhsm_conf,
             data_dir,
+            store_url: super::test_store_url(),
             access_key: String::new(),
             secret_key: String::new(),
             init_stderr: String::new(),
@@ -127,6 +130,7 @@ impl Site {
             .env("HSM_KMS_HSM_TOKEN_LABEL", TOKEN_LABEL)
             .env("HSM_KMS_PIN", &self.pin)
             .env("HSM_KMS_STORE_DATA_DIR", &self.data_dir)
+            .env("HSM_KMS_STORE_URL", &self.store_url)
             .env("HSM_KMS_SERVER_LISTEN", "127.0.0.1:0")
             .env("HSM_KMS_LOG_LEVEL", "warn")
             .env("HSM_KMS_LOG_FORMAT", "text");
@@ -218,9 +222,9 @@ impl Site {
         self.data_dir.join("metadata.db")
     }
 
-    /// A pool on the SQLite file.
-    pub async fn db(&self) -> sqlx::SqlitePool {
-        super::db_pool(&self.db_path()).await
+    /// A pool on the store (SQLite file or PostgreSQL database).
+    pub async fn db(&self) -> sqlx::AnyPool {
+        super::any_pool(&self.store_url, &self.db_path()).await
     }
 }
 

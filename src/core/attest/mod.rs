@@ -13,6 +13,7 @@ mod verify;
 
 pub use verify::{canonical_json, verify, Verified, VerifyError};
 
+use crate::store::{InstallationRepo, KeyRepo, NhnRepo};
 use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine as _;

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use super::{checkpoint_signature_ok, BreakKind};
 use crate::core::{Error, Result};
 use crate::hsm::Hsm;
-use crate::store::{ActivityRow, CheckpointRow, Store};
+use crate::store::{ActivityRow, CheckpointRow, InstallationRepo as _, Store};
 
 /// The `format` of export files.
 pub const FORMAT: &str = "hsm-kms-audit-export/1";

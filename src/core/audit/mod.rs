@@ -21,8 +21,7 @@ use std::sync::Arc;
 use super::{service_keys, Error, Result};
 use crate::hsm::{Hsm, OpClass, SignAlg};
 use crate::store::{
-    begin_audit_batch, chain_state_on, chain_tail_on, insert_chained_on, insert_checkpoint_on,
-    last_checkpoint_on, ActivityRow, ChainTail, CheckpointRow, Store,
+    ActivityRow, ActivityWriter, ChainTail, CheckpointRow, InstallationRepo as _, Store,
 };
 
 /// The first field of a record's canonical bytes.
@@ -261,39 +260,41 @@ impl AuditChain {
 
     /// Writes one batch of records on the writer's connection: chain values
     /// computed from the cached tail before the transaction, the tail read
-    /// again inside it (`BEGIN IMMEDIATE`) and the values recomputed only
-    /// when another writer (the admin CLI) moved it; a checkpoint when due.
+    /// again inside it (the store's write transaction: `BEGIN IMMEDIATE` on
+    /// SQLite, the advisory write lock on PostgreSQL) and the values
+    /// recomputed only when another writer (the admin CLI, another node)
+    /// moved it; a checkpoint when due.
     /// `cached` is the tail after the batch, or `None` after a failure.
     pub(crate) async fn write_batch(
         &self,
-        conn: &mut sqlx::SqliteConnection,
+        conn: &mut ActivityWriter,
         cached: &mut Option<ChainTail>,
         since_ms: i64,
         rows: &[ActivityRow],
     ) -> Result<()> {
         let guess = match cached.take() {
             Some(t) => t,
-            None => chain_tail_on(conn).await?,
+            None => conn.chain_tail().await?,
         };
         let (mut first, prev) = Self::next_link(&guess);
         let mut chains = self.chain_values(prev, first, rows).await?;
-        let mut tx = begin_audit_batch(conn).await?;
+        let mut tx = conn.begin_audit_batch().await?;
         // One statement for the tail and the newest checkpoint.
-        let (tail, cp) = chain_state_on(&mut tx).await?;
+        let (tail, cp) = tx.chain_state().await?;
         if tail != guess {
             let (f, p) = Self::next_link(&tail);
             first = f;
             chains = self.chain_values(p, f, rows).await?;
         }
-        insert_chained_on(&mut tx, first, rows, &chains).await?;
+        tx.insert_chained(first, rows, &chains).await?;
         let last_seq = first + rows.len() as i64 - 1;
         let last_chain = chains.last().copied().unwrap_or(prev);
         let now = crate::store::now_ms();
         if self.due(cp, since_ms, last_seq, now) {
             let cp = self.checkpoint(last_seq, &last_chain, now).await?;
-            insert_checkpoint_on(&mut tx, &cp).await?;
+            tx.insert_checkpoint(&cp).await?;
         }
-        tx.commit().await.map_err(crate::store::StoreError::from)?;
+        tx.commit().await?;
         *cached = Some(ChainTail {
             start_seq: tail.start_seq,
             last: Some((last_seq, Some(last_chain.to_vec()))),
@@ -306,18 +307,18 @@ impl AuditChain {
     /// `audit.checkpoint_every_secs`. Returns whether one was made.
     pub(crate) async fn checkpoint_if_due(
         &self,
-        conn: &mut sqlx::SqliteConnection,
+        conn: &mut ActivityWriter,
         since_ms: i64,
     ) -> Result<bool> {
-        let mut tx = begin_audit_batch(conn).await?;
-        let tail = chain_tail_on(&mut tx).await?;
+        let mut tx = conn.begin_audit_batch().await?;
+        let tail = tx.chain_tail().await?;
         let Some((seq, Some(chain))) = tail.last else {
             return Ok(false);
         };
         if seq < tail.start_seq {
             return Ok(false);
         }
-        let cp = last_checkpoint_on(&mut tx).await?;
+        let cp = tx.last_checkpoint().await?;
         let now = crate::store::now_ms();
         let covered = cp.as_ref().map(|c| c.seq).unwrap_or(0);
         let cp_at = cp.as_ref().map(|c| c.at).unwrap_or(since_ms);
@@ -325,8 +326,8 @@ impl AuditChain {
             return Ok(false);
         }
         let cp = self.checkpoint(seq, &chain, now).await?;
-        insert_checkpoint_on(&mut tx, &cp).await?;
-        tx.commit().await.map_err(crate::store::StoreError::from)?;
+        tx.insert_checkpoint(&cp).await?;
+        tx.commit().await?;
         Ok(true)
     }
 }

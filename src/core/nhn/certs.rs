@@ -3,6 +3,7 @@
 //! issues the client certificates, whose EC P-256 key lives in the token and
 //! signs through [`crate::hsm::Hsm`].
 
+use crate::store::NhnRepo;
 use std::net::Ipv4Addr;
 
 use sha2::{Digest, Sha256};

@@ -6,6 +6,7 @@
 //! payload`, where the payload is `iv || ciphertext || tag` or the signature;
 //! the dialect base64-encodes them.
 
+use crate::store::NhnRepo;
 use zeroize::Zeroizing;
 
 use super::keys::{NhnKeyType, NhnKeyView};

@@ -5,6 +5,7 @@
 //! the reconciler and the deletion scheduler cover them), with the NHN side
 //! in `nhn_keys`. A secret version is a private `CKO_DATA` object.
 
+use crate::store::{KeyRepo, NhnRepo};
 use std::sync::Arc;
 
 use super::{NhnClient, NhnProject};

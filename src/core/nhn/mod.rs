@@ -12,6 +12,7 @@ pub use certs::{CertificateView, CredentialKind, CredentialView, IssuedCertifica
 pub use crypto::{LocalKey, NhnSealed, NHN_SECRET_MAX};
 pub use keys::{NhnKeyType, NhnKeyView, KEY_DELETION_WAIT_MS};
 
+use crate::store::NhnRepo;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
