@@ -490,7 +490,7 @@ async fn start_fails_with_one_line_on_bad_module_or_wrong_pin() {
 
 /// Version rows in `state` (all keys, both dialects).
 async fn versions_in(kms: &Kms, state: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM key_versions WHERE state = ?")
+    sqlx::query_scalar("SELECT count(*) FROM key_versions WHERE state = $1")
         .bind(state)
         .fetch_one(&kms.db().await)
         .await

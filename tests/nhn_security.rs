@@ -759,6 +759,12 @@ async fn item8_nhn_credential_cache_keeps_no_deleted_credential() {
             tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let _ = e.nhn_authorize(store_id, &c).await;
+                    // A cache hit never yields: without this a reader
+                    // spins on its worker, and a task woken there (the
+                    // worker's LIFO slot is not stolen) never runs: on
+                    // PostgreSQL the test itself, woken by the reader's
+                    // connection, hung for good.
+                    tokio::task::yield_now().await;
                 }
             }));
         }

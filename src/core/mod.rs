@@ -449,8 +449,19 @@ pub fn fault_point(name: &str) {
     if std::env::var("HSM_KMS_FAULT_GATE").ok().as_deref() == Some(name) {
         if let Ok(marker) = std::env::var("HSM_KMS_FAULT_MARKER") {
             let _ = std::fs::write(&marker, name);
-            while std::path::Path::new(&marker).exists() {
-                std::thread::sleep(std::time::Duration::from_millis(10));
+            let wait = || {
+                while std::path::Path::new(&marker).exists() {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            };
+            // On a multi-thread runtime the worker's queued tasks move to
+            // another thread while this one waits: a task woken here just
+            // before (sqlx's PostgreSQL connection returning to its pool)
+            // would otherwise sit in this worker's LIFO slot, which no other
+            // worker steals, and the test waiting on it hung.
+            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+                _ => wait(),
             }
         }
     }

@@ -161,8 +161,9 @@ pub fn sqlite_only(why: &str) -> bool {
 }
 
 /// The store URL of a fresh service: on PostgreSQL a new database of its
-/// own in the cluster at `HSM_KMS_TEST_PG_URL`; empty (SQLite under the
-/// data dir) otherwise.
+/// own in the cluster at `HSM_KMS_TEST_PG_URL`, copied from a migrated
+/// template database (see [`pg_template`]); empty (SQLite under the data
+/// dir) otherwise.
 pub fn test_store_url() -> String {
     if !on_postgres() {
         return String::new();
@@ -186,14 +187,74 @@ pub fn test_store_url() -> String {
                 let mut c = sqlx::PgConnection::connect(&admin)
                     .await
                     .expect("connect to the test cluster");
-                c.execute(format!("CREATE DATABASE {name}").as_str())
+                let template = pg_template(&mut c, &admin).await;
+                c.execute(format!("CREATE DATABASE {name} TEMPLATE {template}").as_str())
                     .await
                     .expect("create the test database");
+                c.close().await.expect("close the admin connection");
             })
     })
     .join()
     .expect("create the test database");
     url
+}
+
+/// The name of a database in the test cluster holding the service's
+/// PostgreSQL migrations, made once per cluster and migration set (its name
+/// carries a hash of the migrations' versions and checksums): each test's
+/// database is a copy of it, so a test pays neither for migrating nor for
+/// copying `template1`'s catalogue churn. Nextest runs every test in a
+/// process of its own, so the first one builds it under a session advisory
+/// lock and the others wait for it.
+async fn pg_template(admin_conn: &mut sqlx::PgConnection, admin: &str) -> String {
+    use sqlx::{Connection as _, Executor as _};
+    use std::hash::{Hash as _, Hasher as _};
+    const TEMPLATE_LOCK: i64 = 0x0074_706c_2d6b_6d73;
+    let migrator = sqlx::migrate!("./migrations/postgres");
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for m in migrator.iter() {
+        m.version.hash(&mut h);
+        m.checksum.hash(&mut h);
+    }
+    let template = format!("tpl_{:016x}", h.finish());
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(TEMPLATE_LOCK)
+        .execute(&mut *admin_conn)
+        .await
+        .expect("template lock");
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(&template)
+        .fetch_optional(&mut *admin_conn)
+        .await
+        .expect("look the template up");
+    if exists.is_none() {
+        // Built under another name and renamed when complete: a test killed
+        // half-way leaves no half-migrated template behind.
+        let building = format!("{template}_{}", uuid::Uuid::new_v4().simple());
+        admin_conn
+            .execute(format!("CREATE DATABASE {building}").as_str())
+            .await
+            .expect("create the template database");
+        let url = format!(
+            "{}/{building}",
+            admin.rsplit_once('/').expect("a URL with a database").0
+        );
+        let mut t = sqlx::PgConnection::connect(&url)
+            .await
+            .expect("connect to the template database");
+        migrator.run(&mut t).await.expect("migrate the template");
+        t.close().await.expect("close the template connection");
+        admin_conn
+            .execute(format!("ALTER DATABASE {building} RENAME TO {template}").as_str())
+            .await
+            .expect("name the template database");
+    }
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(TEMPLATE_LOCK)
+        .execute(&mut *admin_conn)
+        .await
+        .expect("template unlock");
+    template
 }
 
 /// A pool on a store written by the service, through sqlx's `Any` driver:
