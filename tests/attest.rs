@@ -15,30 +15,11 @@ mod nhn;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{Kms, PIN};
+use common::Kms;
 use hsm_kms::core::attest::{self, Row, Scope, SignedReport};
 use hsm_kms::store::InstallationRepo;
 use nhn::{key_store, project};
 use serde_json::json;
-
-/// The binary with the service's token and store.
-fn kms_cmd(kms: &Kms) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hsm-kms"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("HSM_KMS_") {
-            c.env_remove(k);
-        }
-    }
-    let cfg = &kms.config;
-    c.env("HSM_KMS_HSM_MODULE", &cfg.hsm.module)
-        .env("HSM_KMS_HSM_TOKEN_LABEL", "hsm-kms-test")
-        .env("HSM_KMS_PIN", PIN)
-        .env("HSM_KMS_STORE_DATA_DIR", &cfg.store.data_dir)
-        .env("HSM_KMS_STORE_URL", &cfg.store.url)
-        .env("HSM_KMS_LOG_LEVEL", "warn")
-        .env("HSM_KMS_LOG_FORMAT", "text");
-    c
-}
 
 fn run_ok(mut c: Command) -> Output {
     let out = c.output().expect("run hsm-kms");
@@ -54,7 +35,7 @@ fn run_ok(mut c: Command) -> Output {
 /// `hsm-kms attest ARGS --out FILE`, parsed.
 fn attest_file(kms: &Kms, args: &[&str], name: &str) -> (PathBuf, SignedReport) {
     let path = kms.dir.path().join(name);
-    let mut c = kms_cmd(kms);
+    let mut c = kms.cli();
     c.arg("attest").args(args).arg("--out").arg(&path);
     run_ok(c);
     let report = serde_json::from_slice(&std::fs::read(&path).expect("report")).expect("JSON");
@@ -64,7 +45,7 @@ fn attest_file(kms: &Kms, args: &[&str], name: &str) -> (PathBuf, SignedReport) 
 /// `hsm-kms attest public-key` into a file.
 fn public_key(kms: &Kms) -> PathBuf {
     let path = kms.dir.path().join("attest.pem");
-    let mut c = kms_cmd(kms);
+    let mut c = kms.cli();
     c.args(["attest", "public-key", "--out"]).arg(&path);
     run_ok(c);
     let pem = std::fs::read_to_string(&path).unwrap();
@@ -379,7 +360,8 @@ async fn objects_made_or_destroyed_behind_the_service_are_flagged() {
     // An NHN key through --nhn-key; a NAVER tag there is not found.
     let (_, n) = attest_file(&kms, &["--nhn-key", &nhn[0]], "nhn.json");
     assert_eq!((n.report.summary.versions, n.report.summary.flags), (1, 0));
-    let out = kms_cmd(&kms)
+    let out = kms
+        .cli()
         .args(["attest", "--nhn-key", &tags[0]])
         .output()
         .unwrap();
@@ -399,7 +381,7 @@ async fn the_html_page_is_self_contained_and_leads_with_the_summary() {
     let kms = Kms::start().await;
     make_keys(&kms).await;
     let path = kms.dir.path().join("report.html");
-    let mut c = kms_cmd(&kms);
+    let mut c = kms.cli();
     c.args(["attest", "--format", "html", "--out"]).arg(&path);
     run_ok(c);
     let html = std::fs::read_to_string(&path).unwrap();
@@ -443,7 +425,7 @@ async fn init_adds_a_missing_attestation_key_to_an_existing_installation() {
         .execute(&kms.db().await)
         .await
         .unwrap();
-    let out = kms_cmd(&kms).arg("attest").output().unwrap();
+    let out = kms.cli().arg("attest").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -451,7 +433,7 @@ async fn init_adds_a_missing_attestation_key_to_an_existing_installation() {
         "{err}"
     );
 
-    let mut c = kms_cmd(&kms);
+    let mut c = kms.cli();
     c.arg("init");
     let out = run_ok(c);
     assert!(

@@ -16,30 +16,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Kms, PIN};
+use common::Kms;
 use serde_json::json;
 
 /// Records made by [`setup`].
 const RECORDS: i64 = 31;
-
-/// The binary with the service's token and store.
-fn kms_cmd(kms: &Kms) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hsm-kms"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("HSM_KMS_") {
-            c.env_remove(k);
-        }
-    }
-    let cfg = &kms.config;
-    c.env("HSM_KMS_HSM_MODULE", &cfg.hsm.module)
-        .env("HSM_KMS_HSM_TOKEN_LABEL", "hsm-kms-test")
-        .env("HSM_KMS_PIN", PIN)
-        .env("HSM_KMS_STORE_DATA_DIR", &cfg.store.data_dir)
-        .env("HSM_KMS_STORE_URL", &cfg.store.url)
-        .env("HSM_KMS_LOG_LEVEL", "warn")
-        .env("HSM_KMS_LOG_FORMAT", "text");
-    c
-}
 
 /// Runs the binary: (exit code, stdout, stderr).
 fn run(mut c: Command) -> (i32, String, String) {
@@ -53,7 +34,7 @@ fn run(mut c: Command) -> (i32, String, String) {
 
 /// `hsm-kms audit verify [ARGS]`: (exit code, stdout).
 fn verify(kms: &Kms, args: &[&str]) -> (i32, String) {
-    let mut c = kms_cmd(kms);
+    let mut c = kms.cli();
     c.args(["audit", "verify"]).args(args);
     let (code, out, err) = run(c);
     assert!(code == 0 || code == 1, "audit verify failed: {out}{err}");
@@ -77,7 +58,7 @@ fn assert_break(kms: &Kms, seq: i64, kind: &str) {
 /// `hsm-kms audit export --out FILE`.
 fn export(kms: &Kms, name: &str) -> PathBuf {
     let path = kms.dir.path().join(name);
-    let mut c = kms_cmd(kms);
+    let mut c = kms.cli();
     c.args(["audit", "export", "--out"]).arg(&path);
     let (code, out, err) = run(c);
     assert_eq!(code, 0, "audit export: {out}{err}");
@@ -87,7 +68,7 @@ fn export(kms: &Kms, name: &str) -> PathBuf {
 /// The attestation public key, from `hsm-kms attest public-key`.
 fn public_key(kms: &Kms) -> PathBuf {
     let path = kms.dir.path().join("attest.pem");
-    let mut c = kms_cmd(kms);
+    let mut c = kms.cli();
     c.args(["attest", "public-key", "--out"]).arg(&path);
     let (code, out, err) = run(c);
     assert_eq!(code, 0, "attest public-key: {out}{err}");
@@ -194,7 +175,7 @@ async fn an_untouched_log_verifies_online_and_offline() {
     assert!(out.contains("checked 17 records from seq 15"), "{out}");
 
     // An admin CLI action, written by another process, joins the chain.
-    let mut c = kms_cmd(&kms);
+    let mut c = kms.cli();
     c.args(["admin", "create-account", "auditor-demo"]);
     let (code, out, err) = run(c);
     assert_eq!(code, 0, "{out}{err}");
@@ -506,7 +487,7 @@ async fn an_installation_without_the_audit_key_gets_it_from_init() {
     let kms = Kms::start().await;
     // As an installation made before `init` made the audit-hmac key.
     exec(&kms, "DELETE FROM service_keys WHERE name = 'audit-hmac'").await;
-    let mut c = kms_cmd(&kms);
+    let mut c = kms.cli();
     c.args(["admin", "create-account", "x"]);
     let (code, out, err) = run(c);
     assert_ne!(code, 0, "no audit key, no unchained record: {out}{err}");
@@ -514,12 +495,12 @@ async fn an_installation_without_the_audit_key_gets_it_from_init() {
         err.contains("no `audit-hmac` service key") && err.contains("hsm-kms init"),
         "{err}"
     );
-    let mut c = kms_cmd(&kms);
+    let mut c = kms.cli();
     c.arg("init");
     let (code, out, err) = run(c);
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.contains("created service keys: audit-hmac"), "{err}");
-    let mut c = kms_cmd(&kms);
+    let mut c = kms.cli();
     c.args(["admin", "create-account", "x"]);
     let (code, out, err) = run(c);
     assert_eq!(code, 0, "{out}{err}");

@@ -731,3 +731,25 @@ pub async fn v1_call(kms: &Kms, api_key: &str, path: &str, body: Value) -> Reply
     kms.raw("POST", path, &h, Some(body.to_string().into_bytes()))
         .await
 }
+
+impl Kms {
+    /// The `hsm-kms` binary pointed at this service's token and store
+    /// (every inherited `HSM_KMS_*` variable removed), for CLI commands.
+    pub fn cli(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hsm-kms"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("HSM_KMS_") {
+                c.env_remove(k);
+            }
+        }
+        let cfg = &self.config;
+        c.env("HSM_KMS_HSM_MODULE", &cfg.hsm.module)
+            .env("HSM_KMS_HSM_TOKEN_LABEL", "hsm-kms-test")
+            .env("HSM_KMS_PIN", PIN)
+            .env("HSM_KMS_STORE_DATA_DIR", &cfg.store.data_dir)
+            .env("HSM_KMS_STORE_URL", &cfg.store.url)
+            .env("HSM_KMS_LOG_LEVEL", "warn")
+            .env("HSM_KMS_LOG_FORMAT", "text");
+        c
+    }
+}
