@@ -170,6 +170,11 @@ pub struct RateLimitConfig {
     pub requests_per_second: u32,
     /// Burst size per key (`custom`).
     pub burst: u32,
+    /// Nodes sharing the quota: quotas are kept per node, in memory, so
+    /// each node enforces `1 / nodes` of the rate and burst (rounded up),
+    /// and a load balancer spreading a key's calls evenly gives the
+    /// configured figure in total.
+    pub nodes: u32,
 }
 
 impl Default for RateLimitConfig {
@@ -178,21 +183,28 @@ impl Default for RateLimitConfig {
             profile: "off".into(),
             requests_per_second: 300,
             burst: 300,
+            nodes: 1,
         }
     }
 }
 
 impl RateLimitConfig {
-    /// (requests per second, burst), or `None` when off.
+    /// This node's (requests per second, burst), or `None` when off.
     pub fn quota(&self) -> Result<Option<(u32, u32)>, ConfigError> {
-        match self.profile.as_str() {
-            "off" => Ok(None),
-            "naver" => Ok(Some((300, 300))),
-            "custom" if self.requests_per_second > 0 => Ok(Some((self.requests_per_second, self.burst.max(1)))),
-            other => Err(ConfigError::Invalid(format!(
+        let (rps, burst) = match self.profile.as_str() {
+            "off" => return Ok(None),
+            "naver" => (300, 300),
+            "custom" if self.requests_per_second > 0 => (self.requests_per_second, self.burst.max(1)),
+            other => return Err(ConfigError::Invalid(format!(
                 "rate_limit.profile {other:?}: use off, naver or custom (with requests_per_second > 0)"
             ))),
+        };
+        if self.nodes == 0 {
+            return Err(ConfigError::Invalid(
+                "rate_limit.nodes must be at least 1".into(),
+            ));
         }
+        Ok(Some((rps.div_ceil(self.nodes), burst.div_ceil(self.nodes))))
     }
 }
 
@@ -299,6 +311,10 @@ pub struct StoreConfig {
     /// PostgreSQL URL (`postgres://user@host:port/db`); empty: SQLite under
     /// `data_dir`.
     pub url: String,
+    /// How often, in ms, a node reads the store's change log to drop cache
+    /// entries that other nodes made stale (on PostgreSQL, notifications
+    /// do it at once and this is the fallback).
+    pub change_poll_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -306,6 +322,7 @@ impl Default for StoreConfig {
         StoreConfig {
             data_dir: "./data".into(),
             url: String::new(),
+            change_poll_ms: 500,
         }
     }
 }
@@ -616,6 +633,25 @@ mod tests {
         }
         c.naver.replay_guard_max_entries = 0;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn rate_limit_is_shared_out_between_nodes() {
+        let mut r = RateLimitConfig {
+            profile: "naver".into(),
+            ..RateLimitConfig::default()
+        };
+        assert_eq!(r.quota().unwrap(), Some((300, 300)));
+        r.nodes = 3;
+        assert_eq!(r.quota().unwrap(), Some((100, 100)));
+        r.profile = "custom".into();
+        r.requests_per_second = 10;
+        r.burst = 1;
+        assert_eq!(r.quota().unwrap(), Some((4, 1)));
+        r.nodes = 0;
+        assert!(r.quota().is_err());
+        r.profile = "off".into();
+        assert_eq!(r.quota().unwrap(), None);
     }
 
     #[test]

@@ -176,6 +176,10 @@ pub async fn start(
         tracing::info!(%tls_addr, "hsm-kms TLS listener");
         Some(tls_addr)
     };
+    crate::core::spawn_change_feed(
+        engine.clone(),
+        Duration::from_millis(cfg.store.change_poll_ms.max(10)),
+    );
     spawn_scheduler(
         engine.clone(),
         Duration::from_secs(cfg.server.scheduler_interval_secs.max(1)),

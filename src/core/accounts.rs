@@ -10,6 +10,7 @@ use crate::hsm::{Hsm, KeySpec};
 use crate::store::{now_ms, Store, StoreError};
 
 /// A secret key decrypted from the store, kept in memory for signature checks.
+#[derive(Clone)]
 pub(super) struct CachedSecret {
     pub account_id: i64,
     pub secret: Zeroizing<Vec<u8>>,
@@ -161,11 +162,7 @@ impl Engine {
         if !self.store().revoke_access_key(access_key).await? {
             return Err(Error::NotFound("access key"));
         }
-        self.inner
-            .secrets
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(access_key);
+        self.inner.secrets.remove(access_key);
         Ok(())
     }
 
@@ -173,11 +170,7 @@ impl Engine {
     /// another process (the `admin` CLI writes only the store) stops working
     /// here too. The scheduler calls it on every pass.
     pub(crate) fn forget_cached_secrets(&self) {
-        self.inner
-            .secrets
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.inner.secrets.clear();
     }
 
     /// The account and secret of an active access key, for signature checks.
@@ -185,65 +178,51 @@ impl Engine {
     /// Unknown and revoked keys give `Unauthenticated`.
     pub async fn access_key_secret(&self, access_key: &str) -> Result<(i64, Zeroizing<Vec<u8>>)> {
         let revoked = || Error::Unauthenticated("unknown or revoked access key".into());
-        let cached = self
+        let seen = match self
             .inner
             .secrets
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(access_key)
-            .map(|c| (c.account_id, c.secret.clone(), c.checked_at));
-        if let Some((account_id, secret, checked_at)) = cached {
-            if checked_at.elapsed() < ACCESS_KEY_RECHECK {
-                return Ok((account_id, secret));
-            }
-            // Stale: ask the store whether the key is still active (no
-            // second decryption).
-            let active = self
-                .store()
-                .access_key(access_key)
-                .await?
-                .is_some_and(|r| r.status == "active");
-            let mut cache = self
-                .inner
-                .secrets
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
-            if !active {
-                cache.remove(access_key);
-                return Err(revoked());
-            }
-            if let Some(c) = cache.get_mut(access_key) {
-                c.checked_at = std::time::Instant::now();
-            }
-            return Ok((account_id, secret));
-        }
-        let row = self
+            .get_if(access_key, |c| c.checked_at.elapsed() < ACCESS_KEY_RECHECK)
+        {
+            Ok(c) => return Ok((c.account_id, c.secret)),
+            Err(seen) => seen,
+        };
+        // Missing, or stale: ask the store whether the key is still active
+        // (a stale entry's secret is reused, no second decryption).
+        let stale = self.inner.secrets.get(access_key).ok();
+        let Some(row) = self
             .store()
             .access_key(access_key)
             .await?
             .filter(|r| r.status == "active")
-            .ok_or_else(revoked)?;
-        let secret = Zeroizing::new(
-            self.hsm()
-                .aes_gcm_decrypt(
-                    self.inner.kek_id.clone(),
-                    row.secret_ct.clone(),
-                    access_key.as_bytes().to_vec(),
-                )
-                .await?,
+        else {
+            if stale.is_some() {
+                self.inner.secrets.remove(access_key);
+            }
+            return Err(revoked());
+        };
+        let secret = match stale {
+            Some(c) if c.account_id == row.account_id => c.secret,
+            _ => Zeroizing::new(
+                self.hsm()
+                    .aes_gcm_decrypt(
+                        self.inner.kek_id.clone(),
+                        row.secret_ct.clone(),
+                        access_key.as_bytes().to_vec(),
+                    )
+                    .await?,
+            ),
+        };
+        // Kept only if no invalidation (a revocation seen by this node or
+        // announced by another) came in since `seen`.
+        self.inner.secrets.fill(
+            access_key.to_string(),
+            CachedSecret {
+                account_id: row.account_id,
+                secret: secret.clone(),
+                checked_at: std::time::Instant::now(),
+            },
+            seen,
         );
-        self.inner
-            .secrets
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                access_key.to_string(),
-                CachedSecret {
-                    account_id: row.account_id,
-                    secret: secret.clone(),
-                    checked_at: std::time::Instant::now(),
-                },
-            );
         Ok((row.account_id, secret))
     }
 }

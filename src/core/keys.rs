@@ -668,13 +668,24 @@ impl Engine {
                 "only a key pending deletion can be deleted".into(),
             ));
         }
-        self.destroy_key(e.key.id, uid).await
+        if self.destroy_key(e.key.id, uid).await? {
+            Ok(())
+        } else {
+            self.invalidate(uid);
+            Err(Error::InvalidState(
+                "only a key pending deletion can be deleted".into(),
+            ))
+        }
     }
 
     /// Marks every version `destroying`, destroys the objects, marks them
     /// `destroyed`. Shared by Delete Key and the deletion scheduler.
-    pub(super) async fn destroy_key(&self, key_id: i64, uid: &str) -> Result<()> {
-        self.store().mark_key_destroying(key_id).await?;
+    /// `false` (nothing done) when the key is no longer pending deletion:
+    /// another node or request is destroying it.
+    pub(super) async fn destroy_key(&self, key_id: i64, uid: &str) -> Result<bool> {
+        if !self.store().mark_key_destroying(key_id).await? {
+            return Ok(false);
+        }
         self.invalidate(uid);
         fault_point("destroy:after-mark");
         for v in self.store().versions(key_id).await? {
@@ -683,7 +694,7 @@ impl Engine {
             }
         }
         tracing::info!(key = uid, "key destroyed");
-        Ok(())
+        Ok(true)
     }
 
     pub(super) async fn destroy_version_objects(&self, v: &crate::store::VersionRow) -> Result<()> {

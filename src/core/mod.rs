@@ -7,6 +7,7 @@ mod activity;
 pub mod attest;
 pub mod audit;
 mod cache;
+mod changes;
 mod crypto;
 mod invocations;
 mod keys;
@@ -17,6 +18,7 @@ mod tokens;
 
 pub use accounts::{ensure_service_keys, AccessKeyInfo, NewAccessKey, ACCESS_KEY_RECHECK};
 pub use activity::ActivityLog;
+pub use changes::spawn_change_feed;
 pub use crypto::{CustomKey, Sealed, CONTEXT_MAX, ENCRYPT_MAX, SIGN_DATA_MAX};
 pub use keys::{
     CreateKeyRequest, KeyStatus, KeyType, KeyView, VersionView, DELETION_WAIT_MS, MAX_VERSIONS,
@@ -30,8 +32,8 @@ pub use tokens::{
 };
 
 use crate::store::{InstallationRepo, KeyRepo};
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
 
 use crate::hsm::{Hsm, HsmError};
 use crate::store::{KeyRow, Store, StoreError, VersionRow};
@@ -130,6 +132,7 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict => Error::Conflict("already exists".into()),
+            StoreError::Gone(what) => Error::Conflict(format!("{what}; retry")),
             StoreError::LimitReached(what) => {
                 Error::LimitExceeded(format!("the limit on {what} is reached"))
             }
@@ -194,7 +197,7 @@ struct EngineInner {
     hsm: Hsm,
     store: Store,
     keys: cache::Cache<String, Arc<KeyEntry>>,
-    secrets: RwLock<HashMap<String, accounts::CachedSecret>>,
+    secrets: cache::Cache<String, accounts::CachedSecret>,
     kek_id: Vec<u8>,
     activity: ActivityLog,
     tokens: cache::Cache<Vec<u8>, crate::store::TokenRow>,
@@ -210,6 +213,9 @@ struct EngineInner {
     abandoned: std::sync::Mutex<Vec<keys::Abandoned>>,
     /// AES-GCM invocations per key version.
     gcm: invocations::GcmCounts,
+    /// The last position of the store's change log applied to the caches
+    /// (see `changes`).
+    change_seq: AtomicI64,
 }
 
 /// Engine settings that are not the token or the store.
@@ -294,6 +300,8 @@ impl Engine {
         })?;
         let store_for_log = store.clone();
         let installation_id = store.installation_id().await?;
+        // The caches start empty: only later changes can make them stale.
+        let change_seq = store.last_change().await?;
         // Every record is chained: no activity log without the audit keys.
         let chain = if opts.activity_log {
             Some(audit::AuditChain::open(hsm.clone(), &store, opts.checkpoints).await?)
@@ -305,7 +313,7 @@ impl Engine {
                 hsm,
                 store,
                 keys: cache::Cache::new(),
-                secrets: RwLock::new(HashMap::new()),
+                secrets: cache::Cache::new(),
                 kek_id,
                 activity: ActivityLog::start(store_for_log, chain, opts.activity_fsync),
                 tokens: cache::Cache::new(),
@@ -317,6 +325,7 @@ impl Engine {
                 installation_id,
                 abandoned: std::sync::Mutex::new(Vec::new()),
                 gcm: invocations::GcmCounts::new(opts.gcm_invocation_limit),
+                change_seq: AtomicI64::new(change_seq),
             }),
         })
     }

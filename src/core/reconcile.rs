@@ -25,7 +25,7 @@
 //!   whose object is missing stops the start, naming what is missing.
 
 use crate::store::{InstallationRepo, KeyRepo, NhnRepo};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::{Engine, Error, Result};
 use crate::hsm::{Hsm, TokenObject};
@@ -44,6 +44,9 @@ pub struct ReconcileReport {
     pub pending_rolled_back: usize,
     /// Destroying versions finished.
     pub destroyed_finished: usize,
+    /// Pending or destroying versions left alone because the node working
+    /// on them is alive (another node's operation in flight).
+    pub left_to_live_nodes: usize,
     /// `hsm-kms/` objects that no row names: reported, left in place.
     pub unknown_objects: usize,
     /// Active versions, service keys or CA keys whose object is missing
@@ -79,24 +82,44 @@ pub struct Inventory {
 
 impl Inventory {
     /// Reads the token and the store. Changes nothing.
+    ///
+    /// Other nodes may create and destroy objects while the token is
+    /// listed, so the store is read on both sides of the listing: an object
+    /// is missing only if the store named it as live before the listing
+    /// (its object was made before its row went live) and still does after
+    /// it (its object is destroyed only after its row left `active`); an
+    /// object is known if a row named it before or after.
     pub async fn take(hsm: &Hsm, store: &Store) -> Result<Self> {
         let store_id = store.installation_id().await?;
         let token_id = hsm.installation_id().await?;
+        let service_keys = store.service_keys().await?;
+        let ca_ids = store.nhn_ca_key_ids().await?;
+        let active_before = store.active_version_ids().await?;
+        let mut known: HashSet<Vec<u8>> = store.known_object_ids().await?.into_iter().collect();
         let objects = hsm.list_service_objects().await?;
-        let known: HashSet<Vec<u8>> = store.known_object_ids().await?.into_iter().collect();
+        known.extend(store.known_object_ids().await?);
+        let active_after: HashSet<(String, i64)> = store
+            .active_version_ids()
+            .await?
+            .into_iter()
+            .map(|(uid, version, _, _)| (uid, version))
+            .collect();
         let present: HashSet<&[u8]> = objects.iter().map(|o| o.id.as_slice()).collect();
         let mut missing = Vec::new();
-        for (name, id) in store.service_keys().await? {
+        for (name, id) in service_keys {
             if !present.contains(id.as_slice()) {
                 missing.push(format!("service key {name}"));
             }
         }
-        for id in store.nhn_ca_key_ids().await? {
+        for id in ca_ids {
             if !present.contains(id.as_slice()) {
                 missing.push(format!("NHN project CA key {}", hex::encode(&id)));
             }
         }
-        for (uid, version, id, aux) in store.active_version_ids().await? {
+        for (uid, version, id, aux) in active_before {
+            if !active_after.contains(&(uid.clone(), version)) {
+                continue;
+            }
             if !present.contains(id.as_slice()) {
                 missing.push(format!("key {uid} v{version}"));
             }
@@ -270,30 +293,7 @@ pub async fn reconcile(hsm: &Hsm, store: &Store, mode: StartMode) -> Result<Reco
         ..ReconcileReport::default()
     };
 
-    for v in store.versions_in_state(VersionState::Pending).await? {
-        hsm.destroy_id(v.cka_id.clone()).await?;
-        if let Some(aux) = &v.aux_cka_id {
-            hsm.destroy_id(aux.clone()).await?;
-        }
-        store.delete_pending_version(v.key_id, v.version).await?;
-        tracing::warn!(
-            key_id = v.key_id,
-            version = v.version,
-            "rolled back a version interrupted during creation"
-        );
-        report.pending_rolled_back += 1;
-    }
-
-    for v in store.versions_in_state(VersionState::Destroying).await? {
-        hsm.destroy_id(v.cka_id.clone()).await?;
-        if let Some(aux) = &v.aux_cka_id {
-            hsm.destroy_id(aux.clone()).await?;
-        }
-        store
-            .set_version_state(v.key_id, v.version, VersionState::Destroyed)
-            .await?;
-        report.destroyed_finished += 1;
-    }
+    repair(hsm, store, &mut report).await?;
 
     // The repairs above changed the token; otherwise the first inventory
     // still holds.
@@ -325,6 +325,76 @@ pub async fn reconcile(hsm: &Hsm, store: &Store, mode: StartMode) -> Result<Reco
         )));
     }
     Ok(report)
+}
+
+/// Finishes or undoes the versions left `pending` or `destroying` by nodes
+/// that are gone (killed mid-operation), and only those: a version whose
+/// node is alive is that node's operation in flight, and rolling it back
+/// would destroy a key its client is about to be given. See
+/// `store::nodes` for how a node is known to be alive.
+async fn repair(hsm: &Hsm, store: &Store, report: &mut ReconcileReport) -> Result<()> {
+    // Read with the rows' states: a row that reached `pending` or
+    // `destroying` after this read is not looked at (the next pass will).
+    let owners: HashMap<(i64, i64, String), Option<i64>> = store
+        .version_owners()
+        .await?
+        .into_iter()
+        .map(|(k, v, state, owner)| ((k, v, state), owner))
+        .collect();
+    let owner = |v: &crate::store::VersionRow| {
+        owners
+            .get(&(v.key_id, v.version, v.state.as_str().to_string()))
+            .copied()
+    };
+
+    for v in store.versions_in_state(VersionState::Pending).await? {
+        let Some(node) = owner(&v) else { continue };
+        if store.node_alive(node).await {
+            report.left_to_live_nodes += 1;
+            continue;
+        }
+        // The decision is committed first, and only over a row still
+        // `pending` with this `CKA_ID`: a concurrent activation or another
+        // reconciler doing the same leaves it alone.
+        if store
+            .mark_pending_destroying(v.key_id, v.version, &v.cka_id)
+            .await?
+            != Some(VersionState::Destroying)
+        {
+            continue;
+        }
+        hsm.destroy_id(v.cka_id.clone()).await?;
+        if let Some(aux) = &v.aux_cka_id {
+            hsm.destroy_id(aux.clone()).await?;
+        }
+        store
+            .delete_version_in_state(v.key_id, v.version, VersionState::Destroying)
+            .await?;
+        tracing::warn!(
+            key_id = v.key_id,
+            version = v.version,
+            node = node.unwrap_or(0),
+            "rolled back a version interrupted during creation"
+        );
+        report.pending_rolled_back += 1;
+    }
+
+    for v in store.versions_in_state(VersionState::Destroying).await? {
+        let Some(node) = owner(&v) else { continue };
+        if store.node_alive(node).await {
+            report.left_to_live_nodes += 1;
+            continue;
+        }
+        hsm.destroy_id(v.cka_id.clone()).await?;
+        if let Some(aux) = &v.aux_cka_id {
+            hsm.destroy_id(aux.clone()).await?;
+        }
+        store
+            .set_version_state(v.key_id, v.version, VersionState::Destroyed)
+            .await?;
+        report.destroyed_finished += 1;
+    }
+    Ok(())
 }
 
 /// Destroys the objects [`Inventory::unknown`] lists, on an operator's
@@ -365,5 +435,22 @@ impl Engine {
         let r = reconcile(self.hsm(), self.store(), StartMode::Serve).await?;
         self.inner.keys.clear();
         Ok(r)
+    }
+
+    /// The reconciler's repair alone, run by every scheduler pass: what a
+    /// node killed mid-operation left half-done is repaired by the nodes
+    /// still running (a dead node's own start-up may never come).
+    pub(crate) async fn repair_interrupted(&self) -> Result<ReconcileReport> {
+        let mut report = ReconcileReport::default();
+        repair(self.hsm(), self.store(), &mut report).await?;
+        if report.pending_rolled_back + report.destroyed_finished > 0 {
+            self.inner.keys.clear();
+            tracing::warn!(
+                rolled_back = report.pending_rolled_back,
+                destroyed = report.destroyed_finished,
+                "repaired versions that a node which is gone left half-done"
+            );
+        }
+        Ok(report)
     }
 }

@@ -7,19 +7,46 @@ use std::time::Duration;
 use super::accounts::now;
 use super::Engine;
 
+/// How long a claimed automatic rotation waits before any node may try it
+/// again when the claiming node died or failed before rotating.
+pub(crate) const ROTATION_RETRY_MS: i64 = 10 * 60 * 1000;
+
+/// How many entries of the change log are kept (see `core::changes`).
+const CHANGES_KEPT: i64 = 100_000;
+
 impl Engine {
     /// One pass of the scheduler. Returns (rotated, destroyed).
+    ///
+    /// Every node runs it; each due item is claimed in the store first
+    /// (a rotation by moving its due time, a deletion by leaving `REVOKE`),
+    /// so that exactly one node does each, whatever the passes' timing.
     pub async fn run_due_work(&self) -> super::Result<(usize, usize)> {
         self.check_store().await?;
         if self.retry_abandoned().await > 0 {
             tracing::warn!("versions whose activation failed still wait for their rollback");
         }
+        if let Err(e) = self.repair_interrupted().await {
+            tracing::warn!(error = %e, "cannot repair versions left half-done by a node that is gone");
+        }
         let t = now();
+        let due_rotation = self.store().keys_due_for_rotation(t).await?;
+        let due_deletion = self.store().keys_due_for_deletion(t).await?;
+        if !due_rotation.is_empty() || !due_deletion.is_empty() {
+            super::fault_point("scheduler:due");
+        }
         let mut rotated = 0;
-        for key_id in self.store().keys_due_for_rotation(t).await? {
+        for key_id in due_rotation {
+            if !self
+                .store()
+                .claim_rotation(key_id, t, t + ROTATION_RETRY_MS)
+                .await?
+            {
+                continue;
+            }
             let Some((key, versions)) = self.store().key_by_id(key_id).await? else {
                 continue;
             };
+            self.invalidate(&key.uid);
             let entry = super::KeyEntry { key, versions };
             match self.rotate_entry(&entry).await {
                 Ok(after) => {
@@ -33,15 +60,17 @@ impl Engine {
             }
         }
         let mut destroyed = 0;
-        for key_id in self.store().keys_due_for_deletion(t).await? {
+        for key_id in due_deletion {
             let Some((key, _)) = self.store().key_by_id(key_id).await? else {
                 continue;
             };
             match self.destroy_key(key_id, &key.uid).await {
-                Ok(()) => {
+                Ok(true) => {
                     destroyed += 1;
                     self.record_system(&key, None, "DeleteKey").await;
                 }
+                // Another node claimed it first.
+                Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(key = %key.uid, error = %e, "scheduled destruction failed")
                 }
@@ -51,6 +80,9 @@ impl Engine {
         // Access keys revoked by the admin CLI (another process) apply from
         // the next pass on; the secrets are decrypted again on first use.
         self.forget_cached_secrets();
+        if let Err(e) = self.store().prune_changes(CHANGES_KEPT).await {
+            tracing::warn!(error = %e, "cannot prune the change log");
+        }
         Ok((rotated, destroyed))
     }
 }

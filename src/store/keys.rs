@@ -236,13 +236,14 @@ impl KeyRepo for Store {
                 ));
             };
             sqlx::query(
-                "INSERT INTO key_versions (key_id, version, state, enabled, cka_id, aux_cka_id, status_at, created_at) VALUES ($1, 1, 'pending', TRUE, $2, $3, $4, $5)",
+                "INSERT INTO key_versions (key_id, version, state, enabled, cka_id, aux_cka_id, status_at, created_at, owner_node) VALUES ($1, 1, 'pending', TRUE, $2, $3, $4, $5, $6)",
             )
             .bind(key_id)
             .bind(cka_id)
             .bind(aux_cka_id)
             .bind(now)
             .bind(now)
+            .bind(self.node_id())
             .execute(&mut *tx)
             .await
             .map_err(map_unique)?;
@@ -266,7 +267,7 @@ impl KeyRepo for Store {
             .fetch_one(&mut *tx)
             .await?;
             sqlx::query(
-                "INSERT INTO key_versions (key_id, version, state, enabled, cka_id, aux_cka_id, status_at, created_at) VALUES ($1, $2, 'pending', TRUE, $3, $4, $5, $6)",
+                "INSERT INTO key_versions (key_id, version, state, enabled, cka_id, aux_cka_id, status_at, created_at, owner_node) VALUES ($1, $2, 'pending', TRUE, $3, $4, $5, $6, $7)",
             )
             .bind(key_id)
             .bind(next)
@@ -274,6 +275,7 @@ impl KeyRepo for Store {
             .bind(aux_cka_id)
             .bind(now_ms())
             .bind(now_ms())
+            .bind(self.node_id())
             .execute(&mut *tx)
             .await
             .map_err(map_unique)?;
@@ -307,11 +309,17 @@ impl KeyRepo for Store {
     ) -> Result<()> {
         on_db!(self, db => {
             let mut tx = db.begin_write().await?;
-            sqlx::query("UPDATE key_versions SET state = 'active' WHERE key_id = $1 AND version = $2 AND state = 'pending'")
+            let r = sqlx::query("UPDATE key_versions SET state = 'active' WHERE key_id = $1 AND version = $2 AND state = 'pending'")
                 .bind(key_id)
                 .bind(version)
                 .execute(&mut *tx)
                 .await?;
+            if r.rows_affected() == 0 {
+                // Rolled back or destroyed by someone else meanwhile: the
+                // caller must not report a version that does not exist.
+                tx.rollback().await?;
+                return Err(StoreError::Gone("the new version was undone before its activation"));
+            }
             sqlx::query("UPDATE keys SET next_rotation_at = COALESCE($1, next_rotation_at), updated_at = $2, revision = revision + 1 WHERE id = $3")
                 .bind(next_rotation_at)
                 .bind(now_ms())
@@ -337,11 +345,12 @@ impl KeyRepo for Store {
         on_db!(self, db => {
             let mut tx = db.begin_write().await?;
             let r = sqlx::query(
-                "UPDATE key_versions SET state = 'destroying' WHERE key_id = $1 AND version = $2 AND cka_id = $3 AND state = 'pending'",
+                "UPDATE key_versions SET state = 'destroying', owner_node = $4 WHERE key_id = $1 AND version = $2 AND cka_id = $3 AND state = 'pending'",
             )
             .bind(key_id)
             .bind(version)
             .bind(cka_id)
+            .bind(self.node_id())
             .execute(&mut *tx)
             .await?;
             if r.rows_affected() == 1 {
@@ -573,20 +582,27 @@ impl KeyRepo for Store {
         })
     }
 
-    async fn mark_key_destroying(&self, key_id: i64) -> Result<()> {
+    async fn mark_key_destroying(&self, key_id: i64) -> Result<bool> {
         on_db!(self, db => {
             let mut tx = db.begin_write().await?;
-            sqlx::query("UPDATE keys SET status = 'DELETED', updated_at = $1, revision = revision + 1 WHERE id = $2")
+            // Only from `REVOKE`: of several nodes (or requests) destroying
+            // one key, exactly one goes on.
+            let r = sqlx::query("UPDATE keys SET status = 'DELETED', updated_at = $1, revision = revision + 1 WHERE id = $2 AND status = 'REVOKE'")
                 .bind(now_ms())
                 .bind(key_id)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("UPDATE key_versions SET state = 'destroying' WHERE key_id = $1 AND state IN ('active', 'pending')")
+            if r.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            sqlx::query("UPDATE key_versions SET state = 'destroying', owner_node = $2 WHERE key_id = $1 AND state IN ('active', 'pending')")
                 .bind(key_id)
+                .bind(self.node_id())
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            Ok(())
+            Ok(true)
         })
     }
 }

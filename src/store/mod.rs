@@ -28,6 +28,7 @@ mod invocations;
 mod keys;
 mod naver;
 mod nhn;
+mod nodes;
 mod postgres;
 mod repo;
 mod sqlite;
@@ -40,6 +41,7 @@ pub use nhn::{
     NewCredential, NewKeyStore, NhnCredentialRow, NhnKeyFilter, NhnKeyRow, NhnKeyStoreRow,
     NhnProjectRow, NhnUserAccessKeyRow, UserAccessKeyRequirement,
 };
+pub use nodes::{Change, ChangeListener};
 pub use repo::{AccountRepo, ActivitySink, InstallationRepo, KeyRepo, NaverRepo, NhnRepo};
 pub use sqlite::MIN_FREE_BYTES;
 
@@ -63,6 +65,10 @@ pub enum StoreError {
     /// A count limit refused the insert (names what was counted).
     #[error("limit reached: {0}")]
     LimitReached(&'static str),
+    /// The row an operation was finishing is no longer in the state it
+    /// left it in (another node finished or undid it meanwhile).
+    #[error("changed meanwhile: {0}")]
+    Gone(&'static str),
     /// The store file was deleted or replaced under the running service;
     /// nothing is read or written any more (see [`Store::check_file`]).
     #[error("the metadata store is lost: {0}")]
@@ -128,6 +134,8 @@ fn map_unique(e: sqlx::Error) -> StoreError {
 #[derive(Clone, Debug)]
 pub struct Store {
     db: Db,
+    /// This node's id and the lock that shows it alive (see `nodes`).
+    node: std::sync::Arc<nodes::NodeLease>,
 }
 
 /// The engine behind a [`Store`].
@@ -161,15 +169,20 @@ impl Store {
     /// Opens (creating if needed) `metadata.db` under `data_dir` and runs
     /// the embedded migrations.
     pub async fn open_sqlite(data_dir: &Path) -> Result<Self> {
+        let db = SqliteDb::open(data_dir).await?;
         Ok(Store {
-            db: Db::Sqlite(SqliteDb::open(data_dir).await?),
+            db: Db::Sqlite(db),
+            node: std::sync::Arc::new(nodes::NodeLease::on_file(data_dir)?),
         })
     }
 
     /// Connects to a PostgreSQL database and runs the embedded migrations.
     pub async fn open_postgres(url: &str) -> Result<Self> {
+        let db = PgDb::open(url).await?;
+        let node = nodes::NodeLease::on_pg(&db.pool).await?;
         Ok(Store {
-            db: Db::Postgres(PgDb::open(url).await?),
+            db: Db::Postgres(db),
+            node,
         })
     }
 

@@ -147,9 +147,10 @@ pub trait KeyRepo {
     /// Ids of keys pending deletion whose waiting period is over.
     fn keys_due_for_deletion(&self, now: i64) -> impl Future<Output = Result<Vec<i64>>> + Send;
 
-    /// Marks a key deleted and all its live versions `destroying`, in one
-    /// transaction.
-    fn mark_key_destroying(&self, key_id: i64) -> impl Future<Output = Result<()>> + Send;
+    /// Marks a key pending deletion (`REVOKE`) deleted and all its live
+    /// versions `destroying`, in one transaction. `false` (nothing written)
+    /// when the key is not pending deletion, e.g. another node destroys it.
+    fn mark_key_destroying(&self, key_id: i64) -> impl Future<Output = Result<bool>> + Send;
 }
 
 /// Accounts and their access keys (secret keys only as ciphertexts under

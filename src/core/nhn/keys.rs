@@ -429,6 +429,15 @@ impl Engine {
     pub(super) async fn nhn_rotate_due(&self, now: i64) -> Result<usize> {
         let mut rotated = 0;
         for key_id in self.store().nhn_keys_due_for_rotation(now).await? {
+            // Claimed first: of several nodes, one rotates.
+            let retry_at = now + crate::core::scheduler::ROTATION_RETRY_MS;
+            if !self
+                .store()
+                .nhn_claim_rotation(key_id, now, retry_at)
+                .await?
+            {
+                continue;
+            }
             let Some((key, _)) = self.store().key_by_id(key_id).await? else {
                 continue;
             };
@@ -498,8 +507,13 @@ impl Engine {
                 "only a key scheduled for deletion can be deleted immediately".into(),
             ));
         }
-        self.destroy_key(v.entry.key.id, uid).await?;
+        let destroyed = self.destroy_key(v.entry.key.id, uid).await?;
         self.nhn().keys.remove(uid);
+        if !destroyed {
+            return Err(Error::InvalidState(
+                "only a key scheduled for deletion can be deleted immediately".into(),
+            ));
+        }
         Ok(now_ms())
     }
 

@@ -603,6 +603,26 @@ impl Engine {
         self.nhn().stores.remove(&id);
     }
 
+    /// Drops the NHN cache entries a change names (see `core::changes`):
+    /// `key` (a key uid), `nhn_project` (every appkey: they are few and
+    /// cached by appkey, not project), `nhn_store` (a key store id), or
+    /// `*` (everything).
+    pub(crate) fn nhn_forget(&self, kind: &str, id: &str) {
+        match kind {
+            "key" => self.nhn().keys.remove(id),
+            "nhn_project" => self.nhn().appkeys.clear(),
+            "nhn_store" => match id.parse::<i64>() {
+                Ok(store) => self.nhn().stores.remove(&store),
+                Err(_) => self.nhn().stores.clear(),
+            },
+            _ => {
+                self.nhn().keys.clear();
+                self.nhn().appkeys.clear();
+                self.nhn().stores.clear();
+            }
+        }
+    }
+
     /// Applies the key store's authentication to a client, in NHN's order:
     /// IPv4, then MAC, then client certificate. Each check runs only when
     /// its switch is on; a switch on with no registered credential refuses

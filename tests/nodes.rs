@@ -1,0 +1,707 @@
+//! Several nodes (real `hsm-kms serve` processes) on one store and one
+//! token directory (issue 11 section 3): a change made on one node applies
+//! on the others; a due rotation or deletion runs once however many nodes
+//! see it; two nodes rotating one key get two versions; a node's
+//! reconciler never undoes another live node's operation in flight, and
+//! repairs what a killed node left half-done.
+//!
+//! On SQLite the nodes share the data dir; the PostgreSQL suite
+//! (`scripts/test-postgres.sh`) runs the same tests on one database.
+#![cfg(feature = "test-hooks")]
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::process::{Server, Site};
+use common::{b64, fresh_ts, send, unb64, Kms, Reply};
+use serde_json::{json, Value};
+
+/// How long a test waits for one node to see another's change. The design
+/// bound is `store.change_poll_ms` (500 ms; on PostgreSQL a notification
+/// is faster); this is generous for a loaded machine. Without the change
+/// log, key, version, generator, ACL and NHN key-store entries stay cached
+/// for good (or a scheduler interval, 60 s), so each wait below fails.
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// Polls `f` until it returns true, for at most [`SETTLE`]; prints the time.
+async fn settles<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let t0 = Instant::now();
+    loop {
+        if f().await {
+            eprintln!("{what}: seen after {:?}", t0.elapsed());
+            return;
+        }
+        assert!(
+            t0.elapsed() < SETTLE,
+            "{what}: not seen after {:?}",
+            t0.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn create_key(server: &Server, name: &str, key_type: &str, extra: Value) -> String {
+    let mut body = json!({"keyName": name, "keyType": key_type, "isAutoRotation": false});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let r = server.call("POST", "/kms/v1/keys", Some(body)).await;
+    r.ok()["keyTag"].as_str().unwrap().to_string()
+}
+
+async fn encrypt(server: &Server, tag: &str, pt: &[u8]) -> Reply {
+    server
+        .call(
+            "POST",
+            &format!("/kms/v1/keys/{tag}/encrypt"),
+            Some(json!({"plaintext": b64(pt)})),
+        )
+        .await
+}
+
+async fn decrypt(server: &Server, tag: &str, ct: &str) -> Reply {
+    server
+        .call(
+            "POST",
+            &format!("/kms/v1/keys/{tag}/decrypt"),
+            Some(json!({"ciphertext": ct})),
+        )
+        .await
+}
+
+async fn with_token(server: &Server, method: &str, path: &str, token: &str, body: Value) -> Reply {
+    send(
+        &server.client,
+        &server.url,
+        method,
+        path,
+        &[("x-ncp-ocapi-token".to_string(), token.to_string())],
+        Some(body.to_string().into_bytes()),
+    )
+    .await
+}
+
+async fn token_encrypt(server: &Server, tag: &str, token: &str) -> Reply {
+    with_token(
+        server,
+        "POST",
+        &format!("/kms/v1/keys/{tag}/encrypt"),
+        token,
+        json!({"plaintext": b64(b"by token")}),
+    )
+    .await
+}
+
+/// A new token set of the key's active generator: (refresh, access).
+async fn token_set(server: &Server, tag: &str) -> (String, String) {
+    let r = server
+        .call(
+            "POST",
+            &format!("/kms/v1/keys/{tag}/token-set"),
+            Some(json!({})),
+        )
+        .await;
+    let d = r.ok();
+    (
+        d["refreshToken"].as_str().unwrap().to_string(),
+        d["accessToken"].as_str().unwrap().to_string(),
+    )
+}
+
+/// A v2-signed request with another access key.
+async fn call_as(server: &Server, ak: &str, sk: &str, method: &str, path: &str) -> Reply {
+    let h = Kms::signed_headers(ak, sk, method, path, &fresh_ts());
+    send(&server.client, &server.url, method, path, &h, None).await
+}
+
+fn admin(site: &Site, args: &[&str]) -> String {
+    let out = site.command().args(args).output().expect("run hsm-kms");
+    assert!(
+        out.status.success(),
+        "hsm-kms {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn field(stdout: &str, name: &str) -> String {
+    stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name}= in {stdout}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn naver_changes_on_one_node_apply_on_the_other() {
+    let mut site = Site::init();
+    let a = site.serve(&[]).await;
+    let b = site.serve(&[]).await;
+    let tag = create_key(&a, "shared", "AES256", json!({})).await;
+    // B caches the key.
+    let ct1 = encrypt(&b, &tag, b"one").await.ok()["ciphertext"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A key disabled (and enabled again) on A.
+    a.call("POST", &format!("/kms/v1/keys/{tag}/disable"), None)
+        .await
+        .ok();
+    settles("a key disabled on A is refused by B", || async {
+        encrypt(&b, &tag, b"x").await.status != 200
+    })
+    .await;
+    a.call("POST", &format!("/kms/v1/keys/{tag}/enable"), None)
+        .await
+        .ok();
+    settles("a key enabled again on A serves on B", || async {
+        encrypt(&b, &tag, b"x").await.status == 200
+    })
+    .await;
+
+    // A rotation on A: B encrypts with the new version.
+    let r = a
+        .call("POST", &format!("/kms/v1/keys/{tag}/rotate"), None)
+        .await;
+    assert_eq!(r.ok()["version"], 2);
+    settles("a rotation on A is used by B", || async {
+        encrypt(&b, &tag, b"x").await.ok()["ciphertext"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("ncpkms:v2:"))
+    })
+    .await;
+
+    // A version disabled on A: B no longer decrypts with it.
+    assert_eq!(
+        unb64(
+            decrypt(&b, &tag, &ct1).await.ok()["plaintext"]
+                .as_str()
+                .unwrap()
+        ),
+        b"one"
+    );
+    a.call(
+        "POST",
+        &format!("/kms/v1/keys/{tag}/versions/1/disable"),
+        None,
+    )
+    .await
+    .ok();
+    settles("a version disabled on A is refused by B", || async {
+        decrypt(&b, &tag, &ct1).await.status != 200
+    })
+    .await;
+
+    // A token generator replaced on A: B refuses its tokens.
+    a.call("POST", &format!("/kms/v1/keys/{tag}/token-generator"), None)
+        .await
+        .ok();
+    let (_, access) = token_set(&a, &tag).await;
+    token_encrypt(&b, &tag, &access).await.ok();
+    a.call("PUT", &format!("/kms/v1/keys/{tag}/token-generator"), None)
+        .await
+        .ok();
+    settles(
+        "tokens of a generator replaced on A are refused by B",
+        || async { token_encrypt(&b, &tag, &access).await.status == 401 },
+    )
+    .await;
+
+    // A token revoked on A (renewing its set revokes the refresh token).
+    let (refresh, access) = token_set(&a, &tag).await;
+    let path = format!("/kms/v1/keys/{tag}/access-token");
+    with_token(&b, "POST", &path, &refresh, json!({}))
+        .await
+        .ok();
+    with_token(
+        &a,
+        "PUT",
+        &format!("/kms/v1/keys/{tag}/token-set"),
+        &refresh,
+        json!({}),
+    )
+    .await
+    .ok();
+    settles("a refresh token revoked on A is refused by B", || async {
+        with_token(&b, "POST", &path, &refresh, json!({}))
+            .await
+            .status
+            == 401
+    })
+    .await;
+
+    // The IP ACL turned on on A (with no rule: no token call passes).
+    token_encrypt(&b, &tag, &access).await.ok();
+    a.call("POST", &format!("/kms/v1/keys/{tag}/acl/enable"), None)
+        .await
+        .ok();
+    settles("an ACL enabled on A applies on B", || async {
+        token_encrypt(&b, &tag, &access).await.status == 403
+    })
+    .await;
+    let r = a
+        .call(
+            "POST",
+            &format!("/kms/v1/keys/{tag}/acl"),
+            Some(json!({"ipList": ["127.0.0.0/8"]})),
+        )
+        .await;
+    r.ok();
+    settles("an ACL rule added on A applies on B", || async {
+        token_encrypt(&b, &tag, &access).await.status == 200
+    })
+    .await;
+
+    // An access key revoked by the admin CLI (one more process).
+    let out = admin(&site, &["admin", "create-access-key"]);
+    let (ak, sk) = (field(&out, "access_key"), field(&out, "secret_key"));
+    assert_eq!(
+        call_as(&b, &ak, &sk, "GET", "/kms/v1/keys").await.status,
+        200
+    );
+    admin(&site, &["admin", "revoke-access-key", &ak]);
+    settles(
+        "an access key revoked by the CLI is refused by B",
+        || async { call_as(&b, &ak, &sk, "GET", "/kms/v1/keys").await.status == 401 },
+    )
+    .await;
+}
+
+/// NHN: the key store's IPv4 credential removed on A stops the application
+/// on B.
+#[tokio::test]
+async fn nhn_credential_change_on_one_node_applies_on_the_other() {
+    const TRUST_LOOPBACK: (&str, &str) = ("HSM_KMS_SERVER_TRUSTED_PROXIES", "[\"127.0.0.1/32\"]");
+    const APP_IP: &str = "10.0.0.5";
+    let mut site = Site::init();
+    admin(&site, &["admin", "nhn", "create-project", "p"]);
+    let appkey = field(
+        &admin(&site, &["admin", "nhn", "create-appkey", "--project", "p"]),
+        "appkey",
+    );
+    let out = admin(
+        &site,
+        &["admin", "nhn", "create-user-access-key", "--project", "p"],
+    );
+    let uak = (
+        field(&out, "user_access_key"),
+        field(&out, "secret_access_key"),
+    );
+    admin(
+        &site,
+        &[
+            "admin",
+            "nhn",
+            "create-key-store",
+            "--project",
+            "p",
+            "--name",
+            "app",
+            "--ip4-auth",
+        ],
+    );
+    let a = site.serve(&[TRUST_LOOPBACK]).await;
+    let b = site.serve(&[TRUST_LOOPBACK]).await;
+    let call = |server: &Server, owner: bool, method: &str, suffix: &str, body: Option<Value>| {
+        let mut h = vec![("X-Forwarded-For".to_string(), APP_IP.to_string())];
+        if owner {
+            h.push(("X-TC-AUTHENTICATION-ID".into(), uak.0.clone()));
+            h.push(("X-TC-AUTHENTICATION-SECRET".into(), uak.1.clone()));
+        }
+        let path = format!("/keymanager/v1.2/appkey/{appkey}{suffix}");
+        let (client, url) = (server.client.clone(), server.url.clone());
+        let method = method.to_string();
+        async move {
+            send(
+                &client,
+                &url,
+                &method,
+                &path,
+                &h,
+                body.map(|b| b.to_string().into_bytes()),
+            )
+            .await
+        }
+    };
+    let ok = |r: &Reply| r.status == 200 && r.body["header"]["isSuccessful"] == true;
+    let r = call(
+        &a,
+        true,
+        "POST",
+        "/auths/ipv4s",
+        Some(json!({"keyStoreName": "app", "value": APP_IP})),
+    )
+    .await;
+    assert!(ok(&r), "{}", r.body);
+    let r = call(
+        &a,
+        true,
+        "POST",
+        "/keys/secrets/create",
+        Some(json!({"keyStoreName": "app", "name": "db", "secretValue": "s3cr3t"})),
+    )
+    .await;
+    assert!(ok(&r), "{}", r.body);
+    let secret = r.body["body"]["keyId"].as_str().unwrap().to_string();
+    // B authorizes the application (and caches the key store's credentials).
+    let r = call(&b, false, "GET", &format!("/secrets/{secret}"), None).await;
+    assert!(ok(&r), "{}", r.body);
+    assert_eq!(r.body["body"]["secret"], "s3cr3t");
+
+    // A: the owner asks for the address's deletion.
+    let r = call(
+        &a,
+        true,
+        "PUT",
+        "/auths/ipv4s/delete",
+        Some(json!({"keyStoreName": "app", "value": APP_IP})),
+    )
+    .await;
+    assert!(ok(&r), "{}", r.body);
+    settles(
+        "an IPv4 credential removed on A is refused by B",
+        || async { !ok(&call(&b, false, "GET", &format!("/secrets/{secret}"), None).await) },
+    )
+    .await;
+}
+
+/// The version numbers and states of a key, from the store.
+async fn version_rows(site: &Site, tag: &str) -> Vec<(i64, String, Vec<u8>)> {
+    let db = site.db().await;
+    let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
+        "SELECT v.version, v.state, v.cka_id FROM key_versions v JOIN keys k ON k.id = v.key_id
+         WHERE k.uid = $1 ORDER BY v.version",
+    )
+    .bind(tag)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    rows
+}
+
+/// Labels of the key's objects on the token.
+fn key_objects(site: &Site, tag: &str) -> Vec<String> {
+    let prefix = format!("hsm-kms/{tag}/");
+    let mut v: Vec<String> = site
+        .token_objects()
+        .into_iter()
+        .filter(|o| o.label.starts_with(&prefix))
+        .map(|o| o.label)
+        .collect();
+    v.sort();
+    v
+}
+
+async fn wait_for_markers(markers: &[&Path]) {
+    let t0 = Instant::now();
+    while !markers.iter().all(|m| m.exists()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "not every node reached the fault point: {markers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn gate<'a>(point: &'a str, marker: &'a Path) -> [(&'a str, &'a str); 2] {
+    [
+        ("HSM_KMS_FAULT_GATE", point),
+        ("HSM_KMS_FAULT_MARKER", marker.to_str().unwrap()),
+    ]
+}
+
+#[tokio::test]
+async fn a_due_rotation_and_deletion_run_once_on_three_nodes() {
+    let mut site = Site::init();
+    let markers: Vec<std::path::PathBuf> = (0..3)
+        .map(|i| site.dir.path().join(format!("due-{i}")))
+        .collect();
+    let mut nodes = Vec::new();
+    for m in &markers {
+        let mut env = gate("scheduler:due", m).to_vec();
+        env.push(("HSM_KMS_SERVER_SCHEDULER_INTERVAL_SECS", "1"));
+        nodes.push(site.serve(&env).await);
+    }
+    let auto = create_key(
+        &nodes[0],
+        "auto",
+        "AES256",
+        json!({"isAutoRotation": true, "rotationPeriod": 30}),
+    )
+    .await;
+    let doomed = create_key(&nodes[1], "doomed", "ECDSA", json!({})).await;
+    nodes[1]
+        .call(
+            "POST",
+            &format!("/kms/v1/keys/{doomed}/request-deletion"),
+            None,
+        )
+        .await
+        .ok();
+
+    // Both come due at once; every node's next pass reads both and stops
+    // at the gate; then all three go on together.
+    let db = site.db().await;
+    let past = common::now_ms() - 1000;
+    for (sql, tag) in [
+        (
+            "UPDATE keys SET next_rotation_at = $1 WHERE uid = $2",
+            &auto,
+        ),
+        ("UPDATE keys SET destroy_at = $1 WHERE uid = $2", &doomed),
+    ] {
+        let r = sqlx::query(sql)
+            .bind(past)
+            .bind(tag.as_str())
+            .execute(&db)
+            .await
+            .unwrap();
+        assert_eq!(r.rows_affected(), 1);
+    }
+    let paths: Vec<&Path> = markers.iter().map(|m| m.as_path()).collect();
+    wait_for_markers(&paths).await;
+    for m in &markers {
+        std::fs::remove_file(m).unwrap();
+    }
+    // Let every node finish that pass and run a few more.
+    let t0 = Instant::now();
+    loop {
+        let rows = version_rows(&site, &doomed).await;
+        let done = rows.iter().all(|(_, s, _)| s == "destroyed")
+            && version_rows(&site, &auto).await.len() > 1;
+        if done {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "nothing done");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let rows = version_rows(&site, &auto).await;
+    assert_eq!(
+        rows.iter().map(|r| (r.0, r.1.as_str())).collect::<Vec<_>>(),
+        vec![(1, "active"), (2, "active")],
+        "one rotation, by one node"
+    );
+    let count = |action: &'static str, tag: String| {
+        let db = db.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM activity_logs WHERE key_uid = $1 AND action = $2 AND auth_type = 'SYSTEM'",
+            )
+            .bind(tag)
+            .bind(action)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+            n
+        }
+    };
+    assert_eq!(count("RotateKey", auto.clone()).await, 1);
+    assert_eq!(
+        count("DeleteKey", doomed.clone()).await,
+        1,
+        "one destruction, by one node"
+    );
+    db.close().await;
+    assert_eq!(key_objects(&site, &auto).len(), 2);
+    assert!(key_objects(&site, &doomed).is_empty());
+}
+
+#[tokio::test]
+async fn two_nodes_rotating_one_key_get_versions_2_and_3() {
+    let mut site = Site::init();
+    let (ma, mb) = (
+        site.dir.path().join("gate-a"),
+        site.dir.path().join("gate-b"),
+    );
+    let a = site.serve(&gate("rotate:after-pending", &ma)).await;
+    let b = site.serve(&gate("rotate:after-pending", &mb)).await;
+    let tag = create_key(&a, "contended", "RSA2048", json!({})).await;
+    let path = format!("/kms/v1/keys/{tag}/rotate");
+    let ra = a.call("POST", &path, None);
+    let rb = b.call("POST", &path, None);
+    tokio::pin!(ra, rb);
+    // Both rotations wrote their pending version and wait at the gate.
+    let t0 = Instant::now();
+    while !(ma.exists() && mb.exists()) {
+        tokio::select! {
+            r = &mut ra => panic!("A answered before the gate: {r:?}"),
+            r = &mut rb => panic!("B answered before the gate: {r:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "gates not reached");
+    }
+    let pending = version_rows(&site, &tag).await;
+    assert_eq!(
+        pending
+            .iter()
+            .map(|r| (r.0, r.1.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(1, "active"), (2, "pending"), (3, "pending")]
+    );
+    std::fs::remove_file(&ma).unwrap();
+    std::fs::remove_file(&mb).unwrap();
+    let (ra, rb) = tokio::join!(ra, rb);
+    let mut got = vec![
+        ra.ok()["version"].as_i64().unwrap(),
+        rb.ok()["version"].as_i64().unwrap(),
+    ];
+    got.sort();
+    // Each answer names the newest version when it answered: 3 at least
+    // once, and never a version that does not exist.
+    assert!(got[1] == 3 && got[0] >= 2, "{got:?}");
+    let rows = version_rows(&site, &tag).await;
+    assert_eq!(
+        rows.iter().map(|r| (r.0, r.1.as_str())).collect::<Vec<_>>(),
+        vec![(1, "active"), (2, "active"), (3, "active")]
+    );
+    // No duplicate object id, no orphan: two objects (a pair) per version.
+    let ids: std::collections::HashSet<&Vec<u8>> = rows.iter().map(|r| &r.2).collect();
+    assert_eq!(ids.len(), 3);
+    let labels = key_objects(&site, &tag);
+    for v in 1..=3 {
+        let label = format!("hsm-kms/{tag}/v{v}");
+        assert_eq!(
+            labels.iter().filter(|l| **l == label).count(),
+            2,
+            "{labels:?}"
+        );
+    }
+    assert_eq!(labels.len(), 6, "{labels:?}");
+}
+
+#[tokio::test]
+async fn a_starting_node_leaves_another_live_nodes_rotation_alone() {
+    let mut site = Site::init();
+    let marker = site.dir.path().join("gate");
+    let a = site.serve(&gate("rotate:after-hsm", &marker)).await;
+    let tag = create_key(&a, "in-flight", "AES256", json!({})).await;
+    let path = format!("/kms/v1/keys/{tag}/rotate");
+    let (r, b) = {
+        let rotate = a.call("POST", &path, None);
+        tokio::pin!(rotate);
+        let t0 = Instant::now();
+        while !marker.exists() {
+            tokio::select! {
+                r = &mut rotate => panic!("A answered before the gate: {r:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "gate not reached");
+        }
+        // A holds a pending v2 whose object exists.
+        let rows = version_rows(&site, &tag).await;
+        assert_eq!(rows[1].1, "pending");
+        assert_eq!(key_objects(&site, &tag).len(), 2);
+
+        // B starts (its start-up reconciler and first scheduler passes
+        // run) while A's rotation is in flight.
+        let b = site
+            .serve(&[("HSM_KMS_SERVER_SCHEDULER_INTERVAL_SECS", "1")])
+            .await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let rows = version_rows(&site, &tag).await;
+        assert_eq!(rows.len(), 2, "B removed A's version in flight");
+        assert_eq!(rows[1].1, "pending");
+        assert_eq!(key_objects(&site, &tag).len(), 2, "B destroyed A's object");
+
+        std::fs::remove_file(&marker).unwrap();
+        (rotate.await, b)
+    };
+    assert_eq!(r.ok()["version"], 2, "{}", r.body);
+    let rows = version_rows(&site, &tag).await;
+    assert_eq!(
+        rows.iter().map(|r| (r.0, r.1.as_str())).collect::<Vec<_>>(),
+        vec![(1, "active"), (2, "active")]
+    );
+    settles("A's new version is used by B", || async {
+        encrypt(&b, &tag, b"x").await.ok()["ciphertext"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("ncpkms:v2:"))
+    })
+    .await;
+    assert_eq!(key_objects(&site, &tag).len(), 2);
+    drop((a, b));
+}
+
+#[tokio::test]
+async fn a_node_killed_mid_rotation_is_repaired_by_a_running_node() {
+    let mut site = Site::init();
+    let marker = site.dir.path().join("pause");
+    let b = site
+        .serve(&[("HSM_KMS_SERVER_SCHEDULER_INTERVAL_SECS", "1")])
+        .await;
+    let a = site
+        .serve(&[
+            ("HSM_KMS_FAULT_PAUSE", "rotate:after-hsm"),
+            ("HSM_KMS_FAULT_MARKER", marker.to_str().unwrap()),
+        ])
+        .await;
+    let tag = create_key(&b, "orphaned", "RSA2048", json!({})).await;
+    let ct = encrypt(&b, &tag, b"kept").await.ok()["ciphertext"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    {
+        let path = format!("/kms/v1/keys/{tag}/rotate");
+        let rotate = a.call("POST", &path, None);
+        tokio::pin!(rotate);
+        let t0 = Instant::now();
+        while !marker.exists() {
+            tokio::select! {
+                r = &mut rotate => panic!("A answered before the fault point: {r:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "fault point not reached"
+            );
+        }
+    }
+    a.kill();
+    let rows = version_rows(&site, &tag).await;
+    assert_eq!(rows[1].1, "pending");
+    let crashed = rows[1].2.clone();
+    // The key pairs of v1 and v2.
+    assert_eq!(key_objects(&site, &tag).len(), 4);
+
+    // B, still running, rolls the dead node's version back.
+    let t0 = Instant::now();
+    while version_rows(&site, &tag).await.len() > 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "B did not repair the killed node's rotation: {}",
+            site.log(1)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let labels = key_objects(&site, &tag);
+    assert_eq!(
+        labels,
+        vec![format!("hsm-kms/{tag}/v1"), format!("hsm-kms/{tag}/v1")]
+    );
+    assert!(!site
+        .token_objects()
+        .iter()
+        .any(|o| o.id == hex::encode(&crashed)));
+    // Nothing acknowledged was lost, and the key rotates again.
+    assert_eq!(
+        unb64(
+            decrypt(&b, &tag, &ct).await.ok()["plaintext"]
+                .as_str()
+                .unwrap()
+        ),
+        b"kept"
+    );
+    let r = b
+        .call("POST", &format!("/kms/v1/keys/{tag}/rotate"), None)
+        .await;
+    assert_eq!(r.ok()["version"], 2);
+}
