@@ -705,3 +705,53 @@ async fn a_node_killed_mid_rotation_is_repaired_by_a_running_node() {
         .await;
     assert_eq!(r.ok()["version"], 2);
 }
+
+/// PostgreSQL: a node whose LISTEN connection is lost drops every cache
+/// (notifications sent while it was down are gone for good). The key is
+/// disabled with the triggers off, so that neither a notification nor the
+/// log (polled once an hour here) can tell the node: only the drop can.
+#[tokio::test]
+async fn a_lost_listen_connection_drops_the_caches() {
+    if !common::on_postgres() {
+        eprintln!("PostgreSQL only: LISTEN/NOTIFY");
+        return;
+    }
+    let mut site = Site::init();
+    let a = site
+        .serve(&[("HSM_KMS_STORE_CHANGE_POLL_MS", "3600000")])
+        .await;
+    let tag = create_key(&a, "quiet", "AES256", json!({})).await;
+    encrypt(&a, &tag, b"x").await.ok();
+    let db = site.db().await;
+    {
+        let mut c = db.acquire().await.unwrap();
+        sqlx::query("SET session_replication_role = replica")
+            .execute(&mut *c)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE keys SET status = 'DISABLE' WHERE uid = $1")
+            .bind(tag.as_str())
+            .execute(&mut *c)
+            .await
+            .unwrap();
+        sqlx::query("SET session_replication_role = origin")
+            .execute(&mut *c)
+            .await
+            .unwrap();
+    }
+    // Unannounced: the node still serves from its cache.
+    assert_eq!(encrypt(&a, &tag, b"x").await.status, 200);
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%' AND pg_terminate_backend(pid)",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(killed, 1, "the node's LISTEN connection");
+    db.close().await;
+    settles("a lost LISTEN connection drops the caches", || async {
+        encrypt(&a, &tag, b"x").await.status != 200
+    })
+    .await;
+}
