@@ -755,3 +755,59 @@ async fn a_lost_listen_connection_drops_the_caches() {
     })
     .await;
 }
+
+/// A node starting while another rotates: its start-up inventory lists the
+/// token before the new version's object exists and reads the store after
+/// that version went active. The version is not "missing" (which would
+/// refuse the start): the store is read on both sides of the listing.
+#[tokio::test]
+async fn a_node_starting_during_another_nodes_rotation_starts() {
+    let mut site = Site::init();
+    let ma = site.dir.path().join("gate-rotate");
+    let mb = site.dir.path().join("gate-inventory");
+    let a = site.serve(&gate("rotate:after-pending", &ma)).await;
+    let tag = create_key(&a, "racing", "RSA2048", json!({})).await;
+    let path = format!("/kms/v1/keys/{tag}/rotate");
+    let rotate = a.call("POST", &path, None);
+    tokio::pin!(rotate);
+    let t0 = Instant::now();
+    while !ma.exists() {
+        tokio::select! {
+            r = &mut rotate => panic!("A answered before the gate: {r:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "rotation gate not reached"
+        );
+    }
+    // B lists the token while v2 is pending without its object...
+    let env = gate("inventory:after-listing", &mb);
+    let start_b = site.serve(&env);
+    tokio::pin!(start_b);
+    while !mb.exists() {
+        tokio::select! {
+            _ = &mut start_b => panic!("B started before its inventory gate"),
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "inventory gate not reached"
+        );
+    }
+    // ...then A makes the object and activates v2 before B reads the store.
+    std::fs::remove_file(&ma).unwrap();
+    let r = (&mut rotate).await;
+    assert_eq!(r.ok()["version"], 2, "{}", r.body);
+    std::fs::remove_file(&mb).unwrap();
+    let b = start_b.await;
+    let r = encrypt(&b, &tag, b"x").await;
+    assert!(
+        r.ok()["ciphertext"]
+            .as_str()
+            .unwrap()
+            .starts_with("ncpkms:v2:"),
+        "{}",
+        r.body
+    );
+}

@@ -97,6 +97,7 @@ impl Inventory {
         let active_before = store.active_version_ids().await?;
         let mut known: HashSet<Vec<u8>> = store.known_object_ids().await?.into_iter().collect();
         let objects = hsm.list_service_objects().await?;
+        super::fault_point("inventory:after-listing");
         known.extend(store.known_object_ids().await?);
         let active_after: HashSet<(String, i64)> = store
             .active_version_ids()
