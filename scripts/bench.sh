@@ -25,11 +25,11 @@
 # rounds (each round starts every configuration's server once and runs
 # every operation on it), medians of LEVER_ROUNDS; LEVERS picks the
 # configurations (default: all of them, in this order):
-#   before         the levers of this table off: activity_log.statement_cache
+#   levers_off     the levers of this table off: activity_log.statement_cache
 #                  = false, server.lean_requests = false (workers dispatch and
 #                  token IVs, as on main before them)
-#   stmt_cache     before + activity_log.statement_cache
-#   lean_requests  before + server.lean_requests
+#   stmt_cache     levers_off + activity_log.statement_cache
+#   lean_requests  levers_off + server.lean_requests
 #   defaults       both (the shipped configuration)
 #   blocking_pool  defaults with hsm.dispatch = blocking_pool (the dispatch
 #                  lever, by its inverse)
@@ -196,7 +196,7 @@ nhn_api() { # nhn_api PATH_AFTER_APPKEY BODY
     mapfile -t hdrs < <(nhn_headers)
     curl -sS -X POST "${hdrs[@]}" -H 'content-type: application/json' --data "$2" "$URL/keymanager/v1.2/appkey/$APPKEY$1"
 }
-json_str() { grep -o "\"$1\":\"[^\"]*\"" | head -1 | cut -d'"' -f4; }
+json_str() { { grep -o "\"$1\":\"[^\"]*\"" || true; } | head -1 | cut -d'"' -f4; }
 create_key() { # create_key NAME TYPE -> keyTag
     api POST /kms/v1/keys "{\"keyName\":\"$1\",\"keyType\":\"$2\",\"isAutoRotation\":false}" | json_str keyTag
 }
@@ -270,7 +270,7 @@ header() {
     printf 'wrk -t%s -c%s, %ss per run, 256-byte payloads (RSA OAEP: 128 bytes); load average before the run: %s\n' \
         "$WRK_THREADS" "$CONNECTIONS" "$HTTP_SECS" "$LOAD_BEFORE"
     local overrides
-    overrides="$(env | grep '^HSM_KMS_' | cut -d= -f1 | tr '\n' ' ')"
+    overrides="$(env | { grep '^HSM_KMS_' || true; } | cut -d= -f1 | tr '\n' ' ')"
     printf 'server: the shipped defaults (activity log + fsync on, workers dispatch, token IVs)%s\n' \
         "${overrides:+; overridden: $overrides}"
 }
@@ -278,7 +278,7 @@ header() {
 # The levers (BENCH_PARTS=levers): alternating rounds, fresh server per
 # configuration and round.
 LEVER_ALL=(
-    "before:HSM_KMS_ACTIVITY_LOG_STATEMENT_CACHE=false HSM_KMS_SERVER_LEAN_REQUESTS=false"
+    "levers_off:HSM_KMS_ACTIVITY_LOG_STATEMENT_CACHE=false HSM_KMS_SERVER_LEAN_REQUESTS=false"
     "stmt_cache:HSM_KMS_ACTIVITY_LOG_STATEMENT_CACHE=true HSM_KMS_SERVER_LEAN_REQUESTS=false"
     "lean_requests:HSM_KMS_ACTIVITY_LOG_STATEMENT_CACHE=false HSM_KMS_SERVER_LEAN_REQUESTS=true"
     "defaults:HSM_KMS_ACTIVITY_LOG_STATEMENT_CACHE=true HSM_KMS_SERVER_LEAN_REQUESTS=true"
