@@ -227,6 +227,12 @@ pub struct EngineOptions {
     pub gcm_invocation_limit: u64,
     /// When the audit chain gets a signed checkpoint (`[audit]`).
     pub checkpoints: audit::CheckpointPolicy,
+    /// Keep the activity log's INSERTs prepared
+    /// (`activity_log.statement_cache`).
+    pub activity_statement_cache: bool,
+    /// How long the activity log's writer waits for more records after the
+    /// first of a batch (`activity_log.batch_wait_us`).
+    pub activity_batch_wait: std::time::Duration,
 }
 
 impl Default for EngineOptions {
@@ -238,6 +244,8 @@ impl Default for EngineOptions {
             limits: ObjectLimits::default(),
             gcm_invocation_limit: crate::hsm::GCM_INVOCATION_LIMIT,
             checkpoints: audit::CheckpointPolicy::default(),
+            activity_statement_cache: true,
+            activity_batch_wait: std::time::Duration::ZERO,
         }
     }
 }
@@ -296,7 +304,11 @@ impl Engine {
         let installation_id = store.installation_id().await?;
         // Every record is chained: no activity log without the audit keys.
         let chain = if opts.activity_log {
-            Some(audit::AuditChain::open(hsm.clone(), &store, opts.checkpoints).await?)
+            Some(
+                audit::AuditChain::open(hsm.clone(), &store, opts.checkpoints)
+                    .await?
+                    .with_statement_cache(opts.activity_statement_cache),
+            )
         } else {
             None
         };
@@ -307,7 +319,12 @@ impl Engine {
                 keys: cache::Cache::new(),
                 secrets: RwLock::new(HashMap::new()),
                 kek_id,
-                activity: ActivityLog::start(store_for_log, chain, opts.activity_fsync),
+                activity: ActivityLog::start(
+                    store_for_log,
+                    chain,
+                    opts.activity_fsync,
+                    opts.activity_batch_wait,
+                ),
                 tokens: cache::Cache::new(),
                 generators: cache::Cache::new(),
                 acls: cache::Cache::new(),
