@@ -154,6 +154,19 @@ impl Site {
     /// [`Site::serve`] with another build of the binary (`program`, e.g. a
     /// release build for throughput figures).
     pub async fn serve_with_binary(&mut self, program: &str, extra_env: &[(&str, &str)]) -> Server {
+        self.try_serve_with_binary(program, extra_env)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Site::serve_with_binary`], returning why the process exited
+    /// instead of panicking when it exits before it listens (a test that
+    /// restarts a node the way a supervisor does).
+    pub async fn try_serve_with_binary(
+        &mut self,
+        program: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Result<Server, String> {
         self.runs += 1;
         let addr_file = self.dir.path().join(format!("addr-{}", self.runs));
         let log = std::fs::File::create(self.dir.path().join(format!("serve-{}.log", self.runs)))
@@ -176,10 +189,10 @@ impl Site {
                 }
             }
             if let Some(status) = child.try_wait().expect("try_wait") {
-                panic!(
+                return Err(format!(
                     "hsm-kms serve exited with {status}: {}",
                     self.log(self.runs)
-                );
+                ));
             }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
@@ -188,13 +201,13 @@ impl Site {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        Server {
+        Ok(Server {
             child,
             url: format!("http://{addr}"),
             client: reqwest::Client::new(),
             access_key: self.access_key.clone(),
             secret_key: self.secret_key.clone(),
-        }
+        })
     }
 
     /// The log of run `n` of `serve`.
