@@ -381,6 +381,32 @@ impl Engine {
         Ok(e)
     }
 
+    /// [`Engine::owned_key`] for a call that names version `n` (a
+    /// ciphertext's or a signature's). Another node may have made that
+    /// version after this process cached the key, and its client may bring
+    /// the ciphertext here at once: when the cached entry does not hold
+    /// version `n` past its creation (absent, or still `pending` when it was
+    /// read), the key is read from the store again, once, before the call is
+    /// judged. Versions outside 1 to 100 are judged on the cached entry,
+    /// so a client cannot make every request read the store.
+    pub async fn owned_key_naming(
+        &self,
+        account_id: i64,
+        uid: &str,
+        n: i64,
+    ) -> Result<Arc<KeyEntry>> {
+        let e = self.owned_key(account_id, uid).await?;
+        let known = e
+            .versions
+            .iter()
+            .any(|v| v.version == n && v.state != crate::store::VersionState::Pending);
+        if known || !(1..=keys::MAX_VERSIONS).contains(&n) {
+            return Ok(e);
+        }
+        self.invalidate(uid);
+        self.owned_key(account_id, uid).await
+    }
+
     /// Drops a key from the cache after a change.
     pub fn invalidate(&self, uid: &str) {
         self.inner.keys.remove(uid);
