@@ -1,42 +1,69 @@
 #!/usr/bin/env bash
-# One-run benchmark on one fresh SoftHSMv2 token:
-#   (a) raw PKCS#11 ops/s through the crate's hsm layer (src/bin/hsm_bench.rs),
-#       on 1 and 2 threads: AES-256-GCM encrypt of 256 bytes, RSA-2048 sign,
-#       ECDSA P-256 sign;
-#   (b) the release server on loopback under wrk: signed HTTP Encrypt (256-byte
-#       plaintexts) and Sign (RSA2048, ECDSA) requests/s with p50/p99 latency;
-#   (c) the ratio HTTP req/s / best raw ops/s for each.
+# One-run benchmark on one fresh SoftHSMv2 token and store. Prints ONE table:
+#   - raw PKCS#11 ops/s through the crate's hsm layer (src/bin/hsm_bench.rs)
+#     on 1 and 2 threads: AES-256-GCM encrypt and decrypt of 256 bytes with
+#     the key as a token object and as a session object, RSA-2048 sign,
+#     verify and OAEP decrypt (128 bytes), ECDSA P-256 sign;
+#   - the release server on loopback under wrk, activity log + fsync on (the
+#     defaults): HTTP req/s, p50/p99 and the ratio HTTP / best raw rate of
+#     the same token operation, for AES encrypt and decrypt, RSA sign,
+#     verify and OAEP decrypt, ECDSA sign (NAVER API 2.0, signature v2),
+#     NHN symmetric encrypt (appkey + User Access Key), AES encrypt with
+#     token auth, and API 1.0 encrypt (signature v1 + API key);
+#   - the activity log's cost: AES encrypt with the log + fsync, the log
+#     without fsync and no log, medians of LOG_ROUNDS alternating rounds;
+# then the scale curve (scripts/bench-scale.sh with SCALE_SIZES keys).
 #
-#   scripts/bench.sh
+#   scripts/bench.sh                         the table and the scale curve
+#   BENCH_PARTS=levers scripts/bench.sh      only the levers (below)
+#   BENCH_PARTS="raw http" scripts/bench.sh  any subset of: raw http log scale levers
+#   BENCH_BUILD=0 scripts/bench.sh           use the release binaries already built
+#   HTTP_SECS=5 scripts/bench.sh             shorter wrk runs (default 10 s)
 #
-#   (d) the levers of issue 10 §2, each on its own, in alternating rounds on
-#       the same binary, token and store (runtime switches): dispatch
-#       (blocking_pool = before, workers = after) and the IV source (token,
-#       host), for Encrypt (log + fsync), RSA-2048 sign and ECDSA sign at
-#       LEVER_CONNECTIONS; medians of LEVER_ROUNDS.
+# Levers (BENCH_PARTS=levers): the hot-path levers of issue 10 §2, each a
+# runtime switch, on the same binary, token and store, in alternating
+# rounds (each round starts every configuration's server once and runs
+# every operation on it), medians of LEVER_ROUNDS; LEVERS picks the
+# configurations (default: all of them, in this order):
+#   levers_off     the levers of this table off: activity_log.statement_cache
+#                  = false, server.lean_requests = false (workers dispatch and
+#                  token IVs, as on main before them)
+#   stmt_cache     levers_off + activity_log.statement_cache
+#   lean_requests  levers_off + server.lean_requests
+#   defaults       both (the shipped configuration)
+#   blocking_pool  defaults with hsm.dispatch = blocking_pool (the dispatch
+#                  lever, by its inverse)
+#   batch_wait     defaults with activity_log.batch_wait_us = 1000 (the log
+#                  writer waits 1 ms for more records: fewer, larger commits)
+#   host_iv        defaults with hsm.gcm_iv_source = host (not for FIPS)
+# LEVER_OPS (default "enc rsa ec": AES encrypt, RSA-2048 sign, ECDSA sign).
+# PROFILE_DIR=docs/perf also records the server with perf during the first
+# run of each operation in PROFILE_OPS (default "enc") of each configuration
+# in PROFILE_CONFIGS (default "defaults") and writes a flamegraph (inferno):
+# PROFILE_DIR/{encrypt,sign-rsa,sign-ecdsa}-<configuration>.svg.
 #
-#   scripts/bench.sh                  everything
-#   BENCH_PARTS=levers scripts/bench.sh   only (d), without the raw benchmark
-#   PROFILE_DIR=docs/perf scripts/bench.sh  also a flamegraph of the server
-#       (perf record + inferno) during the first Encrypt round of each lever
-#       configuration but the host-IV one: PROFILE_DIR/encrypt-<configuration>.svg
-#   BENCH_BUILD=0 uses the release binaries already in target/release
-#
-# Environment: RAW_SECS (3) per raw measurement, HTTP_SECS (10) per wrk run,
-# CONNECTIONS (16) wrk connections, WRK_THREADS (1), and any HSM_KMS_* key to
-# change the server's config (e.g. HSM_KMS_HSM_SYMMETRIC_CONCURRENCY=1).
-# NCP signatures do not cover the body and stay valid for 5 minutes, so each
-# wrk run reuses headers signed just before it.
+# Environment: RAW_SECS (3) per raw figure, HTTP_SECS (10) per wrk run,
+# CONNECTIONS (64) and WRK_THREADS (2) for wrk, LOG_ROUNDS (3), LEVER_ROUNDS
+# (3), SCALE_SIZES ("100 1000"; empty skips the curve), and any HSM_KMS_* key
+# to change the server's config. NCP signatures do not cover the body and
+# stay valid for 5 minutes, so each wrk run reuses headers signed just
+# before it. The machine, the token and the settings are printed above the
+# table; every figure is one run unless it says medians.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 RAW_SECS="${RAW_SECS:-3}"
 HTTP_SECS="${HTTP_SECS:-10}"
-CONNECTIONS="${CONNECTIONS:-16}"
-WRK_THREADS="${WRK_THREADS:-1}"
-BENCH_PARTS="${BENCH_PARTS:-raw http log levers}"
+CONNECTIONS="${CONNECTIONS:-64}"
+WRK_THREADS="${WRK_THREADS:-2}"
+LOG_ROUNDS="${LOG_ROUNDS:-3}"
+LEVER_ROUNDS="${LEVER_ROUNDS:-3}"
+LEVER_OPS="${LEVER_OPS:-enc rsa ec}"
+SCALE_SIZES="${SCALE_SIZES-100 1000}"
+BENCH_PARTS="${BENCH_PARTS:-raw http log scale}"
 part() { [[ " $BENCH_PARTS " == *" $1 "* ]]; }
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 apt_install softhsm2 opensc wrk curl openssl
 if [ -n "${PROFILE_DIR:-}" ]; then
@@ -49,16 +76,20 @@ command -v cc >/dev/null 2>&1 || apt_install build-essential
 command -v pkg-config >/dev/null 2>&1 || apt_install pkg-config
 MODULE="$(softhsm_module)"
 need_cargo
-if [ "${BENCH_BUILD:-1}" = 0 ]; then
-    log "BENCH_BUILD=0: using the release binaries already built"
-elif part raw; then
-    log "building hsm-kms and hsm-kms-bench (release; feature bench: runtime dependencies only)"
-    (cd "$ROOT" && cargo build --release --locked --features bench --bin hsm-kms --bin hsm-kms-bench)
-else
-    log "building hsm-kms (release)"
-    (cd "$ROOT" && cargo build --release --locked --bin hsm-kms)
-fi
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+if [ "${BENCH_BUILD:-1}" = 0 ]; then
+    log "BENCH_BUILD=0: using the release binaries already built in $TARGET"
+else
+    # Feature bench: the raw benchmark from the runtime dependencies alone;
+    # the same features as scripts/bench-scale.sh builds with, so the scale
+    # curve reuses this build.
+    log "building hsm-kms and hsm-kms-bench (release, feature bench)"
+    (cd "$ROOT" && cargo build --release --locked --features bench --bin hsm-kms --bin hsm-kms-bench)
+fi
+[ -x "$TARGET/hsm-kms" ] || die "no $TARGET/hsm-kms: build it (drop BENCH_BUILD=0)"
+if part raw && [ ! -x "$TARGET/hsm-kms-bench" ]; then
+    die "no $TARGET/hsm-kms-bench: build it (drop BENCH_BUILD=0)"
+fi
 
 WORK="$(mktemp -d /tmp/hsm-kms-bench.XXXXXX)"
 SERVER_PID=""
@@ -94,19 +125,33 @@ format = "json"
 level = "info"
 CONF
 unset HSM_KMS_PIN HSM_KMS_CONFIG
+kms() { "$TARGET/hsm-kms" --config "$CONFIG" "$@"; }
+val() { sed -n "s/^$1=//p"; }
 
-# (a) raw PKCS#11.
+# Raw PKCS#11.
 : >"$WORK/raw.txt"
 if part raw; then
     log "raw PKCS#11 through the hsm layer (${RAW_SECS}s per figure)"
-    "$TARGET/hsm-kms-bench" --config "$CONFIG" --secs "$RAW_SECS" | tee "$WORK/raw.txt"
+    "$TARGET/hsm-kms-bench" --config "$CONFIG" --secs "$RAW_SECS" | tee "$WORK/raw.txt" >&2 \
+        || log "the raw benchmark failed; its rows stay empty"
 fi
+# raw OP THREADS -> ops/s, or empty.
 raw() { awk -v op="$1" -v t="threads=$2" '$1 == "raw" && $2 == op && $3 == t { sub("ops_per_sec=", "", $4); print $4 }' "$WORK/raw.txt"; }
 
-# (b) the server.
-"$TARGET/hsm-kms" --config "$CONFIG" init --account bench >"$WORK/creds" 2>/dev/null
-AK="$(sed -n 's/^access_key=//p' "$WORK/creds")"
-SK="$(sed -n 's/^secret_key=//p' "$WORK/creds")"
+# Credentials, as an operator makes them (before the server runs).
+kms init --account bench >"$WORK/creds" 2>/dev/null
+AK="$(val access_key <"$WORK/creds")"
+SK="$(val secret_key <"$WORK/creds")"
+API_KEY="$(kms admin create-api-key --account bench | val api_key)"
+kms admin nhn create-project bench >/dev/null
+APPKEY="$(kms admin nhn create-appkey --project bench | val appkey)"
+kms admin nhn create-user-access-key --project bench >"$WORK/uak" 2>/dev/null
+UAK_ID="$(val user_access_key <"$WORK/uak")"
+UAK_SECRET="$(val secret_access_key <"$WORK/uak")"
+kms admin nhn create-key-store --project bench --name bench-store >/dev/null
+[ -n "$AK" ] && [ -n "$SK" ] && [ -n "$API_KEY" ] && [ -n "$APPKEY" ] && [ -n "$UAK_ID" ] \
+    && [ -n "$UAK_SECRET" ] || die "could not create the benchmark's credentials"
+
 # start_server [ENV=VALUE ...]: (re)starts the server on the same token and store.
 start_server() {
     stop_server
@@ -114,7 +159,7 @@ start_server() {
     env "$@" "$TARGET/hsm-kms" --config "$CONFIG" serve --addr-file "$WORK/addr" >/dev/null 2>"$WORK/server.log" &
     SERVER_PID=$!
     for _ in $(seq 100); do [ -s "$WORK/addr" ] && break; sleep 0.1; done
-    [ -s "$WORK/addr" ] || die "server did not start: $(cat "$WORK/server.log")"
+    [ -s "$WORK/addr" ] || die "server did not start: $(tail -5 "$WORK/server.log")"
     URL="http://$(cat "$WORK/addr")"
 }
 stop_server() {
@@ -126,32 +171,50 @@ stop_server() {
 }
 start_server
 
-# sign_headers METHOD PATH: the three NCP headers as `-H` arguments, one per line.
+# sign_headers METHOD PATH [v1]: the NCP headers as `-H` arguments, one per
+# line: signature v2, or v1 with the API Gateway API key (API 1.0).
 sign_headers() {
     local ts sig
     ts="$(date +%s%3N)"
-    sig="$(printf '%s %s\n%s\n%s' "$1" "$2" "$ts" "$AK" | openssl dgst -sha256 -hmac "$SK" -binary | base64 -w0)"
-    printf '%s\n' -H "x-ncp-apigw-timestamp: $ts" -H "x-ncp-iam-access-key: $AK" -H "x-ncp-apigw-signature-v2: $sig"
+    if [ "${3:-}" = v1 ]; then
+        sig="$(printf '%s %s\n%s\n%s\n%s' "$1" "$2" "$ts" "$API_KEY" "$AK" | openssl dgst -sha256 -hmac "$SK" -binary | base64 -w0)"
+        printf '%s\n' -H "x-ncp-apigw-timestamp: $ts" -H "x-ncp-apigw-api-key: $API_KEY" \
+            -H "x-ncp-iam-access-key: $AK" -H "x-ncp-apigw-signature-v1: $sig"
+    else
+        sig="$(printf '%s %s\n%s\n%s' "$1" "$2" "$ts" "$AK" | openssl dgst -sha256 -hmac "$SK" -binary | base64 -w0)"
+        printf '%s\n' -H "x-ncp-apigw-timestamp: $ts" -H "x-ncp-iam-access-key: $AK" -H "x-ncp-apigw-signature-v2: $sig"
+    fi
 }
-api() { # api METHOD PATH BODY
+nhn_headers() { printf '%s\n' -H "X-TC-AUTHENTICATION-ID: $UAK_ID" -H "X-TC-AUTHENTICATION-SECRET: $UAK_SECRET"; }
+api() { # api METHOD PATH BODY [v1]
     local hdrs
-    mapfile -t hdrs < <(sign_headers "$1" "$2")
+    mapfile -t hdrs < <(sign_headers "$1" "$2" "${4:-}")
     curl -sS -X "$1" "${hdrs[@]}" -H 'content-type: application/json' --data "$3" "$URL$2"
 }
+nhn_api() { # nhn_api PATH_AFTER_APPKEY BODY
+    local hdrs
+    mapfile -t hdrs < <(nhn_headers)
+    curl -sS -X POST "${hdrs[@]}" -H 'content-type: application/json' --data "$2" "$URL/keymanager/v1.2/appkey/$APPKEY$1"
+}
+json_str() { { grep -o "\"$1\":\"[^\"]*\"" || true; } | head -1 | cut -d'"' -f4; }
 create_key() { # create_key NAME TYPE -> keyTag
-    api POST /kms/v1/keys "{\"keyName\":\"$1\",\"keyType\":\"$2\",\"isAutoRotation\":false}" \
-        | grep -o '"keyTag":"[0-9a-f]*"' | cut -d'"' -f4
+    api POST /kms/v1/keys "{\"keyName\":\"$1\",\"keyType\":\"$2\",\"isAutoRotation\":false}" | json_str keyTag
 }
 AES_TAG="$(create_key bench-aes AES256)"
 RSA_TAG="$(create_key bench-rsa RSA2048)"
 EC_TAG="$(create_key bench-ec ECDSA)"
 [ -n "$AES_TAG" ] && [ -n "$RSA_TAG" ] && [ -n "$EC_TAG" ] || die "could not create the keys"
 DATA_B64="$(head -c 256 /dev/urandom | base64 -w0)"
+OAEP_B64="$(head -c 128 /dev/urandom | base64 -w0)"
+# NHN plaintexts are text: 256 characters.
+NHN_TEXT="$(head -c 192 /dev/urandom | base64 -w0)"
 
-# http_run NAME PATH BODY [TOKEN] -> "rps p50_ms p99_ms"; with TOKEN the
-# requests use token auth (x-ncp-ocapi-token) instead of signatures.
+# http_run NAME PATH BODY [MODE] -> "rps p50_ms p99_ms"; MODE: empty
+# (signature v2), v1 (API 1.0), token:TOKEN (x-ncp-ocapi-token) or nhn
+# (appkey in the path, User Access Key headers). One checked request first:
+# a wrong credential would otherwise bench error answers.
 http_run() {
-    local name="$1" path="$2" body="$3" token="${4:-}" hdrs out
+    local name="$1" path="$2" body="$3" mode="${4:-}" hdrs out ok='"code":"SUCCESS"'
     cat >"$WORK/$name.lua" <<LUA
 wrk.method = "POST"
 wrk.body = [[$body]]
@@ -162,158 +225,241 @@ done = function(summary, latency, requests)
     latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.errors.status, errs))
 end
 LUA
-    if [ -n "$token" ]; then
-        hdrs=(-H "x-ncp-ocapi-token: $token")
-        out="$(curl -sS -X POST "${hdrs[@]}" -H 'content-type: application/json' --data "$body" "$URL$path")"
-    else
-        # One checked request first: a wrong signature would otherwise bench 401s.
-        out="$(api POST "$path" "$body")"
-        mapfile -t hdrs < <(sign_headers POST "$path")
-    fi
-    grep -q '"code":"SUCCESS"' <<<"$out" || die "$name: $out"
-    log "wrk $name: ${HTTP_SECS}s, $CONNECTIONS connections"
-    wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${HTTP_SECS}s" --latency -s "$WORK/$name.lua" "${hdrs[@]}" "$URL$path" >"$WORK/$name.wrk"
+    case "$mode" in
+        token:*)
+            hdrs=(-H "x-ncp-ocapi-token: ${mode#token:}")
+            out="$(curl -sS -X POST "${hdrs[@]}" -H 'content-type: application/json' --data "$body" "$URL$path")"
+            ;;
+        nhn)
+            mapfile -t hdrs < <(nhn_headers)
+            out="$(curl -sS -X POST "${hdrs[@]}" -H 'content-type: application/json' --data "$body" "$URL$path")"
+            ok='"isSuccessful":true'
+            ;;
+        *)
+            out="$(api POST "$path" "$body" "$mode")"
+            mapfile -t hdrs < <(sign_headers POST "$path" "$mode")
+            ;;
+    esac
+    grep -q "$ok" <<<"$out" || { log "$name: the checked request failed: $out"; return 1; }
+    log "wrk $name: ${HTTP_SECS}s, -t$WRK_THREADS -c$CONNECTIONS"
+    wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${HTTP_SECS}s" --latency -s "$WORK/$name.lua" "${hdrs[@]}" "$URL$path" >"$WORK/$name.wrk" 2>&1 || true
     local line
-    line="$(grep '^RESULT' "$WORK/$name.wrk")" || die "$name: no result: $(cat "$WORK/$name.wrk")"
+    line="$(grep '^RESULT' "$WORK/$name.wrk")" || { log "$name: no result: $(tail -3 "$WORK/$name.wrk")"; return 1; }
     read -r _ rps p50 p99 non2xx errs <<<"$line"
-    [ "$non2xx" -eq 0 ] || die "$name: $non2xx non-2xx answers"
+    [ "$non2xx" -eq 0 ] || { log "$name: $non2xx non-2xx answers"; return 1; }
     [ "$errs" -eq 0 ] || log "$name: $errs socket errors"
     echo "$rps $p50 $p99"
 }
-median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
-med3() { # med3 FILE -> "median_rps median_p50 median_p99"
-    printf '%s %s %s\n' "$(cut -d' ' -f1 "$1" | median)" "$(cut -d' ' -f2 "$1" | median)" "$(cut -d' ' -f3 "$1" | median)"
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+med3() { # med3 FILE -> "median_rps median_p50 median_p99", or "fail"
+    if [ -s "$1" ]; then
+        printf '%s %s %s\n' "$(cut -d' ' -f1 "$1" | median)" "$(cut -d' ' -f2 "$1" | median)" "$(cut -d' ' -f3 "$1" | median)"
+    else
+        echo fail
+    fi
 }
-lever_table() {
-    printf '\nlevers (issue 10 §2), wrk -t%s -c%s, activity log + fsync on, medians of %s alternating rounds (req/s per round in brackets)\n' \
-        "$WRK_THREADS" "$LEVER_CONNECTIONS" "$LEVER_ROUNDS"
-    printf '%-16s %-16s %10s %8s %8s %7s  %s\n' configuration operation "req/s" "p50 ms" "p99 ms" "x before" rounds
-    local c name op base rps p50 p99
-    for op in enc rsa ec; do
-        read -r base _ <<<"$(med3 "$WORK/lever-before-$op.txt")"
-        for c in "${LEVER_CONFIGS[@]}"; do
-            name="${c%%:*}"
-            read -r rps p50 p99 <<<"$(med3 "$WORK/lever-$name-$op.txt")"
-            printf '%-16s %-16s %10.0f %8.2f %8.2f %7.2f  [%s]\n' "$name" \
-                "$(case $op in enc) echo "AES encrypt" ;; rsa) echo "RSA-2048 sign" ;; ec) echo "ECDSA sign" ;; esac)" \
-                "$rps" "$p50" "$p99" "$(awk -v a="$rps" -v b="$base" 'BEGIN { print a / b }')" \
-                "$(cut -d' ' -f1 "$WORK/lever-$name-$op.txt" | xargs printf '%.0f ')"
-        done
-    done
+# metric_sum NAME: the value of an unlabelled metric of the running server.
+metric_sum() { curl -s "$URL/metrics" | awk -v n="$1" '$1 == n { s += $NF } END { printf "%.0f\n", s }'; }
+rounds() { cut -d' ' -f1 "$1" 2>/dev/null | xargs printf '%.0f ' 2>/dev/null || true; }
+
+header() {
+    local cpu
+    cpu="$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
+    printf '\nhsm-kms benchmark: %s cores (%s), %s, SoftHSMv2 %s (file object store), one token, loopback\n' \
+        "$(nproc)" "${cpu:-unknown CPU}" "$(uname -sr)" "$(softhsm2-util --version)"
+    printf 'wrk -t%s -c%s, %ss per run, 256-byte payloads (RSA OAEP: 128 bytes); load average before the run: %s\n' \
+        "$WRK_THREADS" "$CONNECTIONS" "$HTTP_SECS" "$LOAD_BEFORE"
+    local overrides
+    overrides="$(env | { grep '^HSM_KMS_' || true; } | cut -d= -f1 | tr '\n' ' ')"
+    printf 'server: the shipped defaults (activity log + fsync on, workers dispatch, token IVs)%s\n' \
+        "${overrides:+; overridden: $overrides}"
 }
 
-# (d) the levers, first (a fresh store for every configuration's rounds).
-# lever_run NAME ENV... : one wrk run per op on a server started with ENV.
-LEVER_ROUNDS="${LEVER_ROUNDS:-3}"
-LEVER_CONNECTIONS="${LEVER_CONNECTIONS:-64}"
-LEVER_CONFIGS=(
-    "before:HSM_KMS_HSM_DISPATCH=blocking_pool"
-    "workers:HSM_KMS_HSM_DISPATCH=workers"
-    "workers+hostiv:HSM_KMS_HSM_DISPATCH=workers HSM_KMS_HSM_GCM_IV_SOURCE=host"
+# The levers (BENCH_PARTS=levers): alternating rounds, fresh server per
+# configuration and round.
+LEVER_ALL=(
+    "levers_off:HSM_KMS_ACTIVITY_LOG_STATEMENT_CACHE=false HSM_KMS_SERVER_LEAN_REQUESTS=false"
+    "stmt_cache:HSM_KMS_ACTIVITY_LOG_STATEMENT_CACHE=true HSM_KMS_SERVER_LEAN_REQUESTS=false"
+    "lean_requests:HSM_KMS_ACTIVITY_LOG_STATEMENT_CACHE=false HSM_KMS_SERVER_LEAN_REQUESTS=true"
+    "defaults:HSM_KMS_ACTIVITY_LOG_STATEMENT_CACHE=true HSM_KMS_SERVER_LEAN_REQUESTS=true"
+    "blocking_pool:HSM_KMS_HSM_DISPATCH=blocking_pool"
+    "batch_wait:HSM_KMS_ACTIVITY_LOG_BATCH_WAIT_US=1000"
+    "host_iv:HSM_KMS_HSM_GCM_IV_SOURCE=host"
 )
+LEVER_CONFIGS=()
+for c in "${LEVER_ALL[@]}"; do
+    if [ -z "${LEVERS:-}" ] || [[ " $LEVERS " == *" ${c%%:*} "* ]]; then LEVER_CONFIGS+=("$c"); fi
+done
+PROFILE_CONFIGS="${PROFILE_CONFIGS:-defaults}"
+PROFILE_OPS="${PROFILE_OPS:-enc}"
+op_label() { case $1 in enc) echo "AES encrypt" ;; rsa) echo "RSA-2048 sign" ;; ec) echo "ECDSA sign" ;; esac; }
+op_path() { case $1 in enc) echo "/kms/v1/keys/$AES_TAG/encrypt" ;; rsa) echo "/kms/v1/keys/$RSA_TAG/sign" ;; ec) echo "/kms/v1/keys/$EC_TAG/sign" ;; esac; }
+op_body() { case $1 in enc) echo "{\"plaintext\":\"$DATA_B64\"}" ;; *) echo "{\"data\":\"$DATA_B64\"}" ;; esac; }
 if part levers; then
-    SAVED_CONNECTIONS="$CONNECTIONS"
-    CONNECTIONS="$LEVER_CONNECTIONS"
     for round in $(seq "$LEVER_ROUNDS"); do
         for c in "${LEVER_CONFIGS[@]}"; do
             name="${c%%:*}"
+            log "levers: round $round of $LEVER_ROUNDS, $name"
             # shellcheck disable=SC2086
             start_server HSM_KMS_ACTIVITY_LOG_ENABLED=true HSM_KMS_ACTIVITY_LOG_FSYNC=true ${c#*:}
-            perf_pid=""
-            if [ -n "${PROFILE_DIR:-}" ] && [ "$round" -eq 1 ] && [ "$name" != workers+hostiv ]; then
-                perf record -F 199 --call-graph dwarf,16384 -p "$SERVER_PID" -o "$WORK/perf-$name.data" \
-                    -- sleep "$((HTTP_SECS - 2))" >/dev/null 2>&1 &
-                perf_pid=$!
-            fi
-            http_run "lever-$name-enc-$round" "/kms/v1/keys/$AES_TAG/encrypt" "{\"plaintext\":\"$DATA_B64\"}" >>"$WORK/lever-$name-enc.txt"
-            if [ -n "$perf_pid" ]; then
-                wait "$perf_pid" || true
-                mkdir -p "$PROFILE_DIR"
-                perf script --no-inline -i "$WORK/perf-$name.data" 2>/dev/null | inferno-collapse-perf \
-                    | inferno-flamegraph --title "hsm-kms Encrypt, wrk -c$CONNECTIONS, $name" >"$PROFILE_DIR/encrypt-$name.svg" \
-                    || log "flamegraph $name failed"
-                rm -f "$WORK/perf-$name.data"
-            fi
-            http_run "lever-$name-rsa-$round" "/kms/v1/keys/$RSA_TAG/sign" "{\"data\":\"$DATA_B64\"}" >>"$WORK/lever-$name-rsa.txt"
-            http_run "lever-$name-ec-$round" "/kms/v1/keys/$EC_TAG/sign" "{\"data\":\"$DATA_B64\"}" >>"$WORK/lever-$name-ec.txt"
+            for op in $LEVER_OPS; do
+                perf_pid=""
+                if [ -n "${PROFILE_DIR:-}" ] && [ "$round" -eq 1 ] && [[ " $PROFILE_OPS " == *" $op "* ]] \
+                    && [[ " $PROFILE_CONFIGS " == *" $name "* ]]; then
+                    perf record -F 199 --call-graph dwarf,16384 -p "$SERVER_PID" -o "$WORK/perf-$name.data" \
+                        -- sleep "$((HTTP_SECS > 3 ? HTTP_SECS - 2 : 1))" >/dev/null 2>&1 &
+                    perf_pid=$!
+                fi
+                b0="$(metric_sum hsm_kms_activity_batches_total)"; r0="$(metric_sum hsm_kms_activity_batch_records_total)"
+                http_run "lever-$name-$op-$round" "$(op_path "$op")" "$(op_body "$op")" >>"$WORK/lever-$name-$op.txt" \
+                    || log "levers: $name $op round $round failed"
+                # Mean records per activity-log commit during this run.
+                awk -v b="$(( $(metric_sum hsm_kms_activity_batches_total) - b0 ))" \
+                    -v r="$(( $(metric_sum hsm_kms_activity_batch_records_total) - r0 ))" \
+                    'BEGIN { if (b > 0) printf "%.1f\n", r / b }' >>"$WORK/batch-$name-$op.txt"
+                if [ -n "$perf_pid" ]; then
+                    wait "$perf_pid" || true
+                    mkdir -p "$PROFILE_DIR"
+                    svg="$(case $op in enc) echo encrypt ;; rsa) echo sign-rsa ;; ec) echo sign-ecdsa ;; esac)-$name.svg"
+                    perf script --no-inline -i "$WORK/perf-$name.data" 2>/dev/null | inferno-collapse-perf \
+                        | inferno-flamegraph --title "hsm-kms $(op_label "$op"), wrk -t$WRK_THREADS -c$CONNECTIONS, $name" \
+                            >"$PROFILE_DIR/$svg" || log "flamegraph $svg failed"
+                    rm -f "$WORK/perf-$name.data"
+                fi
+            done
         done
     done
-    CONNECTIONS="$SAVED_CONNECTIONS"
     start_server
 fi
-if ! part http; then
-    lever_table
-    exit 0
-fi
-
-AES_HTTP="$(http_run encrypt "/kms/v1/keys/$AES_TAG/encrypt" "{\"plaintext\":\"$DATA_B64\"}")"
-RSA_HTTP="$(http_run sign-rsa "/kms/v1/keys/$RSA_TAG/sign" "{\"data\":\"$DATA_B64\"}")"
-EC_HTTP="$(http_run sign-ecdsa "/kms/v1/keys/$EC_TAG/sign" "{\"data\":\"$DATA_B64\"}")"
-
-# Encrypt with token auth (access token of a token set), same server.
-api POST "/kms/v1/keys/$AES_TAG/token-generator" '' >/dev/null
-ACCESS_TOKEN="$(api POST "/kms/v1/keys/$AES_TAG/token-set" '{}' | grep -o '"accessToken":"[^"]*"' | cut -d'"' -f4)"
-[ -n "$ACCESS_TOKEN" ] || die "could not create a token set"
-TOKEN_HTTP="$(http_run encrypt-token "/kms/v1/keys/$AES_TAG/encrypt" "{\"plaintext\":\"$DATA_B64\"}" "$ACCESS_TOKEN")"
-
-# The activity log's cost: Encrypt with the log on and off, alternating
-# server restarts on the same token and store, LOG_ROUNDS rounds each; the
-# medians are compared (a shared 2-core machine drifts between runs).
-LOG_ROUNDS="${LOG_ROUNDS:-3}"
-# Throughput is compared at saturation: enough connections that the server,
-# not the closed loop's round-trip time, sets the rate.
-LOG_CONNECTIONS="${LOG_CONNECTIONS:-64}"
-MAIN_CONNECTIONS="$CONNECTIONS"
-CONNECTIONS="$LOG_CONNECTIONS"
-: >"$WORK/log-on.txt"
-: >"$WORK/log-fsync.txt"
-: >"$WORK/log-off.txt"
-for round in $(seq "$LOG_ROUNDS"); do
-    start_server HSM_KMS_ACTIVITY_LOG_ENABLED=true HSM_KMS_ACTIVITY_LOG_FSYNC=true
-    http_run "encrypt-log-fsync-$round" "/kms/v1/keys/$AES_TAG/encrypt" "{\"plaintext\":\"$DATA_B64\"}" >>"$WORK/log-fsync.txt"
-    start_server HSM_KMS_ACTIVITY_LOG_ENABLED=true HSM_KMS_ACTIVITY_LOG_FSYNC=false
-    http_run "encrypt-log-on-$round" "/kms/v1/keys/$AES_TAG/encrypt" "{\"plaintext\":\"$DATA_B64\"}" >>"$WORK/log-on.txt"
-    start_server HSM_KMS_ACTIVITY_LOG_ENABLED=false
-    http_run "encrypt-log-off-$round" "/kms/v1/keys/$AES_TAG/encrypt" "{\"plaintext\":\"$DATA_B64\"}" >>"$WORK/log-off.txt"
-done
-CONNECTIONS="$MAIN_CONNECTIONS"
-LOGON_HTTP="$(med3 "$WORK/log-on.txt")"
-FSYNC_HTTP="$(med3 "$WORK/log-fsync.txt")"
-NOLOG_HTTP="$(med3 "$WORK/log-off.txt")"
-
-# (c) the table.
-cpu="$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
-printf '\nhsm-kms benchmark: %s cores (%s), SoftHSMv2 %s, one token, loopback, wrk -t%s -c%s\n' \
-    "$(nproc)" "${cpu:-unknown CPU}" "$(softhsm2-util --version)" "$WRK_THREADS" "$CONNECTIONS"
-printf 'server: symmetric_concurrency=%s asymmetric_concurrency=%s activity log on except in the "log off" row (HSM_KMS_* overrides apply)\n\n' \
-    "${HSM_KMS_HSM_SYMMETRIC_CONCURRENCY:-2}" "${HSM_KMS_HSM_ASYMMETRIC_CONCURRENCY:-2}"
-printf '%-26s %12s %12s %12s %9s %9s %8s\n' operation "raw 1 thr/s" "raw 2 thr/s" "HTTP req/s" "p50 ms" "p99 ms" ratio
-row() { # row LABEL RAWOP "rps p50 p99"
-    local r1 r2 best rps p50 p99
-    r1="$(raw "$2" 1)"; r2="$(raw "$2" 2)"
-    read -r rps p50 p99 <<<"$3"
-    best="$(awk -v a="$r1" -v b="$r2" 'BEGIN { print (a > b ? a : b) }')"
-    printf '%-26s %12.0f %12.0f %12.0f %9.2f %9.2f %8.3f\n' "$1" "$r1" "$r2" "$rps" "$p50" "$p99" \
-        "$(awk -v h="$rps" -v r="$best" 'BEGIN { print h / r }')"
+lever_table() {
+    printf '\nlevers (issue 10 §2): wrk -t%s -c%s, %ss per run, activity log + fsync on; medians of %s alternating rounds (req/s of each round in brackets)\n' \
+        "$WRK_THREADS" "$CONNECTIONS" "$HTTP_SECS" "$LEVER_ROUNDS"
+    printf '%-15s %-14s %10s %8s %8s %9s %7s  %s\n' configuration operation "req/s" "p50 ms" "p99 ms" "x before" batch rounds
+    local c name op base rps p50 p99 x
+    for op in $LEVER_OPS; do
+        read -r base _ <<<"$(med3 "$WORK/lever-${LEVER_CONFIGS[0]%%:*}-$op.txt")"
+        for c in "${LEVER_CONFIGS[@]}"; do
+            name="${c%%:*}"
+            read -r rps p50 p99 <<<"$(med3 "$WORK/lever-$name-$op.txt")"
+            if [ "$rps" = fail ]; then
+                printf '%-15s %-14s %10s\n' "$name" "$(op_label "$op")" failed
+                continue
+            fi
+            x="$(awk -v a="$rps" -v b="$base" 'BEGIN { if (b + 0 > 0) printf "%.2f", a / b; else print "-" }')"
+            printf '%-15s %-14s %10.0f %8.2f %8.2f %9s %7s  [%s]\n' "$name" "$(op_label "$op")" \
+                "$rps" "$p50" "$p99" "$x" "$(median <"$WORK/batch-$name-$op.txt" 2>/dev/null || true)" \
+                "$(rounds "$WORK/lever-$name-$op.txt")"
+        done
+    done
+    printf 'x before = req/s / the %s row of the same operation; batch = median records per activity-log commit during the runs.\nConfigurations: %s\n' \
+        "${LEVER_CONFIGS[0]%%:*}" "$(for c in "${LEVER_CONFIGS[@]}"; do printf '%s (%s); ' "${c%%:*}" "${c#*:}"; done)"
 }
-row "AES-256-GCM encrypt 256B" aes-gcm-encrypt-256B "$AES_HTTP"
-row "RSA-2048 sign" rsa2048-sign "$RSA_HTTP"
-row "ECDSA P-256 sign" ecdsa-p256-sign "$EC_HTTP"
-row "AES encrypt, token auth" aes-gcm-encrypt-256B "$TOKEN_HTTP"
-printf 'the next three rows: wrk -c%s, medians of %s alternating rounds\n' "$LOG_CONNECTIONS" "$LOG_ROUNDS"
-row "AES encrypt, log+fsync" aes-gcm-encrypt-256B "$FSYNC_HTTP"
-row "AES encrypt, log on" aes-gcm-encrypt-256B "$LOGON_HTTP"
-row "AES encrypt, log off" aes-gcm-encrypt-256B "$NOLOG_HTTP"
-read -r log_fsync _ <<<"$FSYNC_HTTP"
-read -r log_on _ <<<"$LOGON_HTTP"
-read -r log_off _ <<<"$NOLOG_HTTP"
-printf '\nactivity log (wrk -c%s): Encrypt with the log on = %.1f%% of the rate with it off (medians of %s alternating rounds: on %s, off %s req/s)\n' \
-    "$LOG_CONNECTIONS" "$(awk -v a="$log_on" -v b="$log_off" 'BEGIN { print 100 * a / b }')" "$LOG_ROUNDS" \
-    "$(cut -d' ' -f1 "$WORK/log-on.txt" | tr '\n' ' ')" "$(cut -d' ' -f1 "$WORK/log-off.txt" | tr '\n' ' ')"
-printf 'activity log with fsync = %.1f%% of the rate with it off (rounds: %s req/s)\n' \
-    "$(awk -v a="$log_fsync" -v b="$log_off" 'BEGIN { print 100 * a / b }')" "$(cut -d' ' -f1 "$WORK/log-fsync.txt" | tr '\n' ' ')"
-printf '\nratio = HTTP req/s / the better raw figure (1 or 2 threads) of the same token.\n'
+
+# The HTTP rows, on one server with the defaults.
+declare -A HTTP=()
+if part http; then
+    api POST "/kms/v1/keys/$AES_TAG/token-generator" '' >/dev/null
+    ACCESS_TOKEN="$(api POST "/kms/v1/keys/$AES_TAG/token-set" '{}' | json_str accessToken)"
+    AES_CT="$(api POST "/kms/v1/keys/$AES_TAG/encrypt" "{\"plaintext\":\"$DATA_B64\"}" | json_str ciphertext)"
+    RSA_SIG="$(api POST "/kms/v1/keys/$RSA_TAG/sign" "{\"data\":\"$DATA_B64\"}" | json_str signature)"
+    RSA_CT="$(api POST "/kms/v1/keys/$RSA_TAG/encrypt" "{\"plaintext\":\"$OAEP_B64\"}" | json_str ciphertext)"
+    NHN_KEY="$(nhn_api /keys/symmetric-keys/create \
+        '{"keyStoreName":"bench-store","name":"bench-nhn","description":"bench"}' | json_str keyId)"
+    run_row() { # run_row ID PATH BODY [MODE]
+        HTTP[$1]="$(http_run "$@")" || HTTP[$1]=fail
+    }
+    run_row aes-enc "/kms/v1/keys/$AES_TAG/encrypt" "{\"plaintext\":\"$DATA_B64\"}"
+    run_row aes-dec "/kms/v1/keys/$AES_TAG/decrypt" "{\"ciphertext\":\"$AES_CT\"}"
+    run_row rsa-sign "/kms/v1/keys/$RSA_TAG/sign" "{\"data\":\"$DATA_B64\"}"
+    run_row rsa-verify "/kms/v1/keys/$RSA_TAG/verify" "{\"data\":\"$DATA_B64\",\"signature\":\"$RSA_SIG\"}"
+    run_row rsa-dec "/kms/v1/keys/$RSA_TAG/decrypt" "{\"ciphertext\":\"$RSA_CT\"}"
+    run_row ec-sign "/kms/v1/keys/$EC_TAG/sign" "{\"data\":\"$DATA_B64\"}"
+    run_row nhn-enc "/keymanager/v1.2/appkey/$APPKEY/symmetric-keys/$NHN_KEY/encrypt" "{\"plaintext\":\"$NHN_TEXT\"}" nhn
+    run_row token-enc "/kms/v1/keys/$AES_TAG/encrypt" "{\"plaintext\":\"$DATA_B64\"}" "token:$ACCESS_TOKEN"
+    run_row v1-enc "/keys/v1/$AES_TAG/encrypt" "{\"plaintext\":\"$DATA_B64\"}" v1
+fi
+
+# The activity log's cost: alternating server restarts, medians.
+if part log; then
+    for round in $(seq "$LOG_ROUNDS"); do
+        for c in "fsync:HSM_KMS_ACTIVITY_LOG_ENABLED=true HSM_KMS_ACTIVITY_LOG_FSYNC=true" \
+            "nofsync:HSM_KMS_ACTIVITY_LOG_ENABLED=true HSM_KMS_ACTIVITY_LOG_FSYNC=false" \
+            "off:HSM_KMS_ACTIVITY_LOG_ENABLED=false"; do
+            # shellcheck disable=SC2086
+            start_server ${c#*:}
+            http_run "encrypt-log-${c%%:*}-$round" "/kms/v1/keys/$AES_TAG/encrypt" "{\"plaintext\":\"$DATA_B64\"}" \
+                >>"$WORK/log-${c%%:*}.txt" || log "log ${c%%:*} round $round failed"
+        done
+    done
+    start_server
+fi
+
+# The scale curve: scripts/bench-scale.sh (issue 10 §1) with small N.
+SCALE_OK=""
+if part scale && [ -n "$SCALE_SIZES" ]; then
+    stop_server
+    log "scale curve: scripts/bench-scale.sh $SCALE_SIZES"
+    # shellcheck disable=SC2086
+    if HTTP_SECS="$HTTP_SECS" "$ROOT/scripts/bench-scale.sh" $SCALE_SIZES >"$WORK/scale.txt" 2>"$WORK/scale.log"; then
+        SCALE_OK=1
+    else
+        log "the scale curve failed: $(tail -3 "$WORK/scale.log")"
+    fi
+fi
+
+# The table.
+if part raw || part http || part log; then
+    header
+    printf '\n%-36s %11s %11s %10s %8s %8s %7s\n' operation "raw 1 thr/s" "raw 2 thr/s" "HTTP req/s" "p50 ms" "p99 ms" ratio
+    row() { # row LABEL RAWOP [HTTP_RESULT]
+        local r1 r2 best rps p50 p99 ratio
+        r1="$(raw "$2" 1)"; r2="$(raw "$2" 2)"
+        best="$(awk -v a="${r1:-0}" -v b="${r2:-0}" 'BEGIN { print (a > b ? a : b) }')"
+        printf '%-36s %11s %11s' "$1" "${r1:--}" "${r2:--}"
+        if [ -z "${3:-}" ]; then
+            printf '\n'
+        elif [ "$3" = fail ]; then
+            printf ' %10s\n' failed
+        else
+            read -r rps p50 p99 <<<"$3"
+            ratio="$(awk -v h="$rps" -v r="$best" 'BEGIN { if (r > 0) printf "%.3f", h / r; else print "-" }')"
+            printf ' %10.0f %8.2f %8.2f %7s\n' "$rps" "$p50" "$p99" "$ratio"
+        fi
+    }
+    hrow() { part http && echo "${HTTP[$1]:-fail}" || echo ""; }
+    row "AES-256-GCM encrypt, token object" aes-gcm-encrypt-256B "$(hrow aes-enc)"
+    row "AES-256-GCM encrypt, session object" aes-gcm-encrypt-256B-session
+    row "AES-256-GCM decrypt, token object" aes-gcm-decrypt-256B "$(hrow aes-dec)"
+    row "AES-256-GCM decrypt, session object" aes-gcm-decrypt-256B-session
+    row "RSA-2048 sign" rsa2048-sign "$(hrow rsa-sign)"
+    row "RSA-2048 verify" rsa2048-verify "$(hrow rsa-verify)"
+    row "RSA-2048 OAEP decrypt (128 B)" rsa2048-oaep-decrypt-128B "$(hrow rsa-dec)"
+    row "ECDSA P-256 sign" ecdsa-p256-sign "$(hrow ec-sign)"
+    row "NHN symmetric encrypt" aes-gcm-encrypt-256B "$(hrow nhn-enc)"
+    row "AES encrypt, token auth" aes-gcm-encrypt-256B "$(hrow token-enc)"
+    row "AES encrypt, API 1.0 (signature v1)" aes-gcm-encrypt-256B "$(hrow v1-enc)"
+    if part log; then
+        row "AES encrypt, log + fsync (median)" aes-gcm-encrypt-256B "$(med3 "$WORK/log-fsync.txt")"
+        row "AES encrypt, log, no fsync (median)" aes-gcm-encrypt-256B "$(med3 "$WORK/log-nofsync.txt")"
+        row "AES encrypt, no log (median)" aes-gcm-encrypt-256B "$(med3 "$WORK/log-off.txt")"
+    fi
+    printf '\nratio = HTTP req/s / the better raw figure (1 or 2 threads) of the same token operation (token object).\n'
+    printf 'HTTP rows: NAVER API 2.0 signed requests (v2) unless named; one wrk run each on one server.\n'
+    if part log; then
+        printf 'log rows: medians of %s alternating rounds, a fresh server each (req/s per round: fsync %s| no fsync %s| off %s)\n' \
+            "$LOG_ROUNDS" "$(rounds "$WORK/log-fsync.txt")" "$(rounds "$WORK/log-nofsync.txt")" "$(rounds "$WORK/log-off.txt")"
+    fi
+fi
 if part levers; then
+    part raw || part http || part log || header
     lever_table
 fi
-printf '\nscale curve (N keys, random-key encrypt after a restart): scripts/bench-scale.sh\n'
+if part scale && [ -n "$SCALE_SIZES" ]; then
+    printf '\nscale curve (scripts/bench-scale.sh %s, HTTP_SECS=%s):\n' "$SCALE_SIZES" "$HTTP_SECS"
+    if [ -n "$SCALE_OK" ]; then
+        sed -n '/^hsm-kms scale benchmark/,$p' "$WORK/scale.txt"
+    else
+        printf 'failed; the end of its log:\n'
+        tail -5 "$WORK/scale.log"
+    fi
+fi

@@ -117,6 +117,16 @@ pub struct ActivityLogConfig {
     /// power loss). Off: commits reach the OS (SQLite WAL,
     /// `synchronous=NORMAL`), which survives the process being killed.
     pub fsync: bool,
+    /// Keep the writer's multi-row INSERTs prepared: batches are cut into
+    /// power-of-two sizes, each statement prepared once per connection.
+    /// Off: every batch's INSERT is parsed afresh (the earlier way; kept to
+    /// measure the lever in `BENCH_PARTS=levers scripts/bench.sh`).
+    pub statement_cache: bool,
+    /// Microseconds the writer waits for more records after the first of a
+    /// batch, before it writes them: fewer, larger commits. 0 (the default)
+    /// writes what is queued at once. Tokio's timer rounds a wait up to the
+    /// next millisecond.
+    pub batch_wait_us: u64,
 }
 
 impl Default for ActivityLogConfig {
@@ -124,6 +134,8 @@ impl Default for ActivityLogConfig {
         ActivityLogConfig {
             enabled: true,
             fsync: true,
+            statement_cache: true,
+            batch_wait_us: 0,
         }
     }
 }
@@ -233,6 +245,12 @@ pub struct ServerConfig {
     /// beyond it are closed at once and counted in
     /// `hsm_kms_connections_refused_total`.
     pub max_connections: usize,
+    /// The lean per-request path: request ids from a counter (no system
+    /// call per request), a body-read timer armed only when a body is not
+    /// already there, request spans with borrowed fields, NAVER success
+    /// answers serialized straight into one buffer. Off: the earlier
+    /// per-request work, kept to measure the lever.
+    pub lean_requests: bool,
 }
 
 impl Default for ServerConfig {
@@ -246,6 +264,7 @@ impl Default for ServerConfig {
             body_read_timeout_secs: 30,
             idle_timeout_secs: 60,
             max_connections: 4096,
+            lean_requests: true,
         }
     }
 }

@@ -49,6 +49,9 @@ pub struct ConnLimits {
     pub idle: Duration,
     /// Open connections at once.
     pub max_connections: usize,
+    /// `server.lean_requests`: a request's body timer is made only when its
+    /// body has not fully arrived with the head.
+    pub lean: bool,
 }
 
 impl ConnLimits {
@@ -60,6 +63,7 @@ impl ConnLimits {
             body_read: secs(s.body_read_timeout_secs),
             idle: secs(s.idle_timeout_secs),
             max_connections: s.max_connections.max(1),
+            lean: s.lean_requests,
         }
     }
 }
@@ -197,8 +201,25 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
 /// A request body that fails once its deadline passes.
 struct DeadlineBody {
     inner: hyper::body::Incoming,
-    deadline: Pin<Box<Sleep>>,
+    /// The timer; with `server.lean_requests`, made at the first poll that
+    /// finds the body incomplete (most bodies arrive with their head and
+    /// never need one), for the same deadline.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// The end of the head plus the limit.
+    due: Instant,
     limit: Duration,
+}
+
+impl DeadlineBody {
+    fn new(inner: hyper::body::Incoming, limit: Duration, lean: bool) -> Self {
+        let due = Instant::now() + limit;
+        DeadlineBody {
+            inner,
+            deadline: (!lean).then(|| Box::pin(tokio::time::sleep_until(due))),
+            due,
+            limit,
+        }
+    }
 }
 
 impl Body for DeadlineBody {
@@ -212,7 +233,11 @@ impl Body for DeadlineBody {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(frame) => Poll::Ready(frame.map(|r| r.map_err(Into::into))),
             Poll::Pending => {
-                if self.deadline.as_mut().poll(cx).is_ready() {
+                let due = self.due;
+                let deadline = self
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                if deadline.as_mut().poll(cx).is_ready() {
                     let secs = self.limit.as_secs();
                     Poll::Ready(Some(Err(format!(
                         "the request body did not arrive within {secs} s"
@@ -353,11 +378,7 @@ async fn connection<U: Upgrade>(
             act.request_started();
             let answered = Answered(act.clone());
             let mut req = req.map(|inner| {
-                axum::body::Body::new(DeadlineBody {
-                    inner,
-                    deadline: Box::pin(tokio::time::sleep(limits.body_read)),
-                    limit: limits.body_read,
-                })
+                axum::body::Body::new(DeadlineBody::new(inner, limits.body_read, limits.lean))
             });
             req.extensions_mut().extend(ext.clone());
             req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));

@@ -117,6 +117,8 @@ pub async fn start(
             limits: cfg.limits.object_limits(),
             gcm_invocation_limit: cfg.hsm.gcm_invocation_limit,
             checkpoints: cfg.audit.policy(),
+            activity_statement_cache: cfg.activity_log.statement_cache,
+            activity_batch_wait: Duration::from_micros(cfg.activity_log.batch_wait_us),
         },
     )
     .await?;
@@ -138,6 +140,7 @@ pub async fn start(
         trusted_proxies: cfg.trusted_proxies()?,
         body_limit: cfg.server.body_limit,
         max_batch_items: cfg.limits.max_batch_items,
+        lean_requests: cfg.server.lean_requests,
     };
     let app = router(AppState {
         engine: engine.clone(),

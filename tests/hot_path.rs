@@ -1,7 +1,9 @@
 //! The hot-path levers of issue 10 §2, for correctness (their speed is in
 //! `scripts/bench.sh`): the AES-GCM invocation limit per key version, host
 //! IVs and the earlier blocking-pool dispatch (the default worker dispatch
-//! serves every other test).
+//! serves every other test), the activity log's INSERTs with and without
+//! the statement cache and with a batch wait, the lean and the earlier
+//! per-request path, and the raw benchmark's session-object key.
 mod common;
 
 use common::{b64, unb64, Kms};
@@ -128,4 +130,179 @@ async fn host_ivs_over_the_blocking_pool_dispatch() {
         .op(&ec, "verify", json!({"data": b64(b"d"), "signature": sig}))
         .await;
     assert_eq!(v.ok()["valid"], true);
+}
+
+/// Runs `futs` at once on this task; their outputs in order.
+async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future completed"))
+        .collect()
+}
+
+/// Encrypt calls in waves of 1, 37 and 100 at once (batches of many
+/// sizes), then checks every record: one per call, numbered without gaps,
+/// each field where it belongs, and the chain intact.
+async fn records_of_concurrent_calls(kms: &Kms) {
+    let tag = kms.create_key("stmt", "AES256", json!({})).await;
+    let mut calls = 0usize;
+    for wave in [1usize, 37, 100] {
+        let replies = join_all(
+            (0..wave)
+                .map(|i| kms.op(&tag, "encrypt", json!({"plaintext": b64(&[i as u8; 5])})))
+                .collect(),
+        )
+        .await;
+        for r in &replies {
+            r.ok();
+        }
+        calls += wave;
+    }
+    #[allow(clippy::type_complexity)]
+    let rows: Vec<(
+        i64,
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        i64,
+        String,
+    )> = sqlx::query_as(
+        "SELECT id, key_uid, key_name, action, auth_type, caller, source_ip, status, result \
+             FROM activity_logs ORDER BY id",
+    )
+    .fetch_all(&kms.db().await)
+    .await
+    .unwrap();
+    let encrypts: Vec<_> = rows.iter().filter(|r| r.3 == "Encrypt").collect();
+    assert_eq!(encrypts.len(), calls, "one record per Encrypt");
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r.0, rows[0].0 + i as i64, "sequence numbers without gaps");
+    }
+    for r in encrypts {
+        assert_eq!(r.1, tag, "key_uid");
+        assert_eq!(r.2, "stmt", "key_name");
+        assert_eq!(r.4, "ACCOUNT", "auth_type");
+        assert_eq!(r.5, kms.access_key, "caller");
+        assert_eq!(r.6, "127.0.0.1", "source_ip");
+        assert_eq!((r.7, r.8.as_str()), (200, "SUCCESS"), "status, result");
+    }
+    let report = hsm_kms::core::audit::verify_chain(kms.engine.hsm(), kms.engine.store(), None)
+        .await
+        .unwrap();
+    assert!(report.first_break.is_none(), "{report:?}");
+    assert_eq!(report.checked, rows.len() as i64);
+}
+
+#[tokio::test]
+async fn activity_records_through_cached_statements() {
+    let kms = Kms::start_with(|c| c.activity_log.statement_cache = true).await;
+    records_of_concurrent_calls(&kms).await;
+}
+
+#[tokio::test]
+async fn activity_records_through_fresh_statements() {
+    let kms = Kms::start_with(|c| c.activity_log.statement_cache = false).await;
+    records_of_concurrent_calls(&kms).await;
+}
+
+/// The writer waiting for more records after the first of a batch loses,
+/// reorders or duplicates none (the wait's only effect is batch sizes).
+#[tokio::test]
+async fn activity_records_with_a_batch_wait() {
+    let kms = Kms::start_with(|c| c.activity_log.batch_wait_us = 2000).await;
+    records_of_concurrent_calls(&kms).await;
+}
+
+/// Calls through both per-request paths answer alike: request ids present
+/// and distinct (a client's own kept), success envelopes with `code` and
+/// `data`, a decrypt that gives the plaintext back.
+async fn answers_of_the_request_path(kms: &Kms) -> Vec<uuid::Uuid> {
+    let tag = kms.create_key("lean", "AES256", json!({})).await;
+    let mut ids = Vec::new();
+    for i in 0..8u8 {
+        let r = kms
+            .op(&tag, "encrypt", json!({"plaintext": b64(&[i; 9])}))
+            .await;
+        let ct = r.ok()["ciphertext"].as_str().unwrap().to_string();
+        assert_eq!(r.body.as_object().unwrap().len(), 2, "{}", r.body);
+        let id = r.headers["x-request-id"].to_str().unwrap();
+        ids.push(uuid::Uuid::parse_str(id).expect("a UUID-shaped request id"));
+        assert_eq!(kms.decrypt_ok(&tag, &ct, None).await, [i; 9]);
+    }
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "request ids repeat: {ids:?}");
+    let own = kms
+        .client
+        .get(format!("{}/healthz", kms.url))
+        .header("x-request-id", "client-chosen-id")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.headers()["x-request-id"], "client-chosen-id");
+    ids
+}
+
+#[tokio::test]
+async fn lean_request_path() {
+    let kms = Kms::start_with(|c| c.server.lean_requests = true).await;
+    let ids = answers_of_the_request_path(&kms).await;
+    // One process prefix, a counter after it.
+    assert!(ids
+        .windows(2)
+        .all(|w| w[0].as_u64_pair().0 == w[1].as_u64_pair().0));
+}
+
+#[tokio::test]
+async fn earlier_request_path() {
+    let kms = Kms::start_with(|c| c.server.lean_requests = false).await;
+    let ids = answers_of_the_request_path(&kms).await;
+    assert!(ids.iter().all(|id| id.get_version_num() == 4), "{ids:?}");
+}
+
+/// The raw benchmark's session-object key: it encrypts and decrypts, and
+/// it is not a token object (a search for token objects with its `CKA_ID`
+/// finds nothing, so nothing of it outlives the session).
+#[tokio::test]
+async fn session_object_key_of_the_raw_benchmark() {
+    let kms = Kms::start().await;
+    let hsm = kms.engine.hsm().clone();
+    let id = vec![0x42u8; 16];
+    let (id2, hsm2) = (id.clone(), hsm.clone());
+    let pt = tokio::task::spawn_blocking(move || {
+        hsm2.run_blocking(|s| {
+            s.generate_session_aes256("hsm-kms-bench/session-test", &id2)?;
+            let ct = s.aes_gcm_encrypt(&id2, b"session object", &[], None)?;
+            assert_eq!(ct.len(), 12 + 14 + 16, "iv || ciphertext || tag");
+            s.aes_gcm_decrypt(&id2, &ct, &[])
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(pt, b"session object");
+    assert!(
+        hsm.object_info(id).await.unwrap().is_empty(),
+        "a token object"
+    );
 }

@@ -16,3 +16,20 @@ for f in pin so-pin postgres-password; do
   fi
   echo "wrote docker/secrets/$f"
 done
+# The PostgreSQL image reads its password file as uid 999, not 10001: the
+# file is world-readable inside this private directory.
+chmod 0444 postgres-password
+# The cluster profile's nodes find the store's password in a pgpass file
+# (PGPASSFILE). It must be private to the reader (hsm-kms, like libpq,
+# ignores a pgpass file that group or others can read), so it is owned by
+# uid 10001: run this script as root (or chown the file to the uid the
+# containers run as).
+if [ ! -s pgpass ]; then
+  ( umask 077; printf '*:*:*:hsm_kms:%s\n' "$(cat postgres-password)" > pgpass )
+  if [ "$(id -u)" = 0 ]; then
+    chown 10001:10001 pgpass; chmod 0400 pgpass
+  else
+    echo "docker/secrets/pgpass: not root, so not given to uid 10001; the cluster profile needs that" >&2
+  fi
+  echo "wrote docker/secrets/pgpass"
+fi

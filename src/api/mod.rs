@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, HeaderName, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::core::Engine;
@@ -37,6 +37,9 @@ pub struct ApiConfig {
     pub max_batch_items: usize,
     /// Refuses a second use of an NCP signature on the calls it covers.
     pub replay_guard: Arc<naver::ReplayGuard>,
+    /// `server.lean_requests`: counter request ids, borrowed span fields,
+    /// success answers serialized straight into one buffer.
+    pub lean_requests: bool,
 }
 
 impl Default for ApiConfig {
@@ -53,6 +56,7 @@ impl Default for ApiConfig {
                 300,
                 100_000,
             )),
+            lean_requests: true,
         }
     }
 }
@@ -130,9 +134,66 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Whether success answers are serialized straight into one buffer
+/// (`server.lean_requests`); a process-wide switch since the dialects'
+/// `success` functions take no state. Set by [`router`].
+static LEAN_RESPONSES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// See [`LEAN_RESPONSES`].
+pub(crate) fn lean_responses() -> bool {
+    LEAN_RESPONSES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `x-request-id` values for requests that come without one.
+///
+/// Lean (`server.lean_requests`): a random 64-bit prefix drawn once per
+/// process and a counter, written as a UUID (unique within the process and,
+/// with overwhelming probability, across processes; not secret, it only
+/// ties log lines together). Otherwise a random (v4) UUID per request: one
+/// `getrandom` system call each.
+#[derive(Clone, Debug)]
+pub struct RequestIds {
+    sequence: Option<Arc<(u64, std::sync::atomic::AtomicU64)>>,
+}
+
+impl RequestIds {
+    /// The generator of `server.lean_requests = lean`.
+    pub fn new(lean: bool) -> Self {
+        RequestIds {
+            sequence: lean.then(|| {
+                let prefix = uuid::Uuid::new_v4().as_u64_pair().0;
+                Arc::new((prefix, std::sync::atomic::AtomicU64::new(0)))
+            }),
+        }
+    }
+
+    /// The next id.
+    pub fn next_id(&self) -> uuid::Uuid {
+        match &self.sequence {
+            Some(s) => {
+                let n = s.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                uuid::Uuid::from_u64_pair(s.0, n)
+            }
+            None => uuid::Uuid::new_v4(),
+        }
+    }
+}
+
+impl tower_http::request_id::MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<tower_http::request_id::RequestId> {
+        let mut buf = uuid::Uuid::encode_buffer();
+        let text = self.next_id().hyphenated().encode_lower(&mut buf);
+        axum::http::HeaderValue::from_str(text)
+            .ok()
+            .map(tower_http::request_id::RequestId::new)
+    }
+}
+
 /// Builds the router of every dialect.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.body_limit;
+    let lean = state.config.lean_requests;
+    LEAN_RESPONSES.store(lean, std::sync::atomic::Ordering::Relaxed);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -148,7 +209,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            TraceLayer::new_for_http().make_span_with(move |req: &Request<_>| {
                 let id = req
                     .headers()
                     .get(REQUEST_ID)
@@ -157,14 +218,25 @@ pub fn router(state: AppState) -> Router {
                 // Only the path: query strings and headers are not logged.
                 // NHN appkeys (bearer credentials in the path) as fingerprints.
                 let path = nhn::loggable_path(req.uri().path());
-                tracing::info_span!("request", id = %id, method = %req.method(), path = %path)
+                if lean {
+                    // Fields as strings, not through `Display`: the JSON
+                    // formatter records them without a formatting pass.
+                    tracing::info_span!(
+                        "request",
+                        id,
+                        method = req.method().as_str(),
+                        path = &*path
+                    )
+                } else {
+                    tracing::info_span!("request", id = %id, method = %req.method(), path = %path)
+                }
             }),
         )
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds::new(lean)))
 }
 
 /// A panic in a handler is a bug; the client gets a 500 in an envelope both

@@ -1,18 +1,25 @@
 //! `hsm-kms-bench` (built with `--features bench`, from the runtime
 //! dependencies alone): raw PKCS#11 throughput through the crate's `hsm`
-//! layer, the baseline of `scripts/bench.sh`: AES-256-GCM encryption of 256 bytes, RSA-2048
-//! PKCS#1 v1.5 SHA-256 signing and ECDSA P-256 signing of 256 bytes, on one
-//! thread and on two threads, each thread looping on one logged-in session.
+//! layer, the baseline of `scripts/bench.sh`, on one thread and on two
+//! threads, each thread looping on one logged-in session:
+//! - AES-256-GCM encryption and decryption of 256 bytes, with the key as a
+//!   token object (as the service keeps its keys) and as a session object
+//!   (`CKA_TOKEN=false`, made for the benchmark: SoftHSM is faster on those);
+//! - RSA-2048 PKCS#1 v1.5 SHA-256 signing and verification of 256 bytes,
+//!   and OAEP-SHA-256 decryption of a 128-byte plaintext;
+//! - ECDSA P-256 signing of 256 bytes.
 //!
-//! The AES figure includes the `C_GenerateRandom` call for the 96-bit IV,
-//! exactly as the service's Encrypt does; the ECDSA figure includes the
-//! SHA-256 taken outside the token and the DER encoding.
+//! The AES encryption figure includes the `C_GenerateRandom` call for the
+//! 96-bit IV, exactly as the service's Encrypt does; the ECDSA figure
+//! includes the SHA-256 taken outside the token and the DER encoding; OAEP
+//! decryption goes the way the service's does on this token (in the token,
+//! or raw RSA in the token and the OAEP decoding outside).
 //!
-//! Usage: `hsm-kms-bench [--config FILE] [--secs N]` (the PIN as for the
-//! server: `HSM_KMS_PIN` or `hsm.pin_file`). The keys it makes carry the
-//! label prefix `hsm-kms-bench/` (not the service's `hsm-kms/`) and are
-//! destroyed at the end. Prints one line per measurement:
-//! `raw <op> threads=<n> ops_per_sec=<x>`.
+//! Usage: `hsm-kms-bench [--config FILE] [--secs N] [--ops NAME,...]` (the
+//! PIN as for the server: `HSM_KMS_PIN` or `hsm.pin_file`). The keys it
+//! makes carry the label prefix `hsm-kms-bench/` (not the service's
+//! `hsm-kms/`) and are destroyed at the end. Prints one line per
+//! measurement: `raw <op> threads=<n> ops_per_sec=<x>`.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -20,52 +27,130 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hsm_kms::config::Config;
-use hsm_kms::hsm::{Hsm, KeySpec, KeyUsage, SignAlg};
+use hsm_kms::hsm::{Hsm, HsmError, KeySpec, KeyUsage, SessionRef, SignAlg};
 
 const PAYLOAD: usize = 256;
+/// RSA-OAEP plaintext: below the 190-byte maximum of RSA-2048 with SHA-256.
+const OAEP_PAYLOAD: usize = 128;
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Op {
-    AesGcm,
+    AesGcmEncrypt,
+    AesGcmDecrypt,
+    AesGcmEncryptSession,
+    AesGcmDecryptSession,
     RsaSign,
+    RsaVerify,
+    RsaOaepDecrypt,
     EcdsaSign,
 }
+
+const OPS: [Op; 8] = [
+    Op::AesGcmEncrypt,
+    Op::AesGcmDecrypt,
+    Op::AesGcmEncryptSession,
+    Op::AesGcmDecryptSession,
+    Op::RsaSign,
+    Op::RsaVerify,
+    Op::RsaOaepDecrypt,
+    Op::EcdsaSign,
+];
 
 impl Op {
     fn name(self) -> &'static str {
         match self {
-            Op::AesGcm => "aes-gcm-encrypt-256B",
+            Op::AesGcmEncrypt => "aes-gcm-encrypt-256B",
+            Op::AesGcmDecrypt => "aes-gcm-decrypt-256B",
+            Op::AesGcmEncryptSession => "aes-gcm-encrypt-256B-session",
+            Op::AesGcmDecryptSession => "aes-gcm-decrypt-256B-session",
             Op::RsaSign => "rsa2048-sign",
+            Op::RsaVerify => "rsa2048-verify",
+            Op::RsaOaepDecrypt => "rsa2048-oaep-decrypt-128B",
             Op::EcdsaSign => "ecdsa-p256-sign",
+        }
+    }
+
+    /// Which of the benchmark's keys the operation uses.
+    fn key(self) -> Key {
+        match self {
+            Op::AesGcmEncrypt | Op::AesGcmDecrypt => Key::Aes,
+            Op::AesGcmEncryptSession | Op::AesGcmDecryptSession => Key::AesSession,
+            Op::RsaSign | Op::RsaVerify | Op::RsaOaepDecrypt => Key::Rsa,
+            Op::EcdsaSign => Key::Ec,
         }
     }
 }
 
-/// Runs `op` on `threads` threads for `secs`; returns operations per second.
-fn measure(hsm: &Hsm, op: Op, id: &[u8], threads: usize, secs: f64) -> anyhow::Result<f64> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Aes,
+    AesSession,
+    Rsa,
+    Ec,
+}
+
+/// What an operation works on: the key and, for the inverse operations, an
+/// input made once before the measurement (a ciphertext, a signature).
+struct Subject<'a> {
+    id: &'a [u8],
+    data: Vec<u8>,
+    input: Vec<u8>,
+}
+
+/// One operation; fails when the token does not give the expected result.
+fn once(s: &SessionRef<'_>, op: Op, sub: &Subject<'_>) -> hsm_kms::hsm::Result<()> {
+    match op {
+        Op::AesGcmEncrypt | Op::AesGcmEncryptSession => {
+            s.aes_gcm_encrypt(sub.id, &sub.data, &[], None)?;
+        }
+        Op::AesGcmDecrypt | Op::AesGcmDecryptSession => {
+            s.aes_gcm_decrypt(sub.id, &sub.input, &[])?;
+        }
+        Op::RsaSign => {
+            s.sign(sub.id, SignAlg::RsaPkcs1Sha256, &sub.data)?;
+        }
+        Op::RsaVerify => {
+            if !s.verify(sub.id, SignAlg::RsaPkcs1Sha256, &sub.data, &sub.input)? {
+                return Err(HsmError::Malformed(
+                    "the token refused its own RSA signature".into(),
+                ));
+            }
+        }
+        Op::RsaOaepDecrypt => {
+            s.rsa_oaep_decrypt(sub.id, &sub.input)?;
+        }
+        Op::EcdsaSign => {
+            s.sign(sub.id, SignAlg::EcdsaP256Sha256, &sub.data)?;
+        }
+    }
+    Ok(())
+}
+
+/// The input `op` needs, made with the key once.
+fn subject<'a>(hsm: &Hsm, op: Op, id: &'a [u8]) -> anyhow::Result<Subject<'a>> {
     let data = vec![0x5au8; PAYLOAD];
+    let input = hsm.run_blocking(|s| match op {
+        Op::AesGcmDecrypt | Op::AesGcmDecryptSession => s.aes_gcm_encrypt(id, &data, &[], None),
+        Op::RsaVerify => s.sign(id, SignAlg::RsaPkcs1Sha256, &data),
+        Op::RsaOaepDecrypt => s.rsa_oaep_encrypt(id, &data[..OAEP_PAYLOAD]),
+        _ => Ok(Vec::new()),
+    })?;
+    Ok(Subject { id, data, input })
+}
+
+/// Runs `op` on `threads` threads for `secs`; returns operations per second.
+fn measure(hsm: &Hsm, op: Op, sub: &Subject<'_>, threads: usize, secs: f64) -> anyhow::Result<f64> {
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let counts = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 let hsm = hsm.clone();
-                let data = data.clone();
                 scope.spawn(move || {
                     hsm.run_blocking(|s| {
                         let mut n: u64 = 0;
                         while Instant::now() < deadline {
-                            match op {
-                                Op::AesGcm => {
-                                    s.aes_gcm_encrypt(id, &data, &[], None)?;
-                                }
-                                Op::RsaSign => {
-                                    s.sign(id, SignAlg::RsaPkcs1Sha256, &data)?;
-                                }
-                                Op::EcdsaSign => {
-                                    s.sign(id, SignAlg::EcdsaP256Sha256, &data)?;
-                                }
-                            }
+                            once(s, op, sub)?;
                             n += 1;
                         }
                         Ok(n)
@@ -88,6 +173,8 @@ fn measure(hsm: &Hsm, op: Op, id: &[u8], threads: usize, secs: f64) -> anyhow::R
 fn main() -> anyhow::Result<()> {
     let mut config: Option<PathBuf> = std::env::var_os("HSM_KMS_CONFIG").map(PathBuf::from);
     let mut secs = 3.0f64;
+    let mut only: Option<Vec<String>> = None;
+    let usage = "usage: hsm-kms-bench [--config FILE] [--secs N] [--ops NAME,...]";
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -99,55 +186,88 @@ fn main() -> anyhow::Result<()> {
                     .parse()
                     .context("--secs must be a number")?
             }
-            other => anyhow::bail!(
-                "unknown argument {other}; usage: hsm-kms-bench [--config FILE] [--secs N]"
-            ),
+            "--ops" => {
+                only = Some(
+                    args.next()
+                        .context("--ops needs a value")?
+                        .split(',')
+                        .map(str::to_string)
+                        .collect(),
+                )
+            }
+            other => anyhow::bail!("unknown argument {other}; {usage}"),
+        }
+    }
+    let ops: Vec<Op> = OPS
+        .into_iter()
+        .filter(|op| {
+            only.as_ref()
+                .is_none_or(|o| o.iter().any(|n| n == op.name()))
+        })
+        .collect();
+    if let Some(o) = &only {
+        for n in o {
+            anyhow::ensure!(
+                OPS.iter().any(|op| op.name() == n),
+                "unknown operation {n}; one of: {}",
+                OPS.map(Op::name).join(", ")
+            );
         }
     }
     let cfg = Config::load(config.as_deref())?;
-    // Two threads at most on this benchmark; the pool needs two sessions.
+    // Two threads at most on this benchmark; the pool needs two sessions
+    // (and a third that keeps the session object alive).
     let mut hcfg = cfg.hsm_config()?;
-    hcfg.max_sessions = hcfg.max_sessions.max(2);
+    hcfg.max_sessions = hcfg.max_sessions.max(3);
     let hsm = Hsm::open(&hcfg).context("cannot open the token")?;
 
-    let keys = [
-        (Op::AesGcm, KeySpec::Aes256 { extractable: false }),
-        (
-            Op::RsaSign,
-            KeySpec::Rsa2048 {
-                usage: KeyUsage::Sign,
-                extractable: false,
-            },
-        ),
-        (Op::EcdsaSign, KeySpec::EcP256),
-    ];
-    let mut made = Vec::new();
-    for (op, spec) in keys {
-        let id = hsm.run_blocking(|s| {
-            let id = s.random(16)?;
-            s.generate(spec, &format!("hsm-kms-bench/{}", op.name()), &id)?;
-            Ok(id)
-        })?;
-        made.push((op, id));
-    }
-
-    let mut result = Ok(());
-    'ops: for (op, id) in &made {
-        // Warm the handle cache and the token's code paths.
-        if let Err(e) = measure(&hsm, *op, id, 1, 0.2) {
-            result = Err(e);
-            break;
-        }
-        for threads in [1usize, 2] {
-            match measure(&hsm, *op, id, threads, secs) {
-                Ok(rate) => println!("raw {} threads={threads} ops_per_sec={rate:.0}", op.name()),
-                Err(e) => {
-                    result = Err(e);
-                    break 'ops;
+    let mut made: Vec<(Key, Vec<u8>)> = Vec::new();
+    let result = (|| -> anyhow::Result<()> {
+        for key in [Key::Aes, Key::AesSession, Key::Rsa, Key::Ec] {
+            if !ops.iter().any(|op| op.key() == key) {
+                continue;
+            }
+            let id = hsm.run_blocking(|s| {
+                let id = s.random(16)?;
+                match key {
+                    Key::Aes => s.generate(
+                        KeySpec::Aes256 { extractable: false },
+                        "hsm-kms-bench/aes",
+                        &id,
+                    )?,
+                    Key::AesSession => {
+                        s.generate_session_aes256("hsm-kms-bench/aes-session", &id)?
+                    }
+                    Key::Rsa => s.generate(
+                        KeySpec::Rsa2048 {
+                            usage: KeyUsage::CryptAndSign,
+                            extractable: false,
+                        },
+                        "hsm-kms-bench/rsa",
+                        &id,
+                    )?,
+                    Key::Ec => s.generate(KeySpec::EcP256, "hsm-kms-bench/ec", &id)?,
                 }
+                Ok(id)
+            })?;
+            made.push((key, id));
+        }
+        for op in &ops {
+            let id = made
+                .iter()
+                .find(|(k, _)| *k == op.key())
+                .map(|(_, id)| id.as_slice())
+                .context("no key for an operation")?;
+            let sub = subject(&hsm, *op, id)?;
+            // Warm the handle cache and the token's code paths.
+            measure(&hsm, *op, &sub, 1, 0.2)?;
+            for threads in [1usize, 2] {
+                let rate = measure(&hsm, *op, &sub, threads, secs)?;
+                println!("raw {} threads={threads} ops_per_sec={rate:.0}", op.name());
             }
         }
-    }
+        Ok(())
+    })();
     for (_, id) in &made {
         hsm.run_blocking(|s| s.destroy_id(id))?;
     }

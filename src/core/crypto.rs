@@ -164,7 +164,9 @@ impl Engine {
         sealed: &Sealed,
         context: Option<Vec<u8>>,
     ) -> Result<Zeroizing<Vec<u8>>> {
-        let e = self.owned_key(account_id, uid).await?;
+        let e = self
+            .owned_key_naming(account_id, uid, sealed.version)
+            .await?;
         self.decrypt_entry(&e, sealed, context).await
     }
 
@@ -206,7 +208,9 @@ impl Engine {
         sealed: &Sealed,
         context: Option<Vec<u8>>,
     ) -> Result<Sealed> {
-        let e = self.owned_key(account_id, uid).await?;
+        let e = self
+            .owned_key_naming(account_id, uid, sealed.version)
+            .await?;
         let pt = self.decrypt_entry(&e, sealed, context.clone()).await?;
         self.encrypt_entry(&e, pt.to_vec(), context).await
     }
@@ -234,7 +238,7 @@ impl Engine {
         data: Vec<u8>,
         signature: Vec<u8>,
     ) -> Result<bool> {
-        let e = self.owned_key(account_id, uid).await?;
+        let e = self.owned_key_naming(account_id, uid, version).await?;
         usable(&e)?;
         let alg = sign_alg(&e)?;
         if data.len() > SIGN_DATA_MAX {
@@ -254,7 +258,10 @@ impl Engine {
         uid: &str,
         version: Option<i64>,
     ) -> Result<(i64, Vec<u8>)> {
-        let e = self.owned_key(account_id, uid).await?;
+        let e = match version {
+            Some(n) => self.owned_key_naming(account_id, uid, n).await?,
+            None => self.owned_key(account_id, uid).await?,
+        };
         usable(&e)?;
         let kt = key_type(&e)?;
         if kt == KeyType::Aes256 {

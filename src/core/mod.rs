@@ -233,6 +233,12 @@ pub struct EngineOptions {
     pub gcm_invocation_limit: u64,
     /// When the audit chain gets a signed checkpoint (`[audit]`).
     pub checkpoints: audit::CheckpointPolicy,
+    /// Keep the activity log's INSERTs prepared
+    /// (`activity_log.statement_cache`).
+    pub activity_statement_cache: bool,
+    /// How long the activity log's writer waits for more records after the
+    /// first of a batch (`activity_log.batch_wait_us`).
+    pub activity_batch_wait: std::time::Duration,
 }
 
 impl Default for EngineOptions {
@@ -244,6 +250,8 @@ impl Default for EngineOptions {
             limits: ObjectLimits::default(),
             gcm_invocation_limit: crate::hsm::GCM_INVOCATION_LIMIT,
             checkpoints: audit::CheckpointPolicy::default(),
+            activity_statement_cache: true,
+            activity_batch_wait: std::time::Duration::ZERO,
         }
     }
 }
@@ -304,7 +312,11 @@ impl Engine {
         let change_seq = store.last_change().await?;
         // Every record is chained: no activity log without the audit keys.
         let chain = if opts.activity_log {
-            Some(audit::AuditChain::open(hsm.clone(), &store, opts.checkpoints).await?)
+            Some(
+                audit::AuditChain::open(hsm.clone(), &store, opts.checkpoints)
+                    .await?
+                    .with_statement_cache(opts.activity_statement_cache),
+            )
         } else {
             None
         };
@@ -315,7 +327,12 @@ impl Engine {
                 keys: cache::Cache::new(),
                 secrets: cache::Cache::new(),
                 kek_id,
-                activity: ActivityLog::start(store_for_log, chain, opts.activity_fsync),
+                activity: ActivityLog::start(
+                    store_for_log,
+                    chain,
+                    opts.activity_fsync,
+                    opts.activity_batch_wait,
+                ),
                 tokens: cache::Cache::new(),
                 generators: cache::Cache::new(),
                 acls: cache::Cache::new(),
@@ -371,6 +388,32 @@ impl Engine {
             return Err(Error::NotFound("key"));
         }
         Ok(e)
+    }
+
+    /// [`Engine::owned_key`] for a call that names version `n` (a
+    /// ciphertext's or a signature's). Another node may have made that
+    /// version after this process cached the key, and its client may bring
+    /// the ciphertext here at once: when the cached entry does not hold
+    /// version `n` past its creation (absent, or still `pending` when it was
+    /// read), the key is read from the store again, once, before the call is
+    /// judged. Versions outside 1 to 100 are judged on the cached entry,
+    /// so a client cannot make every request read the store.
+    pub async fn owned_key_naming(
+        &self,
+        account_id: i64,
+        uid: &str,
+        n: i64,
+    ) -> Result<Arc<KeyEntry>> {
+        let e = self.owned_key(account_id, uid).await?;
+        let known = e
+            .versions
+            .iter()
+            .any(|v| v.version == n && v.state != crate::store::VersionState::Pending);
+        if known || !(1..=keys::MAX_VERSIONS).contains(&n) {
+            return Ok(e);
+        }
+        self.invalidate(uid);
+        self.owned_key(account_id, uid).await
     }
 
     /// Drops a key from the cache after a change.

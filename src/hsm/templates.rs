@@ -79,6 +79,36 @@ fn private_common(label: &str, id: &[u8], extractable: bool) -> Vec<Attribute> {
 }
 
 impl SessionRef<'_> {
+    /// Generates an AES-256 key as a *session* object (`CKA_TOKEN=false`;
+    /// private, sensitive, not extractable, encrypt and decrypt only) with
+    /// `CKA_ID = id`: it is gone when the session that made it closes. Only
+    /// for the raw benchmark's session-object rate (`hsm-kms-bench`); the
+    /// service itself keeps no session objects.
+    pub fn generate_session_aes256(&self, label: &str, id: &[u8]) -> Result<()> {
+        let mut t: Vec<Attribute> = private_common(label, id, false)
+            .into_iter()
+            .map(|a| match a {
+                Attribute::Token(_) => Attribute::Token(false),
+                a => a,
+            })
+            .collect();
+        t.extend([
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::ValueLen(32.into()),
+            Attribute::Encrypt(true),
+            Attribute::Decrypt(true),
+            Attribute::Sign(false),
+            Attribute::Verify(false),
+            Attribute::Wrap(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+        ]);
+        let h = self.raw().generate_key(&Mechanism::AesKeyGen, &t)?;
+        self.remember(id, &[(ObjectClass::SECRET_KEY, h)]);
+        Ok(())
+    }
+
     /// Generates a key (or pair) with `CKA_ID = id` and `CKA_LABEL = label`.
     pub fn generate(&self, spec: KeySpec, label: &str, id: &[u8]) -> Result<()> {
         let s = self.raw();

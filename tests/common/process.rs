@@ -119,7 +119,12 @@ impl Site {
     /// A command for the binary with the site's environment and nothing
     /// inherited that could change its config.
     pub fn command(&self) -> Command {
-        let mut c = Command::new(binary());
+        self.command_of(binary())
+    }
+
+    /// [`Site::command`] for another build of the binary (`program`).
+    pub fn command_of(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
         for (k, _) in std::env::vars() {
             if k.starts_with("HSM_KMS_") {
                 c.env_remove(k);
@@ -143,11 +148,30 @@ impl Site {
     /// Starts `hsm-kms serve` with extra environment variables and waits
     /// until it listens.
     pub async fn serve(&mut self, extra_env: &[(&str, &str)]) -> Server {
+        self.serve_with_binary(binary(), extra_env).await
+    }
+
+    /// [`Site::serve`] with another build of the binary (`program`, e.g. a
+    /// release build for throughput figures).
+    pub async fn serve_with_binary(&mut self, program: &str, extra_env: &[(&str, &str)]) -> Server {
+        self.try_serve_with_binary(program, extra_env)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Site::serve_with_binary`], returning why the process exited
+    /// instead of panicking when it exits before it listens (a test that
+    /// restarts a node the way a supervisor does).
+    pub async fn try_serve_with_binary(
+        &mut self,
+        program: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Result<Server, String> {
         self.runs += 1;
         let addr_file = self.dir.path().join(format!("addr-{}", self.runs));
         let log = std::fs::File::create(self.dir.path().join(format!("serve-{}.log", self.runs)))
             .expect("log file");
-        let mut cmd = self.command();
+        let mut cmd = self.command_of(program);
         cmd.arg("serve")
             .arg("--addr-file")
             .arg(&addr_file)
@@ -165,10 +189,10 @@ impl Site {
                 }
             }
             if let Some(status) = child.try_wait().expect("try_wait") {
-                panic!(
+                return Err(format!(
                     "hsm-kms serve exited with {status}: {}",
                     self.log(self.runs)
-                );
+                ));
             }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
@@ -177,13 +201,13 @@ impl Site {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        Server {
+        Ok(Server {
             child,
             url: format!("http://{addr}"),
             client: reqwest::Client::new(),
             access_key: self.access_key.clone(),
             secret_key: self.secret_key.clone(),
-        }
+        })
     }
 
     /// The log of run `n` of `serve`.

@@ -269,9 +269,40 @@ impl IntoResponse for NaverError {
 /// Result of a NAVER handler.
 pub type NaverResult<T> = Result<T, NaverError>;
 
-/// The success envelope.
+/// The success envelope `{"code":"SUCCESS","data":...}`.
+///
+/// With `server.lean_requests`, serialized straight from `data` into one
+/// buffer sized for a typical answer (no `serde_json::Value` tree, no
+/// regrowth); otherwise through a `Value`, the earlier way.
 pub fn success<T: Serialize>(data: T) -> Response {
-    Json(json!({"code": "SUCCESS", "data": data})).into_response()
+    if !crate::api::lean_responses() {
+        return Json(json!({"code": "SUCCESS", "data": data})).into_response();
+    }
+    #[derive(Serialize)]
+    struct Success<T> {
+        code: &'static str,
+        data: T,
+    }
+    let mut buf = Vec::with_capacity(512);
+    match serde_json::to_writer(
+        &mut buf,
+        &Success {
+            code: "SUCCESS",
+            data,
+        },
+    ) {
+        Ok(()) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            )],
+            buf,
+        )
+            .into_response(),
+        Err(e) => {
+            NaverError::from(Error::Internal(format!("serializing an answer: {e}"))).into_response()
+        }
+    }
 }
 
 /// A JSON body whose rejections answer in the NAVER envelope. An empty body

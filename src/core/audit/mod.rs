@@ -124,6 +124,8 @@ pub struct AuditChain {
     attest_id: Vec<u8>,
     installation_id: String,
     policy: CheckpointPolicy,
+    /// Multi-row INSERTs kept prepared (`activity_log.statement_cache`).
+    statement_cache: bool,
 }
 
 impl std::fmt::Debug for AuditChain {
@@ -164,7 +166,16 @@ impl AuditChain {
                 every_records: policy.every_records.max(1),
                 every_ms: policy.every_ms.max(1),
             },
+            statement_cache: true,
         })
+    }
+
+    /// Whether the writer's INSERTs are kept prepared
+    /// (`activity_log.statement_cache`, on by default; see
+    /// [`crate::store::AuditTx::insert_chained`]).
+    pub fn with_statement_cache(mut self, on: bool) -> Self {
+        self.statement_cache = on;
+        self
     }
 
     /// The checkpoint policy.
@@ -286,7 +297,8 @@ impl AuditChain {
             first = f;
             chains = self.chain_values(p, f, rows).await?;
         }
-        tx.insert_chained(first, rows, &chains).await?;
+        tx.insert_chained(first, rows, &chains, self.statement_cache)
+            .await?;
         let last_seq = first + rows.len() as i64 - 1;
         let last_chain = chains.last().copied().unwrap_or(prev);
         let now = crate::store::now_ms();
