@@ -197,16 +197,21 @@ async fn create_local_key(
     ))
 }
 
-/// The optional `keyVersion` query parameter (a positive integer).
+/// The optional `keyVersion` query parameter: a version number, or `0` for
+/// the current version (as when it is absent). The API guide's examples of
+/// the private- and public-key queries answer `"keyVersion": 0`, so a
+/// client that sends back the version it was given sends 0; versions made
+/// here are numbered from 1, so 0 names no version of its own.
 pub(crate) fn key_version(q: &HashMap<String, String>) -> Result<Option<i64>, NhnError> {
     match q.get("keyVersion") {
         None => Ok(None),
-        Some(s) => s
-            .parse::<i64>()
-            .ok()
-            .filter(|n| *n >= 1)
-            .map(Some)
-            .ok_or_else(|| NhnError::bad_request("keyVersion must be a positive integer")),
+        Some(s) => match s.parse::<i64>() {
+            Ok(0) => Ok(None),
+            Ok(n) if n >= 1 => Ok(Some(n)),
+            _ => Err(NhnError::bad_request(
+                "keyVersion must be 0 (the current version) or a version number",
+            )),
+        },
     }
 }
 

@@ -374,7 +374,14 @@ async fn keys(
     Query(q): Query<HashMap<String, String>>,
 ) -> NhnResult {
     let detail = flag(&q, "detail")?;
-    let filter = key_filter(&q)?;
+    let mut filter = key_filter(&q)?;
+    // The key-id list (no `detail`) has no paging in NHN's guide: without
+    // `pageNumber` / `pageSize` it lists every id of the key store. Paging
+    // (default 10 a page) is the detailed list's.
+    if !detail && !q.contains_key("pageNumber") && !q.contains_key("pageSize") {
+        filter.offset = 0;
+        filter.limit = i64::MAX;
+    }
     let (views, _total) = st
         .engine
         .nhn_list_keys(&ctx.project, store_id(&ksid)?, &filter)

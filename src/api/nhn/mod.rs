@@ -174,10 +174,15 @@ impl IntoResponse for NhnError {
 /// Result of an NHN handler.
 pub type NhnResult<T = Response> = Result<T, NhnError>;
 
+/// The success `resultMessage`, as the API guide's common response header
+/// writes it: `"resultCode": 0, "resultMessage": "success", "isSuccessful":
+/// true`.
+pub const SUCCESS_MESSAGE: &str = "success";
+
 /// The success envelope.
 pub fn success<T: Serialize>(body: T) -> Response {
     Json(json!({
-        "header": {"resultCode": 0, "resultMessage": "SUCCESS", "isSuccessful": true},
+        "header": {"resultCode": 0, "resultMessage": SUCCESS_MESSAGE, "isSuccessful": true},
         "body": body,
     }))
     .into_response()
