@@ -240,27 +240,45 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
                 },
         } => {
             let (hsm, store) = server::open(&cfg).await?;
-            admin_reconcile(&hsm, &store, destroy_orphans, yes).await?;
+            let destroyed = admin_reconcile(&hsm, &store, destroy_orphans, yes).await?;
+            // Destroying objects is recorded (a dry run changes nothing).
+            if let Some(n) = destroyed {
+                admin_engine(&cfg, hsm, store)
+                    .await?
+                    .record_admin("AdminDestroyOrphans", &format!("objects={n}"))
+                    .await
+                    .context(
+                        "the objects were destroyed but the audit record could not be written",
+                    )?;
+            }
         }
         Cmd::Admin { cmd } => {
             let (hsm, store) = server::open(&cfg).await?;
-            // The admin commands' records join the audit chain with the
-            // configured checkpoints.
-            let engine = Engine::with_options(
-                hsm,
-                store,
-                hsm_kms::core::EngineOptions {
-                    activity_log: cfg.activity_log.enabled,
-                    activity_fsync: cfg.activity_log.fsync,
-                    checkpoints: cfg.audit.policy(),
-                    ..Default::default()
-                },
-            )
-            .await?;
+            let engine = admin_engine(&cfg, hsm, store).await?;
             admin(&engine, cmd).await?;
         }
     }
     Ok(())
+}
+
+/// The engine of an admin command: its records join the audit chain with
+/// the configured checkpoints.
+async fn admin_engine(
+    cfg: &Config,
+    hsm: hsm_kms::hsm::Hsm,
+    store: hsm_kms::store::Store,
+) -> anyhow::Result<Engine> {
+    Ok(Engine::with_options(
+        hsm,
+        store,
+        hsm_kms::core::EngineOptions {
+            activity_log: cfg.activity_log.enabled,
+            activity_fsync: cfg.activity_log.fsync,
+            checkpoints: cfg.audit.policy(),
+            ..Default::default()
+        },
+    )
+    .await?)
 }
 
 /// `/readyz` on the configured listen port; an unspecified listen address
@@ -322,13 +340,14 @@ async fn probe(url: &str) -> anyhow::Result<u16> {
 }
 
 /// `hsm-kms admin reconcile [--destroy-orphans --yes]`. Needs no engine, so
-/// it also runs against an empty or foreign store.
+/// it also runs against an empty or foreign store. Returns how many object
+/// ids were destroyed, `None` for a dry run.
 async fn admin_reconcile(
     hsm: &hsm_kms::hsm::Hsm,
     store: &hsm_kms::store::Store,
     destroy_orphans: bool,
     yes: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<usize>> {
     use hsm_kms::core::Inventory;
     let inv = Inventory::take(hsm, store).await?;
     let none = || "none".to_string();
@@ -356,7 +375,7 @@ async fn admin_reconcile(
         if !unknown.is_empty() {
             println!("dry run: nothing destroyed; `hsm-kms admin reconcile --destroy-orphans --yes` destroys the unknown objects for good");
         }
-        return Ok(());
+        return Ok(None);
     }
     anyhow::ensure!(
         yes,
@@ -365,7 +384,7 @@ async fn admin_reconcile(
     );
     let n = hsm_kms::core::destroy_orphans(hsm, store).await?;
     println!("destroyed\t{n} object ids");
-    Ok(())
+    Ok(Some(n))
 }
 
 /// The audit-trail action and target of an admin command that changes
@@ -438,7 +457,9 @@ async fn admin_run(engine: &Engine, cmd: AdminCmd) -> anyhow::Result<()> {
         AdminCmd::Reconcile {
             destroy_orphans,
             yes,
-        } => admin_reconcile(engine.hsm(), engine.store(), destroy_orphans, yes).await?,
+        } => {
+            admin_reconcile(engine.hsm(), engine.store(), destroy_orphans, yes).await?;
+        }
         AdminCmd::ListObjects => {
             let mut objects = engine.hsm().service_object_infos().await?;
             objects.sort_by(|a, b| (&a.id, &a.class).cmp(&(&b.id, &b.class)));

@@ -184,12 +184,23 @@ impl NhnCmd {
             NhnCmd::CreateProject { name, .. } => ("NhnCreateProject", format!("project={name}")),
             NhnCmd::UpdateProject { name, .. } => ("NhnUpdateProject", format!("project={name}")),
             NhnCmd::CreateAppkey { project } => ("NhnCreateAppkey", format!("project={project}")),
-            NhnCmd::RevokeAppkey { .. } => ("NhnRevokeAppkey", String::new()),
-            NhnCmd::RotateAppkey { .. } => ("NhnRotateAppkey", String::new()),
+            // Appkeys are bearer credentials: named by their fingerprint.
+            NhnCmd::RevokeAppkey { appkey } => (
+                "NhnRevokeAppkey",
+                format!("appkey={}", appkey_fingerprint(appkey)),
+            ),
+            NhnCmd::RotateAppkey { appkey } => (
+                "NhnRotateAppkey",
+                format!("appkey={}", appkey_fingerprint(appkey)),
+            ),
             NhnCmd::CreateUserAccessKey { project } => {
                 ("NhnCreateUserAccessKey", format!("project={project}"))
             }
-            NhnCmd::RevokeUserAccessKey { .. } => ("NhnRevokeUserAccessKey", String::new()),
+            // The id is not secret (the Secret Access Key is).
+            NhnCmd::RevokeUserAccessKey { access_key } => (
+                "NhnRevokeUserAccessKey",
+                format!("userAccessKey={access_key}"),
+            ),
             NhnCmd::CreateKeyStore { project, name, .. } => (
                 "NhnCreateKeyStore",
                 format!("project={project} keyStore={name}"),

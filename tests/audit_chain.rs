@@ -10,8 +10,16 @@
 //! and Decrypt alternately: seq 1 is CreateKey, even seqs Encrypt, odd
 //! seqs Decrypt), tampers with the store through a connection of its own, and runs the real binary for `audit verify`, `audit export`
 //! and `audit verify-export`, as an operator would beside the server.
+//!
+//! Every source of records shares the one chain: NAVER calls, NHN calls
+//! (`NHN_USER_ACCESS_KEY` / `NHN_APPKEY`), the admin CLI (`ADMIN`) and the
+//! scheduler (`SYSTEM`); the last tests check each writes chained records
+//! and that tampering with an NHN record or an admin record is found at its
+//! position.
 
 mod common;
+#[path = "common/nhn.rs"]
+mod nhn_t;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -570,4 +578,417 @@ async fn a_store_opened_twice_in_one_process_keeps_its_wal() {
         .await
         .unwrap();
     assert_eq!(n, 2);
+}
+
+/// Every record's (action, auth_type, caller, key_uid, version, result,
+/// status, message), by sequence number, each with a 32-byte chain value.
+#[allow(clippy::type_complexity)]
+async fn records(
+    kms: &Kms,
+) -> Vec<(
+    i64,
+    String,
+    String,
+    String,
+    String,
+    Option<i64>,
+    String,
+    i64,
+    String,
+)> {
+    let db = kms.db().await;
+    let rows: Vec<(
+        i64,
+        String,
+        String,
+        String,
+        String,
+        Option<i64>,
+        String,
+        i64,
+        String,
+        Option<Vec<u8>>,
+    )> = sqlx::query_as(
+        "SELECT id, action, auth_type, caller, key_uid, version, result, status, message, chain \
+             FROM activity_logs ORDER BY id",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    rows.into_iter()
+        .map(|r| {
+            assert_eq!(
+                r.9.as_ref().map(|c| c.len()),
+                Some(32),
+                "record {} unchained",
+                r.0
+            );
+            (r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8)
+        })
+        .collect()
+}
+
+/// Runs the admin CLI; asserts it succeeded.
+fn admin(kms: &Kms, args: &[&str]) -> String {
+    let mut c = kms.cli();
+    c.arg("admin").args(args);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "admin {args:?}: {out}{err}");
+    out
+}
+
+#[tokio::test]
+async fn nhn_admin_and_scheduler_records_join_the_chain() {
+    let kms = Kms::start_with(|c| {
+        c.audit.checkpoint_every_records = 5;
+        c.audit.checkpoint_every_secs = 3600;
+    })
+    .await;
+    // NHN: a project whose data calls may come with the appkey alone (made
+    // through the engine, as the harness does: not an admin CLI action).
+    let p = nhn_t::project(&kms, "audited", true).await;
+    nhn_t::key_store(&kms, &p, "S", false, false, false, false).await;
+    let key = nhn_t::create_key(
+        &kms,
+        &p,
+        "symmetric-keys",
+        "S",
+        json!({"autoRotationPeriod": 30}),
+    )
+    .await;
+    let enc = format!("/symmetric-keys/{key}/encrypt");
+    let r = nhn_t::call(&kms, &p, "POST", &enc, Some(json!({"plaintext": "a"}))).await;
+    let ct = nhn_t::ok(&r)["ciphertext"].as_str().unwrap().to_string();
+    let r = nhn_t::call_appkey_only(
+        &kms,
+        &p,
+        "POST",
+        &format!("/symmetric-keys/{key}/decrypt"),
+        Some(json!({"ciphertext": ct})),
+    )
+    .await;
+    assert_eq!(nhn_t::ok(&r)["plaintext"], "a");
+    // A refused call is recorded too, with its resultCode.
+    let r = nhn_t::call_appkey_only(
+        &kms,
+        &p,
+        "POST",
+        &format!("/symmetric-keys/{key}/decrypt"),
+        Some(json!({"ciphertext": "AAAAAQ=="})),
+    )
+    .await;
+    nhn_t::err(&r, 400, -1001);
+    // Another project's key id is not named as this project's key.
+    let naver_tag = kms
+        .create_key(
+            "naver-key",
+            "AES256",
+            json!({"isAutoRotation": true, "rotationPeriod": 30}),
+        )
+        .await;
+    let r = nhn_t::call(
+        &kms,
+        &p,
+        "POST",
+        &format!("/symmetric-keys/{naver_tag}/encrypt"),
+        Some(json!({"plaintext": "probe"})),
+    )
+    .await;
+    nhn_t::err(&r, 404, -1300);
+    // Credentials: added, deletion requested (the scheduler deletes it).
+    for (method, path) in [("POST", "/auths/ipv4s"), ("PUT", "/auths/ipv4s/delete")] {
+        nhn_t::ok(
+            &nhn_t::call(
+                &kms,
+                &p,
+                method,
+                path,
+                Some(json!({"keyStoreName": "S", "value": "192.0.2.7"})),
+            )
+            .await,
+        );
+    }
+
+    // Admin CLI actions, from another process.
+    admin(&kms, &["create-account", "audited-account"]);
+    admin(&kms, &["nhn", "revoke-user-access-key", &p.uak.0]);
+    admin(&kms, &["reconcile", "--destroy-orphans", "--yes"]);
+
+    // The scheduler: NAVER and NHN rotations, a NAVER destruction and the
+    // NHN credential deletion, all made due.
+    let doomed = kms.create_key("doomed", "AES256", json!({})).await;
+    kms.op(&doomed, "request-deletion", json!(null)).await.ok();
+    let db = kms.db().await;
+    for sql in [
+        format!("UPDATE keys SET next_rotation_at = 1 WHERE uid = '{naver_tag}'"),
+        format!("UPDATE keys SET destroy_at = 1 WHERE uid = '{doomed}'"),
+        "UPDATE nhn_keys SET next_rotation_at = 1".to_string(),
+        "UPDATE nhn_credentials SET deletion_at = 1 WHERE status = 'deleting'".to_string(),
+    ] {
+        let r = sqlx::query(&sql).execute(&db).await.unwrap();
+        assert_eq!(r.rows_affected(), 1, "{sql}");
+    }
+    db.close().await;
+    assert_eq!(kms.engine.run_due_work().await.unwrap(), (2, 1));
+
+    let recs = records(&kms).await;
+    let find = |action: &str| {
+        recs.iter()
+            .filter(|r| r.1 == action)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let fp = hsm_kms::core::nhn::appkey_fingerprint(&p.appkey);
+    // NHN calls: who, which key and version, what, the result.
+    let c = find("NhnCreateKey")[0].clone();
+    assert_eq!(
+        (c.2.as_str(), c.3.as_str(), c.4.as_str(), c.5),
+        (
+            "NHN_USER_ACCESS_KEY",
+            p.uak.0.as_str(),
+            key.as_str(),
+            Some(1)
+        )
+    );
+    assert_eq!((c.6.as_str(), c.7), ("SUCCESS", 200));
+    assert_eq!(c.8, format!("appkey={fp} keyStore=S"));
+    let e = find("NhnEncrypt");
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert_eq!(
+        (e[0].2.as_str(), e[0].4.as_str(), e[0].5, e[0].7),
+        ("NHN_USER_ACCESS_KEY", key.as_str(), Some(1), 200)
+    );
+    assert_eq!(
+        (e[1].4.as_str(), e[1].6.as_str(), e[1].7),
+        ("", "FAIL", 404)
+    );
+    assert_eq!(
+        e[1].8,
+        format!("appkey={fp} keyId={naver_tag} resultCode=-1300")
+    );
+    let d = find("NhnDecrypt");
+    assert_eq!(d.len(), 2, "{d:?}");
+    let appkey_caller = format!("appkey:{fp}");
+    assert_eq!(
+        (
+            d[0].2.as_str(),
+            d[0].3.as_str(),
+            d[0].4.as_str(),
+            d[0].5,
+            d[0].6.as_str()
+        ),
+        (
+            "NHN_APPKEY",
+            appkey_caller.as_str(),
+            key.as_str(),
+            Some(1),
+            "SUCCESS"
+        )
+    );
+    assert_eq!(
+        (d[1].4.as_str(), d[1].6.as_str(), d[1].7),
+        (key.as_str(), "FAIL", 400)
+    );
+    assert!(d[1].8.ends_with("resultCode=-1001"), "{:?}", d[1]);
+    assert_eq!(
+        find("NhnAddCredential")[0].8,
+        format!("appkey={fp} keyStore=S ipv4=192.0.2.7")
+    );
+    assert_eq!(find("NhnRequestCredentialDeletion").len(), 1);
+    // The NHN probe wrote nothing under the NAVER key's tag.
+    assert!(recs
+        .iter()
+        .filter(|r| r.4 == naver_tag)
+        .all(|r| r.2 != "NHN_USER_ACCESS_KEY"));
+    // Admin CLI actions.
+    let a = find("AdminCreateAccount")[0].clone();
+    assert_eq!(
+        (a.2.as_str(), a.3.as_str(), a.8.as_str()),
+        ("ADMIN", "admin-cli", "account=audited-account")
+    );
+    assert_eq!(
+        find("NhnRevokeUserAccessKey")[0].8,
+        format!("userAccessKey={}", p.uak.0)
+    );
+    assert_eq!(find("AdminDestroyOrphans")[0].8, "objects=0");
+    // Scheduled work.
+    for (action, uid) in [
+        ("RotateKey", &naver_tag),
+        ("NhnRotateKey", &key),
+        ("DeleteKey", &doomed),
+    ] {
+        let all = find(action);
+        let s = all
+            .iter()
+            .find(|r| r.2 == "SYSTEM")
+            .unwrap_or_else(|| panic!("no SYSTEM {action}: {recs:?}"));
+        assert_eq!(
+            (s.3.as_str(), s.4.as_str()),
+            ("scheduler", uid.as_str()),
+            "{s:?}"
+        );
+    }
+    assert_eq!(find("NhnRotateKey")[0].5, Some(2));
+    let del = find("NhnDeleteCredential")[0].clone();
+    assert_eq!(
+        (del.2.as_str(), del.8.as_str()),
+        ("SYSTEM", "keyStore=S ipv4=192.0.2.7")
+    );
+    // No record carries the appkey itself (a bearer credential) or the UAK secret.
+    let db = kms.db().await;
+    let leaks: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM activity_logs WHERE caller LIKE $1 OR message LIKE $2 OR caller LIKE $3 OR message LIKE $4",
+    )
+    .bind(format!("%{}%", p.appkey))
+    .bind(format!("%{}%", p.appkey))
+    .bind(format!("%{}%", p.uak.1))
+    .bind(format!("%{}%", p.uak.1))
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    assert_eq!(leaks, 0);
+
+    // One chain over all of them, online and offline.
+    let n = recs.len() as i64;
+    let (code, out) = verify(&kms, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("checked {n} records from seq 1 to seq {n}")),
+        "{out}"
+    );
+    let file = export(&kms, "all-sources.jsonl");
+    let text = std::fs::read_to_string(&file).unwrap();
+    for kind in [
+        "ACCOUNT",
+        "NHN_USER_ACCESS_KEY",
+        "NHN_APPKEY",
+        "ADMIN",
+        "SYSTEM",
+    ] {
+        assert!(
+            text.contains(&format!("\"authType\":\"{kind}\"")),
+            "no {kind} record exported"
+        );
+    }
+    let (code, out) = verify_export(&file, &public_key(&kms));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("{n} records ({n} chained)")), "{out}");
+}
+
+/// The sequence number of the first record with `action`.
+async fn seq_of(kms: &Kms, action: &str) -> i64 {
+    let db = kms.db().await;
+    let id = sqlx::query_scalar("SELECT MIN(id) FROM activity_logs WHERE action = $1")
+        .bind(action)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    id
+}
+
+/// Asserts `audit verify` passes (after a tampering was undone).
+fn assert_ok(kms: &Kms, what: &str) {
+    let (code, out) = verify(kms, &[]);
+    assert_eq!(code, 0, "{what}: {out}");
+}
+
+/// Edits, deletes, reorders and truncates at record `seq`, each found at
+/// `seq` and undone before the next.
+async fn tamper_at(kms: &Kms, seq: i64) {
+    // Edit: another caller.
+    exec(
+        kms,
+        &format!("UPDATE activity_logs SET caller = caller || 'x' WHERE id = {seq}"),
+    )
+    .await;
+    assert_break(kms, seq, "edited");
+    exec(kms, &format!("UPDATE activity_logs SET caller = SUBSTR(caller, 1, LENGTH(caller) - 1) WHERE id = {seq}")).await;
+    assert_ok(kms, "edit undone");
+    // Delete.
+    exec(
+        kms,
+        &format!("CREATE TABLE kept AS SELECT * FROM activity_logs WHERE id >= {seq}"),
+    )
+    .await;
+    exec(kms, &format!("DELETE FROM activity_logs WHERE id = {seq}")).await;
+    assert_break(kms, seq, "deleted");
+    exec(
+        kms,
+        &format!("INSERT INTO activity_logs SELECT * FROM kept WHERE id = {seq}"),
+    )
+    .await;
+    assert_ok(kms, "delete undone");
+    // Reorder: the record and the next one exchanged, chain values with
+    // them.
+    let swap = [
+        format!("UPDATE activity_logs SET id = -1 WHERE id = {seq}"),
+        format!("UPDATE activity_logs SET id = {seq} WHERE id = {}", seq + 1),
+        format!("UPDATE activity_logs SET id = {} WHERE id = -1", seq + 1),
+    ];
+    for sql in &swap {
+        exec(kms, sql).await;
+    }
+    assert_break(kms, seq, "reordered");
+    for sql in &swap {
+        exec(kms, sql).await;
+    }
+    assert_ok(kms, "reorder undone");
+    // Truncate: the log cut from here on, before a signed checkpoint.
+    assert!(checkpoints(kms).await.iter().any(|&c| c >= seq));
+    exec(kms, &format!("DELETE FROM activity_logs WHERE id >= {seq}")).await;
+    assert_break(kms, seq, "truncated");
+    exec(kms, "INSERT INTO activity_logs SELECT * FROM kept").await;
+    exec(kms, "DROP TABLE kept").await;
+    assert_ok(kms, "truncation undone");
+}
+
+#[tokio::test]
+async fn tampering_with_an_nhn_or_admin_record_is_found_at_its_position() {
+    let kms = Kms::start_with(|c| {
+        c.audit.checkpoint_every_records = 5;
+        c.audit.checkpoint_every_secs = 3600;
+    })
+    .await;
+    let p = nhn_t::project(&kms, "tampered", true).await;
+    nhn_t::key_store(&kms, &p, "S", false, false, false, false).await;
+    let key = nhn_t::create_key(&kms, &p, "asymmetric-keys", "S", json!({})).await;
+    let sign = |i: usize| {
+        let (kms, p, key) = (&kms, &p, &key);
+        async move {
+            let r = nhn_t::call(
+                kms,
+                p,
+                "POST",
+                &format!("/asymmetric-keys/{key}/sign"),
+                Some(json!({"plaintext": format!("m{i}")})),
+            )
+            .await;
+            let sig = nhn_t::ok(&r)["signature"].as_str().unwrap().to_string();
+            let r = nhn_t::call(
+                kms,
+                p,
+                "POST",
+                &format!("/asymmetric-keys/{key}/verify"),
+                Some(json!({"plaintext": format!("m{i}"), "signature": sig})),
+            )
+            .await;
+            assert_eq!(nhn_t::ok(&r)["result"], true);
+        }
+    };
+    for i in 0..3 {
+        sign(i).await;
+    }
+    admin(&kms, &["create-account", "between"]);
+    for i in 3..8 {
+        sign(i).await;
+    }
+    let nhn = seq_of(&kms, "NhnVerify").await;
+    let adm = seq_of(&kms, "AdminCreateAccount").await;
+    assert!(nhn > 1 && adm > nhn, "nhn {nhn}, admin {adm}");
+    assert_ok(&kms, "untouched");
+    tamper_at(&kms, nhn).await;
+    tamper_at(&kms, adm).await;
 }

@@ -284,7 +284,8 @@ async fn disk_full_refuses_writes_fails_closed_and_recovers_without_restart() {
         .op(&tag, "decrypt", json!({"ciphertext": ct.clone()}))
         .await;
     naver_503(&r, "decrypt without its activity record");
-    // NHN data calls on a reserved version write nothing: they keep working.
+    // So are NHN calls (issue 12: every NHN operation has its chained
+    // record), even on a version whose GCM invocations are reserved.
     let r = nhn_t::call(
         &kms,
         &p,
@@ -293,7 +294,7 @@ async fn disk_full_refuses_writes_fails_closed_and_recovers_without_restart() {
         Some(json!({"plaintext": "still"})),
     )
     .await;
-    nhn_t::ok(&r);
+    nhn_503(&r, "NHN encrypt without its activity record");
     assert_eq!(readyz(&kms).await, (503, true), "readyz on a full disk");
     assert_eq!(objects(&kms).await, before, "objects made on a full disk");
     assert_eq!(unsettled_rows(&kms).await, 0);
@@ -549,7 +550,7 @@ async fn read_only_filesystem_refuses_writes_and_fails_closed() {
         ),
     )
     .await;
-    nhn_t::ok(&r);
+    nhn_503(&r, "NHN encrypt without its activity record");
     assert_eq!(
         bounded("readyz", readyz(&kms)).await,
         (503, true),

@@ -200,7 +200,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics::render))
         .merge(naver::router(state.clone()))
-        .merge(nhn::router())
+        .merge(nhn::router(state.clone()))
         .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

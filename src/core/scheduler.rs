@@ -88,9 +88,15 @@ impl Engine {
 }
 
 impl Engine {
-    /// Records work the service did on its own (requestor type `SYSTEM`).
-    async fn record_system(&self, key: &crate::store::KeyRow, version: Option<i64>, action: &str) {
-        let row = crate::store::ActivityRow {
+    /// Records work the service did on a key on its own (requestor type
+    /// `SYSTEM`, caller `scheduler`).
+    pub(super) async fn record_system(
+        &self,
+        key: &crate::store::KeyRow,
+        version: Option<i64>,
+        action: &str,
+    ) {
+        self.record_scheduled(crate::store::ActivityRow {
             id: 0,
             at: now(),
             account_id: key.account_id,
@@ -105,7 +111,35 @@ impl Engine {
             result: "SUCCESS".into(),
             status: 200,
             message: String::new(),
-        };
+        })
+        .await
+    }
+
+    /// Records scheduled work on something other than a key: `message`
+    /// names it.
+    pub(super) async fn record_system_event(&self, account_id: i64, action: &str, message: String) {
+        self.record_scheduled(crate::store::ActivityRow {
+            id: 0,
+            at: now(),
+            account_id,
+            key_uid: String::new(),
+            key_name: String::new(),
+            key_id: 0,
+            version: None,
+            action: action.to_string(),
+            auth_type: "SYSTEM".into(),
+            caller: "scheduler".into(),
+            source_ip: String::new(),
+            result: "SUCCESS".into(),
+            status: 200,
+            message,
+        })
+        .await
+    }
+
+    /// The work is done whether or not its record could be written (the
+    /// next pass would not redo it): a failure is logged.
+    async fn record_scheduled(&self, row: crate::store::ActivityRow) {
         if let Err(e) = self.record_activity(row).await {
             tracing::warn!(error = %e, "cannot record scheduled work");
         }

@@ -307,6 +307,25 @@ impl Store {
         })
     }
 
+    /// What an NHN credential's audit record names: the owning account,
+    /// the key store's name, the kind and the value (address or certificate
+    /// name).
+    pub async fn audit_credential_subject(
+        &self,
+        id: i64,
+    ) -> Result<Option<(i64, String, String, String)>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_as(
+                "SELECT p.account_id, s.name, c.kind, c.value FROM nhn_credentials c \
+                 JOIN nhn_key_stores s ON s.id = c.key_store_id \
+                 JOIN nhn_projects p ON p.id = s.project_id WHERE c.id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&db.pool)
+            .await?)
+        })
+    }
+
     /// Every checkpoint, in sequence order.
     pub async fn audit_checkpoints(&self) -> Result<Vec<CheckpointRow>> {
         on_db!(self, db => {

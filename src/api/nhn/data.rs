@@ -11,6 +11,7 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::audit::{noted, AuditNote};
 use super::format::{b64, hex_list, parse_ciphertext, parse_signature};
 use super::{success, ManageCtx, NhnCtx, NhnError, NhnJson, NhnResult};
 use crate::api::AppState;
@@ -104,7 +105,7 @@ async fn put_secret(
         .nhn_update_secret(&ctx.project, &keyid, &value, &ctx.client, &ctx.user)
         .await?;
     let k = &v.entry.key;
-    Ok(success(json!({
+    let resp = success(json!({
         "keyId": k.uid,
         "name": v.meta.name,
         "description": v.meta.description,
@@ -113,7 +114,12 @@ async fn put_secret(
         "creationDatetime": super::format::datetime(k.created_at),
         "lastChangeUser": v.meta.last_change_user,
         "lastChangeDatetime": super::format::datetime(k.updated_at),
-    })))
+    }));
+    let note = AuditNote {
+        version: v.entry.current().map(|c| c.version),
+        ..Default::default()
+    };
+    Ok(noted(resp, note))
 }
 
 /// Encrypt and Sign body.
@@ -135,10 +141,13 @@ async fn encrypt(
         .engine
         .nhn_encrypt(&ctx.project, &keyid, pt.as_bytes(), &ctx.client)
         .await?;
-    Ok(success(json!({
-        "ciphertext": b64(&sealed.to_bytes()),
-        "keyVersion": sealed.version,
-    })))
+    Ok(noted(
+        success(json!({
+            "ciphertext": b64(&sealed.to_bytes()),
+            "keyVersion": sealed.version,
+        })),
+        AuditNote::version(sealed.version),
+    ))
 }
 
 /// Decrypt body.
@@ -163,8 +172,9 @@ async fn decrypt(
         .await?;
     let text = std::str::from_utf8(&pt)
         .map_err(|_| NhnError::invalid_user_data("the plaintext is not UTF-8 text"))?;
-    Ok(success(
-        json!({"plaintext": text, "keyVersion": sealed.version}),
+    Ok(noted(
+        success(json!({"plaintext": text, "keyVersion": sealed.version})),
+        AuditNote::version(sealed.version),
     ))
 }
 
@@ -177,23 +187,31 @@ async fn create_local_key(
         .engine
         .nhn_create_local_key(&ctx.project, &keyid, &ctx.client)
         .await?;
-    Ok(success(json!({
-        "localKeyPlaintext": lk.plaintext_b64.as_str(),
-        "localKeyCiphertext": b64(&lk.sealed.to_bytes()),
-        "keyVersion": lk.sealed.version,
-    })))
+    Ok(noted(
+        success(json!({
+            "localKeyPlaintext": lk.plaintext_b64.as_str(),
+            "localKeyCiphertext": b64(&lk.sealed.to_bytes()),
+            "keyVersion": lk.sealed.version,
+        })),
+        AuditNote::version(lk.sealed.version),
+    ))
 }
 
-/// The optional `keyVersion` query parameter (a positive integer).
+/// The optional `keyVersion` query parameter: a version number, or `0` for
+/// the current version (as when it is absent). The API guide's examples of
+/// the private- and public-key queries answer `"keyVersion": 0`, so a
+/// client that sends back the version it was given sends 0; versions made
+/// here are numbered from 1, so 0 names no version of its own.
 pub(crate) fn key_version(q: &HashMap<String, String>) -> Result<Option<i64>, NhnError> {
     match q.get("keyVersion") {
         None => Ok(None),
-        Some(s) => s
-            .parse::<i64>()
-            .ok()
-            .filter(|n| *n >= 1)
-            .map(Some)
-            .ok_or_else(|| NhnError::bad_request("keyVersion must be a positive integer")),
+        Some(s) => match s.parse::<i64>() {
+            Ok(0) => Ok(None),
+            Ok(n) if n >= 1 => Ok(Some(n)),
+            _ => Err(NhnError::bad_request(
+                "keyVersion must be 0 (the current version) or a version number",
+            )),
+        },
     }
 }
 
@@ -208,8 +226,9 @@ async fn symmetric_key(
         .engine
         .nhn_export_symmetric_key(&ctx.project, &keyid, n, &ctx.client)
         .await?;
-    Ok(success(
-        json!({"symmetricKey": hex_list(&key), "keyVersion": version}),
+    Ok(noted(
+        success(json!({"symmetricKey": hex_list(&key), "keyVersion": version})),
+        AuditNote::version(version),
     ))
 }
 
@@ -226,10 +245,13 @@ async fn sign(
         .engine
         .nhn_sign(&ctx.project, &keyid, pt.as_bytes(), &ctx.client)
         .await?;
-    Ok(success(json!({
-        "signature": b64(&sealed.to_bytes()),
-        "keyVersion": sealed.version,
-    })))
+    Ok(noted(
+        success(json!({
+            "signature": b64(&sealed.to_bytes()),
+            "keyVersion": sealed.version,
+        })),
+        AuditNote::version(sealed.version),
+    ))
 }
 
 /// Verify body.
@@ -256,7 +278,10 @@ async fn verify(
         .engine
         .nhn_verify(&ctx.project, &keyid, pt.as_bytes(), hint, sig, &ctx.client)
         .await?;
-    Ok(success(json!({"result": ok, "keyVersion": version})))
+    Ok(noted(
+        success(json!({"result": ok, "keyVersion": version})),
+        AuditNote::version(version),
+    ))
 }
 
 async fn private_key(
@@ -270,12 +295,15 @@ async fn private_key(
         .engine
         .nhn_export_private_key(&ctx.project, &keyid, n, &ctx.client)
         .await?;
-    Ok(success(json!({
-        "keyType": "PrivateKey",
-        "key": hex_list(&der),
-        "encodedKey": b64(&der),
-        "keyVersion": version,
-    })))
+    Ok(noted(
+        success(json!({
+            "keyType": "PrivateKey",
+            "key": hex_list(&der),
+            "encodedKey": b64(&der),
+            "keyVersion": version,
+        })),
+        AuditNote::version(version),
+    ))
 }
 
 async fn public_key(
@@ -286,10 +314,13 @@ async fn public_key(
 ) -> NhnResult {
     let n = key_version(&q)?;
     let (version, der) = st.engine.nhn_public_key(&ctx.project, &keyid, n).await?;
-    Ok(success(json!({
-        "keyType": "PublicKey",
-        "key": hex_list(&der),
-        "encodedKey": b64(&der),
-        "keyVersion": version,
-    })))
+    Ok(noted(
+        success(json!({
+            "keyType": "PublicKey",
+            "key": hex_list(&der),
+            "encodedKey": b64(&der),
+            "keyVersion": version,
+        })),
+        AuditNote::version(version),
+    ))
 }

@@ -8,14 +8,20 @@ use super::NhnError;
 use crate::core::nhn::{CredentialView, NhnKeyView, NhnSealed};
 use crate::store::NhnKeyStoreRow;
 
-/// `YYYY-MM-DDTHH:MM:SS.mmm` in UTC.
+/// NHN Cloud's date-times are Korea Standard Time (UTC+09:00, no daylight
+/// saving), written without an offset: the API guide's examples
+/// (`"creationDatetime": "2025-01-25T12:00:00"`, `"lastChangeDatetime":
+/// "2025-01-30T15:00:00.000"`) carry none.
+pub const KST: time::UtcOffset = time::macros::offset!(+9);
+
+/// `YYYY-MM-DDTHH:MM:SS.mmm` in KST ([`KST`]), no offset.
 pub fn datetime(ms: i64) -> String {
     let fmt = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]"
     );
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&fmt).ok())
+        .and_then(|t| t.to_offset(KST).format(&fmt).ok())
         .unwrap_or_default()
 }
 

@@ -11,6 +11,7 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::audit::{noted, AuditNote};
 use super::format::{credential_record, datetime, key_record, key_store_record};
 use super::{success, ManageCtx, NhnCtx, NhnError, NhnJson, NhnResult};
 use crate::api::AppState;
@@ -94,8 +95,14 @@ async fn create_key(
             &ctx.user,
         )
         .await?;
-    Ok(success(
-        json!({"keyId": v.entry.key.uid, "keyStatus": "ACTIVE"}),
+    let version = v.entry.current().map(|c| c.version);
+    Ok(noted(
+        success(json!({"keyId": v.entry.key.uid, "keyStatus": "ACTIVE"})),
+        AuditNote {
+            key_uid: Some(v.entry.key.uid.clone()),
+            version,
+            detail: Some(format!("keyStore={store}")),
+        },
     ))
 }
 
@@ -166,7 +173,8 @@ async fn add_credential(
     let store = required(b.key_store_name.take(), "keyStoreName")?;
     let subject = b.subject(kind)?;
     let description = b.description.unwrap_or_default();
-    match kind {
+    let note = credential_note(&store, kind, &subject);
+    let resp = match kind {
         CredentialKind::Certificate => {
             let password = required(b.password, "password")?;
             let life = b
@@ -186,9 +194,9 @@ async fn add_credential(
                 .await?;
             // The password is shown here, once: it is not kept, and the
             // certificate queries answer it as null.
-            Ok(success(
+            success(
                 json!({"name": row.value, "description": row.description, "password": password}),
-            ))
+            )
         }
         _ => {
             let row = st
@@ -202,10 +210,23 @@ async fn add_credential(
                     &ctx.user,
                 )
                 .await?;
-            Ok(success(
-                json!({"value": row.value, "description": row.description}),
-            ))
+            success(json!({"value": row.value, "description": row.description}))
         }
+    };
+    Ok(noted(resp, note))
+}
+
+/// The record's note on a credential call: key store, kind, address or
+/// certificate name (never the certificate's password).
+fn credential_note(store: &str, kind: CredentialKind, subject: &str) -> AuditNote {
+    let kind = match kind {
+        CredentialKind::Ipv4 => "ipv4",
+        CredentialKind::Mac => "mac",
+        CredentialKind::Certificate => "certificate",
+    };
+    AuditNote {
+        detail: Some(format!("keyStore={store} {kind}={subject}")),
+        ..Default::default()
     }
 }
 
@@ -227,11 +248,12 @@ async fn request_credential_deletion(
     let kind = credential_kind(&kind)?;
     let store = required(b.key_store_name.take(), "keyStoreName")?;
     let subject = b.subject(kind)?;
+    let note = credential_note(&store, kind, &subject);
     let (v, at) = st
         .engine
         .nhn_request_credential_deletion(&ctx.project, &store, kind, &subject, &ctx.user)
         .await?;
-    Ok(success(deletion_body(kind, v, at)))
+    Ok(noted(success(deletion_body(kind, v, at)), note))
 }
 
 async fn delete_credential_now(
@@ -243,11 +265,12 @@ async fn delete_credential_now(
     let kind = credential_kind(&kind)?;
     let store = required(b.key_store_name.take(), "keyStoreName")?;
     let subject = b.subject(kind)?;
+    let note = credential_note(&store, kind, &subject);
     let (v, at) = st
         .engine
         .nhn_delete_credential_now(&ctx.project, &store, kind, &subject, &ctx.user)
         .await?;
-    Ok(success(deletion_body(kind, v, at)))
+    Ok(noted(success(deletion_body(kind, v, at)), note))
 }
 
 /// A `true` / `false` query flag (any case), `false` when absent.
@@ -351,7 +374,14 @@ async fn keys(
     Query(q): Query<HashMap<String, String>>,
 ) -> NhnResult {
     let detail = flag(&q, "detail")?;
-    let filter = key_filter(&q)?;
+    let mut filter = key_filter(&q)?;
+    // The key-id list (no `detail`) has no paging in NHN's guide: without
+    // `pageNumber` / `pageSize` it lists every id of the key store. Paging
+    // (default 10 a page) is the detailed list's.
+    if !detail && !q.contains_key("pageNumber") && !q.contains_key("pageSize") {
+        filter.offset = 0;
+        filter.limit = i64::MAX;
+    }
     let (views, _total) = st
         .engine
         .nhn_list_keys(&ctx.project, store_id(&ksid)?, &filter)

@@ -3,6 +3,7 @@
 //! with its envelope `{"header":{"resultCode","resultMessage",
 //! "isSuccessful"},"body":...}`. Error codes: `docs/nhn-error-codes.md`.
 
+pub(crate) mod audit;
 pub(crate) mod data;
 pub(crate) mod format;
 pub(crate) mod manage;
@@ -24,9 +25,12 @@ use crate::api::auth::nhn::{client_of, user_access_key};
 use crate::core::nhn::{appkey_fingerprint, AuthFactor, NhnCall, NhnClient, NhnProject};
 use crate::core::Error;
 
-/// Builds the NHN routes.
-pub fn router() -> axum::Router<AppState> {
-    data::router().merge(manage::router())
+/// Builds the NHN routes, each call recorded in the chained activity log
+/// ([`audit::record`]).
+pub fn router(state: AppState) -> axum::Router<AppState> {
+    data::router()
+        .merge(manage::router())
+        .route_layer(axum::middleware::from_fn_with_state(state, audit::record))
 }
 
 /// An NHN error: HTTP status, negative `resultCode`, `resultMessage`.
@@ -159,6 +163,7 @@ impl IntoResponse for NhnError {
             })),
         )
             .into_response();
+        resp.extensions_mut().insert(audit::ResultCode(self.code));
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             crate::api::retry_after(&mut resp);
         }
@@ -169,10 +174,15 @@ impl IntoResponse for NhnError {
 /// Result of an NHN handler.
 pub type NhnResult<T = Response> = Result<T, NhnError>;
 
+/// The success `resultMessage`, as the API guide's common response header
+/// writes it: `"resultCode": 0, "resultMessage": "success", "isSuccessful":
+/// true`.
+pub const SUCCESS_MESSAGE: &str = "success";
+
 /// The success envelope.
 pub fn success<T: Serialize>(body: T) -> Response {
     Json(json!({
-        "header": {"resultCode": 0, "resultMessage": "SUCCESS", "isSuccessful": true},
+        "header": {"resultCode": 0, "resultMessage": SUCCESS_MESSAGE, "isSuccessful": true},
         "body": body,
     }))
     .into_response()
@@ -210,6 +220,14 @@ impl NhnCtx {
             .nhn_check_user_access_key(&project, ak, sk, call)
             .await?;
         let client = client_of(parts, &state.config.trusted_proxies);
+        if let Some(slot) = parts.extensions.get::<audit::AuditSlot>() {
+            slot.set_caller(
+                project.account_id,
+                ak.map(|_| user.as_str()),
+                appkey,
+                &client,
+            );
+        }
         Ok(NhnCtx {
             project,
             user,

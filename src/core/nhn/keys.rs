@@ -453,7 +453,11 @@ impl Engine {
             }
             .await;
             match res {
-                Ok(_) => rotated += 1,
+                Ok(version) => {
+                    rotated += 1;
+                    self.record_system(&key, Some(version), "NhnRotateKey")
+                        .await;
+                }
                 Err(e) => {
                     tracing::warn!(key = %key.uid, error = %e, "NHN automatic rotation failed")
                 }

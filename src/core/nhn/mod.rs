@@ -729,9 +729,21 @@ impl Engine {
     pub async fn nhn_run_due_work(&self, now: i64) -> Result<usize> {
         let rotated = self.nhn_rotate_due(now).await?;
         for id in self.store().nhn_credentials_due_for_deletion(now).await? {
-            self.store()
+            let cred = self.store().audit_credential_subject(id).await?;
+            if self
+                .store()
                 .nhn_delete_credential(id, now, DEFAULT_USER)
-                .await?;
+                .await?
+            {
+                let (account_id, what) = match cred {
+                    Some((account_id, store, kind, value)) => {
+                        (account_id, format!("keyStore={store} {kind}={value}"))
+                    }
+                    None => (0, format!("credential={id}")),
+                };
+                self.record_system_event(account_id, "NhnDeleteCredential", what)
+                    .await;
+            }
         }
         // Drop cached credentials so that changes made by another process
         // (the admin CLI) apply, and pick up new project CAs.
