@@ -223,31 +223,27 @@ async fn a_parallel_enumeration_maps_every_object_to_its_own_handle() {
         .expect("store")
         .expect("account")
         .id;
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..40 {
-        let engine = kms.engine.clone();
-        tasks.spawn(async move {
-            let req = hsm_kms::core::CreateKeyRequest {
-                name: format!("many{i}"),
-                key_type: hsm_kms::core::KeyType::Aes256,
-                memo: String::new(),
-                is_convergent: false,
-                is_auto_rotation: false,
-                rotation_period: None,
-                protection_type: "COMMON_HSM".into(),
-            };
-            engine
-                .create_key(account, req)
-                .await
-                .expect("create")
-                .key
-                .uid
-                .clone()
-        });
-    }
+    // One at a time: SoftHSMv2's db object store fails concurrent
+    // C_GenerateKey calls (README "### Key count").
     let mut sealed = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        let uid = r.expect("task");
+    for i in 0..40 {
+        let req = hsm_kms::core::CreateKeyRequest {
+            name: format!("many{i}"),
+            key_type: hsm_kms::core::KeyType::Aes256,
+            memo: String::new(),
+            is_convergent: false,
+            is_auto_rotation: false,
+            rotation_period: None,
+            protection_type: "COMMON_HSM".into(),
+        };
+        let uid = kms
+            .engine
+            .create_key(account, req)
+            .await
+            .expect("create")
+            .key
+            .uid
+            .clone();
         let s = kms
             .engine
             .encrypt(account, &uid, uid.as_bytes().to_vec(), None)

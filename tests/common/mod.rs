@@ -53,6 +53,18 @@ pub fn softhsm_util() -> String {
     std::env::var("SOFTHSM2_UTIL").unwrap_or_else(|_| "softhsm2-util".into())
 }
 
+/// True (after printing why) when the test needs SoftHSMv2's `file` object
+/// store and the suite runs on the `db` one. Use:
+/// `if common::softhsm_file_only("...") { return; }`.
+pub fn softhsm_file_only(reason: &str) -> bool {
+    let db = test_module() == TestModule::SoftHsm && softhsm_backend() == "db";
+    if db {
+        println!("SKIPPED on SoftHSM db: {reason}");
+        eprintln!("SKIPPED on SoftHSM db: {reason}");
+    }
+    db
+}
+
 /// The PKCS#11 implementation the tests run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TestModule {
