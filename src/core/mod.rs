@@ -159,7 +159,7 @@ pub struct KeyEntry {
 }
 
 /// Keys [`Engine::preload_keys`] puts in the key cache at most (about
-/// 0.5 kB each; README "### Key count").
+/// 0.9 kB each; README "### Key count").
 pub const KEY_PRELOAD_MAX: usize = 250_000;
 
 impl KeyEntry {
