@@ -2,12 +2,18 @@
 # Scale benchmark (issue 10 §1): does the key count matter?
 #
 #   scripts/bench-scale.sh [N...]        (default: 100 10000 100000)
+#   BACKENDS="file db" scripts/bench-scale.sh 10000
 #
-# For each N, on a fresh SoftHSMv2 token (file object store) and store:
+# For each N and each SoftHSMv2 object store in BACKENDS (`file`, Debian's
+# module, the default; `db`, the module scripts/softhsm-db.sh builds), on a
+# fresh token and store:
 #   1. `hsm-kms init`, then `hsm-kms-scale populate` creates N AES-256 key
 #      versions through the engine (pending row, token object, activation,
 #      as Create Key does), CONCURRENCY (16) at a time: keys/s;
-#   2. the release server starts on them: seconds from spawn to /readyz 200;
+#   2. the release server starts on them: seconds from spawn to /readyz 200,
+#      split (from /metrics, hsm_kms_startup_seconds) into `C_Initialize`
+#      and login (where SoftHSM loads its object store), the token
+#      enumeration that fills the handle map, and the store scan;
 #   3. with no warm-up, wrk runs signed Encrypt requests on keys drawn at
 #      random among the N (HTTP_SECS, CONNECTIONS), so most requests are a
 #      key's first use since the start: req/s, p50, p99;
@@ -15,8 +21,9 @@
 #   5. memory: the handle map's bytes per key version (from /metrics) and
 #      the server's RSS growth over the random run per key touched (the
 #      engine's key cache fills one entry per key used).
-# Prints one table. Environment: HTTP_SECS (10), CONNECTIONS (64),
-# WRK_THREADS (2), CONCURRENCY (16), KEEP=1 keeps the work dirs.
+# Prints one table. Environment: BACKENDS (file), HTTP_SECS (10),
+# CONNECTIONS (64), WRK_THREADS (2), CONCURRENCY (16), KEEP=1 keeps the
+# work dirs, BENCH_BUILD=0 skips the cargo build.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -25,17 +32,35 @@ HTTP_SECS="${HTTP_SECS:-10}"
 CONNECTIONS="${CONNECTIONS:-64}"
 WRK_THREADS="${WRK_THREADS:-2}"
 CONCURRENCY="${CONCURRENCY:-16}"
+read -r -a BACKEND_LIST <<<"${BACKENDS:-file}"
+# BASELINE_BIN=/path/to/an/older/hsm-kms: each N is served by that binary
+# first, then by this tree's, on the same token and store (before / after
+# in one run).
+SERVER_LIST=(new)
+if [ -n "${BASELINE_BIN:-}" ]; then
+    [ -x "$BASELINE_BIN" ] || die "BASELINE_BIN=$BASELINE_BIN is not an executable"
+    SERVER_LIST=(base new)
+fi
 SIZES=("$@")
 [ "${#SIZES[@]}" -gt 0 ] || SIZES=(100 10000 100000)
 
 apt_install softhsm2 opensc wrk curl
 command -v cc >/dev/null 2>&1 || apt_install build-essential
 command -v pkg-config >/dev/null 2>&1 || apt_install pkg-config
-MODULE="$(softhsm_module)"
+FILE_MODULE="$(softhsm_module)"
+for b in "${BACKEND_LIST[@]}"; do
+    case "$b" in
+    file) ;;
+    db) eval "$("$ROOT/scripts/softhsm-db.sh")" ;;
+    *) die "BACKENDS: '$b' is not file or db" ;;
+    esac
+done
 need_cargo
-log "building hsm-kms and hsm-kms-scale (release, feature bench)"
-(cd "$ROOT" && cargo build --release --locked --features bench --bin hsm-kms --bin hsm-kms-scale)
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+if [ "${BENCH_BUILD:-1}" != 0 ]; then
+    log "building hsm-kms and hsm-kms-scale (release, feature bench)"
+    (cd "$ROOT" && cargo build --release --locked --features bench --bin hsm-kms --bin hsm-kms-scale)
+fi
 
 SERVER_PID=""
 WORKS=()
@@ -57,6 +82,9 @@ now_ms() { date +%s%3N; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 metric() { # metric URL NAME -> value (sum of samples)
     curl -s "$1/metrics" | awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $NF } END { printf "%.0f\n", s }'
+}
+phase() { # phase URL PHASE -> seconds of hsm_kms_startup_seconds{phase="PHASE"}
+    curl -s "$1/metrics" | awk -v n="hsm_kms_startup_seconds{phase=\"$2\"}" '$1 == n { v = $NF } END { printf "%.3f\n", v }'
 }
 
 # The wrk script: Encrypt of 256 bytes on a key drawn at random from the
@@ -106,14 +134,20 @@ run_wrk() {
 
 RESULTS=()
 for N in "${SIZES[@]}"; do
+for BACKEND in "${BACKEND_LIST[@]}"; do
+    if [ "$BACKEND" = db ]; then
+        MODULE="$SOFTHSM_DB_MODULE" UTIL="$SOFTHSM_DB_UTIL"
+    else
+        MODULE="$FILE_MODULE" UTIL=softhsm2-util
+    fi
     WORK="$(mktemp -d /tmp/hsm-kms-scale.XXXXXX)"
     WORKS+=("$WORK")
     umask 077
     mkdir -p "$WORK/tokens" "$WORK/data" "$WORK/scale"
     export SOFTHSM2_CONF="$WORK/softhsm2.conf"
-    printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$WORK/tokens" >"$SOFTHSM2_CONF"
+    printf 'directories.tokendir = %s\nobjectstore.backend = %s\nlog.level = ERROR\n' "$WORK/tokens" "$BACKEND" >"$SOFTHSM2_CONF"
     random_secret >"$WORK/user.pin"
-    softhsm2-util --init-token --free --label hsm-kms-scale --so-pin "$(random_secret)" \
+    "$UTIL" --init-token --free --label hsm-kms-scale --so-pin "$(random_secret)" \
         --pin "$(cat "$WORK/user.pin")" >/dev/null
     CONFIG="$WORK/hsm-kms.toml"
     cat >"$CONFIG" <<CONF
@@ -135,18 +169,22 @@ CONF
     "$TARGET/hsm-kms" --config "$CONFIG" init --account bench >/dev/null 2>"$WORK/init.log" \
         || die "init: $(cat "$WORK/init.log")"
 
-    log "N=$N: creating $N AES-256 keys through the engine, $CONCURRENCY at a time"
+    log "N=$N ($BACKEND): creating $N AES-256 keys through the engine, $CONCURRENCY at a time"
     pop="$("$TARGET/hsm-kms-scale" populate --config "$CONFIG" --keys "$N" \
         --concurrency "$CONCURRENCY" --out "$WORK/scale")"
     echo "$pop" >&2
     kps="$(sed -n 's/.*keys_per_sec=\([0-9.]*\).*/\1/p' <<<"$pop")"
-    objects="$(find "$WORK/tokens" -name '*.object' | wc -l)"
     store_kib="$(du -sk "$WORK/tokens" | cut -f1)"
 
-    log "N=$N: starting the server ($objects token objects, $store_kib KiB)"
+    for SERVER in "${SERVER_LIST[@]}"; do
+    case "$SERVER" in
+    base) BIN="$BASELINE_BIN" ;;
+    *) BIN="$TARGET/hsm-kms" ;;
+    esac
+    log "N=$N ($BACKEND, $SERVER): starting the server (token store $store_kib KiB)"
     rm -f "$WORK/addr"
     t0="$(now_ms)"
-    "$TARGET/hsm-kms" --config "$CONFIG" serve --addr-file "$WORK/addr" >/dev/null 2>"$WORK/server.log" &
+    "$BIN" --config "$CONFIG" serve --addr-file "$WORK/addr" >/dev/null 2>"$WORK/server.log" &
     SERVER_PID=$!
     URL=""
     for _ in $(seq 1200); do
@@ -159,41 +197,55 @@ CONF
     done
     ready_ms=$(($(now_ms) - t0))
     rss0="$(rss_kib "$SERVER_PID")"
+    p_module="$(phase "$URL" module)"
+    p_enum="$(phase "$URL" enumeration)"
+    p_store="$(phase "$URL" store_scan)"
 
-    log "N=$N: Encrypt on random keys, no warm-up (${HTTP_SECS}s, $CONNECTIONS connections)"
+    log "N=$N ($BACKEND, $SERVER): Encrypt on random keys, no warm-up (${HTTP_SECS}s, $CONNECTIONS connections)"
     read -r r_rps r_p50 r_p99 r_n <<<"$(run_wrk "$WORK/scale" "$N")"
     rss1="$(rss_kib "$SERVER_PID")"
     lookups="$(metric "$URL" hsm_kms_find_objects_total)"
     refreshes="$(metric "$URL" hsm_kms_handle_refreshes_total)"
     map_entries="$(metric "$URL" hsm_kms_handle_map_entries)"
     map_bytes="$(metric "$URL" hsm_kms_handle_map_bytes)"
-    log "N=$N: Encrypt on one hot key"
+    cache_entries="$(metric "$URL" hsm_kms_key_cache_entries)"
+    cache_bytes="$(metric "$URL" hsm_kms_key_cache_bytes)"
+    p_preload="$(phase "$URL" key_preload)"
+    log "N=$N ($BACKEND, $SERVER): Encrypt on one hot key"
     read -r h_rps _ h_p99 _ <<<"$(run_wrk "$WORK/scale" 1)"
     stop_server
 
     # Distinct keys a uniform draw of r_n requests among N touches.
     touched="$(awk -v n="$N" -v r="$r_n" 'BEGIN { printf "%.0f", n * (1 - exp(-r / n)) }')"
-    RESULTS+=("$(printf '%s %s %s %s %s %s %s %s %s %s %s %s %s %s %s' "$N" "$kps" "$ready_ms" \
+    RESULTS+=("$(printf '%s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s' "$N" "$kps" "$ready_ms" \
         "$r_rps" "$r_p50" "$r_p99" "$h_rps" "$h_p99" "$map_entries" "$map_bytes" \
-        "$((rss1 - rss0))" "$touched" "$lookups" "$refreshes" "$store_kib")")
+        "$((rss1 - rss0))" "$touched" "$lookups" "$refreshes" "$store_kib" \
+        "$BACKEND" "$p_module" "$p_enum" "$p_store" "$SERVER" "$cache_entries" "$cache_bytes" "$p_preload")")
+    done
     rm -rf "$WORK/tokens" "$WORK/data"
+done
 done
 
 cpu="$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
-printf '\nhsm-kms scale benchmark: %s cores (%s), SoftHSMv2 %s (file object store), wrk -t%s -c%s, %ss per run, 256-byte Encrypt\n' \
-    "$(nproc)" "${cpu:-unknown CPU}" "$(softhsm2-util --version)" "$WRK_THREADS" "$CONNECTIONS" "$HTTP_SECS"
-printf '%8s %9s %9s %11s %8s %8s %11s %8s %7s %10s %10s %8s %8s\n' \
-    "keys" "create/s" "ready s" "random r/s" "p50 ms" "p99 ms" "hot r/s" "p99 ms" "random" "map B/ver" "RSS B/key" "finds" "refresh"
+printf '\nhsm-kms scale benchmark: %s cores (%s), SoftHSMv2 %s, wrk -t%s -c%s, %ss per run, 256-byte Encrypt, load average %s\n' \
+    "$(nproc)" "${cpu:-unknown CPU}" "$(softhsm2-util --version)" "$WRK_THREADS" "$CONNECTIONS" "$HTTP_SECS" \
+    "$(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%7s %5s %8s %9s %8s %8s %8s %8s %11s %8s %8s %11s %8s %7s %10s %10s %10s %6s %8s\n' \
+    "backend" "srv" "keys" "create/s" "ready s" "init s" "enum s" "store s" "random r/s" "p50 ms" "p99 ms" "hot r/s" "p99 ms" "random" "map B/ver" "cache B/k" "RSS B/key" "finds" "refresh"
 for r in "${RESULTS[@]}"; do
-    read -r n kps ready r_rps r_p50 r_p99 h_rps h_p99 entries bytes drss touched finds refreshes _ <<<"$r"
-    printf '%8s %9.0f %9.2f %11.0f %8.2f %8.2f %11.0f %8.2f %6.0f%% %10.0f %10.0f %8s %8s\n' \
-        "$n" "$kps" "$(awk -v m="$ready" 'BEGIN { print m / 1000 }')" "$r_rps" "$r_p50" "$r_p99" "$h_rps" "$h_p99" \
+    read -r n kps ready r_rps r_p50 r_p99 h_rps h_p99 entries bytes drss touched finds refreshes _ backend p_module p_enum p_store srv c_entries c_bytes _ <<<"$r"
+    printf '%7s %5s %8s %9.0f %8.2f %8.2f %8.2f %8.2f %11.0f %8.2f %8.2f %11.0f %8.2f %6.0f%% %10.0f %10.0f %10.0f %6s %8s\n' \
+        "$backend" "$srv" "$n" "$kps" "$(awk -v m="$ready" 'BEGIN { print m / 1000 }')" "$p_module" "$p_enum" "$p_store" \
+        "$r_rps" "$r_p50" "$r_p99" "$h_rps" "$h_p99" \
         "$(awk -v a="$r_rps" -v b="$h_rps" 'BEGIN { print 100 * a / b }')" \
         "$(awk -v b="$bytes" -v e="$entries" 'BEGIN { print (e > 0 ? b / e : 0) }')" \
+        "$(awk -v b="$c_bytes" -v e="$c_entries" 'BEGIN { print (e > 0 ? b / e : 0) }')" \
         "$(awk -v d="$drss" -v t="$touched" 'BEGIN { print (t > 0 ? d * 1024 / t : 0) }')" \
         "$finds" "$refreshes"
 done
 printf '\nrandom = random-key req/s / one-hot-key req/s, same server, random run first (cold: no warm-up).\n'
-printf 'ready s = spawn to /readyz 200 (reconciler, one token enumeration filling the handle map).\n'
-printf 'map B/ver = handle map bytes / entries; RSS B/key = RSS growth over the random run / keys it touched.\n'
+printf 'ready s = spawn to /readyz 200; of it: init s = C_Initialize + login + mechanism probe (SoftHSM loads its object store),\n'
+printf '  enum s = the one token enumeration that fills the handle map, store s = the reconciler store reads.\n'
+printf 'map B/ver = handle map bytes / entries; cache B/k = key cache bytes / keys (preloaded at start; 0: no preload);\n'
+printf '  RSS B/key = RSS growth over the random run / keys it touched. srv = base (BASELINE_BIN) or new (this tree).\n'
 printf 'finds = C_FindObjects searches since start (start-up enumeration and installation-id look-up included); refresh = handle refreshes.\n'

@@ -47,9 +47,11 @@ softhsm_module() {
     printf '%s\n' "${PKCS11_MODULE:-/usr/lib/softhsm/libsofthsm2.so}"
 }
 
-# has_token LABEL: true when the SoftHSM of $SOFTHSM2_CONF has a token labelled LABEL.
+# has_token LABEL: true when the SoftHSM of $SOFTHSM2_CONF has a token labelled LABEL
+# (with $SOFTHSM2_UTIL, default softhsm2-util: a db-backend token needs the
+# softhsm2-util of scripts/softhsm-db.sh).
 has_token() {
-    softhsm2-util --show-slots 2>/dev/null | awk -v want="$1" '
+    "${SOFTHSM2_UTIL:-softhsm2-util}" --show-slots 2>/dev/null | awk -v want="$1" '
         $1 == "Label:" { sub(/^[ \t]*Label:[ \t]*/, ""); sub(/[ \t]+$/, ""); if ($0 == want) found = 1 }
         END { exit found ? 0 : 1 }'
 }

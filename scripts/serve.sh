@@ -14,6 +14,11 @@
 #   HSM_KMS_DATA_DIR  data dir (default: .hsm-kms/ at the repository root)
 #   HSM_KMS_PORT      port on 127.0.0.1 (default: 8080)
 #   PKCS11_MODULE     PKCS#11 module (default: /usr/lib/softhsm/libsofthsm2.so)
+#   HSM_KMS_SOFTHSM_BACKEND
+#                     SoftHSM object store of a new token: `file` (default,
+#                     Debian's softhsm2) or `db` (one SQLite file; builds
+#                     SoftHSMv2 with it once, scripts/softhsm-db.sh; for
+#                     tens of thousands of keys, see README "### Key count")
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -27,7 +32,16 @@ case "$PORT" in '' | *[!0-9]*) die "HSM_KMS_PORT must be a number, got '$PORT'" 
 apt_install softhsm2 opensc
 command -v cc >/dev/null 2>&1 || apt_install build-essential
 command -v pkg-config >/dev/null 2>&1 || apt_install pkg-config
-MODULE="$(softhsm_module)"
+BACKEND="${HSM_KMS_SOFTHSM_BACKEND:-file}"
+case "$BACKEND" in
+file) MODULE="$(softhsm_module)" ;;
+db)
+    eval "$("$ROOT/scripts/softhsm-db.sh")"
+    MODULE="${PKCS11_MODULE:-$SOFTHSM_DB_MODULE}"
+    export SOFTHSM2_UTIL="$SOFTHSM_DB_UTIL"
+    ;;
+*) die "HSM_KMS_SOFTHSM_BACKEND must be file or db, got '$BACKEND'" ;;
+esac
 [ -f "$MODULE" ] || die "PKCS#11 module $MODULE not found"
 
 # 2. The binary.
@@ -43,9 +57,13 @@ mkdir -p "$DATA_DIR/tokens" "$DATA_DIR/data"
 DATA_DIR="$(cd "$DATA_DIR" && pwd)"
 chmod 700 "$DATA_DIR"
 export SOFTHSM2_CONF="$DATA_DIR/softhsm2.conf"
+if [ -f "$SOFTHSM2_CONF" ] && [ -n "$(ls -A "$DATA_DIR/tokens")" ] &&
+    ! grep -qx "objectstore.backend = $BACKEND" "$SOFTHSM2_CONF"; then
+    die "$DATA_DIR holds a token of another SoftHSM object store than '$BACKEND' (see $SOFTHSM2_CONF): use another HSM_KMS_DATA_DIR"
+fi
 cat >"$SOFTHSM2_CONF" <<CONF
 directories.tokendir = $DATA_DIR/tokens
-objectstore.backend = file
+objectstore.backend = $BACKEND
 log.level = ERROR
 slots.removable = false
 CONF
@@ -57,7 +75,7 @@ done
 # 4. The token.
 if ! has_token "$LABEL"; then
     log "initialising SoftHSM token '$LABEL' in $DATA_DIR/tokens"
-    softhsm2-util --init-token --free --label "$LABEL" \
+    "${SOFTHSM2_UTIL:-softhsm2-util}" --init-token --free --label "$LABEL" \
         --so-pin "$(cat "$DATA_DIR/so.pin")" --pin "$(cat "$DATA_DIR/user.pin")" >/dev/null
 fi
 

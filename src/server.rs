@@ -5,7 +5,7 @@ use crate::store::AccountRepo;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -21,16 +21,30 @@ use crate::hsm::Hsm;
 use crate::store::Store;
 
 /// Opens the token (login) and the store described by `cfg`.
+///
+/// Start-up phases are published as `hsm_kms_startup_seconds{phase}`:
+/// `module` here (`C_Initialize`, where SoftHSMv2 reads its object store,
+/// the slot, the login and the mechanism probe) and `store_open`; the
+/// reconciler adds `enumeration` and `store_scan` (see [`start`]).
 pub async fn open(cfg: &Config) -> anyhow::Result<(Hsm, Store)> {
     let hcfg = cfg.hsm_config()?;
+    let t0 = Instant::now();
     let hsm = tokio::task::spawn_blocking(move || Hsm::open(&hcfg))
         .await
         .context("HSM worker")?
         .context("cannot open the HSM token")?;
+    startup_phase("module", t0.elapsed());
+    let t1 = Instant::now();
     let store = Store::open(&cfg.store.url, &PathBuf::from(&cfg.store.data_dir))
         .await
         .context("cannot open the metadata store")?;
+    startup_phase("store_open", t1.elapsed());
     Ok((hsm, store))
+}
+
+/// Records how long one start-up phase took (`hsm_kms_startup_seconds`).
+fn startup_phase(phase: &'static str, took: Duration) {
+    metrics::gauge!("hsm_kms_startup_seconds", "phase" => phase).set(took.as_secs_f64());
 }
 
 /// The reconciler with the store path and token named in its refusals, so
@@ -95,8 +109,13 @@ pub async fn start(
     // Before the token is opened: the start-up enumeration that fills the
     // handle map is counted too (`hsm_kms_find_objects_total`).
     crate::api::metrics::handle();
+    let started = Instant::now();
     let (hsm, store) = open(cfg).await?;
+    let t_reconcile = Instant::now();
     let report = start_up(&hsm, &store, StartMode::Serve).await?;
+    startup_phase("reconcile", t_reconcile.elapsed());
+    startup_phase("enumeration", Duration::from_millis(report.enumeration_ms));
+    startup_phase("store_scan", Duration::from_millis(report.store_scan_ms));
     tracing::info!(?report, "reconciler finished");
     if report.unknown_objects > 0 {
         tracing::warn!(
@@ -193,6 +212,20 @@ pub async fn start(
     let handle = tokio::spawn(async move {
         crate::connections::serve(listener, "plain", limits, Plain, app, stop_rx).await;
         Ok(())
+    });
+    startup_phase("total", started.elapsed());
+    // The key cache fills in the background: the first use of a key then
+    // reads nothing from the store (README "### Key count").
+    let preload = engine.clone();
+    tokio::spawn(async move {
+        let t = Instant::now();
+        match preload.preload_keys().await {
+            Ok(n) => {
+                startup_phase("key_preload", t.elapsed());
+                tracing::info!(keys = n, "key cache preloaded");
+            }
+            Err(e) => tracing::warn!(error = %e, "key preload failed; keys load on first use"),
+        }
     });
     tracing::info!(%addr, token = engine.hsm().token_label(), "hsm-kms listening");
     Ok(Running {

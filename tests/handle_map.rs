@@ -124,6 +124,12 @@ async fn keys_made_before_a_restart_are_used_without_searching_the_token() {
 /// requests use the refreshed handle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stale_handle_is_refreshed_once_and_the_request_succeeds() {
+    if common::softhsm_file_only(
+        "SoftHSMv2's db object store refuses C_CopyObject with an empty template \
+         (CKR_ATTRIBUTE_VALUE_INVALID), which this test uses to play the other client",
+    ) {
+        return;
+    }
     let kms = Kms::start().await;
     let tag = kms.create_key("moved", "AES256", json!({})).await;
     let ct = kms.encrypt(&tag, b"kept", None).await;

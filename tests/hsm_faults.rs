@@ -369,6 +369,12 @@ async fn module_finalized_and_token_gone_answers_503_then_recovers() {
 /// reconcile` lists the key as missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn key_object_deleted_behind_the_service() {
+    if common::softhsm_file_only(
+        "SoftHSMv2's db object store answers CKR_KEY_FUNCTION_NOT_PERMITTED, not \
+         CKR_KEY_HANDLE_INVALID, for a key another process deleted (README \"### Key count\")",
+    ) {
+        return;
+    }
     let kms = Kms::start().await;
     let gone = kms.create_key("gone", "AES256", json!({})).await;
     let kept = kms.create_key("kept", "AES256", json!({})).await;

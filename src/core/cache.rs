@@ -53,6 +53,36 @@ impl<K: Eq + Hash, V: Clone> Cache<K, V> {
         }
     }
 
+    /// The generation to pass to [`Cache::fill_many`] for values read from
+    /// now on.
+    pub fn generation(&self) -> u64 {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    /// Keeps every value of `entries` that is not cached yet, unless the
+    /// cache was invalidated since generation `seen` (then keeps none: any
+    /// of them may be outdated). Returns whether they were kept.
+    pub fn fill_many(&self, entries: impl IntoIterator<Item = (K, V)>, seen: u64) -> bool {
+        let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        if g.0 != seen {
+            return false;
+        }
+        for (k, v) in entries {
+            g.1.entry(k).or_insert(v);
+        }
+        true
+    }
+
+    /// Number of entries, and `bytes` summed over them.
+    pub fn measure(&self, bytes: impl Fn(&K, &V) -> usize) -> (usize, usize) {
+        let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let slots = g.1.capacity() * (std::mem::size_of::<(K, V)>() + 1);
+        (
+            g.1.len(),
+            slots + g.1.iter().map(|(k, v)| bytes(k, v)).sum::<usize>(),
+        )
+    }
+
     /// Drops one entry (after a change to what it caches).
     pub fn remove<Q>(&self, k: &Q)
     where
@@ -89,5 +119,19 @@ mod tests {
         let seen = c.get("k").unwrap_err();
         c.fill("k", 2, seen);
         assert_eq!(c.get("k"), Ok(2));
+    }
+
+    #[test]
+    fn a_bulk_fill_after_an_invalidation_keeps_nothing_and_never_overwrites() {
+        let c: Cache<&str, i32> = Cache::new();
+        let seen = c.generation();
+        c.remove("a"); // a writer changed the store during the bulk read
+        assert!(!c.fill_many([("a", 1), ("b", 1)], seen));
+        assert!(c.get("a").is_err() && c.get("b").is_err());
+        let seen = c.generation();
+        c.fill("a", 2, seen); // a request's fresher read
+        assert!(c.fill_many([("a", 1), ("b", 1)], seen));
+        assert_eq!((c.get("a"), c.get("b")), (Ok(2), Ok(1)));
+        assert_eq!(c.measure(|_, _| 10).0, 2);
     }
 }

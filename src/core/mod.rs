@@ -20,6 +20,7 @@ pub use accounts::{ensure_service_keys, AccessKeyInfo, NewAccessKey, ACCESS_KEY_
 pub use activity::ActivityLog;
 pub use changes::spawn_change_feed;
 pub use crypto::{CustomKey, Sealed, CONTEXT_MAX, ENCRYPT_MAX, SIGN_DATA_MAX};
+pub use invocations::RESERVATION_BLOCK;
 pub use keys::{
     CreateKeyRequest, KeyStatus, KeyType, KeyView, VersionView, DELETION_WAIT_MS, MAX_VERSIONS,
     ROTATION_PERIOD_DEFAULT,
@@ -160,7 +161,35 @@ pub struct KeyEntry {
     pub versions: Vec<VersionRow>,
 }
 
+/// Keys [`Engine::preload_keys`] puts in the key cache at most (about
+/// 0.9 kB each; README "### Key count").
+pub const KEY_PRELOAD_MAX: usize = 250_000;
+
 impl KeyEntry {
+    /// Bytes this entry holds: itself, its strings and versions.
+    fn heap_bytes(&self) -> usize {
+        let k = &self.key;
+        let strings = [
+            &k.uid,
+            &k.name,
+            &k.key_type,
+            &k.status,
+            &k.memo,
+            &k.protection_type,
+        ]
+        .iter()
+        .map(|s| s.capacity())
+        .sum::<usize>()
+            + k.status_before_delete.as_ref().map_or(0, String::capacity);
+        let versions = self.versions.capacity() * std::mem::size_of::<VersionRow>()
+            + self
+                .versions
+                .iter()
+                .map(|v| v.cka_id.capacity() + v.aux_cka_id.as_ref().map_or(0, Vec::capacity))
+                .sum::<usize>();
+        std::mem::size_of::<KeyEntry>() + strings + versions
+    }
+
     /// The newest active version.
     pub fn current(&self) -> Option<&VersionRow> {
         self.versions
@@ -377,6 +406,43 @@ impl Engine {
         let entry = Arc::new(KeyEntry { key, versions });
         self.inner.keys.fill(uid.to_string(), entry.clone(), seen);
         Ok(entry)
+    }
+
+    /// Fills the key cache with the live keys (up to [`KEY_PRELOAD_MAX`])
+    /// in two store queries, so that the first use of a key after a start
+    /// reads nothing from the store; `serve` runs it once the listener is
+    /// up. Returns the number of keys read. Keys already cached (read by a
+    /// request meanwhile) are kept; an invalidation during the read keeps
+    /// none of them (they load on first use as before). Publishes
+    /// `hsm_kms_key_cache_entries` and `hsm_kms_key_cache_bytes`.
+    pub async fn preload_keys(&self) -> Result<usize> {
+        let seen = self.inner.keys.generation();
+        let rows = self
+            .inner
+            .store
+            .live_keys_with_versions(KEY_PRELOAD_MAX)
+            .await?;
+        let n = rows.len();
+        let kept = self.inner.keys.fill_many(
+            rows.into_iter()
+                .map(|(key, versions)| (key.uid.clone(), Arc::new(KeyEntry { key, versions }))),
+            seen,
+        );
+        let (entries, bytes) = self.key_cache_size();
+        metrics::gauge!("hsm_kms_key_cache_entries").set(entries as f64);
+        metrics::gauge!("hsm_kms_key_cache_bytes").set(bytes as f64);
+        if !kept {
+            tracing::info!("a key changed during the key preload; keys load on first use");
+        }
+        Ok(n)
+    }
+
+    /// The key cache's entries and (approximate) bytes: its table plus each
+    /// entry's key row, versions and heap buffers.
+    pub fn key_cache_size(&self) -> (usize, usize) {
+        self.inner
+            .keys
+            .measure(|uid, e| uid.capacity() + 2 * std::mem::size_of::<usize>() + e.heap_bytes())
     }
 
     /// A key of `account_id` that is not deleted; another account's key is

@@ -26,6 +26,7 @@
 
 use crate::store::{InstallationRepo, KeyRepo, NhnRepo};
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use super::{Engine, Error, Result};
 use crate::hsm::{Hsm, TokenObject};
@@ -52,6 +53,11 @@ pub struct ReconcileReport {
     /// Active versions, service keys or CA keys whose object is missing
     /// (always 0 in a report: a start with missing objects is refused).
     pub missing_objects: usize,
+    /// Milliseconds spent enumerating the token (all inventories of the run).
+    pub enumeration_ms: u64,
+    /// Milliseconds spent reading the store's object ids (all inventories;
+    /// the installation-id look-ups on both sides included).
+    pub store_scan_ms: u64,
 }
 
 /// Whether the caller may create a new binding (`init`) or only check one.
@@ -78,6 +84,11 @@ pub struct Inventory {
     /// What the store names as live but the token lacks, described for an
     /// operator (`key {uid} v{n}`, `service key kek`, ...).
     pub missing: Vec<String>,
+    /// Time spent enumerating the token (one `C_FindObjects` and one
+    /// `C_GetAttributeValue` per object).
+    pub enumeration: Duration,
+    /// Time spent reading the store's object ids.
+    pub store_scan: Duration,
 }
 
 impl Inventory {
@@ -90,14 +101,18 @@ impl Inventory {
     /// it (its object is destroyed only after its row left `active`); an
     /// object is known if a row named it before or after.
     pub async fn take(hsm: &Hsm, store: &Store) -> Result<Self> {
+        let t0 = Instant::now();
         let store_id = store.installation_id().await?;
         let token_id = hsm.installation_id().await?;
         let service_keys = store.service_keys().await?;
         let ca_ids = store.nhn_ca_key_ids().await?;
         let active_before = store.active_version_ids().await?;
         let mut known: HashSet<Vec<u8>> = store.known_object_ids().await?.into_iter().collect();
+        let t1 = Instant::now();
         let objects = hsm.list_service_objects().await?;
+        let enumeration = t1.elapsed();
         super::fault_point("inventory:after-listing");
+        let t2 = Instant::now();
         known.extend(store.known_object_ids().await?);
         let active_after: HashSet<(String, i64)> = store
             .active_version_ids()
@@ -130,12 +145,15 @@ impl Inventory {
                 }
             }
         }
+        let store_scan = t2.elapsed() + (t1 - t0);
         Ok(Inventory {
             store_id,
             token_id,
             objects,
             known,
             missing,
+            enumeration,
+            store_scan,
         })
     }
 
@@ -263,6 +281,10 @@ async fn bind_taken(
     }
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The first few entries of a list, for one-line messages.
 fn summarise(items: &[String]) -> String {
     const SHOWN: usize = 10;
@@ -291,6 +313,8 @@ pub async fn reconcile(hsm: &Hsm, store: &Store, mode: StartMode) -> Result<Reco
     let mut report = ReconcileReport {
         installation_id,
         binding,
+        enumeration_ms: millis(inv.enumeration),
+        store_scan_ms: millis(inv.store_scan),
         ..ReconcileReport::default()
     };
 
@@ -299,7 +323,10 @@ pub async fn reconcile(hsm: &Hsm, store: &Store, mode: StartMode) -> Result<Reco
     // The repairs above changed the token; otherwise the first inventory
     // still holds.
     let inv = if report.pending_rolled_back + report.destroyed_finished > 0 {
-        Inventory::take(hsm, store).await?
+        let again = Inventory::take(hsm, store).await?;
+        report.enumeration_ms += millis(again.enumeration);
+        report.store_scan_ms += millis(again.store_scan);
+        again
     } else {
         inv
     };

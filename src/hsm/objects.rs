@@ -1,9 +1,17 @@
 //! Object inventory: listing the service's objects, reading back their
 //! protection attributes, and destroying them.
 
-use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 
-use super::{Hsm, OpClass, Result, SessionRef};
+use super::handles::HandleKey;
+use super::{Hsm, HsmError, OpClass, Result, SessionRef};
+
+/// Sessions (threads) that read the attributes of a large token's objects
+/// at once during an enumeration.
+const ENUMERATION_THREADS: usize = 4;
+
+/// Objects from which an enumeration reads attributes on several sessions.
+const PARALLEL_READ_MIN: usize = 32;
 
 /// Label prefix of every object the service creates.
 pub const LABEL_PREFIX: &str = "hsm-kms/";
@@ -69,9 +77,52 @@ impl SessionRef<'_> {
     /// spares every request a search.
     pub fn list_service_objects(&self) -> Result<Vec<TokenObject>> {
         let handles = self.enumerate()?;
+        // One C_GetAttributeValue per object: with many objects, spread
+        // over a few sessions on threads of their own (a file-backed
+        // SoftHSM token reads a file per call; the calls overlap).
+        let threads = if handles.len() >= PARALLEL_READ_MIN {
+            ENUMERATION_THREADS
+        } else {
+            1
+        };
+        let chunk = handles.len().div_ceil(threads).max(1);
+        let mut parts = handles.chunks(chunk);
+        let first = parts.next().unwrap_or(&[]);
+        let read = std::thread::scope(|scope| {
+            let hsm = self.hsm;
+            let helpers: Vec<_> = parts
+                .map(|part| scope.spawn(move || hsm.run_blocking(|s| s.read_service_attrs(part))))
+                .collect();
+            let mut all = self.read_service_attrs(first)?;
+            for h in helpers {
+                let part = h.join().map_err(|_| {
+                    HsmError::Worker("a token enumeration thread panicked".into())
+                })??;
+                all.extend(part);
+            }
+            Ok::<_, HsmError>(all)
+        })?;
+        let mut out = Vec::with_capacity(read.len());
+        let mut entries = Vec::with_capacity(read.len());
+        for (object, entry) in read {
+            if let Some(e) = entry {
+                entries.push(e);
+            }
+            out.push(object);
+        }
+        self.install_handles(entries);
+        Ok(out)
+    }
+
+    /// The service objects among `handles` (label, id and class read in one
+    /// call each), with their handle-map entries.
+    #[allow(clippy::type_complexity)]
+    fn read_service_attrs(
+        &self,
+        handles: &[ObjectHandle],
+    ) -> Result<Vec<(TokenObject, Option<(HandleKey, ObjectHandle)>)>> {
         let mut out = Vec::new();
-        let mut entries = Vec::with_capacity(handles.len());
-        for h in handles {
+        for &h in handles {
             let attrs = self.raw().get_attributes(
                 h,
                 &[
@@ -100,18 +151,18 @@ impl SessionRef<'_> {
             let id = id.or_else(|| label.as_ref().map(|l| l.as_bytes().to_vec()));
             if let (Some(label), Some(id)) = (label, id) {
                 if label.starts_with(LABEL_PREFIX) && label != INSTALLATION_LABEL {
-                    if let Some(code) = code {
-                        entries.push(((id.clone(), code), h));
-                    }
-                    out.push(TokenObject {
-                        id,
-                        label,
-                        class: class.to_string(),
-                    });
+                    let entry = code.map(|code| ((id.clone(), code), h));
+                    out.push((
+                        TokenObject {
+                            id,
+                            label,
+                            class: class.to_string(),
+                        },
+                        entry,
+                    ));
                 }
             }
         }
-        self.install_handles(entries);
         Ok(out)
     }
 

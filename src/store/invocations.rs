@@ -35,4 +35,30 @@ impl Store {
             Ok(v.max(0) as u64)
         })
     }
+
+    /// [`Store::gcm_reserve_next`] for several key objects in one
+    /// transaction (one commit, one fsync, however many): the returned
+    /// counts are in the order of `blocks`. An id may appear more than once;
+    /// each of its blocks is then reserved in turn, disjoint as ever.
+    pub async fn gcm_reserve_batch(&self, blocks: &[(Vec<u8>, u64)]) -> Result<Vec<u64>> {
+        const SQL: &str = "INSERT INTO gcm_invocations (cka_id, reserved) VALUES ($1, $2) \
+             ON CONFLICT (cka_id) DO UPDATE SET reserved = gcm_invocations.reserved + excluded.reserved \
+             RETURNING reserved";
+        on_db!(self, db => {
+            // The first statement writes: SQLite takes the write lock at
+            // once (no read-to-write upgrade to fail).
+            let mut tx = db.pool.begin().await?;
+            let mut ends = Vec::with_capacity(blocks.len());
+            for (cka_id, block) in blocks {
+                let v: i64 = sqlx::query_scalar(SQL)
+                    .bind(cka_id)
+                    .bind((*block).min(i64::MAX as u64) as i64)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                ends.push(v.max(0) as u64);
+            }
+            tx.commit().await?;
+            Ok(ends)
+        })
+    }
 }

@@ -181,6 +181,47 @@ pub struct VersionOwnerRow {
 const VERSION_COLS: &str =
     "key_id, version, state, enabled, cka_id, aux_cka_id, status_at, created_at";
 
+impl Store {
+    /// Up to `max` keys not deleted (lowest ids first), each with its
+    /// versions in order, in two queries: the engine fills its key cache
+    /// from it at start-up, so that no key's first use reads the store.
+    pub async fn live_keys_with_versions(
+        &self,
+        max: usize,
+    ) -> Result<Vec<(KeyRow, Vec<VersionRow>)>> {
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        on_db!(self, db => {
+            let keys: Vec<KeyRow> = sqlx::query_as(&format!(
+                "SELECT {KEY_COLS} FROM keys WHERE status <> 'DELETED' ORDER BY id LIMIT $1"
+            ))
+            .bind(max)
+            .fetch_all(&db.pool)
+            .await?;
+            let Some(last) = keys.last().map(|k| k.id) else {
+                return Ok(Vec::new());
+            };
+            let versions: Vec<VersionRow> = sqlx::query_as(&format!(
+                "SELECT {VERSION_COLS} FROM key_versions WHERE key_id <= $1 ORDER BY key_id, version"
+            ))
+            .bind(last)
+            .fetch_all(&db.pool)
+            .await?;
+            let mut by_key: std::collections::HashMap<i64, Vec<VersionRow>> =
+                std::collections::HashMap::with_capacity(keys.len());
+            for v in versions {
+                by_key.entry(v.key_id).or_default().push(v);
+            }
+            Ok(keys
+                .into_iter()
+                .map(|k| {
+                    let versions = by_key.remove(&k.id).unwrap_or_default();
+                    (k, versions)
+                })
+                .collect())
+        })
+    }
+}
+
 impl KeyRepo for Store {
     async fn insert_key_pending(
         &self,
@@ -191,13 +232,15 @@ impl KeyRepo for Store {
     ) -> Result<i64> {
         on_db!(self, db => {
             let now = now_ms();
+            // No cap per type: the count per type (a row read per key of the
+            // account) is skipped, not compared with i64::MAX.
             let (type_name, type_cap) = caps.of_type.unwrap_or(("", i64::MAX));
             let mut tx = db.begin_write().await?;
             let key_id: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO keys (uid, account_id, name, key_type, status, memo, protection_type, is_convergent, is_auto_rotation, rotation_period, next_rotation_at, status_at, created_at, updated_at)
                  SELECT $1, $2, $3, $4, 'ENABLE', $5, $6, $7, $8, $9, $10, $11, $12, $13
                  WHERE (SELECT COUNT(*) FROM keys WHERE account_id = $2 AND status <> 'DELETED') < $14
-                   AND (SELECT COUNT(*) FROM keys WHERE account_id = $2 AND status <> 'DELETED' AND key_type = $15) < $16
+                   AND ($15 = '' OR (SELECT COUNT(*) FROM keys WHERE account_id = $2 AND status <> 'DELETED' AND key_type = $15) < $16)
              RETURNING id",
             )
             .bind(&key.uid)

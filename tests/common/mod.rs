@@ -34,6 +34,38 @@ pub fn module() -> String {
     std::env::var("PKCS11_MODULE").unwrap_or_else(|_| "/usr/lib/softhsm/libsofthsm2.so".into())
 }
 
+/// SoftHSMv2's object store for test tokens (`HSM_KMS_SOFTHSM_BACKEND`):
+/// `file` (the default, Debian's build) or `db` (one SQLite file per token;
+/// needs the module and `softhsm2-util` that `scripts/softhsm-db.sh` builds,
+/// named in `PKCS11_MODULE` and `SOFTHSM2_UTIL`; see
+/// `scripts/test-softhsm-db.sh`).
+pub fn softhsm_backend() -> &'static str {
+    match std::env::var("HSM_KMS_SOFTHSM_BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("file") => "file",
+        Ok("db") => "db",
+        Ok(other) => panic!("HSM_KMS_SOFTHSM_BACKEND={other:?}: expected file or db"),
+    }
+}
+
+/// The `softhsm2-util` that makes test tokens (`SOFTHSM2_UTIL`, default the
+/// one on `PATH`): it must be of the same build as the module, since only a
+/// build with the `db` backend can make a `db` token.
+pub fn softhsm_util() -> String {
+    std::env::var("SOFTHSM2_UTIL").unwrap_or_else(|_| "softhsm2-util".into())
+}
+
+/// True (after printing why) when the test needs SoftHSMv2's `file` object
+/// store and the suite runs on the `db` one. Use:
+/// `if common::softhsm_file_only("...") { return; }`.
+pub fn softhsm_file_only(reason: &str) -> bool {
+    let db = test_module() == TestModule::SoftHsm && softhsm_backend() == "db";
+    if db {
+        println!("SKIPPED on SoftHSM db: {reason}");
+        eprintln!("SKIPPED on SoftHSM db: {reason}");
+    }
+    db
+}
+
 /// The PKCS#11 implementation the tests run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TestModule {
@@ -116,12 +148,13 @@ pub fn make_token_with_pin(dir: &Path, label: &str, pin: &str) -> PathBuf {
     std::fs::write(
         &conf,
         format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
+            "directories.tokendir = {}\nobjectstore.backend = {}\nlog.level = ERROR\n",
+            tokens.display(),
+            softhsm_backend()
         ),
     )
     .expect("softhsm2.conf");
-    let out = Command::new("softhsm2-util")
+    let out = Command::new(softhsm_util())
         .env("SOFTHSM2_CONF", &conf)
         .args([
             "--init-token",

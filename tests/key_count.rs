@@ -1,0 +1,289 @@
+//! Key count does not matter (issue 10 §1), for correctness: the first
+//! Encrypts of many key versions after a restart reserve their AES-GCM
+//! invocation blocks together (group commit) and each still gets its own
+//! disjoint block; the start-up phases are published. Speed is measured by
+//! `scripts/bench-scale.sh`, not here.
+mod common;
+
+use std::collections::HashMap;
+
+use common::Kms;
+use hsm_kms::core::{Engine, EngineOptions, RESERVATION_BLOCK};
+use hsm_kms::store::AccountRepo as _;
+use serde_json::json;
+
+async fn reserved(kms: &Kms, cka_id: &[u8]) -> i64 {
+    sqlx::query_scalar("SELECT reserved FROM gcm_invocations WHERE cka_id = $1")
+        .bind(cka_id)
+        .fetch_optional(&kms.db().await)
+        .await
+        .expect("gcm_invocations")
+        .unwrap_or(0)
+}
+
+/// A node restarted on the store (a fresh engine: no counts in memory)
+/// encrypts with 12 keys at once, 4 requests each: every request succeeds,
+/// each version gets exactly one new block (none wasted by two requests of
+/// one version reserving at once, none shared), and a version used before
+/// the restart continues after its earlier block, never inside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn first_uses_after_a_restart_reserve_one_block_each() {
+    let kms = Kms::start().await;
+    let mut tags = Vec::new();
+    for i in 0..12 {
+        tags.push(
+            kms.create_key(&format!("key{i}"), "AES256", json!({}))
+                .await,
+        );
+    }
+    // The first six are used before the restart: one block each.
+    for t in &tags[..6] {
+        kms.encrypt(t, b"before the restart", None).await;
+    }
+    let mut ids = HashMap::new();
+    for t in &tags {
+        let e = kms.engine.key_entry(t).await.expect("key");
+        ids.insert(t.clone(), (e.key.account_id, e.versions[0].cka_id.clone()));
+    }
+    for (i, t) in tags.iter().enumerate() {
+        let want = if i < 6 { RESERVATION_BLOCK as i64 } else { 0 };
+        assert_eq!(reserved(&kms, &ids[t].1).await, want, "key {i} before");
+    }
+
+    let node = Engine::with_options(
+        kms.engine.hsm().clone(),
+        kms.engine.store().clone(),
+        EngineOptions {
+            activity_log: false,
+            ..EngineOptions::default()
+        },
+    )
+    .await
+    .expect("second engine");
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in &tags {
+        for j in 0..4u8 {
+            let (node, t, account) = (node.clone(), t.clone(), ids[t].0);
+            tasks.spawn(async move {
+                let sealed = node
+                    .encrypt(account, &t, vec![j; 16], None)
+                    .await
+                    .expect("encrypt on the restarted node");
+                (t, j, sealed)
+            });
+        }
+    }
+    let mut sealed = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        sealed.push(r.expect("task"));
+    }
+    assert_eq!(sealed.len(), 48);
+    for (i, t) in tags.iter().enumerate() {
+        let want = if i < 6 { 2 } else { 1 } * RESERVATION_BLOCK as i64;
+        assert_eq!(reserved(&kms, &ids[t].1).await, want, "key {i} after");
+    }
+    // What the restarted node sealed opens with the first node's engine.
+    for (t, j, s) in &sealed {
+        let pt = kms
+            .engine
+            .decrypt(ids[t].0, t, s, None)
+            .await
+            .expect("decrypt");
+        assert_eq!(pt.as_slice(), [*j; 16]);
+    }
+}
+
+/// The limit still holds on a version's first use after a restart, now
+/// that the first use reserves without reading the count first: a version
+/// whose invocations were all used before is refused, and a refused first
+/// use leaves the version refused (the store's count only grows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limit_holds_on_the_first_use_after_a_restart() {
+    let kms = Kms::start_with(|c| c.hsm.gcm_invocation_limit = 2).await;
+    let tag = kms.create_key("limited", "AES256", json!({})).await;
+    kms.encrypt(&tag, b"one", None).await;
+    kms.encrypt(&tag, b"two", None).await;
+    let e = kms.engine.key_entry(&tag).await.expect("key");
+    let account = e.key.account_id;
+    for _ in 0..2 {
+        let node = Engine::with_options(
+            kms.engine.hsm().clone(),
+            kms.engine.store().clone(),
+            EngineOptions {
+                activity_log: false,
+                gcm_invocation_limit: 2,
+                ..EngineOptions::default()
+            },
+        )
+        .await
+        .expect("restarted engine");
+        let err = node
+            .encrypt(account, &tag, b"three".to_vec(), None)
+            .await
+            .expect_err("the limit was reached before the restart");
+        assert!(err.to_string().contains("invocation limit"), "{err}");
+        // Refused again without asking the store.
+        let err = node
+            .encrypt(account, &tag, b"four".to_vec(), None)
+            .await
+            .expect_err("still at the limit");
+        assert!(err.to_string().contains("invocation limit"), "{err}");
+    }
+}
+
+/// `/metrics` says how long each start-up phase took
+/// (`hsm_kms_startup_seconds{phase}`), as `scripts/bench-scale.sh` reads.
+#[tokio::test]
+async fn startup_phases_are_published() {
+    let kms = Kms::start().await;
+    let text = reqwest::get(format!("{}/metrics", kms.url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for phase in [
+        "module",
+        "store_open",
+        "reconcile",
+        "enumeration",
+        "store_scan",
+        "total",
+    ] {
+        let line = format!("hsm_kms_startup_seconds{{phase=\"{phase}\"}} ");
+        assert!(
+            text.lines().any(|l| l.starts_with(&line)),
+            "no {line} in /metrics:\n{text}"
+        );
+    }
+}
+
+/// A start fills the key cache from the store in one go (live keys only),
+/// so that no key's first use reads the store; keys a request cached first
+/// are kept as they are.
+#[tokio::test]
+async fn the_key_cache_is_preloaded_with_the_live_keys() {
+    let kms = Kms::start().await;
+    let mut tags = Vec::new();
+    for (name, ty) in [
+        ("alpha", "AES256"),
+        ("rsakey", "RSA2048"),
+        ("ecdsakey", "ECDSA"),
+        ("gonekey", "AES256"),
+    ] {
+        tags.push(kms.create_key(name, ty, json!({})).await);
+    }
+    kms.op(&tags[0], "rotate", json!(null)).await.ok();
+    sqlx::query("UPDATE keys SET status = 'DELETED' WHERE uid = $1")
+        .bind(&tags[3])
+        .execute(&kms.db().await)
+        .await
+        .expect("mark deleted");
+
+    // A restarted node: nothing cached until the preload.
+    let node = Engine::with_options(
+        kms.engine.hsm().clone(),
+        kms.engine.store().clone(),
+        EngineOptions {
+            activity_log: false,
+            ..EngineOptions::default()
+        },
+    )
+    .await
+    .expect("restarted engine");
+    assert_eq!(node.key_cache_size().0, 0);
+    let before = node.key_entry(&tags[1]).await.expect("cached by a request");
+    assert_eq!(node.preload_keys().await.expect("preload"), 3);
+    let (entries, bytes) = node.key_cache_size();
+    assert_eq!(entries, 3, "the three live keys, not the deleted one");
+    assert!(bytes > 3 * 200, "{bytes} bytes for 3 entries");
+    // The preloaded entry is the store's row with every version.
+    let a = node.key_entry(&tags[0]).await.expect("key a");
+    assert_eq!(a.versions.len(), 2);
+    assert_eq!(a.current().map(|v| v.version), Some(2));
+    // The entry a request had cached first was not replaced.
+    let after = node.key_entry(&tags[1]).await.expect("key r");
+    assert!(std::sync::Arc::ptr_eq(&before, &after));
+}
+
+/// The start-up enumeration of a token with more than a few dozen objects
+/// reads their attributes on several sessions at once; the handle map it
+/// fills is whole and right: a second port on the token (a restart, in
+/// this process) serves every key, and decrypts what the first one sealed,
+/// with no search of the token beyond the enumeration itself and the
+/// installation-id look-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_parallel_enumeration_maps_every_object_to_its_own_handle() {
+    let kms = Kms::start().await;
+    let account = kms
+        .engine
+        .store()
+        .account_by_name("default")
+        .await
+        .expect("store")
+        .expect("account")
+        .id;
+    // One at a time: SoftHSMv2's db object store fails concurrent
+    // C_GenerateKey calls (README "### Key count").
+    let mut sealed = Vec::new();
+    for i in 0..40 {
+        let req = hsm_kms::core::CreateKeyRequest {
+            name: format!("many{i}"),
+            key_type: hsm_kms::core::KeyType::Aes256,
+            memo: String::new(),
+            is_convergent: false,
+            is_auto_rotation: false,
+            rotation_period: None,
+            protection_type: "COMMON_HSM".into(),
+        };
+        let uid = kms
+            .engine
+            .create_key(account, req)
+            .await
+            .expect("create")
+            .key
+            .uid
+            .clone();
+        let s = kms
+            .engine
+            .encrypt(account, &uid, uid.as_bytes().to_vec(), None)
+            .await
+            .expect("encrypt");
+        sealed.push((uid, s));
+    }
+
+    let cfg = kms.config.hsm_config().expect("hsm config");
+    let hsm = tokio::task::spawn_blocking(move || hsm_kms::hsm::Hsm::open(&cfg))
+        .await
+        .expect("join")
+        .expect("second port");
+    let store = kms.engine.store().clone();
+    hsm_kms::core::reconcile(&hsm, &store, hsm_kms::core::StartMode::Serve)
+        .await
+        .expect("reconcile");
+    let (entries, _) = hsm.handle_map_size();
+    assert!(entries >= 43, "{entries} entries");
+    let searched = hsm.find_calls();
+    let node = Engine::with_options(
+        hsm.clone(),
+        store,
+        EngineOptions {
+            activity_log: false,
+            ..EngineOptions::default()
+        },
+    )
+    .await
+    .expect("engine on the second port");
+    for (uid, s) in &sealed {
+        let pt = node.decrypt(account, uid, s, None).await.expect("decrypt");
+        assert_eq!(pt.as_slice(), uid.as_bytes());
+        node.encrypt(account, uid, b"again".to_vec(), None)
+            .await
+            .expect("encrypt");
+    }
+    assert_eq!(
+        hsm.find_calls(),
+        searched,
+        "a request searched the token: the enumeration missed an object"
+    );
+}
