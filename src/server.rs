@@ -1,7 +1,6 @@
 //! Wiring: opens the token and the store from a [`Config`], runs the
 //! reconciler, and serves the router. Used by `main` and by the tests.
 
-use crate::store::AccountRepo;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,7 +60,7 @@ pub async fn init(cfg: &Config, account: &str) -> anyhow::Result<InitOutcome> {
     start_up(&hsm, &store, StartMode::Init).await?;
     let created = ensure_service_keys(&hsm, &store).await?;
     let engine = Engine::new(hsm, store).await?;
-    let first_credentials = if engine.store().account_by_name(account).await?.is_none() {
+    let first_credentials = if engine.account_id(account).await?.is_none() {
         engine.create_account(account).await?;
         Some(engine.create_access_key(account).await?)
     } else {
@@ -187,7 +186,7 @@ pub async fn start(
         crate::connections::serve(listener, "plain", limits, Plain, app, stop_rx).await;
         Ok(())
     });
-    tracing::info!(%addr, token = engine.hsm().token_label(), "hsm-kms listening");
+    tracing::info!(%addr, token = engine.token_label(), "hsm-kms listening");
     Ok(Running {
         addr,
         tls_addr,

@@ -108,6 +108,11 @@ impl Engine {
         }
     }
 
+    /// The id of the account named `name`, if there is one.
+    pub async fn account_id(&self, name: &str) -> Result<Option<i64>> {
+        Ok(self.store().account_by_name(name).await?.map(|a| a.id))
+    }
+
     /// Creates an access key for an account (by name). The secret is
     /// encrypted under the HSM KEK, with the access key id as AAD.
     pub async fn create_access_key(&self, account: &str) -> Result<NewAccessKey> {

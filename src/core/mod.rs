@@ -321,14 +321,42 @@ impl Engine {
         })
     }
 
-    /// The HSM port.
+    /// The HSM port. Only the engine uses it (a dialect never calls
+    /// PKCS#11); with `test-hooks` the tests may, to inspect the token.
+    #[cfg(feature = "test-hooks")]
     pub fn hsm(&self) -> &Hsm {
         &self.inner.hsm
     }
 
-    /// The metadata store.
+    /// The HSM port (the engine's own).
+    #[cfg(not(feature = "test-hooks"))]
+    pub(crate) fn hsm(&self) -> &Hsm {
+        &self.inner.hsm
+    }
+
+    /// The metadata store. Only the engine uses it (a dialect never runs
+    /// SQL); with `test-hooks` the tests may, to inspect or damage rows.
+    #[cfg(feature = "test-hooks")]
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The metadata store (the engine's own).
+    #[cfg(not(feature = "test-hooks"))]
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Label of the token in use (for the start-up log line).
+    pub fn token_label(&self) -> &str {
+        self.inner.hsm.token_label()
+    }
+
+    /// Whether the store's file is still the one the engine opened (SQLite;
+    /// always true on PostgreSQL). A deleted or replaced file marks the
+    /// store lost for good (see [`Engine::check_store`]).
+    pub fn store_file_ok(&self) -> bool {
+        self.inner.store.check_file().is_ok()
     }
 
     /// The object-count limits in force.

@@ -366,4 +366,10 @@ impl Engine {
         self.inner.keys.clear();
         Ok(r)
     }
+
+    /// Every object of the service on the token, with its attributes
+    /// (`hsm-kms admin list-objects`).
+    pub async fn service_objects(&self) -> Result<Vec<crate::hsm::ObjectInfo>> {
+        Ok(self.hsm().service_object_infos().await?)
+    }
 }
