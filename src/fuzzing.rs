@@ -17,7 +17,7 @@ pub use crate::api::nhn::NhnError;
 pub use crate::api::parse_json;
 pub use crate::core::nhn::NhnSealed;
 pub use crate::core::{Sealed, CONTEXT_MAX, ENCRYPT_MAX, MAX_VERSIONS};
-pub use crate::store::NhnKeyFilter;
+pub use crate::core::nhn::NhnKeyFilter;
 
 use crate::api::naver::{crypto, v2};
 use crate::api::nhn::data;

@@ -37,8 +37,7 @@ pub use audit::{AuditRecordRow, AuditTx, ChainTail, CheckpointRow};
 pub use keys::{KeyCaps, KeyRow, NewKey, VersionOwnerRow, VersionRow, VersionState};
 pub use naver::{ActivityRow, ActivityWriter, GeneratorRow, NewToken, TokenParent, TokenRow};
 pub use nhn::{
-    NewCredential, NewKeyStore, NhnCredentialRow, NhnKeyFilter, NhnKeyRow, NhnKeyStoreRow,
-    NhnProjectRow, NhnUserAccessKeyRow, UserAccessKeyRequirement,
+    NewCredential, NewKeyStore, NhnCredentialRow, NhnKeyRow, NhnProjectRow, NhnUserAccessKeyRow,
 };
 pub use repo::{AccountRepo, ActivitySink, InstallationRepo, KeyRepo, NaverRepo, NhnRepo};
 pub use sqlite::MIN_FREE_BYTES;

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use super::NhnError;
 use crate::core::nhn::{CredentialView, NhnKeyView, NhnSealed};
-use crate::store::NhnKeyStoreRow;
+use crate::core::nhn::NhnKeyStore;
 
 /// `YYYY-MM-DDTHH:MM:SS.mmm` in UTC.
 pub fn datetime(ms: i64) -> String {
@@ -103,7 +103,7 @@ pub fn key_record(v: &NhnKeyView) -> Value {
 }
 
 /// A key-store record.
-pub fn key_store_record(s: &NhnKeyStoreRow) -> Value {
+pub fn key_store_record(s: &NhnKeyStore) -> Value {
     json!({
         "keyStoreId": s.id,
         "name": s.name,

@@ -11,9 +11,8 @@ use std::sync::Arc;
 use super::{NhnClient, NhnProject};
 use crate::core::{Engine, Error, KeyEntry, Result};
 use crate::hsm::{KeySpec, KeyUsage};
-use crate::store::{
-    now_ms, NewKey, NhnKeyFilter, NhnKeyRow, NhnKeyStoreRow, StoreError, UserAccessKeyRequirement,
-};
+use super::{NhnKeyStore, UserAccessKeyRequirement};
+use crate::store::{now_ms, NewKey, NhnKeyRow, StoreError};
 
 /// Waiting period between a deletion request and the destruction: 7 days.
 pub const KEY_DELETION_WAIT_MS: i64 = 7 * DAY_MS;
@@ -70,6 +69,21 @@ impl NhnKeyType {
             }),
         }
     }
+}
+
+/// Filters of the key list of a key store.
+#[derive(Debug, Clone, Default)]
+pub struct NhnKeyFilter {
+    /// `SECRET`, `SYMMETRIC_KEY` or `ASYMMETRIC_KEY`.
+    pub nhn_type: Option<String>,
+    /// Substring of the name.
+    pub name: Option<String>,
+    /// `Some(true)`: active keys only; `Some(false)`: keys pending deletion only.
+    pub active: Option<bool>,
+    /// Rows to skip.
+    pub offset: i64,
+    /// Rows to return.
+    pub limit: i64,
 }
 
 /// A key with its NHN metadata, for the dialect to format.
@@ -217,7 +231,7 @@ impl Engine {
             }
             _ => None,
         };
-        let store: NhnKeyStoreRow = self.nhn_key_store_named(project, key_store_name).await?;
+        let store: NhnKeyStore = self.nhn_key_store_named(project, key_store_name).await?;
         let extractable = kind != NhnKeyType::Secret && store.allow_export;
         let uid = hex::encode(self.hsm().random(16).await?);
         let cka_id = self.nhn_object_id(kind, &uid).await?;
