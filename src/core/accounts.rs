@@ -7,7 +7,8 @@ use zeroize::Zeroizing;
 
 use super::{service_keys, Engine, Error, Result};
 use crate::hsm::{Hsm, KeySpec};
-use crate::store::{now_ms, Store, StoreError};
+use crate::core::now_ms;
+use crate::store::{Store, StoreError};
 
 /// A secret key decrypted from the store, kept in memory for signature checks.
 pub(super) struct CachedSecret {

@@ -16,7 +16,7 @@ mod scheduler;
 mod tokens;
 
 pub use accounts::{ensure_service_keys, AccessKeyInfo, NewAccessKey, ACCESS_KEY_RECHECK};
-pub use activity::ActivityLog;
+pub use activity::{ActivityLog, ActivityRecord};
 pub use crypto::{CustomKey, Sealed, CONTEXT_MAX, ENCRYPT_MAX, SIGN_DATA_MAX};
 pub use keys::{
     CreateKeyRequest, KeyStatus, KeyType, KeyView, VersionView, DELETION_WAIT_MS, MAX_VERSIONS,
@@ -143,6 +143,14 @@ impl From<StoreError> for Error {
             }
         }
     }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Result type of the engine.

@@ -58,7 +58,7 @@ impl Engine {
 impl Engine {
     /// Records work the service did on its own (requestor type `SYSTEM`).
     async fn record_system(&self, key: &crate::store::KeyRow, version: Option<i64>, action: &str) {
-        let row = crate::store::ActivityRow {
+        let row = super::ActivityRecord {
             id: 0,
             at: now(),
             account_id: key.account_id,

@@ -8,7 +8,8 @@
 use super::naver::WriterConn;
 use super::postgres::PgDb;
 use super::sqlite::SqliteDb;
-use super::{ActivityRow, ActivityWriter, Result, Store};
+use super::{ActivityWriter, Result, Store};
+use crate::core::ActivityRecord;
 
 /// The newest activity record, as the writer continues the chain from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +39,7 @@ pub struct CheckpointRow {
 pub struct AuditRecordRow {
     /// The record (`id` is its sequence number).
     #[sqlx(flatten)]
-    pub row: ActivityRow,
+    pub row: ActivityRecord,
     /// Its chain value; `None` for records written before the chain.
     pub chain: Option<Vec<u8>>,
 }
@@ -155,7 +156,7 @@ impl AuditTx<'_> {
     pub async fn insert_chained(
         &mut self,
         first_seq: i64,
-        rows: &[ActivityRow],
+        rows: &[ActivityRecord],
         chains: &[[u8; 32]],
     ) -> Result<()> {
         on_conn!(&mut self.0, TxConn, tx, DB => {
@@ -164,7 +165,7 @@ impl AuditTx<'_> {
                 let mut qb = sqlx::QueryBuilder::<DB>::new(
                     "INSERT INTO activity_logs (id, at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message, chain) ",
                 );
-                let items: Vec<(i64, &ActivityRow, &[u8; 32])> = chunk
+                let items: Vec<(i64, &ActivityRecord, &[u8; 32])> = chunk
                     .iter()
                     .zip(chain_chunk)
                     .map(|(a, c)| {

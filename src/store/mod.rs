@@ -35,12 +35,14 @@ mod sqlite;
 pub use accounts::{AccessKeyRow, AccountRow};
 pub use audit::{AuditRecordRow, AuditTx, ChainTail, CheckpointRow};
 pub use keys::{KeyCaps, KeyRow, NewKey, VersionOwnerRow, VersionRow, VersionState};
-pub use naver::{ActivityRow, ActivityWriter, GeneratorRow, NewToken, TokenParent, TokenRow};
+pub use naver::{ActivityWriter, GeneratorRow, NewToken, TokenParent, TokenRow};
 pub use nhn::{
     NewCredential, NewKeyStore, NhnCredentialRow, NhnKeyRow, NhnProjectRow, NhnUserAccessKeyRow,
 };
 pub use repo::{AccountRepo, ActivitySink, InstallationRepo, KeyRepo, NaverRepo, NhnRepo};
 pub use sqlite::MIN_FREE_BYTES;
+
+pub(crate) use crate::core::now_ms;
 
 use std::path::Path;
 
@@ -138,13 +140,6 @@ pub(crate) enum Db {
     Postgres(PgDb),
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 impl Store {
     /// Opens the store `url` names (`postgres://` or `postgresql://`), or,

@@ -5,6 +5,7 @@
 use std::future::Future;
 
 use super::*;
+use crate::core::ActivityRecord;
 use crate::core::nhn::{NhnKeyFilter, NhnKeyStore, UserAccessKeyRequirement};
 
 /// An active version's key uid, version number, `CKA_ID` and convergent
@@ -507,11 +508,11 @@ pub trait ActivitySink {
         keyword: Option<&str>,
         offset: i64,
         limit: i64,
-    ) -> impl Future<Output = Result<(Vec<ActivityRow>, i64)>> + Send;
+    ) -> impl Future<Output = Result<(Vec<ActivityRecord>, i64)>> + Send;
 
     /// The newest activity record of a key.
     fn latest_activity(
         &self,
         key_uid: &str,
-    ) -> impl Future<Output = Result<Option<ActivityRow>>> + Send;
+    ) -> impl Future<Output = Result<Option<ActivityRecord>>> + Send;
 }

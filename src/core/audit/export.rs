@@ -26,7 +26,8 @@ use sha2::{Digest, Sha256};
 use super::{checkpoint_signature_ok, BreakKind};
 use crate::core::{Error, Result};
 use crate::hsm::Hsm;
-use crate::store::{ActivityRow, CheckpointRow, InstallationRepo as _, Store};
+use crate::core::ActivityRecord;
+use crate::store::{CheckpointRow, InstallationRepo as _, Store};
 
 /// The `format` of export files.
 pub const FORMAT: &str = "hsm-kms-audit-export/1";
@@ -103,8 +104,8 @@ pub struct Record {
 
 impl Record {
     /// The record as the chain saw it.
-    pub fn row(&self) -> ActivityRow {
-        ActivityRow {
+    pub fn row(&self) -> ActivityRecord {
+        ActivityRecord {
             id: self.seq,
             at: self.at,
             account_id: self.account_id,
@@ -174,7 +175,7 @@ pub async fn export(hsm: &Hsm, store: &Store, out: &mut impl Write) -> Result<(i
         chain_start: start,
         unchained: store.audit_count_before(start).await?,
         public_key_sha256: hex::encode(Sha256::digest(&spki)),
-        exported_at: crate::store::now_ms(),
+        exported_at: crate::core::now_ms(),
         record_bytes: RECORD_BYTES.into(),
         checkpoint_bytes: CHECKPOINT_BYTES.into(),
     };

@@ -12,7 +12,8 @@ use super::{NhnClient, NhnProject};
 use crate::core::{Engine, Error, KeyEntry, Result};
 use crate::hsm::{KeySpec, KeyUsage};
 use super::{NhnKeyStore, UserAccessKeyRequirement};
-use crate::store::{now_ms, NewKey, NhnKeyRow, StoreError};
+use crate::core::now_ms;
+use crate::store::{NewKey, NhnKeyRow, StoreError};
 
 /// Waiting period between a deletion request and the destruction: 7 days.
 pub const KEY_DELETION_WAIT_MS: i64 = 7 * DAY_MS;

@@ -684,7 +684,7 @@ impl Engine {
             let sha = client
                 .cert_sha256
                 .ok_or(Error::KeyStoreAuth(AuthFactor::Certificate))?;
-            let now = crate::store::now_ms();
+            let now = crate::core::now_ms();
             let hit = auth
                 .certs
                 .iter()
@@ -693,7 +693,7 @@ impl Engine {
             used.push(hit.0);
         }
         if !used.is_empty() {
-            let now = crate::store::now_ms();
+            let now = crate::core::now_ms();
             let mut acc = lock(&self.nhn().cred_access);
             for id in used {
                 acc.insert(id, now);
@@ -703,7 +703,7 @@ impl Engine {
     }
 
     pub(crate) fn nhn_record_key_access(&self, key_id: i64) {
-        lock(&self.nhn().key_access).insert(key_id, crate::store::now_ms());
+        lock(&self.nhn().key_access).insert(key_id, crate::core::now_ms());
     }
 
     pub(crate) fn nhn_pending_key_access(&self, key_id: i64) -> Option<i64> {
