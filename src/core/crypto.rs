@@ -3,10 +3,12 @@
 
 use zeroize::Zeroizing;
 
-use super::keys::{KeyStatus, KeyType};
+use super::keys::KeyType;
+use super::KeyStatus;
 use super::{Engine, Error, KeyEntry, Result};
 use crate::hsm::SignAlg;
-use crate::store::{VersionRow, VersionState};
+use super::VersionState;
+use crate::store::VersionRow;
 
 /// Largest plaintext accepted by Encrypt (AES256), bytes.
 pub const ENCRYPT_MAX: usize = 32 * 1024;
@@ -40,7 +42,7 @@ fn key_type(e: &KeyEntry) -> Result<KeyType> {
 }
 
 fn usable(e: &KeyEntry) -> Result<()> {
-    if e.key.status != KeyStatus::ENABLE {
+    if e.key.status != KeyStatus::Enabled {
         return Err(Error::KeyDisabled);
     }
     Ok(())

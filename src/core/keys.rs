@@ -11,7 +11,8 @@ use std::sync::Arc;
 use super::accounts::now;
 use super::{fault_point, Engine, Error, KeyEntry, Result};
 use crate::hsm::{KeySpec, KeyUsage};
-use crate::store::{NewKey, VersionState};
+use super::{KeyStatus, VersionState};
+use crate::store::NewKey;
 
 /// Default automatic-rotation period, days.
 pub const ROTATION_PERIOD_DEFAULT: i64 = 90;
@@ -23,19 +24,6 @@ const DAY_MS: i64 = 24 * 3600 * 1000;
 /// Reads and re-applies of one key change before giving up on a key that
 /// other requests keep changing.
 const MODIFY_ATTEMPTS: usize = 16;
-
-/// Key status values (NAVER's).
-pub struct KeyStatus;
-impl KeyStatus {
-    /// Usable.
-    pub const ENABLE: &'static str = "ENABLE";
-    /// Disabled by the owner.
-    pub const DISABLE: &'static str = "DISABLE";
-    /// Pending deletion.
-    pub const REVOKE: &'static str = "REVOKE";
-    /// Destroyed; invisible through the APIs.
-    pub const DELETED: &'static str = "DELETED";
-}
 
 /// The key types the engine makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -478,13 +466,13 @@ impl Engine {
     /// Enables a disabled key.
     pub async fn enable_key(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
         self.modify(account_id, uid, |e| {
-            if e.key.status == KeyStatus::REVOKE {
+            if e.key.status == KeyStatus::PendingDeletion {
                 return Err(Error::InvalidState(
                     "the key is pending deletion; cancel the deletion first".into(),
                 ));
             }
-            if e.key.status != KeyStatus::ENABLE {
-                e.key.status = KeyStatus::ENABLE.into();
+            if e.key.status != KeyStatus::Enabled {
+                e.key.status = KeyStatus::Enabled;
                 e.key.status_at = now();
             }
             Ok(())
@@ -495,11 +483,11 @@ impl Engine {
     /// Disables an enabled key: every version stops working.
     pub async fn disable_key(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
         self.modify(account_id, uid, |e| {
-            if e.key.status == KeyStatus::REVOKE {
+            if e.key.status == KeyStatus::PendingDeletion {
                 return Err(Error::InvalidState("the key is pending deletion".into()));
             }
-            if e.key.status != KeyStatus::DISABLE {
-                e.key.status = KeyStatus::DISABLE.into();
+            if e.key.status != KeyStatus::Disabled {
+                e.key.status = KeyStatus::Disabled;
                 e.key.status_at = now();
             }
             Ok(())
@@ -522,7 +510,7 @@ impl Engine {
             ));
         }
         let e = self.owned_key(account_id, uid).await?;
-        if e.key.status != KeyStatus::ENABLE {
+        if e.key.status != KeyStatus::Enabled {
             return Err(Error::InvalidState(
                 "versions of a key that is not enabled cannot change".into(),
             ));
@@ -552,7 +540,7 @@ impl Engine {
     }
 
     pub(super) async fn rotate_entry(&self, e: &KeyEntry) -> Result<Arc<KeyEntry>> {
-        if e.key.status != KeyStatus::ENABLE {
+        if e.key.status != KeyStatus::Enabled {
             return Err(Error::InvalidState(
                 "only an enabled key can be rotated".into(),
             ));
@@ -628,14 +616,14 @@ impl Engine {
     /// Schedules the key's destruction after the 72-hour waiting period.
     pub async fn request_deletion(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
         self.modify(account_id, uid, |e| {
-            if e.key.status == KeyStatus::REVOKE {
+            if e.key.status == KeyStatus::PendingDeletion {
                 return Err(Error::InvalidState(
                     "the key is already pending deletion".into(),
                 ));
             }
             let t = now();
-            e.key.status_before_delete = Some(e.key.status.clone());
-            e.key.status = KeyStatus::REVOKE.into();
+            e.key.status_before_delete = Some(e.key.status.as_str().to_string());
+            e.key.status = KeyStatus::PendingDeletion;
             e.key.status_at = t;
             e.key.destroy_at = Some(t + DELETION_WAIT_MS);
             Ok(())
@@ -646,12 +634,12 @@ impl Engine {
     /// Cancels a pending deletion; the key comes back disabled.
     pub async fn cancel_deletion(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
         self.modify(account_id, uid, |e| {
-            if e.key.status != KeyStatus::REVOKE {
+            if e.key.status != KeyStatus::PendingDeletion {
                 return Err(Error::InvalidState(
                     "the key is not pending deletion".into(),
                 ));
             }
-            e.key.status = KeyStatus::DISABLE.into();
+            e.key.status = KeyStatus::Disabled;
             e.key.status_at = now();
             e.key.destroy_at = None;
             e.key.status_before_delete = None;
@@ -663,7 +651,7 @@ impl Engine {
     /// Destroys a key that is pending deletion, now.
     pub async fn delete_key(&self, account_id: i64, uid: &str) -> Result<()> {
         let e = self.owned_key(account_id, uid).await?;
-        if e.key.status != KeyStatus::REVOKE {
+        if e.key.status != KeyStatus::PendingDeletion {
             return Err(Error::InvalidState(
                 "only a key pending deletion can be deleted".into(),
             ));

@@ -14,16 +14,18 @@ pub mod nhn;
 mod reconcile;
 mod scheduler;
 mod tokens;
+mod types;
 
 pub use accounts::{ensure_service_keys, AccessKeyInfo, NewAccessKey, ACCESS_KEY_RECHECK};
 pub use activity::{ActivityLog, ActivityRecord};
 pub use crypto::{CustomKey, Sealed, CONTEXT_MAX, ENCRYPT_MAX, SIGN_DATA_MAX};
 pub use keys::{
-    CreateKeyRequest, KeyStatus, KeyType, KeyView, VersionView, DELETION_WAIT_MS, MAX_VERSIONS,
+    CreateKeyRequest, KeyType, KeyView, VersionView, DELETION_WAIT_MS, MAX_VERSIONS,
     ROTATION_PERIOD_DEFAULT,
 };
 pub use reconcile::{bind, destroy_orphans, reconcile, Inventory, ReconcileReport, StartMode};
 pub use scheduler::spawn_scheduler;
+pub use types::{KeyStatus, VersionState};
 pub use tokens::{
     parse_rule, Lifetime, TokenAuth, TokenKind, TokenSet, DEFAULT_ACCESS_HOURS,
     DEFAULT_REFRESH_HOURS,
@@ -171,14 +173,14 @@ impl KeyEntry {
         self.versions
             .iter()
             .rev()
-            .find(|v| v.state == crate::store::VersionState::Active)
+            .find(|v| v.state == VersionState::Active)
     }
 
     /// A given version if it is active.
     pub fn version(&self, n: i64) -> Option<&VersionRow> {
         self.versions
             .iter()
-            .find(|v| v.version == n && v.state == crate::store::VersionState::Active)
+            .find(|v| v.version == n && v.state == VersionState::Active)
     }
 }
 
@@ -394,7 +396,7 @@ impl Engine {
     /// created (no active version yet), which no client has been given.
     pub async fn owned_key(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
         let e = self.key_entry(uid).await?;
-        if e.key.account_id != account_id || e.key.status == "DELETED" || e.current().is_none() {
+        if e.key.account_id != account_id || e.key.status == KeyStatus::Deleted || e.current().is_none() {
             return Err(Error::NotFound("key"));
         }
         Ok(e)

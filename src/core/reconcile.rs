@@ -29,7 +29,8 @@ use std::collections::HashSet;
 
 use super::{Engine, Error, Result};
 use crate::hsm::{Hsm, TokenObject};
-use crate::store::{Store, VersionState};
+use super::VersionState;
+use crate::store::Store;
 
 /// What a reconciler run found and did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]

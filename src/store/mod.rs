@@ -34,7 +34,7 @@ mod sqlite;
 
 pub use accounts::{AccessKeyRow, AccountRow};
 pub use audit::{AuditRecordRow, AuditTx, ChainTail, CheckpointRow};
-pub use keys::{KeyCaps, KeyRow, NewKey, VersionOwnerRow, VersionRow, VersionState};
+pub use keys::{KeyCaps, KeyRow, NewKey, VersionOwnerRow, VersionRow};
 pub use naver::{ActivityWriter, GeneratorRow, NewToken, TokenParent, TokenRow};
 pub use nhn::{
     NewCredential, NewKeyStore, NhnCredentialRow, NhnKeyRow, NhnProjectRow, NhnUserAccessKeyRow,

@@ -5,7 +5,7 @@
 use std::future::Future;
 
 use super::*;
-use crate::core::ActivityRecord;
+use crate::core::{ActivityRecord, VersionState};
 use crate::core::nhn::{NhnKeyFilter, NhnKeyStore, UserAccessKeyRequirement};
 
 /// An active version's key uid, version number, `CKA_ID` and convergent

@@ -14,7 +14,8 @@ use super::{NhnClient, NhnProject};
 use crate::core::{Engine, Error, Result, ENCRYPT_MAX};
 use crate::hsm::asymmetric_limits::RSA_RAW_SIGN_MAX;
 use crate::hsm::SignAlg;
-use crate::store::{VersionRow, VersionState};
+use crate::core::VersionState;
+use crate::store::VersionRow;
 
 /// Largest secret value, bytes.
 pub const NHN_SECRET_MAX: usize = 32 * 1024;

@@ -109,7 +109,7 @@ impl NhnKeyView {
     }
     /// Whether the key is usable (not pending deletion).
     pub fn is_active(&self) -> bool {
-        self.entry.key.status == crate::core::KeyStatus::ENABLE
+        self.entry.key.status == crate::core::KeyStatus::Enabled
     }
 }
 
@@ -143,7 +143,7 @@ impl Engine {
             Err(e) => return Err(e),
         };
         if entry.key.account_id != project.account_id
-            || entry.key.status == crate::core::KeyStatus::DELETED
+            || entry.key.status == crate::core::KeyStatus::Deleted
         {
             return Err(Error::NotFound("key"));
         }
@@ -487,8 +487,8 @@ impl Engine {
             }
             let mut k = v.entry.key.clone();
             let t = now_ms();
-            k.status_before_delete = Some(k.status.clone());
-            k.status = crate::core::KeyStatus::REVOKE.into();
+            k.status_before_delete = Some(k.status.as_str().to_string());
+            k.status = crate::core::KeyStatus::PendingDeletion;
             k.status_at = t;
             k.destroy_at = Some(t + KEY_DELETION_WAIT_MS);
             let written = self.store().update_key(&k).await?;
