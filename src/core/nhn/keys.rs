@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::{NhnClient, NhnProject};
 use crate::core::{Engine, Error, KeyEntry, Result};
 use crate::hsm::{KeySpec, KeyUsage};
-use super::{NhnKeyStore, UserAccessKeyRequirement};
+use super::NhnKeyStore;
 use crate::core::now_ms;
 use crate::store::{NewKey, NhnKeyRow, StoreError};
 
@@ -137,12 +137,18 @@ impl Engine {
     /// A key of the project with its NHN metadata; keys of other projects and
     /// destroyed keys are not found.
     pub async fn nhn_key(&self, project: &NhnProject, uid: &str) -> Result<NhnKeyView> {
+        self.nhn_key_of(project.account_id, uid).await
+    }
+
+    /// [`Engine::nhn_key`] by the engine account owning the project's keys
+    /// (the scheduler has the key's row, not a caller's project).
+    async fn nhn_key_of(&self, account_id: i64, uid: &str) -> Result<NhnKeyView> {
         let entry = match self.key_entry(uid).await {
             Ok(e) => e,
             Err(Error::NotFound(_)) => return Err(Error::NotFound("key")),
             Err(e) => return Err(e),
         };
-        if entry.key.account_id != project.account_id
+        if entry.key.account_id != account_id
             || entry.key.status == crate::core::KeyStatus::Deleted
         {
             return Err(Error::NotFound("key"));
@@ -447,14 +453,8 @@ impl Engine {
             let Some((key, _)) = self.store().key_by_id(key_id).await? else {
                 continue;
             };
-            let project = NhnProject {
-                id: 0,
-                name: String::new(),
-                account_id: key.account_id,
-                require: UserAccessKeyRequirement::default(),
-            };
             let res = async {
-                let v = self.nhn_key(&project, &key.uid).await?;
+                let v = self.nhn_key_of(key.account_id, &key.uid).await?;
                 self.nhn_rotate(&v).await
             }
             .await;
