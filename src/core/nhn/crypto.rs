@@ -14,7 +14,7 @@ use super::{NhnClient, NhnProject};
 use crate::core::{Engine, Error, Result, ENCRYPT_MAX};
 use crate::hsm::asymmetric_limits::RSA_RAW_SIGN_MAX;
 use crate::hsm::SignAlg;
-use crate::core::VersionState;
+use crate::core::crypto::{current, usable_version};
 use crate::store::VersionRow;
 
 /// Largest secret value, bytes.
@@ -68,30 +68,12 @@ pub(super) fn check_secret(v: &str) -> Result<Vec<u8>> {
     Ok(v.as_bytes().to_vec())
 }
 
-fn current(v: &NhnKeyView) -> Result<&VersionRow> {
-    v.entry
-        .current()
-        .ok_or_else(|| Error::Internal(format!("key {} has no active version", v.entry.key.uid)))
-}
-
-/// A given version, for decrypt / verify / queries.
-fn version(v: &NhnKeyView, n: i64) -> Result<&VersionRow> {
-    let row = v
-        .entry
-        .versions
-        .iter()
-        .find(|r| r.version == n)
-        .ok_or(Error::NotFound("key version"))?;
-    if row.state != VersionState::Active || !row.enabled {
-        return Err(Error::VersionDisabled(n));
-    }
-    Ok(row)
-}
-
+/// A given version (decrypt, verify, queries), or the current one. NHN
+/// answers a version the key does not have with 404.
 fn pick(v: &NhnKeyView, n: Option<i64>) -> Result<&VersionRow> {
     match n {
-        Some(n) => version(v, n),
-        None => current(v),
+        Some(n) => usable_version(&v.entry, n, || Error::NotFound("key version")),
+        None => current(&v.entry),
     }
 }
 
@@ -106,7 +88,7 @@ impl Engine {
         let v = self
             .nhn_usable_key(p, uid, NhnKeyType::Secret, Some(c))
             .await?;
-        let row = current(&v)?;
+        let row = current(&v.entry)?;
         let bytes = Zeroizing::new(self.hsm().read_data_object(row.cka_id.clone()).await?);
         let s = std::str::from_utf8(&bytes)
             .map_err(|_| Error::Internal("secret value is not UTF-8".into()))?;
@@ -159,7 +141,7 @@ impl Engine {
     }
 
     async fn nhn_seal(&self, v: &NhnKeyView, plaintext: Vec<u8>) -> Result<NhnSealed> {
-        let row = current(v)?;
+        let row = current(&v.entry)?;
         self.count_gcm_invocation(&row.cka_id, row.version).await?;
         let payload = self
             .hsm()
@@ -182,7 +164,7 @@ impl Engine {
         let v = self
             .nhn_usable_key(p, uid, NhnKeyType::Symmetric, Some(c))
             .await?;
-        let row = version(&v, sealed.version)?;
+        let row = pick(&v, Some(sealed.version))?;
         Ok(Zeroizing::new(
             self.hsm()
                 .aes_gcm_decrypt(row.cka_id.clone(), sealed.payload.clone(), Vec::new())
@@ -243,7 +225,7 @@ impl Engine {
         let v = self
             .nhn_usable_key(p, uid, NhnKeyType::Asymmetric, Some(c))
             .await?;
-        let row = current(&v)?;
+        let row = current(&v.entry)?;
         let sig = self
             .hsm()
             .sign(row.cka_id.clone(), SignAlg::RsaPkcs1Raw, data.to_vec())
