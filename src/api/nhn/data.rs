@@ -11,7 +11,7 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::format::{b64, hex_list, parse_ciphertext, parse_signature};
+use super::format::{b64, frame, hex_list, parse_ciphertext, parse_signature};
 use super::{success, ManageCtx, NhnCtx, NhnError, NhnJson, NhnResult};
 use crate::api::AppState;
 
@@ -136,7 +136,7 @@ async fn encrypt(
         .nhn_encrypt(&ctx.project, &keyid, pt.as_bytes(), &ctx.client)
         .await?;
     Ok(success(json!({
-        "ciphertext": b64(&sealed.to_bytes()),
+        "ciphertext": b64(&frame(&sealed)),
         "keyVersion": sealed.version,
     })))
 }
@@ -179,7 +179,7 @@ async fn create_local_key(
         .await?;
     Ok(success(json!({
         "localKeyPlaintext": lk.plaintext_b64.as_str(),
-        "localKeyCiphertext": b64(&lk.sealed.to_bytes()),
+        "localKeyCiphertext": b64(&frame(&lk.sealed)),
         "keyVersion": lk.sealed.version,
     })))
 }
@@ -227,7 +227,7 @@ async fn sign(
         .nhn_sign(&ctx.project, &keyid, pt.as_bytes(), &ctx.client)
         .await?;
     Ok(success(json!({
-        "signature": b64(&sealed.to_bytes()),
+        "signature": b64(&frame(&sealed)),
         "keyVersion": sealed.version,
     })))
 }

@@ -9,7 +9,7 @@ mod crypto;
 mod keys;
 
 pub use certs::{CertificateView, CredentialKind, CredentialView, IssuedCertificate};
-pub use crypto::{LocalKey, NhnSealed, NHN_SECRET_MAX};
+pub use crypto::{LocalKey, NHN_SECRET_MAX};
 pub use keys::{NhnKeyFilter, NhnKeyType, NhnKeyView, KEY_DELETION_WAIT_MS};
 
 use crate::store::NhnRepo;
