@@ -273,7 +273,7 @@ impl Engine {
         }
         let v = match version {
             Some(n) => {
-                if !(1..=super::keys::MAX_VERSIONS).contains(&n) {
+                if !(1..=super::naver::MAX_VERSIONS).contains(&n) {
                     return Err(Error::InvalidInput(
                         "keyVersion must be between 1 and 100".into(),
                     ));

@@ -10,6 +10,7 @@ mod cache;
 mod crypto;
 mod invocations;
 mod keys;
+pub mod naver;
 pub mod nhn;
 mod reconcile;
 mod scheduler;
@@ -19,10 +20,8 @@ mod types;
 pub use accounts::{ensure_service_keys, AccessKeyInfo, NewAccessKey, ACCESS_KEY_RECHECK};
 pub use activity::{ActivityLog, ActivityRecord};
 pub use crypto::{CustomKey, Sealed, CONTEXT_MAX, ENCRYPT_MAX, SIGN_DATA_MAX};
-pub use keys::{
-    CreateKeyRequest, KeyType, KeyView, VersionView, DELETION_WAIT_MS, MAX_VERSIONS,
-    ROTATION_PERIOD_DEFAULT,
-};
+pub use keys::{KeyType, KeyView, VersionView};
+pub use naver::{CreateKeyRequest, DELETION_WAIT_MS, MAX_VERSIONS, ROTATION_PERIOD_DEFAULT};
 pub use reconcile::{bind, destroy_orphans, reconcile, Inventory, ReconcileReport, StartMode};
 pub use scheduler::spawn_scheduler;
 pub use types::{KeyStatus, VersionState};
