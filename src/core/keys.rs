@@ -11,8 +11,8 @@
 use crate::store::KeyRepo;
 use std::sync::Arc;
 
-use super::VersionState;
-use super::{fault_point, Engine, Error, KeyEntry, Result};
+use super::{fault_point, now_ms, Engine, Error, KeyEntry, KeyStatus, Result, VersionState};
+use crate::store::{KeyRow, StoreError};
 use crate::hsm::{KeySpec, KeyUsage};
 
 /// One day, ms.
@@ -94,6 +94,43 @@ pub(crate) struct Abandoned {
 
 fn label(uid: &str, version: i64) -> String {
     format!("hsm-kms/{uid}/v{version}")
+}
+
+/// The token objects of one key version.
+#[derive(Debug)]
+pub(crate) enum VersionObjects {
+    /// A key or key pair generated in the token (and, when the version has
+    /// an aux id, the convergent key's HMAC key).
+    Key(KeySpec),
+    /// A private `CKO_DATA` object holding a secret's value; the version's
+    /// object id is its label.
+    Data(Vec<u8>),
+}
+
+/// A dialect's bound on the version numbers of a key.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct VersionLimit {
+    /// Highest version number.
+    pub(crate) max: i64,
+    /// The error refusing a version past `max` (given `max`).
+    pub(crate) refused: fn(i64) -> Error,
+}
+
+/// The fault points (crash tests) of one way of adding versions: after
+/// the pending row, after the token objects, after the activation.
+pub(crate) type VersionFaults = [&'static str; 3];
+
+/// Marks a key for destruction `wait_ms` from now (a dialect's waiting
+/// period): it stops working at once, and the deletion scheduler destroys
+/// it then; the status it had is kept for the record. Returns the
+/// destruction time.
+pub(crate) fn schedule_destruction(key: &mut KeyRow, wait_ms: i64) -> i64 {
+    let t = now_ms();
+    key.status_before_delete = Some(key.status.as_str().to_string());
+    key.status = KeyStatus::PendingDeletion;
+    key.status_at = t;
+    key.destroy_at = Some(t + wait_ms);
+    t + wait_ms
 }
 
 impl Engine {
@@ -191,35 +228,51 @@ impl Engine {
         q.len()
     }
 
-    /// Generates the objects of one version; on failure removes whatever was
+    /// Makes the objects of one version; on failure removes whatever was
     /// made and the pending row, so no half-made version survives.
     pub(super) async fn make_version_objects(
         &self,
         key_id: i64,
         version: i64,
         uid: &str,
-        spec: KeySpec,
+        objects: VersionObjects,
         cka_id: &[u8],
         aux_id: Option<&[u8]>,
     ) -> Result<()> {
+        let data_label = match &objects {
+            VersionObjects::Data(_) => Some(
+                String::from_utf8(cka_id.to_vec())
+                    .map_err(|_| Error::Internal("secret object id is not a label".into()))?,
+            ),
+            VersionObjects::Key(_) => None,
+        };
         let res = async {
-            self.hsm()
-                .generate(spec, label(uid, version), cka_id.to_vec())
-                .await?;
-            if let Some(aux) = aux_id {
-                self.hsm()
-                    .generate(
-                        KeySpec::HmacSha256,
-                        format!("{}/convergent", label(uid, version)),
-                        aux.to_vec(),
-                    )
-                    .await?;
+            match objects {
+                VersionObjects::Key(spec) => {
+                    self.hsm()
+                        .generate(spec, label(uid, version), cka_id.to_vec())
+                        .await?;
+                    if let Some(aux) = aux_id {
+                        self.hsm()
+                            .generate(
+                                KeySpec::HmacSha256,
+                                format!("{}/convergent", label(uid, version)),
+                                aux.to_vec(),
+                            )
+                            .await?;
+                    }
+                }
+                VersionObjects::Data(value) => {
+                    self.hsm()
+                        .create_data_object(data_label.unwrap_or_default(), value)
+                        .await?;
+                }
             }
             Ok::<(), crate::hsm::HsmError>(())
         }
         .await;
         if let Err(e) = res {
-            tracing::error!(error = %e, key = uid, version, "key generation failed; rolling back");
+            tracing::error!(error = %e, key = uid, version, "making the version's objects failed; rolling back");
             let ids: Vec<Vec<u8>> = std::iter::once(cka_id.to_vec())
                 .chain(aux_id.map(<[u8]>::to_vec))
                 .collect();
@@ -235,6 +288,103 @@ impl Engine {
             return Err(e.into());
         }
         Ok(())
+    }
+
+    /// Makes the objects of a new key's first version, which the caller
+    /// wrote `pending` with the key, and activates it.
+    pub(crate) async fn make_first_version(
+        &self,
+        key_id: i64,
+        uid: &str,
+        objects: VersionObjects,
+        object_id: Vec<u8>,
+        aux_id: Option<Vec<u8>>,
+        after_hsm: &'static str,
+    ) -> Result<()> {
+        self.make_version_objects(key_id, 1, uid, objects, &object_id, aux_id.as_deref())
+            .await?;
+        fault_point(after_hsm);
+        self.activate_made_version(
+            Abandoned {
+                key_id,
+                version: 1,
+                uid: uid.to_string(),
+                cka_id: object_id,
+                aux_id,
+            },
+            None,
+        )
+        .await?;
+        self.invalidate(uid);
+        Ok(())
+    }
+
+    /// Adds a version to `e`'s key and makes it current: the pending row
+    /// (the store numbers it), the token objects, the activation with the
+    /// key's next rotation time (`next_rotation_at`, asked once the objects
+    /// exist). `ids` makes the object ids (the version's and the aux one),
+    /// after the `limit` check; `limit` is checked again on the number the
+    /// store gave, which is exact under concurrent additions. `conflict`
+    /// is the message when a concurrent addition took the number.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn add_version(
+        &self,
+        e: &KeyEntry,
+        objects: VersionObjects,
+        ids: impl std::future::Future<Output = Result<(Vec<u8>, Option<Vec<u8>>)>>,
+        limit: Option<VersionLimit>,
+        conflict: &str,
+        faults: &VersionFaults,
+        next_rotation_at: impl FnOnce() -> Option<i64>,
+    ) -> Result<i64> {
+        if let Some(l) = limit {
+            let last = e.versions.last().map(|v| v.version).unwrap_or(0);
+            if last >= l.max {
+                return Err((l.refused)(l.max));
+            }
+        }
+        let (cka_id, aux_id) = ids.await?;
+        let key_id = e.key.id;
+        let version = match self
+            .store()
+            .insert_version_pending(key_id, &cka_id, aux_id.as_deref())
+            .await
+        {
+            Ok(v) => v,
+            Err(StoreError::Conflict) => return Err(Error::Conflict(conflict.into())),
+            Err(err) => return Err(err.into()),
+        };
+        if let Some(l) = limit {
+            if version > l.max {
+                self.store().delete_pending_version(key_id, version).await?;
+                return Err((l.refused)(l.max));
+            }
+        }
+        fault_point(faults[0]);
+        self.make_version_objects(
+            key_id,
+            version,
+            &e.key.uid,
+            objects,
+            &cka_id,
+            aux_id.as_deref(),
+        )
+        .await?;
+        fault_point(faults[1]);
+        self.activate_made_version(
+            Abandoned {
+                key_id,
+                version,
+                uid: e.key.uid.clone(),
+                cka_id,
+                aux_id,
+            },
+            next_rotation_at(),
+        )
+        .await?;
+        fault_point(faults[2]);
+        self.invalidate(&e.key.uid);
+        Ok(version)
     }
 
     async fn destroy_ids(&self, ids: &[Vec<u8>]) -> crate::hsm::Result<()> {
@@ -276,18 +426,23 @@ impl Engine {
         });
     }
 
-    /// Reads the key, applies `change` and writes the row back only if no
-    /// other write came in between (the row's revision); on a lost race it
-    /// reads again and re-applies `change`, so concurrent changes of
-    /// different fields (memo, rotation period, status) all persist.
-    pub(crate) async fn modify(
+    /// Reads the key (`load`), applies `change` and writes the row back
+    /// only if no other write came in between (the row's revision); on a
+    /// lost race it reads again and re-applies `change`, so concurrent
+    /// changes of different fields (memo, rotation period, status) all
+    /// persist.
+    pub(crate) async fn modify_with<F, Fut>(
         &self,
-        account_id: i64,
         uid: &str,
+        load: F,
         change: impl Fn(&mut KeyEntry) -> Result<()>,
-    ) -> Result<Arc<KeyEntry>> {
+    ) -> Result<Arc<KeyEntry>>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Arc<KeyEntry>>>,
+    {
         for _ in 0..MODIFY_ATTEMPTS {
-            let mut e = (*self.owned_key(account_id, uid).await?).clone();
+            let mut e = (*load().await?).clone();
             change(&mut e)?;
             let written = self.store().update_key(&e.key).await?;
             // Either way the cached entry is stale now.
@@ -299,6 +454,18 @@ impl Engine {
         Err(Error::Conflict(
             "the key is being changed by other requests; retry".into(),
         ))
+    }
+
+    /// [`Engine::modify_with`] on a key of `account_id` as NAVER sees it
+    /// ([`Engine::owned_key`]).
+    pub(crate) async fn modify(
+        &self,
+        account_id: i64,
+        uid: &str,
+        change: impl Fn(&mut KeyEntry) -> Result<()>,
+    ) -> Result<Arc<KeyEntry>> {
+        self.modify_with(uid, move || self.owned_key(account_id, uid), change)
+            .await
     }
 
     /// Marks every version `destroying`, destroys the objects, marks them

@@ -9,9 +9,24 @@ use super::{
     MAX_VERSIONS, ROTATION_PERIOD_DEFAULT,
 };
 use crate::core::accounts::now;
-use crate::core::keys::{keys_limit, Abandoned, DAY_MS};
+use crate::core::keys::{
+    keys_limit, schedule_destruction, VersionFaults, VersionLimit, VersionObjects, DAY_MS,
+};
 use crate::core::{fault_point, Engine, Error, KeyEntry, KeyStatus, KeyType, Result};
 use crate::store::{KeyRepo, NewKey};
+
+/// NAVER keys hold versions 1 to [`MAX_VERSIONS`].
+const VERSION_LIMIT: VersionLimit = VersionLimit {
+    max: MAX_VERSIONS,
+    refused: |_| Error::InvalidState("the key has reached 100 versions".into()),
+};
+
+/// The crash tests' fault points of a rotation.
+const ROTATE_FAULTS: VersionFaults = [
+    "rotate:after-pending",
+    "rotate:after-hsm",
+    "rotate:after-store",
+];
 
 impl Engine {
     /// Creates a key and its first version in the token.
@@ -80,28 +95,15 @@ impl Engine {
             Err(e) => return Err(e.into()),
         };
         fault_point("create:after-pending");
-        self.make_version_objects(
+        self.make_first_version(
             key_id,
-            1,
             &uid,
-            req.key_type.spec(),
-            &cka_id,
-            aux_id.as_deref(),
+            VersionObjects::Key(req.key_type.spec()),
+            cka_id,
+            aux_id,
+            "create:after-hsm",
         )
         .await?;
-        fault_point("create:after-hsm");
-        self.activate_made_version(
-            Abandoned {
-                key_id,
-                version: 1,
-                uid: uid.clone(),
-                cka_id,
-                aux_id,
-            },
-            None,
-        )
-        .await?;
-        self.invalidate(&uid);
         self.key_entry(&uid).await
     }
 
@@ -206,70 +208,34 @@ impl Engine {
                 "only an enabled key can be rotated".into(),
             ));
         }
-        let last = e.versions.last().map(|v| v.version).unwrap_or(0);
-        if last >= MAX_VERSIONS {
-            return Err(Error::InvalidState(
-                "the key has reached 100 versions".into(),
-            ));
-        }
         let key_type = KeyType::parse(&e.key.key_type)
             .ok_or_else(|| Error::Internal(format!("unknown key type {}", e.key.key_type)))?;
-        let cka_id = self.hsm().random(16).await?;
-        let aux_id = if e.key.is_convergent {
-            Some(self.hsm().random(16).await?)
-        } else {
-            None
+        let ids = async {
+            let cka_id = self.hsm().random(16).await?;
+            let aux_id = if e.key.is_convergent {
+                Some(self.hsm().random(16).await?)
+            } else {
+                None
+            };
+            Ok::<_, Error>((cka_id, aux_id))
         };
-        let version = match self
-            .store()
-            .insert_version_pending(e.key.id, &cka_id, aux_id.as_deref())
-            .await
-        {
-            Ok(v) => v,
-            Err(crate::store::StoreError::Conflict) => {
-                return Err(Error::Conflict(
-                    "a concurrent rotation is in progress; retry".into(),
-                ))
-            }
-            Err(err) => return Err(err.into()),
-        };
-        if version > MAX_VERSIONS {
-            self.store()
-                .delete_pending_version(e.key.id, version)
-                .await?;
-            return Err(Error::InvalidState(
-                "the key has reached 100 versions".into(),
-            ));
-        }
-        fault_point("rotate:after-pending");
-        self.make_version_objects(
-            e.key.id,
-            version,
-            &e.key.uid,
-            key_type.spec(),
-            &cka_id,
-            aux_id.as_deref(),
-        )
-        .await?;
-        fault_point("rotate:after-hsm");
-        let next = if e.key.is_auto_rotation {
-            e.key.rotation_period.map(|d| now() + d * DAY_MS)
-        } else {
-            None
-        };
-        self.activate_made_version(
-            Abandoned {
-                key_id: e.key.id,
-                version,
-                uid: e.key.uid.clone(),
-                cka_id,
-                aux_id,
-            },
-            next,
-        )
-        .await?;
-        fault_point("rotate:after-store");
-        self.invalidate(&e.key.uid);
+        let version = self
+            .add_version(
+                e,
+                VersionObjects::Key(key_type.spec()),
+                ids,
+                Some(VERSION_LIMIT),
+                "a concurrent rotation is in progress; retry",
+                &ROTATE_FAULTS,
+                || {
+                    if e.key.is_auto_rotation {
+                        e.key.rotation_period.map(|d| now() + d * DAY_MS)
+                    } else {
+                        None
+                    }
+                },
+            )
+            .await?;
         tracing::info!(key = %e.key.uid, version, "key rotated");
         self.key_entry(&e.key.uid).await
     }
@@ -282,11 +248,7 @@ impl Engine {
                     "the key is already pending deletion".into(),
                 ));
             }
-            let t = now();
-            e.key.status_before_delete = Some(e.key.status.as_str().to_string());
-            e.key.status = KeyStatus::PendingDeletion;
-            e.key.status_at = t;
-            e.key.destroy_at = Some(t + DELETION_WAIT_MS);
+            schedule_destruction(&mut e.key, DELETION_WAIT_MS);
             Ok(())
         })
         .await
