@@ -96,8 +96,8 @@ fn label(uid: &str, version: i64) -> String {
     format!("hsm-kms/{uid}/v{version}")
 }
 
-/// The token objects of one key version.
-#[derive(Debug)]
+/// The token objects of one key version. No `Debug`: a secret's value is
+/// never printed.
 pub(crate) enum VersionObjects {
     /// A key or key pair generated in the token (and, when the version has
     /// an aux id, the convergent key's HMAC key).
