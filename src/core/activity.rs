@@ -21,9 +21,14 @@ use crate::store::Store;
 /// One activity record: a key-management or crypto call, or the
 /// service's own scheduled work. The store reads it by column name
 /// (`FromRow`).
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+///
+/// Serialized (camelCase, `id` as `seq`) as a record line of an audit
+/// export ([`audit::export::Record`](crate::core::audit::export::Record)).
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ActivityRecord {
-    /// Sequence.
+    /// Sequence number (in the chain).
+    #[serde(rename = "seq")]
     pub id: i64,
     /// Time, ms.
     pub at: i64,
