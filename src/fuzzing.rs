@@ -15,8 +15,8 @@ pub use crate::api::naver::NaverError;
 pub use crate::api::naver::{format_sealed, parse_sealed};
 pub use crate::api::nhn::NhnError;
 pub use crate::api::parse_json;
-pub use crate::core::{Sealed, CONTEXT_MAX, ENCRYPT_MAX, MAX_VERSIONS};
 pub use crate::core::nhn::NhnKeyFilter;
+pub use crate::core::{Sealed, CONTEXT_MAX, ENCRYPT_MAX, MAX_VERSIONS};
 
 use crate::api::naver::{crypto, v2};
 use crate::api::nhn::data;

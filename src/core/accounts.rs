@@ -6,8 +6,8 @@ use rand::Rng;
 use zeroize::Zeroizing;
 
 use super::{service_keys, Engine, Error, Result};
-use crate::hsm::{Hsm, KeySpec};
 use crate::core::now_ms;
+use crate::hsm::{Hsm, KeySpec};
 use crate::store::{Store, StoreError};
 
 /// A secret key decrypted from the store, kept in memory for signature checks.

@@ -259,7 +259,11 @@ impl Engine {
     }
 
     /// The newest activity record of a key owned by `account_id`.
-    pub async fn latest_activity(&self, account_id: i64, uid: &str) -> Result<Option<ActivityRecord>> {
+    pub async fn latest_activity(
+        &self,
+        account_id: i64,
+        uid: &str,
+    ) -> Result<Option<ActivityRecord>> {
         let e = self.owned_key(account_id, uid).await?;
         Ok(self.store().latest_activity(&e.key.uid).await?)
     }

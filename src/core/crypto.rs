@@ -5,9 +5,9 @@ use zeroize::Zeroizing;
 
 use super::keys::KeyType;
 use super::KeyStatus;
+use super::VersionState;
 use super::{Engine, Error, KeyEntry, Result};
 use crate::hsm::SignAlg;
-use super::VersionState;
 use crate::store::VersionRow;
 
 /// Largest plaintext accepted by Encrypt (AES256), bytes.
@@ -57,7 +57,11 @@ pub(super) fn usable_version(
     n: i64,
     missing: impl FnOnce() -> Error,
 ) -> Result<&VersionRow> {
-    let v = e.versions.iter().find(|v| v.version == n).ok_or_else(missing)?;
+    let v = e
+        .versions
+        .iter()
+        .find(|v| v.version == n)
+        .ok_or_else(missing)?;
     if v.state != VersionState::Active || !v.enabled {
         return Err(Error::VersionDisabled(n));
     }

@@ -12,8 +12,8 @@ use crate::store::KeyRepo;
 use std::sync::Arc;
 
 use super::{fault_point, now_ms, Engine, Error, KeyEntry, KeyStatus, Result, VersionState};
-use crate::store::{KeyRow, StoreError};
 use crate::hsm::{KeySpec, KeyUsage};
+use crate::store::{KeyRow, StoreError};
 
 /// One day, ms.
 pub(crate) const DAY_MS: i64 = 24 * 3600 * 1000;

@@ -24,11 +24,11 @@ pub use keys::{KeyType, KeyView, VersionView};
 pub use naver::{CreateKeyRequest, DELETION_WAIT_MS, MAX_VERSIONS, ROTATION_PERIOD_DEFAULT};
 pub use reconcile::{bind, destroy_orphans, reconcile, Inventory, ReconcileReport, StartMode};
 pub use scheduler::spawn_scheduler;
-pub use types::{KeyStatus, VersionState};
 pub use tokens::{
     parse_rule, Lifetime, TokenAuth, TokenKind, TokenSet, DEFAULT_ACCESS_HOURS,
     DEFAULT_REFRESH_HOURS,
 };
+pub use types::{KeyStatus, VersionState};
 
 use crate::store::{InstallationRepo, KeyRepo};
 use std::collections::HashMap;
@@ -395,7 +395,10 @@ impl Engine {
     /// created (no active version yet), which no client has been given.
     pub async fn owned_key(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
         let e = self.key_entry(uid).await?;
-        if e.key.account_id != account_id || e.key.status == KeyStatus::Deleted || e.current().is_none() {
+        if e.key.account_id != account_id
+            || e.key.status == KeyStatus::Deleted
+            || e.current().is_none()
+        {
             return Err(Error::NotFound("key"));
         }
         Ok(e)

@@ -27,9 +27,9 @@
 use crate::store::{InstallationRepo, KeyRepo, NhnRepo};
 use std::collections::HashSet;
 
+use super::VersionState;
 use super::{Engine, Error, Result};
 use crate::hsm::{Hsm, TokenObject};
-use super::VersionState;
 use crate::store::Store;
 
 /// What a reconciler run found and did.

@@ -140,7 +140,6 @@ pub(crate) enum Db {
     Postgres(PgDb),
 }
 
-
 impl Store {
     /// Opens the store `url` names (`postgres://` or `postgresql://`), or,
     /// when `url` is empty, the SQLite file under `data_dir`.

@@ -5,8 +5,8 @@
 use std::future::Future;
 
 use super::*;
-use crate::core::{ActivityRecord, VersionState};
 use crate::core::nhn::{NhnKeyFilter, NhnKeyStore, UserAccessKeyRequirement};
+use crate::core::{ActivityRecord, VersionState};
 
 /// An active version's key uid, version number, `CKA_ID` and convergent
 /// `CKA_ID`.
@@ -387,8 +387,7 @@ pub trait NhnRepo {
     ) -> impl Future<Output = Result<Vec<NhnKeyStore>>> + Send;
 
     /// A key store by id.
-    fn nhn_key_store(&self, id: i64)
-        -> impl Future<Output = Result<Option<NhnKeyStore>>> + Send;
+    fn nhn_key_store(&self, id: i64) -> impl Future<Output = Result<Option<NhnKeyStore>>> + Send;
 
     /// A key store of a project by name.
     fn nhn_key_store_by_name(

@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 
 use super::NaverError;
 use crate::api::AppState;
-use crate::core::KeyEntry;
 use crate::core::ActivityRecord;
+use crate::core::KeyEntry;
 
 #[derive(Debug, Default)]
 struct Ctx {

@@ -13,8 +13,8 @@ use super::auth::{AccountAuth, RefreshAuth};
 use super::v2::int_param;
 use super::{success, NaverError, NaverJson, NaverResult};
 use crate::api::AppState;
-use crate::core::{Lifetime, DEFAULT_ACCESS_HOURS, DEFAULT_REFRESH_HOURS};
 use crate::core::ActivityRecord;
+use crate::core::{Lifetime, DEFAULT_ACCESS_HOURS, DEFAULT_REFRESH_HOURS};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()

@@ -246,7 +246,9 @@ async fn list_keys(
 }
 
 fn status_reply(e: &KeyEntry) -> Response {
-    success(json!({"keyTag": e.key.uid, "status": e.key.status.as_str(), "statusDate": e.key.status_at}))
+    success(
+        json!({"keyTag": e.key.uid, "status": e.key.status.as_str(), "statusDate": e.key.status_at}),
+    )
 }
 
 async fn enable_key(

@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 use super::format::{credential_record, datetime, key_record, key_store_record};
 use super::{success, ManageCtx, NhnCtx, NhnError, NhnJson, NhnResult};
 use crate::api::AppState;
-use crate::core::nhn::{CredentialKind, NhnKeyType};
 use crate::core::nhn::NhnKeyFilter;
+use crate::core::nhn::{CredentialKind, NhnKeyType};
 
 const P: &str = "/keymanager/v1.2/appkey/{appkey}";
 

@@ -24,9 +24,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{checkpoint_signature_ok, BreakKind};
+use crate::core::ActivityRecord;
 use crate::core::{Error, Result};
 use crate::hsm::Hsm;
-use crate::core::ActivityRecord;
 use crate::store::{CheckpointRow, InstallationRepo as _, Store};
 
 /// The `format` of export files.

@@ -19,8 +19,8 @@ pub use verify::{verify_chain, Break, BreakKind, ChainReport};
 use std::sync::Arc;
 
 use super::{service_keys, Error, Result};
-use crate::hsm::{Hsm, OpClass, SignAlg};
 use crate::core::ActivityRecord;
+use crate::hsm::{Hsm, OpClass, SignAlg};
 use crate::store::{ActivityWriter, ChainTail, CheckpointRow, InstallationRepo as _, Store};
 
 /// The first field of a record's canonical bytes.

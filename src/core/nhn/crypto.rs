@@ -11,10 +11,10 @@ use zeroize::Zeroizing;
 
 use super::keys::{NhnKeyType, NhnKeyView};
 use super::{NhnClient, NhnProject};
+use crate::core::crypto::{current, usable_version};
 use crate::core::{Engine, Error, Result, Sealed, ENCRYPT_MAX};
 use crate::hsm::asymmetric_limits::RSA_RAW_SIGN_MAX;
 use crate::hsm::SignAlg;
-use crate::core::crypto::{current, usable_version};
 use crate::store::VersionRow;
 
 /// Largest secret value, bytes.

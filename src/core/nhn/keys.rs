@@ -8,12 +8,12 @@
 use crate::store::{KeyRepo, NhnRepo};
 use std::sync::Arc;
 
+use super::NhnKeyStore;
 use super::{NhnClient, NhnProject};
 use crate::core::keys::{schedule_destruction, VersionFaults, VersionLimit, VersionObjects};
+use crate::core::now_ms;
 use crate::core::{Engine, Error, KeyEntry, KeyStatus, Result};
 use crate::hsm::{KeySpec, KeyUsage};
-use super::NhnKeyStore;
-use crate::core::now_ms;
 use crate::store::{NewKey, NhnKeyRow, StoreError};
 
 /// Waiting period between a deletion request and the destruction: 7 days.
@@ -174,8 +174,7 @@ impl Engine {
             Err(Error::NotFound(_)) => return Err(Error::NotFound("key")),
             Err(e) => return Err(e),
         };
-        if entry.key.account_id != account_id
-            || entry.key.status == crate::core::KeyStatus::Deleted
+        if entry.key.account_id != account_id || entry.key.status == crate::core::KeyStatus::Deleted
         {
             return Err(Error::NotFound("key"));
         }
@@ -352,7 +351,8 @@ impl Engine {
             refused: secret_versions_refused,
         });
         let objects = kind.objects(v.meta.extractable, secret)?;
-        let ids = async { Ok::<_, Error>((self.nhn_object_id(kind, &v.entry.key.uid).await?, None)) };
+        let ids =
+            async { Ok::<_, Error>((self.nhn_object_id(kind, &v.entry.key.uid).await?, None)) };
         self.add_version(
             &v.entry,
             objects,
@@ -433,9 +433,7 @@ impl Engine {
                 Error::Conflict(m) => Error::InvalidState(m),
                 e => e,
             })?;
-        self.store()
-            .nhn_touch_key_change(e.key.id, user)
-            .await?;
+        self.store().nhn_touch_key_change(e.key.id, user).await?;
         self.nhn().keys.remove(uid);
         e.key
             .destroy_at
