@@ -103,13 +103,7 @@ cleanup() {
 trap cleanup EXIT
 
 # One token for everything.
-umask 077
-mkdir -p "$WORK/tokens" "$WORK/data"
-export SOFTHSM2_CONF="$WORK/softhsm2.conf"
-printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$WORK/tokens" >"$SOFTHSM2_CONF"
-random_secret >"$WORK/user.pin"
-softhsm2-util --init-token --free --label hsm-kms-bench --so-pin "$(random_secret)" \
-    --pin "$(cat "$WORK/user.pin")" >/dev/null
+throwaway_token "$WORK" hsm-kms-bench
 CONFIG="$WORK/hsm-kms.toml"
 cat >"$CONFIG" <<CONF
 [server]

@@ -60,3 +60,18 @@ has_token() {
 random_secret() {
     od -An -tx1 -N16 /dev/urandom | tr -d ' \n'
 }
+
+# throwaway_token DIR LABEL [BACKEND]: a SoftHSM config (object store
+# BACKEND, default file) and a fresh token LABEL under DIR (tokens/, data/,
+# user.pin; umask 077), with SOFTHSM2_CONF exported; the benchmark and soak
+# scripts' token. $SOFTHSM2_UTIL as for has_token.
+throwaway_token() {
+    local dir="$1" label="$2" backend="${3:-file}"
+    umask 077
+    mkdir -p "$dir/tokens" "$dir/data"
+    export SOFTHSM2_CONF="$dir/softhsm2.conf"
+    printf 'directories.tokendir = %s\nobjectstore.backend = %s\nlog.level = ERROR\n' "$dir/tokens" "$backend" >"$SOFTHSM2_CONF"
+    random_secret >"$dir/user.pin"
+    "${SOFTHSM2_UTIL:-softhsm2-util}" --init-token --free --label "$label" --so-pin "$(random_secret)" \
+        --pin "$(cat "$dir/user.pin")" >/dev/null
+}

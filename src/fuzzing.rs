@@ -15,9 +15,8 @@ pub use crate::api::naver::NaverError;
 pub use crate::api::naver::{format_sealed, parse_sealed};
 pub use crate::api::nhn::NhnError;
 pub use crate::api::parse_json;
-pub use crate::core::nhn::NhnSealed;
+pub use crate::core::nhn::NhnKeyFilter;
 pub use crate::core::{Sealed, CONTEXT_MAX, ENCRYPT_MAX, MAX_VERSIONS};
-pub use crate::store::NhnKeyFilter;
 
 use crate::api::naver::{crypto, v2};
 use crate::api::nhn::data;
@@ -184,7 +183,7 @@ pub enum NhnRequest {
     /// Encrypt or Sign: the plaintext text.
     Plaintext(String),
     /// Decrypt: the parsed ciphertext.
-    Decrypt(NhnSealed),
+    Decrypt(Sealed),
     /// Verify: the plaintext, the version named by the signature, the
     /// signature.
     Verify(String, Option<i64>, Vec<u8>),
@@ -229,8 +228,19 @@ pub fn nhn_request(call: NhnCall, b: &[u8]) -> Result<NhnRequest, NhnError> {
 }
 
 /// Parses an NHN ciphertext (base64 of `version || iv || ct || tag`).
-pub fn nhn_parse_ciphertext(s: &str) -> Result<NhnSealed, NhnError> {
+pub fn nhn_parse_ciphertext(s: &str) -> Result<Sealed, NhnError> {
     crate::api::nhn::format::parse_ciphertext(s)
+}
+
+/// NHN's framing of a ciphertext or signature, `version (u32 BE) || payload`.
+pub fn nhn_frame(s: &Sealed) -> Vec<u8> {
+    crate::api::nhn::format::frame(s)
+}
+
+/// Splits NHN's `version || payload`; `None` when shorter than
+/// `4 + min_payload`.
+pub fn nhn_unframe(b: &[u8], min_payload: usize) -> Option<Sealed> {
+    crate::api::nhn::format::unframe(b, min_payload)
 }
 
 /// Parses the `signature` of NHN Verify.

@@ -452,16 +452,13 @@ async fn admin_run(engine: &Engine, cmd: AdminCmd) -> anyhow::Result<()> {
             println!("revoked API key");
         }
         AdminCmd::Nhn { cmd } => nhn_admin::run(engine, cmd).await?,
-        // Normally taken before an engine is built (see `run`); kept here so
-        // the match stays complete.
-        AdminCmd::Reconcile {
-            destroy_orphans,
-            yes,
-        } => {
-            admin_reconcile(engine.hsm(), engine.store(), destroy_orphans, yes).await?;
+        // Taken before an engine is built, on the token and store alone (see
+        // `run`); kept here so the match stays complete.
+        AdminCmd::Reconcile { .. } => {
+            anyhow::bail!("`admin reconcile` runs before the engine is built")
         }
         AdminCmd::ListObjects => {
-            let mut objects = engine.hsm().service_object_infos().await?;
+            let mut objects = engine.service_objects().await?;
             objects.sort_by(|a, b| (&a.id, &a.class).cmp(&(&b.id, &b.class)));
             for info in objects {
                 println!(

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Subcommand;
+use hsm_kms::core::nhn::UserAccessKeyRequirement;
 use hsm_kms::core::nhn::{appkey_fingerprint, KeyStoreSettings};
 use hsm_kms::core::Engine;
-use hsm_kms::store::UserAccessKeyRequirement;
 use zeroize::Zeroizing;
 
 #[derive(Subcommand)]

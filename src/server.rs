@@ -1,7 +1,6 @@
 //! Wiring: opens the token and the store from a [`Config`], runs the
 //! reconciler, and serves the router. Used by `main` and by the tests.
 
-use crate::store::AccountRepo;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -75,7 +74,7 @@ pub async fn init(cfg: &Config, account: &str) -> anyhow::Result<InitOutcome> {
     start_up(&hsm, &store, StartMode::Init).await?;
     let created = ensure_service_keys(&hsm, &store).await?;
     let engine = Engine::new(hsm, store).await?;
-    let first_credentials = if engine.store().account_by_name(account).await?.is_none() {
+    let first_credentials = if engine.account_id(account).await?.is_none() {
         engine.create_account(account).await?;
         Some(engine.create_access_key(account).await?)
     } else {
@@ -227,7 +226,7 @@ pub async fn start(
             Err(e) => tracing::warn!(error = %e, "key preload failed; keys load on first use"),
         }
     });
-    tracing::info!(%addr, token = engine.hsm().token_label(), "hsm-kms listening");
+    tracing::info!(%addr, token = engine.token_label(), "hsm-kms listening");
     Ok(Running {
         addr,
         tls_addr,

@@ -10,8 +10,8 @@ mod common;
 mod nhn;
 
 use hsm_kms::fuzzing::{
-    ecdsa_der_to_raw, ecdsa_raw_to_der, format_sealed, nhn_b64, nhn_parse_ciphertext,
-    nhn_parse_signature, oaep_sha256_decode, parse_sealed, NhnSealed, Sealed, ENCRYPT_MAX,
+    ecdsa_der_to_raw, ecdsa_raw_to_der, format_sealed, nhn_b64, nhn_frame, nhn_parse_ciphertext,
+    nhn_parse_signature, nhn_unframe, oaep_sha256_decode, parse_sealed, Sealed, ENCRYPT_MAX,
     MAX_VERSIONS, RSA_MODULUS_LEN,
 };
 use proptest::prelude::*;
@@ -63,9 +63,9 @@ proptest! {
         version in 0..=i64::from(u32::MAX),
         payload in proptest::collection::vec(any::<u8>(), 28..=ENCRYPT_MAX + 28),
     ) {
-        let s = NhnSealed { version, payload };
-        let bytes = s.to_bytes();
-        prop_assert_eq!(NhnSealed::from_bytes(&bytes, 28), Some(s.clone()));
+        let s = Sealed { version, blob: payload };
+        let bytes = nhn_frame(&s);
+        prop_assert_eq!(nhn_unframe(&bytes, 28), Some(s.clone()));
         let text = nhn_b64(&bytes);
         prop_assert_eq!(nhn_parse_ciphertext(&text).unwrap(), s.clone());
         // Surrounding whitespace is tolerated, as before.
@@ -80,8 +80,8 @@ proptest! {
         sig in proptest::collection::vec(any::<u8>(), 256),
         bare in proptest::collection::vec(any::<u8>(), 0..600),
     ) {
-        let framed = NhnSealed { version, payload: sig.clone() };
-        let (hint, got) = nhn_parse_signature(&nhn_b64(&framed.to_bytes())).unwrap();
+        let framed = Sealed { version, blob: sig.clone() };
+        let (hint, got) = nhn_parse_signature(&nhn_b64(&nhn_frame(&framed))).unwrap();
         prop_assert_eq!(hint, Some(version));
         prop_assert_eq!(got, sig);
         let parsed = nhn_parse_signature(&nhn_b64(&bare)).unwrap();
@@ -232,7 +232,7 @@ fn encrypt_decrypt_any_plaintext_up_to_32k_over_http() {
             let ct = ok(&r)["ciphertext"].as_str().unwrap().to_string();
             let sealed = nhn_parse_ciphertext(&ct).unwrap();
             assert_eq!(sealed.version, 1);
-            assert_eq!(sealed.payload.len(), 12 + plain.len() + 16);
+            assert_eq!(sealed.blob.len(), 12 + plain.len() + 16);
             let r = call(&kms, &p, "POST", &dec, Some(json!({"ciphertext": ct}))).await;
             assert_eq!(ok(&r)["plaintext"], plain.as_str());
         });

@@ -7,7 +7,8 @@ mod nhn;
 
 use aes_gcm::aead::{Aead, KeyInit};
 use common::{b64, unb64};
-use hsm_kms::store::{KeyRepo, NhnRepo, UserAccessKeyRequirement};
+use hsm_kms::core::nhn::UserAccessKeyRequirement;
+use hsm_kms::store::{KeyRepo, NhnRepo};
 use nhn::{
     call, call_appkey_only, call_appkey_only_h, call_h, create_key, err, key_store, ok, project,
 };

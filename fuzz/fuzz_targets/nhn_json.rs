@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(e.code < 0);
         }
         Ok(NhnRequest::Decrypt(s)) => {
-            assert!(s.payload.len() >= 28);
+            assert!(s.blob.len() >= 28);
             assert!((0..=i64::from(u32::MAX)).contains(&s.version));
         }
         Ok(NhnRequest::Verify(_, Some(_), sig)) => assert_eq!(sig.len(), 256),

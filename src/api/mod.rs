@@ -299,11 +299,11 @@ async fn store_guard(
             naver::NaverError::from(e).into_response()
         }
     };
-    if st.engine.store().check_file().is_err() {
+    if !st.engine.store_file_ok() {
         return lost(nhn);
     }
     let resp = next.run(req).await;
-    if st.engine.store().check_file().is_err() {
+    if !st.engine.store_file_ok() {
         return lost(nhn);
     }
     resp

@@ -27,7 +27,6 @@ use anyhow::{anyhow, bail, Context as _};
 use hsm_kms::api::auth::ncp::{sign, SignatureVersion};
 use hsm_kms::config::Config;
 use hsm_kms::core::{reconcile, CreateKeyRequest, Engine, EngineOptions, KeyType, StartMode};
-use hsm_kms::store::AccountRepo as _;
 
 const ACCOUNT: &str = "scale";
 
@@ -95,8 +94,8 @@ async fn populate(
     )
     .await?;
     std::fs::create_dir_all(out)?;
-    let account_id = match engine.store().account_by_name(ACCOUNT).await? {
-        Some(a) => a.id,
+    let account_id = match engine.account_id(ACCOUNT).await? {
+        Some(id) => id,
         None => engine.create_account(ACCOUNT).await?,
     };
     let creds = out.join("credentials");

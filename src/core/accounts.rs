@@ -6,8 +6,9 @@ use rand::Rng;
 use zeroize::Zeroizing;
 
 use super::{service_keys, Engine, Error, Result};
+use crate::core::now_ms;
 use crate::hsm::{Hsm, KeySpec};
-use crate::store::{now_ms, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// A secret key decrypted from the store, kept in memory for signature checks.
 #[derive(Clone)]
@@ -107,6 +108,11 @@ impl Engine {
             Err(StoreError::Conflict) => Err(Error::Conflict(format!("account {name} exists"))),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The id of the account named `name`, if there is one.
+    pub async fn account_id(&self, name: &str) -> Result<Option<i64>> {
+        Ok(self.store().account_by_name(name).await?.map(|a| a.id))
     }
 
     /// Creates an access key for an account (by name). The secret is

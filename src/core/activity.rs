@@ -16,7 +16,47 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::audit::AuditChain;
 use super::{Engine, Error, Result};
-use crate::store::{ActivityRow, Store};
+use crate::store::Store;
+
+/// One activity record: a key-management or crypto call, or the
+/// service's own scheduled work. The store reads it by column name
+/// (`FromRow`).
+///
+/// Serialized (camelCase, `id` as `seq`) as a record line of an audit
+/// export ([`audit::export::Record`](crate::core::audit::export::Record)).
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivityRecord {
+    /// Sequence number (in the chain).
+    #[serde(rename = "seq")]
+    pub id: i64,
+    /// Time, ms.
+    pub at: i64,
+    /// Owning account.
+    pub account_id: i64,
+    /// Key tag.
+    pub key_uid: String,
+    /// Key name.
+    pub key_name: String,
+    /// Key id.
+    pub key_id: i64,
+    /// Key version used, if any.
+    pub version: Option<i64>,
+    /// API action (e.g. `Encrypt`).
+    pub action: String,
+    /// `ACCOUNT`, `TOKEN`, `SIGNATURE_V1`, `SYSTEM`.
+    pub auth_type: String,
+    /// Access key or token id.
+    pub caller: String,
+    /// Client address.
+    pub source_ip: String,
+    /// `SUCCESS` or `FAIL`.
+    pub result: String,
+    /// HTTP status.
+    pub status: i64,
+    /// Error details, empty on success.
+    pub message: String,
+}
 
 /// Largest batch per transaction.
 const MAX_BATCH: usize = 512;
@@ -30,7 +70,7 @@ struct Unrecorded {
 }
 
 type Pending = (
-    ActivityRow,
+    ActivityRecord,
     oneshot::Sender<std::result::Result<(), Unrecorded>>,
 );
 
@@ -70,11 +110,11 @@ impl ActivityLog {
         tokio::spawn(async move {
             let mut conn: Option<crate::store::ActivityWriter> = None;
             let mut tail = None;
-            let since_ms = crate::store::now_ms();
+            let since_ms = crate::core::now_ms();
             let idle = std::time::Duration::from_millis(
                 u64::try_from(chain.policy().every_ms).unwrap_or(60_000),
             );
-            let mut rows: Vec<ActivityRow> = Vec::with_capacity(MAX_BATCH);
+            let mut rows: Vec<ActivityRecord> = Vec::with_capacity(MAX_BATCH);
             let mut acks = Vec::with_capacity(MAX_BATCH);
             loop {
                 let (row, ack) = match tokio::time::timeout(idle, rx.recv()).await {
@@ -167,7 +207,7 @@ impl ActivityLog {
     }
 
     /// Queues a record and waits until it is committed.
-    pub async fn record(&self, row: ActivityRow) -> Result<()> {
+    pub async fn record(&self, row: ActivityRecord) -> Result<()> {
         let Some(tx) = &self.tx else { return Ok(()) };
         let (ack, done) = oneshot::channel();
         tx.send((row, ack))
@@ -194,7 +234,7 @@ impl Engine {
     }
 
     /// Records one activity and waits until it is durable.
-    pub async fn record_activity(&self, row: ActivityRow) -> Result<()> {
+    pub async fn record_activity(&self, row: ActivityRecord) -> Result<()> {
         self.inner.activity.record(row).await
     }
 
@@ -202,9 +242,9 @@ impl Engine {
     /// `admin-cli`) in the chained log, and waits until it is durable.
     /// `target` names what was acted on (names and public ids only).
     pub async fn record_admin(&self, action: &str, target: &str) -> Result<()> {
-        let row = ActivityRow {
+        let row = ActivityRecord {
             id: 0,
-            at: crate::store::now_ms(),
+            at: crate::core::now_ms(),
             account_id: 0,
             key_uid: String::new(),
             key_name: String::new(),
@@ -232,7 +272,7 @@ impl Engine {
         keyword: Option<&str>,
         page_no: i64,
         page_size: i64,
-    ) -> Result<(Vec<ActivityRow>, i64)> {
+    ) -> Result<(Vec<ActivityRecord>, i64)> {
         let e = self.owned_key(account_id, uid).await?;
         Ok(self
             .store()
@@ -248,7 +288,11 @@ impl Engine {
     }
 
     /// The newest activity record of a key owned by `account_id`.
-    pub async fn latest_activity(&self, account_id: i64, uid: &str) -> Result<Option<ActivityRow>> {
+    pub async fn latest_activity(
+        &self,
+        account_id: i64,
+        uid: &str,
+    ) -> Result<Option<ActivityRecord>> {
         let e = self.owned_key(account_id, uid).await?;
         Ok(self.store().latest_activity(&e.key.uid).await?)
     }

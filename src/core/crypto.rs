@@ -3,10 +3,12 @@
 
 use zeroize::Zeroizing;
 
-use super::keys::{KeyStatus, KeyType};
+use super::keys::KeyType;
+use super::KeyStatus;
+use super::VersionState;
 use super::{Engine, Error, KeyEntry, Result};
 use crate::hsm::SignAlg;
-use crate::store::{VersionRow, VersionState};
+use crate::store::VersionRow;
 
 /// Largest plaintext accepted by Encrypt (AES256), bytes.
 pub const ENCRYPT_MAX: usize = 32 * 1024;
@@ -40,28 +42,41 @@ fn key_type(e: &KeyEntry) -> Result<KeyType> {
 }
 
 fn usable(e: &KeyEntry) -> Result<()> {
-    if e.key.status != KeyStatus::ENABLE {
+    if e.key.status != KeyStatus::Enabled {
         return Err(Error::KeyDisabled);
     }
     Ok(())
 }
 
-/// The version `n` of a key, if it can be used for crypto.
-fn usable_version(e: &KeyEntry, n: i64) -> Result<&VersionRow> {
+/// The version `n` of a key, if it can be used for crypto (active and
+/// enabled; `VersionDisabled` otherwise). A key with no version `n` answers
+/// `missing()`: each dialect says that its own way. Both dialects' crypto
+/// picks versions here.
+pub(super) fn usable_version(
+    e: &KeyEntry,
+    n: i64,
+    missing: impl FnOnce() -> Error,
+) -> Result<&VersionRow> {
     let v = e
         .versions
         .iter()
         .find(|v| v.version == n)
-        .ok_or_else(|| Error::InvalidInput(format!("the key has no version {n}")))?;
+        .ok_or_else(missing)?;
     if v.state != VersionState::Active || !v.enabled {
         return Err(Error::VersionDisabled(n));
     }
     Ok(v)
 }
 
-fn current(e: &KeyEntry) -> Result<&VersionRow> {
+/// The newest active version, which new ciphertexts and signatures use.
+pub(super) fn current(e: &KeyEntry) -> Result<&VersionRow> {
     e.current()
         .ok_or_else(|| Error::Internal(format!("key {} has no active version", e.key.uid)))
+}
+
+/// NAVER's answer to a version the key does not have (400).
+fn no_version(n: i64) -> impl FnOnce() -> Error {
+    move || Error::InvalidInput(format!("the key has no version {n}"))
 }
 
 fn check_context(e: &KeyEntry, kt: KeyType, context: &Option<Vec<u8>>) -> Result<()> {
@@ -179,7 +194,7 @@ impl Engine {
         usable(e)?;
         let kt = key_type(e)?;
         check_context(e, kt, &context)?;
-        let v = usable_version(e, sealed.version)?;
+        let v = usable_version(e, sealed.version, no_version(sealed.version))?;
         let pt = match kt {
             KeyType::Aes256 => {
                 self.hsm()
@@ -244,7 +259,7 @@ impl Engine {
         if data.len() > SIGN_DATA_MAX {
             return Err(Error::InvalidInput("data must be at most 8 KB".into()));
         }
-        let v = usable_version(&e, version)?;
+        let v = usable_version(&e, version, no_version(version))?;
         Ok(self
             .hsm()
             .verify(v.cka_id.clone(), alg, data, signature)
@@ -269,12 +284,12 @@ impl Engine {
         }
         let v = match version {
             Some(n) => {
-                if !(1..=super::keys::MAX_VERSIONS).contains(&n) {
+                if !(1..=super::naver::MAX_VERSIONS).contains(&n) {
                     return Err(Error::InvalidInput(
                         "keyVersion must be between 1 and 100".into(),
                     ));
                 }
-                usable_version(&e, n)?
+                usable_version(&e, n, no_version(n))?
             }
             None => current(&e)?,
         };

@@ -1,5 +1,8 @@
-//! Key lifecycle: creation, versions and rotation, enable/disable, the
-//! two-step deletion, memo and rotation settings.
+//! The dialect-neutral key lifecycle: making a version's objects between
+//! its `pending` row and its activation (and rolling back what failed),
+//! changing a key row over the revision read, destroying a key. The
+//! dialects' rules sit on top: NAVER's in `core/naver/`, NHN's in
+//! `core/nhn/`.
 //!
 //! Every HSM object is written between a `pending` row and its activation, and
 //! destroyed between a `destroying` mark and `destroyed`, so that the
@@ -8,34 +11,15 @@
 use crate::store::KeyRepo;
 use std::sync::Arc;
 
-use super::accounts::now;
-use super::{fault_point, Engine, Error, KeyEntry, Result};
+use super::{fault_point, now_ms, Engine, Error, KeyEntry, KeyStatus, Result, VersionState};
 use crate::hsm::{KeySpec, KeyUsage};
-use crate::store::{NewKey, VersionState};
+use crate::store::{KeyRow, StoreError};
 
-/// Default automatic-rotation period, days.
-pub const ROTATION_PERIOD_DEFAULT: i64 = 90;
-/// Waiting period between a deletion request and the destruction: 72 hours.
-pub const DELETION_WAIT_MS: i64 = 72 * 3600 * 1000;
-/// Highest version number a key may reach.
-pub const MAX_VERSIONS: i64 = 100;
-const DAY_MS: i64 = 24 * 3600 * 1000;
+/// One day, ms.
+pub(crate) const DAY_MS: i64 = 24 * 3600 * 1000;
 /// Reads and re-applies of one key change before giving up on a key that
 /// other requests keep changing.
 const MODIFY_ATTEMPTS: usize = 16;
-
-/// Key status values (NAVER's).
-pub struct KeyStatus;
-impl KeyStatus {
-    /// Usable.
-    pub const ENABLE: &'static str = "ENABLE";
-    /// Disabled by the owner.
-    pub const DISABLE: &'static str = "DISABLE";
-    /// Pending deletion.
-    pub const REVOKE: &'static str = "REVOKE";
-    /// Destroyed; invisible through the APIs.
-    pub const DELETED: &'static str = "DELETED";
-}
 
 /// The key types the engine makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +52,7 @@ impl KeyType {
         }
     }
 
-    fn spec(self) -> KeySpec {
+    pub(crate) fn spec(self) -> KeySpec {
         match self {
             KeyType::Aes256 => KeySpec::Aes256 { extractable: false },
             KeyType::Rsa2048 => KeySpec::Rsa2048 {
@@ -80,58 +64,10 @@ impl KeyType {
     }
 }
 
-/// What a client asks for when creating a key.
-#[derive(Debug, Clone)]
-pub struct CreateKeyRequest {
-    /// Name, `[A-Za-z][A-Za-z0-9_-]{2,14}`, unique in the account.
-    pub name: String,
-    /// Key type.
-    pub key_type: KeyType,
-    /// Memo, at most 100 characters.
-    pub memo: String,
-    /// Convergent encryption (AES256 only).
-    pub is_convergent: bool,
-    /// Automatic rotation.
-    pub is_auto_rotation: bool,
-    /// Rotation period in days (1 to 730); default 90 when rotation is on.
-    pub rotation_period: Option<i64>,
-    /// NAVER `protectionType` (`BASIC` or `COMMON_HSM`).
-    pub protection_type: String,
-}
-
 /// Re-exported view types: the dialects format [`KeyEntry`] directly.
 pub type KeyView = KeyEntry;
 /// A version as the dialects see it.
 pub type VersionView = crate::store::VersionRow;
-
-fn valid_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    (3..=15).contains(&b.len())
-        && b[0].is_ascii_alphabetic()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
-}
-
-/// Checks a rotation period in days.
-pub fn check_rotation_period(days: i64) -> Result<i64> {
-    if (1..=730).contains(&days) {
-        Ok(days)
-    } else {
-        Err(Error::InvalidInput(
-            "rotationPeriod must be between 1 and 730 days".into(),
-        ))
-    }
-}
-
-/// Checks a memo.
-pub fn check_memo(memo: &str) -> Result<()> {
-    if memo.chars().count() > 100 {
-        return Err(Error::InvalidInput(
-            "memo must be at most 100 characters".into(),
-        ));
-    }
-    Ok(())
-}
 
 /// The account (or NHN project) already has `max` keys.
 pub(super) fn keys_limit(max: i64) -> Error {
@@ -160,98 +96,44 @@ fn label(uid: &str, version: i64) -> String {
     format!("hsm-kms/{uid}/v{version}")
 }
 
-impl Engine {
-    /// Creates a key and its first version in the token.
-    pub async fn create_key(
-        &self,
-        account_id: i64,
-        req: CreateKeyRequest,
-    ) -> Result<Arc<KeyEntry>> {
-        if !valid_name(&req.name) {
-            return Err(Error::InvalidInput(
-                "keyName must be 3 to 15 letters, digits, '-' or '_', starting with a letter"
-                    .into(),
-            ));
-        }
-        check_memo(&req.memo)?;
-        if req.is_convergent && req.key_type != KeyType::Aes256 {
-            return Err(Error::InvalidInput(
-                "isConvergent is only allowed for AES256 keys".into(),
-            ));
-        }
-        let rotation_period = match (req.is_auto_rotation, req.rotation_period) {
-            (true, p) => Some(check_rotation_period(p.unwrap_or(ROTATION_PERIOD_DEFAULT))?),
-            (false, Some(p)) => {
-                check_rotation_period(p)?;
-                None
-            }
-            (false, None) => None,
-        };
-        let uid = hex::encode(self.hsm().random(32).await?);
-        let cka_id = self.hsm().random(16).await?;
-        let aux_id = if req.is_convergent {
-            Some(self.hsm().random(16).await?)
-        } else {
-            None
-        };
-        let new = NewKey {
-            uid: uid.clone(),
-            account_id,
-            name: req.name.clone(),
-            key_type: req.key_type.as_str().to_string(),
-            memo: req.memo,
-            protection_type: req.protection_type,
-            is_convergent: req.is_convergent,
-            is_auto_rotation: req.is_auto_rotation,
-            rotation_period,
-            next_rotation_at: rotation_period.map(|d| now() + d * DAY_MS),
-        };
-        let max = self.limits().keys_per_account;
-        let caps = crate::store::KeyCaps {
-            per_account: max,
-            of_type: None,
-        };
-        let key_id = match self
-            .store()
-            .insert_key_pending(&new, &cka_id, aux_id.as_deref(), caps)
-            .await
-        {
-            Ok(id) => id,
-            Err(crate::store::StoreError::Conflict) => {
-                return Err(Error::Conflict(format!(
-                    "a key named {} already exists",
-                    req.name
-                )))
-            }
-            Err(crate::store::StoreError::LimitReached(_)) => return Err(keys_limit(max)),
-            Err(e) => return Err(e.into()),
-        };
-        fault_point("create:after-pending");
-        self.make_version_objects(
-            key_id,
-            1,
-            &uid,
-            req.key_type.spec(),
-            &cka_id,
-            aux_id.as_deref(),
-        )
-        .await?;
-        fault_point("create:after-hsm");
-        self.activate_made_version(
-            Abandoned {
-                key_id,
-                version: 1,
-                uid: uid.clone(),
-                cka_id,
-                aux_id,
-            },
-            None,
-        )
-        .await?;
-        self.invalidate(&uid);
-        self.key_entry(&uid).await
-    }
+/// The token objects of one key version. No `Debug`: a secret's value is
+/// never printed.
+pub(crate) enum VersionObjects {
+    /// A key or key pair generated in the token (and, when the version has
+    /// an aux id, the convergent key's HMAC key).
+    Key(KeySpec),
+    /// A private `CKO_DATA` object holding a secret's value; the version's
+    /// object id is its label.
+    Data(Vec<u8>),
+}
 
+/// A dialect's bound on the version numbers of a key.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct VersionLimit {
+    /// Highest version number.
+    pub(crate) max: i64,
+    /// The error refusing a version past `max` (given `max`).
+    pub(crate) refused: fn(i64) -> Error,
+}
+
+/// The fault points (crash tests) of one way of adding versions: after
+/// the pending row, after the token objects, after the activation.
+pub(crate) type VersionFaults = [&'static str; 3];
+
+/// Marks a key for destruction `wait_ms` from now (a dialect's waiting
+/// period): it stops working at once, and the deletion scheduler destroys
+/// it then; the status it had is kept for the record. Returns the
+/// destruction time.
+pub(crate) fn schedule_destruction(key: &mut KeyRow, wait_ms: i64) -> i64 {
+    let t = now_ms();
+    key.status_before_delete = Some(key.status.as_str().to_string());
+    key.status = KeyStatus::PendingDeletion;
+    key.status_at = t;
+    key.destroy_at = Some(t + wait_ms);
+    t + wait_ms
+}
+
+impl Engine {
     /// Activates a version whose objects were just made. When the store
     /// refuses (a full or read-only disk), the version is rolled back
     /// ([`Engine::roll_back_version`]) so that no object outlives the
@@ -346,35 +228,51 @@ impl Engine {
         q.len()
     }
 
-    /// Generates the objects of one version; on failure removes whatever was
+    /// Makes the objects of one version; on failure removes whatever was
     /// made and the pending row, so no half-made version survives.
     pub(super) async fn make_version_objects(
         &self,
         key_id: i64,
         version: i64,
         uid: &str,
-        spec: KeySpec,
+        objects: VersionObjects,
         cka_id: &[u8],
         aux_id: Option<&[u8]>,
     ) -> Result<()> {
+        let data_label = match &objects {
+            VersionObjects::Data(_) => Some(
+                String::from_utf8(cka_id.to_vec())
+                    .map_err(|_| Error::Internal("secret object id is not a label".into()))?,
+            ),
+            VersionObjects::Key(_) => None,
+        };
         let res = async {
-            self.hsm()
-                .generate(spec, label(uid, version), cka_id.to_vec())
-                .await?;
-            if let Some(aux) = aux_id {
-                self.hsm()
-                    .generate(
-                        KeySpec::HmacSha256,
-                        format!("{}/convergent", label(uid, version)),
-                        aux.to_vec(),
-                    )
-                    .await?;
+            match objects {
+                VersionObjects::Key(spec) => {
+                    self.hsm()
+                        .generate(spec, label(uid, version), cka_id.to_vec())
+                        .await?;
+                    if let Some(aux) = aux_id {
+                        self.hsm()
+                            .generate(
+                                KeySpec::HmacSha256,
+                                format!("{}/convergent", label(uid, version)),
+                                aux.to_vec(),
+                            )
+                            .await?;
+                    }
+                }
+                VersionObjects::Data(value) => {
+                    self.hsm()
+                        .create_data_object(data_label.unwrap_or_default(), value)
+                        .await?;
+                }
             }
             Ok::<(), crate::hsm::HsmError>(())
         }
         .await;
         if let Err(e) = res {
-            tracing::error!(error = %e, key = uid, version, "key generation failed; rolling back");
+            tracing::error!(error = %e, key = uid, version, "making the version's objects failed; rolling back");
             let ids: Vec<Vec<u8>> = std::iter::once(cka_id.to_vec())
                 .chain(aux_id.map(<[u8]>::to_vec))
                 .collect();
@@ -390,6 +288,103 @@ impl Engine {
             return Err(e.into());
         }
         Ok(())
+    }
+
+    /// Makes the objects of a new key's first version, which the caller
+    /// wrote `pending` with the key, and activates it.
+    pub(crate) async fn make_first_version(
+        &self,
+        key_id: i64,
+        uid: &str,
+        objects: VersionObjects,
+        object_id: Vec<u8>,
+        aux_id: Option<Vec<u8>>,
+        after_hsm: &'static str,
+    ) -> Result<()> {
+        self.make_version_objects(key_id, 1, uid, objects, &object_id, aux_id.as_deref())
+            .await?;
+        fault_point(after_hsm);
+        self.activate_made_version(
+            Abandoned {
+                key_id,
+                version: 1,
+                uid: uid.to_string(),
+                cka_id: object_id,
+                aux_id,
+            },
+            None,
+        )
+        .await?;
+        self.invalidate(uid);
+        Ok(())
+    }
+
+    /// Adds a version to `e`'s key and makes it current: the pending row
+    /// (the store numbers it), the token objects, the activation with the
+    /// key's next rotation time (`next_rotation_at`, asked once the objects
+    /// exist). `ids` makes the object ids (the version's and the aux one),
+    /// after the `limit` check; `limit` is checked again on the number the
+    /// store gave, which is exact under concurrent additions. `conflict`
+    /// is the message when a concurrent addition took the number.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn add_version(
+        &self,
+        e: &KeyEntry,
+        objects: VersionObjects,
+        ids: impl std::future::Future<Output = Result<(Vec<u8>, Option<Vec<u8>>)>>,
+        limit: Option<VersionLimit>,
+        conflict: &str,
+        faults: &VersionFaults,
+        next_rotation_at: impl FnOnce() -> Option<i64>,
+    ) -> Result<i64> {
+        if let Some(l) = limit {
+            let last = e.versions.last().map(|v| v.version).unwrap_or(0);
+            if last >= l.max {
+                return Err((l.refused)(l.max));
+            }
+        }
+        let (cka_id, aux_id) = ids.await?;
+        let key_id = e.key.id;
+        let version = match self
+            .store()
+            .insert_version_pending(key_id, &cka_id, aux_id.as_deref())
+            .await
+        {
+            Ok(v) => v,
+            Err(StoreError::Conflict) => return Err(Error::Conflict(conflict.into())),
+            Err(err) => return Err(err.into()),
+        };
+        if let Some(l) = limit {
+            if version > l.max {
+                self.store().delete_pending_version(key_id, version).await?;
+                return Err((l.refused)(l.max));
+            }
+        }
+        fault_point(faults[0]);
+        self.make_version_objects(
+            key_id,
+            version,
+            &e.key.uid,
+            objects,
+            &cka_id,
+            aux_id.as_deref(),
+        )
+        .await?;
+        fault_point(faults[1]);
+        self.activate_made_version(
+            Abandoned {
+                key_id,
+                version,
+                uid: e.key.uid.clone(),
+                cka_id,
+                aux_id,
+            },
+            next_rotation_at(),
+        )
+        .await?;
+        fault_point(faults[2]);
+        self.invalidate(&e.key.uid);
+        Ok(version)
     }
 
     async fn destroy_ids(&self, ids: &[Vec<u8>]) -> crate::hsm::Result<()> {
@@ -431,37 +426,23 @@ impl Engine {
         });
     }
 
-    /// Keys of an account, newest first: (keys, total count).
-    pub async fn list_keys(
+    /// Reads the key (`load`), applies `change` and writes the row back
+    /// only if no other write came in between (the row's revision); on a
+    /// lost race it reads again and re-applies `change`, so concurrent
+    /// changes of different fields (memo, rotation period, status) all
+    /// persist.
+    pub(crate) async fn modify_with<F, Fut>(
         &self,
-        account_id: i64,
-        page_no: i64,
-        page_size: i64,
-    ) -> Result<(Vec<KeyEntry>, i64)> {
-        let (rows, total) = self
-            .store()
-            .list_keys(account_id, (page_no - 1) * page_size, page_size)
-            .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for key in rows {
-            let versions = self.store().versions(key.id).await?;
-            out.push(KeyEntry { key, versions });
-        }
-        Ok((out, total))
-    }
-
-    /// Reads the key, applies `change` and writes the row back only if no
-    /// other write came in between (the row's revision); on a lost race it
-    /// reads again and re-applies `change`, so concurrent changes of
-    /// different fields (memo, rotation period, status) all persist.
-    async fn modify(
-        &self,
-        account_id: i64,
         uid: &str,
+        load: F,
         change: impl Fn(&mut KeyEntry) -> Result<()>,
-    ) -> Result<Arc<KeyEntry>> {
+    ) -> Result<Arc<KeyEntry>>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Arc<KeyEntry>>>,
+    {
         for _ in 0..MODIFY_ATTEMPTS {
-            let mut e = (*self.owned_key(account_id, uid).await?).clone();
+            let mut e = (*load().await?).clone();
             change(&mut e)?;
             let written = self.store().update_key(&e.key).await?;
             // Either way the cached entry is stale now.
@@ -475,207 +456,16 @@ impl Engine {
         ))
     }
 
-    /// Enables a disabled key.
-    pub async fn enable_key(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
-        self.modify(account_id, uid, |e| {
-            if e.key.status == KeyStatus::REVOKE {
-                return Err(Error::InvalidState(
-                    "the key is pending deletion; cancel the deletion first".into(),
-                ));
-            }
-            if e.key.status != KeyStatus::ENABLE {
-                e.key.status = KeyStatus::ENABLE.into();
-                e.key.status_at = now();
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    /// Disables an enabled key: every version stops working.
-    pub async fn disable_key(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
-        self.modify(account_id, uid, |e| {
-            if e.key.status == KeyStatus::REVOKE {
-                return Err(Error::InvalidState("the key is pending deletion".into()));
-            }
-            if e.key.status != KeyStatus::DISABLE {
-                e.key.status = KeyStatus::DISABLE.into();
-                e.key.status_at = now();
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    /// Enables or disables one version. The newest version cannot be
-    /// disabled, and versions of a key that is not enabled cannot change.
-    pub async fn set_version_enabled(
+    /// [`Engine::modify_with`] on a key of `account_id` as NAVER sees it
+    /// ([`Engine::owned_key`]).
+    pub(crate) async fn modify(
         &self,
         account_id: i64,
         uid: &str,
-        version: i64,
-        enabled: bool,
-    ) -> Result<crate::store::VersionRow> {
-        if !(1..=MAX_VERSIONS).contains(&version) {
-            return Err(Error::InvalidInput(
-                "version must be between 1 and 100".into(),
-            ));
-        }
-        let e = self.owned_key(account_id, uid).await?;
-        if e.key.status != KeyStatus::ENABLE {
-            return Err(Error::InvalidState(
-                "versions of a key that is not enabled cannot change".into(),
-            ));
-        }
-        let v = e.version(version).ok_or(Error::NotFound("key version"))?;
-        if !enabled && e.current().map(|c| c.version) == Some(version) {
-            return Err(Error::InvalidState(
-                "the newest version cannot be disabled".into(),
-            ));
-        }
-        if v.enabled != enabled {
-            self.store()
-                .set_version_enabled(e.key.id, version, enabled)
-                .await?;
-            self.invalidate(uid);
-        }
-        let e = self.key_entry(uid).await?;
-        e.version(version)
-            .cloned()
-            .ok_or(Error::NotFound("key version"))
-    }
-
-    /// Makes a new version, which becomes the current one.
-    pub async fn rotate(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
-        let e = self.owned_key(account_id, uid).await?;
-        self.rotate_entry(&e).await
-    }
-
-    pub(super) async fn rotate_entry(&self, e: &KeyEntry) -> Result<Arc<KeyEntry>> {
-        if e.key.status != KeyStatus::ENABLE {
-            return Err(Error::InvalidState(
-                "only an enabled key can be rotated".into(),
-            ));
-        }
-        let last = e.versions.last().map(|v| v.version).unwrap_or(0);
-        if last >= MAX_VERSIONS {
-            return Err(Error::InvalidState(
-                "the key has reached 100 versions".into(),
-            ));
-        }
-        let key_type = KeyType::parse(&e.key.key_type)
-            .ok_or_else(|| Error::Internal(format!("unknown key type {}", e.key.key_type)))?;
-        let cka_id = self.hsm().random(16).await?;
-        let aux_id = if e.key.is_convergent {
-            Some(self.hsm().random(16).await?)
-        } else {
-            None
-        };
-        let version = match self
-            .store()
-            .insert_version_pending(e.key.id, &cka_id, aux_id.as_deref())
+        change: impl Fn(&mut KeyEntry) -> Result<()>,
+    ) -> Result<Arc<KeyEntry>> {
+        self.modify_with(uid, move || self.owned_key(account_id, uid), change)
             .await
-        {
-            Ok(v) => v,
-            Err(crate::store::StoreError::Conflict) => {
-                return Err(Error::Conflict(
-                    "a concurrent rotation is in progress; retry".into(),
-                ))
-            }
-            Err(err) => return Err(err.into()),
-        };
-        if version > MAX_VERSIONS {
-            self.store()
-                .delete_pending_version(e.key.id, version)
-                .await?;
-            return Err(Error::InvalidState(
-                "the key has reached 100 versions".into(),
-            ));
-        }
-        fault_point("rotate:after-pending");
-        self.make_version_objects(
-            e.key.id,
-            version,
-            &e.key.uid,
-            key_type.spec(),
-            &cka_id,
-            aux_id.as_deref(),
-        )
-        .await?;
-        fault_point("rotate:after-hsm");
-        let next = if e.key.is_auto_rotation {
-            e.key.rotation_period.map(|d| now() + d * DAY_MS)
-        } else {
-            None
-        };
-        self.activate_made_version(
-            Abandoned {
-                key_id: e.key.id,
-                version,
-                uid: e.key.uid.clone(),
-                cka_id,
-                aux_id,
-            },
-            next,
-        )
-        .await?;
-        fault_point("rotate:after-store");
-        self.invalidate(&e.key.uid);
-        tracing::info!(key = %e.key.uid, version, "key rotated");
-        self.key_entry(&e.key.uid).await
-    }
-
-    /// Schedules the key's destruction after the 72-hour waiting period.
-    pub async fn request_deletion(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
-        self.modify(account_id, uid, |e| {
-            if e.key.status == KeyStatus::REVOKE {
-                return Err(Error::InvalidState(
-                    "the key is already pending deletion".into(),
-                ));
-            }
-            let t = now();
-            e.key.status_before_delete = Some(e.key.status.clone());
-            e.key.status = KeyStatus::REVOKE.into();
-            e.key.status_at = t;
-            e.key.destroy_at = Some(t + DELETION_WAIT_MS);
-            Ok(())
-        })
-        .await
-    }
-
-    /// Cancels a pending deletion; the key comes back disabled.
-    pub async fn cancel_deletion(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
-        self.modify(account_id, uid, |e| {
-            if e.key.status != KeyStatus::REVOKE {
-                return Err(Error::InvalidState(
-                    "the key is not pending deletion".into(),
-                ));
-            }
-            e.key.status = KeyStatus::DISABLE.into();
-            e.key.status_at = now();
-            e.key.destroy_at = None;
-            e.key.status_before_delete = None;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Destroys a key that is pending deletion, now.
-    pub async fn delete_key(&self, account_id: i64, uid: &str) -> Result<()> {
-        let e = self.owned_key(account_id, uid).await?;
-        if e.key.status != KeyStatus::REVOKE {
-            return Err(Error::InvalidState(
-                "only a key pending deletion can be deleted".into(),
-            ));
-        }
-        if self.destroy_key(e.key.id, uid).await? {
-            Ok(())
-        } else {
-            self.invalidate(uid);
-            Err(Error::InvalidState(
-                "only a key pending deletion can be deleted".into(),
-            ))
-        }
     }
 
     /// Marks every version `destroying`, destroys the objects, marks them
@@ -707,68 +497,4 @@ impl Engine {
             .await?;
         Ok(())
     }
-
-    /// Replaces the memo.
-    pub async fn update_memo(
-        &self,
-        account_id: i64,
-        uid: &str,
-        memo: String,
-    ) -> Result<Arc<KeyEntry>> {
-        check_memo(&memo)?;
-        self.modify(account_id, uid, |e| {
-            e.key.memo.clone_from(&memo);
-            Ok(())
-        })
-        .await
-    }
-
-    /// Changes the rotation period; automatic rotation must be on.
-    pub async fn update_rotation_period(
-        &self,
-        account_id: i64,
-        uid: &str,
-        days: i64,
-    ) -> Result<Arc<KeyEntry>> {
-        let days = check_rotation_period(days)?;
-        self.modify(account_id, uid, |e| {
-            if !e.key.is_auto_rotation {
-                return Err(Error::InvalidState(
-                    "enable automatic rotation before setting its period".into(),
-                ));
-            }
-            e.key.rotation_period = Some(days);
-            e.key.next_rotation_at = Some(last_rotation(e) + days * DAY_MS);
-            Ok(())
-        })
-        .await
-    }
-
-    /// Turns automatic rotation on or off.
-    pub async fn set_auto_rotation(
-        &self,
-        account_id: i64,
-        uid: &str,
-        on: bool,
-    ) -> Result<Arc<KeyEntry>> {
-        self.modify(account_id, uid, |e| {
-            if on {
-                let days = e.key.rotation_period.unwrap_or(ROTATION_PERIOD_DEFAULT);
-                e.key.is_auto_rotation = true;
-                e.key.rotation_period = Some(days);
-                e.key.next_rotation_at = Some(now() + days * DAY_MS);
-            } else {
-                e.key.is_auto_rotation = false;
-                e.key.next_rotation_at = None;
-            }
-            Ok(())
-        })
-        .await
-    }
-}
-
-fn last_rotation(e: &KeyEntry) -> i64 {
-    e.current()
-        .map(|v| v.created_at)
-        .unwrap_or(e.key.created_at)
 }

@@ -11,26 +11,27 @@ mod changes;
 mod crypto;
 mod invocations;
 mod keys;
+pub mod naver;
 pub mod nhn;
 mod reconcile;
 mod scheduler;
 mod tokens;
+mod types;
 
 pub use accounts::{ensure_service_keys, AccessKeyInfo, NewAccessKey, ACCESS_KEY_RECHECK};
-pub use activity::ActivityLog;
+pub use activity::{ActivityLog, ActivityRecord};
 pub use changes::spawn_change_feed;
 pub use crypto::{CustomKey, Sealed, CONTEXT_MAX, ENCRYPT_MAX, SIGN_DATA_MAX};
 pub use invocations::RESERVATION_BLOCK;
-pub use keys::{
-    CreateKeyRequest, KeyStatus, KeyType, KeyView, VersionView, DELETION_WAIT_MS, MAX_VERSIONS,
-    ROTATION_PERIOD_DEFAULT,
-};
+pub use keys::{KeyType, KeyView, VersionView};
+pub use naver::{CreateKeyRequest, DELETION_WAIT_MS, MAX_VERSIONS, ROTATION_PERIOD_DEFAULT};
 pub use reconcile::{bind, destroy_orphans, reconcile, Inventory, ReconcileReport, StartMode};
 pub use scheduler::spawn_scheduler;
 pub use tokens::{
     parse_rule, Lifetime, TokenAuth, TokenKind, TokenSet, DEFAULT_ACCESS_HOURS,
     DEFAULT_REFRESH_HOURS,
 };
+pub use types::{KeyStatus, VersionState};
 
 use crate::store::{InstallationRepo, KeyRepo};
 use std::sync::atomic::AtomicI64;
@@ -149,6 +150,14 @@ impl From<StoreError> for Error {
     }
 }
 
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// Result type of the engine.
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -195,14 +204,14 @@ impl KeyEntry {
         self.versions
             .iter()
             .rev()
-            .find(|v| v.state == crate::store::VersionState::Active)
+            .find(|v| v.state == VersionState::Active)
     }
 
     /// A given version if it is active.
     pub fn version(&self, n: i64) -> Option<&VersionRow> {
         self.versions
             .iter()
-            .find(|v| v.version == n && v.state == crate::store::VersionState::Active)
+            .find(|v| v.version == n && v.state == VersionState::Active)
     }
 }
 
@@ -376,14 +385,42 @@ impl Engine {
         })
     }
 
-    /// The HSM port.
+    /// The HSM port. Only the engine uses it (a dialect never calls
+    /// PKCS#11); with `test-hooks` the tests may, to inspect the token.
+    #[cfg(feature = "test-hooks")]
     pub fn hsm(&self) -> &Hsm {
         &self.inner.hsm
     }
 
-    /// The metadata store.
+    /// The HSM port (the engine's own).
+    #[cfg(not(feature = "test-hooks"))]
+    pub(crate) fn hsm(&self) -> &Hsm {
+        &self.inner.hsm
+    }
+
+    /// The metadata store. Only the engine uses it (a dialect never runs
+    /// SQL); with `test-hooks` the tests may, to inspect or damage rows.
+    #[cfg(feature = "test-hooks")]
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The metadata store (the engine's own).
+    #[cfg(not(feature = "test-hooks"))]
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Label of the token in use (for the start-up log line).
+    pub fn token_label(&self) -> &str {
+        self.inner.hsm.token_label()
+    }
+
+    /// Whether the store's file is still the one the engine opened (SQLite;
+    /// always true on PostgreSQL). A deleted or replaced file marks the
+    /// store lost for good (see [`Engine::check_store`]).
+    pub fn store_file_ok(&self) -> bool {
+        self.inner.store.check_file().is_ok()
     }
 
     /// The object-count limits in force.
@@ -450,7 +487,10 @@ impl Engine {
     /// created (no active version yet), which no client has been given.
     pub async fn owned_key(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
         let e = self.key_entry(uid).await?;
-        if e.key.account_id != account_id || e.key.status == "DELETED" || e.current().is_none() {
+        if e.key.account_id != account_id
+            || e.key.status == KeyStatus::Deleted
+            || e.current().is_none()
+        {
             return Err(Error::NotFound("key"));
         }
         Ok(e)

@@ -28,9 +28,10 @@ use crate::store::{InstallationRepo, KeyRepo, NhnRepo};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use super::VersionState;
 use super::{Engine, Error, Result};
 use crate::hsm::{Hsm, TokenObject};
-use crate::store::{Store, VersionState};
+use crate::store::Store;
 
 /// What a reconciler run found and did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
@@ -480,5 +481,11 @@ impl Engine {
             );
         }
         Ok(report)
+    }
+
+    /// Every object of the service on the token, with its attributes
+    /// (`hsm-kms admin list-objects`).
+    pub async fn service_objects(&self) -> Result<Vec<crate::hsm::ObjectInfo>> {
+        Ok(self.hsm().service_object_infos().await?)
     }
 }

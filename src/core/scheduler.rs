@@ -96,7 +96,7 @@ impl Engine {
         version: Option<i64>,
         action: &str,
     ) {
-        self.record_scheduled(crate::store::ActivityRow {
+        self.record_scheduled(super::ActivityRecord {
             id: 0,
             at: now(),
             account_id: key.account_id,
@@ -118,7 +118,7 @@ impl Engine {
     /// Records scheduled work on something other than a key: `message`
     /// names it.
     pub(super) async fn record_system_event(&self, account_id: i64, action: &str, message: String) {
-        self.record_scheduled(crate::store::ActivityRow {
+        self.record_scheduled(super::ActivityRecord {
             id: 0,
             at: now(),
             account_id,
@@ -139,7 +139,7 @@ impl Engine {
 
     /// The work is done whether or not its record could be written (the
     /// next pass would not redo it): a failure is logged.
-    async fn record_scheduled(&self, row: crate::store::ActivityRow) {
+    async fn record_scheduled(&self, row: super::ActivityRecord) {
         if let Err(e) = self.record_activity(row).await {
             tracing::warn!(error = %e, "cannot record scheduled work");
         }

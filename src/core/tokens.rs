@@ -365,7 +365,7 @@ impl Engine {
             .key_entry(uid)
             .await
             .map_err(|_| bad("the token is not valid for this key"))?;
-        if e.key.id != row.key_id || e.key.status == super::KeyStatus::DELETED {
+        if e.key.id != row.key_id || e.key.status == super::KeyStatus::Deleted {
             return Err(bad("the token is not valid for this key"));
         }
         let g = self.active_generator(row.key_id).await?;

@@ -8,7 +8,8 @@
 use super::naver::WriterConn;
 use super::postgres::PgDb;
 use super::sqlite::SqliteDb;
-use super::{ActivityRow, ActivityWriter, Result, Store};
+use super::{ActivityWriter, Result, Store};
+use crate::core::ActivityRecord;
 
 /// The newest activity record, as the writer continues the chain from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +39,7 @@ pub struct CheckpointRow {
 pub struct AuditRecordRow {
     /// The record (`id` is its sequence number).
     #[sqlx(flatten)]
-    pub row: ActivityRow,
+    pub row: ActivityRecord,
     /// Its chain value; `None` for records written before the chain.
     pub chain: Option<Vec<u8>>,
 }
@@ -186,7 +187,7 @@ impl AuditTx<'_> {
     pub async fn insert_chained(
         &mut self,
         first_seq: i64,
-        rows: &[ActivityRow],
+        rows: &[ActivityRecord],
         chains: &[[u8; 32]],
         cached: bool,
     ) -> Result<()> {

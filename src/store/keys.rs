@@ -2,44 +2,19 @@
 
 use super::{map_unique, now_ms, KeyRepo, Result, Store, StoreError};
 use super::{InstallationRepo, NhnRepo};
+use crate::core::{KeyStatus, VersionState};
 
-/// State of a key version's HSM object, for crash consistency.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VersionState {
-    /// Row written; the HSM object may or may not exist yet.
-    Pending,
-    /// HSM object exists and the version is usable.
-    Active,
-    /// Being destroyed; the HSM object may or may not exist any more.
-    Destroying,
-    /// HSM object destroyed.
-    Destroyed,
+/// The store's text for a key status (`keys.status`).
+impl From<String> for KeyStatus {
+    fn from(s: String) -> Self {
+        KeyStatus::parse(&s)
+    }
 }
 
+/// The store's text for a version state (`key_versions.state`).
 impl From<String> for VersionState {
     fn from(s: String) -> Self {
         VersionState::parse(&s)
-    }
-}
-
-impl VersionState {
-    /// Text stored in the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VersionState::Pending => "pending",
-            VersionState::Active => "active",
-            VersionState::Destroying => "destroying",
-            VersionState::Destroyed => "destroyed",
-        }
-    }
-
-    pub(super) fn parse(s: &str) -> Self {
-        match s {
-            "pending" => VersionState::Pending,
-            "active" => VersionState::Active,
-            "destroying" => VersionState::Destroying,
-            _ => VersionState::Destroyed,
-        }
     }
 }
 
@@ -56,8 +31,9 @@ pub struct KeyRow {
     pub name: String,
     /// `AES256`, `RSA2048` or `ECDSA`.
     pub key_type: String,
-    /// `ENABLE`, `DISABLE`, `REVOKE` or `DELETED`.
-    pub status: String,
+    /// Status (stored as `ENABLE`, `DISABLE`, `REVOKE` or `DELETED`).
+    #[sqlx(try_from = "String")]
+    pub status: KeyStatus,
     /// Free text.
     pub memo: String,
     /// NAVER `protectionType` as requested (`BASIC` or `COMMON_HSM`).
@@ -586,7 +562,7 @@ impl KeyRepo for Store {
             let r = sqlx::query(
                 "UPDATE keys SET status = $1, memo = $2, is_auto_rotation = $3, rotation_period = $4, next_rotation_at = $5, destroy_at = $6, status_before_delete = $7, status_at = $8, updated_at = $9, revision = revision + 1 WHERE id = $10 AND revision = $11",
             )
-            .bind(&k.status)
+            .bind(k.status.as_str())
             .bind(&k.memo)
             .bind(k.is_auto_rotation)
             .bind(k.rotation_period)

@@ -35,15 +35,16 @@ mod sqlite;
 
 pub use accounts::{AccessKeyRow, AccountRow};
 pub use audit::{AuditRecordRow, AuditTx, ChainTail, CheckpointRow};
-pub use keys::{KeyCaps, KeyRow, NewKey, VersionOwnerRow, VersionRow, VersionState};
-pub use naver::{ActivityRow, ActivityWriter, GeneratorRow, NewToken, TokenParent, TokenRow};
+pub use keys::{KeyCaps, KeyRow, NewKey, VersionOwnerRow, VersionRow};
+pub use naver::{ActivityWriter, GeneratorRow, NewToken, TokenParent, TokenRow};
 pub use nhn::{
-    NewCredential, NewKeyStore, NhnCredentialRow, NhnKeyFilter, NhnKeyRow, NhnKeyStoreRow,
-    NhnProjectRow, NhnUserAccessKeyRow, UserAccessKeyRequirement,
+    NewCredential, NewKeyStore, NhnCredentialRow, NhnKeyRow, NhnProjectRow, NhnUserAccessKeyRow,
 };
 pub use nodes::{Change, ChangeListener};
 pub use repo::{AccountRepo, ActivitySink, InstallationRepo, KeyRepo, NaverRepo, NhnRepo};
 pub use sqlite::MIN_FREE_BYTES;
+
+pub(crate) use crate::core::now_ms;
 
 use std::path::Path;
 
@@ -145,14 +146,6 @@ pub(crate) enum Db {
     Sqlite(SqliteDb),
     /// PostgreSQL server.
     Postgres(PgDb),
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Store {

@@ -4,6 +4,7 @@
 use sqlx::Row;
 
 use super::{map_unique, now_ms, ActivitySink, Db, NaverRepo, Result, Store, StoreError};
+use crate::core::ActivityRecord;
 
 /// A token generator row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -65,39 +66,6 @@ pub struct NewToken {
     pub kind: &'static str,
     /// Expiry, ms.
     pub expires_at: Option<i64>,
-}
-
-/// One activity record.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
-pub struct ActivityRow {
-    /// Sequence.
-    pub id: i64,
-    /// Time, ms.
-    pub at: i64,
-    /// Owning account.
-    pub account_id: i64,
-    /// Key tag.
-    pub key_uid: String,
-    /// Key name.
-    pub key_name: String,
-    /// Key id.
-    pub key_id: i64,
-    /// Key version used, if any.
-    pub version: Option<i64>,
-    /// API action (e.g. `Encrypt`).
-    pub action: String,
-    /// `ACCOUNT`, `TOKEN`, `SIGNATURE_V1`, `SYSTEM`.
-    pub auth_type: String,
-    /// Access key or token id.
-    pub caller: String,
-    /// Client address.
-    pub source_ip: String,
-    /// `SUCCESS` or `FAIL`.
-    pub result: String,
-    /// HTTP status.
-    pub status: i64,
-    /// Error details, empty on success.
-    pub message: String,
 }
 
 const ACTIVITY_COLS: &str =
@@ -358,7 +326,7 @@ impl ActivitySink for Store {
         keyword: Option<&str>,
         offset: i64,
         limit: i64,
-    ) -> Result<(Vec<ActivityRow>, i64)> {
+    ) -> Result<(Vec<ActivityRecord>, i64)> {
         on_db!(self, db => {
             // LIKE wildcards and the escape character itself match literally.
             let pattern = keyword.map(|k| {
@@ -395,7 +363,7 @@ impl ActivitySink for Store {
         })
     }
 
-    async fn latest_activity(&self, key_uid: &str) -> Result<Option<ActivityRow>> {
+    async fn latest_activity(&self, key_uid: &str) -> Result<Option<ActivityRecord>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {ACTIVITY_COLS} FROM activity_logs WHERE key_uid = $1 ORDER BY id DESC LIMIT 1"

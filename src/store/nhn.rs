@@ -2,6 +2,7 @@
 //! stores, the NHN side of keys, and key-store credentials.
 
 use super::{map_unique, now_ms, NhnRepo, Result, Store, StoreError};
+use crate::core::nhn::{NhnKeyFilter, NhnKeyStore, UserAccessKeyRequirement};
 
 /// A project row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -24,25 +25,6 @@ pub struct NhnProjectRow {
     pub created_at: i64,
 }
 
-/// Which calls of a project need a User Access Key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UserAccessKeyRequirement {
-    /// Management calls (credentials, key creation and deletion, secret
-    /// updates, key-store queries). On by default.
-    pub management: bool,
-    /// Data calls (encrypt, decrypt, sign, verify, secret and key reads).
-    pub data: bool,
-}
-
-impl Default for UserAccessKeyRequirement {
-    fn default() -> Self {
-        UserAccessKeyRequirement {
-            management: true,
-            data: false,
-        }
-    }
-}
-
 /// A User Access Key row (the secret only as a SHA-256).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct NhnUserAccessKeyRow {
@@ -54,36 +36,6 @@ pub struct NhnUserAccessKeyRow {
     pub secret_sha256: Vec<u8>,
     /// `active` or `revoked`.
     pub status: String,
-}
-
-/// A key store row.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct NhnKeyStoreRow {
-    /// Key store id (NHN `keyStoreId`).
-    pub id: i64,
-    /// Owning project.
-    pub project_id: i64,
-    /// Name, unique in the project.
-    pub name: String,
-    /// Description.
-    pub description: String,
-    /// IPv4 authentication on.
-    pub ip4_auth_use: bool,
-    /// MAC authentication on.
-    pub mac_auth_use: bool,
-    /// Client-certificate authentication on.
-    pub certificate_auth_use: bool,
-    /// Keys created in this store are extractable (symmetric-key and
-    /// private-key queries allowed).
-    pub allow_export: bool,
-    /// Creator.
-    pub creation_user: String,
-    /// Creation time, ms.
-    pub created_at: i64,
-    /// Last modifier.
-    pub last_change_user: String,
-    /// Last change, ms.
-    pub updated_at: i64,
 }
 
 /// The fields of a key store to create.
@@ -192,21 +144,6 @@ pub struct NewCredential {
     pub p12_ct: Option<Vec<u8>>,
     /// Creator.
     pub creation_user: String,
-}
-
-/// Filters of the key list of a key store.
-#[derive(Debug, Clone, Default)]
-pub struct NhnKeyFilter {
-    /// `SECRET`, `SYMMETRIC_KEY` or `ASYMMETRIC_KEY`.
-    pub nhn_type: Option<String>,
-    /// Substring of the name.
-    pub name: Option<String>,
-    /// `Some(true)`: active keys only; `Some(false)`: keys pending deletion only.
-    pub active: Option<bool>,
-    /// Rows to skip.
-    pub offset: i64,
-    /// Rows to return.
-    pub limit: i64,
 }
 
 const PROJECT_COLS: &str = "id, name, account_id, require_user_access_key, require_user_access_key_on_data, ca_cka_id, ca_cert, created_at";
@@ -472,7 +409,7 @@ impl NhnRepo for Store {
         })
     }
 
-    async fn nhn_update_key_store(&self, s: &NhnKeyStoreRow) -> Result<()> {
+    async fn nhn_update_key_store(&self, s: &NhnKeyStore) -> Result<()> {
         on_db!(self, db => {
             sqlx::query(
                 "UPDATE nhn_key_stores SET description = $1, ip4_auth_use = $2, mac_auth_use = $3, certificate_auth_use = $4, allow_export = $5, last_change_user = $6, updated_at = $7 WHERE id = $8",
@@ -491,7 +428,7 @@ impl NhnRepo for Store {
         })
     }
 
-    async fn nhn_key_stores(&self, project_id: i64) -> Result<Vec<NhnKeyStoreRow>> {
+    async fn nhn_key_stores(&self, project_id: i64) -> Result<Vec<NhnKeyStore>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {STORE_COLS} FROM nhn_key_stores WHERE project_id = $1 ORDER BY id"
@@ -502,7 +439,7 @@ impl NhnRepo for Store {
         })
     }
 
-    async fn nhn_key_store(&self, id: i64) -> Result<Option<NhnKeyStoreRow>> {
+    async fn nhn_key_store(&self, id: i64) -> Result<Option<NhnKeyStore>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {STORE_COLS} FROM nhn_key_stores WHERE id = $1"
@@ -517,7 +454,7 @@ impl NhnRepo for Store {
         &self,
         project_id: i64,
         name: &str,
-    ) -> Result<Option<NhnKeyStoreRow>> {
+    ) -> Result<Option<NhnKeyStore>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {STORE_COLS} FROM nhn_key_stores WHERE project_id = $1 AND name = $2"

@@ -5,6 +5,8 @@
 use std::future::Future;
 
 use super::*;
+use crate::core::nhn::{NhnKeyFilter, NhnKeyStore, UserAccessKeyRequirement};
+use crate::core::{ActivityRecord, VersionState};
 
 /// An active version's key uid, version number, `CKA_ID` and convergent
 /// `CKA_ID`.
@@ -377,24 +379,23 @@ pub trait NhnRepo {
     fn nhn_create_key_store(&self, s: &NewKeyStore) -> impl Future<Output = Result<i64>> + Send;
 
     /// Changes the switches and export policy of a key store.
-    fn nhn_update_key_store(&self, s: &NhnKeyStoreRow) -> impl Future<Output = Result<()>> + Send;
+    fn nhn_update_key_store(&self, s: &NhnKeyStore) -> impl Future<Output = Result<()>> + Send;
 
     /// Key stores of a project, by id.
     fn nhn_key_stores(
         &self,
         project_id: i64,
-    ) -> impl Future<Output = Result<Vec<NhnKeyStoreRow>>> + Send;
+    ) -> impl Future<Output = Result<Vec<NhnKeyStore>>> + Send;
 
     /// A key store by id.
-    fn nhn_key_store(&self, id: i64)
-        -> impl Future<Output = Result<Option<NhnKeyStoreRow>>> + Send;
+    fn nhn_key_store(&self, id: i64) -> impl Future<Output = Result<Option<NhnKeyStore>>> + Send;
 
     /// A key store of a project by name.
     fn nhn_key_store_by_name(
         &self,
         project_id: i64,
         name: &str,
-    ) -> impl Future<Output = Result<Option<NhnKeyStoreRow>>> + Send;
+    ) -> impl Future<Output = Result<Option<NhnKeyStore>>> + Send;
 
     /// Writes the NHN side of a key (right after `insert_key_pending`).
     fn nhn_insert_key(&self, k: &NhnKeyRow) -> impl Future<Output = Result<()>> + Send;
@@ -507,11 +508,11 @@ pub trait ActivitySink {
         keyword: Option<&str>,
         offset: i64,
         limit: i64,
-    ) -> impl Future<Output = Result<(Vec<ActivityRow>, i64)>> + Send;
+    ) -> impl Future<Output = Result<(Vec<ActivityRecord>, i64)>> + Send;
 
     /// The newest activity record of a key.
     fn latest_activity(
         &self,
         key_uid: &str,
-    ) -> impl Future<Output = Result<Option<ActivityRow>>> + Send;
+    ) -> impl Future<Output = Result<Option<ActivityRecord>>> + Send;
 }

@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 
 use super::NaverError;
 use crate::api::AppState;
+use crate::core::ActivityRecord;
 use crate::core::KeyEntry;
-use crate::store::ActivityRow;
 
 #[derive(Debug, Default)]
 struct Ctx {
@@ -165,9 +165,9 @@ pub async fn record(State(st): State<AppState>, mut req: Request, next: Next) ->
         return unrecorded(resp, "another account's key");
     }
     let status = resp.status();
-    let row = ActivityRow {
+    let row = ActivityRecord {
         id: 0,
-        at: crate::store::now_ms(),
+        at: crate::core::now_ms(),
         account_id,
         key_uid: entry.key.uid.clone(),
         key_name: entry.key.name.clone(),

@@ -102,7 +102,7 @@ pub async fn verify_signature(
     let fail = |e: SignatureError| NaverError::unauthenticated(e.to_string());
     let signed = SignedRequest::from_headers(&parts.headers, version).map_err(fail)?;
     signed
-        .check_timestamp(crate::store::now_ms(), state.config.signature_window_secs)
+        .check_timestamp(crate::core::now_ms(), state.config.signature_window_secs)
         .map_err(fail)?;
     let (account_id, secret) = match state.engine.access_key_secret(signed.access_key).await {
         Ok(v) => v,
@@ -192,7 +192,7 @@ fn check_replay(
         signed.access_key,
         ts,
         signed.signature,
-        crate::store::now_ms(),
+        crate::core::now_ms(),
     ) {
         Ok(()) => Ok(()),
         Err(e @ ReplayError::Replayed) => {

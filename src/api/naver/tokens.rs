@@ -13,8 +13,8 @@ use super::auth::{AccountAuth, RefreshAuth};
 use super::v2::int_param;
 use super::{success, NaverError, NaverJson, NaverResult};
 use crate::api::AppState;
+use crate::core::ActivityRecord;
 use crate::core::{Lifetime, DEFAULT_ACCESS_HOURS, DEFAULT_REFRESH_HOURS};
-use crate::store::ActivityRow;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -276,7 +276,7 @@ fn iso8601(ms: i64) -> String {
     .unwrap_or_default()
 }
 
-fn activity_json(a: &ActivityRow) -> Value {
+fn activity_json(a: &ActivityRecord) -> Value {
     json!({
         "timestamp": iso8601(a.at),
         "data": {
@@ -341,7 +341,7 @@ async fn activities(
     Path(tag): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> NaverResult<Response> {
-    let p = activity_params(&q, crate::store::now_ms())?;
+    let p = activity_params(&q, crate::core::now_ms())?;
     let (from, to, page_no, page_size) = (p.from, p.to, p.page_no, p.page_size);
     let keyword = p.keyword;
     let (rows, total) = st

@@ -106,7 +106,7 @@ fn key_info(e: &KeyEntry, base_url: &str) -> KeyInfo {
         nrn: format!("nrn:PUB:KMS::{}:Key/{}", k.account_id, k.id),
         base_url: base_url.to_string(),
         key_type: k.key_type.clone(),
-        status: k.status.clone(),
+        status: k.status.as_str().to_string(),
         keystore_id: k.account_id,
         current_version: e.current().map(|v| v.version).unwrap_or(0),
         protection_type: k.protection_type.clone(),
@@ -229,7 +229,7 @@ async fn list_keys(
                 "keyTag": e.key.uid,
                 "keyName": e.key.name,
                 "keyType": e.key.key_type,
-                "status": e.key.status,
+                "status": e.key.status.as_str(),
                 "protectionType": e.key.protection_type,
                 "isConvergent": e.key.is_convergent,
                 "registerDate": e.key.created_at,
@@ -246,7 +246,9 @@ async fn list_keys(
 }
 
 fn status_reply(e: &KeyEntry) -> Response {
-    success(json!({"keyTag": e.key.uid, "status": e.key.status, "statusDate": e.key.status_at}))
+    success(
+        json!({"keyTag": e.key.uid, "status": e.key.status.as_str(), "statusDate": e.key.status_at}),
+    )
 }
 
 async fn enable_key(
@@ -315,7 +317,7 @@ async fn list_versions(
     let list: Vec<_> = e
         .versions
         .iter()
-        .filter(|v| v.state == crate::store::VersionState::Active)
+        .filter(|v| v.state == crate::core::VersionState::Active)
         .map(|v| {
             json!({
                 "version": v.version,

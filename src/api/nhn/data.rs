@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::audit::{noted, AuditNote};
-use super::format::{b64, hex_list, parse_ciphertext, parse_signature};
+use super::format::{b64, frame, hex_list, parse_ciphertext, parse_signature};
 use super::{success, ManageCtx, NhnCtx, NhnError, NhnJson, NhnResult};
 use crate::api::AppState;
 
@@ -143,7 +143,7 @@ async fn encrypt(
         .await?;
     Ok(noted(
         success(json!({
-            "ciphertext": b64(&sealed.to_bytes()),
+            "ciphertext": b64(&frame(&sealed)),
             "keyVersion": sealed.version,
         })),
         AuditNote::version(sealed.version),
@@ -190,7 +190,7 @@ async fn create_local_key(
     Ok(noted(
         success(json!({
             "localKeyPlaintext": lk.plaintext_b64.as_str(),
-            "localKeyCiphertext": b64(&lk.sealed.to_bytes()),
+            "localKeyCiphertext": b64(&frame(&lk.sealed)),
             "keyVersion": lk.sealed.version,
         })),
         AuditNote::version(lk.sealed.version),
@@ -247,7 +247,7 @@ async fn sign(
         .await?;
     Ok(noted(
         success(json!({
-            "signature": b64(&sealed.to_bytes()),
+            "signature": b64(&frame(&sealed)),
             "keyVersion": sealed.version,
         })),
         AuditNote::version(sealed.version),

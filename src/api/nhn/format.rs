@@ -5,8 +5,8 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::NhnError;
-use crate::core::nhn::{CredentialView, NhnKeyView, NhnSealed};
-use crate::store::NhnKeyStoreRow;
+use crate::core::nhn::{CredentialView, NhnKeyStore, NhnKeyView};
+use crate::core::Sealed;
 
 /// NHN Cloud's date-times are Korea Standard Time (UTC+09:00, no daylight
 /// saving), written without an offset: the API guide's examples
@@ -51,11 +51,32 @@ pub fn unb64(field: &str, s: &str) -> Result<Vec<u8>, NhnError> {
         .map_err(|_| NhnError::invalid_user_data(format!("{field} is not valid base64")))
 }
 
+/// NHN's framing of a ciphertext or signature: `version (u32 BE) ||
+/// payload`, the payload being `iv || ciphertext || tag` or the signature.
+pub fn frame(s: &Sealed) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + s.blob.len());
+    out.extend_from_slice(&(s.version as u32).to_be_bytes());
+    out.extend_from_slice(&s.blob);
+    out
+}
+
+/// Splits [`frame`]'s `version || payload`; `None` when shorter than
+/// `4 + min_payload`.
+pub fn unframe(b: &[u8], min_payload: usize) -> Option<Sealed> {
+    if b.len() < 4 + min_payload {
+        return None;
+    }
+    let version = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as i64;
+    Some(Sealed {
+        version,
+        blob: b[4..].to_vec(),
+    })
+}
+
 /// Parses an NHN ciphertext: base64 of `version || iv || ct || tag`.
-pub fn parse_ciphertext(s: &str) -> Result<NhnSealed, NhnError> {
+pub fn parse_ciphertext(s: &str) -> Result<Sealed, NhnError> {
     let raw = unb64("ciphertext", s)?;
-    NhnSealed::from_bytes(&raw, 12 + 16)
-        .ok_or_else(|| NhnError::invalid_user_data("ciphertext is too short"))
+    unframe(&raw, 12 + 16).ok_or_else(|| NhnError::invalid_user_data("ciphertext is too short"))
 }
 
 /// RSA-2048 signature length.
@@ -70,9 +91,9 @@ pub fn parse_signature(s: &str) -> Result<(Option<i64>, Vec<u8>), NhnError> {
     // checked against the current version.
     Ok(match raw.len() {
         n if n == 4 + SIG_LEN => {
-            let s = NhnSealed::from_bytes(&raw, SIG_LEN)
+            let s = unframe(&raw, SIG_LEN)
                 .ok_or_else(|| NhnError::invalid_user_data("malformed signature"))?;
-            (Some(s.version), s.payload)
+            (Some(s.version), s.blob)
         }
         _ => (None, raw),
     })
@@ -109,7 +130,7 @@ pub fn key_record(v: &NhnKeyView) -> Value {
 }
 
 /// A key-store record.
-pub fn key_store_record(s: &NhnKeyStoreRow) -> Value {
+pub fn key_store_record(s: &NhnKeyStore) -> Value {
     json!({
         "keyStoreId": s.id,
         "name": s.name,

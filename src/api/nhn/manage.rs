@@ -15,8 +15,8 @@ use super::audit::{noted, AuditNote};
 use super::format::{credential_record, datetime, key_record, key_store_record};
 use super::{success, ManageCtx, NhnCtx, NhnError, NhnJson, NhnResult};
 use crate::api::AppState;
+use crate::core::nhn::NhnKeyFilter;
 use crate::core::nhn::{CredentialKind, NhnKeyType};
-use crate::store::NhnKeyFilter;
 
 const P: &str = "/keymanager/v1.2/appkey/{appkey}";
 

@@ -24,9 +24,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{checkpoint_signature_ok, BreakKind};
+use crate::core::ActivityRecord;
 use crate::core::{Error, Result};
 use crate::hsm::Hsm;
-use crate::store::{ActivityRow, CheckpointRow, InstallationRepo as _, Store};
+use crate::store::{CheckpointRow, InstallationRepo as _, Store};
 
 /// The `format` of export files.
 pub const FORMAT: &str = "hsm-kms-audit-export/1";
@@ -65,62 +66,15 @@ pub struct Header {
     pub checkpoint_bytes: String,
 }
 
-/// A record line.
+/// A record line: the activity record as the chain saw it (its `id`, the
+/// sequence number, written as `seq`) and its chain value.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
 pub struct Record {
-    /// Sequence number.
-    pub seq: i64,
-    /// Time, ms.
-    pub at: i64,
-    /// Owning account.
-    pub account_id: i64,
-    /// Key uid (NAVER keyTag).
-    pub key_uid: String,
-    /// Key name.
-    pub key_name: String,
-    /// Key id.
-    pub key_id: i64,
-    /// Key version.
-    pub version: Option<i64>,
-    /// Action.
-    pub action: String,
-    /// Auth type.
-    pub auth_type: String,
-    /// Caller.
-    pub caller: String,
-    /// Client address.
-    pub source_ip: String,
-    /// `SUCCESS` / `FAIL`.
-    pub result: String,
-    /// HTTP status.
-    pub status: i64,
-    /// Message.
-    pub message: String,
+    /// The record.
+    #[serde(flatten)]
+    pub record: ActivityRecord,
     /// Chain value, hex; `None` before the chain.
     pub chain: Option<String>,
-}
-
-impl Record {
-    /// The record as the chain saw it.
-    pub fn row(&self) -> ActivityRow {
-        ActivityRow {
-            id: self.seq,
-            at: self.at,
-            account_id: self.account_id,
-            key_uid: self.key_uid.clone(),
-            key_name: self.key_name.clone(),
-            key_id: self.key_id,
-            version: self.version,
-            action: self.action.clone(),
-            auth_type: self.auth_type.clone(),
-            caller: self.caller.clone(),
-            source_ip: self.source_ip.clone(),
-            result: self.result.clone(),
-            status: self.status,
-            message: self.message.clone(),
-        }
-    }
 }
 
 /// A checkpoint line.
@@ -174,7 +128,7 @@ pub async fn export(hsm: &Hsm, store: &Store, out: &mut impl Write) -> Result<(i
         chain_start: start,
         unchained: store.audit_count_before(start).await?,
         public_key_sha256: hex::encode(Sha256::digest(&spki)),
-        exported_at: crate::store::now_ms(),
+        exported_at: crate::core::now_ms(),
         record_bytes: RECORD_BYTES.into(),
         checkpoint_bytes: CHECKPOINT_BYTES.into(),
     };
@@ -192,20 +146,7 @@ pub async fn export(hsm: &Hsm, store: &Store, out: &mut impl Write) -> Result<(i
             line(
                 out,
                 &Line::Record(Record {
-                    seq: a.id,
-                    at: a.at,
-                    account_id: a.account_id,
-                    key_uid: a.key_uid.clone(),
-                    key_name: a.key_name.clone(),
-                    key_id: a.key_id,
-                    version: a.version,
-                    action: a.action.clone(),
-                    auth_type: a.auth_type.clone(),
-                    caller: a.caller.clone(),
-                    source_ip: a.source_ip.clone(),
-                    result: a.result.clone(),
-                    status: a.status,
-                    message: a.message.clone(),
+                    record: a.clone(),
                     chain: r.chain.as_ref().map(hex::encode),
                 }),
             )?;
@@ -303,36 +244,37 @@ pub fn verify_export(
     for (i, l) in lines {
         match serde_json::from_str::<Line>(l) {
             Ok(Line::Record(r)) => {
+                let seq = r.record.id;
                 report.records += 1;
-                if r.seq >= header.chain_start {
+                if seq >= header.chain_start {
                     report.chained += 1;
                     let expected = last
                         .map(|s| s + 1)
                         .unwrap_or(header.chain_start)
                         .max(header.chain_start);
-                    if r.seq < expected {
+                    if seq < expected {
                         breaks.push(super::verify::brk(
-                            r.seq,
+                            seq,
                             BreakKind::Reordered,
-                            format!("seq {} comes after seq {}", r.seq, expected - 1),
+                            format!("seq {seq} comes after seq {}", expected - 1),
                         ));
-                    } else if r.seq > expected {
+                    } else if seq > expected {
                         breaks.push(super::verify::brk(
                             expected,
                             BreakKind::Deleted,
-                            format!("the records at seq {expected} to {} are missing", r.seq - 1),
+                            format!("the records at seq {expected} to {} are missing", seq - 1),
                         ));
                     }
                     if r.chain.is_none() {
                         breaks.push(super::verify::brk(
-                            r.seq,
+                            seq,
                             BreakKind::Edited,
-                            format!("the record at seq {} has no chain value", r.seq),
+                            format!("the record at seq {seq} has no chain value"),
                         ));
                     }
                 }
-                last = Some(last.map_or(r.seq, |s: i64| s.max(r.seq)));
-                chains.insert(r.seq, r.chain);
+                last = Some(last.map_or(seq, |s: i64| s.max(seq)));
+                chains.insert(seq, r.chain);
             }
             Ok(Line::Checkpoint(c)) => cps.push(c),
             Ok(Line::Header(_)) => {

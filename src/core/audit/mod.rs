@@ -19,10 +19,9 @@ pub use verify::{verify_chain, Break, BreakKind, ChainReport};
 use std::sync::Arc;
 
 use super::{service_keys, Error, Result};
+use crate::core::ActivityRecord;
 use crate::hsm::{Hsm, OpClass, SignAlg};
-use crate::store::{
-    ActivityRow, ActivityWriter, ChainTail, CheckpointRow, InstallationRepo as _, Store,
-};
+use crate::store::{ActivityWriter, ChainTail, CheckpointRow, InstallationRepo as _, Store};
 
 /// The first field of a record's canonical bytes.
 pub const RECORD_TAG: &str = "hsm-kms-audit-record/1";
@@ -47,7 +46,7 @@ fn int(out: &mut Vec<u8>, v: i64) {
 /// caller, source address, result, status, message. Integers are 8-byte
 /// big-endian two's complement; an absent version is an empty field; texts
 /// are UTF-8. The record's own `id` is ignored: `seq` is where it belongs.
-pub fn canonical_record(seq: i64, r: &ActivityRow) -> Vec<u8> {
+pub fn canonical_record(seq: i64, r: &ActivityRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(160 + r.message.len());
     field(&mut out, RECORD_TAG.as_bytes());
     int(&mut out, seq);
@@ -85,7 +84,7 @@ pub fn canonical_checkpoint(installation_id: &str, seq: i64, chain: &[u8], at: i
 
 /// The HMAC input of a link: the previous chain value, then the record's
 /// canonical bytes.
-pub fn link_input(prev: &[u8], seq: i64, r: &ActivityRow) -> Vec<u8> {
+pub fn link_input(prev: &[u8], seq: i64, r: &ActivityRecord) -> Vec<u8> {
     let mut m = Vec::with_capacity(32 + 160 + r.message.len());
     m.extend_from_slice(prev);
     m.extend_from_slice(&canonical_record(seq, r));
@@ -198,7 +197,7 @@ impl AuditChain {
         &self,
         prev: [u8; 32],
         first: i64,
-        rows: &[ActivityRow],
+        rows: &[ActivityRecord],
     ) -> Result<Vec<[u8; 32]>> {
         let msgs: Arc<Vec<Vec<u8>>> = Arc::new(
             rows.iter()
@@ -281,7 +280,7 @@ impl AuditChain {
         conn: &mut ActivityWriter,
         cached: &mut Option<ChainTail>,
         since_ms: i64,
-        rows: &[ActivityRow],
+        rows: &[ActivityRecord],
     ) -> Result<()> {
         let guess = match cached.take() {
             Some(t) => t,
@@ -301,7 +300,7 @@ impl AuditChain {
             .await?;
         let last_seq = first + rows.len() as i64 - 1;
         let last_chain = chains.last().copied().unwrap_or(prev);
-        let now = crate::store::now_ms();
+        let now = crate::core::now_ms();
         if self.due(cp, since_ms, last_seq, now) {
             let cp = self.checkpoint(last_seq, &last_chain, now).await?;
             tx.insert_checkpoint(&cp).await?;
@@ -331,7 +330,7 @@ impl AuditChain {
             return Ok(false);
         }
         let cp = tx.last_checkpoint().await?;
-        let now = crate::store::now_ms();
+        let now = crate::core::now_ms();
         let covered = cp.as_ref().map(|c| c.seq).unwrap_or(0);
         let cp_at = cp.as_ref().map(|c| c.at).unwrap_or(since_ms);
         if seq <= covered || now - cp_at < self.policy.every_ms {
@@ -375,8 +374,8 @@ pub fn checkpoint_signature_ok(
 mod tests {
     use super::*;
 
-    fn row() -> ActivityRow {
-        ActivityRow {
+    fn row() -> ActivityRecord {
+        ActivityRecord {
             id: 0,
             at: 1,
             account_id: 2,

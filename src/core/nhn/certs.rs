@@ -10,9 +10,10 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::{normalize_mac, NhnProject};
+use crate::core::now_ms;
 use crate::core::{Engine, Error, Result};
 use crate::hsm::{Hsm, KeySpec, SignAlg};
-use crate::store::{now_ms, NewCredential, NhnCredentialRow, StoreError};
+use crate::store::{NewCredential, NhnCredentialRow, StoreError};
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 /// Waiting period of a credential deletion request: 7 days.

@@ -2,60 +2,30 @@
 //! and decryption, local keys, raw PKCS#1 v1.5 signatures, public keys, and
 //! the export queries allowed by a key store's export policy.
 //!
-//! NHN ciphertexts and signatures are `version (4 bytes, big-endian) ||
-//! payload`, where the payload is `iv || ciphertext || tag` or the signature;
-//! the dialect base64-encodes them.
+//! Ciphertexts and signatures are the engine's [`Sealed`] (the version and
+//! `iv || ciphertext || tag`, or the signature); the dialect frames them
+//! (`api::nhn::format::frame`).
 
 use crate::store::NhnRepo;
 use zeroize::Zeroizing;
 
 use super::keys::{NhnKeyType, NhnKeyView};
 use super::{NhnClient, NhnProject};
-use crate::core::{Engine, Error, Result, ENCRYPT_MAX};
+use crate::core::crypto::{current, usable_version};
+use crate::core::{Engine, Error, Result, Sealed, ENCRYPT_MAX};
 use crate::hsm::asymmetric_limits::RSA_RAW_SIGN_MAX;
 use crate::hsm::SignAlg;
-use crate::store::{VersionRow, VersionState};
+use crate::store::VersionRow;
 
 /// Largest secret value, bytes.
 pub const NHN_SECRET_MAX: usize = 32 * 1024;
-
-/// A version-tagged ciphertext or signature.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NhnSealed {
-    /// Key version.
-    pub version: i64,
-    /// `iv || ciphertext || tag`, or the signature.
-    pub payload: Vec<u8>,
-}
-
-impl NhnSealed {
-    /// `version (u32 BE) || payload`.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(4 + self.payload.len());
-        out.extend_from_slice(&(self.version as u32).to_be_bytes());
-        out.extend_from_slice(&self.payload);
-        out
-    }
-
-    /// Splits `version || payload`; `None` when shorter than `4 + min_payload`.
-    pub fn from_bytes(b: &[u8], min_payload: usize) -> Option<Self> {
-        if b.len() < 4 + min_payload {
-            return None;
-        }
-        let version = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as i64;
-        Some(NhnSealed {
-            version,
-            payload: b[4..].to_vec(),
-        })
-    }
-}
 
 /// A local key: the plaintext key (base64 text) and its encryption.
 pub struct LocalKey {
     /// Base64 of the 32 random bytes.
     pub plaintext_b64: Zeroizing<String>,
     /// The base64 text encrypted under the key's current version.
-    pub sealed: NhnSealed,
+    pub sealed: Sealed,
 }
 
 pub(super) fn check_secret(v: &str) -> Result<Vec<u8>> {
@@ -67,30 +37,12 @@ pub(super) fn check_secret(v: &str) -> Result<Vec<u8>> {
     Ok(v.as_bytes().to_vec())
 }
 
-fn current(v: &NhnKeyView) -> Result<&VersionRow> {
-    v.entry
-        .current()
-        .ok_or_else(|| Error::Internal(format!("key {} has no active version", v.entry.key.uid)))
-}
-
-/// A given version, for decrypt / verify / queries.
-fn version(v: &NhnKeyView, n: i64) -> Result<&VersionRow> {
-    let row = v
-        .entry
-        .versions
-        .iter()
-        .find(|r| r.version == n)
-        .ok_or(Error::NotFound("key version"))?;
-    if row.state != VersionState::Active || !row.enabled {
-        return Err(Error::VersionDisabled(n));
-    }
-    Ok(row)
-}
-
+/// A given version (decrypt, verify, queries), or the current one. NHN
+/// answers a version the key does not have with 404.
 fn pick(v: &NhnKeyView, n: Option<i64>) -> Result<&VersionRow> {
     match n {
-        Some(n) => version(v, n),
-        None => current(v),
+        Some(n) => usable_version(&v.entry, n, || Error::NotFound("key version")),
+        None => current(&v.entry),
     }
 }
 
@@ -105,7 +57,7 @@ impl Engine {
         let v = self
             .nhn_usable_key(p, uid, NhnKeyType::Secret, Some(c))
             .await?;
-        let row = current(&v)?;
+        let row = current(&v.entry)?;
         let bytes = Zeroizing::new(self.hsm().read_data_object(row.cka_id.clone()).await?);
         let s = std::str::from_utf8(&bytes)
             .map_err(|_| Error::Internal("secret value is not UTF-8".into()))?;
@@ -145,7 +97,7 @@ impl Engine {
         uid: &str,
         plaintext: &[u8],
         c: &NhnClient,
-    ) -> Result<NhnSealed> {
+    ) -> Result<Sealed> {
         if plaintext.len() > ENCRYPT_MAX {
             return Err(Error::InvalidInput(
                 "plaintext must be at most 32 KB".into(),
@@ -157,16 +109,16 @@ impl Engine {
         self.nhn_seal(&v, plaintext.to_vec()).await
     }
 
-    async fn nhn_seal(&self, v: &NhnKeyView, plaintext: Vec<u8>) -> Result<NhnSealed> {
-        let row = current(v)?;
+    async fn nhn_seal(&self, v: &NhnKeyView, plaintext: Vec<u8>) -> Result<Sealed> {
+        let row = current(&v.entry)?;
         self.count_gcm_invocation(&row.cka_id, row.version).await?;
         let payload = self
             .hsm()
             .aes_gcm_encrypt(row.cka_id.clone(), plaintext, Vec::new(), None)
             .await?;
-        Ok(NhnSealed {
+        Ok(Sealed {
             version: row.version,
-            payload,
+            blob: payload,
         })
     }
 
@@ -175,16 +127,16 @@ impl Engine {
         &self,
         p: &NhnProject,
         uid: &str,
-        sealed: &NhnSealed,
+        sealed: &Sealed,
         c: &NhnClient,
     ) -> Result<Zeroizing<Vec<u8>>> {
         let v = self
             .nhn_usable_key(p, uid, NhnKeyType::Symmetric, Some(c))
             .await?;
-        let row = version(&v, sealed.version)?;
+        let row = pick(&v, Some(sealed.version))?;
         Ok(Zeroizing::new(
             self.hsm()
-                .aes_gcm_decrypt(row.cka_id.clone(), sealed.payload.clone(), Vec::new())
+                .aes_gcm_decrypt(row.cka_id.clone(), sealed.blob.clone(), Vec::new())
                 .await?,
         ))
     }
@@ -233,7 +185,7 @@ impl Engine {
         uid: &str,
         data: &[u8],
         c: &NhnClient,
-    ) -> Result<NhnSealed> {
+    ) -> Result<Sealed> {
         if data.len() > RSA_RAW_SIGN_MAX {
             return Err(Error::InvalidInput(format!(
                 "plaintext must be at most {RSA_RAW_SIGN_MAX} bytes"
@@ -242,14 +194,14 @@ impl Engine {
         let v = self
             .nhn_usable_key(p, uid, NhnKeyType::Asymmetric, Some(c))
             .await?;
-        let row = current(&v)?;
+        let row = current(&v.entry)?;
         let sig = self
             .hsm()
             .sign(row.cka_id.clone(), SignAlg::RsaPkcs1Raw, data.to_vec())
             .await?;
-        Ok(NhnSealed {
+        Ok(Sealed {
             version: row.version,
-            payload: sig,
+            blob: sig,
         })
     }
 

@@ -8,18 +8,33 @@
 use crate::store::{KeyRepo, NhnRepo};
 use std::sync::Arc;
 
+use super::NhnKeyStore;
 use super::{NhnClient, NhnProject};
-use crate::core::{Engine, Error, KeyEntry, Result};
+use crate::core::keys::{schedule_destruction, VersionFaults, VersionLimit, VersionObjects};
+use crate::core::now_ms;
+use crate::core::{Engine, Error, KeyEntry, KeyStatus, Result};
 use crate::hsm::{KeySpec, KeyUsage};
-use crate::store::{
-    now_ms, NewKey, NhnKeyFilter, NhnKeyRow, NhnKeyStoreRow, StoreError, UserAccessKeyRequirement,
-};
+use crate::store::{NewKey, NhnKeyRow, StoreError};
 
 /// Waiting period between a deletion request and the destruction: 7 days.
 pub const KEY_DELETION_WAIT_MS: i64 = 7 * DAY_MS;
 const DAY_MS: i64 = 24 * 3600 * 1000;
 /// Longest automatic-rotation period, days.
 const ROTATION_MAX_DAYS: i64 = 3650;
+
+/// The crash tests' fault points of a new version (rotation, secret update).
+const VERSION_FAULTS: VersionFaults = [
+    "nhn-version:after-pending",
+    "nhn-version:after-hsm",
+    "nhn-version:after-store",
+];
+
+/// A secret has as many versions as `limits.max_secret_versions` allows.
+fn secret_versions_refused(max: i64) -> Error {
+    Error::LimitExceeded(format!(
+        "the secret has reached its limit of {max} versions (limits.max_secret_versions)"
+    ))
+}
 
 /// NHN key types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +75,17 @@ impl NhnKeyType {
         }
     }
 
+    /// The token objects of a version of this type: a key generated in
+    /// the token, or for a secret a data object holding `secret`.
+    fn objects(self, extractable: bool, secret: Option<Vec<u8>>) -> Result<VersionObjects> {
+        match self.spec(extractable) {
+            Some(spec) => Ok(VersionObjects::Key(spec)),
+            None => secret
+                .map(VersionObjects::Data)
+                .ok_or_else(|| Error::Internal("secret without value".into())),
+        }
+    }
+
     pub(super) fn spec(self, extractable: bool) -> Option<KeySpec> {
         match self {
             NhnKeyType::Secret => None,
@@ -70,6 +96,21 @@ impl NhnKeyType {
             }),
         }
     }
+}
+
+/// Filters of the key list of a key store.
+#[derive(Debug, Clone, Default)]
+pub struct NhnKeyFilter {
+    /// `SECRET`, `SYMMETRIC_KEY` or `ASYMMETRIC_KEY`.
+    pub nhn_type: Option<String>,
+    /// Substring of the name.
+    pub name: Option<String>,
+    /// `Some(true)`: active keys only; `Some(false)`: keys pending deletion only.
+    pub active: Option<bool>,
+    /// Rows to skip.
+    pub offset: i64,
+    /// Rows to return.
+    pub limit: i64,
 }
 
 /// A key with its NHN metadata, for the dialect to format.
@@ -94,7 +135,7 @@ impl NhnKeyView {
     }
     /// Whether the key is usable (not pending deletion).
     pub fn is_active(&self) -> bool {
-        self.entry.key.status == crate::core::KeyStatus::ENABLE
+        self.entry.key.status == crate::core::KeyStatus::Enabled
     }
 }
 
@@ -122,13 +163,18 @@ impl Engine {
     /// A key of the project with its NHN metadata; keys of other projects and
     /// destroyed keys are not found.
     pub async fn nhn_key(&self, project: &NhnProject, uid: &str) -> Result<NhnKeyView> {
+        self.nhn_key_of(project.account_id, uid).await
+    }
+
+    /// [`Engine::nhn_key`] by the engine account owning the project's keys
+    /// (the scheduler has the key's row, not a caller's project).
+    async fn nhn_key_of(&self, account_id: i64, uid: &str) -> Result<NhnKeyView> {
         let entry = match self.key_entry(uid).await {
             Ok(e) => e,
             Err(Error::NotFound(_)) => return Err(Error::NotFound("key")),
             Err(e) => return Err(e),
         };
-        if entry.key.account_id != project.account_id
-            || entry.key.status == crate::core::KeyStatus::DELETED
+        if entry.key.account_id != account_id || entry.key.status == crate::core::KeyStatus::Deleted
         {
             return Err(Error::NotFound("key"));
         }
@@ -217,8 +263,9 @@ impl Engine {
             }
             _ => None,
         };
-        let store: NhnKeyStoreRow = self.nhn_key_store_named(project, key_store_name).await?;
+        let store: NhnKeyStore = self.nhn_key_store_named(project, key_store_name).await?;
         let extractable = kind != NhnKeyType::Secret && store.allow_export;
+        let objects = kind.objects(extractable, value)?;
         let uid = hex::encode(self.hsm().random(16).await?);
         let cka_id = self.nhn_object_id(kind, &uid).await?;
         let now = now_ms();
@@ -282,62 +329,10 @@ impl Engine {
             return Err(e.into());
         }
         crate::core::fault_point("nhn-create:after-pending");
-        self.nhn_make_version(key_id, 1, &uid, kind, extractable, &cka_id, value)
+        self.make_first_version(key_id, &uid, objects, cka_id, None, "nhn-create:after-hsm")
             .await?;
-        crate::core::fault_point("nhn-create:after-hsm");
-        self.activate_made_version(
-            crate::core::keys::Abandoned {
-                key_id,
-                version: 1,
-                uid: uid.clone(),
-                cka_id,
-                aux_id: None,
-            },
-            None,
-        )
-        .await?;
-        self.invalidate(&uid);
         tracing::info!(key = %uid, kind = kind.as_str(), "NHN key created");
         self.nhn_key(project, &uid).await
-    }
-
-    /// Makes the token object(s) of one version; on failure removes what was
-    /// made and the pending row.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn nhn_make_version(
-        &self,
-        key_id: i64,
-        version: i64,
-        uid: &str,
-        kind: NhnKeyType,
-        extractable: bool,
-        cka_id: &[u8],
-        secret: Option<Vec<u8>>,
-    ) -> Result<()> {
-        match kind.spec(extractable) {
-            Some(spec) => {
-                self.make_version_objects(key_id, version, uid, spec, cka_id, None)
-                    .await
-            }
-            None => {
-                let value = secret.ok_or_else(|| Error::Internal("secret without value".into()))?;
-                let label = String::from_utf8(cka_id.to_vec())
-                    .map_err(|_| Error::Internal("secret object id is not a label".into()))?;
-                let res = self.hsm().create_data_object(label, value).await;
-                if let Err(e) = res {
-                    tracing::error!(error = %e, key = uid, version, "secret object creation failed; rolling back");
-                    if self.hsm().destroy_id(cka_id.to_vec()).await.is_ok() {
-                        self.store().delete_pending_version(key_id, version).await?;
-                    } else {
-                        // As for keys: the object may have been made before
-                        // the fault, and the pending row is its only record.
-                        self.roll_back_later(key_id, version, vec![cka_id.to_vec()]);
-                    }
-                    return Err(e.into());
-                }
-                Ok(())
-            }
-        }
     }
 
     /// Adds a version and makes it current (rotation, secret update).
@@ -349,62 +344,25 @@ impl Engine {
         let kind = v
             .key_type()
             .ok_or_else(|| Error::Internal(format!("unknown NHN key type {}", v.meta.nhn_type)))?;
-        // Secrets keep every version; their number is bounded. Versions are
-        // numbered in the store, so the check after the insert below is
-        // exact even under concurrent updates; this one saves the work.
-        let max_versions = self.limits().secret_versions;
-        let secret_limit = || {
-            Error::LimitExceeded(format!(
-                "the secret has reached its limit of {max_versions} versions \
-                 (limits.max_secret_versions)"
-            ))
-        };
-        let last = v.entry.versions.last().map(|r| r.version).unwrap_or(0);
-        if kind == NhnKeyType::Secret && last >= max_versions {
-            return Err(secret_limit());
-        }
-        let cka_id = self.nhn_object_id(kind, &v.entry.key.uid).await?;
-        let key_id = v.entry.key.id;
-        let version = match self
-            .store()
-            .insert_version_pending(key_id, &cka_id, None)
-            .await
-        {
-            Ok(n) => n,
-            Err(StoreError::Conflict) => {
-                return Err(Error::Conflict(
-                    "a concurrent change is in progress; retry".into(),
-                ))
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if kind == NhnKeyType::Secret && version > max_versions {
-            self.store().delete_pending_version(key_id, version).await?;
-            return Err(secret_limit());
-        }
-        self.nhn_make_version(
-            key_id,
-            version,
-            &v.entry.key.uid,
-            kind,
-            v.meta.extractable,
-            &cka_id,
-            secret,
+        // Secrets keep every version; their number is bounded. Keys rotate
+        // without a bound.
+        let limit = (kind == NhnKeyType::Secret).then(|| VersionLimit {
+            max: self.limits().secret_versions,
+            refused: secret_versions_refused,
+        });
+        let objects = kind.objects(v.meta.extractable, secret)?;
+        let ids =
+            async { Ok::<_, Error>((self.nhn_object_id(kind, &v.entry.key.uid).await?, None)) };
+        self.add_version(
+            &v.entry,
+            objects,
+            ids,
+            limit,
+            "a concurrent change is in progress; retry",
+            &VERSION_FAULTS,
+            || None,
         )
-        .await?;
-        self.activate_made_version(
-            crate::core::keys::Abandoned {
-                key_id,
-                version,
-                uid: v.entry.key.uid.clone(),
-                cka_id,
-                aux_id: None,
-            },
-            None,
-        )
-        .await?;
-        self.invalidate(&v.entry.key.uid);
-        Ok(version)
+        .await
     }
 
     /// Rotates an NHN key now and schedules the next automatic rotation.
@@ -441,14 +399,8 @@ impl Engine {
             let Some((key, _)) = self.store().key_by_id(key_id).await? else {
                 continue;
             };
-            let project = NhnProject {
-                id: 0,
-                name: String::new(),
-                account_id: key.account_id,
-                require: UserAccessKeyRequirement::default(),
-            };
             let res = async {
-                let v = self.nhn_key(&project, &key.uid).await?;
+                let v = self.nhn_key_of(key.account_id, &key.uid).await?;
                 self.nhn_rotate(&v).await
             }
             .await;
@@ -475,31 +427,30 @@ impl Engine {
         user: &str,
     ) -> Result<i64> {
         // The row is written only over the revision read (a rotation may
-        // land in between): read again on a lost race.
-        for _ in 0..8 {
-            let v = self.nhn_key(project, uid).await?;
-            if !v.is_active() {
-                return Err(Error::InvalidState(
-                    "the key is already scheduled for deletion".into(),
-                ));
-            }
-            let mut k = v.entry.key.clone();
-            let t = now_ms();
-            k.status_before_delete = Some(k.status.clone());
-            k.status = crate::core::KeyStatus::REVOKE.into();
-            k.status_at = t;
-            k.destroy_at = Some(t + KEY_DELETION_WAIT_MS);
-            let written = self.store().update_key(&k).await?;
-            self.invalidate(uid);
-            self.nhn().keys.remove(uid);
-            if written {
-                self.store().nhn_touch_key_change(k.id, user).await?;
-                return Ok(t + KEY_DELETION_WAIT_MS);
-            }
-        }
-        Err(Error::InvalidState(
-            "the key is being changed by other requests; retry".into(),
-        ))
+        // land in between): the engine reads again on a lost race.
+        let load = move || async move { Ok::<_, Error>(self.nhn_key(project, uid).await?.entry) };
+        let e = self
+            .modify_with(uid, load, |e| {
+                if e.key.status != KeyStatus::Enabled {
+                    return Err(Error::InvalidState(
+                        "the key is already scheduled for deletion".into(),
+                    ));
+                }
+                schedule_destruction(&mut e.key, KEY_DELETION_WAIT_MS);
+                Ok(())
+            })
+            .await
+            .map_err(|e| match e {
+                // NHN answers a key that other requests keep changing as a
+                // key in the wrong state.
+                Error::Conflict(m) => Error::InvalidState(m),
+                e => e,
+            })?;
+        self.store().nhn_touch_key_change(e.key.id, user).await?;
+        self.nhn().keys.remove(uid);
+        e.key
+            .destroy_at
+            .ok_or_else(|| Error::Internal("a key scheduled for deletion has no time".into()))
     }
 
     /// Destroys a key that is scheduled for deletion, now. An active key is

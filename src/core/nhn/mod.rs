@@ -9,8 +9,8 @@ mod crypto;
 mod keys;
 
 pub use certs::{CertificateView, CredentialKind, CredentialView, IssuedCertificate};
-pub use crypto::{LocalKey, NhnSealed, NHN_SECRET_MAX};
-pub use keys::{NhnKeyType, NhnKeyView, KEY_DELETION_WAIT_MS};
+pub use crypto::{LocalKey, NHN_SECRET_MAX};
+pub use keys::{NhnKeyFilter, NhnKeyType, NhnKeyView, KEY_DELETION_WAIT_MS};
 
 use crate::store::NhnRepo;
 use std::collections::HashMap;
@@ -26,9 +26,7 @@ use zeroize::Zeroizing;
 
 use super::cache::Cache;
 use super::{Engine, Error, Result, ACCESS_KEY_RECHECK};
-use crate::store::{
-    NewKeyStore, NhnKeyRow, NhnKeyStoreRow, NhnProjectRow, StoreError, UserAccessKeyRequirement,
-};
+use crate::store::{NewKeyStore, NhnKeyRow, NhnProjectRow, StoreError};
 
 /// The user recorded as creator / modifier when no User Access Key is used.
 pub const DEFAULT_USER: &str = "SECURE_KEY_MANAGER";
@@ -142,6 +140,56 @@ impl std::fmt::Debug for NewUserAccessKey {
     }
 }
 
+/// Which calls of a project need a User Access Key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserAccessKeyRequirement {
+    /// Management calls (credentials, key creation and deletion, secret
+    /// updates, key-store queries). On by default.
+    pub management: bool,
+    /// Data calls (encrypt, decrypt, sign, verify, secret and key reads).
+    pub data: bool,
+}
+
+impl Default for UserAccessKeyRequirement {
+    fn default() -> Self {
+        UserAccessKeyRequirement {
+            management: true,
+            data: false,
+        }
+    }
+}
+
+/// An NHN key store: its authentication switches and export policy.
+/// The store reads it by column name (`FromRow`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NhnKeyStore {
+    /// Key store id (NHN `keyStoreId`).
+    pub id: i64,
+    /// Owning project.
+    pub project_id: i64,
+    /// Name, unique in the project.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// IPv4 authentication on.
+    pub ip4_auth_use: bool,
+    /// MAC authentication on.
+    pub mac_auth_use: bool,
+    /// Client-certificate authentication on.
+    pub certificate_auth_use: bool,
+    /// Keys created in this store are extractable (symmetric-key and
+    /// private-key queries allowed).
+    pub allow_export: bool,
+    /// Creator.
+    pub creation_user: String,
+    /// Creation time, ms.
+    pub created_at: i64,
+    /// Last modifier.
+    pub last_change_user: String,
+    /// Last change, ms.
+    pub updated_at: i64,
+}
+
 /// Settings of a key store to create (admin).
 #[derive(Debug, Clone, Default)]
 pub struct KeyStoreSettings {
@@ -162,7 +210,7 @@ pub struct KeyStoreSettings {
 /// The active credentials of a key store, cached for the auth checks.
 #[derive(Debug)]
 pub(crate) struct KeyStoreAuth {
-    pub store: NhnKeyStoreRow,
+    pub store: NhnKeyStore,
     ipv4: Vec<(i64, IpAddr)>,
     macs: Vec<(i64, String)>,
     certs: Vec<(i64, Vec<u8>, i64)>,
@@ -535,12 +583,12 @@ impl Engine {
     }
 
     /// Key stores of a project.
-    pub async fn nhn_key_stores(&self, project: &NhnProject) -> Result<Vec<NhnKeyStoreRow>> {
+    pub async fn nhn_key_stores(&self, project: &NhnProject) -> Result<Vec<NhnKeyStore>> {
         Ok(self.store().nhn_key_stores(project.id).await?)
     }
 
     /// A key store of the project by id.
-    pub async fn nhn_key_store(&self, project: &NhnProject, id: i64) -> Result<NhnKeyStoreRow> {
+    pub async fn nhn_key_store(&self, project: &NhnProject, id: i64) -> Result<NhnKeyStore> {
         self.store()
             .nhn_key_store(id)
             .await?
@@ -553,7 +601,7 @@ impl Engine {
         &self,
         project: &NhnProject,
         name: &str,
-    ) -> Result<NhnKeyStoreRow> {
+    ) -> Result<NhnKeyStore> {
         self.store()
             .nhn_key_store_by_name(project.id, name)
             .await?
@@ -656,7 +704,7 @@ impl Engine {
             let sha = client
                 .cert_sha256
                 .ok_or(Error::KeyStoreAuth(AuthFactor::Certificate))?;
-            let now = crate::store::now_ms();
+            let now = crate::core::now_ms();
             let hit = auth
                 .certs
                 .iter()
@@ -665,7 +713,7 @@ impl Engine {
             used.push(hit.0);
         }
         if !used.is_empty() {
-            let now = crate::store::now_ms();
+            let now = crate::core::now_ms();
             let mut acc = lock(&self.nhn().cred_access);
             for id in used {
                 acc.insert(id, now);
@@ -675,7 +723,7 @@ impl Engine {
     }
 
     pub(crate) fn nhn_record_key_access(&self, key_id: i64) {
-        lock(&self.nhn().key_access).insert(key_id, crate::store::now_ms());
+        lock(&self.nhn().key_access).insert(key_id, crate::core::now_ms());
     }
 
     pub(crate) fn nhn_pending_key_access(&self, key_id: i64) -> Option<i64> {
