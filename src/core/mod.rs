@@ -178,17 +178,10 @@ impl KeyEntry {
     /// Bytes this entry holds: itself, its strings and versions.
     fn heap_bytes(&self) -> usize {
         let k = &self.key;
-        let strings = [
-            &k.uid,
-            &k.name,
-            &k.key_type,
-            &k.status,
-            &k.memo,
-            &k.protection_type,
-        ]
-        .iter()
-        .map(|s| s.capacity())
-        .sum::<usize>()
+        let strings = [&k.uid, &k.name, &k.key_type, &k.memo, &k.protection_type]
+            .iter()
+            .map(|s| s.capacity())
+            .sum::<usize>()
             + k.status_before_delete.as_ref().map_or(0, String::capacity);
         let versions = self.versions.capacity() * std::mem::size_of::<VersionRow>()
             + self
@@ -514,8 +507,8 @@ impl Engine {
         let known = e
             .versions
             .iter()
-            .any(|v| v.version == n && v.state != crate::store::VersionState::Pending);
-        if known || !(1..=keys::MAX_VERSIONS).contains(&n) {
+            .any(|v| v.version == n && v.state != VersionState::Pending);
+        if known || !(1..=MAX_VERSIONS).contains(&n) {
             return Ok(e);
         }
         self.invalidate(uid);

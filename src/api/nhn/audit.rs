@@ -21,8 +21,8 @@ use axum::response::{IntoResponse, Response};
 use super::NhnError;
 use crate::api::AppState;
 use crate::core::nhn::{appkey_fingerprint, NhnClient};
+use crate::core::ActivityRecord;
 use crate::core::Error;
-use crate::store::ActivityRow;
 
 /// The `auth_type` of a call made with a User Access Key.
 pub const AUTH_USER_ACCESS_KEY: &str = "NHN_USER_ACCESS_KEY";
@@ -204,7 +204,7 @@ pub async fn record(State(st): State<AppState>, req: Request, next: Next) -> Res
         Some(ak) => (AUTH_USER_ACCESS_KEY, ak.clone()),
         None => (AUTH_APPKEY, format!("appkey:{}", caller.appkey_fingerprint)),
     };
-    let row = ActivityRow {
+    let row = ActivityRecord {
         id: 0,
         at: crate::store::now_ms(),
         account_id: caller.account_id,
