@@ -293,6 +293,11 @@ pub struct HsmSection {
     pub unavailable_wait_ms: u64,
     /// Longest pause between two failed re-initialisations of the module, ms.
     pub recovery_backoff_max_ms: u64,
+    /// Shortest time between two re-initialisations of the module made
+    /// because an object the store names was missing from this process's
+    /// view of the token (a late view, see `docs/pkcs11-portability.md`),
+    /// ms; 0 turns them off.
+    pub late_view_reinit_interval_ms: u64,
     /// How token calls reach sessions: `workers` or `blocking_pool`.
     pub dispatch: crate::hsm::Dispatch,
     /// Where AES-GCM IVs come from: `token` (`C_GenerateRandom`) or `host`.
@@ -314,6 +319,7 @@ impl Default for HsmSection {
             asymmetric_concurrency: 2,
             unavailable_wait_ms: 500,
             recovery_backoff_max_ms: 1000,
+            late_view_reinit_interval_ms: 5000,
             dispatch: crate::hsm::Dispatch::Workers,
             gcm_iv_source: crate::hsm::IvSource::Token,
             gcm_invocation_limit: crate::hsm::GCM_INVOCATION_LIMIT,
@@ -526,6 +532,9 @@ impl Config {
             unavailable_wait: std::time::Duration::from_millis(self.hsm.unavailable_wait_ms),
             recovery_backoff_max: std::time::Duration::from_millis(
                 self.hsm.recovery_backoff_max_ms,
+            ),
+            late_view_reinit_interval: std::time::Duration::from_millis(
+                self.hsm.late_view_reinit_interval_ms,
             ),
             dispatch: self.hsm.dispatch,
             gcm_iv_source: self.hsm.gcm_iv_source,

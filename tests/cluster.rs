@@ -184,6 +184,15 @@ impl Cluster {
         tail(&self.site.log(self.runs[i]), 20)
     }
 
+    /// How many times node `i` re-initialised its module for a late view of
+    /// the token (docs/pkcs11-portability.md, "Late views").
+    fn late_view_reinits(&self, i: usize) -> usize {
+        self.site
+            .log(self.runs[i])
+            .matches("re-initialising the PKCS#11 module once")
+            .count()
+    }
+
     /// Checks that every node process is still running.
     fn assert_alive(&mut self) {
         for i in 0..self.nodes.len() {
@@ -764,6 +773,8 @@ async fn concurrent_creation_and_rotation(sharing: Sharing) {
             assert_eq!(d["valid"], true, "{tag} on node {then}");
         }
     }
+    let reinits: Vec<usize> = (0..NODES).map(|i| c.late_view_reinits(i)).collect();
+    println!("{sharing:?}: late-view re-initialisations per node: {reinits:?}");
     c.assert_alive();
     assert!(
         missing.is_empty(),

@@ -23,6 +23,12 @@ pub enum HsmError {
     /// `C_FindObjects` found none).
     #[error("object not found on the token")]
     ObjectNotFound,
+    /// An object the store names was missing from this process's view of
+    /// the token, which is being re-initialised to read the token again
+    /// (see `docs/pkcs11-portability.md`, "Late views"); the call runs once
+    /// more on the fresh module.
+    #[error("object missing from this process's view of the token; re-reading the token")]
+    LateView,
     /// A cached object handle is no longer valid (`CKR_OBJECT_HANDLE_INVALID`,
     /// `CKR_KEY_HANDLE_INVALID`); the object is looked up again.
     #[error("object handle no longer valid")]

@@ -73,6 +73,10 @@ pub struct HsmConfig {
     pub unavailable_wait: Duration,
     /// Longest pause between two failed re-initialisations of the module.
     pub recovery_backoff_max: Duration,
+    /// Shortest time between two re-initialisations of the module for a
+    /// late view of the token (an object the store names that this
+    /// process's token view lacks); zero turns them off.
+    pub late_view_reinit_interval: Duration,
     /// How token calls reach a session (see [`Dispatch`]).
     pub dispatch: Dispatch,
     /// Where AES-GCM IVs come from.
@@ -103,6 +107,7 @@ impl std::fmt::Debug for HsmConfig {
             .field("asymmetric_concurrency", &self.asymmetric_concurrency)
             .field("unavailable_wait", &self.unavailable_wait)
             .field("recovery_backoff_max", &self.recovery_backoff_max)
+            .field("late_view_reinit_interval", &self.late_view_reinit_interval)
             .field("dispatch", &self.dispatch)
             .field("gcm_iv_source", &self.gcm_iv_source)
             .finish()
@@ -166,6 +171,9 @@ struct Inner {
     paths: MechanismPaths,
     /// The worker threads, with [`Dispatch::Workers`].
     workers: Option<workers::Workers>,
+    /// When the last re-initialisation for a late view of the token was
+    /// started (see [`Hsm::late_view`]).
+    late_view_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 use handles::HandleKey;
@@ -219,6 +227,7 @@ impl Hsm {
                 backoff_max: cfg.recovery_backoff_max,
                 paths,
                 workers,
+                late_view_at: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -444,6 +453,16 @@ impl Hsm {
             },
             e => e,
         };
+        // The store named the object (callers look up only what a store row
+        // names), yet this process's view of the token lacks it: a late
+        // view (SoftHSMv2's file store can keep one for good, see
+        // docs/pkcs11-portability.md). One re-initialisation re-reads the
+        // token, at most once per `hsm.late_view_reinit_interval_ms`;
+        // nothing is destroyed.
+        let err = match err {
+            HsmError::ObjectNotFound if self.late_view(module.generation) => HsmError::LateView,
+            e => e,
+        };
         match err.fault() {
             None => module.checkin(pooled, self.inner.max_sessions),
             Some(Fault::Session) => {
@@ -479,6 +498,34 @@ impl Hsm {
             }
         }
         Err(err)
+    }
+
+    /// Whether an object missing from generation `generation`'s view of the
+    /// token starts a re-initialisation: not more often than
+    /// `hsm.late_view_reinit_interval_ms`, never when that is 0. Counted in
+    /// `hsm_kms_hsm_late_view_reinits_total`.
+    fn late_view(&self, generation: u64) -> bool {
+        let interval = self.inner.cfg.late_view_reinit_interval;
+        if interval.is_zero() {
+            return false;
+        }
+        let mut last = self
+            .inner
+            .late_view_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < interval) {
+            return false;
+        }
+        *last = Some(now);
+        metrics::counter!("hsm_kms_hsm_late_view_reinits_total").increment(1);
+        tracing::warn!(
+            generation,
+            "an object the store names is missing from this process's view of the token; \
+             re-initialising the PKCS#11 module once to re-read the token"
+        );
+        true
     }
 
     /// Forgets the handles of an object id (after destroying it).

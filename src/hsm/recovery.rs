@@ -11,7 +11,7 @@
 //! | [`Fault::Session`] | `CKR_SESSION_HANDLE_INVALID`, `CKR_SESSION_CLOSED`, `CKR_OPERATION_ACTIVE` | forget the session and every session opened before the fault (never close them: after `C_CloseAllSessions` the token reuses handle numbers, so an old handle may already name a new session), empty the handle map (refilled by one enumeration at the next look-up), open a fresh logged-in session | ready |
 //! | [`Fault::Login`] | `CKR_USER_NOT_LOGGED_IN`, a private object not found while the session is public | `C_Login` again (`CKR_USER_ALREADY_LOGGED_IN` counts as done), empty the handle map (refilled by one enumeration) | ready |
 //! | [`Fault::Handle`] | `CKR_OBJECT_HANDLE_INVALID`, `CKR_KEY_HANDLE_INVALID` | drop the map entries the call used (the retry looks each up once by `CKA_ID`, counted in `hsm_kms_handle_refreshes_total{reason="stale"}`), log in if the session lost its login | ready |
-//! | [`Fault::Device`] | `CKR_DEVICE_ERROR`, `CKR_DEVICE_REMOVED`, `CKR_TOKEN_NOT_PRESENT`, `CKR_CRYPTOKI_NOT_INITIALIZED`, `CKR_SLOT_ID_INVALID`, `CKR_TOKEN_NOT_RECOGNIZED` | the recovery thread waits for in-flight calls of the generation, `C_Finalize`, then `C_Initialize` on a fresh context, finds the slot again by token label, logs in, empties the handle map and refills it from one enumeration; backs off 100 ms doubling to `hsm.recovery_backoff_max_ms` while that fails | recovering |
+//! | [`Fault::Device`] (also [`HsmError::LateView`]: an object the store names missing from this process's view of the token, at most once per `hsm.late_view_reinit_interval_ms`) | `CKR_DEVICE_ERROR`, `CKR_DEVICE_REMOVED`, `CKR_TOKEN_NOT_PRESENT`, `CKR_CRYPTOKI_NOT_INITIALIZED`, `CKR_SLOT_ID_INVALID`, `CKR_TOKEN_NOT_RECOGNIZED` | the recovery thread waits for in-flight calls of the generation, `C_Finalize`, then `C_Initialize` on a fresh context, finds the slot again by token label, logs in, empties the handle map and refills it from one enumeration; backs off 100 ms doubling to `hsm.recovery_backoff_max_ms` while that fails | recovering |
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -90,7 +90,7 @@ impl HsmError {
         match self {
             HsmError::Pkcs11(e) | HsmError::Login(e) => ck_fault(e),
             HsmError::StaleHandle => Some(Fault::Handle),
-            HsmError::Unavailable(_) => Some(Fault::Device),
+            HsmError::Unavailable(_) | HsmError::LateView => Some(Fault::Device),
             _ => None,
         }
     }
