@@ -78,6 +78,24 @@ fn private_common(label: &str, id: &[u8], extractable: bool) -> Vec<Attribute> {
     t
 }
 
+/// The class, type, size and usage attributes of an AES-256 key: encrypt
+/// and decrypt only. One list for the service's keys and the benchmark's
+/// session-object key, so the benchmark measures the same key.
+fn aes256_usage() -> [Attribute; 10] {
+    [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32.into()),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+    ]
+}
+
 impl SessionRef<'_> {
     /// Generates an AES-256 key as a *session* object (`CKA_TOKEN=false`;
     /// private, sensitive, not extractable, encrypt and decrypt only) with
@@ -92,18 +110,7 @@ impl SessionRef<'_> {
                 a => a,
             })
             .collect();
-        t.extend([
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::AES),
-            Attribute::ValueLen(32.into()),
-            Attribute::Encrypt(true),
-            Attribute::Decrypt(true),
-            Attribute::Sign(false),
-            Attribute::Verify(false),
-            Attribute::Wrap(false),
-            Attribute::Unwrap(false),
-            Attribute::Derive(false),
-        ]);
+        t.extend(aes256_usage());
         let h = self.raw().generate_key(&Mechanism::AesKeyGen, &t)?;
         self.remember(id, &[(ObjectClass::SECRET_KEY, h)]);
         Ok(())
@@ -115,18 +122,7 @@ impl SessionRef<'_> {
         match spec {
             KeySpec::Aes256 { extractable } => {
                 let mut t = private_common(label, id, extractable);
-                t.extend([
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::KeyType(KeyType::AES),
-                    Attribute::ValueLen(32.into()),
-                    Attribute::Encrypt(true),
-                    Attribute::Decrypt(true),
-                    Attribute::Sign(false),
-                    Attribute::Verify(false),
-                    Attribute::Wrap(false),
-                    Attribute::Unwrap(false),
-                    Attribute::Derive(false),
-                ]);
+                t.extend(aes256_usage());
                 let h = s.generate_key(&Mechanism::AesKeyGen, &t)?;
                 self.remember(id, &[(ObjectClass::SECRET_KEY, h)]);
             }
