@@ -12,16 +12,6 @@ use hsm_kms::api::auth::ncp::{sign, SignatureVersion};
 use hsm_kms::core::ACCESS_KEY_RECHECK;
 use serde_json::json;
 
-fn admin(site: &Site, args: &[&str]) -> String {
-    let out = site.command().args(args).output().expect("run hsm-kms");
-    assert!(
-        out.status.success(),
-        "hsm-kms {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn field(stdout: &str, name: &str) -> String {
     stdout
         .lines()
@@ -33,9 +23,9 @@ fn field(stdout: &str, name: &str) -> String {
 #[tokio::test]
 async fn cli_revocations_reach_a_running_server() {
     let mut site = Site::init();
-    let out = admin(&site, &["admin", "create-access-key"]);
+    let out = site.admin(&["admin", "create-access-key"]).0;
     let (ak2, sk2) = (field(&out, "access_key"), field(&out, "secret_key"));
-    let api_key = field(&admin(&site, &["admin", "create-api-key"]), "api_key");
+    let api_key = field(&site.admin(&["admin", "create-api-key"]).0, "api_key");
     let server = site.serve(&[]).await;
     let list = |ak: String, sk: String| {
         let h = Kms::signed_headers(&ak, &sk, "GET", "/kms/v1/keys", &now_ms().to_string());
@@ -81,12 +71,12 @@ async fn cli_revocations_reach_a_running_server() {
     assert_eq!(r.body["code"], "SUCCESS", "{}", r.body);
 
     // The API key: refused as soon as the CLI has revoked it.
-    admin(&site, &["admin", "revoke-api-key", &api_key]);
+    site.admin(&["admin", "revoke-api-key", &api_key]);
     v1(api_key.clone()).await.assert_naver_error(401, "200");
 
     // The access key: refused within the recheck interval.
     let revoked_at = Instant::now();
-    admin(&site, &["admin", "revoke-access-key", &ak2]);
+    site.admin(&["admin", "revoke-access-key", &ak2]);
     loop {
         let r = list(ak2.clone(), sk2.clone()).await;
         if r.status == 401 {

@@ -101,19 +101,6 @@ fn token_header(token: &str) -> Vec<(String, String)> {
     vec![("x-ncp-ocapi-token".to_string(), token.to_string())]
 }
 
-fn admin(site: &Site, args: &[&str]) -> (String, String) {
-    let out = site.command().args(args).output().expect("run hsm-kms");
-    assert!(
-        out.status.success(),
-        "hsm-kms {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn field<'a>(stdout: &'a str, name: &str) -> &'a str {
     stdout
         .lines()
@@ -129,13 +116,13 @@ async fn trace_log_holds_no_secret_and_tags_every_request() {
     secrets.add("the first secret key", &site.secret_key.clone());
 
     // A second access key and an API key, from the admin CLI.
-    let (out, admin_err) = admin(&site, &["admin", "create-access-key"]);
+    let (out, admin_err) = site.admin(&["admin", "create-access-key"]);
     let (ak2, sk2) = (
         field(&out, "access_key").to_string(),
         field(&out, "secret_key").to_string(),
     );
     secrets.add("the second secret key", &sk2);
-    let (out, api_err) = admin(&site, &["admin", "create-api-key"]);
+    let (out, api_err) = site.admin(&["admin", "create-api-key"]);
     let api_key = field(&out, "api_key").to_string();
     secrets.add("the API key", &api_key);
 

@@ -14,19 +14,6 @@ const TRACE_JSON: [(&str, &str); 2] = [
     ("HSM_KMS_LOG_FORMAT", "json"),
 ];
 
-fn admin(site: &Site, args: &[&str]) -> (String, String) {
-    let out = site.command().args(args).output().expect("run hsm-kms");
-    assert!(
-        out.status.success(),
-        "hsm-kms {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn field(stdout: &str, name: &str) -> String {
     stdout
         .lines()
@@ -38,9 +25,9 @@ fn field(stdout: &str, name: &str) -> String {
 #[tokio::test]
 async fn low_access_keys_never_logged_in_clear() {
     let mut site = Site::init_with(common::PIN, &TRACE_JSON);
-    let (out, create_err) = admin(&site, &["admin", "create-access-key"]);
+    let (out, create_err) = site.admin(&["admin", "create-access-key"]);
     let (ak2, sk2) = (field(&out, "access_key"), field(&out, "secret_key"));
-    let (out, revoke_create_err) = admin(&site, &["admin", "create-access-key"]);
+    let (out, revoke_create_err) = site.admin(&["admin", "create-access-key"]);
     let (ak3, sk3) = (field(&out, "access_key"), field(&out, "secret_key"));
     let unknown = "UNKNOWNACCESSKEY0001".to_string();
     let keys = [
@@ -116,7 +103,7 @@ async fn low_access_keys_never_logged_in_clear() {
         None,
     )
     .await;
-    let (_, revoke_err) = admin(&site, &["admin", "revoke-access-key", &ak3]);
+    let (_, revoke_err) = site.admin(&["admin", "revoke-access-key", &ak3]);
     call(&ak3, &sk3, "GET", "/kms/v1/keys", now_ms(), None)
         .await
         .assert_naver_error(401, "200");

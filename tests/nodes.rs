@@ -119,16 +119,6 @@ async fn call_as(server: &Server, ak: &str, sk: &str, method: &str, path: &str) 
     send(&server.client, &server.url, method, path, &h, None).await
 }
 
-fn admin(site: &Site, args: &[&str]) -> String {
-    let out = site.command().args(args).output().expect("run hsm-kms");
-    assert!(
-        out.status.success(),
-        "hsm-kms {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn field(stdout: &str, name: &str) -> String {
     stdout
         .split_whitespace()
@@ -259,13 +249,13 @@ async fn naver_changes_on_one_node_apply_on_the_other() {
     .await;
 
     // An access key revoked by the admin CLI (one more process).
-    let out = admin(&site, &["admin", "create-access-key"]);
+    let out = site.admin(&["admin", "create-access-key"]).0;
     let (ak, sk) = (field(&out, "access_key"), field(&out, "secret_key"));
     assert_eq!(
         call_as(&b, &ak, &sk, "GET", "/kms/v1/keys").await.status,
         200
     );
-    admin(&site, &["admin", "revoke-access-key", &ak]);
+    site.admin(&["admin", "revoke-access-key", &ak]);
     settles(
         "an access key revoked by the CLI is refused by B",
         || async { call_as(&b, &ak, &sk, "GET", "/kms/v1/keys").await.status == 401 },
@@ -280,32 +270,30 @@ async fn nhn_credential_change_on_one_node_applies_on_the_other() {
     const TRUST_LOOPBACK: (&str, &str) = ("HSM_KMS_SERVER_TRUSTED_PROXIES", "[\"127.0.0.1/32\"]");
     const APP_IP: &str = "10.0.0.5";
     let mut site = Site::init();
-    admin(&site, &["admin", "nhn", "create-project", "p"]);
+    site.admin(&["admin", "nhn", "create-project", "p"]);
     let appkey = field(
-        &admin(&site, &["admin", "nhn", "create-appkey", "--project", "p"]),
+        &site
+            .admin(&["admin", "nhn", "create-appkey", "--project", "p"])
+            .0,
         "appkey",
     );
-    let out = admin(
-        &site,
-        &["admin", "nhn", "create-user-access-key", "--project", "p"],
-    );
+    let out = site
+        .admin(&["admin", "nhn", "create-user-access-key", "--project", "p"])
+        .0;
     let uak = (
         field(&out, "user_access_key"),
         field(&out, "secret_access_key"),
     );
-    admin(
-        &site,
-        &[
-            "admin",
-            "nhn",
-            "create-key-store",
-            "--project",
-            "p",
-            "--name",
-            "app",
-            "--ip4-auth",
-        ],
-    );
+    site.admin(&[
+        "admin",
+        "nhn",
+        "create-key-store",
+        "--project",
+        "p",
+        "--name",
+        "app",
+        "--ip4-auth",
+    ]);
     let a = site.serve(&[TRUST_LOOPBACK]).await;
     let b = site.serve(&[TRUST_LOOPBACK]).await;
     let call = |server: &Server, owner: bool, method: &str, suffix: &str, body: Option<Value>| {

@@ -116,6 +116,21 @@ impl Site {
         site
     }
 
+    /// Runs the binary with `args` on the site and returns its stdout and
+    /// stderr; panics with its stderr unless it exits successfully.
+    pub fn admin(&self, args: &[&str]) -> (String, String) {
+        let out = self.command().args(args).output().expect("run hsm-kms");
+        assert!(
+            out.status.success(),
+            "hsm-kms {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// A command for the binary with the site's environment and nothing
     /// inherited that could change its config.
     pub fn command(&self) -> Command {
