@@ -50,20 +50,6 @@ fn logout(ctx: cryptoki::context::Pkcs11, slot: cryptoki::slot::Slot) {
     }
 }
 
-/// The value of a counter in `/metrics` (0 when absent).
-async fn metric(kms: &Kms, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", kms.url))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn readyz(kms: &Kms) -> (u16, String) {
     let r = reqwest::get(format!("{}/readyz", kms.url))
         .await
@@ -169,7 +155,7 @@ async fn load_with_faults(
     stop.store(true, Ordering::Relaxed);
     let fired = hook.await.unwrap();
     assert!(fired >= 5, "the fault fired only {fired} times");
-    let repaired = metric(&kms, "hsm_kms_hsm_retries_total").await;
+    let repaired = kms.metric("hsm_kms_hsm_retries_total").await;
     let failed = tally.failed.lock().unwrap().len();
     eprintln!(
         "{} requests acknowledged, {failed} failed, fault fired {fired} times, {repaired} repaired runs",
@@ -208,7 +194,7 @@ async fn all_sessions_closed_under_load_fails_nothing() {
     // 0 failed with the faults repaired, asserted around this).
     assert!(tally.ok.load(Ordering::Relaxed) >= 20);
     // The faults were met and repaired, not missed.
-    assert!(metric(&kms, "hsm_kms_hsm_retries_total").await > 0.0);
+    assert!(kms.metric("hsm_kms_hsm_retries_total").await > 0.0);
     all_decrypt(&kms, &tally).await;
     assert_eq!(readyz(&kms).await.0, 200);
 }
@@ -237,7 +223,7 @@ async fn login_lost_under_load_fails_nothing() {
     // median on a shared 2-core machine, 64 the worst seen; the proof is
     // 0 failed with the faults repaired, asserted around this).
     assert!(tally.ok.load(Ordering::Relaxed) >= 20);
-    assert!(metric(&kms, "hsm_kms_hsm_retries_total").await > 0.0);
+    assert!(kms.metric("hsm_kms_hsm_retries_total").await > 0.0);
     all_decrypt(&kms, &tally).await;
     assert_eq!(readyz(&kms).await.0, 200);
 }
@@ -352,7 +338,7 @@ async fn module_finalized_and_token_gone_answers_503_then_recovers() {
     );
     let r = nhn::call(&kms, &p, "POST", &nhn_enc, Some(json!({"plaintext": "x"}))).await;
     nhn::ok(&r);
-    assert!(metric(&kms, "hsm_kms_hsm_recoveries_total").await >= 1.0);
+    assert!(kms.metric("hsm_kms_hsm_recoveries_total").await >= 1.0);
     let pending: i64 =
         sqlx::query_scalar("SELECT count(*) FROM key_versions WHERE state = 'pending'")
             .fetch_one(&kms.db().await)

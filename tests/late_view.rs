@@ -61,19 +61,6 @@ fn late_view_then_key_from_another_process(kms: &Kms, id: &[u8]) {
     );
 }
 
-async fn metric(kms: &Kms, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", kms.url))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// The service finds the other process's key: the miss re-initialises the
 /// module once (counted), and the call runs again on the fresh module.
 /// Failed before the fix: `ObjectNotFound` ("key material missing").
@@ -96,7 +83,7 @@ async fn key_made_by_another_process_is_found_after_a_late_view() {
         .expect("decrypt");
     assert_eq!(pt, b"late");
     assert_eq!(
-        metric(&kms, "hsm_kms_hsm_late_view_reinits_total").await,
+        kms.metric("hsm_kms_hsm_late_view_reinits_total").await,
         1.0,
         "one re-initialisation for the late view"
     );
@@ -139,8 +126,5 @@ async fn late_view_persists_without_a_reinitialisation() {
         listed.contains("late-view"),
         "a fresh process lists the key: {listed}"
     );
-    assert_eq!(
-        metric(&kms, "hsm_kms_hsm_late_view_reinits_total").await,
-        0.0
-    );
+    assert_eq!(kms.metric("hsm_kms_hsm_late_view_reinits_total").await, 0.0);
 }

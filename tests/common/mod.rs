@@ -767,6 +767,20 @@ pub async fn v1_call(kms: &Kms, api_key: &str, path: &str, body: Value) -> Reply
 }
 
 impl Kms {
+    /// The sum of a metric's samples in `/metrics` whose line starts with
+    /// `name` (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
     /// The `hsm-kms` binary pointed at this service's token and store
     /// (every inherited `HSM_KMS_*` variable removed), for CLI commands.
     pub fn cli(&self) -> std::process::Command {
