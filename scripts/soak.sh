@@ -14,8 +14,11 @@
 # like scripts/bench.sh's wrk runs); the soak then runs open loop at half
 # that rate. Every minute: requests, errors, p50/p99, the server's RSS and
 # open descriptors. Verdict at the end (exit code 0 only on PASS): 0 errors,
-# RSS growth < 10 % from minute 1 to the last, p99 of the last minute < 2x
-# minute 1's.
+# anonymous memory (RssAnon: the heap, where a leak shows) grown < 10 % from
+# minute 1 to the last net of the token objects made meanwhile (6 KiB each,
+# SoftHSMv2's live heap per object), p99 of the last minute < 2x minute 1's.
+# VmRSS is printed too; its file-backed part is code paged in as paths first
+# run, not a leak.
 #
 # Environment: PROBE_SECS (10), SOAK_NICE (0: niceness of server and load),
 # any HSM_KMS_* key for the server; CARGO_TARGET_DIR as cargo uses it.

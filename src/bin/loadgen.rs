@@ -11,8 +11,11 @@
 //!    every minute one line: requests, errors, p50/p99 (measured from each
 //!    request's scheduled time, so a stalled server shows), the server's
 //!    RSS and open descriptors;
-//! 3. the verdict: no errors, RSS growth under 10 % from the first minute to
-//!    the last, p99 of the last minute under 2x the first's. Exit code 0
+//! 3. the verdict: no errors, anonymous memory (RssAnon, the heap) grown by
+//!    under 10 % from the first minute to the last net of the live heap of
+//!    the token objects made meanwhile (VmRSS is printed too; its file pages
+//!    are code paged in, not a leak), p99 of the last minute under 2x the
+//!    first's. Exit code 0
 //!    only when all three hold.
 //!
 //! Everything goes to one plain-HTTP address (loopback in the script).
@@ -841,9 +844,62 @@ async fn management(ctx: Arc<Ctx>, stats: Arc<Stats>, end: Instant) {
 /// One row of the per-minute table.
 struct Row {
     p99: f64,
+    /// VmRSS in KiB (reported; the verdict judges `anon`).
     rss: u64,
+    /// RssAnon in KiB: heap and other anonymous memory, where a leak shows.
+    anon: u64,
     /// Token objects created so far.
     objects: u64,
+}
+
+/// The soak's verdict from the first and last minute's rows.
+struct Verdict {
+    pass: bool,
+    /// Anonymous-memory growth after minute 1, net of the live heap of the
+    /// token objects made since, in % of minute 1's anonymous memory.
+    anon_net: f64,
+    /// VmRSS growth after minute 1, gross, in % (reported, not judged: it
+    /// includes executable and library pages first touched during the run).
+    rss_gross: f64,
+    /// Token objects made after minute 1.
+    made: u64,
+    /// Last minute's p99 over minute 1's.
+    drift: f64,
+}
+
+/// Judge a soak: no error, anonymous memory (RssAnon) grown by less than
+/// 10 % after minute 1 once the live heap SoftHSMv2 keeps for every token
+/// object made since is taken off, and a p99 drift under 2x.
+///
+/// File-backed RSS is left out of the judgement: it is the executable's and
+/// the libraries' pages, mapped read-only and counted once a code path first
+/// runs (21.4 MiB and flat from minute 16 of the 30-minute run on 57a98fa),
+/// so it grows without any allocation and is dropped by the kernel under
+/// memory pressure. A leak is heap, and heap is RssAnon.
+fn judge(first: &Row, last: &Row, errors: u64) -> Verdict {
+    let made = last.objects.saturating_sub(first.objects);
+    let allowance_kib = (made * BYTES_PER_OBJECT / 1024) as f64;
+    let pct = |from: u64, to: u64, less: f64| {
+        if from == 0 {
+            f64::INFINITY
+        } else {
+            (to as f64 - from as f64 - less) / from as f64 * 100.0
+        }
+    };
+    let anon_net = pct(first.anon, last.anon, allowance_kib);
+    let rss_gross = pct(first.rss, last.rss, 0.0);
+    let drift = if first.p99 > 0.0 {
+        last.p99 / first.p99
+    } else {
+        f64::INFINITY
+    };
+    Verdict {
+        pass: errors == 0 && anon_net < 10.0 && drift < 2.0,
+        anon_net,
+        rss_gross,
+        made,
+        drift,
+    }
 }
 
 async fn soak(ctx: Arc<Ctx>, rate: f64, minutes: u64) -> anyhow::Result<bool> {
@@ -914,7 +970,12 @@ async fn soak(ctx: Arc<Ctx>, rate: f64, minutes: u64) -> anyhow::Result<bool> {
                     anon as f64 / 1024.0,
                     file as f64 / 1024.0
                 );
-                rows.push(Row { p99, rss, objects });
+                rows.push(Row {
+                    p99,
+                    rss,
+                    anon,
+                    objects,
+                });
             }
             rows
         })
@@ -963,32 +1024,25 @@ async fn soak(ctx: Arc<Ctx>, rate: f64, minutes: u64) -> anyhow::Result<bool> {
     // The token objects made after minute 1 stay in SoftHSMv2's heap, inside
     // the server: that growth is bounded by the objects a deployment keeps,
     // not a leak, so the verdict judges the growth net of it.
-    let made = last.objects.saturating_sub(first.objects);
-    let allowance_kib = made * BYTES_PER_OBJECT / 1024;
-    let (gross, growth) = if first.rss > 0 {
-        let delta = last.rss as f64 - first.rss as f64;
-        (
-            delta / first.rss as f64 * 100.0,
-            (delta - allowance_kib as f64) / first.rss as f64 * 100.0,
-        )
-    } else {
-        (f64::INFINITY, f64::INFINITY)
-    };
-    let drift = if first.p99 > 0.0 {
-        last.p99 / first.p99
-    } else {
-        f64::INFINITY
-    };
-    let pass = errors == 0 && growth < 10.0 && drift < 2.0;
+    let v = judge(first, last, errors);
     println!(
         "verdict: {} — {requests} requests in {minutes} min at {rate:.0} req/s target, {errors} errors \
-         (need 0), RSS growth after minute 1 {growth:+.1}% net of {made} token objects created \
-         x {} KiB (gross {gross:+.1}%; need net < 10%), p99 drift minute {} / minute 1 = {drift:.2}x \
-         (need < 2x)",
-        if pass { "PASS" } else { "FAIL" },
+         (need 0), anonymous memory growth after minute 1 {:+.1}% net of {} token objects created \
+         x {} KiB (need < 10%; VmRSS {:.1} -> {:.1} MiB, gross {:+.1}%, anon {:.1} -> {:.1} MiB), \
+         p99 drift minute {} / minute 1 = {:.2}x (need < 2x)",
+        if v.pass { "PASS" } else { "FAIL" },
+        v.anon_net,
+        v.made,
         BYTES_PER_OBJECT / 1024,
+        first.rss as f64 / 1024.0,
+        last.rss as f64 / 1024.0,
+        v.rss_gross,
+        first.anon as f64 / 1024.0,
+        last.anon as f64 / 1024.0,
         rows.len(),
+        v.drift,
     );
+    let pass = v.pass;
     Ok(pass)
 }
 
@@ -1039,6 +1093,37 @@ mod tests {
         assert!(status_kib(pid, "RssFile:") > 0);
         assert!(rss_kib(pid) >= status_kib(pid, "RssAnon:"));
         assert_eq!(status_kib(pid, "NoSuchField:"), 0);
+    }
+
+    fn row(p99: f64, rss_mib: f64, anon_mib: f64, objects: u64) -> Row {
+        Row {
+            p99,
+            rss: (rss_mib * 1024.0) as u64,
+            anon: (anon_mib * 1024.0) as u64,
+            objects,
+        }
+    }
+
+    /// File pages touched late (code first run) do not fail the soak; heap
+    /// growth beyond the objects' live heap does, and so do errors and drift.
+    #[test]
+    fn verdict_judges_heap_net_of_objects() {
+        // 819 objects x 6 KiB = 4.8 MiB of allowance.
+        let first = row(12.3, 32.9, 16.0, 30);
+        let code_paged_in = row(19.7, 41.2, 19.8, 849);
+        let v = judge(&first, &code_paged_in, 0);
+        assert!(v.pass, "anon net {:.1}%", v.anon_net);
+        assert!(v.rss_gross > 25.0);
+        assert_eq!(v.made, 819);
+
+        let leak = row(19.7, 45.0, 22.5, 849); // 6.5 MiB heap, 1.7 MiB unexplained
+        assert!(!judge(&first, &leak, 0).pass);
+        let no_objects_but_heap = row(12.3, 34.6, 17.7, 30); // +10.6 %
+        assert!(!judge(&first, &no_objects_but_heap, 0).pass);
+        assert!(!judge(&first, &code_paged_in, 1).pass);
+        let drifted = row(24.7, 33.0, 16.0, 30);
+        assert!(!judge(&first, &drifted, 0).pass);
+        assert!(!judge(&row(12.3, 0.0, 0.0, 0), &code_paged_in, 0).pass);
     }
 
     /// Management calls still get timestamps never handed out before.
