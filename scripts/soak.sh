@@ -15,8 +15,10 @@
 # that rate. Every minute: requests, errors, p50/p99, the server's RSS and
 # open descriptors. Verdict at the end (exit code 0 only on PASS): 0 errors,
 # anonymous memory (RssAnon: the heap, where a leak shows) grown < 10 % from
-# minute 1 to the last net of the token objects made meanwhile (6 KiB each,
-# SoftHSMv2's live heap per object), p99 of the last minute < 2x minute 1's.
+# minute 1 to the last net of the token objects made meanwhile (SoftHSMv2
+# keeps each in the server's heap: the bytes an object costs are measured
+# before minute 1 by a calibration, after a warm-up of the management calls,
+# and capped at 10 KiB), p99 of the last minute < 2x minute 1's.
 # VmRSS is printed too; its file-backed part is code paged in as paths first
 # run, not a leak.
 #
