@@ -371,6 +371,11 @@ pub struct NaverConfig {
     /// Most signatures the replay guard holds at once (each until its
     /// timestamp leaves the window); when full, guarded calls answer 503.
     pub replay_guard_max_entries: usize,
+    /// How RSA2048 keys sign through the NAVER APIs: `pss` (RSASSA-PSS,
+    /// SHA-256, MGF1-SHA-256, 222-byte salt, as NAVER documents; the
+    /// default) or `pkcs1` (RSASSA-PKCS1-v1_5, hsm-kms's scheme before).
+    /// Verify accepts both either way.
+    pub rsa_signature: String,
 }
 
 impl Default for NaverConfig {
@@ -381,6 +386,7 @@ impl Default for NaverConfig {
             token_hour_secs: 3600,
             replay_guard: "management".into(),
             replay_guard_max_entries: 100_000,
+            rsa_signature: "pss".into(),
         }
     }
 }
@@ -389,6 +395,16 @@ impl Default for NaverConfig {
 pub const MAX_SIGNATURE_WINDOW_SECS: i64 = 300;
 
 impl NaverConfig {
+    /// `rsa_signature` parsed.
+    pub fn rsa_signature(&self) -> Result<crate::core::RsaSignature, ConfigError> {
+        crate::core::RsaSignature::parse(&self.rsa_signature).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "naver.rsa_signature {:?}: use pss or pkcs1",
+                self.rsa_signature
+            ))
+        })
+    }
+
     /// `replay_guard` parsed.
     pub fn replay_mode(&self) -> Result<crate::api::naver::ReplayMode, ConfigError> {
         crate::api::naver::ReplayMode::parse(&self.replay_guard).ok_or_else(|| {
@@ -477,6 +493,7 @@ impl Config {
             )));
         }
         self.naver.replay_mode()?;
+        self.naver.rsa_signature()?;
         if self.naver.replay_guard_max_entries == 0 {
             return Err(ConfigError::Invalid(
                 "naver.replay_guard_max_entries must be at least 1 (use replay_guard = \"off\" to turn the guard off)".into(),
@@ -661,6 +678,24 @@ mod tests {
         }
         c.naver.replay_guard_max_entries = 0;
         assert!(c.validate().is_err());
+    }
+
+    /// Issue 13 §1: `naver.rsa_signature` is `pss` (default) or `pkcs1`.
+    #[test]
+    fn rsa_signature_validated() {
+        let mut c = Config::default();
+        assert_eq!(
+            c.naver.rsa_signature().unwrap(),
+            crate::core::RsaSignature::Pss
+        );
+        c.naver.rsa_signature = "pkcs1".into();
+        assert!(c.validate().is_ok());
+        c.naver.rsa_signature = "PSS-ish".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("rsa_signature"));
     }
 
     #[test]

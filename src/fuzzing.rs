@@ -26,7 +26,7 @@ pub const RSA_MODULUS_LEN: usize = crate::hsm::asymmetric::RSA_MODULUS_LEN;
 
 /// The key tag a NAVER path names (what the quota, the activity log and
 /// token auth read).
-pub fn naver_key_tag(path: &str) -> Option<&str> {
+pub fn naver_key_tag(path: &str) -> Option<std::borrow::Cow<'_, str>> {
     crate::api::naver::key_tag_in(path)
 }
 
@@ -110,7 +110,8 @@ pub enum NaverCall {
 /// A NAVER crypto request as the handler has it before the engine call.
 #[derive(Debug)]
 pub enum NaverRequest {
-    /// Encrypt: the plaintexts, the context, whether the body sent a list.
+    /// Encrypt: the plaintexts, the context (as a convergent key reads it),
+    /// whether the body sent a list.
     Encrypt(Vec<Vec<u8>>, Option<Vec<u8>>, bool),
     /// Decrypt / Re-encrypt: the ciphertexts, the context, whether a list.
     Decrypt(Vec<Sealed>, Option<Vec<u8>>, bool),
@@ -141,15 +142,15 @@ pub fn naver_request(
     Ok(match call {
         NaverCall::Encrypt => {
             let r = body::<crypto::EncryptBody>(b)?.decode(max_items)?;
-            NaverRequest::Encrypt(r.plaintexts, r.context, many(&r.shape))
+            NaverRequest::Encrypt(r.plaintexts, r.context.strict()?, many(&r.shape))
         }
         NaverCall::Decrypt | NaverCall::ReEncrypt => {
             let r = body::<crypto::DecryptBody>(b)?.decode(max_items)?;
-            NaverRequest::Decrypt(r.ciphertexts, r.context, many(&r.shape))
+            NaverRequest::Decrypt(r.ciphertexts, r.context.strict()?, many(&r.shape))
         }
         NaverCall::CreateCustomKey => {
             let r = body::<crypto::CustomKeyBody>(b)?.decode()?;
-            NaverRequest::CreateCustomKey(r.bits, r.context, r.request_plain_key)
+            NaverRequest::CreateCustomKey(r.bits, r.context.strict()?, r.request_plain_key)
         }
         NaverCall::Sign => NaverRequest::Sign(body::<crypto::SignBody>(b)?.decode()?),
         NaverCall::Verify => {

@@ -137,6 +137,7 @@ pub async fn start(
             checkpoints: cfg.audit.policy(),
             activity_statement_cache: cfg.activity_log.statement_cache,
             activity_batch_wait: Duration::from_micros(cfg.activity_log.batch_wait_us),
+            rsa_signature: cfg.naver.rsa_signature()?,
         },
     )
     .await?;

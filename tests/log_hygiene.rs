@@ -202,14 +202,19 @@ async fn trace_log_holds_no_secret_and_tags_every_request() {
     )
     .await;
     assert_eq!(r.ok()["plaintext"][1], b64(second.as_bytes()));
-    // A decrypt that fails (wrong context) must not log the plaintext either.
+    // A decrypt that fails (a tampered ciphertext, with a context the key
+    // ignores) must not log the plaintext either.
+    let (head, body) = ct.rsplit_once(':').unwrap();
+    let mut raw = unb64(body);
+    raw[20] ^= 1;
+    let tampered = format!("{head}:{}", b64(&raw));
     let r = send_as(
         &server,
         &mut ids,
         "POST",
         &dec,
         &signed(&ak, &sk, "POST", &dec),
-        Some(json!({"ciphertext": ct, "context": b64(b"other")})),
+        Some(json!({"ciphertext": tampered, "context": b64(b"other")})),
     )
     .await;
     r.assert_naver_error(400, "100");

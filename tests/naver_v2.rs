@@ -848,18 +848,12 @@ async fn encrypt_decrypt_forms_and_limits() {
         .collect();
     assert_eq!(pts, items.to_vec());
 
-    // With a context (AAD) on a non-convergent key.
+    // A context on a key that is not convergent is ignored (issue 13 §1;
+    // tests/naver_sign_context.rs has the rule and its history).
     let ctx_ct = kms.encrypt(&tag, b"aad", Some(b"tenant-1")).await;
-    assert_eq!(
-        kms.decrypt_ok(&tag, &ctx_ct, Some(b"tenant-1")).await,
-        b"aad"
-    );
-    kms.decrypt(&tag, &ctx_ct, Some(b"tenant-2"))
-        .await
-        .assert_naver_error(400, "100");
-    kms.decrypt(&tag, &ctx_ct, None)
-        .await
-        .assert_naver_error(400, "100");
+    for ctx in [Some(&b"tenant-1"[..]), Some(b"tenant-2"), None] {
+        assert_eq!(kms.decrypt_ok(&tag, &ctx_ct, ctx).await, b"aad");
+    }
 
     // 32 KB is the limit, for one plaintext and for the array's total.
     let max = vec![7u8; 32 * 1024];
@@ -902,8 +896,8 @@ async fn encrypt_decrypt_forms_and_limits() {
         json!({"plaintext": "not base64!!"}),
         json!({"plaintext": ["aGk=", "%%%"]}),
         json!({"plaintext": 42}),
-        json!({"plaintext": b64(b"x"), "context": "***"}),
-        json!({"plaintext": b64(b"x"), "context": b64(&[0u8; 51])}),
+        json!({"plaintext": b64(b"x"), "context": 42}),
+        json!({"plaintext": b64(b"x"), "context": {"a": 1}}),
         json!({"plaintext": b64(b"x"), "unknown": 1}),
     ];
     for body in bad {
@@ -1065,11 +1059,20 @@ async fn rsa_encrypt_decrypt_and_limits() {
     kms.decrypt(&tag, &short, None)
         .await
         .assert_naver_error(400, "100");
-    // No context on RSA keys.
+    // A string context is ignored on RSA keys; any other value is 400.
+    let r = kms
+        .op(
+            &tag,
+            "encrypt",
+            json!({"plaintext": b64(b"x"), "context": b64(b"ctx")}),
+        )
+        .await;
+    let ct = r.ok()["ciphertext"].as_str().unwrap().to_string();
+    assert_eq!(kms.decrypt_ok(&tag, &ct, None).await, b"x");
     kms.op(
         &tag,
         "encrypt",
-        json!({"plaintext": b64(b"x"), "context": b64(b"ctx")}),
+        json!({"plaintext": b64(b"x"), "context": 7}),
     )
     .await
     .assert_naver_error(400, "100");
@@ -1302,11 +1305,16 @@ async fn sign_verify_and_independent_verification() {
         if tag == &rsa_tag {
             let pk = rsa::RsaPublicKey::from_public_key_pem(&pem).expect("RSA SPKI PEM");
             assert_eq!(rsa::traits::PublicKeyParts::size(&pk), 256);
-            let vk = rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(pk);
-            let s = rsa::pkcs1v15::Signature::try_from(raw.as_slice()).unwrap();
+            // RSASSA-PSS, SHA-256, MGF1-SHA-256, salt 222 (issue 13 §1);
+            // not PKCS#1 v1.5 any more.
+            let vk = rsa::pss::VerifyingKey::<sha2::Sha256>::new_with_salt_len(pk.clone(), 222);
+            let s = rsa::pss::Signature::try_from(raw.as_slice()).unwrap();
             vk.verify(&message, &s)
                 .expect("RSA signature verifies outside");
             assert!(vk.verify(b"other", &s).is_err());
+            let old = rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(pk);
+            let s = rsa::pkcs1v15::Signature::try_from(raw.as_slice()).unwrap();
+            assert!(old.verify(&message, &s).is_err());
         } else {
             let vk = p256::ecdsa::VerifyingKey::from_public_key_pem(&pem).expect("EC SPKI PEM");
             let s = p256::ecdsa::Signature::from_der(&raw).expect("DER signature");

@@ -17,9 +17,10 @@ use serde_json::Value;
 const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
 
 /// Router files whose routes docs/openapi.json describes.
-const DESCRIBED: [&str; 6] = [
+const DESCRIBED: [&str; 7] = [
     "src/api/mod.rs",
     "src/api/naver/v2.rs",
+    "src/api/naver/v3.rs",
     "src/api/naver/tokens.rs",
     "src/api/naver/v1.rs",
     "src/api/nhn/data.rs",
@@ -249,6 +250,7 @@ fn every_route_is_described_and_nothing_else() {
         "/readyz",
         "/openapi.json",
         "/kms/v1/keys/{}/encrypt",
+        "/kms/v3/keys/{}/versions/{}/public-key",
         "/keys/v1/{}/createCustomKey",
         "/keys/v2/{}/re-encrypt",
         "/keymanager/v1.2/appkey/{}/symmetric-keys/{}/encrypt",
@@ -391,7 +393,14 @@ fn document_is_openapi_3_1_with_resolvable_refs_and_each_dialects_auth() {
         for (method, op) in item.as_object().unwrap() {
             let at = format!("{method} {path}");
             let responses = responses_of(&doc, op);
-            assert!(responses.contains_key("200"), "{at}: no 200");
+            // v3's createKey and createKeyVersion answer 201.
+            let created = path.starts_with("/kms/v3/") && method == "post" && {
+                path == "/kms/v3/keys" || path.ends_with("/versions")
+            };
+            assert!(
+                responses.contains_key(if created { "201" } else { "200" }),
+                "{at}: no 200"
+            );
             let reqs = requirement_sets(op);
             for req in &reqs {
                 for name in req {
@@ -399,7 +408,29 @@ fn document_is_openapi_3_1_with_resolvable_refs_and_each_dialects_auth() {
                 }
             }
             let errors = || responses.iter().filter(|(c, _)| !c.starts_with('2'));
-            if path.starts_with("/kms/") {
+            if path.starts_with("/kms/v3/") || path == "/kms/v3/keys" {
+                *counts.entry("API v3").or_default() += 1;
+                assert_eq!(
+                    reqs,
+                    vec![set(&["NcpTimestamp", "NcpAccessKey", "NcpSignatureV2"])],
+                    "{at}: security"
+                );
+                for code in ["400", "401", "404", "500"] {
+                    assert!(responses.contains_key(code), "{at}: no {code}");
+                }
+                for (code, r) in errors() {
+                    assert_eq!(schema_ref(r), "#/components/schemas/V3Error", "{at} {code}");
+                }
+                let ok = responses
+                    .iter()
+                    .find(|(c, _)| c.starts_with('2'))
+                    .unwrap()
+                    .1;
+                assert!(
+                    ok["headers"].get("x-ncp-request-id").is_some(),
+                    "{at}: x-ncp-request-id"
+                );
+            } else if path.starts_with("/kms/") {
                 *counts.entry("API 2.0").or_default() += 1;
                 assert!(!reqs.is_empty(), "{at}: no security");
                 for code in ["400", "401", "404", "500"] {
@@ -500,7 +531,7 @@ fn document_is_openapi_3_1_with_resolvable_refs_and_each_dialects_auth() {
             }
         }
     }
-    assert_eq!(counts.len(), 4, "{counts:?}");
+    assert_eq!(counts.len(), 5, "{counts:?}");
 }
 
 #[tokio::test]

@@ -5,8 +5,9 @@
 //! - AES-256-GCM encryption and decryption of 256 bytes, with the key as a
 //!   token object (as the service keeps its keys) and as a session object
 //!   (`CKA_TOKEN=false`, made for the benchmark: SoftHSM is faster on those);
-//! - RSA-2048 PKCS#1 v1.5 SHA-256 signing and verification of 256 bytes,
-//!   and OAEP-SHA-256 decryption of a 128-byte plaintext;
+//! - RSA-2048 RSASSA-PSS SHA-256 (222-byte salt, what NAVER keys sign with)
+//!   signing and verification of 256 bytes, and OAEP-SHA-256 decryption of a
+//!   128-byte plaintext;
 //! - ECDSA P-256 signing of 256 bytes.
 //!
 //! The AES encryption figure includes the `C_GenerateRandom` call for the
@@ -107,10 +108,10 @@ fn once(s: &SessionRef<'_>, op: Op, sub: &Subject<'_>) -> hsm_kms::hsm::Result<(
             s.aes_gcm_decrypt(sub.id, &sub.input, &[])?;
         }
         Op::RsaSign => {
-            s.sign(sub.id, SignAlg::RsaPkcs1Sha256, &sub.data)?;
+            s.sign(sub.id, SignAlg::RsaPssSha256, &sub.data)?;
         }
         Op::RsaVerify => {
-            if !s.verify(sub.id, SignAlg::RsaPkcs1Sha256, &sub.data, &sub.input)? {
+            if !s.verify(sub.id, SignAlg::RsaPssSha256, &sub.data, &sub.input)? {
                 return Err(HsmError::Malformed(
                     "the token refused its own RSA signature".into(),
                 ));
@@ -131,7 +132,7 @@ fn subject<'a>(hsm: &Hsm, op: Op, id: &'a [u8]) -> anyhow::Result<Subject<'a>> {
     let data = vec![0x5au8; PAYLOAD];
     let input = hsm.run_blocking(|s| match op {
         Op::AesGcmDecrypt | Op::AesGcmDecryptSession => s.aes_gcm_encrypt(id, &data, &[], None),
-        Op::RsaVerify => s.sign(id, SignAlg::RsaPkcs1Sha256, &data),
+        Op::RsaVerify => s.sign(id, SignAlg::RsaPssSha256, &data),
         Op::RsaOaepDecrypt => s.rsa_oaep_encrypt(id, &data[..OAEP_PAYLOAD]),
         _ => Ok(Vec::new()),
     })?;

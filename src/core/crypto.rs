@@ -79,24 +79,63 @@ fn no_version(n: i64) -> impl FnOnce() -> Error {
     move || Error::InvalidInput(format!("the key has no version {n}"))
 }
 
-fn check_context(e: &KeyEntry, kt: KeyType, context: &Option<Vec<u8>>) -> Result<()> {
-    if let Some(c) = context {
-        if c.len() > CONTEXT_MAX {
-            return Err(Error::InvalidInput(
-                "context must be at most 50 bytes".into(),
-            ));
-        }
-        if kt != KeyType::Aes256 {
-            return Err(Error::InvalidInput(
-                "context is only supported for AES256 keys".into(),
-            ));
-        }
-    } else if e.key.is_convergent {
-        return Err(Error::InvalidInput(
-            "context is required for a convergent key".into(),
-        ));
+/// NAVER's `context` rule (issue 13 §1, the v3 encrypt page): a convergent
+/// key needs a context of at most 50 bytes; every other key ignores it.
+fn check_context(e: &KeyEntry, context: &Option<Vec<u8>>) -> Result<()> {
+    if !e.key.is_convergent {
+        return Ok(());
     }
-    Ok(())
+    match context {
+        None => Err(Error::InvalidInput(
+            "context is required for a convergent key".into(),
+        )),
+        Some(c) if c.len() > CONTEXT_MAX => Err(Error::InvalidInput(
+            "context must be at most 50 bytes".into(),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// How NAVER RSA2048 keys sign (`naver.rsa_signature`).
+///
+/// NAVER documents RSA2048 signatures as RSASSA-PSS with SHA-256,
+/// MGF1-SHA-256 and a 222-byte salt; hsm-kms signed RSASSA-PKCS1-v1_5 before.
+/// Sign uses the configured scheme. Verify tries the configured scheme and
+/// then the other one, so signatures made before the switch (or under the
+/// other setting) keep verifying: both are sound schemes over the same key,
+/// and a signature valid under either was made by that key's private half.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RsaSignature {
+    /// RSASSA-PSS, SHA-256, MGF1-SHA-256, 222-byte salt (the default).
+    #[default]
+    Pss,
+    /// RSASSA-PKCS1-v1_5 with SHA-256, the scheme before issue 13.
+    Pkcs1,
+}
+
+impl RsaSignature {
+    /// `"pss"` or `"pkcs1"`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pss" => Some(RsaSignature::Pss),
+            "pkcs1" => Some(RsaSignature::Pkcs1),
+            _ => None,
+        }
+    }
+
+    fn alg(self) -> SignAlg {
+        match self {
+            RsaSignature::Pss => SignAlg::RsaPssSha256,
+            RsaSignature::Pkcs1 => SignAlg::RsaPkcs1Sha256,
+        }
+    }
+
+    fn other(self) -> Self {
+        match self {
+            RsaSignature::Pss => RsaSignature::Pkcs1,
+            RsaSignature::Pkcs1 => RsaSignature::Pss,
+        }
+    }
 }
 
 impl Engine {
@@ -120,7 +159,9 @@ impl Engine {
     ) -> Result<Sealed> {
         usable(e)?;
         let kt = key_type(e)?;
-        check_context(e, kt, &context)?;
+        check_context(e, &context)?;
+        // Only a convergent key uses the context; the others ignore it.
+        let context = if e.key.is_convergent { context } else { None };
         let v = current(e)?;
         let blob = match kt {
             KeyType::Aes256 => {
@@ -193,10 +234,10 @@ impl Engine {
     ) -> Result<Zeroizing<Vec<u8>>> {
         usable(e)?;
         let kt = key_type(e)?;
-        check_context(e, kt, &context)?;
+        check_context(e, &context)?;
         let v = usable_version(e, sealed.version, no_version(sealed.version))?;
         let pt = match kt {
-            KeyType::Aes256 => {
+            KeyType::Aes256 if e.key.is_convergent => {
                 self.hsm()
                     .aes_gcm_decrypt(
                         v.cka_id.clone(),
@@ -204,6 +245,24 @@ impl Engine {
                         context.unwrap_or_default(),
                     )
                     .await?
+            }
+            KeyType::Aes256 => {
+                let now = self
+                    .hsm()
+                    .aes_gcm_decrypt(v.cka_id.clone(), sealed.blob.clone(), Vec::new())
+                    .await
+                    .map_err(Error::from);
+                match (now, context) {
+                    // Before issue 13 a context on a key that is not
+                    // convergent was the GCM AAD: such a ciphertext decrypts
+                    // with the context it was made with.
+                    (Err(Error::DecryptFailed), Some(ctx)) if !ctx.is_empty() => {
+                        self.hsm()
+                            .aes_gcm_decrypt(v.cka_id.clone(), sealed.blob.clone(), ctx)
+                            .await?
+                    }
+                    (r, _) => r?,
+                }
             }
             KeyType::Rsa2048 => {
                 self.hsm()
@@ -230,12 +289,12 @@ impl Engine {
         self.encrypt_entry(&e, pt.to_vec(), context).await
     }
 
-    /// Signs with the current version: RSA2048 with RSASSA-PKCS1-v1_5 SHA-256,
-    /// ECDSA with P-256/SHA-256 (DER).
+    /// Signs with the current version: RSA2048 with the configured
+    /// [`RsaSignature`] (RSASSA-PSS by default), ECDSA with P-256/SHA-256 (DER).
     pub async fn sign(&self, account_id: i64, uid: &str, data: Vec<u8>) -> Result<(i64, Vec<u8>)> {
         let e = self.owned_key(account_id, uid).await?;
         usable(&e)?;
-        let alg = sign_alg(&e)?;
+        let alg = sign_alg(&e, self.inner.rsa_signature)?;
         if data.len() > SIGN_DATA_MAX {
             return Err(Error::InvalidInput("data must be at most 8 KB".into()));
         }
@@ -244,7 +303,9 @@ impl Engine {
         Ok((v.version, sig))
     }
 
-    /// Verifies a signature made by version `version`.
+    /// Verifies a signature made by version `version`. An RSA2048 signature
+    /// verifies under either scheme, the configured one tried first (see
+    /// [`RsaSignature`]).
     pub async fn verify(
         &self,
         account_id: i64,
@@ -255,14 +316,22 @@ impl Engine {
     ) -> Result<bool> {
         let e = self.owned_key_naming(account_id, uid, version).await?;
         usable(&e)?;
-        let alg = sign_alg(&e)?;
+        let scheme = self.inner.rsa_signature;
+        let alg = sign_alg(&e, scheme)?;
         if data.len() > SIGN_DATA_MAX {
             return Err(Error::InvalidInput("data must be at most 8 KB".into()));
         }
         let v = usable_version(&e, version, no_version(version))?;
+        let valid = self
+            .hsm()
+            .verify(v.cka_id.clone(), alg, data.clone(), signature.clone())
+            .await?;
+        if valid || alg == SignAlg::EcdsaP256Sha256 {
+            return Ok(valid);
+        }
         Ok(self
             .hsm()
-            .verify(v.cka_id.clone(), alg, data, signature)
+            .verify(v.cka_id.clone(), scheme.other().alg(), data, signature)
             .await?)
     }
 
@@ -321,9 +390,9 @@ impl Engine {
     }
 }
 
-fn sign_alg(e: &KeyEntry) -> Result<SignAlg> {
+fn sign_alg(e: &KeyEntry, rsa: RsaSignature) -> Result<SignAlg> {
     match key_type(e)? {
-        KeyType::Rsa2048 => Ok(SignAlg::RsaPkcs1Sha256),
+        KeyType::Rsa2048 => Ok(rsa.alg()),
         KeyType::Ecdsa => Ok(SignAlg::EcdsaP256Sha256),
         kt @ KeyType::Aes256 => Err(Error::WrongKeyType(kt.as_str().into())),
     }

@@ -21,7 +21,9 @@ mod types;
 pub use accounts::{ensure_service_keys, AccessKeyInfo, NewAccessKey, ACCESS_KEY_RECHECK};
 pub use activity::{ActivityLog, ActivityRecord};
 pub use changes::spawn_change_feed;
-pub use crypto::{CustomKey, Sealed, CONTEXT_MAX, ENCRYPT_MAX, SIGN_DATA_MAX};
+pub use crypto::{
+    CustomKey, RsaSignature, Sealed, CONTEXT_MAX, ENCRYPT_MAX, RSA_ENCRYPT_MAX, SIGN_DATA_MAX,
+};
 pub use invocations::RESERVATION_BLOCK;
 pub use keys::{KeyType, KeyView, VersionView};
 pub use naver::{CreateKeyRequest, DELETION_WAIT_MS, MAX_VERSIONS, ROTATION_PERIOD_DEFAULT};
@@ -236,6 +238,8 @@ struct EngineInner {
     acls: cache::Cache<i64, (bool, Vec<ipnet::IpNet>)>,
     token_hour_ms: i64,
     limits: ObjectLimits,
+    /// How NAVER RSA2048 keys sign (`naver.rsa_signature`).
+    rsa_signature: RsaSignature,
     nhn: nhn::NhnState,
     /// The store's installation id at start, if it had one.
     installation_id: Option<String>,
@@ -270,6 +274,9 @@ pub struct EngineOptions {
     /// How long the activity log's writer waits for more records after the
     /// first of a batch (`activity_log.batch_wait_us`).
     pub activity_batch_wait: std::time::Duration,
+    /// How NAVER RSA2048 keys sign (`naver.rsa_signature`): RSASSA-PSS by
+    /// default; verification accepts both schemes (see [`RsaSignature`]).
+    pub rsa_signature: RsaSignature,
 }
 
 impl Default for EngineOptions {
@@ -283,6 +290,7 @@ impl Default for EngineOptions {
             checkpoints: audit::CheckpointPolicy::default(),
             activity_statement_cache: true,
             activity_batch_wait: std::time::Duration::ZERO,
+            rsa_signature: RsaSignature::default(),
         }
     }
 }
@@ -369,6 +377,7 @@ impl Engine {
                 acls: cache::Cache::new(),
                 token_hour_ms: opts.token_hour_ms.max(1),
                 limits: opts.limits,
+                rsa_signature: opts.rsa_signature,
                 nhn: nhn::NhnState::default(),
                 installation_id,
                 abandoned: std::sync::Mutex::new(Vec::new()),

@@ -1,7 +1,7 @@
 //! RSA-2048 and ECDSA P-256 inside the token: OAEP encryption, signatures,
 //! verification and public-key read-back.
 
-use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use sha2::{Digest, Sha256};
@@ -13,6 +13,10 @@ use super::{Hsm, HsmError, MechanismPath, OpClass, Result, SessionRef};
 pub enum SignAlg {
     /// RSASSA-PKCS1-v1_5 with SHA-256 (`CKM_SHA256_RSA_PKCS`).
     RsaPkcs1Sha256,
+    /// RSASSA-PSS with SHA-256, MGF1-SHA-256 and a salt of
+    /// [`RSA_PSS_SALT_LEN`] bytes (`CKM_SHA256_RSA_PKCS_PSS`): NAVER's RSA2048
+    /// signature.
+    RsaPssSha256,
     /// Raw RSASSA-PKCS1-v1_5 on caller-supplied bytes, at most 245 of them
     /// (`CKM_RSA_PKCS`; NHN's sign).
     RsaPkcs1Raw,
@@ -27,6 +31,18 @@ pub(super) fn oaep() -> Mechanism<'static> {
         PkcsMgfType::MGF1_SHA256,
         PkcsOaepSource::empty(),
     ))
+}
+
+/// PSS salt length of NAVER's RSA2048 signatures: the largest a 2048-bit
+/// modulus allows with SHA-256 (256 - 32 - 2 bytes), as NAVER documents.
+pub const RSA_PSS_SALT_LEN: u64 = 222;
+
+fn pss() -> Mechanism<'static> {
+    Mechanism::Sha256RsaPkcsPss(PkcsPssParams {
+        hash_alg: MechanismType::SHA256,
+        mgf: PkcsMgfType::MGF1_SHA256,
+        s_len: RSA_PSS_SALT_LEN.into(),
+    })
 }
 
 /// Largest plaintext for RSA-2048 OAEP with SHA-256: 256 - 2*32 - 2.
@@ -140,6 +156,7 @@ impl SessionRef<'_> {
         let h = self.handle(id, ObjectClass::PRIVATE_KEY)?;
         match alg {
             SignAlg::RsaPkcs1Sha256 => Ok(self.raw().sign(&Mechanism::Sha256RsaPkcs, h, data)?),
+            SignAlg::RsaPssSha256 => Ok(self.raw().sign(&pss(), h, data)?),
             SignAlg::RsaPkcs1Raw => {
                 if data.len() > RSA_RAW_SIGN_MAX {
                     return Err(HsmError::DataLength);
@@ -168,6 +185,7 @@ impl SessionRef<'_> {
                 self.raw()
                     .verify(&Mechanism::Sha256RsaPkcs, h, data, signature)
             }
+            SignAlg::RsaPssSha256 => self.raw().verify(&pss(), h, data, signature),
             SignAlg::RsaPkcs1Raw => self.raw().verify(&Mechanism::RsaPkcs, h, data, signature),
             SignAlg::EcdsaP256Sha256 => {
                 let Some(raw) = ecdsa_der_to_raw(signature) else {

@@ -66,12 +66,14 @@ impl ActivitySlot {
 pub fn action(method: &str, template: &str) -> Option<&'static str> {
     let tail = template
         .strip_prefix("/kms/v1/keys")
+        .or_else(|| template.strip_prefix("/kms/v3/keys"))
         .or_else(|| template.strip_prefix("/keys/v1/{key_tag}"))
         .or_else(|| template.strip_prefix("/keys/v2/{key_tag}"))?;
+    let collection = matches!(template, "/kms/v1/keys" | "/kms/v3/keys");
     let tail = tail.strip_prefix("/{key_tag}").unwrap_or(tail);
     Some(match (method, tail) {
-        ("POST", "") if template == "/kms/v1/keys" => "CreateKey",
-        ("GET", "") if template != "/kms/v1/keys" => "GetKeyInfo",
+        ("POST", "") if collection => "CreateKey",
+        ("GET", "") if !collection => "GetKeyInfo",
         ("DELETE", "") => "DeleteKey",
         ("POST", "/enable") => "EnableKey",
         ("POST", "/disable") => "DisableKey",
@@ -92,6 +94,11 @@ pub fn action(method: &str, template: &str) -> Option<&'static str> {
         ("POST", "/sign") => "Sign",
         ("POST", "/verify") => "Verify",
         ("POST", "/get-pub-key") => "GetPublicKey",
+        // v3's own paths; its other calls share 2.0's (the same actions).
+        ("GET", "/versions/{version}/public-key") => "GetPublicKey",
+        ("GET", "/versions/{version}") => "GetKeyVersion",
+        ("POST", "/versions") => "RotateKey",
+        ("POST", "/issue-custom-key") => "CreateCustomKey",
         ("POST", "/acl/enable") => "EnableIpAcl",
         ("POST", "/acl/disable") => "DisableIpAcl",
         ("GET", "/acl") => "GetAclRuleList",

@@ -157,6 +157,7 @@ async fn verify_token(
         .ok_or_else(|| NaverError::unauthenticated(format!("missing header {OCAPI_TOKEN}")))?;
     let tag = super::key_tag_in(parts.uri.path())
         .ok_or_else(|| NaverError::bad_request("no key tag in the path"))?;
+    let tag = tag.as_ref();
     let ip = request_ip(parts, state);
     let auth = state
         .engine
@@ -230,7 +231,7 @@ async fn resolve_logged_key(
     let Some(tag) = super::key_tag_in(parts.uri.path()) else {
         return Ok(());
     };
-    match state.engine.key_entry(tag).await {
+    match state.engine.key_entry(&tag).await {
         Ok(entry) => {
             slot.set_entry(entry);
             Ok(())
@@ -271,7 +272,7 @@ impl FromRequestParts<AppState> for Caller {
         } else if parts.headers.contains_key(OCAPI_TOKEN)
             && !parts.headers.contains_key(SIGNATURE_V2)
             && !parts.headers.contains_key(SIGNATURE_V1)
-            && parts.uri.path().starts_with("/kms/")
+            && parts.uri.path().starts_with("/kms/v1/")
         {
             verify_token(parts, state, TokenKind::Access)
                 .await?

@@ -48,16 +48,62 @@ fn required<T>(v: Option<T>, field: &str) -> Result<T, NaverError> {
     v.ok_or_else(|| NaverError::bad_request(format!("{field} is required")))
 }
 
-/// Decodes an optional base64 `context` of at most 50 bytes.
-pub fn context(c: &Option<String>) -> Result<Option<Vec<u8>>, NaverError> {
-    match c {
-        None => Ok(None),
-        Some(s) => {
-            let v = b64("context", s)?;
-            if v.len() > CONTEXT_MAX {
-                return Err(NaverError::bad_request("context must be at most 50 bytes"));
+/// A `context` as the body sent it. NAVER checks its format only on
+/// convergent keys and ignores a string on every other key, whatever it holds
+/// (the v3 encrypt page; issue 13 §1); a value that is not a string is a 400
+/// on any key.
+#[derive(Debug, Clone, Default)]
+pub struct RawContext(Option<String>);
+
+impl RawContext {
+    /// The `context` member of a body: absent or `null`, or a string; any
+    /// other JSON value is a 400.
+    pub(crate) fn from_value(v: Option<Value>) -> Result<Self, NaverError> {
+        match v {
+            None | Some(Value::Null) => Ok(RawContext(None)),
+            Some(Value::String(s)) => Ok(RawContext(Some(s))),
+            Some(_) => Err(NaverError::bad_request("context must be a string")),
+        }
+    }
+
+    /// The context of a convergent key: base64 of at most 50 bytes.
+    pub fn strict(&self) -> Result<Option<Vec<u8>>, NaverError> {
+        match &self.0 {
+            None => Ok(None),
+            Some(s) => {
+                let v = b64("context", s)?;
+                if v.len() > CONTEXT_MAX {
+                    return Err(NaverError::bad_request("context must be at most 50 bytes"));
+                }
+                Ok(Some(v))
             }
-            Ok(Some(v))
+        }
+    }
+
+    /// The context of any other key, which ignores it: the decoded bytes
+    /// when they could have been a context before issue 13 (the engine tries
+    /// them as the AAD of a ciphertext that does not open without), else
+    /// nothing. Never an error.
+    pub fn lenient(&self) -> Option<Vec<u8>> {
+        self.strict().ok().flatten()
+    }
+
+    /// The context for key `tag`: [`Self::strict`] on a convergent key,
+    /// [`Self::lenient`] on any other.
+    pub async fn for_key(
+        &self,
+        st: &AppState,
+        account_id: i64,
+        tag: &str,
+    ) -> OpResult<Option<Vec<u8>>> {
+        if self.0.is_none() {
+            return Ok(None);
+        }
+        let e = st.engine.owned_key(account_id, tag).await?;
+        if e.key.is_convergent {
+            Ok(self.strict()?)
+        } else {
+            Ok(self.lenient())
         }
     }
 }
@@ -113,7 +159,7 @@ fn ciphertexts(c: &OneOrMany, max_items: usize) -> Result<Vec<Sealed>, NaverErro
 #[serde(deny_unknown_fields)]
 pub struct EncryptBody {
     plaintext: Option<OneOrMany>,
-    context: Option<String>,
+    context: Option<Value>,
 }
 
 /// Decrypt and Re-encrypt body.
@@ -121,7 +167,7 @@ pub struct EncryptBody {
 #[serde(deny_unknown_fields)]
 pub struct DecryptBody {
     ciphertext: Option<OneOrMany>,
-    context: Option<String>,
+    context: Option<Value>,
 }
 
 /// Create Custom Key body.
@@ -131,7 +177,7 @@ pub struct CustomKeyBody {
     #[serde(default)]
     request_plain_key: bool,
     bits: Option<u32>,
-    context: Option<String>,
+    context: Option<Value>,
 }
 
 /// Sign body.
@@ -154,18 +200,18 @@ pub struct VerifyBody {
 pub struct EncryptRequest {
     /// The request's shape, which the response keeps.
     pub shape: OneOrMany,
-    /// The decoded context.
-    pub context: Option<Vec<u8>>,
+    /// The context as sent (its format is checked on convergent keys only).
+    pub context: RawContext,
     /// The decoded plaintexts, at most 32 KB in total.
     pub plaintexts: Vec<Vec<u8>>,
 }
 
 impl EncryptBody {
-    /// Checks and decodes the body: `plaintext` is required, `context` at
-    /// most 50 bytes, at most `max_items` plaintexts of 32 KB in total.
+    /// Checks and decodes the body: `plaintext` is required, `context` a
+    /// string if present, at most `max_items` plaintexts of 32 KB in total.
     pub fn decode(self, max_items: usize) -> Result<EncryptRequest, NaverError> {
         let shape = required(self.plaintext, "plaintext")?;
-        let context = context(&self.context)?;
+        let context = RawContext::from_value(self.context)?;
         let plaintexts = plaintexts(&shape, max_items)?;
         Ok(EncryptRequest {
             shape,
@@ -180,8 +226,8 @@ impl EncryptBody {
 pub struct DecryptRequest {
     /// The request's shape, which the response keeps.
     pub shape: OneOrMany,
-    /// The decoded context.
-    pub context: Option<Vec<u8>>,
+    /// The context as sent (its format is checked on convergent keys only).
+    pub context: RawContext,
     /// The parsed `ncpkms:v{n}:` ciphertexts.
     pub ciphertexts: Vec<Sealed>,
 }
@@ -191,7 +237,7 @@ impl DecryptBody {
     /// the form `ncpkms:v{n}:{base64}`, at most `max_items` of them.
     pub fn decode(self, max_items: usize) -> Result<DecryptRequest, NaverError> {
         let shape = required(self.ciphertext, "ciphertext")?;
-        let context = context(&self.context)?;
+        let context = RawContext::from_value(self.context)?;
         let ciphertexts = ciphertexts(&shape, max_items)?;
         Ok(DecryptRequest {
             shape,
@@ -208,8 +254,8 @@ pub struct CustomKeyRequest {
     pub request_plain_key: bool,
     /// Key length in bits (the engine checks the value).
     pub bits: u32,
-    /// The decoded context.
-    pub context: Option<Vec<u8>>,
+    /// The context as sent (its format is checked on convergent keys only).
+    pub context: RawContext,
 }
 
 impl CustomKeyBody {
@@ -218,7 +264,7 @@ impl CustomKeyBody {
         Ok(CustomKeyRequest {
             request_plain_key: self.request_plain_key,
             bits: self.bits.unwrap_or(256),
-            context: context(&self.context)?,
+            context: RawContext::from_value(self.context)?,
         })
     }
 }
@@ -249,11 +295,12 @@ pub async fn encrypt(
 ) -> OpResult<OneOrMany> {
     let r = b.decode(st.config.max_batch_items)?;
     auth.charge_items(r.plaintexts.len())?;
+    let context = r.context.for_key(st, auth.account_id, tag).await?;
     let mut out = Vec::with_capacity(r.plaintexts.len());
     for pt in r.plaintexts {
         let sealed = st
             .engine
-            .encrypt(auth.account_id, tag, pt, r.context.clone())
+            .encrypt(auth.account_id, tag, pt, context.clone())
             .await?;
         auth.note_version(sealed.version);
         out.push(format_sealed(&sealed));
@@ -270,12 +317,13 @@ pub async fn decrypt(
 ) -> OpResult<OneOrMany> {
     let r = b.decode(st.config.max_batch_items)?;
     auth.charge_items(r.ciphertexts.len())?;
+    let context = r.context.for_key(st, auth.account_id, tag).await?;
     let mut out = Vec::with_capacity(r.ciphertexts.len());
     for sealed in r.ciphertexts {
         auth.note_version(sealed.version);
         let pt = st
             .engine
-            .decrypt(auth.account_id, tag, &sealed, r.context.clone())
+            .decrypt(auth.account_id, tag, &sealed, context.clone())
             .await?;
         out.push(enc(&pt));
     }
@@ -291,11 +339,12 @@ pub async fn reencrypt(
 ) -> OpResult<OneOrMany> {
     let r = b.decode(st.config.max_batch_items)?;
     auth.charge_items(r.ciphertexts.len())?;
+    let context = r.context.for_key(st, auth.account_id, tag).await?;
     let mut out = Vec::with_capacity(r.ciphertexts.len());
     for sealed in r.ciphertexts {
         let s = st
             .engine
-            .reencrypt(auth.account_id, tag, &sealed, r.context.clone())
+            .reencrypt(auth.account_id, tag, &sealed, context.clone())
             .await?;
         auth.note_version(s.version);
         out.push(format_sealed(&s));
@@ -311,9 +360,10 @@ pub async fn create_custom_key(
     b: CustomKeyBody,
 ) -> OpResult<Value> {
     let r = b.decode()?;
+    let context = r.context.for_key(st, auth.account_id, tag).await?;
     let ck = st
         .engine
-        .create_custom_key(auth.account_id, tag, r.bits, r.context)
+        .create_custom_key(auth.account_id, tag, r.bits, context)
         .await?;
     auth.note_version(ck.sealed.version);
     let mut data =

@@ -1,6 +1,7 @@
 //! The NAVER Cloud KMS dialect: API 2.0 under `/kms/v1`, with its success
 //! envelope `{"code":"SUCCESS","data":...}` and its error envelope
-//! `{"error":{"errorCode","message","details"}}`.
+//! `{"error":{"errorCode","message","details"}}`; API 1.0 (`v1.rs`) and
+//! v3 (`v3.rs`, `/kms/v3`) on the same keys.
 
 mod activity;
 mod auth;
@@ -10,6 +11,7 @@ mod replay;
 pub(crate) mod tokens;
 mod v1;
 pub(crate) mod v2;
+mod v3;
 
 pub use activity::action;
 pub use auth::{AccountAuth, Caller};
@@ -27,18 +29,20 @@ use serde_json::json;
 use super::AppState;
 use crate::core::Error;
 
-/// Builds the NAVER routes: API 2.0 (account and token auth) and API 1.0,
+/// Builds the NAVER routes: API 2.0 (account and token auth), API 1.0 and
+/// v3,
 /// with the per-key quota on crypto calls and the activity log on all.
 pub fn router(state: AppState) -> axum::Router<AppState> {
-    let crypto =
-        v2::crypto_router()
-            .merge(v1::router())
-            .route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                rate_limit,
-            ));
+    let crypto = v2::crypto_router()
+        .merge(v1::router())
+        .merge(v3::crypto_router())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit,
+        ));
     v2::router()
         .merge(tokens::router())
+        .merge(v3::router())
         .merge(crypto)
         .route_layer(axum::middleware::from_fn_with_state(
             state,
@@ -109,10 +113,14 @@ impl QuotaGate {
     }
 }
 
-/// The key tag of a NAVER path: `/kms/v1/keys/{keyTag}/...` (API 2.0) or
-/// `/keys/v{1,2}/{keyTag}/...` (API 1.0). A percent-encoded path has no tag
-/// here ([`canonical_path`] refuses it before anything reads one).
-pub(crate) fn key_tag_in(path: &str) -> Option<&str> {
+/// The key tag of a NAVER path: `/kms/v1/keys/{keyTag}/...` (API 2.0),
+/// `/keys/v{1,2}/{keyTag}/...` (API 1.0) or `/kms/v3/keys/{keyTag}/...` (v3,
+/// whose tags are case-insensitive: given in their canonical lower-case form
+/// so the quota and the activity log see one key per tag). A
+/// percent-encoded path has no tag here ([`canonical_path`] refuses it
+/// before anything reads one).
+pub(crate) fn key_tag_in(path: &str) -> Option<std::borrow::Cow<'_, str>> {
+    use std::borrow::Cow;
     if path.contains('%') {
         return None;
     }
@@ -125,9 +133,17 @@ pub(crate) fn key_tag_in(path: &str) -> Option<&str> {
         segs.next(),
     ) {
         (Some(""), Some("kms"), Some("v1"), Some("keys"), Some(tag)) if !tag.is_empty() => {
-            Some(tag)
+            Some(Cow::Borrowed(tag))
         }
-        (Some(""), Some("keys"), Some(_), Some(tag), _) if !tag.is_empty() => Some(tag),
+        (Some(""), Some("kms"), Some("v3"), Some("keys"), Some(tag)) if !tag.is_empty() => {
+            Some(match crate::core::naver::canonical_tag(tag) {
+                Some(t) => Cow::Owned(t),
+                None => Cow::Borrowed(tag),
+            })
+        }
+        (Some(""), Some("keys"), Some(_), Some(tag), _) if !tag.is_empty() => {
+            Some(Cow::Borrowed(tag))
+        }
         _ => None,
     }
 }
@@ -142,7 +158,7 @@ async fn rate_limit(
     let Some(limiter) = &st.config.rate_limit else {
         return next.run(req).await;
     };
-    let Some(tag) = key_tag_in(req.uri().path()).map(str::to_string) else {
+    let Some(tag) = key_tag_in(req.uri().path()).map(|t| t.into_owned()) else {
         return next.run(req).await;
     };
     let gate = QuotaGate {
@@ -329,10 +345,17 @@ mod tests {
 
     #[test]
     fn key_tags_of_both_apis() {
-        assert_eq!(key_tag_in("/kms/v1/keys/abc/encrypt"), Some("abc"));
-        assert_eq!(key_tag_in("/kms/v1/keys/abc"), Some("abc"));
-        assert_eq!(key_tag_in("/keys/v1/abc/sign"), Some("abc"));
-        assert_eq!(key_tag_in("/keys/v2/abc/verify"), Some("abc"));
+        fn tag(p: &str) -> Option<String> {
+            key_tag_in(p).map(|t| t.into_owned())
+        }
+        assert_eq!(tag("/kms/v1/keys/abc/encrypt").as_deref(), Some("abc"));
+        assert_eq!(tag("/kms/v1/keys/abc").as_deref(), Some("abc"));
+        assert_eq!(tag("/keys/v1/abc/sign").as_deref(), Some("abc"));
+        assert_eq!(tag("/keys/v2/abc/verify").as_deref(), Some("abc"));
+        let hex = "AB".repeat(32);
+        let path = format!("/kms/v3/keys/{hex}/encrypt");
+        assert_eq!(tag(&path), Some("ab".repeat(32)));
+        assert_eq!(tag("/kms/v3/keys/XYZ/encrypt").as_deref(), Some("XYZ"));
         assert_eq!(key_tag_in("/kms/v1/keys"), None);
         assert_eq!(key_tag_in("/kms/v1/keys/"), None);
         assert_eq!(key_tag_in("/healthz"), None);

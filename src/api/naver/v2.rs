@@ -551,7 +551,7 @@ async fn get_public_key(
 }
 
 /// PEM-encodes DER.
-fn pem(label: &str, der: &[u8]) -> String {
+pub(super) fn pem(label: &str, der: &[u8]) -> String {
     let b = enc(der);
     let mut out = format!("-----BEGIN {label}-----\n");
     for chunk in b.as_bytes().chunks(64) {

@@ -35,6 +35,23 @@ pub struct CreateKeyRequest {
     pub protection_type: String,
 }
 
+/// Region prefixes of NAVER's region-isolated key tags (`kr-`, `jpn-`).
+pub const REGION_PREFIXES: [&str; 2] = ["kr-", "jpn-"];
+
+/// The one NAVER key-tag parser: an optional region prefix
+/// ([`REGION_PREFIXES`]) and 64 hex digits, both case-insensitive (the v3
+/// pages: "리전 접두어와 16진 문자의 대소문자는 구분하지 않음", 64 to 68
+/// characters). Gives the canonical, lower-case spelling; `None` when `tag`
+/// is not a key tag.
+pub fn canonical_tag(tag: &str) -> Option<String> {
+    let lower = tag.to_ascii_lowercase();
+    let hex = REGION_PREFIXES
+        .iter()
+        .find_map(|p| lower.strip_prefix(p))
+        .unwrap_or(&lower);
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(lower)
+}
+
 /// Whether `name` is a NAVER key name: `[A-Za-z][A-Za-z0-9_-]{2,14}`.
 fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();
@@ -63,4 +80,38 @@ pub fn check_memo(memo: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical_tag;
+
+    #[test]
+    fn key_tags_any_case_with_an_optional_region() {
+        let hex = "0123456789abcdef".repeat(4);
+        assert_eq!(canonical_tag(&hex).as_deref(), Some(hex.as_str()));
+        assert_eq!(
+            canonical_tag(&hex.to_uppercase()).as_deref(),
+            Some(hex.as_str())
+        );
+        assert_eq!(
+            canonical_tag(&format!("KR-{hex}")),
+            Some(format!("kr-{hex}"))
+        );
+        assert_eq!(
+            canonical_tag(&format!("jpn-{}", hex.to_uppercase())),
+            Some(format!("jpn-{hex}"))
+        );
+        for bad in [
+            String::new(),
+            hex[..63].to_string(),
+            format!("{hex}0"),
+            format!("us-{hex}"),
+            format!("kr{hex}"),
+            hex.replace('a', "g"),
+            format!("kr-kr-{hex}"),
+        ] {
+            assert_eq!(canonical_tag(&bad), None, "{bad}");
+        }
+    }
 }
