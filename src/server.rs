@@ -137,6 +137,7 @@ pub async fn start(
             checkpoints: cfg.audit.policy(),
             activity_statement_cache: cfg.activity_log.statement_cache,
             activity_batch_wait: Duration::from_micros(cfg.activity_log.batch_wait_us),
+            naver_region: cfg.naver.region()?,
         },
     )
     .await?;
@@ -154,7 +155,7 @@ pub async fn start(
         replay_guard,
         rate_limit,
         signature_window_secs: cfg.naver.signature_window_secs,
-        naver_base_url: cfg.naver.base_url.clone(),
+        naver_base_url: cfg.naver.base_url()?,
         trusted_proxies: cfg.trusted_proxies()?,
         body_limit: cfg.server.body_limit,
         max_batch_items: cfg.limits.max_batch_items,

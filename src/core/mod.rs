@@ -10,6 +10,7 @@ mod cache;
 mod changes;
 mod crypto;
 mod invocations;
+pub mod jwt;
 mod keys;
 pub mod naver;
 pub mod nhn;
@@ -216,6 +217,8 @@ pub mod service_keys {
     pub const AUDIT_HMAC: &str = "audit-hmac";
     /// P-256 key that signs attestation reports.
     pub const ATTESTATION: &str = "attestation";
+    /// P-256 key that signs NAVER tokens (JWT, ES256).
+    pub const TOKEN_SIGNING: &str = "token-signing";
 }
 
 /// The engine. Cheap to clone.
@@ -235,6 +238,12 @@ struct EngineInner {
     generators: cache::Cache<i64, Option<crate::store::GeneratorRow>>,
     acls: cache::Cache<i64, (bool, Vec<ipnet::IpNet>)>,
     token_hour_ms: i64,
+    /// The key that signs NAVER tokens; read again on use until `init`
+    /// (the upgrade step) has made it.
+    token_signer: tokio::sync::OnceCell<jwt::TokenSigner>,
+    /// `naver.region`: new key tags carry its prefix; keys isolated in
+    /// another region are refused.
+    naver_region: Option<naver::Region>,
     limits: ObjectLimits,
     nhn: nhn::NhnState,
     /// The store's installation id at start, if it had one.
@@ -270,6 +279,9 @@ pub struct EngineOptions {
     /// How long the activity log's writer waits for more records after the
     /// first of a batch (`activity_log.batch_wait_us`).
     pub activity_batch_wait: std::time::Duration,
+    /// `naver.region`: the region new NAVER keys are isolated in (their
+    /// tags carry its prefix); `None`: NAVER's global keys, as before.
+    pub naver_region: Option<naver::Region>,
 }
 
 impl Default for EngineOptions {
@@ -283,6 +295,7 @@ impl Default for EngineOptions {
             checkpoints: audit::CheckpointPolicy::default(),
             activity_statement_cache: true,
             activity_batch_wait: std::time::Duration::ZERO,
+            naver_region: None,
         }
     }
 }
@@ -341,6 +354,14 @@ impl Engine {
         let installation_id = store.installation_id().await?;
         // The caches start empty: only later changes can make them stale.
         let change_seq = store.last_change().await?;
+        let token_signer = jwt::TokenSigner::load(&hsm, &store).await?;
+        if token_signer.is_none() {
+            tracing::warn!(
+                "this installation has no token-signing key: NAVER token sets cannot be \
+                 issued until `hsm-kms init` (the upgrade step) adds it; tokens issued \
+                 before keep working"
+            );
+        }
         // Every record is chained: no activity log without the audit keys.
         let chain = if opts.activity_log {
             Some(
@@ -368,6 +389,8 @@ impl Engine {
                 generators: cache::Cache::new(),
                 acls: cache::Cache::new(),
                 token_hour_ms: opts.token_hour_ms.max(1),
+                token_signer: tokio::sync::OnceCell::new_with(token_signer),
+                naver_region: opts.naver_region,
                 limits: opts.limits,
                 nhn: nhn::NhnState::default(),
                 installation_id,

@@ -115,11 +115,13 @@ pub async fn verify_signature(
             _ => return Err(fail(SignatureError::UnknownApiKey)),
         }
     }
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+    // The path as the client sent (and signed) it, before its key tag was
+    // spelled canonically (`canonical_key_tag`).
+    let uri = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map_or(&parts.uri, |o| &o.0);
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     signed
         .verify(parts.method.as_str(), pq, &secret)
         .map_err(fail)?;

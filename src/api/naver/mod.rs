@@ -109,6 +109,21 @@ impl QuotaGate {
     }
 }
 
+/// Where the key tag sits in a NAVER path: `/kms/v1/keys/{keyTag}/...`
+/// (API 2.0) or `/keys/v{1,2}/{keyTag}/...` (API 1.0), as a byte range.
+fn key_tag_span(path: &str) -> Option<std::ops::Range<usize>> {
+    let rest = if let Some(r) = path.strip_prefix("/kms/v1/keys/") {
+        r
+    } else {
+        let r = path.strip_prefix("/keys/")?;
+        let (_, r) = r.split_once('/')?;
+        r
+    };
+    let start = path.len() - rest.len();
+    let len = rest.find('/').unwrap_or(rest.len());
+    (len > 0).then(|| start..start + len)
+}
+
 /// The key tag of a NAVER path: `/kms/v1/keys/{keyTag}/...` (API 2.0) or
 /// `/keys/v{1,2}/{keyTag}/...` (API 1.0). A percent-encoded path has no tag
 /// here ([`canonical_path`] refuses it before anything reads one).
@@ -116,20 +131,154 @@ pub(crate) fn key_tag_in(path: &str) -> Option<&str> {
     if path.contains('%') {
         return None;
     }
-    let mut segs = path.split('/');
-    match (
-        segs.next(),
-        segs.next(),
-        segs.next(),
-        segs.next(),
-        segs.next(),
-    ) {
-        (Some(""), Some("kms"), Some("v1"), Some("keys"), Some(tag)) if !tag.is_empty() => {
-            Some(tag)
+    key_tag_span(path).map(|r| &path[r])
+}
+
+/// Spells the key tag of a NAVER path canonically (lower case) before the
+/// router, authentication, quota, activity log and handlers read it, and
+/// refuses a key isolated in another region with the 400 NAVER documents.
+///
+/// NAVER: "the region prefix and the hex digits are not case-sensitive";
+/// every other spelling of one tag would otherwise be another key to the
+/// store lookup and a fresh quota bucket and log name (issue 8, item 3). The
+/// one parser is [`crate::core::naver::KeyTag`]. The NCP signature covers
+/// the path as the client sent it: [`auth`] checks it against
+/// [`axum::extract::OriginalUri`], which this keeps.
+pub(crate) async fn canonical_key_tag(
+    axum::extract::State(st): axum::extract::State<AppState>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    let Some(span) = key_tag_span(path).filter(|_| !path.contains('%')) else {
+        return next.run(req).await;
+    };
+    let tag = match st.engine.naver_key_tag(&path[span.clone()]) {
+        Ok(Some(tag)) => tag,
+        Ok(None) => return next.run(req).await,
+        Err(e) => return NaverError::from(e).into_response(),
+    };
+    if tag.as_str() != &path[span.clone()] {
+        let mut canonical = String::with_capacity(path.len() + 8);
+        canonical.push_str(&path[..span.start]);
+        canonical.push_str(tag.as_str());
+        canonical.push_str(&path[span.end..]);
+        if let Some(q) = req.uri().query() {
+            canonical.push('?');
+            canonical.push_str(q);
         }
-        (Some(""), Some("keys"), Some(_), Some(tag), _) if !tag.is_empty() => Some(tag),
-        _ => None,
+        let original = req.uri().clone();
+        let mut parts = original.clone().into_parts();
+        parts.path_and_query = canonical.parse().ok();
+        match axum::http::Uri::from_parts(parts) {
+            Ok(uri) => {
+                req.extensions_mut()
+                    .get_or_insert_with(|| axum::extract::OriginalUri(original));
+                *req.uri_mut() = uri;
+            }
+            Err(_) => {
+                return NaverError::bad_request("the path does not parse").into_response();
+            }
+        }
     }
+    next.run(req).await
+}
+
+/// The `baseUrl` of NAVER key records: `naver.base_url` when set, else the
+/// URL this request was sent to (scheme and `Host`), never NAVER's own
+/// host. The scheme is `https` on the TLS listener and `http` on the plain
+/// one; behind a proxy listed in `server.trusted_proxies` its
+/// `X-Forwarded-Proto` (the rightmost value, the one the nearest proxy
+/// wrote) says which the client used. From any other peer the header is
+/// ignored.
+#[derive(Debug, Clone)]
+pub(crate) struct BaseUrl(pub String);
+
+impl axum::extract::FromRequestParts<AppState> for BaseUrl {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(BaseUrl(request_base_url(parts, state)))
+    }
+}
+
+fn request_base_url(parts: &axum::http::request::Parts, state: &AppState) -> String {
+    if let Some(url) = &state.config.naver_base_url {
+        return url.clone();
+    }
+    let tls = parts
+        .extensions
+        .get::<crate::api::auth::nhn::TlsClientCert>()
+        .is_some();
+    let mut scheme = if tls { "https" } else { "http" };
+    let peer = crate::api::peer_ip(
+        parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>(),
+    );
+    if state
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(&peer))
+    {
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-proto")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .next_back()
+            .map(|p| p.trim().to_ascii_lowercase());
+        match forwarded.as_deref() {
+            Some("https") => scheme = "https",
+            Some("http") => scheme = "http",
+            _ => {}
+        }
+    }
+    let host = parts
+        .headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
+        .or_else(|| parts.uri.authority().cloned())
+        .filter(|a| !a.as_str().contains('@'));
+    match host {
+        Some(host) => format!("{scheme}://{host}"),
+        None => format!("{scheme}://localhost"),
+    }
+}
+
+/// A NAVER path (API 2.0 under `/kms/`, API 1.0 under `/keys/`).
+pub(crate) fn is_naver_path(path: &str) -> bool {
+    path.starts_with("/kms/") || path.starts_with("/keys/")
+}
+
+/// The answer to a path no NAVER route serves: 404 in NAVER's envelope
+/// (`300` / Not Found, the code of its 404s).
+pub(crate) fn unknown_route(method: &axum::http::Method, path: &str) -> Response {
+    NaverError {
+        status: StatusCode::NOT_FOUND,
+        code: "300",
+        message: "Not Found",
+        details: format!("no API at {method} {path}"),
+    }
+    .into_response()
+}
+
+/// The answer to a NAVER route called with a method it does not serve:
+/// 405 in NAVER's envelope (`100`, its request-error code), with `Allow`.
+pub(crate) fn wrong_method(method: &axum::http::Method, path: &str) -> Response {
+    NaverError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "100",
+        message: "Method Not Allowed",
+        details: format!("{path} does not serve {method}"),
+    }
+    .into_response()
 }
 
 /// Per-key quota middleware for crypto routes: hands the request a
@@ -338,5 +487,8 @@ mod tests {
         assert_eq!(key_tag_in("/healthz"), None);
         assert_eq!(key_tag_in("/kms/v1/keys/%61bc/encrypt"), None);
         assert_eq!(key_tag_in("/keys/v2/ab%63/encrypt"), None);
+        assert_eq!(key_tag_in("/keys/v1"), None);
+        assert_eq!(key_tag_in("/keys/v1/"), None);
+        assert_eq!(key_tag_in("/kms/v1/keys/kr-ABC/sign"), Some("kr-ABC"));
     }
 }

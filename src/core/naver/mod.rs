@@ -1,13 +1,17 @@
 //! NAVER Cloud KMS's key rules, over the engine's dialect-neutral key
 //! lifecycle (`core/keys.rs`): the name format, versions 1 to 100, the
 //! 72-hour deletion wait, the memo and rotation-period bounds, and the
-//! operations of API 2.0's key management (`keys.rs`). Key statuses are
+//! operations of API 2.0's key management (`keys.rs`), and the one parser
+//! of key tags with their region prefixes (`tag.rs`). Key statuses are
 //! [`KeyStatus`](crate::core::KeyStatus), whose stored text is NAVER's
 //! (`ENABLE`, `DISABLE`, `REVOKE`, `DELETED`).
 
 mod keys;
+mod tag;
 
-use super::{Error, KeyType, Result};
+pub use tag::{KeyTag, Region, TAG_HEX_LEN};
+
+use super::{Engine, Error, KeyType, Result};
 
 /// Default automatic-rotation period, days.
 pub const ROTATION_PERIOD_DEFAULT: i64 = 90;
@@ -63,4 +67,25 @@ pub fn check_memo(memo: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+impl Engine {
+    /// The region this service isolates new keys in (`naver.region`).
+    pub fn naver_region(&self) -> Option<Region> {
+        self.inner.naver_region
+    }
+
+    /// Reads the key tag of a NAVER call, as the client spelled it: its
+    /// canonical text when it is a key tag this service serves; `None` when
+    /// it is no key tag at all (the lookup then finds no key, as before);
+    /// the 400 NAVER documents when the key is isolated in another region.
+    pub fn naver_key_tag(&self, raw: &str) -> Result<Option<KeyTag>> {
+        match KeyTag::parse(raw) {
+            Some(tag) => {
+                tag.check_served_by(self.naver_region())?;
+                Ok(Some(tag))
+            }
+            None => Ok(None),
+        }
+    }
 }
