@@ -419,12 +419,9 @@ impl NaverConfig {
         if url.is_empty() {
             return Ok(None);
         }
-        let ok = url
-            .parse::<http::Uri>()
-            .ok()
-            .is_some_and(|u| {
-                matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
-            });
+        let ok = url.parse::<http::Uri>().ok().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+        });
         if !ok {
             return Err(ConfigError::Invalid(format!(
                 "naver.base_url {url:?}: an absolute http:// or https:// URL, or empty to use \

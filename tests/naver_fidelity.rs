@@ -96,9 +96,7 @@ async fn a_configured_base_url_wins() {
 fn assert_envelope(r: &Reply, status: u16, code: &str) {
     r.assert_naver_error(status, code);
     assert_eq!(
-        r.headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok()),
+        r.headers.get("content-type").and_then(|v| v.to_str().ok()),
         Some("application/json"),
         "{r:?}"
     );

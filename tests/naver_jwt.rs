@@ -322,7 +322,12 @@ async fn tokens_made_before_jwts_keep_working_until_they_expire() {
     let now = common::now_ms();
     let legacy = |n: u8| format!("ncpkms_{}", b64url(&[n; 32]));
     let rows = [
-        (legacy(1), "access", "00000000000000a1", Some(now + 3_600_000)),
+        (
+            legacy(1),
+            "access",
+            "00000000000000a1",
+            Some(now + 3_600_000),
+        ),
         (legacy(2), "access", "00000000000000a2", Some(now - 1_000)),
         (legacy(3), "refresh", "00000000000000a3", None),
     ];

@@ -54,7 +54,9 @@ async fn a_region_service_makes_prefixed_tags_in_any_case_and_refuses_other_regi
     // names it canonically, and the signature covers the path as sent.
     let ct = kms.encrypt(&tag, b"region", None).await;
     for spelling in [tag.to_uppercase(), mixed_case(&tag), format!("Kr-{hex}")] {
-        let r = kms.call("GET", &format!("/kms/v1/keys/{spelling}"), None).await;
+        let r = kms
+            .call("GET", &format!("/kms/v1/keys/{spelling}"), None)
+            .await;
         assert_eq!(r.ok()["keyTag"], tag.as_str(), "{spelling}");
         assert_eq!(kms.decrypt_ok(&spelling, &ct, None).await, b"region");
         // API 1.0 too.
@@ -82,11 +84,19 @@ async fn a_region_service_makes_prefixed_tags_in_any_case_and_refuses_other_regi
     // Token auth on an uppercase spelling: the token's keyTag claim is the
     // canonical tag.
     let upper = tag.to_uppercase();
-    kms.call("POST", &format!("/kms/v1/keys/{upper}/token-generator"), None)
-        .await
-        .ok();
+    kms.call(
+        "POST",
+        &format!("/kms/v1/keys/{upper}/token-generator"),
+        None,
+    )
+    .await
+    .ok();
     let r = kms
-        .call("POST", &format!("/kms/v1/keys/{upper}/token-set"), Some(json!({})))
+        .call(
+            "POST",
+            &format!("/kms/v1/keys/{upper}/token-set"),
+            Some(json!({})),
+        )
         .await;
     let access = r.ok()["accessToken"].as_str().unwrap().to_string();
     let r = kms
@@ -104,7 +114,10 @@ async fn a_region_service_makes_prefixed_tags_in_any_case_and_refuses_other_regi
     for (method, path) in [
         ("GET", format!("/kms/v1/keys/{jpn}")),
         ("POST", format!("/kms/v1/keys/{jpn}/encrypt")),
-        ("POST", format!("/kms/v1/keys/JPN-{}/encrypt", HEX.to_uppercase())),
+        (
+            "POST",
+            format!("/kms/v1/keys/JPN-{}/encrypt", HEX.to_uppercase()),
+        ),
         ("POST", format!("/kms/v1/keys/{jpn}/token-set")),
         ("POST", format!("/keys/v2/{jpn}/encrypt")),
     ] {

@@ -470,7 +470,10 @@ impl Engine {
         if claims.key_tag != uid {
             return Err(bad("the token is not valid for this key"));
         }
-        if claims.exp.is_some_and(|exp| exp.saturating_mul(1000) <= now()) {
+        if claims
+            .exp
+            .is_some_and(|exp| exp.saturating_mul(1000) <= now())
+        {
             return Err(bad("the token has expired"));
         }
         Ok(())

@@ -135,7 +135,10 @@ impl KeyTag {
         if self.served_by(served) {
             return Ok(());
         }
-        let here = served.map_or_else(|| "the global address".to_string(), |r| format!("region {r}"));
+        let here = served.map_or_else(
+            || "the global address".to_string(),
+            |r| format!("region {r}"),
+        );
         Err(Error::InvalidInput(format!(
             "the key is isolated in region {} and this is {here}: call it at its region's address",
             self.region.map_or("global", Region::as_str)
