@@ -358,8 +358,15 @@ impl Default for StoreConfig {
 pub struct NaverConfig {
     /// Allowed clock skew of `x-ncp-apigw-timestamp`, seconds.
     pub signature_window_secs: i64,
-    /// `baseUrl` reported in key records.
+    /// `baseUrl` reported in key records. Empty (the default): the scheme
+    /// and `Host` of each request (the URL the client called), so that no
+    /// record points a client at NAVER's own hosts.
     pub base_url: String,
+    /// The region new keys are isolated in, as NAVER's region-isolated
+    /// keys: `kr` or `jpn` (new key tags start with `kr-` / `jpn-`; calls
+    /// naming a key of another region answer 400). Empty (the default):
+    /// global keys, no prefix, and prefixed tags are another region's.
+    pub region: String,
     /// Seconds in one "hour" of token lifetimes. 3600; tests shorten it to
     /// exercise expiry.
     pub token_hour_secs: u64,
@@ -382,7 +389,8 @@ impl Default for NaverConfig {
     fn default() -> Self {
         NaverConfig {
             signature_window_secs: 300,
-            base_url: "https://ocapi.ncloud.com".into(),
+            base_url: String::new(),
+            region: String::new(),
             token_hour_secs: 3600,
             replay_guard: "management".into(),
             replay_guard_max_entries: 100_000,
@@ -403,6 +411,40 @@ impl NaverConfig {
                 self.rsa_signature
             ))
         })
+    }
+
+    /// `region` parsed: `None` for the global address (empty).
+    pub fn region(&self) -> Result<Option<crate::core::naver::Region>, ConfigError> {
+        if self.region.is_empty() {
+            return Ok(None);
+        }
+        crate::core::naver::Region::parse(&self.region)
+            .map(Some)
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "naver.region {:?}: use kr, jpn or leave it empty (global keys)",
+                    self.region
+                ))
+            })
+    }
+
+    /// `base_url` checked: empty, or an absolute `http(s)://` URL, kept
+    /// without a trailing slash.
+    pub fn base_url(&self) -> Result<Option<String>, ConfigError> {
+        let url = self.base_url.trim_end_matches('/');
+        if url.is_empty() {
+            return Ok(None);
+        }
+        let ok = url.parse::<http::Uri>().ok().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+        });
+        if !ok {
+            return Err(ConfigError::Invalid(format!(
+                "naver.base_url {url:?}: an absolute http:// or https:// URL, or empty to use \
+                 each request's own scheme and Host"
+            )));
+        }
+        Ok(Some(url.to_string()))
     }
 
     /// `replay_guard` parsed.
@@ -494,6 +536,8 @@ impl Config {
         }
         self.naver.replay_mode()?;
         self.naver.rsa_signature()?;
+        self.naver.region()?;
+        self.naver.base_url()?;
         if self.naver.replay_guard_max_entries == 0 {
             return Err(ConfigError::Invalid(
                 "naver.replay_guard_max_entries must be at least 1 (use replay_guard = \"off\" to turn the guard off)".into(),
@@ -696,6 +740,30 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("rsa_signature"));
+    }
+
+    #[test]
+    fn naver_region_and_base_url_are_checked() {
+        use crate::core::naver::Region;
+        let mut c = Config::default();
+        assert_eq!(c.naver.region().unwrap(), None);
+        assert_eq!(c.naver.base_url().unwrap(), None);
+        for (text, want) in [("kr", Region::Kr), ("KR", Region::Kr), ("jpn", Region::Jpn)] {
+            c.naver.region = text.into();
+            assert_eq!(c.naver.region().unwrap(), Some(want), "{text}");
+        }
+        c.naver.region = "eu".into();
+        assert!(c.validate().is_err());
+        c.naver.region = String::new();
+        c.naver.base_url = "https://kms.example.com/".into();
+        assert_eq!(
+            c.naver.base_url().unwrap().as_deref(),
+            Some("https://kms.example.com")
+        );
+        for bad in ["kms.example.com", "ftp://kms.example.com", "https://"] {
+            c.naver.base_url = bad.into();
+            assert!(c.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]

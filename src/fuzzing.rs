@@ -26,7 +26,7 @@ pub const RSA_MODULUS_LEN: usize = crate::hsm::asymmetric::RSA_MODULUS_LEN;
 
 /// The key tag a NAVER path names (what the quota, the activity log and
 /// token auth read).
-pub fn naver_key_tag(path: &str) -> Option<std::borrow::Cow<'_, str>> {
+pub fn naver_key_tag(path: &str) -> Option<&str> {
     crate::api::naver::key_tag_in(path)
 }
 

@@ -275,6 +275,7 @@ async fn admin_engine(
             activity_log: cfg.activity_log.enabled,
             activity_fsync: cfg.activity_log.fsync,
             checkpoints: cfg.audit.policy(),
+            naver_region: cfg.naver.region()?,
             ..Default::default()
         },
     )

@@ -138,6 +138,7 @@ pub async fn start(
             activity_statement_cache: cfg.activity_log.statement_cache,
             activity_batch_wait: Duration::from_micros(cfg.activity_log.batch_wait_us),
             rsa_signature: cfg.naver.rsa_signature()?,
+            naver_region: cfg.naver.region()?,
         },
     )
     .await?;
@@ -155,7 +156,7 @@ pub async fn start(
         replay_guard,
         rate_limit,
         signature_window_secs: cfg.naver.signature_window_secs,
-        naver_base_url: cfg.naver.base_url.clone(),
+        naver_base_url: cfg.naver.base_url()?,
         trusted_proxies: cfg.trusted_proxies()?,
         body_limit: cfg.server.body_limit,
         max_batch_items: cfg.limits.max_batch_items,

@@ -158,8 +158,9 @@ async fn a_clean_installation_has_no_flag_and_its_report_verifies() {
         .flags
         .iter()
         .any(|f| f == "TOKEN_INITIALIZED"));
-    // Three service keys and the rows above, nothing unknown.
-    assert_eq!(s.rows, 12, "{:#?}", r.report.rows);
+    // Four service keys (KEK, audit HMAC, attestation, token signing) and
+    // the rows above, nothing unknown.
+    assert_eq!(s.rows, 13, "{:#?}", r.report.rows);
     assert!(r.report.rows.iter().all(|row| row.store.is_some()));
 
     let export_key = &nhn[0];
@@ -393,7 +394,7 @@ async fn the_html_page_is_self_contained_and_leads_with_the_summary() {
     let table = html.find("<th>CKA_ID</th>").expect("table");
     assert!(summary < table, "summary first");
     assert!(
-        html.contains("9 key versions, 17 objects, 0 flags"),
+        html.contains("9 key versions, 19 objects, 0 flags"),
         "{html}"
     );
     // The signed JSON is embedded (escaped) at the end.

@@ -108,7 +108,7 @@ async fn one_protected_object_per_version() {
         .collect();
     assert_eq!(
         service,
-        BTreeSet::from(["kek", "audit-hmac", "attestation"])
+        BTreeSet::from(["kek", "audit-hmac", "attestation", "token-signing"])
     );
     // Pairs are listed twice (public and private), single keys once.
     let aes_v1 = &kms.engine.key_entry(&keys[0].0).await.unwrap().versions[0];

@@ -91,7 +91,8 @@ async fn create_key_and_get_key_info_shapes() {
         )
     );
     assert_eq!(d["keyName"], "aes-plain");
-    assert_eq!(d["baseUrl"], "https://ocapi.ncloud.com");
+    // The address the client called (issue 13: never NAVER's own host).
+    assert_eq!(d["baseUrl"], kms.url);
     assert_eq!(d["keyType"], "AES256");
     assert_eq!(d["status"], "ENABLE");
     assert_eq!(d["currentVersion"], 1);

@@ -208,3 +208,48 @@ async fn dates_are_korean_local_time_without_an_offset() {
         assert!(!s.ends_with('Z') && !s[10..].contains('+'), "{field}: {s}");
     }
 }
+
+/// The guide's "Common Data Header of API Response": every answer carries
+/// `"header": {"resultCode", "resultMessage", "isSuccessful"}` ("Result
+/// code value of API call", "Whether API call is successful or not"). A
+/// path under `/keymanager/` that no API serves, and an API called with a
+/// method it does not serve, answer in that envelope (404 `-1900`, 405
+/// `-1901` with `Allow`), not with an empty body (issue 13, section 1's
+/// last item, for both dialects). Seen failing before the change: 404 and
+/// 405 with an empty body.
+#[tokio::test]
+async fn unknown_apis_and_wrong_methods_answer_in_the_envelope() {
+    let kms = Kms::start().await;
+    let p = project(&kms, "routes", true).await;
+    for (method, suffix) in [
+        ("GET", "/no-such-api"),
+        ("POST", "/symmetric-keys/abc/no-such-action"),
+        ("GET", "/keystores/1/keys/abc/extra/segments"),
+    ] {
+        let r = call(&kms, &p, method, suffix, None).await;
+        err(&r, 404, -1900);
+        assert_eq!(r.body["body"], serde_json::Value::Null, "{}", r.body);
+    }
+    // An appkey that names no project: still the envelope, the route decides.
+    let r = kms
+        .raw("GET", "/keymanager/v1.2/nothing-here", &[], None)
+        .await;
+    err(&r, 404, -1900);
+    // `confirm` is GET only; `encrypt` POST only.
+    let r = call(&kms, &p, "DELETE", "/confirm", None).await;
+    err(&r, 405, -1901);
+    let allow = r.headers.get("allow").expect("Allow").to_str().unwrap();
+    assert!(allow.contains("GET"), "{allow}");
+    let r = call(&kms, &p, "GET", "/symmetric-keys/abc/encrypt", None).await;
+    err(&r, 405, -1901);
+    // The message does not echo the path: it carries the appkey, a bearer
+    // credential.
+    assert!(
+        !r.body["header"]["resultMessage"]
+            .as_str()
+            .unwrap()
+            .contains(&p.appkey),
+        "{}",
+        r.body
+    );
+}

@@ -25,8 +25,9 @@ use crate::core::Engine;
 pub struct ApiConfig {
     /// Allowed skew of NCP signature timestamps, seconds.
     pub signature_window_secs: i64,
-    /// NAVER `baseUrl` reported in key records.
-    pub naver_base_url: String,
+    /// NAVER `baseUrl` reported in key records (`naver.base_url`); `None`:
+    /// each request's own scheme and `Host` ([`request_base_url`]).
+    pub naver_base_url: Option<String>,
     /// Proxies whose `X-Forwarded-For` is trusted.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Largest request body, bytes.
@@ -46,7 +47,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             signature_window_secs: 300,
-            naver_base_url: "https://ocapi.ncloud.com".into(),
+            naver_base_url: None,
             trusted_proxies: vec![],
             body_limit: 1024 * 1024,
             rate_limit: None,
@@ -190,11 +191,18 @@ impl tower_http::request_id::MakeRequestId for RequestIds {
 }
 
 /// Builds the router of every dialect.
+///
+/// Two routers: the outer one carries the layers every request passes
+/// (request ids, panic guard, trace, body limit, store guard) and hands
+/// each request to [`naver::canonical_key_tag`], which spells a NAVER key
+/// tag canonically before the inner router matches routes (a rewrite after
+/// routing would not reach the path parameters). Paths and methods no route
+/// serves answer in their dialect's envelope.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.body_limit;
     let lean = state.config.lean_requests;
     LEAN_RESPONSES.store(lean, std::sync::atomic::Ordering::Relaxed);
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
@@ -202,6 +210,12 @@ pub fn router(state: AppState) -> Router {
         .merge(naver::router(state.clone()))
         .merge(nhn::router(state.clone()))
         .route_layer(axum::middleware::from_fn(metrics::track))
+        .method_not_allowed_fallback(wrong_method)
+        .fallback(unknown_route)
+        .with_state(state.clone());
+    let canonical = axum::middleware::from_fn_with_state(state.clone(), naver::canonical_key_tag);
+    Router::new()
+        .fallback_service(tower::Layer::layer(&canonical, routes))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             store_guard,
@@ -237,6 +251,32 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds::new(lean)))
+}
+
+/// A path no route serves: 404 in the dialect's envelope under a dialect's
+/// prefix, an empty 404 elsewhere (issue 13).
+async fn unknown_route(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    if naver::is_naver_path(path) {
+        naver::unknown_route(&method, path)
+    } else if nhn::is_nhn_path(path) {
+        nhn::unknown_route(&method)
+    } else {
+        StatusCode::NOT_FOUND.into_response()
+    }
+}
+
+/// A served path called with another method: 405 in the dialect's envelope
+/// under a dialect's prefix, an empty 405 elsewhere; axum adds `Allow`.
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    if naver::is_naver_path(path) {
+        naver::wrong_method(&method, path)
+    } else if nhn::is_nhn_path(path) {
+        nhn::wrong_method(&method)
+    } else {
+        StatusCode::METHOD_NOT_ALLOWED.into_response()
+    }
 }
 
 /// A panic in a handler is a bug; the client gets a 500 in an envelope both

@@ -71,12 +71,15 @@ fn random_text(len: usize, upper: bool) -> String {
 }
 
 /// Creates the service keys that do not exist yet (KEK, audit HMAC key,
-/// attestation key). Idempotent; returns the names created.
+/// attestation key, NAVER token-signing key). Idempotent; returns the names
+/// created: on an existing installation this is the upgrade step that adds
+/// the keys a newer release needs.
 pub async fn ensure_service_keys(hsm: &Hsm, store: &Store) -> Result<Vec<&'static str>> {
     let wanted = [
         (service_keys::KEK, KeySpec::Aes256 { extractable: false }),
         (service_keys::AUDIT_HMAC, KeySpec::HmacSha256),
         (service_keys::ATTESTATION, KeySpec::EcP256),
+        (service_keys::TOKEN_SIGNING, KeySpec::EcP256),
     ];
     let mut made = Vec::new();
     for (name, spec) in wanted {

@@ -10,6 +10,7 @@ mod cache;
 mod changes;
 mod crypto;
 mod invocations;
+pub mod jwt;
 mod keys;
 pub mod naver;
 pub mod nhn;
@@ -218,6 +219,8 @@ pub mod service_keys {
     pub const AUDIT_HMAC: &str = "audit-hmac";
     /// P-256 key that signs attestation reports.
     pub const ATTESTATION: &str = "attestation";
+    /// P-256 key that signs NAVER tokens (JWT, ES256).
+    pub const TOKEN_SIGNING: &str = "token-signing";
 }
 
 /// The engine. Cheap to clone.
@@ -237,6 +240,12 @@ struct EngineInner {
     generators: cache::Cache<i64, Option<crate::store::GeneratorRow>>,
     acls: cache::Cache<i64, (bool, Vec<ipnet::IpNet>)>,
     token_hour_ms: i64,
+    /// The key that signs NAVER tokens; read again on use until `init`
+    /// (the upgrade step) has made it.
+    token_signer: tokio::sync::OnceCell<jwt::TokenSigner>,
+    /// `naver.region`: new key tags carry its prefix; keys isolated in
+    /// another region are refused.
+    naver_region: Option<naver::Region>,
     limits: ObjectLimits,
     /// How NAVER RSA2048 keys sign (`naver.rsa_signature`).
     rsa_signature: RsaSignature,
@@ -277,6 +286,9 @@ pub struct EngineOptions {
     /// How NAVER RSA2048 keys sign (`naver.rsa_signature`): RSASSA-PSS by
     /// default; verification accepts both schemes (see [`RsaSignature`]).
     pub rsa_signature: RsaSignature,
+    /// `naver.region`: the region new NAVER keys are isolated in (their
+    /// tags carry its prefix); `None`: NAVER's global keys, as before.
+    pub naver_region: Option<naver::Region>,
 }
 
 impl Default for EngineOptions {
@@ -291,6 +303,7 @@ impl Default for EngineOptions {
             activity_statement_cache: true,
             activity_batch_wait: std::time::Duration::ZERO,
             rsa_signature: RsaSignature::default(),
+            naver_region: None,
         }
     }
 }
@@ -349,6 +362,14 @@ impl Engine {
         let installation_id = store.installation_id().await?;
         // The caches start empty: only later changes can make them stale.
         let change_seq = store.last_change().await?;
+        let token_signer = jwt::TokenSigner::load(&hsm, &store).await?;
+        if token_signer.is_none() {
+            tracing::warn!(
+                "this installation has no token-signing key: NAVER token sets cannot be \
+                 issued until `hsm-kms init` (the upgrade step) adds it; tokens issued \
+                 before keep working"
+            );
+        }
         // Every record is chained: no activity log without the audit keys.
         let chain = if opts.activity_log {
             Some(
@@ -376,6 +397,8 @@ impl Engine {
                 generators: cache::Cache::new(),
                 acls: cache::Cache::new(),
                 token_hour_ms: opts.token_hour_ms.max(1),
+                token_signer: tokio::sync::OnceCell::new_with(token_signer),
+                naver_region: opts.naver_region,
                 limits: opts.limits,
                 rsa_signature: opts.rsa_signature,
                 nhn: nhn::NhnState::default(),

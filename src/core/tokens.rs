@@ -1,21 +1,22 @@
 //! Token generators, token sets and token authentication (NAVER API 2.0
 //! token auth), and the per-key IP ACL that gates token requests.
 //!
-//! Tokens are 256-bit random values shown once; the store keeps their
-//! SHA-256 hashes. A token acts for the account that created its set, only on
-//! its key, and only while the generator that issued it is active and has not
-//! been replaced.
+//! Tokens are JWTs signed ES256 in the token (`jwt.rs`), shown once; the
+//! store keeps their SHA-256 hashes. A token acts for the account that
+//! created its set, only on its key, and only while the generator that
+//! issued it is active and has not been replaced. Tokens issued before JWTs
+//! (`ncpkms_` and 256 random bits) keep working until they expire.
 
 use crate::store::NaverRepo;
 use std::net::IpAddr;
 
-use base64::Engine as _;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use super::accounts::now;
+use super::jwt::{looks_like_jwt, Claims, TokenSigner, MAX_TOKEN_LEN};
 use super::{Engine, Error, Result};
 use crate::store::{GeneratorRow, NewToken, TokenParent, TokenRow};
 
@@ -25,8 +26,9 @@ pub const MAX_TOKEN_HOURS: i64 = 17_520;
 pub const DEFAULT_ACCESS_HOURS: i64 = 72;
 /// Default refresh-token lifetime in hours.
 pub const DEFAULT_REFRESH_HOURS: i64 = 2_160;
-/// Prefix of every token the service issues.
-pub const TOKEN_PREFIX: &str = "ncpkms_";
+/// Prefix of the tokens issued before tokens became JWTs; such tokens keep
+/// working until they expire.
+pub const LEGACY_TOKEN_PREFIX: &str = "ncpkms_";
 
 /// A token lifetime: a number of hours or unlimited (`"UL"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,31 +90,86 @@ pub struct TokenAuth {
     pub set_id: String,
     /// Its hash (to revoke a refresh token on renewal).
     pub hash: Vec<u8>,
+    /// The key's tag, for the claims of the tokens it makes.
+    pub key_tag: String,
 }
 
 fn hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-fn new_token() -> (Zeroizing<String>, Vec<u8>, String) {
-    let mut raw = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut raw);
-    let token = Zeroizing::new(format!(
-        "{TOKEN_PREFIX}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-    ));
-    let h = hash(&token);
+/// A token's public id: 64 random bits, hex (the activity log's caller and
+/// the JWT's `jti`).
+fn new_token_id() -> String {
     let mut id = [0u8; 8];
     rand::rngs::OsRng.fill_bytes(&mut id);
-    (token, h, hex::encode(id))
+    hex::encode(id)
 }
 
 impl Engine {
-    fn token_expiry(&self, l: Lifetime) -> Option<i64> {
+    fn token_expiry(&self, l: Lifetime, at: i64) -> Option<i64> {
         match l {
             Lifetime::Unlimited => None,
-            Lifetime::Hours(h) => Some(now() + h * self.inner.token_hour_ms),
+            Lifetime::Hours(h) => Some(at + h * self.inner.token_hour_ms),
         }
+    }
+
+    /// The key that signs tokens, read from the store and the token on
+    /// first use (and again while it is missing, so that a running server
+    /// picks up the key `hsm-kms init` adds to an older installation).
+    async fn token_signer(&self) -> Result<&TokenSigner> {
+        self.inner
+            .token_signer
+            .get_or_try_init(|| async {
+                TokenSigner::load(self.hsm(), self.store())
+                    .await?
+                    .ok_or_else(|| {
+                        Error::Unavailable(
+                            "this installation has no token-signing key: the operator must run \
+                             `hsm-kms init` (the upgrade step that adds the service keys an \
+                             installation lacks)"
+                                .into(),
+                        )
+                    })
+            })
+            .await
+    }
+
+    /// The public key that verifies this installation's tokens (DER
+    /// SubjectPublicKeyInfo), for clients and auditors that check a
+    /// token's signature themselves.
+    pub async fn token_public_key_der(&self) -> Result<Vec<u8>> {
+        self.token_signer().await?.public_key_der()
+    }
+
+    /// Makes one token of `set_id` for key `key_tag`: its JWT and the row
+    /// the store keeps (its hash).
+    async fn new_token(
+        &self,
+        key_tag: &str,
+        set_id: &str,
+        kind: TokenKind,
+        life: Lifetime,
+    ) -> Result<(Zeroizing<String>, NewToken)> {
+        let at = now();
+        let expires_at = self.token_expiry(life, at);
+        let token_id = new_token_id();
+        let claims = Claims {
+            key_tag: key_tag.to_string(),
+            token_set_id: set_id.to_string(),
+            kind: kind.as_str().to_string(),
+            iat: at.div_euclid(1000),
+            exp: Claims::exp_of(expires_at),
+            jti: token_id.clone(),
+        };
+        let token = self.token_signer().await?.sign(self.hsm(), &claims).await?;
+        let row = NewToken {
+            hash: hash(&token),
+            token_id,
+            kind: kind.as_str(),
+            expires_at,
+        };
+        Ok((token, row))
     }
 
     /// The generator of a key owned by `account_id`.
@@ -183,9 +240,11 @@ impl Engine {
         Ok(g)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn issue(
         &self,
         key_id: i64,
+        key_tag: &str,
         account_id: i64,
         access: Lifetime,
         refresh: Option<Lifetime>,
@@ -197,22 +256,16 @@ impl Engine {
             .await?
             .ok_or_else(|| Error::InvalidState("the key has no active token generator".into()))?;
         let set_id = set_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let (at, at_hash, at_id) = new_token();
-        let mut rows = vec![NewToken {
-            hash: at_hash,
-            token_id: at_id,
-            kind: "access",
-            expires_at: self.token_expiry(access),
-        }];
+        let (at, at_row) = self
+            .new_token(key_tag, &set_id, TokenKind::Access, access)
+            .await?;
+        let mut rows = vec![at_row];
         let refresh_token = match refresh {
             Some(l) => {
-                let (rt, rt_hash, rt_id) = new_token();
-                rows.push(NewToken {
-                    hash: rt_hash,
-                    token_id: rt_id,
-                    kind: "refresh",
-                    expires_at: self.token_expiry(l),
-                });
+                let (rt, rt_row) = self
+                    .new_token(key_tag, &set_id, TokenKind::Refresh, l)
+                    .await?;
+                rows.push(rt_row);
                 Some(rt)
             }
             None => None,
@@ -275,6 +328,7 @@ impl Engine {
         let e = self.owned_key(account_id, uid).await?;
         self.issue(
             e.key.id,
+            &e.key.uid,
             account_id,
             access,
             Some(refresh),
@@ -294,6 +348,7 @@ impl Engine {
         let set = self
             .issue(
                 auth.key_id,
+                &auth.key_tag,
                 auth.account_id,
                 access,
                 None,
@@ -316,6 +371,7 @@ impl Engine {
         let refresh = refresh.checked("refreshTokenHours")?;
         self.issue(
             auth.key_id,
+            &auth.key_tag,
             auth.account_id,
             access,
             Some(refresh),
@@ -336,13 +392,20 @@ impl Engine {
         client: IpAddr,
     ) -> Result<TokenAuth> {
         let bad = |m: &str| Error::Unauthenticated(m.to_string());
-        if !token.starts_with(TOKEN_PREFIX) || token.len() > 128 {
+        let legacy = token.starts_with(LEGACY_TOKEN_PREFIX);
+        if token.len() > MAX_TOKEN_LEN || !(legacy || looks_like_jwt(token)) {
             return Err(bad("malformed token"));
         }
         let h = hash(token);
+        // A token found in the cache was verified when it was put there (the
+        // hash covers the whole JWT, signature included): the hot path costs
+        // no signature check. The store's row decides either way.
         let row: TokenRow = match self.inner.tokens.get(&h) {
             Ok(r) => r,
             Err(seen) => {
+                if !legacy {
+                    self.check_jwt(token, kind, uid).await?;
+                }
                 let r = self
                     .store()
                     .token_by_hash(&h)
@@ -385,7 +448,35 @@ impl Engine {
             key_id: row.key_id,
             set_id: row.set_id,
             hash: h,
+            key_tag: e.key.uid.clone(),
         })
+    }
+
+    /// The checks a JWT passes before the store is asked about it: its
+    /// form and ES256 signature under this installation's token key, then
+    /// its claims (kind, key, expiry). A valid signature is never enough:
+    /// [`Engine::authenticate_token`] then reads the token's row (revoked?
+    /// generator replaced? expired to the millisecond?).
+    async fn check_jwt(&self, token: &str, kind: TokenKind, uid: &str) -> Result<()> {
+        let bad = |m: &str| Error::Unauthenticated(m.to_string());
+        let claims = self
+            .token_signer()
+            .await?
+            .verify(token)
+            .map_err(|e| bad(&e.to_string()))?;
+        if claims.kind != kind.as_str() {
+            return Err(bad(&format!("this call needs a {} token", kind.as_str())));
+        }
+        if claims.key_tag != uid {
+            return Err(bad("the token is not valid for this key"));
+        }
+        if claims
+            .exp
+            .is_some_and(|exp| exp.saturating_mul(1000) <= now())
+        {
+            return Err(bad("the token has expired"));
+        }
+        Ok(())
     }
 
     // ---- IP ACL ----

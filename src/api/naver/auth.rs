@@ -115,11 +115,13 @@ pub async fn verify_signature(
             _ => return Err(fail(SignatureError::UnknownApiKey)),
         }
     }
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+    // The path as the client sent (and signed) it, before its key tag was
+    // spelled canonically (`canonical_key_tag`).
+    let uri = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map_or(&parts.uri, |o| &o.0);
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     signed
         .verify(parts.method.as_str(), pq, &secret)
         .map_err(fail)?;
@@ -157,7 +159,6 @@ async fn verify_token(
         .ok_or_else(|| NaverError::unauthenticated(format!("missing header {OCAPI_TOKEN}")))?;
     let tag = super::key_tag_in(parts.uri.path())
         .ok_or_else(|| NaverError::bad_request("no key tag in the path"))?;
-    let tag = tag.as_ref();
     let ip = request_ip(parts, state);
     let auth = state
         .engine
@@ -231,7 +232,7 @@ async fn resolve_logged_key(
     let Some(tag) = super::key_tag_in(parts.uri.path()) else {
         return Ok(());
     };
-    match state.engine.key_entry(&tag).await {
+    match state.engine.key_entry(tag).await {
         Ok(entry) => {
             slot.set_entry(entry);
             Ok(())

@@ -113,39 +113,191 @@ impl QuotaGate {
     }
 }
 
+/// Where the key tag sits in a NAVER path: `/kms/v1/keys/{keyTag}/...`
+/// (API 2.0), `/kms/v3/keys/{keyTag}/...` (v3) or `/keys/v{1,2}/{keyTag}/...`
+/// (API 1.0), as a byte range.
+fn key_tag_span(path: &str) -> Option<std::ops::Range<usize>> {
+    let rest = if let Some(r) = path
+        .strip_prefix("/kms/v1/keys/")
+        .or_else(|| path.strip_prefix("/kms/v3/keys/"))
+    {
+        r
+    } else {
+        let r = path.strip_prefix("/keys/")?;
+        let (_, r) = r.split_once('/')?;
+        r
+    };
+    let start = path.len() - rest.len();
+    let len = rest.find('/').unwrap_or(rest.len());
+    (len > 0).then(|| start..start + len)
+}
+
 /// The key tag of a NAVER path: `/kms/v1/keys/{keyTag}/...` (API 2.0),
-/// `/keys/v{1,2}/{keyTag}/...` (API 1.0) or `/kms/v3/keys/{keyTag}/...` (v3,
-/// whose tags are case-insensitive: given in their canonical lower-case form
-/// so the quota and the activity log see one key per tag). A
-/// percent-encoded path has no tag here ([`canonical_path`] refuses it
-/// before anything reads one).
-pub(crate) fn key_tag_in(path: &str) -> Option<std::borrow::Cow<'_, str>> {
-    use std::borrow::Cow;
+/// `/kms/v3/keys/{keyTag}/...` (v3) or `/keys/v{1,2}/{keyTag}/...` (API
+/// 1.0), as [`canonical_key_tag`] left it (lower case for a key tag). A
+/// percent-encoded path has no tag here ([`canonical_path`] refuses it before anything reads one).
+pub(crate) fn key_tag_in(path: &str) -> Option<&str> {
     if path.contains('%') {
         return None;
     }
-    let mut segs = path.split('/');
-    match (
-        segs.next(),
-        segs.next(),
-        segs.next(),
-        segs.next(),
-        segs.next(),
-    ) {
-        (Some(""), Some("kms"), Some("v1"), Some("keys"), Some(tag)) if !tag.is_empty() => {
-            Some(Cow::Borrowed(tag))
+    key_tag_span(path).map(|r| &path[r])
+}
+
+/// Spells the key tag of a NAVER path canonically (lower case) before the
+/// router, authentication, quota, activity log and handlers read it, and
+/// refuses a key isolated in another region with the 400 NAVER documents.
+///
+/// NAVER: "the region prefix and the hex digits are not case-sensitive";
+/// every other spelling of one tag would otherwise be another key to the
+/// store lookup and a fresh quota bucket and log name (issue 8, item 3). The
+/// one parser is [`crate::core::naver::KeyTag`]. The NCP signature covers
+/// the path as the client sent it: [`auth`] checks it against
+/// [`axum::extract::OriginalUri`], which this keeps.
+pub(crate) async fn canonical_key_tag(
+    axum::extract::State(st): axum::extract::State<AppState>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    let Some(span) = key_tag_span(path).filter(|_| !path.contains('%')) else {
+        return next.run(req).await;
+    };
+    let tag = match st.engine.naver_key_tag(&path[span.clone()]) {
+        Ok(Some(tag)) => tag,
+        Ok(None) => return next.run(req).await,
+        Err(e) => return in_dialect(path, NaverError::from(e)),
+    };
+    if tag.as_str() != &path[span.clone()] {
+        let mut canonical = String::with_capacity(path.len() + 8);
+        canonical.push_str(&path[..span.start]);
+        canonical.push_str(tag.as_str());
+        canonical.push_str(&path[span.end..]);
+        if let Some(q) = req.uri().query() {
+            canonical.push('?');
+            canonical.push_str(q);
         }
-        (Some(""), Some("kms"), Some("v3"), Some("keys"), Some(tag)) if !tag.is_empty() => {
-            Some(match crate::core::naver::canonical_tag(tag) {
-                Some(t) => Cow::Owned(t),
-                None => Cow::Borrowed(tag),
-            })
+        let original = req.uri().clone();
+        let mut parts = original.clone().into_parts();
+        parts.path_and_query = canonical.parse().ok();
+        match axum::http::Uri::from_parts(parts) {
+            Ok(uri) => {
+                req.extensions_mut()
+                    .get_or_insert_with(|| axum::extract::OriginalUri(original));
+                *req.uri_mut() = uri;
+            }
+            Err(_) => {
+                return NaverError::bad_request("the path does not parse").into_response();
+            }
         }
-        (Some(""), Some("keys"), Some(_), Some(tag), _) if !tag.is_empty() => {
-            Some(Cow::Borrowed(tag))
-        }
-        _ => None,
     }
+    next.run(req).await
+}
+
+/// The `baseUrl` of NAVER key records: `naver.base_url` when set, else the
+/// URL this request was sent to (scheme and `Host`), never NAVER's own
+/// host. The scheme is `https` on the TLS listener and `http` on the plain
+/// one; behind a proxy listed in `server.trusted_proxies` its
+/// `X-Forwarded-Proto` (the rightmost value, the one the nearest proxy
+/// wrote) says which the client used. From any other peer the header is
+/// ignored.
+#[derive(Debug, Clone)]
+pub(crate) struct BaseUrl(pub String);
+
+impl axum::extract::FromRequestParts<AppState> for BaseUrl {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(BaseUrl(request_base_url(parts, state)))
+    }
+}
+
+fn request_base_url(parts: &axum::http::request::Parts, state: &AppState) -> String {
+    if let Some(url) = &state.config.naver_base_url {
+        return url.clone();
+    }
+    let tls = parts
+        .extensions
+        .get::<crate::api::auth::nhn::TlsClientCert>()
+        .is_some();
+    let mut scheme = if tls { "https" } else { "http" };
+    let peer = crate::api::peer_ip(
+        parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>(),
+    );
+    if state
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(&peer))
+    {
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-proto")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .next_back()
+            .map(|p| p.trim().to_ascii_lowercase());
+        match forwarded.as_deref() {
+            Some("https") => scheme = "https",
+            Some("http") => scheme = "http",
+            _ => {}
+        }
+    }
+    let host = parts
+        .headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
+        .or_else(|| parts.uri.authority().cloned())
+        .filter(|a| !a.as_str().contains('@'));
+    match host {
+        Some(host) => format!("{scheme}://{host}"),
+        None => format!("{scheme}://localhost"),
+    }
+}
+
+/// A NAVER path (API 2.0 under `/kms/`, API 1.0 under `/keys/`).
+pub(crate) fn is_naver_path(path: &str) -> bool {
+    path.starts_with("/kms/") || path.starts_with("/keys/")
+}
+
+/// The answer to a path no NAVER route serves: 404 in NAVER's envelope
+/// (`300` / Not Found, the code of its 404s).
+pub(crate) fn unknown_route(method: &axum::http::Method, path: &str) -> Response {
+    let e = NaverError {
+        status: StatusCode::NOT_FOUND,
+        code: "300",
+        message: "Not Found",
+        details: format!("no API at {method} {path}"),
+    };
+    in_dialect(path, e)
+}
+
+/// `e` as the API of `path` answers it: v3's envelope and code names under
+/// `/kms/v3/`, API 2.0's elsewhere.
+fn in_dialect(path: &str, e: NaverError) -> Response {
+    if path.starts_with("/kms/v3/") {
+        v3::V3Error::from(e).into_response()
+    } else {
+        e.into_response()
+    }
+}
+
+/// The answer to a NAVER route called with a method it does not serve:
+/// 405 in NAVER's envelope (`100`, its request-error code), with `Allow`.
+pub(crate) fn wrong_method(method: &axum::http::Method, path: &str) -> Response {
+    let e = NaverError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "100",
+        message: "Method Not Allowed",
+        details: format!("{path} does not serve {method}"),
+    };
+    in_dialect(path, e)
 }
 
 /// Per-key quota middleware for crypto routes: hands the request a
@@ -158,7 +310,7 @@ async fn rate_limit(
     let Some(limiter) = &st.config.rate_limit else {
         return next.run(req).await;
     };
-    let Some(tag) = key_tag_in(req.uri().path()).map(|t| t.into_owned()) else {
+    let Some(tag) = key_tag_in(req.uri().path()).map(str::to_owned) else {
         return next.run(req).await;
     };
     let gate = QuotaGate {
@@ -346,20 +498,24 @@ mod tests {
     #[test]
     fn key_tags_of_both_apis() {
         fn tag(p: &str) -> Option<String> {
-            key_tag_in(p).map(|t| t.into_owned())
+            key_tag_in(p).map(str::to_owned)
         }
         assert_eq!(tag("/kms/v1/keys/abc/encrypt").as_deref(), Some("abc"));
         assert_eq!(tag("/kms/v1/keys/abc").as_deref(), Some("abc"));
         assert_eq!(tag("/keys/v1/abc/sign").as_deref(), Some("abc"));
         assert_eq!(tag("/keys/v2/abc/verify").as_deref(), Some("abc"));
         let hex = "AB".repeat(32);
+        // As spelled: canonical_key_tag lower-cases it before anything reads it.
         let path = format!("/kms/v3/keys/{hex}/encrypt");
-        assert_eq!(tag(&path), Some("ab".repeat(32)));
+        assert_eq!(tag(&path), Some(hex.clone()));
         assert_eq!(tag("/kms/v3/keys/XYZ/encrypt").as_deref(), Some("XYZ"));
         assert_eq!(key_tag_in("/kms/v1/keys"), None);
         assert_eq!(key_tag_in("/kms/v1/keys/"), None);
         assert_eq!(key_tag_in("/healthz"), None);
         assert_eq!(key_tag_in("/kms/v1/keys/%61bc/encrypt"), None);
         assert_eq!(key_tag_in("/keys/v2/ab%63/encrypt"), None);
+        assert_eq!(key_tag_in("/keys/v1"), None);
+        assert_eq!(key_tag_in("/keys/v1/"), None);
+        assert_eq!(key_tag_in("/kms/v1/keys/kr-ABC/sign"), Some("kr-ABC"));
     }
 }

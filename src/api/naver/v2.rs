@@ -12,7 +12,7 @@ use serde_json::json;
 use super::auth::{Caller, NoteVersion};
 use super::crypto;
 use super::format::enc;
-use super::{success, AccountAuth, NaverError, NaverJson, NaverResult};
+use super::{success, AccountAuth, BaseUrl, NaverError, NaverJson, NaverResult};
 use crate::api::AppState;
 use crate::core::{CreateKeyRequest, KeyEntry, KeyType};
 
@@ -138,6 +138,7 @@ struct CreateKeyBody {
 async fn create_key(
     State(st): State<AppState>,
     auth: AccountAuth,
+    BaseUrl(base_url): BaseUrl,
     NaverJson(b): NaverJson<CreateKeyBody>,
 ) -> NaverResult<Response> {
     let name = b
@@ -173,16 +174,17 @@ async fn create_key(
     if let Some(v) = e.current() {
         auth.note_version(v.version);
     }
-    Ok(success(key_info(&e, &st.config.naver_base_url)))
+    Ok(success(key_info(&e, &base_url)))
 }
 
 async fn get_key(
     State(st): State<AppState>,
     auth: AccountAuth,
+    BaseUrl(base_url): BaseUrl,
     Path(tag): Path<String>,
 ) -> NaverResult<Response> {
     let e = st.engine.owned_key(auth.account_id, &tag).await?;
-    Ok(success(key_info(&e, &st.config.naver_base_url)))
+    Ok(success(key_info(&e, &base_url)))
 }
 
 pub(super) fn int_param(

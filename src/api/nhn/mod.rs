@@ -87,6 +87,36 @@ impl NhnError {
     }
 }
 
+/// An NHN path (`/keymanager/...`).
+pub(crate) fn is_nhn_path(path: &str) -> bool {
+    path.starts_with("/keymanager/")
+}
+
+/// The answer to a path no NHN route serves: 404 in NHN's envelope
+/// (`-1900`, "Unknown API"; NHN publishes no code for it, like the others'
+/// numbers it is ours).
+pub(crate) fn unknown_route(method: &axum::http::Method) -> Response {
+    NhnError::new(
+        StatusCode::NOT_FOUND,
+        -1900,
+        "Unknown API",
+        format!("no API at this path for {method}"),
+    )
+    .into_response()
+}
+
+/// The answer to an NHN route called with a method it does not serve: 405
+/// in NHN's envelope (`-1901`, "Method Not Allowed"), with `Allow`.
+pub(crate) fn wrong_method(method: &axum::http::Method) -> Response {
+    NhnError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        -1901,
+        "Method Not Allowed",
+        format!("this path does not serve {method}"),
+    )
+    .into_response()
+}
+
 impl From<Error> for NhnError {
     fn from(e: Error) -> Self {
         use StatusCode as S;

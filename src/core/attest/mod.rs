@@ -529,7 +529,7 @@ pub async fn rows(hsm: &Hsm, store: &Store, scope: &Scope) -> Result<(Vec<Row>, 
             let kt = match name.as_str() {
                 service_keys::KEK => "AES256",
                 service_keys::AUDIT_HMAC => "HMAC",
-                service_keys::ATTESTATION => "ECDSA",
+                service_keys::ATTESTATION | service_keys::TOKEN_SIGNING => "ECDSA",
                 _ => "unknown",
             };
             let view = service_view("service-key", &name, kt, "hsm-kms");

@@ -55,7 +55,9 @@ impl Engine {
             }
             (false, None) => None,
         };
-        let uid = hex::encode(self.hsm().random(32).await?);
+        let uid = super::KeyTag::from_random(self.naver_region(), &self.hsm().random(32).await?)?
+            .as_str()
+            .to_string();
         let cka_id = self.hsm().random(16).await?;
         let aux_id = if req.is_convergent {
             Some(self.hsm().random(16).await?)

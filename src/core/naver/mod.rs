@@ -1,13 +1,17 @@
 //! NAVER Cloud KMS's key rules, over the engine's dialect-neutral key
 //! lifecycle (`core/keys.rs`): the name format, versions 1 to 100, the
 //! 72-hour deletion wait, the memo and rotation-period bounds, and the
-//! operations of API 2.0's key management (`keys.rs`). Key statuses are
+//! operations of API 2.0's key management (`keys.rs`), and the one parser
+//! of key tags with their region prefixes (`tag.rs`). Key statuses are
 //! [`KeyStatus`](crate::core::KeyStatus), whose stored text is NAVER's
 //! (`ENABLE`, `DISABLE`, `REVOKE`, `DELETED`).
 
 mod keys;
+mod tag;
 
-use super::{Error, KeyType, Result};
+pub use tag::{KeyTag, Region, TAG_HEX_LEN};
+
+use super::{Engine, Error, KeyType, Result};
 
 /// Default automatic-rotation period, days.
 pub const ROTATION_PERIOD_DEFAULT: i64 = 90;
@@ -35,21 +39,13 @@ pub struct CreateKeyRequest {
     pub protection_type: String,
 }
 
-/// Region prefixes of NAVER's region-isolated key tags (`kr-`, `jpn-`).
-pub const REGION_PREFIXES: [&str; 2] = ["kr-", "jpn-"];
-
-/// The one NAVER key-tag parser: an optional region prefix
-/// ([`REGION_PREFIXES`]) and 64 hex digits, both case-insensitive (the v3
-/// pages: "리전 접두어와 16진 문자의 대소문자는 구분하지 않음", 64 to 68
-/// characters). Gives the canonical, lower-case spelling; `None` when `tag`
-/// is not a key tag.
+/// The canonical, lower-case spelling of a NAVER key tag (an optional
+/// region prefix and 64 hex digits, both case-insensitive; the v3 pages:
+/// "리전 접두어와 16진 문자의 대소문자는 구분하지 않음", 64 to 68
+/// characters), through the one parser, [`KeyTag::parse`]; `None` when
+/// `tag` is not a key tag.
 pub fn canonical_tag(tag: &str) -> Option<String> {
-    let lower = tag.to_ascii_lowercase();
-    let hex = REGION_PREFIXES
-        .iter()
-        .find_map(|p| lower.strip_prefix(p))
-        .unwrap_or(&lower);
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(lower)
+    KeyTag::parse(tag).map(|t| t.as_str().to_string())
 }
 
 /// Whether `name` is a NAVER key name: `[A-Za-z][A-Za-z0-9_-]{2,14}`.
@@ -80,6 +76,27 @@ pub fn check_memo(memo: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+impl Engine {
+    /// The region this service isolates new keys in (`naver.region`).
+    pub fn naver_region(&self) -> Option<Region> {
+        self.inner.naver_region
+    }
+
+    /// Reads the key tag of a NAVER call, as the client spelled it: its
+    /// canonical text when it is a key tag this service serves; `None` when
+    /// it is no key tag at all (the lookup then finds no key, as before);
+    /// the 400 NAVER documents when the key is isolated in another region.
+    pub fn naver_key_tag(&self, raw: &str) -> Result<Option<KeyTag>> {
+        match KeyTag::parse(raw) {
+            Some(tag) => {
+                tag.check_served_by(self.naver_region())?;
+                Ok(Some(tag))
+            }
+            None => Ok(None),
+        }
+    }
 }
 
 #[cfg(test)]
