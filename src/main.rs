@@ -275,6 +275,7 @@ async fn admin_engine(
             activity_log: cfg.activity_log.enabled,
             activity_fsync: cfg.activity_log.fsync,
             checkpoints: cfg.audit.policy(),
+            audit_seal: cfg.audit.seal,
             ..Default::default()
         },
     )

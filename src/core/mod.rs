@@ -270,6 +270,9 @@ pub struct EngineOptions {
     /// How long the activity log's writer waits for more records after the
     /// first of a batch (`activity_log.batch_wait_us`).
     pub activity_batch_wait: std::time::Duration,
+    /// How the audit chain is sealed (`audit.seal`): per batch (default)
+    /// or per record.
+    pub audit_seal: audit::SealMode,
 }
 
 impl Default for EngineOptions {
@@ -283,6 +286,7 @@ impl Default for EngineOptions {
             checkpoints: audit::CheckpointPolicy::default(),
             activity_statement_cache: true,
             activity_batch_wait: std::time::Duration::ZERO,
+            audit_seal: audit::SealMode::Batch,
         }
     }
 }
@@ -346,7 +350,8 @@ impl Engine {
             Some(
                 audit::AuditChain::open(hsm.clone(), &store, opts.checkpoints)
                     .await?
-                    .with_statement_cache(opts.activity_statement_cache),
+                    .with_statement_cache(opts.activity_statement_cache)
+                    .with_seal(opts.audit_seal),
             )
         } else {
             None
