@@ -18,9 +18,9 @@
 #   scripts/bench-audit.sh
 #
 # Environment: ROUNDS (3), HTTP_SECS (10), CONNECTIONS (64), BIN (use this
-# hsm-kms binary instead of building; it must be this tree's), PROFILE
-# (release; `dev` for a quick check of the script itself, figures
-# meaningless). The build's output goes to a log file, shown only when the
+# hsm-kms binary instead of building; it must be this tree's; the table
+# then names it instead of the profile), PROFILE (release; `dev` for a
+# quick check of the script itself, figures meaningless). The build's output goes to a log file, shown only when the
 # build fails; standard output carries only the results.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -65,6 +65,8 @@ else
     cp "$TARGET_DIR/$PROFILE_DIR/hsm-kms" "$WORK/hsm-kms"
 fi
 HSM_KMS="$WORK/hsm-kms"
+BUILD_LABEL="$PROFILE build"
+[ -n "${BIN:-}" ] && BUILD_LABEL="binary $BIN"
 # A binary without `audit.seal` refuses the configs below at `init`.
 "$HSM_KMS" audit --help >/dev/null 2>&1 || die "$HSM_KMS has no audit command"
 
@@ -204,8 +206,8 @@ vrow() { # vrow LABEL RECORDS SECS EXTRA
     awk -v l="$1" -v n="$2" -v s="$3" -v x="$4" 'BEGIN {
         printf "%-44s %9d %8.2f %11.0f %9.2f   %s\n", l, n, s, (s > 0 ? n / s : 0), (n > 0 ? 100000 * s / n : 0), x }'
 }
-printf '\naudit chain cost: %s cores (%s), load average %s, SoftHSMv2 %s, %s build\n' \
-    "$(nproc)" "${cpu:-unknown CPU}" "$(cut -d' ' -f1-3 /proc/loadavg)" "$(softhsm2-util --version)" "$PROFILE"
+printf '\naudit chain cost: %s cores (%s), load average %s, SoftHSMv2 %s, %s\n' \
+    "$(nproc)" "${cpu:-unknown CPU}" "$(cut -d' ' -f1-3 /proc/loadavg)" "$(softhsm2-util --version)" "$BUILD_LABEL"
 printf 'NAVER Encrypt 256 B, wrk -t1 -c%s, %s s per round, %s interleaved rounds, medians\n\n' \
     "$CONNECTIONS" "$HTTP_SECS" "$ROUNDS"
 printf '%-44s %9s %8s %8s   %s\n' "configuration" "req/s" "p50 ms" "p99 ms" "rounds (req/s)"
