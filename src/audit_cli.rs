@@ -12,9 +12,9 @@ use hsm_kms::server;
 /// `hsm-kms audit ...`
 #[derive(Subcommand)]
 pub enum AuditCmd {
-    /// Walk the chain with the token: every record's chain value, sequence
-    /// continuity, checkpoint signatures, and that the log reaches the
-    /// newest checkpoint. Prints `OK` and exits 0, or prints the first
+    /// Walk the chain with the token: every record's chain value (link,
+    /// seal or per-record HMAC), sequence continuity, checkpoint
+    /// signatures, and that the log reaches the newest checkpoint. Prints `OK` and exits 0, or prints the first
     /// break (`BREAK seq=N kind=K ...`) and exits 1.
     Verify {
         /// Start at this sequence number, trusting the stored chain value
@@ -22,8 +22,8 @@ pub enum AuditCmd {
         #[arg(long, value_name = "SEQ")]
         from: Option<i64>,
     },
-    /// Write every record with its chain value, and every signed
-    /// checkpoint, as JSON lines (format `hsm-kms-audit-export/1`).
+    /// Write every record with its chain value and seal, and every signed
+    /// checkpoint, as JSON lines (format `hsm-kms-audit-export/2`).
     Export {
         /// Write here instead of standard output.
         #[arg(long, value_name = "FILE")]
@@ -31,8 +31,11 @@ pub enum AuditCmd {
     },
     /// Check an export offline (no token, no store) with the attestation
     /// public key (`hsm-kms attest public-key`): checkpoint signatures,
-    /// sequence continuity, checkpoints against the records' chain values,
-    /// records reaching the newest checkpoint. Exit 0 and `OK`, or exit 1
+    /// sequence continuity, the links of records sealed per batch, a log
+    /// that ends on a seal, checkpoints against the records' chain values,
+    /// records reaching the newest checkpoint. Seals and per-record HMACs
+    /// need the token: `--seals` checks them too (on the service, with its
+    /// config), as `audit verify` does for the store. Exit 0 and `OK`, or exit 1
     /// and `BREAK ...` / `REFUSED ...`.
     VerifyExport {
         /// The export file.
@@ -40,6 +43,11 @@ pub enum AuditCmd {
         /// The attestation public key (PEM).
         #[arg(long, value_name = "PEM")]
         public_key: PathBuf,
+        /// Also check the export's seals and per-record HMACs in the token
+        /// (the service's config, token and PIN: for the operator, on an
+        /// auditor's file).
+        #[arg(long)]
+        seals: bool,
     },
 }
 
@@ -65,6 +73,10 @@ fn print_report(r: &ChainReport) {
         r.last_checkpoint
             .map(|s| format!(" (newest at seq {s})"))
             .unwrap_or_default()
+    );
+    println!(
+        "formats: {} records with an in-token HMAC each (per record), {} records linked under {} in-token seals (per batch)",
+        r.hmac_records, r.linked_records, r.seals
     );
 }
 
@@ -110,21 +122,42 @@ pub async fn run(cfg: &Config, cmd: AuditCmd) -> anyhow::Result<()> {
                     .unwrap_or_default()
             );
         }
-        AuditCmd::VerifyExport { file, public_key } => verify_export(&file, &public_key)?,
+        AuditCmd::VerifyExport {
+            file,
+            public_key,
+            seals,
+        } => verify_export(cfg, &file, &public_key, seals).await?,
     }
     Ok(())
 }
 
-fn verify_export(file: &Path, public_key: &Path) -> anyhow::Result<()> {
+async fn verify_export(
+    cfg: &Config,
+    file: &Path,
+    public_key: &Path,
+    seals: bool,
+) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let pem = std::fs::read_to_string(public_key)
         .with_context(|| format!("reading {}", public_key.display()))?;
     match export::verify_export(&bytes, &pem) {
-        Ok(r) => {
+        Ok(mut r) => {
             println!(
                 "{} records ({} chained), {} checkpoints with a valid signature",
                 r.records, r.chained, r.checkpoints_ok
             );
+            if seals {
+                let (hsm, store) = server::open(cfg).await?;
+                let k = export::verify_export_keyed(&hsm, &store, &bytes).await?;
+                println!(
+                    "in the token: {} seals and {} per-record HMACs checked",
+                    k.seals, k.hmacs
+                );
+                r.first_break = [r.first_break.take(), k.first_break]
+                    .into_iter()
+                    .flatten()
+                    .min_by_key(|b| b.seq);
+            }
             match &r.first_break {
                 None => {
                     println!("OK {}", file.display());

@@ -140,10 +140,14 @@ impl Default for ActivityLogConfig {
     }
 }
 
-/// `[audit]`: signed checkpoints of the audit chain.
+/// `[audit]`: how the audit chain is sealed, and its signed checkpoints.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditConfig {
+    /// `batch` (default): links computed by the service, one in-token HMAC
+    /// seal per group-commit batch; `record`: one in-token HMAC per record
+    /// (the earlier format, kept to measure against).
+    pub seal: crate::core::audit::SealMode,
     /// Sign a checkpoint after this many records since the last one.
     pub checkpoint_every_records: u64,
     /// Sign a checkpoint of records added since the last one after this
@@ -154,6 +158,7 @@ pub struct AuditConfig {
 impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
+            seal: crate::core::audit::SealMode::Batch,
             checkpoint_every_records: 1000,
             checkpoint_every_secs: 60,
         }

@@ -276,6 +276,7 @@ async fn admin_engine(
             activity_fsync: cfg.activity_log.fsync,
             checkpoints: cfg.audit.policy(),
             naver_region: cfg.naver.region()?,
+            audit_seal: cfg.audit.seal,
             ..Default::default()
         },
     )

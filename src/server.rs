@@ -69,14 +69,39 @@ pub struct InitOutcome {
 
 /// `hsm-kms init`: service keys in the token, schema, a first account with
 /// one access key. Idempotent: a second run creates nothing.
+///
+/// The first account's creation is recorded in the audit chain as an admin
+/// action (`AdminCreateAccount`, message `account=NAME accessKey=ID
+/// via=init`) when the activity log is on, as `admin create-account`
+/// records its own.
 pub async fn init(cfg: &Config, account: &str) -> anyhow::Result<InitOutcome> {
     let (hsm, store) = open(cfg).await?;
     start_up(&hsm, &store, StartMode::Init).await?;
     let created = ensure_service_keys(&hsm, &store).await?;
-    let engine = Engine::new(hsm, store).await?;
+    let engine = Engine::with_options(
+        hsm,
+        store,
+        EngineOptions {
+            activity_log: cfg.activity_log.enabled,
+            activity_fsync: cfg.activity_log.fsync,
+            checkpoints: cfg.audit.policy(),
+            activity_statement_cache: cfg.activity_log.statement_cache,
+            audit_seal: cfg.audit.seal,
+            ..EngineOptions::default()
+        },
+    )
+    .await?;
     let first_credentials = if engine.account_id(account).await?.is_none() {
         engine.create_account(account).await?;
-        Some(engine.create_access_key(account).await?)
+        let key = engine.create_access_key(account).await?;
+        engine
+            .record_admin(
+                "AdminCreateAccount",
+                &format!("account={account} accessKey={} via=init", key.access_key),
+            )
+            .await
+            .context("the first account was created but its audit record could not be written")?;
+        Some(key)
     } else {
         None
     };
@@ -139,6 +164,7 @@ pub async fn start(
             activity_batch_wait: Duration::from_micros(cfg.activity_log.batch_wait_us),
             rsa_signature: cfg.naver.rsa_signature()?,
             naver_region: cfg.naver.region()?,
+            audit_seal: cfg.audit.seal,
         },
     )
     .await?;

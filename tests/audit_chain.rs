@@ -6,10 +6,18 @@
 //! (SQLite, or PostgreSQL with `HSM_KMS_TEST_STORE=postgres`).
 //!
 //! Each test starts the service in-process on a fresh SoftHSM token (one
-//! checkpoint every 10 records), makes 31 records (CreateKey, then Encrypt
-//! and Decrypt alternately: seq 1 is CreateKey, even seqs Encrypt, odd
-//! seqs Decrypt), tampers with the store through a connection of its own, and runs the real binary for `audit verify`, `audit export`
-//! and `audit verify-export`, as an operator would beside the server.
+//! checkpoint every 10 records), which makes 32 records (seq 1 is `init`'s
+//! creation of the first account, seq 2 CreateKey, then Encrypt and Decrypt
+//! alternately: odd seqs Encrypt, even seqs Decrypt), tampers with the
+//! store through a connection of its own, and runs the real binary for
+//! `audit verify`, `audit export` and `audit verify-export`, as an operator
+//! would beside the server.
+//!
+//! Records are chained per group-commit batch by default (a SHA-256 link
+//! each, an in-token seal on each batch's last record); sequential calls
+//! make batches of one. The later tests make batches of many, mix them with
+//! records of the per-record format (an in-token HMAC each, as installed
+//! databases hold) and tamper inside a batch.
 //!
 //! Every source of records shares the one chain: NAVER calls, NHN calls
 //! (`NHN_USER_ACCESS_KEY` / `NHN_APPKEY`), the admin CLI (`ADMIN`) and the
@@ -28,7 +36,7 @@ use common::Kms;
 use serde_json::json;
 
 /// Records made by [`setup`].
-const RECORDS: i64 = 31;
+const RECORDS: i64 = 32;
 
 /// Runs the binary: (exit code, stdout, stderr).
 fn run(mut c: Command) -> (i32, String, String) {
@@ -102,7 +110,7 @@ fn verify_export(file: &Path, pem: &Path) -> (i32, String) {
     )
 }
 
-/// A service with 31 records and checkpoints at seq 10, 20 and 30.
+/// A service with 32 records and checkpoints at seq 10, 20 and 30.
 async fn setup() -> Kms {
     let kms = Kms::start_with(|c| {
         c.audit.checkpoint_every_records = 10;
@@ -180,7 +188,7 @@ async fn an_untouched_log_verifies_online_and_offline() {
     // From a later position, anchored on the stored chain value before it.
     let (code, out) = verify(&kms, &["--from", "15"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("checked 17 records from seq 15"), "{out}");
+    assert!(out.contains("checked 18 records from seq 15"), "{out}");
 
     // An admin CLI action, written by another process, joins the chain.
     let mut c = kms.cli();
@@ -205,7 +213,7 @@ async fn an_untouched_log_verifies_online_and_offline() {
     kms.encrypt(&tag, b"x", None).await;
     let (code, out) = verify(&kms, &[]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("checked 34 records"), "{out}");
+    assert!(out.contains("checked 35 records"), "{out}");
 
     // The export checks offline with the attestation public key.
     let file = export(&kms, "audit.jsonl");
@@ -215,8 +223,13 @@ async fn an_untouched_log_verifies_online_and_offline() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines[0]["type"], "header");
-    assert_eq!(lines[0]["format"], "hsm-kms-audit-export/1");
-    assert_eq!(lines.iter().filter(|l| l["type"] == "record").count(), 34);
+    assert_eq!(lines[0]["format"], "hsm-kms-audit-export/2");
+    assert_eq!(lines.iter().filter(|l| l["type"] == "record").count(), 35);
+    // Sequential calls: batches of one, each record sealed.
+    assert!(lines
+        .iter()
+        .filter(|l| l["type"] == "record")
+        .all(|l| l["chainFormat"] == 2 && l["seal"].is_string()));
     assert_eq!(
         lines.iter().filter(|l| l["type"] == "checkpoint").count(),
         3
@@ -232,7 +245,13 @@ async fn an_untouched_log_verifies_online_and_offline() {
     let (code, out) = verify_export(&file, &pem);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("34 records (34 chained), 3 checkpoints"),
+        out.contains("35 records (35 chained), 3 checkpoints"),
+        "{out}"
+    );
+    let (code, out) = verify_export_seals(&kms, &file, &pem);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("in the token: 35 seals and 0 per-record HMACs checked"),
         "{out}"
     );
 
@@ -329,7 +348,7 @@ async fn a_truncated_tail_is_found_by_the_checkpoint() {
     // continues from seq 26 does not match the checkpoint signed at 30.
     let tag: String = {
         let db = kms.db().await;
-        let t = sqlx::query_scalar("SELECT key_uid FROM activity_logs WHERE id = 1")
+        let t = sqlx::query_scalar("SELECT key_uid FROM activity_logs WHERE id = 2")
             .fetch_one(&db)
             .await
             .unwrap();
@@ -443,7 +462,7 @@ async fn records_written_before_the_chain_are_reported_unchained() {
     }
     db.close().await;
     // The upgrade: this release opens it (migration 0009) and chains from
-    // seq 4 on.
+    // seq 4 on (`init`'s record of the first account, CreateKey, Encrypt).
     let data_dir = data.display().to_string();
     let kms = Kms::start_with(move |c| {
         c.store.data_dir = data_dir;
@@ -456,14 +475,14 @@ async fn records_written_before_the_chain_are_reported_unchained() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("unchained before seq 4: 3 records"), "{out}");
     assert!(
-        out.contains("checked 2 records from seq 4 to seq 5"),
+        out.contains("checked 3 records from seq 4 to seq 6"),
         "{out}"
     );
     // The export carries them, without chain values, and checks offline.
     let file = export(&kms, "legacy.jsonl");
     let (code, out) = verify_export(&file, &public_key(&kms));
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("5 records (2 chained)"), "{out}");
+    assert!(out.contains("6 records (3 chained)"), "{out}");
 }
 
 #[tokio::test]
@@ -475,26 +494,29 @@ async fn checkpoints_come_every_t_seconds_while_idle() {
     .await;
     let tag = kms.create_key("idle", "AES256", json!({})).await;
     kms.encrypt(&tag, b"x", None).await;
-    // No further request: the writer's time trigger signs the tail.
+    // No further request: the writer's time trigger signs the tail (seq 1
+    // is init's record, 2 CreateKey, 3 Encrypt).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while checkpoints(&kms).await != vec![2] {
+    while checkpoints(&kms).await != vec![3] {
         assert!(
             std::time::Instant::now() < deadline,
-            "no checkpoint of seq 2 while idle: {:?}",
+            "no checkpoint of seq 3 while idle: {:?}",
             checkpoints(&kms).await
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     let (code, out) = verify(&kms, &[]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("1 checkpoints (newest at seq 2)"), "{out}");
+    assert!(out.contains("1 checkpoints (newest at seq 3)"), "{out}");
 }
 
 #[tokio::test]
 async fn an_installation_without_the_audit_key_gets_it_from_init() {
     let kms = Kms::start().await;
-    // As an installation made before `init` made the audit-hmac key.
+    // As an installation made before `init` made the audit-hmac key: no
+    // key, no chained record (init's own record goes with the key).
     exec(&kms, "DELETE FROM service_keys WHERE name = 'audit-hmac'").await;
+    exec(&kms, "DELETE FROM activity_logs").await;
     let mut c = kms.cli();
     c.args(["admin", "create-account", "x"]);
     let (code, out, err) = run(c);
@@ -802,7 +824,8 @@ async fn nhn_admin_and_scheduler_records_join_the_chain() {
         .filter(|r| r.4 == naver_tag)
         .all(|r| r.2 != "NHN_USER_ACCESS_KEY"));
     // Admin CLI actions.
-    let a = find("AdminCreateAccount")[0].clone();
+    // (The first is init's: `account=default accessKey=... via=init`.)
+    let a = find("AdminCreateAccount")[1].clone();
     assert_eq!(
         (a.2.as_str(), a.3.as_str(), a.8.as_str()),
         ("ADMIN", "admin-cli", "account=audited-account")
@@ -877,14 +900,18 @@ async fn nhn_admin_and_scheduler_records_join_the_chain() {
     assert!(out.contains(&format!("{n} records ({n} chained)")), "{out}");
 }
 
-/// The sequence number of the first record with `action`.
-async fn seq_of(kms: &Kms, action: &str) -> i64 {
+/// The sequence number of the first record with `action` and a message
+/// starting with `message`.
+async fn seq_of(kms: &Kms, action: &str, message: &str) -> i64 {
     let db = kms.db().await;
-    let id = sqlx::query_scalar("SELECT MIN(id) FROM activity_logs WHERE action = $1")
-        .bind(action)
-        .fetch_one(&db)
-        .await
-        .unwrap();
+    let id = sqlx::query_scalar(
+        "SELECT MIN(id) FROM activity_logs WHERE action = $1 AND message LIKE $2",
+    )
+    .bind(action)
+    .bind(format!("{message}%"))
+    .fetch_one(&db)
+    .await
+    .unwrap();
     db.close().await;
     id
 }
@@ -985,10 +1012,417 @@ async fn tampering_with_an_nhn_or_admin_record_is_found_at_its_position() {
     for i in 3..8 {
         sign(i).await;
     }
-    let nhn = seq_of(&kms, "NhnVerify").await;
-    let adm = seq_of(&kms, "AdminCreateAccount").await;
+    let nhn = seq_of(&kms, "NhnVerify", "").await;
+    let adm = seq_of(&kms, "AdminCreateAccount", "account=between").await;
     assert!(nhn > 1 && adm > nhn, "nhn {nhn}, admin {adm}");
     assert_ok(&kms, "untouched");
     tamper_at(&kms, nhn).await;
     tamper_at(&kms, adm).await;
+}
+
+/// Runs `futs` at once on this task; their outputs in order.
+async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future completed"))
+        .collect()
+}
+
+/// `hsm-kms audit verify-export FILE --public-key PEM --seals` on the
+/// service's token: (exit code, stdout).
+fn verify_export_seals(kms: &Kms, file: &Path, pem: &Path) -> (i32, String) {
+    let mut c = kms.cli();
+    c.args(["audit", "verify-export"])
+        .arg(file)
+        .arg("--public-key")
+        .arg(pem)
+        .arg("--seals");
+    let (code, out, err) = run(c);
+    assert!(
+        code == 0 || code == 1,
+        "verify-export --seals failed: {out}{err}"
+    );
+    (code, out)
+}
+
+/// Every record's (seq, chain format, sealed).
+async fn formats(kms: &Kms) -> Vec<(i64, i32, bool)> {
+    let db = kms.db().await;
+    let v: Vec<(i64, i32, Option<Vec<u8>>)> =
+        sqlx::query_as("SELECT id, chain_format, seal FROM activity_logs ORDER BY id")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    db.close().await;
+    v.into_iter().map(|(i, f, s)| (i, f, s.is_some())).collect()
+}
+
+/// `init` records the first account it makes as an admin action in the
+/// chain; a later `init` with another account records that one; an `init`
+/// that makes nothing records nothing, and with the activity log off
+/// nothing is recorded.
+#[tokio::test]
+async fn init_records_the_first_account_in_the_chain() {
+    let kms = Kms::start().await;
+    let db = kms.db().await;
+    let first: (i64, String, String, String, String) = sqlx::query_as(
+        "SELECT id, action, auth_type, caller, message FROM activity_logs ORDER BY id LIMIT 1",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    assert_eq!(
+        first,
+        (
+            1,
+            "AdminCreateAccount".to_string(),
+            "ADMIN".to_string(),
+            "admin-cli".to_string(),
+            format!("account=default accessKey={} via=init", kms.access_key)
+        )
+    );
+    // The real binary: another account, then the same again (nothing made).
+    for _ in 0..2 {
+        let mut c = kms.cli();
+        c.args(["init", "--account", "second"]);
+        let (code, out, err) = run(c);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let mut c = kms.cli();
+    c.args(["init", "--account", "unlogged"])
+        .env("HSM_KMS_ACTIVITY_LOG_ENABLED", "false");
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("account=unlogged"), "{out}");
+    let recs = records(&kms).await;
+    let made: Vec<&str> = recs
+        .iter()
+        .filter(|r| r.1 == "AdminCreateAccount")
+        .map(|r| r.8.as_str())
+        .collect();
+    assert_eq!(made.len(), 2, "{recs:?}");
+    assert!(
+        made[1].starts_with("account=second accessKey=") && made[1].ends_with(" via=init"),
+        "{made:?}"
+    );
+    let (code, out) = verify(&kms, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("checked 2 records from seq 1 to seq 2"),
+        "{out}"
+    );
+}
+
+/// The log of a database written in the per-record format (one in-token
+/// HMAC per record: installed databases, and `audit.seal = "record"`) goes
+/// on in the sealed format and back, and verifies as one chain; each
+/// record is checked in its own format, and a format marker changed is an
+/// edit. Before these writes the store is taken back to the schema before
+/// migration 0011 (as an installed database is), which the binary migrates.
+#[tokio::test]
+async fn a_mixed_log_of_per_record_and_sealed_records_verifies() {
+    let kms = Kms::start_with(|c| {
+        c.audit.seal = hsm_kms::core::audit::SealMode::Record;
+        c.audit.checkpoint_every_records = 4;
+        c.audit.checkpoint_every_secs = 3600;
+    })
+    .await;
+    let tag = kms.create_key("mixed", "AES256", json!({})).await;
+    for i in 0..3u8 {
+        let ct = kms.encrypt(&tag, &[i; 3], None).await;
+        kms.decrypt_ok(&tag, &ct, None).await;
+    }
+    assert!(formats(&kms).await.iter().all(|f| f.1 == 1 && !f.2));
+    // The store as the release before the seal left it: no format marker,
+    // no seal column, migration 0011 not applied.
+    for sql in [
+        "ALTER TABLE activity_logs DROP COLUMN chain_format",
+        "ALTER TABLE activity_logs DROP COLUMN seal",
+        "DELETE FROM _sqlx_migrations WHERE version = 11",
+    ] {
+        exec(&kms, sql).await;
+    }
+    let (code, out) = verify(&kms, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("checked 8 records from seq 1 to seq 8"),
+        "{out}"
+    );
+    // Admin CLI records: sealed (the default), per record, sealed.
+    admin(&kms, &["create-account", "mixed-a"]);
+    let mut c = kms.cli();
+    c.args(["admin", "create-account", "mixed-b"])
+        .env("HSM_KMS_AUDIT_SEAL", "record");
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{out}{err}");
+    admin(&kms, &["create-account", "mixed-c"]);
+    let f = formats(&kms).await;
+    assert_eq!(
+        f[8..].to_vec(),
+        vec![(9, 2, true), (10, 1, false), (11, 2, true)]
+    );
+    let (code, out) = verify(&kms, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("checked 11 records from seq 1 to seq 11"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "formats: 9 records with an in-token HMAC each (per record), 2 records linked under 2 in-token seals (per batch)"
+        ),
+        "{out}"
+    );
+    let file = export(&kms, "mixed.jsonl");
+    let pem = public_key(&kms);
+    let (code, out) = verify_export(&file, &pem);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("11 records (11 chained)"), "{out}");
+    let (code, out) = verify_export_seals(&kms, &file, &pem);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("in the token: 2 seals and 9 per-record HMACs checked"),
+        "{out}"
+    );
+    // An edit is found at its record, in either format.
+    for seq in [5, 9, 10, 11] {
+        exec(
+            &kms,
+            &format!("UPDATE activity_logs SET message = message || 'x' WHERE id = {seq}"),
+        )
+        .await;
+        assert_break(&kms, seq, "edited");
+        exec(
+            &kms,
+            &format!("UPDATE activity_logs SET message = SUBSTR(message, 1, LENGTH(message) - 1) WHERE id = {seq}"),
+        )
+        .await;
+        assert_ok(&kms, "edit undone");
+    }
+    // A format marker changed either way is an edit of that record.
+    for (seq, other, own) in [(5, 2, 1), (9, 1, 2)] {
+        exec(
+            &kms,
+            &format!("UPDATE activity_logs SET chain_format = {other} WHERE id = {seq}"),
+        )
+        .await;
+        assert_break(&kms, seq, "edited");
+        exec(
+            &kms,
+            &format!("UPDATE activity_logs SET chain_format = {own} WHERE id = {seq}"),
+        )
+        .await;
+    }
+    assert_ok(&kms, "markers restored");
+}
+
+/// The stored records from `seq` on, as the chain reads them.
+async fn stored(kms: &Kms, seq: i64) -> Vec<hsm_kms::store::AuditRecordRow> {
+    kms.engine.store().audit_records(seq, 1000).await.unwrap()
+}
+
+/// Sets record `seq`'s caller to `caller` and recomputes its link and the
+/// links after it up to `until` (inclusive), as someone who can write the
+/// store but not use the token would, leaving the seals alone.
+async fn forge_links(kms: &Kms, seq: i64, caller: &str, until: i64) {
+    let mut prev = stored(kms, seq - 1).await[0].chain.clone().unwrap();
+    let db = kms.db().await;
+    for mut r in stored(kms, seq)
+        .await
+        .into_iter()
+        .take_while(|r| r.row.id <= until)
+    {
+        if r.row.id == seq {
+            r.row.caller = caller.to_string();
+        }
+        let l = hsm_kms::core::audit::link(&prev, r.row.id, r.seal.is_some(), &r.row);
+        sqlx::query("UPDATE activity_logs SET caller = $1, chain = $2 WHERE id = $3")
+            .bind(r.row.caller.clone())
+            .bind(l.to_vec())
+            .bind(r.row.id)
+            .execute(&db)
+            .await
+            .unwrap();
+        prev = l.to_vec();
+    }
+    db.close().await;
+}
+
+/// Records written in one group-commit batch carry one seal, on the last;
+/// tampering with a record inside the batch is found: an edit that leaves
+/// the links at the record, one whose links were recomputed at the batch's
+/// first record (the seal proves the batch as a whole), a seal removed at
+/// its record, a move as a reordering, a record appended or a batch cut
+/// short as records without a seal.
+#[tokio::test]
+async fn tampering_inside_a_sealed_batch_is_found() {
+    let kms = Kms::start_with(|c| {
+        // The writer waits for more records after the first of a batch:
+        // calls made at once share one.
+        c.activity_log.batch_wait_us = 500_000;
+        c.audit.checkpoint_every_records = 1000;
+        c.audit.checkpoint_every_secs = 3600;
+    })
+    .await;
+    // One key per call, so that no two records of the batch are alike.
+    let mut tags = Vec::new();
+    for i in 0..12 {
+        tags.push(
+            kms.create_key(&format!("batched-{i}"), "AES256", json!({}))
+                .await,
+        );
+    }
+    let before = formats(&kms).await.len() as i64;
+    let batches_before = kms.metric("hsm_kms_activity_batches_total").await;
+    let replies = join_all(
+        tags.iter()
+            .map(|t| kms.op(t, "encrypt", json!({"plaintext": common::b64(b"once")})))
+            .collect(),
+    )
+    .await;
+    for r in &replies {
+        r.ok();
+    }
+    let f = formats(&kms).await;
+    assert!(f.iter().all(|r| r.1 == 2), "{f:?}");
+    // One seal per batch, on its last record (before: init's record and the
+    // CreateKeys, batches of one).
+    let batches = kms.metric("hsm_kms_activity_batches_total").await - batches_before;
+    let sealed = f.iter().filter(|r| r.0 > before && r.2).count();
+    assert_eq!(sealed as f64, batches, "{f:?}");
+    assert!(f.last().unwrap().2, "the last record carries a seal");
+    // A batch of several: from `a` (after a sealed record) to its seal `s`;
+    // `k` inside it, not sealed.
+    let k = f
+        .iter()
+        .find(|r| !r.2)
+        .map(|r| r.0)
+        .expect("12 calls at once share a batch");
+    let a = f.iter().rev().find(|r| r.0 < k && r.2).unwrap().0 + 1;
+    let s = f.iter().find(|r| r.0 > k && r.2).unwrap().0;
+    let last = f.last().unwrap().0;
+    assert_ok(&kms, "untouched");
+
+    // An edit that leaves the links: found at the record.
+    exec(
+        &kms,
+        &format!("UPDATE activity_logs SET caller = caller || 'x' WHERE id = {k}"),
+    )
+    .await;
+    assert_break(&kms, k, "edited");
+    exec(&kms, &format!("UPDATE activity_logs SET caller = SUBSTR(caller, 1, LENGTH(caller) - 1) WHERE id = {k}")).await;
+    assert_ok(&kms, "edit undone");
+
+    // The same edit with every link after it recomputed up to the seal
+    // (no token needed for links): the seal does not hold; the first
+    // position not proven is the batch's first record.
+    let caller = stored(&kms, k).await[0].row.caller.clone();
+    forge_links(&kms, k, "someone-else", s).await;
+    assert_break(&kms, a, "bad-seal");
+    // Offline, without the token, the links hold: seals need the service,
+    // which checks them in the auditor's file on request.
+    let file = export(&kms, "forged-links.jsonl");
+    let pem = public_key(&kms);
+    let (code, out) = verify_export(&file, &pem);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = verify_export_seals(&kms, &file, &pem);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("BREAK seq={a} kind=bad-seal")),
+        "{out}"
+    );
+    forge_links(&kms, k, &caller, s).await;
+    assert_ok(&kms, "links restored");
+
+    // The seal removed: the sealed record's link covers its seal flag.
+    let db = kms.db().await;
+    let seal: Vec<u8> = sqlx::query_scalar("SELECT seal FROM activity_logs WHERE id = $1")
+        .bind(s)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    exec(
+        &kms,
+        &format!("UPDATE activity_logs SET seal = NULL WHERE id = {s}"),
+    )
+    .await;
+    assert_break(&kms, s, "edited");
+    exec_blob(
+        &kms,
+        &format!("UPDATE activity_logs SET seal = $1 WHERE id = {s}"),
+        seal,
+    )
+    .await;
+    assert_ok(&kms, "seal restored");
+
+    // Two records of the batch exchanged, links with them.
+    let swap = [
+        format!("UPDATE activity_logs SET id = -1 WHERE id = {k}"),
+        format!("UPDATE activity_logs SET id = {k} WHERE id = {}", k + 1),
+        format!("UPDATE activity_logs SET id = {} WHERE id = -1", k + 1),
+    ];
+    for sql in &swap {
+        exec(&kms, sql).await;
+    }
+    assert_break(&kms, k, "reordered");
+    for sql in &swap {
+        exec(&kms, sql).await;
+    }
+    assert_ok(&kms, "reorder undone");
+
+    // A record appended with a valid link but no seal (no token).
+    let mut r = stored(&kms, last).await.remove(0);
+    let forged_seq = last + 1;
+    r.row.action = "Decrypt".into();
+    let l = hsm_kms::core::audit::link(r.chain.as_ref().unwrap(), forged_seq, false, &r.row);
+    let db = kms.db().await;
+    sqlx::query(
+        "INSERT INTO activity_logs (id, at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message, chain, chain_format) \
+         SELECT $1, at, account_id, key_uid, key_name, key_id, version, 'Decrypt', auth_type, caller, source_ip, result, status, message, $2, 2 FROM activity_logs WHERE id = $3",
+    )
+    .bind(forged_seq)
+    .bind(l.to_vec())
+    .bind(last)
+    .execute(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    assert_break(&kms, forged_seq, "unsealed");
+    let file = export(&kms, "appended.jsonl");
+    let (code, out) = verify_export(&file, &public_key(&kms));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("BREAK seq={forged_seq} kind=unsealed")),
+        "{out}"
+    );
+    exec(
+        &kms,
+        &format!("DELETE FROM activity_logs WHERE id = {forged_seq}"),
+    )
+    .await;
+    assert_ok(&kms, "appended record removed");
+
+    // The log cut inside the batch: what is left of it has no seal.
+    exec(&kms, &format!("DELETE FROM activity_logs WHERE id > {k}")).await;
+    assert_break(&kms, a, "unsealed");
 }

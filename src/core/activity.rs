@@ -87,8 +87,10 @@ impl ActivityLog {
     /// `synchronous=NORMAL`) and survive the process being killed, which is
     /// what an answer waits for.
     ///
-    /// Each batch is chained in the token before it is written (one token
-    /// session pass, in sequence order: see [`AuditChain::write_batch`]);
+    /// Each batch is chained before it is written (by default SHA-256
+    /// links and one seal computed in the token for the whole batch; with
+    /// `audit.seal = "record"` one token HMAC per record: see
+    /// [`AuditChain::write_batch`]);
     /// while no records arrive, the writer wakes every
     /// `audit.checkpoint_every_secs` to sign a checkpoint of records not yet
     /// covered by one.

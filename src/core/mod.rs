@@ -289,6 +289,9 @@ pub struct EngineOptions {
     /// `naver.region`: the region new NAVER keys are isolated in (their
     /// tags carry its prefix); `None`: NAVER's global keys, as before.
     pub naver_region: Option<naver::Region>,
+    /// How the audit chain is sealed (`audit.seal`): per batch (default)
+    /// or per record.
+    pub audit_seal: audit::SealMode,
 }
 
 impl Default for EngineOptions {
@@ -304,6 +307,7 @@ impl Default for EngineOptions {
             activity_batch_wait: std::time::Duration::ZERO,
             rsa_signature: RsaSignature::default(),
             naver_region: None,
+            audit_seal: audit::SealMode::Batch,
         }
     }
 }
@@ -375,7 +379,8 @@ impl Engine {
             Some(
                 audit::AuditChain::open(hsm.clone(), &store, opts.checkpoints)
                     .await?
-                    .with_statement_cache(opts.activity_statement_cache),
+                    .with_statement_cache(opts.activity_statement_cache)
+                    .with_seal(opts.audit_seal),
             )
         } else {
             None

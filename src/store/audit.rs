@@ -1,9 +1,10 @@
-//! The audit chain's persistence (migration `0009_audit_chain.sql`): the
-//! chain value of each activity record (`activity_logs.chain`, the record's
-//! `id` being its sequence number), where the chain starts, and the signed
-//! checkpoints. The chain values themselves are computed in the token by
-//! `core::audit`; this module only reads and writes rows, on either engine
-//! (the SQL written once, `$N` parameters).
+//! The audit chain's persistence (migrations `0009_audit_chain.sql` and
+//! `0011_audit_seal.sql`): the chain value of each activity record
+//! (`activity_logs.chain`, the record's `id` being its sequence number), its
+//! format (`chain_format`) and, on the last record of a batch, its seal
+//! (`seal`), where the chain starts, and the signed checkpoints. The values
+//! themselves are computed by `core::audit`; this module only reads and
+//! writes rows, on either engine (the SQL written once, `$N` parameters).
 
 use super::naver::WriterConn;
 use super::postgres::PgDb;
@@ -42,6 +43,11 @@ pub struct AuditRecordRow {
     pub row: ActivityRecord,
     /// Its chain value; `None` for records written before the chain.
     pub chain: Option<Vec<u8>>,
+    /// How `chain` was made: 1, an in-token HMAC per record; 2, a SHA-256
+    /// link, sealed per batch (see `core::audit::ChainFormat`).
+    pub chain_format: i32,
+    /// The batch seal (format 2, last record of a batch), else `None`.
+    pub seal: Option<Vec<u8>>,
 }
 
 /// Most rows in one INSERT.
@@ -66,7 +72,7 @@ fn insert_chunks(len: usize, cached: bool) -> Vec<usize> {
     out
 }
 
-const RECORD_COLS: &str = "id, at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message, chain";
+const RECORD_COLS: &str = "id, at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message, chain, chain_format, seal";
 
 /// Runs `$body` with `$c` bound to the engine's connection (`&mut`) in
 /// `$e` (a `WriterConn` or `TxConn`) and `$DB` to the engine type.
@@ -173,8 +179,9 @@ impl AuditTx<'_> {
     }
 
     /// Inserts chained records: `rows[i]` gets sequence number
-    /// `first_seq + i` and chain value `chains[i]`, with the fields bound by
-    /// reference (no per-record copies).
+    /// `first_seq + i`, chain value `chains[i]` and `chain_format`, the last
+    /// row `seal` (when given), with the fields bound by reference (no
+    /// per-record copies).
     ///
     /// With `cached` (`activity_log.statement_cache`, the default), the
     /// batch is cut into multi-row INSERTs of power-of-two sizes (a batch of
@@ -182,28 +189,31 @@ impl AuditTx<'_> {
     /// ten distinct statements exist and each is prepared once per
     /// connection and then reused from the connection's statement cache.
     /// Without, one INSERT per 512 records, prepared afresh every time (the
-    /// earlier way: parsing a statement of up to 512 x 15 parameters was a
+    /// earlier way: parsing a statement of up to 512 x 17 parameters was a
     /// third of the SQLite time of a batch).
     pub async fn insert_chained(
         &mut self,
         first_seq: i64,
         rows: &[ActivityRecord],
         chains: &[[u8; 32]],
+        chain_format: i32,
+        seal: Option<&[u8; 32]>,
         cached: bool,
     ) -> Result<()> {
         let chunks = insert_chunks(rows.len(), cached);
+        let last = rows.len().saturating_sub(1);
         on_conn!(&mut self.0, TxConn, tx, DB => {
             let mut at = 0usize;
             for n in chunks {
                 let mut qb = sqlx::QueryBuilder::<DB>::new(
-                    "INSERT INTO activity_logs (id, at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message, chain) ",
+                    "INSERT INTO activity_logs (id, at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message, chain, chain_format, seal) ",
                 );
                 let items = rows[at..at + n]
                     .iter()
                     .zip(&chains[at..at + n])
-                    .zip(first_seq + at as i64..);
-                qb.push_values(items, |mut b, ((a, c), s)| {
-                    b.push_bind(s)
+                    .zip(at..);
+                qb.push_values(items, |mut b, ((a, c), i)| {
+                    b.push_bind(first_seq + i as i64)
                         .push_bind(a.at)
                         .push_bind(a.account_id)
                         .push_bind(a.key_uid.as_str())
@@ -217,7 +227,9 @@ impl AuditTx<'_> {
                         .push_bind(a.result.as_str())
                         .push_bind(a.status)
                         .push_bind(a.message.as_str())
-                        .push_bind(&c[..]);
+                        .push_bind(&c[..])
+                        .push_bind(chain_format)
+                        .push_bind(seal.filter(|_| i == last).map(|s| &s[..]));
                 });
                 qb.build().persistent(cached).execute(&mut **tx).await?;
                 at += n;

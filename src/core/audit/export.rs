@@ -1,17 +1,21 @@
 //! `hsm-kms audit export` and `hsm-kms audit verify-export`: the records
-//! with their chain values and the signed checkpoints as JSON lines for an
-//! auditor, and the offline check of such a file with the attestation
-//! public key (checkpoint signatures, sequence continuity, checkpoints
-//! against the records' chain values). The chain values themselves need the
+//! with their chain values, seals and the signed checkpoints as JSON lines
+//! for an auditor, and the offline check of such a file with the
+//! attestation public key (checkpoint signatures, sequence continuity,
+//! format-2 links, that the log ends on a seal, checkpoints against the
+//! records' chain values). Seals and format-1 chain values need the
 //! `audit-hmac` key: `hsm-kms audit verify` checks them on the service.
 //!
-//! File format `hsm-kms-audit-export/1`, one JSON object per line:
+//! File format `hsm-kms-audit-export/2` (`/1`, without `chainFormat` and
+//! `seal`, is still read), one JSON object per line:
 //! - first, `{"type":"header","format","installationId","chainStart",
 //!   "unchained","publicKeySha256","exportedAt","recordBytes","checkpointBytes"}`;
 //! - then every record in sequence order, `{"type":"record","seq","at",
 //!   "accountId","keyUid","keyName","keyId","version","action","authType",
-//!   "caller","sourceIp","result","status","message","chain"}` (`chain`
-//!   hex, `null` for records before the chain);
+//!   "caller","sourceIp","result","status","message","chain","chainFormat",
+//!   "seal"}` (`chain` hex, `null` for records before the chain;
+//!   `chainFormat` 1 or 2; `seal` hex on the last record of a format-2
+//!   batch, else `null`);
 //! - each checkpoint right after the record it covers (or at the end when
 //!   that record is not in the log), `{"type":"checkpoint","seq","chain",
 //!   "at","signature"}` (`signature` base64 DER).
@@ -23,14 +27,16 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{checkpoint_signature_ok, BreakKind};
+use super::{checkpoint_signature_ok, link, BreakKind, ChainFormat, GENESIS};
 use crate::core::ActivityRecord;
 use crate::core::{Error, Result};
 use crate::hsm::Hsm;
 use crate::store::{CheckpointRow, InstallationRepo as _, Store};
 
 /// The `format` of export files.
-pub const FORMAT: &str = "hsm-kms-audit-export/1";
+pub const FORMAT: &str = "hsm-kms-audit-export/2";
+/// The earlier format (every record format 1, no seals), still read.
+pub const FORMAT_V1: &str = "hsm-kms-audit-export/1";
 
 /// One line of an export.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,14 +73,26 @@ pub struct Header {
 }
 
 /// A record line: the activity record as the chain saw it (its `id`, the
-/// sequence number, written as `seq`) and its chain value.
+/// sequence number, written as `seq`), its chain value, format and seal.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Record {
     /// The record.
     #[serde(flatten)]
     pub record: ActivityRecord,
     /// Chain value, hex; `None` before the chain.
     pub chain: Option<String>,
+    /// 1 (in-token HMAC per record) or 2 (SHA-256 link, sealed per batch);
+    /// 1 when absent (format `/1` exports).
+    #[serde(default = "format_one")]
+    pub chain_format: i32,
+    /// The batch seal, hex (format 2, last record of a batch).
+    #[serde(default)]
+    pub seal: Option<String>,
+}
+
+fn format_one() -> i32 {
+    1
 }
 
 /// A checkpoint line.
@@ -92,10 +110,13 @@ pub struct Checkpoint {
 }
 
 /// What `record_bytes` says in the header.
-pub const RECORD_BYTES: &str = "chain[seq] = HMAC-SHA-256(audit-hmac key, chain[seq-1] || canonical(seq, record)), \
-     chain[chainStart-1] = 32 zero bytes; canonical = each field as a 4-byte big-endian length then its bytes: \
+pub const RECORD_BYTES: &str = "chain[chainStart-1] = 32 zero bytes; chainFormat 1: chain[seq] = HMAC-SHA-256(audit-hmac key, \
+     chain[seq-1] || canonical1(seq, record)); chainFormat 2: chain[seq] = SHA-256(chain[seq-1] || canonical2(seq, sealed, \
+     record)), and the last record of each batch has seal = HMAC-SHA-256(audit-hmac key, \"hsm-kms-audit-seal/2\", seq, \
+     chain[seq]) (fields length-prefixed as below); canonical1 = each field as a 4-byte big-endian length then its bytes: \
      \"hsm-kms-audit-record/1\", seq, at, accountId, keyUid, keyName, keyId, version (empty when null), action, \
-     authType, caller, sourceIp, result, status, message; integers 8-byte big-endian, texts UTF-8";
+     authType, caller, sourceIp, result, status, message; canonical2 = the same with \"hsm-kms-audit-record/2\" first and, \
+     after seq, one byte 1 when the record carries a seal and 0 when not; integers 8-byte big-endian, texts UTF-8";
 
 /// What `checkpoint_bytes` says in the header.
 pub const CHECKPOINT_BYTES: &str = "ECDSA P-256 with SHA-256 (DER) by the attestation key over the fields, \
@@ -148,6 +169,8 @@ pub async fn export(hsm: &Hsm, store: &Store, out: &mut impl Write) -> Result<(i
                 &Line::Record(Record {
                     record: a.clone(),
                     chain: r.chain.as_ref().map(hex::encode),
+                    chain_format: r.chain_format,
+                    seal: r.seal.as_ref().map(hex::encode),
                 }),
             )?;
             n += 1;
@@ -198,9 +221,11 @@ pub struct ExportReport {
 
 /// Checks an export offline with the attestation public key (PEM): every
 /// checkpoint's signature, sequence continuity of the chained records,
-/// each checkpoint's chain value against its record's, and that the
-/// records reach the newest checkpoint. The HMAC chain values are not
-/// checked here (that needs the token: `hsm-kms audit verify`).
+/// every format-2 link, that the records do not end on format-2 records
+/// without a seal, each checkpoint's chain value against its record's, and
+/// that the records reach the newest checkpoint. Seals and format-1 chain
+/// values are not checked here (that needs the token: `hsm-kms audit
+/// verify`).
 pub fn verify_export(
     file: &[u8],
     public_key_pem: &str,
@@ -216,7 +241,7 @@ pub fn verify_export(
     let text = std::str::from_utf8(file).map_err(|e| ExportError::Malformed(e.to_string()))?;
     let mut lines = text.lines().filter(|l| !l.trim().is_empty()).enumerate();
     let header = match lines.next().map(|(_, l)| serde_json::from_str::<Line>(l)) {
-        Some(Ok(Line::Header(h))) if h.format == FORMAT => h,
+        Some(Ok(Line::Header(h))) if h.format == FORMAT || h.format == FORMAT_V1 => h,
         Some(Ok(_)) => {
             return Err(ExportError::Malformed(
                 "the first line is not its header".into(),
@@ -241,6 +266,8 @@ pub fn verify_export(
     let mut chains: BTreeMap<i64, Option<String>> = BTreeMap::new();
     let mut cps: Vec<Checkpoint> = Vec::new();
     let mut last: Option<i64> = None;
+    // The first format-2 record of a run without a seal yet.
+    let mut unsealed: Option<i64> = None;
     for (i, l) in lines {
         match serde_json::from_str::<Line>(l) {
             Ok(Line::Record(r)) => {
@@ -265,12 +292,52 @@ pub fn verify_export(
                             format!("the records at seq {expected} to {} are missing", seq - 1),
                         ));
                     }
-                    if r.chain.is_none() {
-                        breaks.push(super::verify::brk(
+                    match (&r.chain, ChainFormat::from_i32(r.chain_format)) {
+                        (None, _) => breaks.push(super::verify::brk(
                             seq,
                             BreakKind::Edited,
                             format!("the record at seq {seq} has no chain value"),
-                        ));
+                        )),
+                        (Some(_), None) => breaks.push(super::verify::brk(
+                            seq,
+                            BreakKind::Edited,
+                            format!(
+                                "the record at seq {seq} names an unknown chain format {}",
+                                r.chain_format
+                            ),
+                        )),
+                        (Some(c), Some(ChainFormat::BatchSeal)) => {
+                            // The link follows from the record before it in
+                            // the file (a gap or a move is reported above).
+                            let prev = if seq == header.chain_start {
+                                Some(GENESIS.to_vec())
+                            } else {
+                                chains
+                                    .get(&(seq - 1))
+                                    .cloned()
+                                    .flatten()
+                                    .and_then(|p| hex::decode(p).ok())
+                            };
+                            if let Some(prev) = prev {
+                                let want = link(&prev, seq, r.seal.is_some(), &r.record);
+                                if hex::decode(c).ok().as_deref() != Some(&want[..]) {
+                                    breaks.push(super::verify::brk(
+                                        seq,
+                                        BreakKind::Edited,
+                                        format!(
+                                            "the record at seq {seq} does not match its link \
+                                             (fields or link changed)"
+                                        ),
+                                    ));
+                                }
+                            }
+                            unsealed = if r.seal.is_some() {
+                                None
+                            } else {
+                                unsealed.or(Some(seq))
+                            };
+                        }
+                        (Some(_), Some(ChainFormat::RecordHmac)) => unsealed = None,
                     }
                 }
                 last = Some(last.map_or(seq, |s: i64| s.max(seq)));
@@ -322,6 +389,17 @@ pub fn verify_export(
             None => {}
         }
     }
+    if let Some(a) = unsealed {
+        // A checkpoint signed at or after the run's end vouches for it.
+        let end = last.unwrap_or(a);
+        if newest_good.is_none_or(|s| s < end) {
+            breaks.push(super::verify::brk(
+                a,
+                BreakKind::Unsealed,
+                format!("the records from seq {a} to seq {end} carry no seal"),
+            ));
+        }
+    }
     if let Some(s) = newest_good {
         let end = last.unwrap_or(header.chain_start - 1);
         if s > end {
@@ -335,5 +413,116 @@ pub fn verify_export(
         }
     }
     report.first_break = breaks.into_iter().min_by_key(|b| b.seq);
+    Ok(report)
+}
+
+/// What the token found in an export ([`verify_export_keyed`]).
+#[derive(Debug, Clone)]
+pub struct KeyedReport {
+    /// Seals of format-2 records checked.
+    pub seals: i64,
+    /// Format-1 chain values (an HMAC each) checked.
+    pub hmacs: i64,
+    /// The first keyed value that does not hold, if any.
+    pub first_break: Option<super::Break>,
+}
+
+/// Checks in the token what [`verify_export`] cannot check offline: every
+/// seal of a format-2 record and every format-1 chain value of an export,
+/// with this installation's `audit-hmac` key (`audit verify-export
+/// --seals`, run by the service's operator for an auditor who holds the
+/// file). A seal that fails is reported at the first record it alone
+/// covers (`bad-seal`), a format-1 value at its record (`edited`). The
+/// links, continuity and checkpoints are [`verify_export`]'s.
+pub async fn verify_export_keyed(hsm: &Hsm, store: &Store, file: &[u8]) -> Result<KeyedReport> {
+    let text =
+        std::str::from_utf8(file).map_err(|e| Error::InvalidInput(format!("export: {e}")))?;
+    let mut header = None;
+    let mut records = Vec::new();
+    for (i, l) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+        match serde_json::from_str::<Line>(l) {
+            Ok(Line::Header(h)) if i == 0 => header = Some(h),
+            Ok(Line::Record(r)) => records.push(r),
+            Ok(_) => {}
+            Err(e) => return Err(Error::InvalidInput(format!("export line {}: {e}", i + 1))),
+        }
+    }
+    let header = header
+        .ok_or_else(|| Error::InvalidInput("export: the first line is not its header".into()))?;
+    let ours = store.installation_id().await?.unwrap_or_default();
+    if header.installation_id != ours {
+        return Err(Error::InvalidInput(format!(
+            "the export is of installation {}, this service is {ours}",
+            header.installation_id
+        )));
+    }
+    let chain =
+        super::AuditChain::open(hsm.clone(), store, super::CheckpointPolicy::default()).await?;
+    // (seq, token input, stored value, is a seal) in file order.
+    let mut checks: Vec<(i64, Vec<u8>, Vec<u8>, bool)> = Vec::new();
+    let mut prev = GENESIS.to_vec();
+    for r in records.iter().filter(|r| r.record.id >= header.chain_start) {
+        let seq = r.record.id;
+        let Some(stored) = r.chain.as_deref().and_then(|c| hex::decode(c).ok()) else {
+            continue;
+        };
+        match ChainFormat::from_i32(r.chain_format) {
+            Some(ChainFormat::RecordHmac) => checks.push((
+                seq,
+                super::link_input(&prev, seq, &r.record),
+                stored.clone(),
+                false,
+            )),
+            Some(ChainFormat::BatchSeal) => {
+                if let Some(seal) = r.seal.as_deref().and_then(|s| hex::decode(s).ok()) {
+                    checks.push((seq, super::seal_input(seq, &stored), seal, true));
+                }
+            }
+            None => {}
+        }
+        prev = stored;
+    }
+    let macs = chain
+        .macs(checks.iter().map(|c| c.1.clone()).collect())
+        .await?;
+    let mut report = KeyedReport {
+        seals: 0,
+        hmacs: 0,
+        first_break: None,
+    };
+    // The first record after the last keyed value that held.
+    let mut open = header.chain_start;
+    for ((seq, _, stored, is_seal), mac) in checks.iter().zip(&macs) {
+        if mac != stored {
+            // A format-1 value covers the unsealed links before it too.
+            report.first_break = Some(if *is_seal || open < *seq {
+                super::verify::brk(
+                    open,
+                    BreakKind::BadSeal,
+                    format!(
+                        "the keyed value at seq {seq} does not hold over the records from seq \
+                         {open}: one of them, or the seal, is not what the service sealed"
+                    ),
+                )
+            } else {
+                super::verify::brk(
+                    *seq,
+                    BreakKind::Edited,
+                    format!(
+                        "the chain value at seq {seq} is not the service's HMAC of the record \
+                         after seq {}",
+                        seq - 1
+                    ),
+                )
+            });
+            break;
+        }
+        if *is_seal {
+            report.seals += 1;
+        } else {
+            report.hmacs += 1;
+        }
+        open = seq + 1;
+    }
     Ok(report)
 }

@@ -1,15 +1,27 @@
 //! The tamper-evident audit trail (issue 12, section 2): every activity
-//! record carries a chain value, HMAC-SHA-256 computed in the token with
-//! the `audit-hmac` service key over the previous record's chain value and
-//! the record's canonical bytes ([`canonical_record`]); every
-//! `audit.checkpoint_every_records` records or `audit.checkpoint_every_secs`
-//! seconds, a checkpoint (sequence number, chain value, time) is signed in
-//! the token with the attestation key ([`canonical_checkpoint`]).
+//! record carries a chain value, and the chain is sealed in the token with
+//! the `audit-hmac` service key. Two formats ([`ChainFormat`]), told apart
+//! per record:
+//! - [`ChainFormat::BatchSeal`] (the default, `audit.seal = "batch"`): each
+//!   record's chain value is a link, SHA-256 over the previous chain value
+//!   and the record's canonical bytes ([`canonical_record_v2`]), computed by
+//!   the service; the last record of every committed batch also carries a
+//!   seal, HMAC-SHA-256 computed in the token over its sequence number and
+//!   link ([`seal_input`]). One token call per batch.
+//! - [`ChainFormat::RecordHmac`] (records written before the seal existed,
+//!   and `audit.seal = "record"`): each chain value is HMAC-SHA-256 computed
+//!   in the token over the previous chain value and the record's canonical
+//!   bytes ([`canonical_record`]). One token call per record.
 //!
-//! The chain is computed by the activity log's writer, per batch, in one
-//! token session pass ([`AuditChain::chain_values`]); [`verify`] walks it
-//! again with the token, and [`export`] writes it for an auditor, whose
-//! checkpoints [`export::verify_export`] checks offline.
+//! Every `audit.checkpoint_every_records` records or
+//! `audit.checkpoint_every_secs` seconds, a checkpoint (sequence number,
+//! chain value, time) is signed in the token with the attestation key
+//! ([`canonical_checkpoint`]).
+//!
+//! The chain is computed by the activity log's writer, per batch
+//! ([`AuditChain::chain_batch`]); [`verify`] walks it again with the token,
+//! and [`export`] writes it for an auditor, whose links and checkpoints
+//! [`export::verify_export`] checks offline.
 
 pub mod export;
 mod verify;
@@ -18,13 +30,21 @@ pub use verify::{verify_chain, Break, BreakKind, ChainReport};
 
 use std::sync::Arc;
 
+use sha2::{Digest as _, Sha256};
+
 use super::{service_keys, Error, Result};
 use crate::core::ActivityRecord;
 use crate::hsm::{Hsm, OpClass, SignAlg};
 use crate::store::{ActivityWriter, ChainTail, CheckpointRow, InstallationRepo as _, Store};
 
-/// The first field of a record's canonical bytes.
+/// The first field of a record's canonical bytes, format 1 (in-token HMAC
+/// per record).
 pub const RECORD_TAG: &str = "hsm-kms-audit-record/1";
+/// The first field of a record's canonical bytes, format 2 (SHA-256 link,
+/// sealed per batch).
+pub const RECORD_TAG_V2: &str = "hsm-kms-audit-record/2";
+/// The first field of a seal's HMAC input.
+pub const SEAL_TAG: &str = "hsm-kms-audit-seal/2";
 /// The first field of a checkpoint's canonical bytes.
 pub const CHECKPOINT_TAG: &str = "hsm-kms-audit-checkpoint/1";
 /// The chain value before the first chained record.
@@ -40,16 +60,32 @@ fn int(out: &mut Vec<u8>, v: i64) {
     field(out, &v.to_be_bytes());
 }
 
-/// The canonical bytes of record `seq`: each field as a 4-byte big-endian
-/// length followed by its bytes, in this order: [`RECORD_TAG`], seq, at,
-/// account id, key uid, key name, key id, version, action, auth type,
-/// caller, source address, result, status, message. Integers are 8-byte
-/// big-endian two's complement; an absent version is an empty field; texts
-/// are UTF-8. The record's own `id` is ignored: `seq` is where it belongs.
+/// The canonical bytes of record `seq`, format 1: each field as a 4-byte
+/// big-endian length followed by its bytes, in this order: [`RECORD_TAG`],
+/// seq, at, account id, key uid, key name, key id, version, action, auth
+/// type, caller, source address, result, status, message. Integers are
+/// 8-byte big-endian two's complement; an absent version is an empty field;
+/// texts are UTF-8. The record's own `id` is ignored: `seq` is where it
+/// belongs.
 pub fn canonical_record(seq: i64, r: &ActivityRecord) -> Vec<u8> {
+    canonical(RECORD_TAG, seq, None, r)
+}
+
+/// The canonical bytes of record `seq`, format 2: as [`canonical_record`]
+/// with [`RECORD_TAG_V2`] first and, right after the sequence number, one
+/// more field: 1 byte, 1 when the record carries its batch's seal and 0
+/// when not (so that a seal removed or added changes the link).
+pub fn canonical_record_v2(seq: i64, sealed: bool, r: &ActivityRecord) -> Vec<u8> {
+    canonical(RECORD_TAG_V2, seq, Some(sealed), r)
+}
+
+fn canonical(tag: &str, seq: i64, sealed: Option<bool>, r: &ActivityRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(160 + r.message.len());
-    field(&mut out, RECORD_TAG.as_bytes());
+    field(&mut out, tag.as_bytes());
     int(&mut out, seq);
+    if let Some(sealed) = sealed {
+        field(&mut out, &[u8::from(sealed)]);
+    }
     int(&mut out, r.at);
     int(&mut out, r.account_id);
     field(&mut out, r.key_uid.as_bytes());
@@ -67,6 +103,91 @@ pub fn canonical_record(seq: i64, r: &ActivityRecord) -> Vec<u8> {
     int(&mut out, r.status);
     field(&mut out, r.message.as_bytes());
     out
+}
+
+/// The link of record `seq` in format 2: SHA-256 over the previous chain
+/// value, then [`canonical_record_v2`]. Anyone can compute it; the seal
+/// makes it binding.
+pub fn link(prev: &[u8], seq: i64, sealed: bool, r: &ActivityRecord) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(canonical_record_v2(seq, sealed, r));
+    h.finalize().into()
+}
+
+/// The HMAC input of the seal on record `seq` whose link is `link`, fields
+/// encoded as in [`canonical_record`]: [`SEAL_TAG`], seq, link (32 bytes).
+pub fn seal_input(seq: i64, link: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    field(&mut out, SEAL_TAG.as_bytes());
+    int(&mut out, seq);
+    field(&mut out, link);
+    out
+}
+
+/// How a record's chain value is made (`activity_logs.chain_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainFormat {
+    /// 1: HMAC-SHA-256 in the token over the previous chain value and
+    /// [`canonical_record`], one token call per record.
+    RecordHmac,
+    /// 2: SHA-256 link over the previous chain value and
+    /// [`canonical_record_v2`]; the last record of each batch carries a seal
+    /// (HMAC-SHA-256 in the token over [`seal_input`]).
+    BatchSeal,
+}
+
+impl ChainFormat {
+    /// The stored number.
+    pub fn as_i32(self) -> i32 {
+        match self {
+            ChainFormat::RecordHmac => 1,
+            ChainFormat::BatchSeal => 2,
+        }
+    }
+
+    /// The format a stored number names, `None` for an unknown one.
+    pub fn from_i32(v: i32) -> Option<Self> {
+        match v {
+            1 => Some(ChainFormat::RecordHmac),
+            2 => Some(ChainFormat::BatchSeal),
+            _ => None,
+        }
+    }
+}
+
+/// How the writer seals the chain (`audit.seal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SealMode {
+    /// Links computed by the service, one in-token HMAC (the seal) per
+    /// group-commit batch ([`ChainFormat::BatchSeal`]; the default).
+    #[default]
+    Batch,
+    /// One in-token HMAC per record ([`ChainFormat::RecordHmac`]), the
+    /// earlier way: kept to measure the batch seal against.
+    Record,
+}
+
+impl SealMode {
+    /// The format records written in this mode get.
+    pub fn format(self) -> ChainFormat {
+        match self {
+            SealMode::Batch => ChainFormat::BatchSeal,
+            SealMode::Record => ChainFormat::RecordHmac,
+        }
+    }
+}
+
+/// The chain values of one batch, as the writer stores them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchChain {
+    /// Their format.
+    pub format: ChainFormat,
+    /// Each record's chain value.
+    pub chains: Vec<[u8; 32]>,
+    /// The seal of the last record (format 2).
+    pub seal: Option<[u8; 32]>,
 }
 
 /// The bytes a checkpoint's signature covers, fields encoded as in
@@ -125,12 +246,15 @@ pub struct AuditChain {
     policy: CheckpointPolicy,
     /// Multi-row INSERTs kept prepared (`activity_log.statement_cache`).
     statement_cache: bool,
+    /// Per batch or per record (`audit.seal`).
+    seal: SealMode,
 }
 
 impl std::fmt::Debug for AuditChain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditChain")
             .field("policy", &self.policy)
+            .field("seal", &self.seal)
             .finish()
     }
 }
@@ -166,7 +290,14 @@ impl AuditChain {
                 every_ms: policy.every_ms.max(1),
             },
             statement_cache: true,
+            seal: SealMode::default(),
         })
+    }
+
+    /// How batches are sealed (`audit.seal`; per batch by default).
+    pub fn with_seal(mut self, seal: SealMode) -> Self {
+        self.seal = seal;
+        self
     }
 
     /// Whether the writer's INSERTs are kept prepared
@@ -191,8 +322,60 @@ impl AuditChain {
         }
     }
 
-    /// The chain values of `rows` numbered from `first` after `prev`: one
-    /// token session, `C_Sign` (`CKM_SHA256_HMAC`) per record, in order.
+    /// The chain values of `rows` numbered from `first` after `prev`, in
+    /// the writer's format: per batch, the links computed here and one
+    /// `C_Sign` (`CKM_SHA256_HMAC`) in the token for the last record's seal;
+    /// per record, [`AuditChain::chain_values`].
+    pub async fn chain_batch(
+        &self,
+        prev: [u8; 32],
+        first: i64,
+        rows: &[ActivityRecord],
+    ) -> Result<BatchChain> {
+        match self.seal {
+            SealMode::Record => Ok(BatchChain {
+                format: ChainFormat::RecordHmac,
+                chains: self.chain_values(prev, first, rows).await?,
+                seal: None,
+            }),
+            SealMode::Batch => {
+                let mut p = prev;
+                let last = rows.len().saturating_sub(1);
+                let chains: Vec<[u8; 32]> = rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        p = link(&p, first + i as i64, i == last, r);
+                        p
+                    })
+                    .collect();
+                let seal = match chains.last() {
+                    Some(l) => Some(self.seal_of(first + last as i64, l).await?),
+                    None => None,
+                };
+                Ok(BatchChain {
+                    format: ChainFormat::BatchSeal,
+                    chains,
+                    seal,
+                })
+            }
+        }
+    }
+
+    /// The seal of record `seq` whose link is `link`: HMAC-SHA-256 in the
+    /// token over [`seal_input`].
+    async fn seal_of(&self, seq: i64, link: &[u8; 32]) -> Result<[u8; 32]> {
+        let mac = self
+            .macs(vec![seal_input(seq, link)])
+            .await?
+            .pop()
+            .unwrap_or_default();
+        to32(&mac).ok_or_else(|| Error::Internal("HMAC-SHA-256 of another length".into()))
+    }
+
+    /// The chain values of `rows` numbered from `first` after `prev`, format
+    /// 1: one token session, `C_Sign` (`CKM_SHA256_HMAC`) per record, in
+    /// order.
     pub async fn chain_values(
         &self,
         prev: [u8; 32],
@@ -269,11 +452,11 @@ impl AuditChain {
     }
 
     /// Writes one batch of records on the writer's connection: chain values
-    /// computed from the cached tail before the transaction, the tail read
-    /// again inside it (the store's write transaction: `BEGIN IMMEDIATE` on
-    /// SQLite, the advisory write lock on PostgreSQL) and the values
-    /// recomputed only when another writer (the admin CLI, another node)
-    /// moved it; a checkpoint when due.
+    /// (and the batch's seal) computed from the cached tail before the
+    /// transaction, the tail read again inside it (the store's write
+    /// transaction: `BEGIN IMMEDIATE` on SQLite, the advisory write lock on
+    /// PostgreSQL) and the values recomputed only when another writer (the
+    /// admin CLI, another node) moved it; a checkpoint when due.
     /// `cached` is the tail after the batch, or `None` after a failure.
     pub(crate) async fn write_batch(
         &self,
@@ -286,20 +469,26 @@ impl AuditChain {
             Some(t) => t,
             None => conn.chain_tail().await?,
         };
-        let (mut first, prev) = Self::next_link(&guess);
-        let mut chains = self.chain_values(prev, first, rows).await?;
+        let (mut first, mut prev) = Self::next_link(&guess);
+        let mut batch = self.chain_batch(prev, first, rows).await?;
         let mut tx = conn.begin_audit_batch().await?;
         // One statement for the tail and the newest checkpoint.
         let (tail, cp) = tx.chain_state().await?;
         if tail != guess {
-            let (f, p) = Self::next_link(&tail);
-            first = f;
-            chains = self.chain_values(p, f, rows).await?;
+            (first, prev) = Self::next_link(&tail);
+            batch = self.chain_batch(prev, first, rows).await?;
         }
-        tx.insert_chained(first, rows, &chains, self.statement_cache)
-            .await?;
+        tx.insert_chained(
+            first,
+            rows,
+            &batch.chains,
+            batch.format.as_i32(),
+            batch.seal.as_ref(),
+            self.statement_cache,
+        )
+        .await?;
         let last_seq = first + rows.len() as i64 - 1;
-        let last_chain = chains.last().copied().unwrap_or(prev);
+        let last_chain = batch.chains.last().copied().unwrap_or(prev);
         let now = crate::core::now_ms();
         if self.due(cp, since_ms, last_seq, now) {
             let cp = self.checkpoint(last_seq, &last_chain, now).await?;
@@ -417,6 +606,41 @@ mod tests {
         let mut other_id = row();
         other_id.id = 99;
         assert_eq!(canonical_record(7, &other_id), b);
+    }
+
+    #[test]
+    fn format_two_bytes_carry_their_tag_and_the_seal_flag() {
+        let b = canonical_record_v2(7, true, &row());
+        let mut want = Vec::new();
+        want.extend_from_slice(&22u32.to_be_bytes());
+        want.extend_from_slice(b"hsm-kms-audit-record/2");
+        want.extend_from_slice(&8u32.to_be_bytes());
+        want.extend_from_slice(&7i64.to_be_bytes());
+        want.extend_from_slice(&1u32.to_be_bytes());
+        want.push(1);
+        assert_eq!(&b[..want.len()], &want[..]);
+        // After the flag, the fields of format 1.
+        let one = canonical_record(7, &row());
+        assert_eq!(&b[want.len()..], &one[4 + 22 + 4 + 8..]);
+        // A seal removed or added changes the link.
+        assert_ne!(
+            link(&GENESIS, 7, true, &row()),
+            link(&GENESIS, 7, false, &row())
+        );
+        // The link is SHA-256 over the previous value and the bytes.
+        let mut h = Sha256::new();
+        h.update([9u8; 32]);
+        h.update(canonical_record_v2(7, false, &row()));
+        let want: [u8; 32] = h.finalize().into();
+        assert_eq!(link(&[9u8; 32], 7, false, &row()), want);
+        // Seals are over their own tag, the position and the link.
+        let s = seal_input(7, &[3u8; 32]);
+        assert_eq!(&s[4..4 + SEAL_TAG.len()], SEAL_TAG.as_bytes());
+        assert_ne!(seal_input(8, &[3u8; 32]), s);
+        assert_eq!(ChainFormat::from_i32(2), Some(ChainFormat::BatchSeal));
+        assert_eq!(ChainFormat::from_i32(1), Some(ChainFormat::RecordHmac));
+        assert_eq!(ChainFormat::from_i32(0), None);
+        assert_eq!(SealMode::default().format(), ChainFormat::BatchSeal);
     }
 
     #[test]

@@ -1,9 +1,16 @@
 //! `hsm-kms audit verify`: walks the chain with the token and reports the
 //! first break, with its position (sequence number) and kind.
+//!
+//! Format-2 links are recomputed here (SHA-256); what needs the
+//! `audit-hmac` key (format-1 chain values, format-2 seals) is computed in
+//! the token, one session pass per page of records.
 
 use std::collections::BTreeMap;
 
-use super::{checkpoint_signature_ok, link_input, AuditChain, CheckpointPolicy, GENESIS};
+use super::{
+    checkpoint_signature_ok, link, link_input, seal_input, AuditChain, ChainFormat,
+    CheckpointPolicy, GENESIS,
+};
 use crate::core::{Error, Result};
 use crate::hsm::Hsm;
 use crate::store::{AuditRecordRow, CheckpointRow, Store};
@@ -31,6 +38,16 @@ pub enum BreakKind {
     /// A validly signed checkpoint names another chain value than the
     /// record at its position has: the chain was recomputed after it.
     CheckpointMismatch,
+    /// Every link from this position to a sealed record holds, but the
+    /// seal does not (or a format-1 chain value after them does not): a
+    /// record in that span, or the seal, was changed and the links after
+    /// it recomputed. A batch seal proves its batch as a whole, so the
+    /// position is the span's first record, the earliest one not proven.
+    BadSeal,
+    /// The log ends with format-2 records that no seal covers: they were
+    /// appended without the token, or the batch's sealed last record was
+    /// cut off.
+    Unsealed,
 }
 
 impl BreakKind {
@@ -43,6 +60,8 @@ impl BreakKind {
             BreakKind::Truncated => "truncated",
             BreakKind::BadCheckpointSignature => "bad-checkpoint-signature",
             BreakKind::CheckpointMismatch => "checkpoint-mismatch",
+            BreakKind::BadSeal => "bad-seal",
+            BreakKind::Unsealed => "unsealed",
         }
     }
 }
@@ -69,6 +88,12 @@ pub struct ChainReport {
     pub from: i64,
     /// Records whose link was checked.
     pub checked: i64,
+    /// Of these, records of format 1 (an in-token HMAC each).
+    pub hmac_records: i64,
+    /// Of these, records of format 2 (a SHA-256 link each).
+    pub linked_records: i64,
+    /// Batch seals checked in the token.
+    pub seals: i64,
     /// The last sequence number checked, if any.
     pub last_seq: Option<i64>,
     /// Checkpoints in the store.
@@ -87,9 +112,65 @@ pub(super) fn brk(seq: i64, kind: BreakKind, detail: impl Into<String>) -> Break
     }
 }
 
+/// What a record's stored value must be, given the chain value before it:
+/// computed here (a format-2 link) or by the token (a format-1 HMAC, whose
+/// input this holds).
+enum Expect {
+    Local([u8; 32]),
+    Token(Vec<u8>),
+    /// An unknown `chain_format`.
+    Unknown,
+}
+
+fn expect(prev: &[u8], seq: i64, r: &AuditRecordRow) -> Expect {
+    match ChainFormat::from_i32(r.chain_format) {
+        Some(ChainFormat::BatchSeal) => Expect::Local(link(prev, seq, r.seal.is_some(), &r.row)),
+        Some(ChainFormat::RecordHmac) => Expect::Token(link_input(prev, seq, &r.row)),
+        None => Expect::Unknown,
+    }
+}
+
+/// Resolves each [`Expect`] (one token pass for the HMACs) and appends the
+/// `extra` token inputs' MACs: (values, extra MACs). An unknown format
+/// resolves to an empty value, which matches no stored one.
+async fn resolve(
+    chain: &AuditChain,
+    exp: Vec<Expect>,
+    extra: Vec<Vec<u8>>,
+) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
+    let mut inputs = Vec::new();
+    let slots: Vec<Option<Vec<u8>>> = exp
+        .into_iter()
+        .map(|e| match e {
+            Expect::Local(v) => Some(v.to_vec()),
+            Expect::Token(m) => {
+                inputs.push(m);
+                None
+            }
+            Expect::Unknown => Some(Vec::new()),
+        })
+        .collect();
+    let n = inputs.len();
+    inputs.extend(extra);
+    let mut macs = if inputs.is_empty() {
+        Vec::new()
+    } else {
+        chain.macs(inputs).await?
+    };
+    let extra_macs = macs.split_off(n.min(macs.len()));
+    let mut macs = macs.into_iter();
+    let values = slots
+        .into_iter()
+        .map(|v| v.unwrap_or_else(|| macs.next().unwrap_or_default()))
+        .collect();
+    Ok((values, extra_macs))
+}
+
 /// Walks the chain from `from` (default: its start) with the token: each
-/// record's chain value must be the HMAC of the previous one and its
-/// canonical bytes at its sequence number, sequence numbers must follow
+/// record's chain value must follow from the previous one and its
+/// canonical bytes at its sequence number (a format-2 link recomputed
+/// here, a format-1 HMAC in the token), every format-2 seal must hold in
+/// the token and the log must end on one, sequence numbers must follow
 /// each other, every checkpoint's signature must hold and name the chain
 /// value its record has, and the log must reach the newest checkpoint.
 /// With `from` after the start, the stored chain value of `from - 1` is
@@ -111,6 +192,9 @@ pub async fn verify_chain(hsm: &Hsm, store: &Store, from: Option<i64>) -> Result
         unchained,
         from,
         checked: 0,
+        hmac_records: 0,
+        linked_records: 0,
+        seals: 0,
         last_seq: None,
         checkpoints: cps.len(),
         last_checkpoint: cps.last().map(|c| c.seq),
@@ -149,13 +233,16 @@ pub async fn verify_chain(hsm: &Hsm, store: &Store, from: Option<i64>) -> Result
         }
     };
     let mut expected = from;
+    // The first format-2 record that no seal, format-1 HMAC or matching
+    // checkpoint has vouched for yet.
+    let mut open: Option<i64> = None;
     let mut walk_break = None;
     'walk: loop {
         let page = store.audit_records(expected, PAGE).await?;
         if page.is_empty() {
             break;
         }
-        let inputs = page
+        let exp = page
             .iter()
             .enumerate()
             .map(|(i, r)| {
@@ -164,11 +251,17 @@ pub async fn verify_chain(hsm: &Hsm, store: &Store, from: Option<i64>) -> Result
                 } else {
                     page[i - 1].chain.as_deref().unwrap_or(&[])
                 };
-                link_input(p, r.row.id, &r.row)
+                expect(p, r.row.id, r)
             })
             .collect();
-        let macs = chain.macs(inputs).await?;
-        for (r, mac) in page.iter().zip(&macs) {
+        let seals = page
+            .iter()
+            .filter(|r| r.chain_format == ChainFormat::BatchSeal.as_i32() && r.seal.is_some())
+            .map(|r| seal_input(r.row.id, r.chain.as_deref().unwrap_or(&[])))
+            .collect();
+        let (values, seal_macs) = resolve(&chain, exp, seals).await?;
+        let mut seal_macs = seal_macs.into_iter();
+        for (r, value) in page.iter().zip(&values) {
             let seq = r.row.id;
             if seq != expected {
                 walk_break = Some(brk(
@@ -190,9 +283,43 @@ pub async fn verify_chain(hsm: &Hsm, store: &Store, from: Option<i64>) -> Result
                 ));
                 break 'walk;
             };
-            if stored != mac.as_slice() {
-                walk_break = Some(classify(&chain, store, &prev, r).await?);
+            let Some(format) = ChainFormat::from_i32(r.chain_format) else {
+                walk_break = Some(brk(
+                    seq,
+                    BreakKind::Edited,
+                    format!(
+                        "the record at seq {seq} names an unknown chain format {}",
+                        r.chain_format
+                    ),
+                ));
                 break 'walk;
+            };
+            if stored != value.as_slice() {
+                walk_break = Some(match (format, open) {
+                    // A format-1 HMAC vouches for the links before it too:
+                    // which of them changed is not known.
+                    (ChainFormat::RecordHmac, Some(a)) => bad_seal(a, seq),
+                    _ => classify(&chain, store, &prev, r).await?,
+                });
+                break 'walk;
+            }
+            match format {
+                ChainFormat::RecordHmac => {
+                    open = None;
+                    report.hmac_records += 1;
+                }
+                ChainFormat::BatchSeal => {
+                    let a = *open.get_or_insert(seq);
+                    if let Some(seal) = &r.seal {
+                        if seal_macs.next().as_deref() != Some(seal.as_slice()) {
+                            walk_break = Some(bad_seal(a, seq));
+                            break 'walk;
+                        }
+                        open = None;
+                        report.seals += 1;
+                    }
+                    report.linked_records += 1;
+                }
             }
             if let Some(cp) = good.get(&seq) {
                 if cp.chain != stored {
@@ -206,6 +333,8 @@ pub async fn verify_chain(hsm: &Hsm, store: &Store, from: Option<i64>) -> Result
                     ));
                     break 'walk;
                 }
+                // A signed checkpoint vouches for the links up to it.
+                open = None;
             }
             prev = stored.to_vec();
             report.checked += 1;
@@ -213,6 +342,18 @@ pub async fn verify_chain(hsm: &Hsm, store: &Store, from: Option<i64>) -> Result
             expected = seq + 1;
         }
     }
+    let unsealed = match (&walk_break, open) {
+        (None, Some(a)) => Some(brk(
+            a,
+            BreakKind::Unsealed,
+            format!(
+                "the records from seq {a} to seq {} carry no seal: appended without the token, \
+                 or their batch's sealed last record was cut off",
+                expected - 1
+            ),
+        )),
+        _ => None,
+    };
     let truncated = if walk_break.is_none() {
         good.keys()
             .next_back()
@@ -232,15 +373,33 @@ pub async fn verify_chain(hsm: &Hsm, store: &Store, from: Option<i64>) -> Result
         None
     };
     // The first break by position; at one position, the walk's own finding.
-    report.first_break = [walk_break, truncated, forged]
+    report.first_break = [walk_break, unsealed, truncated, forged]
         .into_iter()
         .flatten()
         .min_by_key(|b| b.seq);
     Ok(report)
 }
 
-/// Why the link of record `r` does not hold: the record chained at its
-/// position found further on (reordered), or an edit.
+/// Every link from `a` to `seq` holds but the keyed value at `seq` (a seal,
+/// or a format-1 HMAC) does not.
+fn bad_seal(a: i64, seq: i64) -> Break {
+    brk(
+        a,
+        BreakKind::BadSeal,
+        if a == seq {
+            format!("the seal at seq {seq} does not hold: the record or its seal was changed")
+        } else {
+            format!(
+                "the keyed value at seq {seq} does not hold over the links from seq {a}: a \
+                 record from seq {a} to seq {seq} (or the seal) was changed and the links after \
+                 it recomputed; the batch seal proves these records together, not one by one"
+            )
+        },
+    )
+}
+
+/// Why the chain value of record `r` does not follow: the record chained at
+/// its position found further on (reordered), or an edit.
 async fn classify(
     chain: &AuditChain,
     store: &Store,
@@ -250,18 +409,16 @@ async fn classify(
     let seq = r.row.id;
     let stored = r.chain.clone().unwrap_or_default();
     let ahead = store.audit_records(seq + 1, REORDER_WINDOW).await?;
-    let mut inputs: Vec<Vec<u8>> = ahead
-        .iter()
-        .map(|a| link_input(prev, seq, &a.row))
-        .collect();
+    // Each record further on, as if it stood at this position.
+    let mut exp: Vec<Expect> = ahead.iter().map(|a| expect(prev, seq, a)).collect();
     // The next link, from this record's stored chain value.
     let next = ahead.first().filter(|a| a.row.id == seq + 1);
     if let Some(n) = next {
-        inputs.push(link_input(&stored, n.row.id, &n.row));
+        exp.push(expect(&stored, n.row.id, n));
     }
-    let macs = chain.macs(inputs).await?;
-    for (a, mac) in ahead.iter().zip(&macs) {
-        if *mac == stored || Some(mac) == a.chain.as_ref() {
+    let (values, _) = resolve(chain, exp, Vec::new()).await?;
+    for (a, v) in ahead.iter().zip(&values) {
+        if !v.is_empty() && (*v == stored || Some(v) == a.chain.as_ref()) {
             return Ok(brk(
                 seq,
                 BreakKind::Reordered,
@@ -272,8 +429,8 @@ async fn classify(
             ));
         }
     }
-    let next_holds = match (next, macs.get(ahead.len())) {
-        (Some(n), Some(mac)) => n.chain.as_ref() == Some(mac),
+    let next_holds = match (next, values.get(ahead.len())) {
+        (Some(n), Some(v)) => !v.is_empty() && n.chain.as_ref() == Some(v),
         _ => false,
     };
     Ok(brk(
