@@ -4,6 +4,7 @@
 mod attest_cli;
 mod attest_html;
 mod audit_cli;
+mod naver_admin;
 mod nhn_admin;
 
 use std::path::PathBuf;
@@ -122,6 +123,11 @@ enum AdminCmd {
     Nhn {
         #[command(subcommand)]
         cmd: nhn_admin::NhnCmd,
+    },
+    /// NAVER Cloud KMS: keys under the key tags they had at NAVER.
+    Naver {
+        #[command(subcommand)]
+        cmd: naver_admin::NaverCmd,
     },
 }
 
@@ -404,6 +410,7 @@ fn admin_audit(cmd: &AdminCmd) -> Option<(&'static str, String)> {
         }
         AdminCmd::RevokeApiKey { .. } => Some(("AdminRevokeApiKey", String::new())),
         AdminCmd::Nhn { cmd } => Some(cmd.audit()),
+        AdminCmd::Naver { cmd } => Some(cmd.audit()),
         AdminCmd::ListAccessKeys | AdminCmd::ListObjects | AdminCmd::Reconcile { .. } => None,
     }
 }
@@ -452,6 +459,7 @@ async fn admin_run(engine: &Engine, cmd: AdminCmd) -> anyhow::Result<()> {
             println!("revoked API key");
         }
         AdminCmd::Nhn { cmd } => nhn_admin::run(engine, cmd).await?,
+        AdminCmd::Naver { cmd } => naver_admin::run(engine, cmd).await?,
         // Taken before an engine is built, on the token and store alone (see
         // `run`); kept here so the match stays complete.
         AdminCmd::Reconcile { .. } => {

@@ -44,6 +44,28 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
 }
 
+/// Length of a NAVER key tag: 64 hexadecimal digits (32 random bytes).
+pub const KEY_TAG_HEX_LEN: usize = 64;
+
+/// Reads a key tag given by an operator who brings the tag a NAVER key
+/// had (`admin naver create-key --key-tag`): 64 hexadecimal digits, the
+/// vendor's form, in either case. Returns it in lower case, the form the
+/// service makes and compares.
+pub fn parse_key_tag(tag: &str) -> Result<String> {
+    if tag.len() != KEY_TAG_HEX_LEN || !tag.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::InvalidInput(format!(
+            "a key tag is {KEY_TAG_HEX_LEN} hexadecimal digits (NAVER's form); got {} characters{}",
+            tag.chars().count(),
+            if tag.starts_with("kr-") || tag.starts_with("jpn-") {
+                " with a region prefix, which this build does not take"
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok(tag.to_ascii_lowercase())
+}
+
 /// Checks a rotation period in days.
 pub fn check_rotation_period(days: i64) -> Result<i64> {
     if (1..=730).contains(&days) {
