@@ -1,9 +1,11 @@
-//! The `hsm-kms` binary: `init`, `serve`, `healthcheck` and `admin` commands.
+//! The `hsm-kms` binary: `init`, `serve`, `healthcheck`, `admin` and
+//! `client` commands.
 #![forbid(unsafe_code)]
 
 mod attest_cli;
 mod attest_html;
 mod audit_cli;
+mod client;
 mod naver_admin;
 mod nhn_admin;
 
@@ -69,6 +71,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AdminCmd,
     },
+    /// A client of a running server (or of the vendors' own services):
+    /// NAVER and NHN calls, and the migration of ciphertexts. Credentials
+    /// come from HSM_KMS_CLIENT_* variables or a profile file (mode 0600),
+    /// never from the command line; the output is JSON; the exit code says
+    /// how the call went (see `docs/client.md`).
+    Client(client::ClientArgs),
 }
 
 #[derive(Subcommand)]
@@ -170,9 +178,15 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The client needs no server configuration, token or store: it only
+    // talks HTTP, and its exit code is its answer.
+    let cmd = match cli.cmd {
+        Cmd::Client(args) => std::process::exit(client::run(args).await),
+        other => other,
+    };
     let cfg = Config::load(cli.config.as_deref())?;
     init_tracing(&cfg);
-    if let Err(e) = run(cli.cmd, cfg).await {
+    if let Err(e) = run(cmd, cfg).await {
         tracing::error!(error = format!("{e:#}"), "hsm-kms failed");
         // One line an operator can read (and a script can grep).
         eprintln!("hsm-kms: {e:#}");
@@ -237,6 +251,8 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
             println!("{url}: HTTP 200");
         }
         Cmd::Attest(args) => attest_cli::run(&cfg, args).await?,
+        // Dispatched in `main` before the configuration is read.
+        Cmd::Client(_) => anyhow::bail!("`client` runs without the server configuration"),
         Cmd::Audit { cmd } => audit_cli::run(&cfg, cmd).await?,
         Cmd::Admin {
             cmd:
