@@ -8,8 +8,9 @@ use hsm_kms::core::{CreateKeyRequest, Engine, KeyType};
 #[derive(Subcommand)]
 pub enum NaverCmd {
     /// Create a key, as Create Key does. With --key-tag, under the key tag
-    /// the key had at NAVER (64 hexadecimal digits, either case, kept in
-    /// lower case); refused if any key has or had that tag.
+    /// the key had at NAVER (64 hexadecimal digits, optionally after a
+    /// region prefix kr- or jpn-, either case, kept in lower case); refused
+    /// if any key has or had that tag.
     CreateKey {
         /// Account name.
         #[arg(long, default_value = "default")]

@@ -114,11 +114,37 @@ async fn naver_key_tag_brought_from_naver() {
         "is taken",
     );
 
-    // The vendor's format only.
+    // A region-isolated key's tag: NAVER's prefix, either case.
+    let region_given = format!("JPN-{}", "B".repeat(64));
+    let region_tag = region_given.to_ascii_lowercase();
+    let out = admin_ok(
+        &kms,
+        &[
+            "admin",
+            "naver",
+            "create-key",
+            "--key-name",
+            "byo-jpn",
+            "--key-tag",
+            &region_given,
+        ],
+        &[],
+    );
+    assert_eq!(field(&out, "keyTag"), region_tag, "{out}");
+    let ct = kms.encrypt(&region_tag, b"region", None).await;
+    assert_eq!(kms.decrypt_ok(&region_tag, &ct, None).await, b"region");
+
+    // The vendor's forms only.
     let short = "a".repeat(63);
     let not_hex = format!("{}g", "a".repeat(63));
-    let region = format!("kr-{}", "b".repeat(64));
-    for bad in [short.as_str(), not_hex.as_str(), region.as_str()] {
+    let other_region = format!("us-{}", "b".repeat(64));
+    let prefix_only = format!("kr-{}", "b".repeat(63));
+    for bad in [
+        short.as_str(),
+        not_hex.as_str(),
+        other_region.as_str(),
+        prefix_only.as_str(),
+    ] {
         admin_refused(
             &kms,
             &[
@@ -136,7 +162,7 @@ async fn naver_key_tag_brought_from_naver() {
     }
     // Nothing was made by the refused commands.
     let list = kms.call("GET", "/kms/v1/keys", None).await;
-    assert_eq!(list.ok()["totalCount"], 2, "{}", list.body);
+    assert_eq!(list.ok()["totalCount"], 3, "{}", list.body);
 }
 
 /// An NHN call under `appkey` with these headers.

@@ -40,8 +40,8 @@ impl Engine {
 
     /// [`Engine::create_key`] under a key tag the operator brings (the tag
     /// the key had at NAVER, so that applications keep their
-    /// configuration): 64 hexadecimal digits in either case, kept in lower
-    /// case. A tag any key has or had (destroyed keys included) is
+    /// configuration): 64 hexadecimal digits, optionally after a region
+    /// prefix, in either case, kept in lower case ([`super::parse_key_tag`]). A tag any key has or had (destroyed keys included) is
     /// refused with `Conflict`. `None` makes a random tag.
     pub async fn create_key_tagged(
         &self,

@@ -44,26 +44,31 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
 }
 
-/// Length of a NAVER key tag: 64 hexadecimal digits (32 random bytes).
+/// Hex digits of a NAVER key tag (32 random bytes).
 pub const KEY_TAG_HEX_LEN: usize = 64;
+
+/// Prefixes of NAVER's region-isolated key tags.
+const REGION_PREFIXES: [&str; 2] = ["kr-", "jpn-"];
 
 /// Reads a key tag given by an operator who brings the tag a NAVER key
 /// had (`admin naver create-key --key-tag`): 64 hexadecimal digits, the
-/// vendor's form, in either case. Returns it in lower case, the form the
-/// service makes and compares.
+/// vendor's form, optionally after a region prefix (`kr-`, `jpn-`: NAVER's
+/// region-isolated keys), every part in either case. Returns it in lower
+/// case, the form the service makes and compares.
 pub fn parse_key_tag(tag: &str) -> Result<String> {
-    if tag.len() != KEY_TAG_HEX_LEN || !tag.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let lower = tag.to_ascii_lowercase();
+    let hex = REGION_PREFIXES
+        .iter()
+        .find_map(|p| lower.strip_prefix(p))
+        .unwrap_or(&lower);
+    if hex.len() != KEY_TAG_HEX_LEN || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::InvalidInput(format!(
-            "a key tag is {KEY_TAG_HEX_LEN} hexadecimal digits (NAVER's form); got {} characters{}",
-            tag.chars().count(),
-            if tag.starts_with("kr-") || tag.starts_with("jpn-") {
-                " with a region prefix, which this build does not take"
-            } else {
-                ""
-            }
+            "a key tag is {KEY_TAG_HEX_LEN} hexadecimal digits, optionally after a region \
+             prefix kr- or jpn- (NAVER's forms); got {} characters",
+            tag.chars().count()
         )));
     }
-    Ok(tag.to_ascii_lowercase())
+    Ok(lower)
 }
 
 /// Checks a rotation period in days.
