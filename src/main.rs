@@ -1,9 +1,12 @@
-//! The `hsm-kms` binary: `init`, `serve`, `healthcheck` and `admin` commands.
+//! The `hsm-kms` binary: `init`, `serve`, `healthcheck`, `admin` and
+//! `client` commands.
 #![forbid(unsafe_code)]
 
 mod attest_cli;
 mod attest_html;
 mod audit_cli;
+mod client;
+mod naver_admin;
 mod nhn_admin;
 
 use std::path::PathBuf;
@@ -68,6 +71,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AdminCmd,
     },
+    /// A client of a running server (or of the vendors' own services):
+    /// NAVER and NHN calls, and the migration of ciphertexts. Credentials
+    /// come from HSM_KMS_CLIENT_* variables or a profile file (mode 0600),
+    /// never from the command line; the output is JSON; the exit code says
+    /// how the call went (see `docs/client.md`).
+    Client(client::ClientArgs),
 }
 
 #[derive(Subcommand)]
@@ -123,6 +132,11 @@ enum AdminCmd {
         #[command(subcommand)]
         cmd: nhn_admin::NhnCmd,
     },
+    /// NAVER Cloud KMS: keys under the key tags they had at NAVER.
+    Naver {
+        #[command(subcommand)]
+        cmd: naver_admin::NaverCmd,
+    },
 }
 
 fn init_tracing(cfg: &Config) {
@@ -164,9 +178,15 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The client needs no server configuration, token or store: it only
+    // talks HTTP, and its exit code is its answer.
+    let cmd = match cli.cmd {
+        Cmd::Client(args) => std::process::exit(client::run(args).await),
+        other => other,
+    };
     let cfg = Config::load(cli.config.as_deref())?;
     init_tracing(&cfg);
-    if let Err(e) = run(cli.cmd, cfg).await {
+    if let Err(e) = run(cmd, cfg).await {
         tracing::error!(error = format!("{e:#}"), "hsm-kms failed");
         // One line an operator can read (and a script can grep).
         eprintln!("hsm-kms: {e:#}");
@@ -231,6 +251,8 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
             println!("{url}: HTTP 200");
         }
         Cmd::Attest(args) => attest_cli::run(&cfg, args).await?,
+        // Dispatched in `main` before the configuration is read.
+        Cmd::Client(_) => anyhow::bail!("`client` runs without the server configuration"),
         Cmd::Audit { cmd } => audit_cli::run(&cfg, cmd).await?,
         Cmd::Admin {
             cmd:
@@ -406,6 +428,7 @@ fn admin_audit(cmd: &AdminCmd) -> Option<(&'static str, String)> {
         }
         AdminCmd::RevokeApiKey { .. } => Some(("AdminRevokeApiKey", String::new())),
         AdminCmd::Nhn { cmd } => Some(cmd.audit()),
+        AdminCmd::Naver { cmd } => Some(cmd.audit()),
         AdminCmd::ListAccessKeys | AdminCmd::ListObjects | AdminCmd::Reconcile { .. } => None,
     }
 }
@@ -454,6 +477,7 @@ async fn admin_run(engine: &Engine, cmd: AdminCmd) -> anyhow::Result<()> {
             println!("revoked API key");
         }
         AdminCmd::Nhn { cmd } => nhn_admin::run(engine, cmd).await?,
+        AdminCmd::Naver { cmd } => naver_admin::run(engine, cmd).await?,
         // Taken before an engine is built, on the token and store alone (see
         // `run`); kept here so the match stays complete.
         AdminCmd::Reconcile { .. } => {

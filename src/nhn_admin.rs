@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Subcommand;
 use hsm_kms::core::nhn::UserAccessKeyRequirement;
-use hsm_kms::core::nhn::{appkey_fingerprint, KeyStoreSettings};
+use hsm_kms::core::nhn::{appkey_fingerprint, KeyStoreSettings, NhnKeyType};
 use hsm_kms::core::Engine;
 use zeroize::Zeroizing;
 
@@ -41,11 +41,16 @@ pub enum NhnCmd {
         #[arg(long, value_name = "true|false")]
         require_user_access_key_on_data: Option<bool>,
     },
-    /// Create an appkey for a project; prints it.
+    /// Create an appkey for a project; prints it. With --appkey, register
+    /// the appkey the project had at NHN instead (8 to 64 letters and
+    /// digits; refused if any project has or had it).
     CreateAppkey {
         /// Project name.
         #[arg(long)]
         project: String,
+        /// The appkey to register (bring your own); random when absent.
+        #[arg(long)]
+        appkey: Option<String>,
     },
     /// Revoke an appkey; a running server refuses it within a second.
     RevokeAppkey {
@@ -64,6 +69,24 @@ pub enum NhnCmd {
         /// Project name.
         #[arg(long)]
         project: String,
+    },
+    /// Register a User Access Key issued by NHN (bring your own): the id
+    /// from --id, the Secret Access Key from the environment variable named
+    /// by --secret-env or from --secret-file (its first line), never from
+    /// the command line. Refused if the id is registered (active or revoked).
+    ImportUserAccessKey {
+        /// Project name.
+        #[arg(long)]
+        project: String,
+        /// The User Access Key id.
+        #[arg(long)]
+        id: String,
+        /// Environment variable holding the Secret Access Key.
+        #[arg(long, default_value = "HSM_KMS_NHN_SECRET_ACCESS_KEY")]
+        secret_env: String,
+        /// File holding the Secret Access Key (first line); instead of --secret-env.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
     },
     /// Revoke a User Access Key.
     RevokeUserAccessKey {
@@ -94,6 +117,44 @@ pub enum NhnCmd {
         /// (symmetric-key and privateKey queries). Off by default.
         #[arg(long)]
         allow_export: bool,
+        /// The keyStoreId to give it (bring your own: the id the key store
+        /// had at NHN); the next free id when absent. Refused if taken.
+        #[arg(long)]
+        id: Option<i64>,
+    },
+    /// Create a key in a key store, as the API's key creation does. With
+    /// --key-id, under the key id the key had at NHN (32 hexadecimal
+    /// digits; refused if any key has or had it). A secret's value comes
+    /// from the environment variable named by --secret-env or from
+    /// --secret-file, never from the command line.
+    CreateKey {
+        /// Project name.
+        #[arg(long)]
+        project: String,
+        /// Key store name.
+        #[arg(long)]
+        key_store: String,
+        /// Key type.
+        #[arg(long = "type", value_enum)]
+        key_type: KeyKind,
+        /// Key name.
+        #[arg(long)]
+        name: String,
+        /// Description.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// The key id to give it (bring your own); random when absent.
+        #[arg(long)]
+        key_id: Option<String>,
+        /// Automatic rotation period in days (symmetric and asymmetric keys; 0 = off).
+        #[arg(long, default_value_t = 0)]
+        auto_rotation_period: i64,
+        /// Environment variable holding a secret's value.
+        #[arg(long)]
+        secret_env: Option<String>,
+        /// File holding a secret's value (its whole content, less one final newline).
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
     },
     /// Change the switches of a key store (keys keep the export setting they
     /// were created with).
@@ -160,6 +221,55 @@ pub enum NhnCmd {
     },
 }
 
+/// NHN key types, as `admin nhn create-key --type` names them.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum KeyKind {
+    /// Confidential data.
+    Secret,
+    /// AES-256.
+    Symmetric,
+    /// RSA-2048.
+    Asymmetric,
+}
+
+impl KeyKind {
+    fn nhn(self) -> NhnKeyType {
+        match self {
+            KeyKind::Secret => NhnKeyType::Secret,
+            KeyKind::Symmetric => NhnKeyType::Symmetric,
+            KeyKind::Asymmetric => NhnKeyType::Asymmetric,
+        }
+    }
+}
+
+/// A secret from an environment variable or a file, never from argv.
+/// `first_line`: only the file's first line (credentials); otherwise the
+/// whole file less one final newline (a secret's value).
+fn read_secret(
+    env: Option<&str>,
+    file: Option<&PathBuf>,
+    first_line: bool,
+    what: &str,
+) -> anyhow::Result<Zeroizing<String>> {
+    if let Some(f) = file {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        );
+        let value = if first_line {
+            text.lines().next().unwrap_or_default()
+        } else {
+            text.strip_suffix('\n').unwrap_or(&text)
+        };
+        return Ok(Zeroizing::new(value.to_string()));
+    }
+    let Some(var) = env else {
+        anyhow::bail!("give {what} with --secret-env VAR or --secret-file PATH");
+    };
+    std::env::var(var)
+        .map(Zeroizing::new)
+        .with_context(|| format!("set {var} to {what} (or use --secret-file)"))
+}
+
 fn write_private(path: &PathBuf, data: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut opts = std::fs::OpenOptions::new();
@@ -183,7 +293,27 @@ impl NhnCmd {
         match self {
             NhnCmd::CreateProject { name, .. } => ("NhnCreateProject", format!("project={name}")),
             NhnCmd::UpdateProject { name, .. } => ("NhnUpdateProject", format!("project={name}")),
-            NhnCmd::CreateAppkey { project } => ("NhnCreateAppkey", format!("project={project}")),
+            NhnCmd::CreateAppkey { project, appkey } => (
+                if appkey.is_some() {
+                    "NhnImportAppkey"
+                } else {
+                    "NhnCreateAppkey"
+                },
+                format!("project={project}"),
+            ),
+            NhnCmd::ImportUserAccessKey { project, id, .. } => (
+                "NhnImportUserAccessKey",
+                format!("project={project} userAccessKey={id}"),
+            ),
+            NhnCmd::CreateKey {
+                project,
+                key_store,
+                name,
+                ..
+            } => (
+                "NhnCreateKey",
+                format!("project={project} keyStore={key_store} name={name}"),
+            ),
             // Appkeys are bearer credentials: named by their fingerprint.
             NhnCmd::RevokeAppkey { appkey } => (
                 "NhnRevokeAppkey",
@@ -273,10 +403,80 @@ pub async fn run(engine: &Engine, cmd: NhnCmd) -> anyhow::Result<()> {
                 p.require.management, p.require.data
             );
         }
-        NhnCmd::CreateAppkey { project } => {
-            let appkey = engine.nhn_create_appkey(&project).await?;
+        NhnCmd::CreateAppkey { project, appkey } => {
+            let appkey = match appkey {
+                Some(a) => {
+                    engine.nhn_import_appkey(&project, &a).await?;
+                    a
+                }
+                None => engine.nhn_create_appkey(&project).await?,
+            };
             println!("appkey={appkey}");
             println!("appkey_fingerprint={}", appkey_fingerprint(&appkey));
+        }
+        NhnCmd::ImportUserAccessKey {
+            project,
+            id,
+            secret_env,
+            secret_file,
+        } => {
+            let secret = read_secret(
+                Some(&secret_env),
+                secret_file.as_ref(),
+                true,
+                "the Secret Access Key",
+            )?;
+            engine
+                .nhn_import_user_access_key(&project, &id, &secret)
+                .await?;
+            println!("user_access_key={id}");
+        }
+        NhnCmd::CreateKey {
+            project,
+            key_store,
+            key_type,
+            name,
+            description,
+            key_id,
+            auto_rotation_period,
+            secret_env,
+            secret_file,
+        } => {
+            let kind = key_type.nhn();
+            let secret = match kind {
+                NhnKeyType::Secret => Some(read_secret(
+                    secret_env.as_deref(),
+                    secret_file.as_ref(),
+                    false,
+                    "the secret's value",
+                )?),
+                _ => {
+                    anyhow::ensure!(
+                        secret_env.is_none() && secret_file.is_none(),
+                        "--secret-env / --secret-file are for --type secret"
+                    );
+                    None
+                }
+            };
+            let p = engine.nhn_project(&project).await?;
+            let v = engine
+                .nhn_create_key_with_id(
+                    &p,
+                    &key_store,
+                    kind,
+                    &name,
+                    &description,
+                    secret.as_ref().map(|s| s.as_str()),
+                    auto_rotation_period,
+                    "ADMIN",
+                    key_id.as_deref(),
+                )
+                .await?;
+            println!(
+                "keyId={} type={} keyStore={key_store}",
+                v.entry.key.uid,
+                kind.as_str()
+            );
         }
         NhnCmd::RevokeAppkey { appkey } => {
             engine.nhn_revoke_appkey(&appkey).await?;
@@ -306,9 +506,10 @@ pub async fn run(engine: &Engine, cmd: NhnCmd) -> anyhow::Result<()> {
             mac_auth,
             certificate_auth,
             allow_export,
+            id,
         } => {
             let id = engine
-                .nhn_create_key_store(
+                .nhn_create_key_store_with_id(
                     &project,
                     KeyStoreSettings {
                         name: name.clone(),
@@ -318,6 +519,7 @@ pub async fn run(engine: &Engine, cmd: NhnCmd) -> anyhow::Result<()> {
                         certificate_auth_use: certificate_auth,
                         allow_export,
                     },
+                    id,
                 )
                 .await?;
             println!("key_store={name} keyStoreId={id}");

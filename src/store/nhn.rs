@@ -409,6 +409,50 @@ impl NhnRepo for Store {
         })
     }
 
+    async fn nhn_create_key_store_with_id(&self, s: &NewKeyStore, id: i64) -> Result<i64> {
+        // PostgreSQL's identity column takes a given id only with
+        // OVERRIDING SYSTEM VALUE, and its sequence does not move past it:
+        // it is set to the highest id in the same transaction, or a later
+        // generated id would collide. SQLite's AUTOINCREMENT counter moves
+        // past an inserted id by itself.
+        const COLUMNS: &str = "(id, project_id, name, description, ip4_auth_use, mac_auth_use, certificate_auth_use, allow_export, creation_user, created_at, last_change_user, updated_at)";
+        const VALUES: &str = "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+        let (sql, bump) = match &self.db {
+            super::Db::Sqlite(_) => (format!("INSERT INTO nhn_key_stores {COLUMNS} {VALUES}"), None),
+            super::Db::Postgres(_) => (
+                format!("INSERT INTO nhn_key_stores {COLUMNS} OVERRIDING SYSTEM VALUE {VALUES}"),
+                Some(
+                    "SELECT setval(pg_get_serial_sequence('nhn_key_stores', 'id'), (SELECT MAX(id) FROM nhn_key_stores))",
+                ),
+            ),
+        };
+        on_db!(self, db => {
+            let now = now_ms();
+            let mut tx = db.begin_write().await?;
+            sqlx::query(&sql)
+                .bind(id)
+                .bind(s.project_id)
+                .bind(&s.name)
+                .bind(&s.description)
+                .bind(s.ip4_auth_use)
+                .bind(s.mac_auth_use)
+                .bind(s.certificate_auth_use)
+                .bind(s.allow_export)
+                .bind(&s.creation_user)
+                .bind(now)
+                .bind(&s.creation_user)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_unique)?;
+            if let Some(bump) = bump {
+                sqlx::query(bump).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(id)
+        })
+    }
+
     async fn nhn_update_key_store(&self, s: &NhnKeyStore) -> Result<()> {
         on_db!(self, db => {
             sqlx::query(

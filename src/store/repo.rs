@@ -378,6 +378,15 @@ pub trait NhnRepo {
     /// Creates a key store; `Conflict` when the name is taken in the project.
     fn nhn_create_key_store(&self, s: &NewKeyStore) -> impl Future<Output = Result<i64>> + Send;
 
+    /// Creates a key store under a given id; `Conflict` when the id or the
+    /// name in the project is taken. Ids made later by
+    /// [`NhnRepo::nhn_create_key_store`] come after it on both engines.
+    fn nhn_create_key_store_with_id(
+        &self,
+        s: &NewKeyStore,
+        id: i64,
+    ) -> impl Future<Output = Result<i64>> + Send;
+
     /// Changes the switches and export policy of a key store.
     fn nhn_update_key_store(&self, s: &NhnKeyStore) -> impl Future<Output = Result<()>> + Send;
 

@@ -9,6 +9,7 @@
 //! process: run the suite with `cargo nextest run` (see `scripts/test.sh`).
 #![allow(dead_code)]
 
+pub mod client;
 pub mod independent;
 pub mod p11kit;
 pub mod process;

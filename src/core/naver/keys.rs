@@ -35,6 +35,21 @@ impl Engine {
         account_id: i64,
         req: CreateKeyRequest,
     ) -> Result<Arc<KeyEntry>> {
+        self.create_key_tagged(account_id, req, None).await
+    }
+
+    /// [`Engine::create_key`] under a key tag the operator brings (the tag
+    /// the key had at NAVER, so that applications keep their
+    /// configuration): 64 hexadecimal digits, optionally after a region
+    /// prefix, in either case, kept in lower case ([`super::parse_key_tag`]). A tag any key has or had (destroyed keys included) is
+    /// refused with `Conflict`. `None` makes a random tag.
+    pub async fn create_key_tagged(
+        &self,
+        account_id: i64,
+        req: CreateKeyRequest,
+        key_tag: Option<&str>,
+    ) -> Result<Arc<KeyEntry>> {
+        let key_tag = key_tag.map(super::parse_key_tag).transpose()?;
         if !valid_name(&req.name) {
             return Err(Error::InvalidInput(
                 "keyName must be 3 to 15 letters, digits, '-' or '_', starting with a letter"
@@ -55,9 +70,19 @@ impl Engine {
             }
             (false, None) => None,
         };
-        let uid = super::KeyTag::from_random(self.naver_region(), &self.hsm().random(32).await?)?
-            .as_str()
-            .to_string();
+        let uid = match &key_tag {
+            Some(tag) => {
+                if self.store().key_by_uid(tag).await?.is_some() {
+                    return Err(Error::Conflict(format!(
+                        "key tag {tag} is taken by another key"
+                    )));
+                }
+                tag.clone()
+            }
+            None => super::KeyTag::from_random(self.naver_region(), &self.hsm().random(32).await?)?
+                .as_str()
+                .to_string(),
+        };
         let cka_id = self.hsm().random(16).await?;
         let aux_id = if req.is_convergent {
             Some(self.hsm().random(16).await?)
@@ -88,10 +113,12 @@ impl Engine {
         {
             Ok(id) => id,
             Err(crate::store::StoreError::Conflict) => {
-                return Err(Error::Conflict(format!(
-                    "a key named {} already exists",
-                    req.name
-                )))
+                return Err(Error::Conflict(match &key_tag {
+                    // The tag was free a moment ago: either the name or a
+                    // concurrent creation under the same tag.
+                    Some(tag) => format!("a key named {} or tagged {tag} already exists", req.name),
+                    None => format!("a key named {} already exists", req.name),
+                }));
             }
             Err(crate::store::StoreError::LimitReached(_)) => return Err(keys_limit(max)),
             Err(e) => return Err(e.into()),

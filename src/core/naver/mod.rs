@@ -57,6 +57,21 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
 }
 
+/// Reads a key tag given by an operator who brings the tag a NAVER key
+/// had (`admin naver create-key --key-tag`): 64 hexadecimal digits, the
+/// vendor's form, optionally after a region prefix (`kr-`, `jpn-`: NAVER's
+/// region-isolated keys), every part in either case. Returns it in lower
+/// case, the form the service makes and compares.
+pub fn parse_key_tag(tag: &str) -> Result<String> {
+    canonical_tag(tag).ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "a key tag is {TAG_HEX_LEN} hexadecimal digits, optionally after a region \
+             prefix kr- or jpn- (NAVER's forms); got {} characters",
+            tag.chars().count()
+        ))
+    })
+}
+
 /// Checks a rotation period in days.
 pub fn check_rotation_period(days: i64) -> Result<i64> {
     if (1..=730).contains(&days) {

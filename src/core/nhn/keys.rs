@@ -139,6 +139,22 @@ impl NhnKeyView {
     }
 }
 
+/// Length of an NHN key id: 32 hexadecimal digits.
+pub const KEY_ID_HEX_LEN: usize = 32;
+
+/// Reads a key id an operator brings: 32 hexadecimal digits in either
+/// case (the form of NHN's key ids and of the ones made here), returned in
+/// lower case.
+pub fn check_key_id(id: &str) -> Result<String> {
+    if id.len() != KEY_ID_HEX_LEN || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::InvalidInput(format!(
+            "a key id is {KEY_ID_HEX_LEN} hexadecimal digits; got {} characters",
+            id.chars().count()
+        )));
+    }
+    Ok(id.to_ascii_lowercase())
+}
+
 fn check_text(field: &str, v: &str, max: usize, required: bool) -> Result<()> {
     if (required && v.trim().is_empty()) || v.chars().count() > max {
         return Err(Error::InvalidInput(format!(
@@ -244,6 +260,44 @@ impl Engine {
         auto_rotation_period: i64,
         user: &str,
     ) -> Result<NhnKeyView> {
+        self.nhn_create_key_with_id(
+            project,
+            key_store_name,
+            kind,
+            name,
+            description,
+            secret,
+            auto_rotation_period,
+            user,
+            None,
+        )
+        .await
+    }
+
+    /// [`Engine::nhn_create_key`] under a key id the operator brings (the
+    /// `keyid` the key had at NHN, which applications' URLs name): 32
+    /// hexadecimal digits (see [`check_key_id`]), kept in lower case. An
+    /// id any key has or had is refused with `Conflict`. `None` makes a
+    /// random id.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn nhn_create_key_with_id(
+        &self,
+        project: &NhnProject,
+        key_store_name: &str,
+        kind: NhnKeyType,
+        name: &str,
+        description: &str,
+        secret: Option<&str>,
+        auto_rotation_period: i64,
+        user: &str,
+        key_id: Option<&str>,
+    ) -> Result<NhnKeyView> {
+        let key_id = key_id.map(check_key_id).transpose()?;
+        if let Some(id) = &key_id {
+            if self.store().key_by_uid(id).await?.is_some() {
+                return Err(Error::Conflict(format!("key id {id} is taken")));
+            }
+        }
         check_text("name", name, 100, true)?;
         check_text("description", description, 500, false)?;
         if !(0..=ROTATION_MAX_DAYS).contains(&auto_rotation_period) {
@@ -266,7 +320,10 @@ impl Engine {
         let store: NhnKeyStore = self.nhn_key_store_named(project, key_store_name).await?;
         let extractable = kind != NhnKeyType::Secret && store.allow_export;
         let objects = kind.objects(extractable, value)?;
-        let uid = hex::encode(self.hsm().random(16).await?);
+        let uid = match key_id {
+            Some(id) => id,
+            None => hex::encode(self.hsm().random(16).await?),
+        };
         let cka_id = self.nhn_object_id(kind, &uid).await?;
         let now = now_ms();
         let next = (auto_rotation_period > 0).then(|| now + auto_rotation_period * DAY_MS);
@@ -297,7 +354,7 @@ impl Engine {
         {
             Ok(id) => id,
             Err(StoreError::Conflict) => {
-                return Err(Error::Conflict("key id collision; retry".into()))
+                return Err(Error::Conflict(format!("key id {uid} is taken; retry")))
             }
             Err(StoreError::LimitReached("type")) => {
                 return Err(Error::LimitExceeded(format!(

@@ -10,7 +10,9 @@ mod keys;
 
 pub use certs::{CertificateView, CredentialKind, CredentialView, IssuedCertificate};
 pub use crypto::{LocalKey, NHN_SECRET_MAX};
-pub use keys::{NhnKeyFilter, NhnKeyType, NhnKeyView, KEY_DELETION_WAIT_MS};
+pub use keys::{
+    check_key_id, NhnKeyFilter, NhnKeyType, NhnKeyView, KEY_DELETION_WAIT_MS, KEY_ID_HEX_LEN,
+};
 
 use crate::store::NhnRepo;
 use std::collections::HashMap;
@@ -268,6 +270,39 @@ fn random_text(len: usize) -> String {
         .collect()
 }
 
+/// Checks an appkey an operator brings: 8 to 64 ASCII letters and digits.
+/// NHN's appkeys are letters and digits (the console shows them); the
+/// bound keeps it one URL path segment that needs no encoding, and long
+/// enough not to be guessed from a short list.
+pub fn check_appkey(appkey: &str) -> Result<()> {
+    if !(8..=64).contains(&appkey.len()) || !appkey.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(Error::InvalidInput(
+            "an appkey is 8 to 64 ASCII letters and digits".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a User Access Key an operator brings: the id 8 to 64 ASCII
+/// letters and digits (NHN's are 20), the Secret Access Key 8 to 128
+/// visible ASCII characters (it travels in the `X-TC-AUTHENTICATION-SECRET`
+/// header, so no spaces or control characters).
+pub fn check_user_access_key(access_key: &str, secret: &str) -> Result<()> {
+    if !(8..=64).contains(&access_key.len())
+        || !access_key.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return Err(Error::InvalidInput(
+            "a User Access Key id is 8 to 64 ASCII letters and digits".into(),
+        ));
+    }
+    if !(8..=128).contains(&secret.len()) || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::InvalidInput(
+            "a Secret Access Key is 8 to 128 visible ASCII characters".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Normalises a MAC address to lower-case, colon-separated form, or `None`
 /// when it is not six hexadecimal pairs.
 pub fn normalize_mac(s: &str) -> Option<String> {
@@ -347,6 +382,23 @@ impl Engine {
         let appkey = random_text(32);
         self.store().nhn_insert_appkey(&appkey, p.id).await?;
         Ok(appkey)
+    }
+
+    /// Registers an appkey the operator brings (the one the project had at
+    /// NHN, so that applications keep their URLs): see
+    /// [`check_appkey`]. An appkey registered before, active or revoked,
+    /// is refused with `Conflict` (a revoked appkey stays revoked).
+    pub async fn nhn_import_appkey(&self, project: &str, appkey: &str) -> Result<()> {
+        check_appkey(appkey)?;
+        let p = self.nhn_project_named(project).await?;
+        match self.store().nhn_insert_appkey(appkey, p.id).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::Conflict) => Err(Error::Conflict(format!(
+                "appkey {} is already registered (active or revoked)",
+                appkey_fingerprint(appkey)
+            ))),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Revokes an appkey: it names no project from now on (within
@@ -435,6 +487,32 @@ impl Engine {
         Ok(NewUserAccessKey { access_key, secret })
     }
 
+    /// Registers a User Access Key the operator brings (id and Secret
+    /// Access Key as NHN issued them; see [`check_user_access_key`]). The
+    /// secret is kept only as a SHA-256, as for keys made here. An id
+    /// registered before, active or revoked, is refused with `Conflict`.
+    pub async fn nhn_import_user_access_key(
+        &self,
+        project: &str,
+        access_key: &str,
+        secret: &str,
+    ) -> Result<()> {
+        check_user_access_key(access_key, secret)?;
+        let p = self.nhn_project_named(project).await?;
+        let hash = Sha256::digest(secret.as_bytes());
+        match self
+            .store()
+            .nhn_insert_user_access_key(access_key, p.id, &hash)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(StoreError::Conflict) => Err(Error::Conflict(format!(
+                "User Access Key {access_key} is already registered (active or revoked)"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Revokes a User Access Key.
     pub async fn nhn_revoke_user_access_key(&self, access_key: &str) -> Result<()> {
         if !self.store().nhn_revoke_user_access_key(access_key).await? {
@@ -446,31 +524,58 @@ impl Engine {
     /// Creates a key store in a project (admin), with its switches and
     /// export policy.
     pub async fn nhn_create_key_store(&self, project: &str, s: KeyStoreSettings) -> Result<i64> {
+        self.nhn_create_key_store_with_id(project, s, None).await
+    }
+
+    /// [`Engine::nhn_create_key_store`] under a `keyStoreId` the operator
+    /// brings (the id the key store had at NHN, which applications' key
+    /// queries name): a positive integer no key store of any project has.
+    /// `None` takes the next free id.
+    pub async fn nhn_create_key_store_with_id(
+        &self,
+        project: &str,
+        s: KeyStoreSettings,
+        id: Option<i64>,
+    ) -> Result<i64> {
+        if let Some(id) = id {
+            if id < 1 {
+                return Err(Error::InvalidInput(
+                    "a keyStoreId is a positive integer".into(),
+                ));
+            }
+            if self.store().nhn_key_store(id).await?.is_some() {
+                return Err(Error::Conflict(format!("keyStoreId {id} is taken")));
+            }
+        }
         let p = self.nhn_project_named(project).await?;
         if s.name.is_empty() || s.name.chars().count() > 100 {
             return Err(Error::InvalidInput(
                 "key store name must be 1 to 100 characters".into(),
             ));
         }
-        match self
-            .store()
-            .nhn_create_key_store(&NewKeyStore {
-                project_id: p.id,
-                name: s.name.clone(),
-                description: s.description,
-                ip4_auth_use: s.ip4_auth_use,
-                mac_auth_use: s.mac_auth_use,
-                certificate_auth_use: s.certificate_auth_use,
-                allow_export: s.allow_export,
-                creation_user: DEFAULT_USER.into(),
-            })
-            .await
-        {
+        let new = NewKeyStore {
+            project_id: p.id,
+            name: s.name.clone(),
+            description: s.description,
+            ip4_auth_use: s.ip4_auth_use,
+            mac_auth_use: s.mac_auth_use,
+            certificate_auth_use: s.certificate_auth_use,
+            allow_export: s.allow_export,
+            creation_user: DEFAULT_USER.into(),
+        };
+        let made = match id {
+            Some(id) => self.store().nhn_create_key_store_with_id(&new, id).await,
+            None => self.store().nhn_create_key_store(&new).await,
+        };
+        match made {
             Ok(id) => Ok(id),
-            Err(StoreError::Conflict) => Err(Error::Conflict(format!(
-                "key store {} exists in project {project}",
-                s.name
-            ))),
+            Err(StoreError::Conflict) => Err(Error::Conflict(match id {
+                Some(id) => format!(
+                    "key store {} exists in project {project}, or keyStoreId {id} is taken",
+                    s.name
+                ),
+                None => format!("key store {} exists in project {project}", s.name),
+            })),
             Err(e) => Err(e.into()),
         }
     }
