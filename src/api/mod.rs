@@ -40,6 +40,8 @@ pub struct ApiConfig {
     /// `server.lean_requests`: counter request ids, borrowed span fields,
     /// success answers serialized straight into one buffer.
     pub lean_requests: bool,
+    /// `log.access`: one `info` line per request ([`metrics::access_log`]).
+    pub access_log: bool,
 }
 
 impl Default for ApiConfig {
@@ -57,6 +59,7 @@ impl Default for ApiConfig {
                 100_000,
             )),
             lean_requests: true,
+            access_log: true,
         }
     }
 }
@@ -193,8 +196,10 @@ impl tower_http::request_id::MakeRequestId for RequestIds {
 pub fn router(state: AppState) -> Router {
     let limit = state.config.body_limit;
     let lean = state.config.lean_requests;
+    let access_log = state.config.access_log;
     LEAN_RESPONSES.store(lean, std::sync::atomic::Ordering::Relaxed);
-    Router::new()
+    metrics::set_access_log(access_log);
+    let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
@@ -231,7 +236,14 @@ pub fn router(state: AppState) -> Router {
                     tracing::info_span!("request", id = %id, method = %req.method(), path = %path)
                 }
             }),
-        )
+        );
+    // Outside the request span: the access line carries no path.
+    let router = if access_log {
+        router.layer(axum::middleware::from_fn(metrics::access_log))
+    } else {
+        router
+    };
+    router
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
