@@ -11,7 +11,8 @@
 #    installed, and the profile's image (docker/prometheus/Dockerfile) built
 #    when a Docker engine answers and the debian:bookworm-slim base is there
 #    (scripts/build-image.sh makes it);
-# 4. the release server (built as scripts/soak.sh builds it) with a fresh
+# 4. the release server (built as scripts/soak.sh builds it; OBS_PROFILE=debug
+#    uses the test suite's debug build instead) with a fresh
 #    SoftHSM token, a Prometheus (the package's binary, natively, on a
 #    loopback port) scraping it every second with rules.yml loaded, then
 #    load: the soak's mix of both dialects (hsm-kms-loadgen, a 10 s peak
@@ -88,9 +89,16 @@ fi
 MODULE="$(softhsm_module)"
 [ -f "$MODULE" ] || die "PKCS#11 module $MODULE not found"
 need_cargo
-log "building hsm-kms and hsm-kms-loadgen (release)"
-cargo build --release --locked --features loadgen --bin hsm-kms --bin hsm-kms-loadgen
-TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+if [ "${OBS_PROFILE:-release}" = debug ]; then
+    # The test suite's build (scripts/test.sh): no release build needed.
+    log "building hsm-kms and hsm-kms-loadgen (debug, --all-features)"
+    cargo build --locked --all-features --bin hsm-kms --bin hsm-kms-loadgen
+    TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
+else
+    log "building hsm-kms and hsm-kms-loadgen (release)"
+    cargo build --release --locked --features loadgen --bin hsm-kms --bin hsm-kms-loadgen
+    TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+fi
 
 WORK="$(mktemp -d /tmp/hsm-kms-obs.XXXXXX)"
 SERVER_PID=""

@@ -126,7 +126,7 @@ pub fn route(
                 .or_insert_with(|| Box::leak(Box::new(std::array::from_fn(|_| OnceLock::new()))))
         }
     };
-    *slots[m].get_or_init(|| {
+    slots[m].get_or_init(|| {
         let op = classify().map(|(dialect, operation)| op_stats(dialect, &operation));
         Box::leak(Box::new(RouteStats {
             method: METHODS[m],

@@ -178,7 +178,8 @@ fn ckr_name(rv: RvError) -> String {
 
 /// (function, code, kind) → count. Errors are rare; their label values are
 /// bounded by the PKCS#11 function and return-code lists.
-static ERRORS: Mutex<Option<HashMap<(String, String, &'static str), u64>>> = Mutex::new(None);
+type ErrorCounts = HashMap<(String, String, &'static str), u64>;
+static ERRORS: Mutex<Option<ErrorCounts>> = Mutex::new(None);
 
 /// Counts a PKCS#11 error (any function; other cryptoki errors are not
 /// token answers and are not counted).
@@ -315,8 +316,7 @@ pub(super) fn render(out: &mut String) {
         "Latency of PKCS#11 calls by function and mechanism, in the token worker (buckets 100 us to 10 s).",
     );
     for (c, (_, fname)) in CALLS.iter().enumerate() {
-        for m in 0..MECH_SLOTS {
-            let h = &CALL_DURATION[c][m];
+        for (m, h) in CALL_DURATION[c].iter().enumerate() {
             if h.count() == 0 {
                 continue;
             }
