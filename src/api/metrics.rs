@@ -51,13 +51,88 @@ static ACCESS_LOG: AtomicBool = AtomicBool::new(false);
 pub fn handle() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(h) => Some(h),
+            Ok(h) => {
+                describe();
+                Some(h)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "metrics recorder not installed");
                 None
             }
         })
         .as_ref()
+}
+
+/// `# HELP` of the families set with the `metrics` macros across the crate
+/// (`docs/operations.md` has the longer story).
+fn describe() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!(
+        "hsm_kms_activity_batches_total",
+        "Activity-log batches written."
+    );
+    describe_counter!(
+        "hsm_kms_activity_batch_records_total",
+        "Records the activity-log batches carried."
+    );
+    describe_counter!(
+        "hsm_kms_token_calls_total",
+        "Token operations requests asked for, by class."
+    );
+    describe_counter!(
+        "hsm_kms_audit_token_calls_total",
+        "Token passes of the audit chain, by class."
+    );
+    describe_gauge!("hsm_kms_connections_open", "Connections open, by listener.");
+    describe_counter!(
+        "hsm_kms_connections_refused_total",
+        "Connections refused at server.max_connections, by listener."
+    );
+    describe_counter!(
+        "hsm_kms_find_objects_total",
+        "C_FindObjects searches: enumerate (whole token) or lookup (one object)."
+    );
+    describe_counter!(
+        "hsm_kms_gcm_reservations_total",
+        "AES-GCM invocations reserved against the per-key limit."
+    );
+    describe_counter!(
+        "hsm_kms_gcm_reservation_commits_total",
+        "Commits of AES-GCM invocation reservations."
+    );
+    describe_counter!(
+        "hsm_kms_gcm_invocation_limit_refusals_total",
+        "Encryptions refused at a key's AES-GCM invocation limit."
+    );
+    describe_gauge!("hsm_kms_handle_map_entries", "Objects in the handle map.");
+    describe_gauge!("hsm_kms_handle_map_bytes", "Bytes the handle map holds.");
+    describe_counter!(
+        "hsm_kms_handle_refreshes_total",
+        "Single-object look-ups by CKA_ID: stale (a handle refused) or unknown (not in the map)."
+    );
+    describe_gauge!(
+        "hsm_kms_hsm_ready",
+        "1 while a module generation serves, 0 while the module is re-initialised."
+    );
+    describe_counter!(
+        "hsm_kms_hsm_recoveries_total",
+        "Module re-initialisations that succeeded."
+    );
+    describe_counter!(
+        "hsm_kms_hsm_late_view_reinits_total",
+        "Module re-initialisations for a late view of the token."
+    );
+    describe_counter!(
+        "hsm_kms_hsm_retries_total",
+        "Operations run again after a repaired token fault."
+    );
+    describe_counter!(
+        "hsm_kms_key_material_missing_total",
+        "Requests on a key version whose token object is gone."
+    );
+    describe_gauge!("hsm_kms_key_cache_entries", "Keys in the metadata cache.");
+    describe_gauge!("hsm_kms_key_cache_bytes", "Bytes the metadata cache holds.");
+    describe_gauge!("hsm_kms_startup_seconds", "Time of each start-up phase.");
 }
 
 /// The dialect and operation of an API route: NAVER's action names
