@@ -240,7 +240,7 @@ pub async fn access_log(req: Request, next: Next) -> Response {
     let (route, dialect, operation) = match routed {
         Some(Routed(r)) => {
             let (d, o) = r.operation().unwrap_or(("service", ""));
-            (r.route(), d, o)
+            (RouteStats::route(r), d, o)
         }
         None => ("unmatched", "service", ""),
     };
