@@ -36,6 +36,8 @@
 #   batch_wait     defaults with activity_log.batch_wait_us = 1000 (the log
 #                  writer waits 1 ms for more records: fewer, larger commits)
 #   host_iv        defaults with hsm.gcm_iv_source = host (not for FIPS)
+#   access_log_off defaults with log.access = false (no access line per
+#                  request; the server logs at info, to a file)
 # LEVER_OPS (default "enc rsa ec": AES encrypt, RSA-2048 sign, ECDSA sign).
 # PROFILE_DIR=docs/perf also records the server with perf during the first
 # run of each operation in PROFILE_OPS (default "enc") of each configuration
@@ -279,6 +281,7 @@ LEVER_ALL=(
     "blocking_pool:HSM_KMS_HSM_DISPATCH=blocking_pool"
     "batch_wait:HSM_KMS_ACTIVITY_LOG_BATCH_WAIT_US=1000"
     "host_iv:HSM_KMS_HSM_GCM_IV_SOURCE=host"
+    "access_log_off:HSM_KMS_LOG_ACCESS=false"
 )
 LEVER_CONFIGS=()
 for c in "${LEVER_ALL[@]}"; do

@@ -3,9 +3,9 @@
 #
 #   scripts/test.sh [extra cargo-nextest arguments]
 #
-# Installs softhsm2, opensc, pkg-config and build-essential with apt-get when
-# missing (sudo when not root) and cargo-nextest with `cargo install` when
-# absent; then `cargo fmt --check`, clippy with warnings as errors, and the
+# Installs softhsm2, opensc, python3-prometheus-client, pkg-config and
+# build-essential with apt-get when missing (sudo when not root) and
+# cargo-nextest with `cargo install` when absent; then `cargo fmt --check`, clippy with warnings as errors, and the
 # whole suite with cargo-nextest (each test in its own process: SoftHSM reads
 # its config once per process). Extra arguments go to `cargo nextest run`.
 set -euo pipefail
@@ -13,6 +13,8 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 apt_install softhsm2 opensc
+# tests/observability.rs reads /metrics with prometheus_client's parser.
+apt_install python3-prometheus-client
 command -v cc >/dev/null 2>&1 || apt_install build-essential
 command -v pkg-config >/dev/null 2>&1 || apt_install pkg-config
 [ -f "$(softhsm_module)" ] || die "PKCS#11 module $(softhsm_module) not found"

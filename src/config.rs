@@ -192,6 +192,10 @@ pub struct RateLimitConfig {
     /// and a load balancer spreading a key's calls evenly gives the
     /// configured figure in total.
     pub nodes: u32,
+    /// Most keys with their own `hsm_kms_quota_refusals_by_key_total`
+    /// series (labelled by a fingerprint of the key tag); the rest count
+    /// as `other`. 0 (the default): no per-key series.
+    pub metrics_key_labels: usize,
 }
 
 impl Default for RateLimitConfig {
@@ -201,6 +205,7 @@ impl Default for RateLimitConfig {
             requests_per_second: 300,
             burst: 300,
             nodes: 1,
+            metrics_key_labels: 0,
         }
     }
 }
@@ -498,6 +503,10 @@ pub struct LogConfig {
     pub format: String,
     /// An `EnvFilter` directive, e.g. `info` or `hsm_kms=debug`.
     pub level: String,
+    /// One `info` line per request (target `access`): request id, route
+    /// template, status, duration, dialect, operation, credential kind and
+    /// a fingerprint of the key tag.
+    pub access: bool,
 }
 
 impl Default for LogConfig {
@@ -505,6 +514,7 @@ impl Default for LogConfig {
         LogConfig {
             format: "json".into(),
             level: "info".into(),
+            access: true,
         }
     }
 }

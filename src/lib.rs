@@ -13,4 +13,5 @@ pub mod fuzzing;
 pub mod hsm;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod tls;

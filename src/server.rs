@@ -187,7 +187,9 @@ pub async fn start(
         body_limit: cfg.server.body_limit,
         max_batch_items: cfg.limits.max_batch_items,
         lean_requests: cfg.server.lean_requests,
+        access_log: cfg.log.access,
     };
+    crate::telemetry::security::set_key_labels(cfg.rate_limit.metrics_key_labels);
     let app = router(AppState {
         engine: engine.clone(),
         config: Arc::new(api),

@@ -498,5 +498,13 @@ fn request_id(l: &Value) -> Option<&str> {
             None
         }
     }
-    in_span(&l["span"]).or_else(|| l["spans"].as_array()?.iter().find_map(in_span))
+    in_span(&l["span"])
+        .or_else(|| l["spans"].as_array()?.iter().find_map(in_span))
+        // The access line (target `access`) is written outside the
+        // request's span and carries the id as its own field.
+        .or_else(|| {
+            (l["target"] == "access")
+                .then(|| l["request_id"].as_str())
+                .flatten()
+        })
 }

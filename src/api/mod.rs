@@ -41,6 +41,8 @@ pub struct ApiConfig {
     /// `server.lean_requests`: counter request ids, borrowed span fields,
     /// success answers serialized straight into one buffer.
     pub lean_requests: bool,
+    /// `log.access`: one `info` line per request ([`metrics::access_log`]).
+    pub access_log: bool,
 }
 
 impl Default for ApiConfig {
@@ -58,6 +60,7 @@ impl Default for ApiConfig {
                 100_000,
             )),
             lean_requests: true,
+            access_log: true,
         }
     }
 }
@@ -201,7 +204,9 @@ impl tower_http::request_id::MakeRequestId for RequestIds {
 pub fn router(state: AppState) -> Router {
     let limit = state.config.body_limit;
     let lean = state.config.lean_requests;
+    let access_log = state.config.access_log;
     LEAN_RESPONSES.store(lean, std::sync::atomic::Ordering::Relaxed);
+    metrics::set_access_log(access_log);
     let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -214,7 +219,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(unknown_route)
         .with_state(state.clone());
     let canonical = axum::middleware::from_fn_with_state(state.clone(), naver::canonical_key_tag);
-    Router::new()
+    let router = Router::new()
         .fallback_service(tower::Layer::layer(&canonical, routes))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -245,7 +250,14 @@ pub fn router(state: AppState) -> Router {
                     tracing::info_span!("request", id = %id, method = %req.method(), path = %path)
                 }
             }),
-        )
+        );
+    // Outside the request span: the access line carries no path.
+    let router = if access_log {
+        router.layer(axum::middleware::from_fn(metrics::access_log))
+    } else {
+        router
+    };
+    router
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))

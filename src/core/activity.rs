@@ -12,6 +12,7 @@
 //! works again, without a restart, once the disk does.
 
 use crate::store::ActivitySink;
+use crate::telemetry::store as telemetry;
 use tokio::sync::{mpsc, oneshot};
 
 use super::audit::AuditChain;
@@ -127,12 +128,18 @@ impl ActivityLog {
                         if conn.is_none() {
                             conn = store.activity_writer(fsync).await.ok();
                         }
-                        if let Some(c) = conn.as_mut() {
-                            if let Err(e) = chain.checkpoint_if_due(c, since_ms).await {
-                                tracing::warn!(error = %e, "audit checkpoint failed; retried later");
-                                conn = None;
-                            }
-                        }
+                        let ok = match conn.as_mut() {
+                            Some(c) => match chain.checkpoint_if_due(c, since_ms).await {
+                                Ok(_) => true,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "audit checkpoint failed; retried later");
+                                    conn = None;
+                                    false
+                                }
+                            },
+                            None => false,
+                        };
+                        telemetry::scheduler_pass(telemetry::Scheduler::AuditCheckpoint, ok);
                         continue;
                     }
                 };
@@ -161,6 +168,8 @@ impl ActivityLog {
                         Err(_) => break,
                     }
                 }
+                telemetry::activity_queued(-(rows.len() as i64));
+                let writing = std::time::Instant::now();
                 if conn.is_none() {
                     conn = store.activity_writer(fsync).await.ok();
                 }
@@ -182,6 +191,7 @@ impl ActivityLog {
                 });
                 // Mean batch size = records / batches (counters: constant
                 // memory, unlike a summary).
+                telemetry::activity_batch(rows.len(), writing.elapsed(), res.is_ok());
                 metrics::counter!("hsm_kms_activity_batches_total").increment(1);
                 metrics::counter!("hsm_kms_activity_batch_records_total")
                     .increment(rows.len() as u64);
@@ -212,9 +222,11 @@ impl ActivityLog {
     pub async fn record(&self, row: ActivityRecord) -> Result<()> {
         let Some(tx) = &self.tx else { return Ok(()) };
         let (ack, done) = oneshot::channel();
-        tx.send((row, ack))
-            .await
-            .map_err(|_| Error::Internal("activity log writer stopped".into()))?;
+        telemetry::activity_queued(1);
+        tx.send((row, ack)).await.map_err(|_| {
+            telemetry::activity_queued(-1);
+            Error::Internal("activity log writer stopped".into())
+        })?;
         done.await
             .map_err(|_| Error::Internal("activity log writer stopped".into()))?
             .map_err(|e| {

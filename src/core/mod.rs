@@ -16,6 +16,7 @@ pub mod naver;
 pub mod nhn;
 mod reconcile;
 mod scheduler;
+mod stats;
 mod tokens;
 mod types;
 

@@ -2,6 +2,7 @@
 //! deletion waiting period is over.
 
 use crate::store::KeyRepo;
+use crate::telemetry::store as telemetry;
 use std::time::Duration;
 
 use super::accounts::now;
@@ -141,6 +142,7 @@ impl Engine {
     /// next pass would not redo it): a failure is logged.
     async fn record_scheduled(&self, row: super::ActivityRecord) {
         if let Err(e) = self.record_activity(row).await {
+            telemetry::activity_dropped();
             tracing::warn!(error = %e, "cannot record scheduled work");
         }
     }
@@ -153,9 +155,14 @@ pub fn spawn_scheduler(engine: Engine, interval: Duration) -> tokio::task::JoinH
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            match engine.run_due_work().await {
+            let res = engine.run_due_work().await;
+            telemetry::scheduler_pass(telemetry::Scheduler::KeyLifecycle, res.is_ok());
+            match res {
                 Ok((0, 0)) => {}
-                Ok((r, d)) => tracing::info!(rotated = r, destroyed = d, "scheduler pass"),
+                Ok((r, d)) => {
+                    telemetry::scheduler_items(r, d);
+                    tracing::info!(rotated = r, destroyed = d, "scheduler pass")
+                }
                 Err(e) => tracing::warn!(error = %e, "scheduler pass failed"),
             }
         }

@@ -7,6 +7,7 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use sha2::{Digest, Sha256};
 
 use super::{Hsm, HsmError, MechanismPath, OpClass, Result, SessionRef};
+use crate::telemetry::token::Call;
 
 /// A signature scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +71,11 @@ impl SessionRef<'_> {
         match self.paths().rsa_oaep_sha256 {
             MechanismPath::Token => {
                 let h = self.handle(id, ObjectClass::PUBLIC_KEY)?;
-                Ok(self.raw().encrypt(&oaep(), h, data)?)
+                Ok(
+                    self.call(Call::Encrypt, Some(MechanismType::RSA_PKCS_OAEP), |s| {
+                        s.encrypt(&oaep(), h, data)
+                    })?,
+                )
             }
             MechanismPath::Outside => {
                 let key = self.rsa_public_key(id)?;
@@ -101,26 +106,31 @@ impl SessionRef<'_> {
             e => e.into(),
         };
         match self.paths().rsa_oaep_sha256 {
-            MechanismPath::Token => match self.raw().decrypt(&oaep(), h, data) {
-                Ok(v) => Ok(v),
-                // Kryoptic 1.5 answers a ciphertext whose OAEP decoding fails
-                // with CKR_DEVICE_ERROR at C_Decrypt (its OpenSSL error mapped
-                // as is). The session still answering tells that from a lost
-                // token, which fails C_GetSessionInfo too and is repaired.
-                Err(CkError::Pkcs11(
-                    RvError::DeviceError,
-                    cryptoki::context::Function::Decrypt,
-                )) if self.raw().get_session_info().is_ok() => Err(HsmError::DecryptFailed),
-                Err(e) => Err(decrypt_failed(e)),
-            },
+            MechanismPath::Token => {
+                match self.call(Call::Decrypt, Some(MechanismType::RSA_PKCS_OAEP), |s| {
+                    s.decrypt(&oaep(), h, data)
+                }) {
+                    Ok(v) => Ok(v),
+                    // Kryoptic 1.5 answers a ciphertext whose OAEP decoding fails
+                    // with CKR_DEVICE_ERROR at C_Decrypt (its OpenSSL error mapped
+                    // as is). The session still answering tells that from a lost
+                    // token, which fails C_GetSessionInfo too and is repaired.
+                    Err(CkError::Pkcs11(
+                        RvError::DeviceError,
+                        cryptoki::context::Function::Decrypt,
+                    )) if self.raw().get_session_info().is_ok() => Err(HsmError::DecryptFailed),
+                    Err(e) => Err(decrypt_failed(e)),
+                }
+            }
             MechanismPath::Outside => {
                 if data.len() != RSA_MODULUS_LEN {
                     return Err(HsmError::DecryptFailed);
                 }
                 let em = zeroize::Zeroizing::new(
-                    self.raw()
-                        .decrypt(&Mechanism::RsaX509, h, data)
-                        .map_err(decrypt_failed)?,
+                    self.call(Call::Decrypt, Some(MechanismType::RSA_X_509), |s| {
+                        s.decrypt(&Mechanism::RsaX509, h, data)
+                    })
+                    .map_err(decrypt_failed)?,
                 );
                 oaep_sha256_decode(&em, RSA_MODULUS_LEN).ok_or(HsmError::DecryptFailed)
             }
@@ -131,10 +141,9 @@ impl SessionRef<'_> {
     fn rsa_public_key(&self, id: &[u8]) -> Result<rsa::RsaPublicKey> {
         let h = self.handle(id, ObjectClass::PUBLIC_KEY)?;
         let (mut n, mut e) = (None, None);
-        for a in self
-            .raw()
-            .get_attributes(h, &[AttributeType::Modulus, AttributeType::PublicExponent])?
-        {
+        for a in self.call(Call::GetAttributeValue, None, |s| {
+            s.get_attributes(h, &[AttributeType::Modulus, AttributeType::PublicExponent])
+        })? {
             match a {
                 Attribute::Modulus(v) => n = Some(v),
                 Attribute::PublicExponent(v) => e = Some(v),
@@ -155,20 +164,36 @@ impl SessionRef<'_> {
     pub fn sign(&self, id: &[u8], alg: SignAlg, data: &[u8]) -> Result<Vec<u8>> {
         let h = self.handle(id, ObjectClass::PRIVATE_KEY)?;
         match alg {
-            SignAlg::RsaPkcs1Sha256 => Ok(self.raw().sign(&Mechanism::Sha256RsaPkcs, h, data)?),
-            SignAlg::RsaPssSha256 => Ok(self.raw().sign(&pss(), h, data)?),
+            SignAlg::RsaPkcs1Sha256 => Ok(self.call(
+                Call::Sign,
+                Some(MechanismType::SHA256_RSA_PKCS),
+                |s| s.sign(&Mechanism::Sha256RsaPkcs, h, data),
+            )?),
+            SignAlg::RsaPssSha256 => Ok(self.call(
+                Call::Sign,
+                Some(MechanismType::SHA256_RSA_PKCS_PSS),
+                |s| s.sign(&pss(), h, data),
+            )?),
             SignAlg::RsaPkcs1Raw => {
                 if data.len() > RSA_RAW_SIGN_MAX {
                     return Err(HsmError::DataLength);
                 }
-                Ok(self.raw().sign(&Mechanism::RsaPkcs, h, data)?)
+                Ok(self.call(Call::Sign, Some(MechanismType::RSA_PKCS), |s| {
+                    s.sign(&Mechanism::RsaPkcs, h, data)
+                })?)
             }
             SignAlg::EcdsaP256Sha256 => {
                 let raw = match self.paths().ecdsa_sha256 {
-                    MechanismPath::Token => self.raw().sign(&Mechanism::EcdsaSha256, h, data)?,
+                    MechanismPath::Token => {
+                        self.call(Call::Sign, Some(MechanismType::ECDSA_SHA256), |s| {
+                            s.sign(&Mechanism::EcdsaSha256, h, data)
+                        })?
+                    }
                     MechanismPath::Outside => {
                         let digest = Sha256::digest(data);
-                        self.raw().sign(&Mechanism::Ecdsa, h, &digest)?
+                        self.call(Call::Sign, Some(MechanismType::ECDSA), |s| {
+                            s.sign(&Mechanism::Ecdsa, h, &digest)
+                        })?
                     }
                 };
                 ecdsa_raw_to_der(&raw)
@@ -182,22 +207,33 @@ impl SessionRef<'_> {
         let h = self.handle(id, ObjectClass::PUBLIC_KEY)?;
         let res = match alg {
             SignAlg::RsaPkcs1Sha256 => {
-                self.raw()
-                    .verify(&Mechanism::Sha256RsaPkcs, h, data, signature)
+                self.call(Call::Verify, Some(MechanismType::SHA256_RSA_PKCS), |s| {
+                    s.verify(&Mechanism::Sha256RsaPkcs, h, data, signature)
+                })
             }
-            SignAlg::RsaPssSha256 => self.raw().verify(&pss(), h, data, signature),
-            SignAlg::RsaPkcs1Raw => self.raw().verify(&Mechanism::RsaPkcs, h, data, signature),
+            SignAlg::RsaPssSha256 => self.call(
+                Call::Verify,
+                Some(MechanismType::SHA256_RSA_PKCS_PSS),
+                |s| s.verify(&pss(), h, data, signature),
+            ),
+            SignAlg::RsaPkcs1Raw => self.call(Call::Verify, Some(MechanismType::RSA_PKCS), |s| {
+                s.verify(&Mechanism::RsaPkcs, h, data, signature)
+            }),
             SignAlg::EcdsaP256Sha256 => {
                 let Some(raw) = ecdsa_der_to_raw(signature) else {
                     return Ok(false);
                 };
                 match self.paths().ecdsa_sha256 {
                     MechanismPath::Token => {
-                        self.raw().verify(&Mechanism::EcdsaSha256, h, data, &raw)
+                        self.call(Call::Verify, Some(MechanismType::ECDSA_SHA256), |s| {
+                            s.verify(&Mechanism::EcdsaSha256, h, data, &raw)
+                        })
                     }
                     MechanismPath::Outside => {
                         let digest = Sha256::digest(data);
-                        self.raw().verify(&Mechanism::Ecdsa, h, &digest, &raw)
+                        self.call(Call::Verify, Some(MechanismType::ECDSA), |s| {
+                            s.verify(&Mechanism::Ecdsa, h, &digest, &raw)
+                        })
                     }
                 }
             }
@@ -218,15 +254,17 @@ impl SessionRef<'_> {
     pub fn public_key_spki(&self, id: &[u8]) -> Result<Vec<u8>> {
         use p256::pkcs8::EncodePublicKey as _;
         let h = self.handle(id, ObjectClass::PUBLIC_KEY)?;
-        let attrs = self.raw().get_attributes(
-            h,
-            &[
-                AttributeType::KeyType,
-                AttributeType::Modulus,
-                AttributeType::PublicExponent,
-                AttributeType::EcPoint,
-            ],
-        )?;
+        let attrs = self.call(Call::GetAttributeValue, None, |s| {
+            s.get_attributes(
+                h,
+                &[
+                    AttributeType::KeyType,
+                    AttributeType::Modulus,
+                    AttributeType::PublicExponent,
+                    AttributeType::EcPoint,
+                ],
+            )
+        })?;
         let (mut n, mut e, mut point) = (None, None, None);
         for a in attrs {
             match a {

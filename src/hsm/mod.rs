@@ -40,12 +40,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use cryptoki::context::Pkcs11;
+use cryptoki::mechanism::MechanismType;
 use cryptoki::object::{ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 use secrecy::SecretString;
 use tokio::sync::Semaphore;
 
+use crate::telemetry::token::{self as token_metrics, Call};
 use recovery::Module;
 
 /// Result type of the HSM layer.
@@ -205,6 +207,15 @@ impl Hsm {
         let sym = cfg.symmetric_concurrency.clamp(1, 1 << 20);
         let asym = cfg.asymmetric_concurrency.clamp(1, 1 << 20);
         metrics::gauge!("hsm_kms_hsm_ready").set(1.0);
+        // Present from the start, at 0: rate() and alerts see them before
+        // the first event.
+        for c in [
+            "hsm_kms_hsm_recoveries_total",
+            "hsm_kms_hsm_late_view_reinits_total",
+            "hsm_kms_hsm_retries_total",
+        ] {
+            metrics::counter!(c).increment(0);
+        }
         let workers = match cfg.dispatch {
             Dispatch::Workers => Some(
                 workers::Workers::start(sym, asym)
@@ -302,9 +313,17 @@ impl Hsm {
         T: Send + 'static,
         F: Fn(&SessionRef<'_>) -> Result<T> + Send + Sync + 'static,
     {
-        let (sem, label) = match class {
-            OpClass::Symmetric => (&self.inner.symmetric, "symmetric"),
-            OpClass::Asymmetric => (&self.inner.asymmetric, "asymmetric"),
+        let (sem, label, lane) = match class {
+            OpClass::Symmetric => (
+                &self.inner.symmetric,
+                "symmetric",
+                token_metrics::Lane::Symmetric,
+            ),
+            OpClass::Asymmetric => (
+                &self.inner.asymmetric,
+                "asymmetric",
+                token_metrics::Lane::Asymmetric,
+            ),
         };
         // Operators (and tests) see how much token work requests cause.
         metrics::counter!(counter, "class" => label).increment(1);
@@ -326,9 +345,11 @@ impl Hsm {
             let out = match &self.inner.workers {
                 Some(w) => {
                     let (tx, rx) = tokio::sync::oneshot::channel();
+                    let queued = std::time::Instant::now();
                     w.submit(
                         class,
                         Box::new(move || {
+                            token_metrics::queue_wait(lane, queued.elapsed());
                             let out = hsm.attempt(&*f, fresh);
                             // The port is dropped here, before the caller
                             // hears back: the last clone must not go on a
@@ -342,10 +363,17 @@ impl Hsm {
                         .map_err(|_| HsmError::Worker("a token worker panicked".into()))?
                 }
                 None => {
-                    let _permit = sem
-                        .acquire()
-                        .await
-                        .map_err(|e| HsmError::Worker(e.to_string()))?;
+                    let queued = std::time::Instant::now();
+                    let _permit = match sem.try_acquire() {
+                        Ok(p) => p,
+                        Err(_) => {
+                            token_metrics::permit_waited(lane);
+                            sem.acquire()
+                                .await
+                                .map_err(|e| HsmError::Worker(e.to_string()))?
+                        }
+                    };
+                    token_metrics::queue_wait(lane, queued.elapsed());
                     tokio::task::spawn_blocking(move || hsm.attempt(&*f, fresh))
                         .await
                         .map_err(|e| HsmError::Worker(e.to_string()))?
@@ -411,8 +439,12 @@ impl Hsm {
         // if no fault ended the handle map's epoch meanwhile.
         let epoch = self.inner.handles.epoch();
         let module = self.module()?;
+        let waited = std::time::Instant::now();
         let pooled = match module.checkout(&self.inner.cfg, fresh) {
-            Ok(s) => s,
+            Ok(s) => {
+                token_metrics::session_wait(waited.elapsed());
+                s
+            }
             Err(e) => {
                 if e.fault() == Some(Fault::Device) {
                     self.device_fault(module.generation, &e);
@@ -420,6 +452,7 @@ impl Hsm {
                 return Err(e);
             }
         };
+        let _in_use = token_metrics::SessionInUse::start();
         let logins = recovery::logins();
         let session = &pooled.session;
         let sref = SessionRef {
@@ -463,6 +496,14 @@ impl Hsm {
             HsmError::ObjectNotFound if self.late_view(module.generation) => HsmError::LateView,
             e => e,
         };
+        if let Some(fault) = err.fault() {
+            token_metrics::fault(match fault {
+                Fault::Session => 0,
+                Fault::Login => 1,
+                Fault::Handle => 2,
+                Fault::Device => 3,
+            });
+        }
         match err.fault() {
             None => module.checkin(pooled, self.inner.max_sessions),
             Some(Fault::Session) => {
@@ -631,6 +672,25 @@ impl SessionRef<'_> {
         self.session
     }
 
+    /// One PKCS#11 call `f` on this session: timed in
+    /// `hsm_kms_pkcs11_call_duration_seconds` (function `call`, mechanism
+    /// `mech`) and, when the token refuses it, counted by return code in
+    /// `hsm_kms_pkcs11_errors_total`.
+    pub(crate) fn call<T>(
+        &self,
+        call: Call,
+        mech: Option<MechanismType>,
+        f: impl FnOnce(&Session) -> cryptoki::error::Result<T>,
+    ) -> cryptoki::error::Result<T> {
+        let start = std::time::Instant::now();
+        let out = f(self.session);
+        token_metrics::observe_call(call, mech, start.elapsed());
+        if let Err(e) = &out {
+            token_metrics::pkcs11_error(e);
+        }
+        out
+    }
+
     /// The handle of the object with `CKA_ID = id` (a data object: label
     /// `id`) and class `class`, from the handle map. The token is searched
     /// only when the map cannot answer: once in all to refill a map a fault
@@ -642,6 +702,7 @@ impl SessionRef<'_> {
         let key = (id.to_vec(), u64::from(*class));
         let map = &self.hsm.inner.handles;
         let (mut found, complete) = map.get(&key);
+        token_metrics::handle_lookup(found.is_some());
         if found.is_none() && !complete {
             self.rebuild_handles()?;
             found = map.get(&key).0;
@@ -680,15 +741,15 @@ impl SessionRef<'_> {
         template: &[cryptoki::object::Attribute],
     ) -> Result<Vec<ObjectHandle>> {
         self.hsm.inner.handles.count_find(false);
-        Ok(self.session.find_objects(template)?)
+        Ok(self.call(Call::FindObjects, None, |s| s.find_objects(template))?)
     }
 
     /// `C_FindObjects` over every token object, counted.
     pub(crate) fn enumerate(&self) -> Result<Vec<ObjectHandle>> {
         self.hsm.inner.handles.count_find(true);
-        Ok(self
-            .session
-            .find_objects(&[cryptoki::object::Attribute::Token(true)])?)
+        Ok(self.call(Call::FindObjects, None, |s| {
+            s.find_objects(&[cryptoki::object::Attribute::Token(true)])
+        })?)
     }
 
     /// Refills an incomplete handle map from one enumeration; threads that
@@ -722,7 +783,9 @@ impl SessionRef<'_> {
     /// Random bytes from the token's generator.
     pub fn random(&self, len: usize) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
-        self.session.generate_random_slice(&mut buf)?;
+        self.call(Call::GenerateRandom, None, |s| {
+            s.generate_random_slice(&mut buf)
+        })?;
         Ok(buf)
     }
 }

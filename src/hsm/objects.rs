@@ -5,6 +5,7 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 
 use super::handles::HandleKey;
 use super::{Hsm, HsmError, OpClass, Result, SessionRef};
+use crate::telemetry::token::Call;
 
 /// Sessions (threads) that read the attributes of a large token's objects
 /// at once during an enumeration.
@@ -189,7 +190,7 @@ impl SessionRef<'_> {
     pub fn destroy_id(&self, id: &[u8]) -> Result<usize> {
         let handles = self.find_by_id(id)?;
         for h in &handles {
-            self.raw().destroy_object(*h)?;
+            self.call(Call::DestroyObject, None, |s| s.destroy_object(*h))?;
         }
         self.hsm.forget(id);
         Ok(handles.len())
@@ -288,7 +289,9 @@ impl SessionRef<'_> {
     /// Reads `CKA_VALUE` of an extractable secret key (export policy only).
     pub fn secret_value(&self, id: &[u8]) -> Result<Vec<u8>> {
         let h = self.handle(id, ObjectClass::SECRET_KEY)?;
-        for a in self.raw().get_attributes(h, &[AttributeType::Value])? {
+        for a in self.call(Call::GetAttributeValue, None, |s| {
+            s.get_attributes(h, &[AttributeType::Value])
+        })? {
             if let Attribute::Value(v) = a {
                 return Ok(v);
             }

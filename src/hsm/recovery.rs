@@ -23,6 +23,7 @@ use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 
 use super::{find_slot, Hsm, HsmConfig, HsmError, Result};
+use crate::telemetry::token as token_metrics;
 
 /// First pause between two failed re-initialisations; it doubles up to
 /// `hsm.recovery_backoff_max_ms`.
@@ -158,7 +159,7 @@ impl Module {
         let opened = (|| {
             let (slot, token_label) = find_slot(&ctx, cfg)?;
             let session = ctx.open_rw_session(slot)?;
-            login(&session, cfg)?;
+            login_as(&session, cfg, token_metrics::Login::Open)?;
             Ok::<_, HsmError>((slot, token_label, session))
         })();
         match opened {
@@ -187,12 +188,18 @@ impl Module {
     /// An idle session, or a new logged-in one when `fresh` or none is idle.
     pub(super) fn checkout(&self, cfg: &HsmConfig, fresh: bool) -> Result<PooledSession> {
         if !fresh {
-            if let Some(s) = self.lock_idle().pop() {
+            let mut idle = self.lock_idle();
+            if let Some(s) = idle.pop() {
+                token_metrics::sessions_idle(idle.len());
                 return Ok(s);
             }
         }
         let epoch = self.epoch.load(Ordering::Acquire);
-        let s = self.ctx.open_rw_session(self.slot)?;
+        let s = self
+            .ctx
+            .open_rw_session(self.slot)
+            .inspect_err(token_metrics::pkcs11_error)?;
+        token_metrics::session_opened();
         // Sessions share the application's login, but that login is gone
         // when every session was closed (C_CloseAllSessions): log in when
         // needed, cheaply when already done.
@@ -213,6 +220,7 @@ impl Module {
         if idle.len() < max {
             idle.push(p);
         }
+        token_metrics::sessions_idle(idle.len());
     }
 
     /// After a session-class fault: no session opened before it is pooled
@@ -223,6 +231,7 @@ impl Module {
         for p in std::mem::take(&mut *self.lock_idle()) {
             forget(p.session);
         }
+        token_metrics::sessions_idle(0);
     }
 
     fn retire(&self) {
@@ -230,6 +239,7 @@ impl Module {
         for p in std::mem::take(&mut *self.lock_idle()) {
             forget(p.session);
         }
+        token_metrics::sessions_idle(0);
     }
 }
 
@@ -265,15 +275,25 @@ pub(super) fn logins() -> u64 {
     LOGINS.load(Ordering::Acquire)
 }
 
-/// `C_Login` as the user; an application already logged in is fine.
+/// `C_Login` as the user to repair a lost login; an application already
+/// logged in is fine.
 pub(super) fn login(session: &Session, cfg: &HsmConfig) -> Result<()> {
+    login_as(session, cfg, token_metrics::Login::Relogin)
+}
+
+/// `C_Login` as the user, counted in `hsm_kms_hsm_logins_total{reason}`.
+fn login_as(session: &Session, cfg: &HsmConfig, why: token_metrics::Login) -> Result<()> {
     match session.login(UserType::User, Some(&cfg.pin)) {
         Ok(()) => {
             LOGINS.fetch_add(1, Ordering::AcqRel);
+            token_metrics::login(why);
             Ok(())
         }
         Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
-        Err(e) => Err(HsmError::Login(e)),
+        Err(e) => {
+            token_metrics::pkcs11_error(&e);
+            Err(HsmError::Login(e))
+        }
     }
 }
 

@@ -1,10 +1,11 @@
 //! AES-GCM and HMAC-SHA-256 inside the token.
 
 use cryptoki::mechanism::aead::GcmParams;
-use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::ObjectClass;
 
 use super::{Hsm, OpClass, Result, SessionRef};
+use crate::telemetry::token::Call;
 
 /// Length of the GCM nonce.
 pub const GCM_IV_LEN: usize = 12;
@@ -46,7 +47,9 @@ impl SessionRef<'_> {
             None => {
                 let mut iv = [0u8; GCM_IV_LEN];
                 match self.hsm.inner.cfg.gcm_iv_source {
-                    IvSource::Token => self.raw().generate_random_slice(&mut iv)?,
+                    IvSource::Token => self.call(Call::GenerateRandom, None, |s| {
+                        s.generate_random_slice(&mut iv)
+                    })?,
                     IvSource::Host => {
                         use rand::RngCore as _;
                         rand::rngs::OsRng
@@ -59,8 +62,9 @@ impl SessionRef<'_> {
         };
         let ct = {
             let params = GcmParams::new(&mut iv, aad, ((GCM_TAG_LEN * 8) as u64).into())?;
-            self.raw()
-                .encrypt(&Mechanism::AesGcm(params), h, plaintext)?
+            self.call(Call::Encrypt, Some(MechanismType::AES_GCM), |s| {
+                s.encrypt(&Mechanism::AesGcm(params), h, plaintext)
+            })?
         };
         let mut out = Vec::with_capacity(GCM_IV_LEN + ct.len());
         out.extend_from_slice(&iv);
@@ -77,10 +81,9 @@ impl SessionRef<'_> {
         let mut iv = [0u8; GCM_IV_LEN];
         iv.copy_from_slice(&blob[..GCM_IV_LEN]);
         let params = GcmParams::new(&mut iv, aad, ((GCM_TAG_LEN * 8) as u64).into())?;
-        match self
-            .raw()
-            .decrypt(&Mechanism::AesGcm(params), h, &blob[GCM_IV_LEN..])
-        {
+        match self.call(Call::Decrypt, Some(MechanismType::AES_GCM), |s| {
+            s.decrypt(&Mechanism::AesGcm(params), h, &blob[GCM_IV_LEN..])
+        }) {
             Ok(pt) => Ok(pt),
             // SoftHSM answers a bad tag with CKR_FUNCTION_FAILED,
             // CKR_ENCRYPTED_DATA_INVALID or (2.6.1, one-shot C_Decrypt)
@@ -100,7 +103,11 @@ impl SessionRef<'_> {
     /// HMAC-SHA-256 with a generic secret key in the token.
     pub fn hmac_sha256(&self, id: &[u8], data: &[u8]) -> Result<Vec<u8>> {
         let h = self.handle(id, ObjectClass::SECRET_KEY)?;
-        Ok(self.raw().sign(&Mechanism::Sha256Hmac, h, data)?)
+        Ok(
+            self.call(Call::Sign, Some(MechanismType::SHA256_HMAC), |s| {
+                s.sign(&Mechanism::Sha256Hmac, h, data)
+            })?,
+        )
     }
 }
 

@@ -2,10 +2,11 @@
 //! private, sensitive, not modifiable and (unless an export policy says
 //! otherwise) not extractable, with usage flags only for its purpose.
 
-use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, KeyType, ObjectClass};
 
 use super::{HsmError, OpClass, Result, SessionRef};
+use crate::telemetry::token::Call;
 
 /// DER encoding of the OID of NIST P-256 (prime256v1), for `CKA_EC_PARAMS`.
 pub(crate) const P256_OID_DER: [u8; 10] =
@@ -118,12 +119,13 @@ impl SessionRef<'_> {
 
     /// Generates a key (or pair) with `CKA_ID = id` and `CKA_LABEL = label`.
     pub fn generate(&self, spec: KeySpec, label: &str, id: &[u8]) -> Result<()> {
-        let s = self.raw();
         match spec {
             KeySpec::Aes256 { extractable } => {
                 let mut t = private_common(label, id, extractable);
                 t.extend(aes256_usage());
-                let h = s.generate_key(&Mechanism::AesKeyGen, &t)?;
+                let h = self.call(Call::GenerateKey, Some(MechanismType::AES_KEY_GEN), |s| {
+                    s.generate_key(&Mechanism::AesKeyGen, &t)
+                })?;
                 self.remember(id, &[(ObjectClass::SECRET_KEY, h)]);
             }
             KeySpec::HmacSha256 => {
@@ -140,7 +142,11 @@ impl SessionRef<'_> {
                     Attribute::Unwrap(false),
                     Attribute::Derive(false),
                 ]);
-                let h = s.generate_key(&Mechanism::GenericSecretKeyGen, &t)?;
+                let h = self.call(
+                    Call::GenerateKey,
+                    Some(MechanismType::GENERIC_SECRET_KEY_GEN),
+                    |s| s.generate_key(&Mechanism::GenericSecretKeyGen, &t),
+                )?;
                 self.remember(id, &[(ObjectClass::SECRET_KEY, h)]);
             }
             KeySpec::Rsa2048 { usage, extractable } => {
@@ -165,8 +171,11 @@ impl SessionRef<'_> {
                     Attribute::Unwrap(false),
                     Attribute::Derive(false),
                 ]);
-                let (pb, pv) =
-                    s.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)?;
+                let (pb, pv) = self.call(
+                    Call::GenerateKeyPair,
+                    Some(MechanismType::RSA_PKCS_KEY_PAIR_GEN),
+                    |s| s.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private),
+                )?;
                 self.remember(
                     id,
                     &[
@@ -198,7 +207,11 @@ impl SessionRef<'_> {
                     Attribute::Unwrap(false),
                     Attribute::Derive(false),
                 ]);
-                let (pb, pv) = s.generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)?;
+                let (pb, pv) = self.call(
+                    Call::GenerateKeyPair,
+                    Some(MechanismType::ECC_KEY_PAIR_GEN),
+                    |s| s.generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private),
+                )?;
                 self.remember(
                     id,
                     &[
@@ -242,7 +255,7 @@ impl super::Hsm {
                 Attribute::Application(b"hsm-kms".to_vec()),
                 Attribute::Value(value.clone()),
             ];
-            let h = s.raw().create_object(&t)?;
+            let h = s.call(Call::CreateObject, None, |s| s.create_object(&t))?;
             // A data object's id is its label.
             s.remember(label.as_bytes(), &[(ObjectClass::DATA, h)]);
             Ok(())

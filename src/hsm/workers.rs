@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use super::OpClass;
+use crate::telemetry::token::{self as token_metrics, Lane as TokenLane};
 
 /// One queued token call; it reports its result itself (a oneshot channel).
 pub(super) type Job = Box<dyn FnOnce() + Send>;
@@ -36,6 +37,8 @@ struct Lane {
 struct LaneState {
     jobs: VecDeque<Job>,
     closed: bool,
+    /// Workers waiting for a job.
+    idle: usize,
 }
 
 /// The worker threads of both classes.
@@ -56,6 +59,7 @@ impl Workers {
                 queue: Mutex::new(LaneState {
                     jobs: VecDeque::new(),
                     closed: false,
+                    idle: 0,
                 }),
                 ready: Condvar::new(),
                 workers: workers.max(1),
@@ -66,16 +70,16 @@ impl Workers {
             asymmetric: lane(asym),
             gate,
         };
-        for (lane, n, name) in [
-            (&w.symmetric, sym, "hsm-sym"),
-            (&w.asymmetric, asym, "hsm-asym"),
+        for (lane, n, name, class) in [
+            (&w.symmetric, sym, "hsm-sym", TokenLane::Symmetric),
+            (&w.asymmetric, asym, "hsm-asym", TokenLane::Asymmetric),
         ] {
             for i in 0..n.max(1) {
                 let lane = lane.clone();
                 let gate = w.gate.clone();
                 std::thread::Builder::new()
                     .name(format!("{name}-{i}"))
-                    .spawn(move || work(&lane, &gate))?;
+                    .spawn(move || work(&lane, &gate, class))?;
             }
         }
         Ok(w)
@@ -83,12 +87,18 @@ impl Workers {
 
     /// Queues `job` on the lane of `class`.
     pub(super) fn submit(&self, class: OpClass, job: Job) {
-        let lane = match class {
-            OpClass::Symmetric => &self.symmetric,
-            OpClass::Asymmetric => &self.asymmetric,
+        let (lane, label) = match class {
+            OpClass::Symmetric => (&self.symmetric, TokenLane::Symmetric),
+            OpClass::Asymmetric => (&self.asymmetric, TokenLane::Asymmetric),
         };
         let mut q = lane.queue.lock().unwrap_or_else(|p| p.into_inner());
         q.jobs.push_back(job);
+        // More jobs queued than workers waiting: this one waits for a busy
+        // worker (a concurrency permit).
+        if q.jobs.len() > q.idle {
+            token_metrics::permit_waited(label);
+        }
+        token_metrics::queue_depth(label, q.jobs.len());
         drop(q);
         lane.ready.notify_one();
     }
@@ -110,7 +120,7 @@ impl Drop for Workers {
     }
 }
 
-fn work(lane: &Lane, gate: &RwLock<()>) {
+fn work(lane: &Lane, gate: &RwLock<()>, class: TokenLane) {
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
     loop {
         {
@@ -119,16 +129,19 @@ fn work(lane: &Lane, gate: &RwLock<()>) {
                 if q.closed {
                     return;
                 }
+                q.idle += 1;
                 q = lane.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+                q.idle -= 1;
             }
             let n = q.jobs.len().div_ceil(lane.workers).min(BATCH);
             batch.extend(q.jobs.drain(..n));
+            token_metrics::queue_depth(class, q.jobs.len());
             // Jobs left behind: let another idle worker take them now.
             if !q.jobs.is_empty() {
                 lane.ready.notify_one();
             }
         }
-        metrics::histogram!("hsm_kms_hsm_batch_size").record(batch.len() as f64);
+        token_metrics::worker_batch(batch.len());
         for job in batch.drain(..) {
             let _g = gate.read().unwrap_or_else(|p| p.into_inner());
             // A panicking job drops its result channel (the caller sees a

@@ -12,12 +12,20 @@
 
 /// Runs `$body` with `$db` bound to the store's engine (`SqliteDb` or
 /// `PgDb`, both with a `pool` field and `begin_write()`): the same code,
-/// compiled once per engine.
+/// compiled once per engine. Timed in
+/// `hsm_kms_store_call_duration_seconds{repo, engine}` (`repo`: the calling
+/// module of `store/`).
 macro_rules! on_db {
     ($store:expr, $db:ident => $body:expr) => {
         match &$store.db {
-            $crate::store::Db::Sqlite($db) => $body,
-            $crate::store::Db::Postgres($db) => $body,
+            $crate::store::Db::Sqlite($db) => {
+                let _timed = $crate::telemetry::store::StoreCall::start(module_path!(), 0);
+                $body
+            }
+            $crate::store::Db::Postgres($db) => {
+                let _timed = $crate::telemetry::store::StoreCall::start(module_path!(), 1);
+                $body
+            }
         }
     };
 }
@@ -32,6 +40,7 @@ mod nodes;
 mod postgres;
 mod repo;
 mod sqlite;
+mod stats;
 
 pub use accounts::{AccessKeyRow, AccountRow};
 pub use audit::{AuditRecordRow, AuditTx, ChainTail, CheckpointRow};
@@ -78,8 +87,12 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
+        use crate::telemetry::store::{store_error, StoreErrorKind};
         if db_unavailable(&e) {
             sqlite::note_fault();
+            store_error(StoreErrorKind::Unavailable);
+        } else if !matches!(e, sqlx::Error::RowNotFound) {
+            store_error(StoreErrorKind::Other);
         }
         StoreError::Db(e)
     }
@@ -126,7 +139,10 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 fn map_unique(e: sqlx::Error) -> StoreError {
     match &e {
-        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict,
+        sqlx::Error::Database(d) if d.is_unique_violation() => {
+            crate::telemetry::store::store_error(crate::telemetry::store::StoreErrorKind::Conflict);
+            StoreError::Conflict
+        }
         _ => StoreError::from(e),
     }
 }

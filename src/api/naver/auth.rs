@@ -14,6 +14,7 @@ use crate::api::auth::ncp::{
 };
 use crate::api::AppState;
 use crate::core::{Error, TokenAuth, TokenKind};
+use crate::telemetry::security::{auth_failure, AuthFailure};
 
 /// Header of token auth.
 pub const OCAPI_TOKEN: &str = "x-ncp-ocapi-token";
@@ -99,7 +100,18 @@ pub async fn verify_signature(
     state: &AppState,
     version: SignatureVersion,
 ) -> Result<AccountAuth, NaverError> {
-    let fail = |e: SignatureError| NaverError::unauthenticated(e.to_string());
+    let fail = |e: SignatureError| {
+        auth_failure(match e {
+            SignatureError::MissingHeader(_) => AuthFailure::MissingCredentials,
+            SignatureError::BadTimestamp | SignatureError::Expired(_) => {
+                AuthFailure::StaleTimestamp
+            }
+            SignatureError::UnknownAccessKey => AuthFailure::UnknownAccessKey,
+            SignatureError::UnknownApiKey => AuthFailure::UnknownApiKey,
+            SignatureError::Mismatch => AuthFailure::BadSignature,
+        });
+        NaverError::unauthenticated(e.to_string())
+    };
     let signed = SignedRequest::from_headers(&parts.headers, version).map_err(fail)?;
     signed
         .check_timestamp(crate::core::now_ms(), state.config.signature_window_secs)
@@ -156,14 +168,22 @@ async fn verify_token(
         .headers
         .get(OCAPI_TOKEN)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| NaverError::unauthenticated(format!("missing header {OCAPI_TOKEN}")))?;
+        .ok_or_else(|| {
+            auth_failure(AuthFailure::MissingCredentials);
+            NaverError::unauthenticated(format!("missing header {OCAPI_TOKEN}"))
+        })?;
     let tag = super::key_tag_in(parts.uri.path())
         .ok_or_else(|| NaverError::bad_request("no key tag in the path"))?;
     let ip = request_ip(parts, state);
     let auth = state
         .engine
         .authenticate_token(token, kind, tag, ip)
-        .await?;
+        .await
+        .inspect_err(|e| match e {
+            Error::Unauthenticated(_) => auth_failure(AuthFailure::BadToken),
+            Error::Forbidden(_) => auth_failure(AuthFailure::Acl),
+            _ => {}
+        })?;
     if let Some(s) = parts.extensions.get::<ActivitySlot>() {
         s.set_caller(auth.account_id, "TOKEN", &auth.token_id, ip);
         resolve_logged_key(parts, state, s).await?;
@@ -198,6 +218,7 @@ fn check_replay(
     ) {
         Ok(()) => Ok(()),
         Err(e @ ReplayError::Replayed) => {
+            auth_failure(AuthFailure::Replay);
             tracing::warn!(
                 access_key = %access_key_hint(signed.access_key),
                 "replayed signature refused"

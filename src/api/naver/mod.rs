@@ -93,6 +93,7 @@ impl QuotaGate {
         let details = match self.limiter.check_n(&self.tag, n) {
             Ok(()) => return Ok(()),
             Err(Some(wait)) => {
+                crate::telemetry::security::quota_refused("naver", &self.tag);
                 let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
                 *self.retry_after.lock().unwrap_or_else(|p| p.into_inner()) = Some(secs);
                 format!(
@@ -100,9 +101,12 @@ impl QuotaGate {
                     self.limiter.rps
                 )
             }
-            Err(None) => format!(
-                "a batch of {n} items is more than this key's burst allows; send fewer items"
-            ),
+            Err(None) => {
+                crate::telemetry::security::quota_refused("naver", &self.tag);
+                format!(
+                    "a batch of {n} items is more than this key's burst allows; send fewer items"
+                )
+            }
         };
         Err(NaverError {
             status: StatusCode::TOO_MANY_REQUESTS,

@@ -24,6 +24,7 @@ use super::AppState;
 use crate::api::auth::nhn::{client_of, user_access_key};
 use crate::core::nhn::{appkey_fingerprint, AuthFactor, NhnCall, NhnClient, NhnProject};
 use crate::core::Error;
+use crate::telemetry::security::{auth_failure, AuthFailure};
 
 /// Builds the NHN routes, each call recorded in the chained activity log
 /// ([`audit::record`]).
@@ -66,6 +67,7 @@ impl NhnError {
     /// -1102, 401: a call that needs a User Access Key came without the
     /// `X-TC-AUTHENTICATION-ID` / `X-TC-AUTHENTICATION-SECRET` headers.
     pub fn user_access_key_required(call: NhnCall) -> Self {
+        auth_failure(AuthFailure::UserAccessKeyMissing);
         let what = match call {
             NhnCall::Management => "management calls",
             NhnCall::Data => "every call",
@@ -121,6 +123,14 @@ impl From<Error> for NhnError {
     fn from(e: Error) -> Self {
         use StatusCode as S;
         let d = e.to_string();
+        match &e {
+            Error::NotFound("appkey") => auth_failure(AuthFailure::UnknownAppkey),
+            Error::Unauthenticated(_) => auth_failure(AuthFailure::BadUserAccessKey),
+            Error::KeyStoreAuth(AuthFactor::Ipv4) => auth_failure(AuthFailure::Ipv4),
+            Error::KeyStoreAuth(AuthFactor::Mac) => auth_failure(AuthFailure::Mac),
+            Error::KeyStoreAuth(AuthFactor::Certificate) => auth_failure(AuthFailure::Certificate),
+            _ => {}
+        }
         match &e {
             Error::InvalidInput(_) => {
                 Self::new(S::BAD_REQUEST, -1000, "Invalid Request Parameter", d)
