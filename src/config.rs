@@ -371,6 +371,12 @@ pub struct NaverConfig {
     /// Most signatures the replay guard holds at once (each until its
     /// timestamp leaves the window); when full, guarded calls answer 503.
     pub replay_guard_max_entries: usize,
+    /// Where the replay guard records accepted signatures: `store`
+    /// (default: in this node's memory and in the metadata store, so that
+    /// every node sharing the store refuses a replay) or `node` (memory
+    /// only: no store write per guarded call, and a replay sent to another
+    /// node is served).
+    pub replay_guard_scope: String,
 }
 
 impl Default for NaverConfig {
@@ -381,6 +387,7 @@ impl Default for NaverConfig {
             token_hour_secs: 3600,
             replay_guard: "management".into(),
             replay_guard_max_entries: 100_000,
+            replay_guard_scope: "store".into(),
         }
     }
 }
@@ -397,6 +404,17 @@ impl NaverConfig {
                 self.replay_guard
             ))
         })
+    }
+
+    /// `replay_guard_scope` parsed: `true` for `store` (shared by the nodes).
+    pub fn replay_shared(&self) -> Result<bool, ConfigError> {
+        match self.replay_guard_scope.as_str() {
+            "store" => Ok(true),
+            "node" => Ok(false),
+            other => Err(ConfigError::Invalid(format!(
+                "naver.replay_guard_scope {other:?}: use store or node"
+            ))),
+        }
     }
 }
 
@@ -477,6 +495,7 @@ impl Config {
             )));
         }
         self.naver.replay_mode()?;
+        self.naver.replay_shared()?;
         if self.naver.replay_guard_max_entries == 0 {
             return Err(ConfigError::Invalid(
                 "naver.replay_guard_max_entries must be at least 1 (use replay_guard = \"off\" to turn the guard off)".into(),

@@ -83,6 +83,9 @@ impl Engine {
         if let Err(e) = self.store().prune_changes(CHANGES_KEPT).await {
             tracing::warn!(error = %e, "cannot prune the change log");
         }
+        if let Err(e) = self.prune_signatures(now()).await {
+            tracing::warn!(error = %e, "cannot prune the replay guard's signatures");
+        }
         Ok((rotated, destroyed))
     }
 }

@@ -285,6 +285,21 @@ pub trait NaverRepo {
 
     /// Revokes an API key.
     fn revoke_api_key(&self, api_key: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Records one use of an NCP signature (the replay guard's digest of
+    /// access key, timestamp and signature) until `expires_at`, in one
+    /// statement: `true` when no live record of it exists (none, or one
+    /// expired by `now`), `false` when one does: the signature was already
+    /// used, on this node or another.
+    fn claim_signature(
+        &self,
+        digest: &[u8],
+        expires_at: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Deletes the signature records expired by `now`.
+    fn prune_signatures(&self, now: i64) -> impl Future<Output = Result<u64>> + Send;
 }
 
 /// NHN Secure Key Manager projects, appkeys, User Access Keys, key stores,

@@ -6,6 +6,7 @@
 //! (`ENABLE`, `DISABLE`, `REVOKE`, `DELETED`).
 
 mod keys;
+mod signatures;
 
 use super::{Error, KeyType, Result};
 

@@ -19,6 +19,9 @@ use crate::store::{NewKey, NhnKeyRow, StoreError};
 /// Waiting period between a deletion request and the destruction: 7 days.
 pub const KEY_DELETION_WAIT_MS: i64 = 7 * DAY_MS;
 const DAY_MS: i64 = 24 * 3600 * 1000;
+/// The highest version an NHN ciphertext or signature can name (its
+/// framing holds the version in 4 bytes).
+const NHN_VERSION_MAX: i64 = u32::MAX as i64;
 /// Longest automatic-rotation period, days.
 const ROTATION_MAX_DAYS: i64 = 3650;
 
@@ -226,6 +229,34 @@ impl Engine {
         }
         self.nhn_record_key_access(v.entry.key.id);
         Ok(v)
+    }
+
+    /// [`Engine::nhn_usable_key`] for a call that names version `n` (a
+    /// ciphertext's, a signature's, a query's). As for NAVER
+    /// ([`Engine::owned_key_naming`]): another node may have made version
+    /// `n` after this process cached the key, and its client may bring the
+    /// ciphertext here at once; when the cached entry does not hold `n`
+    /// ([`KeyEntry::names_unseen`]), the key is read from the store again,
+    /// once, before the call is judged. NHN keys rotate without a bound, so
+    /// the bound is the framing's (a 4-byte version): a client naming a
+    /// version the key does not have costs one store read, as naming a key
+    /// that does not exist does.
+    pub async fn nhn_usable_key_naming(
+        &self,
+        project: &NhnProject,
+        uid: &str,
+        want: NhnKeyType,
+        client: Option<&NhnClient>,
+        n: Option<i64>,
+    ) -> Result<NhnKeyView> {
+        let v = self.nhn_usable_key(project, uid, want, client).await?;
+        match n {
+            Some(n) if v.entry.names_unseen(n, NHN_VERSION_MAX) => {
+                self.nhn_forget_key(uid);
+                self.nhn_usable_key(project, uid, want, client).await
+            }
+            _ => Ok(v),
+        }
     }
 
     /// Creates a key in a key store of the project. `secret` is the value of
