@@ -463,16 +463,13 @@ async fn nhn_version_made_on_another_node_is_served_at_once() {
 
     // A's scheduler rotates both.
     let db = site.db().await;
-    let r = sqlx::query(
-        "UPDATE nhn_keys SET next_rotation_at = $1 \
-         WHERE key_id IN (SELECT id FROM keys WHERE uid = $2 OR uid = $3)",
-    )
-    .bind(common::now_ms() - 1000)
-    .bind(sym.as_str())
-    .bind(asym.as_str())
-    .execute(&db)
-    .await
-    .unwrap();
+    let r = sqlx::query("UPDATE keys SET next_rotation_at = $1 WHERE uid = $2 OR uid = $3")
+        .bind(common::now_ms() - 1000)
+        .bind(sym.as_str())
+        .bind(asym.as_str())
+        .execute(&db)
+        .await
+        .unwrap();
     assert_eq!(r.rows_affected(), 2);
     db.close().await;
     let t0 = Instant::now();

@@ -31,7 +31,7 @@ pub use tokens::{
     parse_rule, Lifetime, TokenAuth, TokenKind, TokenSet, DEFAULT_ACCESS_HOURS,
     DEFAULT_REFRESH_HOURS,
 };
-pub use types::{KeyStatus, VersionState};
+pub use types::{Dialect, KeyStatus, VersionState};
 
 use crate::store::{InstallationRepo, KeyRepo};
 use std::sync::atomic::AtomicI64;

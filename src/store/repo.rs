@@ -418,13 +418,6 @@ pub trait NhnRepo {
     /// The NHN side of a key.
     fn nhn_key(&self, key_id: i64) -> impl Future<Output = Result<Option<NhnKeyRow>>> + Send;
 
-    /// Sets the next rotation time of an NHN key.
-    fn nhn_set_next_rotation(
-        &self,
-        key_id: i64,
-        at: Option<i64>,
-    ) -> impl Future<Output = Result<()>> + Send;
-
     /// Records who changed a key last.
     fn nhn_touch_key_change(
         &self,
@@ -438,9 +431,6 @@ pub trait NhnRepo {
         keys: &[(i64, i64)],
         creds: &[(i64, i64)],
     ) -> impl Future<Output = Result<()>> + Send;
-
-    /// NHN keys with automatic rotation due at `now` (enabled keys only).
-    fn nhn_keys_due_for_rotation(&self, now: i64) -> impl Future<Output = Result<Vec<i64>>> + Send;
 
     /// Uids of the keys of a key store that are not destroyed, filtered, in
     /// creation order, with the total count.
