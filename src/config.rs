@@ -393,6 +393,12 @@ pub struct NaverConfig {
     /// default) or `pkcs1` (RSASSA-PKCS1-v1_5, hsm-kms's scheme before).
     /// Verify accepts both either way.
     pub rsa_signature: String,
+    /// Where the replay guard records accepted signatures: `store`
+    /// (default: in this node's memory and in the metadata store, so that
+    /// every node sharing the store refuses a replay) or `node` (memory
+    /// only: no store write per guarded call, and a replay sent to another
+    /// node is served).
+    pub replay_guard_scope: String,
 }
 
 impl Default for NaverConfig {
@@ -405,6 +411,7 @@ impl Default for NaverConfig {
             replay_guard: "management".into(),
             replay_guard_max_entries: 100_000,
             rsa_signature: "pss".into(),
+            replay_guard_scope: "store".into(),
         }
     }
 }
@@ -465,6 +472,17 @@ impl NaverConfig {
                 self.replay_guard
             ))
         })
+    }
+
+    /// `replay_guard_scope` parsed: `true` for `store` (shared by the nodes).
+    pub fn replay_shared(&self) -> Result<bool, ConfigError> {
+        match self.replay_guard_scope.as_str() {
+            "store" => Ok(true),
+            "node" => Ok(false),
+            other => Err(ConfigError::Invalid(format!(
+                "naver.replay_guard_scope {other:?}: use store or node"
+            ))),
+        }
     }
 }
 
@@ -553,6 +571,7 @@ impl Config {
         self.naver.rsa_signature()?;
         self.naver.region()?;
         self.naver.base_url()?;
+        self.naver.replay_shared()?;
         if self.naver.replay_guard_max_entries == 0 {
             return Err(ConfigError::Invalid(
                 "naver.replay_guard_max_entries must be at least 1 (use replay_guard = \"off\" to turn the guard off)".into(),

@@ -173,11 +173,14 @@ pub async fn start(
         .rate_limit
         .quota()?
         .and_then(|(rps, burst)| crate::api::ratelimit::KeyRateLimiter::new(rps, burst));
-    let replay_guard = Arc::new(crate::api::naver::ReplayGuard::new(
-        cfg.naver.replay_mode()?,
-        cfg.naver.signature_window_secs,
-        cfg.naver.replay_guard_max_entries,
-    ));
+    let replay_guard = Arc::new(
+        crate::api::naver::ReplayGuard::new(
+            cfg.naver.replay_mode()?,
+            cfg.naver.signature_window_secs,
+            cfg.naver.replay_guard_max_entries,
+        )
+        .shared(cfg.naver.replay_shared()?),
+    );
     let api = ApiConfig {
         replay_guard,
         rate_limit,

@@ -745,7 +745,7 @@ async fn nhn_admin_and_scheduler_records_join_the_chain() {
     for sql in [
         format!("UPDATE keys SET next_rotation_at = 1 WHERE uid = '{naver_tag}'"),
         format!("UPDATE keys SET destroy_at = 1 WHERE uid = '{doomed}'"),
-        "UPDATE nhn_keys SET next_rotation_at = 1".to_string(),
+        "UPDATE keys SET next_rotation_at = 1 WHERE dialect = 'nhn'".to_string(),
         "UPDATE nhn_credentials SET deletion_at = 1 WHERE status = 'deleting'".to_string(),
     ] {
         let r = sqlx::query(&sql).execute(&db).await.unwrap();

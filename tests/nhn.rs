@@ -600,11 +600,15 @@ async fn symmetric_encrypt_decrypt_local_key_and_rotation() {
         1,
         "not due yet"
     );
-    kms.engine
-        .store()
-        .nhn_set_next_rotation(e.key.id, Some(common::now_ms() - 1000))
+    // One rotation schedule for both dialects: the key row's.
+    let db = kms.db().await;
+    sqlx::query("UPDATE keys SET next_rotation_at = $1 WHERE id = $2")
+        .bind(common::now_ms() - 1000)
+        .bind(e.key.id)
+        .execute(&db)
         .await
         .unwrap();
+    db.close().await;
     let (rotated, _) = kms.engine.run_due_work().await.unwrap();
     assert_eq!(rotated, 1);
     let r = call(&kms, &p, "POST", &enc, Some(json!({"plaintext": "v2"}))).await;

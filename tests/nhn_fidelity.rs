@@ -126,7 +126,7 @@ async fn key_version_zero_is_the_current_version() {
     .await;
     // A second version of each, by the scheduler.
     let db = kms.db().await;
-    sqlx::query("UPDATE nhn_keys SET next_rotation_at = 1")
+    sqlx::query("UPDATE keys SET next_rotation_at = 1 WHERE dialect = 'nhn'")
         .execute(&db)
         .await
         .unwrap();

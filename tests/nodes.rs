@@ -359,6 +359,226 @@ async fn nhn_credential_change_on_one_node_applies_on_the_other() {
     .await;
 }
 
+/// Issue 11: an NHN ciphertext or signature made on node A with a version
+/// A just created is served by node B at once, although B cached the key
+/// before that version existed (NAVER's counterpart is
+/// `tests/cluster.rs` `a_version_made_on_another_node_is_served_at_once`).
+/// B's change log poll is set to an hour, so only the reread can help.
+/// Failed on the old code: B answered 404 "key version not found" to the
+/// version-2 ciphertext and signature.
+#[tokio::test]
+async fn nhn_version_made_on_another_node_is_served_at_once() {
+    let mut site = Site::init();
+    site.admin(&["admin", "nhn", "create-project", "p"]);
+    let appkey = field(
+        &site
+            .admin(&["admin", "nhn", "create-appkey", "--project", "p"])
+            .0,
+        "appkey",
+    );
+    let out = site
+        .admin(&["admin", "nhn", "create-user-access-key", "--project", "p"])
+        .0;
+    let uak = (
+        field(&out, "user_access_key"),
+        field(&out, "secret_access_key"),
+    );
+    site.admin(&[
+        "admin",
+        "nhn",
+        "create-key-store",
+        "--project",
+        "p",
+        "--name",
+        "app",
+    ]);
+    let a = site
+        .serve(&[("HSM_KMS_SERVER_SCHEDULER_INTERVAL_SECS", "1")])
+        .await;
+    let b = site
+        .serve(&[
+            ("HSM_KMS_SERVER_SCHEDULER_INTERVAL_SECS", "3600"),
+            ("HSM_KMS_STORE_CHANGE_POLL_MS", "3600000"),
+        ])
+        .await;
+    let call = |server: &Server, method: &str, suffix: &str, body: Value| {
+        let h = vec![
+            ("X-TC-AUTHENTICATION-ID".to_string(), uak.0.clone()),
+            ("X-TC-AUTHENTICATION-SECRET".to_string(), uak.1.clone()),
+        ];
+        let path = format!("/keymanager/v1.2/appkey/{appkey}{suffix}");
+        let (client, url) = (server.client.clone(), server.url.clone());
+        let method = method.to_string();
+        async move {
+            let r = send(
+                &client,
+                &url,
+                &method,
+                &path,
+                &h,
+                Some(body.to_string().into_bytes()),
+            )
+            .await;
+            assert!(
+                r.status == 200 && r.body["header"]["isSuccessful"] == true,
+                "{method} {path}: {} {}",
+                r.status,
+                r.body
+            );
+            r.body["body"].clone()
+        }
+    };
+    let mut keys = Vec::new();
+    for kind in ["symmetric-keys", "asymmetric-keys"] {
+        let r = call(
+            &a,
+            "POST",
+            &format!("/keys/{kind}/create"),
+            json!({"keyStoreName": "app", "name": kind, "autoRotationPeriod": 30}),
+        )
+        .await;
+        keys.push(r["keyId"].as_str().unwrap().to_string());
+    }
+    let (sym, asym) = (&keys[0], &keys[1]);
+
+    // B reads both keys once: its cache holds them with version 1.
+    let ct1 = call(
+        &b,
+        "POST",
+        &format!("/symmetric-keys/{sym}/encrypt"),
+        json!({"plaintext": "one"}),
+    )
+    .await["ciphertext"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sig1 = call(
+        &b,
+        "POST",
+        &format!("/asymmetric-keys/{asym}/sign"),
+        json!({"plaintext": "doc"}),
+    )
+    .await;
+    assert_eq!(sig1["keyVersion"], 1);
+
+    // A's scheduler rotates both.
+    let db = site.db().await;
+    let r = sqlx::query("UPDATE keys SET next_rotation_at = $1 WHERE uid = $2 OR uid = $3")
+        .bind(common::now_ms() - 1000)
+        .bind(sym.as_str())
+        .bind(asym.as_str())
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(r.rows_affected(), 2);
+    db.close().await;
+    let t0 = Instant::now();
+    for tag in [sym, asym] {
+        while version_rows(&site, tag).await.len() < 2
+            || version_rows(&site, tag)
+                .await
+                .iter()
+                .any(|v| v.1 != "active")
+        {
+            assert!(t0.elapsed() < Duration::from_secs(30), "no rotation on A");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // A uses version 2.
+    let enc = call(
+        &a,
+        "POST",
+        &format!("/symmetric-keys/{sym}/encrypt"),
+        json!({"plaintext": "two"}),
+    )
+    .await;
+    assert_eq!(enc["keyVersion"], 2, "{enc}");
+    let ct2 = enc["ciphertext"].as_str().unwrap().to_string();
+    let sig2 = call(
+        &a,
+        "POST",
+        &format!("/asymmetric-keys/{asym}/sign"),
+        json!({"plaintext": "doc"}),
+    )
+    .await;
+    assert_eq!(sig2["keyVersion"], 2, "{sig2}");
+
+    // B serves version 2 at once, and version 1 still.
+    for (ct, pt, version) in [(&ct2, "two", 2), (&ct1, "one", 1)] {
+        let r = call(
+            &b,
+            "POST",
+            &format!("/symmetric-keys/{sym}/decrypt"),
+            json!({"ciphertext": ct}),
+        )
+        .await;
+        assert_eq!(r["plaintext"], pt);
+        assert_eq!(r["keyVersion"], version);
+    }
+    let r = call(
+        &b,
+        "POST",
+        &format!("/asymmetric-keys/{asym}/verify"),
+        json!({"plaintext": "doc", "signature": sig2["signature"]}),
+    )
+    .await;
+    assert_eq!(r["result"], true, "{r}");
+    assert_eq!(r["keyVersion"], 2, "{r}");
+}
+
+/// Issue 11: the NAVER replay guard is shared by the nodes of one store
+/// (`naver.replay_guard_scope = "store"`, the default): a signed management
+/// call that node A served is refused (401) when the same request is sent
+/// to node B, and to A. With `"node"` (node C) the guard is the process's
+/// own and C serves it. Failed on the old code: B served the replay (200).
+#[tokio::test]
+async fn a_replay_to_another_node_is_refused() {
+    let mut site = Site::init();
+    let a = site.serve(&[]).await;
+    let b = site.serve(&[]).await;
+    let c = site
+        .serve(&[("HSM_KMS_NAVER_REPLAY_GUARD_SCOPE", "node")])
+        .await;
+    let tag = create_key(&a, "replayed", "AES256", json!({})).await;
+    let path = format!("/kms/v1/keys/{tag}/memo");
+    let h = Kms::signed_headers(
+        &site.access_key,
+        &site.secret_key,
+        "PUT",
+        &path,
+        &fresh_ts(),
+    );
+    let put = |server: &Server, memo: &str| {
+        let (client, url, h, path) = (
+            server.client.clone(),
+            server.url.clone(),
+            h.clone(),
+            path.clone(),
+        );
+        let body = json!({"memo": memo}).to_string().into_bytes();
+        async move { send(&client, &url, "PUT", &path, &h, Some(body)).await }
+    };
+    assert_eq!(put(&a, "first").await.ok()["memo"], "first");
+    for (node, server) in [("B", &b), ("A", &a)] {
+        let r = put(server, "replayed").await;
+        assert_eq!(r.status, 401, "the replay to {node} was served: {}", r.body);
+        assert_eq!(r.body["error"]["errorCode"], "200", "{}", r.body);
+        assert!(
+            r.body["error"]["details"]
+                .as_str()
+                .is_some_and(|d| d.contains("replay")),
+            "{}",
+            r.body
+        );
+    }
+    let r = a.call("GET", &format!("/kms/v1/keys/{tag}"), None).await;
+    assert_eq!(r.ok()["memo"], "first", "a refused replay changed nothing");
+    // A node whose guard is its own serves it (the documented cost of
+    // "node").
+    assert_eq!(put(&c, "third").await.ok()["memo"], "third");
+}
+
 /// The version numbers and states of a key, from the store.
 async fn version_rows(site: &Site, tag: &str) -> Vec<(i64, String, Vec<u8>)> {
     let db = site.db().await;

@@ -54,11 +54,9 @@ impl Default for ApiConfig {
             body_limit: 1024 * 1024,
             rate_limit: None,
             max_batch_items: 100,
-            replay_guard: Arc::new(naver::ReplayGuard::new(
-                naver::ReplayMode::Management,
-                300,
-                100_000,
-            )),
+            replay_guard: Arc::new(
+                naver::ReplayGuard::new(naver::ReplayMode::Management, 300, 100_000).shared(true),
+            ),
             lean_requests: true,
             access_log: true,
         }

@@ -120,6 +120,18 @@ pub(crate) struct VersionLimit {
 /// the pending row, after the token objects, after the activation.
 pub(crate) type VersionFaults = [&'static str; 3];
 
+/// When a key's next automatic rotation falls if it gets a version now:
+/// its period (days) from now while automatic rotation is on, else `None`
+/// (the stored time is kept). Both dialects' rotations, manual or
+/// scheduled, pass it to the activation of the new version.
+pub(crate) fn next_rotation(key: &KeyRow) -> Option<i64> {
+    if key.is_auto_rotation {
+        key.rotation_period.map(|d| now_ms() + d * DAY_MS)
+    } else {
+        None
+    }
+}
+
 /// Marks a key for destruction `wait_ms` from now (a dialect's waiting
 /// period): it stops working at once, and the deletion scheduler destroys
 /// it then; the status it had is kept for the record. Returns the

@@ -35,7 +35,7 @@ pub use tokens::{
     parse_rule, Lifetime, TokenAuth, TokenKind, TokenSet, DEFAULT_ACCESS_HOURS,
     DEFAULT_REFRESH_HOURS,
 };
-pub use types::{KeyStatus, VersionState};
+pub use types::{Dialect, KeyStatus, VersionState};
 
 use crate::store::{InstallationRepo, KeyRepo};
 use std::sync::atomic::AtomicI64;
@@ -202,6 +202,24 @@ impl KeyEntry {
             .iter()
             .rev()
             .find(|v| v.state == VersionState::Active)
+    }
+
+    /// Whether a call naming version `n` (a ciphertext's, a signature's, a
+    /// query's) must read the key again before it is judged: this entry
+    /// does not hold `n` past its creation (absent, or still `pending` when
+    /// it was read), and `n` could still be a version another node made
+    /// since: at most `max`, and newer than every version the entry holds
+    /// (versions are numbered in order, so one missing below the newest was
+    /// never made, unless it was pending when read). Both dialects' crypto
+    /// decide here.
+    pub fn names_unseen(&self, n: i64, max: i64) -> bool {
+        if !(1..=max).contains(&n) {
+            return false;
+        }
+        match self.versions.iter().find(|v| v.version == n) {
+            Some(v) => v.state == VersionState::Pending,
+            None => self.versions.iter().all(|v| v.version < n),
+        }
     }
 
     /// A given version if it is active.
@@ -531,10 +549,10 @@ impl Engine {
     /// ciphertext's or a signature's). Another node may have made that
     /// version after this process cached the key, and its client may bring
     /// the ciphertext here at once: when the cached entry does not hold
-    /// version `n` past its creation (absent, or still `pending` when it was
-    /// read), the key is read from the store again, once, before the call is
-    /// judged. Versions outside 1 to 100 are judged on the cached entry,
-    /// so a client cannot make every request read the store.
+    /// version `n` past its creation ([`KeyEntry::names_unseen`]), the key
+    /// is read from the store again, once, before the call is judged.
+    /// Versions outside 1 to 100, or below the newest the entry holds, are
+    /// judged on the cached entry.
     pub async fn owned_key_naming(
         &self,
         account_id: i64,
@@ -542,11 +560,7 @@ impl Engine {
         n: i64,
     ) -> Result<Arc<KeyEntry>> {
         let e = self.owned_key(account_id, uid).await?;
-        let known = e
-            .versions
-            .iter()
-            .any(|v| v.version == n && v.state != VersionState::Pending);
-        if known || !(1..=MAX_VERSIONS).contains(&n) {
+        if !e.names_unseen(n, MAX_VERSIONS) {
             return Ok(e);
         }
         self.invalidate(uid);

@@ -6,7 +6,7 @@ use crate::telemetry::store as telemetry;
 use std::time::Duration;
 
 use super::accounts::now;
-use super::Engine;
+use super::{Dialect, Engine};
 
 /// How long a claimed automatic rotation waits before any node may try it
 /// again when the claiming node died or failed before rotating.
@@ -48,15 +48,28 @@ impl Engine {
                 continue;
             };
             self.invalidate(&key.uid);
-            let entry = super::KeyEntry { key, versions };
-            match self.rotate_entry(&entry).await {
-                Ok(after) => {
+            // One schedule, each dialect's rotation.
+            let (done, action) = match key.dialect {
+                Dialect::Naver => {
+                    let entry = super::KeyEntry {
+                        key: key.clone(),
+                        versions,
+                    };
+                    let after = self.rotate_entry(&entry).await;
+                    (after.map(|a| a.current().map(|v| v.version)), "RotateKey")
+                }
+                Dialect::Nhn => (
+                    self.nhn_rotate_scheduled(&key).await.map(Some),
+                    "NhnRotateKey",
+                ),
+            };
+            match done {
+                Ok(v) => {
                     rotated += 1;
-                    let v = after.current().map(|v| v.version);
-                    self.record_system(&entry.key, v, "RotateKey").await;
+                    self.record_system(&key, v, action).await;
                 }
                 Err(e) => {
-                    tracing::warn!(key = %entry.key.uid, error = %e, "automatic rotation failed")
+                    tracing::warn!(key = %key.uid, error = %e, "automatic rotation failed")
                 }
             }
         }
@@ -77,12 +90,15 @@ impl Engine {
                 }
             }
         }
-        rotated += self.nhn_run_due_work(t).await?;
+        self.nhn_run_due_work(t).await?;
         // Access keys revoked by the admin CLI (another process) apply from
         // the next pass on; the secrets are decrypted again on first use.
         self.forget_cached_secrets();
         if let Err(e) = self.store().prune_changes(CHANGES_KEPT).await {
             tracing::warn!(error = %e, "cannot prune the change log");
+        }
+        if let Err(e) = self.prune_signatures(now()).await {
+            tracing::warn!(error = %e, "cannot prune the replay guard's signatures");
         }
         Ok((rotated, destroyed))
     }

@@ -74,3 +74,34 @@ impl KeyStatus {
         }
     }
 }
+
+/// The dialect whose rules a key follows. Both dialects' keys live in one
+/// table and one lifecycle; the dialect decides the name's uniqueness
+/// (NAVER names are unique in the account, NHN names may repeat), the
+/// version limit and what an automatic rotation makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// NAVER Cloud KMS.
+    Naver,
+    /// NHN Cloud Secure Key Manager.
+    Nhn,
+}
+
+impl Dialect {
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::Naver => "naver",
+            Dialect::Nhn => "nhn",
+        }
+    }
+
+    /// Parses the stored text; anything unknown reads as `Naver` (the
+    /// dialect of every key written before the column existed).
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "nhn" => Dialect::Nhn,
+            _ => Dialect::Naver,
+        }
+    }
+}

@@ -2,12 +2,19 @@
 
 use super::{map_unique, now_ms, KeyRepo, Result, Store, StoreError};
 use super::{InstallationRepo, NhnRepo};
-use crate::core::{KeyStatus, VersionState};
+use crate::core::{Dialect, KeyStatus, VersionState};
 
 /// The store's text for a key status (`keys.status`).
 impl From<String> for KeyStatus {
     fn from(s: String) -> Self {
         KeyStatus::parse(&s)
+    }
+}
+
+/// The store's text for a key's dialect (`keys.dialect`).
+impl From<String> for Dialect {
+    fn from(s: String) -> Self {
+        Dialect::parse(&s)
     }
 }
 
@@ -27,8 +34,12 @@ pub struct KeyRow {
     pub uid: String,
     /// Owning account.
     pub account_id: i64,
-    /// Name, unique in the account.
+    /// Name: a NAVER key's is unique in the account, an NHN key's may
+    /// repeat.
     pub name: String,
+    /// The dialect whose rules the key follows.
+    #[sqlx(try_from = "String")]
+    pub dialect: Dialect,
     /// `AES256`, `RSA2048` or `ECDSA`.
     pub key_type: String,
     /// Status (stored as `ENABLE`, `DISABLE`, `REVOKE` or `DELETED`).
@@ -102,6 +113,8 @@ pub struct NewKey {
     pub account_id: i64,
     /// Name.
     pub name: String,
+    /// The dialect whose rules the key follows.
+    pub dialect: Dialect,
     /// Key type.
     pub key_type: String,
     /// Memo.
@@ -118,7 +131,7 @@ pub struct NewKey {
     pub next_rotation_at: Option<i64>,
 }
 
-const KEY_COLS: &str = "id, uid, account_id, name, key_type, status, memo, protection_type, is_convergent, is_auto_rotation, rotation_period, next_rotation_at, destroy_at, status_before_delete, status_at, created_at, updated_at, revision";
+const KEY_COLS: &str = "id, uid, account_id, name, dialect, key_type, status, memo, protection_type, is_convergent, is_auto_rotation, rotation_period, next_rotation_at, destroy_at, status_before_delete, status_at, created_at, updated_at, revision";
 
 /// One key version as an attestation report describes it: the version, its
 /// key, the key's owner and, for NHN keys, the key store.
@@ -213,8 +226,8 @@ impl KeyRepo for Store {
             let (type_name, type_cap) = caps.of_type.unwrap_or(("", i64::MAX));
             let mut tx = db.begin_write().await?;
             let key_id: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO keys (uid, account_id, name, key_type, status, memo, protection_type, is_convergent, is_auto_rotation, rotation_period, next_rotation_at, status_at, created_at, updated_at)
-                 SELECT $1, $2, $3, $4, 'ENABLE', $5, $6, $7, $8, $9, $10, $11, $12, $13
+                "INSERT INTO keys (uid, account_id, name, key_type, status, memo, protection_type, is_convergent, is_auto_rotation, rotation_period, next_rotation_at, status_at, created_at, updated_at, dialect)
+                 SELECT $1, $2, $3, $4, 'ENABLE', $5, $6, $7, $8, $9, $10, $11, $12, $13, $17
                  WHERE (SELECT COUNT(*) FROM keys WHERE account_id = $2 AND status <> 'DELETED') < $14
                    AND ($15 = '' OR (SELECT COUNT(*) FROM keys WHERE account_id = $2 AND status <> 'DELETED' AND key_type = $15) < $16)
              RETURNING id",
@@ -235,6 +248,7 @@ impl KeyRepo for Store {
             .bind(caps.per_account)
             .bind(type_name)
             .bind(type_cap)
+            .bind(key.dialect.as_str())
             .fetch_optional(&mut *tx)
             .await
             .map_err(map_unique)?;

@@ -308,6 +308,34 @@ impl NaverRepo for Store {
             Ok(r.rows_affected() == 1)
         })
     }
+
+    async fn claim_signature(&self, digest: &[u8], expires_at: i64, now: i64) -> Result<bool> {
+        // One statement, atomic on both engines: a new digest is inserted,
+        // an expired record taken over, a live one left alone (0 rows).
+        on_db!(self, db => {
+            let r = sqlx::query(
+                "INSERT INTO used_signatures (digest, expires_at) VALUES ($1, $2)
+                 ON CONFLICT (digest) DO UPDATE SET expires_at = excluded.expires_at
+                 WHERE used_signatures.expires_at < $3",
+            )
+            .bind(digest)
+            .bind(expires_at)
+            .bind(now)
+            .execute(&db.pool)
+            .await?;
+            Ok(r.rows_affected() == 1)
+        })
+    }
+
+    async fn prune_signatures(&self, now: i64) -> Result<u64> {
+        on_db!(self, db => {
+            let r = sqlx::query("DELETE FROM used_signatures WHERE expires_at < $1")
+                .bind(now)
+                .execute(&db.pool)
+                .await?;
+            Ok(r.rows_affected())
+        })
+    }
 }
 
 impl ActivitySink for Store {

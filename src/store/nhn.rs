@@ -66,18 +66,12 @@ pub struct NhnKeyRow {
     pub key_id: i64,
     /// Key store.
     pub key_store_id: i64,
-    /// Name.
-    pub name: String,
     /// Description.
     pub description: String,
     /// `SECRET`, `SYMMETRIC_KEY` or `ASYMMETRIC_KEY`.
     pub nhn_type: String,
     /// Versions are created extractable.
     pub extractable: bool,
-    /// Days between automatic rotations, 0 = off.
-    pub auto_rotation_period: i64,
-    /// Next automatic rotation, ms.
-    pub next_rotation_at: Option<i64>,
     /// Last use, ms.
     pub last_access_at: Option<i64>,
     /// Creator.
@@ -148,7 +142,7 @@ pub struct NewCredential {
 
 const PROJECT_COLS: &str = "id, name, account_id, require_user_access_key, require_user_access_key_on_data, ca_cka_id, ca_cert, created_at";
 const STORE_COLS: &str = "id, project_id, name, description, ip4_auth_use, mac_auth_use, certificate_auth_use, allow_export, creation_user, created_at, last_change_user, updated_at";
-const NHN_KEY_COLS: &str = "key_id, key_store_id, name, description, nhn_type, extractable, auto_rotation_period, next_rotation_at, last_access_at, creation_user, last_change_user";
+const NHN_KEY_COLS: &str = "key_id, key_store_id, description, nhn_type, extractable, last_access_at, creation_user, last_change_user";
 const CRED_COLS: &str = "id, key_store_id, kind, value, description, status, deletion_at, last_access_at, cert_sha256, cert_der, expires_at, p12_ct, creation_user, created_at, last_change_user, updated_at";
 
 impl NhnRepo for Store {
@@ -513,16 +507,13 @@ impl NhnRepo for Store {
     async fn nhn_insert_key(&self, k: &NhnKeyRow) -> Result<()> {
         on_db!(self, db => {
             sqlx::query(&format!(
-                "INSERT INTO nhn_keys ({NHN_KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                "INSERT INTO nhn_keys ({NHN_KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
             ))
             .bind(k.key_id)
             .bind(k.key_store_id)
-            .bind(&k.name)
             .bind(&k.description)
             .bind(&k.nhn_type)
             .bind(k.extractable)
-            .bind(k.auto_rotation_period)
-            .bind(k.next_rotation_at)
             .bind(k.last_access_at)
             .bind(&k.creation_user)
             .bind(&k.last_change_user)
@@ -541,17 +532,6 @@ impl NhnRepo for Store {
             .bind(key_id)
             .fetch_optional(&db.pool)
             .await?)
-        })
-    }
-
-    async fn nhn_set_next_rotation(&self, key_id: i64, at: Option<i64>) -> Result<()> {
-        on_db!(self, db => {
-            sqlx::query("UPDATE nhn_keys SET next_rotation_at = $1 WHERE key_id = $2")
-                .bind(at)
-                .bind(key_id)
-                .execute(&db.pool)
-                .await?;
-            Ok(())
         })
     }
 
@@ -593,18 +573,6 @@ impl NhnRepo for Store {
         })
     }
 
-    async fn nhn_keys_due_for_rotation(&self, now: i64) -> Result<Vec<i64>> {
-        on_db!(self, db => {
-            Ok(sqlx::query_scalar(
-                "SELECT n.key_id FROM nhn_keys n JOIN keys k ON k.id = n.key_id
-                 WHERE n.auto_rotation_period > 0 AND n.next_rotation_at IS NOT NULL AND n.next_rotation_at <= $1 AND k.status = 'ENABLE'",
-            )
-            .bind(now)
-            .fetch_all(&db.pool)
-            .await?)
-        })
-    }
-
     async fn nhn_list_keys(
         &self,
         key_store_id: i64,
@@ -619,7 +587,7 @@ impl NhnRepo for Store {
             let from = format!(
                 "FROM nhn_keys n JOIN keys k ON k.id = n.key_id
                  WHERE n.key_store_id = $1 AND k.status <> 'DELETED'
-                   AND ($2 IS NULL OR n.nhn_type = $2) AND ($3 IS NULL OR {}(n.name, $3) > 0){status}",
+                   AND ($2 IS NULL OR n.nhn_type = $2) AND ($3 IS NULL OR {}(k.name, $3) > 0){status}",
                 db.position()
             );
             let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) {from}"))

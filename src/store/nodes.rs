@@ -308,23 +308,6 @@ impl Store {
         })
     }
 
-    /// [`Store::claim_rotation`] for an NHN key's rotation schedule.
-    pub async fn nhn_claim_rotation(&self, key_id: i64, now: i64, retry_at: i64) -> Result<bool> {
-        on_db!(self, db => {
-            let r = sqlx::query(
-                "UPDATE nhn_keys SET next_rotation_at = $1
-                 WHERE key_id = $2 AND auto_rotation_period > 0
-                   AND next_rotation_at IS NOT NULL AND next_rotation_at <= $3",
-            )
-            .bind(retry_at)
-            .bind(key_id)
-            .bind(now)
-            .execute(&db.pool)
-            .await?;
-            Ok(r.rows_affected() == 1)
-        })
-    }
-
     /// A listener on the change notifications (PostgreSQL), `None` on SQLite.
     pub async fn change_listener(&self) -> Result<Option<ChangeListener>> {
         match &self.db {

@@ -285,6 +285,21 @@ pub trait NaverRepo {
 
     /// Revokes an API key.
     fn revoke_api_key(&self, api_key: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Records one use of an NCP signature (the replay guard's digest of
+    /// access key, timestamp and signature) until `expires_at`, in one
+    /// statement: `true` when no live record of it exists (none, or one
+    /// expired by `now`), `false` when one does: the signature was already
+    /// used, on this node or another.
+    fn claim_signature(
+        &self,
+        digest: &[u8],
+        expires_at: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Deletes the signature records expired by `now`.
+    fn prune_signatures(&self, now: i64) -> impl Future<Output = Result<u64>> + Send;
 }
 
 /// NHN Secure Key Manager projects, appkeys, User Access Keys, key stores,
@@ -412,13 +427,6 @@ pub trait NhnRepo {
     /// The NHN side of a key.
     fn nhn_key(&self, key_id: i64) -> impl Future<Output = Result<Option<NhnKeyRow>>> + Send;
 
-    /// Sets the next rotation time of an NHN key.
-    fn nhn_set_next_rotation(
-        &self,
-        key_id: i64,
-        at: Option<i64>,
-    ) -> impl Future<Output = Result<()>> + Send;
-
     /// Records who changed a key last.
     fn nhn_touch_key_change(
         &self,
@@ -432,9 +440,6 @@ pub trait NhnRepo {
         keys: &[(i64, i64)],
         creds: &[(i64, i64)],
     ) -> impl Future<Output = Result<()>> + Send;
-
-    /// NHN keys with automatic rotation due at `now` (enabled keys only).
-    fn nhn_keys_due_for_rotation(&self, now: i64) -> impl Future<Output = Result<Vec<i64>>> + Send;
 
     /// Uids of the keys of a key store that are not destroyed, filtered, in
     /// creation order, with the total count.

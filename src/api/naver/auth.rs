@@ -137,7 +137,7 @@ pub async fn verify_signature(
     signed
         .verify(parts.method.as_str(), pq, &secret)
         .map_err(fail)?;
-    check_replay(parts, state, &signed)?;
+    check_replay(parts, state, &signed).await?;
     let slot = parts.extensions.get::<ActivitySlot>().cloned();
     let auth_type = match version {
         SignatureVersion::V1 => "SIGNATURE_V1",
@@ -193,8 +193,11 @@ async fn verify_token(
 
 /// The replay guard (issue 8, item 5), after the signature verified: only
 /// genuine signatures take room in it, so nobody without the secret key can
-/// fill it or block another caller's request.
-fn check_replay(
+/// fill it or block another caller's request. This process's map first (a
+/// replay to this node is refused without a store round trip), then, when
+/// the guard is shared (`naver.replay_guard_scope = "store"`), the store's
+/// record, which every node sharing the store claims (issue 11).
+async fn check_replay(
     parts: &Parts,
     state: &AppState,
     signed: &SignedRequest<'_>,
@@ -210,24 +213,38 @@ fn check_replay(
     let ts = signed
         .timestamp_ms()
         .map_err(|e| NaverError::unauthenticated(e.to_string()))?;
-    match guard.check(
-        signed.access_key,
-        ts,
-        signed.signature,
-        crate::core::now_ms(),
-    ) {
-        Ok(()) => Ok(()),
-        Err(e @ ReplayError::Replayed) => {
+    let now = crate::core::now_ms();
+    let refused = |e: ReplayError| match e {
+        ReplayError::Replayed => {
             auth_failure(AuthFailure::Replay);
             tracing::warn!(
                 access_key = %access_key_hint(signed.access_key),
                 "replayed signature refused"
             );
-            Err(NaverError::unauthenticated(e.to_string()))
+            NaverError::unauthenticated(e.to_string())
         }
-        Err(e @ ReplayError::Full) => {
+        ReplayError::Full => {
             tracing::warn!("replay guard full: signed management call refused");
-            Err(NaverError::unavailable(e.to_string()))
+            NaverError::unavailable(e.to_string())
+        }
+    };
+    let admitted = guard
+        .admit(signed.access_key, ts, signed.signature, now)
+        .map_err(refused)?;
+    if !guard.is_shared() {
+        return Ok(());
+    }
+    match state
+        .engine
+        .claim_signature(&admitted.digest, admitted.expires_at, now)
+        .await
+    {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(refused(ReplayError::Replayed)),
+        Err(e) => {
+            // Not recorded anywhere: the client may send it again.
+            guard.forget(&admitted);
+            Err(e.into())
         }
     }
 }

@@ -16,7 +16,7 @@ mod v3;
 pub use activity::action;
 pub use auth::{AccountAuth, Caller};
 pub use format::{format_sealed, parse_sealed};
-pub use replay::{ReplayError, ReplayGuard, ReplayMode};
+pub use replay::{Admitted, ReplayError, ReplayGuard, ReplayMode};
 
 use axum::extract::FromRequest;
 use axum::http::StatusCode;

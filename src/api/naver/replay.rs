@@ -22,9 +22,17 @@
 //! is full of entries that have not expired, new guarded calls are refused
 //! with 503 rather than an entry being forgotten early: forgetting would
 //! reopen exactly the replay the guard exists to stop, and a full guard is an
-//! overload the operator should see. The guard is per process: with several
-//! nodes, a replay sent to another node is not caught (use TLS; shorten the
-//! window).
+//! overload the operator should see.
+//!
+//! Several nodes: with `naver.replay_guard_scope = "store"` (the default)
+//! a call this process admits is also recorded in the metadata store (one
+//! `INSERT ... ON CONFLICT` on the digest, see `Engine::claim_signature`),
+//! and admitted only if no node recorded it first: a request replayed to
+//! another node sharing the store is refused there too. This process's map
+//! stays in front, so a replay to the same node is refused without a store
+//! round trip; calls the guard does not cover (by default every crypto
+//! call and every read) never touch it. With `"node"` the guard is this
+//! process's map alone.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -81,7 +89,18 @@ pub struct ReplayGuard {
     mode: ReplayMode,
     window_ms: i64,
     max_entries: usize,
+    shared: bool,
     seen: Mutex<Seen>,
+}
+
+/// A signature the guard admitted in this process (see
+/// [`ReplayGuard::admit`]): what the store records for the other nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    /// The 128-bit digest of (access key, timestamp, signature).
+    pub digest: [u8; 16],
+    /// When the timestamp leaves the window, ms.
+    pub expires_at: i64,
 }
 
 /// The crypto actions, which honest clients repeat within a millisecond.
@@ -103,8 +122,21 @@ impl ReplayGuard {
             mode,
             window_ms: window_secs.saturating_mul(1000),
             max_entries,
+            shared: false,
             seen: Mutex::new(Seen::default()),
         }
+    }
+
+    /// The same guard, recording admitted signatures in the store too
+    /// (`naver.replay_guard_scope = "store"`) when `shared`.
+    pub fn shared(mut self, shared: bool) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// Whether admitted signatures must also be claimed in the store.
+    pub fn is_shared(&self) -> bool {
+        self.shared
     }
 
     /// Whether a call of `method` on route `template` is guarded.
@@ -131,6 +163,19 @@ impl ReplayGuard {
         signature: &str,
         now_ms: i64,
     ) -> Result<(), ReplayError> {
+        self.admit(access_key, timestamp_ms, signature, now_ms)
+            .map(|_| ())
+    }
+
+    /// [`ReplayGuard::check`], returning what the store records of the
+    /// admitted signature when the guard is shared.
+    pub fn admit(
+        &self,
+        access_key: &str,
+        timestamp_ms: i64,
+        signature: &str,
+        now_ms: i64,
+    ) -> Result<Admitted, ReplayError> {
         let digest = digest(access_key, timestamp_ms, signature);
         let expires = timestamp_ms.saturating_add(self.window_ms);
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -151,7 +196,21 @@ impl ReplayGuard {
         }
         seen.expiry.insert(digest, expires);
         seen.order.push(Reverse((expires, digest)));
-        Ok(())
+        Ok(Admitted {
+            digest: digest.to_be_bytes(),
+            expires_at: expires,
+        })
+    }
+
+    /// Forgets a signature [`ReplayGuard::admit`] admitted, when the call
+    /// was refused before it did anything (the store could not record it):
+    /// the client may send it again.
+    pub fn forget(&self, admitted: &Admitted) {
+        let d = u128::from_be_bytes(admitted.digest);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.expiry.get(&d) == Some(&admitted.expires_at) {
+            seen.expiry.remove(&d);
+        }
     }
 
     /// Signatures held now (for tests and metrics).
@@ -217,6 +276,18 @@ mod tests {
         // Once the first entries expire there is room again.
         assert_eq!(g.check("AK", 2_500, "c", 2_500), Ok(()));
         assert_eq!(g.len(), 1);
+    }
+
+    #[test]
+    fn a_forgotten_signature_may_be_sent_again() {
+        let g = ReplayGuard::new(ReplayMode::All, 300, 10).shared(true);
+        assert!(g.is_shared());
+        let ts = 1_700_000_000_000;
+        let a = g.admit("AK", ts, "sig", ts).unwrap();
+        assert_eq!(a.expires_at, ts + 300_000);
+        assert_eq!(g.admit("AK", ts, "sig", ts), Err(ReplayError::Replayed));
+        g.forget(&a);
+        assert_eq!(g.admit("AK", ts, "sig", ts), Ok(a));
     }
 
     #[test]

@@ -206,7 +206,7 @@ pub async fn record(State(st): State<AppState>, req: Request, next: Next) -> Res
     };
     let row = ActivityRecord {
         id: 0,
-        at: crate::store::now_ms(),
+        at: crate::core::now_ms(),
         account_id: caller.account_id,
         key_uid,
         key_name,

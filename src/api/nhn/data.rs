@@ -107,7 +107,7 @@ async fn put_secret(
     let k = &v.entry.key;
     let resp = success(json!({
         "keyId": k.uid,
-        "name": v.meta.name,
+        "name": v.name(),
         "description": v.meta.description,
         "secretValue": value,
         "creationUser": v.meta.creation_user,

@@ -114,12 +114,12 @@ pub fn key_record(v: &NhnKeyView) -> Value {
     let m = &v.meta;
     json!({
         "keyId": k.uid,
-        "name": m.name,
+        "name": v.name(),
         "description": m.description,
         "keyType": m.nhn_type,
         "currentKeyValueVersion": v.current_version(),
-        "autoRotationPeriod": m.auto_rotation_period,
-        "nextAutoRotationDate": opt_datetime(m.next_rotation_at.filter(|_| m.auto_rotation_period > 0)),
+        "autoRotationPeriod": v.auto_rotation_period(),
+        "nextAutoRotationDate": opt_datetime(v.next_rotation_at()),
         "lastAccessDatetime": opt_datetime(v.last_access_at),
         "deletionDatetime": opt_datetime(k.destroy_at.filter(|_| !v.is_active())),
         "creationUser": m.creation_user,

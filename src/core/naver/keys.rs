@@ -10,9 +10,10 @@ use super::{
 };
 use crate::core::accounts::now;
 use crate::core::keys::{
-    keys_limit, schedule_destruction, VersionFaults, VersionLimit, VersionObjects, DAY_MS,
+    keys_limit, next_rotation, schedule_destruction, VersionFaults, VersionLimit, VersionObjects,
+    DAY_MS,
 };
-use crate::core::{fault_point, Engine, Error, KeyEntry, KeyStatus, KeyType, Result};
+use crate::core::{fault_point, Dialect, Engine, Error, KeyEntry, KeyStatus, KeyType, Result};
 use crate::store::{KeyRepo, NewKey};
 
 /// NAVER keys hold versions 1 to [`MAX_VERSIONS`].
@@ -93,6 +94,7 @@ impl Engine {
             uid: uid.clone(),
             account_id,
             name: req.name.clone(),
+            dialect: Dialect::Naver,
             key_type: req.key_type.as_str().to_string(),
             memo: req.memo,
             protection_type: req.protection_type,
@@ -256,13 +258,7 @@ impl Engine {
                 Some(VERSION_LIMIT),
                 "a concurrent rotation is in progress; retry",
                 &ROTATE_FAULTS,
-                || {
-                    if e.key.is_auto_rotation {
-                        e.key.rotation_period.map(|d| now() + d * DAY_MS)
-                    } else {
-                        None
-                    }
-                },
+                || next_rotation(&e.key),
             )
             .await?;
         tracing::info!(key = %e.key.uid, version, "key rotated");

@@ -7,6 +7,7 @@
 //! (`ENABLE`, `DISABLE`, `REVOKE`, `DELETED`).
 
 mod keys;
+mod signatures;
 mod tag;
 
 pub use tag::{KeyTag, Region, TAG_HEX_LEN};

@@ -131,7 +131,7 @@ impl Engine {
         c: &NhnClient,
     ) -> Result<Zeroizing<Vec<u8>>> {
         let v = self
-            .nhn_usable_key(p, uid, NhnKeyType::Symmetric, Some(c))
+            .nhn_usable_key_naming(p, uid, NhnKeyType::Symmetric, Some(c), Some(sealed.version))
             .await?;
         let row = pick(&v, Some(sealed.version))?;
         Ok(Zeroizing::new(
@@ -222,7 +222,7 @@ impl Engine {
             )));
         }
         let v = self
-            .nhn_usable_key(p, uid, NhnKeyType::Asymmetric, Some(c))
+            .nhn_usable_key_naming(p, uid, NhnKeyType::Asymmetric, Some(c), version_hint)
             .await?;
         let row = pick(&v, version_hint)?;
         let ok = self
@@ -246,7 +246,7 @@ impl Engine {
         n: Option<i64>,
     ) -> Result<(i64, Vec<u8>)> {
         let v = self
-            .nhn_usable_key(p, uid, NhnKeyType::Asymmetric, None)
+            .nhn_usable_key_naming(p, uid, NhnKeyType::Asymmetric, None, n)
             .await?;
         let row = pick(&v, n)?;
         let der = self.hsm().public_key_spki(row.cka_id.clone()).await?;
@@ -280,7 +280,7 @@ impl Engine {
         n: Option<i64>,
         c: &NhnClient,
     ) -> Result<(i64, Vec<u8>)> {
-        let v = self.nhn_usable_key(p, uid, kind, Some(c)).await?;
+        let v = self.nhn_usable_key_naming(p, uid, kind, Some(c), n).await?;
         if !v.meta.extractable {
             return Err(Error::Forbidden(
                 "the key store's export policy does not allow reading this key".into(),

@@ -1,24 +1,31 @@
 //! NHN keys: secrets, symmetric (AES-256) and asymmetric (RSA-2048) keys in a
 //! key store; creation, automatic rotation, the two-step deletion, queries.
 //!
-//! Keys and versions live in the engine's `keys` / `key_versions` tables (so
-//! the reconciler and the deletion scheduler cover them), with the NHN side
-//! in `nhn_keys`. A secret version is a private `CKO_DATA` object.
+//! Keys and versions live in the engine's `keys` / `key_versions` tables
+//! (dialect `nhn`), with their name and automatic-rotation schedule, so the
+//! reconciler and the one rotation and deletion scheduler cover them; the
+//! NHN side (key store, type, export policy, users) is in `nhn_keys`. A
+//! secret version is a private `CKO_DATA` object.
 
 use crate::store::{KeyRepo, NhnRepo};
 use std::sync::Arc;
 
 use super::NhnKeyStore;
 use super::{NhnClient, NhnProject};
-use crate::core::keys::{schedule_destruction, VersionFaults, VersionLimit, VersionObjects};
+use crate::core::keys::{
+    next_rotation, schedule_destruction, VersionFaults, VersionLimit, VersionObjects,
+};
 use crate::core::now_ms;
-use crate::core::{Engine, Error, KeyEntry, KeyStatus, Result};
+use crate::core::{Dialect, Engine, Error, KeyEntry, KeyStatus, Result};
 use crate::hsm::{KeySpec, KeyUsage};
-use crate::store::{NewKey, NhnKeyRow, StoreError};
+use crate::store::{KeyRow, NewKey, NhnKeyRow, StoreError};
 
 /// Waiting period between a deletion request and the destruction: 7 days.
 pub const KEY_DELETION_WAIT_MS: i64 = 7 * DAY_MS;
 const DAY_MS: i64 = 24 * 3600 * 1000;
+/// The highest version an NHN ciphertext or signature can name (its
+/// framing holds the version in 4 bytes).
+const NHN_VERSION_MAX: i64 = u32::MAX as i64;
 /// Longest automatic-rotation period, days.
 const ROTATION_MAX_DAYS: i64 = 3650;
 
@@ -128,6 +135,22 @@ impl NhnKeyView {
     /// The key type.
     pub fn key_type(&self) -> Option<NhnKeyType> {
         NhnKeyType::parse(&self.meta.nhn_type)
+    }
+    /// The key's name (NHN names may repeat).
+    pub fn name(&self) -> &str {
+        &self.entry.key.name
+    }
+    /// Days between automatic rotations, 0 = off.
+    pub fn auto_rotation_period(&self) -> i64 {
+        let k = &self.entry.key;
+        k.rotation_period
+            .filter(|_| k.is_auto_rotation)
+            .unwrap_or(0)
+    }
+    /// The next automatic rotation, ms, while it is on.
+    pub fn next_rotation_at(&self) -> Option<i64> {
+        let k = &self.entry.key;
+        k.next_rotation_at.filter(|_| k.is_auto_rotation)
     }
     /// Newest active version number.
     pub fn current_version(&self) -> i64 {
@@ -244,6 +267,34 @@ impl Engine {
         Ok(v)
     }
 
+    /// [`Engine::nhn_usable_key`] for a call that names version `n` (a
+    /// ciphertext's, a signature's, a query's). As for NAVER
+    /// ([`Engine::owned_key_naming`]): another node may have made version
+    /// `n` after this process cached the key, and its client may bring the
+    /// ciphertext here at once; when the cached entry does not hold `n`
+    /// ([`KeyEntry::names_unseen`]), the key is read from the store again,
+    /// once, before the call is judged. NHN keys rotate without a bound, so
+    /// the bound is the framing's (a 4-byte version): a client naming a
+    /// version the key does not have costs one store read, as naming a key
+    /// that does not exist does.
+    pub async fn nhn_usable_key_naming(
+        &self,
+        project: &NhnProject,
+        uid: &str,
+        want: NhnKeyType,
+        client: Option<&NhnClient>,
+        n: Option<i64>,
+    ) -> Result<NhnKeyView> {
+        let v = self.nhn_usable_key(project, uid, want, client).await?;
+        match n {
+            Some(n) if v.entry.names_unseen(n, NHN_VERSION_MAX) => {
+                self.nhn_forget_key(uid);
+                self.nhn_usable_key(project, uid, want, client).await
+            }
+            _ => Ok(v),
+        }
+    }
+
     /// Creates a key in a key store of the project. `secret` is the value of
     /// a secret; `auto_rotation_period` (days, 0 = off) applies to symmetric
     /// and asymmetric keys. Keys are extractable when the key store's export
@@ -325,21 +376,21 @@ impl Engine {
             None => hex::encode(self.hsm().random(16).await?),
         };
         let cka_id = self.nhn_object_id(kind, &uid).await?;
-        let now = now_ms();
-        let next = (auto_rotation_period > 0).then(|| now + auto_rotation_period * DAY_MS);
+        let rotation_period = (auto_rotation_period > 0).then_some(auto_rotation_period);
         let new = NewKey {
             uid: uid.clone(),
             account_id: project.account_id,
-            // The engine's per-account name index is NAVER's rule; NHN names
-            // live in nhn_keys and may repeat.
-            name: format!("nhn/{uid}"),
+            // Unique names per account are NAVER's rule (the store's index
+            // covers NAVER keys only); NHN names may repeat.
+            name: name.to_string(),
+            dialect: Dialect::Nhn,
             key_type: kind.engine_type().into(),
             memo: String::new(),
             protection_type: "HSM".into(),
             is_convergent: false,
-            is_auto_rotation: false,
-            rotation_period: None,
-            next_rotation_at: None,
+            is_auto_rotation: rotation_period.is_some(),
+            rotation_period,
+            next_rotation_at: rotation_period.map(|d| now_ms() + d * DAY_MS),
         };
         let limits = self.limits();
         let caps = crate::store::KeyCaps {
@@ -371,12 +422,9 @@ impl Engine {
         let meta = NhnKeyRow {
             key_id,
             key_store_id: store.id,
-            name: name.to_string(),
             description: description.to_string(),
             nhn_type: kind.as_str().into(),
             extractable,
-            auto_rotation_period,
-            next_rotation_at: next,
             last_access_at: None,
             creation_user: user.to_string(),
             last_change_user: user.to_string(),
@@ -417,12 +465,13 @@ impl Engine {
             limit,
             "a concurrent change is in progress; retry",
             &VERSION_FAULTS,
-            || None,
+            || next_rotation(&v.entry.key),
         )
         .await
     }
 
-    /// Rotates an NHN key now and schedules the next automatic rotation.
+    /// Rotates an NHN key now; the new version's activation schedules the
+    /// next automatic rotation.
     pub async fn nhn_rotate(&self, v: &NhnKeyView) -> Result<i64> {
         if v.key_type() == Some(NhnKeyType::Secret) {
             return Err(Error::WrongKeyType("SECRET".into()));
@@ -431,48 +480,16 @@ impl Engine {
             return Err(Error::KeyDisabled);
         }
         let version = self.nhn_new_version(v, None).await?;
-        let next = (v.meta.auto_rotation_period > 0)
-            .then(|| now_ms() + v.meta.auto_rotation_period * DAY_MS);
-        self.store()
-            .nhn_set_next_rotation(v.entry.key.id, next)
-            .await?;
         self.nhn().keys.remove(&v.entry.key.uid);
         tracing::info!(key = %v.entry.key.uid, version, "NHN key rotated");
         Ok(version)
     }
 
-    pub(super) async fn nhn_rotate_due(&self, now: i64) -> Result<usize> {
-        let mut rotated = 0;
-        for key_id in self.store().nhn_keys_due_for_rotation(now).await? {
-            // Claimed first: of several nodes, one rotates.
-            let retry_at = now + crate::core::scheduler::ROTATION_RETRY_MS;
-            if !self
-                .store()
-                .nhn_claim_rotation(key_id, now, retry_at)
-                .await?
-            {
-                continue;
-            }
-            let Some((key, _)) = self.store().key_by_id(key_id).await? else {
-                continue;
-            };
-            let res = async {
-                let v = self.nhn_key_of(key.account_id, &key.uid).await?;
-                self.nhn_rotate(&v).await
-            }
-            .await;
-            match res {
-                Ok(version) => {
-                    rotated += 1;
-                    self.record_system(&key, Some(version), "NhnRotateKey")
-                        .await;
-                }
-                Err(e) => {
-                    tracing::warn!(key = %key.uid, error = %e, "NHN automatic rotation failed")
-                }
-            }
-        }
-        Ok(rotated)
+    /// The scheduler's rotation of an NHN key whose rotation it claimed
+    /// (one schedule for both dialects: `keys.next_rotation_at`).
+    pub(crate) async fn nhn_rotate_scheduled(&self, key: &KeyRow) -> Result<i64> {
+        let v = self.nhn_key_of(key.account_id, &key.uid).await?;
+        self.nhn_rotate(&v).await
     }
 
     /// Requests deletion: the key stops working now and is destroyed after

@@ -877,10 +877,10 @@ impl Engine {
         read(&self.nhn().cas).clone()
     }
 
-    /// Scheduled NHN work: automatic rotation, credential deletion after the
-    /// waiting period, and the last-access batch. Returns keys rotated.
-    pub async fn nhn_run_due_work(&self, now: i64) -> Result<usize> {
-        let rotated = self.nhn_rotate_due(now).await?;
+    /// Scheduled NHN work: credential deletion after the waiting period,
+    /// and the last-access batch (automatic rotation is the engine's one
+    /// schedule, `Engine::run_due_work`).
+    pub async fn nhn_run_due_work(&self, now: i64) -> Result<()> {
         for id in self.store().nhn_credentials_due_for_deletion(now).await? {
             let cred = self.store().audit_credential_subject(id).await?;
             if self
@@ -903,6 +903,6 @@ impl Engine {
         self.nhn().stores.clear();
         self.nhn_load_cas().await?;
         self.nhn_flush_access().await?;
-        Ok(rotated)
+        Ok(())
     }
 }
