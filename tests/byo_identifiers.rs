@@ -114,25 +114,27 @@ async fn naver_key_tag_brought_from_naver() {
         "is taken",
     );
 
-    // A region-isolated key's tag: NAVER's prefix, either case.
+    // A region-isolated key's tag: NAVER's prefix, either case. This
+    // service is the global address: a JPN key could not be called here
+    // (every call would answer 400), so it is refused at creation.
     let region_given = format!("JPN-{}", "B".repeat(64));
     let region_tag = region_given.to_ascii_lowercase();
-    let out = admin_ok(
-        &kms,
-        &[
-            "admin",
-            "naver",
-            "create-key",
-            "--key-name",
-            "byo-jpn",
-            "--key-tag",
-            &region_given,
-        ],
-        &[],
-    );
+    let byo_jpn = [
+        "admin",
+        "naver",
+        "create-key",
+        "--key-name",
+        "byo-jpn",
+        "--key-tag",
+        region_given.as_str(),
+    ];
+    admin_refused(&kms, &byo_jpn, &[], "isolated in region jpn");
+    // At the JPN address (naver.region = "jpn") it is made and served.
+    let jpn = Kms::start_with(|c| c.naver.region = "jpn".into()).await;
+    let out = admin_ok(&jpn, &byo_jpn, &[]);
     assert_eq!(field(&out, "keyTag"), region_tag, "{out}");
-    let ct = kms.encrypt(&region_tag, b"region", None).await;
-    assert_eq!(kms.decrypt_ok(&region_tag, &ct, None).await, b"region");
+    let ct = jpn.encrypt(&region_tag, b"region", None).await;
+    assert_eq!(jpn.decrypt_ok(&region_tag, &ct, None).await, b"region");
 
     // The vendor's forms only.
     let short = "a".repeat(63);

@@ -43,7 +43,9 @@ impl Engine {
     /// the key had at NAVER, so that applications keep their
     /// configuration): 64 hexadecimal digits, optionally after a region
     /// prefix, in either case, kept in lower case ([`super::parse_key_tag`]). A tag any key has or had (destroyed keys included) is
-    /// refused with `Conflict`. `None` makes a random tag.
+    /// refused with `Conflict`; a tag isolated in another region than
+    /// `naver.region` with `InvalidInput`, as every call naming it would be.
+    /// `None` makes a random tag.
     pub async fn create_key_tagged(
         &self,
         account_id: i64,
@@ -51,6 +53,9 @@ impl Engine {
         key_tag: Option<&str>,
     ) -> Result<Arc<KeyEntry>> {
         let key_tag = key_tag.map(super::parse_key_tag).transpose()?;
+        if let Some(tag) = key_tag.as_deref().and_then(super::KeyTag::parse) {
+            tag.check_served_by(self.naver_region())?;
+        }
         if !valid_name(&req.name) {
             return Err(Error::InvalidInput(
                 "keyName must be 3 to 15 letters, digits, '-' or '_', starting with a letter"
