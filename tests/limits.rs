@@ -188,21 +188,49 @@ async fn item6_token_sets_per_key_quota() {
     r.assert_naver_error(400, "100");
     let d = r.body["error"]["details"].as_str().unwrap();
     assert!(d.contains("2 live token sets"), "{d}");
-    // Renewing a set replaces it: still allowed at the limit.
-    let r = kms
-        .raw(
-            "PUT",
-            &format!("/kms/v1/keys/{tag}/token-set"),
-            &[("x-ncp-ocapi-token".to_string(), refresh)],
-            Some(
-                json!({"accessTokenHours": 1, "refreshTokenHours": 10})
-                    .to_string()
-                    .into_bytes(),
-            ),
-        )
-        .await;
-    r.ok();
+    // Renewing a set adds one (NAVER: "Recreating a token set does not
+    // automatically discard existing token sets"): refused at the limit like
+    // a creation. Create Access Token adds no set: allowed.
+    let with_refresh = |method: &'static str, path: String, refresh: String| {
+        let kms = &kms;
+        async move {
+            kms.raw(
+                method,
+                &path,
+                &[("x-ncp-ocapi-token".to_string(), refresh)],
+                Some(json!({"accessTokenHours": 1}).to_string().into_bytes()),
+            )
+            .await
+        }
+    };
+    let at_path = format!("/kms/v1/keys/{tag}/access-token");
+    let r = with_refresh("PUT", set_path.clone(), refresh.clone()).await;
+    r.assert_naver_error(400, "100");
+    let d = r.body["error"]["details"].as_str().unwrap();
+    assert!(d.contains("2 live token sets"), "{d}");
+    with_refresh("POST", at_path.clone(), refresh.clone())
+        .await
+        .ok();
+
+    // Under a new generator (the old one's sets are dead): one set, then
+    // two concurrent renewals for the last slot, exactly one succeeds.
+    kms.call("PUT", &format!("/kms/v1/keys/{tag}/token-generator"), None)
+        .await
+        .ok();
+    let r = set().await;
+    let refresh = r.ok()["refreshToken"].as_str().unwrap().to_string();
+    let (a, b) = tokio::join!(
+        with_refresh("PUT", set_path.clone(), refresh.clone()),
+        with_refresh("PUT", set_path.clone(), refresh.clone())
+    );
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(statuses, [200, 400], "{} / {}", a.body, b.body);
+    with_refresh("PUT", set_path.clone(), refresh.clone())
+        .await
+        .assert_naver_error(400, "100");
     set().await.assert_naver_error(400, "100");
+    with_refresh("POST", at_path, refresh).await.ok();
 }
 
 #[tokio::test]

@@ -305,14 +305,27 @@ async fn trace_log_holds_no_secret_and_tags_every_request() {
     )
     .await;
     assert_eq!(r.ok()["plaintext"], b64(plaintext.as_bytes()));
-    // The revoked refresh token and a made-up one are refused, unlogged.
-    send_as(
+    // The renewed refresh token still works (renewing discards no set);
+    // presented on a crypto call it is refused, and so is a made-up token,
+    // both unlogged.
+    let r = send_as(
         &server,
         &mut ids,
         "POST",
         &at,
         &token_header(&refresh),
         None,
+    )
+    .await;
+    let access4 = r.ok()["accessToken"].as_str().unwrap().to_string();
+    secrets.add_token("the access token of the renewed refresh token", &access4);
+    send_as(
+        &server,
+        &mut ids,
+        "POST",
+        &enc,
+        &token_header(&refresh),
+        Some(json!({"plaintext": b64(plaintext.as_bytes())})),
     )
     .await
     .assert_naver_error(401, "200");

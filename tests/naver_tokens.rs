@@ -107,7 +107,9 @@ async fn full_token_flow_with_expiry_and_renewal() {
     let access2 = r.ok()["accessToken"].as_str().unwrap().to_string();
     encrypt_with(&kms, &tag, &access2).await.ok();
 
-    // Renew the set: the new tokens work, the old refresh token does not.
+    // Renew the set: the new tokens work, and the old refresh token still
+    // does (renewing discards no set; see
+    // `renewing_a_token_set_keeps_the_existing_sets`).
     let r = with_token(
         &kms,
         "PUT",
@@ -128,11 +130,8 @@ async fn full_token_flow_with_expiry_and_renewal() {
         None,
     )
     .await;
-    r.assert_naver_error(401, "200");
-    assert!(r.body["error"]["details"]
-        .as_str()
-        .unwrap()
-        .contains("revoked"));
+    let access4 = r.ok()["accessToken"].as_str().unwrap().to_string();
+    encrypt_with(&kms, &tag, &access4).await.ok();
     let r = with_token(
         &kms,
         "POST",
@@ -543,54 +542,123 @@ async fn an_expired_refresh_token_is_refused_and_tokens_are_stored_hashed() {
     encrypt_with(&kms, &tag, &access2).await.ok();
 }
 
-#[tokio::test]
-async fn a_refresh_token_renews_the_set_only_once() {
-    let kms = Kms::start().await;
-    let tag = kms.create_key("once-key", "AES256", json!({})).await;
-    let (refresh, _) = token_set(&kms, &tag, json!({})).await;
-    let path = format!("/kms/v1/keys/{tag}/token-set");
-    let renew = || {
-        with_token(
-            &kms,
-            "PUT",
-            &path,
-            &refresh,
-            Some(json!({"accessTokenHours": 1})),
-        )
-    };
-    // The same refresh token presented several times at once: one renewal
-    // wins, the others are replays of a revoked token.
-    let (a, b, c, d) = tokio::join!(renew(), renew(), renew(), renew());
-    let replies = [a, b, c, d];
-    let won: Vec<&Reply> = replies.iter().filter(|r| r.status == 200).collect();
-    assert_eq!(
-        won.len(),
-        1,
-        "{:?}",
-        replies.iter().map(|r| &r.body).collect::<Vec<_>>()
-    );
-    for r in replies.iter().filter(|r| r.status != 200) {
-        r.assert_naver_error(401, "200");
-    }
-    // Afterwards neither renewal nor a new access token works with it.
-    renew().await.assert_naver_error(401, "200");
-    with_token(
-        &kms,
-        "POST",
-        &format!("/kms/v1/keys/{tag}/access-token"),
-        &refresh,
-        None,
+/// The tokens of a reply to Create or Renew Token Set: (refresh, access).
+fn set_of(r: &Reply) -> (String, String) {
+    let d = r.ok();
+    (
+        d["refreshToken"]
+            .as_str()
+            .expect("refreshToken")
+            .to_string(),
+        d["accessToken"].as_str().expect("accessToken").to_string(),
     )
-    .await
-    .assert_naver_error(401, "200");
+}
+
+/// NAVER, Renew Token Set
+/// (<https://api.ncloud-docs.com/docs/en/security-kms2-token-renew>),
+/// "Caution": "Recreating a token set does not automatically discard
+/// existing token sets." (the Korean page: "토큰 셋을 재생성해도 기존 토큰 셋은
+/// 자동으로 폐기되지 않습니다.") and "Token generators do not manage the tokens
+/// they generate, so they can't be destroyed individually." So a refresh
+/// token stays valid until it expires or its generator is replaced or
+/// deleted, and renewals with it, concurrent ones included, each get a set.
+#[tokio::test]
+async fn renewing_a_token_set_keeps_the_existing_sets() {
+    let kms = Kms::start().await;
+    let tag = kms.create_key("renew-key", "AES256", json!({})).await;
+    let (refresh, access) = token_set(&kms, &tag, json!({})).await;
+    let path = format!("/kms/v1/keys/{tag}/token-set");
+    let at_path = format!("/kms/v1/keys/{tag}/access-token");
+    let renew = |token: String| {
+        let (kms, path) = (&kms, &path);
+        async move {
+            with_token(
+                kms,
+                "PUT",
+                path,
+                &token,
+                Some(json!({"accessTokenHours": 1})),
+            )
+            .await
+        }
+    };
+
+    // Renewed twice with the same refresh token: two new sets.
+    let (refresh1, access1) = set_of(&renew(refresh.clone()).await);
+    let (refresh2, access2) = set_of(&renew(refresh.clone()).await);
+    assert!(refresh1 != refresh2 && access1 != access2);
+    // And three times at once: three more.
+    let (a, b, c) = tokio::join!(
+        renew(refresh.clone()),
+        renew(refresh.clone()),
+        renew(refresh.clone())
+    );
+    let concurrent = [set_of(&a), set_of(&b), set_of(&c)];
+
+    // Every access token works: the first set's and each renewal's.
+    let mut accesses = vec![access, access1, access2];
+    accesses.extend(concurrent.iter().map(|(_, a)| a.clone()));
+    for a in &accesses {
+        encrypt_with(&kms, &tag, a).await.ok();
+    }
+    // Every refresh token still makes access tokens and renews.
+    let mut refreshes = vec![refresh, refresh1, refresh2];
+    refreshes.extend(concurrent.iter().map(|(r, _)| r.clone()));
+    for r in &refreshes {
+        let a = with_token(&kms, "POST", &at_path, r, None).await;
+        let a = a.ok()["accessToken"].as_str().unwrap().to_string();
+        encrypt_with(&kms, &tag, &a).await.ok();
+        accesses.push(a);
+    }
+    let (refresh3, access3) = set_of(&renew(refreshes[0].clone()).await);
+    encrypt_with(&kms, &tag, &access3).await.ok();
+    refreshes.push(refresh3);
+    accesses.push(access3);
     let g = kms
         .call("GET", &format!("/kms/v1/keys/{tag}/token-generator"), None)
         .await;
     assert_eq!(
         g.ok()["issuedTokenCount"],
-        4,
-        "one set, then one renewed set"
+        2 + 6 * 2 + 6,
+        "one set, six renewed sets, six access tokens"
     );
+
+    // Replacing the generator kills all of them.
+    kms.call("PUT", &format!("/kms/v1/keys/{tag}/token-generator"), None)
+        .await
+        .ok();
+    for a in &accesses {
+        encrypt_with(&kms, &tag, a)
+            .await
+            .assert_naver_error(401, "200");
+    }
+    for r in &refreshes {
+        with_token(&kms, "POST", &at_path, r, None)
+            .await
+            .assert_naver_error(401, "200");
+        renew(r.clone()).await.assert_naver_error(401, "200");
+    }
+
+    // So does deleting it: a set of the new generator and its renewal.
+    let (refresh, access) = set_of(&kms.call("POST", &path, Some(json!({}))).await);
+    let (refresh1, access1) = set_of(&renew(refresh.clone()).await);
+    encrypt_with(&kms, &tag, &access).await.ok();
+    encrypt_with(&kms, &tag, &access1).await.ok();
+    kms.call(
+        "DELETE",
+        &format!("/kms/v1/keys/{tag}/token-generator"),
+        None,
+    )
+    .await
+    .ok();
+    for a in [&access, &access1] {
+        encrypt_with(&kms, &tag, a)
+            .await
+            .assert_naver_error(401, "200");
+    }
+    for r in [refresh, refresh1] {
+        renew(r).await.assert_naver_error(401, "200");
+    }
 }
 
 #[tokio::test]

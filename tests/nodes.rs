@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use common::process::{Server, Site};
 use common::{b64, fresh_ts, send, unb64, Kms, Reply};
 use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
 
 /// How long a test waits for one node to see another's change. The design
 /// bound is `store.change_poll_ms` (500 ms; on PostgreSQL a notification
@@ -203,27 +204,46 @@ async fn naver_changes_on_one_node_apply_on_the_other() {
     )
     .await;
 
-    // A token revoked on A (renewing its set revokes the refresh token).
+    // A set renewed on A: the new set works on B, and so does the refresh
+    // token renewed (renewing discards no set).
     let (refresh, access) = token_set(&a, &tag).await;
     let path = format!("/kms/v1/keys/{tag}/access-token");
     with_token(&b, "POST", &path, &refresh, json!({}))
         .await
         .ok();
-    with_token(
+    let r = with_token(
         &a,
         "PUT",
         &format!("/kms/v1/keys/{tag}/token-set"),
         &refresh,
         json!({}),
     )
-    .await
-    .ok();
-    settles("a refresh token revoked on A is refused by B", || async {
-        with_token(&b, "POST", &path, &refresh, json!({}))
-            .await
-            .status
-            == 401
-    })
+    .await;
+    let renewed = r.ok()["accessToken"].as_str().unwrap().to_string();
+    token_encrypt(&b, &tag, &renewed).await.ok();
+    with_token(&b, "POST", &path, &refresh, json!({}))
+        .await
+        .ok();
+    // A token revoked in the store by another process (as an older
+    // release's renewal left its refresh token).
+    let db = site.db().await;
+    let revoked = sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE token_hash = $2")
+        .bind(common::now_ms())
+        .bind(Sha256::digest(refresh.as_bytes()).to_vec())
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(revoked.rows_affected(), 1);
+    db.close().await;
+    settles(
+        "a refresh token revoked in the store is refused by B",
+        || async {
+            with_token(&b, "POST", &path, &refresh, json!({}))
+                .await
+                .status
+                == 401
+        },
+    )
     .await;
 
     // The IP ACL turned on on A (with no rule: no token call passes).

@@ -56,10 +56,11 @@ impl Op {
             Op::Rotate => &[(400, "100")],
             // The newest version cannot be disabled.
             Op::DisableVersion => &[(400, "100")],
-            // Another client renewed the same refresh token first.
-            Op::RenewTokenSet => &[(401, "200")],
-            // The token set was renewed (its access token revoked) meanwhile.
-            Op::TokenEncrypt => &[(401, "200")],
+            // Renew Token Set and token-auth Encrypt allow no refusal: NAVER
+            // says "Recreating a token set does not automatically discard
+            // existing token sets", so a refresh token renewed by another
+            // client, even at the same moment, renews again, and the access
+            // tokens of a renewed set keep working.
             _ => &[],
         }
     }
@@ -72,15 +73,14 @@ struct Sealed {
     plaintext: Vec<u8>,
 }
 
-/// A token set shared by the clients; renewal replaces it.
+/// A token set shared by the clients. A renewal puts its new access token
+/// here, and its new refresh token half the time, so that one refresh token
+/// is renewed many times (concurrently too) and the renewed set's tokens
+/// stay in use by the clients that read them before.
 #[derive(Clone)]
 struct TokenSlot {
     refresh: String,
     access: String,
-    /// Renewals of this slot sent and not yet answered and recorded.
-    in_flight: u32,
-    /// Renewals of this slot ever started.
-    started: u64,
 }
 
 struct Shared {
@@ -90,7 +90,7 @@ struct Shared {
     ec: String,
     /// Every acknowledged ciphertext.
     sealed: Mutex<Vec<Sealed>>,
-    /// Token sets in use; creation adds one, renewal replaces one.
+    /// Token sets in use; creation adds one, renewal updates one.
     slots: Mutex<Vec<TokenSlot>>,
     /// Highest version seen acknowledged.
     newest: AtomicI64,
@@ -354,68 +354,43 @@ async fn run_client(sh: Arc<Shared>, ops: Vec<Op>, deadline: Instant, seed: u64)
                         let slot = TokenSlot {
                             refresh: d["refreshToken"].as_str().unwrap_or("").to_string(),
                             access: d["accessToken"].as_str().unwrap_or("").to_string(),
-                            in_flight: 0,
-                            started: 0,
                         };
-                        // A new slot: a slot changes only by renewal, so
-                        // that a renewal race can be told from a defect.
                         sh.slots.lock().expect("slots").push(slot);
                     }
                 }
             }
             Op::RenewTokenSet => {
-                // Another renewal of the slot in flight when this one starts
-                // may already have been committed by the server and not yet
-                // recorded here: a 401 is then a race, not a defect.
-                let (i, old, others, started) = {
-                    let mut slots = sh.slots.lock().expect("slots");
-                    let i = rng.gen_range(0..slots.len());
-                    let others = slots[i].in_flight > 0;
-                    slots[i].in_flight += 1;
-                    slots[i].started += 1;
-                    (i, slots[i].clone(), others, slots[i].started)
-                };
-                let path = sh.key_path("token-set");
-                let body = json!({"accessTokenHours": 1, "refreshTokenHours": 2});
-                let answer = sh.with_token(op, "PUT", &path, &old.refresh, body).await;
-                if let Some(a) = answer {
-                    let raced = {
-                        let slots = sh.slots.lock().expect("slots");
-                        others || slots[i].started != started || slots[i].refresh != old.refresh
-                    };
-                    if a.status == 401 && !raced {
-                        // Nobody renewed it: this refusal is not a race.
-                        sh.fail(format!("renewal of a current refresh token: {}", a.body));
-                    } else if let Some(d) = sh.check(op, &path, &a) {
-                        // (A 401 here: a concurrent renewal of the slot won;
-                        // `check` accepts it as an expected refusal.)
-                        let mut slots = sh.slots.lock().expect("slots");
-                        if slots[i].refresh != old.refresh {
-                            // Another client's renewal of the same refresh token
-                            // also succeeded: a refresh token used twice.
-                            sh.fail(format!("refresh token renewed twice (slot {i})"));
-                        }
-                        slots[i].refresh = d["refreshToken"].as_str().unwrap_or("").to_string();
-                        slots[i].access = d["accessToken"].as_str().unwrap_or("").to_string();
-                    }
-                }
-                sh.slots.lock().expect("slots")[i].in_flight -= 1;
-            }
-            Op::TokenEncrypt => {
-                let (i, slot) = {
+                let (i, old) = {
                     let slots = sh.slots.lock().expect("slots");
                     let i = rng.gen_range(0..slots.len());
                     (i, slots[i].clone())
                 };
+                let keep_refresh = rng.gen_bool(0.5);
+                let path = sh.key_path("token-set");
+                let body = json!({"accessTokenHours": 1, "refreshTokenHours": 2});
+                if let Some(a) = sh.with_token(op, "PUT", &path, &old.refresh, body).await {
+                    // Any refusal fails: the refresh token is valid however
+                    // often, and however concurrently, it was renewed.
+                    if let Some(d) = sh.check(op, &path, &a) {
+                        let mut slots = sh.slots.lock().expect("slots");
+                        if !keep_refresh {
+                            slots[i].refresh = d["refreshToken"].as_str().unwrap_or("").to_string();
+                        }
+                        slots[i].access = d["accessToken"].as_str().unwrap_or("").to_string();
+                    }
+                }
+            }
+            Op::TokenEncrypt => {
+                let slot = {
+                    let slots = sh.slots.lock().expect("slots");
+                    slots[rng.gen_range(0..slots.len())].clone()
+                };
                 let path = sh.key_path("encrypt");
                 let body = json!({"plaintext": b64(&plaintext)});
+                // The slot's access token may be of a set renewed since it
+                // was read: it works all the same.
                 if let Some(a) = sh.with_token(op, "POST", &path, &slot.access, body).await {
-                    if a.status == 401 && sh.slots.lock().expect("slots")[i].access == slot.access {
-                        sh.fail(format!(
-                            "token encrypt with a current access token: {}",
-                            a.body
-                        ));
-                    } else if let Some(d) = sh.check(op, &path, &a) {
+                    if let Some(d) = sh.check(op, &path, &a) {
                         match d["ciphertext"].as_str() {
                             Some(ct) => sh.record(ct, plaintext),
                             None => sh.fail(format!("token encrypt answer: {}", a.body)),
@@ -482,7 +457,8 @@ async fn thirty_two_clients_on_one_key() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
     let kms = Kms::start_with(|c| {
-        // Token sets are created all through the run.
+        // Token sets are created and renewed (each renewal adds a set) all
+        // through the run.
         c.limits.max_token_sets_per_key = 1_000_000;
     })
     .await;
@@ -504,8 +480,6 @@ async fn thirty_two_clients_on_one_key() {
         slots.push(TokenSlot {
             refresh: d["refreshToken"].as_str().expect("refreshToken").into(),
             access: d["accessToken"].as_str().expect("accessToken").into(),
-            in_flight: 0,
-            started: 0,
         });
     }
     let client = reqwest::Client::builder()

@@ -223,7 +223,7 @@ struct Ctx {
     aes: String,
     /// ECDSA key of the sign calls.
     ec: String,
-    /// Access token of a token set on `aes` (never renewed: renewal revokes).
+    /// Access token of a token set on `aes`.
     access_token: String,
     /// Ciphertexts made at setup: NAVER 2.0, NAVER 1.0, NHN.
     naver_ct: String,

@@ -88,7 +88,8 @@ pub struct TokenAuth {
     pub key_id: i64,
     /// Its token set.
     pub set_id: String,
-    /// Its hash (to revoke a refresh token on renewal).
+    /// Its hash (a refresh token must still be unrevoked when tokens are
+    /// made from it).
     pub hash: Vec<u8>,
     /// The key's tag, for the claims of the tokens it makes.
     pub key_tag: String,
@@ -270,10 +271,11 @@ impl Engine {
             }
             None => None,
         };
-        // A new set (not a renewal, which replaces one) counts against the
-        // key's limit of live sets.
+        // A new set (one with a refresh token: Create Token Set, and Renew
+        // Token Set, which keeps the set it renews) counts against the key's
+        // limit of live sets; an access token joins an existing set.
         let max_sets = self.limits().token_sets_per_key;
-        let cap = matches!(parent, TokenParent::None).then_some(max_sets);
+        let cap = refresh.is_some().then_some(max_sets);
         let live = match self
             .store()
             .insert_tokens(
@@ -296,17 +298,12 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         };
-        // A parent revoked now, or found revoked, must not be trusted from
-        // the cache again.
-        let stale = match parent {
-            TokenParent::Revoke(h) => Some(h),
-            TokenParent::Live(h) if !live => Some(h),
-            _ => None,
-        };
-        if let Some(h) = stale {
-            self.inner.tokens.remove(h);
-        }
         if !live {
+            // A parent found revoked (by an older release's renewal) must
+            // not be trusted from the cache again.
+            if let TokenParent::Live(h) = parent {
+                self.inner.tokens.remove(h);
+            }
             return Err(Error::Unauthenticated("the token was revoked".into()));
         }
         Ok(TokenSet {
@@ -359,8 +356,11 @@ impl Engine {
         Ok(set.access_token)
     }
 
-    /// Renew Token Set from a verified refresh token: a new set, and the
-    /// presented refresh token is revoked.
+    /// Renew Token Set from a verified refresh token: a new set, counted
+    /// against `limits.max_token_sets_per_key`. The presented refresh token
+    /// and its set stay valid (NAVER: "Recreating a token set does not
+    /// automatically discard existing token sets"), until they expire or the
+    /// generator is replaced or deleted; concurrent renewals each get a set.
     pub async fn renew_token_set(
         &self,
         auth: &TokenAuth,
@@ -376,7 +376,7 @@ impl Engine {
             access,
             Some(refresh),
             None,
-            TokenParent::Revoke(&auth.hash),
+            TokenParent::Live(&auth.hash),
         )
         .await
     }

@@ -49,10 +49,10 @@ pub struct TokenRow {
 pub enum TokenParent<'a> {
     /// Create Token Set (account auth): no parent.
     None,
-    /// Create Access Token: the refresh token (hash) must still be unrevoked.
+    /// Create Access Token and Renew Token Set: the refresh token (hash)
+    /// must still be unrevoked. Renewal does not revoke it (NAVER: existing
+    /// sets are not discarded); only rows revoked by older releases are.
     Live(&'a [u8]),
-    /// Renew Token Set: the refresh token (hash) is revoked, once.
-    Revoke(&'a [u8]),
 }
 
 /// A new token to store.
@@ -141,23 +141,11 @@ impl NaverRepo for Store {
                     return Err(StoreError::LimitReached("token sets"));
                 }
             }
-            // Each check is an UPDATE guarded by `revoked_at IS NULL`: it takes
-            // the write lock and decides atomically, so of two renewals with one
-            // refresh token only the first finds it unrevoked. (For `Live` the
-            // write changes nothing; it is there for the lock.)
+            // The check is an UPDATE guarded by `revoked_at IS NULL` that
+            // changes nothing: it takes the write lock, so the parent is read
+            // in the transaction that inserts its children.
             let live = match parent {
                 TokenParent::None => true,
-                TokenParent::Revoke(h) => {
-                    sqlx::query(
-                        "UPDATE tokens SET revoked_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL",
-                    )
-                    .bind(now)
-                    .bind(h)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                        == 1
-                }
                 TokenParent::Live(h) => sqlx::query(
                     "UPDATE tokens SET revoked_at = NULL WHERE token_hash = $1 AND revoked_at IS NULL",
                 )

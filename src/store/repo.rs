@@ -232,8 +232,8 @@ pub trait NaverRepo {
 
     /// Inserts new tokens of one set. With a `parent` (the refresh token the
     /// call was authenticated with), the insert happens only while that token
-    /// is still unrevoked, checked and (for a renewal) revoked in the same
-    /// transaction, so a refresh token cannot be replayed concurrently.
+    /// is still unrevoked, checked under the write lock of the same
+    /// transaction; the parent itself is left as it is (renewal keeps it).
     /// Returns `false`, writing nothing, when the parent was revoked. With
     /// `max_live_sets`, `LimitReached("token sets")` when the key's current
     /// generator already has that many live sets (unrevoked, unexpired
