@@ -15,6 +15,9 @@ set -euo pipefail
 apt_install softhsm2 opensc
 # tests/observability.rs reads /metrics with prometheus_client's parser.
 apt_install python3-prometheus-client
+# Independent signature checks (tests/common/independent.rs) use python3's
+# cryptography where present, else the openssl command.
+command -v openssl >/dev/null 2>&1 || apt_install openssl
 command -v cc >/dev/null 2>&1 || apt_install build-essential
 command -v pkg-config >/dev/null 2>&1 || apt_install pkg-config
 [ -f "$(softhsm_module)" ] || die "PKCS#11 module $(softhsm_module) not found"
