@@ -1,33 +1,25 @@
 //! Counts for `/metrics` ([`crate::telemetry::keys::KeyCounts`]): a few
-//! grouped counts over `keys`, `nhn_keys` and `key_versions`, the same SQL
-//! on both engines. A key is NHN's when `nhn_keys` names it.
+//! grouped counts over `keys` and `key_versions`, the same SQL on both
+//! engines. `keys.dialect` says whose a key is; both dialects share one
+//! rotation schedule in `keys` (migration 0016).
 
 use super::{Result, Store};
 use crate::telemetry::keys::KeyCounts;
 
-const KEYS_BY_STATE: &str =
-    "SELECT CASE WHEN n.key_id IS NULL THEN 'naver' ELSE 'nhn' END AS dialect, k.status, COUNT(*)
-     FROM keys k LEFT JOIN nhn_keys n ON n.key_id = k.id
+const KEYS_BY_STATE: &str = "SELECT k.dialect, k.status, COUNT(*)
+     FROM keys k
      WHERE k.status <> 'DELETED'
      GROUP BY 1, 2";
 
-const VERSIONS_BY_STATE: &str =
-    "SELECT CASE WHEN n.key_id IS NULL THEN 'naver' ELSE 'nhn' END AS dialect, v.state, COUNT(*)
-     FROM key_versions v JOIN keys k ON k.id = v.key_id LEFT JOIN nhn_keys n ON n.key_id = k.id
+const VERSIONS_BY_STATE: &str = "SELECT k.dialect, v.state, COUNT(*)
+     FROM key_versions v JOIN keys k ON k.id = v.key_id
      WHERE v.state <> 'destroyed'
      GROUP BY 1, 2";
 
-/// Overdue rotations of both dialects: NAVER's `keys.next_rotation_at`
-/// (automatic rotation on), NHN's `nhn_keys.next_rotation_at` (a rotation
-/// period set); as `keys_due_for_rotation` and `nhn_keys_due_for_rotation`
-/// select them.
-const ROTATION_OVERDUE: &str = "SELECT COUNT(*), MIN(due) FROM (
-       SELECT next_rotation_at AS due FROM keys
-        WHERE is_auto_rotation = TRUE AND status = 'ENABLE' AND next_rotation_at IS NOT NULL AND next_rotation_at <= $1
-       UNION ALL
-       SELECT n.next_rotation_at AS due FROM nhn_keys n JOIN keys k ON k.id = n.key_id
-        WHERE n.auto_rotation_period > 0 AND n.next_rotation_at IS NOT NULL AND n.next_rotation_at <= $1 AND k.status = 'ENABLE'
-     ) overdue";
+/// Overdue rotations of both dialects, as `keys_due_for_rotation` selects
+/// them.
+const ROTATION_OVERDUE: &str = "SELECT COUNT(*), MIN(next_rotation_at) FROM keys
+     WHERE is_auto_rotation = TRUE AND status = 'ENABLE' AND next_rotation_at IS NOT NULL AND next_rotation_at <= $1";
 
 const DELETION_DUE: &str = "SELECT COUNT(*) FROM keys WHERE status = 'REVOKE' AND destroy_at IS NOT NULL AND destroy_at <= $1";
 

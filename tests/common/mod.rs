@@ -798,6 +798,7 @@ impl Kms {
             .env("HSM_KMS_PIN", PIN)
             .env("HSM_KMS_STORE_DATA_DIR", &cfg.store.data_dir)
             .env("HSM_KMS_STORE_URL", &cfg.store.url)
+            .env("HSM_KMS_NAVER_REGION", &cfg.naver.region)
             .env("HSM_KMS_LOG_LEVEL", "warn")
             .env("HSM_KMS_LOG_FORMAT", "text");
         c
