@@ -143,7 +143,6 @@ async fn naver_key_tag_brought_from_naver() {
     // service is the global address: a JPN key could not be called here
     // (every call would answer 400), so it is refused at creation.
     let region_given = format!("JPN-{}", "B".repeat(64));
-    let region_tag = region_given.to_ascii_lowercase();
     let byo_jpn = [
         "admin",
         "naver",
