@@ -466,3 +466,96 @@ async fn one_access_line_per_request_with_a_key_fingerprint() {
     assert!(!access.contains(&tag), "an access line names the key tag");
     assert!(!access.contains(appkey), "an access line names the appkey");
 }
+
+/// Label cardinality does not follow the keys a client names (issue 14:
+/// "label cardinality stays bounded under 10,000 distinct keys"): after a
+/// warm-up that makes every series these calls can touch, 10,000 calls
+/// naming 10,000 distinct NAVER key tags (2.0, 1.0 and v3 paths, unsigned:
+/// refused authentication) and NHN appkeys, and 500 signed calls naming
+/// distinct unknown keys (404), leave the number of series where it was.
+/// Routes are labelled by template, failures by reason, keys never (the
+/// per-key quota series are capped: `telemetry::security` tests them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_do_not_grow_with_the_keys_clients_name() {
+    let kms = Kms::start().await;
+    let client = reqwest::Client::new();
+    let tag = |i: usize| format!("{i:064x}");
+    let paths = |i: usize| {
+        let t = tag(i);
+        [
+            format!("/kms/v1/keys/{t}/encrypt"),
+            format!("/keys/v2/{t}/encrypt"),
+            format!("/kms/v3/keys/{t}/encrypt"),
+            format!("/keymanager/v1.2/appkey/app{i:x}/symmetric-keys/{t}/encrypt"),
+        ]
+    };
+    let send = |range: std::ops::Range<usize>| {
+        let (client, url) = (client.clone(), kms.url.clone());
+        async move {
+            let mut set = tokio::task::JoinSet::new();
+            for i in range {
+                for p in paths(i) {
+                    let (client, url) = (client.clone(), url.clone());
+                    set.spawn(async move {
+                        let r = client
+                            .post(format!("{url}{p}"))
+                            .json(&json!({"plaintext": "aGVsbG8="}))
+                            .send()
+                            .await
+                            .expect("send");
+                        assert!(r.status().is_client_error(), "{p}: {}", r.status());
+                    });
+                }
+                while set.len() >= 64 {
+                    set.join_next().await.expect("task").expect("call");
+                }
+            }
+            while let Some(r) = set.join_next().await {
+                r.expect("call");
+            }
+        }
+    };
+    let signed = |range: std::ops::Range<usize>| {
+        let kms = &kms;
+        async move {
+            for i in range {
+                let r = kms
+                    .call(
+                        "POST",
+                        &format!("/kms/v1/keys/{}/encrypt", tag(i)),
+                        Some(json!({"plaintext": "aGVsbG8="})),
+                    )
+                    .await;
+                assert_eq!(r.status, 404, "{}", r.body);
+            }
+        }
+    };
+    send(0..20).await;
+    signed(0..20).await;
+    // A scrape makes its own series (its route, the key-count queries).
+    scrape_text(&kms).await;
+    let before = scrape_text(&kms).await;
+    send(20..2_520).await; // 2,500 tags x 4 paths = 10,000 calls
+    signed(10_000..10_500).await;
+    let after = scrape_text(&kms).await;
+    let s = parse(&[&before, &after]);
+    if s[1].series != s[0].series {
+        // Which ones, for whoever reads the failure.
+        let names = |t: &str| -> std::collections::BTreeSet<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| l.rsplit_once(' ').map(|(k, _)| k.to_string()))
+                .collect()
+        };
+        let (b, a) = (names(&before), names(&after));
+        eprintln!("new series: {:?}", a.difference(&b).collect::<Vec<_>>());
+    }
+    assert_eq!(
+        s[1].series, s[0].series,
+        "series grew with the keys named: {} -> {}",
+        s[0].series, s[1].series
+    );
+    for i in [25, 2_000, 10_100] {
+        assert!(!after.contains(&tag(i)), "/metrics names a key tag");
+    }
+}

@@ -192,5 +192,21 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("hsm_kms_quota_refusals_total{dialect=\"naver\"} 5"));
+
+        // 10,000 distinct keys refused: still two keyed series and "other".
+        for i in 0..10_000 {
+            quota_refused("naver", &format!("{i:064x}"));
+        }
+        let mut out = String::new();
+        render(&mut out);
+        let keyed = out
+            .lines()
+            .filter(|l| l.starts_with("hsm_kms_quota_refusals_by_key_total{"))
+            .count();
+        assert_eq!(keyed, 3, "{out}");
+        assert!(
+            out.contains("hsm_kms_quota_refusals_by_key_total{key=\"other\"} 10002"),
+            "{out}"
+        );
     }
 }
