@@ -97,7 +97,7 @@ chromium_text() {
 log "clean installation: HTML report in headless Chromium"
 "$BIN" attest --all --format html --out "$OUT/report.html"
 text="$(chromium_text "$OUT/report.html")"
-grep -q '9 key versions, 17 objects, 0 flags' <<<"$text" || die "summary not rendered: $(head -c 2000 <<<"$text")"
+grep -q '9 key versions, 19 objects, 0 flags' <<<"$text" || die "summary not rendered: $(head -c 2000 <<<"$text")"
 grep -q 'no disagreement between the token and the store' <<<"$text" || die "verdict not rendered"
 grep -q 'CKA_ID' <<<"$text" || die "table not rendered"
 grep -q "hsm-kms/$TAG/v2" <<<"$text" || die "the rotated version is not in the table"
@@ -122,7 +122,7 @@ pkcs11-tool --module "$MODULE" --token-label hsm-kms --login --pin 1234 --write-
     --type secrkey --key-type AES:32 --label "hsm-kms/$TAG/v9" --id 0badc0de --extractable >/dev/null 2>&1
 "$BIN" attest --format html --out "$OUT/flagged.html" 2>/dev/null
 text="$(chromium_text "$OUT/flagged.html")"
-grep -Eq '9 key versions, 18 objects, [1-9][0-9]* flags' <<<"$text" || die "flags not counted: $(grep -o '[0-9]* key versions[^.]*' <<<"$text")"
+grep -Eq '9 key versions, 20 objects, [1-9][0-9]* flags' <<<"$text" || die "flags not counted: $(grep -o '[0-9]* key versions[^.]*' <<<"$text")"
 grep -q 'not in the store' <<<"$text" || die "the unknown object is not shown"
 for code in unknown extractable not-local; do
     grep -q "$code" <<<"$text" || die "flag $code not shown"
