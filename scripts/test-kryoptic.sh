@@ -33,5 +33,11 @@ T1=$(date +%s)
 
 cd "$ROOT"
 log "cargo nextest run on Kryoptic ($PKCS11_MODULE)"
-cargo nextest run --all-features "$@"
+# --retries 1: Kryoptic 1.5.4 sometimes aborts a short-lived hsm-kms process
+# at exit with "double free or corruption (fasttop)" after its work is done
+# and printed (seen once in two runs of hsm_faults::start_fails_with_one_line_
+# on_bad_module_or_wrong_pin, in `hsm-kms init`; never on SoftHSMv2):
+# docs/pkcs11-portability.md. nextest reports a test that passed on its retry
+# as FLAKY, so the crash stays visible in the log.
+cargo nextest run --all-features --retries 1 "$@"
 log "Kryoptic suite: $(($(date +%s) - T0)) s (module build or cache: $((T1 - T0)) s)"

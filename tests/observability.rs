@@ -302,14 +302,20 @@ async fn every_family_exists_and_the_mix_moves_them() {
         moved("hsm_kms_auth_failures_total{dialect=\"naver\",reason=\"bad_signature\"}") >= 1.0
     );
     assert!(moved("hsm_kms_auth_failures_total{dialect=\"nhn\",reason=\"unknown_appkey\"}") >= 1.0);
-    // The lost login: a token fault (SoftHSMv2 answers the private key's
-    // handle as invalid, or the user as not logged in), repaired by a
-    // C_Login, counted by return code as a fault.
+    // The lost login: a token fault, repaired by a C_Login, counted by
+    // return code. SoftHSMv2 answers the key's handle as invalid or the
+    // user as not logged in (kind "fault"); Kryoptic answers C_EncryptInit
+    // with CKR_GENERAL_ERROR (kind "other"), so either counts here
+    // (docs/pkcs11-portability.md).
     assert!(moved("hsm_kms_hsm_logins_total{reason=\"relogin\"}") >= 1.0);
     let fault_errors: f64 = a
         .samples
         .keys()
-        .filter(|k| k.starts_with("hsm_kms_pkcs11_errors_total{") && k.contains("kind=\"fault\""))
+        .filter(|k| {
+            k.starts_with("hsm_kms_pkcs11_errors_total{")
+                && (k.contains("kind=\"fault\"")
+                    || k.contains("code=\"CKR_GENERAL_ERROR\",function=\"C_EncryptInit\""))
+        })
         .map(|k| moved(k))
         .sum();
     assert!(
