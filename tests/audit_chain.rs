@@ -385,71 +385,13 @@ async fn a_forged_checkpoint_is_found() {
     assert_break(&kms, 99, "bad-checkpoint-signature");
 }
 
-/// On PostgreSQL a new, empty database in the test cluster (not
-/// `common::test_store_url`, whose databases may come migrated); empty
-/// (SQLite) otherwise.
-async fn legacy_store_url() -> String {
-    use sqlx::{Connection as _, Executor as _};
-    if !common::on_postgres() {
-        return String::new();
-    }
-    let admin = std::env::var("HSM_KMS_TEST_PG_URL").expect("HSM_KMS_TEST_PG_URL");
-    let name = format!("legacy_{}", uuid::Uuid::new_v4().simple());
-    let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
-    c.execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
-    c.close().await.unwrap();
-    format!("{}/{name}", admin.rsplit_once('/').unwrap().0)
-}
-
 #[tokio::test]
 async fn records_written_before_the_chain_are_reported_unchained() {
     // A store as the release before the chain left it: the engine's
     // migrations before 0009 and three activity records.
-    let legacy = tempfile::tempdir().unwrap();
-    let migs = legacy.path().join("migrations");
-    std::fs::create_dir_all(&migs).unwrap();
-    let engine = if common::on_postgres() {
-        "postgres"
-    } else {
-        "sqlite"
-    };
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("migrations")
-        .join(engine);
-    for e in std::fs::read_dir(&src).unwrap() {
-        let p = e.unwrap().path();
-        let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        if name.as_str() < "0009" {
-            std::fs::copy(&p, migs.join(&name)).unwrap();
-        }
-    }
-    let data = legacy.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let db_file = data.join("metadata.db");
-    let url = legacy_store_url().await;
-    if url.is_empty() {
-        std::fs::File::create(&db_file).unwrap();
-        let db = common::db_pool(&db_file).await;
-        sqlx::migrate::Migrator::new(migs.as_path())
-            .await
-            .unwrap()
-            .run(&db)
-            .await
-            .unwrap();
-        db.close().await;
-    } else {
-        let db = sqlx::PgPool::connect(&url).await.unwrap();
-        sqlx::migrate::Migrator::new(migs.as_path())
-            .await
-            .unwrap()
-            .run(&db)
-            .await
-            .unwrap();
-        db.close().await;
-    }
-    let db = common::any_pool(&url, &db_file).await;
+    let legacy = common::LegacyStore::before("0009").await;
+    let (data, url) = (legacy.data.clone(), legacy.url.clone());
+    let db = common::any_pool(&url, &legacy.db_file).await;
     for i in 0..3 {
         sqlx::query(
             "INSERT INTO activity_logs (at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message)

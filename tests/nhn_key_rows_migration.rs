@@ -6,27 +6,8 @@
 //! as they were. Runs on SQLite, and on PostgreSQL in the PG suite.
 mod common;
 
-use std::path::Path;
-
 use hsm_kms::core::Dialect;
 use hsm_kms::store::{KeyRepo, Store};
-
-/// On PostgreSQL a new, empty database in the test cluster; empty (SQLite)
-/// otherwise.
-async fn empty_store_url() -> String {
-    use sqlx::{Connection as _, Executor as _};
-    if !common::on_postgres() {
-        return String::new();
-    }
-    let admin = std::env::var("HSM_KMS_TEST_PG_URL").expect("HSM_KMS_TEST_PG_URL");
-    let name = format!("legacy_{}", uuid::Uuid::new_v4().simple());
-    let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
-    c.execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
-    c.close().await.unwrap();
-    format!("{}/{name}", admin.rsplit_once('/').unwrap().0)
-}
 
 /// What a release before 0016 wrote: a NAVER key, and two NHN keys of one
 /// project both named "db" (one symmetric with a 30-day rotation due at
@@ -53,40 +34,9 @@ const LEGACY_ROWS: [&str; 9] = [
 #[tokio::test]
 async fn nhn_names_and_rotation_schedules_move_into_the_key_rows() {
     // A store as the release before 0016 left it.
-    let legacy = tempfile::tempdir().unwrap();
-    let migs = legacy.path().join("migrations");
-    std::fs::create_dir_all(&migs).unwrap();
-    let engine = if common::on_postgres() {
-        "postgres"
-    } else {
-        "sqlite"
-    };
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("migrations")
-        .join(engine);
-    for e in std::fs::read_dir(&src).unwrap() {
-        let p = e.unwrap().path();
-        let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        if name.as_str() < "0016" {
-            std::fs::copy(&p, migs.join(&name)).unwrap();
-        }
-    }
-    let data = legacy.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let db_file = data.join("metadata.db");
-    let url = empty_store_url().await;
-    let migrator = sqlx::migrate::Migrator::new(migs.as_path()).await.unwrap();
-    if url.is_empty() {
-        std::fs::File::create(&db_file).unwrap();
-        let db = common::db_pool(&db_file).await;
-        migrator.run(&db).await.unwrap();
-        db.close().await;
-    } else {
-        let db = sqlx::PgPool::connect(&url).await.unwrap();
-        migrator.run(&db).await.unwrap();
-        db.close().await;
-    }
-    let db = common::any_pool(&url, &db_file).await;
+    let legacy = common::LegacyStore::before("0016").await;
+    let (data, url) = (legacy.data.clone(), legacy.url.clone());
+    let db = common::any_pool(&url, &legacy.db_file).await;
     for sql in LEGACY_ROWS {
         sqlx::query(sql)
             .execute(&db)
@@ -151,7 +101,7 @@ async fn nhn_names_and_rotation_schedules_move_into_the_key_rows() {
     drop(store);
 
     // The moved columns are gone; NHN names may repeat, NAVER names may not.
-    let db = common::any_pool(&url, &db_file).await;
+    let db = common::any_pool(&url, &legacy.db_file).await;
     assert!(
         sqlx::query("SELECT name FROM nhn_keys")
             .execute(&db)

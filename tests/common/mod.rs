@@ -293,6 +293,73 @@ async fn pg_template(admin_conn: &mut sqlx::PgConnection, admin: &str) -> String
     template
 }
 
+/// A store as a release before migration `before` left it: this engine's
+/// migrations numbered below `before`, applied to a new, empty database (a
+/// `metadata.db` under [`LegacyStore::data`] for SQLite; a new database in
+/// the PostgreSQL test cluster, not [`test_store_url`]'s, whose databases
+/// may come migrated).
+pub struct LegacyStore {
+    /// Holds the migrations and the data dir.
+    pub dir: tempfile::TempDir,
+    /// The data dir (`store.data_dir`).
+    pub data: PathBuf,
+    /// The SQLite file (unused on PostgreSQL).
+    pub db_file: PathBuf,
+    /// `store.url`: empty for SQLite.
+    pub url: String,
+}
+
+impl LegacyStore {
+    /// Makes the store and runs the migrations before `before` on it.
+    pub async fn before(before: &str) -> LegacyStore {
+        use sqlx::{Connection as _, Executor as _};
+        let dir = tempfile::tempdir().unwrap();
+        let migs = dir.path().join("migrations");
+        std::fs::create_dir_all(&migs).unwrap();
+        let engine = if on_postgres() { "postgres" } else { "sqlite" };
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(engine);
+        for e in std::fs::read_dir(&src).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if name.as_str() < before {
+                std::fs::copy(&p, migs.join(&name)).unwrap();
+            }
+        }
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let db_file = data.join("metadata.db");
+        let migrator = sqlx::migrate::Migrator::new(migs.as_path()).await.unwrap();
+        let url = if on_postgres() {
+            let admin = std::env::var("HSM_KMS_TEST_PG_URL").expect("HSM_KMS_TEST_PG_URL");
+            let name = format!("legacy_{}", uuid::Uuid::new_v4().simple());
+            let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
+            c.execute(format!("CREATE DATABASE {name}").as_str())
+                .await
+                .unwrap();
+            c.close().await.unwrap();
+            let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+            let db = sqlx::PgPool::connect(&url).await.unwrap();
+            migrator.run(&db).await.unwrap();
+            db.close().await;
+            url
+        } else {
+            std::fs::File::create(&db_file).unwrap();
+            let db = db_pool(&db_file).await;
+            migrator.run(&db).await.unwrap();
+            db.close().await;
+            String::new()
+        };
+        LegacyStore {
+            dir,
+            data,
+            db_file,
+            url,
+        }
+    }
+}
+
 /// A pool on a store written by the service, through sqlx's `Any` driver:
 /// the SQLite file at `path` when `url` is empty, else the PostgreSQL
 /// database. Queries for both engines use `$N` parameters.
