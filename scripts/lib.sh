@@ -75,3 +75,48 @@ throwaway_token() {
     "${SOFTHSM2_UTIL:-softhsm2-util}" --init-token --free --label "$label" --so-pin "$(random_secret)" \
         --pin "$(cat "$dir/user.pin")" >/dev/null
 }
+
+# loadgen_site WORK NAME MODULE TARGET: what hsm-kms-loadgen runs against, as
+# an operator makes it: a throwaway token "hsm-kms-NAME" and a config under
+# WORK (loopback, JSON logs at warn, token sets unbounded enough for a long
+# run), an account NAME with an API key, an NHN project NAME with an appkey,
+# a User Access Key and the key store "NAME-store". Sets CONFIG, AK and
+# UAK_ID, and exports SOAK_SECRET_KEY, SOAK_API_KEY, SOAK_APPKEY and
+# SOAK_UAK_SECRET for the load generator (never on its command line).
+loadgen_site() {
+    local work="$1" name="$2" module="$3" target="$4"
+    throwaway_token "$work" "hsm-kms-$name"
+    CONFIG="$work/hsm-kms.toml"
+    cat >"$CONFIG" <<CONF
+[server]
+listen = "127.0.0.1:0"
+[hsm]
+module = "$module"
+token_label = "hsm-kms-$name"
+pin_file = "$work/user.pin"
+[store]
+data_dir = "$work/data"
+[log]
+format = "json"
+level = "warn"
+[limits]
+# Token sets are created all through a long run.
+max_token_sets_per_key = 100000
+CONF
+    unset HSM_KMS_PIN HSM_KMS_CONFIG
+    local kms=("$target/hsm-kms" --config "$CONFIG")
+    val() { sed -n "s/^$1=//p"; }
+    "${kms[@]}" init --account "$name" >"$work/creds" 2>/dev/null
+    AK="$(val access_key <"$work/creds")"
+    SOAK_SECRET_KEY="$(val secret_key <"$work/creds")"
+    SOAK_API_KEY="$("${kms[@]}" admin create-api-key --account "$name" | val api_key)"
+    "${kms[@]}" admin nhn create-project "$name" >/dev/null
+    SOAK_APPKEY="$("${kms[@]}" admin nhn create-appkey --project "$name" | val appkey)"
+    "${kms[@]}" admin nhn create-user-access-key --project "$name" >"$work/uak" 2>/dev/null
+    UAK_ID="$(val user_access_key <"$work/uak")"
+    SOAK_UAK_SECRET="$(val secret_access_key <"$work/uak")"
+    "${kms[@]}" admin nhn create-key-store --project "$name" --name "$name-store" >/dev/null
+    [ -n "$AK" ] && [ -n "$SOAK_SECRET_KEY" ] && [ -n "$SOAK_API_KEY" ] && [ -n "$SOAK_APPKEY" ] \
+        && [ -n "$UAK_ID" ] && [ -n "$SOAK_UAK_SECRET" ] || die "could not create the load generator's credentials"
+    export SOAK_SECRET_KEY SOAK_API_KEY SOAK_APPKEY SOAK_UAK_SECRET
+}

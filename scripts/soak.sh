@@ -55,42 +55,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-throwaway_token "$WORK" hsm-kms-soak
-CONFIG="$WORK/hsm-kms.toml"
-cat >"$CONFIG" <<CONF
-[server]
-listen = "127.0.0.1:0"
-[hsm]
-module = "$MODULE"
-token_label = "hsm-kms-soak"
-pin_file = "$WORK/user.pin"
-[store]
-data_dir = "$WORK/data"
-[log]
-format = "json"
-level = "warn"
-[limits]
-# Token sets are created all through a long run.
-max_token_sets_per_key = 100000
-CONF
-unset HSM_KMS_PIN HSM_KMS_CONFIG
-kms() { "$TARGET/hsm-kms" --config "$CONFIG" "$@"; }
-val() { sed -n "s/^$1=//p"; }
-
-# Accounts and credentials, as an operator makes them.
-kms init --account soak >"$WORK/creds" 2>/dev/null
-AK="$(val access_key <"$WORK/creds")"
-SOAK_SECRET_KEY="$(val secret_key <"$WORK/creds")"
-SOAK_API_KEY="$(kms admin create-api-key --account soak | val api_key)"
-kms admin nhn create-project soak >/dev/null
-SOAK_APPKEY="$(kms admin nhn create-appkey --project soak | val appkey)"
-kms admin nhn create-user-access-key --project soak >"$WORK/uak" 2>/dev/null
-UAK_ID="$(val user_access_key <"$WORK/uak")"
-SOAK_UAK_SECRET="$(val secret_access_key <"$WORK/uak")"
-kms admin nhn create-key-store --project soak --name soak-store >/dev/null
-[ -n "$AK" ] && [ -n "$SOAK_SECRET_KEY" ] && [ -n "$SOAK_API_KEY" ] && [ -n "$SOAK_APPKEY" ] \
-    && [ -n "$UAK_ID" ] && [ -n "$SOAK_UAK_SECRET" ] || die "could not create the soak's credentials"
-export SOAK_SECRET_KEY SOAK_API_KEY SOAK_APPKEY SOAK_UAK_SECRET
+loadgen_site "$WORK" soak "$MODULE" "$TARGET"
 
 nice -n "$SOAK_NICE" "$TARGET/hsm-kms" --config "$CONFIG" serve --addr-file "$WORK/addr" >/dev/null 2>"$WORK/server.log" &
 SERVER_PID=$!

@@ -114,39 +114,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-throwaway_token "$WORK" hsm-kms-obs
-CONFIG="$WORK/hsm-kms.toml"
-cat >"$CONFIG" <<CONF
-[server]
-listen = "127.0.0.1:0"
-[hsm]
-module = "$MODULE"
-token_label = "hsm-kms-obs"
-pin_file = "$WORK/user.pin"
-[store]
-data_dir = "$WORK/data"
-[log]
-format = "json"
-level = "warn"
-[limits]
-max_token_sets_per_key = 100000
-CONF
-unset HSM_KMS_PIN HSM_KMS_CONFIG
-kms() { "$TARGET/hsm-kms" --config "$CONFIG" "$@"; }
-val() { sed -n "s/^$1=//p"; }
-kms init --account obs >"$WORK/creds" 2>/dev/null
-AK="$(val access_key <"$WORK/creds")"
-SOAK_SECRET_KEY="$(val secret_key <"$WORK/creds")"
-SOAK_API_KEY="$(kms admin create-api-key --account obs | val api_key)"
-kms admin nhn create-project obs >/dev/null
-SOAK_APPKEY="$(kms admin nhn create-appkey --project obs | val appkey)"
-kms admin nhn create-user-access-key --project obs >"$WORK/uak" 2>/dev/null
-UAK_ID="$(val user_access_key <"$WORK/uak")"
-SOAK_UAK_SECRET="$(val secret_access_key <"$WORK/uak")"
-kms admin nhn create-key-store --project obs --name obs-store >/dev/null
-[ -n "$AK" ] && [ -n "$SOAK_SECRET_KEY" ] && [ -n "$SOAK_APPKEY" ] && [ -n "$UAK_ID" ] \
-    || die "could not create the credentials"
-export SOAK_SECRET_KEY SOAK_API_KEY SOAK_APPKEY SOAK_UAK_SECRET
+loadgen_site "$WORK" obs "$MODULE" "$TARGET"
 
 "$TARGET/hsm-kms" --config "$CONFIG" serve --addr-file "$WORK/addr" >/dev/null 2>"$WORK/server.log" &
 SERVER_PID=$!
