@@ -293,6 +293,27 @@ impl KeyRepo for Store {
     ) -> Result<i64> {
         on_db!(self, db => {
             let mut tx = db.begin_write().await?;
+            // One addition per key at a time: a version still `pending`
+            // on a live node is a rotation in flight, and a second one
+            // would number past it and could activate first (a client
+            // told "version 3" while version 2 does not exist yet). A
+            // pending row of a gone node is the reconciler's to undo and
+            // does not block. SQLite serialises write transactions and
+            // PostgreSQL's unique (key_id, version) index refuses the
+            // second of two transactions that both saw no pending row, so
+            // the check cannot be raced.
+            let pending: Vec<Option<i64>> = sqlx::query_scalar(
+                "SELECT owner_node FROM key_versions WHERE key_id = $1 AND state = 'pending'",
+            )
+            .bind(key_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            for owner in pending {
+                if self.node_alive(owner).await {
+                    tx.rollback().await?;
+                    return Err(StoreError::Conflict);
+                }
+            }
             let next: i64 = sqlx::query_scalar(
                 "SELECT COALESCE(MAX(version), 0) + 1 FROM key_versions WHERE key_id = $1",
             )

@@ -29,7 +29,9 @@ pub trait KeyRepo {
     ) -> impl Future<Output = Result<i64>> + Send;
 
     /// Writes the next version of a key as `pending`. Returns its number.
-    /// `Conflict` if a concurrent rotation took the number first.
+    /// `Conflict` while another version of the key is `pending` on a live
+    /// node (an addition in flight), or if a concurrent one took the
+    /// number first.
     fn insert_version_pending(
         &self,
         key_id: i64,
