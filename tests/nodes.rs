@@ -744,56 +744,85 @@ async fn a_due_rotation_and_deletion_run_once_on_three_nodes() {
 }
 
 #[tokio::test]
-async fn a_rotation_while_another_is_in_flight_is_refused() {
-    // Two rotations of one key at once used to both succeed (versions 2
-    // and 3), and the later number could activate first: a client was
-    // told "version 3" while version 2 did not exist yet (seen in CI as a
-    // 404 on enabling a version below the one a rotation had answered).
-    // One rotation per key at a time; the second is told to retry.
+async fn two_nodes_rotating_one_key_get_versions_2_and_3_in_order() {
+    // Two rotations of one key at once used to number 2 and 3 side by
+    // side, and 3 could activate first: a client was told "version 3"
+    // while version 2 did not exist yet (seen in CI as a 404 on enabling a
+    // version below the one a rotation had answered). Now the second
+    // waits for the first (at most 5 s, then a retryable 400).
     let mut site = Site::init();
     let marker = site.dir.path().join("gate");
-    let a = site.serve(&gate("rotate:after-pending", &marker)).await;
-    let b = site.serve(&[]).await;
+    let a = std::sync::Arc::new(site.serve(&gate("rotate:after-pending", &marker)).await);
+    let b = std::sync::Arc::new(site.serve(&[]).await);
     let tag = create_key(&a, "contended", "RSA2048", json!({})).await;
     let path = format!("/kms/v1/keys/{tag}/rotate");
-    let ra = a.call("POST", &path, None);
-    tokio::pin!(ra);
-    let t0 = Instant::now();
-    while !marker.exists() {
-        tokio::select! {
-            r = &mut ra => panic!("A answered before the gate: {r:?}"),
-            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+    let states = |rows: Vec<(i64, String, Vec<u8>)>| {
+        rows.into_iter().map(|r| (r.0, r.1)).collect::<Vec<_>>()
+    };
+    let wait_gate = |what: &'static str| {
+        let marker = marker.clone();
+        async move {
+            let t0 = Instant::now();
+            while !marker.exists() {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "{what}: gate not reached"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "gate not reached");
-    }
-    // A holds a pending version 2. B's rotation, and A's own second one,
-    // answer at once: 400, NAVER code 100, nothing written.
-    for (who, server) in [("B", &b), ("A", &a)] {
-        let r = tokio::time::timeout(Duration::from_secs(10), server.call("POST", &path, None))
-            .await
-            .unwrap_or_else(|_| panic!("{who}'s rotation waited for A's"));
-        assert_eq!(r.status, 400, "{who}: {}", r.body);
-        assert_eq!(r.body["error"]["errorCode"], "100", "{who}: {}", r.body);
-    }
-    let rows = version_rows(&site, &tag).await;
+    };
+
+    let ra = tokio::spawn({
+        let (a, path) = (a.clone(), path.clone());
+        async move { a.call("POST", &path, None).await }
+    });
+    wait_gate("A").await;
+    // A holds a pending version 2; B's rotation waits for it and writes
+    // nothing meanwhile.
+    let rb = tokio::spawn({
+        let (b, path) = (b.clone(), path.clone());
+        async move { b.call("POST", &path, None).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        !rb.is_finished(),
+        "B answered while A's version 2 was pending"
+    );
     assert_eq!(
-        rows.iter().map(|r| (r.0, r.1.as_str())).collect::<Vec<_>>(),
-        vec![(1, "active"), (2, "pending")]
+        states(version_rows(&site, &tag).await),
+        vec![(1, "active".to_string()), (2, "pending".to_string())]
     );
     std::fs::remove_file(&marker).unwrap();
-    assert_eq!(ra.await.ok()["version"], 2);
-    // Once A's rotation is done, B's next one makes version 3.
-    assert_eq!(b.call("POST", &path, None).await.ok()["version"], 3);
+    assert_eq!(ra.await.unwrap().ok()["version"], 2);
+    assert_eq!(rb.await.unwrap().ok()["version"], 3);
     let rows = version_rows(&site, &tag).await;
-    assert_eq!(
-        rows.iter().map(|r| (r.0, r.1.as_str())).collect::<Vec<_>>(),
-        vec![(1, "active"), (2, "active"), (3, "active")]
-    );
     // No duplicate object id, no orphan: two objects (a pair) per version.
     let ids: std::collections::HashSet<&Vec<u8>> = rows.iter().map(|r| &r.2).collect();
     assert_eq!(ids.len(), 3);
-    let labels = key_objects(&site, &tag);
-    assert_eq!(labels.len(), 6, "{labels:?}");
+    assert_eq!(key_objects(&site, &tag).len(), 6);
+    assert_eq!(
+        states(rows),
+        (1..=3)
+            .map(|v| (v, "active".to_string()))
+            .collect::<Vec<_>>()
+    );
+
+    // A rotation that stays in flight longer than the wait: the other one
+    // is refused with NAVER's code 100 (retry), and writes nothing.
+    let ra = tokio::spawn({
+        let (a, path) = (a.clone(), path.clone());
+        async move { a.call("POST", &path, None).await }
+    });
+    wait_gate("A again").await;
+    let r = tokio::time::timeout(Duration::from_secs(20), b.call("POST", &path, None))
+        .await
+        .expect("B's rotation answers after its bounded wait");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.body["error"]["errorCode"], "100", "{}", r.body);
+    assert_eq!(version_rows(&site, &tag).await.len(), 4);
+    std::fs::remove_file(&marker).unwrap();
+    assert_eq!(ra.await.unwrap().ok()["version"], 4);
 }
 
 #[tokio::test]

@@ -145,6 +145,13 @@ pub(crate) fn schedule_destruction(key: &mut KeyRow, wait_ms: i64) -> i64 {
     t + wait_ms
 }
 
+/// How long a version addition waits for another addition to the same key
+/// (a concurrent rotation, on this node or another) before it is refused
+/// with a retryable conflict.
+const ADDITION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often a waiting addition asks the store again.
+const ADDITION_POLL: std::time::Duration = std::time::Duration::from_millis(25);
+
 impl Engine {
     /// Activates a version whose objects were just made. When the store
     /// refuses (a full or read-only disk), the version is rolled back
@@ -357,14 +364,23 @@ impl Engine {
         }
         let (cka_id, aux_id) = ids.await?;
         let key_id = e.key.id;
-        let version = match self
-            .store()
-            .insert_version_pending(key_id, &cka_id, aux_id.as_deref())
-            .await
-        {
-            Ok(v) => v,
-            Err(StoreError::Conflict) => return Err(Error::Conflict(conflict.into())),
-            Err(err) => return Err(err.into()),
+        // Another addition to this key in flight (on any live node): wait
+        // for it to settle, so that versions activate in number order,
+        // for at most ADDITION_WAIT; then the caller is told to retry.
+        let waited = std::time::Instant::now();
+        let version = loop {
+            match self
+                .store()
+                .insert_version_pending(key_id, &cka_id, aux_id.as_deref())
+                .await
+            {
+                Ok(v) => break v,
+                Err(StoreError::Conflict) if waited.elapsed() < ADDITION_WAIT => {
+                    tokio::time::sleep(ADDITION_POLL).await;
+                }
+                Err(StoreError::Conflict) => return Err(Error::Conflict(conflict.into())),
+                Err(err) => return Err(err.into()),
+            }
         };
         if let Some(l) = limit {
             if version > l.max {
