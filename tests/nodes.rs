@@ -707,7 +707,30 @@ async fn a_due_rotation_and_deletion_run_once_on_three_nodes() {
         if done {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "nothing done");
+        if t0.elapsed() > Duration::from_secs(30) {
+            // Seen once on Kryoptic (nodes sharing its sqlite token): say
+            // which half did not happen and what the nodes logged.
+            let logs: Vec<String> = (1..=3)
+                .map(|n| {
+                    let l = site.log(n);
+                    let tail: Vec<&str> = l.lines().rev().take(40).collect();
+                    format!(
+                        "--- node {n}:\n{}",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    )
+                })
+                .collect();
+            panic!(
+                "nothing done in 30 s: doomed {:?}, auto {:?}\n{}",
+                rows.iter().map(|r| (r.0, r.1.clone())).collect::<Vec<_>>(),
+                version_rows(&site, &auto)
+                    .await
+                    .iter()
+                    .map(|r| (r.0, r.1.clone()))
+                    .collect::<Vec<_>>(),
+                logs.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
