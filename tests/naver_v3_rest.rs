@@ -1043,3 +1043,264 @@ async fn activity_query_over_the_shared_log() {
         .await;
     assert_eq!(r.ok()["totalCount"], 4, "{}", r.body);
 }
+
+/// updateKey, updateKeyRotation, updateKeyVersion, the token generator
+/// calls and key deletion, each seen through 2.0 too.
+#[tokio::test]
+async fn key_state_and_metadata_calls() {
+    let kms = Kms::start().await;
+    let tag = tag_of(&kms, "state-key", "AES256", json!({"memo": "first"})).await;
+    let key = format!("/keys/{tag}");
+    // "빈 본문({})은 아무것도 바꾸지 않고 키 정보를 반환합니다".
+    let r = v3(&kms, "PATCH", &key, Some(json!({}))).await;
+    let b = ok(&r, 200);
+    assert_eq!(b["memo"], "first");
+    assert_eq!(b["status"], "ENABLED");
+    let r = v3(&kms, "PATCH", &key, Some(json!({"memo": "second"}))).await;
+    assert_eq!(ok(&r, 200)["memo"], "second");
+    let r = kms.call("GET", &format!("/kms/v1/keys/{tag}"), None).await;
+    assert_eq!(r.ok()["memo"], "second", "2.0 sees the memo");
+    // null clears the memo; null keyName/status are 400.
+    let r = v3(&kms, "PATCH", &key, Some(json!({"memo": null}))).await;
+    assert_eq!(ok(&r, 200)["memo"], "");
+    for bad in [
+        json!({"status": null}),
+        json!({"keyName": null}),
+        json!({"status": "PENDING_DELETION"}),
+        json!({"memo": "x".repeat(101)}),
+        json!({"memo": ""}),
+        json!({"bogus": 1}),
+    ] {
+        assert_v3_error(
+            &v3(&kms, "PATCH", &key, Some(bad)).await,
+            400,
+            "InvalidParameter",
+        );
+    }
+    // status: DISABLED refuses crypto (2.0 too), ENABLED again serves.
+    let r = v3(&kms, "PATCH", &key, Some(json!({"status": "DISABLED"}))).await;
+    assert_eq!(ok(&r, 200)["status"], "DISABLED");
+    let r = kms
+        .op(&tag, "encrypt", json!({"plaintext": b64(b"x")}))
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_v3_error(
+        &v3(
+            &kms,
+            "POST",
+            &format!("{key}/encrypt"),
+            Some(json!({"plaintext": b64(b"x")})),
+        )
+        .await,
+        403,
+        "Forbidden",
+    );
+    let r = v3(&kms, "PATCH", &key, Some(json!({"status": "ENABLED"}))).await;
+    assert_eq!(ok(&r, 200)["status"], "ENABLED");
+
+    // updateKeyRotation: enabled first, then periodDays (only while on).
+    let rot = format!("{key}/rotation");
+    let r = v3(&kms, "PATCH", &rot, Some(json!({}))).await;
+    assert_eq!(ok(&r, 200), &json!({"enabled": false, "periodDays": 0}));
+    assert_v3_error(
+        &v3(&kms, "PATCH", &rot, Some(json!({"periodDays": 30}))).await,
+        400,
+        "InvalidParameter",
+    );
+    assert_v3_error(
+        &v3(
+            &kms,
+            "PATCH",
+            &rot,
+            Some(json!({"enabled": false, "periodDays": 30})),
+        )
+        .await,
+        400,
+        "InvalidParameter",
+    );
+    let r = v3(&kms, "PATCH", &rot, Some(json!({"enabled": true}))).await;
+    assert_eq!(
+        ok(&r, 200),
+        &json!({"enabled": true, "periodDays": 90}),
+        "the default"
+    );
+    let r = v3(&kms, "PATCH", &rot, Some(json!({"periodDays": 30}))).await;
+    assert_eq!(ok(&r, 200), &json!({"enabled": true, "periodDays": 30}));
+    let r = kms.call("GET", &format!("/kms/v1/keys/{tag}"), None).await;
+    assert_eq!(r.ok()["rotationPeriod"], 30);
+    assert_eq!(r.ok()["isAutoRotation"], true);
+    assert_v3_error(
+        &v3(&kms, "PATCH", &rot, Some(json!({"periodDays": 731}))).await,
+        400,
+        "InvalidParameter",
+    );
+    // Off keeps the period; on again without periodDays takes it back.
+    let r = v3(&kms, "PATCH", &rot, Some(json!({"enabled": false}))).await;
+    assert_eq!(ok(&r, 200), &json!({"enabled": false, "periodDays": 0}));
+    let r = v3(&kms, "PATCH", &rot, Some(json!({"enabled": true}))).await;
+    assert_eq!(ok(&r, 200)["periodDays"], 30);
+
+    // updateKeyVersion: the current version cannot change.
+    ok(
+        &v3(&kms, "POST", &format!("{key}/versions"), None).await,
+        201,
+    );
+    let ct1 = {
+        let r = kms
+            .call("GET", &format!("/kms/v1/keys/{tag}/versions"), None)
+            .await;
+        assert_eq!(r.ok()["currentVersion"], 2);
+        kms.encrypt(&tag, b"v2", None).await
+    };
+    assert_v3_error(
+        &v3(
+            &kms,
+            "PATCH",
+            &format!("{key}/versions/2"),
+            Some(json!({"status": "DISABLED"})),
+        )
+        .await,
+        409,
+        "Conflict",
+    );
+    let r = v3(
+        &kms,
+        "PATCH",
+        &format!("{key}/versions/1"),
+        Some(json!({"status": "DISABLED"})),
+    )
+    .await;
+    assert_eq!(
+        ok(&r, 200),
+        &json!({"version": 1, "status": "DISABLED", "current": false})
+    );
+    let r = kms
+        .call("GET", &format!("/kms/v1/keys/{tag}/versions"), None)
+        .await;
+    assert_eq!(r.ok()["versionList"][0]["status"], "DISABLE", "{}", r.body);
+    let r = v3(&kms, "PATCH", &format!("{key}/versions/1"), Some(json!({}))).await;
+    assert_eq!(ok(&r, 200)["status"], "DISABLED");
+    let r = v3(
+        &kms,
+        "PATCH",
+        &format!("{key}/versions/1"),
+        Some(json!({"status": "ENABLED"})),
+    )
+    .await;
+    assert_eq!(ok(&r, 200)["status"], "ENABLED");
+    assert_v3_error(
+        &v3(&kms, "PATCH", &format!("{key}/versions/9"), Some(json!({}))).await,
+        404,
+        "ResourceNotFound",
+    );
+    assert_v3_error(
+        &v3(
+            &kms,
+            "PATCH",
+            &format!("{key}/versions/0x1"),
+            Some(json!({})),
+        )
+        .await,
+        400,
+        "InvalidParameter",
+    );
+    assert_eq!(kms.decrypt_ok(&tag, &ct1, None).await, b"v2");
+
+    // Token generator: activate (idempotent), rotate (old tokens refused),
+    // deactivate (idempotent); 2.0's generator.
+    let r = v3(
+        &kms,
+        "POST",
+        &format!("{key}/activate-token-generator"),
+        None,
+    )
+    .await;
+    let b = ok(&r, 200).clone();
+    assert_eq!(b["status"], "ENABLED");
+    let id = b["tokenGeneratorId"].as_str().unwrap().to_string();
+    let r = v3(
+        &kms,
+        "POST",
+        &format!("{key}/activate-token-generator"),
+        None,
+    )
+    .await;
+    assert_eq!(ok(&r, 200)["tokenGeneratorId"], id.as_str(), "unchanged");
+    let r = kms
+        .call("GET", &format!("/kms/v1/keys/{tag}/token-generator"), None)
+        .await;
+    assert_eq!(r.ok()["tokenGeneratorId"], id.as_str());
+    let (access, _) = v3_tokens(&kms, &tag, json!({})).await;
+    let tpath = format!("/kms/v3/token/keys/{tag}/encrypt");
+    let body = json!({"plaintext": b64(b"g")});
+    ok(
+        &with_token(&kms, &access, "POST", &tpath, Some(body.clone())).await,
+        200,
+    );
+    let r = v3(&kms, "POST", &format!("{key}/rotate-token-generator"), None).await;
+    let b = ok(&r, 200);
+    assert_eq!(b["status"], "ENABLED");
+    assert_ne!(b["tokenGeneratorId"], id.as_str());
+    assert_v3_error(
+        &with_token(&kms, &access, "POST", &tpath, Some(body.clone())).await,
+        401,
+        "AuthFailure",
+    );
+    let (access, _) = v3_tokens(&kms, &tag, json!({})).await;
+    let r = v3(
+        &kms,
+        "POST",
+        &format!("{key}/deactivate-token-generator"),
+        None,
+    )
+    .await;
+    assert_eq!(ok(&r, 200), &json!({"status": "DISABLED"}));
+    assert_v3_error(
+        &with_token(&kms, &access, "POST", &tpath, Some(body)).await,
+        401,
+        "AuthFailure",
+    );
+    let r = v3(
+        &kms,
+        "POST",
+        &format!("{key}/deactivate-token-generator"),
+        None,
+    )
+    .await;
+    assert_eq!(ok(&r, 200), &json!({"status": "DISABLED"}));
+    assert_v3_error(
+        &v3(&kms, "POST", &format!("{key}/rotate-token-generator"), None).await,
+        409,
+        "Conflict",
+    );
+
+    // Deletion: request (PENDING_DELETION, crypto refused), cancel (DISABLED).
+    let r = v3(&kms, "POST", &format!("{key}/request-deletion"), None).await;
+    assert_eq!(ok(&r, 200)["status"], "PENDING_DELETION");
+    let r = kms.call("GET", &format!("/kms/v1/keys/{tag}"), None).await;
+    assert_eq!(r.ok()["status"], "REVOKE", "2.0's name: {}", r.body);
+    assert_v3_error(
+        &v3(&kms, "PATCH", &key, Some(json!({"status": "ENABLED"}))).await,
+        409,
+        "Conflict",
+    );
+    assert_v3_error(
+        &v3(
+            &kms,
+            "POST",
+            &format!("{key}/activate-token-generator"),
+            None,
+        )
+        .await,
+        409,
+        "Conflict",
+    );
+    let r = v3(&kms, "POST", &format!("{key}/cancel-deletion"), None).await;
+    assert_eq!(ok(&r, 200)["status"], "DISABLED");
+    // Renaming is refused (not supported).
+    assert_v3_error(
+        &v3(&kms, "PATCH", &key, Some(json!({"keyName": "renamed"}))).await,
+        400,
+        "InvalidParameter",
+    );
+}

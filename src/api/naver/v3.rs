@@ -15,6 +15,7 @@ use std::collections::HashMap;
 
 mod acl;
 mod batch;
+mod state;
 mod tokens;
 
 use axum::extract::{FromRequest, Path, Query, State};
@@ -47,16 +48,20 @@ const RSA_LEN: usize = 256;
 pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/kms/v3/keys", post(create_key).get(list_keys))
-        .route("/kms/v3/keys/{key_tag}", get(get_key))
+        .route(
+            "/kms/v3/keys/{key_tag}",
+            get(get_key).patch(state::update_key),
+        )
         .route(
             "/kms/v3/keys/{key_tag}/versions",
             get(list_versions).post(create_version),
         )
         .route(
             "/kms/v3/keys/{key_tag}/versions/{version}",
-            get(get_version),
+            get(get_version).patch(state::update_version),
         )
         .merge(tokens::token_issue_router())
+        .merge(state::router())
         .merge(acl::router())
         .layer(axum::middleware::from_fn(request_id))
 }
