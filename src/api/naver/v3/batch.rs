@@ -64,10 +64,7 @@ type Failures = BTreeMap<usize, V3Error>;
 /// "message", "detail"}}}` (the "Batch Failure Response" type), with the
 /// one cause's status, or 400 when the causes differ.
 fn failures(f: Failures) -> Response {
-    let mut codes: Vec<&str> = f.values().map(|e| e.code).collect();
-    codes.dedup();
-    codes.sort_unstable();
-    codes.dedup();
+    let codes: std::collections::BTreeSet<&str> = f.values().map(|e| e.code).collect();
     let status = match (codes.len(), f.values().next()) {
         (1, Some(e)) => e.status,
         _ => StatusCode::BAD_REQUEST,
