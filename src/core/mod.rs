@@ -33,7 +33,7 @@ pub use reconcile::{bind, destroy_orphans, reconcile, Inventory, ReconcileReport
 pub use scheduler::spawn_scheduler;
 pub use tokens::{
     parse_rule, Lifetime, TokenAuth, TokenKind, TokenSet, DEFAULT_ACCESS_HOURS,
-    DEFAULT_REFRESH_HOURS,
+    DEFAULT_REFRESH_HOURS, MAX_TOKEN_MINUTES,
 };
 pub use types::{Dialect, KeyStatus, VersionState};
 

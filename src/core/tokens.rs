@@ -30,11 +30,17 @@ pub const DEFAULT_REFRESH_HOURS: i64 = 2_160;
 /// working until they expire.
 pub const LEGACY_TOKEN_PREFIX: &str = "ncpkms_";
 
-/// A token lifetime: a number of hours or unlimited (`"UL"`).
+/// Largest token lifetime in minutes (v3's `accessTokenMinutes`: 730 days).
+pub const MAX_TOKEN_MINUTES: i64 = 1_051_200;
+
+/// A token lifetime: a number of hours or unlimited (`"UL"`), or minutes
+/// (API v3's `accessTokenMinutes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lifetime {
     /// Hours, 1 to 17520.
     Hours(i64),
+    /// Minutes, 1 to 1051200 (API v3).
+    Minutes(i64),
     /// Never expires.
     Unlimited,
 }
@@ -46,6 +52,11 @@ impl Lifetime {
             Lifetime::Hours(h) if !(1..=MAX_TOKEN_HOURS).contains(&h) => Err(Error::InvalidInput(
                 format!("{field} must be between 1 and {MAX_TOKEN_HOURS} hours, or \"UL\""),
             )),
+            Lifetime::Minutes(m) if !(1..=MAX_TOKEN_MINUTES).contains(&m) => {
+                Err(Error::InvalidInput(format!(
+                    "{field} must be between 1 and {MAX_TOKEN_MINUTES} minutes"
+                )))
+            }
             l => Ok(l),
         }
     }
@@ -112,6 +123,7 @@ impl Engine {
         match l {
             Lifetime::Unlimited => None,
             Lifetime::Hours(h) => Some(at + h * self.inner.token_hour_ms),
+            Lifetime::Minutes(m) => Some(at + m * self.inner.token_hour_ms / 60),
         }
     }
 

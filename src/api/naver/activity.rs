@@ -67,6 +67,7 @@ pub fn action(method: &str, template: &str) -> Option<&'static str> {
     let tail = template
         .strip_prefix("/kms/v1/keys")
         .or_else(|| template.strip_prefix("/kms/v3/keys"))
+        .or_else(|| template.strip_prefix("/kms/v3/token/keys"))
         .or_else(|| template.strip_prefix("/keys/v1/{key_tag}"))
         .or_else(|| template.strip_prefix("/keys/v2/{key_tag}"))?;
     let collection = matches!(template, "/kms/v1/keys" | "/kms/v3/keys");
@@ -99,6 +100,22 @@ pub fn action(method: &str, template: &str) -> Option<&'static str> {
         ("GET", "/versions/{version}") => "GetKeyVersion",
         ("POST", "/versions") => "RotateKey",
         ("POST", "/issue-custom-key") => "CreateCustomKey",
+        ("PATCH", "") if !collection => "UpdateKey",
+        ("PATCH", "/rotation") => "UpdateRotationPeriod",
+        ("PATCH", "/versions/{version}") => "UpdateKeyVersion",
+        ("POST", "/activate-token-generator") => "CreateTokenGenerator",
+        ("POST", "/rotate-token-generator") => "UpdateTokenGenerator",
+        ("POST", "/deactivate-token-generator") => "DeleteTokenGenerator",
+        ("POST", "/batch-encrypt") => "Encrypt",
+        ("POST", "/batch-decrypt") => "Decrypt",
+        ("POST", "/batch-re-encrypt") => "ReEncrypt",
+        ("POST", "/issue-tokens") => "CreateTokenSet",
+        ("POST", "/reissue-tokens") => "RenewTokenSet",
+        ("POST", "/issue-access-token") => "CreateAccessToken",
+        ("PATCH", "/acl") => "UpdateIpAcl",
+        ("GET", "/acl/allowed-ips") => "GetAclRuleList",
+        ("POST", "/acl/add-allowed-ips") => "AddAclRule",
+        ("POST", "/acl/remove-allowed-ips") => "DeleteAclRule",
         ("POST", "/acl/enable") => "EnableIpAcl",
         ("POST", "/acl/disable") => "DisableIpAcl",
         ("GET", "/acl") => "GetAclRuleList",

@@ -304,7 +304,12 @@ impl FromRequestParts<AppState> for Caller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let slot = parts.extensions.get::<ActivitySlot>().cloned();
-        let account_id = if parts.uri.path().starts_with("/keys/v1/") {
+        let account_id = if parts.uri.path().starts_with("/kms/v3/token/") {
+            // v3's token calls take the token only (the pages' one header).
+            verify_token(parts, state, TokenKind::Access)
+                .await?
+                .account_id
+        } else if parts.uri.path().starts_with("/keys/v1/") {
             verify_signature(parts, state, SignatureVersion::V1)
                 .await?
                 .account_id

@@ -36,6 +36,7 @@ pub fn router(state: AppState) -> axum::Router<AppState> {
     let crypto = v2::crypto_router()
         .merge(v1::router())
         .merge(v3::crypto_router())
+        .merge(v3::token_router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             rate_limit,
@@ -124,6 +125,7 @@ fn key_tag_span(path: &str) -> Option<std::ops::Range<usize>> {
     let rest = if let Some(r) = path
         .strip_prefix("/kms/v1/keys/")
         .or_else(|| path.strip_prefix("/kms/v3/keys/"))
+        .or_else(|| path.strip_prefix("/kms/v3/token/keys/"))
     {
         r
     } else {
@@ -513,6 +515,10 @@ mod tests {
         let path = format!("/kms/v3/keys/{hex}/encrypt");
         assert_eq!(tag(&path), Some(hex.clone()));
         assert_eq!(tag("/kms/v3/keys/XYZ/encrypt").as_deref(), Some("XYZ"));
+        assert_eq!(
+            tag("/kms/v3/token/keys/abc/batch-encrypt").as_deref(),
+            Some("abc")
+        );
         assert_eq!(key_tag_in("/kms/v1/keys"), None);
         assert_eq!(key_tag_in("/kms/v1/keys/"), None);
         assert_eq!(key_tag_in("/healthz"), None);

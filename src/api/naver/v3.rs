@@ -13,6 +13,11 @@
 
 use std::collections::HashMap;
 
+mod acl;
+mod batch;
+mod state;
+mod tokens;
+
 use axum::extract::{FromRequest, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -43,16 +48,28 @@ const RSA_LEN: usize = 256;
 pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/kms/v3/keys", post(create_key).get(list_keys))
-        .route("/kms/v3/keys/{key_tag}", get(get_key))
+        .route(
+            "/kms/v3/keys/{key_tag}",
+            get(get_key).patch(state::update_key),
+        )
         .route(
             "/kms/v3/keys/{key_tag}/versions",
             get(list_versions).post(create_version),
         )
         .route(
             "/kms/v3/keys/{key_tag}/versions/{version}",
-            get(get_version),
+            get(get_version).patch(state::update_version),
         )
+        .merge(tokens::token_issue_router())
+        .merge(state::router())
+        .merge(acl::router())
         .layer(axum::middleware::from_fn(request_id))
+}
+
+/// The token cipher calls under `/kms/v3/token/keys/...` (access token),
+/// under the per-key quota.
+pub(super) fn token_router() -> Router<AppState> {
+    tokens::token_crypto_router().layer(axum::middleware::from_fn(request_id))
 }
 
 /// The cipher calls, under the per-key quota.
@@ -67,6 +84,18 @@ pub(super) fn crypto_router() -> Router<AppState> {
         .route(
             "/kms/v3/keys/{key_tag}/versions/{version}/public-key",
             get(public_key),
+        )
+        .route(
+            "/kms/v3/keys/{key_tag}/batch-encrypt",
+            post(batch::batch_encrypt),
+        )
+        .route(
+            "/kms/v3/keys/{key_tag}/batch-decrypt",
+            post(batch::batch_decrypt),
+        )
+        .route(
+            "/kms/v3/keys/{key_tag}/batch-re-encrypt",
+            post(batch::batch_reencrypt),
         )
         .layer(axum::middleware::from_fn(request_id))
 }
@@ -130,6 +159,7 @@ impl V3Error {
             "InvalidParameter" => "The request has an invalid parameter",
             "AuthFailure" => "Authentication failed",
             "Forbidden" => "The operation is not allowed",
+            "AccessDenied" => "The client address is not allowed by the key's IP ACL",
             "ResourceNotFound" => "The resource was not found",
             "Conflict" => "The resource's state does not allow the operation",
             "UnsupportedMediaType" => "Unsupported media type",
@@ -142,7 +172,14 @@ impl V3Error {
 
 impl From<NaverError> for V3Error {
     fn from(e: NaverError) -> Self {
-        V3Error::new(e.status, e.details)
+        // A token refused by the key's IP ACL: v3's `AccessDenied` (the
+        // reissueKeyTokens and issueKeyAccessToken pages).
+        let acl = e.status == StatusCode::FORBIDDEN && e.details.contains("IP ACL");
+        let mut v = V3Error::new(e.status, e.details);
+        if acl {
+            v.code = "AccessDenied";
+        }
+        v
     }
 }
 
