@@ -92,6 +92,8 @@ docker image inspect "$HSM_KMS_IMAGE" >/dev/null 2>&1 || die "no image $HSM_KMS_
 ensure_base_image "$ROOT/.cache/images"
 for pair in "postgres $HSM_KMS_POSTGRES_IMAGE" "prometheus $HSM_KMS_PROMETHEUS_IMAGE"; do
     read -r img tag <<<"$pair"
+    # Another image named by HSM_KMS_*_IMAGE is compose's to find or pull.
+    case "$tag" in hsm-kms-*) ;; *) continue ;; esac
     log "image $tag (docker/$img; Docker's cache makes it a no-op when current)"
     DOCKER_BUILDKIT=0 docker build -q --network "${HSM_KMS_BUILD_NETWORK:-host}" -t "$tag" "docker/$img" >/dev/null
 done
