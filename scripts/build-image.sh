@@ -78,15 +78,24 @@ strip --strip-debug "$CTX/hsm-kms" 2>/dev/null || true
 install -m 0755 "$ROOT/docker/entrypoint.sh" "$CTX/entrypoint.sh"
 cp "$ROOT/docker/Dockerfile" "$CTX/Dockerfile"
 
-NETWORK=${HSM_KMS_BUILD_NETWORK:-host}
-echo "==> docker build -t $TAG (network: $NETWORK)" >&2
-t0=$(date +%s)
-# DOCKER_BUILDKIT=0: the legacy builder needs no buildx plugin (Debian's
-# docker.io ships none); the Dockerfile uses no BuildKit-only syntax.
-DOCKER_BUILDKIT=0 docker build --network "$NETWORK" \
-  --label "org.opencontainers.image.revision=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-  -t "$TAG" "$CTX"
-echo "==> image built in $(( $(date +%s) - t0 ))s" >&2
+# The image is current when it was built from this very context (binary,
+# entrypoint, Dockerfile): then it is kept as it is, no build at all.
+CTX_SUM=$(cd "$CTX" && sha256sum hsm-kms entrypoint.sh Dockerfile | sha256sum | cut -c1-64)
+HAVE_SUM=$(docker image inspect -f '{{index .Config.Labels "org.hsm-kms.context-sha256"}}' "$TAG" 2>/dev/null || true)
+if [ "$HAVE_SUM" = "$CTX_SUM" ]; then
+  echo "==> $TAG is current (same binary, entrypoint and Dockerfile): not rebuilt" >&2
+else
+  NETWORK=${HSM_KMS_BUILD_NETWORK:-host}
+  echo "==> docker build -t $TAG (network: $NETWORK)" >&2
+  t0=$(date +%s)
+  # DOCKER_BUILDKIT=0: the legacy builder needs no buildx plugin (Debian's
+  # docker.io ships none); the Dockerfile uses no BuildKit-only syntax.
+  DOCKER_BUILDKIT=0 docker build --network "$NETWORK" \
+    --label "org.opencontainers.image.revision=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    --label "org.hsm-kms.context-sha256=$CTX_SUM" \
+    -t "$TAG" "$CTX"
+  echo "==> image built in $(( $(date +%s) - t0 ))s" >&2
+fi
 
 # The binary must load in the image (glibc of the host vs bookworm).
 docker run --rm --entrypoint /usr/local/bin/hsm-kms "$TAG" --version >&2
