@@ -38,11 +38,16 @@
 #   host_iv        defaults with hsm.gcm_iv_source = host (not for FIPS)
 #   access_log_off defaults with log.access = false (no access line per
 #                  request; the server logs at info, to a file)
+#   log_off        defaults with the activity log off (what the log costs)
+#   baseline       defaults served by BASELINE_BIN (another build of
+#                  hsm-kms, e.g. main's): before / after of a code change in
+#                  one interleaved run; listed only when BASELINE_BIN is set
 # LEVER_OPS (default "enc rsa ec": AES encrypt, RSA-2048 sign, ECDSA sign).
 # PROFILE_DIR=docs/perf also records the server with perf during the first
 # run of each operation in PROFILE_OPS (default "enc") of each configuration
 # in PROFILE_CONFIGS (default "defaults") and writes a flamegraph (inferno):
-# PROFILE_DIR/{encrypt,sign-rsa,sign-ecdsa}-<configuration>.svg.
+# PROFILE_DIR/{encrypt,sign-rsa,sign-ecdsa}-<configuration>.svg, and with
+# PROFILE_FOLDED=1 the folded stacks beside it (.folded, for grep).
 #
 # Environment: RAW_SECS (3) per raw figure, HTTP_SECS (10) per wrk run,
 # CONNECTIONS (64) and WRK_THREADS (2) for wrk, LOG_ROUNDS (3), LEVER_ROUNDS
@@ -148,11 +153,12 @@ kms admin nhn create-key-store --project bench --name bench-store >/dev/null
 [ -n "$AK" ] && [ -n "$SK" ] && [ -n "$API_KEY" ] && [ -n "$APPKEY" ] && [ -n "$UAK_ID" ] \
     && [ -n "$UAK_SECRET" ] || die "could not create the benchmark's credentials"
 
-# start_server [ENV=VALUE ...]: (re)starts the server on the same token and store.
+# start_server [ENV=VALUE ...]: (re)starts the server on the same token and
+# store; SERVER_BIN (default this tree's release build) picks the binary.
 start_server() {
     stop_server
     rm -f "$WORK/addr"
-    env "$@" "$TARGET/hsm-kms" --config "$CONFIG" serve --addr-file "$WORK/addr" >/dev/null 2>"$WORK/server.log" &
+    env "$@" "${SERVER_BIN:-$TARGET/hsm-kms}" --config "$CONFIG" serve --addr-file "$WORK/addr" >/dev/null 2>"$WORK/server.log" &
     SERVER_PID=$!
     for _ in $(seq 100); do [ -s "$WORK/addr" ] && break; sleep 0.1; done
     [ -s "$WORK/addr" ] || die "server did not start: $(tail -5 "$WORK/server.log")"
@@ -282,7 +288,12 @@ LEVER_ALL=(
     "batch_wait:HSM_KMS_ACTIVITY_LOG_BATCH_WAIT_US=1000"
     "host_iv:HSM_KMS_HSM_GCM_IV_SOURCE=host"
     "access_log_off:HSM_KMS_LOG_ACCESS=false"
+    "log_off:HSM_KMS_ACTIVITY_LOG_ENABLED=false"
 )
+if [ -n "${BASELINE_BIN:-}" ]; then
+    [ -x "$BASELINE_BIN" ] || die "BASELINE_BIN=$BASELINE_BIN is not an executable"
+    LEVER_ALL+=("baseline:SERVER_BIN=$BASELINE_BIN")
+fi
 LEVER_CONFIGS=()
 for c in "${LEVER_ALL[@]}"; do
     if [ -z "${LEVERS:-}" ] || [[ " $LEVERS " == *" ${c%%:*} "* ]]; then LEVER_CONFIGS+=("$c"); fi
@@ -297,8 +308,11 @@ if part levers; then
         for c in "${LEVER_CONFIGS[@]}"; do
             name="${c%%:*}"
             log "levers: round $round of $LEVER_ROUNDS, $name"
+            SERVER_BIN=""
+            [ "$name" = baseline ] && SERVER_BIN="$BASELINE_BIN"
             # shellcheck disable=SC2086
             start_server HSM_KMS_ACTIVITY_LOG_ENABLED=true HSM_KMS_ACTIVITY_LOG_FSYNC=true ${c#*:}
+            SERVER_BIN=""
             for op in $LEVER_OPS; do
                 perf_pid=""
                 if [ -n "${PROFILE_DIR:-}" ] && [ "$round" -eq 1 ] && [[ " $PROFILE_OPS " == *" $op "* ]] \
@@ -319,7 +333,9 @@ if part levers; then
                     mkdir -p "$PROFILE_DIR"
                     svg="$(case $op in enc) echo encrypt ;; rsa) echo sign-rsa ;; ec) echo sign-ecdsa ;; esac)-$name.svg"
                     perf script --no-inline -i "$WORK/perf-$name.data" 2>/dev/null | inferno-collapse-perf \
-                        | inferno-flamegraph --title "hsm-kms $(op_label "$op"), wrk -t$WRK_THREADS -c$CONNECTIONS, $name" \
+                        >"$WORK/perf-$name.folded" || true
+                    [ "${PROFILE_FOLDED:-0}" = 1 ] && cp "$WORK/perf-$name.folded" "$PROFILE_DIR/${svg%.svg}.folded"
+                    inferno-flamegraph <"$WORK/perf-$name.folded" --title "hsm-kms $(op_label "$op"), wrk -t$WRK_THREADS -c$CONNECTIONS, $name" \
                             >"$PROFILE_DIR/$svg" || log "flamegraph $svg failed"
                     rm -f "$WORK/perf-$name.data"
                 fi
