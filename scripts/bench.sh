@@ -262,6 +262,10 @@ med3() { # med3 FILE -> "median_rps median_p50 median_p99", or "fail"
 }
 # metric_sum NAME: the value of an unlabelled metric of the running server.
 metric_sum() { curl -s "$URL/metrics" | awk -v n="$1" '$1 == n { s += $NF } END { printf "%.0f\n", s }'; }
+# metric_float NAME: the same, unrounded.
+metric_float() { curl -s "$URL/metrics" | awk -v n="$1" '$1 == n { s += $NF } END { printf "%.6f\n", s }'; }
+# server_cpu_ticks: user + system clock ticks of the running server so far.
+server_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat"; }
 rounds() { cut -d' ' -f1 "$1" 2>/dev/null | xargs printf '%.0f ' 2>/dev/null || true; }
 
 header() {
@@ -322,8 +326,21 @@ if part levers; then
                     perf_pid=$!
                 fi
                 b0="$(metric_sum hsm_kms_activity_batches_total)"; r0="$(metric_sum hsm_kms_activity_batch_records_total)"
-                http_run "lever-$name-$op-$round" "$(op_path "$op")" "$(op_body "$op")" >>"$WORK/lever-$name-$op.txt" \
+                cs0="$(metric_float hsm_kms_activity_commit_duration_seconds_sum)"; cn0="$(metric_sum hsm_kms_activity_commit_duration_seconds_count)"
+                cpu0="$(server_cpu_ticks)"
+                http_run "lever-$name-$op-$round" "$(op_path "$op")" "$(op_body "$op")" >"$WORK/lever-run.txt" \
                     || log "levers: $name $op round $round failed"
+                cat "$WORK/lever-run.txt" >>"$WORK/lever-$name-$op.txt"
+                # The server's CPU time per request (user + system, all its
+                # threads, the token's included): less sensitive to other
+                # load on the machine than req/s.
+                read -r rps _ <<<"$(cat "$WORK/lever-run.txt") x"
+                awk -v t="$(( $(server_cpu_ticks) - cpu0 ))" -v hz="$(getconf CLK_TCK)" -v r="$rps" -v s="$HTTP_SECS" \
+                    'BEGIN { if (r + 0 > 0) printf "%.0f\n", t / hz * 1e6 / (r * s) }' >>"$WORK/cpu-$name-$op.txt"
+                # Mean time the log writer took per batch (chain, seal, SQL, commit).
+                awk -v n="$(( $(metric_sum hsm_kms_activity_commit_duration_seconds_count) - cn0 ))" \
+                    -v a="$(metric_float hsm_kms_activity_commit_duration_seconds_sum)" -v b="$cs0" \
+                    'BEGIN { if (n > 0) printf "%.2f\n", (a - b) * 1000 / n }' >>"$WORK/commit-$name-$op.txt"
                 # Mean records per activity-log commit during this run.
                 awk -v b="$(( $(metric_sum hsm_kms_activity_batches_total) - b0 ))" \
                     -v r="$(( $(metric_sum hsm_kms_activity_batch_records_total) - r0 ))" \
@@ -347,7 +364,7 @@ fi
 lever_table() {
     printf '\nlevers (issue 10 §2): wrk -t%s -c%s, %ss per run, activity log + fsync on; medians of %s alternating rounds (req/s of each round in brackets)\n' \
         "$WRK_THREADS" "$CONNECTIONS" "$HTTP_SECS" "$LEVER_ROUNDS"
-    printf '%-15s %-14s %10s %8s %8s %9s %7s  %s\n' configuration operation "req/s" "p50 ms" "p99 ms" "x before" batch rounds
+    printf '%-15s %-14s %10s %8s %8s %9s %7s %8s %9s  %s\n' configuration operation "req/s" "p50 ms" "p99 ms" "x before" batch "µs/req" "commit ms" rounds
     local c name op base rps p50 p99 x
     for op in $LEVER_OPS; do
         read -r base _ <<<"$(med3 "$WORK/lever-${LEVER_CONFIGS[0]%%:*}-$op.txt")"
@@ -359,13 +376,16 @@ lever_table() {
                 continue
             fi
             x="$(awk -v a="$rps" -v b="$base" 'BEGIN { if (b + 0 > 0) printf "%.2f", a / b; else print "-" }')"
-            printf '%-15s %-14s %10.0f %8.2f %8.2f %9s %7s  [%s]\n' "$name" "$(op_label "$op")" \
+            printf '%-15s %-14s %10.0f %8.2f %8.2f %9s %7s %8s %9s  [%s]\n' "$name" "$(op_label "$op")" \
                 "$rps" "$p50" "$p99" "$x" "$(median <"$WORK/batch-$name-$op.txt" 2>/dev/null || true)" \
+                "$(median <"$WORK/cpu-$name-$op.txt" 2>/dev/null || true)" \
+                "$(median <"$WORK/commit-$name-$op.txt" 2>/dev/null || true)" \
                 "$(rounds "$WORK/lever-$name-$op.txt")"
         done
     done
-    printf 'x before = req/s / the %s row of the same operation; batch = median records per activity-log commit during the runs.\nConfigurations: %s\n' \
-        "${LEVER_CONFIGS[0]%%:*}" "$(for c in "${LEVER_CONFIGS[@]}"; do printf '%s (%s); ' "${c%%:*}" "${c#*:}"; done)"
+    printf 'x before = req/s / the %s row of the same operation; batch = median records per activity-log commit during the runs;\n' "${LEVER_CONFIGS[0]%%:*}"
+    printf 'µs/req = median server CPU time (user + system, every thread, the token included) per request; commit ms = median of the mean\ntime the log writer took per batch (chain, seal, SQL, commit). On a shared machine, compare these more than req/s.\nConfigurations: %s\n' \
+        "$(for c in "${LEVER_CONFIGS[@]}"; do printf '%s (%s); ' "${c%%:*}" "${c#*:}"; done)"
 }
 
 # The HTTP rows, on one server with the defaults.
