@@ -1375,6 +1375,7 @@ async fn tampering_inside_a_sealed_batch_is_found() {
 /// text included, and a NUL character (which SQLite's JSON functions would
 /// cut) takes the bound-parameter INSERTs; in batches of one and of many,
 /// with checkpoints between, the chain verifies online and offline.
+/// PostgreSQL's text cannot hold a NUL at all: there that text is left out.
 #[tokio::test]
 async fn records_with_odd_texts_are_stored_exactly_and_verify() {
     let kms = Kms::start_with(|c| {
@@ -1382,7 +1383,7 @@ async fn records_with_odd_texts_are_stored_exactly_and_verify() {
         c.audit.checkpoint_every_secs = 3600;
     })
     .await;
-    let texts = [
+    let texts: Vec<&str> = [
         "quote \" backslash \\ slash / end",
         "tab\tnewline\ncarriage\r",
         "\u{1}\u{1f}\u{7f}",
@@ -1392,9 +1393,12 @@ async fn records_with_odd_texts_are_stored_exactly_and_verify() {
         "{\"json\":[1,2,null]}",
         "\\u0000 written out",
         "[\"an\",\"array\"]",
-    ];
+    ]
+    .into_iter()
+    .filter(|t| !(common::on_postgres() && t.contains('\0')))
+    .collect();
     // One at a time: a batch each.
-    for t in texts {
+    for t in &texts {
         kms.engine.record_admin("OddTextOne", t).await.unwrap();
     }
     // All at once: batches of several records.
@@ -1417,7 +1421,7 @@ async fn records_with_odd_texts_are_stored_exactly_and_verify() {
         .fetch_all(&db)
     };
     let one = stored("OddTextOne").await.unwrap();
-    assert_eq!(one, texts.map(String::from).to_vec());
+    assert_eq!(one, texts.iter().map(|t| t.to_string()).collect::<Vec<_>>());
     let mut many = stored("OddTextBurst").await.unwrap();
     many.sort();
     let mut want = burst.clone();
