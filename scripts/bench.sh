@@ -38,11 +38,16 @@
 #   host_iv        defaults with hsm.gcm_iv_source = host (not for FIPS)
 #   access_log_off defaults with log.access = false (no access line per
 #                  request; the server logs at info, to a file)
+#   log_off        defaults with the activity log off (what the log costs)
+#   baseline       defaults served by BASELINE_BIN (another build of
+#                  hsm-kms, e.g. main's): before / after of a code change in
+#                  one interleaved run; listed only when BASELINE_BIN is set
 # LEVER_OPS (default "enc rsa ec": AES encrypt, RSA-2048 sign, ECDSA sign).
 # PROFILE_DIR=docs/perf also records the server with perf during the first
 # run of each operation in PROFILE_OPS (default "enc") of each configuration
 # in PROFILE_CONFIGS (default "defaults") and writes a flamegraph (inferno):
-# PROFILE_DIR/{encrypt,sign-rsa,sign-ecdsa}-<configuration>.svg.
+# PROFILE_DIR/{encrypt,sign-rsa,sign-ecdsa}-<configuration>.svg, and with
+# PROFILE_FOLDED=1 the folded stacks beside it (.folded, for grep).
 #
 # Environment: RAW_SECS (3) per raw figure, HTTP_SECS (10) per wrk run,
 # CONNECTIONS (64) and WRK_THREADS (2) for wrk, LOG_ROUNDS (3), LEVER_ROUNDS
@@ -148,11 +153,12 @@ kms admin nhn create-key-store --project bench --name bench-store >/dev/null
 [ -n "$AK" ] && [ -n "$SK" ] && [ -n "$API_KEY" ] && [ -n "$APPKEY" ] && [ -n "$UAK_ID" ] \
     && [ -n "$UAK_SECRET" ] || die "could not create the benchmark's credentials"
 
-# start_server [ENV=VALUE ...]: (re)starts the server on the same token and store.
+# start_server [ENV=VALUE ...]: (re)starts the server on the same token and
+# store; SERVER_BIN (default this tree's release build) picks the binary.
 start_server() {
     stop_server
     rm -f "$WORK/addr"
-    env "$@" "$TARGET/hsm-kms" --config "$CONFIG" serve --addr-file "$WORK/addr" >/dev/null 2>"$WORK/server.log" &
+    env "$@" "${SERVER_BIN:-$TARGET/hsm-kms}" --config "$CONFIG" serve --addr-file "$WORK/addr" >/dev/null 2>"$WORK/server.log" &
     SERVER_PID=$!
     for _ in $(seq 100); do [ -s "$WORK/addr" ] && break; sleep 0.1; done
     [ -s "$WORK/addr" ] || die "server did not start: $(tail -5 "$WORK/server.log")"
@@ -256,6 +262,10 @@ med3() { # med3 FILE -> "median_rps median_p50 median_p99", or "fail"
 }
 # metric_sum NAME: the value of an unlabelled metric of the running server.
 metric_sum() { curl -s "$URL/metrics" | awk -v n="$1" '$1 == n { s += $NF } END { printf "%.0f\n", s }'; }
+# metric_float NAME: the same, unrounded.
+metric_float() { curl -s "$URL/metrics" | awk -v n="$1" '$1 == n { s += $NF } END { printf "%.6f\n", s }'; }
+# server_cpu_ticks: user + system clock ticks of the running server so far.
+server_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat"; }
 rounds() { cut -d' ' -f1 "$1" 2>/dev/null | xargs printf '%.0f ' 2>/dev/null || true; }
 
 header() {
@@ -282,7 +292,12 @@ LEVER_ALL=(
     "batch_wait:HSM_KMS_ACTIVITY_LOG_BATCH_WAIT_US=1000"
     "host_iv:HSM_KMS_HSM_GCM_IV_SOURCE=host"
     "access_log_off:HSM_KMS_LOG_ACCESS=false"
+    "log_off:HSM_KMS_ACTIVITY_LOG_ENABLED=false"
 )
+if [ -n "${BASELINE_BIN:-}" ]; then
+    [ -x "$BASELINE_BIN" ] || die "BASELINE_BIN=$BASELINE_BIN is not an executable"
+    LEVER_ALL+=("baseline:SERVER_BIN=$BASELINE_BIN")
+fi
 LEVER_CONFIGS=()
 for c in "${LEVER_ALL[@]}"; do
     if [ -z "${LEVERS:-}" ] || [[ " $LEVERS " == *" ${c%%:*} "* ]]; then LEVER_CONFIGS+=("$c"); fi
@@ -297,8 +312,11 @@ if part levers; then
         for c in "${LEVER_CONFIGS[@]}"; do
             name="${c%%:*}"
             log "levers: round $round of $LEVER_ROUNDS, $name"
+            SERVER_BIN=""
+            [ "$name" = baseline ] && SERVER_BIN="$BASELINE_BIN"
             # shellcheck disable=SC2086
             start_server HSM_KMS_ACTIVITY_LOG_ENABLED=true HSM_KMS_ACTIVITY_LOG_FSYNC=true ${c#*:}
+            SERVER_BIN=""
             for op in $LEVER_OPS; do
                 perf_pid=""
                 if [ -n "${PROFILE_DIR:-}" ] && [ "$round" -eq 1 ] && [[ " $PROFILE_OPS " == *" $op "* ]] \
@@ -308,8 +326,21 @@ if part levers; then
                     perf_pid=$!
                 fi
                 b0="$(metric_sum hsm_kms_activity_batches_total)"; r0="$(metric_sum hsm_kms_activity_batch_records_total)"
-                http_run "lever-$name-$op-$round" "$(op_path "$op")" "$(op_body "$op")" >>"$WORK/lever-$name-$op.txt" \
+                cs0="$(metric_float hsm_kms_activity_commit_duration_seconds_sum)"; cn0="$(metric_sum hsm_kms_activity_commit_duration_seconds_count)"
+                cpu0="$(server_cpu_ticks)"
+                http_run "lever-$name-$op-$round" "$(op_path "$op")" "$(op_body "$op")" >"$WORK/lever-run.txt" \
                     || log "levers: $name $op round $round failed"
+                cat "$WORK/lever-run.txt" >>"$WORK/lever-$name-$op.txt"
+                # The server's CPU time per request (user + system, all its
+                # threads, the token's included): less sensitive to other
+                # load on the machine than req/s.
+                read -r rps _ <<<"$(cat "$WORK/lever-run.txt") x"
+                awk -v t="$(( $(server_cpu_ticks) - cpu0 ))" -v hz="$(getconf CLK_TCK)" -v r="$rps" -v s="$HTTP_SECS" \
+                    'BEGIN { if (r + 0 > 0) printf "%.0f\n", t / hz * 1e6 / (r * s) }' >>"$WORK/cpu-$name-$op.txt"
+                # Mean time the log writer took per batch (chain, seal, SQL, commit).
+                awk -v n="$(( $(metric_sum hsm_kms_activity_commit_duration_seconds_count) - cn0 ))" \
+                    -v a="$(metric_float hsm_kms_activity_commit_duration_seconds_sum)" -v b="$cs0" \
+                    'BEGIN { if (n > 0) printf "%.2f\n", (a - b) * 1000 / n }' >>"$WORK/commit-$name-$op.txt"
                 # Mean records per activity-log commit during this run.
                 awk -v b="$(( $(metric_sum hsm_kms_activity_batches_total) - b0 ))" \
                     -v r="$(( $(metric_sum hsm_kms_activity_batch_records_total) - r0 ))" \
@@ -319,7 +350,9 @@ if part levers; then
                     mkdir -p "$PROFILE_DIR"
                     svg="$(case $op in enc) echo encrypt ;; rsa) echo sign-rsa ;; ec) echo sign-ecdsa ;; esac)-$name.svg"
                     perf script --no-inline -i "$WORK/perf-$name.data" 2>/dev/null | inferno-collapse-perf \
-                        | inferno-flamegraph --title "hsm-kms $(op_label "$op"), wrk -t$WRK_THREADS -c$CONNECTIONS, $name" \
+                        >"$WORK/perf-$name.folded" || true
+                    [ "${PROFILE_FOLDED:-0}" = 1 ] && cp "$WORK/perf-$name.folded" "$PROFILE_DIR/${svg%.svg}.folded"
+                    inferno-flamegraph <"$WORK/perf-$name.folded" --title "hsm-kms $(op_label "$op"), wrk -t$WRK_THREADS -c$CONNECTIONS, $name" \
                             >"$PROFILE_DIR/$svg" || log "flamegraph $svg failed"
                     rm -f "$WORK/perf-$name.data"
                 fi
@@ -331,7 +364,7 @@ fi
 lever_table() {
     printf '\nlevers (issue 10 §2): wrk -t%s -c%s, %ss per run, activity log + fsync on; medians of %s alternating rounds (req/s of each round in brackets)\n' \
         "$WRK_THREADS" "$CONNECTIONS" "$HTTP_SECS" "$LEVER_ROUNDS"
-    printf '%-15s %-14s %10s %8s %8s %9s %7s  %s\n' configuration operation "req/s" "p50 ms" "p99 ms" "x before" batch rounds
+    printf '%-15s %-14s %10s %8s %8s %9s %7s %8s %9s  %s\n' configuration operation "req/s" "p50 ms" "p99 ms" "x before" batch "µs/req" "commit ms" rounds
     local c name op base rps p50 p99 x
     for op in $LEVER_OPS; do
         read -r base _ <<<"$(med3 "$WORK/lever-${LEVER_CONFIGS[0]%%:*}-$op.txt")"
@@ -343,13 +376,16 @@ lever_table() {
                 continue
             fi
             x="$(awk -v a="$rps" -v b="$base" 'BEGIN { if (b + 0 > 0) printf "%.2f", a / b; else print "-" }')"
-            printf '%-15s %-14s %10.0f %8.2f %8.2f %9s %7s  [%s]\n' "$name" "$(op_label "$op")" \
+            printf '%-15s %-14s %10.0f %8.2f %8.2f %9s %7s %8s %9s  [%s]\n' "$name" "$(op_label "$op")" \
                 "$rps" "$p50" "$p99" "$x" "$(median <"$WORK/batch-$name-$op.txt" 2>/dev/null || true)" \
+                "$(median <"$WORK/cpu-$name-$op.txt" 2>/dev/null || true)" \
+                "$(median <"$WORK/commit-$name-$op.txt" 2>/dev/null || true)" \
                 "$(rounds "$WORK/lever-$name-$op.txt")"
         done
     done
-    printf 'x before = req/s / the %s row of the same operation; batch = median records per activity-log commit during the runs.\nConfigurations: %s\n' \
-        "${LEVER_CONFIGS[0]%%:*}" "$(for c in "${LEVER_CONFIGS[@]}"; do printf '%s (%s); ' "${c%%:*}" "${c#*:}"; done)"
+    printf 'x before = req/s / the %s row of the same operation; batch = median records per activity-log commit during the runs;\n' "${LEVER_CONFIGS[0]%%:*}"
+    printf 'µs/req = median server CPU time (user + system, every thread, the token included) per request; commit ms = median of the mean\ntime the log writer took per batch (chain, seal, SQL, commit). On a shared machine, compare these more than req/s.\nConfigurations: %s\n' \
+        "$(for c in "${LEVER_CONFIGS[@]}"; do printf '%s (%s); ' "${c%%:*}" "${c#*:}"; done)"
 }
 
 # The HTTP rows, on one server with the defaults.

@@ -139,6 +139,187 @@ impl ActivityWriter {
     }
 }
 
+/// The chain state read as the writer's batch transaction begins: the
+/// chain's tail and the newest checkpoint's (seq, time).
+pub type BatchState = (ChainTail, Option<(i64, i64)>);
+
+/// The statement that reads [`BatchState`] (one row).
+const CHAIN_STATE_SQL: &str = "SELECT (SELECT start_seq FROM audit_chain WHERE singleton = 1), \
+        (SELECT id FROM activity_logs ORDER BY id DESC LIMIT 1), \
+        (SELECT chain FROM activity_logs ORDER BY id DESC LIMIT 1), \
+        (SELECT seq FROM audit_checkpoints ORDER BY seq DESC LIMIT 1), \
+        (SELECT at FROM audit_checkpoints ORDER BY seq DESC LIMIT 1)";
+
+/// The row [`CHAIN_STATE_SQL`] reads.
+type ChainStateRow = (
+    Option<i64>,
+    Option<i64>,
+    Option<Vec<u8>>,
+    Option<i64>,
+    Option<i64>,
+);
+
+fn batch_state(r: ChainStateRow) -> BatchState {
+    let (start_seq, last_id, last_chain, cp_seq, cp_at) = r;
+    let tail = ChainTail {
+        start_seq: start_seq.unwrap_or(1),
+        last: last_id.map(|id| (id, last_chain)),
+    };
+    (tail, cp_seq.zip(cp_at))
+}
+
+/// One SQLite statement that inserts a whole batch, whatever its size: the
+/// rows come as one JSON array bound to `$1` (each row an array of the 17
+/// columns, blobs in hex), so the statement is prepared once per
+/// connection and a batch is one call to the connection's worker thread
+/// instead of one per multi-row INSERT.
+const SQLITE_BATCH_INSERT: &str = "INSERT INTO activity_logs (id, at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message, chain, chain_format, seal) \
+     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7, \
+     value ->> 8, value ->> 9, value ->> 10, value ->> 11, value ->> 12, value ->> 13, unhex(value ->> 14), value ->> 15, \
+     unhex(value ->> 16) FROM json_each($1) ORDER BY key";
+
+/// The JSON array [`SQLITE_BATCH_INSERT`] reads, or `None` when a text
+/// field holds a NUL character (which SQLite's JSON functions would not
+/// return intact: such a batch takes the bound-parameter INSERTs).
+fn batch_json(
+    first_seq: i64,
+    rows: &[ActivityRecord],
+    chains: &[[u8; 32]],
+    chain_format: i32,
+    seal: Option<&[u8; 32]>,
+) -> Option<String> {
+    use std::fmt::Write as _;
+    let last = rows.len().saturating_sub(1);
+    let mut out = String::with_capacity(64 + rows.len() * 384);
+    out.push('[');
+    for (i, (a, c)) in rows.iter().zip(chains).enumerate() {
+        let texts = [
+            &a.key_uid,
+            &a.key_name,
+            &a.action,
+            &a.auth_type,
+            &a.caller,
+            &a.source_ip,
+            &a.result,
+            &a.message,
+        ];
+        if texts.iter().any(|t| t.contains('\0')) {
+            return None;
+        }
+        if i > 0 {
+            out.push(',');
+        }
+        let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let _ = write!(
+            out,
+            "[{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\",{},{}]",
+            first_seq + i as i64,
+            a.at,
+            a.account_id,
+            q(&a.key_uid),
+            q(&a.key_name),
+            a.key_id,
+            a.version
+                .map_or_else(|| "null".to_string(), |v| v.to_string()),
+            q(&a.action),
+            q(&a.auth_type),
+            q(&a.caller),
+            q(&a.source_ip),
+            q(&a.result),
+            a.status,
+            q(&a.message),
+            hex::encode(c),
+            chain_format,
+            match seal.filter(|_| i == last) {
+                Some(s) => format!("\"{}\"", hex::encode(s)),
+                None => "null".into(),
+            },
+        );
+    }
+    out.push(']');
+    Some(out)
+}
+
+impl ActivityWriter {
+    /// True on SQLite, where a batch can be written in two calls to the
+    /// connection's worker thread ([`ActivityWriter::sqlite_begin_batch`],
+    /// [`ActivityWriter::sqlite_insert_commit`]).
+    pub fn is_sqlite(&self) -> bool {
+        matches!(self.0, WriterConn::Sqlite(_))
+    }
+
+    /// SQLite: `BEGIN IMMEDIATE` (as every write transaction of the store
+    /// starts) and the chain state read inside it, in one call. The
+    /// transaction stays open on the connection: the caller ends it with
+    /// [`ActivityWriter::sqlite_insert_commit`] or
+    /// [`ActivityWriter::sqlite_rollback`] (or drops the connection).
+    /// `None` on PostgreSQL (nothing done).
+    pub async fn sqlite_begin_batch(&mut self) -> Result<Option<BatchState>> {
+        let WriterConn::Sqlite(c) = &mut self.0 else {
+            return Ok(None);
+        };
+        let sql = format!("BEGIN IMMEDIATE; {CHAIN_STATE_SQL}");
+        let row: ChainStateRow = sqlx::query_as(&sql).fetch_one(&mut *c).await?;
+        Ok(Some(batch_state(row)))
+    }
+
+    /// SQLite, inside the transaction [`ActivityWriter::sqlite_begin_batch`]
+    /// opened: inserts the chained records (as
+    /// [`AuditTx::insert_chained`]), the checkpoint when given, and commits,
+    /// in one call. Returns `Ok(false)` without touching the transaction
+    /// when the batch cannot go as one JSON array (a NUL in a text field),
+    /// and on PostgreSQL.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn sqlite_insert_commit(
+        &mut self,
+        first_seq: i64,
+        rows: &[ActivityRecord],
+        chains: &[[u8; 32]],
+        chain_format: i32,
+        seal: Option<&[u8; 32]>,
+        checkpoint: Option<&CheckpointRow>,
+    ) -> Result<bool> {
+        let WriterConn::Sqlite(c) = &mut self.0 else {
+            return Ok(false);
+        };
+        let Some(json) = batch_json(first_seq, rows, chains, chain_format, seal) else {
+            return Ok(false);
+        };
+        match checkpoint {
+            None => {
+                sqlx::query(&format!("{SQLITE_BATCH_INSERT}; COMMIT"))
+                    .bind(json)
+                    .execute(&mut *c)
+                    .await?;
+            }
+            Some(cp) => {
+                sqlx::query(&format!(
+                    "{SQLITE_BATCH_INSERT}; INSERT INTO audit_checkpoints (seq, chain, at, signature) \
+                     VALUES ($2, $3, $4, $5) ON CONFLICT (seq) DO UPDATE SET chain = excluded.chain, \
+                     at = excluded.at, signature = excluded.signature; COMMIT"
+                ))
+                .bind(json)
+                .bind(cp.seq)
+                .bind(&cp.chain)
+                .bind(cp.at)
+                .bind(&cp.signature)
+                .execute(&mut *c)
+                .await?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// SQLite: ends the open batch transaction without writing (best
+    /// effort: a connection that cannot roll back is dropped by the writer,
+    /// which rolls back as well).
+    pub async fn sqlite_rollback(&mut self) {
+        if let WriterConn::Sqlite(c) = &mut self.0 {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *c).await;
+        }
+    }
+}
+
 impl AuditTx<'_> {
     /// Commits the transaction.
     pub async fn commit(self) -> Result<()> {
@@ -152,29 +333,10 @@ impl AuditTx<'_> {
 
     /// The chain's tail and the newest checkpoint's (seq, time), in one
     /// statement (the writer reads both inside every batch's transaction).
-    pub async fn chain_state(&mut self) -> Result<(ChainTail, Option<(i64, i64)>)> {
+    pub async fn chain_state(&mut self) -> Result<BatchState> {
         on_conn!(&mut self.0, TxConn, tx, DB => {
-            #[allow(clippy::type_complexity)]
-            let (start_seq, last_id, last_chain, cp_seq, cp_at): (
-                Option<i64>,
-                Option<i64>,
-                Option<Vec<u8>>,
-                Option<i64>,
-                Option<i64>,
-            ) = sqlx::query_as(
-                "SELECT (SELECT start_seq FROM audit_chain WHERE singleton = 1), \
-                        (SELECT id FROM activity_logs ORDER BY id DESC LIMIT 1), \
-                        (SELECT chain FROM activity_logs ORDER BY id DESC LIMIT 1), \
-                        (SELECT seq FROM audit_checkpoints ORDER BY seq DESC LIMIT 1), \
-                        (SELECT at FROM audit_checkpoints ORDER BY seq DESC LIMIT 1)",
-            )
-            .fetch_one(&mut **tx)
-            .await?;
-            let tail = ChainTail {
-                start_seq: start_seq.unwrap_or(1),
-                last: last_id.map(|id| (id, last_chain)),
-            };
-            Ok((tail, cp_seq.zip(cp_at)))
+            let row: ChainStateRow = sqlx::query_as(CHAIN_STATE_SQL).fetch_one(&mut **tx).await?;
+            Ok(batch_state(row))
         })
     }
 

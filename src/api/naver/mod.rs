@@ -168,6 +168,13 @@ pub(crate) async fn canonical_key_tag(
     let Some(span) = key_tag_span(path).filter(|_| !path.contains('%')) else {
         return next.run(req).await;
     };
+    // Already canonical (what clients send): the region check only, no
+    // copy of the tag and no new URI.
+    match st.engine.naver_key_tag_is_canonical(&path[span.clone()]) {
+        Ok(true) => return next.run(req).await,
+        Ok(false) => {}
+        Err(e) => return in_dialect(path, NaverError::from(e)),
+    }
     let tag = match st.engine.naver_key_tag(&path[span.clone()]) {
         Ok(Some(tag)) => tag,
         Ok(None) => return next.run(req).await,

@@ -100,6 +100,21 @@ impl Engine {
         self.inner.naver_region
     }
 
+    /// [`Engine::naver_key_tag`] for a tag already spelled canonically
+    /// (the usual call), without allocating: `Ok(true)` when `raw` is a
+    /// canonical key tag this service serves, `Ok(false)` when it is
+    /// another spelling or no tag (ask [`Engine::naver_key_tag`]), the 400
+    /// for a key isolated in another region.
+    pub fn naver_key_tag_is_canonical(&self, raw: &str) -> Result<bool> {
+        match KeyTag::canonical_region(raw) {
+            Some(region) => {
+                KeyTag::check_region_served(region, self.naver_region())?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// Reads the key tag of a NAVER call, as the client spelled it: its
     /// canonical text when it is a key tag this service serves; `None` when
     /// it is no key tag at all (the lookup then finds no key, as before);

@@ -92,6 +92,21 @@ impl KeyTag {
         })
     }
 
+    /// The region of `s` when `s` is already a key tag's canonical text
+    /// (lower case; `Some(None)` for a global key), read without
+    /// allocating; `None` when it is another spelling or no key tag at all
+    /// (then [`KeyTag::parse`] says which).
+    pub fn canonical_region(s: &str) -> Option<Option<Region>> {
+        if s.bytes().any(|b| b.is_ascii_uppercase()) {
+            return None;
+        }
+        let (region, hex) = match Region::ALL.into_iter().find(|r| s.starts_with(r.prefix())) {
+            Some(r) => (Some(r), &s[r.prefix().len()..]),
+            None => (None, s),
+        };
+        (hex.len() == TAG_HEX_LEN && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(region)
+    }
+
     /// The tag of a new key made in `region` from its random bytes.
     pub fn from_random(region: Option<Region>, random: &[u8]) -> Result<KeyTag> {
         let hex = hex::encode(random);
@@ -132,7 +147,12 @@ impl KeyTag {
     /// [`KeyTag::served_by`] as the 400 NAVER documents for a call to
     /// another region's address.
     pub fn check_served_by(&self, served: Option<Region>) -> Result<()> {
-        if self.served_by(served) {
+        Self::check_region_served(self.region, served)
+    }
+
+    /// [`KeyTag::check_served_by`] for a tag isolated in `region`.
+    pub fn check_region_served(region: Option<Region>, served: Option<Region>) -> Result<()> {
+        if region.is_none() || region == served {
             return Ok(());
         }
         let here = served.map_or_else(
@@ -141,7 +161,7 @@ impl KeyTag {
         );
         Err(Error::InvalidInput(format!(
             "the key is isolated in region {} and this is {here}: call it at its region's address",
-            self.region.map_or("global", Region::as_str)
+            region.map_or("global", Region::as_str)
         )))
     }
 }
@@ -157,6 +177,32 @@ mod tests {
     use super::*;
 
     const HEX: &str = "f3a1c2d4e5b6978812345678abcdef0123456789abcdef0123456789abcdef01";
+
+    #[test]
+    fn canonical_region_reads_only_canonical_tags() {
+        assert_eq!(KeyTag::canonical_region(HEX), Some(None));
+        assert_eq!(
+            KeyTag::canonical_region(&format!("kr-{HEX}")),
+            Some(Some(Region::Kr))
+        );
+        assert_eq!(
+            KeyTag::canonical_region(&format!("jpn-{HEX}")),
+            Some(Some(Region::Jpn))
+        );
+        // Other spellings of a tag: parse them.
+        assert_eq!(KeyTag::canonical_region(&HEX.to_uppercase()), None);
+        assert_eq!(KeyTag::canonical_region(&format!("KR-{HEX}")), None);
+        // No tag at all.
+        assert_eq!(KeyTag::canonical_region(&HEX[1..]), None);
+        assert_eq!(KeyTag::canonical_region(&format!("us-{HEX}")), None);
+        assert_eq!(KeyTag::canonical_region(&format!("{}g", &HEX[1..])), None);
+        // Whenever it answers, it agrees with parse.
+        for s in [HEX.to_string(), format!("kr-{HEX}"), format!("jpn-{HEX}")] {
+            let t = KeyTag::parse(&s).unwrap();
+            assert_eq!(t.as_str(), s);
+            assert_eq!(KeyTag::canonical_region(&s), Some(t.region()));
+        }
+    }
 
     /// NAVER (v3 `issueKeyTokens`, `keyTag`): "리전 격리 키는 리전 접두어(예:
     /// kr-, jpn-)가 붙음 ... 리전 접두어와 16진 문자의 대소문자는 구분하지
