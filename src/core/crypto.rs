@@ -6,9 +6,8 @@ use zeroize::Zeroizing;
 use super::keys::KeyType;
 use super::KeyStatus;
 use super::VersionState;
-use super::{Engine, Error, KeyEntry, Result};
+use super::{Engine, Error, KeyEntry, KeyVersion, Result};
 use crate::hsm::SignAlg;
-use crate::store::VersionRow;
 
 /// Largest plaintext accepted by Encrypt (AES256), bytes.
 pub const ENCRYPT_MAX: usize = 32 * 1024;
@@ -56,7 +55,7 @@ pub(super) fn usable_version(
     e: &KeyEntry,
     n: i64,
     missing: impl FnOnce() -> Error,
-) -> Result<&VersionRow> {
+) -> Result<&KeyVersion> {
     let v = e
         .versions
         .iter()
@@ -69,7 +68,7 @@ pub(super) fn usable_version(
 }
 
 /// The newest active version, which new ciphertexts and signatures use.
-pub(super) fn current(e: &KeyEntry) -> Result<&VersionRow> {
+pub(super) fn current(e: &KeyEntry) -> Result<&KeyVersion> {
     e.current()
         .ok_or_else(|| Error::Internal(format!("key {} has no active version", e.key.uid)))
 }

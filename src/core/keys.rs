@@ -11,9 +11,9 @@
 use crate::store::KeyRepo;
 use std::sync::Arc;
 
-use super::{fault_point, now_ms, Engine, Error, KeyEntry, KeyStatus, Result, VersionState};
+use super::{fault_point, now_ms, Engine, Error, Key, KeyEntry, KeyStatus, Result, VersionState};
 use crate::hsm::{KeySpec, KeyUsage};
-use crate::store::{KeyRow, StoreError};
+use crate::store::StoreError;
 
 /// One day, ms.
 pub(crate) const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -67,7 +67,7 @@ impl KeyType {
 /// Re-exported view types: the dialects format [`KeyEntry`] directly.
 pub type KeyView = KeyEntry;
 /// A version as the dialects see it.
-pub type VersionView = crate::store::VersionRow;
+pub type VersionView = super::KeyVersion;
 
 /// The account (or NHN project) already has `max` keys.
 pub(super) fn keys_limit(max: i64) -> Error {
@@ -124,7 +124,7 @@ pub(crate) type VersionFaults = [&'static str; 3];
 /// its period (days) from now while automatic rotation is on, else `None`
 /// (the stored time is kept). Both dialects' rotations, manual or
 /// scheduled, pass it to the activation of the new version.
-pub(crate) fn next_rotation(key: &KeyRow) -> Option<i64> {
+pub(crate) fn next_rotation(key: &Key) -> Option<i64> {
     if key.is_auto_rotation {
         key.rotation_period.map(|d| now_ms() + d * DAY_MS)
     } else {
@@ -136,7 +136,7 @@ pub(crate) fn next_rotation(key: &KeyRow) -> Option<i64> {
 /// period): it stops working at once, and the deletion scheduler destroys
 /// it then; the status it had is kept for the record. Returns the
 /// destruction time.
-pub(crate) fn schedule_destruction(key: &mut KeyRow, wait_ms: i64) -> i64 {
+pub(crate) fn schedule_destruction(key: &mut Key, wait_ms: i64) -> i64 {
     let t = now_ms();
     key.status_before_delete = Some(key.status.as_str().to_string());
     key.status = KeyStatus::PendingDeletion;
@@ -499,7 +499,7 @@ impl Engine {
         Ok(true)
     }
 
-    pub(super) async fn destroy_version_objects(&self, v: &crate::store::VersionRow) -> Result<()> {
+    pub(super) async fn destroy_version_objects(&self, v: &super::KeyVersion) -> Result<()> {
         self.hsm().destroy_id(v.cka_id.clone()).await?;
         if let Some(aux) = &v.aux_cka_id {
             self.hsm().destroy_id(aux.clone()).await?;

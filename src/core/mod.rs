@@ -35,14 +35,14 @@ pub use tokens::{
     parse_rule, Lifetime, TokenAuth, TokenKind, TokenSet, DEFAULT_ACCESS_HOURS,
     DEFAULT_REFRESH_HOURS,
 };
-pub use types::{Dialect, KeyStatus, VersionState};
+pub use types::{Dialect, Key, KeyStatus, KeyVersion, VersionState};
 
 use crate::store::{InstallationRepo, KeyRepo};
 use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 
 use crate::hsm::{Hsm, HsmError};
-use crate::store::{KeyRow, Store, StoreError, VersionRow};
+use crate::store::{Store, StoreError};
 
 /// An error of the engine. Dialects map each variant to their own envelope.
 #[derive(Debug, thiserror::Error)]
@@ -168,10 +168,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// A key with its versions, as cached in memory.
 #[derive(Debug, Clone)]
 pub struct KeyEntry {
-    /// The key row.
-    pub key: KeyRow,
+    /// The key.
+    pub key: Key,
     /// Its versions, oldest first.
-    pub versions: Vec<VersionRow>,
+    pub versions: Vec<KeyVersion>,
 }
 
 /// Keys [`Engine::preload_keys`] puts in the key cache at most (about
@@ -187,7 +187,7 @@ impl KeyEntry {
             .map(|s| s.capacity())
             .sum::<usize>()
             + k.status_before_delete.as_ref().map_or(0, String::capacity);
-        let versions = self.versions.capacity() * std::mem::size_of::<VersionRow>()
+        let versions = self.versions.capacity() * std::mem::size_of::<KeyVersion>()
             + self
                 .versions
                 .iter()
@@ -197,7 +197,7 @@ impl KeyEntry {
     }
 
     /// The newest active version.
-    pub fn current(&self) -> Option<&VersionRow> {
+    pub fn current(&self) -> Option<&KeyVersion> {
         self.versions
             .iter()
             .rev()
@@ -223,7 +223,7 @@ impl KeyEntry {
     }
 
     /// A given version if it is active.
-    pub fn version(&self, n: i64) -> Option<&VersionRow> {
+    pub fn version(&self, n: i64) -> Option<&KeyVersion> {
         self.versions
             .iter()
             .find(|v| v.version == n && v.state == VersionState::Active)

@@ -370,7 +370,7 @@ async fn repair(hsm: &Hsm, store: &Store, report: &mut ReconcileReport) -> Resul
         .into_iter()
         .map(|(k, v, state, owner)| ((k, v, state), owner))
         .collect();
-    let owner = |v: &crate::store::VersionRow| {
+    let owner = |v: &super::KeyVersion| {
         owners
             .get(&(v.key_id, v.version, v.state.as_str().to_string()))
             .copied()

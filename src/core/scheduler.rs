@@ -107,12 +107,7 @@ impl Engine {
 impl Engine {
     /// Records work the service did on a key on its own (requestor type
     /// `SYSTEM`, caller `scheduler`).
-    pub(super) async fn record_system(
-        &self,
-        key: &crate::store::KeyRow,
-        version: Option<i64>,
-        action: &str,
-    ) {
+    pub(super) async fn record_system(&self, key: &super::Key, version: Option<i64>, action: &str) {
         self.record_scheduled(super::ActivityRecord {
             id: 0,
             at: now(),

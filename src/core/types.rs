@@ -105,3 +105,70 @@ impl Dialect {
         }
     }
 }
+
+/// A key, as the engine knows it: both dialects' keys, one shape. The
+/// store reads and writes it (its row type never leaves `store/`).
+#[derive(Debug, Clone)]
+pub struct Key {
+    /// Internal id (NAVER `keyId`).
+    pub id: i64,
+    /// Public identifier (NAVER `keyTag`, NHN `keyId`).
+    pub uid: String,
+    /// Owning account.
+    pub account_id: i64,
+    /// Name: a NAVER key's is unique in the account, an NHN key's may
+    /// repeat.
+    pub name: String,
+    /// The dialect whose rules the key follows.
+    pub dialect: Dialect,
+    /// `AES256`, `RSA2048` or `ECDSA`.
+    pub key_type: String,
+    /// Status.
+    pub status: KeyStatus,
+    /// Free text.
+    pub memo: String,
+    /// NAVER `protectionType` as requested (`BASIC` or `COMMON_HSM`).
+    pub protection_type: String,
+    /// Convergent encryption.
+    pub is_convergent: bool,
+    /// Automatic rotation on.
+    pub is_auto_rotation: bool,
+    /// Rotation period in days.
+    pub rotation_period: Option<i64>,
+    /// Next automatic rotation, ms.
+    pub next_rotation_at: Option<i64>,
+    /// Scheduled destruction, ms.
+    pub destroy_at: Option<i64>,
+    /// Status to go back to when a deletion request is cancelled.
+    pub status_before_delete: Option<String>,
+    /// Last status change, ms.
+    pub status_at: i64,
+    /// Creation time, ms.
+    pub created_at: i64,
+    /// Last change, ms.
+    pub updated_at: i64,
+    /// Bumped by every write of the key; the store's `update_key` writes
+    /// only over the revision it read.
+    pub revision: i64,
+}
+
+/// One version of a key and the token objects that hold it.
+#[derive(Debug, Clone)]
+pub struct KeyVersion {
+    /// Owning key.
+    pub key_id: i64,
+    /// Version number, from 1.
+    pub version: i64,
+    /// Object state.
+    pub state: VersionState,
+    /// Usable for crypto when active.
+    pub enabled: bool,
+    /// `CKA_ID` of the key object (or pair).
+    pub cka_id: Vec<u8>,
+    /// `CKA_ID` of the convergent HMAC key, if any.
+    pub aux_cka_id: Option<Vec<u8>>,
+    /// Last enable/disable, ms.
+    pub status_at: i64,
+    /// Creation time, ms.
+    pub created_at: i64,
+}

@@ -2,7 +2,7 @@
 
 use super::{map_unique, now_ms, KeyRepo, Result, Store, StoreError};
 use super::{InstallationRepo, NhnRepo};
-use crate::core::{Dialect, KeyStatus, VersionState};
+use crate::core::{Dialect, Key, KeyStatus, KeyVersion, VersionState};
 
 /// The store's text for a key status (`keys.status`).
 impl From<String> for KeyStatus {
@@ -25,9 +25,9 @@ impl From<String> for VersionState {
     }
 }
 
-/// A key row.
+/// A key row, read into a [`Key`] (the engine's type) and nowhere else.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct KeyRow {
+struct KeyRow {
     /// Internal id (NAVER `keyId`).
     pub id: i64,
     /// Public identifier (NAVER `keyTag`).
@@ -72,9 +72,9 @@ pub struct KeyRow {
     pub revision: i64,
 }
 
-/// A key version row.
+/// A key version row, read into a [`KeyVersion`] and nowhere else.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct VersionRow {
+struct VersionRow {
     /// Owning key.
     pub key_id: i64,
     /// Version number, from 1.
@@ -92,6 +92,52 @@ pub struct VersionRow {
     pub status_at: i64,
     /// Creation time, ms.
     pub created_at: i64,
+}
+
+impl From<KeyRow> for Key {
+    fn from(r: KeyRow) -> Self {
+        Key {
+            id: r.id,
+            uid: r.uid,
+            account_id: r.account_id,
+            name: r.name,
+            dialect: r.dialect,
+            key_type: r.key_type,
+            status: r.status,
+            memo: r.memo,
+            protection_type: r.protection_type,
+            is_convergent: r.is_convergent,
+            is_auto_rotation: r.is_auto_rotation,
+            rotation_period: r.rotation_period,
+            next_rotation_at: r.next_rotation_at,
+            destroy_at: r.destroy_at,
+            status_before_delete: r.status_before_delete,
+            status_at: r.status_at,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            revision: r.revision,
+        }
+    }
+}
+
+impl From<VersionRow> for KeyVersion {
+    fn from(r: VersionRow) -> Self {
+        KeyVersion {
+            key_id: r.key_id,
+            version: r.version,
+            state: r.state,
+            enabled: r.enabled,
+            cka_id: r.cka_id,
+            aux_cka_id: r.aux_cka_id,
+            status_at: r.status_at,
+            created_at: r.created_at,
+        }
+    }
+}
+
+/// Versions read as rows, as the engine's type.
+fn versions_of(rows: Vec<VersionRow>) -> Vec<KeyVersion> {
+    rows.into_iter().map(KeyVersion::from).collect()
 }
 
 /// Counts a new key must stay below (the key itself included they may be
@@ -174,10 +220,7 @@ impl Store {
     /// Up to `max` keys not deleted (lowest ids first), each with its
     /// versions in order, in two queries: the engine fills its key cache
     /// from it at start-up, so that no key's first use reads the store.
-    pub async fn live_keys_with_versions(
-        &self,
-        max: usize,
-    ) -> Result<Vec<(KeyRow, Vec<VersionRow>)>> {
+    pub async fn live_keys_with_versions(&self, max: usize) -> Result<Vec<(Key, Vec<KeyVersion>)>> {
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         on_db!(self, db => {
             let keys: Vec<KeyRow> = sqlx::query_as(&format!(
@@ -204,7 +247,7 @@ impl Store {
                 .into_iter()
                 .map(|k| {
                     let versions = by_key.remove(&k.id).unwrap_or_default();
-                    (k, versions)
+                    (Key::from(k), versions_of(versions))
                 })
                 .collect())
         })
@@ -472,7 +515,7 @@ impl KeyRepo for Store {
         })
     }
 
-    async fn key_by_uid(&self, uid: &str) -> Result<Option<(KeyRow, Vec<VersionRow>)>> {
+    async fn key_by_uid(&self, uid: &str) -> Result<Option<(Key, Vec<KeyVersion>)>> {
         on_db!(self, db => {
             let row: Option<KeyRow> = sqlx::query_as(&format!("SELECT {KEY_COLS} FROM keys WHERE uid = $1"))
                 .bind(uid)
@@ -480,11 +523,11 @@ impl KeyRepo for Store {
                 .await?;
             let Some(key) = row else { return Ok(None) };
             let versions = self.versions(key.id).await?;
-            Ok(Some((key, versions)))
+            Ok(Some((Key::from(key), versions)))
         })
     }
 
-    async fn key_by_id(&self, id: i64) -> Result<Option<(KeyRow, Vec<VersionRow>)>> {
+    async fn key_by_id(&self, id: i64) -> Result<Option<(Key, Vec<KeyVersion>)>> {
         on_db!(self, db => {
             let row: Option<KeyRow> = sqlx::query_as(&format!("SELECT {KEY_COLS} FROM keys WHERE id = $1"))
                 .bind(id)
@@ -492,29 +535,31 @@ impl KeyRepo for Store {
                 .await?;
             let Some(key) = row else { return Ok(None) };
             let versions = self.versions(key.id).await?;
-            Ok(Some((key, versions)))
+            Ok(Some((Key::from(key), versions)))
         })
     }
 
-    async fn versions(&self, key_id: i64) -> Result<Vec<VersionRow>> {
+    async fn versions(&self, key_id: i64) -> Result<Vec<KeyVersion>> {
         on_db!(self, db => {
-            Ok(sqlx::query_as(&format!(
+            let rows: Vec<VersionRow> = sqlx::query_as(&format!(
                 "SELECT {VERSION_COLS} FROM key_versions WHERE key_id = $1 ORDER BY version"
             ))
             .bind(key_id)
             .fetch_all(&db.pool)
-            .await?)
+            .await?;
+            Ok(versions_of(rows))
         })
     }
 
-    async fn versions_in_state(&self, state: VersionState) -> Result<Vec<VersionRow>> {
+    async fn versions_in_state(&self, state: VersionState) -> Result<Vec<KeyVersion>> {
         on_db!(self, db => {
-            Ok(sqlx::query_as(&format!(
+            let rows: Vec<VersionRow> = sqlx::query_as(&format!(
                 "SELECT {VERSION_COLS} FROM key_versions WHERE state = $1"
             ))
             .bind(state.as_str())
             .fetch_all(&db.pool)
-            .await?)
+            .await?;
+            Ok(versions_of(rows))
         })
     }
 
@@ -567,12 +612,7 @@ impl KeyRepo for Store {
         })
     }
 
-    async fn list_keys(
-        &self,
-        account_id: i64,
-        offset: i64,
-        limit: i64,
-    ) -> Result<(Vec<KeyRow>, i64)> {
+    async fn list_keys(&self, account_id: i64, offset: i64, limit: i64) -> Result<(Vec<Key>, i64)> {
         on_db!(self, db => {
             let total: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM keys WHERE account_id = $1 AND status <> 'DELETED' AND EXISTS (SELECT 1 FROM key_versions v WHERE v.key_id = keys.id AND v.state = 'active')",
@@ -588,11 +628,11 @@ impl KeyRepo for Store {
             .bind(offset)
             .fetch_all(&db.pool)
             .await?;
-            Ok((keys, total))
+            Ok((keys.into_iter().map(Key::from).collect(), total))
         })
     }
 
-    async fn update_key(&self, k: &KeyRow) -> Result<bool> {
+    async fn update_key(&self, k: &Key) -> Result<bool> {
         on_db!(self, db => {
             let r = sqlx::query(
                 "UPDATE keys SET status = $1, memo = $2, is_auto_rotation = $3, rotation_period = $4, next_rotation_at = $5, destroy_at = $6, status_before_delete = $7, status_at = $8, updated_at = $9, revision = revision + 1 WHERE id = $10 AND revision = $11",

@@ -44,7 +44,7 @@ mod stats;
 
 pub use accounts::{AccessKeyRow, AccountRow};
 pub use audit::{AuditRecordRow, AuditTx, ChainTail, CheckpointRow};
-pub use keys::{KeyCaps, KeyRow, NewKey, VersionOwnerRow, VersionRow};
+pub use keys::{KeyCaps, NewKey, VersionOwnerRow};
 pub use naver::{ActivityWriter, GeneratorRow, NewToken, TokenParent, TokenRow};
 pub use nhn::{
     NewCredential, NewKeyStore, NhnCredentialRow, NhnKeyRow, NhnProjectRow, NhnUserAccessKeyRow,

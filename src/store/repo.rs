@@ -6,7 +6,7 @@ use std::future::Future;
 
 use super::*;
 use crate::core::nhn::{NhnKeyFilter, NhnKeyStore, UserAccessKeyRequirement};
-use crate::core::{ActivityRecord, VersionState};
+use crate::core::{ActivityRecord, Key, KeyVersion, VersionState};
 
 /// An active version's key uid, version number, `CKA_ID` and convergent
 /// `CKA_ID`.
@@ -99,22 +99,22 @@ pub trait KeyRepo {
     fn key_by_uid(
         &self,
         uid: &str,
-    ) -> impl Future<Output = Result<Option<(KeyRow, Vec<VersionRow>)>>> + Send;
+    ) -> impl Future<Output = Result<Option<(Key, Vec<KeyVersion>)>>> + Send;
 
     /// A key by its internal id, with its versions.
     fn key_by_id(
         &self,
         id: i64,
-    ) -> impl Future<Output = Result<Option<(KeyRow, Vec<VersionRow>)>>> + Send;
+    ) -> impl Future<Output = Result<Option<(Key, Vec<KeyVersion>)>>> + Send;
 
     /// Versions of a key, oldest first.
-    fn versions(&self, key_id: i64) -> impl Future<Output = Result<Vec<VersionRow>>> + Send;
+    fn versions(&self, key_id: i64) -> impl Future<Output = Result<Vec<KeyVersion>>> + Send;
 
     /// Versions in a given state, across keys (reconciler).
     fn versions_in_state(
         &self,
         state: VersionState,
-    ) -> impl Future<Output = Result<Vec<VersionRow>>> + Send;
+    ) -> impl Future<Output = Result<Vec<KeyVersion>>> + Send;
 
     /// Every active version with its key's uid: (uid, version, `CKA_ID`,
     /// convergent `CKA_ID`). Their objects must be on the token.
@@ -138,12 +138,12 @@ pub trait KeyRepo {
         account_id: i64,
         offset: i64,
         limit: i64,
-    ) -> impl Future<Output = Result<(Vec<KeyRow>, i64)>> + Send;
+    ) -> impl Future<Output = Result<(Vec<Key>, i64)>> + Send;
 
     /// Writes the mutable fields of a key, only if the row is still at the
     /// revision `k` was read at: `false` when another write came first (read
     /// again and retry).
-    fn update_key(&self, k: &KeyRow) -> impl Future<Output = Result<bool>> + Send;
+    fn update_key(&self, k: &Key) -> impl Future<Output = Result<bool>> + Send;
 
     /// Ids of enabled keys with automatic rotation due at `now`.
     fn keys_due_for_rotation(&self, now: i64) -> impl Future<Output = Result<Vec<i64>>> + Send;

@@ -202,7 +202,7 @@ impl Engine {
         uid: &str,
         version: i64,
         enabled: bool,
-    ) -> Result<crate::store::VersionRow> {
+    ) -> Result<crate::core::KeyVersion> {
         if !(1..=MAX_VERSIONS).contains(&version) {
             return Err(Error::InvalidInput(
                 "version must be between 1 and 100".into(),

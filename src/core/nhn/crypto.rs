@@ -12,10 +12,10 @@ use zeroize::Zeroizing;
 use super::keys::{NhnKeyType, NhnKeyView};
 use super::{NhnClient, NhnProject};
 use crate::core::crypto::{current, usable_version};
+use crate::core::KeyVersion;
 use crate::core::{Engine, Error, Result, Sealed, ENCRYPT_MAX};
 use crate::hsm::asymmetric_limits::RSA_RAW_SIGN_MAX;
 use crate::hsm::SignAlg;
-use crate::store::VersionRow;
 
 /// Largest secret value, bytes.
 pub const NHN_SECRET_MAX: usize = 32 * 1024;
@@ -39,7 +39,7 @@ pub(super) fn check_secret(v: &str) -> Result<Vec<u8>> {
 
 /// A given version (decrypt, verify, queries), or the current one. NHN
 /// answers a version the key does not have with 404.
-fn pick(v: &NhnKeyView, n: Option<i64>) -> Result<&VersionRow> {
+fn pick(v: &NhnKeyView, n: Option<i64>) -> Result<&KeyVersion> {
     match n {
         Some(n) => usable_version(&v.entry, n, || Error::NotFound("key version")),
         None => current(&v.entry),

@@ -16,9 +16,9 @@ use crate::core::keys::{
     next_rotation, schedule_destruction, VersionFaults, VersionLimit, VersionObjects,
 };
 use crate::core::now_ms;
-use crate::core::{Dialect, Engine, Error, KeyEntry, KeyStatus, Result};
+use crate::core::{Dialect, Engine, Error, Key, KeyEntry, KeyStatus, Result};
 use crate::hsm::{KeySpec, KeyUsage};
-use crate::store::{KeyRow, NewKey, NhnKeyRow, StoreError};
+use crate::store::{NewKey, NhnKeyRow, StoreError};
 
 /// Waiting period between a deletion request and the destruction: 7 days.
 pub const KEY_DELETION_WAIT_MS: i64 = 7 * DAY_MS;
@@ -487,7 +487,7 @@ impl Engine {
 
     /// The scheduler's rotation of an NHN key whose rotation it claimed
     /// (one schedule for both dialects: `keys.next_rotation_at`).
-    pub(crate) async fn nhn_rotate_scheduled(&self, key: &KeyRow) -> Result<i64> {
+    pub(crate) async fn nhn_rotate_scheduled(&self, key: &Key) -> Result<i64> {
         let v = self.nhn_key_of(key.account_id, &key.uid).await?;
         self.nhn_rotate(&v).await
     }
