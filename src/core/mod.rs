@@ -35,7 +35,7 @@ pub use tokens::{
     parse_rule, Lifetime, TokenAuth, TokenKind, TokenSet, DEFAULT_ACCESS_HOURS,
     DEFAULT_REFRESH_HOURS,
 };
-pub use types::{Dialect, Key, KeyStatus, KeyVersion, VersionState};
+pub use types::{Dialect, Key, KeyId, KeyStatus, KeyUid, KeyVersion, ObjectRef, VersionState};
 
 use crate::store::{InstallationRepo, KeyRepo};
 use std::sync::atomic::AtomicI64;
@@ -182,16 +182,17 @@ impl KeyEntry {
     /// Bytes this entry holds: itself, its strings and versions.
     fn heap_bytes(&self) -> usize {
         let k = &self.key;
-        let strings = [&k.uid, &k.name, &k.key_type, &k.memo, &k.protection_type]
-            .iter()
-            .map(|s| s.capacity())
-            .sum::<usize>()
+        let strings = k.uid.capacity()
+            + [&k.name, &k.key_type, &k.memo, &k.protection_type]
+                .iter()
+                .map(|s| s.capacity())
+                .sum::<usize>()
             + k.status_before_delete.as_ref().map_or(0, String::capacity);
         let versions = self.versions.capacity() * std::mem::size_of::<KeyVersion>()
             + self
                 .versions
                 .iter()
-                .map(|v| v.cka_id.capacity() + v.aux_cka_id.as_ref().map_or(0, Vec::capacity))
+                .map(|v| v.cka_id.capacity() + v.aux_cka_id.as_ref().map_or(0, ObjectRef::capacity))
                 .sum::<usize>();
         std::mem::size_of::<KeyEntry>() + strings + versions
     }
@@ -251,13 +252,13 @@ pub struct Engine {
 struct EngineInner {
     hsm: Hsm,
     store: Store,
-    keys: cache::Cache<String, Arc<KeyEntry>>,
+    keys: cache::Cache<KeyUid, Arc<KeyEntry>>,
     secrets: cache::Cache<String, accounts::CachedSecret>,
     kek_id: Vec<u8>,
     activity: ActivityLog,
     tokens: cache::Cache<Vec<u8>, crate::store::TokenRow>,
-    generators: cache::Cache<i64, Option<crate::store::GeneratorRow>>,
-    acls: cache::Cache<i64, (bool, Vec<ipnet::IpNet>)>,
+    generators: cache::Cache<KeyId, Option<crate::store::GeneratorRow>>,
+    acls: cache::Cache<KeyId, (bool, Vec<ipnet::IpNet>)>,
     token_hour_ms: i64,
     /// The key that signs NAVER tokens; read again on use until `init`
     /// (the upgrade step) has made it.
@@ -483,14 +484,15 @@ impl Engine {
             Ok(e) => return Ok(e),
             Err(generation) => generation,
         };
+        let uid = KeyUid::from(uid);
         let (key, versions) = self
             .inner
             .store
-            .key_by_uid(uid)
+            .key_by_uid(&uid)
             .await?
             .ok_or(Error::NotFound("key"))?;
         let entry = Arc::new(KeyEntry { key, versions });
-        self.inner.keys.fill(uid.to_string(), entry.clone(), seen);
+        self.inner.keys.fill(uid, entry.clone(), seen);
         Ok(entry)
     }
 

@@ -1,6 +1,14 @@
-//! Domain types the engine speaks: states and kinds of keys and versions.
-//! The store maps its columns onto them (`store/`), the dialects format
-//! them (`api/`).
+//! Domain types the engine speaks: keys and versions ([`Key`],
+//! [`KeyVersion`]), their identifiers ([`KeyUid`], [`KeyId`],
+//! [`ObjectRef`]), states and kinds. The store maps its columns onto them
+//! (`store/`), the dialects format them (`api/`).
+//!
+//! What crosses between the layers: `store/` hands the engine these types
+//! (its `KeyRow` / `VersionRow` are private to `store/keys.rs` and converted
+//! there, once); `api/` sees keys only as [`KeyEntry`](super::KeyEntry),
+//! which holds a [`Key`] and its [`KeyVersion`]s. Still store types in
+//! core: the NHN key row (`NhnKeyRow`, the NHN half of a key), token,
+//! generator and credential rows, not yet given core types.
 
 /// State of a key version's HSM object, for crash consistency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,14 +114,213 @@ impl Dialect {
     }
 }
 
+/// Public identifier of a key: NAVER's `keyTag`, NHN's `keyId`. Shown and
+/// serialised as the bare string, as before.
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct KeyUid(String);
+
+impl KeyUid {
+    /// The identifier's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The identifier's text, owned.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
+    /// Bytes held on the heap (key cache accounting).
+    pub fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+}
+
+impl std::ops::Deref for KeyUid {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for KeyUid {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for KeyUid {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for KeyUid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<String> for KeyUid {
+    fn from(s: String) -> Self {
+        KeyUid(s)
+    }
+}
+
+impl From<&str> for KeyUid {
+    fn from(s: &str) -> Self {
+        KeyUid(s.to_string())
+    }
+}
+
+impl From<KeyUid> for String {
+    fn from(u: KeyUid) -> Self {
+        u.0
+    }
+}
+
+impl PartialEq<str> for KeyUid {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for KeyUid {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for KeyUid {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
+    }
+}
+
+/// Internal id of a key: the store's row id (NAVER's numeric `keyId`).
+/// Shown and serialised as the bare number.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct KeyId(i64);
+
+impl KeyId {
+    /// Wraps a store row id.
+    pub const fn new(id: i64) -> Self {
+        KeyId(id)
+    }
+
+    /// The number.
+    pub const fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl From<i64> for KeyId {
+    fn from(id: i64) -> Self {
+        KeyId(id)
+    }
+}
+
+impl From<KeyId> for i64 {
+    fn from(id: KeyId) -> Self {
+        id.0
+    }
+}
+
+/// Reference to a token object: its `CKA_ID` bytes (16 random bytes for a
+/// key version; an NHN secret version's label). Which object a key
+/// version is, as the store records it and the HSM port looks it up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef(Vec<u8>);
+
+impl ObjectRef {
+    /// The `CKA_ID` bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The `CKA_ID` bytes, owned.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.0
+    }
+
+    /// Bytes held on the heap (key cache accounting).
+    pub fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+}
+
+impl std::ops::Deref for ObjectRef {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for ObjectRef {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for ObjectRef {
+    fn from(v: Vec<u8>) -> Self {
+        ObjectRef(v)
+    }
+}
+
+impl From<&[u8]> for ObjectRef {
+    fn from(v: &[u8]) -> Self {
+        ObjectRef(v.to_vec())
+    }
+}
+
+impl From<ObjectRef> for Vec<u8> {
+    fn from(o: ObjectRef) -> Self {
+        o.0
+    }
+}
+
+impl PartialEq<Vec<u8>> for ObjectRef {
+    fn eq(&self, other: &Vec<u8>) -> bool {
+        &self.0 == other
+    }
+}
+
+impl PartialEq<ObjectRef> for Vec<u8> {
+    fn eq(&self, other: &ObjectRef) -> bool {
+        self == &other.0
+    }
+}
+
 /// A key, as the engine knows it: both dialects' keys, one shape. The
 /// store reads and writes it (its row type never leaves `store/`).
 #[derive(Debug, Clone)]
 pub struct Key {
     /// Internal id (NAVER `keyId`).
-    pub id: i64,
+    pub id: KeyId,
     /// Public identifier (NAVER `keyTag`, NHN `keyId`).
-    pub uid: String,
+    pub uid: KeyUid,
     /// Owning account.
     pub account_id: i64,
     /// Name: a NAVER key's is unique in the account, an NHN key's may
@@ -156,7 +363,7 @@ pub struct Key {
 #[derive(Debug, Clone)]
 pub struct KeyVersion {
     /// Owning key.
-    pub key_id: i64,
+    pub key_id: KeyId,
     /// Version number, from 1.
     pub version: i64,
     /// Object state.
@@ -164,9 +371,9 @@ pub struct KeyVersion {
     /// Usable for crypto when active.
     pub enabled: bool,
     /// `CKA_ID` of the key object (or pair).
-    pub cka_id: Vec<u8>,
+    pub cka_id: ObjectRef,
     /// `CKA_ID` of the convergent HMAC key, if any.
-    pub aux_cka_id: Option<Vec<u8>>,
+    pub aux_cka_id: Option<ObjectRef>,
     /// Last enable/disable, ms.
     pub status_at: i64,
     /// Creation time, ms.

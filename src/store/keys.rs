@@ -2,7 +2,7 @@
 
 use super::{map_unique, now_ms, KeyRepo, Result, Store, StoreError};
 use super::{InstallationRepo, NhnRepo};
-use crate::core::{Dialect, Key, KeyStatus, KeyVersion, VersionState};
+use crate::core::{Dialect, Key, KeyId, KeyStatus, KeyUid, KeyVersion, ObjectRef, VersionState};
 
 /// The store's text for a key status (`keys.status`).
 impl From<String> for KeyStatus {
@@ -97,8 +97,8 @@ struct VersionRow {
 impl From<KeyRow> for Key {
     fn from(r: KeyRow) -> Self {
         Key {
-            id: r.id,
-            uid: r.uid,
+            id: KeyId::new(r.id),
+            uid: KeyUid::from(r.uid),
             account_id: r.account_id,
             name: r.name,
             dialect: r.dialect,
@@ -123,12 +123,12 @@ impl From<KeyRow> for Key {
 impl From<VersionRow> for KeyVersion {
     fn from(r: VersionRow) -> Self {
         KeyVersion {
-            key_id: r.key_id,
+            key_id: KeyId::new(r.key_id),
             version: r.version,
             state: r.state,
             enabled: r.enabled,
-            cka_id: r.cka_id,
-            aux_cka_id: r.aux_cka_id,
+            cka_id: ObjectRef::from(r.cka_id),
+            aux_cka_id: r.aux_cka_id.map(ObjectRef::from),
             status_at: r.status_at,
             created_at: r.created_at,
         }
@@ -258,17 +258,17 @@ impl KeyRepo for Store {
     async fn insert_key_pending(
         &self,
         key: &NewKey,
-        cka_id: &[u8],
-        aux_cka_id: Option<&[u8]>,
+        cka_id: &ObjectRef,
+        aux_cka_id: Option<&ObjectRef>,
         caps: KeyCaps<'_>,
-    ) -> Result<i64> {
+    ) -> Result<KeyId> {
         on_db!(self, db => {
             let now = now_ms();
             // No cap per type: the count per type (a row read per key of the
             // account) is skipped, not compared with i64::MAX.
             let (type_name, type_cap) = caps.of_type.unwrap_or(("", i64::MAX));
             let mut tx = db.begin_write().await?;
-            let key_id: Option<i64> = sqlx::query_scalar(
+            let key_id: Option<KeyId> = sqlx::query_scalar(
                 "INSERT INTO keys (uid, account_id, name, key_type, status, memo, protection_type, is_convergent, is_auto_rotation, rotation_period, next_rotation_at, status_at, created_at, updated_at, dialect)
                  SELECT $1, $2, $3, $4, 'ENABLE', $5, $6, $7, $8, $9, $10, $11, $12, $13, $17
                  WHERE (SELECT COUNT(*) FROM keys WHERE account_id = $2 AND status <> 'DELETED') < $14
@@ -330,9 +330,9 @@ impl KeyRepo for Store {
 
     async fn insert_version_pending(
         &self,
-        key_id: i64,
-        cka_id: &[u8],
-        aux_cka_id: Option<&[u8]>,
+        key_id: KeyId,
+        cka_id: &ObjectRef,
+        aux_cka_id: Option<&ObjectRef>,
     ) -> Result<i64> {
         on_db!(self, db => {
             let mut tx = db.begin_write().await?;
@@ -383,7 +383,7 @@ impl KeyRepo for Store {
 
     async fn set_version_state(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         version: i64,
         state: VersionState,
     ) -> Result<()> {
@@ -400,7 +400,7 @@ impl KeyRepo for Store {
 
     async fn activate_version(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         version: i64,
         next_rotation_at: Option<i64>,
     ) -> Result<()> {
@@ -428,16 +428,16 @@ impl KeyRepo for Store {
         })
     }
 
-    async fn delete_pending_version(&self, key_id: i64, version: i64) -> Result<()> {
+    async fn delete_pending_version(&self, key_id: KeyId, version: i64) -> Result<()> {
         self.delete_version_in_state(key_id, version, VersionState::Pending)
             .await
     }
 
     async fn mark_pending_destroying(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         version: i64,
-        cka_id: &[u8],
+        cka_id: &ObjectRef,
     ) -> Result<Option<VersionState>> {
         on_db!(self, db => {
             let mut tx = db.begin_write().await?;
@@ -474,7 +474,7 @@ impl KeyRepo for Store {
 
     async fn delete_version_in_state(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         version: i64,
         state: VersionState,
     ) -> Result<()> {
@@ -502,7 +502,12 @@ impl KeyRepo for Store {
         })
     }
 
-    async fn set_version_enabled(&self, key_id: i64, version: i64, enabled: bool) -> Result<bool> {
+    async fn set_version_enabled(
+        &self,
+        key_id: KeyId,
+        version: i64,
+        enabled: bool,
+    ) -> Result<bool> {
         on_db!(self, db => {
             let r = sqlx::query("UPDATE key_versions SET enabled = $1, status_at = $2 WHERE key_id = $3 AND version = $4 AND state = 'active'")
                 .bind(enabled)
@@ -515,31 +520,31 @@ impl KeyRepo for Store {
         })
     }
 
-    async fn key_by_uid(&self, uid: &str) -> Result<Option<(Key, Vec<KeyVersion>)>> {
+    async fn key_by_uid(&self, uid: &KeyUid) -> Result<Option<(Key, Vec<KeyVersion>)>> {
         on_db!(self, db => {
             let row: Option<KeyRow> = sqlx::query_as(&format!("SELECT {KEY_COLS} FROM keys WHERE uid = $1"))
                 .bind(uid)
                 .fetch_optional(&db.pool)
                 .await?;
             let Some(key) = row else { return Ok(None) };
-            let versions = self.versions(key.id).await?;
+            let versions = self.versions(KeyId::new(key.id)).await?;
             Ok(Some((Key::from(key), versions)))
         })
     }
 
-    async fn key_by_id(&self, id: i64) -> Result<Option<(Key, Vec<KeyVersion>)>> {
+    async fn key_by_id(&self, id: KeyId) -> Result<Option<(Key, Vec<KeyVersion>)>> {
         on_db!(self, db => {
             let row: Option<KeyRow> = sqlx::query_as(&format!("SELECT {KEY_COLS} FROM keys WHERE id = $1"))
                 .bind(id)
                 .fetch_optional(&db.pool)
                 .await?;
             let Some(key) = row else { return Ok(None) };
-            let versions = self.versions(key.id).await?;
+            let versions = self.versions(KeyId::new(key.id)).await?;
             Ok(Some((Key::from(key), versions)))
         })
     }
 
-    async fn versions(&self, key_id: i64) -> Result<Vec<KeyVersion>> {
+    async fn versions(&self, key_id: KeyId) -> Result<Vec<KeyVersion>> {
         on_db!(self, db => {
             let rows: Vec<VersionRow> = sqlx::query_as(&format!(
                 "SELECT {VERSION_COLS} FROM key_versions WHERE key_id = $1 ORDER BY version"
@@ -654,7 +659,7 @@ impl KeyRepo for Store {
         })
     }
 
-    async fn keys_due_for_rotation(&self, now: i64) -> Result<Vec<i64>> {
+    async fn keys_due_for_rotation(&self, now: i64) -> Result<Vec<KeyId>> {
         on_db!(self, db => {
             Ok(sqlx::query_scalar(
                 "SELECT id FROM keys WHERE is_auto_rotation = TRUE AND status = 'ENABLE' AND next_rotation_at IS NOT NULL AND next_rotation_at <= $1",
@@ -665,7 +670,7 @@ impl KeyRepo for Store {
         })
     }
 
-    async fn keys_due_for_deletion(&self, now: i64) -> Result<Vec<i64>> {
+    async fn keys_due_for_deletion(&self, now: i64) -> Result<Vec<KeyId>> {
         on_db!(self, db => {
             Ok(sqlx::query_scalar(
                 "SELECT id FROM keys WHERE status = 'REVOKE' AND destroy_at IS NOT NULL AND destroy_at <= $1",
@@ -676,7 +681,7 @@ impl KeyRepo for Store {
         })
     }
 
-    async fn mark_key_destroying(&self, key_id: i64) -> Result<bool> {
+    async fn mark_key_destroying(&self, key_id: KeyId) -> Result<bool> {
         on_db!(self, db => {
             let mut tx = db.begin_write().await?;
             // Only from `REVOKE`: of several nodes (or requests) destroying

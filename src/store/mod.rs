@@ -32,6 +32,7 @@ macro_rules! on_db {
 
 mod accounts;
 mod audit;
+mod ids;
 mod invocations;
 mod keys;
 mod naver;
