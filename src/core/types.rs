@@ -4,11 +4,15 @@
 //! (`store/`), the dialects format them (`api/`).
 //!
 //! What crosses between the layers: `store/` hands the engine these types
-//! (its `KeyRow` / `VersionRow` are private to `store/keys.rs` and converted
-//! there, once); `api/` sees keys only as [`KeyEntry`](super::KeyEntry),
-//! which holds a [`Key`] and its [`KeyVersion`]s. Still store types in
-//! core: the NHN key row (`NhnKeyRow`, the NHN half of a key), token,
-//! generator and credential rows, not yet given core types.
+//! (it reads `keys` / `key_versions` rows straight into [`Key`] and
+//! [`KeyVersion`] in `store/keys.rs`, the one place their columns map, and
+//! binds the identifiers in `store/ids.rs`); `api/` sees keys only as
+//! [`KeyEntry`](super::KeyEntry), which holds a [`Key`] and its
+//! [`KeyVersion`]s, and never imports `store`. Store row types still
+//! named in `core/` (not yet given core types): `NhnKeyRow` (the NHN half
+//! of a key), `NhnProjectRow`, `GeneratorRow`, `TokenRow`,
+//! `NhnCredentialRow`, `AccessKeyRow`, and the audit chain's
+//! `AuditRecordRow` / `CheckpointRow` and attestation's `VersionOwnerRow`.
 
 /// State of a key version's HSM object, for crash consistency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,141 +3,66 @@
 use super::{map_unique, now_ms, KeyRepo, Result, Store, StoreError};
 use super::{InstallationRepo, NhnRepo};
 use crate::core::{Dialect, Key, KeyId, KeyStatus, KeyUid, KeyVersion, ObjectRef, VersionState};
+use sqlx::{ColumnIndex, Decode, FromRow, Row, Type};
 
-/// The store's text for a key status (`keys.status`).
-impl From<String> for KeyStatus {
-    fn from(s: String) -> Self {
-        KeyStatus::parse(&s)
+/// A `keys` row read straight into the engine's [`Key`]: the store has no
+/// key row type of its own, and this is the one place its columns map onto
+/// the engine's fields (status, dialect and state texts included).
+impl<'r, R: Row> FromRow<'r, R> for Key
+where
+    &'r str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    bool: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn from_row(r: &'r R) -> sqlx::Result<Self> {
+        Ok(Key {
+            id: KeyId::new(r.try_get("id")?),
+            uid: KeyUid::from(r.try_get::<String, _>("uid")?),
+            account_id: r.try_get("account_id")?,
+            name: r.try_get("name")?,
+            dialect: Dialect::parse(&r.try_get::<String, _>("dialect")?),
+            key_type: r.try_get("key_type")?,
+            status: KeyStatus::parse(&r.try_get::<String, _>("status")?),
+            memo: r.try_get("memo")?,
+            protection_type: r.try_get("protection_type")?,
+            is_convergent: r.try_get("is_convergent")?,
+            is_auto_rotation: r.try_get("is_auto_rotation")?,
+            rotation_period: r.try_get("rotation_period")?,
+            next_rotation_at: r.try_get("next_rotation_at")?,
+            destroy_at: r.try_get("destroy_at")?,
+            status_before_delete: r.try_get("status_before_delete")?,
+            status_at: r.try_get("status_at")?,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+            revision: r.try_get("revision")?,
+        })
     }
 }
 
-/// The store's text for a key's dialect (`keys.dialect`).
-impl From<String> for Dialect {
-    fn from(s: String) -> Self {
-        Dialect::parse(&s)
+/// A `key_versions` row read straight into the engine's [`KeyVersion`].
+impl<'r, R: Row> FromRow<'r, R> for KeyVersion
+where
+    &'r str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    bool: Decode<'r, R::Database> + Type<R::Database>,
+    Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn from_row(r: &'r R) -> sqlx::Result<Self> {
+        Ok(KeyVersion {
+            key_id: KeyId::new(r.try_get("key_id")?),
+            version: r.try_get("version")?,
+            state: VersionState::parse(&r.try_get::<String, _>("state")?),
+            enabled: r.try_get("enabled")?,
+            cka_id: ObjectRef::from(r.try_get::<Vec<u8>, _>("cka_id")?),
+            aux_cka_id: r
+                .try_get::<Option<Vec<u8>>, _>("aux_cka_id")?
+                .map(ObjectRef::from),
+            status_at: r.try_get("status_at")?,
+            created_at: r.try_get("created_at")?,
+        })
     }
-}
-
-/// The store's text for a version state (`key_versions.state`).
-impl From<String> for VersionState {
-    fn from(s: String) -> Self {
-        VersionState::parse(&s)
-    }
-}
-
-/// A key row, read into a [`Key`] (the engine's type) and nowhere else.
-#[derive(Debug, Clone, sqlx::FromRow)]
-struct KeyRow {
-    /// Internal id (NAVER `keyId`).
-    pub id: i64,
-    /// Public identifier (NAVER `keyTag`).
-    pub uid: String,
-    /// Owning account.
-    pub account_id: i64,
-    /// Name: a NAVER key's is unique in the account, an NHN key's may
-    /// repeat.
-    pub name: String,
-    /// The dialect whose rules the key follows.
-    #[sqlx(try_from = "String")]
-    pub dialect: Dialect,
-    /// `AES256`, `RSA2048` or `ECDSA`.
-    pub key_type: String,
-    /// Status (stored as `ENABLE`, `DISABLE`, `REVOKE` or `DELETED`).
-    #[sqlx(try_from = "String")]
-    pub status: KeyStatus,
-    /// Free text.
-    pub memo: String,
-    /// NAVER `protectionType` as requested (`BASIC` or `COMMON_HSM`).
-    pub protection_type: String,
-    /// Convergent encryption.
-    pub is_convergent: bool,
-    /// Automatic rotation on.
-    pub is_auto_rotation: bool,
-    /// Rotation period in days.
-    pub rotation_period: Option<i64>,
-    /// Next automatic rotation, ms.
-    pub next_rotation_at: Option<i64>,
-    /// Scheduled destruction, ms.
-    pub destroy_at: Option<i64>,
-    /// Status to go back to when a deletion request is cancelled.
-    pub status_before_delete: Option<String>,
-    /// Last status change, ms.
-    pub status_at: i64,
-    /// Creation time, ms.
-    pub created_at: i64,
-    /// Last change, ms.
-    pub updated_at: i64,
-    /// Bumped by every write of the row; [`KeyRepo::update_key`](super::KeyRepo::update_key) writes only
-    /// over the revision it read.
-    pub revision: i64,
-}
-
-/// A key version row, read into a [`KeyVersion`] and nowhere else.
-#[derive(Debug, Clone, sqlx::FromRow)]
-struct VersionRow {
-    /// Owning key.
-    pub key_id: i64,
-    /// Version number, from 1.
-    pub version: i64,
-    /// Object state.
-    #[sqlx(try_from = "String")]
-    pub state: VersionState,
-    /// Usable for crypto when active.
-    pub enabled: bool,
-    /// `CKA_ID` of the key object (or pair).
-    pub cka_id: Vec<u8>,
-    /// `CKA_ID` of the convergent HMAC key, if any.
-    pub aux_cka_id: Option<Vec<u8>>,
-    /// Last enable/disable, ms.
-    pub status_at: i64,
-    /// Creation time, ms.
-    pub created_at: i64,
-}
-
-impl From<KeyRow> for Key {
-    fn from(r: KeyRow) -> Self {
-        Key {
-            id: KeyId::new(r.id),
-            uid: KeyUid::from(r.uid),
-            account_id: r.account_id,
-            name: r.name,
-            dialect: r.dialect,
-            key_type: r.key_type,
-            status: r.status,
-            memo: r.memo,
-            protection_type: r.protection_type,
-            is_convergent: r.is_convergent,
-            is_auto_rotation: r.is_auto_rotation,
-            rotation_period: r.rotation_period,
-            next_rotation_at: r.next_rotation_at,
-            destroy_at: r.destroy_at,
-            status_before_delete: r.status_before_delete,
-            status_at: r.status_at,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-            revision: r.revision,
-        }
-    }
-}
-
-impl From<VersionRow> for KeyVersion {
-    fn from(r: VersionRow) -> Self {
-        KeyVersion {
-            key_id: KeyId::new(r.key_id),
-            version: r.version,
-            state: r.state,
-            enabled: r.enabled,
-            cka_id: ObjectRef::from(r.cka_id),
-            aux_cka_id: r.aux_cka_id.map(ObjectRef::from),
-            status_at: r.status_at,
-            created_at: r.created_at,
-        }
-    }
-}
-
-/// Versions read as rows, as the engine's type.
-fn versions_of(rows: Vec<VersionRow>) -> Vec<KeyVersion> {
-    rows.into_iter().map(KeyVersion::from).collect()
 }
 
 /// Counts a new key must stay below (the key itself included they may be
@@ -223,7 +148,7 @@ impl Store {
     pub async fn live_keys_with_versions(&self, max: usize) -> Result<Vec<(Key, Vec<KeyVersion>)>> {
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         on_db!(self, db => {
-            let keys: Vec<KeyRow> = sqlx::query_as(&format!(
+            let keys: Vec<Key> = sqlx::query_as(&format!(
                 "SELECT {KEY_COLS} FROM keys WHERE status <> 'DELETED' ORDER BY id LIMIT $1"
             ))
             .bind(max)
@@ -232,13 +157,13 @@ impl Store {
             let Some(last) = keys.last().map(|k| k.id) else {
                 return Ok(Vec::new());
             };
-            let versions: Vec<VersionRow> = sqlx::query_as(&format!(
+            let versions: Vec<KeyVersion> = sqlx::query_as(&format!(
                 "SELECT {VERSION_COLS} FROM key_versions WHERE key_id <= $1 ORDER BY key_id, version"
             ))
             .bind(last)
             .fetch_all(&db.pool)
             .await?;
-            let mut by_key: std::collections::HashMap<i64, Vec<VersionRow>> =
+            let mut by_key: std::collections::HashMap<KeyId, Vec<KeyVersion>> =
                 std::collections::HashMap::with_capacity(keys.len());
             for v in versions {
                 by_key.entry(v.key_id).or_default().push(v);
@@ -247,7 +172,7 @@ impl Store {
                 .into_iter()
                 .map(|k| {
                     let versions = by_key.remove(&k.id).unwrap_or_default();
-                    (Key::from(k), versions_of(versions))
+                    (k, versions)
                 })
                 .collect())
         })
@@ -522,49 +447,49 @@ impl KeyRepo for Store {
 
     async fn key_by_uid(&self, uid: &KeyUid) -> Result<Option<(Key, Vec<KeyVersion>)>> {
         on_db!(self, db => {
-            let row: Option<KeyRow> = sqlx::query_as(&format!("SELECT {KEY_COLS} FROM keys WHERE uid = $1"))
+            let row: Option<Key> = sqlx::query_as(&format!("SELECT {KEY_COLS} FROM keys WHERE uid = $1"))
                 .bind(uid)
                 .fetch_optional(&db.pool)
                 .await?;
             let Some(key) = row else { return Ok(None) };
-            let versions = self.versions(KeyId::new(key.id)).await?;
-            Ok(Some((Key::from(key), versions)))
+            let versions = self.versions(key.id).await?;
+            Ok(Some((key, versions)))
         })
     }
 
     async fn key_by_id(&self, id: KeyId) -> Result<Option<(Key, Vec<KeyVersion>)>> {
         on_db!(self, db => {
-            let row: Option<KeyRow> = sqlx::query_as(&format!("SELECT {KEY_COLS} FROM keys WHERE id = $1"))
+            let row: Option<Key> = sqlx::query_as(&format!("SELECT {KEY_COLS} FROM keys WHERE id = $1"))
                 .bind(id)
                 .fetch_optional(&db.pool)
                 .await?;
             let Some(key) = row else { return Ok(None) };
-            let versions = self.versions(KeyId::new(key.id)).await?;
-            Ok(Some((Key::from(key), versions)))
+            let versions = self.versions(key.id).await?;
+            Ok(Some((key, versions)))
         })
     }
 
     async fn versions(&self, key_id: KeyId) -> Result<Vec<KeyVersion>> {
         on_db!(self, db => {
-            let rows: Vec<VersionRow> = sqlx::query_as(&format!(
+            let rows: Vec<KeyVersion> = sqlx::query_as(&format!(
                 "SELECT {VERSION_COLS} FROM key_versions WHERE key_id = $1 ORDER BY version"
             ))
             .bind(key_id)
             .fetch_all(&db.pool)
             .await?;
-            Ok(versions_of(rows))
+            Ok(rows)
         })
     }
 
     async fn versions_in_state(&self, state: VersionState) -> Result<Vec<KeyVersion>> {
         on_db!(self, db => {
-            let rows: Vec<VersionRow> = sqlx::query_as(&format!(
+            let rows: Vec<KeyVersion> = sqlx::query_as(&format!(
                 "SELECT {VERSION_COLS} FROM key_versions WHERE state = $1"
             ))
             .bind(state.as_str())
             .fetch_all(&db.pool)
             .await?;
-            Ok(versions_of(rows))
+            Ok(rows)
         })
     }
 
@@ -625,7 +550,7 @@ impl KeyRepo for Store {
             .bind(account_id)
             .fetch_one(&db.pool)
             .await?;
-            let keys: Vec<KeyRow> = sqlx::query_as(&format!(
+            let keys: Vec<Key> = sqlx::query_as(&format!(
                 "SELECT {KEY_COLS} FROM keys WHERE account_id = $1 AND status <> 'DELETED' AND EXISTS (SELECT 1 FROM key_versions v WHERE v.key_id = keys.id AND v.state = 'active') ORDER BY id DESC LIMIT $2 OFFSET $3"
             ))
             .bind(account_id)
@@ -633,7 +558,7 @@ impl KeyRepo for Store {
             .bind(offset)
             .fetch_all(&db.pool)
             .await?;
-            Ok((keys.into_iter().map(Key::from).collect(), total))
+            Ok((keys, total))
         })
     }
 
