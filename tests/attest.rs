@@ -133,7 +133,7 @@ async fn make_keys(kms: &Kms) -> (Vec<String>, Vec<String>) {
             .nhn_create_key(&p.project, store, kind, "k", "", secret, 0, "test")
             .await
             .expect("NHN key");
-        ids.push(v.entry.key.uid.clone());
+        ids.push(v.entry.key.uid.to_string());
     }
     (tags, ids)
 }

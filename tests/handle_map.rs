@@ -135,7 +135,7 @@ async fn a_stale_handle_is_refreshed_once_and_the_request_succeeds() {
     let ct = kms.encrypt(&tag, b"kept", None).await;
     let id = kms.engine.key_entry(&tag).await.unwrap().versions[0]
         .cka_id
-        .clone();
+        .to_vec();
 
     kms.engine
         .hsm()
@@ -178,7 +178,7 @@ async fn a_deleted_object_is_key_material_missing_after_one_refresh() {
     kms.encrypt(&tag, b"x", None).await;
     let id = kms.engine.key_entry(&tag).await.unwrap().versions[0]
         .cka_id
-        .clone();
+        .to_vec();
     kms.engine
         .hsm()
         .quiesced(move |ctx, slot| {

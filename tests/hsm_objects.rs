@@ -56,7 +56,7 @@ async fn one_protected_object_per_version() {
             let objs = kms
                 .engine
                 .hsm()
-                .object_info(v.cka_id.clone())
+                .object_info(v.cka_id.to_vec())
                 .await
                 .unwrap();
             let mut classes: Vec<&str> = objs.iter().map(|o| o.class.as_str()).collect();
@@ -78,14 +78,14 @@ async fn one_protected_object_per_version() {
                     }
                 }
             }
-            expected.insert((v.cka_id.clone(), label.clone()));
+            expected.insert((v.cka_id.to_vec(), label.clone()));
             match (&v.aux_cka_id, conv) {
                 (Some(aux), true) => {
-                    let objs = kms.engine.hsm().object_info(aux.clone()).await.unwrap();
+                    let objs = kms.engine.hsm().object_info(aux.to_vec()).await.unwrap();
                     assert_eq!(objs.len(), 1, "{label}/convergent");
                     assert_eq!(objs[0].class, "secret-key");
                     assert_secret(&objs[0], &format!("{label}/convergent"));
-                    expected.insert((aux.clone(), format!("{label}/convergent")));
+                    expected.insert((aux.to_vec(), format!("{label}/convergent")));
                 }
                 (None, false) => {}
                 (aux, _) => panic!("{label}: convergent {conv} but aux id {aux:?}"),

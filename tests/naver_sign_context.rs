@@ -52,7 +52,7 @@ async fn verify(kms: &Kms, tag: &str, data: &[u8], sig: &str) -> bool {
 async fn first_cka_id(kms: &Kms, tag: &str) -> Vec<u8> {
     kms.engine.key_entry(tag).await.unwrap().versions[0]
         .cka_id
-        .clone()
+        .to_vec()
 }
 
 #[tokio::test]

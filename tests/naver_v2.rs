@@ -410,7 +410,7 @@ async fn deletion_request_cancel_and_delete() {
     let ct = kms.encrypt(&tag, b"last words", None).await;
     let cka_id = kms.engine.key_entry(&tag).await.unwrap().versions[0]
         .cka_id
-        .clone();
+        .to_vec();
 
     // Delete Key only works on a key pending deletion.
     kms.call("DELETE", &keys(&tag), None)

@@ -192,7 +192,7 @@ async fn secrets_create_query_update_delete() {
 
     // Each version is a private CKO_DATA object in the token.
     let entry = kms.engine.key_entry(&id).await.unwrap();
-    let v1 = entry.versions[0].cka_id.clone();
+    let v1 = entry.versions[0].cka_id.to_vec();
     let info = kms.engine.hsm().object_info(v1.clone()).await.unwrap();
     assert_eq!(info.len(), 1);
     assert_eq!(info[0].class, "data");
@@ -380,7 +380,7 @@ async fn secrets_create_query_update_delete() {
         assert!(kms
             .engine
             .hsm()
-            .object_info(v.cka_id.clone())
+            .object_info(v.cka_id.to_vec())
             .await
             .unwrap()
             .is_empty());
@@ -561,7 +561,7 @@ async fn symmetric_encrypt_decrypt_local_key_and_rotation() {
     let info = kms
         .engine
         .hsm()
-        .object_info(e.versions[0].cka_id.clone())
+        .object_info(e.versions[0].cka_id.to_vec())
         .await
         .unwrap();
     assert!(info[0].sensitive && !info[0].extractable);
@@ -940,7 +940,7 @@ async fn asymmetric_sign_verify_public_key() {
     let infos = kms
         .engine
         .hsm()
-        .object_info(e.versions[0].cka_id.clone())
+        .object_info(e.versions[0].cka_id.to_vec())
         .await
         .unwrap();
     let private = infos.iter().find(|i| i.class == "private-key").unwrap();
@@ -1613,7 +1613,7 @@ async fn scheduled_deletions_and_reconciler_keep_live_objects() {
     assert!(kms
         .engine
         .hsm()
-        .object_info(e.versions[0].cka_id.clone())
+        .object_info(e.versions[0].cka_id.to_vec())
         .await
         .unwrap()
         .is_empty());

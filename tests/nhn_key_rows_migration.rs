@@ -47,7 +47,7 @@ async fn nhn_names_and_rotation_schedules_move_into_the_key_rows() {
 
     // This release opens it (migration 0016).
     let store = Store::open(&url, &data).await.expect("open and migrate");
-    let (k1, _) = store.key_by_uid("k1").await.unwrap().expect("k1");
+    let (k1, _) = store.key_by_uid(&"k1".into()).await.unwrap().expect("k1");
     assert_eq!(
         (
             k1.name.as_str(),
@@ -59,7 +59,7 @@ async fn nhn_names_and_rotation_schedules_move_into_the_key_rows() {
         ("db", Dialect::Nhn, true, Some(30), Some(1234)),
         "{k1:?}"
     );
-    let (k2, _) = store.key_by_uid("k2").await.unwrap().expect("k2");
+    let (k2, _) = store.key_by_uid(&"k2".into()).await.unwrap().expect("k2");
     assert_eq!(
         (
             k2.name.as_str(),
@@ -71,7 +71,7 @@ async fn nhn_names_and_rotation_schedules_move_into_the_key_rows() {
         ("db", Dialect::Nhn, false, None, None),
         "{k2:?}"
     );
-    let (n1, _) = store.key_by_uid("n1").await.unwrap().expect("n1");
+    let (n1, _) = store.key_by_uid(&"n1".into()).await.unwrap().expect("n1");
     assert_eq!(
         (
             n1.name.as_str(),

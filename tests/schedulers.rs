@@ -84,7 +84,12 @@ async fn automatic_rotation_rotates_due_keys_only() {
     assert!(ct2.starts_with("ncpkms:v2:"), "{ct2}");
     let v2 = kms.engine.key_entry(&due).await.unwrap().versions[1].clone();
     assert_eq!(
-        kms.engine.hsm().object_info(v2.cka_id).await.unwrap()[0].label,
+        kms.engine
+            .hsm()
+            .object_info(v2.cka_id.to_vec())
+            .await
+            .unwrap()[0]
+            .label,
         format!("hsm-kms/{due}/v2")
     );
 
@@ -144,8 +149,8 @@ async fn deletion_scheduler_destroys_after_the_waiting_period() {
     let mut ids = Vec::new();
     for tag in [&doomed, &doomed_rsa] {
         for v in &kms.engine.key_entry(tag).await.unwrap().versions {
-            ids.push(v.cka_id.clone());
-            ids.extend(v.aux_cka_id.clone());
+            ids.push(v.cka_id.to_vec());
+            ids.extend(v.aux_cka_id.as_deref().map(<[u8]>::to_vec));
         }
     }
     assert_eq!(ids.len(), 5);

@@ -35,11 +35,11 @@ impl Engine {
                 self.nhn_forget(kind, id);
             }
             "acl" => match id.parse::<i64>() {
-                Ok(key_id) => self.inner.acls.remove(&key_id),
+                Ok(key_id) => self.inner.acls.remove(&super::KeyId::new(key_id)),
                 Err(_) => self.inner.acls.clear(),
             },
             "generator" => match id.parse::<i64>() {
-                Ok(key_id) => self.inner.generators.remove(&key_id),
+                Ok(key_id) => self.inner.generators.remove(&super::KeyId::new(key_id)),
                 Err(_) => self.inner.generators.clear(),
             },
             "token" => match hex::decode(id) {

@@ -6,9 +6,8 @@ use zeroize::Zeroizing;
 use super::keys::KeyType;
 use super::KeyStatus;
 use super::VersionState;
-use super::{Engine, Error, KeyEntry, Result};
+use super::{Engine, Error, KeyEntry, KeyVersion, Result};
 use crate::hsm::SignAlg;
-use crate::store::VersionRow;
 
 /// Largest plaintext accepted by Encrypt (AES256), bytes.
 pub const ENCRYPT_MAX: usize = 32 * 1024;
@@ -56,7 +55,7 @@ pub(super) fn usable_version(
     e: &KeyEntry,
     n: i64,
     missing: impl FnOnce() -> Error,
-) -> Result<&VersionRow> {
+) -> Result<&KeyVersion> {
     let v = e
         .versions
         .iter()
@@ -69,7 +68,7 @@ pub(super) fn usable_version(
 }
 
 /// The newest active version, which new ciphertexts and signatures use.
-pub(super) fn current(e: &KeyEntry) -> Result<&VersionRow> {
+pub(super) fn current(e: &KeyEntry) -> Result<&KeyVersion> {
     e.current()
         .ok_or_else(|| Error::Internal(format!("key {} has no active version", e.key.uid)))
 }
@@ -175,8 +174,8 @@ impl Engine {
                     (Some(hmac_id), Some(ctx)) => {
                         self.hsm()
                             .aes_gcm_encrypt_convergent(
-                                v.cka_id.clone(),
-                                hmac_id.clone(),
+                                v.cka_id.to_vec(),
+                                hmac_id.to_vec(),
                                 plaintext,
                                 ctx,
                             )
@@ -185,7 +184,7 @@ impl Engine {
                     (_, ctx) => {
                         self.hsm()
                             .aes_gcm_encrypt(
-                                v.cka_id.clone(),
+                                v.cka_id.to_vec(),
                                 plaintext,
                                 ctx.unwrap_or_default(),
                                 None,
@@ -201,7 +200,7 @@ impl Engine {
                     ));
                 }
                 self.hsm()
-                    .rsa_oaep_encrypt(v.cka_id.clone(), plaintext)
+                    .rsa_oaep_encrypt(v.cka_id.to_vec(), plaintext)
                     .await?
             }
             KeyType::Ecdsa => return Err(Error::WrongKeyType(kt.as_str().into())),
@@ -240,7 +239,7 @@ impl Engine {
             KeyType::Aes256 if e.key.is_convergent => {
                 self.hsm()
                     .aes_gcm_decrypt(
-                        v.cka_id.clone(),
+                        v.cka_id.to_vec(),
                         sealed.blob.clone(),
                         context.unwrap_or_default(),
                     )
@@ -249,7 +248,7 @@ impl Engine {
             KeyType::Aes256 => {
                 let now = self
                     .hsm()
-                    .aes_gcm_decrypt(v.cka_id.clone(), sealed.blob.clone(), Vec::new())
+                    .aes_gcm_decrypt(v.cka_id.to_vec(), sealed.blob.clone(), Vec::new())
                     .await
                     .map_err(Error::from);
                 match (now, context) {
@@ -258,7 +257,7 @@ impl Engine {
                     // with the context it was made with.
                     (Err(Error::DecryptFailed), Some(ctx)) if !ctx.is_empty() => {
                         self.hsm()
-                            .aes_gcm_decrypt(v.cka_id.clone(), sealed.blob.clone(), ctx)
+                            .aes_gcm_decrypt(v.cka_id.to_vec(), sealed.blob.clone(), ctx)
                             .await?
                     }
                     (r, _) => r?,
@@ -266,7 +265,7 @@ impl Engine {
             }
             KeyType::Rsa2048 => {
                 self.hsm()
-                    .rsa_oaep_decrypt(v.cka_id.clone(), sealed.blob.clone())
+                    .rsa_oaep_decrypt(v.cka_id.to_vec(), sealed.blob.clone())
                     .await?
             }
             KeyType::Ecdsa => return Err(Error::WrongKeyType(kt.as_str().into())),
@@ -299,7 +298,7 @@ impl Engine {
             return Err(Error::InvalidInput("data must be at most 8 KB".into()));
         }
         let v = current(&e)?;
-        let sig = self.hsm().sign(v.cka_id.clone(), alg, data).await?;
+        let sig = self.hsm().sign(v.cka_id.to_vec(), alg, data).await?;
         Ok((v.version, sig))
     }
 
@@ -324,14 +323,14 @@ impl Engine {
         let v = usable_version(&e, version, no_version(version))?;
         let valid = self
             .hsm()
-            .verify(v.cka_id.clone(), alg, data.clone(), signature.clone())
+            .verify(v.cka_id.to_vec(), alg, data.clone(), signature.clone())
             .await?;
         if valid || alg == SignAlg::EcdsaP256Sha256 {
             return Ok(valid);
         }
         Ok(self
             .hsm()
-            .verify(v.cka_id.clone(), scheme.other().alg(), data, signature)
+            .verify(v.cka_id.to_vec(), scheme.other().alg(), data, signature)
             .await?)
     }
 
@@ -362,7 +361,7 @@ impl Engine {
             }
             None => current(&e)?,
         };
-        let der = self.hsm().public_key_spki(v.cka_id.clone()).await?;
+        let der = self.hsm().public_key_spki(v.cka_id.to_vec()).await?;
         Ok((v.version, der))
     }
 

@@ -11,9 +11,12 @@
 use crate::store::KeyRepo;
 use std::sync::Arc;
 
-use super::{fault_point, now_ms, Engine, Error, KeyEntry, KeyStatus, Result, VersionState};
+use super::{
+    fault_point, now_ms, Engine, Error, Key, KeyEntry, KeyId, KeyStatus, ObjectRef, Result,
+    VersionState,
+};
 use crate::hsm::{KeySpec, KeyUsage};
-use crate::store::{KeyRow, StoreError};
+use crate::store::StoreError;
 
 /// One day, ms.
 pub(crate) const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -67,7 +70,7 @@ impl KeyType {
 /// Re-exported view types: the dialects format [`KeyEntry`] directly.
 pub type KeyView = KeyEntry;
 /// A version as the dialects see it.
-pub type VersionView = crate::store::VersionRow;
+pub type VersionView = super::KeyVersion;
 
 /// The account (or NHN project) already has `max` keys.
 pub(super) fn keys_limit(max: i64) -> Error {
@@ -81,15 +84,15 @@ pub(super) fn keys_limit(max: i64) -> Error {
 #[derive(Debug, Clone)]
 pub(crate) struct Abandoned {
     /// Owning key.
-    pub(crate) key_id: i64,
+    pub(crate) key_id: KeyId,
     /// Version number.
     pub(crate) version: i64,
     /// The key's uid (cache, log).
     pub(crate) uid: String,
     /// `CKA_ID` (or NHN secret label) of the version's object.
-    pub(crate) cka_id: Vec<u8>,
+    pub(crate) cka_id: ObjectRef,
     /// `CKA_ID` of the convergent HMAC key, if any.
-    pub(crate) aux_id: Option<Vec<u8>>,
+    pub(crate) aux_id: Option<ObjectRef>,
 }
 
 fn label(uid: &str, version: i64) -> String {
@@ -124,7 +127,7 @@ pub(crate) type VersionFaults = [&'static str; 3];
 /// its period (days) from now while automatic rotation is on, else `None`
 /// (the stored time is kept). Both dialects' rotations, manual or
 /// scheduled, pass it to the activation of the new version.
-pub(crate) fn next_rotation(key: &KeyRow) -> Option<i64> {
+pub(crate) fn next_rotation(key: &Key) -> Option<i64> {
     if key.is_auto_rotation {
         key.rotation_period.map(|d| now_ms() + d * DAY_MS)
     } else {
@@ -136,7 +139,7 @@ pub(crate) fn next_rotation(key: &KeyRow) -> Option<i64> {
 /// period): it stops working at once, and the deletion scheduler destroys
 /// it then; the status it had is kept for the record. Returns the
 /// destruction time.
-pub(crate) fn schedule_destruction(key: &mut KeyRow, wait_ms: i64) -> i64 {
+pub(crate) fn schedule_destruction(key: &mut Key, wait_ms: i64) -> i64 {
     let t = now_ms();
     key.status_before_delete = Some(key.status.as_str().to_string());
     key.status = KeyStatus::PendingDeletion;
@@ -208,9 +211,9 @@ impl Engine {
             Some(VersionState::Destroying) => {}
             _ => return Ok(true),
         }
-        self.hsm().destroy_id(v.cka_id.clone()).await?;
+        self.hsm().destroy_id(v.cka_id.to_vec()).await?;
         if let Some(aux) = &v.aux_id {
-            self.hsm().destroy_id(aux.clone()).await?;
+            self.hsm().destroy_id(aux.to_vec()).await?;
         }
         self.store()
             .delete_version_in_state(v.key_id, v.version, VersionState::Destroying)
@@ -251,12 +254,12 @@ impl Engine {
     /// made and the pending row, so no half-made version survives.
     pub(super) async fn make_version_objects(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         version: i64,
         uid: &str,
         objects: VersionObjects,
-        cka_id: &[u8],
-        aux_id: Option<&[u8]>,
+        cka_id: &ObjectRef,
+        aux_id: Option<&ObjectRef>,
     ) -> Result<()> {
         let data_label = match &objects {
             VersionObjects::Data(_) => Some(
@@ -293,7 +296,7 @@ impl Engine {
         if let Err(e) = res {
             tracing::error!(error = %e, key = uid, version, "making the version's objects failed; rolling back");
             let ids: Vec<Vec<u8>> = std::iter::once(cka_id.to_vec())
-                .chain(aux_id.map(<[u8]>::to_vec))
+                .chain(aux_id.map(|a| a.to_vec()))
                 .collect();
             if self.destroy_ids(&ids).await.is_ok() {
                 self.store().delete_pending_version(key_id, version).await?;
@@ -313,14 +316,14 @@ impl Engine {
     /// wrote `pending` with the key, and activates it.
     pub(crate) async fn make_first_version(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         uid: &str,
         objects: VersionObjects,
-        object_id: Vec<u8>,
-        aux_id: Option<Vec<u8>>,
+        object_id: ObjectRef,
+        aux_id: Option<ObjectRef>,
         after_hsm: &'static str,
     ) -> Result<()> {
-        self.make_version_objects(key_id, 1, uid, objects, &object_id, aux_id.as_deref())
+        self.make_version_objects(key_id, 1, uid, objects, &object_id, aux_id.as_ref())
             .await?;
         fault_point(after_hsm);
         self.activate_made_version(
@@ -350,7 +353,7 @@ impl Engine {
         &self,
         e: &KeyEntry,
         objects: VersionObjects,
-        ids: impl std::future::Future<Output = Result<(Vec<u8>, Option<Vec<u8>>)>>,
+        ids: impl std::future::Future<Output = Result<(ObjectRef, Option<ObjectRef>)>>,
         limit: Option<VersionLimit>,
         conflict: &str,
         faults: &VersionFaults,
@@ -371,7 +374,7 @@ impl Engine {
         let version = loop {
             match self
                 .store()
-                .insert_version_pending(key_id, &cka_id, aux_id.as_deref())
+                .insert_version_pending(key_id, &cka_id, aux_id.as_ref())
                 .await
             {
                 Ok(v) => break v,
@@ -395,7 +398,7 @@ impl Engine {
             &e.key.uid,
             objects,
             &cka_id,
-            aux_id.as_deref(),
+            aux_id.as_ref(),
         )
         .await?;
         fault_point(faults[1]);
@@ -403,7 +406,7 @@ impl Engine {
             Abandoned {
                 key_id,
                 version,
-                uid: e.key.uid.clone(),
+                uid: e.key.uid.to_string(),
                 cka_id,
                 aux_id,
             },
@@ -425,9 +428,9 @@ impl Engine {
     /// Rolls back a pending version whose objects could not be destroyed
     /// (the token was unusable): waits for the token, destroys them, then
     /// deletes the row. Only this process's own failed creation is touched.
-    pub(crate) fn roll_back_later(&self, key_id: i64, version: i64, ids: Vec<Vec<u8>>) {
+    pub(crate) fn roll_back_later(&self, key_id: KeyId, version: i64, ids: Vec<Vec<u8>>) {
         tracing::warn!(
-            key_id,
+            key_id = key_id.get(),
             version,
             "the token is unusable: the pending version stays until its objects can be destroyed"
         );
@@ -441,11 +444,15 @@ impl Engine {
                 if engine.destroy_ids(&ids).await.is_ok() {
                     match engine.store().delete_pending_version(key_id, version).await {
                         Ok(()) => {
-                            tracing::info!(key_id, version, "rolled back the pending version");
+                            tracing::info!(
+                                key_id = key_id.get(),
+                                version,
+                                "rolled back the pending version"
+                            );
                             return;
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, key_id, version, "deleting the pending version failed")
+                            tracing::warn!(error = %e, key_id = key_id.get(), version, "deleting the pending version failed")
                         }
                     }
                 }
@@ -500,7 +507,7 @@ impl Engine {
     /// `destroyed`. Shared by Delete Key and the deletion scheduler.
     /// `false` (nothing done) when the key is no longer pending deletion:
     /// another node or request is destroying it.
-    pub(super) async fn destroy_key(&self, key_id: i64, uid: &str) -> Result<bool> {
+    pub(super) async fn destroy_key(&self, key_id: KeyId, uid: &str) -> Result<bool> {
         if !self.store().mark_key_destroying(key_id).await? {
             return Ok(false);
         }
@@ -515,10 +522,10 @@ impl Engine {
         Ok(true)
     }
 
-    pub(super) async fn destroy_version_objects(&self, v: &crate::store::VersionRow) -> Result<()> {
-        self.hsm().destroy_id(v.cka_id.clone()).await?;
+    pub(super) async fn destroy_version_objects(&self, v: &super::KeyVersion) -> Result<()> {
+        self.hsm().destroy_id(v.cka_id.to_vec()).await?;
         if let Some(aux) = &v.aux_cka_id {
-            self.hsm().destroy_id(aux.clone()).await?;
+            self.hsm().destroy_id(aux.to_vec()).await?;
         }
         self.store()
             .set_version_state(v.key_id, v.version, VersionState::Destroyed)

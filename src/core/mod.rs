@@ -35,14 +35,14 @@ pub use tokens::{
     parse_rule, Lifetime, TokenAuth, TokenKind, TokenSet, DEFAULT_ACCESS_HOURS,
     DEFAULT_REFRESH_HOURS, MAX_TOKEN_MINUTES,
 };
-pub use types::{Dialect, KeyStatus, VersionState};
+pub use types::{Dialect, Key, KeyId, KeyStatus, KeyUid, KeyVersion, ObjectRef, VersionState};
 
 use crate::store::{InstallationRepo, KeyRepo};
 use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 
 use crate::hsm::{Hsm, HsmError};
-use crate::store::{KeyRow, Store, StoreError, VersionRow};
+use crate::store::{Store, StoreError};
 
 /// An error of the engine. Dialects map each variant to their own envelope.
 #[derive(Debug, thiserror::Error)]
@@ -168,10 +168,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// A key with its versions, as cached in memory.
 #[derive(Debug, Clone)]
 pub struct KeyEntry {
-    /// The key row.
-    pub key: KeyRow,
+    /// The key.
+    pub key: Key,
     /// Its versions, oldest first.
-    pub versions: Vec<VersionRow>,
+    pub versions: Vec<KeyVersion>,
 }
 
 /// Keys [`Engine::preload_keys`] puts in the key cache at most (about
@@ -182,22 +182,23 @@ impl KeyEntry {
     /// Bytes this entry holds: itself, its strings and versions.
     fn heap_bytes(&self) -> usize {
         let k = &self.key;
-        let strings = [&k.uid, &k.name, &k.key_type, &k.memo, &k.protection_type]
-            .iter()
-            .map(|s| s.capacity())
-            .sum::<usize>()
+        let strings = k.uid.capacity()
+            + [&k.name, &k.key_type, &k.memo, &k.protection_type]
+                .iter()
+                .map(|s| s.capacity())
+                .sum::<usize>()
             + k.status_before_delete.as_ref().map_or(0, String::capacity);
-        let versions = self.versions.capacity() * std::mem::size_of::<VersionRow>()
+        let versions = self.versions.capacity() * std::mem::size_of::<KeyVersion>()
             + self
                 .versions
                 .iter()
-                .map(|v| v.cka_id.capacity() + v.aux_cka_id.as_ref().map_or(0, Vec::capacity))
+                .map(|v| v.cka_id.capacity() + v.aux_cka_id.as_ref().map_or(0, ObjectRef::capacity))
                 .sum::<usize>();
         std::mem::size_of::<KeyEntry>() + strings + versions
     }
 
     /// The newest active version.
-    pub fn current(&self) -> Option<&VersionRow> {
+    pub fn current(&self) -> Option<&KeyVersion> {
         self.versions
             .iter()
             .rev()
@@ -223,7 +224,7 @@ impl KeyEntry {
     }
 
     /// A given version if it is active.
-    pub fn version(&self, n: i64) -> Option<&VersionRow> {
+    pub fn version(&self, n: i64) -> Option<&KeyVersion> {
         self.versions
             .iter()
             .find(|v| v.version == n && v.state == VersionState::Active)
@@ -251,13 +252,13 @@ pub struct Engine {
 struct EngineInner {
     hsm: Hsm,
     store: Store,
-    keys: cache::Cache<String, Arc<KeyEntry>>,
+    keys: cache::Cache<KeyUid, Arc<KeyEntry>>,
     secrets: cache::Cache<String, accounts::CachedSecret>,
     kek_id: Vec<u8>,
     activity: ActivityLog,
     tokens: cache::Cache<Vec<u8>, crate::store::TokenRow>,
-    generators: cache::Cache<i64, Option<crate::store::GeneratorRow>>,
-    acls: cache::Cache<i64, (bool, Vec<ipnet::IpNet>)>,
+    generators: cache::Cache<KeyId, Option<crate::store::GeneratorRow>>,
+    acls: cache::Cache<KeyId, (bool, Vec<ipnet::IpNet>)>,
     token_hour_ms: i64,
     /// The key that signs NAVER tokens; read again on use until `init`
     /// (the upgrade step) has made it.
@@ -483,14 +484,15 @@ impl Engine {
             Ok(e) => return Ok(e),
             Err(generation) => generation,
         };
+        let uid = KeyUid::from(uid);
         let (key, versions) = self
             .inner
             .store
-            .key_by_uid(uid)
+            .key_by_uid(&uid)
             .await?
             .ok_or(Error::NotFound("key"))?;
         let entry = Arc::new(KeyEntry { key, versions });
-        self.inner.keys.fill(uid.to_string(), entry.clone(), seen);
+        self.inner.keys.fill(uid, entry.clone(), seen);
         Ok(entry)
     }
 

@@ -370,9 +370,9 @@ async fn repair(hsm: &Hsm, store: &Store, report: &mut ReconcileReport) -> Resul
         .into_iter()
         .map(|(k, v, state, owner)| ((k, v, state), owner))
         .collect();
-    let owner = |v: &crate::store::VersionRow| {
+    let owner = |v: &super::KeyVersion| {
         owners
-            .get(&(v.key_id, v.version, v.state.as_str().to_string()))
+            .get(&(v.key_id.get(), v.version, v.state.as_str().to_string()))
             .copied()
     };
 
@@ -392,15 +392,15 @@ async fn repair(hsm: &Hsm, store: &Store, report: &mut ReconcileReport) -> Resul
         {
             continue;
         }
-        hsm.destroy_id(v.cka_id.clone()).await?;
+        hsm.destroy_id(v.cka_id.to_vec()).await?;
         if let Some(aux) = &v.aux_cka_id {
-            hsm.destroy_id(aux.clone()).await?;
+            hsm.destroy_id(aux.to_vec()).await?;
         }
         store
             .delete_version_in_state(v.key_id, v.version, VersionState::Destroying)
             .await?;
         tracing::warn!(
-            key_id = v.key_id,
+            key_id = v.key_id.get(),
             version = v.version,
             node = node.unwrap_or(0),
             "rolled back a version interrupted during creation"
@@ -414,9 +414,9 @@ async fn repair(hsm: &Hsm, store: &Store, report: &mut ReconcileReport) -> Resul
             report.left_to_live_nodes += 1;
             continue;
         }
-        hsm.destroy_id(v.cka_id.clone()).await?;
+        hsm.destroy_id(v.cka_id.to_vec()).await?;
         if let Some(aux) = &v.aux_cka_id {
-            hsm.destroy_id(aux.clone()).await?;
+            hsm.destroy_id(aux.to_vec()).await?;
         }
         store
             .set_version_state(v.key_id, v.version, VersionState::Destroyed)

@@ -39,7 +39,7 @@ impl Engine {
         for key_id in due_rotation {
             if !self
                 .store()
-                .claim_rotation(key_id, t, t + ROTATION_RETRY_MS)
+                .claim_rotation(key_id.get(), t, t + ROTATION_RETRY_MS)
                 .await?
             {
                 continue;
@@ -107,19 +107,14 @@ impl Engine {
 impl Engine {
     /// Records work the service did on a key on its own (requestor type
     /// `SYSTEM`, caller `scheduler`).
-    pub(super) async fn record_system(
-        &self,
-        key: &crate::store::KeyRow,
-        version: Option<i64>,
-        action: &str,
-    ) {
+    pub(super) async fn record_system(&self, key: &super::Key, version: Option<i64>, action: &str) {
         self.record_scheduled(super::ActivityRecord {
             id: 0,
             at: now(),
             account_id: key.account_id,
-            key_uid: key.uid.clone(),
+            key_uid: key.uid.to_string(),
             key_name: key.name.clone(),
-            key_id: key.id,
+            key_id: key.id.get(),
             version,
             action: action.to_string(),
             auth_type: "SYSTEM".into(),

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 
 use super::accounts::now;
 use super::jwt::{looks_like_jwt, Claims, TokenSigner, MAX_TOKEN_LEN};
-use super::{Engine, Error, Result};
+use super::{Engine, Error, KeyId, Result};
 use crate::store::{GeneratorRow, NewToken, TokenParent, TokenRow};
 
 /// Largest token lifetime in hours (two years).
@@ -96,7 +96,7 @@ pub struct TokenAuth {
     /// The token's public id (for the activity log).
     pub token_id: String,
     /// The key it is scoped to.
-    pub key_id: i64,
+    pub key_id: KeyId,
     /// Its token set.
     pub set_id: String,
     /// Its hash (a refresh token must still be unrevoked when tokens are
@@ -235,11 +235,11 @@ impl Engine {
         Ok(())
     }
 
-    fn forget_generator(&self, key_id: i64) {
+    fn forget_generator(&self, key_id: KeyId) {
         self.inner.generators.remove(&key_id);
     }
 
-    async fn active_generator(&self, key_id: i64) -> Result<Option<GeneratorRow>> {
+    async fn active_generator(&self, key_id: KeyId) -> Result<Option<GeneratorRow>> {
         let seen = match self.inner.generators.get(&key_id) {
             Ok(g) => return Ok(g),
             Err(generation) => generation,
@@ -256,7 +256,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     async fn issue(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         key_tag: &str,
         account_id: i64,
         access: Lifetime,
@@ -440,10 +440,10 @@ impl Engine {
             .key_entry(uid)
             .await
             .map_err(|_| bad("the token is not valid for this key"))?;
-        if e.key.id != row.key_id || e.key.status == super::KeyStatus::Deleted {
+        if e.key.id.get() != row.key_id || e.key.status == super::KeyStatus::Deleted {
             return Err(bad("the token is not valid for this key"));
         }
-        let g = self.active_generator(row.key_id).await?;
+        let g = self.active_generator(e.key.id).await?;
         let valid_gen = g
             .as_ref()
             .map(|g| bool::from(g.generator_id.as_bytes().ct_eq(row.generator_id.as_bytes())))
@@ -453,14 +453,14 @@ impl Engine {
                 "the token generator that issued this token was disabled or replaced",
             ));
         }
-        self.check_acl(row.key_id, client).await?;
+        self.check_acl(e.key.id, client).await?;
         Ok(TokenAuth {
             account_id: row.account_id,
             token_id: row.token_id,
-            key_id: row.key_id,
+            key_id: e.key.id,
             set_id: row.set_id,
             hash: h,
-            key_tag: e.key.uid.clone(),
+            key_tag: e.key.uid.to_string(),
         })
     }
 
@@ -493,7 +493,7 @@ impl Engine {
 
     // ---- IP ACL ----
 
-    async fn check_acl(&self, key_id: i64, client: IpAddr) -> Result<()> {
+    async fn check_acl(&self, key_id: KeyId, client: IpAddr) -> Result<()> {
         let (on, nets) = match self.inner.acls.get(&key_id) {
             Ok(v) => v,
             Err(seen) => {

@@ -1,6 +1,18 @@
-//! Domain types the engine speaks: states and kinds of keys and versions.
-//! The store maps its columns onto them (`store/`), the dialects format
-//! them (`api/`).
+//! Domain types the engine speaks: keys and versions ([`Key`],
+//! [`KeyVersion`]), their identifiers ([`KeyUid`], [`KeyId`],
+//! [`ObjectRef`]), states and kinds. The store maps its columns onto them
+//! (`store/`), the dialects format them (`api/`).
+//!
+//! What crosses between the layers: `store/` hands the engine these types
+//! (it reads `keys` / `key_versions` rows straight into [`Key`] and
+//! [`KeyVersion`] in `store/keys.rs`, the one place their columns map, and
+//! binds the identifiers in `store/ids.rs`); `api/` sees keys only as
+//! [`KeyEntry`](super::KeyEntry), which holds a [`Key`] and its
+//! [`KeyVersion`]s, and never imports `store`. Store row types still
+//! named in `core/` (not yet given core types): `NhnKeyRow` (the NHN half
+//! of a key), `NhnProjectRow`, `GeneratorRow`, `TokenRow`,
+//! `NhnCredentialRow`, `AccessKeyRow`, and the audit chain's
+//! `AuditRecordRow` / `CheckpointRow` and attestation's `VersionOwnerRow`.
 
 /// State of a key version's HSM object, for crash consistency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,4 +116,270 @@ impl Dialect {
             _ => Dialect::Naver,
         }
     }
+}
+
+/// Public identifier of a key: NAVER's `keyTag`, NHN's `keyId`. Shown and
+/// serialised as the bare string, as before.
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct KeyUid(String);
+
+impl KeyUid {
+    /// The identifier's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The identifier's text, owned.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
+    /// Bytes held on the heap (key cache accounting).
+    pub fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+}
+
+impl std::ops::Deref for KeyUid {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for KeyUid {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for KeyUid {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for KeyUid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<String> for KeyUid {
+    fn from(s: String) -> Self {
+        KeyUid(s)
+    }
+}
+
+impl From<&str> for KeyUid {
+    fn from(s: &str) -> Self {
+        KeyUid(s.to_string())
+    }
+}
+
+impl From<KeyUid> for String {
+    fn from(u: KeyUid) -> Self {
+        u.0
+    }
+}
+
+impl PartialEq<str> for KeyUid {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for KeyUid {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for KeyUid {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
+    }
+}
+
+/// Internal id of a key: the store's row id (NAVER's numeric `keyId`).
+/// Shown and serialised as the bare number.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct KeyId(i64);
+
+impl KeyId {
+    /// Wraps a store row id.
+    pub const fn new(id: i64) -> Self {
+        KeyId(id)
+    }
+
+    /// The number.
+    pub const fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl From<i64> for KeyId {
+    fn from(id: i64) -> Self {
+        KeyId(id)
+    }
+}
+
+impl From<KeyId> for i64 {
+    fn from(id: KeyId) -> Self {
+        id.0
+    }
+}
+
+/// Reference to a token object: its `CKA_ID` bytes (16 random bytes for a
+/// key version; an NHN secret version's label). Which object a key
+/// version is, as the store records it and the HSM port looks it up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef(Vec<u8>);
+
+impl ObjectRef {
+    /// The `CKA_ID` bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The `CKA_ID` bytes, owned.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.0
+    }
+
+    /// Bytes held on the heap (key cache accounting).
+    pub fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+}
+
+impl std::ops::Deref for ObjectRef {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for ObjectRef {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for ObjectRef {
+    fn from(v: Vec<u8>) -> Self {
+        ObjectRef(v)
+    }
+}
+
+impl From<&[u8]> for ObjectRef {
+    fn from(v: &[u8]) -> Self {
+        ObjectRef(v.to_vec())
+    }
+}
+
+impl From<ObjectRef> for Vec<u8> {
+    fn from(o: ObjectRef) -> Self {
+        o.0
+    }
+}
+
+impl PartialEq<Vec<u8>> for ObjectRef {
+    fn eq(&self, other: &Vec<u8>) -> bool {
+        &self.0 == other
+    }
+}
+
+impl PartialEq<ObjectRef> for Vec<u8> {
+    fn eq(&self, other: &ObjectRef) -> bool {
+        self == &other.0
+    }
+}
+
+/// A key, as the engine knows it: both dialects' keys, one shape. The
+/// store reads and writes it (its row type never leaves `store/`).
+#[derive(Debug, Clone)]
+pub struct Key {
+    /// Internal id (NAVER `keyId`).
+    pub id: KeyId,
+    /// Public identifier (NAVER `keyTag`, NHN `keyId`).
+    pub uid: KeyUid,
+    /// Owning account.
+    pub account_id: i64,
+    /// Name: a NAVER key's is unique in the account, an NHN key's may
+    /// repeat.
+    pub name: String,
+    /// The dialect whose rules the key follows.
+    pub dialect: Dialect,
+    /// `AES256`, `RSA2048` or `ECDSA`.
+    pub key_type: String,
+    /// Status.
+    pub status: KeyStatus,
+    /// Free text.
+    pub memo: String,
+    /// NAVER `protectionType` as requested (`BASIC` or `COMMON_HSM`).
+    pub protection_type: String,
+    /// Convergent encryption.
+    pub is_convergent: bool,
+    /// Automatic rotation on.
+    pub is_auto_rotation: bool,
+    /// Rotation period in days.
+    pub rotation_period: Option<i64>,
+    /// Next automatic rotation, ms.
+    pub next_rotation_at: Option<i64>,
+    /// Scheduled destruction, ms.
+    pub destroy_at: Option<i64>,
+    /// Status to go back to when a deletion request is cancelled.
+    pub status_before_delete: Option<String>,
+    /// Last status change, ms.
+    pub status_at: i64,
+    /// Creation time, ms.
+    pub created_at: i64,
+    /// Last change, ms.
+    pub updated_at: i64,
+    /// Bumped by every write of the key; the store's `update_key` writes
+    /// only over the revision it read.
+    pub revision: i64,
+}
+
+/// One version of a key and the token objects that hold it.
+#[derive(Debug, Clone)]
+pub struct KeyVersion {
+    /// Owning key.
+    pub key_id: KeyId,
+    /// Version number, from 1.
+    pub version: i64,
+    /// Object state.
+    pub state: VersionState,
+    /// Usable for crypto when active.
+    pub enabled: bool,
+    /// `CKA_ID` of the key object (or pair).
+    pub cka_id: ObjectRef,
+    /// `CKA_ID` of the convergent HMAC key, if any.
+    pub aux_cka_id: Option<ObjectRef>,
+    /// Last enable/disable, ms.
+    pub status_at: i64,
+    /// Creation time, ms.
+    pub created_at: i64,
 }

@@ -2,96 +2,67 @@
 
 use super::{map_unique, now_ms, KeyRepo, Result, Store, StoreError};
 use super::{InstallationRepo, NhnRepo};
-use crate::core::{Dialect, KeyStatus, VersionState};
+use crate::core::{Dialect, Key, KeyId, KeyStatus, KeyUid, KeyVersion, ObjectRef, VersionState};
+use sqlx::{ColumnIndex, Decode, FromRow, Row, Type};
 
-/// The store's text for a key status (`keys.status`).
-impl From<String> for KeyStatus {
-    fn from(s: String) -> Self {
-        KeyStatus::parse(&s)
+/// A `keys` row read straight into the engine's [`Key`]: the store has no
+/// key row type of its own, and this is the one place its columns map onto
+/// the engine's fields (status, dialect and state texts included).
+impl<'r, R: Row> FromRow<'r, R> for Key
+where
+    &'r str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    bool: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn from_row(r: &'r R) -> sqlx::Result<Self> {
+        Ok(Key {
+            id: KeyId::new(r.try_get("id")?),
+            uid: KeyUid::from(r.try_get::<String, _>("uid")?),
+            account_id: r.try_get("account_id")?,
+            name: r.try_get("name")?,
+            dialect: Dialect::parse(&r.try_get::<String, _>("dialect")?),
+            key_type: r.try_get("key_type")?,
+            status: KeyStatus::parse(&r.try_get::<String, _>("status")?),
+            memo: r.try_get("memo")?,
+            protection_type: r.try_get("protection_type")?,
+            is_convergent: r.try_get("is_convergent")?,
+            is_auto_rotation: r.try_get("is_auto_rotation")?,
+            rotation_period: r.try_get("rotation_period")?,
+            next_rotation_at: r.try_get("next_rotation_at")?,
+            destroy_at: r.try_get("destroy_at")?,
+            status_before_delete: r.try_get("status_before_delete")?,
+            status_at: r.try_get("status_at")?,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+            revision: r.try_get("revision")?,
+        })
     }
 }
 
-/// The store's text for a key's dialect (`keys.dialect`).
-impl From<String> for Dialect {
-    fn from(s: String) -> Self {
-        Dialect::parse(&s)
+/// A `key_versions` row read straight into the engine's [`KeyVersion`].
+impl<'r, R: Row> FromRow<'r, R> for KeyVersion
+where
+    &'r str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    bool: Decode<'r, R::Database> + Type<R::Database>,
+    Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn from_row(r: &'r R) -> sqlx::Result<Self> {
+        Ok(KeyVersion {
+            key_id: KeyId::new(r.try_get("key_id")?),
+            version: r.try_get("version")?,
+            state: VersionState::parse(&r.try_get::<String, _>("state")?),
+            enabled: r.try_get("enabled")?,
+            cka_id: ObjectRef::from(r.try_get::<Vec<u8>, _>("cka_id")?),
+            aux_cka_id: r
+                .try_get::<Option<Vec<u8>>, _>("aux_cka_id")?
+                .map(ObjectRef::from),
+            status_at: r.try_get("status_at")?,
+            created_at: r.try_get("created_at")?,
+        })
     }
-}
-
-/// The store's text for a version state (`key_versions.state`).
-impl From<String> for VersionState {
-    fn from(s: String) -> Self {
-        VersionState::parse(&s)
-    }
-}
-
-/// A key row.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct KeyRow {
-    /// Internal id (NAVER `keyId`).
-    pub id: i64,
-    /// Public identifier (NAVER `keyTag`).
-    pub uid: String,
-    /// Owning account.
-    pub account_id: i64,
-    /// Name: a NAVER key's is unique in the account, an NHN key's may
-    /// repeat.
-    pub name: String,
-    /// The dialect whose rules the key follows.
-    #[sqlx(try_from = "String")]
-    pub dialect: Dialect,
-    /// `AES256`, `RSA2048` or `ECDSA`.
-    pub key_type: String,
-    /// Status (stored as `ENABLE`, `DISABLE`, `REVOKE` or `DELETED`).
-    #[sqlx(try_from = "String")]
-    pub status: KeyStatus,
-    /// Free text.
-    pub memo: String,
-    /// NAVER `protectionType` as requested (`BASIC` or `COMMON_HSM`).
-    pub protection_type: String,
-    /// Convergent encryption.
-    pub is_convergent: bool,
-    /// Automatic rotation on.
-    pub is_auto_rotation: bool,
-    /// Rotation period in days.
-    pub rotation_period: Option<i64>,
-    /// Next automatic rotation, ms.
-    pub next_rotation_at: Option<i64>,
-    /// Scheduled destruction, ms.
-    pub destroy_at: Option<i64>,
-    /// Status to go back to when a deletion request is cancelled.
-    pub status_before_delete: Option<String>,
-    /// Last status change, ms.
-    pub status_at: i64,
-    /// Creation time, ms.
-    pub created_at: i64,
-    /// Last change, ms.
-    pub updated_at: i64,
-    /// Bumped by every write of the row; [`KeyRepo::update_key`](super::KeyRepo::update_key) writes only
-    /// over the revision it read.
-    pub revision: i64,
-}
-
-/// A key version row.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct VersionRow {
-    /// Owning key.
-    pub key_id: i64,
-    /// Version number, from 1.
-    pub version: i64,
-    /// Object state.
-    #[sqlx(try_from = "String")]
-    pub state: VersionState,
-    /// Usable for crypto when active.
-    pub enabled: bool,
-    /// `CKA_ID` of the key object (or pair).
-    pub cka_id: Vec<u8>,
-    /// `CKA_ID` of the convergent HMAC key, if any.
-    pub aux_cka_id: Option<Vec<u8>>,
-    /// Last enable/disable, ms.
-    pub status_at: i64,
-    /// Creation time, ms.
-    pub created_at: i64,
 }
 
 /// Counts a new key must stay below (the key itself included they may be
@@ -174,13 +145,10 @@ impl Store {
     /// Up to `max` keys not deleted (lowest ids first), each with its
     /// versions in order, in two queries: the engine fills its key cache
     /// from it at start-up, so that no key's first use reads the store.
-    pub async fn live_keys_with_versions(
-        &self,
-        max: usize,
-    ) -> Result<Vec<(KeyRow, Vec<VersionRow>)>> {
+    pub async fn live_keys_with_versions(&self, max: usize) -> Result<Vec<(Key, Vec<KeyVersion>)>> {
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         on_db!(self, db => {
-            let keys: Vec<KeyRow> = sqlx::query_as(&format!(
+            let keys: Vec<Key> = sqlx::query_as(&format!(
                 "SELECT {KEY_COLS} FROM keys WHERE status <> 'DELETED' ORDER BY id LIMIT $1"
             ))
             .bind(max)
@@ -189,13 +157,13 @@ impl Store {
             let Some(last) = keys.last().map(|k| k.id) else {
                 return Ok(Vec::new());
             };
-            let versions: Vec<VersionRow> = sqlx::query_as(&format!(
+            let versions: Vec<KeyVersion> = sqlx::query_as(&format!(
                 "SELECT {VERSION_COLS} FROM key_versions WHERE key_id <= $1 ORDER BY key_id, version"
             ))
             .bind(last)
             .fetch_all(&db.pool)
             .await?;
-            let mut by_key: std::collections::HashMap<i64, Vec<VersionRow>> =
+            let mut by_key: std::collections::HashMap<KeyId, Vec<KeyVersion>> =
                 std::collections::HashMap::with_capacity(keys.len());
             for v in versions {
                 by_key.entry(v.key_id).or_default().push(v);
@@ -215,17 +183,17 @@ impl KeyRepo for Store {
     async fn insert_key_pending(
         &self,
         key: &NewKey,
-        cka_id: &[u8],
-        aux_cka_id: Option<&[u8]>,
+        cka_id: &ObjectRef,
+        aux_cka_id: Option<&ObjectRef>,
         caps: KeyCaps<'_>,
-    ) -> Result<i64> {
+    ) -> Result<KeyId> {
         on_db!(self, db => {
             let now = now_ms();
             // No cap per type: the count per type (a row read per key of the
             // account) is skipped, not compared with i64::MAX.
             let (type_name, type_cap) = caps.of_type.unwrap_or(("", i64::MAX));
             let mut tx = db.begin_write().await?;
-            let key_id: Option<i64> = sqlx::query_scalar(
+            let key_id: Option<KeyId> = sqlx::query_scalar(
                 "INSERT INTO keys (uid, account_id, name, key_type, status, memo, protection_type, is_convergent, is_auto_rotation, rotation_period, next_rotation_at, status_at, created_at, updated_at, dialect)
                  SELECT $1, $2, $3, $4, 'ENABLE', $5, $6, $7, $8, $9, $10, $11, $12, $13, $17
                  WHERE (SELECT COUNT(*) FROM keys WHERE account_id = $2 AND status <> 'DELETED') < $14
@@ -287,9 +255,9 @@ impl KeyRepo for Store {
 
     async fn insert_version_pending(
         &self,
-        key_id: i64,
-        cka_id: &[u8],
-        aux_cka_id: Option<&[u8]>,
+        key_id: KeyId,
+        cka_id: &ObjectRef,
+        aux_cka_id: Option<&ObjectRef>,
     ) -> Result<i64> {
         on_db!(self, db => {
             let mut tx = db.begin_write().await?;
@@ -340,7 +308,7 @@ impl KeyRepo for Store {
 
     async fn set_version_state(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         version: i64,
         state: VersionState,
     ) -> Result<()> {
@@ -357,7 +325,7 @@ impl KeyRepo for Store {
 
     async fn activate_version(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         version: i64,
         next_rotation_at: Option<i64>,
     ) -> Result<()> {
@@ -385,16 +353,16 @@ impl KeyRepo for Store {
         })
     }
 
-    async fn delete_pending_version(&self, key_id: i64, version: i64) -> Result<()> {
+    async fn delete_pending_version(&self, key_id: KeyId, version: i64) -> Result<()> {
         self.delete_version_in_state(key_id, version, VersionState::Pending)
             .await
     }
 
     async fn mark_pending_destroying(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         version: i64,
-        cka_id: &[u8],
+        cka_id: &ObjectRef,
     ) -> Result<Option<VersionState>> {
         on_db!(self, db => {
             let mut tx = db.begin_write().await?;
@@ -431,7 +399,7 @@ impl KeyRepo for Store {
 
     async fn delete_version_in_state(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         version: i64,
         state: VersionState,
     ) -> Result<()> {
@@ -459,7 +427,12 @@ impl KeyRepo for Store {
         })
     }
 
-    async fn set_version_enabled(&self, key_id: i64, version: i64, enabled: bool) -> Result<bool> {
+    async fn set_version_enabled(
+        &self,
+        key_id: KeyId,
+        version: i64,
+        enabled: bool,
+    ) -> Result<bool> {
         on_db!(self, db => {
             let r = sqlx::query("UPDATE key_versions SET enabled = $1, status_at = $2 WHERE key_id = $3 AND version = $4 AND state = 'active'")
                 .bind(enabled)
@@ -472,9 +445,9 @@ impl KeyRepo for Store {
         })
     }
 
-    async fn key_by_uid(&self, uid: &str) -> Result<Option<(KeyRow, Vec<VersionRow>)>> {
+    async fn key_by_uid(&self, uid: &KeyUid) -> Result<Option<(Key, Vec<KeyVersion>)>> {
         on_db!(self, db => {
-            let row: Option<KeyRow> = sqlx::query_as(&format!("SELECT {KEY_COLS} FROM keys WHERE uid = $1"))
+            let row: Option<Key> = sqlx::query_as(&format!("SELECT {KEY_COLS} FROM keys WHERE uid = $1"))
                 .bind(uid)
                 .fetch_optional(&db.pool)
                 .await?;
@@ -484,9 +457,9 @@ impl KeyRepo for Store {
         })
     }
 
-    async fn key_by_id(&self, id: i64) -> Result<Option<(KeyRow, Vec<VersionRow>)>> {
+    async fn key_by_id(&self, id: KeyId) -> Result<Option<(Key, Vec<KeyVersion>)>> {
         on_db!(self, db => {
-            let row: Option<KeyRow> = sqlx::query_as(&format!("SELECT {KEY_COLS} FROM keys WHERE id = $1"))
+            let row: Option<Key> = sqlx::query_as(&format!("SELECT {KEY_COLS} FROM keys WHERE id = $1"))
                 .bind(id)
                 .fetch_optional(&db.pool)
                 .await?;
@@ -496,25 +469,27 @@ impl KeyRepo for Store {
         })
     }
 
-    async fn versions(&self, key_id: i64) -> Result<Vec<VersionRow>> {
+    async fn versions(&self, key_id: KeyId) -> Result<Vec<KeyVersion>> {
         on_db!(self, db => {
-            Ok(sqlx::query_as(&format!(
+            let rows: Vec<KeyVersion> = sqlx::query_as(&format!(
                 "SELECT {VERSION_COLS} FROM key_versions WHERE key_id = $1 ORDER BY version"
             ))
             .bind(key_id)
             .fetch_all(&db.pool)
-            .await?)
+            .await?;
+            Ok(rows)
         })
     }
 
-    async fn versions_in_state(&self, state: VersionState) -> Result<Vec<VersionRow>> {
+    async fn versions_in_state(&self, state: VersionState) -> Result<Vec<KeyVersion>> {
         on_db!(self, db => {
-            Ok(sqlx::query_as(&format!(
+            let rows: Vec<KeyVersion> = sqlx::query_as(&format!(
                 "SELECT {VERSION_COLS} FROM key_versions WHERE state = $1"
             ))
             .bind(state.as_str())
             .fetch_all(&db.pool)
-            .await?)
+            .await?;
+            Ok(rows)
         })
     }
 
@@ -567,12 +542,7 @@ impl KeyRepo for Store {
         })
     }
 
-    async fn list_keys(
-        &self,
-        account_id: i64,
-        offset: i64,
-        limit: i64,
-    ) -> Result<(Vec<KeyRow>, i64)> {
+    async fn list_keys(&self, account_id: i64, offset: i64, limit: i64) -> Result<(Vec<Key>, i64)> {
         on_db!(self, db => {
             let total: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM keys WHERE account_id = $1 AND status <> 'DELETED' AND EXISTS (SELECT 1 FROM key_versions v WHERE v.key_id = keys.id AND v.state = 'active')",
@@ -580,7 +550,7 @@ impl KeyRepo for Store {
             .bind(account_id)
             .fetch_one(&db.pool)
             .await?;
-            let keys: Vec<KeyRow> = sqlx::query_as(&format!(
+            let keys: Vec<Key> = sqlx::query_as(&format!(
                 "SELECT {KEY_COLS} FROM keys WHERE account_id = $1 AND status <> 'DELETED' AND EXISTS (SELECT 1 FROM key_versions v WHERE v.key_id = keys.id AND v.state = 'active') ORDER BY id DESC LIMIT $2 OFFSET $3"
             ))
             .bind(account_id)
@@ -592,7 +562,7 @@ impl KeyRepo for Store {
         })
     }
 
-    async fn update_key(&self, k: &KeyRow) -> Result<bool> {
+    async fn update_key(&self, k: &Key) -> Result<bool> {
         on_db!(self, db => {
             let r = sqlx::query(
                 "UPDATE keys SET status = $1, memo = $2, is_auto_rotation = $3, rotation_period = $4, next_rotation_at = $5, destroy_at = $6, status_before_delete = $7, status_at = $8, updated_at = $9, revision = revision + 1 WHERE id = $10 AND revision = $11",
@@ -614,7 +584,7 @@ impl KeyRepo for Store {
         })
     }
 
-    async fn keys_due_for_rotation(&self, now: i64) -> Result<Vec<i64>> {
+    async fn keys_due_for_rotation(&self, now: i64) -> Result<Vec<KeyId>> {
         on_db!(self, db => {
             Ok(sqlx::query_scalar(
                 "SELECT id FROM keys WHERE is_auto_rotation = TRUE AND status = 'ENABLE' AND next_rotation_at IS NOT NULL AND next_rotation_at <= $1",
@@ -625,7 +595,7 @@ impl KeyRepo for Store {
         })
     }
 
-    async fn keys_due_for_deletion(&self, now: i64) -> Result<Vec<i64>> {
+    async fn keys_due_for_deletion(&self, now: i64) -> Result<Vec<KeyId>> {
         on_db!(self, db => {
             Ok(sqlx::query_scalar(
                 "SELECT id FROM keys WHERE status = 'REVOKE' AND destroy_at IS NOT NULL AND destroy_at <= $1",
@@ -636,7 +606,7 @@ impl KeyRepo for Store {
         })
     }
 
-    async fn mark_key_destroying(&self, key_id: i64) -> Result<bool> {
+    async fn mark_key_destroying(&self, key_id: KeyId) -> Result<bool> {
         on_db!(self, db => {
             let mut tx = db.begin_write().await?;
             // Only from `REVOKE`: of several nodes (or requests) destroying

@@ -32,6 +32,7 @@ macro_rules! on_db {
 
 mod accounts;
 mod audit;
+mod ids;
 mod invocations;
 mod keys;
 mod naver;
@@ -44,7 +45,7 @@ mod stats;
 
 pub use accounts::{AccessKeyRow, AccountRow};
 pub use audit::{AuditRecordRow, AuditTx, ChainTail, CheckpointRow};
-pub use keys::{KeyCaps, KeyRow, NewKey, VersionOwnerRow, VersionRow};
+pub use keys::{KeyCaps, NewKey, VersionOwnerRow};
 pub use naver::{ActivityWriter, GeneratorRow, NewToken, TokenParent, TokenRow};
 pub use nhn::{
     NewCredential, NewKeyStore, NhnCredentialRow, NhnKeyRow, NhnProjectRow, NhnUserAccessKeyRow,

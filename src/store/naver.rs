@@ -4,7 +4,7 @@
 use sqlx::Row;
 
 use super::{map_unique, now_ms, ActivitySink, Db, NaverRepo, Result, Store, StoreError};
-use crate::core::ActivityRecord;
+use crate::core::{ActivityRecord, KeyId};
 
 /// A token generator row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -72,7 +72,7 @@ const ACTIVITY_COLS: &str =
     "id, at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message";
 
 impl NaverRepo for Store {
-    async fn generator(&self, key_id: i64) -> Result<Option<GeneratorRow>> {
+    async fn generator(&self, key_id: KeyId) -> Result<Option<GeneratorRow>> {
         on_db!(self, db => {
             Ok(sqlx::query_as("SELECT key_id, generator_id, status, enabled_at, disabled_at, issued_count FROM token_generators WHERE key_id = $1")
                 .bind(key_id)
@@ -81,7 +81,7 @@ impl NaverRepo for Store {
         })
     }
 
-    async fn put_generator(&self, key_id: i64, generator_id: &str) -> Result<()> {
+    async fn put_generator(&self, key_id: KeyId, generator_id: &str) -> Result<()> {
         on_db!(self, db => {
             sqlx::query(
                 "INSERT INTO token_generators (key_id, generator_id, status, enabled_at, disabled_at, issued_count) VALUES ($1, $2, 'ACTIVE', $3, NULL, 0)
@@ -96,7 +96,7 @@ impl NaverRepo for Store {
         })
     }
 
-    async fn disable_generator(&self, key_id: i64) -> Result<bool> {
+    async fn disable_generator(&self, key_id: KeyId) -> Result<bool> {
         on_db!(self, db => {
             let r = sqlx::query("UPDATE token_generators SET status = 'INACTIVE', disabled_at = $1 WHERE key_id = $2 AND status = 'ACTIVE'")
                 .bind(now_ms())
@@ -110,7 +110,7 @@ impl NaverRepo for Store {
     #[allow(clippy::too_many_arguments)]
     async fn insert_tokens(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         generator_id: &str,
         account_id: i64,
         set_id: &str,
@@ -198,7 +198,7 @@ impl NaverRepo for Store {
         })
     }
 
-    async fn set_acl_enabled(&self, key_id: i64, on: bool) -> Result<()> {
+    async fn set_acl_enabled(&self, key_id: KeyId, on: bool) -> Result<()> {
         on_db!(self, db => {
             sqlx::query("UPDATE keys SET acl_enabled = $1 WHERE id = $2")
                 .bind(on)
@@ -209,7 +209,7 @@ impl NaverRepo for Store {
         })
     }
 
-    async fn acl(&self, key_id: i64) -> Result<(bool, Vec<String>)> {
+    async fn acl(&self, key_id: KeyId) -> Result<(bool, Vec<String>)> {
         on_db!(self, db => {
             let on: bool = sqlx::query_scalar("SELECT acl_enabled FROM keys WHERE id = $1")
                 .bind(key_id)
@@ -228,7 +228,7 @@ impl NaverRepo for Store {
         })
     }
 
-    async fn add_acl_rules(&self, key_id: i64, rules: &[String]) -> Result<()> {
+    async fn add_acl_rules(&self, key_id: KeyId, rules: &[String]) -> Result<()> {
         on_db!(self, db => {
             let mut tx = db.begin_write().await?;
             for r in rules {
@@ -246,7 +246,7 @@ impl NaverRepo for Store {
         })
     }
 
-    async fn delete_acl_rules(&self, key_id: i64, rules: &[String]) -> Result<()> {
+    async fn delete_acl_rules(&self, key_id: KeyId, rules: &[String]) -> Result<()> {
         on_db!(self, db => {
             let mut tx = db.begin_write().await?;
             for r in rules {

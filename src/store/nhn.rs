@@ -3,6 +3,7 @@
 
 use super::{map_unique, now_ms, NhnRepo, Result, Store, StoreError};
 use crate::core::nhn::{NhnKeyFilter, NhnKeyStore, UserAccessKeyRequirement};
+use crate::core::KeyId;
 
 /// A project row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -524,7 +525,7 @@ impl NhnRepo for Store {
         })
     }
 
-    async fn nhn_key(&self, key_id: i64) -> Result<Option<NhnKeyRow>> {
+    async fn nhn_key(&self, key_id: KeyId) -> Result<Option<NhnKeyRow>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {NHN_KEY_COLS} FROM nhn_keys WHERE key_id = $1"
@@ -535,7 +536,7 @@ impl NhnRepo for Store {
         })
     }
 
-    async fn nhn_touch_key_change(&self, key_id: i64, user: &str) -> Result<()> {
+    async fn nhn_touch_key_change(&self, key_id: KeyId, user: &str) -> Result<()> {
         on_db!(self, db => {
             sqlx::query("UPDATE nhn_keys SET last_change_user = $1 WHERE key_id = $2")
                 .bind(user)

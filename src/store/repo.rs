@@ -6,7 +6,7 @@ use std::future::Future;
 
 use super::*;
 use crate::core::nhn::{NhnKeyFilter, NhnKeyStore, UserAccessKeyRequirement};
-use crate::core::{ActivityRecord, VersionState};
+use crate::core::{ActivityRecord, Key, KeyId, KeyUid, KeyVersion, ObjectRef, VersionState};
 
 /// An active version's key uid, version number, `CKA_ID` and convergent
 /// `CKA_ID`.
@@ -23,10 +23,10 @@ pub trait KeyRepo {
     fn insert_key_pending(
         &self,
         key: &NewKey,
-        cka_id: &[u8],
-        aux_cka_id: Option<&[u8]>,
+        cka_id: &ObjectRef,
+        aux_cka_id: Option<&ObjectRef>,
         caps: KeyCaps<'_>,
-    ) -> impl Future<Output = Result<i64>> + Send;
+    ) -> impl Future<Output = Result<KeyId>> + Send;
 
     /// Writes the next version of a key as `pending`. Returns its number.
     /// `Conflict` while another version of the key is `pending` on a live
@@ -34,15 +34,15 @@ pub trait KeyRepo {
     /// number first.
     fn insert_version_pending(
         &self,
-        key_id: i64,
-        cka_id: &[u8],
-        aux_cka_id: Option<&[u8]>,
+        key_id: KeyId,
+        cka_id: &ObjectRef,
+        aux_cka_id: Option<&ObjectRef>,
     ) -> impl Future<Output = Result<i64>> + Send;
 
     /// Moves a version to `state`.
     fn set_version_state(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         version: i64,
         state: VersionState,
     ) -> impl Future<Output = Result<()>> + Send;
@@ -51,7 +51,7 @@ pub trait KeyRepo {
     /// rotation bookkeeping of the key (next rotation time).
     fn activate_version(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         version: i64,
         next_rotation_at: Option<i64>,
     ) -> impl Future<Output = Result<()>> + Send;
@@ -59,7 +59,7 @@ pub trait KeyRepo {
     /// Deletes a version row that never became active (reconciler, failed creation).
     fn delete_pending_version(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         version: i64,
     ) -> impl Future<Output = Result<()>> + Send;
 
@@ -73,16 +73,16 @@ pub trait KeyRepo {
     /// commit, `None` when the row is gone.
     fn mark_pending_destroying(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         version: i64,
-        cka_id: &[u8],
+        cka_id: &ObjectRef,
     ) -> impl Future<Output = Result<Option<VersionState>>> + Send;
 
     /// Deletes a version row in `state` and, when it was the key's last
     /// version, the key.
     fn delete_version_in_state(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         version: i64,
         state: VersionState,
     ) -> impl Future<Output = Result<()>> + Send;
@@ -90,7 +90,7 @@ pub trait KeyRepo {
     /// Enables or disables one version.
     fn set_version_enabled(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         version: i64,
         enabled: bool,
     ) -> impl Future<Output = Result<bool>> + Send;
@@ -98,23 +98,23 @@ pub trait KeyRepo {
     /// A key by its public identifier, with all its versions (oldest first).
     fn key_by_uid(
         &self,
-        uid: &str,
-    ) -> impl Future<Output = Result<Option<(KeyRow, Vec<VersionRow>)>>> + Send;
+        uid: &KeyUid,
+    ) -> impl Future<Output = Result<Option<(Key, Vec<KeyVersion>)>>> + Send;
 
     /// A key by its internal id, with its versions.
     fn key_by_id(
         &self,
-        id: i64,
-    ) -> impl Future<Output = Result<Option<(KeyRow, Vec<VersionRow>)>>> + Send;
+        id: KeyId,
+    ) -> impl Future<Output = Result<Option<(Key, Vec<KeyVersion>)>>> + Send;
 
     /// Versions of a key, oldest first.
-    fn versions(&self, key_id: i64) -> impl Future<Output = Result<Vec<VersionRow>>> + Send;
+    fn versions(&self, key_id: KeyId) -> impl Future<Output = Result<Vec<KeyVersion>>> + Send;
 
     /// Versions in a given state, across keys (reconciler).
     fn versions_in_state(
         &self,
         state: VersionState,
-    ) -> impl Future<Output = Result<Vec<VersionRow>>> + Send;
+    ) -> impl Future<Output = Result<Vec<KeyVersion>>> + Send;
 
     /// Every active version with its key's uid: (uid, version, `CKA_ID`,
     /// convergent `CKA_ID`). Their objects must be on the token.
@@ -138,23 +138,23 @@ pub trait KeyRepo {
         account_id: i64,
         offset: i64,
         limit: i64,
-    ) -> impl Future<Output = Result<(Vec<KeyRow>, i64)>> + Send;
+    ) -> impl Future<Output = Result<(Vec<Key>, i64)>> + Send;
 
     /// Writes the mutable fields of a key, only if the row is still at the
     /// revision `k` was read at: `false` when another write came first (read
     /// again and retry).
-    fn update_key(&self, k: &KeyRow) -> impl Future<Output = Result<bool>> + Send;
+    fn update_key(&self, k: &Key) -> impl Future<Output = Result<bool>> + Send;
 
     /// Ids of enabled keys with automatic rotation due at `now`.
-    fn keys_due_for_rotation(&self, now: i64) -> impl Future<Output = Result<Vec<i64>>> + Send;
+    fn keys_due_for_rotation(&self, now: i64) -> impl Future<Output = Result<Vec<KeyId>>> + Send;
 
     /// Ids of keys pending deletion whose waiting period is over.
-    fn keys_due_for_deletion(&self, now: i64) -> impl Future<Output = Result<Vec<i64>>> + Send;
+    fn keys_due_for_deletion(&self, now: i64) -> impl Future<Output = Result<Vec<KeyId>>> + Send;
 
     /// Marks a key pending deletion (`REVOKE`) deleted and all its live
     /// versions `destroying`, in one transaction. `false` (nothing written)
     /// when the key is not pending deletion, e.g. another node destroys it.
-    fn mark_key_destroying(&self, key_id: i64) -> impl Future<Output = Result<bool>> + Send;
+    fn mark_key_destroying(&self, key_id: KeyId) -> impl Future<Output = Result<bool>> + Send;
 }
 
 /// Accounts and their access keys (secret keys only as ciphertexts under
@@ -220,17 +220,18 @@ pub trait InstallationRepo {
 /// API keys.
 pub trait NaverRepo {
     /// The generator of a key.
-    fn generator(&self, key_id: i64) -> impl Future<Output = Result<Option<GeneratorRow>>> + Send;
+    fn generator(&self, key_id: KeyId)
+        -> impl Future<Output = Result<Option<GeneratorRow>>> + Send;
 
     /// Creates or replaces the generator of a key with a new id, active.
     fn put_generator(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         generator_id: &str,
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Disables the generator of a key. Returns false when there is none active.
-    fn disable_generator(&self, key_id: i64) -> impl Future<Output = Result<bool>> + Send;
+    fn disable_generator(&self, key_id: KeyId) -> impl Future<Output = Result<bool>> + Send;
 
     /// Inserts new tokens of one set. With a `parent` (the refresh token the
     /// call was authenticated with), the insert happens only while that token
@@ -243,7 +244,7 @@ pub trait NaverRepo {
     #[allow(clippy::too_many_arguments)]
     fn insert_tokens(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         generator_id: &str,
         account_id: i64,
         set_id: &str,
@@ -256,22 +257,22 @@ pub trait NaverRepo {
     fn token_by_hash(&self, hash: &[u8]) -> impl Future<Output = Result<Option<TokenRow>>> + Send;
 
     /// Turns the IP ACL of a key on or off.
-    fn set_acl_enabled(&self, key_id: i64, on: bool) -> impl Future<Output = Result<()>> + Send;
+    fn set_acl_enabled(&self, key_id: KeyId, on: bool) -> impl Future<Output = Result<()>> + Send;
 
     /// The ACL of a key: (enabled, rules in insertion order).
-    fn acl(&self, key_id: i64) -> impl Future<Output = Result<(bool, Vec<String>)>> + Send;
+    fn acl(&self, key_id: KeyId) -> impl Future<Output = Result<(bool, Vec<String>)>> + Send;
 
     /// Adds rules (duplicates are ignored).
     fn add_acl_rules(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         rules: &[String],
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Removes rules.
     fn delete_acl_rules(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         rules: &[String],
     ) -> impl Future<Output = Result<()>> + Send;
 
@@ -427,12 +428,12 @@ pub trait NhnRepo {
     fn nhn_insert_key(&self, k: &NhnKeyRow) -> impl Future<Output = Result<()>> + Send;
 
     /// The NHN side of a key.
-    fn nhn_key(&self, key_id: i64) -> impl Future<Output = Result<Option<NhnKeyRow>>> + Send;
+    fn nhn_key(&self, key_id: KeyId) -> impl Future<Output = Result<Option<NhnKeyRow>>> + Send;
 
     /// Records who changed a key last.
     fn nhn_touch_key_change(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         user: &str,
     ) -> impl Future<Output = Result<()>> + Send;
 

@@ -100,8 +100,8 @@ struct KeyInfo {
 fn key_info(e: &KeyEntry, base_url: &str) -> KeyInfo {
     let k = &e.key;
     KeyInfo {
-        key_id: k.id,
-        key_tag: k.uid.clone(),
+        key_id: k.id.get(),
+        key_tag: k.uid.to_string(),
         key_name: k.name.clone(),
         nrn: format!("nrn:PUB:KMS::{}:Key/{}", k.account_id, k.id),
         base_url: base_url.to_string(),

@@ -187,8 +187,8 @@ pub async fn record(State(st): State<AppState>, req: Request, next: Next) -> Res
     if let Some(uid) = note.key_uid.as_deref().or(path_key.as_deref()) {
         match st.engine.key_entry(uid).await {
             Ok(e) if e.key.account_id == caller.account_id => {
-                key_uid = e.key.uid.clone();
-                key_id = e.key.id;
+                key_uid = e.key.uid.to_string();
+                key_id = e.key.id.get();
                 key_name = e.key.name.clone();
             }
             _ => detail.push(format!("keyId={}", bounded(uid))),

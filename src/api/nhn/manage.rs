@@ -99,7 +99,7 @@ async fn create_key(
     Ok(noted(
         success(json!({"keyId": v.entry.key.uid, "keyStatus": "ACTIVE"})),
         AuditNote {
-            key_uid: Some(v.entry.key.uid.clone()),
+            key_uid: Some(v.entry.key.uid.to_string()),
             version,
             detail: Some(format!("keyStore={store}")),
         },

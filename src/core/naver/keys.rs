@@ -13,7 +13,9 @@ use crate::core::keys::{
     keys_limit, next_rotation, schedule_destruction, VersionFaults, VersionLimit, VersionObjects,
     DAY_MS,
 };
-use crate::core::{fault_point, Dialect, Engine, Error, KeyEntry, KeyStatus, KeyType, Result};
+use crate::core::{
+    fault_point, Dialect, Engine, Error, KeyEntry, KeyStatus, KeyType, ObjectRef, Result,
+};
 use crate::store::{KeyRepo, NewKey};
 
 /// NAVER keys hold versions 1 to [`MAX_VERSIONS`].
@@ -78,7 +80,12 @@ impl Engine {
         };
         let uid = match &key_tag {
             Some(tag) => {
-                if self.store().key_by_uid(tag).await?.is_some() {
+                if self
+                    .store()
+                    .key_by_uid(&tag.as_str().into())
+                    .await?
+                    .is_some()
+                {
                     return Err(Error::Conflict(format!(
                         "key tag {tag} is taken by another key"
                     )));
@@ -89,9 +96,9 @@ impl Engine {
                 .as_str()
                 .to_string(),
         };
-        let cka_id = self.hsm().random(16).await?;
+        let cka_id = ObjectRef::from(self.hsm().random(16).await?);
         let aux_id = if req.is_convergent {
-            Some(self.hsm().random(16).await?)
+            Some(ObjectRef::from(self.hsm().random(16).await?))
         } else {
             None
         };
@@ -115,7 +122,7 @@ impl Engine {
         };
         let key_id = match self
             .store()
-            .insert_key_pending(&new, &cka_id, aux_id.as_deref(), caps)
+            .insert_key_pending(&new, &cka_id, aux_id.as_ref(), caps)
             .await
         {
             Ok(id) => id,
@@ -202,7 +209,7 @@ impl Engine {
         uid: &str,
         version: i64,
         enabled: bool,
-    ) -> Result<crate::store::VersionRow> {
+    ) -> Result<crate::core::KeyVersion> {
         if !(1..=MAX_VERSIONS).contains(&version) {
             return Err(Error::InvalidInput(
                 "version must be between 1 and 100".into(),
@@ -247,9 +254,9 @@ impl Engine {
         let key_type = KeyType::parse(&e.key.key_type)
             .ok_or_else(|| Error::Internal(format!("unknown key type {}", e.key.key_type)))?;
         let ids = async {
-            let cka_id = self.hsm().random(16).await?;
+            let cka_id = ObjectRef::from(self.hsm().random(16).await?);
             let aux_id = if e.key.is_convergent {
-                Some(self.hsm().random(16).await?)
+                Some(ObjectRef::from(self.hsm().random(16).await?))
             } else {
                 None
             };

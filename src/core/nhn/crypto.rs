@@ -12,10 +12,10 @@ use zeroize::Zeroizing;
 use super::keys::{NhnKeyType, NhnKeyView};
 use super::{NhnClient, NhnProject};
 use crate::core::crypto::{current, usable_version};
+use crate::core::KeyVersion;
 use crate::core::{Engine, Error, Result, Sealed, ENCRYPT_MAX};
 use crate::hsm::asymmetric_limits::RSA_RAW_SIGN_MAX;
 use crate::hsm::SignAlg;
-use crate::store::VersionRow;
 
 /// Largest secret value, bytes.
 pub const NHN_SECRET_MAX: usize = 32 * 1024;
@@ -39,7 +39,7 @@ pub(super) fn check_secret(v: &str) -> Result<Vec<u8>> {
 
 /// A given version (decrypt, verify, queries), or the current one. NHN
 /// answers a version the key does not have with 404.
-fn pick(v: &NhnKeyView, n: Option<i64>) -> Result<&VersionRow> {
+fn pick(v: &NhnKeyView, n: Option<i64>) -> Result<&KeyVersion> {
     match n {
         Some(n) => usable_version(&v.entry, n, || Error::NotFound("key version")),
         None => current(&v.entry),
@@ -58,7 +58,7 @@ impl Engine {
             .nhn_usable_key(p, uid, NhnKeyType::Secret, Some(c))
             .await?;
         let row = current(&v.entry)?;
-        let bytes = Zeroizing::new(self.hsm().read_data_object(row.cka_id.clone()).await?);
+        let bytes = Zeroizing::new(self.hsm().read_data_object(row.cka_id.to_vec()).await?);
         let s = std::str::from_utf8(&bytes)
             .map_err(|_| Error::Internal("secret value is not UTF-8".into()))?;
         Ok(Zeroizing::new(s.to_string()))
@@ -114,7 +114,7 @@ impl Engine {
         self.count_gcm_invocation(&row.cka_id, row.version).await?;
         let payload = self
             .hsm()
-            .aes_gcm_encrypt(row.cka_id.clone(), plaintext, Vec::new(), None)
+            .aes_gcm_encrypt(row.cka_id.to_vec(), plaintext, Vec::new(), None)
             .await?;
         Ok(Sealed {
             version: row.version,
@@ -136,7 +136,7 @@ impl Engine {
         let row = pick(&v, Some(sealed.version))?;
         Ok(Zeroizing::new(
             self.hsm()
-                .aes_gcm_decrypt(row.cka_id.clone(), sealed.blob.clone(), Vec::new())
+                .aes_gcm_decrypt(row.cka_id.to_vec(), sealed.blob.clone(), Vec::new())
                 .await?,
         ))
     }
@@ -197,7 +197,7 @@ impl Engine {
         let row = current(&v.entry)?;
         let sig = self
             .hsm()
-            .sign(row.cka_id.clone(), SignAlg::RsaPkcs1Raw, data.to_vec())
+            .sign(row.cka_id.to_vec(), SignAlg::RsaPkcs1Raw, data.to_vec())
             .await?;
         Ok(Sealed {
             version: row.version,
@@ -228,7 +228,7 @@ impl Engine {
         let ok = self
             .hsm()
             .verify(
-                row.cka_id.clone(),
+                row.cka_id.to_vec(),
                 SignAlg::RsaPkcs1Raw,
                 data.to_vec(),
                 signature,
@@ -249,7 +249,7 @@ impl Engine {
             .nhn_usable_key_naming(p, uid, NhnKeyType::Asymmetric, None, n)
             .await?;
         let row = pick(&v, n)?;
-        let der = self.hsm().public_key_spki(row.cka_id.clone()).await?;
+        let der = self.hsm().public_key_spki(row.cka_id.to_vec()).await?;
         Ok((row.version, der))
     }
 
@@ -287,6 +287,6 @@ impl Engine {
             ));
         }
         let row = pick(&v, n)?;
-        Ok((row.version, row.cka_id.clone()))
+        Ok((row.version, row.cka_id.to_vec()))
     }
 }

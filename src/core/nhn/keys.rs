@@ -16,9 +16,9 @@ use crate::core::keys::{
     next_rotation, schedule_destruction, VersionFaults, VersionLimit, VersionObjects,
 };
 use crate::core::now_ms;
-use crate::core::{Dialect, Engine, Error, KeyEntry, KeyStatus, Result};
+use crate::core::{Dialect, Engine, Error, Key, KeyEntry, KeyStatus, ObjectRef, Result};
 use crate::hsm::{KeySpec, KeyUsage};
-use crate::store::{KeyRow, NewKey, NhnKeyRow, StoreError};
+use crate::store::{NewKey, NhnKeyRow, StoreError};
 
 /// Waiting period between a deletion request and the destruction: 7 days.
 pub const KEY_DELETION_WAIT_MS: i64 = 7 * DAY_MS;
@@ -191,12 +191,12 @@ fn check_text(field: &str, v: &str, max: usize, required: bool) -> Result<()> {
 impl Engine {
     /// The object id of a new version: 16 random bytes, or for a secret (a
     /// `CKO_DATA` object, which has no `CKA_ID`) its unique label.
-    async fn nhn_object_id(&self, kind: NhnKeyType, uid: &str) -> Result<Vec<u8>> {
+    async fn nhn_object_id(&self, kind: NhnKeyType, uid: &str) -> Result<ObjectRef> {
         let r = self.hsm().random(16).await?;
-        Ok(match kind {
+        Ok(ObjectRef::from(match kind {
             NhnKeyType::Secret => format!("hsm-kms/{uid}/secret/{}", hex::encode(r)).into_bytes(),
             _ => r,
-        })
+        }))
     }
 
     /// A key of the project with its NHN metadata; keys of other projects and
@@ -232,7 +232,7 @@ impl Engine {
         };
         let last_access_at = match (
             meta.last_access_at,
-            self.nhn_pending_key_access(entry.key.id),
+            self.nhn_pending_key_access(entry.key.id.get()),
         ) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -263,7 +263,7 @@ impl Engine {
         if !v.is_active() {
             return Err(Error::KeyDisabled);
         }
-        self.nhn_record_key_access(v.entry.key.id);
+        self.nhn_record_key_access(v.entry.key.id.get());
         Ok(v)
     }
 
@@ -345,7 +345,12 @@ impl Engine {
     ) -> Result<NhnKeyView> {
         let key_id = key_id.map(check_key_id).transpose()?;
         if let Some(id) = &key_id {
-            if self.store().key_by_uid(id).await?.is_some() {
+            if self
+                .store()
+                .key_by_uid(&id.as_str().into())
+                .await?
+                .is_some()
+            {
                 return Err(Error::Conflict(format!("key id {id} is taken")));
             }
         }
@@ -420,7 +425,7 @@ impl Engine {
             Err(e) => return Err(e.into()),
         };
         let meta = NhnKeyRow {
-            key_id,
+            key_id: key_id.get(),
             key_store_id: store.id,
             description: description.to_string(),
             nhn_type: kind.as_str().into(),
@@ -480,14 +485,14 @@ impl Engine {
             return Err(Error::KeyDisabled);
         }
         let version = self.nhn_new_version(v, None).await?;
-        self.nhn().keys.remove(&v.entry.key.uid);
+        self.nhn().keys.remove(v.entry.key.uid.as_str());
         tracing::info!(key = %v.entry.key.uid, version, "NHN key rotated");
         Ok(version)
     }
 
     /// The scheduler's rotation of an NHN key whose rotation it claimed
     /// (one schedule for both dialects: `keys.next_rotation_at`).
-    pub(crate) async fn nhn_rotate_scheduled(&self, key: &KeyRow) -> Result<i64> {
+    pub(crate) async fn nhn_rotate_scheduled(&self, key: &Key) -> Result<i64> {
         let v = self.nhn_key_of(key.account_id, &key.uid).await?;
         self.nhn_rotate(&v).await
     }
