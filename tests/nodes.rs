@@ -128,6 +128,37 @@ fn field(stdout: &str, name: &str) -> String {
         .to_string()
 }
 
+/// NHN project `p` with an appkey, a user access key (id, secret) and key
+/// store `app` made with `store_args` added; returns the appkey and the key.
+fn nhn_project(site: &Site, store_args: &[&str]) -> (String, (String, String)) {
+    site.admin(&["admin", "nhn", "create-project", "p"]);
+    let appkey = field(
+        &site
+            .admin(&["admin", "nhn", "create-appkey", "--project", "p"])
+            .0,
+        "appkey",
+    );
+    let out = site
+        .admin(&["admin", "nhn", "create-user-access-key", "--project", "p"])
+        .0;
+    let uak = (
+        field(&out, "user_access_key"),
+        field(&out, "secret_access_key"),
+    );
+    let mut args = vec![
+        "admin",
+        "nhn",
+        "create-key-store",
+        "--project",
+        "p",
+        "--name",
+        "app",
+    ];
+    args.extend_from_slice(store_args);
+    site.admin(&args);
+    (appkey, uak)
+}
+
 #[tokio::test]
 async fn naver_changes_on_one_node_apply_on_the_other() {
     let mut site = Site::init();
@@ -290,30 +321,7 @@ async fn nhn_credential_change_on_one_node_applies_on_the_other() {
     const TRUST_LOOPBACK: (&str, &str) = ("HSM_KMS_SERVER_TRUSTED_PROXIES", "[\"127.0.0.1/32\"]");
     const APP_IP: &str = "10.0.0.5";
     let mut site = Site::init();
-    site.admin(&["admin", "nhn", "create-project", "p"]);
-    let appkey = field(
-        &site
-            .admin(&["admin", "nhn", "create-appkey", "--project", "p"])
-            .0,
-        "appkey",
-    );
-    let out = site
-        .admin(&["admin", "nhn", "create-user-access-key", "--project", "p"])
-        .0;
-    let uak = (
-        field(&out, "user_access_key"),
-        field(&out, "secret_access_key"),
-    );
-    site.admin(&[
-        "admin",
-        "nhn",
-        "create-key-store",
-        "--project",
-        "p",
-        "--name",
-        "app",
-        "--ip4-auth",
-    ]);
+    let (appkey, uak) = nhn_project(&site, &["--ip4-auth"]);
     let a = site.serve(&[TRUST_LOOPBACK]).await;
     let b = site.serve(&[TRUST_LOOPBACK]).await;
     let call = |server: &Server, owner: bool, method: &str, suffix: &str, body: Option<Value>| {
@@ -389,29 +397,7 @@ async fn nhn_credential_change_on_one_node_applies_on_the_other() {
 #[tokio::test]
 async fn nhn_version_made_on_another_node_is_served_at_once() {
     let mut site = Site::init();
-    site.admin(&["admin", "nhn", "create-project", "p"]);
-    let appkey = field(
-        &site
-            .admin(&["admin", "nhn", "create-appkey", "--project", "p"])
-            .0,
-        "appkey",
-    );
-    let out = site
-        .admin(&["admin", "nhn", "create-user-access-key", "--project", "p"])
-        .0;
-    let uak = (
-        field(&out, "user_access_key"),
-        field(&out, "secret_access_key"),
-    );
-    site.admin(&[
-        "admin",
-        "nhn",
-        "create-key-store",
-        "--project",
-        "p",
-        "--name",
-        "app",
-    ]);
+    let (appkey, uak) = nhn_project(&site, &[]);
     let a = site
         .serve(&[("HSM_KMS_SERVER_SCHEDULER_INTERVAL_SECS", "1")])
         .await;
