@@ -7,41 +7,12 @@
 mod common;
 
 use common::independent::{ecdsa_verify, rsa_verify, RsaPadding};
+use common::v3::{assert_v3_error, ok};
 use common::{b64, unb64, Kms, Reply};
 use serde_json::{json, Value};
 
 async fn v3(kms: &Kms, method: &str, path: &str, body: Option<Value>) -> Reply {
     kms.call(method, &format!("/kms/v3{path}"), body).await
-}
-
-/// Asserts a v3 error: status, `error.errorCode`, a message and details,
-/// and the request id every v3 answer carries.
-fn assert_v3_error(r: &Reply, status: u16, code: &str) {
-    assert_eq!(r.status, status, "body: {}", r.body);
-    assert_eq!(r.body["error"]["errorCode"], code, "body: {}", r.body);
-    assert!(r.body["error"]["message"].is_string(), "{}", r.body);
-    assert!(r.body["error"]["details"].is_string(), "{}", r.body);
-    assert!(
-        r.headers.contains_key("x-ncp-request-id"),
-        "{:?}",
-        r.headers
-    );
-}
-
-/// Asserts a v3 success (no envelope: the resource itself) and returns it.
-fn ok(r: &Reply, status: u16) -> &Value {
-    assert_eq!(r.status, status, "body: {}", r.body);
-    assert!(
-        r.body.get("code").is_none(),
-        "v3 has no envelope: {}",
-        r.body
-    );
-    assert!(
-        r.headers.contains_key("x-ncp-request-id"),
-        "{:?}",
-        r.headers
-    );
-    &r.body
 }
 
 async fn create(kms: &Kms, name: &str, key_type: &str, extra: Value) -> Value {

@@ -7,6 +7,7 @@
 mod common;
 
 use common::independent::{rsa_verify, RsaPadding};
+use common::v3::{assert_v3_error, ok};
 use common::{b64, unb64, Kms, Reply};
 use serde_json::{json, Value};
 
@@ -29,33 +30,6 @@ async fn with_token(
         body.map(|b| b.to_string().into_bytes()),
     )
     .await
-}
-
-fn assert_v3_error(r: &Reply, status: u16, code: &str) {
-    assert_eq!(r.status, status, "body: {}", r.body);
-    assert_eq!(r.body["error"]["errorCode"], code, "body: {}", r.body);
-    assert!(r.body["error"]["message"].is_string(), "{}", r.body);
-    assert!(r.body.get("failures").is_none(), "{}", r.body);
-    assert!(
-        r.headers.contains_key("x-ncp-request-id"),
-        "{:?}",
-        r.headers
-    );
-}
-
-fn ok(r: &Reply, status: u16) -> &Value {
-    assert_eq!(r.status, status, "body: {}", r.body);
-    assert!(
-        r.body.get("code").is_none(),
-        "v3 has no envelope: {}",
-        r.body
-    );
-    assert!(
-        r.headers.contains_key("x-ncp-request-id"),
-        "{:?}",
-        r.headers
-    );
-    &r.body
 }
 
 async fn tag_of(kms: &Kms, name: &str, key_type: &str, extra: Value) -> String {

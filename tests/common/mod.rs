@@ -13,6 +13,7 @@ pub mod client;
 pub mod independent;
 pub mod p11kit;
 pub mod process;
+pub mod v3;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
