@@ -600,6 +600,11 @@ async fn version_rows(site: &Site, tag: &str) -> Vec<(i64, String, Vec<u8>)> {
     rows
 }
 
+/// (version, state) of each row of [`version_rows`].
+fn states(rows: &[(i64, String, Vec<u8>)]) -> Vec<(i64, &str)> {
+    rows.iter().map(|r| (r.0, r.1.as_str())).collect()
+}
+
 /// Labels of the key's objects on the token.
 fn key_objects(site: &Site, tag: &str) -> Vec<String> {
     let prefix = format!("hsm-kms/{tag}/");
@@ -708,12 +713,8 @@ async fn a_due_rotation_and_deletion_run_once_on_three_nodes() {
                 .collect();
             panic!(
                 "nothing done in 30 s: doomed {:?}, auto {:?}\n{}",
-                rows.iter().map(|r| (r.0, r.1.clone())).collect::<Vec<_>>(),
-                version_rows(&site, &auto)
-                    .await
-                    .iter()
-                    .map(|r| (r.0, r.1.clone()))
-                    .collect::<Vec<_>>(),
+                states(&rows),
+                states(&version_rows(&site, &auto).await),
                 logs.join("\n")
             );
         }
@@ -723,7 +724,7 @@ async fn a_due_rotation_and_deletion_run_once_on_three_nodes() {
 
     let rows = version_rows(&site, &auto).await;
     assert_eq!(
-        rows.iter().map(|r| (r.0, r.1.as_str())).collect::<Vec<_>>(),
+        states(&rows),
         vec![(1, "active"), (2, "active")],
         "one rotation, by one node"
     );
@@ -765,9 +766,6 @@ async fn two_nodes_rotating_one_key_get_versions_2_and_3_in_order() {
     let b = std::sync::Arc::new(site.serve(&[]).await);
     let tag = create_key(&a, "contended", "RSA2048", json!({})).await;
     let path = format!("/kms/v1/keys/{tag}/rotate");
-    let states = |rows: Vec<(i64, String, Vec<u8>)>| {
-        rows.into_iter().map(|r| (r.0, r.1)).collect::<Vec<_>>()
-    };
     let wait_gate = |what: &'static str| {
         let marker = marker.clone();
         async move {
@@ -799,8 +797,8 @@ async fn two_nodes_rotating_one_key_get_versions_2_and_3_in_order() {
         "B answered while A's version 2 was pending"
     );
     assert_eq!(
-        states(version_rows(&site, &tag).await),
-        vec![(1, "active".to_string()), (2, "pending".to_string())]
+        states(&version_rows(&site, &tag).await),
+        vec![(1, "active"), (2, "pending")]
     );
     std::fs::remove_file(&marker).unwrap();
     assert_eq!(ra.await.unwrap().ok()["version"], 2);
@@ -811,10 +809,8 @@ async fn two_nodes_rotating_one_key_get_versions_2_and_3_in_order() {
     assert_eq!(ids.len(), 3);
     assert_eq!(key_objects(&site, &tag).len(), 6);
     assert_eq!(
-        states(rows),
-        (1..=3)
-            .map(|v| (v, "active".to_string()))
-            .collect::<Vec<_>>()
+        states(&rows),
+        vec![(1, "active"), (2, "active"), (3, "active")]
     );
 
     // A rotation that stays in flight longer than the wait: the other one
@@ -873,10 +869,7 @@ async fn a_starting_node_leaves_another_live_nodes_rotation_alone() {
     };
     assert_eq!(r.ok()["version"], 2, "{}", r.body);
     let rows = version_rows(&site, &tag).await;
-    assert_eq!(
-        rows.iter().map(|r| (r.0, r.1.as_str())).collect::<Vec<_>>(),
-        vec![(1, "active"), (2, "active")]
-    );
+    assert_eq!(states(&rows), vec![(1, "active"), (2, "active")]);
     settles("A's new version is used by B", || async {
         encrypt(&b, &tag, b"x").await.ok()["ciphertext"]
             .as_str()
@@ -927,10 +920,7 @@ async fn a_node_killed_mid_rotation_is_repaired_by_a_running_node() {
     // instead, they race with B's repair, which may start the moment A is
     // gone (the test saw 2 or 3 objects where it expected 4).
     let rows = version_rows(&site, &tag).await;
-    assert_eq!(
-        rows.iter().map(|r| (r.0, r.1.as_str())).collect::<Vec<_>>(),
-        vec![(1, "active"), (2, "pending")]
-    );
+    assert_eq!(states(&rows), vec![(1, "active"), (2, "pending")]);
     let crashed = rows[1].2.clone();
     assert_eq!(key_objects(&site, &tag).len(), 4);
     a.kill();
