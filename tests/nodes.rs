@@ -961,6 +961,52 @@ async fn a_node_killed_mid_rotation_is_repaired_by_a_running_node() {
     assert_eq!(r.ok()["version"], 2);
 }
 
+/// A pending version of a dead node does not hold the key's rotations
+/// back (only a live node's in-flight rotation does), even before any
+/// reconciler has undone it.
+#[tokio::test]
+async fn a_dead_nodes_pending_version_does_not_block_a_rotation() {
+    let mut site = Site::init();
+    let marker = site.dir.path().join("pause");
+    // C never repairs: its scheduler passes are an hour apart, and it
+    // started before A died (a starting node's reconciler would repair).
+    let c = site
+        .serve(&[("HSM_KMS_SERVER_SCHEDULER_INTERVAL_SECS", "3600")])
+        .await;
+    let a = site
+        .serve(&[
+            ("HSM_KMS_FAULT_PAUSE", "rotate:after-hsm"),
+            ("HSM_KMS_FAULT_MARKER", marker.to_str().unwrap()),
+        ])
+        .await;
+    let tag = create_key(&c, "stranded", "AES256", json!({})).await;
+    let path = format!("/kms/v1/keys/{tag}/rotate");
+    {
+        let rotate = a.call("POST", &path, None);
+        tokio::pin!(rotate);
+        let t0 = Instant::now();
+        while !marker.exists() {
+            tokio::select! {
+                r = &mut rotate => panic!("A answered before the fault point: {r:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "fault point not reached"
+            );
+        }
+    }
+    a.kill();
+    let r = tokio::time::timeout(Duration::from_secs(20), c.call("POST", &path, None))
+        .await
+        .expect("C's rotation answers");
+    assert_eq!(r.ok()["version"], 3, "{}", r.body);
+    assert_eq!(
+        states(&version_rows(&site, &tag).await),
+        vec![(1, "active"), (2, "pending"), (3, "active")]
+    );
+}
+
 /// PostgreSQL: a node whose LISTEN connection is lost drops every cache
 /// (notifications sent while it was down are gone for good). The key is
 /// disabled with the triggers off, so that neither a notification nor the

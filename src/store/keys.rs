@@ -259,51 +259,65 @@ impl KeyRepo for Store {
         cka_id: &ObjectRef,
         aux_cka_id: Option<&ObjectRef>,
     ) -> Result<i64> {
-        on_db!(self, db => {
-            let mut tx = db.begin_write().await?;
-            // One addition per key at a time: a version still `pending`
-            // on a live node is a rotation in flight, and a second one
-            // would number past it and could activate first (a client
-            // told "version 3" while version 2 does not exist yet). A
-            // pending row of a gone node is the reconciler's to undo and
-            // does not block. SQLite serialises write transactions and
-            // PostgreSQL's unique (key_id, version) index refuses the
-            // second of two transactions that both saw no pending row, so
-            // the check cannot be raced.
-            let pending: Vec<Option<i64>> = sqlx::query_scalar(
-                "SELECT owner_node FROM key_versions WHERE key_id = $1 AND state = 'pending'",
-            )
-            .bind(key_id)
-            .fetch_all(&mut *tx)
-            .await?;
-            for owner in pending {
-                if self.node_alive(owner).await {
+        // Owners of pending rows proved gone, outside any transaction:
+        // their liveness check may take a connection of its own
+        // (PostgreSQL), which must not wait while this one holds the
+        // write lock. A gone node stays gone (ids are per process).
+        let mut gone: Vec<Option<i64>> = Vec::new();
+        loop {
+            let unproved = on_db!(self, db => {
+                let mut tx = db.begin_write().await?;
+                // One addition per key at a time: a version still
+                // `pending` on a live node is a rotation in flight, and a
+                // second one would number past it and could activate first
+                // (a client told "version 3" while version 2 does not exist
+                // yet). A pending row of a gone node is the reconciler's to
+                // undo and does not block. SQLite serialises write
+                // transactions and PostgreSQL's unique (key_id, version)
+                // index refuses the second of two transactions that both
+                // saw no pending row, so the check cannot be raced.
+                let pending: Vec<Option<i64>> = sqlx::query_scalar(
+                    "SELECT owner_node FROM key_versions WHERE key_id = $1 AND state = 'pending'",
+                )
+                .bind(key_id)
+                .fetch_all(&mut *tx)
+                .await?;
+                let unproved: Vec<Option<i64>> =
+                    pending.into_iter().filter(|o| !gone.contains(o)).collect();
+                if !unproved.is_empty() {
                     tx.rollback().await?;
+                    unproved
+                } else {
+                    let next: i64 = sqlx::query_scalar(
+                        "SELECT COALESCE(MAX(version), 0) + 1 FROM key_versions WHERE key_id = $1",
+                    )
+                    .bind(key_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO key_versions (key_id, version, state, enabled, cka_id, aux_cka_id, status_at, created_at, owner_node) VALUES ($1, $2, 'pending', TRUE, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(key_id)
+                    .bind(next)
+                    .bind(cka_id)
+                    .bind(aux_cka_id)
+                    .bind(now_ms())
+                    .bind(now_ms())
+                    .bind(self.node_id())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_unique)?;
+                    tx.commit().await?;
+                    return Ok(next);
+                }
+            });
+            for owner in unproved {
+                if self.node_alive(owner).await {
                     return Err(StoreError::Conflict);
                 }
+                gone.push(owner);
             }
-            let next: i64 = sqlx::query_scalar(
-                "SELECT COALESCE(MAX(version), 0) + 1 FROM key_versions WHERE key_id = $1",
-            )
-            .bind(key_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO key_versions (key_id, version, state, enabled, cka_id, aux_cka_id, status_at, created_at, owner_node) VALUES ($1, $2, 'pending', TRUE, $3, $4, $5, $6, $7)",
-            )
-            .bind(key_id)
-            .bind(next)
-            .bind(cka_id)
-            .bind(aux_cka_id)
-            .bind(now_ms())
-            .bind(now_ms())
-            .bind(self.node_id())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_unique)?;
-            tx.commit().await?;
-            Ok(next)
-        })
+        }
     }
 
     async fn set_version_state(
