@@ -33,6 +33,8 @@
 #   defaults       both (the shipped configuration)
 #   blocking_pool  defaults with hsm.dispatch = blocking_pool (the dispatch
 #                  lever, by its inverse)
+#   no_inline      defaults with hsm.inline_symmetric = false (every token
+#                  call on a worker thread: the inline lever by its inverse)
 #   batch_wait     defaults with activity_log.batch_wait_us = 1000 (the log
 #                  writer waits 1 ms for more records: fewer, larger commits)
 #   host_iv        defaults with hsm.gcm_iv_source = host (not for FIPS)
@@ -48,6 +50,10 @@
 # in PROFILE_CONFIGS (default "defaults") and writes a flamegraph (inferno):
 # PROFILE_DIR/{encrypt,sign-rsa,sign-ecdsa}-<configuration>.svg, and with
 # PROFILE_FOLDED=1 the folded stacks beside it (.folded, for grep).
+#
+# SWITCHES=1 also prints, per run, the server's context switches per request
+# by thread kind (voluntary + involuntary, from /proc/PID/task/*/status),
+# and repeats them under the levers table: who waits for whose wake-up.
 #
 # Environment: RAW_SECS (3) per raw figure, HTTP_SECS (10) per wrk run,
 # CONNECTIONS (64) and WRK_THREADS (2) for wrk, LOG_ROUNDS (3), LEVER_ROUNDS
@@ -266,6 +272,15 @@ metric_sum() { curl -s "$URL/metrics" | awk -v n="$1" '$1 == n { s += $NF } END 
 metric_float() { curl -s "$URL/metrics" | awk -v n="$1" '$1 == n { s += $NF } END { printf "%.6f\n", s }'; }
 # server_cpu_ticks: user + system clock ticks of the running server so far.
 server_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat"; }
+# Context switches of every server thread, one line per thread kind (the
+# name without its number): "kind voluntary involuntary", summed.
+server_switches() {
+    local t
+    for t in /proc/"$SERVER_PID"/task/*; do
+        printf '%s %s\n' "$(tr -d '0-9' <"$t/comm" | tr ' ' '_')" \
+            "$(awk '/^voluntary_ctxt_switches/ { v = $2 } /^nonvoluntary_ctxt_switches/ { n = $2 } END { print v + 0, n + 0 }' "$t/status")"
+    done 2>/dev/null | awk '{ v[$1] += $2; n[$1] += $3 } END { for (k in v) print k, v[k], n[k] }' | sort
+}
 rounds() { cut -d' ' -f1 "$1" 2>/dev/null | xargs printf '%.0f ' 2>/dev/null || true; }
 
 header() {
@@ -289,6 +304,7 @@ LEVER_ALL=(
     "lean_requests:HSM_KMS_ACTIVITY_LOG_STATEMENT_CACHE=false HSM_KMS_SERVER_LEAN_REQUESTS=true"
     "defaults:HSM_KMS_ACTIVITY_LOG_STATEMENT_CACHE=true HSM_KMS_SERVER_LEAN_REQUESTS=true"
     "blocking_pool:HSM_KMS_HSM_DISPATCH=blocking_pool"
+    "no_inline:HSM_KMS_HSM_INLINE_SYMMETRIC=false"
     "batch_wait:HSM_KMS_ACTIVITY_LOG_BATCH_WAIT_US=1000"
     "host_iv:HSM_KMS_HSM_GCM_IV_SOURCE=host"
     "access_log_off:HSM_KMS_LOG_ACCESS=false"
@@ -328,9 +344,23 @@ if part levers; then
                 b0="$(metric_sum hsm_kms_activity_batches_total)"; r0="$(metric_sum hsm_kms_activity_batch_records_total)"
                 cs0="$(metric_float hsm_kms_activity_commit_duration_seconds_sum)"; cn0="$(metric_sum hsm_kms_activity_commit_duration_seconds_count)"
                 cpu0="$(server_cpu_ticks)"
+                [ "${SWITCHES:-0}" = 1 ] && server_switches >"$WORK/sw0.txt"
                 http_run "lever-$name-$op-$round" "$(op_path "$op")" "$(op_body "$op")" >"$WORK/lever-run.txt" \
                     || log "levers: $name $op round $round failed"
                 cat "$WORK/lever-run.txt" >>"$WORK/lever-$name-$op.txt"
+                if [ "${SWITCHES:-0}" = 1 ]; then
+                    # Context switches per request, per thread kind: who
+                    # sleeps (voluntary: waits for a wake-up) and who is
+                    # pre-empted (involuntary), for this run.
+                    read -r rps _ <<<"$(cat "$WORK/lever-run.txt") x"
+                    server_switches | join -a1 -e0 -o 0,1.2,1.3,2.2,2.3 - "$WORK/sw0.txt" \
+                        | awk -v r="$rps" -v s="$HTTP_SECS" -v c="$name" -v o="$op" -v k="$round" \
+                            'BEGIN { printf "switches per request, %s %s round %s:", c, o, k }
+                             r + 0 > 0 { vv = ($2 - $4) / (r * s); nn = ($3 - $5) / (r * s); tv += vv; tn += nn
+                                         if (vv + nn >= 0.01) printf " %s %.2f+%.2f", $1, vv, nn }
+                             END { printf "; total %.2f voluntary + %.2f involuntary\n", tv, tn }' \
+                        | tee -a "$WORK/switches.txt" >&2
+                fi
                 # The server's CPU time per request (user + system, all its
                 # threads, the token's included): less sensitive to other
                 # load on the machine than req/s.
@@ -486,6 +516,10 @@ fi
 if part levers; then
     part raw || part http || part log || header
     lever_table
+    if [ -s "$WORK/switches.txt" ]; then
+        printf '\ncontext switches per request by server thread kind (voluntary+involuntary; SWITCHES=1):\n'
+        cat "$WORK/switches.txt"
+    fi
 fi
 if part scale && [ -n "$SCALE_SIZES" ]; then
     printf '\nscale curve (scripts/bench-scale.sh %s, HTTP_SECS=%s):\n' "$SCALE_SIZES" "$HTTP_SECS"

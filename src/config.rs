@@ -310,6 +310,9 @@ pub struct HsmSection {
     pub late_view_reinit_interval_ms: u64,
     /// How token calls reach sessions: `workers` or `blocking_pool`.
     pub dispatch: crate::hsm::Dispatch,
+    /// Short symmetric token calls (AES-GCM, HMAC, random) run on the
+    /// calling thread with a pooled session instead of a worker's.
+    pub inline_symmetric: bool,
     /// Where AES-GCM IVs come from: `token` (`C_GenerateRandom`) or `host`.
     pub gcm_iv_source: crate::hsm::IvSource,
     /// AES-GCM encryptions allowed per key version (SP 800-38D 8.3).
@@ -331,6 +334,7 @@ impl Default for HsmSection {
             recovery_backoff_max_ms: 1000,
             late_view_reinit_interval_ms: 5000,
             dispatch: crate::hsm::Dispatch::Workers,
+            inline_symmetric: true,
             gcm_iv_source: crate::hsm::IvSource::Token,
             gcm_invocation_limit: crate::hsm::GCM_INVOCATION_LIMIT,
         }
@@ -632,6 +636,7 @@ impl Config {
                 self.hsm.late_view_reinit_interval_ms,
             ),
             dispatch: self.hsm.dispatch,
+            inline_symmetric: self.hsm.inline_symmetric,
             gcm_iv_source: self.hsm.gcm_iv_source,
         })
     }

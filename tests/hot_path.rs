@@ -1,7 +1,8 @@
 //! The hot-path levers of issue 10 §2, for correctness (their speed is in
 //! `scripts/bench.sh`): the AES-GCM invocation limit per key version, host
 //! IVs and the earlier blocking-pool dispatch (the default worker dispatch
-//! serves every other test), the activity log's INSERTs with and without
+//! serves every other test), short symmetric calls inline or on the
+//! workers (`hsm.inline_symmetric`), the activity log's INSERTs with and without
 //! the statement cache and with a batch wait, the lean and the earlier
 //! per-request path, and the raw benchmark's session-object key.
 mod common;
@@ -106,6 +107,70 @@ async fn gcm_reservations_of_two_nodes_never_overlap() {
             .await
             .unwrap();
     assert_eq!(reserved as u64, 2 * PER_NODE as u64 * BLOCK);
+}
+
+/// AES encrypt and decrypt (random and convergent IVs) and the activity
+/// log's seal through a server with `hsm.inline_symmetric` `inline`;
+/// returns the server's count of inline token calls.
+async fn symmetric_round_trips(inline: bool) -> f64 {
+    let kms = Kms::start_with(|c| {
+        c.hsm.inline_symmetric = inline;
+        c.activity_log.enabled = true;
+    })
+    .await;
+    let tag = kms.create_key("inline", "AES256", json!({})).await;
+    let conv = kms
+        .create_key("inline-conv", "AES256", json!({"isConvergent": true}))
+        .await;
+    let before = kms.metric("hsm_kms_token_inline_calls_total").await;
+    // Several requests at once: the calls meet on the executor's threads
+    // and share the session pool.
+    let tasks: Vec<_> = (0..16u8)
+        .map(|i| {
+            let (kms, tag) = (&kms, &tag);
+            async move {
+                let ct = kms.encrypt(tag, &[i; 9], None).await;
+                assert_eq!(kms.decrypt_ok(tag, &ct, None).await, [i; 9]);
+                ct
+            }
+        })
+        .collect();
+    let cts = join_all(tasks).await;
+    let ivs: std::collections::HashSet<Vec<u8>> = cts
+        .iter()
+        .map(|ct| unb64(ct.strip_prefix("ncpkms:v1:").unwrap())[..12].to_vec())
+        .collect();
+    assert_eq!(ivs.len(), cts.len(), "an IV repeated");
+    let a = kms.encrypt(&conv, b"same", Some(b"ctx")).await;
+    let b = kms.encrypt(&conv, b"same", Some(b"ctx")).await;
+    assert_eq!(a, b, "convergent encryption is deterministic");
+    assert_eq!(kms.decrypt_ok(&conv, &a, Some(b"ctx")).await, b"same");
+    // Every acknowledged request's record is in the log.
+    let logged: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM activity_logs WHERE action IN ('Encrypt', 'Decrypt')",
+    )
+    .fetch_one(&kms.db().await)
+    .await
+    .unwrap();
+    assert!(logged >= 2 * 16 + 3, "{logged} records");
+    kms.metric("hsm_kms_token_inline_calls_total").await - before
+}
+
+/// `hsm.inline_symmetric = true` (the default): AES-GCM calls and the
+/// log's seal run on the request's own thread, and give what the workers
+/// give (decryptable ciphertexts, fresh IVs, deterministic convergent
+/// ciphertexts, every record logged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_symmetric_calls_run_inline() {
+    let inline = symmetric_round_trips(true).await;
+    // 32 encrypt/decrypt, 3 convergent (HMAC + AES in one call), seals.
+    assert!(inline >= 35.0, "{inline} inline calls");
+}
+
+/// `hsm.inline_symmetric = false`: the same calls all go to the workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_symmetric_calls_on_the_workers_when_inline_is_off() {
+    assert_eq!(symmetric_round_trips(false).await, 0.0);
 }
 
 #[tokio::test]

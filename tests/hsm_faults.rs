@@ -195,6 +195,9 @@ async fn all_sessions_closed_under_load_fails_nothing() {
     assert!(tally.ok.load(Ordering::Relaxed) >= 20);
     // The faults were met and repaired, not missed.
     assert!(kms.metric("hsm_kms_hsm_retries_total").await > 0.0);
+    // AES calls ran inline (hsm.inline_symmetric, the default): the
+    // repair above covers that path too.
+    assert!(kms.metric("hsm_kms_token_inline_calls_total").await > 0.0);
     all_decrypt(&kms, &tally).await;
     assert_eq!(readyz(&kms).await.0, 200);
 }

@@ -81,6 +81,9 @@ pub struct HsmConfig {
     pub late_view_reinit_interval: Duration,
     /// How token calls reach a session (see [`Dispatch`]).
     pub dispatch: Dispatch,
+    /// Short symmetric calls ([`Hsm::run_short`]) run on the calling thread
+    /// with a pooled session, not on a worker (with [`Dispatch::Workers`]).
+    pub inline_symmetric: bool,
     /// Where AES-GCM IVs come from.
     pub gcm_iv_source: IvSource,
 }
@@ -111,6 +114,7 @@ impl std::fmt::Debug for HsmConfig {
             .field("recovery_backoff_max", &self.recovery_backoff_max)
             .field("late_view_reinit_interval", &self.late_view_reinit_interval)
             .field("dispatch", &self.dispatch)
+            .field("inline_symmetric", &self.inline_symmetric)
             .field("gcm_iv_source", &self.gcm_iv_source)
             .finish()
     }
@@ -210,6 +214,7 @@ impl Hsm {
         // Present from the start, at 0: rate() and alerts see them before
         // the first event.
         for c in [
+            "hsm_kms_token_inline_calls_total",
             "hsm_kms_hsm_recoveries_total",
             "hsm_kms_hsm_late_view_reinits_total",
             "hsm_kms_hsm_retries_total",
@@ -271,6 +276,30 @@ impl Hsm {
         self.run_with(class, Retry::Once, f).await
     }
 
+    /// [`Hsm::run`] for a short symmetric call (one AES-GCM operation, an
+    /// HMAC, random bytes): with `hsm.inline_symmetric` (and the worker
+    /// dispatch) it runs on the calling thread, with a pooled session and
+    /// the same fault repair and re-runs as on a worker, so that it costs
+    /// no hand-off to a worker thread and no wake-up back. It blocks the
+    /// calling executor thread for the call's duration (tens of µs on
+    /// SoftHSM), so long calls never come here. While the handle map is
+    /// incomplete (after a fault, until one enumeration refills it) the
+    /// call goes to a worker: the enumeration is long.
+    pub async fn run_short<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&SessionRef<'_>) -> Result<T> + Send + Sync + 'static,
+    {
+        self.run_dispatched(
+            OpClass::Symmetric,
+            Retry::Once,
+            "hsm_kms_token_calls_total",
+            true,
+            f,
+        )
+        .await
+    }
+
     /// [`Hsm::run`] for operations that change the token ([`Retry::Never`]).
     pub async fn run_once<T, F>(&self, class: OpClass, f: F) -> Result<T>
     where
@@ -293,6 +322,23 @@ impl Hsm {
             .await
     }
 
+    /// [`Hsm::run_audit`] for one short symmetric call (the batch seal):
+    /// inline as [`Hsm::run_short`].
+    pub async fn run_audit_short<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&SessionRef<'_>) -> Result<T> + Send + Sync + 'static,
+    {
+        self.run_dispatched(
+            OpClass::Symmetric,
+            Retry::Once,
+            "hsm_kms_audit_token_calls_total",
+            true,
+            f,
+        )
+        .await
+    }
+
     async fn run_with<T, F>(&self, class: OpClass, retry: Retry, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -307,6 +353,21 @@ impl Hsm {
         class: OpClass,
         retry: Retry,
         counter: &'static str,
+        f: F,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&SessionRef<'_>) -> Result<T> + Send + Sync + 'static,
+    {
+        self.run_dispatched(class, retry, counter, false, f).await
+    }
+
+    async fn run_dispatched<T, F>(
+        &self,
+        class: OpClass,
+        retry: Retry,
+        counter: &'static str,
+        short: bool,
         f: F,
     ) -> Result<T>
     where
@@ -340,10 +401,18 @@ impl Hsm {
             if !self.wait_ready(self.inner.cfg.unavailable_wait).await {
                 return Err(HsmError::Unavailable(self.unavailable_reason()));
             }
-            let hsm = self.clone();
-            let f = f.clone();
             let out = match &self.inner.workers {
+                Some(w)
+                    if short
+                        && self.inner.cfg.inline_symmetric
+                        && self.inner.handles.is_complete() =>
+                {
+                    metrics::counter!("hsm_kms_token_inline_calls_total").increment(1);
+                    w.inline(|| self.attempt(&*f, fresh))
+                }
                 Some(w) => {
+                    let hsm = self.clone();
+                    let f = f.clone();
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     let queued = std::time::Instant::now();
                     w.submit(
@@ -363,6 +432,8 @@ impl Hsm {
                         .map_err(|_| HsmError::Worker("a token worker panicked".into()))?
                 }
                 None => {
+                    let hsm = self.clone();
+                    let f = f.clone();
                     let queued = std::time::Instant::now();
                     let _permit = match sem.try_acquire() {
                         Ok(p) => p,
@@ -793,7 +864,7 @@ impl SessionRef<'_> {
 impl Hsm {
     /// `len` random bytes from the token's generator.
     pub async fn random(&self, len: usize) -> Result<Vec<u8>> {
-        self.run(OpClass::Symmetric, move |s| s.random(len)).await
+        self.run_short(move |s| s.random(len)).await
     }
 }
 

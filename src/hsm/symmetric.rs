@@ -4,7 +4,7 @@ use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::ObjectClass;
 
-use super::{Hsm, OpClass, Result, SessionRef};
+use super::{Hsm, Result, SessionRef};
 use crate::telemetry::token::Call;
 
 /// Length of the GCM nonce.
@@ -120,10 +120,8 @@ impl Hsm {
         aad: Vec<u8>,
         iv: Option<[u8; GCM_IV_LEN]>,
     ) -> Result<Vec<u8>> {
-        self.run(OpClass::Symmetric, move |s| {
-            s.aes_gcm_encrypt(&id, &plaintext, &aad, iv)
-        })
-        .await
+        self.run_short(move |s| s.aes_gcm_encrypt(&id, &plaintext, &aad, iv))
+            .await
     }
 
     /// See [`SessionRef::aes_gcm_decrypt`].
@@ -133,10 +131,8 @@ impl Hsm {
         blob: Vec<u8>,
         aad: Vec<u8>,
     ) -> Result<Vec<u8>> {
-        self.run(OpClass::Symmetric, move |s| {
-            s.aes_gcm_decrypt(&id, &blob, &aad)
-        })
-        .await
+        self.run_short(move |s| s.aes_gcm_decrypt(&id, &blob, &aad))
+            .await
     }
 
     /// Convergent AES-GCM: the IV is the first 12 bytes of
@@ -150,7 +146,7 @@ impl Hsm {
         plaintext: Vec<u8>,
         context: Vec<u8>,
     ) -> Result<Vec<u8>> {
-        self.run(OpClass::Symmetric, move |s| {
+        self.run_short(move |s| {
             let mut msg = Vec::with_capacity(4 + context.len() + plaintext.len());
             msg.extend_from_slice(&(context.len() as u32).to_be_bytes());
             msg.extend_from_slice(&context);
@@ -165,7 +161,6 @@ impl Hsm {
 
     /// See [`SessionRef::hmac_sha256`].
     pub async fn hmac_sha256(&self, id: Vec<u8>, data: Vec<u8>) -> Result<Vec<u8>> {
-        self.run(OpClass::Symmetric, move |s| s.hmac_sha256(&id, &data))
-            .await
+        self.run_short(move |s| s.hmac_sha256(&id, &data)).await
     }
 }

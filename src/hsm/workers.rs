@@ -45,8 +45,9 @@ struct LaneState {
 pub(super) struct Workers {
     symmetric: Arc<Lane>,
     asymmetric: Arc<Lane>,
-    /// Workers hold it shared around each job; [`Workers::exclusive`] takes
-    /// it alone (test hooks that must act between token calls).
+    /// Workers (and inline calls, [`Workers::inline`]) hold it shared
+    /// around each job; [`Workers::exclusive`] takes it alone (test hooks
+    /// that must act between token calls).
     gate: Arc<RwLock<()>>,
 }
 
@@ -101,6 +102,13 @@ impl Workers {
         token_metrics::queue_depth(label, q.jobs.len());
         drop(q);
         lane.ready.notify_one();
+    }
+
+    /// Runs `f` (a short token call) on the calling thread, as a worker
+    /// runs a job: inside the gate that [`Workers::exclusive`] closes.
+    pub(super) fn inline<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _g = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        f()
     }
 
     /// Runs `f` while no worker is inside a job.

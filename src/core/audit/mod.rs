@@ -364,12 +364,15 @@ impl AuditChain {
 
     /// The seal of record `seq` whose link is `link`: HMAC-SHA-256 in the
     /// token over [`seal_input`].
+    /// One short token call: on the writer's own thread with
+    /// `hsm.inline_symmetric` ([`Hsm::run_audit_short`]).
     async fn seal_of(&self, seq: i64, link: &[u8; 32]) -> Result<[u8; 32]> {
+        let id = self.hmac_id.clone();
+        let input = seal_input(seq, link);
         let mac = self
-            .macs(vec![seal_input(seq, link)])
-            .await?
-            .pop()
-            .unwrap_or_default();
+            .hsm
+            .run_audit_short(move |s| s.hmac_sha256(&id, &input))
+            .await?;
         to32(&mac).ok_or_else(|| Error::Internal("HMAC-SHA-256 of another length".into()))
     }
 
