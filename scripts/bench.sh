@@ -37,10 +37,15 @@
 #                  call on a worker thread: the inline lever by its inverse)
 #   batch_wait     defaults with activity_log.batch_wait_us = 1000 (the log
 #                  writer waits 1 ms for more records: fewer, larger commits)
+#   batch_min      defaults with activity_log.batch_wait_us = 2000 and
+#                  batch_min_records = 16: the writer waits only while a batch
+#                  holds fewer than 16 records (slow streams such as RSA)
 #   host_iv        defaults with hsm.gcm_iv_source = host (not for FIPS)
 #   access_log_off defaults with log.access = false (no access line per
 #                  request; the server logs at info, to a file)
 #   log_off        defaults with the activity log off (what the log costs)
+#   tokio_1        defaults on one async executor thread (TOKIO_WORKER_THREADS
+#                  =1): fewer idle executor threads to wake on 2 cores
 #   baseline       defaults served by BASELINE_BIN (another build of
 #                  hsm-kms, e.g. main's): before / after of a code change in
 #                  one interleaved run; listed only when BASELINE_BIN is set
@@ -306,9 +311,11 @@ LEVER_ALL=(
     "blocking_pool:HSM_KMS_HSM_DISPATCH=blocking_pool"
     "no_inline:HSM_KMS_HSM_INLINE_SYMMETRIC=false"
     "batch_wait:HSM_KMS_ACTIVITY_LOG_BATCH_WAIT_US=1000"
+    "batch_min:HSM_KMS_ACTIVITY_LOG_BATCH_WAIT_US=2000 HSM_KMS_ACTIVITY_LOG_BATCH_MIN_RECORDS=16"
     "host_iv:HSM_KMS_HSM_GCM_IV_SOURCE=host"
     "access_log_off:HSM_KMS_LOG_ACCESS=false"
     "log_off:HSM_KMS_ACTIVITY_LOG_ENABLED=false"
+    "tokio_1:TOKIO_WORKER_THREADS=1"
 )
 if [ -n "${BASELINE_BIN:-}" ]; then
     [ -x "$BASELINE_BIN" ] || die "BASELINE_BIN=$BASELINE_BIN is not an executable"

@@ -127,6 +127,9 @@ pub struct ActivityLogConfig {
     /// writes what is queued at once. Tokio's timer rounds a wait up to the
     /// next millisecond.
     pub batch_wait_us: u64,
+    /// With `batch_wait_us`: the wait ends once the batch holds this many
+    /// records; 0 (the default) waits for a full batch (512) or the time.
+    pub batch_min_records: usize,
 }
 
 impl Default for ActivityLogConfig {
@@ -136,6 +139,7 @@ impl Default for ActivityLogConfig {
             fsync: true,
             statement_cache: true,
             batch_wait_us: 0,
+            batch_min_records: 0,
         }
     }
 }

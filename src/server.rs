@@ -162,6 +162,7 @@ pub async fn start(
             checkpoints: cfg.audit.policy(),
             activity_statement_cache: cfg.activity_log.statement_cache,
             activity_batch_wait: Duration::from_micros(cfg.activity_log.batch_wait_us),
+            activity_batch_min: cfg.activity_log.batch_min_records,
             rsa_signature: cfg.naver.rsa_signature()?,
             naver_region: cfg.naver.region()?,
             audit_seal: cfg.audit.seal,

@@ -299,6 +299,26 @@ async fn activity_records_with_a_batch_wait() {
     records_of_concurrent_calls(&kms).await;
 }
 
+/// `activity_log.batch_min_records`: the writer's wait ends once the batch
+/// holds that many records. With a wait of two minutes and a minimum of
+/// one, each call is acknowledged without waiting out the two minutes
+/// (before the minimum, the writer waited for a full batch or the time);
+/// records are neither lost, reordered nor duplicated.
+#[tokio::test]
+async fn a_batch_wait_ends_at_the_minimum_batch() {
+    let kms = Kms::start_with(|c| {
+        c.activity_log.batch_wait_us = 120_000_000;
+        c.activity_log.batch_min_records = 1;
+    })
+    .await;
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        records_of_concurrent_calls(&kms),
+    )
+    .await
+    .expect("the writer waited past its minimum batch");
+}
+
 /// Calls through both per-request paths answer alike: request ids present
 /// and distinct (a client's own kept), success envelopes with `code` and
 /// `data`, a decrypt that gives the plaintext back.

@@ -100,14 +100,26 @@ impl ActivityLog {
     /// first record of a batch, the writer waits up to this long for more
     /// before it writes (fewer, larger commits: less work per record, a
     /// little more latency). Zero writes what is queued at once.
+    ///
+    /// `batch_min` (`activity_log.batch_min_records`, 0 by default): the
+    /// wait ends as soon as the batch holds this many records (0: only at
+    /// the largest batch). Under a fast stream (Encrypt) a batch fills at
+    /// once and nothing waits; under a slow one (RSA sign, where a commit
+    /// otherwise carries one or two records) the writer waits up to
+    /// `batch_wait` and commits fewer, larger batches.
     pub fn start(
         store: Store,
         chain: Option<AuditChain>,
         fsync: bool,
         batch_wait: std::time::Duration,
+        batch_min: usize,
     ) -> Self {
         let Some(chain) = chain else {
             return ActivityLog { tx: None };
+        };
+        let enough = match batch_min {
+            0 => MAX_BATCH,
+            n => n.min(MAX_BATCH),
         };
         let (tx, mut rx) = mpsc::channel::<Pending>(4096);
         tokio::spawn(async move {
@@ -145,9 +157,20 @@ impl ActivityLog {
                 };
                 rows.push(row);
                 acks.push(ack);
+                // What is queued already counts towards the batch size that
+                // ends the wait.
+                while rows.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok((row, ack)) => {
+                            rows.push(row);
+                            acks.push(ack);
+                        }
+                        Err(_) => break,
+                    }
+                }
                 if !batch_wait.is_zero() {
                     let until = tokio::time::Instant::now() + batch_wait;
-                    while rows.len() < MAX_BATCH {
+                    while rows.len() < enough {
                         match tokio::time::timeout_at(until, rx.recv()).await {
                             Ok(Some((row, ack))) => {
                                 rows.push(row);

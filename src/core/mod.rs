@@ -303,6 +303,9 @@ pub struct EngineOptions {
     /// How long the activity log's writer waits for more records after the
     /// first of a batch (`activity_log.batch_wait_us`).
     pub activity_batch_wait: std::time::Duration,
+    /// Batch size that ends that wait (`activity_log.batch_min_records`;
+    /// 0: the largest batch).
+    pub activity_batch_min: usize,
     /// How NAVER RSA2048 keys sign (`naver.rsa_signature`): RSASSA-PSS by
     /// default; verification accepts both schemes (see [`RsaSignature`]).
     pub rsa_signature: RsaSignature,
@@ -325,6 +328,7 @@ impl Default for EngineOptions {
             checkpoints: audit::CheckpointPolicy::default(),
             activity_statement_cache: true,
             activity_batch_wait: std::time::Duration::ZERO,
+            activity_batch_min: 0,
             rsa_signature: RsaSignature::default(),
             naver_region: None,
             audit_seal: audit::SealMode::Batch,
@@ -417,6 +421,7 @@ impl Engine {
                     chain,
                     opts.activity_fsync,
                     opts.activity_batch_wait,
+                    opts.activity_batch_min,
                 ),
                 tokens: cache::Cache::new(),
                 generators: cache::Cache::new(),
