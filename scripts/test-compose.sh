@@ -175,14 +175,19 @@ first_credentials "$P" cluster-init
 $PY scripts/lib/naver_calls.py cluster "$AK" "${NODES[@]}" || { dump_logs "$P"; die "cluster check failed"; }
 # Through the server, not around it: what each node's process (pid 1, the
 # same uid as `docker exec`) has loaded, and the hsm container's
-# `p11-kit remote` processes (one per client connection).
+# `p11-kit remote` processes (one per client connection). `docker exec` on
+# the project's containers: a compose call each would cost seconds.
+declare -A CID=()
+while read -r id svc; do CID[$svc]=$id; done < <(docker ps --filter "label=com.docker.compose.project=$P" \
+    --format '{{.ID}} {{.Label "com.docker.compose.service"}}')
+for n in node1 node2 node3 hsm; do [ -n "${CID[$n]:-}" ] || die "no running container for $n"; done
 for n in node1 node2 node3; do
-    maps=$("${CC[@]}" exec -T "$n" cat /proc/1/maps) || { dump_logs "$P"; die "$n: cannot read its process's maps"; }
+    maps=$(docker exec "${CID[$n]}" cat /proc/1/maps) || { dump_logs "$P"; die "$n: cannot read its process's maps"; }
     grep -q '/opt/p11-kit-0.25.5/lib/pkcs11/p11-kit-client.so' <<<"$maps" || die "$n has not loaded p11-kit-client.so"
     if grep -q 'libsofthsm2' <<<"$maps"; then die "$n loaded SoftHSMv2 itself"; fi
 done
 # shellcheck disable=SC2016 # expanded by the container's shell
-REMOTES=$("${CC[@]}" exec -T hsm sh -c 'n=0; for f in /proc/[0-9]*/cmdline; do
+REMOTES=$(docker exec "${CID[hsm]}" sh -c 'n=0; for f in /proc/[0-9]*/cmdline; do
     tr "\0" " " <"$f" 2>/dev/null | grep -q "^p11-kit-remote " && n=$((n + 1)); done; echo $n')
 [ "${REMOTES:-0}" -ge 3 ] || { dump_logs "$P"; die "the hsm container runs ${REMOTES:-no} p11-kit remote processes, want one per node (3)"; }
 log "every node loaded p11-kit-client.so (no SoftHSMv2); the hsm container serves them with $REMOTES p11-kit remote processes"
