@@ -124,8 +124,8 @@ fi
 # The binary must load in the image (glibc of the host vs bookworm).
 docker run --rm --entrypoint /usr/local/bin/hsm-kms "$TAG" --version >&2
 # p11-kit 0.25.5 must run with its own library, not Debian's 0.24.1.
-docker run --rm -e LD_TRACE_LOADED_OBJECTS=1 --entrypoint /opt/p11-kit-0.25.5/bin/p11-kit "$TAG" \
-  | grep -q '/opt/p11-kit-0.25.5/lib/libp11-kit.so.0' \
-  || { echo "$TAG: /opt/p11-kit-0.25.5/bin/p11-kit does not load its own libp11-kit" >&2; exit 1; }
+LIBS=$(docker run --rm -e LD_TRACE_LOADED_OBJECTS=1 --entrypoint /opt/p11-kit-0.25.5/bin/p11-kit "$TAG")
+grep -q '=> /opt/p11-kit-0.25.5/lib/libp11-kit.so.0' <<<"$LIBS" \
+  || { echo "$TAG: /opt/p11-kit-0.25.5/bin/p11-kit does not load its own libp11-kit:" >&2; echo "$LIBS" >&2; exit 1; }
 size=$(docker image inspect -f '{{.Size}}' "$TAG")
 echo "==> $TAG: $(awk -v s="$size" 'BEGIN{printf "%.1f MB", s/1e6}')" >&2
