@@ -10,6 +10,17 @@
 # in $DATA/first-credentials (mode 0600) so a restart does not print them again.
 # Then exec `hsm-kms serve` (or whatever command was given).
 #
+# `p11-kit-server` (the compose `cluster` profile's hsm service): the token
+# part above (the SoftHSM token made on first start; no `hsm-kms init`, which
+# cluster-init runs through the socket), then p11-kit 0.25.5's server in the
+# foreground, exporting the token on the Unix socket
+# ${HSM_KMS_P11KIT_SOCKET:-/run/hsm-kms/p11-kit.sock}. Unix socket only: the
+# protocol carries PINs and plaintexts in clear.
+#
+# The token is made here only when the module is SoftHSMv2 (the image's
+# default, HSM_KMS_HSM_MODULE): a node on p11-kit-client.so reaches a token
+# the p11-kit-server container made, and holds no token volume of its own.
+#
 # The two volumes belong together; both mismatches stop the container (exit 1)
 # and destroy nothing:
 # - an empty token volume with a used data volume (a store, or the marker of
@@ -39,7 +50,7 @@ read_secret() {
 
 [ $# -gt 0 ] || set -- serve
 case "$1" in
-  serve|init) ;;
+  serve|init|p11-kit-server) ;;
   # Any other command (admin, healthcheck, sh, ...) runs as given.
   *) exec "$@" ;;
 esac
@@ -54,7 +65,14 @@ else
 fi
 [ -n "$PIN" ] || die "no user PIN: set HSM_KMS_PIN or HSM_KMS_PIN_FILE"
 
-if [ -z "$(ls -A "$TOKENS_DIR" 2>/dev/null)" ]; then
+MODULE=${HSM_KMS_HSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+[ "$1" != p11-kit-server ] || MODULE=/usr/lib/softhsm/libsofthsm2.so
+case "$MODULE" in
+  */libsofthsm2.so) SOFTHSM=1 ;;
+  *) SOFTHSM=0 ;;
+esac
+
+if [ "$SOFTHSM" = 1 ] && [ -z "$(ls -A "$TOKENS_DIR" 2>/dev/null)" ]; then
   if [ -n "${HSM_KMS_SO_PIN_FILE:-}" ]; then
     SO_PIN=$(read_secret "$HSM_KMS_SO_PIN_FILE" HSM_KMS_SO_PIN_FILE)
   else
@@ -72,6 +90,15 @@ if [ -z "$(ls -A "$TOKENS_DIR" 2>/dev/null)" ]; then
   unset SO_PIN
 fi
 unset PIN HSM_KMS_SO_PIN
+
+if [ "$1" = p11-kit-server ]; then
+  SOCKET=${HSM_KMS_P11KIT_SOCKET:-/run/hsm-kms/p11-kit.sock}
+  # A socket left by an earlier run of this container would make the bind fail.
+  rm -f "$SOCKET"
+  say "exporting token '$LABEL' on $SOCKET (p11-kit 0.25.5 server)"
+  exec /opt/p11-kit-0.25.5/bin/p11-kit server --foreground \
+    --provider /usr/lib/softhsm/libsofthsm2.so --name "$SOCKET" "pkcs11:token=$LABEL"
+fi
 
 if [ ! -e "$MARKER" ]; then
   umask 077

@@ -16,6 +16,14 @@
 # Where: ${HSM_KMS_P11KIT_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/hsm-kms/p11-kit-0.25.5}.
 # Re-running with a complete build there prints the paths at once.
 #
+# For another machine or an image: HSM_KMS_P11KIT_PREFIX=/opt/p11-kit-0.25.5
+# configures the build for that prefix (its rpath and the path `p11-kit
+# server` executes `p11-kit remote` from are compiled in) and installs it
+# under HSM_KMS_P11KIT_DIR as a staging root (meson's DESTDIR): the files are
+# in $HSM_KMS_P11KIT_DIR/opt/p11-kit-0.25.5/..., the printed paths point
+# there, and they run once copied to /opt/p11-kit-0.25.5 (scripts/build-image.sh
+# does so for the image's p11-kit server and client).
+#
 # How: a throwaway apt configuration (its own sources list, lists and cache
 # dirs under a temp dir; the system's apt setup is not touched) names the
 # `deb-src` of trixie on the same Debian mirror the system uses; `apt-get
@@ -30,8 +38,11 @@ set -euo pipefail
 
 P11KIT_VERSION=0.25.5
 PREFIX=${HSM_KMS_P11KIT_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/hsm-kms/p11-kit-$P11KIT_VERSION}
-BIN=$PREFIX/bin/p11-kit
-CLIENT=$PREFIX/lib/pkcs11/p11-kit-client.so
+# The prefix compiled in; empty: PREFIX itself, installed in place.
+INSTALL_PREFIX=${HSM_KMS_P11KIT_PREFIX:-}
+case "$INSTALL_PREFIX" in "" | /*) ;; *) die "HSM_KMS_P11KIT_PREFIX must be an absolute path" ;; esac
+BIN=$PREFIX$INSTALL_PREFIX/bin/p11-kit
+CLIENT=$PREFIX$INSTALL_PREFIX/lib/pkcs11/p11-kit-client.so
 STAMP=$PREFIX/.built
 
 print_paths() {
@@ -113,11 +124,16 @@ B0=$(date +%s)
     cd "$WORK/src/p11-kit-$P11KIT_VERSION"
     # The rpath makes `p11-kit server` and `p11-kit remote` use the library
     # built here, not the system's 0.24.1 (whose RPC layer lacks AES-GCM).
-    LDFLAGS="-Wl,-rpath,$PREFIX/lib" meson setup build \
-        --prefix="$PREFIX" --libdir=lib --buildtype=release \
+    prefix=${INSTALL_PREFIX:-$PREFIX}
+    LDFLAGS="-Wl,-rpath,$prefix/lib" meson setup build \
+        --prefix="$prefix" --libdir=lib --buildtype=release \
         -Dhash_impl=internal -Dtrust_module=disabled -Dsystemd=disabled \
         -Dbash_completion=disabled -Dgtk_doc=false -Dman=false -Dnls=false -Dtest=false
-    ninja -C build install
+    if [ -n "$INSTALL_PREFIX" ]; then
+        DESTDIR=$PREFIX ninja -C build install
+    else
+        ninja -C build install
+    fi
 ) >"$WORK/build.log" 2>&1 || {
     tail -n 40 "$WORK/build.log" >&2
     die "p11-kit build failed"

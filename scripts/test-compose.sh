@@ -14,10 +14,14 @@
 #    and hsm-kms-prometheus:latest (docker/prometheus: Debian 12's
 #    Prometheus), both on the locally made debian:bookworm-slim base and
 #    cached by Docker's layer cache;
-# 3. `--profile cluster`: PostgreSQL, cluster-init (token + `hsm-kms init`),
-#    node1-3 sharing the SoftHSMv2 token volume; each node answers a signed
-#    NAVER request (GET /kms/v1/keys, 200), and an AES256 key made on node 1
-#    encrypts on node 3 and decrypts on node 2; then `down -v`;
+# 3. `--profile cluster`: PostgreSQL, hsm (the SoftHSMv2 token exported by
+#    p11-kit 0.25.5's `p11-kit server` on a Unix socket in a shared volume),
+#    cluster-init (`hsm-kms init` through it), node1-3 on p11-kit-client.so;
+#    each node answers a signed NAVER request (GET /kms/v1/keys, 200), and an
+#    AES256 key made on node 1 encrypts on node 3 and decrypts on node 2;
+#    then that the nodes really go through the server: each node's process
+#    has p11-kit-client.so mapped and no SoftHSMv2, and the hsm container
+#    runs one `p11-kit remote` per node connection (at least 3); `down -v`;
 # 4. `--profile observability`: the hsm-kms service and Prometheus (the
 #    image's prometheus.yml with its scrape and evaluation interval set to
 #    HSM_KMS_COMPOSE_SCRAPE, default 1s, instead of 15 s, so the check does
@@ -156,8 +160,8 @@ P=hsm-kms-cmp-cluster
 PROFILE=(--profile cluster)
 CC=("${COMPOSE[@]}" -p "$P" -f docker/compose.yaml "${PROFILE[@]}")
 "${CC[@]}" config -q
-log "cluster profile: up (postgres, cluster-init, node1-3)"
-"${CC[@]}" up -d postgres cluster-init node1 node2 node3 >"$WORK/cluster-up.log" 2>&1 \
+log "cluster profile: up (postgres, hsm, cluster-init, node1-3)"
+"${CC[@]}" up -d postgres hsm cluster-init node1 node2 node3 >"$WORK/cluster-up.log" 2>&1 \
     || { cat "$WORK/cluster-up.log" >&2; dump_logs "$P"; die "cluster profile did not come up"; }
 NODES=()
 for n in node1 node2 node3; do
@@ -169,6 +173,24 @@ T_CLUSTER_UP=$((SECONDS - t))
 log "nodes ready after ${T_CLUSTER_UP} s: ${NODES[*]}"
 first_credentials "$P" cluster-init
 $PY scripts/lib/naver_calls.py cluster "$AK" "${NODES[@]}" || { dump_logs "$P"; die "cluster check failed"; }
+# Through the server, not around it: what each node's process (pid 1, the
+# same uid as `docker exec`) has loaded, and the hsm container's
+# `p11-kit remote` processes (one per client connection). `docker exec` on
+# the project's containers: a compose call each would cost seconds.
+declare -A CID=()
+while read -r id svc; do CID[$svc]=$id; done < <(docker ps --filter "label=com.docker.compose.project=$P" \
+    --format '{{.ID}} {{.Label "com.docker.compose.service"}}')
+for n in node1 node2 node3 hsm; do [ -n "${CID[$n]:-}" ] || die "no running container for $n"; done
+for n in node1 node2 node3; do
+    maps=$(docker exec "${CID[$n]}" cat /proc/1/maps) || { dump_logs "$P"; die "$n: cannot read its process's maps"; }
+    grep -q '/opt/p11-kit-0.25.5/lib/pkcs11/p11-kit-client.so' <<<"$maps" || die "$n has not loaded p11-kit-client.so"
+    if grep -q 'libsofthsm2' <<<"$maps"; then die "$n loaded SoftHSMv2 itself"; fi
+done
+# shellcheck disable=SC2016 # expanded by the container's shell
+REMOTES=$(docker exec "${CID[hsm]}" sh -c 'n=0; for f in /proc/[0-9]*/cmdline; do
+    tr "\0" " " <"$f" 2>/dev/null | grep -q "^p11-kit-remote " && n=$((n + 1)); done; echo $n')
+[ "${REMOTES:-0}" -ge 3 ] || { dump_logs "$P"; die "the hsm container runs ${REMOTES:-no} p11-kit remote processes, want one per node (3)"; }
+log "every node loaded p11-kit-client.so (no SoftHSMv2); the hsm container serves them with $REMOTES p11-kit remote processes"
 "${CC[@]}" down -v >/dev/null 2>&1
 T_CLUSTER=$((SECONDS - t))
 log "cluster profile: passed and taken down (${T_CLUSTER} s)"
@@ -203,7 +225,7 @@ cat <<MSG
 
 ==== compose profiles ====
 images:        ${T_IMAGES} s ($HSM_KMS_IMAGE, $HSM_KMS_POSTGRES_IMAGE, $HSM_KMS_PROMETHEUS_IMAGE)
-cluster:       ${T_CLUSTER} s (up to 3 ready nodes: ${T_CLUSTER_UP} s; signed request on each, node1 -> node3 -> node2 key check)
+cluster:       ${T_CLUSTER} s (up to 3 ready nodes: ${T_CLUSTER_UP} s; signed request on each, node1 -> node3 -> node2 key check; every node through p11-kit server: $REMOTES p11-kit remote)
 observability: ${T_OBS} s (${LOAD_SECS} s of load, Prometheus every $SCRAPE; every dashboard query and rule expression returned data)
 MSG
 echo "test-compose.sh: $((SECONDS - T0)) s"
