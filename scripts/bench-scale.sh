@@ -21,6 +21,14 @@
 #   5. memory: the handle map's bytes per key version (from /metrics) and
 #      the server's RSS growth over the random run per key touched (the
 #      engine's key cache fills one entry per key used).
+# TOKEN_TMPFS=1 places the token directory on tmpfs (/dev/shm) and keeps
+# the store (and everything else) on disk: the stand-in for a hardware or
+# network HSM, which keeps its objects in its own storage. SoftHSMv2 2.6.1's
+# `file` store truncates and rewrites an object's file once per attribute
+# (35 ftruncates per AES key), which on an ext4 disk (and this VM's
+# `discard` mount) costs a writeback each: that bounds creation on disk,
+# and it is not what an HSM does. TOKEN_TMPFS=0 (the default) keeps the
+# token on disk; TOKEN_TMPFS="0 1" runs both, one after the other per N.
 # Prints one table. Environment: BACKENDS (file), HTTP_SECS (10),
 # CONNECTIONS (64), WRK_THREADS (2), CONCURRENCY (16), KEEP=1 keeps the
 # work dirs, BENCH_BUILD=0 skips the cargo build.
@@ -33,6 +41,13 @@ CONNECTIONS="${CONNECTIONS:-64}"
 WRK_THREADS="${WRK_THREADS:-2}"
 CONCURRENCY="${CONCURRENCY:-16}"
 read -r -a BACKEND_LIST <<<"${BACKENDS:-file}"
+read -r -a TOKEN_LIST <<<"${TOKEN_TMPFS:-0}"
+for t in "${TOKEN_LIST[@]}"; do
+    case "$t" in
+    0 | 1) ;;
+    *) die "TOKEN_TMPFS: '$t' is not 0 or 1" ;;
+    esac
+done
 # BASELINE_BIN=/path/to/an/older/hsm-kms: each N is served by that binary
 # first, then by this tree's, on the same token and store (before / after
 # in one run).
@@ -135,6 +150,7 @@ run_wrk() {
 RESULTS=()
 for N in "${SIZES[@]}"; do
 for BACKEND in "${BACKEND_LIST[@]}"; do
+for ON_TMPFS in "${TOKEN_LIST[@]}"; do
     if [ "$BACKEND" = db ]; then
         MODULE="$SOFTHSM_DB_MODULE" UTIL="$SOFTHSM_DB_UTIL"
     else
@@ -143,9 +159,18 @@ for BACKEND in "${BACKEND_LIST[@]}"; do
     WORK="$(mktemp -d /tmp/hsm-kms-scale.XXXXXX)"
     WORKS+=("$WORK")
     umask 077
-    mkdir -p "$WORK/tokens" "$WORK/data" "$WORK/scale"
+    mkdir -p "$WORK/data" "$WORK/scale"
+    if [ "$ON_TMPFS" = 1 ]; then
+        TOKEN_PLACE=tmpfs
+        TOKEN_DIR="$(mktemp -d /dev/shm/hsm-kms-scale-tokens.XXXXXX)"
+        WORKS+=("$TOKEN_DIR")
+    else
+        TOKEN_PLACE=disk
+        TOKEN_DIR="$WORK/tokens"
+        mkdir -p "$TOKEN_DIR"
+    fi
     export SOFTHSM2_CONF="$WORK/softhsm2.conf"
-    printf 'directories.tokendir = %s\nobjectstore.backend = %s\nlog.level = ERROR\n' "$WORK/tokens" "$BACKEND" >"$SOFTHSM2_CONF"
+    printf 'directories.tokendir = %s\nobjectstore.backend = %s\nlog.level = ERROR\n' "$TOKEN_DIR" "$BACKEND" >"$SOFTHSM2_CONF"
     random_secret >"$WORK/user.pin"
     "$UTIL" --init-token --free --label hsm-kms-scale --so-pin "$(random_secret)" \
         --pin "$(cat "$WORK/user.pin")" >/dev/null
@@ -169,12 +194,12 @@ CONF
     "$TARGET/hsm-kms" --config "$CONFIG" init --account bench >/dev/null 2>"$WORK/init.log" \
         || die "init: $(cat "$WORK/init.log")"
 
-    log "N=$N ($BACKEND): creating $N AES-256 keys through the engine, $CONCURRENCY at a time"
+    log "N=$N ($BACKEND, token on $TOKEN_PLACE): creating $N AES-256 keys through the engine, $CONCURRENCY at a time"
     pop="$("$TARGET/hsm-kms-scale" populate --config "$CONFIG" --keys "$N" \
         --concurrency "$CONCURRENCY" --out "$WORK/scale")"
     echo "$pop" >&2
     kps="$(sed -n 's/.*keys_per_sec=\([0-9.]*\).*/\1/p' <<<"$pop")"
-    store_kib="$(du -sk "$WORK/tokens" | cut -f1)"
+    store_kib="$(du -sk "$TOKEN_DIR" | cut -f1)"
 
     for SERVER in "${SERVER_LIST[@]}"; do
     case "$SERVER" in
@@ -217,12 +242,13 @@ CONF
 
     # Distinct keys a uniform draw of r_n requests among N touches.
     touched="$(awk -v n="$N" -v r="$r_n" 'BEGIN { printf "%.0f", n * (1 - exp(-r / n)) }')"
-    RESULTS+=("$(printf '%s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s' "$N" "$kps" "$ready_ms" \
+    RESULTS+=("$(printf '%s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s' "$N" "$kps" "$ready_ms" \
         "$r_rps" "$r_p50" "$r_p99" "$h_rps" "$h_p99" "$map_entries" "$map_bytes" \
         "$((rss1 - rss0))" "$touched" "$lookups" "$refreshes" "$store_kib" \
-        "$BACKEND" "$p_module" "$p_enum" "$p_store" "$SERVER" "$cache_entries" "$cache_bytes" "$p_preload")")
+        "$BACKEND/$TOKEN_PLACE" "$p_module" "$p_enum" "$p_store" "$SERVER" "$cache_entries" "$cache_bytes" "$p_preload" "$rss0")")
     done
-    rm -rf "$WORK/tokens" "$WORK/data"
+    rm -rf "$TOKEN_DIR" "$WORK/data"
+done
 done
 done
 
@@ -230,22 +256,24 @@ cpu="$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
 printf '\nhsm-kms scale benchmark: %s cores (%s), SoftHSMv2 %s, wrk -t%s -c%s, %ss per run, 256-byte Encrypt, load average %s\n' \
     "$(nproc)" "${cpu:-unknown CPU}" "$(softhsm2-util --version)" "$WRK_THREADS" "$CONNECTIONS" "$HTTP_SECS" \
     "$(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%7s %5s %8s %9s %8s %8s %8s %8s %11s %8s %8s %11s %8s %7s %10s %10s %10s %6s %8s\n' \
-    "backend" "srv" "keys" "create/s" "ready s" "init s" "enum s" "store s" "random r/s" "p50 ms" "p99 ms" "hot r/s" "p99 ms" "random" "map B/ver" "cache B/k" "RSS B/key" "finds" "refresh"
+printf '%10s %5s %8s %9s %8s %8s %8s %8s %9s %11s %8s %8s %11s %8s %7s %10s %10s %10s %9s %6s %8s\n' \
+    "store/tok" "srv" "keys" "create/s" "ready s" "init s" "enum s" "store s" "preload s" "random r/s" "p50 ms" "p99 ms" "hot r/s" "p99 ms" "random" "map B/ver" "cache B/k" "RSS B/key" "RSS0 MiB" "finds" "refresh"
 for r in "${RESULTS[@]}"; do
-    read -r n kps ready r_rps r_p50 r_p99 h_rps h_p99 entries bytes drss touched finds refreshes _ backend p_module p_enum p_store srv c_entries c_bytes _ <<<"$r"
-    printf '%7s %5s %8s %9.0f %8.2f %8.2f %8.2f %8.2f %11.0f %8.2f %8.2f %11.0f %8.2f %6.0f%% %10.0f %10.0f %10.0f %6s %8s\n' \
-        "$backend" "$srv" "$n" "$kps" "$(awk -v m="$ready" 'BEGIN { print m / 1000 }')" "$p_module" "$p_enum" "$p_store" \
+    read -r n kps ready r_rps r_p50 r_p99 h_rps h_p99 entries bytes drss touched finds refreshes _ backend p_module p_enum p_store srv c_entries c_bytes p_preload rss0 <<<"$r"
+    printf '%10s %5s %8s %9.0f %8.2f %8.2f %8.2f %8.2f %9.2f %11.0f %8.2f %8.2f %11.0f %8.2f %6.0f%% %10.0f %10.0f %10.0f %9.1f %6s %8s\n' \
+        "$backend" "$srv" "$n" "$kps" "$(awk -v m="$ready" 'BEGIN { print m / 1000 }')" "$p_module" "$p_enum" "$p_store" "$p_preload" \
         "$r_rps" "$r_p50" "$r_p99" "$h_rps" "$h_p99" \
         "$(awk -v a="$r_rps" -v b="$h_rps" 'BEGIN { print 100 * a / b }')" \
         "$(awk -v b="$bytes" -v e="$entries" 'BEGIN { print (e > 0 ? b / e : 0) }')" \
         "$(awk -v b="$c_bytes" -v e="$c_entries" 'BEGIN { print (e > 0 ? b / e : 0) }')" \
         "$(awk -v d="$drss" -v t="$touched" 'BEGIN { print (t > 0 ? d * 1024 / t : 0) }')" \
-        "$finds" "$refreshes"
+        "$(awk -v k="$rss0" 'BEGIN { print k / 1024 }')" "$finds" "$refreshes"
 done
 printf '\nrandom = random-key req/s / one-hot-key req/s, same server, random run first (cold: no warm-up).\n'
 printf 'ready s = spawn to /readyz 200; of it: init s = C_Initialize + login + mechanism probe (SoftHSM loads its object store),\n'
 printf '  enum s = the one token enumeration that fills the handle map, store s = the reconciler store reads.\n'
+printf 'store/tok = SoftHSM object store / where its token files are (tmpfs: TOKEN_TMPFS=1, the stand-in for an HSM'"'"'s own storage).\n'
+printf 'preload s = the key cache preload after the listener is up (not in ready s); RSS0 MiB = server RSS at ready.\n'
 printf 'map B/ver = handle map bytes / entries; cache B/k = key cache bytes / keys (preloaded at start; 0: no preload);\n'
 printf '  RSS B/key = RSS growth over the random run / keys it touched. srv = base (BASELINE_BIN) or new (this tree).\n'
 printf 'finds = C_FindObjects searches since start (start-up enumeration and installation-id look-up included); refresh = handle refreshes.\n'

@@ -330,6 +330,88 @@ async fn creation_killed_between_hsm_and_store_leaves_no_key() {
     assert!(!rows(&site).await.iter().any(|r| r.uid == crashed.uid));
 }
 
+/// Creations running at once share the commits of their pending rows
+/// (group commit). Killed after those commits and before any token object
+/// exists (`create:after-pending`), they leave pending rows only, which
+/// the restart rolls back: no key appears, no object is orphaned, the
+/// names are free again, and the key made before is intact.
+#[tokio::test]
+async fn concurrent_creations_killed_after_their_pending_rows_leave_no_key() {
+    let mut site = Site::init();
+    let server = site.serve(&[]).await;
+    let keeper = create_key(&server, "keeper", "AES256", json!({})).await;
+    let ct = encrypt(&server, &keeper, b"kept", None).await;
+    server.kill();
+
+    let marker = site.dir.path().join("fault-create-pending");
+    let server = site
+        .serve(&fault_env("create:after-pending", &marker))
+        .await;
+    let body = |n: usize| {
+        Some(json!({"keyName": format!("burst{n}"), "keyType": "AES256", "isAutoRotation": false}))
+    };
+    let mut burst = Box::pin(async {
+        tokio::join!(
+            server.call("POST", "/kms/v1/keys", body(0)),
+            server.call("POST", "/kms/v1/keys", body(1)),
+            server.call("POST", "/kms/v1/keys", body(2)),
+            server.call("POST", "/kms/v1/keys", body(3)),
+            server.call("POST", "/kms/v1/keys", body(4)),
+            server.call("POST", "/kms/v1/keys", body(5)),
+        )
+    });
+    let start = Instant::now();
+    while !marker.exists() {
+        tokio::select! {
+            r = &mut burst => panic!("the creations answered instead of pausing: {r:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the fault point was not reached"
+        );
+    }
+    // Let the other creations reach the pause too, or queue behind it.
+    tokio::select! {
+        r = &mut burst => panic!("the creations answered instead of pausing: {r:?}"),
+        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+    }
+    drop(burst);
+    server.kill();
+
+    let before = rows(&site).await;
+    let crashed: Vec<Row> = before.iter().filter(|r| r.uid != keeper).cloned().collect();
+    assert!(
+        !crashed.is_empty(),
+        "at least one pending row was committed"
+    );
+    let objects = site.token_objects();
+    for r in &crashed {
+        assert_eq!(r.state, "pending", "{r:?}");
+        assert!(
+            !objects.iter().any(|o| o.id == r.cka_id),
+            "no object was made before the kill: {r:?}"
+        );
+    }
+
+    let server = site.serve(&[]).await;
+    let list = server.call("GET", "/kms/v1/keys", None).await;
+    assert_eq!(list.ok()["totalCount"], 1, "{}", list.body);
+    assert_eq!(list.ok()["keyList"][0]["keyTag"], keeper);
+    for n in 0..6 {
+        create_key(&server, &format!("burst{n}"), "AES256", json!({})).await;
+    }
+    assert_eq!(decrypt(&server, &keeper, &ct, None).await, b"kept");
+    server.kill();
+
+    assert_consistent(&site).await;
+    let after = rows(&site).await;
+    for r in &crashed {
+        assert!(!after.iter().any(|a| a.uid == r.uid), "{r:?} left a row");
+    }
+    assert_eq!(after.len(), 7);
+}
+
 #[tokio::test]
 async fn rotation_killed_after_the_store_write_survives() {
     let mut site = Site::init();

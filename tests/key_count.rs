@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::Kms;
-use hsm_kms::core::{Engine, EngineOptions, RESERVATION_BLOCK};
+use hsm_kms::core::{CreateKeyRequest, Engine, EngineOptions, KeyType, RESERVATION_BLOCK};
 use hsm_kms::store::AccountRepo as _;
 use serde_json::json;
 
@@ -286,4 +286,127 @@ async fn a_parallel_enumeration_maps_every_object_to_its_own_handle() {
         searched,
         "a request searched the token: the enumeration missed an object"
     );
+}
+
+fn create_request(name: &str) -> CreateKeyRequest {
+    CreateKeyRequest {
+        name: name.into(),
+        key_type: KeyType::Aes256,
+        memo: String::new(),
+        is_convergent: false,
+        is_auto_rotation: false,
+        rotation_period: None,
+        protection_type: "COMMON_HSM".into(),
+    }
+}
+
+/// (key uid, version state) of every version row.
+async fn version_states(kms: &Kms) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT k.uid, v.state FROM key_versions v JOIN keys k ON k.id = v.key_id ORDER BY k.id",
+    )
+    .fetch_all(&kms.db().await)
+    .await
+    .expect("key_versions")
+}
+
+/// Creations running at once commit their pending rows, and then their
+/// activations, in shared transactions (group commit): each creation still
+/// ends with its one version active and its object on the token, nothing
+/// stays pending, and the store counted fewer transactions than writes.
+/// Within one shared transaction a refused write undoes only itself: two
+/// creations under one name give one key and one conflict, and creations
+/// past the account's cap are refused while the others in their group
+/// commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creations_share_commits_and_each_end_active() {
+    const KEYS: usize = 24;
+    const CAP: usize = 30;
+    let kms = Kms::start_with(|c| c.limits.max_keys_per_account = CAP as u64).await;
+    let account = kms
+        .engine
+        .account_id("default")
+        .await
+        .expect("account")
+        .expect("the first account");
+    let (tx0, writes0) = kms.engine.store().key_commit_counts();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..KEYS {
+        let engine = kms.engine.clone();
+        tasks.spawn(async move {
+            engine
+                .create_key(account, create_request(&format!("key{i}")))
+                .await
+        });
+    }
+    // The same name twice, in the same burst.
+    for _ in 0..2 {
+        let engine = kms.engine.clone();
+        tasks.spawn(async move { engine.create_key(account, create_request("twin")).await });
+    }
+    let mut made = Vec::new();
+    let mut conflicts = 0;
+    while let Some(r) = tasks.join_next().await {
+        match r.expect("task") {
+            Ok(e) => made.push(e.key.uid.to_string()),
+            Err(e) => {
+                assert!(
+                    e.to_string().contains("twin"),
+                    "only the twin may fail: {e}"
+                );
+                conflicts += 1;
+            }
+        }
+    }
+    assert_eq!((made.len(), conflicts), (KEYS + 1, 1));
+    let (tx1, writes1) = kms.engine.store().key_commit_counts();
+    // One pending row and one activation per creation made; the refused
+    // twin's pending row was tried and undone within its transaction.
+    assert!(
+        writes1 - writes0 >= 2 * (KEYS as u64 + 1),
+        "{writes0} -> {writes1}"
+    );
+    assert!(
+        tx1 - tx0 < writes1 - writes0,
+        "no transaction carried two writes: {} transactions for {} writes",
+        tx1 - tx0,
+        writes1 - writes0
+    );
+    let states = version_states(&kms).await;
+    for uid in &made {
+        let rows: Vec<&str> = states
+            .iter()
+            .filter(|(u, _)| u == uid)
+            .map(|(_, s)| s.as_str())
+            .collect();
+        assert_eq!(rows, ["active"], "key {uid}");
+        let sealed = kms.encrypt(uid, b"made in a group", None).await;
+        assert_eq!(kms.decrypt_ok(uid, &sealed, None).await, b"made in a group");
+    }
+    assert_eq!(states.len(), KEYS + 1, "{states:?}");
+
+    // Past the cap: 8 at once for the CAP - (KEYS + 1) = 5 places left.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let engine = kms.engine.clone();
+        tasks.spawn(async move {
+            engine
+                .create_key(account, create_request(&format!("late{i}")))
+                .await
+        });
+    }
+    let (mut ok, mut refused) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        match r.expect("task") {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert!(e.to_string().contains("limit of 30 keys"), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((ok, refused), (CAP - KEYS - 1, 8 - (CAP - KEYS - 1)));
+    let states = version_states(&kms).await;
+    assert_eq!(states.len(), CAP);
+    assert!(states.iter().all(|(_, s)| s == "active"), "{states:?}");
 }

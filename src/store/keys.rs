@@ -1,5 +1,6 @@
 //! Keys and key versions.
 
+use super::key_commits::{KeyWrite, Written};
 use super::{map_unique, now_ms, KeyRepo, Result, Store, StoreError};
 use super::{InstallationRepo, NhnRepo};
 use crate::core::{Dialect, Key, KeyId, KeyStatus, KeyUid, KeyVersion, ObjectRef, VersionState};
@@ -187,70 +188,23 @@ impl KeyRepo for Store {
         aux_cka_id: Option<&ObjectRef>,
         caps: KeyCaps<'_>,
     ) -> Result<KeyId> {
-        on_db!(self, db => {
-            let now = now_ms();
-            // No cap per type: the count per type (a row read per key of the
-            // account) is skipped, not compared with i64::MAX.
-            let (type_name, type_cap) = caps.of_type.unwrap_or(("", i64::MAX));
-            let mut tx = db.begin_write().await?;
-            let key_id: Option<KeyId> = sqlx::query_scalar(
-                "INSERT INTO keys (uid, account_id, name, key_type, status, memo, protection_type, is_convergent, is_auto_rotation, rotation_period, next_rotation_at, status_at, created_at, updated_at, dialect)
-                 SELECT $1, $2, $3, $4, 'ENABLE', $5, $6, $7, $8, $9, $10, $11, $12, $13, $17
-                 WHERE (SELECT COUNT(*) FROM keys WHERE account_id = $2 AND status <> 'DELETED') < $14
-                   AND ($15 = '' OR (SELECT COUNT(*) FROM keys WHERE account_id = $2 AND status <> 'DELETED' AND key_type = $15) < $16)
-             RETURNING id",
-            )
-            .bind(&key.uid)
-            .bind(key.account_id)
-            .bind(&key.name)
-            .bind(&key.key_type)
-            .bind(&key.memo)
-            .bind(&key.protection_type)
-            .bind(key.is_convergent)
-            .bind(key.is_auto_rotation)
-            .bind(key.rotation_period)
-            .bind(key.next_rotation_at)
-            .bind(now)
-            .bind(now)
-            .bind(now)
-            .bind(caps.per_account)
-            .bind(type_name)
-            .bind(type_cap)
-            .bind(key.dialect.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_unique)?;
-            let Some(key_id) = key_id else {
-                let of_account: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM keys WHERE account_id = $1 AND status <> 'DELETED'",
-                )
-                .bind(key.account_id)
-                .fetch_one(&mut *tx)
-                .await?;
-                tx.rollback().await?;
-                return Err(StoreError::LimitReached(
-                    if of_account >= caps.per_account {
-                        "keys"
-                    } else {
-                        "type"
-                    },
-                ));
-            };
-            sqlx::query(
-                "INSERT INTO key_versions (key_id, version, state, enabled, cka_id, aux_cka_id, status_at, created_at, owner_node) VALUES ($1, 1, 'pending', TRUE, $2, $3, $4, $5, $6)",
-            )
-            .bind(key_id)
-            .bind(cka_id)
-            .bind(aux_cka_id)
-            .bind(now)
-            .bind(now)
-            .bind(self.node_id())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_unique)?;
-            tx.commit().await?;
-            Ok(key_id)
-        })
+        // Committed with the other creations queued at this moment (one
+        // transaction, one fsync); answered once this row is durable.
+        let write = KeyWrite::InsertKeyPending {
+            key: Box::new(key.clone()),
+            cka_id: cka_id.clone(),
+            aux_cka_id: aux_cka_id.cloned(),
+            per_account: caps.per_account,
+            of_type: caps.of_type.map(|(t, cap)| (t.to_string(), cap)),
+        };
+        match self
+            .key_commits
+            .write(&self.db, self.node_id(), write)
+            .await?
+        {
+            Written::Key(id) => Ok(id),
+            Written::Activated => Err(StoreError::Gone("the key writer answered another write")),
+        }
     }
 
     async fn insert_version_pending(
@@ -343,28 +297,20 @@ impl KeyRepo for Store {
         version: i64,
         next_rotation_at: Option<i64>,
     ) -> Result<()> {
-        on_db!(self, db => {
-            let mut tx = db.begin_write().await?;
-            let r = sqlx::query("UPDATE key_versions SET state = 'active' WHERE key_id = $1 AND version = $2 AND state = 'pending'")
-                .bind(key_id)
-                .bind(version)
-                .execute(&mut *tx)
-                .await?;
-            if r.rows_affected() == 0 {
-                // Rolled back or destroyed by someone else meanwhile: the
-                // caller must not report a version that does not exist.
-                tx.rollback().await?;
-                return Err(StoreError::Gone("the new version was undone before its activation"));
-            }
-            sqlx::query("UPDATE keys SET next_rotation_at = COALESCE($1, next_rotation_at), updated_at = $2, revision = revision + 1 WHERE id = $3")
-                .bind(next_rotation_at)
-                .bind(now_ms())
-                .bind(key_id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(())
-        })
+        // Group commit, as for the pending rows.
+        let write = KeyWrite::Activate {
+            key_id,
+            version,
+            next_rotation_at,
+        };
+        match self
+            .key_commits
+            .write(&self.db, self.node_id(), write)
+            .await?
+        {
+            Written::Activated => Ok(()),
+            Written::Key(_) => Err(StoreError::Gone("the key writer answered another write")),
+        }
     }
 
     async fn delete_pending_version(&self, key_id: KeyId, version: i64) -> Result<()> {

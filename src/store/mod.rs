@@ -34,6 +34,7 @@ mod accounts;
 mod audit;
 mod ids;
 mod invocations;
+mod key_commits;
 mod keys;
 mod naver;
 mod nhn;
@@ -154,6 +155,8 @@ pub struct Store {
     db: Db,
     /// This node's id and the lock that shows it alive (see `nodes`).
     node: std::sync::Arc<nodes::NodeLease>,
+    /// Group commit of key creations' pending rows and activations.
+    key_commits: std::sync::Arc<key_commits::KeyCommits>,
 }
 
 /// The engine behind a [`Store`].
@@ -183,6 +186,7 @@ impl Store {
         Ok(Store {
             db: Db::Sqlite(db),
             node: std::sync::Arc::new(nodes::NodeLease::on_file(data_dir)?),
+            key_commits: Default::default(),
         })
     }
 
@@ -193,7 +197,14 @@ impl Store {
         Ok(Store {
             db: Db::Postgres(db),
             node,
+            key_commits: Default::default(),
         })
+    }
+
+    /// Key creations' group commit so far: shared transactions committed
+    /// and the writes (pending rows, activations) they carried.
+    pub fn key_commit_counts(&self) -> (u64, u64) {
+        self.key_commits.counts()
     }
 
     /// Where the store is (the SQLite file, or the PostgreSQL host, port
