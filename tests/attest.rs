@@ -308,7 +308,11 @@ async fn objects_made_or_destroyed_behind_the_service_are_flagged() {
         "--private",
     ]);
     // The ECDSA key's objects deleted outside hsm-kms.
-    let ec = kms.engine.key_entry(&tags[3]).await.unwrap();
+    let ec = kms
+        .engine
+        .key_entry(&hsm_kms::core::KeyUid::from(&tags[3]))
+        .await
+        .unwrap();
     let ec_id = hex::encode(&ec.versions[0].cka_id);
     for kind in ["privkey", "pubkey"] {
         pkcs11_tool(&["--delete-object", "--type", kind, "--id", &ec_id]);

@@ -33,7 +33,12 @@ async fn gcm_invocation_limit_refuses_encrypt_until_rotation() {
     }
     // The count is durable before any invocation is used: the store holds
     // the reservation of version 1 (capped at the limit).
-    let v1 = kms.engine.key_entry(&tag).await.unwrap().versions[0]
+    let v1 = kms
+        .engine
+        .key_entry(&hsm_kms::core::KeyUid::from(&tag))
+        .await
+        .unwrap()
+        .versions[0]
         .cka_id
         .clone();
     let reserved: i64 =

@@ -50,7 +50,11 @@ async fn verify(kms: &Kms, tag: &str, data: &[u8], sig: &str) -> bool {
 
 /// The first version's `CKA_ID`, to make values the old code made.
 async fn first_cka_id(kms: &Kms, tag: &str) -> Vec<u8> {
-    kms.engine.key_entry(tag).await.unwrap().versions[0]
+    kms.engine
+        .key_entry(&hsm_kms::core::KeyUid::from(tag))
+        .await
+        .unwrap()
+        .versions[0]
         .cka_id
         .to_vec()
 }

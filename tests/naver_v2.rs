@@ -408,7 +408,12 @@ async fn deletion_request_cancel_and_delete() {
     let kms = Kms::start().await;
     let tag = kms.create_key("doomed", "AES256", json!({})).await;
     let ct = kms.encrypt(&tag, b"last words", None).await;
-    let cka_id = kms.engine.key_entry(&tag).await.unwrap().versions[0]
+    let cka_id = kms
+        .engine
+        .key_entry(&hsm_kms::core::KeyUid::from(&tag))
+        .await
+        .unwrap()
+        .versions[0]
         .cka_id
         .to_vec();
 

@@ -479,12 +479,12 @@ impl Engine {
     }
 
     /// Loads a key (with its versions) from the cache or the store.
-    pub async fn key_entry(&self, uid: &str) -> Result<Arc<KeyEntry>> {
+    pub async fn key_entry(&self, uid: &KeyUid) -> Result<Arc<KeyEntry>> {
         let seen = match self.inner.keys.get(uid) {
             Ok(e) => return Ok(e),
             Err(generation) => generation,
         };
-        let uid = KeyUid::from(uid);
+        let uid = uid.clone();
         let (key, versions) = self
             .inner
             .store
@@ -536,7 +536,7 @@ impl Engine {
     /// A key of `account_id` that is not deleted; another account's key is
     /// reported as not found, never described. So is a key still being
     /// created (no active version yet), which no client has been given.
-    pub async fn owned_key(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
+    pub async fn owned_key(&self, account_id: i64, uid: &KeyUid) -> Result<Arc<KeyEntry>> {
         let e = self.key_entry(uid).await?;
         if e.key.account_id != account_id
             || e.key.status == KeyStatus::Deleted
@@ -558,7 +558,7 @@ impl Engine {
     pub async fn owned_key_naming(
         &self,
         account_id: i64,
-        uid: &str,
+        uid: &KeyUid,
         n: i64,
     ) -> Result<Arc<KeyEntry>> {
         let e = self.owned_key(account_id, uid).await?;

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 
 use super::accounts::now;
 use super::jwt::{looks_like_jwt, Claims, TokenSigner, MAX_TOKEN_LEN};
-use super::{Engine, Error, KeyId, Result};
+use super::{Engine, Error, KeyId, KeyUid, Result};
 use crate::store::{GeneratorRow, NewToken, TokenParent, TokenRow};
 
 /// Largest token lifetime in hours (two years).
@@ -186,7 +186,7 @@ impl Engine {
     }
 
     /// The generator of a key owned by `account_id`.
-    pub async fn token_generator(&self, account_id: i64, uid: &str) -> Result<GeneratorRow> {
+    pub async fn token_generator(&self, account_id: i64, uid: &KeyUid) -> Result<GeneratorRow> {
         let e = self.owned_key(account_id, uid).await?;
         self.store()
             .generator(e.key.id)
@@ -195,7 +195,7 @@ impl Engine {
     }
 
     /// Creates the key's generator; fails if one is already active.
-    pub async fn create_token_generator(&self, account_id: i64, uid: &str) -> Result<()> {
+    pub async fn create_token_generator(&self, account_id: i64, uid: &KeyUid) -> Result<()> {
         let e = self.owned_key(account_id, uid).await?;
         if let Some(g) = self.store().generator(e.key.id).await? {
             if g.status == "ACTIVE" {
@@ -212,7 +212,7 @@ impl Engine {
     }
 
     /// Replaces the generator: every token it issued stops working.
-    pub async fn replace_token_generator(&self, account_id: i64, uid: &str) -> Result<()> {
+    pub async fn replace_token_generator(&self, account_id: i64, uid: &KeyUid) -> Result<()> {
         let e = self.owned_key(account_id, uid).await?;
         match self.store().generator(e.key.id).await? {
             Some(g) if g.status == "ACTIVE" => {}
@@ -226,7 +226,7 @@ impl Engine {
     }
 
     /// Disables the generator: every token it issued stops working.
-    pub async fn delete_token_generator(&self, account_id: i64, uid: &str) -> Result<()> {
+    pub async fn delete_token_generator(&self, account_id: i64, uid: &KeyUid) -> Result<()> {
         let e = self.owned_key(account_id, uid).await?;
         if !self.store().disable_generator(e.key.id).await? {
             return Err(Error::NotFound("active token generator"));
@@ -328,7 +328,7 @@ impl Engine {
     pub async fn create_token_set(
         &self,
         account_id: i64,
-        uid: &str,
+        uid: &KeyUid,
         access: Lifetime,
         refresh: Lifetime,
     ) -> Result<TokenSet> {
@@ -400,7 +400,7 @@ impl Engine {
         &self,
         token: &str,
         kind: TokenKind,
-        uid: &str,
+        uid: &KeyUid,
         client: IpAddr,
     ) -> Result<TokenAuth> {
         let bad = |m: &str| Error::Unauthenticated(m.to_string());
@@ -469,7 +469,7 @@ impl Engine {
     /// its claims (kind, key, expiry). A valid signature is never enough:
     /// [`Engine::authenticate_token`] then reads the token's row (revoked?
     /// generator replaced? expired to the millisecond?).
-    async fn check_jwt(&self, token: &str, kind: TokenKind, uid: &str) -> Result<()> {
+    async fn check_jwt(&self, token: &str, kind: TokenKind, uid: &KeyUid) -> Result<()> {
         let bad = |m: &str| Error::Unauthenticated(m.to_string());
         let claims = self
             .token_signer()
@@ -479,7 +479,7 @@ impl Engine {
         if claims.kind != kind.as_str() {
             return Err(bad(&format!("this call needs a {} token", kind.as_str())));
         }
-        if claims.key_tag != uid {
+        if claims.key_tag != uid.as_str() {
             return Err(bad("the token is not valid for this key"));
         }
         if claims
@@ -521,7 +521,7 @@ impl Engine {
 
     /// Turns the key's IP ACL on or off. Once on, only listed addresses may
     /// use tokens of the key (none while the list is empty).
-    pub async fn set_acl(&self, account_id: i64, uid: &str, on: bool) -> Result<()> {
+    pub async fn set_acl(&self, account_id: i64, uid: &KeyUid, on: bool) -> Result<()> {
         let e = self.owned_key(account_id, uid).await?;
         self.store().set_acl_enabled(e.key.id, on).await?;
         self.inner.acls.remove(&e.key.id);
@@ -529,7 +529,7 @@ impl Engine {
     }
 
     /// The key's ACL: (enabled, rules).
-    pub async fn acl(&self, account_id: i64, uid: &str) -> Result<(bool, Vec<String>)> {
+    pub async fn acl(&self, account_id: i64, uid: &KeyUid) -> Result<(bool, Vec<String>)> {
         let e = self.owned_key(account_id, uid).await?;
         Ok(self.store().acl(e.key.id).await?)
     }
@@ -538,7 +538,7 @@ impl Engine {
     pub async fn change_acl_rules(
         &self,
         account_id: i64,
-        uid: &str,
+        uid: &KeyUid,
         rules: &[String],
         add: bool,
     ) -> Result<Vec<String>> {

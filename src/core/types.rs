@@ -189,6 +189,12 @@ impl From<&str> for KeyUid {
     }
 }
 
+impl From<&String> for KeyUid {
+    fn from(s: &String) -> Self {
+        KeyUid(s.clone())
+    }
+}
+
 impl From<KeyUid> for String {
     fn from(u: KeyUid) -> Self {
         u.0
