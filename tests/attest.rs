@@ -7,6 +7,9 @@
 //! public-key` and `attest verify` (the binary opens the same token, as an
 //! operator's command would beside a running server). Objects made or
 //! destroyed "behind the service's back" are made with `pkcs11-tool`.
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
 
 mod common;
 #[path = "common/nhn.rs"]

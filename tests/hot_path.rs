@@ -4,6 +4,10 @@
 //! serves every other test), the activity log's INSERTs with and without
 //! the statement cache and with a batch wait, the lean and the earlier
 //! per-request path, and the raw benchmark's session-object key.
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
+
 mod common;
 
 use common::{b64, unb64, Kms};

@@ -2,6 +2,10 @@
 //! version, labelled `hsm-kms/{keyTag}/v{n}`, generated in the token,
 //! sensitive and never extractable; convergent keys add their HMAC object.
 //! Checked through the PKCS#11 layer and with `pkcs11-tool` from OpenSC.
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -3,6 +3,10 @@
 //! invocation blocks together (group commit) and each still gets its own
 //! disjoint block; the start-up phases are published. Speed is measured by
 //! `scripts/bench-scale.sh`, not here.
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
+
 mod common;
 
 use std::collections::HashMap;

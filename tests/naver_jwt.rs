@@ -8,6 +8,10 @@
 //! the token set id, the kind, `iat` and `exp` (and `jti`, the token's
 //! public id). The store still keeps only each token's SHA-256 and decides
 //! whether a token is valid: a good signature alone is never enough.
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
+
 mod common;
 
 use base64::Engine as _;

@@ -15,6 +15,10 @@
 //! `context_is_ignored_on_keys_that_are_not_convergent` failed on the code
 //! before the change (PKCS#1 v1.5 signatures; a context was the AAD, and a
 //! 400 on RSA keys).
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
+
 mod common;
 
 use common::independent::{rsa_verify, RsaPadding};

@@ -1,6 +1,10 @@
 //! NAVER KMS API 2.0 under account authentication, over HTTP against a real
 //! SoftHSMv2 token and a real SQLite file: every endpoint's happy path with
 //! its response shape, and each bad input with its status and envelope.
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
+
 mod common;
 
 use common::{b64, now_ms, unb64, Kms, Reply};

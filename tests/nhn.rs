@@ -1,6 +1,10 @@
 //! NHN Cloud Secure Key Manager v1.2 over HTTP against a real SoftHSMv2
 //! token: every endpoint of the API document with its bad inputs.
 //! Run with `cargo nextest run` (one service per process).
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
+
 mod common;
 #[path = "common/nhn.rs"]
 mod nhn;

@@ -2,6 +2,10 @@
 //! deletion scheduler really destroys a key pending deletion after its
 //! waiting period. Time is moved by writing the due times into the past in
 //! the SQLite file, then running one scheduler pass (or the real loop).
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
+
 mod common;
 
 use std::time::{Duration, Instant};

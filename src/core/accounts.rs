@@ -267,3 +267,18 @@ impl Engine {
         Ok(())
     }
 }
+
+/// An access key row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AccessKey {
+    /// The access key id (public).
+    pub access_key: String,
+    /// Owning account.
+    pub account_id: i64,
+    /// Secret key encrypted under the KEK.
+    pub secret_ct: Vec<u8>,
+    /// `active` or `revoked`.
+    pub status: String,
+    /// Creation time, ms.
+    pub created_at: i64,
+}

@@ -20,7 +20,9 @@ mod stats;
 mod tokens;
 mod types;
 
-pub use accounts::{ensure_service_keys, AccessKeyInfo, NewAccessKey, ACCESS_KEY_RECHECK};
+pub use accounts::{
+    ensure_service_keys, AccessKey, AccessKeyInfo, NewAccessKey, ACCESS_KEY_RECHECK,
+};
 pub use activity::{ActivityLog, ActivityRecord};
 pub use changes::spawn_change_feed;
 pub use crypto::{
@@ -32,8 +34,8 @@ pub use naver::{CreateKeyRequest, DELETION_WAIT_MS, MAX_VERSIONS, ROTATION_PERIO
 pub use reconcile::{bind, destroy_orphans, reconcile, Inventory, ReconcileReport, StartMode};
 pub use scheduler::spawn_scheduler;
 pub use tokens::{
-    parse_rule, Lifetime, TokenAuth, TokenKind, TokenSet, DEFAULT_ACCESS_HOURS,
-    DEFAULT_REFRESH_HOURS, MAX_TOKEN_MINUTES,
+    parse_rule, Lifetime, StoredToken, TokenAuth, TokenGenerator, TokenKind, TokenSet,
+    DEFAULT_ACCESS_HOURS, DEFAULT_REFRESH_HOURS, MAX_TOKEN_MINUTES,
 };
 pub use types::{Dialect, Key, KeyId, KeyStatus, KeyUid, KeyVersion, ObjectRef, VersionState};
 
@@ -256,8 +258,8 @@ struct EngineInner {
     secrets: cache::Cache<String, accounts::CachedSecret>,
     kek_id: Vec<u8>,
     activity: ActivityLog,
-    tokens: cache::Cache<Vec<u8>, crate::store::TokenRow>,
-    generators: cache::Cache<KeyId, Option<crate::store::GeneratorRow>>,
+    tokens: cache::Cache<Vec<u8>, StoredToken>,
+    generators: cache::Cache<KeyId, Option<TokenGenerator>>,
     acls: cache::Cache<KeyId, (bool, Vec<ipnet::IpNet>)>,
     token_hour_ms: i64,
     /// The key that signs NAVER tokens; read again on use until `init`

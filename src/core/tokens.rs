@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 use super::accounts::now;
 use super::jwt::{looks_like_jwt, Claims, TokenSigner, MAX_TOKEN_LEN};
 use super::{Engine, Error, KeyId, KeyUid, Result};
-use crate::store::{GeneratorRow, NewToken, TokenParent, TokenRow};
+use crate::store::{NewToken, TokenParent};
 
 /// Largest token lifetime in hours (two years).
 pub const MAX_TOKEN_HOURS: i64 = 17_520;
@@ -186,7 +186,7 @@ impl Engine {
     }
 
     /// The generator of a key owned by `account_id`.
-    pub async fn token_generator(&self, account_id: i64, uid: &KeyUid) -> Result<GeneratorRow> {
+    pub async fn token_generator(&self, account_id: i64, uid: &KeyUid) -> Result<TokenGenerator> {
         let e = self.owned_key(account_id, uid).await?;
         self.store()
             .generator(e.key.id)
@@ -239,7 +239,7 @@ impl Engine {
         self.inner.generators.remove(&key_id);
     }
 
-    async fn active_generator(&self, key_id: KeyId) -> Result<Option<GeneratorRow>> {
+    async fn active_generator(&self, key_id: KeyId) -> Result<Option<TokenGenerator>> {
         let seen = match self.inner.generators.get(&key_id) {
             Ok(g) => return Ok(g),
             Err(generation) => generation,
@@ -412,7 +412,7 @@ impl Engine {
         // A token found in the cache was verified when it was put there (the
         // hash covers the whole JWT, signature included): the hot path costs
         // no signature check. The store's row decides either way.
-        let row: TokenRow = match self.inner.tokens.get(&h) {
+        let row: StoredToken = match self.inner.tokens.get(&h) {
             Ok(r) => r,
             Err(seen) => {
                 if !legacy {
@@ -592,4 +592,42 @@ pub fn parse_rule(r: &str) -> std::result::Result<ipnet::IpNet, String> {
         ipnet::Ipv4Net::from(a)
     };
     Ok(ipnet::IpNet::V4(net))
+}
+
+/// A token generator row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TokenGenerator {
+    /// Key.
+    pub key_id: i64,
+    /// Current generator id.
+    pub generator_id: String,
+    /// `ACTIVE` or `INACTIVE`.
+    pub status: String,
+    /// When it was (re)enabled, ms.
+    pub enabled_at: i64,
+    /// When it was disabled, ms.
+    pub disabled_at: Option<i64>,
+    /// Tokens issued by the current generator.
+    pub issued_count: i64,
+}
+
+/// A token row (its hash, never the token).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredToken {
+    /// Public id.
+    pub token_id: String,
+    /// Key it is scoped to.
+    pub key_id: i64,
+    /// Generator that issued it.
+    pub generator_id: String,
+    /// Account on whose behalf it acts.
+    pub account_id: i64,
+    /// `access` or `refresh`.
+    pub kind: String,
+    /// Token set.
+    pub set_id: String,
+    /// Expiry, ms; `None` for unlimited.
+    pub expires_at: Option<i64>,
+    /// Revocation time, ms.
+    pub revoked_at: Option<i64>,
 }

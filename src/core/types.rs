@@ -9,10 +9,10 @@
 //! binds the identifiers in `store/ids.rs`); `api/` sees keys only as
 //! [`KeyEntry`](super::KeyEntry), which holds a [`Key`] and its
 //! [`KeyVersion`]s, and never imports `store`. Store row types still
-//! named in `core/` (not yet given core types): `NhnKeyRow` (the NHN half
-//! of a key), `NhnProjectRow`, `GeneratorRow`, `TokenRow`,
-//! `NhnCredentialRow`, `AccessKeyRow`, and the audit chain's
-//! `AuditRecordRow` / `CheckpointRow` and attestation's `VersionOwnerRow`.
+//! named in `core/` (not yet given core types): `NhnKeyMeta` (the NHN half
+//! of a key), `NhnProjectRecord`, `TokenGenerator`, `StoredToken`,
+//! `NhnCredential`, `AccessKey`, and the audit chain's
+//! `AuditRecord` / `SignedCheckpoint` and attestation's `VersionOwner`.
 
 /// State of a key version's HSM object, for crash consistency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

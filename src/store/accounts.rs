@@ -1,21 +1,7 @@
 //! Service keys, the installation id, accounts and access keys.
 
 use super::{map_unique, now_ms, AccountRepo, InstallationRepo, Result, Store};
-
-/// An access key row.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct AccessKeyRow {
-    /// The access key id (public).
-    pub access_key: String,
-    /// Owning account.
-    pub account_id: i64,
-    /// Secret key encrypted under the KEK.
-    pub secret_ct: Vec<u8>,
-    /// `active` or `revoked`.
-    pub status: String,
-    /// Creation time, ms.
-    pub created_at: i64,
-}
+use crate::core::AccessKey;
 
 /// An account row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -82,7 +68,7 @@ impl AccountRepo for Store {
         })
     }
 
-    async fn access_key(&self, access_key: &str) -> Result<Option<AccessKeyRow>> {
+    async fn access_key(&self, access_key: &str) -> Result<Option<AccessKey>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(
                 "SELECT access_key, account_id, secret_ct, status, created_at FROM access_keys WHERE access_key = $1",
@@ -93,7 +79,7 @@ impl AccountRepo for Store {
         })
     }
 
-    async fn list_access_keys(&self) -> Result<Vec<AccessKeyRow>> {
+    async fn list_access_keys(&self) -> Result<Vec<AccessKey>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(
                 "SELECT access_key, account_id, secret_ct, status, created_at FROM access_keys ORDER BY created_at",

@@ -43,13 +43,11 @@ mod repo;
 mod sqlite;
 mod stats;
 
-pub use accounts::{AccessKeyRow, AccountRow};
-pub use audit::{AuditRecordRow, AuditTx, ChainTail, CheckpointRow};
-pub use keys::{KeyCaps, NewKey, VersionOwnerRow};
-pub use naver::{ActivityWriter, GeneratorRow, NewToken, TokenParent, TokenRow};
-pub use nhn::{
-    NewCredential, NewKeyStore, NhnCredentialRow, NhnKeyRow, NhnProjectRow, NhnUserAccessKeyRow,
-};
+pub use accounts::AccountRow;
+pub use audit::{AuditTx, ChainTail};
+pub use keys::{KeyCaps, NewKey};
+pub use naver::{ActivityWriter, NewToken, TokenParent};
+pub use nhn::{NewCredential, NewKeyStore, NhnUserAccessKeyRow};
 pub use nodes::{Change, ChangeListener};
 pub use repo::{AccountRepo, ActivitySink, InstallationRepo, KeyRepo, NaverRepo, NhnRepo};
 pub use sqlite::MIN_FREE_BYTES;

@@ -13,7 +13,7 @@ use super::{normalize_mac, NhnProject};
 use crate::core::now_ms;
 use crate::core::{Engine, Error, Result};
 use crate::hsm::{Hsm, KeySpec, SignAlg};
-use crate::store::{NewCredential, NhnCredentialRow, StoreError};
+use crate::store::{NewCredential, StoreError};
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 /// Waiting period of a credential deletion request: 7 days.
@@ -68,7 +68,7 @@ impl CredentialKind {
 #[derive(Debug, Clone)]
 pub struct CredentialView {
     /// The row.
-    pub row: NhnCredentialRow,
+    pub row: NhnCredential,
     /// Last use, merged with the batch not yet written.
     pub last_access_at: Option<i64>,
 }
@@ -287,7 +287,7 @@ impl Engine {
         value: &str,
         description: &str,
         user: &str,
-    ) -> Result<NhnCredentialRow> {
+    ) -> Result<NhnCredential> {
         if kind == CredentialKind::Certificate {
             return Err(Error::InvalidInput(
                 "use certificate issuance for certificates".into(),
@@ -346,7 +346,7 @@ impl Engine {
         lifetime_days: i64,
         description: &str,
         user: &str,
-    ) -> Result<NhnCredentialRow> {
+    ) -> Result<NhnCredential> {
         if !(1..=CERT_LIFETIME_MAX_DAYS).contains(&lifetime_days) {
             return Err(Error::InvalidInput(format!(
                 "lifeTime must be 1 to {CERT_LIFETIME_MAX_DAYS} days"
@@ -377,7 +377,7 @@ impl Engine {
         (not_before, not_after): (i64, i64),
         description: &str,
         user: &str,
-    ) -> Result<NhnCredentialRow> {
+    ) -> Result<NhnCredential> {
         let name = CredentialKind::Certificate.normalize(name)?;
         check_description(description)?;
         if password.is_empty() || password.len() > 128 {
@@ -537,7 +537,7 @@ impl Engine {
         key_store: &str,
         kind: CredentialKind,
         value: &str,
-    ) -> Result<(String, i64, NhnCredentialRow)> {
+    ) -> Result<(String, i64, NhnCredential)> {
         let value = kind.normalize(value)?;
         let store = self.nhn_key_store_named(project, key_store).await?;
         let row = self
@@ -579,4 +579,41 @@ fn check_description(d: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// A key-store credential (IPv4 address, MAC address or client certificate).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NhnCredential {
+    /// Row id.
+    pub id: i64,
+    /// Key store.
+    pub key_store_id: i64,
+    /// `ipv4`, `mac` or `certificate`.
+    pub kind: String,
+    /// Address, or certificate name.
+    pub value: String,
+    /// Description.
+    pub description: String,
+    /// `active`, `deleting` or `deleted`.
+    pub status: String,
+    /// Scheduled (or done) deletion, ms.
+    pub deletion_at: Option<i64>,
+    /// Last use, ms.
+    pub last_access_at: Option<i64>,
+    /// SHA-256 of the certificate DER.
+    pub cert_sha256: Option<Vec<u8>>,
+    /// Certificate DER.
+    pub cert_der: Option<Vec<u8>>,
+    /// Certificate expiry, ms.
+    pub expires_at: Option<i64>,
+    /// PKCS#12 file under the KEK (its password is not kept).
+    pub p12_ct: Option<Vec<u8>>,
+    /// Creator.
+    pub creation_user: String,
+    /// Creation time, ms.
+    pub created_at: i64,
+    /// Last modifier.
+    pub last_change_user: String,
+    /// Last change, ms.
+    pub updated_at: i64,
 }

@@ -10,6 +10,7 @@
 use crate::store::{KeyRepo, NhnRepo};
 use std::sync::Arc;
 
+use super::NhnKeyMeta;
 use super::NhnKeyStore;
 use super::{NhnClient, NhnProject};
 use crate::core::keys::{
@@ -18,7 +19,7 @@ use crate::core::keys::{
 use crate::core::now_ms;
 use crate::core::{Dialect, Engine, Error, Key, KeyEntry, KeyStatus, KeyUid, ObjectRef, Result};
 use crate::hsm::{KeySpec, KeyUsage};
-use crate::store::{NewKey, NhnKeyRow, StoreError};
+use crate::store::{NewKey, StoreError};
 
 /// Waiting period between a deletion request and the destruction: 7 days.
 pub const KEY_DELETION_WAIT_MS: i64 = 7 * DAY_MS;
@@ -126,7 +127,7 @@ pub struct NhnKeyView {
     /// Engine key and versions.
     pub entry: Arc<KeyEntry>,
     /// NHN side.
-    pub meta: Arc<NhnKeyRow>,
+    pub meta: Arc<NhnKeyMeta>,
     /// Last access, merged with the not-yet-written batch.
     pub last_access_at: Option<i64>,
 }
@@ -424,7 +425,7 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         };
-        let meta = NhnKeyRow {
+        let meta = NhnKeyMeta {
             key_id: key_id.get(),
             key_store_id: store.id,
             description: description.to_string(),
