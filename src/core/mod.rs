@@ -21,7 +21,7 @@ mod tokens;
 mod types;
 
 pub use accounts::{
-    ensure_service_keys, AccessKey, AccessKeyInfo, NewAccessKey, ACCESS_KEY_RECHECK,
+    ensure_service_keys, AccessKey, AccessKeyInfo, AccountRecord, NewAccessKey, ACCESS_KEY_RECHECK,
 };
 pub use activity::{ActivityLog, ActivityRecord};
 pub use changes::spawn_change_feed;
@@ -34,10 +34,14 @@ pub use naver::{CreateKeyRequest, DELETION_WAIT_MS, MAX_VERSIONS, ROTATION_PERIO
 pub use reconcile::{bind, destroy_orphans, reconcile, Inventory, ReconcileReport, StartMode};
 pub use scheduler::spawn_scheduler;
 pub use tokens::{
-    parse_rule, Lifetime, StoredToken, TokenAuth, TokenGenerator, TokenKind, TokenSet,
-    DEFAULT_ACCESS_HOURS, DEFAULT_REFRESH_HOURS, MAX_TOKEN_MINUTES,
+    parse_rule, GeneratorStatus, Lifetime, StoredToken, TokenAuth, TokenGenerator, TokenKind,
+    TokenSet, DEFAULT_ACCESS_HOURS, DEFAULT_REFRESH_HOURS, MAX_TOKEN_MINUTES,
 };
-pub use types::{Dialect, Key, KeyId, KeyStatus, KeyUid, KeyVersion, ObjectRef, VersionState};
+pub(crate) use types::stored_names;
+pub use types::{
+    AccessKeyStatus, Dialect, Key, KeyId, KeyStatus, KeyUid, KeyVersion, ObjectRef, UnknownValue,
+    VersionState,
+};
 
 use crate::store::{InstallationRepo, KeyRepo};
 use std::sync::atomic::AtomicI64;

@@ -71,14 +71,23 @@ pub enum TokenKind {
     Refresh,
 }
 
-impl TokenKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            TokenKind::Access => "access",
-            TokenKind::Refresh => "refresh",
-        }
-    }
+super::stored_names!(TokenKind {
+    Access => "access",
+    Refresh => "refresh",
+});
+
+/// Whether a key's token generator issues tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GeneratorStatus {
+    /// Issues tokens (NAVER `ENABLED`).
+    Active,
+    /// Disabled; its tokens are refused.
+    Inactive,
 }
+super::stored_names!(GeneratorStatus {
+    Active => "ACTIVE",
+    Inactive => "INACTIVE",
+});
 
 /// A token set as returned once to the client.
 pub struct TokenSet {
@@ -198,7 +207,7 @@ impl Engine {
     pub async fn create_token_generator(&self, account_id: i64, uid: &KeyUid) -> Result<()> {
         let e = self.owned_key(account_id, uid).await?;
         if let Some(g) = self.store().generator(e.key.id).await? {
-            if g.status == "ACTIVE" {
+            if g.status == GeneratorStatus::Active {
                 return Err(Error::Conflict(
                     "the key already has an active token generator".into(),
                 ));
@@ -215,7 +224,7 @@ impl Engine {
     pub async fn replace_token_generator(&self, account_id: i64, uid: &KeyUid) -> Result<()> {
         let e = self.owned_key(account_id, uid).await?;
         match self.store().generator(e.key.id).await? {
-            Some(g) if g.status == "ACTIVE" => {}
+            Some(g) if g.status == GeneratorStatus::Active => {}
             _ => return Err(Error::NotFound("active token generator")),
         }
         self.store()
@@ -248,7 +257,7 @@ impl Engine {
             .store()
             .generator(key_id)
             .await?
-            .filter(|g| g.status == "ACTIVE");
+            .filter(|g| g.status == GeneratorStatus::Active);
         self.inner.generators.fill(key_id, g.clone(), seen);
         Ok(g)
     }
@@ -430,7 +439,7 @@ impl Engine {
         if row.revoked_at.is_some() {
             return Err(bad("the token was revoked"));
         }
-        if row.kind != kind.as_str() {
+        if row.kind != kind {
             return Err(bad(&format!("this call needs a {} token", kind.as_str())));
         }
         if row.expires_at.is_some_and(|t| t <= now()) {
@@ -594,15 +603,16 @@ pub fn parse_rule(r: &str) -> std::result::Result<ipnet::IpNet, String> {
     Ok(ipnet::IpNet::V4(net))
 }
 
-/// A token generator row.
+/// A key's token generator, as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TokenGenerator {
     /// Key.
     pub key_id: i64,
     /// Current generator id.
     pub generator_id: String,
-    /// `ACTIVE` or `INACTIVE`.
-    pub status: String,
+    /// Issuing or disabled.
+    #[sqlx(try_from = "String")]
+    pub status: GeneratorStatus,
     /// When it was (re)enabled, ms.
     pub enabled_at: i64,
     /// When it was disabled, ms.
@@ -611,7 +621,7 @@ pub struct TokenGenerator {
     pub issued_count: i64,
 }
 
-/// A token row (its hash, never the token).
+/// A token as stored (its hash, never the token).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredToken {
     /// Public id.
@@ -622,8 +632,9 @@ pub struct StoredToken {
     pub generator_id: String,
     /// Account on whose behalf it acts.
     pub account_id: i64,
-    /// `access` or `refresh`.
-    pub kind: String,
+    /// Access or refresh.
+    #[sqlx(try_from = "String")]
+    pub kind: TokenKind,
     /// Token set.
     pub set_id: String,
     /// Expiry, ms; `None` for unlimited.

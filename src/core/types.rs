@@ -14,6 +14,50 @@
 //! `NhnCredential`, `AccessKey`, and the audit chain's
 //! `AuditRecord` / `SignedCheckpoint` and attestation's `VersionOwner`.
 
+/// A stored name that no variant of the enum reading it knows (a row
+/// written by a newer release, or damaged): the row does not read.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown stored value {0:?}")]
+pub struct UnknownValue(pub String);
+
+/// Gives a fieldless enum its stored names: `as_str` (what the store
+/// writes) and `TryFrom<String>` (how the store reads the column, with
+/// `#[sqlx(try_from = "String")]` on the field).
+macro_rules! stored_names {
+    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The stored name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name,)+
+                }
+            }
+        }
+
+        impl TryFrom<String> for $ty {
+            type Error = $crate::core::UnknownValue;
+            fn try_from(s: String) -> std::result::Result<Self, Self::Error> {
+                match s.as_str() {
+                    $($name => Ok($ty::$variant),)+
+                    _ => Err($crate::core::UnknownValue(s)),
+                }
+            }
+        }
+    };
+}
+pub(crate) use stored_names;
+
+/// Status of a revocable credential: an access key, an NHN User Access
+/// Key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessKeyStatus {
+    /// Usable.
+    Active,
+    /// Revoked; never usable again.
+    Revoked,
+}
+stored_names!(AccessKeyStatus { Active => "active", Revoked => "revoked" });
+
 /// State of a key version's HSM object, for crash consistency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VersionState {

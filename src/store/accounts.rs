@@ -1,18 +1,7 @@
 //! Service keys, the installation id, accounts and access keys.
 
 use super::{map_unique, now_ms, AccountRepo, InstallationRepo, Result, Store};
-use crate::core::AccessKey;
-
-/// An account row.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct AccountRow {
-    /// Account id.
-    pub id: i64,
-    /// Account name.
-    pub name: String,
-    /// Creation time, ms.
-    pub created_at: i64,
-}
+use crate::core::{AccessKey, AccountRecord};
 
 impl AccountRepo for Store {
     async fn create_account(&self, name: &str) -> Result<i64> {
@@ -26,7 +15,7 @@ impl AccountRepo for Store {
         })
     }
 
-    async fn account_by_name(&self, name: &str) -> Result<Option<AccountRow>> {
+    async fn account_by_name(&self, name: &str) -> Result<Option<AccountRecord>> {
         on_db!(self, db => {
             Ok(
                 sqlx::query_as("SELECT id, name, created_at FROM accounts WHERE name = $1")
@@ -37,7 +26,7 @@ impl AccountRepo for Store {
         })
     }
 
-    async fn list_accounts(&self) -> Result<Vec<AccountRow>> {
+    async fn list_accounts(&self) -> Result<Vec<AccountRecord>> {
         on_db!(self, db => {
             Ok(
                 sqlx::query_as("SELECT id, name, created_at FROM accounts ORDER BY id")

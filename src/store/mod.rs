@@ -43,11 +43,10 @@ mod repo;
 mod sqlite;
 mod stats;
 
-pub use accounts::AccountRow;
 pub use audit::{AuditTx, ChainTail};
 pub use keys::{KeyCaps, NewKey};
 pub use naver::{ActivityWriter, NewToken, TokenParent};
-pub use nhn::{NewCredential, NewKeyStore, NhnUserAccessKeyRow};
+pub use nhn::{NewCredential, NewKeyStore};
 pub use nodes::{Change, ChangeListener};
 pub use repo::{AccountRepo, ActivitySink, InstallationRepo, KeyRepo, NaverRepo, NhnRepo};
 pub use sqlite::MIN_FREE_BYTES;

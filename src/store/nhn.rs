@@ -3,23 +3,10 @@
 
 use super::{map_unique, now_ms, NhnRepo, Result, Store, StoreError};
 use crate::core::nhn::{
-    NhnCredential, NhnKeyFilter, NhnKeyMeta, NhnKeyStore, NhnProjectRecord,
+    NhnCredential, NhnKeyFilter, NhnKeyMeta, NhnKeyStore, NhnProjectRecord, NhnUserAccessKeyRecord,
     UserAccessKeyRequirement,
 };
 use crate::core::KeyId;
-
-/// A User Access Key row (the secret only as a SHA-256).
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct NhnUserAccessKeyRow {
-    /// The User Access Key id.
-    pub access_key: String,
-    /// Owning project.
-    pub project_id: i64,
-    /// SHA-256 of the Secret Access Key.
-    pub secret_sha256: Vec<u8>,
-    /// `active` or `revoked`.
-    pub status: String,
-}
 
 /// The fields of a key store to create.
 #[derive(Debug, Clone)]
@@ -281,7 +268,10 @@ impl NhnRepo for Store {
         })
     }
 
-    async fn nhn_user_access_key(&self, access_key: &str) -> Result<Option<NhnUserAccessKeyRow>> {
+    async fn nhn_user_access_key(
+        &self,
+        access_key: &str,
+    ) -> Result<Option<NhnUserAccessKeyRecord>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(
                 "SELECT access_key, project_id, secret_sha256, status FROM nhn_user_access_keys WHERE access_key = $1",

@@ -6,9 +6,9 @@ use std::future::Future;
 
 use super::*;
 use crate::core::attest::VersionOwner;
-use crate::core::nhn::{NhnCredential, NhnKeyMeta, NhnProjectRecord};
+use crate::core::nhn::{NhnCredential, NhnKeyMeta, NhnProjectRecord, NhnUserAccessKeyRecord};
 use crate::core::nhn::{NhnKeyFilter, NhnKeyStore, UserAccessKeyRequirement};
-use crate::core::{AccessKey, StoredToken, TokenGenerator};
+use crate::core::{AccessKey, AccountRecord, StoredToken, TokenGenerator};
 use crate::core::{ActivityRecord, Key, KeyId, KeyUid, KeyVersion, ObjectRef, VersionState};
 
 /// An active version's key uid, version number, `CKA_ID` and convergent
@@ -170,10 +170,10 @@ pub trait AccountRepo {
     fn account_by_name(
         &self,
         name: &str,
-    ) -> impl Future<Output = Result<Option<AccountRow>>> + Send;
+    ) -> impl Future<Output = Result<Option<AccountRecord>>> + Send;
 
     /// All accounts.
-    fn list_accounts(&self) -> impl Future<Output = Result<Vec<AccountRow>>> + Send;
+    fn list_accounts(&self) -> impl Future<Output = Result<Vec<AccountRecord>>> + Send;
 
     /// Stores a new access key.
     fn insert_access_key(
@@ -394,7 +394,7 @@ pub trait NhnRepo {
     fn nhn_user_access_key(
         &self,
         access_key: &str,
-    ) -> impl Future<Output = Result<Option<NhnUserAccessKeyRow>>> + Send;
+    ) -> impl Future<Output = Result<Option<NhnUserAccessKeyRecord>>> + Send;
 
     /// Revokes a User Access Key.
     fn nhn_revoke_user_access_key(

@@ -137,7 +137,7 @@ async fn get_generator(
     let g = st.engine.token_generator(auth.account_id, &tag).await?;
     Ok(success(json!({
         "tokenGeneratorId": g.generator_id,
-        "status": g.status,
+        "status": g.status.as_str(),
         "enabledDate": g.enabled_at,
         "disabledDate": g.disabled_at,
         "issuedTokenCount": g.issued_count,

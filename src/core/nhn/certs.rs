@@ -32,16 +32,29 @@ pub enum CredentialKind {
     Certificate,
 }
 
-impl CredentialKind {
-    /// Stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CredentialKind::Ipv4 => "ipv4",
-            CredentialKind::Mac => "mac",
-            CredentialKind::Certificate => "certificate",
-        }
-    }
+crate::core::stored_names!(CredentialKind {
+    Ipv4 => "ipv4",
+    Mac => "mac",
+    Certificate => "certificate",
+});
 
+/// Life of a key-store credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialStatus {
+    /// Checked on every call.
+    Active,
+    /// Deletion requested; still checked until the deletion time.
+    Deleting,
+    /// Deleted.
+    Deleted,
+}
+crate::core::stored_names!(CredentialStatus {
+    Active => "active",
+    Deleting => "deleting",
+    Deleted => "deleted",
+});
+
+impl CredentialKind {
     fn normalize(self, v: &str) -> Result<String> {
         match self {
             CredentialKind::Ipv4 => v
@@ -516,7 +529,7 @@ impl Engine {
         let (value, store_id, row) = self
             .nhn_credential_named(project, key_store, kind, value)
             .await?;
-        if row.status != "active" {
+        if row.status != CredentialStatus::Active {
             return Err(Error::InvalidState(
                 "the credential is already scheduled for deletion".into(),
             ));
@@ -560,7 +573,7 @@ impl Engine {
         let (value, store_id, row) = self
             .nhn_credential_named(project, key_store, kind, value)
             .await?;
-        if row.status == "active" {
+        if row.status == CredentialStatus::Active {
             return Err(Error::InvalidState(
                 "only a credential scheduled for deletion can be deleted immediately".into(),
             ));
@@ -588,14 +601,16 @@ pub struct NhnCredential {
     pub id: i64,
     /// Key store.
     pub key_store_id: i64,
-    /// `ipv4`, `mac` or `certificate`.
-    pub kind: String,
+    /// IPv4 address, MAC address or certificate.
+    #[sqlx(try_from = "String")]
+    pub kind: CredentialKind,
     /// Address, or certificate name.
     pub value: String,
     /// Description.
     pub description: String,
-    /// `active`, `deleting` or `deleted`.
-    pub status: String,
+    /// Active, deleting or deleted.
+    #[sqlx(try_from = "String")]
+    pub status: CredentialStatus,
     /// Scheduled (or done) deletion, ms.
     pub deletion_at: Option<i64>,
     /// Last use, ms.

@@ -9,7 +9,8 @@ mod crypto;
 mod keys;
 
 pub use certs::{
-    CertificateView, CredentialKind, CredentialView, IssuedCertificate, NhnCredential,
+    CertificateView, CredentialKind, CredentialStatus, CredentialView, IssuedCertificate,
+    NhnCredential,
 };
 pub use crypto::{LocalKey, NHN_SECRET_MAX};
 pub use keys::{
@@ -670,11 +671,9 @@ impl Engine {
                 ))
             }
         };
-        let row = self
-            .store()
-            .nhn_user_access_key(ak)
-            .await?
-            .filter(|r| r.status == "active" && r.project_id == project.id);
+        let row = self.store().nhn_user_access_key(ak).await?.filter(|r| {
+            r.status == crate::core::AccessKeyStatus::Active && r.project_id == project.id
+        });
         let hash = Sha256::digest(sk.as_bytes());
         let expected = row
             .as_ref()
@@ -727,7 +726,7 @@ impl Engine {
             .ok_or(Error::NotFound("key store"))?;
         let active = |rows: Vec<NhnCredential>| {
             rows.into_iter()
-                .filter(|r| r.status == "active")
+                .filter(|r| r.status == CredentialStatus::Active)
                 .collect::<Vec<_>>()
         };
         let ipv4 = active(self.store().nhn_credentials(id, "ipv4").await?)
@@ -949,4 +948,18 @@ pub struct NhnKeyMeta {
     pub creation_user: String,
     /// Last modifier.
     pub last_change_user: String,
+}
+
+/// A User Access Key row (the secret only as a SHA-256).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NhnUserAccessKeyRecord {
+    /// The User Access Key id.
+    pub access_key: String,
+    /// Owning project.
+    pub project_id: i64,
+    /// SHA-256 of the Secret Access Key.
+    pub secret_sha256: Vec<u8>,
+    /// Active or revoked.
+    #[sqlx(try_from = "String")]
+    pub status: crate::core::AccessKeyStatus,
 }

@@ -202,7 +202,7 @@ pub(super) async fn update_version(
 /// `{"status","tokenGeneratorId"?}` of the token generator calls.
 async fn generator_state(st: &AppState, account_id: i64, tag: &KeyUid) -> V3Result<Response> {
     let out = match st.engine.token_generator(account_id, tag).await {
-        Ok(g) if g.status == "ACTIVE" => {
+        Ok(g) if g.status == crate::core::GeneratorStatus::Active => {
             json!({"status": "ENABLED", "tokenGeneratorId": g.generator_id})
         }
         Ok(_) | Err(crate::core::Error::NotFound(_)) => json!({"status": "DISABLED"}),
@@ -213,7 +213,7 @@ async fn generator_state(st: &AppState, account_id: i64, tag: &KeyUid) -> V3Resu
 
 async fn generator_active(st: &AppState, account_id: i64, tag: &KeyUid) -> V3Result<bool> {
     match st.engine.token_generator(account_id, tag).await {
-        Ok(g) => Ok(g.status == "ACTIVE"),
+        Ok(g) => Ok(g.status == crate::core::GeneratorStatus::Active),
         Err(crate::core::Error::NotFound(_)) => Ok(false),
         Err(e) => Err(e.into()),
     }
