@@ -1655,7 +1655,7 @@ async fn scheduled_deletions_and_reconciler_keep_live_objects() {
     let row = kms
         .engine
         .store()
-        .nhn_credential(ks, "ipv4", "127.0.0.1")
+        .nhn_credential(ks, hsm_kms::core::nhn::CredentialKind::Ipv4, "127.0.0.1")
         .await
         .unwrap()
         .unwrap();

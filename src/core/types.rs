@@ -8,11 +8,11 @@
 //! [`KeyVersion`] in `store/keys.rs`, the one place their columns map, and
 //! binds the identifiers in `store/ids.rs`); `api/` sees keys only as
 //! [`KeyEntry`](super::KeyEntry), which holds a [`Key`] and its
-//! [`KeyVersion`]s, and never imports `store`. Store row types still
-//! named in `core/` (not yet given core types): `NhnKeyMeta` (the NHN half
-//! of a key), `NhnProjectRecord`, `TokenGenerator`, `StoredToken`,
-//! `NhnCredential`, `AccessKey`, and the audit chain's
-//! `AuditRecord` / `SignedCheckpoint` and attestation's `VersionOwner`.
+//! [`KeyVersion`]s, and never imports `store`. The other records the store
+//! reads are core types too, each beside the code that uses it (the list
+//! is in `store/mod.rs`); their stored names (credential kind and status,
+//! token kind, generator and access-key status) are enums read with
+//! `TryFrom<String>` (`stored_names!`).
 
 /// A stored name that no variant of the enum reading it knows (a row
 /// written by a newer release, or damaged): the row does not read.

@@ -9,6 +9,19 @@
 //! that differ are methods of the engine types (`sqlite::SqliteDb`,
 //! `postgres::PgDb`), and so are connecting, migrating, write transactions
 //! and error classification.
+//!
+//! What crosses the boundary: the repository traits (`repo.rs`) take and
+//! return `core` types only. `core` owns every record the store reads:
+//! `Key` and `KeyVersion` (mapped by hand in `keys.rs`), and, each read with
+//! its one `FromRow`, `AccountRecord`, `AccessKey`, `TokenGenerator`,
+//! `StoredToken`, `ActivityRecord`, `NhnProjectRecord`,
+//! `NhnUserAccessKeyRecord`, `NhnKeyStore`, `NhnKeyMeta`, `NhnCredential`,
+//! `AuditRecord`, `SignedCheckpoint` and `VersionOwner`; the identifiers
+//! `KeyId`, `KeyUid` and `ObjectRef` bind as SQL values (`ids.rs`). What
+//! `store/` itself exports is input to the store (`NewKey`, `KeyCaps`, `NewToken`,
+//! `NewKeyStore`, `NewCredential`, `TokenParent`), its transactions and
+//! writers (`AuditTx`, `ActivityWriter`, `ChainTail`), node changes
+//! (`Change`, `ChangeListener`) and the traits; no row type of its own.
 
 /// Runs `$body` with `$db` bound to the store's engine (`SqliteDb` or
 /// `PgDb`, both with a `pool` field and `begin_write()`): the same code,

@@ -3,8 +3,8 @@
 
 use super::{map_unique, now_ms, NhnRepo, Result, Store, StoreError};
 use crate::core::nhn::{
-    NhnCredential, NhnKeyFilter, NhnKeyMeta, NhnKeyStore, NhnProjectRecord, NhnUserAccessKeyRecord,
-    UserAccessKeyRequirement,
+    CredentialKind, NhnCredential, NhnKeyFilter, NhnKeyMeta, NhnKeyStore, NhnProjectRecord,
+    NhnUserAccessKeyRecord, UserAccessKeyRequirement,
 };
 use crate::core::KeyId;
 
@@ -30,12 +30,12 @@ pub struct NewKeyStore {
 }
 
 /// A credential to add.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NewCredential {
     /// Key store.
     pub key_store_id: i64,
-    /// `ipv4`, `mac` or `certificate`.
-    pub kind: String,
+    /// IPv4 address, MAC address or certificate.
+    pub kind: CredentialKind,
     /// Address or certificate name.
     pub value: String,
     /// Description.
@@ -541,7 +541,7 @@ impl NhnRepo for Store {
                  RETURNING id",
             )
             .bind(c.key_store_id)
-            .bind(&c.kind)
+            .bind(c.kind.as_str())
             .bind(&c.value)
             .bind(&c.description)
             .bind(&c.cert_sha256)
@@ -565,13 +565,17 @@ impl NhnRepo for Store {
         })
     }
 
-    async fn nhn_credentials(&self, key_store_id: i64, kind: &str) -> Result<Vec<NhnCredential>> {
+    async fn nhn_credentials(
+        &self,
+        key_store_id: i64,
+        kind: CredentialKind,
+    ) -> Result<Vec<NhnCredential>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {CRED_COLS} FROM nhn_credentials WHERE key_store_id = $1 AND kind = $2 AND status <> 'deleted' ORDER BY id"
             ))
             .bind(key_store_id)
-            .bind(kind)
+            .bind(kind.as_str())
             .fetch_all(&db.pool)
             .await?)
         })
@@ -580,7 +584,7 @@ impl NhnRepo for Store {
     async fn nhn_credential(
         &self,
         key_store_id: i64,
-        kind: &str,
+        kind: CredentialKind,
         value: &str,
     ) -> Result<Option<NhnCredential>> {
         on_db!(self, db => {
@@ -588,7 +592,7 @@ impl NhnRepo for Store {
                 "SELECT {CRED_COLS} FROM nhn_credentials WHERE key_store_id = $1 AND kind = $2 AND value = $3 AND status <> 'deleted'"
             ))
             .bind(key_store_id)
-            .bind(kind)
+            .bind(kind.as_str())
             .bind(value)
             .fetch_optional(&db.pool)
             .await?)

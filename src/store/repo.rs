@@ -6,7 +6,9 @@ use std::future::Future;
 
 use super::*;
 use crate::core::attest::VersionOwner;
-use crate::core::nhn::{NhnCredential, NhnKeyMeta, NhnProjectRecord, NhnUserAccessKeyRecord};
+use crate::core::nhn::{
+    CredentialKind, NhnCredential, NhnKeyMeta, NhnProjectRecord, NhnUserAccessKeyRecord,
+};
 use crate::core::nhn::{NhnKeyFilter, NhnKeyStore, UserAccessKeyRequirement};
 use crate::core::{AccessKey, AccountRecord, StoredToken, TokenGenerator};
 use crate::core::{ActivityRecord, Key, KeyId, KeyUid, KeyVersion, ObjectRef, VersionState};
@@ -475,14 +477,14 @@ pub trait NhnRepo {
     fn nhn_credentials(
         &self,
         key_store_id: i64,
-        kind: &str,
+        kind: CredentialKind,
     ) -> impl Future<Output = Result<Vec<NhnCredential>>> + Send;
 
     /// The live credential of a key store with this kind and value.
     fn nhn_credential(
         &self,
         key_store_id: i64,
-        kind: &str,
+        kind: CredentialKind,
         value: &str,
     ) -> impl Future<Output = Result<Option<NhnCredential>>> + Send;
 

@@ -311,27 +311,32 @@ impl Engine {
         let store = self.nhn_key_store_named(project, key_store).await?;
         self.nhn_insert_cred(NewCredential {
             key_store_id: store.id,
-            kind: kind.as_str().into(),
+            kind,
             value: value.clone(),
             description: description.into(),
+            cert_sha256: None,
+            cert_der: None,
+            expires_at: None,
+            p12_ct: None,
             creation_user: user.into(),
-            ..Default::default()
         })
         .await?;
         self.nhn_forget_store(store.id);
         self.store()
-            .nhn_credential(store.id, kind.as_str(), &value)
+            .nhn_credential(store.id, kind, &value)
             .await?
             .ok_or(Error::Internal("credential vanished".into()))
     }
 
     async fn nhn_insert_cred(&self, c: NewCredential) -> Result<i64> {
-        let max = (c.kind == "certificate").then(|| self.limits().certificates_per_key_store);
+        let max = (c.kind == CredentialKind::Certificate)
+            .then(|| self.limits().certificates_per_key_store);
         match self.store().nhn_insert_credential(&c, max).await {
             Ok(id) => Ok(id),
             Err(StoreError::Conflict) => Err(Error::Conflict(format!(
                 "{} {} is already registered in the key store",
-                c.kind, c.value
+                c.kind.as_str(),
+                c.value
             ))),
             Err(StoreError::LimitReached(_)) => Err(self.certificates_limit()),
             Err(e) => Err(e.into()),
@@ -401,7 +406,7 @@ impl Engine {
         let store = self.nhn_key_store_named(project, key_store).await?;
         if self
             .store()
-            .nhn_credential(store.id, "certificate", &name)
+            .nhn_credential(store.id, CredentialKind::Certificate, &name)
             .await?
             .is_some()
         {
@@ -413,7 +418,7 @@ impl Engine {
         // below decides under the write lock.
         let live = self
             .store()
-            .nhn_credentials(store.id, "certificate")
+            .nhn_credentials(store.id, CredentialKind::Certificate)
             .await?;
         if i64::try_from(live.len()).unwrap_or(i64::MAX) >= self.limits().certificates_per_key_store
         {
@@ -435,7 +440,7 @@ impl Engine {
             .await?;
         self.nhn_insert_cred(NewCredential {
             key_store_id: store.id,
-            kind: "certificate".into(),
+            kind: CredentialKind::Certificate,
             value: name.clone(),
             description: description.into(),
             cert_sha256: Some(Sha256::digest(&issued.cert_der).to_vec()),
@@ -447,7 +452,7 @@ impl Engine {
         .await?;
         self.nhn_forget_store(store.id);
         self.store()
-            .nhn_credential(store.id, "certificate", &name)
+            .nhn_credential(store.id, CredentialKind::Certificate, &name)
             .await?
             .ok_or(Error::Internal("credential vanished".into()))
     }
@@ -463,7 +468,7 @@ impl Engine {
         let store = self.nhn_key_store_named(&p, key_store).await?;
         let row = self
             .store()
-            .nhn_credential(store.id, "certificate", name)
+            .nhn_credential(store.id, CredentialKind::Certificate, name)
             .await?
             .ok_or(Error::NotFound("certificate"))?;
         let ct = row.p12_ct.ok_or(Error::NotFound("certificate"))?;
@@ -497,11 +502,7 @@ impl Engine {
             None => None,
         };
         let mut out = Vec::new();
-        for row in self
-            .store()
-            .nhn_credentials(store.id, kind.as_str())
-            .await?
-        {
+        for row in self.store().nhn_credentials(store.id, kind).await? {
             if want.as_ref().is_some_and(|w| *w != row.value) {
                 continue;
             }
@@ -555,7 +556,7 @@ impl Engine {
         let store = self.nhn_key_store_named(project, key_store).await?;
         let row = self
             .store()
-            .nhn_credential(store.id, kind.as_str(), &value)
+            .nhn_credential(store.id, kind, &value)
             .await?
             .ok_or(Error::NotFound("credential"))?;
         Ok((value, store.id, row))

@@ -729,18 +729,30 @@ impl Engine {
                 .filter(|r| r.status == CredentialStatus::Active)
                 .collect::<Vec<_>>()
         };
-        let ipv4 = active(self.store().nhn_credentials(id, "ipv4").await?)
-            .into_iter()
-            .filter_map(|r| r.value.parse::<IpAddr>().ok().map(|ip| (r.id, ip)))
-            .collect();
-        let macs = active(self.store().nhn_credentials(id, "mac").await?)
-            .into_iter()
-            .map(|r| (r.id, r.value))
-            .collect();
-        let certs = active(self.store().nhn_credentials(id, "certificate").await?)
-            .into_iter()
-            .filter_map(|r| Some((r.id, r.cert_sha256?, r.expires_at?)))
-            .collect();
+        let ipv4 = active(
+            self.store()
+                .nhn_credentials(id, CredentialKind::Ipv4)
+                .await?,
+        )
+        .into_iter()
+        .filter_map(|r| r.value.parse::<IpAddr>().ok().map(|ip| (r.id, ip)))
+        .collect();
+        let macs = active(
+            self.store()
+                .nhn_credentials(id, CredentialKind::Mac)
+                .await?,
+        )
+        .into_iter()
+        .map(|r| (r.id, r.value))
+        .collect();
+        let certs = active(
+            self.store()
+                .nhn_credentials(id, CredentialKind::Certificate)
+                .await?,
+        )
+        .into_iter()
+        .filter_map(|r| Some((r.id, r.cert_sha256?, r.expires_at?)))
+        .collect();
         let a = Arc::new(KeyStoreAuth {
             store,
             ipv4,
