@@ -7,6 +7,9 @@
 //! public-key` and `attest verify` (the binary opens the same token, as an
 //! operator's command would beside a running server). Objects made or
 //! destroyed "behind the service's back" are made with `pkcs11-tool`.
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
 
 mod common;
 #[path = "common/nhn.rs"]
@@ -308,7 +311,11 @@ async fn objects_made_or_destroyed_behind_the_service_are_flagged() {
         "--private",
     ]);
     // The ECDSA key's objects deleted outside hsm-kms.
-    let ec = kms.engine.key_entry(&tags[3]).await.unwrap();
+    let ec = kms
+        .engine
+        .key_entry(&hsm_kms::core::KeyUid::from(&tags[3]))
+        .await
+        .unwrap();
     let ec_id = hex::encode(&ec.versions[0].cka_id);
     for kind in ["privkey", "pubkey"] {
         pkcs11_tool(&["--delete-object", "--type", kind, "--id", &ec_id]);

@@ -24,6 +24,9 @@
 //! scheduler (`SYSTEM`); the last tests check each writes chained records
 //! and that tampering with an NHN record or an admin record is found at its
 //! position.
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
 
 mod common;
 #[path = "common/nhn.rs"]
@@ -1178,7 +1181,7 @@ async fn a_mixed_log_of_per_record_and_sealed_records_verifies() {
 }
 
 /// The stored records from `seq` on, as the chain reads them.
-async fn stored(kms: &Kms, seq: i64) -> Vec<hsm_kms::store::AuditRecordRow> {
+async fn stored(kms: &Kms, seq: i64) -> Vec<hsm_kms::core::audit::AuditRecord> {
     kms.engine.store().audit_records(seq, 1000).await.unwrap()
 }
 

@@ -133,7 +133,12 @@ async fn a_stale_handle_is_refreshed_once_and_the_request_succeeds() {
     let kms = Kms::start().await;
     let tag = kms.create_key("moved", "AES256", json!({})).await;
     let ct = kms.encrypt(&tag, b"kept", None).await;
-    let id = kms.engine.key_entry(&tag).await.unwrap().versions[0]
+    let id = kms
+        .engine
+        .key_entry(&hsm_kms::core::KeyUid::from(&tag))
+        .await
+        .unwrap()
+        .versions[0]
         .cka_id
         .to_vec();
 
@@ -176,7 +181,12 @@ async fn a_deleted_object_is_key_material_missing_after_one_refresh() {
     let kms = Kms::start().await;
     let tag = kms.create_key("gone", "AES256", json!({})).await;
     kms.encrypt(&tag, b"x", None).await;
-    let id = kms.engine.key_entry(&tag).await.unwrap().versions[0]
+    let id = kms
+        .engine
+        .key_entry(&hsm_kms::core::KeyUid::from(&tag))
+        .await
+        .unwrap()
+        .versions[0]
         .cka_id
         .to_vec();
     kms.engine

@@ -5,6 +5,10 @@
 //! workers (`hsm.inline_symmetric`), the activity log's INSERTs with and without
 //! the statement cache and with a batch wait, the lean and the earlier
 //! per-request path, and the raw benchmark's session-object key.
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
+
 mod common;
 
 use common::{b64, unb64, Kms};
@@ -34,7 +38,12 @@ async fn gcm_invocation_limit_refuses_encrypt_until_rotation() {
     }
     // The count is durable before any invocation is used: the store holds
     // the reservation of version 1 (capped at the limit).
-    let v1 = kms.engine.key_entry(&tag).await.unwrap().versions[0]
+    let v1 = kms
+        .engine
+        .key_entry(&hsm_kms::core::KeyUid::from(&tag))
+        .await
+        .unwrap()
+        .versions[0]
         .cka_id
         .clone();
     let reserved: i64 =

@@ -2,6 +2,10 @@
 //! port names them by label for creation, lookup, listing, inspection and
 //! destruction. The reconciler reports one that no row names and leaves it
 //! (issue 8, item 1: nothing is destroyed on absence alone).
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
+
 mod common;
 
 #[tokio::test]

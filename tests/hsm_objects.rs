@@ -2,6 +2,10 @@
 //! version, labelled `hsm-kms/{keyTag}/v{n}`, generated in the token,
 //! sensitive and never extractable; convergent keys add their HMAC object.
 //! Checked through the PKCS#11 layer and with `pkcs11-tool` from OpenSC.
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
+
 mod common;
 
 use std::collections::BTreeSet;
@@ -48,7 +52,11 @@ async fn one_protected_object_per_version() {
     let mut expected: BTreeSet<(Vec<u8>, String)> = BTreeSet::new();
 
     for (tag, kt, conv) in &keys {
-        let entry = kms.engine.key_entry(tag).await.unwrap();
+        let entry = kms
+            .engine
+            .key_entry(&hsm_kms::core::KeyUid::from(tag))
+            .await
+            .unwrap();
         assert_eq!(entry.versions.len(), 2);
         for v in &entry.versions {
             let label = format!("hsm-kms/{tag}/v{}", v.version);
@@ -111,8 +119,18 @@ async fn one_protected_object_per_version() {
         BTreeSet::from(["kek", "audit-hmac", "attestation", "token-signing"])
     );
     // Pairs are listed twice (public and private), single keys once.
-    let aes_v1 = &kms.engine.key_entry(&keys[0].0).await.unwrap().versions[0];
-    let rsa_v1 = &kms.engine.key_entry(&keys[2].0).await.unwrap().versions[0];
+    let aes_v1 = &kms
+        .engine
+        .key_entry(&hsm_kms::core::KeyUid::from(&keys[0].0))
+        .await
+        .unwrap()
+        .versions[0];
+    let rsa_v1 = &kms
+        .engine
+        .key_entry(&hsm_kms::core::KeyUid::from(&keys[2].0))
+        .await
+        .unwrap()
+        .versions[0];
     assert_eq!(listed.iter().filter(|o| o.id == aes_v1.cka_id).count(), 1);
     assert_eq!(listed.iter().filter(|o| o.id == rsa_v1.cka_id).count(), 2);
 }
@@ -179,7 +197,11 @@ async fn pkcs11_tool_lists_every_version() {
 
     let mut want_count = 0;
     for (tag, kt, conv) in &keys {
-        let entry = kms.engine.key_entry(tag).await.unwrap();
+        let entry = kms
+            .engine
+            .key_entry(&hsm_kms::core::KeyUid::from(tag))
+            .await
+            .unwrap();
         for v in &entry.versions {
             let label = format!("hsm-kms/{tag}/v{}", v.version);
             let found: Vec<&&Listed> = ours.iter().filter(|o| o.label == label).collect();

@@ -3,6 +3,10 @@
 //! invocation blocks together (group commit) and each still gets its own
 //! disjoint block; the start-up phases are published. Speed is measured by
 //! `scripts/bench-scale.sh`, not here.
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
+
 mod common;
 
 use std::collections::HashMap;
@@ -42,7 +46,11 @@ async fn first_uses_after_a_restart_reserve_one_block_each() {
     }
     let mut ids = HashMap::new();
     for t in &tags {
-        let e = kms.engine.key_entry(t).await.expect("key");
+        let e = kms
+            .engine
+            .key_entry(&hsm_kms::core::KeyUid::from(t))
+            .await
+            .expect("key");
         ids.insert(t.clone(), (e.key.account_id, e.versions[0].cka_id.clone()));
     }
     for (i, t) in tags.iter().enumerate() {
@@ -66,7 +74,7 @@ async fn first_uses_after_a_restart_reserve_one_block_each() {
             let (node, t, account) = (node.clone(), t.clone(), ids[t].0);
             tasks.spawn(async move {
                 let sealed = node
-                    .encrypt(account, &t, vec![j; 16], None)
+                    .encrypt(account, &hsm_kms::core::KeyUid::from(&t), vec![j; 16], None)
                     .await
                     .expect("encrypt on the restarted node");
                 (t, j, sealed)
@@ -86,7 +94,7 @@ async fn first_uses_after_a_restart_reserve_one_block_each() {
     for (t, j, s) in &sealed {
         let pt = kms
             .engine
-            .decrypt(ids[t].0, t, s, None)
+            .decrypt(ids[t].0, &hsm_kms::core::KeyUid::from(t), s, None)
             .await
             .expect("decrypt");
         assert_eq!(pt.as_slice(), [*j; 16]);
@@ -103,7 +111,11 @@ async fn the_limit_holds_on_the_first_use_after_a_restart() {
     let tag = kms.create_key("limited", "AES256", json!({})).await;
     kms.encrypt(&tag, b"one", None).await;
     kms.encrypt(&tag, b"two", None).await;
-    let e = kms.engine.key_entry(&tag).await.expect("key");
+    let e = kms
+        .engine
+        .key_entry(&hsm_kms::core::KeyUid::from(&tag))
+        .await
+        .expect("key");
     let account = e.key.account_id;
     for _ in 0..2 {
         let node = Engine::with_options(
@@ -118,13 +130,23 @@ async fn the_limit_holds_on_the_first_use_after_a_restart() {
         .await
         .expect("restarted engine");
         let err = node
-            .encrypt(account, &tag, b"three".to_vec(), None)
+            .encrypt(
+                account,
+                &hsm_kms::core::KeyUid::from(&tag),
+                b"three".to_vec(),
+                None,
+            )
             .await
             .expect_err("the limit was reached before the restart");
         assert!(err.to_string().contains("invocation limit"), "{err}");
         // Refused again without asking the store.
         let err = node
-            .encrypt(account, &tag, b"four".to_vec(), None)
+            .encrypt(
+                account,
+                &hsm_kms::core::KeyUid::from(&tag),
+                b"four".to_vec(),
+                None,
+            )
             .await
             .expect_err("still at the limit");
         assert!(err.to_string().contains("invocation limit"), "{err}");
@@ -192,17 +214,26 @@ async fn the_key_cache_is_preloaded_with_the_live_keys() {
     .await
     .expect("restarted engine");
     assert_eq!(node.key_cache_size().0, 0);
-    let before = node.key_entry(&tags[1]).await.expect("cached by a request");
+    let before = node
+        .key_entry(&hsm_kms::core::KeyUid::from(&tags[1]))
+        .await
+        .expect("cached by a request");
     assert_eq!(node.preload_keys().await.expect("preload"), 3);
     let (entries, bytes) = node.key_cache_size();
     assert_eq!(entries, 3, "the three live keys, not the deleted one");
     assert!(bytes > 3 * 200, "{bytes} bytes for 3 entries");
     // The preloaded entry is the store's row with every version.
-    let a = node.key_entry(&tags[0]).await.expect("key a");
+    let a = node
+        .key_entry(&hsm_kms::core::KeyUid::from(&tags[0]))
+        .await
+        .expect("key a");
     assert_eq!(a.versions.len(), 2);
     assert_eq!(a.current().map(|v| v.version), Some(2));
     // The entry a request had cached first was not replaced.
-    let after = node.key_entry(&tags[1]).await.expect("key r");
+    let after = node
+        .key_entry(&hsm_kms::core::KeyUid::from(&tags[1]))
+        .await
+        .expect("key r");
     assert!(std::sync::Arc::ptr_eq(&before, &after));
 }
 

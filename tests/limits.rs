@@ -156,7 +156,10 @@ async fn item6_keys_per_account_quota() {
     kms.op(&first, "request-deletion", json!(null)).await.ok();
     let r = kms.call("POST", "/kms/v1/keys", Some(body("key6"))).await;
     r.assert_naver_error(400, "100");
-    kms.engine.delete_key(1, &first).await.unwrap();
+    kms.engine
+        .delete_key(1, &hsm_kms::core::KeyUid::from(&first))
+        .await
+        .unwrap();
     kms.call("POST", "/kms/v1/keys", Some(body("key7")))
         .await
         .ok();
@@ -311,7 +314,11 @@ async fn item8_concurrent_memo_and_rotation_period_updates_both_persist() {
         assert_eq!(d["rotationPeriod"], period, "round {round}: {d}");
         // And in the store itself, not only in a cache.
         kms.engine.invalidate(&tag);
-        let e = kms.engine.key_entry(&tag).await.unwrap();
+        let e = kms
+            .engine
+            .key_entry(&hsm_kms::core::KeyUid::from(&tag))
+            .await
+            .unwrap();
         assert_eq!(e.key.memo, memo, "round {round}");
         assert_eq!(e.key.rotation_period, Some(period), "round {round}");
     }

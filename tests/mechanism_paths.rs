@@ -7,6 +7,9 @@
 //! paths; `scripts/test-kryoptic.sh` (Kryoptic, which has both) the token
 //! paths. Either way the results are standard OAEP ciphertexts and ECDSA
 //! signatures, checked here against the `rsa` and `p256` crates.
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
 
 mod common;
 

@@ -1,5 +1,9 @@
 //! The activity log: every key-management and crypto call is recorded with
 //! the right fields, in order, durably before the answer.
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
+
 mod common;
 
 use common::{b64, now_ms, Kms};

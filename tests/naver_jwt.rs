@@ -8,6 +8,10 @@
 //! the token set id, the kind, `iat` and `exp` (and `jti`, the token's
 //! public id). The store still keeps only each token's SHA-256 and decides
 //! whether a token is valid: a good signature alone is never enough.
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
+
 mod common;
 
 use base64::Engine as _;
@@ -408,7 +412,7 @@ async fn init_adds_the_token_key_to_an_older_installation() {
     let account = kms.engine.account_id("default").await.unwrap().unwrap();
     let life = hsm_kms::core::Lifetime::Hours(1);
     let e = node
-        .create_token_set(account, &tag, life, life)
+        .create_token_set(account, &hsm_kms::core::KeyUid::from(&tag), life, life)
         .await
         .err()
         .expect("no token set without the key");
@@ -424,7 +428,7 @@ async fn init_adds_the_token_key_to_an_older_installation() {
     assert!(err.contains("token-signing"), "{err}");
 
     let set = node
-        .create_token_set(account, &tag, life, life)
+        .create_token_set(account, &hsm_kms::core::KeyUid::from(&tag), life, life)
         .await
         .expect("the node picks up the new key");
     let (_, claims, _) = parts(&set.access_token);

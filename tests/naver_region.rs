@@ -17,6 +17,10 @@
 //! hsm-kms: `naver.region = "kr"` makes this service the KR address (new
 //! tags `kr-` + 64 hex); keys of another region are refused with 400; global
 //! keys (no prefix) keep working everywhere.
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
+
 mod common;
 
 use common::{b64, Kms};

@@ -15,6 +15,10 @@
 //! `context_is_ignored_on_keys_that_are_not_convergent` failed on the code
 //! before the change (PKCS#1 v1.5 signatures; a context was the AAD, and a
 //! 400 on RSA keys).
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
+
 mod common;
 
 use common::independent::{rsa_verify, RsaPadding};
@@ -50,7 +54,11 @@ async fn verify(kms: &Kms, tag: &str, data: &[u8], sig: &str) -> bool {
 
 /// The first version's `CKA_ID`, to make values the old code made.
 async fn first_cka_id(kms: &Kms, tag: &str) -> Vec<u8> {
-    kms.engine.key_entry(tag).await.unwrap().versions[0]
+    kms.engine
+        .key_entry(&hsm_kms::core::KeyUid::from(tag))
+        .await
+        .unwrap()
+        .versions[0]
         .cka_id
         .to_vec()
 }

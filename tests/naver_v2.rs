@@ -1,6 +1,10 @@
 //! NAVER KMS API 2.0 under account authentication, over HTTP against a real
 //! SoftHSMv2 token and a real SQLite file: every endpoint's happy path with
 //! its response shape, and each bad input with its status and envelope.
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
+
 mod common;
 
 use common::{b64, now_ms, unb64, Kms, Reply};
@@ -408,7 +412,12 @@ async fn deletion_request_cancel_and_delete() {
     let kms = Kms::start().await;
     let tag = kms.create_key("doomed", "AES256", json!({})).await;
     let ct = kms.encrypt(&tag, b"last words", None).await;
-    let cka_id = kms.engine.key_entry(&tag).await.unwrap().versions[0]
+    let cka_id = kms
+        .engine
+        .key_entry(&hsm_kms::core::KeyUid::from(&tag))
+        .await
+        .unwrap()
+        .versions[0]
         .cka_id
         .to_vec();
 

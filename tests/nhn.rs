@@ -1,6 +1,10 @@
 //! NHN Cloud Secure Key Manager v1.2 over HTTP against a real SoftHSMv2
 //! token: every endpoint of the API document with its bad inputs.
 //! Run with `cargo nextest run` (one service per process).
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
+
 mod common;
 #[path = "common/nhn.rs"]
 mod nhn;
@@ -191,7 +195,11 @@ async fn secrets_create_query_update_delete() {
     assert_eq!(ok(&r)["secret"], "s3cr3t");
 
     // Each version is a private CKO_DATA object in the token.
-    let entry = kms.engine.key_entry(&id).await.unwrap();
+    let entry = kms
+        .engine
+        .key_entry(&hsm_kms::core::KeyUid::from(&id))
+        .await
+        .unwrap();
     let v1 = entry.versions[0].cka_id.to_vec();
     let info = kms.engine.hsm().object_info(v1.clone()).await.unwrap();
     assert_eq!(info.len(), 1);
@@ -214,7 +222,11 @@ async fn secrets_create_query_update_delete() {
     assert!(b["creationDatetime"].is_string() && b["lastChangeDatetime"].is_string());
     let r = call(&kms, &p, "GET", &format!("/secrets/{id}"), None).await;
     assert_eq!(ok(&r)["secret"], "next");
-    let entry = kms.engine.key_entry(&id).await.unwrap();
+    let entry = kms
+        .engine
+        .key_entry(&hsm_kms::core::KeyUid::from(&id))
+        .await
+        .unwrap();
     assert_eq!(entry.versions.len(), 2);
 
     // Bad inputs.
@@ -557,7 +569,11 @@ async fn symmetric_encrypt_decrypt_local_key_and_rotation() {
     .await;
     err(&r, 403, -1400);
     // The token agrees: the key is sensitive and not extractable.
-    let e = kms.engine.key_entry(&id).await.unwrap();
+    let e = kms
+        .engine
+        .key_entry(&hsm_kms::core::KeyUid::from(&id))
+        .await
+        .unwrap();
     let info = kms
         .engine
         .hsm()
@@ -596,7 +612,12 @@ async fn symmetric_encrypt_decrypt_local_key_and_rotation() {
     assert!(b["lastAccessDatetime"].is_string());
     kms.engine.run_due_work().await.unwrap();
     assert_eq!(
-        kms.engine.key_entry(&id).await.unwrap().versions.len(),
+        kms.engine
+            .key_entry(&hsm_kms::core::KeyUid::from(&id))
+            .await
+            .unwrap()
+            .versions
+            .len(),
         1,
         "not due yet"
     );
@@ -936,7 +957,11 @@ async fn asymmetric_sign_verify_public_key() {
         403,
         -1400,
     );
-    let e = kms.engine.key_entry(&id).await.unwrap();
+    let e = kms
+        .engine
+        .key_entry(&hsm_kms::core::KeyUid::from(&id))
+        .await
+        .unwrap();
     let infos = kms
         .engine
         .hsm()
@@ -1597,7 +1622,11 @@ async fn scheduled_deletions_and_reconciler_keep_live_objects() {
 
     // A key whose seven days are over is destroyed by the scheduler.
     ok(&call(&kms, &p, "PUT", &format!("/keys/{gone}/delete"), None).await);
-    let e = kms.engine.key_entry(&gone).await.unwrap();
+    let e = kms
+        .engine
+        .key_entry(&hsm_kms::core::KeyUid::from(&gone))
+        .await
+        .unwrap();
     let mut k = e.key.clone();
     assert!(k.destroy_at.unwrap() - common::now_ms() > 6 * 24 * 3600 * 1000);
     k.destroy_at = Some(common::now_ms() - 1);
@@ -1626,7 +1655,7 @@ async fn scheduled_deletions_and_reconciler_keep_live_objects() {
     let row = kms
         .engine
         .store()
-        .nhn_credential(ks, "ipv4", "127.0.0.1")
+        .nhn_credential(ks, hsm_kms::core::nhn::CredentialKind::Ipv4, "127.0.0.1")
         .await
         .unwrap()
         .unwrap();
@@ -1657,7 +1686,14 @@ async fn scheduled_deletions_and_reconciler_keep_live_objects() {
     let meta = kms
         .engine
         .store()
-        .nhn_key(kms.engine.key_entry(&keep).await.unwrap().key.id)
+        .nhn_key(
+            kms.engine
+                .key_entry(&hsm_kms::core::KeyUid::from(&keep))
+                .await
+                .unwrap()
+                .key
+                .id,
+        )
         .await
         .unwrap()
         .unwrap();

@@ -2,6 +2,10 @@
 //! deletion scheduler really destroys a key pending deletion after its
 //! waiting period. Time is moved by writing the due times into the past in
 //! the SQLite file, then running one scheduler pass (or the real loop).
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -82,7 +86,13 @@ async fn automatic_rotation_rotates_due_keys_only() {
     );
     let ct2 = kms.encrypt(&due, b"after", None).await;
     assert!(ct2.starts_with("ncpkms:v2:"), "{ct2}");
-    let v2 = kms.engine.key_entry(&due).await.unwrap().versions[1].clone();
+    let v2 = kms
+        .engine
+        .key_entry(&hsm_kms::core::KeyUid::from(&due))
+        .await
+        .unwrap()
+        .versions[1]
+        .clone();
     assert_eq!(
         kms.engine
             .hsm()
@@ -148,7 +158,13 @@ async fn deletion_scheduler_destroys_after_the_waiting_period() {
     }
     let mut ids = Vec::new();
     for tag in [&doomed, &doomed_rsa] {
-        for v in &kms.engine.key_entry(tag).await.unwrap().versions {
+        for v in &kms
+            .engine
+            .key_entry(&hsm_kms::core::KeyUid::from(tag))
+            .await
+            .unwrap()
+            .versions
+        {
             ids.push(v.cka_id.to_vec());
             ids.extend(v.aux_cka_id.as_deref().map(<[u8]>::to_vec));
         }

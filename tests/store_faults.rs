@@ -7,6 +7,9 @@
 //! Mounting needs root (CI runs as root): without it the mount tests print
 //! why and pass without checking anything. Every mount is undone by a Drop
 //! guard, also when an assertion fails.
+// The engine's store and HSM ports are public to tests only with the
+// `test-hooks` feature (scripts/test.sh builds with --all-features).
+#![cfg(feature = "test-hooks")]
 
 mod common;
 #[path = "common/nhn.rs"]

@@ -160,7 +160,7 @@ impl Engine {
                     .map(|a| a.name.clone())
                     .unwrap_or_default(),
                 access_key: r.access_key,
-                status: r.status,
+                status: r.status.as_str().to_string(),
                 created_at: r.created_at,
             })
             .collect())
@@ -202,7 +202,7 @@ impl Engine {
             .store()
             .access_key(access_key)
             .await?
-            .filter(|r| r.status == "active")
+            .filter(|r| r.status == super::AccessKeyStatus::Active)
         else {
             if stale.is_some() {
                 self.inner.secrets.remove(access_key);
@@ -266,4 +266,31 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// An access key row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AccessKey {
+    /// The access key id (public).
+    pub access_key: String,
+    /// Owning account.
+    pub account_id: i64,
+    /// Secret key encrypted under the KEK.
+    pub secret_ct: Vec<u8>,
+    /// Active or revoked.
+    #[sqlx(try_from = "String")]
+    pub status: crate::core::AccessKeyStatus,
+    /// Creation time, ms.
+    pub created_at: i64,
+}
+
+/// An account row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AccountRecord {
+    /// Account id.
+    pub id: i64,
+    /// Account name.
+    pub name: String,
+    /// Creation time, ms.
+    pub created_at: i64,
 }

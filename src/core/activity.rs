@@ -16,7 +16,7 @@ use crate::telemetry::store as telemetry;
 use tokio::sync::{mpsc, oneshot};
 
 use super::audit::AuditChain;
-use super::{Engine, Error, Result};
+use super::{Engine, Error, KeyUid, Result};
 use crate::store::Store;
 
 /// One activity record: a key-management or crypto call, or the
@@ -303,7 +303,7 @@ impl Engine {
     pub async fn key_activity(
         &self,
         account_id: i64,
-        uid: &str,
+        uid: &KeyUid,
         from: i64,
         to: i64,
         keyword: Option<&str>,
@@ -328,7 +328,7 @@ impl Engine {
     pub async fn latest_activity(
         &self,
         account_id: i64,
-        uid: &str,
+        uid: &KeyUid,
     ) -> Result<Option<ActivityRecord>> {
         let e = self.owned_key(account_id, uid).await?;
         Ok(self.store().latest_activity(&e.key.uid).await?)

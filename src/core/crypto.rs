@@ -6,7 +6,7 @@ use zeroize::Zeroizing;
 use super::keys::KeyType;
 use super::KeyStatus;
 use super::VersionState;
-use super::{Engine, Error, KeyEntry, KeyVersion, Result};
+use super::{Engine, Error, KeyEntry, KeyUid, KeyVersion, Result};
 use crate::hsm::SignAlg;
 
 /// Largest plaintext accepted by Encrypt (AES256), bytes.
@@ -142,7 +142,7 @@ impl Engine {
     pub async fn encrypt(
         &self,
         account_id: i64,
-        uid: &str,
+        uid: &KeyUid,
         plaintext: Vec<u8>,
         context: Option<Vec<u8>>,
     ) -> Result<Sealed> {
@@ -215,7 +215,7 @@ impl Engine {
     pub async fn decrypt(
         &self,
         account_id: i64,
-        uid: &str,
+        uid: &KeyUid,
         sealed: &Sealed,
         context: Option<Vec<u8>>,
     ) -> Result<Zeroizing<Vec<u8>>> {
@@ -277,7 +277,7 @@ impl Engine {
     pub async fn reencrypt(
         &self,
         account_id: i64,
-        uid: &str,
+        uid: &KeyUid,
         sealed: &Sealed,
         context: Option<Vec<u8>>,
     ) -> Result<Sealed> {
@@ -290,7 +290,12 @@ impl Engine {
 
     /// Signs with the current version: RSA2048 with the configured
     /// [`RsaSignature`] (RSASSA-PSS by default), ECDSA with P-256/SHA-256 (DER).
-    pub async fn sign(&self, account_id: i64, uid: &str, data: Vec<u8>) -> Result<(i64, Vec<u8>)> {
+    pub async fn sign(
+        &self,
+        account_id: i64,
+        uid: &KeyUid,
+        data: Vec<u8>,
+    ) -> Result<(i64, Vec<u8>)> {
         let e = self.owned_key(account_id, uid).await?;
         usable(&e)?;
         let alg = sign_alg(&e, self.inner.rsa_signature)?;
@@ -308,7 +313,7 @@ impl Engine {
     pub async fn verify(
         &self,
         account_id: i64,
-        uid: &str,
+        uid: &KeyUid,
         version: i64,
         data: Vec<u8>,
         signature: Vec<u8>,
@@ -338,7 +343,7 @@ impl Engine {
     pub async fn public_key(
         &self,
         account_id: i64,
-        uid: &str,
+        uid: &KeyUid,
         version: Option<i64>,
     ) -> Result<(i64, Vec<u8>)> {
         let e = match version {
@@ -370,7 +375,7 @@ impl Engine {
     pub async fn create_custom_key(
         &self,
         account_id: i64,
-        uid: &str,
+        uid: &KeyUid,
         bits: u32,
         context: Option<Vec<u8>>,
     ) -> Result<CustomKey> {

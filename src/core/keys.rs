@@ -12,7 +12,7 @@ use crate::store::KeyRepo;
 use std::sync::Arc;
 
 use super::{
-    fault_point, now_ms, Engine, Error, Key, KeyEntry, KeyId, KeyStatus, ObjectRef, Result,
+    fault_point, now_ms, Engine, Error, Key, KeyEntry, KeyId, KeyStatus, KeyUid, ObjectRef, Result,
     VersionState,
 };
 use crate::hsm::{KeySpec, KeyUsage};
@@ -468,7 +468,7 @@ impl Engine {
     /// persist.
     pub(crate) async fn modify_with<F, Fut>(
         &self,
-        uid: &str,
+        uid: &KeyUid,
         load: F,
         change: impl Fn(&mut KeyEntry) -> Result<()>,
     ) -> Result<Arc<KeyEntry>>
@@ -496,7 +496,7 @@ impl Engine {
     pub(crate) async fn modify(
         &self,
         account_id: i64,
-        uid: &str,
+        uid: &KeyUid,
         change: impl Fn(&mut KeyEntry) -> Result<()>,
     ) -> Result<Arc<KeyEntry>> {
         self.modify_with(uid, move || self.owned_key(account_id, uid), change)

@@ -20,7 +20,9 @@ mod stats;
 mod tokens;
 mod types;
 
-pub use accounts::{ensure_service_keys, AccessKeyInfo, NewAccessKey, ACCESS_KEY_RECHECK};
+pub use accounts::{
+    ensure_service_keys, AccessKey, AccessKeyInfo, AccountRecord, NewAccessKey, ACCESS_KEY_RECHECK,
+};
 pub use activity::{ActivityLog, ActivityRecord};
 pub use changes::spawn_change_feed;
 pub use crypto::{
@@ -32,10 +34,14 @@ pub use naver::{CreateKeyRequest, DELETION_WAIT_MS, MAX_VERSIONS, ROTATION_PERIO
 pub use reconcile::{bind, destroy_orphans, reconcile, Inventory, ReconcileReport, StartMode};
 pub use scheduler::spawn_scheduler;
 pub use tokens::{
-    parse_rule, Lifetime, TokenAuth, TokenKind, TokenSet, DEFAULT_ACCESS_HOURS,
-    DEFAULT_REFRESH_HOURS, MAX_TOKEN_MINUTES,
+    parse_rule, GeneratorStatus, Lifetime, StoredToken, TokenAuth, TokenGenerator, TokenKind,
+    TokenSet, DEFAULT_ACCESS_HOURS, DEFAULT_REFRESH_HOURS, MAX_TOKEN_MINUTES,
 };
-pub use types::{Dialect, Key, KeyId, KeyStatus, KeyUid, KeyVersion, ObjectRef, VersionState};
+pub(crate) use types::stored_names;
+pub use types::{
+    AccessKeyStatus, Dialect, Key, KeyId, KeyStatus, KeyUid, KeyVersion, ObjectRef, UnknownValue,
+    VersionState,
+};
 
 use crate::store::{InstallationRepo, KeyRepo};
 use std::sync::atomic::AtomicI64;
@@ -256,8 +262,8 @@ struct EngineInner {
     secrets: cache::Cache<String, accounts::CachedSecret>,
     kek_id: Vec<u8>,
     activity: ActivityLog,
-    tokens: cache::Cache<Vec<u8>, crate::store::TokenRow>,
-    generators: cache::Cache<KeyId, Option<crate::store::GeneratorRow>>,
+    tokens: cache::Cache<Vec<u8>, StoredToken>,
+    generators: cache::Cache<KeyId, Option<TokenGenerator>>,
     acls: cache::Cache<KeyId, (bool, Vec<ipnet::IpNet>)>,
     token_hour_ms: i64,
     /// The key that signs NAVER tokens; read again on use until `init`
@@ -484,12 +490,12 @@ impl Engine {
     }
 
     /// Loads a key (with its versions) from the cache or the store.
-    pub async fn key_entry(&self, uid: &str) -> Result<Arc<KeyEntry>> {
+    pub async fn key_entry(&self, uid: &KeyUid) -> Result<Arc<KeyEntry>> {
         let seen = match self.inner.keys.get(uid) {
             Ok(e) => return Ok(e),
             Err(generation) => generation,
         };
-        let uid = KeyUid::from(uid);
+        let uid = uid.clone();
         let (key, versions) = self
             .inner
             .store
@@ -541,7 +547,7 @@ impl Engine {
     /// A key of `account_id` that is not deleted; another account's key is
     /// reported as not found, never described. So is a key still being
     /// created (no active version yet), which no client has been given.
-    pub async fn owned_key(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
+    pub async fn owned_key(&self, account_id: i64, uid: &KeyUid) -> Result<Arc<KeyEntry>> {
         let e = self.key_entry(uid).await?;
         if e.key.account_id != account_id
             || e.key.status == KeyStatus::Deleted
@@ -563,7 +569,7 @@ impl Engine {
     pub async fn owned_key_naming(
         &self,
         account_id: i64,
-        uid: &str,
+        uid: &KeyUid,
         n: i64,
     ) -> Result<Arc<KeyEntry>> {
         let e = self.owned_key(account_id, uid).await?;

@@ -17,8 +17,8 @@ use zeroize::Zeroizing;
 
 use super::accounts::now;
 use super::jwt::{looks_like_jwt, Claims, TokenSigner, MAX_TOKEN_LEN};
-use super::{Engine, Error, KeyId, Result};
-use crate::store::{GeneratorRow, NewToken, TokenParent, TokenRow};
+use super::{Engine, Error, KeyId, KeyUid, Result};
+use crate::store::{NewToken, TokenParent};
 
 /// Largest token lifetime in hours (two years).
 pub const MAX_TOKEN_HOURS: i64 = 17_520;
@@ -71,14 +71,23 @@ pub enum TokenKind {
     Refresh,
 }
 
-impl TokenKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            TokenKind::Access => "access",
-            TokenKind::Refresh => "refresh",
-        }
-    }
+super::stored_names!(TokenKind {
+    Access => "access",
+    Refresh => "refresh",
+});
+
+/// Whether a key's token generator issues tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GeneratorStatus {
+    /// Issues tokens (NAVER `ENABLED`).
+    Active,
+    /// Disabled; its tokens are refused.
+    Inactive,
 }
+super::stored_names!(GeneratorStatus {
+    Active => "ACTIVE",
+    Inactive => "INACTIVE",
+});
 
 /// A token set as returned once to the client.
 pub struct TokenSet {
@@ -186,7 +195,7 @@ impl Engine {
     }
 
     /// The generator of a key owned by `account_id`.
-    pub async fn token_generator(&self, account_id: i64, uid: &str) -> Result<GeneratorRow> {
+    pub async fn token_generator(&self, account_id: i64, uid: &KeyUid) -> Result<TokenGenerator> {
         let e = self.owned_key(account_id, uid).await?;
         self.store()
             .generator(e.key.id)
@@ -195,10 +204,10 @@ impl Engine {
     }
 
     /// Creates the key's generator; fails if one is already active.
-    pub async fn create_token_generator(&self, account_id: i64, uid: &str) -> Result<()> {
+    pub async fn create_token_generator(&self, account_id: i64, uid: &KeyUid) -> Result<()> {
         let e = self.owned_key(account_id, uid).await?;
         if let Some(g) = self.store().generator(e.key.id).await? {
-            if g.status == "ACTIVE" {
+            if g.status == GeneratorStatus::Active {
                 return Err(Error::Conflict(
                     "the key already has an active token generator".into(),
                 ));
@@ -212,10 +221,10 @@ impl Engine {
     }
 
     /// Replaces the generator: every token it issued stops working.
-    pub async fn replace_token_generator(&self, account_id: i64, uid: &str) -> Result<()> {
+    pub async fn replace_token_generator(&self, account_id: i64, uid: &KeyUid) -> Result<()> {
         let e = self.owned_key(account_id, uid).await?;
         match self.store().generator(e.key.id).await? {
-            Some(g) if g.status == "ACTIVE" => {}
+            Some(g) if g.status == GeneratorStatus::Active => {}
             _ => return Err(Error::NotFound("active token generator")),
         }
         self.store()
@@ -226,7 +235,7 @@ impl Engine {
     }
 
     /// Disables the generator: every token it issued stops working.
-    pub async fn delete_token_generator(&self, account_id: i64, uid: &str) -> Result<()> {
+    pub async fn delete_token_generator(&self, account_id: i64, uid: &KeyUid) -> Result<()> {
         let e = self.owned_key(account_id, uid).await?;
         if !self.store().disable_generator(e.key.id).await? {
             return Err(Error::NotFound("active token generator"));
@@ -239,7 +248,7 @@ impl Engine {
         self.inner.generators.remove(&key_id);
     }
 
-    async fn active_generator(&self, key_id: KeyId) -> Result<Option<GeneratorRow>> {
+    async fn active_generator(&self, key_id: KeyId) -> Result<Option<TokenGenerator>> {
         let seen = match self.inner.generators.get(&key_id) {
             Ok(g) => return Ok(g),
             Err(generation) => generation,
@@ -248,7 +257,7 @@ impl Engine {
             .store()
             .generator(key_id)
             .await?
-            .filter(|g| g.status == "ACTIVE");
+            .filter(|g| g.status == GeneratorStatus::Active);
         self.inner.generators.fill(key_id, g.clone(), seen);
         Ok(g)
     }
@@ -328,7 +337,7 @@ impl Engine {
     pub async fn create_token_set(
         &self,
         account_id: i64,
-        uid: &str,
+        uid: &KeyUid,
         access: Lifetime,
         refresh: Lifetime,
     ) -> Result<TokenSet> {
@@ -400,7 +409,7 @@ impl Engine {
         &self,
         token: &str,
         kind: TokenKind,
-        uid: &str,
+        uid: &KeyUid,
         client: IpAddr,
     ) -> Result<TokenAuth> {
         let bad = |m: &str| Error::Unauthenticated(m.to_string());
@@ -412,7 +421,7 @@ impl Engine {
         // A token found in the cache was verified when it was put there (the
         // hash covers the whole JWT, signature included): the hot path costs
         // no signature check. The store's row decides either way.
-        let row: TokenRow = match self.inner.tokens.get(&h) {
+        let row: StoredToken = match self.inner.tokens.get(&h) {
             Ok(r) => r,
             Err(seen) => {
                 if !legacy {
@@ -430,7 +439,7 @@ impl Engine {
         if row.revoked_at.is_some() {
             return Err(bad("the token was revoked"));
         }
-        if row.kind != kind.as_str() {
+        if row.kind != kind {
             return Err(bad(&format!("this call needs a {} token", kind.as_str())));
         }
         if row.expires_at.is_some_and(|t| t <= now()) {
@@ -469,7 +478,7 @@ impl Engine {
     /// its claims (kind, key, expiry). A valid signature is never enough:
     /// [`Engine::authenticate_token`] then reads the token's row (revoked?
     /// generator replaced? expired to the millisecond?).
-    async fn check_jwt(&self, token: &str, kind: TokenKind, uid: &str) -> Result<()> {
+    async fn check_jwt(&self, token: &str, kind: TokenKind, uid: &KeyUid) -> Result<()> {
         let bad = |m: &str| Error::Unauthenticated(m.to_string());
         let claims = self
             .token_signer()
@@ -479,7 +488,7 @@ impl Engine {
         if claims.kind != kind.as_str() {
             return Err(bad(&format!("this call needs a {} token", kind.as_str())));
         }
-        if claims.key_tag != uid {
+        if claims.key_tag != uid.as_str() {
             return Err(bad("the token is not valid for this key"));
         }
         if claims
@@ -521,7 +530,7 @@ impl Engine {
 
     /// Turns the key's IP ACL on or off. Once on, only listed addresses may
     /// use tokens of the key (none while the list is empty).
-    pub async fn set_acl(&self, account_id: i64, uid: &str, on: bool) -> Result<()> {
+    pub async fn set_acl(&self, account_id: i64, uid: &KeyUid, on: bool) -> Result<()> {
         let e = self.owned_key(account_id, uid).await?;
         self.store().set_acl_enabled(e.key.id, on).await?;
         self.inner.acls.remove(&e.key.id);
@@ -529,7 +538,7 @@ impl Engine {
     }
 
     /// The key's ACL: (enabled, rules).
-    pub async fn acl(&self, account_id: i64, uid: &str) -> Result<(bool, Vec<String>)> {
+    pub async fn acl(&self, account_id: i64, uid: &KeyUid) -> Result<(bool, Vec<String>)> {
         let e = self.owned_key(account_id, uid).await?;
         Ok(self.store().acl(e.key.id).await?)
     }
@@ -538,7 +547,7 @@ impl Engine {
     pub async fn change_acl_rules(
         &self,
         account_id: i64,
-        uid: &str,
+        uid: &KeyUid,
         rules: &[String],
         add: bool,
     ) -> Result<Vec<String>> {
@@ -592,4 +601,44 @@ pub fn parse_rule(r: &str) -> std::result::Result<ipnet::IpNet, String> {
         ipnet::Ipv4Net::from(a)
     };
     Ok(ipnet::IpNet::V4(net))
+}
+
+/// A key's token generator, as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TokenGenerator {
+    /// Key.
+    pub key_id: i64,
+    /// Current generator id.
+    pub generator_id: String,
+    /// Issuing or disabled.
+    #[sqlx(try_from = "String")]
+    pub status: GeneratorStatus,
+    /// When it was (re)enabled, ms.
+    pub enabled_at: i64,
+    /// When it was disabled, ms.
+    pub disabled_at: Option<i64>,
+    /// Tokens issued by the current generator.
+    pub issued_count: i64,
+}
+
+/// A token as stored (its hash, never the token).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredToken {
+    /// Public id.
+    pub token_id: String,
+    /// Key it is scoped to.
+    pub key_id: i64,
+    /// Generator that issued it.
+    pub generator_id: String,
+    /// Account on whose behalf it acts.
+    pub account_id: i64,
+    /// Access or refresh.
+    #[sqlx(try_from = "String")]
+    pub kind: TokenKind,
+    /// Token set.
+    pub set_id: String,
+    /// Expiry, ms; `None` for unlimited.
+    pub expires_at: Option<i64>,
+    /// Revocation time, ms.
+    pub revoked_at: Option<i64>,
 }

@@ -8,11 +8,55 @@
 //! [`KeyVersion`] in `store/keys.rs`, the one place their columns map, and
 //! binds the identifiers in `store/ids.rs`); `api/` sees keys only as
 //! [`KeyEntry`](super::KeyEntry), which holds a [`Key`] and its
-//! [`KeyVersion`]s, and never imports `store`. Store row types still
-//! named in `core/` (not yet given core types): `NhnKeyRow` (the NHN half
-//! of a key), `NhnProjectRow`, `GeneratorRow`, `TokenRow`,
-//! `NhnCredentialRow`, `AccessKeyRow`, and the audit chain's
-//! `AuditRecordRow` / `CheckpointRow` and attestation's `VersionOwnerRow`.
+//! [`KeyVersion`]s, and never imports `store`. The other records the store
+//! reads are core types too, each beside the code that uses it (the list
+//! is in `store/mod.rs`); their stored names (credential kind and status,
+//! token kind, generator and access-key status) are enums read with
+//! `TryFrom<String>` (`stored_names!`).
+
+/// A stored name that no variant of the enum reading it knows (a row
+/// written by a newer release, or damaged): the row does not read.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown stored value {0:?}")]
+pub struct UnknownValue(pub String);
+
+/// Gives a fieldless enum its stored names: `as_str` (what the store
+/// writes) and `TryFrom<String>` (how the store reads the column, with
+/// `#[sqlx(try_from = "String")]` on the field).
+macro_rules! stored_names {
+    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The stored name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name,)+
+                }
+            }
+        }
+
+        impl TryFrom<String> for $ty {
+            type Error = $crate::core::UnknownValue;
+            fn try_from(s: String) -> std::result::Result<Self, Self::Error> {
+                match s.as_str() {
+                    $($name => Ok($ty::$variant),)+
+                    _ => Err($crate::core::UnknownValue(s)),
+                }
+            }
+        }
+    };
+}
+pub(crate) use stored_names;
+
+/// Status of a revocable credential: an access key, an NHN User Access
+/// Key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessKeyStatus {
+    /// Usable.
+    Active,
+    /// Revoked; never usable again.
+    Revoked,
+}
+stored_names!(AccessKeyStatus { Active => "active", Revoked => "revoked" });
 
 /// State of a key version's HSM object, for crash consistency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +230,12 @@ impl From<String> for KeyUid {
 impl From<&str> for KeyUid {
     fn from(s: &str) -> Self {
         KeyUid(s.to_string())
+    }
+}
+
+impl From<&String> for KeyUid {
+    fn from(s: &String) -> Self {
+        KeyUid(s.clone())
     }
 }
 

@@ -1,32 +1,7 @@
 //! Service keys, the installation id, accounts and access keys.
 
 use super::{map_unique, now_ms, AccountRepo, InstallationRepo, Result, Store};
-
-/// An access key row.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct AccessKeyRow {
-    /// The access key id (public).
-    pub access_key: String,
-    /// Owning account.
-    pub account_id: i64,
-    /// Secret key encrypted under the KEK.
-    pub secret_ct: Vec<u8>,
-    /// `active` or `revoked`.
-    pub status: String,
-    /// Creation time, ms.
-    pub created_at: i64,
-}
-
-/// An account row.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct AccountRow {
-    /// Account id.
-    pub id: i64,
-    /// Account name.
-    pub name: String,
-    /// Creation time, ms.
-    pub created_at: i64,
-}
+use crate::core::{AccessKey, AccountRecord};
 
 impl AccountRepo for Store {
     async fn create_account(&self, name: &str) -> Result<i64> {
@@ -40,7 +15,7 @@ impl AccountRepo for Store {
         })
     }
 
-    async fn account_by_name(&self, name: &str) -> Result<Option<AccountRow>> {
+    async fn account_by_name(&self, name: &str) -> Result<Option<AccountRecord>> {
         on_db!(self, db => {
             Ok(
                 sqlx::query_as("SELECT id, name, created_at FROM accounts WHERE name = $1")
@@ -51,7 +26,7 @@ impl AccountRepo for Store {
         })
     }
 
-    async fn list_accounts(&self) -> Result<Vec<AccountRow>> {
+    async fn list_accounts(&self) -> Result<Vec<AccountRecord>> {
         on_db!(self, db => {
             Ok(
                 sqlx::query_as("SELECT id, name, created_at FROM accounts ORDER BY id")
@@ -82,7 +57,7 @@ impl AccountRepo for Store {
         })
     }
 
-    async fn access_key(&self, access_key: &str) -> Result<Option<AccessKeyRow>> {
+    async fn access_key(&self, access_key: &str) -> Result<Option<AccessKey>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(
                 "SELECT access_key, account_id, secret_ct, status, created_at FROM access_keys WHERE access_key = $1",
@@ -93,7 +68,7 @@ impl AccountRepo for Store {
         })
     }
 
-    async fn list_access_keys(&self) -> Result<Vec<AccessKeyRow>> {
+    async fn list_access_keys(&self) -> Result<Vec<AccessKey>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(
                 "SELECT access_key, account_id, secret_ct, status, created_at FROM access_keys ORDER BY created_at",

@@ -10,6 +10,7 @@ use super::naver::WriterConn;
 use super::postgres::PgDb;
 use super::sqlite::SqliteDb;
 use super::{ActivityWriter, Result, Store};
+use crate::core::audit::{AuditRecord, SignedCheckpoint};
 use crate::core::ActivityRecord;
 
 /// The newest activity record, as the writer continues the chain from it.
@@ -20,34 +21,6 @@ pub struct ChainTail {
     /// The newest record's sequence number and chain value (`None` for an
     /// unchained record), or `None` when the log is empty.
     pub last: Option<(i64, Option<Vec<u8>>)>,
-}
-
-/// A signed checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct CheckpointRow {
-    /// The last record it covers.
-    pub seq: i64,
-    /// That record's chain value.
-    pub chain: Vec<u8>,
-    /// When it was made, ms.
-    pub at: i64,
-    /// ECDSA P-256 signature (DER) over the canonical checkpoint bytes.
-    pub signature: Vec<u8>,
-}
-
-/// An activity record with its chain value, as stored.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct AuditRecordRow {
-    /// The record (`id` is its sequence number).
-    #[sqlx(flatten)]
-    pub row: ActivityRecord,
-    /// Its chain value; `None` for records written before the chain.
-    pub chain: Option<Vec<u8>>,
-    /// How `chain` was made: 1, an in-token HMAC per record; 2, a SHA-256
-    /// link, sealed per batch (see `core::audit::ChainFormat`).
-    pub chain_format: i32,
-    /// The batch seal (format 2, last record of a batch), else `None`.
-    pub seal: Option<Vec<u8>>,
 }
 
 /// Most rows in one INSERT.
@@ -277,7 +250,7 @@ impl ActivityWriter {
         chains: &[[u8; 32]],
         chain_format: i32,
         seal: Option<&[u8; 32]>,
-        checkpoint: Option<&CheckpointRow>,
+        checkpoint: Option<&SignedCheckpoint>,
     ) -> Result<bool> {
         let WriterConn::Sqlite(c) = &mut self.0 else {
             return Ok(false);
@@ -401,7 +374,7 @@ impl AuditTx<'_> {
     }
 
     /// The newest checkpoint.
-    pub async fn last_checkpoint(&mut self) -> Result<Option<CheckpointRow>> {
+    pub async fn last_checkpoint(&mut self) -> Result<Option<SignedCheckpoint>> {
         on_conn!(&mut self.0, TxConn, tx, DB => {
             Ok(sqlx::query_as(
                 "SELECT seq, chain, at, signature FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
@@ -412,7 +385,7 @@ impl AuditTx<'_> {
     }
 
     /// Stores a checkpoint (replacing one at the same sequence number).
-    pub async fn insert_checkpoint(&mut self, cp: &CheckpointRow) -> Result<()> {
+    pub async fn insert_checkpoint(&mut self, cp: &SignedCheckpoint) -> Result<()> {
         on_conn!(&mut self.0, TxConn, tx, DB => {
             sqlx::query(
                 "INSERT INTO audit_checkpoints (seq, chain, at, signature) VALUES ($1, $2, $3, $4) \
@@ -458,7 +431,7 @@ impl Store {
     }
 
     /// Up to `limit` records from sequence number `from` on, in sequence order.
-    pub async fn audit_records(&self, from: i64, limit: i64) -> Result<Vec<AuditRecordRow>> {
+    pub async fn audit_records(&self, from: i64, limit: i64) -> Result<Vec<AuditRecord>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {RECORD_COLS} FROM activity_logs WHERE id >= $1 ORDER BY id LIMIT $2"
@@ -471,7 +444,7 @@ impl Store {
     }
 
     /// The record with sequence number `seq`.
-    pub async fn audit_record(&self, seq: i64) -> Result<Option<AuditRecordRow>> {
+    pub async fn audit_record(&self, seq: i64) -> Result<Option<AuditRecord>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {RECORD_COLS} FROM activity_logs WHERE id = $1"
@@ -502,7 +475,7 @@ impl Store {
     }
 
     /// Every checkpoint, in sequence order.
-    pub async fn audit_checkpoints(&self) -> Result<Vec<CheckpointRow>> {
+    pub async fn audit_checkpoints(&self) -> Result<Vec<SignedCheckpoint>> {
         on_db!(self, db => {
             Ok(
                 sqlx::query_as("SELECT seq, chain, at, signature FROM audit_checkpoints ORDER BY seq")

@@ -3,6 +3,7 @@
 use super::key_commits::{KeyWrite, Written};
 use super::{map_unique, now_ms, KeyRepo, Result, Store, StoreError};
 use super::{InstallationRepo, NhnRepo};
+use crate::core::attest::VersionOwner;
 use crate::core::{Dialect, Key, KeyId, KeyStatus, KeyUid, KeyVersion, ObjectRef, VersionState};
 use sqlx::{ColumnIndex, Decode, FromRow, Row, Type};
 
@@ -104,40 +105,6 @@ pub struct NewKey {
 }
 
 const KEY_COLS: &str = "id, uid, account_id, name, dialect, key_type, status, memo, protection_type, is_convergent, is_auto_rotation, rotation_period, next_rotation_at, destroy_at, status_before_delete, status_at, created_at, updated_at, revision";
-
-/// One key version as an attestation report describes it: the version, its
-/// key, the key's owner and, for NHN keys, the key store.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct VersionOwnerRow {
-    /// Public identifier of the key (NAVER `keyTag`, NHN `keyId`).
-    pub uid: String,
-    /// Engine key type (`AES256`, `RSA2048`, `ECDSA`, `SECRET`).
-    pub key_type: String,
-    /// Key status (`ENABLE`, `DISABLE`, `REVOKE`, `DELETED`).
-    pub key_status: String,
-    /// Version number.
-    pub version: i64,
-    /// Version state as stored (`pending`, `active`, `destroying`).
-    pub state: String,
-    /// Version enabled.
-    pub enabled: bool,
-    /// `CKA_ID` of the version's object (or pair).
-    pub cka_id: Vec<u8>,
-    /// `CKA_ID` of the convergent HMAC key, if any.
-    pub aux_cka_id: Option<Vec<u8>>,
-    /// The owning account's name (`nhn:{project}` for NHN projects).
-    pub account: String,
-    /// NHN key type (`SECRET`, `SYMMETRIC_KEY`, `ASYMMETRIC_KEY`); `None`
-    /// for NAVER keys.
-    pub nhn_type: Option<String>,
-    /// NHN key store name.
-    pub key_store: Option<String>,
-    /// NHN project name.
-    pub project: Option<String>,
-    /// The NHN key was created extractable under its key store's export
-    /// policy.
-    pub export_policy: Option<bool>,
-}
 
 const VERSION_COLS: &str =
     "key_id, version, state, enabled, cka_id, aux_cka_id, status_at, created_at";
@@ -463,7 +430,7 @@ impl KeyRepo for Store {
         })
     }
 
-    async fn versions_with_owners(&self, uid: Option<&str>) -> Result<Vec<VersionOwnerRow>> {
+    async fn versions_with_owners(&self, uid: Option<&str>) -> Result<Vec<VersionOwner>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(
                 "SELECT k.uid, k.key_type, k.status AS key_status, v.version, v.state, v.enabled,

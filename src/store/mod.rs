@@ -9,6 +9,19 @@
 //! that differ are methods of the engine types (`sqlite::SqliteDb`,
 //! `postgres::PgDb`), and so are connecting, migrating, write transactions
 //! and error classification.
+//!
+//! What crosses the boundary: the repository traits (`repo.rs`) take and
+//! return `core` types only. `core` owns every record the store reads:
+//! `Key` and `KeyVersion` (mapped by hand in `keys.rs`), and, each read with
+//! its one `FromRow`, `AccountRecord`, `AccessKey`, `TokenGenerator`,
+//! `StoredToken`, `ActivityRecord`, `NhnProjectRecord`,
+//! `NhnUserAccessKeyRecord`, `NhnKeyStore`, `NhnKeyMeta`, `NhnCredential`,
+//! `AuditRecord`, `SignedCheckpoint` and `VersionOwner`; the identifiers
+//! `KeyId`, `KeyUid` and `ObjectRef` bind as SQL values (`ids.rs`). What
+//! `store/` itself exports is input to the store (`NewKey`, `KeyCaps`, `NewToken`,
+//! `NewKeyStore`, `NewCredential`, `TokenParent`), its transactions and
+//! writers (`AuditTx`, `ActivityWriter`, `ChainTail`), node changes
+//! (`Change`, `ChangeListener`) and the traits; no row type of its own.
 
 /// Runs `$body` with `$db` bound to the store's engine (`SqliteDb` or
 /// `PgDb`, both with a `pool` field and `begin_write()`): the same code,
@@ -44,13 +57,10 @@ mod repo;
 mod sqlite;
 mod stats;
 
-pub use accounts::{AccessKeyRow, AccountRow};
-pub use audit::{AuditRecordRow, AuditTx, ChainTail, CheckpointRow};
-pub use keys::{KeyCaps, NewKey, VersionOwnerRow};
-pub use naver::{ActivityWriter, GeneratorRow, NewToken, TokenParent, TokenRow};
-pub use nhn::{
-    NewCredential, NewKeyStore, NhnCredentialRow, NhnKeyRow, NhnProjectRow, NhnUserAccessKeyRow,
-};
+pub use audit::{AuditTx, ChainTail};
+pub use keys::{KeyCaps, NewKey};
+pub use naver::{ActivityWriter, NewToken, TokenParent};
+pub use nhn::{NewCredential, NewKeyStore};
 pub use nodes::{Change, ChangeListener};
 pub use repo::{AccountRepo, ActivitySink, InstallationRepo, KeyRepo, NaverRepo, NhnRepo};
 pub use sqlite::MIN_FREE_BYTES;

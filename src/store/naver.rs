@@ -4,45 +4,7 @@
 use sqlx::Row;
 
 use super::{map_unique, now_ms, ActivitySink, Db, NaverRepo, Result, Store, StoreError};
-use crate::core::{ActivityRecord, KeyId};
-
-/// A token generator row.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct GeneratorRow {
-    /// Key.
-    pub key_id: i64,
-    /// Current generator id.
-    pub generator_id: String,
-    /// `ACTIVE` or `INACTIVE`.
-    pub status: String,
-    /// When it was (re)enabled, ms.
-    pub enabled_at: i64,
-    /// When it was disabled, ms.
-    pub disabled_at: Option<i64>,
-    /// Tokens issued by the current generator.
-    pub issued_count: i64,
-}
-
-/// A token row (its hash, never the token).
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct TokenRow {
-    /// Public id.
-    pub token_id: String,
-    /// Key it is scoped to.
-    pub key_id: i64,
-    /// Generator that issued it.
-    pub generator_id: String,
-    /// Account on whose behalf it acts.
-    pub account_id: i64,
-    /// `access` or `refresh`.
-    pub kind: String,
-    /// Token set.
-    pub set_id: String,
-    /// Expiry, ms; `None` for unlimited.
-    pub expires_at: Option<i64>,
-    /// Revocation time, ms.
-    pub revoked_at: Option<i64>,
-}
+use crate::core::{ActivityRecord, KeyId, StoredToken, TokenGenerator};
 
 /// The refresh token that new tokens are made from, if any.
 #[derive(Debug, Clone, Copy)]
@@ -72,7 +34,7 @@ const ACTIVITY_COLS: &str =
     "id, at, account_id, key_uid, key_name, key_id, version, action, auth_type, caller, source_ip, result, status, message";
 
 impl NaverRepo for Store {
-    async fn generator(&self, key_id: KeyId) -> Result<Option<GeneratorRow>> {
+    async fn generator(&self, key_id: KeyId) -> Result<Option<TokenGenerator>> {
         on_db!(self, db => {
             Ok(sqlx::query_as("SELECT key_id, generator_id, status, enabled_at, disabled_at, issued_count FROM token_generators WHERE key_id = $1")
                 .bind(key_id)
@@ -187,7 +149,7 @@ impl NaverRepo for Store {
         })
     }
 
-    async fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRow>> {
+    async fn token_by_hash(&self, hash: &[u8]) -> Result<Option<StoredToken>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(
                 "SELECT token_id, key_id, generator_id, account_id, kind, set_id, expires_at, revoked_at FROM tokens WHERE token_hash = $1",

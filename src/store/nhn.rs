@@ -2,42 +2,11 @@
 //! stores, the NHN side of keys, and key-store credentials.
 
 use super::{map_unique, now_ms, NhnRepo, Result, Store, StoreError};
-use crate::core::nhn::{NhnKeyFilter, NhnKeyStore, UserAccessKeyRequirement};
+use crate::core::nhn::{
+    CredentialKind, NhnCredential, NhnKeyFilter, NhnKeyMeta, NhnKeyStore, NhnProjectRecord,
+    NhnUserAccessKeyRecord, UserAccessKeyRequirement,
+};
 use crate::core::KeyId;
-
-/// A project row.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct NhnProjectRow {
-    /// Project id.
-    pub id: i64,
-    /// Project name.
-    pub name: String,
-    /// Engine account that owns the project's keys.
-    pub account_id: i64,
-    /// Management calls must carry a valid User Access Key.
-    pub require_user_access_key: bool,
-    /// Data calls must carry one too.
-    pub require_user_access_key_on_data: bool,
-    /// `CKA_ID` of the client-certificate CA key, once made.
-    pub ca_cka_id: Option<Vec<u8>>,
-    /// The CA certificate (DER), once made.
-    pub ca_cert: Option<Vec<u8>>,
-    /// Creation time, ms.
-    pub created_at: i64,
-}
-
-/// A User Access Key row (the secret only as a SHA-256).
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct NhnUserAccessKeyRow {
-    /// The User Access Key id.
-    pub access_key: String,
-    /// Owning project.
-    pub project_id: i64,
-    /// SHA-256 of the Secret Access Key.
-    pub secret_sha256: Vec<u8>,
-    /// `active` or `revoked`.
-    pub status: String,
-}
 
 /// The fields of a key store to create.
 #[derive(Debug, Clone)]
@@ -60,71 +29,13 @@ pub struct NewKeyStore {
     pub creation_user: String,
 }
 
-/// The NHN side of a key.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct NhnKeyRow {
-    /// `keys.id`.
-    pub key_id: i64,
-    /// Key store.
-    pub key_store_id: i64,
-    /// Description.
-    pub description: String,
-    /// `SECRET`, `SYMMETRIC_KEY` or `ASYMMETRIC_KEY`.
-    pub nhn_type: String,
-    /// Versions are created extractable.
-    pub extractable: bool,
-    /// Last use, ms.
-    pub last_access_at: Option<i64>,
-    /// Creator.
-    pub creation_user: String,
-    /// Last modifier.
-    pub last_change_user: String,
-}
-
-/// A key-store credential (IPv4 address, MAC address or client certificate).
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct NhnCredentialRow {
-    /// Row id.
-    pub id: i64,
-    /// Key store.
-    pub key_store_id: i64,
-    /// `ipv4`, `mac` or `certificate`.
-    pub kind: String,
-    /// Address, or certificate name.
-    pub value: String,
-    /// Description.
-    pub description: String,
-    /// `active`, `deleting` or `deleted`.
-    pub status: String,
-    /// Scheduled (or done) deletion, ms.
-    pub deletion_at: Option<i64>,
-    /// Last use, ms.
-    pub last_access_at: Option<i64>,
-    /// SHA-256 of the certificate DER.
-    pub cert_sha256: Option<Vec<u8>>,
-    /// Certificate DER.
-    pub cert_der: Option<Vec<u8>>,
-    /// Certificate expiry, ms.
-    pub expires_at: Option<i64>,
-    /// PKCS#12 file under the KEK (its password is not kept).
-    pub p12_ct: Option<Vec<u8>>,
-    /// Creator.
-    pub creation_user: String,
-    /// Creation time, ms.
-    pub created_at: i64,
-    /// Last modifier.
-    pub last_change_user: String,
-    /// Last change, ms.
-    pub updated_at: i64,
-}
-
 /// A credential to add.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NewCredential {
     /// Key store.
     pub key_store_id: i64,
-    /// `ipv4`, `mac` or `certificate`.
-    pub kind: String,
+    /// IPv4 address, MAC address or certificate.
+    pub kind: CredentialKind,
     /// Address or certificate name.
     pub value: String,
     /// Description.
@@ -180,7 +91,7 @@ impl NhnRepo for Store {
         })
     }
 
-    async fn nhn_project_by_name(&self, name: &str) -> Result<Option<NhnProjectRow>> {
+    async fn nhn_project_by_name(&self, name: &str) -> Result<Option<NhnProjectRecord>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {PROJECT_COLS} FROM nhn_projects WHERE name = $1"
@@ -191,7 +102,7 @@ impl NhnRepo for Store {
         })
     }
 
-    async fn nhn_project(&self, id: i64) -> Result<Option<NhnProjectRow>> {
+    async fn nhn_project(&self, id: i64) -> Result<Option<NhnProjectRecord>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {PROJECT_COLS} FROM nhn_projects WHERE id = $1"
@@ -249,7 +160,7 @@ impl NhnRepo for Store {
         })
     }
 
-    async fn nhn_project_by_appkey(&self, appkey: &str) -> Result<Option<NhnProjectRow>> {
+    async fn nhn_project_by_appkey(&self, appkey: &str) -> Result<Option<NhnProjectRecord>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(
                 "SELECT p.id, p.name, p.account_id, p.require_user_access_key, p.require_user_access_key_on_data, p.ca_cka_id, p.ca_cert, p.created_at
@@ -326,7 +237,7 @@ impl NhnRepo for Store {
         })
     }
 
-    async fn nhn_projects(&self) -> Result<Vec<NhnProjectRow>> {
+    async fn nhn_projects(&self) -> Result<Vec<NhnProjectRecord>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {PROJECT_COLS} FROM nhn_projects ORDER BY id"
@@ -357,7 +268,10 @@ impl NhnRepo for Store {
         })
     }
 
-    async fn nhn_user_access_key(&self, access_key: &str) -> Result<Option<NhnUserAccessKeyRow>> {
+    async fn nhn_user_access_key(
+        &self,
+        access_key: &str,
+    ) -> Result<Option<NhnUserAccessKeyRecord>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(
                 "SELECT access_key, project_id, secret_sha256, status FROM nhn_user_access_keys WHERE access_key = $1",
@@ -505,7 +419,7 @@ impl NhnRepo for Store {
         })
     }
 
-    async fn nhn_insert_key(&self, k: &NhnKeyRow) -> Result<()> {
+    async fn nhn_insert_key(&self, k: &NhnKeyMeta) -> Result<()> {
         on_db!(self, db => {
             sqlx::query(&format!(
                 "INSERT INTO nhn_keys ({NHN_KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
@@ -525,7 +439,7 @@ impl NhnRepo for Store {
         })
     }
 
-    async fn nhn_key(&self, key_id: KeyId) -> Result<Option<NhnKeyRow>> {
+    async fn nhn_key(&self, key_id: KeyId) -> Result<Option<NhnKeyMeta>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {NHN_KEY_COLS} FROM nhn_keys WHERE key_id = $1"
@@ -627,7 +541,7 @@ impl NhnRepo for Store {
                  RETURNING id",
             )
             .bind(c.key_store_id)
-            .bind(&c.kind)
+            .bind(c.kind.as_str())
             .bind(&c.value)
             .bind(&c.description)
             .bind(&c.cert_sha256)
@@ -654,14 +568,14 @@ impl NhnRepo for Store {
     async fn nhn_credentials(
         &self,
         key_store_id: i64,
-        kind: &str,
-    ) -> Result<Vec<NhnCredentialRow>> {
+        kind: CredentialKind,
+    ) -> Result<Vec<NhnCredential>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {CRED_COLS} FROM nhn_credentials WHERE key_store_id = $1 AND kind = $2 AND status <> 'deleted' ORDER BY id"
             ))
             .bind(key_store_id)
-            .bind(kind)
+            .bind(kind.as_str())
             .fetch_all(&db.pool)
             .await?)
         })
@@ -670,15 +584,15 @@ impl NhnRepo for Store {
     async fn nhn_credential(
         &self,
         key_store_id: i64,
-        kind: &str,
+        kind: CredentialKind,
         value: &str,
-    ) -> Result<Option<NhnCredentialRow>> {
+    ) -> Result<Option<NhnCredential>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {CRED_COLS} FROM nhn_credentials WHERE key_store_id = $1 AND kind = $2 AND value = $3 AND status <> 'deleted'"
             ))
             .bind(key_store_id)
-            .bind(kind)
+            .bind(kind.as_str())
             .bind(value)
             .fetch_optional(&db.pool)
             .await?)
@@ -726,7 +640,7 @@ impl NhnRepo for Store {
         })
     }
 
-    async fn nhn_certificate_by_hash(&self, sha256: &[u8]) -> Result<Option<NhnCredentialRow>> {
+    async fn nhn_certificate_by_hash(&self, sha256: &[u8]) -> Result<Option<NhnCredential>> {
         on_db!(self, db => {
             Ok(sqlx::query_as(&format!(
                 "SELECT {CRED_COLS} FROM nhn_credentials WHERE kind = 'certificate' AND cert_sha256 = $1 AND status <> 'deleted'"

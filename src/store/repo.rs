@@ -5,7 +5,12 @@
 use std::future::Future;
 
 use super::*;
+use crate::core::attest::VersionOwner;
+use crate::core::nhn::{
+    CredentialKind, NhnCredential, NhnKeyMeta, NhnProjectRecord, NhnUserAccessKeyRecord,
+};
 use crate::core::nhn::{NhnKeyFilter, NhnKeyStore, UserAccessKeyRequirement};
+use crate::core::{AccessKey, AccountRecord, StoredToken, TokenGenerator};
 use crate::core::{ActivityRecord, Key, KeyId, KeyUid, KeyVersion, ObjectRef, VersionState};
 
 /// An active version's key uid, version number, `CKA_ID` and convergent
@@ -125,7 +130,7 @@ pub trait KeyRepo {
     fn versions_with_owners(
         &self,
         uid: Option<&str>,
-    ) -> impl Future<Output = Result<Vec<VersionOwnerRow>>> + Send;
+    ) -> impl Future<Output = Result<Vec<VersionOwner>>> + Send;
 
     /// Every `CKA_ID` the store names (key versions not destroyed, service keys).
     fn known_object_ids(&self) -> impl Future<Output = Result<Vec<Vec<u8>>>> + Send;
@@ -167,10 +172,10 @@ pub trait AccountRepo {
     fn account_by_name(
         &self,
         name: &str,
-    ) -> impl Future<Output = Result<Option<AccountRow>>> + Send;
+    ) -> impl Future<Output = Result<Option<AccountRecord>>> + Send;
 
     /// All accounts.
-    fn list_accounts(&self) -> impl Future<Output = Result<Vec<AccountRow>>> + Send;
+    fn list_accounts(&self) -> impl Future<Output = Result<Vec<AccountRecord>>> + Send;
 
     /// Stores a new access key.
     fn insert_access_key(
@@ -184,10 +189,10 @@ pub trait AccountRepo {
     fn access_key(
         &self,
         access_key: &str,
-    ) -> impl Future<Output = Result<Option<AccessKeyRow>>> + Send;
+    ) -> impl Future<Output = Result<Option<AccessKey>>> + Send;
 
     /// Access keys of all accounts.
-    fn list_access_keys(&self) -> impl Future<Output = Result<Vec<AccessKeyRow>>> + Send;
+    fn list_access_keys(&self) -> impl Future<Output = Result<Vec<AccessKey>>> + Send;
 
     /// Marks an access key revoked. Returns false when there is no such key.
     fn revoke_access_key(&self, access_key: &str) -> impl Future<Output = Result<bool>> + Send;
@@ -220,8 +225,10 @@ pub trait InstallationRepo {
 /// API keys.
 pub trait NaverRepo {
     /// The generator of a key.
-    fn generator(&self, key_id: KeyId)
-        -> impl Future<Output = Result<Option<GeneratorRow>>> + Send;
+    fn generator(
+        &self,
+        key_id: KeyId,
+    ) -> impl Future<Output = Result<Option<TokenGenerator>>> + Send;
 
     /// Creates or replaces the generator of a key with a new id, active.
     fn put_generator(
@@ -254,7 +261,10 @@ pub trait NaverRepo {
     ) -> impl Future<Output = Result<bool>> + Send;
 
     /// Looks a token up by its hash.
-    fn token_by_hash(&self, hash: &[u8]) -> impl Future<Output = Result<Option<TokenRow>>> + Send;
+    fn token_by_hash(
+        &self,
+        hash: &[u8],
+    ) -> impl Future<Output = Result<Option<StoredToken>>> + Send;
 
     /// Turns the IP ACL of a key on or off.
     fn set_acl_enabled(&self, key_id: KeyId, on: bool) -> impl Future<Output = Result<()>> + Send;
@@ -321,10 +331,11 @@ pub trait NhnRepo {
     fn nhn_project_by_name(
         &self,
         name: &str,
-    ) -> impl Future<Output = Result<Option<NhnProjectRow>>> + Send;
+    ) -> impl Future<Output = Result<Option<NhnProjectRecord>>> + Send;
 
     /// A project by id.
-    fn nhn_project(&self, id: i64) -> impl Future<Output = Result<Option<NhnProjectRow>>> + Send;
+    fn nhn_project(&self, id: i64)
+        -> impl Future<Output = Result<Option<NhnProjectRecord>>> + Send;
 
     /// Records the project's CA key and certificate (once).
     fn nhn_set_project_ca(
@@ -351,7 +362,7 @@ pub trait NhnRepo {
     fn nhn_project_by_appkey(
         &self,
         appkey: &str,
-    ) -> impl Future<Output = Result<Option<NhnProjectRow>>> + Send;
+    ) -> impl Future<Output = Result<Option<NhnProjectRecord>>> + Send;
 
     /// Revokes an active appkey; `false` when no active appkey has this value.
     fn nhn_revoke_appkey(&self, appkey: &str) -> impl Future<Output = Result<bool>> + Send;
@@ -371,7 +382,7 @@ pub trait NhnRepo {
     ) -> impl Future<Output = Result<bool>> + Send;
 
     /// Every project, by id.
-    fn nhn_projects(&self) -> impl Future<Output = Result<Vec<NhnProjectRow>>> + Send;
+    fn nhn_projects(&self) -> impl Future<Output = Result<Vec<NhnProjectRecord>>> + Send;
 
     /// Stores a User Access Key.
     fn nhn_insert_user_access_key(
@@ -385,7 +396,7 @@ pub trait NhnRepo {
     fn nhn_user_access_key(
         &self,
         access_key: &str,
-    ) -> impl Future<Output = Result<Option<NhnUserAccessKeyRow>>> + Send;
+    ) -> impl Future<Output = Result<Option<NhnUserAccessKeyRecord>>> + Send;
 
     /// Revokes a User Access Key.
     fn nhn_revoke_user_access_key(
@@ -425,10 +436,10 @@ pub trait NhnRepo {
     ) -> impl Future<Output = Result<Option<NhnKeyStore>>> + Send;
 
     /// Writes the NHN side of a key (right after `insert_key_pending`).
-    fn nhn_insert_key(&self, k: &NhnKeyRow) -> impl Future<Output = Result<()>> + Send;
+    fn nhn_insert_key(&self, k: &NhnKeyMeta) -> impl Future<Output = Result<()>> + Send;
 
     /// The NHN side of a key.
-    fn nhn_key(&self, key_id: KeyId) -> impl Future<Output = Result<Option<NhnKeyRow>>> + Send;
+    fn nhn_key(&self, key_id: KeyId) -> impl Future<Output = Result<Option<NhnKeyMeta>>> + Send;
 
     /// Records who changed a key last.
     fn nhn_touch_key_change(
@@ -466,16 +477,16 @@ pub trait NhnRepo {
     fn nhn_credentials(
         &self,
         key_store_id: i64,
-        kind: &str,
-    ) -> impl Future<Output = Result<Vec<NhnCredentialRow>>> + Send;
+        kind: CredentialKind,
+    ) -> impl Future<Output = Result<Vec<NhnCredential>>> + Send;
 
     /// The live credential of a key store with this kind and value.
     fn nhn_credential(
         &self,
         key_store_id: i64,
-        kind: &str,
+        kind: CredentialKind,
         value: &str,
-    ) -> impl Future<Output = Result<Option<NhnCredentialRow>>> + Send;
+    ) -> impl Future<Output = Result<Option<NhnCredential>>> + Send;
 
     /// Marks a credential `deleting` with its deletion time.
     fn nhn_request_credential_deletion(
@@ -503,7 +514,7 @@ pub trait NhnRepo {
     fn nhn_certificate_by_hash(
         &self,
         sha256: &[u8],
-    ) -> impl Future<Output = Result<Option<NhnCredentialRow>>> + Send;
+    ) -> impl Future<Output = Result<Option<NhnCredential>>> + Send;
 }
 
 /// The activity log: the writer's connection (batches are chained and

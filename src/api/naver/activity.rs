@@ -13,6 +13,7 @@ use super::NaverError;
 use crate::api::AppState;
 use crate::core::ActivityRecord;
 use crate::core::KeyEntry;
+use crate::core::KeyUid;
 
 #[derive(Debug, Default)]
 struct Ctx {
@@ -172,7 +173,7 @@ pub async fn record(State(st): State<AppState>, mut req: Request, next: Next) ->
     // the path before the handler acted (see `auth::resolve_logged_key`).
     let entry = match (ctx.key_uid, ctx.entry) {
         (Some(uid), Some(e)) if e.key.uid == uid => e,
-        (Some(uid), _) => match st.engine.key_entry(&uid).await {
+        (Some(uid), _) => match st.engine.key_entry(&KeyUid::from(uid)).await {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, action, "activity log: key lookup failed");

@@ -13,6 +13,7 @@ use crate::api::auth::ncp::{
     SignatureError, SignatureVersion, SignedRequest, SIGNATURE_V1, SIGNATURE_V2,
 };
 use crate::api::AppState;
+use crate::core::KeyUid;
 use crate::core::{Error, TokenAuth, TokenKind};
 use crate::telemetry::security::{auth_failure, AuthFailure};
 
@@ -173,11 +174,12 @@ async fn verify_token(
             NaverError::unauthenticated(format!("missing header {OCAPI_TOKEN}"))
         })?;
     let tag = super::key_tag_in(parts.uri.path())
+        .map(KeyUid::from)
         .ok_or_else(|| NaverError::bad_request("no key tag in the path"))?;
     let ip = request_ip(parts, state);
     let auth = state
         .engine
-        .authenticate_token(token, kind, tag, ip)
+        .authenticate_token(token, kind, &tag, ip)
         .await
         .inspect_err(|e| match e {
             Error::Unauthenticated(_) => auth_failure(AuthFailure::BadToken),
@@ -267,10 +269,10 @@ async fn resolve_logged_key(
     state: &AppState,
     slot: &ActivitySlot,
 ) -> Result<(), NaverError> {
-    let Some(tag) = super::key_tag_in(parts.uri.path()) else {
+    let Some(tag) = super::key_tag_in(parts.uri.path()).map(KeyUid::from) else {
         return Ok(());
     };
-    match state.engine.key_entry(tag).await {
+    match state.engine.key_entry(&tag).await {
         Ok(entry) => {
             slot.set_entry(entry);
             Ok(())

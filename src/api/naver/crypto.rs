@@ -9,6 +9,7 @@ use super::auth::{Caller, NoteVersion};
 use super::format::{b64, enc, format_sealed, parse_sealed, OneOrMany};
 use super::NaverError;
 use crate::api::AppState;
+use crate::core::KeyUid;
 use crate::core::{Error, Sealed, CONTEXT_MAX, ENCRYPT_MAX};
 
 /// A failure of a shared crypto call: the request's shape (already a NAVER
@@ -94,7 +95,7 @@ impl RawContext {
         &self,
         st: &AppState,
         account_id: i64,
-        tag: &str,
+        tag: &KeyUid,
     ) -> OpResult<Option<Vec<u8>>> {
         if self.0.is_none() {
             return Ok(None);
@@ -290,7 +291,7 @@ impl VerifyBody {
 pub async fn encrypt(
     st: &AppState,
     auth: &Caller,
-    tag: &str,
+    tag: &KeyUid,
     b: EncryptBody,
 ) -> OpResult<OneOrMany> {
     let r = b.decode(st.config.max_batch_items)?;
@@ -312,7 +313,7 @@ pub async fn encrypt(
 pub async fn decrypt(
     st: &AppState,
     auth: &Caller,
-    tag: &str,
+    tag: &KeyUid,
     b: DecryptBody,
 ) -> OpResult<OneOrMany> {
     let r = b.decode(st.config.max_batch_items)?;
@@ -334,7 +335,7 @@ pub async fn decrypt(
 pub async fn reencrypt(
     st: &AppState,
     auth: &Caller,
-    tag: &str,
+    tag: &KeyUid,
     b: DecryptBody,
 ) -> OpResult<OneOrMany> {
     let r = b.decode(st.config.max_batch_items)?;
@@ -356,7 +357,7 @@ pub async fn reencrypt(
 pub async fn create_custom_key(
     st: &AppState,
     auth: &Caller,
-    tag: &str,
+    tag: &KeyUid,
     b: CustomKeyBody,
 ) -> OpResult<Value> {
     let r = b.decode()?;
@@ -375,7 +376,7 @@ pub async fn create_custom_key(
 }
 
 /// The `ncpkms:v{n}:` signature of Sign.
-pub async fn sign(st: &AppState, auth: &Caller, tag: &str, b: SignBody) -> OpResult<String> {
+pub async fn sign(st: &AppState, auth: &Caller, tag: &KeyUid, b: SignBody) -> OpResult<String> {
     let data = b.decode()?;
     let (version, sig) = st.engine.sign(auth.account_id, tag, data).await?;
     auth.note_version(version);
@@ -383,7 +384,7 @@ pub async fn sign(st: &AppState, auth: &Caller, tag: &str, b: SignBody) -> OpRes
 }
 
 /// The verdict of Verify.
-pub async fn verify(st: &AppState, auth: &Caller, tag: &str, b: VerifyBody) -> OpResult<bool> {
+pub async fn verify(st: &AppState, auth: &Caller, tag: &KeyUid, b: VerifyBody) -> OpResult<bool> {
     let (data, sig) = b.decode()?;
     auth.note_version(sig.version);
     Ok(st

@@ -14,6 +14,7 @@ use super::v2::int_param;
 use super::{success, NaverError, NaverJson, NaverResult};
 use crate::api::AppState;
 use crate::core::ActivityRecord;
+use crate::core::KeyUid;
 use crate::core::{Lifetime, DEFAULT_ACCESS_HOURS, DEFAULT_REFRESH_HOURS};
 
 pub(super) fn router() -> Router<AppState> {
@@ -48,7 +49,7 @@ pub(super) fn router() -> Router<AppState> {
 async fn enable_acl(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
 ) -> NaverResult<Response> {
     st.engine.set_acl(auth.account_id, &tag, true).await?;
     Ok(success(json!({"keyTag": tag, "isAclEnabled": true})))
@@ -57,7 +58,7 @@ async fn enable_acl(
 async fn disable_acl(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
 ) -> NaverResult<Response> {
     st.engine.set_acl(auth.account_id, &tag, false).await?;
     Ok(success(json!({"keyTag": tag, "isAclEnabled": false})))
@@ -66,7 +67,7 @@ async fn disable_acl(
 async fn get_acl(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
 ) -> NaverResult<Response> {
     let (on, rules) = st.engine.acl(auth.account_id, &tag).await?;
     Ok(success(
@@ -83,7 +84,7 @@ struct IpListBody {
 async fn change_acl(
     st: AppState,
     auth: AccountAuth,
-    tag: String,
+    tag: KeyUid,
     b: IpListBody,
     add: bool,
 ) -> NaverResult<Response> {
@@ -100,7 +101,7 @@ async fn change_acl(
 async fn add_acl(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
     NaverJson(b): NaverJson<IpListBody>,
 ) -> NaverResult<Response> {
     change_acl(st, auth, tag, b, true).await
@@ -109,7 +110,7 @@ async fn add_acl(
 async fn delete_acl(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
     NaverJson(b): NaverJson<IpListBody>,
 ) -> NaverResult<Response> {
     change_acl(st, auth, tag, b, false).await
@@ -120,7 +121,7 @@ async fn delete_acl(
 async fn create_generator(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
 ) -> NaverResult<Response> {
     st.engine
         .create_token_generator(auth.account_id, &tag)
@@ -131,12 +132,12 @@ async fn create_generator(
 async fn get_generator(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
 ) -> NaverResult<Response> {
     let g = st.engine.token_generator(auth.account_id, &tag).await?;
     Ok(success(json!({
         "tokenGeneratorId": g.generator_id,
-        "status": g.status,
+        "status": g.status.as_str(),
         "enabledDate": g.enabled_at,
         "disabledDate": g.disabled_at,
         "issuedTokenCount": g.issued_count,
@@ -146,7 +147,7 @@ async fn get_generator(
 async fn update_generator(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
 ) -> NaverResult<Response> {
     st.engine
         .replace_token_generator(auth.account_id, &tag)
@@ -157,7 +158,7 @@ async fn update_generator(
 async fn delete_generator(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
 ) -> NaverResult<Response> {
     st.engine
         .delete_token_generator(auth.account_id, &tag)
@@ -199,7 +200,7 @@ struct TokenSetBody {
 async fn create_token_set(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
     NaverJson(b): NaverJson<TokenSetBody>,
 ) -> NaverResult<Response> {
     let a = lifetime(
@@ -338,7 +339,7 @@ pub(crate) fn activity_params(
 async fn activities(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
     Query(q): Query<HashMap<String, String>>,
 ) -> NaverResult<Response> {
     let p = activity_params(&q, crate::core::now_ms())?;
@@ -360,7 +361,7 @@ async fn activities(
 async fn last_use_info(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
 ) -> NaverResult<Response> {
     match st.engine.latest_activity(auth.account_id, &tag).await? {
         Some(a) => Ok(success(activity_json(&a))),

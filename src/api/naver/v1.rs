@@ -22,6 +22,7 @@ use super::format::OneOrMany;
 use super::NaverError;
 use crate::api::AppState;
 use crate::core::Error;
+use crate::core::KeyUid;
 
 pub(super) fn router() -> Router<AppState> {
     // Literal paths, one per route, so tests/openapi.rs can find each one.
@@ -150,7 +151,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for V1Json<T> {
 async fn encrypt(
     State(st): State<AppState>,
     auth: Caller,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
     V1Json(b): V1Json<crypto::EncryptBody>,
 ) -> V1Result {
     Ok(ok(match crypto::encrypt(&st, &auth, &tag, b).await? {
@@ -162,7 +163,7 @@ async fn encrypt(
 async fn decrypt(
     State(st): State<AppState>,
     auth: Caller,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
     V1Json(b): V1Json<crypto::DecryptBody>,
 ) -> V1Result {
     Ok(ok(match crypto::decrypt(&st, &auth, &tag, b).await? {
@@ -174,7 +175,7 @@ async fn decrypt(
 async fn reencrypt(
     State(st): State<AppState>,
     auth: Caller,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
     V1Json(b): V1Json<crypto::DecryptBody>,
 ) -> V1Result {
     let out = crypto::reencrypt(&st, &auth, &tag, b).await?;
@@ -184,7 +185,7 @@ async fn reencrypt(
 async fn create_custom_key(
     State(st): State<AppState>,
     auth: Caller,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
     V1Json(b): V1Json<crypto::CustomKeyBody>,
 ) -> V1Result {
     Ok(ok(crypto::create_custom_key(&st, &auth, &tag, b).await?))
@@ -193,7 +194,7 @@ async fn create_custom_key(
 async fn sign(
     State(st): State<AppState>,
     auth: Caller,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
     V1Json(b): V1Json<crypto::SignBody>,
 ) -> V1Result {
     let signature = crypto::sign(&st, &auth, &tag, b).await?;
@@ -203,7 +204,7 @@ async fn sign(
 async fn verify(
     State(st): State<AppState>,
     auth: Caller,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
     V1Json(b): V1Json<crypto::VerifyBody>,
 ) -> V1Result {
     let valid = crypto::verify(&st, &auth, &tag, b).await?;

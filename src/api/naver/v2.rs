@@ -14,6 +14,7 @@ use super::crypto;
 use super::format::enc;
 use super::{success, AccountAuth, BaseUrl, NaverError, NaverJson, NaverResult};
 use crate::api::AppState;
+use crate::core::KeyUid;
 use crate::core::{CreateKeyRequest, KeyEntry, KeyType};
 
 pub(super) fn router() -> Router<AppState> {
@@ -181,7 +182,7 @@ async fn get_key(
     State(st): State<AppState>,
     auth: AccountAuth,
     BaseUrl(base_url): BaseUrl,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
 ) -> NaverResult<Response> {
     let e = st.engine.owned_key(auth.account_id, &tag).await?;
     Ok(success(key_info(&e, &base_url)))
@@ -256,7 +257,7 @@ fn status_reply(e: &KeyEntry) -> Response {
 async fn enable_key(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
 ) -> NaverResult<Response> {
     Ok(status_reply(
         &*st.engine.enable_key(auth.account_id, &tag).await?,
@@ -266,7 +267,7 @@ async fn enable_key(
 async fn disable_key(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
 ) -> NaverResult<Response> {
     Ok(status_reply(
         &*st.engine.disable_key(auth.account_id, &tag).await?,
@@ -276,7 +277,7 @@ async fn disable_key(
 async fn request_deletion(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
 ) -> NaverResult<Response> {
     Ok(status_reply(
         &*st.engine.request_deletion(auth.account_id, &tag).await?,
@@ -286,7 +287,7 @@ async fn request_deletion(
 async fn cancel_deletion(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
 ) -> NaverResult<Response> {
     Ok(status_reply(
         &*st.engine.cancel_deletion(auth.account_id, &tag).await?,
@@ -296,7 +297,7 @@ async fn cancel_deletion(
 async fn delete_key(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
 ) -> NaverResult<Response> {
     st.engine.delete_key(auth.account_id, &tag).await?;
     Ok(success(serde_json::Value::Null))
@@ -313,7 +314,7 @@ fn version_status(enabled: bool) -> &'static str {
 async fn list_versions(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
 ) -> NaverResult<Response> {
     let e = st.engine.owned_key(auth.account_id, &tag).await?;
     let list: Vec<_> = e
@@ -348,7 +349,7 @@ fn parse_version(s: &str) -> NaverResult<i64> {
 async fn set_version(
     st: AppState,
     auth: AccountAuth,
-    tag: String,
+    tag: KeyUid,
     version: String,
     enabled: bool,
 ) -> NaverResult<Response> {
@@ -366,7 +367,7 @@ async fn set_version(
 async fn enable_version(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path((tag, v)): Path<(String, String)>,
+    Path((tag, v)): Path<(KeyUid, String)>,
 ) -> NaverResult<Response> {
     set_version(st, auth, tag, v, true).await
 }
@@ -374,7 +375,7 @@ async fn enable_version(
 async fn disable_version(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path((tag, v)): Path<(String, String)>,
+    Path((tag, v)): Path<(KeyUid, String)>,
 ) -> NaverResult<Response> {
     set_version(st, auth, tag, v, false).await
 }
@@ -382,7 +383,7 @@ async fn disable_version(
 async fn rotate(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
 ) -> NaverResult<Response> {
     let e = st.engine.rotate(auth.account_id, &tag).await?;
     let v = e.current().ok_or_else(|| {
@@ -403,7 +404,7 @@ struct MemoBody {
 async fn update_memo(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
     NaverJson(b): NaverJson<MemoBody>,
 ) -> NaverResult<Response> {
     let memo = b
@@ -422,7 +423,7 @@ struct RotationPeriodBody {
 async fn update_rotation_period(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
     NaverJson(b): NaverJson<RotationPeriodBody>,
 ) -> NaverResult<Response> {
     let days = b
@@ -440,7 +441,7 @@ async fn update_rotation_period(
 async fn enable_auto_rotation(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
 ) -> NaverResult<Response> {
     let e = st
         .engine
@@ -457,7 +458,7 @@ async fn enable_auto_rotation(
 async fn disable_auto_rotation(
     State(st): State<AppState>,
     auth: AccountAuth,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
 ) -> NaverResult<Response> {
     let e = st
         .engine
@@ -473,7 +474,7 @@ async fn disable_auto_rotation(
 async fn encrypt(
     State(st): State<AppState>,
     auth: Caller,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
     NaverJson(b): NaverJson<crypto::EncryptBody>,
 ) -> NaverResult<Response> {
     let out = crypto::encrypt(&st, &auth, &tag, b).await?;
@@ -483,7 +484,7 @@ async fn encrypt(
 async fn decrypt(
     State(st): State<AppState>,
     auth: Caller,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
     NaverJson(b): NaverJson<crypto::DecryptBody>,
 ) -> NaverResult<Response> {
     let out = crypto::decrypt(&st, &auth, &tag, b).await?;
@@ -493,7 +494,7 @@ async fn decrypt(
 async fn reencrypt(
     State(st): State<AppState>,
     auth: Caller,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
     NaverJson(b): NaverJson<crypto::DecryptBody>,
 ) -> NaverResult<Response> {
     let out = crypto::reencrypt(&st, &auth, &tag, b).await?;
@@ -503,7 +504,7 @@ async fn reencrypt(
 async fn create_custom_key(
     State(st): State<AppState>,
     auth: Caller,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
     NaverJson(b): NaverJson<crypto::CustomKeyBody>,
 ) -> NaverResult<Response> {
     Ok(success(
@@ -514,7 +515,7 @@ async fn create_custom_key(
 async fn sign(
     State(st): State<AppState>,
     auth: Caller,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
     NaverJson(b): NaverJson<crypto::SignBody>,
 ) -> NaverResult<Response> {
     let signature = crypto::sign(&st, &auth, &tag, b).await?;
@@ -524,7 +525,7 @@ async fn sign(
 async fn verify(
     State(st): State<AppState>,
     auth: Caller,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
     NaverJson(b): NaverJson<crypto::VerifyBody>,
 ) -> NaverResult<Response> {
     let valid = crypto::verify(&st, &auth, &tag, b).await?;
@@ -541,7 +542,7 @@ pub(crate) struct PubKeyBody {
 async fn get_public_key(
     State(st): State<AppState>,
     auth: Caller,
-    Path(tag): Path<String>,
+    Path(tag): Path<KeyUid>,
     NaverJson(b): NaverJson<PubKeyBody>,
 ) -> NaverResult<Response> {
     let (version, der) = st

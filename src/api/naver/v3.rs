@@ -32,8 +32,8 @@ use super::format::{b64, enc, format_sealed, parse_sealed};
 use super::NaverError;
 use crate::api::AppState;
 use crate::core::{
-    CreateKeyRequest, Error, KeyEntry, KeyStatus, KeyType, Sealed, VersionState, ENCRYPT_MAX,
-    RSA_ENCRYPT_MAX, SIGN_DATA_MAX,
+    CreateKeyRequest, Error, KeyEntry, KeyStatus, KeyType, KeyUid, Sealed, VersionState,
+    ENCRYPT_MAX, RSA_ENCRYPT_MAX, SIGN_DATA_MAX,
 };
 
 /// Header naming each answer (the v3 overview's response header).
@@ -235,12 +235,14 @@ impl<T: serde::de::DeserializeOwned> FromRequest<AppState> for V3Json<T> {
 
 /// The canonical key tag of a path (case-insensitive, optional region
 /// prefix), through core's one tag parser.
-fn key_tag(tag: &str) -> V3Result<String> {
-    crate::core::naver::canonical_tag(tag).ok_or_else(|| {
-        V3Error::invalid(
-            "keyTag must be 64 hex digits, optionally after a region prefix (kr-, jpn-)",
-        )
-    })
+fn key_tag(tag: &str) -> V3Result<KeyUid> {
+    crate::core::naver::canonical_tag(tag)
+        .map(KeyUid::from)
+        .ok_or_else(|| {
+            V3Error::invalid(
+                "keyTag must be 64 hex digits, optionally after a region prefix (kr-, jpn-)",
+            )
+        })
 }
 
 /// A decimal integer as v3 takes them: digits only (`0x10`, `1e1`, `+1` are
@@ -355,7 +357,7 @@ fn version_json(e: &KeyEntry, n: i64) -> Option<Value> {
 async fn with_version(
     st: &AppState,
     account_id: i64,
-    tag: &str,
+    tag: &KeyUid,
     n: i64,
 ) -> V3Result<std::sync::Arc<KeyEntry>> {
     let e = st.engine.owned_key(account_id, tag).await?;
@@ -617,7 +619,7 @@ async fn encrypt(
 async fn ciphertext_of(
     st: &AppState,
     auth: &Caller,
-    tag: &str,
+    tag: &KeyUid,
     text: Option<String>,
 ) -> V3Result<(Sealed, std::sync::Arc<KeyEntry>)> {
     let sealed = parse_sealed("ciphertext", &required(text, "ciphertext")?)?;

@@ -23,6 +23,7 @@ use crate::api::AppState;
 use crate::core::nhn::{appkey_fingerprint, NhnClient};
 use crate::core::ActivityRecord;
 use crate::core::Error;
+use crate::core::KeyUid;
 
 /// The `auth_type` of a call made with a User Access Key.
 pub const AUTH_USER_ACCESS_KEY: &str = "NHN_USER_ACCESS_KEY";
@@ -185,7 +186,7 @@ pub async fn record(State(st): State<AppState>, req: Request, next: Next) -> Res
     // owner's Get Key Activity Logs.
     let (mut key_uid, mut key_id, mut key_name) = (String::new(), 0, String::new());
     if let Some(uid) = note.key_uid.as_deref().or(path_key.as_deref()) {
-        match st.engine.key_entry(uid).await {
+        match st.engine.key_entry(&KeyUid::from(uid)).await {
             Ok(e) if e.key.account_id == caller.account_id => {
                 key_uid = e.key.uid.to_string();
                 key_id = e.key.id.get();

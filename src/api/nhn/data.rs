@@ -15,6 +15,7 @@ use super::audit::{noted, AuditNote};
 use super::format::{b64, frame, hex_list, parse_ciphertext, parse_signature};
 use super::{success, ManageCtx, NhnCtx, NhnError, NhnJson, NhnResult};
 use crate::api::AppState;
+use crate::core::KeyUid;
 
 const P: &str = "/keymanager/v1.2/appkey/{appkey}";
 
@@ -56,7 +57,7 @@ pub(super) fn router() -> Router<AppState> {
         )
 }
 
-type KeyPath = Path<(String, String)>;
+type KeyPath = Path<(String, KeyUid)>;
 
 async fn confirm(ctx: NhnCtx) -> Response {
     let sent = ctx.client.cert_sha256.is_some();

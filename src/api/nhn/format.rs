@@ -148,7 +148,10 @@ pub fn key_store_record(s: &NhnKeyStore) -> Value {
 /// A credential record (IPv4, MAC or certificate detail).
 pub fn credential_record(c: &CredentialView) -> Value {
     let r = &c.row;
-    let deletion = opt_datetime(r.deletion_at.filter(|_| r.status != "active"));
+    let deletion = opt_datetime(
+        r.deletion_at
+            .filter(|_| r.status != crate::core::nhn::CredentialStatus::Active),
+    );
     let mut v = json!({
         "description": r.description,
         "lastAccessDatetime": opt_datetime(c.last_access_at),
@@ -159,7 +162,7 @@ pub fn credential_record(c: &CredentialView) -> Value {
         "lastChangeDatetime": datetime(r.updated_at),
     });
     if let Some(o) = v.as_object_mut() {
-        if r.kind == "certificate" {
+        if r.kind == crate::core::nhn::CredentialKind::Certificate {
             o.insert("name".into(), json!(r.value));
             // NHN's record has the password; it is shown only in the
             // issuance response and never kept, so the field is null.

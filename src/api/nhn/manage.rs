@@ -17,6 +17,7 @@ use super::{success, ManageCtx, NhnCtx, NhnError, NhnJson, NhnResult};
 use crate::api::AppState;
 use crate::core::nhn::NhnKeyFilter;
 use crate::core::nhn::{CredentialKind, NhnKeyType};
+use crate::core::KeyUid;
 
 const P: &str = "/keymanager/v1.2/appkey/{appkey}";
 
@@ -109,7 +110,7 @@ async fn create_key(
 async fn request_deletion(
     State(st): State<AppState>,
     ManageCtx(ctx): ManageCtx,
-    Path((_, keyid)): Path<(String, String)>,
+    Path((_, keyid)): Path<(String, KeyUid)>,
 ) -> NhnResult {
     let at = st
         .engine
@@ -123,7 +124,7 @@ async fn request_deletion(
 async fn delete_now(
     State(st): State<AppState>,
     ManageCtx(ctx): ManageCtx,
-    Path((_, keyid)): Path<(String, String)>,
+    Path((_, keyid)): Path<(String, KeyUid)>,
 ) -> NhnResult {
     let at = st.engine.nhn_delete_key_now(&ctx.project, &keyid).await?;
     Ok(success(
@@ -398,7 +399,7 @@ async fn keys(
 async fn key(
     State(st): State<AppState>,
     ManageCtx(ctx): ManageCtx,
-    Path((_, ksid, keyid)): Path<(String, String, String)>,
+    Path((_, ksid, keyid)): Path<(String, String, KeyUid)>,
 ) -> NhnResult {
     let v = st
         .engine

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::{service_keys, Error, Inventory, Result};
 use crate::hsm::{Hsm, ModuleInfo, ObjectInfo, SignAlg, TokenInfo};
-use crate::store::{Store, VersionOwnerRow};
+use crate::store::Store;
 
 /// The `format` of the reports this code writes and reads.
 pub const FORMAT: &str = "hsm-kms-attestation/1";
@@ -421,7 +421,7 @@ fn expected_objects(key_type: &str, id: &[u8], aux: Option<&[u8]>) -> Vec<Expect
     out
 }
 
-fn version_view(v: &VersionOwnerRow) -> StoreView {
+fn version_view(v: &VersionOwner) -> StoreView {
     let nhn = v.nhn_type.is_some();
     StoreView {
         kind: "version".into(),
@@ -793,4 +793,38 @@ mod tests {
         };
         assert_eq!(summarise(&[clean], &disagree).flags, 1);
     }
+}
+
+/// One key version as an attestation report describes it: the version, its
+/// key, the key's owner and, for NHN keys, the key store.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct VersionOwner {
+    /// Public identifier of the key (NAVER `keyTag`, NHN `keyId`).
+    pub uid: String,
+    /// Engine key type (`AES256`, `RSA2048`, `ECDSA`, `SECRET`).
+    pub key_type: String,
+    /// Key status (`ENABLE`, `DISABLE`, `REVOKE`, `DELETED`).
+    pub key_status: String,
+    /// Version number.
+    pub version: i64,
+    /// Version state as stored (`pending`, `active`, `destroying`).
+    pub state: String,
+    /// Version enabled.
+    pub enabled: bool,
+    /// `CKA_ID` of the version's object (or pair).
+    pub cka_id: Vec<u8>,
+    /// `CKA_ID` of the convergent HMAC key, if any.
+    pub aux_cka_id: Option<Vec<u8>>,
+    /// The owning account's name (`nhn:{project}` for NHN projects).
+    pub account: String,
+    /// NHN key type (`SECRET`, `SYMMETRIC_KEY`, `ASYMMETRIC_KEY`); `None`
+    /// for NAVER keys.
+    pub nhn_type: Option<String>,
+    /// NHN key store name.
+    pub key_store: Option<String>,
+    /// NHN project name.
+    pub project: Option<String>,
+    /// The NHN key was created extractable under its key store's export
+    /// policy.
+    pub export_policy: Option<bool>,
 }

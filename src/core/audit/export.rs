@@ -27,11 +27,12 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::SignedCheckpoint;
 use super::{checkpoint_signature_ok, link, BreakKind, ChainFormat, GENESIS};
 use crate::core::ActivityRecord;
 use crate::core::{Error, Result};
 use crate::hsm::Hsm;
-use crate::store::{CheckpointRow, InstallationRepo as _, Store};
+use crate::store::{InstallationRepo as _, Store};
 
 /// The `format` of export files.
 pub const FORMAT: &str = "hsm-kms-audit-export/2";
@@ -129,7 +130,7 @@ fn line(out: &mut impl Write, l: &Line) -> Result<()> {
         .map_err(|e| Error::Internal(format!("export: {e}")))
 }
 
-fn cp_line(c: &CheckpointRow) -> Line {
+fn cp_line(c: &SignedCheckpoint) -> Line {
     Line::Checkpoint(Checkpoint {
         seq: c.seq,
         chain: hex::encode(&c.chain),
@@ -355,7 +356,7 @@ pub fn verify_export(
     }
     let mut newest_good = None;
     for c in &cps {
-        let row = CheckpointRow {
+        let row = SignedCheckpoint {
             seq: c.seq,
             chain: hex::decode(&c.chain).unwrap_or_default(),
             at: c.at,

@@ -35,7 +35,7 @@ use sha2::{Digest as _, Sha256};
 use super::{service_keys, Error, Result};
 use crate::core::ActivityRecord;
 use crate::hsm::{Hsm, OpClass, SignAlg};
-use crate::store::{ActivityWriter, ChainTail, CheckpointRow, InstallationRepo as _, Store};
+use crate::store::{ActivityWriter, ChainTail, InstallationRepo as _, Store};
 
 /// The first field of a record's canonical bytes, format 1 (in-token HMAC
 /// per record).
@@ -426,7 +426,7 @@ impl AuditChain {
     }
 
     /// Signs a checkpoint in the token.
-    async fn checkpoint(&self, seq: i64, chain: &[u8], at: i64) -> Result<CheckpointRow> {
+    async fn checkpoint(&self, seq: i64, chain: &[u8], at: i64) -> Result<SignedCheckpoint> {
         let bytes = canonical_checkpoint(&self.installation_id, seq, chain, at);
         let id = self.attest_id.clone();
         let signature = self
@@ -435,7 +435,7 @@ impl AuditChain {
                 s.sign(&id, SignAlg::EcdsaP256Sha256, &bytes)
             })
             .await?;
-        Ok(CheckpointRow {
+        Ok(SignedCheckpoint {
             seq,
             chain: chain.to_vec(),
             at,
@@ -623,7 +623,7 @@ pub async fn attestation_spki(hsm: &Hsm, store: &Store) -> Result<Vec<u8>> {
 pub fn checkpoint_signature_ok(
     key: &p256::ecdsa::VerifyingKey,
     installation_id: &str,
-    cp: &CheckpointRow,
+    cp: &SignedCheckpoint,
 ) -> bool {
     use p256::ecdsa::signature::Verifier as _;
     let Ok(sig) = p256::ecdsa::Signature::from_der(&cp.signature) else {
@@ -738,4 +738,32 @@ mod tests {
         };
         assert_eq!(AuditChain::next_link(&t), (10, [7u8; 32]));
     }
+}
+
+/// A signed checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SignedCheckpoint {
+    /// The last record it covers.
+    pub seq: i64,
+    /// That record's chain value.
+    pub chain: Vec<u8>,
+    /// When it was made, ms.
+    pub at: i64,
+    /// ECDSA P-256 signature (DER) over the canonical checkpoint bytes.
+    pub signature: Vec<u8>,
+}
+
+/// An activity record with its chain value, as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AuditRecord {
+    /// The record (`id` is its sequence number).
+    #[sqlx(flatten)]
+    pub row: ActivityRecord,
+    /// Its chain value; `None` for records written before the chain.
+    pub chain: Option<Vec<u8>>,
+    /// How `chain` was made: 1, an in-token HMAC per record; 2, a SHA-256
+    /// link, sealed per batch (see `core::audit::ChainFormat`).
+    pub chain_format: i32,
+    /// The batch seal (format 2, last record of a batch), else `None`.
+    pub seal: Option<Vec<u8>>,
 }

@@ -11,9 +11,10 @@ use super::{
     checkpoint_signature_ok, link, link_input, seal_input, AuditChain, ChainFormat,
     CheckpointPolicy, GENESIS,
 };
+use super::{AuditRecord, SignedCheckpoint};
 use crate::core::{Error, Result};
 use crate::hsm::Hsm;
-use crate::store::{AuditRecordRow, CheckpointRow, Store};
+use crate::store::Store;
 
 /// Records read and checked per token pass.
 const PAGE: i64 = 10_000;
@@ -122,7 +123,7 @@ enum Expect {
     Unknown,
 }
 
-fn expect(prev: &[u8], seq: i64, r: &AuditRecordRow) -> Expect {
+fn expect(prev: &[u8], seq: i64, r: &AuditRecord) -> Expect {
     match ChainFormat::from_i32(r.chain_format) {
         Some(ChainFormat::BatchSeal) => Expect::Local(link(prev, seq, r.seal.is_some(), &r.row)),
         Some(ChainFormat::RecordHmac) => Expect::Token(link_input(prev, seq, &r.row)),
@@ -201,7 +202,7 @@ pub async fn verify_chain(hsm: &Hsm, store: &Store, from: Option<i64>) -> Result
         first_break: None,
     };
     // Checkpoints whose signature holds, by position; the first forged one.
-    let mut good: BTreeMap<i64, &CheckpointRow> = BTreeMap::new();
+    let mut good: BTreeMap<i64, &SignedCheckpoint> = BTreeMap::new();
     let mut forged = None;
     for cp in &cps {
         if checkpoint_signature_ok(&key, &chain.installation_id, cp) {
@@ -221,7 +222,7 @@ pub async fn verify_chain(hsm: &Hsm, store: &Store, from: Option<i64>) -> Result
         GENESIS.to_vec()
     } else {
         match store.audit_record(from - 1).await? {
-            Some(AuditRecordRow { chain: Some(c), .. }) => c,
+            Some(AuditRecord { chain: Some(c), .. }) => c,
             _ => {
                 report.first_break = Some(brk(
                     from - 1,
@@ -404,7 +405,7 @@ async fn classify(
     chain: &AuditChain,
     store: &Store,
     prev: &[u8],
-    r: &AuditRecordRow,
+    r: &AuditRecord,
 ) -> Result<Break> {
     let seq = r.row.id;
     let stored = r.chain.clone().unwrap_or_default();

@@ -14,7 +14,7 @@ use crate::core::keys::{
     DAY_MS,
 };
 use crate::core::{
-    fault_point, Dialect, Engine, Error, KeyEntry, KeyStatus, KeyType, ObjectRef, Result,
+    fault_point, Dialect, Engine, Error, KeyEntry, KeyStatus, KeyType, KeyUid, ObjectRef, Result,
 };
 use crate::store::{KeyRepo, NewKey};
 
@@ -147,7 +147,7 @@ impl Engine {
             "create:after-hsm",
         )
         .await?;
-        self.key_entry(&uid).await
+        self.key_entry(&KeyUid::from(uid)).await
     }
 
     /// Keys of an account, newest first: (keys, total count).
@@ -170,7 +170,7 @@ impl Engine {
     }
 
     /// Enables a disabled key.
-    pub async fn enable_key(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
+    pub async fn enable_key(&self, account_id: i64, uid: &KeyUid) -> Result<Arc<KeyEntry>> {
         self.modify(account_id, uid, |e| {
             if e.key.status == KeyStatus::PendingDeletion {
                 return Err(Error::InvalidState(
@@ -187,7 +187,7 @@ impl Engine {
     }
 
     /// Disables an enabled key: every version stops working.
-    pub async fn disable_key(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
+    pub async fn disable_key(&self, account_id: i64, uid: &KeyUid) -> Result<Arc<KeyEntry>> {
         self.modify(account_id, uid, |e| {
             if e.key.status == KeyStatus::PendingDeletion {
                 return Err(Error::InvalidState("the key is pending deletion".into()));
@@ -206,7 +206,7 @@ impl Engine {
     pub async fn set_version_enabled(
         &self,
         account_id: i64,
-        uid: &str,
+        uid: &KeyUid,
         version: i64,
         enabled: bool,
     ) -> Result<crate::core::KeyVersion> {
@@ -240,7 +240,7 @@ impl Engine {
     }
 
     /// Makes a new version, which becomes the current one.
-    pub async fn rotate(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
+    pub async fn rotate(&self, account_id: i64, uid: &KeyUid) -> Result<Arc<KeyEntry>> {
         let e = self.owned_key(account_id, uid).await?;
         self.rotate_entry(&e).await
     }
@@ -278,7 +278,7 @@ impl Engine {
     }
 
     /// Schedules the key's destruction after the 72-hour waiting period.
-    pub async fn request_deletion(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
+    pub async fn request_deletion(&self, account_id: i64, uid: &KeyUid) -> Result<Arc<KeyEntry>> {
         self.modify(account_id, uid, |e| {
             if e.key.status == KeyStatus::PendingDeletion {
                 return Err(Error::InvalidState(
@@ -292,7 +292,7 @@ impl Engine {
     }
 
     /// Cancels a pending deletion; the key comes back disabled.
-    pub async fn cancel_deletion(&self, account_id: i64, uid: &str) -> Result<Arc<KeyEntry>> {
+    pub async fn cancel_deletion(&self, account_id: i64, uid: &KeyUid) -> Result<Arc<KeyEntry>> {
         self.modify(account_id, uid, |e| {
             if e.key.status != KeyStatus::PendingDeletion {
                 return Err(Error::InvalidState(
@@ -309,7 +309,7 @@ impl Engine {
     }
 
     /// Destroys a key that is pending deletion, now.
-    pub async fn delete_key(&self, account_id: i64, uid: &str) -> Result<()> {
+    pub async fn delete_key(&self, account_id: i64, uid: &KeyUid) -> Result<()> {
         let e = self.owned_key(account_id, uid).await?;
         if e.key.status != KeyStatus::PendingDeletion {
             return Err(Error::InvalidState(
@@ -331,7 +331,7 @@ impl Engine {
     pub async fn update_memo(
         &self,
         account_id: i64,
-        uid: &str,
+        uid: &KeyUid,
         memo: String,
     ) -> Result<Arc<KeyEntry>> {
         check_memo(&memo)?;
@@ -346,7 +346,7 @@ impl Engine {
     pub async fn update_rotation_period(
         &self,
         account_id: i64,
-        uid: &str,
+        uid: &KeyUid,
         days: i64,
     ) -> Result<Arc<KeyEntry>> {
         let days = check_rotation_period(days)?;
@@ -367,7 +367,7 @@ impl Engine {
     pub async fn set_auto_rotation(
         &self,
         account_id: i64,
-        uid: &str,
+        uid: &KeyUid,
         on: bool,
     ) -> Result<Arc<KeyEntry>> {
         self.modify(account_id, uid, |e| {

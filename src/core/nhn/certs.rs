@@ -13,7 +13,7 @@ use super::{normalize_mac, NhnProject};
 use crate::core::now_ms;
 use crate::core::{Engine, Error, Result};
 use crate::hsm::{Hsm, KeySpec, SignAlg};
-use crate::store::{NewCredential, NhnCredentialRow, StoreError};
+use crate::store::{NewCredential, StoreError};
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 /// Waiting period of a credential deletion request: 7 days.
@@ -32,16 +32,29 @@ pub enum CredentialKind {
     Certificate,
 }
 
-impl CredentialKind {
-    /// Stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CredentialKind::Ipv4 => "ipv4",
-            CredentialKind::Mac => "mac",
-            CredentialKind::Certificate => "certificate",
-        }
-    }
+crate::core::stored_names!(CredentialKind {
+    Ipv4 => "ipv4",
+    Mac => "mac",
+    Certificate => "certificate",
+});
 
+/// Life of a key-store credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialStatus {
+    /// Checked on every call.
+    Active,
+    /// Deletion requested; still checked until the deletion time.
+    Deleting,
+    /// Deleted.
+    Deleted,
+}
+crate::core::stored_names!(CredentialStatus {
+    Active => "active",
+    Deleting => "deleting",
+    Deleted => "deleted",
+});
+
+impl CredentialKind {
     fn normalize(self, v: &str) -> Result<String> {
         match self {
             CredentialKind::Ipv4 => v
@@ -68,7 +81,7 @@ impl CredentialKind {
 #[derive(Debug, Clone)]
 pub struct CredentialView {
     /// The row.
-    pub row: NhnCredentialRow,
+    pub row: NhnCredential,
     /// Last use, merged with the batch not yet written.
     pub last_access_at: Option<i64>,
 }
@@ -287,7 +300,7 @@ impl Engine {
         value: &str,
         description: &str,
         user: &str,
-    ) -> Result<NhnCredentialRow> {
+    ) -> Result<NhnCredential> {
         if kind == CredentialKind::Certificate {
             return Err(Error::InvalidInput(
                 "use certificate issuance for certificates".into(),
@@ -298,27 +311,32 @@ impl Engine {
         let store = self.nhn_key_store_named(project, key_store).await?;
         self.nhn_insert_cred(NewCredential {
             key_store_id: store.id,
-            kind: kind.as_str().into(),
+            kind,
             value: value.clone(),
             description: description.into(),
+            cert_sha256: None,
+            cert_der: None,
+            expires_at: None,
+            p12_ct: None,
             creation_user: user.into(),
-            ..Default::default()
         })
         .await?;
         self.nhn_forget_store(store.id);
         self.store()
-            .nhn_credential(store.id, kind.as_str(), &value)
+            .nhn_credential(store.id, kind, &value)
             .await?
             .ok_or(Error::Internal("credential vanished".into()))
     }
 
     async fn nhn_insert_cred(&self, c: NewCredential) -> Result<i64> {
-        let max = (c.kind == "certificate").then(|| self.limits().certificates_per_key_store);
+        let max = (c.kind == CredentialKind::Certificate)
+            .then(|| self.limits().certificates_per_key_store);
         match self.store().nhn_insert_credential(&c, max).await {
             Ok(id) => Ok(id),
             Err(StoreError::Conflict) => Err(Error::Conflict(format!(
                 "{} {} is already registered in the key store",
-                c.kind, c.value
+                c.kind.as_str(),
+                c.value
             ))),
             Err(StoreError::LimitReached(_)) => Err(self.certificates_limit()),
             Err(e) => Err(e.into()),
@@ -346,7 +364,7 @@ impl Engine {
         lifetime_days: i64,
         description: &str,
         user: &str,
-    ) -> Result<NhnCredentialRow> {
+    ) -> Result<NhnCredential> {
         if !(1..=CERT_LIFETIME_MAX_DAYS).contains(&lifetime_days) {
             return Err(Error::InvalidInput(format!(
                 "lifeTime must be 1 to {CERT_LIFETIME_MAX_DAYS} days"
@@ -377,7 +395,7 @@ impl Engine {
         (not_before, not_after): (i64, i64),
         description: &str,
         user: &str,
-    ) -> Result<NhnCredentialRow> {
+    ) -> Result<NhnCredential> {
         let name = CredentialKind::Certificate.normalize(name)?;
         check_description(description)?;
         if password.is_empty() || password.len() > 128 {
@@ -388,7 +406,7 @@ impl Engine {
         let store = self.nhn_key_store_named(project, key_store).await?;
         if self
             .store()
-            .nhn_credential(store.id, "certificate", &name)
+            .nhn_credential(store.id, CredentialKind::Certificate, &name)
             .await?
             .is_some()
         {
@@ -400,7 +418,7 @@ impl Engine {
         // below decides under the write lock.
         let live = self
             .store()
-            .nhn_credentials(store.id, "certificate")
+            .nhn_credentials(store.id, CredentialKind::Certificate)
             .await?;
         if i64::try_from(live.len()).unwrap_or(i64::MAX) >= self.limits().certificates_per_key_store
         {
@@ -422,7 +440,7 @@ impl Engine {
             .await?;
         self.nhn_insert_cred(NewCredential {
             key_store_id: store.id,
-            kind: "certificate".into(),
+            kind: CredentialKind::Certificate,
             value: name.clone(),
             description: description.into(),
             cert_sha256: Some(Sha256::digest(&issued.cert_der).to_vec()),
@@ -434,7 +452,7 @@ impl Engine {
         .await?;
         self.nhn_forget_store(store.id);
         self.store()
-            .nhn_credential(store.id, "certificate", &name)
+            .nhn_credential(store.id, CredentialKind::Certificate, &name)
             .await?
             .ok_or(Error::Internal("credential vanished".into()))
     }
@@ -450,7 +468,7 @@ impl Engine {
         let store = self.nhn_key_store_named(&p, key_store).await?;
         let row = self
             .store()
-            .nhn_credential(store.id, "certificate", name)
+            .nhn_credential(store.id, CredentialKind::Certificate, name)
             .await?
             .ok_or(Error::NotFound("certificate"))?;
         let ct = row.p12_ct.ok_or(Error::NotFound("certificate"))?;
@@ -484,11 +502,7 @@ impl Engine {
             None => None,
         };
         let mut out = Vec::new();
-        for row in self
-            .store()
-            .nhn_credentials(store.id, kind.as_str())
-            .await?
-        {
+        for row in self.store().nhn_credentials(store.id, kind).await? {
             if want.as_ref().is_some_and(|w| *w != row.value) {
                 continue;
             }
@@ -516,7 +530,7 @@ impl Engine {
         let (value, store_id, row) = self
             .nhn_credential_named(project, key_store, kind, value)
             .await?;
-        if row.status != "active" {
+        if row.status != CredentialStatus::Active {
             return Err(Error::InvalidState(
                 "the credential is already scheduled for deletion".into(),
             ));
@@ -537,12 +551,12 @@ impl Engine {
         key_store: &str,
         kind: CredentialKind,
         value: &str,
-    ) -> Result<(String, i64, NhnCredentialRow)> {
+    ) -> Result<(String, i64, NhnCredential)> {
         let value = kind.normalize(value)?;
         let store = self.nhn_key_store_named(project, key_store).await?;
         let row = self
             .store()
-            .nhn_credential(store.id, kind.as_str(), &value)
+            .nhn_credential(store.id, kind, &value)
             .await?
             .ok_or(Error::NotFound("credential"))?;
         Ok((value, store.id, row))
@@ -560,7 +574,7 @@ impl Engine {
         let (value, store_id, row) = self
             .nhn_credential_named(project, key_store, kind, value)
             .await?;
-        if row.status == "active" {
+        if row.status == CredentialStatus::Active {
             return Err(Error::InvalidState(
                 "only a credential scheduled for deletion can be deleted immediately".into(),
             ));
@@ -579,4 +593,43 @@ fn check_description(d: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// A key-store credential (IPv4 address, MAC address or client certificate).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NhnCredential {
+    /// Row id.
+    pub id: i64,
+    /// Key store.
+    pub key_store_id: i64,
+    /// IPv4 address, MAC address or certificate.
+    #[sqlx(try_from = "String")]
+    pub kind: CredentialKind,
+    /// Address, or certificate name.
+    pub value: String,
+    /// Description.
+    pub description: String,
+    /// Active, deleting or deleted.
+    #[sqlx(try_from = "String")]
+    pub status: CredentialStatus,
+    /// Scheduled (or done) deletion, ms.
+    pub deletion_at: Option<i64>,
+    /// Last use, ms.
+    pub last_access_at: Option<i64>,
+    /// SHA-256 of the certificate DER.
+    pub cert_sha256: Option<Vec<u8>>,
+    /// Certificate DER.
+    pub cert_der: Option<Vec<u8>>,
+    /// Certificate expiry, ms.
+    pub expires_at: Option<i64>,
+    /// PKCS#12 file under the KEK (its password is not kept).
+    pub p12_ct: Option<Vec<u8>>,
+    /// Creator.
+    pub creation_user: String,
+    /// Creation time, ms.
+    pub created_at: i64,
+    /// Last modifier.
+    pub last_change_user: String,
+    /// Last change, ms.
+    pub updated_at: i64,
 }

@@ -12,8 +12,8 @@ use zeroize::Zeroizing;
 use super::keys::{NhnKeyType, NhnKeyView};
 use super::{NhnClient, NhnProject};
 use crate::core::crypto::{current, usable_version};
-use crate::core::KeyVersion;
 use crate::core::{Engine, Error, Result, Sealed, ENCRYPT_MAX};
+use crate::core::{KeyUid, KeyVersion};
 use crate::hsm::asymmetric_limits::RSA_RAW_SIGN_MAX;
 use crate::hsm::SignAlg;
 
@@ -51,7 +51,7 @@ impl Engine {
     pub async fn nhn_get_secret(
         &self,
         p: &NhnProject,
-        uid: &str,
+        uid: &KeyUid,
         c: &NhnClient,
     ) -> Result<Zeroizing<String>> {
         let v = self
@@ -68,7 +68,7 @@ impl Engine {
     pub async fn nhn_update_secret(
         &self,
         p: &NhnProject,
-        uid: &str,
+        uid: &KeyUid,
         value: &str,
         c: &NhnClient,
         user: &str,
@@ -85,8 +85,8 @@ impl Engine {
         self.nhn_key(p, uid).await
     }
 
-    pub(super) fn nhn_forget_key(&self, uid: &str) {
-        self.nhn().keys.remove(uid);
+    pub(super) fn nhn_forget_key(&self, uid: &KeyUid) {
+        self.nhn().keys.remove(uid.as_str());
         self.invalidate(uid);
     }
 
@@ -94,7 +94,7 @@ impl Engine {
     pub async fn nhn_encrypt(
         &self,
         p: &NhnProject,
-        uid: &str,
+        uid: &KeyUid,
         plaintext: &[u8],
         c: &NhnClient,
     ) -> Result<Sealed> {
@@ -126,7 +126,7 @@ impl Engine {
     pub async fn nhn_decrypt(
         &self,
         p: &NhnProject,
-        uid: &str,
+        uid: &KeyUid,
         sealed: &Sealed,
         c: &NhnClient,
     ) -> Result<Zeroizing<Vec<u8>>> {
@@ -146,7 +146,7 @@ impl Engine {
     pub async fn nhn_create_local_key(
         &self,
         p: &NhnProject,
-        uid: &str,
+        uid: &KeyUid,
         c: &NhnClient,
     ) -> Result<LocalKey> {
         use base64::Engine as _;
@@ -166,7 +166,7 @@ impl Engine {
     pub async fn nhn_export_symmetric_key(
         &self,
         p: &NhnProject,
-        uid: &str,
+        uid: &KeyUid,
         n: Option<i64>,
         c: &NhnClient,
     ) -> Result<(i64, Zeroizing<Vec<u8>>)> {
@@ -182,7 +182,7 @@ impl Engine {
     pub async fn nhn_sign(
         &self,
         p: &NhnProject,
-        uid: &str,
+        uid: &KeyUid,
         data: &[u8],
         c: &NhnClient,
     ) -> Result<Sealed> {
@@ -210,7 +210,7 @@ impl Engine {
     pub async fn nhn_verify(
         &self,
         p: &NhnProject,
-        uid: &str,
+        uid: &KeyUid,
         data: &[u8],
         version_hint: Option<i64>,
         signature: Vec<u8>,
@@ -242,7 +242,7 @@ impl Engine {
     pub async fn nhn_public_key(
         &self,
         p: &NhnProject,
-        uid: &str,
+        uid: &KeyUid,
         n: Option<i64>,
     ) -> Result<(i64, Vec<u8>)> {
         let v = self
@@ -258,7 +258,7 @@ impl Engine {
     pub async fn nhn_export_private_key(
         &self,
         p: &NhnProject,
-        uid: &str,
+        uid: &KeyUid,
         n: Option<i64>,
         c: &NhnClient,
     ) -> Result<(i64, Zeroizing<Vec<u8>>)> {
@@ -275,7 +275,7 @@ impl Engine {
     async fn nhn_exportable_version(
         &self,
         p: &NhnProject,
-        uid: &str,
+        uid: &KeyUid,
         kind: NhnKeyType,
         n: Option<i64>,
         c: &NhnClient,

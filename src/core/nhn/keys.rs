@@ -10,15 +10,16 @@
 use crate::store::{KeyRepo, NhnRepo};
 use std::sync::Arc;
 
+use super::NhnKeyMeta;
 use super::NhnKeyStore;
 use super::{NhnClient, NhnProject};
 use crate::core::keys::{
     next_rotation, schedule_destruction, VersionFaults, VersionLimit, VersionObjects,
 };
 use crate::core::now_ms;
-use crate::core::{Dialect, Engine, Error, Key, KeyEntry, KeyStatus, ObjectRef, Result};
+use crate::core::{Dialect, Engine, Error, Key, KeyEntry, KeyStatus, KeyUid, ObjectRef, Result};
 use crate::hsm::{KeySpec, KeyUsage};
-use crate::store::{NewKey, NhnKeyRow, StoreError};
+use crate::store::{NewKey, StoreError};
 
 /// Waiting period between a deletion request and the destruction: 7 days.
 pub const KEY_DELETION_WAIT_MS: i64 = 7 * DAY_MS;
@@ -126,7 +127,7 @@ pub struct NhnKeyView {
     /// Engine key and versions.
     pub entry: Arc<KeyEntry>,
     /// NHN side.
-    pub meta: Arc<NhnKeyRow>,
+    pub meta: Arc<NhnKeyMeta>,
     /// Last access, merged with the not-yet-written batch.
     pub last_access_at: Option<i64>,
 }
@@ -191,7 +192,7 @@ fn check_text(field: &str, v: &str, max: usize, required: bool) -> Result<()> {
 impl Engine {
     /// The object id of a new version: 16 random bytes, or for a secret (a
     /// `CKO_DATA` object, which has no `CKA_ID`) its unique label.
-    async fn nhn_object_id(&self, kind: NhnKeyType, uid: &str) -> Result<ObjectRef> {
+    async fn nhn_object_id(&self, kind: NhnKeyType, uid: &KeyUid) -> Result<ObjectRef> {
         let r = self.hsm().random(16).await?;
         Ok(ObjectRef::from(match kind {
             NhnKeyType::Secret => format!("hsm-kms/{uid}/secret/{}", hex::encode(r)).into_bytes(),
@@ -201,13 +202,13 @@ impl Engine {
 
     /// A key of the project with its NHN metadata; keys of other projects and
     /// destroyed keys are not found.
-    pub async fn nhn_key(&self, project: &NhnProject, uid: &str) -> Result<NhnKeyView> {
+    pub async fn nhn_key(&self, project: &NhnProject, uid: &KeyUid) -> Result<NhnKeyView> {
         self.nhn_key_of(project.account_id, uid).await
     }
 
     /// [`Engine::nhn_key`] by the engine account owning the project's keys
     /// (the scheduler has the key's row, not a caller's project).
-    async fn nhn_key_of(&self, account_id: i64, uid: &str) -> Result<NhnKeyView> {
+    async fn nhn_key_of(&self, account_id: i64, uid: &KeyUid) -> Result<NhnKeyView> {
         let entry = match self.key_entry(uid).await {
             Ok(e) => e,
             Err(Error::NotFound(_)) => return Err(Error::NotFound("key")),
@@ -217,7 +218,7 @@ impl Engine {
         {
             return Err(Error::NotFound("key"));
         }
-        let meta = match self.nhn().keys.get(uid) {
+        let meta = match self.nhn().keys.get(uid.as_str()) {
             Ok(m) => m,
             Err(seen) => {
                 let m = Arc::new(
@@ -249,7 +250,7 @@ impl Engine {
     pub async fn nhn_usable_key(
         &self,
         project: &NhnProject,
-        uid: &str,
+        uid: &KeyUid,
         want: NhnKeyType,
         client: Option<&NhnClient>,
     ) -> Result<NhnKeyView> {
@@ -280,7 +281,7 @@ impl Engine {
     pub async fn nhn_usable_key_naming(
         &self,
         project: &NhnProject,
-        uid: &str,
+        uid: &KeyUid,
         want: NhnKeyType,
         client: Option<&NhnClient>,
         n: Option<i64>,
@@ -376,14 +377,14 @@ impl Engine {
         let store: NhnKeyStore = self.nhn_key_store_named(project, key_store_name).await?;
         let extractable = kind != NhnKeyType::Secret && store.allow_export;
         let objects = kind.objects(extractable, value)?;
-        let uid = match key_id {
+        let uid = KeyUid::from(match key_id {
             Some(id) => id,
             None => hex::encode(self.hsm().random(16).await?),
-        };
+        });
         let cka_id = self.nhn_object_id(kind, &uid).await?;
         let rotation_period = (auto_rotation_period > 0).then_some(auto_rotation_period);
         let new = NewKey {
-            uid: uid.clone(),
+            uid: uid.to_string(),
             account_id: project.account_id,
             // Unique names per account are NAVER's rule (the store's index
             // covers NAVER keys only); NHN names may repeat.
@@ -424,7 +425,7 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         };
-        let meta = NhnKeyRow {
+        let meta = NhnKeyMeta {
             key_id: key_id.get(),
             key_store_id: store.id,
             description: description.to_string(),
@@ -502,7 +503,7 @@ impl Engine {
     pub async fn nhn_request_key_deletion(
         &self,
         project: &NhnProject,
-        uid: &str,
+        uid: &KeyUid,
         user: &str,
     ) -> Result<i64> {
         // The row is written only over the revision read (a rotation may
@@ -526,7 +527,7 @@ impl Engine {
                 e => e,
             })?;
         self.store().nhn_touch_key_change(e.key.id, user).await?;
-        self.nhn().keys.remove(uid);
+        self.nhn().keys.remove(uid.as_str());
         e.key
             .destroy_at
             .ok_or_else(|| Error::Internal("a key scheduled for deletion has no time".into()))
@@ -534,7 +535,7 @@ impl Engine {
 
     /// Destroys a key that is scheduled for deletion, now. An active key is
     /// refused. Returns the deletion time.
-    pub async fn nhn_delete_key_now(&self, project: &NhnProject, uid: &str) -> Result<i64> {
+    pub async fn nhn_delete_key_now(&self, project: &NhnProject, uid: &KeyUid) -> Result<i64> {
         let v = self.nhn_key(project, uid).await?;
         if v.is_active() {
             return Err(Error::InvalidState(
@@ -542,7 +543,7 @@ impl Engine {
             ));
         }
         let destroyed = self.destroy_key(v.entry.key.id, uid).await?;
-        self.nhn().keys.remove(uid);
+        self.nhn().keys.remove(uid.as_str());
         if !destroyed {
             return Err(Error::InvalidState(
                 "only a key scheduled for deletion can be deleted immediately".into(),
@@ -562,7 +563,7 @@ impl Engine {
         let (uids, total) = self.store().nhn_list_keys(store.id, filter).await?;
         let mut out = Vec::with_capacity(uids.len());
         for uid in uids {
-            out.push(self.nhn_key(project, &uid).await?);
+            out.push(self.nhn_key(project, &KeyUid::from(uid)).await?);
         }
         Ok((out, total))
     }
@@ -572,7 +573,7 @@ impl Engine {
         &self,
         project: &NhnProject,
         key_store_id: i64,
-        uid: &str,
+        uid: &KeyUid,
     ) -> Result<NhnKeyView> {
         let store = self.nhn_key_store(project, key_store_id).await?;
         let v = self.nhn_key(project, uid).await?;

@@ -8,7 +8,10 @@ mod certs;
 mod crypto;
 mod keys;
 
-pub use certs::{CertificateView, CredentialKind, CredentialView, IssuedCertificate};
+pub use certs::{
+    CertificateView, CredentialKind, CredentialStatus, CredentialView, IssuedCertificate,
+    NhnCredential,
+};
 pub use crypto::{LocalKey, NHN_SECRET_MAX};
 pub use keys::{
     check_key_id, NhnKeyFilter, NhnKeyType, NhnKeyView, KEY_DELETION_WAIT_MS, KEY_ID_HEX_LEN,
@@ -28,7 +31,7 @@ use zeroize::Zeroizing;
 
 use super::cache::Cache;
 use super::{Engine, Error, Result, ACCESS_KEY_RECHECK};
-use crate::store::{NewKeyStore, NhnKeyRow, NhnProjectRow, StoreError};
+use crate::store::{NewKeyStore, StoreError};
 
 /// The user recorded as creator / modifier when no User Access Key is used.
 pub const DEFAULT_USER: &str = "SECURE_KEY_MANAGER";
@@ -89,8 +92,8 @@ impl NhnProject {
     }
 }
 
-impl From<NhnProjectRow> for NhnProject {
-    fn from(r: NhnProjectRow) -> Self {
+impl From<NhnProjectRecord> for NhnProject {
+    fn from(r: NhnProjectRecord) -> Self {
         NhnProject {
             id: r.id,
             name: r.name,
@@ -232,7 +235,7 @@ struct CachedAppkey {
 /// deletion, a switch change, a revoked appkey) is used once and not kept.
 pub(crate) struct NhnState {
     appkeys: Cache<String, CachedAppkey>,
-    keys: Cache<String, Arc<NhnKeyRow>>,
+    keys: Cache<String, Arc<NhnKeyMeta>>,
     stores: Cache<i64, Arc<KeyStoreAuth>>,
     key_access: Mutex<HashMap<i64, i64>>,
     cred_access: Mutex<HashMap<i64, i64>>,
@@ -369,7 +372,7 @@ impl Engine {
         }
     }
 
-    async fn nhn_project_named(&self, name: &str) -> Result<NhnProjectRow> {
+    async fn nhn_project_named(&self, name: &str) -> Result<NhnProjectRecord> {
         self.store()
             .nhn_project_by_name(name)
             .await?
@@ -668,11 +671,9 @@ impl Engine {
                 ))
             }
         };
-        let row = self
-            .store()
-            .nhn_user_access_key(ak)
-            .await?
-            .filter(|r| r.status == "active" && r.project_id == project.id);
+        let row = self.store().nhn_user_access_key(ak).await?.filter(|r| {
+            r.status == crate::core::AccessKeyStatus::Active && r.project_id == project.id
+        });
         let hash = Sha256::digest(sk.as_bytes());
         let expected = row
             .as_ref()
@@ -723,23 +724,35 @@ impl Engine {
             .nhn_key_store(id)
             .await?
             .ok_or(Error::NotFound("key store"))?;
-        let active = |rows: Vec<crate::store::NhnCredentialRow>| {
+        let active = |rows: Vec<NhnCredential>| {
             rows.into_iter()
-                .filter(|r| r.status == "active")
+                .filter(|r| r.status == CredentialStatus::Active)
                 .collect::<Vec<_>>()
         };
-        let ipv4 = active(self.store().nhn_credentials(id, "ipv4").await?)
-            .into_iter()
-            .filter_map(|r| r.value.parse::<IpAddr>().ok().map(|ip| (r.id, ip)))
-            .collect();
-        let macs = active(self.store().nhn_credentials(id, "mac").await?)
-            .into_iter()
-            .map(|r| (r.id, r.value))
-            .collect();
-        let certs = active(self.store().nhn_credentials(id, "certificate").await?)
-            .into_iter()
-            .filter_map(|r| Some((r.id, r.cert_sha256?, r.expires_at?)))
-            .collect();
+        let ipv4 = active(
+            self.store()
+                .nhn_credentials(id, CredentialKind::Ipv4)
+                .await?,
+        )
+        .into_iter()
+        .filter_map(|r| r.value.parse::<IpAddr>().ok().map(|ip| (r.id, ip)))
+        .collect();
+        let macs = active(
+            self.store()
+                .nhn_credentials(id, CredentialKind::Mac)
+                .await?,
+        )
+        .into_iter()
+        .map(|r| (r.id, r.value))
+        .collect();
+        let certs = active(
+            self.store()
+                .nhn_credentials(id, CredentialKind::Certificate)
+                .await?,
+        )
+        .into_iter()
+        .filter_map(|r| Some((r.id, r.cert_sha256?, r.expires_at?)))
+        .collect();
         let a = Arc::new(KeyStoreAuth {
             store,
             ipv4,
@@ -905,4 +918,60 @@ impl Engine {
         self.nhn_flush_access().await?;
         Ok(())
     }
+}
+
+/// A project row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NhnProjectRecord {
+    /// Project id.
+    pub id: i64,
+    /// Project name.
+    pub name: String,
+    /// Engine account that owns the project's keys.
+    pub account_id: i64,
+    /// Management calls must carry a valid User Access Key.
+    pub require_user_access_key: bool,
+    /// Data calls must carry one too.
+    pub require_user_access_key_on_data: bool,
+    /// `CKA_ID` of the client-certificate CA key, once made.
+    pub ca_cka_id: Option<Vec<u8>>,
+    /// The CA certificate (DER), once made.
+    pub ca_cert: Option<Vec<u8>>,
+    /// Creation time, ms.
+    pub created_at: i64,
+}
+
+/// The NHN side of a key.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NhnKeyMeta {
+    /// `keys.id`.
+    pub key_id: i64,
+    /// Key store.
+    pub key_store_id: i64,
+    /// Description.
+    pub description: String,
+    /// `SECRET`, `SYMMETRIC_KEY` or `ASYMMETRIC_KEY`.
+    pub nhn_type: String,
+    /// Versions are created extractable.
+    pub extractable: bool,
+    /// Last use, ms.
+    pub last_access_at: Option<i64>,
+    /// Creator.
+    pub creation_user: String,
+    /// Last modifier.
+    pub last_change_user: String,
+}
+
+/// A User Access Key row (the secret only as a SHA-256).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NhnUserAccessKeyRecord {
+    /// The User Access Key id.
+    pub access_key: String,
+    /// Owning project.
+    pub project_id: i64,
+    /// SHA-256 of the Secret Access Key.
+    pub secret_sha256: Vec<u8>,
+    /// Active or revoked.
+    #[sqlx(try_from = "String")]
+    pub status: crate::core::AccessKeyStatus,
 }

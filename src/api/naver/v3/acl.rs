@@ -16,6 +16,7 @@ use super::super::auth::AccountAuth;
 use super::super::NaverError;
 use super::{decimal, key_tag, paging, required, rfc3339, V3Error, V3Json, V3Result};
 use crate::api::AppState;
+use crate::core::KeyUid;
 use crate::core::{ActivityRecord, KeyStatus};
 
 /// Allowed IPs per call (the pages: "항목 수: 1 ~ 100").
@@ -40,7 +41,7 @@ pub(in crate::api::naver) fn router() -> Router<AppState> {
 
 /// "ENABLED 상태의 키만 수정할 수 있습니다": 409 `Conflict` otherwise
 /// (**chosen** code: v3's name for a state that refuses the call).
-async fn enabled_key(st: &AppState, account_id: i64, tag: &str) -> V3Result<()> {
+async fn enabled_key(st: &AppState, account_id: i64, tag: &KeyUid) -> V3Result<()> {
     let e = st.engine.owned_key(account_id, tag).await?;
     if e.key.status != KeyStatus::Enabled {
         return Err(V3Error::new(

@@ -29,6 +29,7 @@ use super::{
     key_tag, key_type_of, required, V3Error, V3Json, V3Result, AES_CIPHERTEXT_MAX, RSA_LEN,
 };
 use crate::api::AppState;
+use crate::core::KeyUid;
 use crate::core::{KeyEntry, KeyType, Sealed, VersionState, ENCRYPT_MAX, RSA_ENCRYPT_MAX};
 
 /// Items per batch (the pages: "한 번에 1~100개 항목").
@@ -129,7 +130,7 @@ fn item_context(e: &KeyEntry, c: Option<String>) -> V3Result<Option<Vec<u8>>> {
 }
 
 /// The key of the path, charged one quota unit per item.
-async fn key_for(st: &AppState, auth: &Caller, tag: &str, n: usize) -> V3Result<Arc<KeyEntry>> {
+async fn key_for(st: &AppState, auth: &Caller, tag: &KeyUid, n: usize) -> V3Result<Arc<KeyEntry>> {
     auth.charge_items(n)?;
     Ok(st.engine.owned_key(auth.account_id, tag).await?)
 }
@@ -206,7 +207,7 @@ pub(super) async fn batch_encrypt(
 async fn decrypt_items(
     st: &AppState,
     auth: &Caller,
-    tag: &str,
+    tag: &KeyUid,
     b: BatchBody<DecryptItem>,
 ) -> V3Result<Result<Vec<(Sealed, Option<Vec<u8>>)>, Response>> {
     let items = items(b)?;

@@ -15,6 +15,7 @@ use super::super::NaverError;
 use super::{decimal, key_json, key_tag, version_json, V3Error, V3Json, V3Result};
 use crate::api::AppState;
 use crate::core::KeyStatus;
+use crate::core::KeyUid;
 
 pub(in crate::api::naver) fn router() -> Router<AppState> {
     Router::new()
@@ -53,7 +54,7 @@ fn not_enabled() -> V3Error {
     V3Error::new(StatusCode::CONFLICT, "the key is not ENABLED")
 }
 
-async fn require_enabled(st: &AppState, account_id: i64, tag: &str) -> V3Result<()> {
+async fn require_enabled(st: &AppState, account_id: i64, tag: &KeyUid) -> V3Result<()> {
     let e = st.engine.owned_key(account_id, tag).await?;
     if e.key.status != KeyStatus::Enabled {
         return Err(not_enabled());
@@ -199,9 +200,9 @@ pub(super) async fn update_version(
 }
 
 /// `{"status","tokenGeneratorId"?}` of the token generator calls.
-async fn generator_state(st: &AppState, account_id: i64, tag: &str) -> V3Result<Response> {
+async fn generator_state(st: &AppState, account_id: i64, tag: &KeyUid) -> V3Result<Response> {
     let out = match st.engine.token_generator(account_id, tag).await {
-        Ok(g) if g.status == "ACTIVE" => {
+        Ok(g) if g.status == crate::core::GeneratorStatus::Active => {
             json!({"status": "ENABLED", "tokenGeneratorId": g.generator_id})
         }
         Ok(_) | Err(crate::core::Error::NotFound(_)) => json!({"status": "DISABLED"}),
@@ -210,9 +211,9 @@ async fn generator_state(st: &AppState, account_id: i64, tag: &str) -> V3Result<
     Ok(Json(out).into_response())
 }
 
-async fn generator_active(st: &AppState, account_id: i64, tag: &str) -> V3Result<bool> {
+async fn generator_active(st: &AppState, account_id: i64, tag: &KeyUid) -> V3Result<bool> {
     match st.engine.token_generator(account_id, tag).await {
-        Ok(g) => Ok(g.status == "ACTIVE"),
+        Ok(g) => Ok(g.status == crate::core::GeneratorStatus::Active),
         Err(crate::core::Error::NotFound(_)) => Ok(false),
         Err(e) => Err(e.into()),
     }
