@@ -33,6 +33,8 @@
 #   defaults       both (the shipped configuration)
 #   blocking_pool  defaults with hsm.dispatch = blocking_pool (the dispatch
 #                  lever, by its inverse)
+#   inline         defaults with hsm.inline_symmetric = true (short symmetric
+#                  token calls on the request's executor thread)
 #   no_inline      defaults with hsm.inline_symmetric = false (every token
 #                  call on a worker thread: the inline lever by its inverse)
 #   batch_wait     defaults with activity_log.batch_wait_us = 1000 (the log
@@ -309,6 +311,7 @@ LEVER_ALL=(
     "lean_requests:HSM_KMS_ACTIVITY_LOG_STATEMENT_CACHE=false HSM_KMS_SERVER_LEAN_REQUESTS=true"
     "defaults:HSM_KMS_ACTIVITY_LOG_STATEMENT_CACHE=true HSM_KMS_SERVER_LEAN_REQUESTS=true"
     "blocking_pool:HSM_KMS_HSM_DISPATCH=blocking_pool"
+    "inline:HSM_KMS_HSM_INLINE_SYMMETRIC=true"
     "no_inline:HSM_KMS_HSM_INLINE_SYMMETRIC=false"
     "batch_wait:HSM_KMS_ACTIVITY_LOG_BATCH_WAIT_US=1000"
     "batch_min:HSM_KMS_ACTIVITY_LOG_BATCH_WAIT_US=2000 HSM_KMS_ACTIVITY_LOG_BATCH_MIN_RECORDS=16"

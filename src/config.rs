@@ -338,7 +338,7 @@ impl Default for HsmSection {
             recovery_backoff_max_ms: 1000,
             late_view_reinit_interval_ms: 5000,
             dispatch: crate::hsm::Dispatch::Workers,
-            inline_symmetric: true,
+            inline_symmetric: false,
             gcm_iv_source: crate::hsm::IvSource::Token,
             gcm_invocation_limit: crate::hsm::GCM_INVOCATION_LIMIT,
         }

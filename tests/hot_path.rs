@@ -165,7 +165,7 @@ async fn symmetric_round_trips(inline: bool) -> f64 {
     kms.metric("hsm_kms_token_inline_calls_total").await - before
 }
 
-/// `hsm.inline_symmetric = true` (the default): AES-GCM calls and the
+/// `hsm.inline_symmetric = true` (off by default): AES-GCM calls and the
 /// log's seal run on the request's own thread, and give what the workers
 /// give (decryptable ciphertexts, fresh IVs, deterministic convergent
 /// ciphertexts, every record logged).

@@ -36,7 +36,7 @@ pub struct CustomKey {
 }
 
 fn key_type(e: &KeyEntry) -> Result<KeyType> {
-    KeyType::parse(&e.key.key_type)
+    KeyType::of(e.key.key_type)
         .ok_or_else(|| Error::Internal(format!("unknown key type {}", e.key.key_type)))
 }
 

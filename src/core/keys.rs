@@ -55,6 +55,26 @@ impl KeyType {
         }
     }
 
+    /// The NAVER type of a key's algorithm (`None`: an NHN secret, which
+    /// NAVER has no type for).
+    pub fn of(a: super::Algorithm) -> Option<Self> {
+        match a {
+            super::Algorithm::Aes256 => Some(KeyType::Aes256),
+            super::Algorithm::Rsa2048 => Some(KeyType::Rsa2048),
+            super::Algorithm::EcdsaP256 => Some(KeyType::Ecdsa),
+            super::Algorithm::Secret => None,
+        }
+    }
+
+    /// The engine's algorithm of this type.
+    pub fn algorithm(self) -> super::Algorithm {
+        match self {
+            KeyType::Aes256 => super::Algorithm::Aes256,
+            KeyType::Rsa2048 => super::Algorithm::Rsa2048,
+            KeyType::Ecdsa => super::Algorithm::EcdsaP256,
+        }
+    }
+
     pub(crate) fn spec(self) -> KeySpec {
         match self {
             KeyType::Aes256 => KeySpec::Aes256 { extractable: false },

@@ -39,8 +39,8 @@ pub use tokens::{
 };
 pub(crate) use types::stored_names;
 pub use types::{
-    AccessKeyStatus, Dialect, Key, KeyId, KeyStatus, KeyUid, KeyVersion, ObjectRef, UnknownValue,
-    VersionState,
+    AccessKeyStatus, Algorithm, Dialect, Key, KeyId, KeyStatus, KeyUid, KeyVersion, ObjectRef,
+    UnknownValue, VersionState,
 };
 
 use crate::store::{InstallationRepo, KeyRepo};
@@ -189,7 +189,7 @@ impl KeyEntry {
     fn heap_bytes(&self) -> usize {
         let k = &self.key;
         let strings = k.uid.capacity()
-            + [&k.name, &k.key_type, &k.memo, &k.protection_type]
+            + [&k.name, &k.memo, &k.protection_type]
                 .iter()
                 .map(|s| s.capacity())
                 .sum::<usize>()

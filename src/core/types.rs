@@ -58,6 +58,41 @@ pub enum AccessKeyStatus {
 }
 stored_names!(AccessKeyStatus { Active => "active", Revoked => "revoked" });
 
+/// What a key's versions are in the token, for both dialects: the
+/// algorithm of the objects each version holds. The store keeps the name
+/// in `keys.key_type`; NAVER's `keyType` is the same name (its
+/// [`KeyType`](super::KeyType) is the subset it can create), NHN's
+/// `SYMMETRIC_KEY` / `ASYMMETRIC_KEY` / `SECRET` map onto it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// AES-256 (GCM), a secret-key object.
+    Aes256,
+    /// RSA-2048, a key pair.
+    Rsa2048,
+    /// ECDSA on P-256, a key pair.
+    EcdsaP256,
+    /// NHN confidential data in a `CKO_DATA` object.
+    Secret,
+}
+stored_names!(Algorithm {
+    Aes256 => "AES256",
+    Rsa2048 => "RSA2048",
+    EcdsaP256 => "ECDSA",
+    Secret => "SECRET",
+});
+
+impl std::fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for Algorithm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// State of a key version's HSM object, for crash consistency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VersionState {
@@ -382,8 +417,8 @@ pub struct Key {
     pub name: String,
     /// The dialect whose rules the key follows.
     pub dialect: Dialect,
-    /// `AES256`, `RSA2048` or `ECDSA`.
-    pub key_type: String,
+    /// What its versions are in the token.
+    pub key_type: Algorithm,
     /// Status.
     pub status: KeyStatus,
     /// Free text.
@@ -432,4 +467,27 @@ pub struct KeyVersion {
     pub status_at: i64,
     /// Creation time, ms.
     pub created_at: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn algorithms_read_back_their_stored_names_and_refuse_others() {
+        for a in [
+            Algorithm::Aes256,
+            Algorithm::Rsa2048,
+            Algorithm::EcdsaP256,
+            Algorithm::Secret,
+        ] {
+            assert_eq!(Algorithm::try_from(a.as_str().to_string()).ok(), Some(a));
+            assert_eq!(serde_json::to_value(a).ok(), Some(a.as_str().into()));
+        }
+        // The stored names are NAVER's keyType values, unchanged.
+        assert_eq!(Algorithm::EcdsaP256.as_str(), "ECDSA");
+        for bad in ["aes256", "HMAC", "", "RSA4096"] {
+            assert!(Algorithm::try_from(bad.to_string()).is_err(), "{bad}");
+        }
+    }
 }

@@ -224,7 +224,7 @@ impl Writer {
                             .bind(&key.uid)
                             .bind(key.account_id)
                             .bind(&key.name)
-                            .bind(&key.key_type)
+                            .bind(key.key_type.as_str())
                             .bind(&key.memo)
                             .bind(&key.protection_type)
                             .bind(key.is_convergent)

@@ -4,7 +4,9 @@ use super::key_commits::{KeyWrite, Written};
 use super::{map_unique, now_ms, KeyRepo, Result, Store, StoreError};
 use super::{InstallationRepo, NhnRepo};
 use crate::core::attest::VersionOwner;
-use crate::core::{Dialect, Key, KeyId, KeyStatus, KeyUid, KeyVersion, ObjectRef, VersionState};
+use crate::core::{
+    Algorithm, Dialect, Key, KeyId, KeyStatus, KeyUid, KeyVersion, ObjectRef, VersionState,
+};
 use sqlx::{ColumnIndex, Decode, FromRow, Row, Type};
 
 /// A `keys` row read straight into the engine's [`Key`]: the store has no
@@ -24,7 +26,12 @@ where
             account_id: r.try_get("account_id")?,
             name: r.try_get("name")?,
             dialect: Dialect::parse(&r.try_get::<String, _>("dialect")?),
-            key_type: r.try_get("key_type")?,
+            key_type: Algorithm::try_from(r.try_get::<String, _>("key_type")?).map_err(|e| {
+                sqlx::Error::ColumnDecode {
+                    index: "key_type".into(),
+                    source: Box::new(e),
+                }
+            })?,
             status: KeyStatus::parse(&r.try_get::<String, _>("status")?),
             memo: r.try_get("memo")?,
             protection_type: r.try_get("protection_type")?,
@@ -89,7 +96,7 @@ pub struct NewKey {
     /// The dialect whose rules the key follows.
     pub dialect: Dialect,
     /// Key type.
-    pub key_type: String,
+    pub key_type: Algorithm,
     /// Memo.
     pub memo: String,
     /// NAVER `protectionType`.

@@ -106,7 +106,7 @@ fn key_info(e: &KeyEntry, base_url: &str) -> KeyInfo {
         key_name: k.name.clone(),
         nrn: format!("nrn:PUB:KMS::{}:Key/{}", k.account_id, k.id),
         base_url: base_url.to_string(),
-        key_type: k.key_type.clone(),
+        key_type: k.key_type.to_string(),
         status: k.status.as_str().to_string(),
         keystore_id: k.account_id,
         current_version: e.current().map(|v| v.version).unwrap_or(0),

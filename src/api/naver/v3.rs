@@ -372,7 +372,7 @@ async fn with_version(
 }
 
 fn key_type_of(e: &KeyEntry) -> V3Result<KeyType> {
-    KeyType::parse(&e.key.key_type)
+    KeyType::of(e.key.key_type)
         .ok_or_else(|| Error::Internal(format!("unknown key type {}", e.key.key_type)).into())
 }
 

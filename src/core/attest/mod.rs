@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
-use super::{service_keys, Error, Inventory, Result};
+use super::{service_keys, Algorithm, Error, Inventory, Result};
 use crate::hsm::{Hsm, ModuleInfo, ObjectInfo, SignAlg, TokenInfo};
 use crate::store::Store;
 
@@ -428,7 +428,7 @@ fn version_view(v: &VersionOwner) -> StoreView {
         dialect: if nhn { "nhn" } else { "naver" }.into(),
         key: v.uid.clone(),
         version: Some(v.version),
-        key_type: v.key_type.clone(),
+        key_type: v.key_type.to_string(),
         key_status: Some(v.key_status.clone()),
         state: v.state.clone(),
         enabled: Some(v.enabled),
@@ -519,7 +519,7 @@ pub async fn rows(hsm: &Hsm, store: &Store, scope: &Scope) -> Result<(Vec<Row>, 
     }
     let mut out = Vec::new();
     for v in &versions {
-        let expected = expected_objects(&v.key_type, &v.cka_id, v.aux_cka_id.as_deref());
+        let expected = expected_objects(v.key_type.as_str(), &v.cka_id, v.aux_cka_id.as_deref());
         let mut ids: Vec<&[u8]> = vec![&v.cka_id];
         ids.extend(v.aux_cka_id.as_deref());
         out.push(make_row(Some(version_view(v)), expected, &ids, &token));
@@ -801,8 +801,9 @@ mod tests {
 pub struct VersionOwner {
     /// Public identifier of the key (NAVER `keyTag`, NHN `keyId`).
     pub uid: String,
-    /// Engine key type (`AES256`, `RSA2048`, `ECDSA`, `SECRET`).
-    pub key_type: String,
+    /// What the key's versions are in the token.
+    #[sqlx(try_from = "String")]
+    pub key_type: Algorithm,
     /// Key status (`ENABLE`, `DISABLE`, `REVOKE`, `DELETED`).
     pub key_status: String,
     /// Version number.

@@ -107,7 +107,7 @@ impl Engine {
             account_id,
             name: req.name.clone(),
             dialect: Dialect::Naver,
-            key_type: req.key_type.as_str().to_string(),
+            key_type: req.key_type.algorithm(),
             memo: req.memo,
             protection_type: req.protection_type,
             is_convergent: req.is_convergent,
@@ -251,7 +251,7 @@ impl Engine {
                 "only an enabled key can be rotated".into(),
             ));
         }
-        let key_type = KeyType::parse(&e.key.key_type)
+        let key_type = KeyType::of(e.key.key_type)
             .ok_or_else(|| Error::Internal(format!("unknown key type {}", e.key.key_type)))?;
         let ids = async {
             let cka_id = ObjectRef::from(self.hsm().random(16).await?);

@@ -17,7 +17,9 @@ use crate::core::keys::{
     next_rotation, schedule_destruction, VersionFaults, VersionLimit, VersionObjects,
 };
 use crate::core::now_ms;
-use crate::core::{Dialect, Engine, Error, Key, KeyEntry, KeyStatus, KeyUid, ObjectRef, Result};
+use crate::core::{
+    Algorithm, Dialect, Engine, Error, Key, KeyEntry, KeyStatus, KeyUid, ObjectRef, Result,
+};
 use crate::hsm::{KeySpec, KeyUsage};
 use crate::store::{NewKey, StoreError};
 
@@ -75,11 +77,11 @@ impl NhnKeyType {
         }
     }
 
-    fn engine_type(self) -> &'static str {
+    fn engine_type(self) -> Algorithm {
         match self {
-            NhnKeyType::Secret => "SECRET",
-            NhnKeyType::Symmetric => "AES256",
-            NhnKeyType::Asymmetric => "RSA2048",
+            NhnKeyType::Secret => Algorithm::Secret,
+            NhnKeyType::Symmetric => Algorithm::Aes256,
+            NhnKeyType::Asymmetric => Algorithm::Rsa2048,
         }
     }
 
@@ -390,7 +392,7 @@ impl Engine {
             // covers NAVER keys only); NHN names may repeat.
             name: name.to_string(),
             dialect: Dialect::Nhn,
-            key_type: kind.engine_type().into(),
+            key_type: kind.engine_type(),
             memo: String::new(),
             protection_type: "HSM".into(),
             is_convergent: false,
@@ -402,7 +404,7 @@ impl Engine {
         let caps = crate::store::KeyCaps {
             per_account: limits.keys_per_account,
             of_type: (kind == NhnKeyType::Secret)
-                .then(|| (kind.engine_type(), limits.nhn_secrets_per_project)),
+                .then(|| (kind.engine_type().as_str(), limits.nhn_secrets_per_project)),
         };
         let key_id = match self
             .store()
