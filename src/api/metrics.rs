@@ -127,6 +127,18 @@ fn describe() {
         "Operations run again after a repaired token fault."
     );
     describe_counter!(
+        "hsm_kms_token_inline_calls_total",
+        "Short symmetric token calls run on the request's executor thread (hsm.inline_symmetric)."
+    );
+    describe_counter!(
+        "hsm_kms_key_commit_transactions_total",
+        "Store transactions that committed key creations' pending rows and activations together."
+    );
+    describe_counter!(
+        "hsm_kms_key_commit_writes_total",
+        "Key creations' pending rows and activations committed by those transactions."
+    );
+    describe_counter!(
         "hsm_kms_key_material_missing_total",
         "Requests on a key version whose token object is gone."
     );
