@@ -278,6 +278,19 @@ async fn every_family_exists_and_the_mix_moves_them() {
     );
 
     let after = scrape_text(&kms).await;
+    // Every family has its help text, as `promtool check metrics` (in
+    // scripts/test-observability.sh, late in CI) demands: a counter added
+    // without its `describe_counter!` fails here, in the default suite.
+    let undescribed: Vec<&str> = after
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| !after.contains(&format!("# HELP {name} ")))
+        .collect();
+    assert!(
+        undescribed.is_empty(),
+        "families without a help text (add a describe_*! in src/api/metrics.rs): {undescribed:?}"
+    );
     let s = parse(&[&before, &after]);
     let (b, a) = (&s[0], &s[1]);
     for f in MOVED {
