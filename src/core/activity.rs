@@ -70,6 +70,24 @@ struct Unrecorded {
     message: String,
 }
 
+/// Moves the records already queued into the batch, up to [`MAX_BATCH`]
+/// (without waiting for more).
+fn drain_queued(
+    rx: &mut mpsc::Receiver<Pending>,
+    rows: &mut Vec<ActivityRecord>,
+    acks: &mut Vec<oneshot::Sender<std::result::Result<(), Unrecorded>>>,
+) {
+    while rows.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok((row, ack)) => {
+                rows.push(row);
+                acks.push(ack);
+            }
+            Err(_) => break,
+        }
+    }
+}
+
 type Pending = (
     ActivityRecord,
     oneshot::Sender<std::result::Result<(), Unrecorded>>,
@@ -159,15 +177,7 @@ impl ActivityLog {
                 acks.push(ack);
                 // What is queued already counts towards the batch size that
                 // ends the wait.
-                while rows.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok((row, ack)) => {
-                            rows.push(row);
-                            acks.push(ack);
-                        }
-                        Err(_) => break,
-                    }
-                }
+                drain_queued(&mut rx, &mut rows, &mut acks);
                 if !batch_wait.is_zero() {
                     let until = tokio::time::Instant::now() + batch_wait;
                     while rows.len() < enough {
@@ -182,15 +192,7 @@ impl ActivityLog {
                         }
                     }
                 }
-                while rows.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok((row, ack)) => {
-                            rows.push(row);
-                            acks.push(ack);
-                        }
-                        Err(_) => break,
-                    }
-                }
+                drain_queued(&mut rx, &mut rows, &mut acks);
                 telemetry::activity_queued(-(rows.len() as i64));
                 let writing = std::time::Instant::now();
                 if conn.is_none() {
