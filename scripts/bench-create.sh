@@ -65,24 +65,7 @@ for build in "${BUILDS[@]}"; do
     (umask 077 && random_secret >"$work/user.pin")
     softhsm2-util --init-token --free --label hsm-kms-create --so-pin "$(random_secret)" \
         --pin "$(cat "$work/user.pin")" >/dev/null
-    cat >"$work/hsm-kms.toml" <<CONF
-[server]
-listen = "127.0.0.1:0"
-[hsm]
-module = "$MODULE"
-token_label = "hsm-kms-create"
-pin_file = "$work/user.pin"
-[store]
-data_dir = "$work/data"
-[limits]
-max_keys_per_account = $((n + 10))
-[log]
-format = "json"
-level = "warn"
-CONF
-    unset HSM_KMS_PIN HSM_KMS_CONFIG
-    "$dir/hsm-kms" --config "$work/hsm-kms.toml" init --account bench >/dev/null 2>"$work/init.log" \
-        || die "init: $(cat "$work/init.log")"
+    bench_setup "$dir" "$work/hsm-kms.toml" "$work" "$MODULE" hsm-kms-create $((n + 10))
     pop="$("$dir/hsm-kms-scale" populate --config "$work/hsm-kms.toml" --keys "$n" --concurrency "$c" --out "$work/out")"
     kps="$(sed -n 's/.*keys_per_sec=\([0-9.]*\).*/\1/p' <<<"$pop")"
     log "round $round, token on $place, $c at a time, $build: $n keys, $kps keys/s"

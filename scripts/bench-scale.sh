@@ -175,24 +175,7 @@ for ON_TMPFS in "${TOKEN_LIST[@]}"; do
     "$UTIL" --init-token --free --label hsm-kms-scale --so-pin "$(random_secret)" \
         --pin "$(cat "$WORK/user.pin")" >/dev/null
     CONFIG="$WORK/hsm-kms.toml"
-    cat >"$CONFIG" <<CONF
-[server]
-listen = "127.0.0.1:0"
-[hsm]
-module = "$MODULE"
-token_label = "hsm-kms-scale"
-pin_file = "$WORK/user.pin"
-[store]
-data_dir = "$WORK/data"
-[limits]
-max_keys_per_account = $((N + 10))
-[log]
-format = "json"
-level = "warn"
-CONF
-    unset HSM_KMS_PIN HSM_KMS_CONFIG
-    "$TARGET/hsm-kms" --config "$CONFIG" init --account bench >/dev/null 2>"$WORK/init.log" \
-        || die "init: $(cat "$WORK/init.log")"
+    bench_setup "$TARGET" "$CONFIG" "$WORK" "$MODULE" hsm-kms-scale $((N + 10))
 
     log "N=$N ($BACKEND, token on $TOKEN_PLACE): creating $N AES-256 keys through the engine, $CONCURRENCY at a time"
     pop="$("$TARGET/hsm-kms-scale" populate --config "$CONFIG" --keys "$N" \

@@ -120,3 +120,29 @@ CONF
         && [ -n "$UAK_ID" ] && [ -n "$SOAK_UAK_SECRET" ] || die "could not create the load generator's credentials"
     export SOAK_SECRET_KEY SOAK_API_KEY SOAK_APPKEY SOAK_UAK_SECRET
 }
+
+# bench_setup BIN_DIR CONFIG DIR MODULE LABEL MAX_KEYS: writes the config the
+# scale and creation benchmarks serve from (token LABEL of MODULE, PIN in
+# DIR/user.pin, SQLite under DIR/data, MAX_KEYS keys per account, warnings
+# only) to CONFIG and runs `hsm-kms init --account bench` on it.
+bench_setup() {
+    local bin="$1" config="$2" dir="$3" module="$4" label="$5" max="$6"
+    cat >"$config" <<CONF
+[server]
+listen = "127.0.0.1:0"
+[hsm]
+module = "$module"
+token_label = "$label"
+pin_file = "$dir/user.pin"
+[store]
+data_dir = "$dir/data"
+[limits]
+max_keys_per_account = $max
+[log]
+format = "json"
+level = "warn"
+CONF
+    unset HSM_KMS_PIN HSM_KMS_CONFIG
+    "$bin/hsm-kms" --config "$config" init --account bench >/dev/null 2>"$dir/init.log" \
+        || die "init: $(cat "$dir/init.log")"
+}
