@@ -240,7 +240,8 @@ impl Site {
             .expect("run hsm-kms admin list-objects");
         assert!(
             out.status.success(),
-            "admin list-objects failed: {}",
+            "admin list-objects failed ({}): {}",
+            out.status,
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout)
