@@ -259,4 +259,4 @@ printf 'store/tok = SoftHSM object store / where its token files are (tmpfs: TOK
 printf 'preload s = the key cache preload after the listener is up (not in ready s); RSS0 MiB = server RSS at ready.\n'
 printf 'map B/ver = handle map bytes / entries; cache B/k = key cache bytes / keys (preloaded at start; 0: no preload);\n'
 printf '  RSS B/key = RSS growth over the random run / keys it touched. srv = base (BASELINE_BIN) or new (this tree).\n'
-printf 'finds = C_FindObjects searches since start (start-up enumeration and installation-id look-up included); refresh = handle refreshes.\n'
+printf 'finds = C_FindObjects searches since start (the start-up enumeration included; servers before 1356b41 also searched by label for the installation id); refresh = handle refreshes.\n'

@@ -118,6 +118,34 @@ async fn keys_made_before_a_restart_are_used_without_searching_the_token() {
     );
 }
 
+/// A start searches the token once: the reconciler's enumeration fills the
+/// handle map and answers the installation-id check too, with no search by
+/// label (SoftHSMv2 answers one by walking every object of the token: 4.5 s
+/// of a 100k-object start). The id is still checked: see
+/// `tests/store_token_binding.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_enumerates_the_token_once_and_searches_nothing_else() {
+    let mut site = Site::init();
+    let server = site.serve(&[]).await;
+    let body = json!({"keyName": "once", "keyType": "AES256", "isAutoRotation": false});
+    server.call("POST", "/kms/v1/keys", Some(body)).await.ok();
+    server.kill();
+
+    let server = site.serve(&[]).await;
+    let text = metrics_text(&server.url).await;
+    assert_eq!(
+        metric(&text, "hsm_kms_find_objects_total", "kind=\"enumerate\""),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "hsm_kms_find_objects_total", "kind=\"lookup\""),
+        0.0,
+        "a start searched the token beyond its one enumeration: {text}"
+    );
+    server.kill();
+}
+
 /// Another PKCS#11 client replaces a key's object by a copy (same key,
 /// same `CKA_ID`, new handle): the service's handle is stale, the request
 /// is run again after one look-up and succeeds, counted once; later

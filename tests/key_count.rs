@@ -241,8 +241,7 @@ async fn the_key_cache_is_preloaded_with_the_live_keys() {
 /// reads their attributes on several sessions at once; the handle map it
 /// fills is whole and right: a second port on the token (a restart, in
 /// this process) serves every key, and decrypts what the first one sealed,
-/// with no search of the token beyond the enumeration itself and the
-/// installation-id look-up.
+/// with no search of the token beyond the enumeration itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_parallel_enumeration_maps_every_object_to_its_own_handle() {
     let kms = Kms::start().await;

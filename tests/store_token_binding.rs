@@ -617,3 +617,28 @@ async fn item1_installation_made_before_ids_adopted_only_on_proof() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// The token's installation id comes from the start-up enumeration (no
+/// search by label): a second installation object with another value is
+/// still refused, both values named, nothing destroyed.
+#[tokio::test]
+async fn item1_two_installation_objects_on_the_token_refused() {
+    if common::sqlite_only("reads the installation id from the SQLite store file") {
+        return;
+    }
+    let (site, _tag, _ct) = used_site().await;
+    let id = store_installation_id(&site.db_path()).await.expect("id");
+    write_stray(&site, "hsm-kms/installation");
+    let before = count(&site);
+    let mut cmd = site.command();
+    cmd.arg("serve");
+    let out = run_to_exit(cmd);
+    assert!(!out.status.success(), "serve must refuse: {}", stderr(&out));
+    let msg = stderr(&out);
+    assert!(
+        msg.contains("2 different hsm-kms/installation objects on the token"),
+        "{msg}"
+    );
+    assert!(msg.contains(&id) && msg.contains("stray"), "{msg}");
+    assert_eq!(count(&site), before, "nothing destroyed");
+}

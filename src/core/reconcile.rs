@@ -57,7 +57,8 @@ pub struct ReconcileReport {
     /// Milliseconds spent enumerating the token (all inventories of the run).
     pub enumeration_ms: u64,
     /// Milliseconds spent reading the store's object ids (all inventories;
-    /// the installation-id look-ups on both sides included).
+    /// the store's installation id included; the token's comes with the
+    /// enumeration).
     pub store_scan_ms: u64,
 }
 
@@ -86,7 +87,8 @@ pub struct Inventory {
     /// operator (`key {uid} v{n}`, `service key kek`, ...).
     pub missing: Vec<String>,
     /// Time spent enumerating the token (one `C_FindObjects` and one
-    /// `C_GetAttributeValue` per object).
+    /// `C_GetAttributeValue` per object, plus one for each installation
+    /// object).
     pub enumeration: Duration,
     /// Time spent reading the store's object ids.
     pub store_scan: Duration,
@@ -104,14 +106,17 @@ impl Inventory {
     pub async fn take(hsm: &Hsm, store: &Store) -> Result<Self> {
         let t0 = Instant::now();
         let store_id = store.installation_id().await?;
-        let token_id = hsm.installation_id().await?;
         let service_keys = store.service_keys().await?;
         let ca_ids = store.nhn_ca_key_ids().await?;
         let active_before = store.active_version_ids().await?;
         let mut known: HashSet<Vec<u8>> = store.known_object_ids().await?.into_iter().collect();
         let t1 = Instant::now();
-        let objects = hsm.list_service_objects().await?;
+        // The one enumeration also answers the installation id: a search
+        // by label would walk every object of the token once more.
+        let listing = hsm.list_token().await?;
         let enumeration = t1.elapsed();
+        let token_id = listing.installation_id()?;
+        let objects = listing.objects;
         super::fault_point("inventory:after-listing");
         let t2 = Instant::now();
         known.extend(store.known_object_ids().await?);

@@ -30,7 +30,7 @@ pub use error::HsmError;
 pub use handles::FindCalls;
 pub use info::{ModuleInfo, TokenInfo};
 pub use mechanisms::{MechanismPath, MechanismPaths};
-pub use objects::{ObjectInfo, TokenObject, INSTALLATION_LABEL, LABEL_PREFIX};
+pub use objects::{ObjectInfo, TokenListing, TokenObject, INSTALLATION_LABEL, LABEL_PREFIX};
 pub use recovery::{Fault, Health, RECOVERY_BACKOFF_MIN};
 pub use templates::{KeySpec, KeyUsage};
 

@@ -70,13 +70,60 @@ pub struct ObjectInfo {
     pub always_sensitive: bool,
 }
 
+/// What one enumeration of the token found: the service's objects and the
+/// installation ids, so that a start searches the token once (SoftHSMv2
+/// answers a search by label by walking every object of the token).
+#[derive(Debug, Clone, Default)]
+pub struct TokenListing {
+    /// Every object whose label starts with [`LABEL_PREFIX`], except the
+    /// installation object.
+    pub objects: Vec<TokenObject>,
+    /// The values of every `CKO_DATA` object labelled
+    /// [`INSTALLATION_LABEL`] (none on a token `init` has not bound yet;
+    /// more than one is a fault, see [`TokenListing::installation_id`]).
+    pub installation_ids: Vec<String>,
+}
+
+impl TokenListing {
+    /// The installation id on the token, if any. Two installation objects
+    /// with different values are refused as malformed.
+    pub fn installation_id(&self) -> Result<Option<String>> {
+        let mut ids = self.installation_ids.clone();
+        ids.sort();
+        ids.dedup();
+        match ids.len() {
+            0 => Ok(None),
+            1 => Ok(ids.pop()),
+            n => Err(super::HsmError::Malformed(format!(
+                "{n} different {INSTALLATION_LABEL} objects on the token: {}",
+                ids.join(", ")
+            ))),
+        }
+    }
+}
+
+/// What the attribute reads found among some handles of an enumeration.
+#[derive(Default)]
+struct ReadPart {
+    objects: Vec<TokenObject>,
+    entries: Vec<(HandleKey, ObjectHandle)>,
+    installation_ids: Vec<String>,
+}
+
 impl SessionRef<'_> {
     /// Every token object whose label starts with [`LABEL_PREFIX`], except
-    /// the installation object ([`INSTALLATION_LABEL`]), from one
+    /// the installation object ([`INSTALLATION_LABEL`]); see
+    /// [`SessionRef::list_token`].
+    pub fn list_service_objects(&self) -> Result<Vec<TokenObject>> {
+        Ok(self.list_token()?.objects)
+    }
+
+    /// The service's objects and the installation ids, from one
     /// enumeration of the token, which also fills the handle map (see
     /// [`super::handles`]): the reconciler's listing at start-up is what
-    /// spares every request a search.
-    pub fn list_service_objects(&self) -> Result<Vec<TokenObject>> {
+    /// spares every request a search, and it answers the installation-id
+    /// check too.
+    pub fn list_token(&self) -> Result<TokenListing> {
         let handles = self.enumerate()?;
         // One C_GetAttributeValue per object: with many objects, spread
         // over a few sessions on threads of their own (a file-backed
@@ -99,30 +146,24 @@ impl SessionRef<'_> {
                 let part = h.join().map_err(|_| {
                     HsmError::Worker("a token enumeration thread panicked".into())
                 })??;
-                all.extend(part);
+                all.objects.extend(part.objects);
+                all.entries.extend(part.entries);
+                all.installation_ids.extend(part.installation_ids);
             }
             Ok::<_, HsmError>(all)
         })?;
-        let mut out = Vec::with_capacity(read.len());
-        let mut entries = Vec::with_capacity(read.len());
-        for (object, entry) in read {
-            if let Some(e) = entry {
-                entries.push(e);
-            }
-            out.push(object);
-        }
-        self.install_handles(entries);
-        Ok(out)
+        self.install_handles(read.entries);
+        Ok(TokenListing {
+            objects: read.objects,
+            installation_ids: read.installation_ids,
+        })
     }
 
     /// The service objects among `handles` (label, id and class read in one
-    /// call each), with their handle-map entries.
-    #[allow(clippy::type_complexity)]
-    fn read_service_attrs(
-        &self,
-        handles: &[ObjectHandle],
-    ) -> Result<Vec<(TokenObject, Option<(HandleKey, ObjectHandle)>)>> {
-        let mut out = Vec::new();
+    /// call each), with their handle-map entries, and the values of the
+    /// installation objects among them.
+    fn read_service_attrs(&self, handles: &[ObjectHandle]) -> Result<ReadPart> {
+        let mut out = ReadPart::default();
         for &h in handles {
             let attrs = self.raw().get_attributes(
                 h,
@@ -148,38 +189,31 @@ impl SessionRef<'_> {
                     _ => {}
                 }
             }
+            if label.as_deref() == Some(INSTALLATION_LABEL) {
+                // The same objects the search by label found: token data
+                // objects with exactly this label.
+                if class == "data" {
+                    for a in self.raw().get_attributes(h, &[AttributeType::Value])? {
+                        if let Attribute::Value(v) = a {
+                            out.installation_ids
+                                .push(String::from_utf8_lossy(&v).into_owned());
+                        }
+                    }
+                }
+                continue;
+            }
             // Data objects have no CKA_ID; their id is their label.
             let id = id.or_else(|| label.as_ref().map(|l| l.as_bytes().to_vec()));
             if let (Some(label), Some(id)) = (label, id) {
-                if label.starts_with(LABEL_PREFIX) && label != INSTALLATION_LABEL {
-                    let entry = code.map(|code| ((id.clone(), code), h));
-                    out.push((
-                        TokenObject {
-                            id,
-                            label,
-                            class: class.to_string(),
-                        },
-                        entry,
-                    ));
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// The values of every `CKO_DATA` object labelled [`INSTALLATION_LABEL`]
-    /// (none on a token `init` has not bound yet; more than one is a fault).
-    pub fn installation_ids(&self) -> Result<Vec<String>> {
-        let handles = self.find(&[
-            Attribute::Token(true),
-            Attribute::Class(ObjectClass::DATA),
-            Attribute::Label(INSTALLATION_LABEL.as_bytes().to_vec()),
-        ])?;
-        let mut out = Vec::new();
-        for h in handles {
-            for a in self.raw().get_attributes(h, &[AttributeType::Value])? {
-                if let Attribute::Value(v) = a {
-                    out.push(String::from_utf8_lossy(&v).into_owned());
+                if label.starts_with(LABEL_PREFIX) {
+                    if let Some(code) = code {
+                        out.entries.push(((id.clone(), code), h));
+                    }
+                    out.objects.push(TokenObject {
+                        id,
+                        label,
+                        class: class.to_string(),
+                    });
                 }
             }
         }
@@ -339,22 +373,9 @@ impl Hsm {
             .await
     }
 
-    /// The installation id on the token, if any. Two installation objects
-    /// with different values are refused as malformed.
-    pub async fn installation_id(&self) -> Result<Option<String>> {
-        let mut ids = self
-            .run(OpClass::Symmetric, |s| s.installation_ids())
-            .await?;
-        ids.sort();
-        ids.dedup();
-        match ids.len() {
-            0 => Ok(None),
-            1 => Ok(ids.pop()),
-            n => Err(super::HsmError::Malformed(format!(
-                "{n} different {INSTALLATION_LABEL} objects on the token: {}",
-                ids.join(", ")
-            ))),
-        }
+    /// See [`SessionRef::list_token`].
+    pub async fn list_token(&self) -> Result<TokenListing> {
+        self.run(OpClass::Symmetric, |s| s.list_token()).await
     }
 
     /// Writes the installation id on the token as a private, non-modifiable
