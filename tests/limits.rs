@@ -160,9 +160,36 @@ async fn item6_keys_per_account_quota() {
         .delete_key(1, &hsm_kms::core::KeyUid::from(&first))
         .await
         .unwrap();
-    kms.call("POST", "/kms/v1/keys", Some(body("key7")))
-        .await
-        .ok();
+    let r = kms.call("POST", "/kms/v1/keys", Some(body("key7"))).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = kms.call("POST", "/kms/v1/keys", Some(body("key8"))).await;
+    r.assert_naver_error(400, "100");
+    assert_live_key_counts_match(&kms).await;
+}
+
+/// The per-account count the quota reads (`account_key_counts`, kept by
+/// triggers) equals a count of the key rows.
+async fn assert_live_key_counts_match(kms: &Kms) {
+    use sqlx::Row as _;
+    let db = kms.db().await;
+    let rows = sqlx::query(
+        "SELECT a.id AS account_id,
+                (SELECT COUNT(*) FROM keys k WHERE k.account_id = a.id AND k.status <> 'DELETED') AS counted,
+                COALESCE((SELECT c.live FROM account_key_counts c WHERE c.account_id = a.id), 0) AS kept
+         FROM accounts a",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert!(!rows.is_empty());
+    for r in rows {
+        let (id, counted, kept): (i64, i64, i64) =
+            (r.get("account_id"), r.get("counted"), r.get("kept"));
+        assert_eq!(
+            counted, kept,
+            "account {id}: key rows {counted}, kept count {kept}"
+        );
+    }
 }
 
 #[tokio::test]

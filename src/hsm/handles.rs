@@ -65,6 +65,27 @@ struct State<H> {
     /// Entries dropped as stale and not looked up again yet.
     stale: HashSet<HandleKey>,
     epoch: u64,
+    /// Heap bytes of the ids in `map`, kept as entries come and go, so
+    /// that publishing the map's size does not walk it (at 100 000
+    /// objects a walk per created key held the write lock that every
+    /// token call's look-up waits on).
+    id_bytes: usize,
+}
+
+impl<H> State<H> {
+    /// Stores `h` under `k`, counting the id's bytes if it is new.
+    fn put(&mut self, k: HandleKey, h: H) {
+        self.stale.remove(&k);
+        match self.map.entry(k) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                e.insert(h);
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                self.id_bytes += e.key().0.capacity();
+                e.insert(h);
+            }
+        }
+    }
 }
 
 impl<H> Default for State<H> {
@@ -74,6 +95,7 @@ impl<H> Default for State<H> {
             complete: false,
             stale: HashSet::new(),
             epoch: 0,
+            id_bytes: 0,
         }
     }
 }
@@ -132,8 +154,7 @@ impl<H: Copy> HandleMap<H> {
             return;
         }
         for (k, h) in entries {
-            s.stale.remove(&k);
-            s.map.insert(k, h);
+            s.put(k, h);
         }
         publish(&s);
     }
@@ -149,8 +170,7 @@ impl<H: Copy> HandleMap<H> {
         // Objects made during the enumeration are in `s.map` already and
         // stay; everything the enumeration saw replaces what was cached.
         for (k, h) in entries {
-            s.stale.remove(&k);
-            s.map.insert(k, h);
+            s.put(k, h);
         }
         s.complete = true;
         publish(&s);
@@ -160,7 +180,15 @@ impl<H: Copy> HandleMap<H> {
     /// Drops every entry of an object id (after destroying it).
     pub(super) fn forget_id(&self, id: &[u8]) {
         let mut s = self.write();
-        s.map.retain(|(k, _), _| k.as_slice() != id);
+        let mut freed = 0;
+        s.map.retain(|(k, _), _| {
+            let keep = k.as_slice() != id;
+            if !keep {
+                freed += k.capacity();
+            }
+            keep
+        });
+        s.id_bytes -= freed;
         s.stale.retain(|(k, _)| k.as_slice() != id);
         publish(&s);
     }
@@ -169,7 +197,8 @@ impl<H: Copy> HandleMap<H> {
     pub(super) fn forget_stale(&self, keys: &[HandleKey]) {
         let mut s = self.write();
         for k in keys {
-            if s.map.remove(k).is_some() {
+            if let Some(((id, _), _)) = s.map.remove_entry(k) {
+                s.id_bytes -= id.capacity();
                 s.stale.insert(k.clone());
             }
         }
@@ -182,6 +211,7 @@ impl<H: Copy> HandleMap<H> {
     pub(super) fn invalidate(&self) {
         let mut s = self.write();
         s.map.clear();
+        s.id_bytes = 0;
         s.stale.clear();
         s.complete = false;
         s.epoch += 1;
@@ -230,20 +260,22 @@ impl<H: Copy> HandleMap<H> {
     /// Bytes the map holds: its table (one key, handle and control byte
     /// per bucket) plus each id's heap buffer.
     pub(super) fn bytes(&self) -> usize {
-        bytes_of(&self.read().map)
+        bytes_of(&*self.read())
     }
 }
 
-fn bytes_of<H>(map: &HashMap<HandleKey, H>) -> usize {
+/// The map's bytes: its table (one key, handle and control byte per
+/// bucket) plus the ids' heap buffers, in constant time.
+fn bytes_of<H>(s: &State<H>) -> usize {
     let bucket = std::mem::size_of::<(HandleKey, H)>() + 1;
-    map.capacity() * bucket + map.keys().map(|(id, _)| id.capacity()).sum::<usize>()
+    s.map.capacity() * bucket + s.id_bytes
 }
 
 /// Publishes the map's size (`hsm_kms_handle_map_entries`,
 /// `hsm_kms_handle_map_bytes`).
 fn publish<H>(s: &State<H>) {
     metrics::gauge!("hsm_kms_handle_map_entries").set(s.map.len() as f64);
-    metrics::gauge!("hsm_kms_handle_map_bytes").set(bytes_of(&s.map) as f64);
+    metrics::gauge!("hsm_kms_handle_map_bytes").set(bytes_of(s) as f64);
 }
 
 /// Counts a single-object look-up in `hsm_kms_handle_refreshes_total`.
@@ -265,6 +297,32 @@ mod tests {
 
     fn key(id: u8) -> HandleKey {
         (vec![id; 16], 4)
+    }
+
+    /// The id bytes kept as entries come and go equal a walk of the map.
+    #[test]
+    fn the_kept_byte_count_matches_a_walk_of_the_map() {
+        fn walked(m: &HandleMap<u64>) -> usize {
+            let s = m.read();
+            let bucket = std::mem::size_of::<(HandleKey, u64)>() + 1;
+            s.map.capacity() * bucket + s.map.keys().map(|(id, _)| id.capacity()).sum::<usize>()
+        }
+        let m: HandleMap<u64> = HandleMap::default();
+        let e = m.epoch();
+        m.insert(e, (0..50u8).map(|i| (key(i), h(u64::from(i)))));
+        assert_eq!(m.bytes(), walked(&m));
+        // Replacing a handle keeps the stored id.
+        m.insert(e, [(key(3), h(300)), ((vec![3; 16], 2), h(301))]);
+        assert_eq!(m.bytes(), walked(&m));
+        m.forget_stale(&[key(4), key(5), key(200)]);
+        assert_eq!(m.bytes(), walked(&m));
+        m.forget_id(&[3; 16]);
+        assert_eq!(m.len(), 47);
+        assert_eq!(m.bytes(), walked(&m));
+        assert!(m.install(e, (0..60u8).map(|i| (key(i), h(1))).collect()));
+        assert_eq!(m.bytes(), walked(&m));
+        m.invalidate();
+        assert_eq!((m.len(), m.bytes()), (0, walked(&m)));
     }
 
     #[test]
