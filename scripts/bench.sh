@@ -45,6 +45,9 @@
 #   host_iv        defaults with hsm.gcm_iv_source = host (not for FIPS)
 #   access_log_off defaults with log.access = false (no access line per
 #                  request; the server logs at info, to a file)
+#   writer_task    defaults with activity_log.writer_thread = false (the log
+#                  writer as a task with sqlx's connection: the writer-thread
+#                  lever by its inverse)
 #   log_off        defaults with the activity log off (what the log costs)
 #   tokio_1        defaults on one async executor thread (TOKIO_WORKER_THREADS
 #                  =1): fewer idle executor threads to wake on 2 cores
@@ -317,6 +320,7 @@ LEVER_ALL=(
     "batch_min:HSM_KMS_ACTIVITY_LOG_BATCH_WAIT_US=2000 HSM_KMS_ACTIVITY_LOG_BATCH_MIN_RECORDS=16"
     "host_iv:HSM_KMS_HSM_GCM_IV_SOURCE=host"
     "access_log_off:HSM_KMS_LOG_ACCESS=false"
+    "writer_task:HSM_KMS_ACTIVITY_LOG_WRITER_THREAD=false"
     "log_off:HSM_KMS_ACTIVITY_LOG_ENABLED=false"
     "tokio_1:TOKIO_WORKER_THREADS=1"
 )

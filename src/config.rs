@@ -130,6 +130,13 @@ pub struct ActivityLogConfig {
     /// With `batch_wait_us`: the wait ends once the batch holds this many
     /// records; 0 (the default) waits for a full batch (512) or the time.
     pub batch_min_records: usize,
+    /// On SQLite, run the writer on an OS thread of its own with its own
+    /// synchronous connection, which runs BEGIN IMMEDIATE, the INSERTs, the
+    /// checkpoint and COMMIT (and the batch's token calls) itself: no
+    /// hand-off to sqlx's connection worker thread within a batch. Off: a
+    /// task on the runtime with a sqlx connection (the earlier way).
+    /// PostgreSQL always takes the task.
+    pub writer_thread: bool,
 }
 
 impl Default for ActivityLogConfig {
@@ -140,6 +147,7 @@ impl Default for ActivityLogConfig {
             statement_cache: true,
             batch_wait_us: 0,
             batch_min_records: 0,
+            writer_thread: true,
         }
     }
 }

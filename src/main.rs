@@ -299,6 +299,7 @@ async fn admin_engine(
             checkpoints: cfg.audit.policy(),
             naver_region: cfg.naver.region()?,
             audit_seal: cfg.audit.seal,
+            activity_writer_thread: cfg.activity_log.writer_thread,
             ..Default::default()
         },
     )

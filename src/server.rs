@@ -86,6 +86,7 @@ pub async fn init(cfg: &Config, account: &str) -> anyhow::Result<InitOutcome> {
             activity_fsync: cfg.activity_log.fsync,
             checkpoints: cfg.audit.policy(),
             activity_statement_cache: cfg.activity_log.statement_cache,
+            activity_writer_thread: cfg.activity_log.writer_thread,
             audit_seal: cfg.audit.seal,
             ..EngineOptions::default()
         },
@@ -163,6 +164,7 @@ pub async fn start(
             activity_statement_cache: cfg.activity_log.statement_cache,
             activity_batch_wait: Duration::from_micros(cfg.activity_log.batch_wait_us),
             activity_batch_min: cfg.activity_log.batch_min_records,
+            activity_writer_thread: cfg.activity_log.writer_thread,
             rsa_signature: cfg.naver.rsa_signature()?,
             naver_region: cfg.naver.region()?,
             audit_seal: cfg.audit.seal,

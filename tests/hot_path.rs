@@ -288,15 +288,85 @@ async fn records_of_concurrent_calls(kms: &Kms) {
     assert_eq!(report.checked, rows.len() as i64);
 }
 
+/// The OS threads of this process named `name` (`/proc/self/task/*/comm`).
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .filter(|c| c.trim_end() == name)
+        .count()
+}
+
+/// `activity_log.writer_thread` (the default): on SQLite the writer is an
+/// OS thread of its own (`activity-writer`) with its own connection; its
+/// records are complete, in order and chained; dropping the engine ends
+/// the thread.
+#[tokio::test]
+async fn activity_records_on_the_writer_thread() {
+    if common::sqlite_only("the writer thread is SQLite's") {
+        return;
+    }
+    let kms = Kms::start_with(|c| c.activity_log.writer_thread = true).await;
+    assert_eq!(threads_named("activity-writer"), 1);
+    records_of_concurrent_calls(&kms).await;
+    // A second engine on the same store and token: a second writer, whose
+    // record joins the same chain, and which ends with the engine.
+    let second = hsm_kms::core::Engine::with_options(
+        kms.engine.hsm().clone(),
+        kms.engine.store().clone(),
+        hsm_kms::core::EngineOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(threads_named("activity-writer"), 2);
+    second
+        .record_admin("AdminTest", "second writer")
+        .await
+        .unwrap();
+    drop(second);
+    assert_eq!(
+        threads_named("activity-writer"),
+        1,
+        "its writer thread ended"
+    );
+    let report = hsm_kms::core::audit::verify_chain(kms.engine.hsm(), kms.engine.store(), None)
+        .await
+        .unwrap();
+    assert!(report.first_break.is_none(), "{report:?}");
+}
+
+/// The writer thread with a batch wait: batches of many sizes, nothing
+/// lost, reordered or duplicated.
+#[tokio::test]
+async fn activity_records_on_the_writer_thread_with_a_batch_wait() {
+    let kms = Kms::start_with(|c| {
+        c.activity_log.writer_thread = true;
+        c.activity_log.batch_wait_us = 2000;
+    })
+    .await;
+    records_of_concurrent_calls(&kms).await;
+}
+
+/// With `writer_thread` off, the writer is a task on the runtime (the
+/// earlier way, and PostgreSQL's): no writer thread.
 #[tokio::test]
 async fn activity_records_through_cached_statements() {
-    let kms = Kms::start_with(|c| c.activity_log.statement_cache = true).await;
+    let kms = Kms::start_with(|c| {
+        c.activity_log.writer_thread = false;
+        c.activity_log.statement_cache = true;
+    })
+    .await;
+    assert_eq!(threads_named("activity-writer"), 0);
     records_of_concurrent_calls(&kms).await;
 }
 
 #[tokio::test]
 async fn activity_records_through_fresh_statements() {
-    let kms = Kms::start_with(|c| c.activity_log.statement_cache = false).await;
+    let kms = Kms::start_with(|c| {
+        c.activity_log.writer_thread = false;
+        c.activity_log.statement_cache = false;
+    })
+    .await;
     records_of_concurrent_calls(&kms).await;
 }
 

@@ -13,7 +13,7 @@
 
 use crate::store::ActivitySink;
 use crate::telemetry::store as telemetry;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::audit::AuditChain;
 use super::{Engine, Error, KeyUid, Result};
@@ -73,9 +73,9 @@ struct Unrecorded {
 /// Moves the records already queued into the batch, up to [`MAX_BATCH`]
 /// (without waiting for more).
 fn drain_queued(
-    rx: &mut mpsc::Receiver<Pending>,
+    rx: &flume::Receiver<Pending>,
     rows: &mut Vec<ActivityRecord>,
-    acks: &mut Vec<oneshot::Sender<std::result::Result<(), Unrecorded>>>,
+    acks: &mut Vec<Ack>,
 ) {
     while rows.len() < MAX_BATCH {
         match rx.try_recv() {
@@ -88,15 +88,89 @@ fn drain_queued(
     }
 }
 
-type Pending = (
-    ActivityRecord,
-    oneshot::Sender<std::result::Result<(), Unrecorded>>,
-);
+type Ack = oneshot::Sender<std::result::Result<(), Unrecorded>>;
 
-/// Handle to the writer task.
+type Pending = (ActivityRecord, Ack);
+
+/// The writer's settings (see [`ActivityLog::start`]).
+#[derive(Debug, Clone, Copy)]
+pub struct WriterOptions {
+    /// `activity_log.fsync`.
+    pub fsync: bool,
+    /// `activity_log.batch_wait_us`.
+    pub batch_wait: std::time::Duration,
+    /// `activity_log.batch_min_records`.
+    pub batch_min: usize,
+    /// `activity_log.writer_thread`: on SQLite, the writer runs on an OS
+    /// thread of its own with its own synchronous connection.
+    pub thread: bool,
+}
+
+/// Handle to the writer.
 #[derive(Clone, Debug)]
 pub struct ActivityLog {
-    tx: Option<mpsc::Sender<Pending>>,
+    // Declared before `_thread`: the last handle's sender is dropped first,
+    // which ends the writer thread that `_thread` then waits for.
+    tx: Option<flume::Sender<Pending>>,
+    // Held for its drop.
+    _thread: Option<std::sync::Arc<WriterThread>>,
+}
+
+/// The writer's own OS thread: when the last [`ActivityLog`] handle goes,
+/// its channel closes and the thread ends; the drop waits for it (up to
+/// [`THREAD_EXIT_WAIT`]), so that the thread's last clone of the token port
+/// is not released while the process exits.
+#[derive(Debug)]
+struct WriterThread {
+    join: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// How long dropping the last handle waits for the writer thread to end.
+const THREAD_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        let Some(join) = self.join.lock().ok().and_then(|mut j| j.take()) else {
+            return;
+        };
+        let until = std::time::Instant::now() + THREAD_EXIT_WAIT;
+        while !join.is_finished() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if join.is_finished() {
+            let _ = join.join();
+        }
+    }
+}
+
+/// Answers every caller of a written (or refused) batch, with the batch's
+/// metrics and, on a failure, its log line.
+fn settle(
+    rows: &mut Vec<ActivityRecord>,
+    acks: &mut Vec<Ack>,
+    res: std::result::Result<(), Unrecorded>,
+    took: std::time::Duration,
+) {
+    // Mean batch size = records / batches (counters: constant memory,
+    // unlike a summary).
+    telemetry::activity_batch(rows.len(), took, res.is_ok());
+    metrics::counter!("hsm_kms_activity_batches_total").increment(1);
+    metrics::counter!("hsm_kms_activity_batch_records_total").increment(rows.len() as u64);
+    if let Err(e) = &res {
+        tracing::error!(error = %e.message, records = rows.len(), "activity log write failed; the operations are refused (no unlogged crypto)");
+    }
+    rows.clear();
+    for ack in acks.drain(..) {
+        let _ = ack.send(res.clone());
+    }
+}
+
+/// A batch's outcome as its callers hear it.
+fn unrecorded(e: Error) -> Unrecorded {
+    Unrecorded {
+        unavailable: matches!(e, Error::Unavailable(_)),
+        message: e.to_string(),
+    }
 }
 
 impl ActivityLog {
@@ -125,117 +199,55 @@ impl ActivityLog {
     /// once and nothing waits; under a slow one (RSA sign, where a commit
     /// otherwise carries one or two records) the writer waits up to
     /// `batch_wait` and commits fewer, larger batches.
-    pub fn start(
-        store: Store,
-        chain: Option<AuditChain>,
-        fsync: bool,
-        batch_wait: std::time::Duration,
-        batch_min: usize,
-    ) -> Self {
+    ///
+    /// `thread` (`activity_log.writer_thread`, on by default): on SQLite
+    /// the writer is an OS thread of its own with a synchronous connection
+    /// ([`crate::store::DirectWriter`]) and runs the batch's token calls
+    /// (seal, checkpoint) itself, so a batch costs no hand-off to sqlx's
+    /// connection worker or to a token worker; it wakes the batch's
+    /// callers once, after the commit. Off, or on PostgreSQL: a task on
+    /// the runtime with sqlx's connection (the earlier way).
+    pub fn start(store: Store, chain: Option<AuditChain>, opts: WriterOptions) -> Self {
         let Some(chain) = chain else {
-            return ActivityLog { tx: None };
+            return ActivityLog {
+                tx: None,
+                _thread: None,
+            };
         };
-        let enough = match batch_min {
-            0 => MAX_BATCH,
-            n => n.min(MAX_BATCH),
-        };
-        let (tx, mut rx) = mpsc::channel::<Pending>(4096);
-        tokio::spawn(async move {
-            let mut conn: Option<crate::store::ActivityWriter> = None;
-            let mut tail = None;
-            let since_ms = crate::core::now_ms();
-            let idle = std::time::Duration::from_millis(
-                u64::try_from(chain.policy().every_ms).unwrap_or(60_000),
-            );
-            let mut rows: Vec<ActivityRecord> = Vec::with_capacity(MAX_BATCH);
-            let mut acks = Vec::with_capacity(MAX_BATCH);
-            loop {
-                let (row, ack) = match tokio::time::timeout(idle, rx.recv()).await {
-                    Ok(Some(p)) => p,
-                    Ok(None) => break,
-                    Err(_) => {
-                        // Idle: the time trigger of checkpoints.
-                        if conn.is_none() {
-                            conn = store.activity_writer(fsync).await.ok();
-                        }
-                        let ok = match conn.as_mut() {
-                            Some(c) => match chain.checkpoint_if_due(c, since_ms).await {
-                                Ok(_) => true,
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "audit checkpoint failed; retried later");
-                                    conn = None;
-                                    false
-                                }
-                            },
-                            None => false,
-                        };
-                        telemetry::scheduler_pass(telemetry::Scheduler::AuditCheckpoint, ok);
-                        continue;
-                    }
-                };
-                rows.push(row);
-                acks.push(ack);
-                // What is queued already counts towards the batch size that
-                // ends the wait.
-                drain_queued(&mut rx, &mut rows, &mut acks);
-                if !batch_wait.is_zero() {
-                    let until = tokio::time::Instant::now() + batch_wait;
-                    while rows.len() < enough {
-                        match tokio::time::timeout_at(until, rx.recv()).await {
-                            Ok(Some((row, ack))) => {
-                                rows.push(row);
-                                acks.push(ack);
-                            }
-                            // The wait is over, or every sender is gone
-                            // (the next `recv` ends the writer).
-                            Ok(None) | Err(_) => break,
-                        }
-                    }
-                }
-                drain_queued(&mut rx, &mut rows, &mut acks);
-                telemetry::activity_queued(-(rows.len() as i64));
-                let writing = std::time::Instant::now();
-                if conn.is_none() {
-                    conn = store.activity_writer(fsync).await.ok();
-                }
-                // A full disk refuses every batch, not only those whose WAL
-                // frames find no space left allocated (Store::check_space).
-                let res = match (conn.as_mut(), store.check_space()) {
-                    (_, Err(e)) => Err(Error::from(e)),
-                    (Some(c), Ok(())) => chain.write_batch(c, &mut tail, since_ms, &rows).await,
-                    (None, Ok(())) => Err(Error::Unavailable(
-                        "the metadata store is unavailable".into(),
-                    )),
-                }
-                // A commit into a deleted or replaced file is lost to the
-                // next start: not acknowledged.
-                .and_then(|()| store.check_file().map_err(Error::from))
-                .map_err(|e| Unrecorded {
-                    unavailable: matches!(e, Error::Unavailable(_)),
-                    message: e.to_string(),
+        let (tx, rx) = flume::bounded::<Pending>(4096);
+        if opts.thread && store.is_sqlite() {
+            let runtime = tokio::runtime::Handle::try_current().ok();
+            let spawned = std::thread::Builder::new()
+                .name("activity-writer".into())
+                .spawn(move || {
+                    // Whatever the store or the token port spawns when
+                    // dropped here finds the runtime.
+                    let _rt = runtime.as_ref().map(|h| h.enter());
+                    run_thread(store, chain, opts, rx);
                 });
-                // Mean batch size = records / batches (counters: constant
-                // memory, unlike a summary).
-                telemetry::activity_batch(rows.len(), writing.elapsed(), res.is_ok());
-                metrics::counter!("hsm_kms_activity_batches_total").increment(1);
-                metrics::counter!("hsm_kms_activity_batch_records_total")
-                    .increment(rows.len() as u64);
-                if res.is_err() {
-                    // A broken connection is replaced at the next batch,
-                    // and the tail read again.
-                    conn = None;
-                    tail = None;
+            return match spawned {
+                Ok(join) => ActivityLog {
+                    tx: Some(tx),
+                    _thread: Some(std::sync::Arc::new(WriterThread {
+                        join: std::sync::Mutex::new(Some(join)),
+                    })),
+                },
+                Err(e) => {
+                    // The receiver went with the closure: every record is
+                    // refused (500, "writer stopped"), never unlogged.
+                    tracing::error!(error = %e, "starting the activity-log writer thread failed");
+                    ActivityLog {
+                        tx: Some(tx),
+                        _thread: None,
+                    }
                 }
-                if let Err(e) = &res {
-                    tracing::error!(error = %e.message, records = rows.len(), "activity log write failed; the operations are refused (no unlogged crypto)");
-                }
-                rows.clear();
-                for ack in acks.drain(..) {
-                    let _ = ack.send(res.clone());
-                }
-            }
-        });
-        ActivityLog { tx: Some(tx) }
+            };
+        }
+        tokio::spawn(run_task(store, chain, opts, rx));
+        ActivityLog {
+            tx: Some(tx),
+            _thread: None,
+        }
     }
 
     /// True when records are kept.
@@ -248,7 +260,7 @@ impl ActivityLog {
         let Some(tx) = &self.tx else { return Ok(()) };
         let (ack, done) = oneshot::channel();
         telemetry::activity_queued(1);
-        tx.send((row, ack)).await.map_err(|_| {
+        tx.send_async((row, ack)).await.map_err(|_| {
             telemetry::activity_queued(-1);
             Error::Internal("activity log writer stopped".into())
         })?;
@@ -263,6 +275,179 @@ impl ActivityLog {
                     Error::Internal(e.message)
                 }
             })
+    }
+}
+
+/// The batch size that ends a batch wait.
+fn enough(batch_min: usize) -> usize {
+    match batch_min {
+        0 => MAX_BATCH,
+        n => n.min(MAX_BATCH),
+    }
+}
+
+/// The writer as a task on the runtime, with sqlx's connection.
+async fn run_task(
+    store: Store,
+    chain: AuditChain,
+    opts: WriterOptions,
+    rx: flume::Receiver<Pending>,
+) {
+    let enough = enough(opts.batch_min);
+    let mut conn: Option<crate::store::ActivityWriter> = None;
+    let mut tail = None;
+    let since_ms = crate::core::now_ms();
+    let idle =
+        std::time::Duration::from_millis(u64::try_from(chain.policy().every_ms).unwrap_or(60_000));
+    let mut rows: Vec<ActivityRecord> = Vec::with_capacity(MAX_BATCH);
+    let mut acks = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let (row, ack) = match tokio::time::timeout(idle, rx.recv_async()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => break,
+            Err(_) => {
+                // Idle: the time trigger of checkpoints.
+                if conn.is_none() {
+                    conn = store.activity_writer(opts.fsync).await.ok();
+                }
+                let ok = match conn.as_mut() {
+                    Some(c) => match chain.checkpoint_if_due(c, since_ms).await {
+                        Ok(_) => true,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "audit checkpoint failed; retried later");
+                            conn = None;
+                            false
+                        }
+                    },
+                    None => false,
+                };
+                telemetry::scheduler_pass(telemetry::Scheduler::AuditCheckpoint, ok);
+                continue;
+            }
+        };
+        rows.push(row);
+        acks.push(ack);
+        // What is queued already counts towards the batch size that ends
+        // the wait.
+        drain_queued(&rx, &mut rows, &mut acks);
+        if !opts.batch_wait.is_zero() {
+            let until = tokio::time::Instant::now() + opts.batch_wait;
+            while rows.len() < enough {
+                match tokio::time::timeout_at(until, rx.recv_async()).await {
+                    Ok(Ok((row, ack))) => {
+                        rows.push(row);
+                        acks.push(ack);
+                    }
+                    // The wait is over, or every sender is gone (the next
+                    // `recv` ends the writer).
+                    Ok(Err(_)) | Err(_) => break,
+                }
+            }
+        }
+        drain_queued(&rx, &mut rows, &mut acks);
+        telemetry::activity_queued(-(rows.len() as i64));
+        let writing = std::time::Instant::now();
+        if conn.is_none() {
+            conn = store.activity_writer(opts.fsync).await.ok();
+        }
+        // A full disk refuses every batch, not only those whose WAL frames
+        // find no space left allocated (Store::check_space).
+        let res = match (conn.as_mut(), store.check_space()) {
+            (_, Err(e)) => Err(Error::from(e)),
+            (Some(c), Ok(())) => chain.write_batch(c, &mut tail, since_ms, &rows).await,
+            (None, Ok(())) => Err(Error::Unavailable(
+                "the metadata store is unavailable".into(),
+            )),
+        }
+        // A commit into a deleted or replaced file is lost to the next
+        // start: not acknowledged.
+        .and_then(|()| store.check_file().map_err(Error::from))
+        .map_err(unrecorded);
+        if res.is_err() {
+            // A broken connection is replaced at the next batch, and the
+            // tail read again.
+            conn = None;
+            tail = None;
+        }
+        settle(&mut rows, &mut acks, res, writing.elapsed());
+    }
+}
+
+/// The writer on its own OS thread with its own synchronous SQLite
+/// connection: the same batches, order, checks and answers as
+/// [`run_task`], with no hand-off between threads inside a batch.
+fn run_thread(store: Store, chain: AuditChain, opts: WriterOptions, rx: flume::Receiver<Pending>) {
+    let enough = enough(opts.batch_min);
+    let mut conn: Option<crate::store::DirectWriter> = None;
+    let mut tail = None;
+    let since_ms = crate::core::now_ms();
+    let idle =
+        std::time::Duration::from_millis(u64::try_from(chain.policy().every_ms).unwrap_or(60_000));
+    let open = |conn: &mut Option<crate::store::DirectWriter>| -> Result<()> {
+        if conn.is_none() {
+            *conn = store.direct_activity_writer(opts.fsync)?;
+        }
+        Ok(())
+    };
+    let mut rows: Vec<ActivityRecord> = Vec::with_capacity(MAX_BATCH);
+    let mut acks = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let (row, ack) = match rx.recv_timeout(idle) {
+            Ok(p) => p,
+            Err(flume::RecvTimeoutError::Disconnected) => break,
+            Err(flume::RecvTimeoutError::Timeout) => {
+                // Idle: the time trigger of checkpoints.
+                let ok = open(&mut conn).and_then(|()| match conn.as_mut() {
+                    Some(c) => chain.checkpoint_if_due_direct(c, since_ms).map(|_| ()),
+                    None => Err(Error::Unavailable(
+                        "the metadata store is unavailable".into(),
+                    )),
+                });
+                if let Err(e) = &ok {
+                    tracing::warn!(error = %e, "audit checkpoint failed; retried later");
+                    conn = None;
+                }
+                telemetry::scheduler_pass(telemetry::Scheduler::AuditCheckpoint, ok.is_ok());
+                continue;
+            }
+        };
+        rows.push(row);
+        acks.push(ack);
+        drain_queued(&rx, &mut rows, &mut acks);
+        if !opts.batch_wait.is_zero() {
+            let until = std::time::Instant::now() + opts.batch_wait;
+            while rows.len() < enough {
+                match rx.recv_deadline(until) {
+                    Ok((row, ack)) => {
+                        rows.push(row);
+                        acks.push(ack);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        drain_queued(&rx, &mut rows, &mut acks);
+        telemetry::activity_queued(-(rows.len() as i64));
+        let writing = std::time::Instant::now();
+        let res = store
+            .check_space()
+            .map_err(Error::from)
+            .and_then(|()| open(&mut conn))
+            .and_then(|()| match conn.as_mut() {
+                Some(c) => chain.write_batch_direct(c, &mut tail, since_ms, &rows),
+                None => Err(Error::Unavailable(
+                    "the metadata store is unavailable".into(),
+                )),
+            })
+            // A commit into a deleted or replaced file is lost to the next
+            // start: not acknowledged.
+            .and_then(|()| store.check_file().map_err(Error::from))
+            .map_err(unrecorded);
+        if res.is_err() {
+            conn = None;
+            tail = None;
+        }
+        settle(&mut rows, &mut acks, res, writing.elapsed());
     }
 }
 

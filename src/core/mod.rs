@@ -312,6 +312,9 @@ pub struct EngineOptions {
     /// Batch size that ends that wait (`activity_log.batch_min_records`;
     /// 0: the largest batch).
     pub activity_batch_min: usize,
+    /// On SQLite, the activity log's writer runs on an OS thread of its own
+    /// with its own synchronous connection (`activity_log.writer_thread`).
+    pub activity_writer_thread: bool,
     /// How NAVER RSA2048 keys sign (`naver.rsa_signature`): RSASSA-PSS by
     /// default; verification accepts both schemes (see [`RsaSignature`]).
     pub rsa_signature: RsaSignature,
@@ -335,6 +338,7 @@ impl Default for EngineOptions {
             activity_statement_cache: true,
             activity_batch_wait: std::time::Duration::ZERO,
             activity_batch_min: 0,
+            activity_writer_thread: true,
             rsa_signature: RsaSignature::default(),
             naver_region: None,
             audit_seal: audit::SealMode::Batch,
@@ -425,9 +429,12 @@ impl Engine {
                 activity: ActivityLog::start(
                     store_for_log,
                     chain,
-                    opts.activity_fsync,
-                    opts.activity_batch_wait,
-                    opts.activity_batch_min,
+                    activity::WriterOptions {
+                        fsync: opts.activity_fsync,
+                        batch_wait: opts.activity_batch_wait,
+                        batch_min: opts.activity_batch_min,
+                        thread: opts.activity_writer_thread,
+                    },
                 ),
                 tokens: cache::Cache::new(),
                 generators: cache::Cache::new(),

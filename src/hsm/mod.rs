@@ -379,6 +379,22 @@ impl Hsm {
         .await
     }
 
+    /// [`Hsm::run_audit`] on the calling thread ([`Hsm::run_blocking`]):
+    /// for the activity-log writer's own thread, whose seal and checkpoint
+    /// then cost no hand-off to a token worker. Counted as
+    /// `hsm_kms_audit_token_calls_total` like [`Hsm::run_audit`].
+    pub fn run_audit_blocking<T, F>(&self, class: OpClass, f: F) -> Result<T>
+    where
+        F: Fn(&SessionRef<'_>) -> Result<T>,
+    {
+        let label = match class {
+            OpClass::Symmetric => "symmetric",
+            OpClass::Asymmetric => "asymmetric",
+        };
+        metrics::counter!("hsm_kms_audit_token_calls_total", "class" => label).increment(1);
+        self.run_blocking(f)
+    }
+
     async fn run_with<T, F>(&self, class: OpClass, retry: Retry, f: F) -> Result<T>
     where
         T: Send + 'static,

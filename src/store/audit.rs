@@ -117,14 +117,15 @@ impl ActivityWriter {
 pub type BatchState = (ChainTail, Option<(i64, i64)>);
 
 /// The statement that reads [`BatchState`] (one row).
-const CHAIN_STATE_SQL: &str = "SELECT (SELECT start_seq FROM audit_chain WHERE singleton = 1), \
+pub(super) const CHAIN_STATE_SQL: &str =
+    "SELECT (SELECT start_seq FROM audit_chain WHERE singleton = 1), \
         (SELECT id FROM activity_logs ORDER BY id DESC LIMIT 1), \
         (SELECT chain FROM activity_logs ORDER BY id DESC LIMIT 1), \
         (SELECT seq FROM audit_checkpoints ORDER BY seq DESC LIMIT 1), \
         (SELECT at FROM audit_checkpoints ORDER BY seq DESC LIMIT 1)";
 
 /// The row [`CHAIN_STATE_SQL`] reads.
-type ChainStateRow = (
+pub(super) type ChainStateRow = (
     Option<i64>,
     Option<i64>,
     Option<Vec<u8>>,
@@ -132,7 +133,7 @@ type ChainStateRow = (
     Option<i64>,
 );
 
-fn batch_state(r: ChainStateRow) -> BatchState {
+pub(super) fn batch_state(r: ChainStateRow) -> BatchState {
     let (start_seq, last_id, last_chain, cp_seq, cp_at) = r;
     let tail = ChainTail {
         start_seq: start_seq.unwrap_or(1),

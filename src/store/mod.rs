@@ -63,6 +63,7 @@ pub use naver::{ActivityWriter, NewToken, TokenParent};
 pub use nhn::{NewCredential, NewKeyStore};
 pub use nodes::{Change, ChangeListener};
 pub use repo::{AccountRepo, ActivitySink, InstallationRepo, KeyRepo, NaverRepo, NhnRepo};
+pub use sqlite::direct::DirectWriter;
 pub use sqlite::MIN_FREE_BYTES;
 
 pub(crate) use crate::core::now_ms;
@@ -95,6 +96,10 @@ pub enum StoreError {
     /// nothing is read or written any more (see [`Store::check_file`]).
     #[error("the metadata store is lost: {0}")]
     Lost(String),
+    /// An error of the activity-log writer's own SQLite connection
+    /// ([`DirectWriter`]).
+    #[error("database error: {0}")]
+    Direct(rusqlite::Error),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -118,6 +123,7 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::Lost(_) => true,
+            StoreError::Direct(e) => sqlite::direct::direct_unavailable(e),
             StoreError::Db(e) | StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => {
                 db_unavailable(e)
             }

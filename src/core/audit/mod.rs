@@ -35,7 +35,7 @@ use sha2::{Digest as _, Sha256};
 use super::{service_keys, Error, Result};
 use crate::core::ActivityRecord;
 use crate::hsm::{Hsm, OpClass, SignAlg};
-use crate::store::{ActivityWriter, ChainTail, InstallationRepo as _, Store};
+use crate::store::{ActivityWriter, ChainTail, DirectWriter, InstallationRepo as _, Store};
 
 /// The first field of a record's canonical bytes, format 1 (in-token HMAC
 /// per record).
@@ -339,18 +339,53 @@ impl AuditChain {
                 seal: None,
             }),
             SealMode::Batch => {
-                let mut p = prev;
-                let last = rows.len().saturating_sub(1);
-                let chains: Vec<[u8; 32]> = rows
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| {
-                        p = link(&p, first + i as i64, i == last, r);
-                        p
-                    })
-                    .collect();
+                let chains = batch_links(prev, first, rows);
                 let seal = match chains.last() {
-                    Some(l) => Some(self.seal_of(first + last as i64, l).await?),
+                    Some(l) => Some(self.seal_of(first + chains.len() as i64 - 1, l).await?),
+                    None => None,
+                };
+                Ok(BatchChain {
+                    format: ChainFormat::BatchSeal,
+                    chains,
+                    seal,
+                })
+            }
+        }
+    }
+
+    /// [`AuditChain::chain_batch`] with the token calls on the calling
+    /// thread (the activity-log writer's own thread).
+    pub(crate) fn chain_batch_blocking(
+        &self,
+        prev: [u8; 32],
+        first: i64,
+        rows: &[ActivityRecord],
+    ) -> Result<BatchChain> {
+        match self.seal {
+            SealMode::Record => {
+                let msgs = record_messages(first, rows);
+                let id = &self.hmac_id;
+                Ok(BatchChain {
+                    format: ChainFormat::RecordHmac,
+                    chains: self.hsm.run_audit_blocking(OpClass::Symmetric, |s| {
+                        record_hmacs(s, id, prev, &msgs)
+                    })?,
+                    seal: None,
+                })
+            }
+            SealMode::Batch => {
+                let chains = batch_links(prev, first, rows);
+                let seal = match chains.last() {
+                    Some(l) => {
+                        let input = seal_input(first + chains.len() as i64 - 1, l);
+                        let id = &self.hmac_id;
+                        let mac = self.hsm.run_audit_blocking(OpClass::Symmetric, |s| {
+                            s.hmac_sha256(id, &input)
+                        })?;
+                        Some(to32(&mac).ok_or_else(|| {
+                            Error::Internal("HMAC-SHA-256 of another length".into())
+                        })?)
+                    }
                     None => None,
                 };
                 Ok(BatchChain {
@@ -385,30 +420,12 @@ impl AuditChain {
         first: i64,
         rows: &[ActivityRecord],
     ) -> Result<Vec<[u8; 32]>> {
-        let msgs: Arc<Vec<Vec<u8>>> = Arc::new(
-            rows.iter()
-                .enumerate()
-                .map(|(i, r)| canonical_record(first + i as i64, r))
-                .collect(),
-        );
+        let msgs = Arc::new(record_messages(first, rows));
         let id = self.hmac_id.clone();
         Ok(self
             .hsm
             .run_audit(OpClass::Symmetric, move |s| {
-                let mut prev = prev;
-                let mut out = Vec::with_capacity(msgs.len());
-                let mut buf = Vec::with_capacity(512);
-                for m in msgs.iter() {
-                    buf.clear();
-                    buf.extend_from_slice(&prev);
-                    buf.extend_from_slice(m);
-                    let mac = s.hmac_sha256(&id, &buf)?;
-                    prev = to32(&mac).ok_or_else(|| {
-                        crate::hsm::HsmError::Malformed("HMAC-SHA-256 of another length".into())
-                    })?;
-                    out.push(prev);
-                }
-                Ok(out)
+                record_hmacs(s, &id, prev, &msgs)
             })
             .await?)
     }
@@ -423,6 +440,21 @@ impl AuditChain {
                 inputs.iter().map(|m| s.hmac_sha256(&id, m)).collect()
             })
             .await?)
+    }
+
+    /// [`AuditChain::checkpoint`] on the calling thread.
+    fn checkpoint_blocking(&self, seq: i64, chain: &[u8], at: i64) -> Result<SignedCheckpoint> {
+        let bytes = canonical_checkpoint(&self.installation_id, seq, chain, at);
+        let id = &self.attest_id;
+        let signature = self.hsm.run_audit_blocking(OpClass::Asymmetric, |s| {
+            s.sign(id, SignAlg::EcdsaP256Sha256, &bytes)
+        })?;
+        Ok(SignedCheckpoint {
+            seq,
+            chain: chain.to_vec(),
+            at,
+            signature,
+        })
     }
 
     /// Signs a checkpoint in the token.
@@ -579,6 +611,111 @@ impl AuditChain {
         Ok(true)
     }
 
+    /// [`AuditChain::write_batch`] on the activity-log writer's own thread
+    /// and SQLite connection (`activity_log.writer_thread`): the chain
+    /// values and the seal computed from the cached tail on this thread
+    /// (the token call runs here, no worker hand-off), then `BEGIN
+    /// IMMEDIATE` with the chain state read in it, the values recomputed
+    /// only when another writer moved the tail, the INSERTs, the
+    /// checkpoint when due and the `COMMIT`. Same transaction, same
+    /// durability: the caller acknowledges the records after this returns.
+    /// On an error the transaction is rolled back (or the caller drops the
+    /// connection) and `cached` is left empty.
+    pub(crate) fn write_batch_direct(
+        &self,
+        conn: &mut DirectWriter,
+        cached: &mut Option<ChainTail>,
+        since_ms: i64,
+        rows: &[ActivityRecord],
+    ) -> Result<()> {
+        let guess = match cached.take() {
+            Some(t) => t,
+            None => conn.chain_state()?.0,
+        };
+        let (first, prev) = Self::next_link(&guess);
+        let batch = self.chain_batch_blocking(prev, first, rows)?;
+        let (tail, cp) = conn.begin_batch()?;
+        match self.insert_direct(conn, since_ms, rows, &guess, &tail, cp, batch) {
+            Ok(t) => {
+                *cached = Some(t);
+                Ok(())
+            }
+            Err(e) => {
+                conn.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// The part of [`AuditChain::write_batch_direct`] inside the
+    /// transaction; returns the tail after the batch.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_direct(
+        &self,
+        conn: &mut DirectWriter,
+        since_ms: i64,
+        rows: &[ActivityRecord],
+        guess: &ChainTail,
+        tail: &ChainTail,
+        cp: Option<(i64, i64)>,
+        mut batch: BatchChain,
+    ) -> Result<ChainTail> {
+        let (mut first, mut prev) = Self::next_link(guess);
+        if tail != guess {
+            (first, prev) = Self::next_link(tail);
+            batch = self.chain_batch_blocking(prev, first, rows)?;
+        }
+        let last_seq = first + rows.len() as i64 - 1;
+        let last_chain = batch.chains.last().copied().unwrap_or(prev);
+        let now = crate::core::now_ms();
+        let checkpoint = if self.due(cp, since_ms, last_seq, now) {
+            Some(self.checkpoint_blocking(last_seq, &last_chain, now)?)
+        } else {
+            None
+        };
+        conn.insert_commit(
+            first,
+            rows,
+            &batch.chains,
+            batch.format.as_i32(),
+            batch.seal.as_ref(),
+            checkpoint.as_ref(),
+        )?;
+        Ok(ChainTail {
+            start_seq: tail.start_seq,
+            last: Some((last_seq, Some(last_chain.to_vec()))),
+        })
+    }
+
+    /// [`AuditChain::checkpoint_if_due`] on the writer thread's own
+    /// connection.
+    pub(crate) fn checkpoint_if_due_direct(
+        &self,
+        conn: &mut DirectWriter,
+        since_ms: i64,
+    ) -> Result<bool> {
+        let (tail, cp) = conn.begin_batch()?;
+        let out = (|| {
+            let Some((seq, Some(chain))) = tail.last else {
+                return Ok(false);
+            };
+            let now = crate::core::now_ms();
+            let covered = cp.map(|c| c.0).unwrap_or(0);
+            let cp_at = cp.map(|c| c.1).unwrap_or(since_ms);
+            if seq < tail.start_seq || seq <= covered || now - cp_at < self.policy.every_ms {
+                return Ok(false);
+            }
+            let cp = self.checkpoint_blocking(seq, &chain, now)?;
+            conn.insert_checkpoint(&cp)?;
+            conn.commit()?;
+            Ok(true)
+        })();
+        if !matches!(out, Ok(true)) {
+            conn.rollback();
+        }
+        out
+    }
+
     /// The time trigger while no records arrive: a checkpoint of the tail
     /// when records were added since the last one and it is older than
     /// `audit.checkpoint_every_secs`. Returns whether one was made.
@@ -607,6 +744,52 @@ impl AuditChain {
         tx.commit().await?;
         Ok(true)
     }
+}
+
+/// The chain values of format 2 (batch seal): SHA-256 links of `rows`
+/// numbered from `first` after `prev`, the last one marked sealed.
+fn batch_links(prev: [u8; 32], first: i64, rows: &[ActivityRecord]) -> Vec<[u8; 32]> {
+    let mut p = prev;
+    let last = rows.len().saturating_sub(1);
+    rows.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            p = link(&p, first + i as i64, i == last, r);
+            p
+        })
+        .collect()
+}
+
+/// The canonical bytes of `rows` numbered from `first` (format 1).
+fn record_messages(first: i64, rows: &[ActivityRecord]) -> Vec<Vec<u8>> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, r)| canonical_record(first + i as i64, r))
+        .collect()
+}
+
+/// The chain values of format 1: one token HMAC per record over the
+/// previous value and the record's bytes, in order, on session `s`.
+fn record_hmacs(
+    s: &crate::hsm::SessionRef<'_>,
+    id: &[u8],
+    prev: [u8; 32],
+    msgs: &[Vec<u8>],
+) -> crate::hsm::Result<Vec<[u8; 32]>> {
+    let mut prev = prev;
+    let mut out = Vec::with_capacity(msgs.len());
+    let mut buf = Vec::with_capacity(512);
+    for m in msgs {
+        buf.clear();
+        buf.extend_from_slice(&prev);
+        buf.extend_from_slice(m);
+        let mac = s.hmac_sha256(id, &buf)?;
+        prev = to32(&mac).ok_or_else(|| {
+            crate::hsm::HsmError::Malformed("HMAC-SHA-256 of another length".into())
+        })?;
+        out.push(prev);
+    }
+    Ok(out)
 }
 
 /// The attestation key's DER SubjectPublicKeyInfo, read from the token.

@@ -14,6 +14,8 @@ use sqlx::SqlitePool;
 
 use super::{Result, StoreError};
 
+pub(super) mod direct;
+
 /// Below this much free space on the store's filesystem `/readyz` reports
 /// not ready: SQLite needs room for WAL frames and checkpoints, and a write
 /// refused for space answers 503.
