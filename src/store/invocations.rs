@@ -39,23 +39,30 @@ impl Store {
     /// [`Store::gcm_reserve_next`] for several key objects in one
     /// transaction (one commit, one fsync, however many): the returned
     /// counts are in the order of `blocks`. An id may appear more than once;
-    /// each of its blocks is then reserved in turn, disjoint as ever.
+    /// each of its blocks is then reserved in turn, disjoint as ever. The
+    /// rows are written in ascending `cka_id` order whatever the order of
+    /// `blocks`, so that two such transactions (two nodes, or a node's
+    /// start-up blocks and its requests' on PostgreSQL) lock shared rows in
+    /// one order and never deadlock.
     pub async fn gcm_reserve_batch(&self, blocks: &[(Vec<u8>, u64)]) -> Result<Vec<u64>> {
         const SQL: &str = "INSERT INTO gcm_invocations (cka_id, reserved) VALUES ($1, $2) \
              ON CONFLICT (cka_id) DO UPDATE SET reserved = gcm_invocations.reserved + excluded.reserved \
              RETURNING reserved";
+        let mut order: Vec<usize> = (0..blocks.len()).collect();
+        order.sort_by(|&a, &b| blocks[a].0.cmp(&blocks[b].0));
         on_db!(self, db => {
             // The first statement writes: SQLite takes the write lock at
             // once (no read-to-write upgrade to fail).
             let mut tx = db.pool.begin().await?;
-            let mut ends = Vec::with_capacity(blocks.len());
-            for (cka_id, block) in blocks {
+            let mut ends = vec![0; blocks.len()];
+            for &i in &order {
+                let (cka_id, block) = &blocks[i];
                 let v: i64 = sqlx::query_scalar(SQL)
                     .bind(cka_id)
                     .bind((*block).min(i64::MAX as u64) as i64)
                     .fetch_one(&mut *tx)
                     .await?;
-                ends.push(v.max(0) as u64);
+                ends[i] = v.max(0) as u64;
             }
             tx.commit().await?;
             Ok(ends)
