@@ -38,9 +38,11 @@
 //! after a restart with many keys nearly every request is some key's first
 //! use. So `serve`, once the key cache is preloaded, reserves a small first
 //! block ([`FIRST_BLOCK`]) for the current version of every AES key in the
-//! background ([`Engine::reserve_first_blocks`]): in transactions of
-//! [`FIRST_BLOCK_CHUNK`] versions, at most [`FIRST_BLOCK_MAX`] versions per
-//! start, each by the same atomic increment as any block. A version's first
+//! background ([`Engine::reserve_first_blocks`]): one multi-row upsert per
+//! transaction of [`FIRST_BLOCK_CHUNK`] versions, with a pause as long as
+//! the transaction after each (other writers get the store at least half of
+//! the time), at most [`FIRST_BLOCK_MAX`] versions per start, each row by
+//! the same atomic increment as any block. A version's first
 //! Encrypt then finds a durable reservation and writes nothing; its later
 //! blocks are reserved on use as before. The invariant is unchanged: an
 //! invocation is used only below a count already committed to the store
@@ -77,7 +79,7 @@ pub const RESERVATION_BLOCK: u64 = 1 << 16;
 pub const FIRST_BLOCK: u64 = 1 << 10;
 
 /// Key versions per store transaction of [`Engine::reserve_first_blocks`].
-pub const FIRST_BLOCK_CHUNK: usize = 512;
+pub const FIRST_BLOCK_CHUNK: usize = 256;
 
 /// Key versions [`Engine::reserve_first_blocks`] reserves for at most per
 /// start (the key preload's cap: only preloaded keys are walked).
@@ -240,7 +242,7 @@ impl Engine {
     /// Reserves a first block of [`FIRST_BLOCK`] invocations for the
     /// current version of every AES key in the key cache that has no count
     /// yet (see the module doc), [`FIRST_BLOCK_CHUNK`] versions per store
-    /// transaction, [`FIRST_BLOCK_MAX`] at most; `serve` runs it in the
+    /// transaction (one statement), a pause as long between them, [`FIRST_BLOCK_MAX`] at most; `serve` runs it in the
     /// background after [`Engine::preload_keys`]. Returns the number of
     /// versions given a block. A failed transaction stops the walk (the
     /// versions left reserve on first use, as without it).
@@ -266,22 +268,27 @@ impl Engine {
         ids.truncate(FIRST_BLOCK_MAX);
         let mut given = 0;
         for chunk in ids.chunks(FIRST_BLOCK_CHUNK) {
-            let blocks: Vec<(Vec<u8>, u64)> = chunk
+            let todo: Vec<Vec<u8>> = chunk
                 .iter()
                 .filter(|id| !counts.knows(id))
-                .map(|id| (id.clone(), block))
+                .cloned()
                 .collect();
-            if blocks.is_empty() {
+            if todo.is_empty() {
                 continue;
             }
-            let ends = self.store().gcm_reserve_batch(&blocks).await?;
+            let t = std::time::Instant::now();
+            let ends = self.store().gcm_reserve_each(&todo, block).await?;
             first_commits.increment(1);
-            first_blocks.increment(blocks.len() as u64);
-            for ((id, _), upto) in blocks.iter().zip(ends) {
+            first_blocks.increment(todo.len() as u64);
+            for (id, upto) in todo.iter().zip(ends) {
                 if counts.adopt_first_block(id, upto, block) {
                     given += 1;
                 }
             }
+            // As long again between transactions: the store's writer (the
+            // activity log, requests' reservations) gets the lock at least
+            // half of the time while this runs.
+            tokio::time::sleep(t.elapsed().max(std::time::Duration::from_millis(1))).await;
         }
         Ok(given)
     }

@@ -68,4 +68,44 @@ impl Store {
             Ok(ends)
         })
     }
+
+    /// Reserves a block of `block` invocations for each of the distinct key
+    /// objects `cka_ids` in one statement and one transaction (the start-up
+    /// first blocks: one multi-row upsert holds the store's write lock far
+    /// shorter than a statement per row). Returns each id's new reserved
+    /// count, in the order of `cka_ids`. Rows are written in ascending
+    /// `cka_id` order, as [`Store::gcm_reserve_batch`] does.
+    pub async fn gcm_reserve_each(&self, cka_ids: &[Vec<u8>], block: u64) -> Result<Vec<u64>> {
+        if cka_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let block = block.min(i64::MAX as u64) as i64;
+        let mut sorted: Vec<&Vec<u8>> = cka_ids.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        let values: Vec<String> = (0..sorted.len())
+            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+            .collect();
+        let sql = format!(
+            "INSERT INTO gcm_invocations (cka_id, reserved) VALUES {} \
+             ON CONFLICT (cka_id) DO UPDATE SET reserved = gcm_invocations.reserved + excluded.reserved \
+             RETURNING cka_id, reserved",
+            values.join(", ")
+        );
+        let rows: Vec<(Vec<u8>, i64)> = on_db!(self, db => {
+            let mut q = sqlx::query_as(&sql).persistent(false);
+            for id in &sorted {
+                q = q.bind(id.as_slice()).bind(block);
+            }
+            let mut tx = db.pool.begin().await?;
+            let rows = q.fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            rows
+        });
+        let ends: std::collections::HashMap<Vec<u8>, i64> = rows.into_iter().collect();
+        Ok(cka_ids
+            .iter()
+            .map(|id| ends.get(id).copied().unwrap_or(0).max(0) as u64)
+            .collect())
+    }
 }
