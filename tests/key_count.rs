@@ -619,3 +619,36 @@ async fn first_blocks_racing_first_uses_never_hand_out_an_invocation_twice() {
         );
     }
 }
+
+/// A key still being created when a node preloads its key cache (another
+/// node's creation between its pending row and its activation) is not
+/// cached as it was read: once active it serves on this node at once,
+/// without waiting for the change feed to drop a stale entry.
+#[tokio::test]
+async fn the_preload_skips_a_key_still_being_created() {
+    let kms = Kms::start().await;
+    let tag = kms.create_key("increation", "AES256", json!({})).await;
+    let e = kms
+        .engine
+        .key_entry(&hsm_kms::core::KeyUid::from(&tag))
+        .await
+        .expect("key");
+    let set_state = |state: &'static str| {
+        let kms = &kms;
+        let key_id = e.key.id;
+        async move {
+            sqlx::query("UPDATE key_versions SET state = $1 WHERE key_id = $2")
+                .bind(state)
+                .bind(key_id)
+                .execute(&kms.db().await)
+                .await
+                .expect("version state");
+        }
+    };
+    set_state("pending").await;
+    let node = restarted(&kms).await;
+    set_state("active").await;
+    node.owned_key(e.key.account_id, &hsm_kms::core::KeyUid::from(&tag))
+        .await
+        .expect("the key, active now, serves on the preloaded node");
+}

@@ -522,9 +522,15 @@ impl Engine {
             .live_keys_with_versions(KEY_PRELOAD_MAX)
             .await?;
         let n = rows.len();
+        // A key with no active version is still being created (perhaps by
+        // another node): cached as read, it would answer "not found" after
+        // its activation until the change feed dropped it. It loads on
+        // first use instead.
         let kept = self.inner.keys.fill_many(
             rows.into_iter()
-                .map(|(key, versions)| (key.uid.clone(), Arc::new(KeyEntry { key, versions }))),
+                .map(|(key, versions)| KeyEntry { key, versions })
+                .filter(|e| e.current().is_some())
+                .map(|e| (e.key.uid.clone(), Arc::new(e))),
             seen,
         );
         let (entries, bytes) = self.key_cache_size();
