@@ -17,7 +17,12 @@
 #   3. with no warm-up, wrk runs signed Encrypt requests on keys drawn at
 #      random among the N (HTTP_SECS, CONNECTIONS), so most requests are a
 #      key's first use since the start: req/s, p50, p99;
-#   4. then the same on one hot key: req/s, and random / hot;
+#   4. then the same on one hot key on that (now warm) server: `hot warm`;
+#      then the server is restarted and, again with no warm-up, the hot key
+#      runs on the cold server: `hot cold`. `random` = random / hot cold,
+#      both from a cold start (the fair ratio, issue 10 §1 "cold start
+#      included"); `rnd/warm` = random / hot warm (the ratio this script
+#      printed before, which favoured the hot key);
 #   5. memory: the handle map's bytes per key version (from /metrics) and
 #      the server's RSS growth over the random run per key touched (the
 #      engine's key cache fills one entry per key used).
@@ -93,6 +98,25 @@ stop_server() {
     fi
 }
 trap cleanup EXIT
+# start_server: $BIN on $CONFIG, until /readyz answers 200; sets SERVER_PID,
+# URL and ready_ms (spawn to ready).
+start_server() {
+    local t0
+    rm -f "$WORK/addr"
+    t0="$(now_ms)"
+    "$BIN" --config "$CONFIG" serve --addr-file "$WORK/addr" >/dev/null 2>"$WORK/server.log" &
+    SERVER_PID=$!
+    URL=""
+    for _ in $(seq 1200); do
+        if [ -s "$WORK/addr" ]; then
+            URL="http://$(cat "$WORK/addr")"
+            [ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/readyz")" = 200 ] && break
+        fi
+        kill -0 "$SERVER_PID" 2>/dev/null || die "server exited: $(cat "$WORK/server.log")"
+        sleep 0.05
+    done
+    ready_ms=$(($(now_ms) - t0))
+}
 now_ms() { date +%s%3N; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 metric() { # metric URL NAME -> value (sum of samples)
@@ -190,27 +214,17 @@ for ON_TMPFS in "${TOKEN_LIST[@]}"; do
     *) BIN="$TARGET/hsm-kms" ;;
     esac
     log "N=$N ($BACKEND, $SERVER): starting the server (token store $store_kib KiB)"
-    rm -f "$WORK/addr"
-    t0="$(now_ms)"
-    "$BIN" --config "$CONFIG" serve --addr-file "$WORK/addr" >/dev/null 2>"$WORK/server.log" &
-    SERVER_PID=$!
-    URL=""
-    for _ in $(seq 1200); do
-        if [ -s "$WORK/addr" ]; then
-            URL="http://$(cat "$WORK/addr")"
-            [ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/readyz")" = 200 ] && break
-        fi
-        kill -0 "$SERVER_PID" 2>/dev/null || die "server exited: $(cat "$WORK/server.log")"
-        sleep 0.05
-    done
-    ready_ms=$(($(now_ms) - t0))
+    start_server
     rss0="$(rss_kib "$SERVER_PID")"
     p_module="$(phase "$URL" module)"
     p_enum="$(phase "$URL" enumeration)"
     p_store="$(phase "$URL" store_scan)"
 
     log "N=$N ($BACKEND, $SERVER): Encrypt on random keys, no warm-up (${HTTP_SECS}s, $CONNECTIONS connections)"
+    resv0="$(metric "$URL" hsm_kms_gcm_reservations_total)"
     read -r r_rps r_p50 r_p99 r_n <<<"$(run_wrk "$WORK/scale" "$N")"
+    resv="$(($(metric "$URL" hsm_kms_gcm_reservations_total) - resv0))"
+    p_blocks="$(phase "$URL" gcm_first_blocks)"
     rss1="$(rss_kib "$SERVER_PID")"
     lookups="$(metric "$URL" hsm_kms_find_objects_total)"
     refreshes="$(metric "$URL" hsm_kms_handle_refreshes_total)"
@@ -219,16 +233,21 @@ for ON_TMPFS in "${TOKEN_LIST[@]}"; do
     cache_entries="$(metric "$URL" hsm_kms_key_cache_entries)"
     cache_bytes="$(metric "$URL" hsm_kms_key_cache_bytes)"
     p_preload="$(phase "$URL" key_preload)"
-    log "N=$N ($BACKEND, $SERVER): Encrypt on one hot key"
+    log "N=$N ($BACKEND, $SERVER): Encrypt on one hot key (the same server, warm)"
+    read -r w_rps _ _ _ <<<"$(run_wrk "$WORK/scale" 1)"
+    stop_server
+    log "N=$N ($BACKEND, $SERVER): restarted; Encrypt on one hot key, no warm-up"
+    start_server
     read -r h_rps _ h_p99 _ <<<"$(run_wrk "$WORK/scale" 1)"
     stop_server
 
     # Distinct keys a uniform draw of r_n requests among N touches.
     touched="$(awk -v n="$N" -v r="$r_n" 'BEGIN { printf "%.0f", n * (1 - exp(-r / n)) }')"
-    RESULTS+=("$(printf '%s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s' "$N" "$kps" "$ready_ms" \
+    RESULTS+=("$(printf '%s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s' "$N" "$kps" "$ready_ms" \
         "$r_rps" "$r_p50" "$r_p99" "$h_rps" "$h_p99" "$map_entries" "$map_bytes" \
         "$((rss1 - rss0))" "$touched" "$lookups" "$refreshes" "$store_kib" \
-        "$BACKEND/$TOKEN_PLACE" "$p_module" "$p_enum" "$p_store" "$SERVER" "$cache_entries" "$cache_bytes" "$p_preload" "$rss0")")
+        "$BACKEND/$TOKEN_PLACE" "$p_module" "$p_enum" "$p_store" "$SERVER" "$cache_entries" "$cache_bytes" "$p_preload" "$rss0" \
+        "$w_rps" "$resv" "$p_blocks")")
     done
     rm -rf "$TOKEN_DIR" "$WORK/data"
 done
@@ -239,20 +258,24 @@ cpu="$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
 printf '\nhsm-kms scale benchmark: %s cores (%s), SoftHSMv2 %s, wrk -t%s -c%s, %ss per run, 256-byte Encrypt, load average %s\n' \
     "$(nproc)" "${cpu:-unknown CPU}" "$(softhsm2-util --version)" "$WRK_THREADS" "$CONNECTIONS" "$HTTP_SECS" \
     "$(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%10s %5s %8s %9s %8s %8s %8s %8s %9s %11s %8s %8s %11s %8s %7s %10s %10s %10s %9s %6s %8s\n' \
-    "store/tok" "srv" "keys" "create/s" "ready s" "init s" "enum s" "store s" "preload s" "random r/s" "p50 ms" "p99 ms" "hot r/s" "p99 ms" "random" "map B/ver" "cache B/k" "RSS B/key" "RSS0 MiB" "finds" "refresh"
+printf '%10s %5s %8s %9s %8s %8s %8s %8s %9s %8s %11s %8s %8s %9s %11s %8s %7s %9s %10s %10s %10s %9s %6s %8s\n' \
+    "store/tok" "srv" "keys" "create/s" "ready s" "init s" "enum s" "store s" "preload s" "blocks s" "random r/s" "p50 ms" "p99 ms" "resv/req" "hot r/s" "p99 ms" "random" "rnd/warm" "map B/ver" "cache B/k" "RSS B/key" "RSS0 MiB" "finds" "refresh"
 for r in "${RESULTS[@]}"; do
-    read -r n kps ready r_rps r_p50 r_p99 h_rps h_p99 entries bytes drss touched finds refreshes _ backend p_module p_enum p_store srv c_entries c_bytes p_preload rss0 <<<"$r"
-    printf '%10s %5s %8s %9.0f %8.2f %8.2f %8.2f %8.2f %9.2f %11.0f %8.2f %8.2f %11.0f %8.2f %6.0f%% %10.0f %10.0f %10.0f %9.1f %6s %8s\n' \
-        "$backend" "$srv" "$n" "$kps" "$(awk -v m="$ready" 'BEGIN { print m / 1000 }')" "$p_module" "$p_enum" "$p_store" "$p_preload" \
-        "$r_rps" "$r_p50" "$r_p99" "$h_rps" "$h_p99" \
+    read -r n kps ready r_rps r_p50 r_p99 h_rps h_p99 entries bytes drss touched finds refreshes _ backend p_module p_enum p_store srv c_entries c_bytes p_preload rss0 w_rps resv p_blocks <<<"$r"
+    printf '%10s %5s %8s %9.0f %8.2f %8.2f %8.2f %8.2f %9.2f %8.2f %11.0f %8.2f %8.2f %9.3f %11.0f %8.2f %6.0f%% %8.0f%% %10.0f %10.0f %10.0f %9.1f %6s %8s\n' \
+        "$backend" "$srv" "$n" "$kps" "$(awk -v m="$ready" 'BEGIN { print m / 1000 }')" "$p_module" "$p_enum" "$p_store" "$p_preload" "$p_blocks" \
+        "$r_rps" "$r_p50" "$r_p99" "$(awk -v a="$resv" -v b="$r_rps" -v s="$HTTP_SECS" 'BEGIN { print (b > 0 ? a / (b * s) : 0) }')" "$h_rps" "$h_p99" \
         "$(awk -v a="$r_rps" -v b="$h_rps" 'BEGIN { print 100 * a / b }')" \
+        "$(awk -v a="$r_rps" -v b="$w_rps" 'BEGIN { print 100 * a / b }')" \
         "$(awk -v b="$bytes" -v e="$entries" 'BEGIN { print (e > 0 ? b / e : 0) }')" \
         "$(awk -v b="$c_bytes" -v e="$c_entries" 'BEGIN { print (e > 0 ? b / e : 0) }')" \
         "$(awk -v d="$drss" -v t="$touched" 'BEGIN { print (t > 0 ? d * 1024 / t : 0) }')" \
         "$(awk -v k="$rss0" 'BEGIN { print k / 1024 }')" "$finds" "$refreshes"
 done
-printf '\nrandom = random-key req/s / one-hot-key req/s, same server, random run first (cold: no warm-up).\n'
+printf '\nrandom = random-key req/s / hot r/s: each on a server just started (cold: no warm-up, cold start included).\n'
+printf 'rnd/warm = random-key req/s / one-hot-key req/s on the same server right after the random run (warm: the old figure).\n'
+printf 'resv/req = AES-GCM blocks reserved on the request path (a store write waited for) per random-run request;\n'
+printf '  blocks s = the start-up reservation of a first block per AES key version, after the preload (not in ready s).\n'
 printf 'ready s = spawn to /readyz 200; of it: init s = C_Initialize + login + mechanism probe (SoftHSM loads its object store),\n'
 printf '  enum s = the one token enumeration that fills the handle map, store s = the reconciler store reads.\n'
 printf 'store/tok = SoftHSM object store / where its token files are (tmpfs: TOKEN_TMPFS=1, the stand-in for an HSM'"'"'s own storage).\n'

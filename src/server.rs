@@ -261,6 +261,19 @@ pub async fn start(
             }
             Err(e) => tracing::warn!(error = %e, "key preload failed; keys load on first use"),
         }
+        // Then a first block of AES-GCM invocations per AES key version, so
+        // that a key's first Encrypt writes nothing (README "GCM IVs").
+        let t = Instant::now();
+        match preload.reserve_first_blocks().await {
+            Ok(n) => {
+                startup_phase("gcm_first_blocks", t.elapsed());
+                tracing::info!(versions = n, "AES-GCM first blocks reserved");
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "reserving AES-GCM first blocks failed; versions reserve on first use"
+            ),
+        }
     });
     tracing::info!(%addr, token = engine.token_label(), "hsm-kms listening");
     Ok(Running {

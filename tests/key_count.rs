@@ -12,7 +12,9 @@ mod common;
 use std::collections::HashMap;
 
 use common::Kms;
-use hsm_kms::core::{CreateKeyRequest, Engine, EngineOptions, KeyType, RESERVATION_BLOCK};
+use hsm_kms::core::{
+    CreateKeyRequest, Engine, EngineOptions, KeyType, FIRST_BLOCK, RESERVATION_BLOCK,
+};
 use hsm_kms::store::AccountRepo as _;
 use serde_json::json;
 
@@ -439,4 +441,213 @@ async fn concurrent_creations_share_commits_and_each_end_active() {
     let states = version_states(&kms).await;
     assert_eq!(states.len(), CAP);
     assert!(states.iter().all(|(_, s)| s == "active"), "{states:?}");
+}
+
+/// The current AES version's object id of each key `tags` names.
+async fn current_ids(kms: &Kms, tags: &[String]) -> Vec<Vec<u8>> {
+    let mut ids = Vec::new();
+    for t in tags {
+        let e = kms
+            .engine
+            .key_entry(&hsm_kms::core::KeyUid::from(t))
+            .await
+            .expect("key");
+        ids.push(e.current().expect("current").cka_id.to_vec());
+    }
+    ids
+}
+
+/// A restarted node on the store (a fresh engine, its key cache preloaded).
+async fn restarted(kms: &Kms) -> Engine {
+    let node = Engine::with_options(
+        kms.engine.hsm().clone(),
+        kms.engine.store().clone(),
+        EngineOptions {
+            activity_log: false,
+            ..EngineOptions::default()
+        },
+    )
+    .await
+    .expect("restarted engine");
+    node.preload_keys().await.expect("preload");
+    node
+}
+
+/// After a start's first-block reservation, a key's first Encrypts write
+/// nothing to the store (its reserved count stays where the start left
+/// it); the invocations used are below the store's count, the next block
+/// is reserved on use as before, and a later start never goes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_first_blocks_a_first_encrypt_writes_nothing() {
+    let kms = Kms::start().await;
+    let mut tags = Vec::new();
+    for i in 0..5 {
+        tags.push(
+            kms.create_key(&format!("aes{i}"), "AES256", json!({}))
+                .await,
+        );
+    }
+    kms.create_key("rsa", "RSA2048", json!({})).await;
+    // Two keys used before the restart: one block each already.
+    for t in &tags[..2] {
+        kms.encrypt(t, b"before the restart", None).await;
+    }
+    let ids = current_ids(&kms, &tags).await;
+    let mut before = Vec::new();
+    for id in &ids {
+        before.push(reserved(&kms, id).await);
+    }
+
+    let node = restarted(&kms).await;
+    assert_eq!(
+        node.reserve_first_blocks().await.expect("first blocks"),
+        5,
+        "one block per AES version, none for the RSA key"
+    );
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            reserved(&kms, id).await,
+            before[i] + FIRST_BLOCK as i64,
+            "key {i}: one first block"
+        );
+    }
+    let account = node
+        .key_entry(&hsm_kms::core::KeyUid::from(&tags[0]))
+        .await
+        .expect("key")
+        .key
+        .account_id;
+    for t in &tags {
+        for j in 0..3u8 {
+            node.encrypt(account, &hsm_kms::core::KeyUid::from(t), vec![j; 8], None)
+                .await
+                .expect("encrypt after the restart");
+        }
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let upto = before[i] + FIRST_BLOCK as i64;
+        assert_eq!(reserved(&kms, id).await, upto, "key {i}: no store write");
+        // The fourth invocation since the start, inside the first block.
+        let n = node.take_gcm_invocation(id).await.expect("take") as i64;
+        assert_eq!(n, before[i] + 3, "key {i}");
+        assert!(n < upto);
+    }
+    // The first block used up, the next one is reserved on use.
+    let id = &ids[0];
+    for _ in 4..FIRST_BLOCK {
+        node.take_gcm_invocation(id).await.expect("take");
+    }
+    assert_eq!(
+        reserved(&kms, id).await,
+        before[0] + FIRST_BLOCK as i64,
+        "the first block holds {FIRST_BLOCK} invocations"
+    );
+    let n = node.take_gcm_invocation(id).await.expect("take") as i64;
+    assert_eq!(
+        n,
+        before[0] + FIRST_BLOCK as i64,
+        "continues after the block"
+    );
+    let upto = reserved(&kms, id).await;
+    assert_eq!(upto, n + RESERVATION_BLOCK as i64);
+
+    // Another start: its first block begins where every earlier one ended.
+    let again = restarted(&kms).await;
+    again.reserve_first_blocks().await.expect("first blocks");
+    let m = again.take_gcm_invocation(id).await.expect("take") as i64;
+    assert_eq!(m, upto, "never inside an earlier reservation");
+    assert_eq!(reserved(&kms, id).await, upto + FIRST_BLOCK as i64);
+}
+
+/// Two nodes reserve their first blocks while requests on both already use
+/// the same versions for the first time: no invocation number of a
+/// version is handed out twice, and every one is below the store's count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn first_blocks_racing_first_uses_never_hand_out_an_invocation_twice() {
+    let kms = Kms::start().await;
+    let mut tags = Vec::new();
+    for i in 0..24 {
+        tags.push(
+            kms.create_key(&format!("key{i}"), "AES256", json!({}))
+                .await,
+        );
+    }
+    let ids = current_ids(&kms, &tags).await;
+    let nodes = [restarted(&kms).await, restarted(&kms).await];
+    let mut tasks = tokio::task::JoinSet::new();
+    for node in &nodes {
+        let node = node.clone();
+        tasks.spawn(async move {
+            node.reserve_first_blocks().await.expect("first blocks");
+            Vec::new()
+        });
+    }
+    for node in &nodes {
+        for id in &ids {
+            for _ in 0..3 {
+                let (node, id) = (node.clone(), id.clone());
+                tasks.spawn(async move {
+                    let mut got = Vec::new();
+                    for _ in 0..4 {
+                        let n = node.take_gcm_invocation(&id).await.expect("take");
+                        got.push((id.clone(), n));
+                    }
+                    got
+                });
+            }
+        }
+    }
+    let mut seen: HashMap<Vec<u8>, Vec<u64>> = HashMap::new();
+    while let Some(r) = tasks.join_next().await {
+        for (id, n) in r.expect("task") {
+            seen.entry(id).or_default().push(n);
+        }
+    }
+    assert_eq!(seen.len(), ids.len());
+    for (i, id) in ids.iter().enumerate() {
+        let mut ns = seen.remove(id).expect("used");
+        assert_eq!(ns.len(), 2 * 3 * 4);
+        ns.sort_unstable();
+        let before = ns.len();
+        ns.dedup();
+        assert_eq!(ns.len(), before, "key {i}: an invocation handed out twice");
+        let upto = reserved(&kms, id).await as u64;
+        assert!(
+            ns.iter().all(|&n| n < upto),
+            "key {i}: {ns:?} not all below the store's {upto}"
+        );
+    }
+}
+
+/// A key still being created when a node preloads its key cache (another
+/// node's creation between its pending row and its activation) is not
+/// cached as it was read: once active it serves on this node at once,
+/// without waiting for the change feed to drop a stale entry.
+#[tokio::test]
+async fn the_preload_skips_a_key_still_being_created() {
+    let kms = Kms::start().await;
+    let tag = kms.create_key("increation", "AES256", json!({})).await;
+    let e = kms
+        .engine
+        .key_entry(&hsm_kms::core::KeyUid::from(&tag))
+        .await
+        .expect("key");
+    let set_state = |state: &'static str| {
+        let kms = &kms;
+        let key_id = e.key.id;
+        async move {
+            sqlx::query("UPDATE key_versions SET state = $1 WHERE key_id = $2")
+                .bind(state)
+                .bind(key_id)
+                .execute(&kms.db().await)
+                .await
+                .expect("version state");
+        }
+    };
+    set_state("pending").await;
+    let node = restarted(&kms).await;
+    set_state("active").await;
+    node.owned_key(e.key.account_id, &hsm_kms::core::KeyUid::from(&tag))
+        .await
+        .expect("the key, active now, serves on the preloaded node");
 }

@@ -94,11 +94,19 @@ fn describe() {
     );
     describe_counter!(
         "hsm_kms_gcm_reservations_total",
-        "AES-GCM invocations reserved against the per-key limit."
+        "AES-GCM invocation blocks reserved on the request path (a key version's use found no reserved invocation left)."
     );
     describe_counter!(
         "hsm_kms_gcm_reservation_commits_total",
         "Commits of AES-GCM invocation reservations."
+    );
+    describe_counter!(
+        "hsm_kms_gcm_first_blocks_total",
+        "AES-GCM first blocks reserved at start, ahead of use, one per key version."
+    );
+    describe_counter!(
+        "hsm_kms_gcm_first_block_commits_total",
+        "Store transactions of the first blocks reserved at start."
     );
     describe_counter!(
         "hsm_kms_gcm_invocation_limit_refusals_total",

@@ -33,6 +33,28 @@
 //! restart wait on the disk once per key). Reservations of one version stay
 //! one at a time (a lock per shard of versions), so none is wasted.
 //!
+//! First blocks ahead of use: even group-committed, a first use that must
+//! reserve waits for a store commit (an fsync) on the request path, and
+//! after a restart with many keys nearly every request is some key's first
+//! use. So `serve`, once the key cache is preloaded, reserves a small first
+//! block ([`FIRST_BLOCK`]) for the current version of every AES key in the
+//! background ([`Engine::reserve_first_blocks`]): one multi-row upsert per
+//! transaction of [`FIRST_BLOCK_CHUNK`] versions, with a pause as long as
+//! the transaction after each (other writers get the store at least half of
+//! the time), at most [`FIRST_BLOCK_MAX`] versions per start, each row by
+//! the same atomic increment as any block. A version's first
+//! Encrypt then finds a durable reservation and writes nothing; its later
+//! blocks are reserved on use as before. The invariant is unchanged: an
+//! invocation is used only below a count already committed to the store
+//! (the block is recorded in memory only after its transaction commits), a
+//! count only grows, and two nodes (or a node and a request racing with the
+//! background) get disjoint blocks from the increment. A request that
+//! reserved on its own while the background ran keeps its own block; the
+//! background's block for that version is then never used. The cost: at most
+//! one first block per AES version per start is wasted (never used, counted
+//! as used), so the 2^32 limit of a version is spent by restarts alone only
+//! after 2^32 / 2^10 = 4 194 304 starts.
+//!
 //! At the limit (`hsm.gcm_invocation_limit`, default 2^32) Encrypt with that
 //! version is refused ([`Error::InvalidState`], a 400 asking to rotate); a
 //! rotation makes a new version with a new key and a fresh count. Decrypt is
@@ -50,6 +72,18 @@ use crate::store::Store;
 
 /// Invocations reserved in the store at a time per key version.
 pub const RESERVATION_BLOCK: u64 = 1 << 16;
+
+/// Invocations reserved at start, ahead of use, per AES key version
+/// ([`Engine::reserve_first_blocks`]); at most this many are wasted per
+/// version per start.
+pub const FIRST_BLOCK: u64 = 1 << 10;
+
+/// Key versions per store transaction of [`Engine::reserve_first_blocks`].
+pub const FIRST_BLOCK_CHUNK: usize = 256;
+
+/// Key versions [`Engine::reserve_first_blocks`] reserves for at most per
+/// start (the key preload's cap: only preloaded keys are walked).
+pub const FIRST_BLOCK_MAX: usize = super::KEY_PRELOAD_MAX;
 
 /// Locks that keep reservations of one key version one at a time (versions
 /// hash to a shard; versions in different shards reserve concurrently).
@@ -99,15 +133,39 @@ impl GcmCounts {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes one invocation below the reservation, if there is one.
-    fn take_reserved(&self, cka_id: &[u8]) -> Option<()> {
+    /// Takes one invocation below the reservation, if there is one, and
+    /// returns its number.
+    fn take_reserved(&self, cka_id: &[u8]) -> Option<u64> {
         let mut map = self.lock();
         let c = map.get_mut(cka_id)?;
         if c.used < c.reserved {
             c.used += 1;
-            return Some(());
+            return Some(c.used - 1);
         }
         None
+    }
+
+    /// Whether `cka_id` has a count in memory (used since the start, or
+    /// given a first block).
+    fn knows(&self, cka_id: &[u8]) -> bool {
+        self.lock().contains_key(cka_id)
+    }
+
+    /// Records a first block that ends at `upto` (committed to the store)
+    /// for a version that has no count yet; a version a request counted
+    /// meanwhile keeps its own block and this one is never used. Returns
+    /// whether the block was taken.
+    fn adopt_first_block(&self, cka_id: &[u8], upto: u64, block: u64) -> bool {
+        let mut map = self.lock();
+        if map.contains_key(cka_id) {
+            return false;
+        }
+        // Everything reserved before counts as used; at the limit the
+        // version is refused on its first use without a store write.
+        let reserved = upto.min(self.limit);
+        let used = upto.saturating_sub(block).min(reserved);
+        map.insert(cka_id.to_vec(), Count { used, reserved });
+        true
     }
 
     fn shard(&self, cka_id: &[u8]) -> &tokio::sync::Mutex<()> {
@@ -181,17 +239,73 @@ async fn commit_batches(batch: Arc<Mutex<Batch>>, store: Store) {
 }
 
 impl Engine {
-    /// Counts one AES-GCM invocation of the key object `cka_id` (version
-    /// `version`, for the message), or refuses it at the limit.
-    pub(super) async fn count_gcm_invocation(&self, cka_id: &[u8], version: i64) -> Result<()> {
+    /// Reserves a first block of [`FIRST_BLOCK`] invocations for the
+    /// current version of every AES key in the key cache that has no count
+    /// yet (see the module doc), [`FIRST_BLOCK_CHUNK`] versions per store
+    /// transaction (one statement), a pause as long between them, [`FIRST_BLOCK_MAX`] at most; `serve` runs it in the
+    /// background after [`Engine::preload_keys`]. Returns the number of
+    /// versions given a block. A failed transaction stops the walk (the
+    /// versions left reserve on first use, as without it).
+    pub async fn reserve_first_blocks(&self) -> Result<usize> {
         let counts = &self.inner.gcm;
-        if counts.take_reserved(cka_id).is_some() {
-            return Ok(());
+        // Published from the start, whether or not there is a key.
+        let first_blocks = metrics::counter!("hsm_kms_gcm_first_blocks_total");
+        let first_commits = metrics::counter!("hsm_kms_gcm_first_block_commits_total");
+        first_blocks.increment(0);
+        first_commits.increment(0);
+        let block = FIRST_BLOCK.min(counts.limit).max(1);
+        let mut ids: Vec<Vec<u8>> = self
+            .inner
+            .keys
+            .values()
+            .iter()
+            .filter(|e| {
+                e.key.key_type == super::Algorithm::Aes256
+                    && e.key.status != super::KeyStatus::Deleted
+            })
+            .filter_map(|e| e.current().map(|v| v.cka_id.to_vec()))
+            .collect();
+        ids.truncate(FIRST_BLOCK_MAX);
+        let mut given = 0;
+        for chunk in ids.chunks(FIRST_BLOCK_CHUNK) {
+            let todo: Vec<Vec<u8>> = chunk
+                .iter()
+                .filter(|id| !counts.knows(id))
+                .cloned()
+                .collect();
+            if todo.is_empty() {
+                continue;
+            }
+            let t = std::time::Instant::now();
+            let ends = self.store().gcm_reserve_each(&todo, block).await?;
+            first_commits.increment(1);
+            first_blocks.increment(todo.len() as u64);
+            for (id, upto) in todo.iter().zip(ends) {
+                if counts.adopt_first_block(id, upto, block) {
+                    given += 1;
+                }
+            }
+            // As long again between transactions: the store's writer (the
+            // activity log, requests' reservations) gets the lock at least
+            // half of the time while this runs.
+            tokio::time::sleep(t.elapsed().max(std::time::Duration::from_millis(1))).await;
+        }
+        Ok(given)
+    }
+
+    /// Counts one AES-GCM invocation of the key object `cka_id` (version
+    /// `version`, for the message), or refuses it at the limit. Returns the
+    /// invocation's number: no two calls, on any node, get the same number
+    /// for one version, and each is below the count in the store.
+    pub(super) async fn count_gcm_invocation(&self, cka_id: &[u8], version: i64) -> Result<u64> {
+        let counts = &self.inner.gcm;
+        if let Some(n) = counts.take_reserved(cka_id) {
+            return Ok(n);
         }
         let _one = counts.shard(cka_id).lock().await;
         // Another caller may have reserved while this one waited.
-        if counts.take_reserved(cka_id).is_some() {
-            return Ok(());
+        if let Some(n) = counts.take_reserved(cka_id) {
+            return Ok(n);
         }
         let known = counts.lock().get(cka_id).copied();
         if let Some(c) = known {
@@ -234,6 +348,13 @@ impl Engine {
                 reserved,
             },
         );
-        Ok(())
+        Ok(from)
+    }
+
+    /// [`Engine::count_gcm_invocation`] for tests: takes one invocation of
+    /// the key object `cka_id` and returns its number.
+    #[cfg(feature = "test-hooks")]
+    pub async fn take_gcm_invocation(&self, cka_id: &[u8]) -> Result<u64> {
+        self.count_gcm_invocation(cka_id, 0).await
     }
 }

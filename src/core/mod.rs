@@ -28,7 +28,7 @@ pub use changes::spawn_change_feed;
 pub use crypto::{
     CustomKey, RsaSignature, Sealed, CONTEXT_MAX, ENCRYPT_MAX, RSA_ENCRYPT_MAX, SIGN_DATA_MAX,
 };
-pub use invocations::RESERVATION_BLOCK;
+pub use invocations::{FIRST_BLOCK, FIRST_BLOCK_CHUNK, FIRST_BLOCK_MAX, RESERVATION_BLOCK};
 pub use keys::{KeyType, KeyView, VersionView};
 pub use naver::{CreateKeyRequest, DELETION_WAIT_MS, MAX_VERSIONS, ROTATION_PERIOD_DEFAULT};
 pub use reconcile::{bind, destroy_orphans, reconcile, Inventory, ReconcileReport, StartMode};
@@ -529,9 +529,15 @@ impl Engine {
             .live_keys_with_versions(KEY_PRELOAD_MAX)
             .await?;
         let n = rows.len();
+        // A key with no active version is still being created (perhaps by
+        // another node): cached as read, it would answer "not found" after
+        // its activation until the change feed dropped it. It loads on
+        // first use instead.
         let kept = self.inner.keys.fill_many(
             rows.into_iter()
-                .map(|(key, versions)| (key.uid.clone(), Arc::new(KeyEntry { key, versions }))),
+                .map(|(key, versions)| KeyEntry { key, versions })
+                .filter(|e| e.current().is_some())
+                .map(|e| (e.key.uid.clone(), Arc::new(e))),
             seen,
         );
         let (entries, bytes) = self.key_cache_size();
