@@ -297,6 +297,20 @@ fn threads_named(name: &str) -> usize {
         .count()
 }
 
+/// The number of threads named `name` once it equals `want`, or after 5 s
+/// whatever it is: a new thread takes its name from inside itself, so right
+/// after the spawn `/proc` may still show the spawning thread's name.
+async fn threads_named_settled(name: &str, want: usize) -> usize {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let n = threads_named(name);
+        if n == want || std::time::Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// `activity_log.writer_thread` (the default): on SQLite the writer is an
 /// OS thread of its own (`activity-writer`) with its own connection; its
 /// records are complete, in order and chained; dropping the engine ends
@@ -307,7 +321,7 @@ async fn activity_records_on_the_writer_thread() {
         return;
     }
     let kms = Kms::start_with(|c| c.activity_log.writer_thread = true).await;
-    assert_eq!(threads_named("activity-writer"), 1);
+    assert_eq!(threads_named_settled("activity-writer", 1).await, 1);
     records_of_concurrent_calls(&kms).await;
     // A second engine on the same store and token: a second writer, whose
     // record joins the same chain, and which ends with the engine.
@@ -318,14 +332,14 @@ async fn activity_records_on_the_writer_thread() {
     )
     .await
     .unwrap();
-    assert_eq!(threads_named("activity-writer"), 2);
+    assert_eq!(threads_named_settled("activity-writer", 2).await, 2);
     second
         .record_admin("AdminTest", "second writer")
         .await
         .unwrap();
     drop(second);
     assert_eq!(
-        threads_named("activity-writer"),
+        threads_named_settled("activity-writer", 1).await,
         1,
         "its writer thread ended"
     );
