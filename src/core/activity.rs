@@ -373,6 +373,20 @@ async fn run_task(
     }
 }
 
+/// The writer thread's connection, opened when there is none (at the start,
+/// or after a failed batch dropped it).
+fn open_direct<'a>(
+    store: &Store,
+    fsync: bool,
+    conn: &'a mut Option<crate::store::DirectWriter>,
+) -> Result<&'a mut crate::store::DirectWriter> {
+    if conn.is_none() {
+        *conn = store.direct_activity_writer(fsync)?;
+    }
+    conn.as_mut()
+        .ok_or_else(|| Error::Unavailable("the metadata store is unavailable".into()))
+}
+
 /// The writer on its own OS thread with its own synchronous SQLite
 /// connection: the same batches, order, checks and answers as
 /// [`run_task`], with no hand-off between threads inside a batch.
@@ -383,12 +397,6 @@ fn run_thread(store: Store, chain: AuditChain, opts: WriterOptions, rx: flume::R
     let since_ms = crate::core::now_ms();
     let idle =
         std::time::Duration::from_millis(u64::try_from(chain.policy().every_ms).unwrap_or(60_000));
-    let open = |conn: &mut Option<crate::store::DirectWriter>| -> Result<()> {
-        if conn.is_none() {
-            *conn = store.direct_activity_writer(opts.fsync)?;
-        }
-        Ok(())
-    };
     let mut rows: Vec<ActivityRecord> = Vec::with_capacity(MAX_BATCH);
     let mut acks = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -397,12 +405,8 @@ fn run_thread(store: Store, chain: AuditChain, opts: WriterOptions, rx: flume::R
             Err(flume::RecvTimeoutError::Disconnected) => break,
             Err(flume::RecvTimeoutError::Timeout) => {
                 // Idle: the time trigger of checkpoints.
-                let ok = open(&mut conn).and_then(|()| match conn.as_mut() {
-                    Some(c) => chain.checkpoint_if_due_direct(c, since_ms).map(|_| ()),
-                    None => Err(Error::Unavailable(
-                        "the metadata store is unavailable".into(),
-                    )),
-                });
+                let ok = open_direct(&store, opts.fsync, &mut conn)
+                    .and_then(|c| chain.checkpoint_if_due_direct(c, since_ms).map(|_| ()));
                 if let Err(e) = &ok {
                     tracing::warn!(error = %e, "audit checkpoint failed; retried later");
                     conn = None;
@@ -432,13 +436,8 @@ fn run_thread(store: Store, chain: AuditChain, opts: WriterOptions, rx: flume::R
         let res = store
             .check_space()
             .map_err(Error::from)
-            .and_then(|()| open(&mut conn))
-            .and_then(|()| match conn.as_mut() {
-                Some(c) => chain.write_batch_direct(c, &mut tail, since_ms, &rows),
-                None => Err(Error::Unavailable(
-                    "the metadata store is unavailable".into(),
-                )),
-            })
+            .and_then(|()| open_direct(&store, opts.fsync, &mut conn))
+            .and_then(|c| chain.write_batch_direct(c, &mut tail, since_ms, &rows))
             // A commit into a deleted or replaced file is lost to the next
             // start: not acknowledged.
             .and_then(|()| store.check_file().map_err(Error::from))
