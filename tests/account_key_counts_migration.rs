@@ -40,14 +40,7 @@ async fn kept(db: &sqlx::AnyPool) -> Vec<(String, i64)> {
 async fn the_live_key_counts_start_from_the_existing_rows_and_follow_changes() {
     let legacy = common::LegacyStore::before("0018").await;
     let (data, url) = (legacy.data.clone(), legacy.url.clone());
-    let db = common::any_pool(&url, &legacy.db_file).await;
-    for sql in LEGACY_ROWS {
-        sqlx::query(sql)
-            .execute(&db)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-    db.close().await;
+    legacy.execute(&LEGACY_ROWS).await;
 
     // This release opens it (migration 0018).
     let store = Store::open(&url, &data).await.expect("open and migrate");

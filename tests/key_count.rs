@@ -60,16 +60,7 @@ async fn first_uses_after_a_restart_reserve_one_block_each() {
         assert_eq!(reserved(&kms, &ids[t].1).await, want, "key {i} before");
     }
 
-    let node = Engine::with_options(
-        kms.engine.hsm().clone(),
-        kms.engine.store().clone(),
-        EngineOptions {
-            activity_log: false,
-            ..EngineOptions::default()
-        },
-    )
-    .await
-    .expect("second engine");
+    let node = second_engine(&kms).await;
     let mut tasks = tokio::task::JoinSet::new();
     for t in &tags {
         for j in 0..4u8 {
@@ -205,16 +196,7 @@ async fn the_key_cache_is_preloaded_with_the_live_keys() {
         .expect("mark deleted");
 
     // A restarted node: nothing cached until the preload.
-    let node = Engine::with_options(
-        kms.engine.hsm().clone(),
-        kms.engine.store().clone(),
-        EngineOptions {
-            activity_log: false,
-            ..EngineOptions::default()
-        },
-    )
-    .await
-    .expect("restarted engine");
+    let node = second_engine(&kms).await;
     assert_eq!(node.key_cache_size().0, 0);
     let before = node
         .key_entry(&hsm_kms::core::KeyUid::from(&tags[1]))
@@ -457,9 +439,10 @@ async fn current_ids(kms: &Kms, tags: &[String]) -> Vec<Vec<u8>> {
     ids
 }
 
-/// A restarted node on the store (a fresh engine, its key cache preloaded).
-async fn restarted(kms: &Kms) -> Engine {
-    let node = Engine::with_options(
+/// Another engine on the same token and store, its activity log off, as a
+/// second node or a restarted one sees them: nothing cached yet.
+async fn second_engine(kms: &Kms) -> Engine {
+    Engine::with_options(
         kms.engine.hsm().clone(),
         kms.engine.store().clone(),
         EngineOptions {
@@ -468,7 +451,12 @@ async fn restarted(kms: &Kms) -> Engine {
         },
     )
     .await
-    .expect("restarted engine");
+    .expect("second engine")
+}
+
+/// A restarted node on the store (a fresh engine, its key cache preloaded).
+async fn restarted(kms: &Kms) -> Engine {
+    let node = second_engine(kms).await;
     node.preload_keys().await.expect("preload");
     node
 }

@@ -36,14 +36,7 @@ async fn nhn_names_and_rotation_schedules_move_into_the_key_rows() {
     // A store as the release before 0016 left it.
     let legacy = common::LegacyStore::before("0016").await;
     let (data, url) = (legacy.data.clone(), legacy.url.clone());
-    let db = common::any_pool(&url, &legacy.db_file).await;
-    for sql in LEGACY_ROWS {
-        sqlx::query(sql)
-            .execute(&db)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-    db.close().await;
+    legacy.execute(&LEGACY_ROWS).await;
 
     // This release opens it (migration 0016).
     let store = Store::open(&url, &data).await.expect("open and migrate");

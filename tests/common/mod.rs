@@ -359,6 +359,19 @@ impl LegacyStore {
             url,
         }
     }
+
+    /// Runs `statements` on the legacy store, as a release before the
+    /// migration under test would have written its rows.
+    pub async fn execute(&self, statements: &[&str]) {
+        let db = any_pool(&self.url, &self.db_file).await;
+        for sql in statements {
+            sqlx::query(sql)
+                .execute(&db)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        db.close().await;
+    }
 }
 
 /// A pool on a store written by the service, through sqlx's `Any` driver:
