@@ -204,6 +204,60 @@ async fn all_sessions_closed_under_load_fails_nothing() {
     assert_eq!(readyz(&kms).await.0, 200);
 }
 
+/// The token calls of the activity-log writer's own thread
+/// (`Hsm::run_audit_blocking`: its batch seals and checkpoints) wait for a
+/// quiesced hook like every other call, under both dispatches. They did not
+/// (the writer thread came with session 8): CI of stop 21 died with SIGSEGV
+/// in `all_sessions_closed_under_load_fails_nothing`, SoftHSMv2 freeing a
+/// session under a seal that ran beside `C_CloseAllSessions`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_writer_threads_token_calls_wait_for_a_quiesced_hook() {
+    writer_thread_waits_for_a_quiesced_hook(hsm_kms::hsm::Dispatch::Workers).await;
+}
+
+/// The same with `hsm.dispatch = "blocking_pool"`, where the hook also
+/// takes every concurrency permit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_writer_threads_token_calls_wait_for_a_quiesced_hook_blocking_pool() {
+    writer_thread_waits_for_a_quiesced_hook(hsm_kms::hsm::Dispatch::BlockingPool).await;
+}
+
+async fn writer_thread_waits_for_a_quiesced_hook(dispatch: hsm_kms::hsm::Dispatch) {
+    {
+        let kms = Kms::start_with(|c| c.hsm.dispatch = dispatch).await;
+        let hsm = kms.engine.hsm().clone();
+        let (entered, inside) = std::sync::mpsc::channel();
+        let hook = tokio::spawn({
+            let hsm = hsm.clone();
+            async move {
+                hsm.quiesced(move |_, _| {
+                    entered.send(()).expect("the test waits");
+                    std::thread::sleep(Duration::from_millis(300));
+                    Instant::now()
+                })
+                .await
+                .expect("the token is serving")
+            }
+        });
+        tokio::task::spawn_blocking(move || inside.recv())
+            .await
+            .unwrap()
+            .expect("the hook ran");
+        let called = tokio::task::spawn_blocking(move || {
+            hsm.run_audit_blocking(hsm_kms::hsm::OpClass::Symmetric, |_| Ok(Instant::now()))
+        })
+        .await
+        .unwrap()
+        .expect("an audit call");
+        let left = hook.await.unwrap();
+        assert!(
+            called >= left,
+            "{dispatch:?}: the writer thread's call ran {:?} before the hook let go",
+            left - called
+        );
+    }
+}
+
 /// Issue 9 §1: C_Logout (the application's login, shared by every
 /// session) every 150 ms under load: 0 failed requests after re-login.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

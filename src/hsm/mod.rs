@@ -212,6 +212,12 @@ struct Inner {
     paths: MechanismPaths,
     /// The worker threads, with [`Dispatch::Workers`].
     workers: Option<workers::Workers>,
+    /// Held shared around every token call that is not made under a
+    /// concurrency permit's exclusion: the workers' jobs, inline calls, and
+    /// the calls of threads of the service's own ([`Hsm::run_audit_blocking`],
+    /// [`Hsm::run_blocking_gated`]); test hooks take it alone
+    /// ([`Hsm::quiesced`]).
+    gate: Arc<std::sync::RwLock<()>>,
     /// When the last re-initialisation for a late view of the token was
     /// started (see [`Hsm::late_view`]).
     late_view_at: std::sync::Mutex<Option<std::time::Instant>>,
@@ -260,9 +266,10 @@ impl Hsm {
         ] {
             metrics::counter!(c).increment(0);
         }
+        let gate = Arc::new(std::sync::RwLock::new(()));
         let workers = match cfg.dispatch {
             Dispatch::Workers => Some(
-                workers::Workers::start(sym, asym)
+                workers::Workers::start(sym, asym, gate.clone())
                     .map_err(|e| HsmError::Worker(format!("starting token workers: {e}")))?,
             ),
             Dispatch::BlockingPool => None,
@@ -282,6 +289,7 @@ impl Hsm {
                 backoff_max: cfg.recovery_backoff_max,
                 paths,
                 workers,
+                gate,
                 late_view_at: std::sync::Mutex::new(None),
                 late_view_helped: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -392,7 +400,23 @@ impl Hsm {
             OpClass::Asymmetric => "asymmetric",
         };
         metrics::counter!("hsm_kms_audit_token_calls_total", "class" => label).increment(1);
-        self.run_blocking(f)
+        self.run_blocking_gated(f)
+    }
+
+    /// [`Hsm::run_blocking`] with each run inside the gate that
+    /// [`Hsm::quiesced`] closes, as workers run their jobs: for token calls
+    /// on threads of the service's own while requests are served (the
+    /// activity-log writer's thread, the NHN CA signature under
+    /// `spawn_blocking`, the recovery thread's handle-map refill). SoftHSMv2 frees a session under a call still on
+    /// it when a hook closes every session; outside the gate that call
+    /// crashed the process (CI of stop 21). Never from inside a job or
+    /// another gated run: a shared hold taken twice on one thread waits
+    /// behind a waiting exclusive one.
+    pub(crate) fn run_blocking_gated<T, F>(&self, f: F) -> Result<T>
+    where
+        F: Fn(&SessionRef<'_>) -> Result<T>,
+    {
+        self.blocking_runs(&f, true)
     }
 
     async fn run_with<T, F>(&self, class: OpClass, retry: Retry, f: F) -> Result<T>
@@ -540,6 +564,12 @@ impl Hsm {
     where
         F: Fn(&SessionRef<'_>) -> Result<T>,
     {
+        self.blocking_runs(&f, false)
+    }
+
+    /// The runs of [`Hsm::run_blocking`]; `gated`: each attempt inside the
+    /// gate ([`Hsm::run_blocking_gated`]).
+    fn blocking_runs<T>(&self, f: &dyn Fn(&SessionRef<'_>) -> Result<T>, gated: bool) -> Result<T> {
         let mut fresh = false;
         let mut runs = REPAIRED_RUNS;
         let mut run = 0;
@@ -549,7 +579,13 @@ impl Hsm {
             if !self.wait_ready_blocking(self.inner.cfg.unavailable_wait) {
                 return Err(HsmError::Unavailable(self.unavailable_reason()));
             }
-            match self.attempt(&f, fresh) {
+            let outcome = if gated {
+                let _g = self.inner.gate.read().unwrap_or_else(|p| p.into_inner());
+                self.attempt(f, fresh)
+            } else {
+                self.attempt(f, fresh)
+            };
+            match outcome {
                 Ok(v) => {
                     if late {
                         self.late_view_helped();
@@ -738,9 +774,11 @@ impl Hsm {
 
     /// Fills the handle map from one enumeration of the token unless it is
     /// complete already (after a module re-initialisation; the next
-    /// look-up would do it otherwise).
+    /// look-up would do it otherwise). On the recovery thread while
+    /// requests are served, so inside the gate; the enumeration's helper
+    /// threads run under this hold.
     pub(crate) fn rebuild_handles_blocking(&self) -> Result<()> {
-        self.run_blocking(|s| s.rebuild_handles())
+        self.run_blocking_gated(|s| s.rebuild_handles())
     }
 
     /// Checks that the token answers (for `/readyz`): not while it is being
@@ -765,7 +803,10 @@ impl Hsm {
     }
 
     /// Runs `f` on the serving context and slot while no operation of the
-    /// service is inside the token: every concurrency permit is taken first.
+    /// service is inside the token: with the blocking-pool dispatch every
+    /// concurrency permit is taken first, and in both dispatches the gate
+    /// that workers, inline calls and the service's own threads hold
+    /// around each call.
     /// For test hooks that close sessions or log out: SoftHSMv2 2.6 frees a
     /// session's state under a concurrent call on it (`C_CloseAllSessions`
     /// racing a `C_FindObjectsInit` answered `CKR_GENERAL_ERROR` and then
@@ -778,11 +819,9 @@ impl Hsm {
         if self.inner.workers.is_some() {
             let hsm = self.clone();
             return tokio::task::spawn_blocking(move || {
-                let w = hsm.inner.workers.as_ref().expect("workers");
-                w.exclusive(|| {
-                    let (ctx, slot) = hsm.context()?;
-                    Ok(f(ctx, slot))
-                })
+                let _g = hsm.inner.gate.write().unwrap_or_else(|p| p.into_inner());
+                let (ctx, slot) = hsm.context()?;
+                Ok(f(ctx, slot))
             })
             .await
             .map_err(|e| HsmError::Worker(e.to_string()))?;
@@ -800,8 +839,16 @@ impl Hsm {
             .acquire_many(self.inner.permits.1)
             .await
             .map_err(worker)?;
-        let (ctx, slot) = self.context()?;
-        Ok(f(ctx, slot))
+        // Threads of the service's own call the token outside the permits
+        // but inside the gate (Hsm::run_blocking_gated).
+        let hsm = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _g = hsm.inner.gate.write().unwrap_or_else(|p| p.into_inner());
+            let (ctx, slot) = hsm.context()?;
+            Ok(f(ctx, slot))
+        })
+        .await
+        .map_err(|e| HsmError::Worker(e.to_string()))?
     }
 }
 

@@ -45,16 +45,20 @@ struct LaneState {
 pub(super) struct Workers {
     symmetric: Arc<Lane>,
     asymmetric: Arc<Lane>,
-    /// Workers (and inline calls, [`Workers::inline`]) hold it shared
-    /// around each job; [`Workers::exclusive`] takes it alone (test hooks
-    /// that must act between token calls).
+    /// The [`Hsm`](super::Hsm)'s gate: workers (and inline calls,
+    /// [`Workers::inline`]) hold it shared around each job; test hooks take
+    /// it alone to act between token calls (`Hsm::quiesced`).
     gate: Arc<RwLock<()>>,
 }
 
 impl Workers {
-    /// Starts `sym` symmetric and `asym` asymmetric workers.
-    pub(super) fn start(sym: usize, asym: usize) -> std::io::Result<Workers> {
-        let gate = Arc::new(RwLock::new(()));
+    /// Starts `sym` symmetric and `asym` asymmetric workers, each holding
+    /// `gate` shared around each job.
+    pub(super) fn start(
+        sym: usize,
+        asym: usize,
+        gate: Arc<RwLock<()>>,
+    ) -> std::io::Result<Workers> {
         let lane = |workers: usize| {
             Arc::new(Lane {
                 queue: Mutex::new(LaneState {
@@ -108,13 +112,6 @@ impl Workers {
     /// runs a job: inside the gate that [`Workers::exclusive`] closes.
     pub(super) fn inline<T>(&self, f: impl FnOnce() -> T) -> T {
         let _g = self.gate.read().unwrap_or_else(|p| p.into_inner());
-        f()
-    }
-
-    /// Runs `f` while no worker is inside a job.
-    #[cfg(feature = "test-hooks")]
-    pub(super) fn exclusive<T>(&self, f: impl FnOnce() -> T) -> T {
-        let _g = self.gate.write().unwrap_or_else(|p| p.into_inner());
         f()
     }
 }

@@ -125,7 +125,7 @@ impl rcgen::PublicKeyData for HsmCaKey {
 impl rcgen::SigningKey for HsmCaKey {
     fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
         self.hsm
-            .run_blocking(|s| s.sign(&self.id, SignAlg::EcdsaP256Sha256, msg))
+            .run_blocking_gated(|s| s.sign(&self.id, SignAlg::EcdsaP256Sha256, msg))
             .map_err(|e| {
                 tracing::error!(error = %e, "CA signature in the token failed");
                 rcgen::Error::RemoteKeyError
