@@ -25,7 +25,13 @@
 #      printed before, which favoured the hot key);
 #   5. memory: the handle map's bytes per key version (from /metrics) and
 #      the server's RSS growth over the random run per key touched (the
-#      engine's key cache fills one entry per key used).
+#      engine's key cache fills one entry per key used);
+#   6. with the server stopped, the token's own floor (RAW=1, the default):
+#      `hsm-kms-bench --token-keys` encrypts through the PKCS#11 layer alone
+#      (no HTTP, no store) on the N keys in a random order, each once (raw
+#      cold), again (raw warm), and on one key (raw hot), 2 threads,
+#      RAW_SECS (5) each: `raw r/h` = raw cold / raw hot is the share of
+#      the hot-key rate the token itself allows random keys.
 # TOKEN_TMPFS=1 places the token directory on tmpfs (/dev/shm) and keeps
 # the store (and everything else) on disk: the stand-in for a hardware or
 # network HSM, which keeps its objects in its own storage. SoftHSMv2 2.6.1's
@@ -35,8 +41,8 @@
 # and it is not what an HSM does. TOKEN_TMPFS=0 (the default) keeps the
 # token on disk; TOKEN_TMPFS="0 1" runs both, one after the other per N.
 # Prints one table. Environment: BACKENDS (file), HTTP_SECS (10),
-# CONNECTIONS (64), WRK_THREADS (2), CONCURRENCY (16), KEEP=1 keeps the
-# work dirs, BENCH_BUILD=0 skips the cargo build.
+# CONNECTIONS (64), WRK_THREADS (2), CONCURRENCY (16), RAW (1), RAW_SECS
+# (5), KEEP=1 keeps the work dirs, BENCH_BUILD=0 skips the cargo build.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -78,8 +84,8 @@ done
 need_cargo
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 if [ "${BENCH_BUILD:-1}" != 0 ]; then
-    log "building hsm-kms and hsm-kms-scale (release, feature bench)"
-    (cd "$ROOT" && cargo build --release --locked --features bench --bin hsm-kms --bin hsm-kms-scale)
+    log "building hsm-kms, hsm-kms-scale and hsm-kms-bench (release, feature bench)"
+    (cd "$ROOT" && cargo build --release --locked --features bench --bin hsm-kms --bin hsm-kms-scale --bin hsm-kms-bench)
 fi
 
 SERVER_PID=""
@@ -240,14 +246,23 @@ for ON_TMPFS in "${TOKEN_LIST[@]}"; do
     start_server
     read -r h_rps _ h_p99 _ <<<"$(run_wrk "$WORK/scale" 1)"
     stop_server
+    raw_enum=- raw_cold=0 raw_warm=0 raw_hot=0
+    if [ "${RAW:-1}" = 1 ] && [ "$SERVER" = new ]; then
+        log "N=$N ($BACKEND): the token alone (hsm-kms-bench --token-keys, ${RAW_SECS:-5}s per run)"
+        raw="$("$TARGET/hsm-kms-bench" --config "$CONFIG" --token-keys --secs "${RAW_SECS:-5}")"
+        echo "$raw" >&2
+        raw_enum="$(sed -n 's/^raw token-keys .*enumeration_secs=\([0-9.]*\).*/\1/p' <<<"$raw")"
+        raw_of() { sed -n "s/^raw aes-gcm-encrypt-256B-$1 .*threads=2 .*ops_per_sec=\([0-9]*\).*/\1/p" <<<"$raw"; }
+        raw_cold="$(raw_of random-cold)" raw_warm="$(raw_of random-warm)" raw_hot="$(raw_of hot)"
+    fi
 
     # Distinct keys a uniform draw of r_n requests among N touches.
     touched="$(awk -v n="$N" -v r="$r_n" 'BEGIN { printf "%.0f", n * (1 - exp(-r / n)) }')"
-    RESULTS+=("$(printf '%s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s' "$N" "$kps" "$ready_ms" \
+    RESULTS+=("$(printf '%s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s' "$N" "$kps" "$ready_ms" \
         "$r_rps" "$r_p50" "$r_p99" "$h_rps" "$h_p99" "$map_entries" "$map_bytes" \
         "$((rss1 - rss0))" "$touched" "$lookups" "$refreshes" "$store_kib" \
         "$BACKEND/$TOKEN_PLACE" "$p_module" "$p_enum" "$p_store" "$SERVER" "$cache_entries" "$cache_bytes" "$p_preload" "$rss0" \
-        "$w_rps" "$resv" "$p_blocks")")
+        "$w_rps" "$resv" "$p_blocks" "$raw_enum" "$raw_cold" "$raw_warm" "$raw_hot")")
     done
     rm -rf "$TOKEN_DIR" "$WORK/data"
 done
@@ -261,7 +276,7 @@ printf '\nhsm-kms scale benchmark: %s cores (%s), SoftHSMv2 %s, wrk -t%s -c%s, %
 printf '%10s %5s %8s %9s %8s %8s %8s %8s %9s %8s %11s %8s %8s %9s %11s %8s %7s %9s %10s %10s %10s %9s %6s %8s\n' \
     "store/tok" "srv" "keys" "create/s" "ready s" "init s" "enum s" "store s" "preload s" "blocks s" "random r/s" "p50 ms" "p99 ms" "resv/req" "hot r/s" "p99 ms" "random" "rnd/warm" "map B/ver" "cache B/k" "RSS B/key" "RSS0 MiB" "finds" "refresh"
 for r in "${RESULTS[@]}"; do
-    read -r n kps ready r_rps r_p50 r_p99 h_rps h_p99 entries bytes drss touched finds refreshes _ backend p_module p_enum p_store srv c_entries c_bytes p_preload rss0 w_rps resv p_blocks <<<"$r"
+    read -r n kps ready r_rps r_p50 r_p99 h_rps h_p99 entries bytes drss touched finds refreshes _ backend p_module p_enum p_store srv c_entries c_bytes p_preload rss0 w_rps resv p_blocks _ _ _ _ <<<"$r"
     printf '%10s %5s %8s %9.0f %8.2f %8.2f %8.2f %8.2f %9.2f %8.2f %11.0f %8.2f %8.2f %9.3f %11.0f %8.2f %6.0f%% %8.0f%% %10.0f %10.0f %10.0f %9.1f %6s %8s\n' \
         "$backend" "$srv" "$n" "$kps" "$(awk -v m="$ready" 'BEGIN { print m / 1000 }')" "$p_module" "$p_enum" "$p_store" "$p_preload" "$p_blocks" \
         "$r_rps" "$r_p50" "$r_p99" "$(awk -v a="$resv" -v b="$r_rps" -v s="$HTTP_SECS" 'BEGIN { print (b > 0 ? a / (b * s) : 0) }')" "$h_rps" "$h_p99" \
@@ -272,6 +287,17 @@ for r in "${RESULTS[@]}"; do
         "$(awk -v d="$drss" -v t="$touched" 'BEGIN { print (t > 0 ? d * 1024 / t : 0) }')" \
         "$(awk -v k="$rss0" 'BEGIN { print k / 1024 }')" "$finds" "$refreshes"
 done
+if [ "${RAW:-1}" = 1 ]; then
+    printf '\nThe token alone (hsm-kms-bench --token-keys: PKCS#11 layer, no HTTP, no store; 2 threads, %ss per run):\n' "${RAW_SECS:-5}"
+    printf '%10s %8s %8s %12s %12s %11s %8s %8s\n' "store/tok" "keys" "enum s" "raw cold r/s" "raw warm r/s" "raw hot r/s" "raw r/h" "http r/h"
+    for r in "${RESULTS[@]}"; do
+        read -r n _ _ r_rps _ _ h_rps _ _ _ _ _ _ _ _ backend _ _ _ srv _ _ _ _ _ _ _ raw_enum raw_cold raw_warm raw_hot <<<"$r"
+        [ "$srv" = new ] || continue
+        printf '%10s %8s %8s %12s %12s %11s %7.0f%% %7.0f%%\n' "$backend" "$n" "$raw_enum" "$raw_cold" "$raw_warm" "$raw_hot" \
+            "$(awk -v a="$raw_cold" -v b="$raw_hot" 'BEGIN { print (b > 0 ? 100 * a / b : 0) }')" \
+            "$(awk -v a="$r_rps" -v b="$h_rps" 'BEGIN { print (b > 0 ? 100 * a / b : 0) }')"
+    done
+fi
 printf '\nrandom = random-key req/s / hot r/s: each on a server just started (cold: no warm-up, cold start included).\n'
 printf 'rnd/warm = random-key req/s / one-hot-key req/s on the same server right after the random run (warm: the old figure).\n'
 printf 'resv/req = AES-GCM blocks reserved on the request path (a store write waited for) per random-run request;\n'

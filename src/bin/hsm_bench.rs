@@ -16,7 +16,18 @@
 //! decryption goes the way the service's does on this token (in the token,
 //! or raw RSA in the token and the OAEP decoding outside).
 //!
-//! Usage: `hsm-kms-bench [--config FILE] [--secs N] [--ops NAME,...]` (the
+//! With `--token-keys`, instead: the floor the token itself sets for
+//! random keys (issue 10 section 1, "random-key encrypt >= 90 % of the
+//! one-hot-key rate"), on a token the service already holds AES keys on
+//! (`scripts/bench-scale.sh` populates one): one enumeration of the token
+//! (timed, as the server's start-up makes it), then AES-256-GCM encryption
+//! of 256 bytes on its AES key versions in a random order, each used once
+//! (`random-cold`: this process's first use of every object), the same
+//! order again (`random-warm`), and one of those keys over and over
+//! (`hot`), each on 1 and 2 threads. No HTTP, no store: what is left of
+//! the gap between `random-cold` and `hot` is the token's.
+//!
+//! Usage: `hsm-kms-bench [--config FILE] [--secs N] [--ops NAME,...] [--token-keys]` (the
 //! PIN as for the server: `HSM_KMS_PIN` or `hsm.pin_file`). The keys it
 //! makes carry the label prefix `hsm-kms-bench/` (not the service's
 //! `hsm-kms/`) and are destroyed at the end. Prints one line per
@@ -139,6 +150,103 @@ fn subject<'a>(hsm: &Hsm, op: Op, id: &'a [u8]) -> anyhow::Result<Subject<'a>> {
     Ok(Subject { id, data, input })
 }
 
+/// Encrypts 256 bytes once with each key of `ids` (split between `threads`
+/// threads, each taking every `threads`-th key) until `secs` pass; returns
+/// operations per second and how many keys were used.
+fn measure_keys(
+    hsm: &Hsm,
+    ids: &[Vec<u8>],
+    threads: usize,
+    secs: f64,
+) -> anyhow::Result<(f64, u64)> {
+    let data = vec![0x5au8; PAYLOAD];
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let counts = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (hsm, data) = (hsm.clone(), &data);
+                scope.spawn(move || {
+                    hsm.run_blocking(|s| {
+                        let mut n: u64 = 0;
+                        for id in ids.iter().skip(t).step_by(threads) {
+                            if Instant::now() >= deadline {
+                                break;
+                            }
+                            s.aes_gcm_encrypt(id, data, &[], None)?;
+                            n += 1;
+                        }
+                        Ok(n)
+                    })
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| match w.join() {
+                Ok(r) => r.map_err(anyhow::Error::from),
+                Err(_) => Err(anyhow::anyhow!("benchmark thread panicked")),
+            })
+            .collect::<anyhow::Result<Vec<u64>>>()
+    })?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let n: u64 = counts.iter().sum();
+    Ok((n as f64 / elapsed, n))
+}
+
+/// `--token-keys`: see the module documentation.
+fn token_keys(hsm: &Hsm, secs: f64) -> anyhow::Result<()> {
+    use rand::seq::SliceRandom as _;
+    let t = Instant::now();
+    let objects = hsm.run_blocking(|s| s.list_service_objects())?;
+    let enumeration = t.elapsed().as_secs_f64();
+    // Key versions are labelled hsm-kms/<uid>/v<n>; bench-scale's keys are
+    // all AES-256.
+    let mut ids: Vec<Vec<u8>> = objects
+        .into_iter()
+        .filter(|o| {
+            o.class == "secret-key"
+                && o.label
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|v| v.starts_with('v'))
+        })
+        .map(|o| o.id)
+        .collect();
+    anyhow::ensure!(
+        !ids.is_empty(),
+        "no AES key versions of the service on this token"
+    );
+    ids.shuffle(&mut rand::thread_rng());
+    println!(
+        "raw token-keys keys={} enumeration_secs={enumeration:.2}",
+        ids.len()
+    );
+    for threads in [1usize, 2] {
+        for pass in ["random-cold", "random-warm"] {
+            let (rate, used) = measure_keys(hsm, &ids, threads, secs)?;
+            println!(
+                "raw aes-gcm-encrypt-256B-{pass} keys={} threads={threads} used={used} ops_per_sec={rate:.0}",
+                ids.len()
+            );
+        }
+        // The next thread count starts on keys this process has not used.
+        let half = ids.len() / 2;
+        ids.rotate_left(half);
+        let sub = Subject {
+            id: &ids[0],
+            data: vec![0x5au8; PAYLOAD],
+            input: Vec::new(),
+        };
+        let rate = measure(hsm, Op::AesGcmEncrypt, &sub, threads, secs)?;
+        println!(
+            "raw aes-gcm-encrypt-256B-hot keys={} threads={threads} ops_per_sec={rate:.0}",
+            ids.len()
+        );
+    }
+    Ok(())
+}
+
 /// Runs `op` on `threads` threads for `secs`; returns operations per second.
 fn measure(hsm: &Hsm, op: Op, sub: &Subject<'_>, threads: usize, secs: f64) -> anyhow::Result<f64> {
     let start = Instant::now();
@@ -175,7 +283,8 @@ fn main() -> anyhow::Result<()> {
     let mut config: Option<PathBuf> = std::env::var_os("HSM_KMS_CONFIG").map(PathBuf::from);
     let mut secs = 3.0f64;
     let mut only: Option<Vec<String>> = None;
-    let usage = "usage: hsm-kms-bench [--config FILE] [--secs N] [--ops NAME,...]";
+    let mut on_token_keys = false;
+    let usage = "usage: hsm-kms-bench [--config FILE] [--secs N] [--ops NAME,...] [--token-keys]";
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -196,6 +305,7 @@ fn main() -> anyhow::Result<()> {
                         .collect(),
                 )
             }
+            "--token-keys" => on_token_keys = true,
             other => anyhow::bail!("unknown argument {other}; {usage}"),
         }
     }
@@ -221,6 +331,9 @@ fn main() -> anyhow::Result<()> {
     let mut hcfg = cfg.hsm_config()?;
     hcfg.max_sessions = hcfg.max_sessions.max(3);
     let hsm = Hsm::open(&hcfg).context("cannot open the token")?;
+    if on_token_keys {
+        return token_keys(&hsm, secs);
+    }
 
     let mut made: Vec<(Key, Vec<u8>)> = Vec::new();
     let result = (|| -> anyhow::Result<()> {
