@@ -301,7 +301,7 @@ fi
 printf '\nrandom = random-key req/s / hot r/s: each on a server just started (cold: no warm-up, cold start included).\n'
 printf 'rnd/warm = random-key req/s / one-hot-key req/s on the same server right after the random run (warm: the old figure).\n'
 printf 'resv/req = AES-GCM blocks reserved on the request path (a store write waited for) per random-run request;\n'
-printf '  blocks s = the start-up reservation of a first block per AES key version, after the preload (not in ready s).\n'
+printf '  blocks s = the start-up reservation of a first block per AES key version (in ready s, beside the enumeration).\n'
 printf 'ready s = spawn to /readyz 200; of it: init s = C_Initialize + login + mechanism probe (SoftHSM loads its object store),\n'
 printf '  enum s = the one token enumeration that fills the handle map, store s = the reconciler store reads.\n'
 printf 'store/tok = SoftHSM object store / where its token files are (tmpfs: TOKEN_TMPFS=1, the stand-in for an HSM'"'"'s own storage).\n'

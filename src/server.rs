@@ -137,7 +137,24 @@ pub async fn start(
     let started = Instant::now();
     let (hsm, store) = open(cfg).await?;
     let t_reconcile = Instant::now();
-    let report = start_up(&hsm, &store, StartMode::Serve).await?;
+    // The AES versions' first blocks (README "GCM IVs") are reserved in the
+    // store beside the token enumeration, which is far longer: they add
+    // nothing to the start-up, and no request waits for them.
+    let first_blocks = async {
+        let t = Instant::now();
+        let ends = store
+            .gcm_reserve_first_blocks(
+                crate::core::FIRST_BLOCK
+                    .min(cfg.hsm.gcm_invocation_limit)
+                    .max(1),
+                crate::core::FIRST_BLOCK_MAX,
+            )
+            .await;
+        (ends, t.elapsed())
+    };
+    let (report, (first_blocks, t_first_blocks)) =
+        tokio::join!(start_up(&hsm, &store, StartMode::Serve), first_blocks);
+    let report = report?;
     startup_phase("reconcile", t_reconcile.elapsed());
     startup_phase("enumeration", Duration::from_millis(report.enumeration_ms));
     startup_phase("store_scan", Duration::from_millis(report.store_scan_ms));
@@ -171,6 +188,18 @@ pub async fn start(
         },
     )
     .await?;
+    // Before the listener: no request reserves a version on its own first.
+    match first_blocks {
+        Ok(ends) => {
+            let n = engine.adopt_first_blocks(engine.first_block(), &ends);
+            startup_phase("gcm_first_blocks", t_first_blocks);
+            tracing::info!(versions = n, "AES-GCM first blocks reserved");
+        }
+        Err(e) => tracing::warn!(
+            error = %e,
+            "reserving AES-GCM first blocks failed; versions reserve on first use"
+        ),
+    }
     engine.nhn_warn_optional_user_access_keys().await?;
     let rate_limit = cfg
         .rate_limit
@@ -260,19 +289,6 @@ pub async fn start(
                 tracing::info!(keys = n, "key cache preloaded");
             }
             Err(e) => tracing::warn!(error = %e, "key preload failed; keys load on first use"),
-        }
-        // Then a first block of AES-GCM invocations per AES key version, so
-        // that a key's first Encrypt writes nothing (README "GCM IVs").
-        let t = Instant::now();
-        match preload.reserve_first_blocks().await {
-            Ok(n) => {
-                startup_phase("gcm_first_blocks", t.elapsed());
-                tracing::info!(versions = n, "AES-GCM first blocks reserved");
-            }
-            Err(e) => tracing::warn!(
-                error = %e,
-                "reserving AES-GCM first blocks failed; versions reserve on first use"
-            ),
         }
     });
     tracing::info!(%addr, token = engine.token_label(), "hsm-kms listening");

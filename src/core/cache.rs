@@ -73,13 +73,6 @@ impl<K: Eq + Hash, V: Clone> Cache<K, V> {
         true
     }
 
-    /// A copy of every cached value (for a walk that must not hold the
-    /// cache's lock).
-    pub fn values(&self) -> Vec<V> {
-        let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        g.1.values().cloned().collect()
-    }
-
     /// Number of entries, and `bytes` summed over them.
     pub fn measure(&self, bytes: impl Fn(&K, &V) -> usize) -> (usize, usize) {
         let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
