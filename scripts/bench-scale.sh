@@ -42,7 +42,9 @@
 # token on disk; TOKEN_TMPFS="0 1" runs both, one after the other per N.
 # Prints one table. Environment: BACKENDS (file), HTTP_SECS (10),
 # CONNECTIONS (64), WRK_THREADS (2), CONCURRENCY (16), RAW (1), RAW_SECS
-# (5), KEEP=1 keeps the work dirs, BENCH_BUILD=0 skips the cargo build.
+# (5), ROUNDS (1: cold random / hot pairs per N), KEEP=1 keeps the work dirs, BENCH_BUILD=0 skips the cargo build,
+# PROFILE_DIR=dir records the server with perf during the random and the
+# hot-cold runs (perf-<N>-random.data, perf-<N>-hot-cold.data).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -168,8 +170,18 @@ LUA
 run_wrk() {
     local dir="$1" limit="$2" ak line rps p50 p99 non2xx errs n
     ak="$("$TARGET/hsm-kms-scale" sign --dir "$dir" --limit "$limit" | sed -n 's/^access_key=//p')"
+    local perf_pid=""
+    if [ -n "${PROFILE_DIR:-}" ] && [ -n "${3:-}" ]; then
+        # PROFILE_DIR: the server's profile over the run (perf, call graphs
+        # by frame pointers and DWARF), one file per N and run.
+        mkdir -p "$PROFILE_DIR"
+        perf record -F 499 --call-graph dwarf,16384 -p "$SERVER_PID" -o "$PROFILE_DIR/perf-$N-$3.data" \
+            -- sleep "$((HTTP_SECS > 3 ? HTTP_SECS - 2 : 1))" >/dev/null 2>&1 &
+        perf_pid=$!
+    fi
     SCALE_AK="$ak" SCALE_REQUESTS="$dir/requests" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${HTTP_SECS}s" \
         -s "$LUA" "$URL" >"$dir/wrk-$limit.txt"
+    [ -z "$perf_pid" ] || wait "$perf_pid" || true
     line="$(grep '^RESULT' "$dir/wrk-$limit.txt")" || die "no wrk result: $(cat "$dir/wrk-$limit.txt")"
     read -r _ rps p50 p99 non2xx errs n <<<"$line"
     [ "$non2xx" -eq 0 ] || die "$non2xx non-2xx answers (N=$limit); server log: $(tail -5 "$dir/server.log")"
@@ -228,7 +240,7 @@ for ON_TMPFS in "${TOKEN_LIST[@]}"; do
 
     log "N=$N ($BACKEND, $SERVER): Encrypt on random keys, no warm-up (${HTTP_SECS}s, $CONNECTIONS connections)"
     resv0="$(metric "$URL" hsm_kms_gcm_reservations_total)"
-    read -r r_rps r_p50 r_p99 r_n <<<"$(run_wrk "$WORK/scale" "$N")"
+    read -r r_rps r_p50 r_p99 r_n <<<"$(run_wrk "$WORK/scale" "$N" random)"
     resv="$(($(metric "$URL" hsm_kms_gcm_reservations_total) - resv0))"
     p_blocks="$(phase "$URL" gcm_first_blocks)"
     rss1="$(rss_kib "$SERVER_PID")"
@@ -244,8 +256,32 @@ for ON_TMPFS in "${TOKEN_LIST[@]}"; do
     stop_server
     log "N=$N ($BACKEND, $SERVER): restarted; Encrypt on one hot key, no warm-up"
     start_server
-    read -r h_rps _ h_p99 _ <<<"$(run_wrk "$WORK/scale" 1)"
+    read -r h_rps _ h_p99 _ <<<"$(run_wrk "$WORK/scale" 1 hot-cold)"
     stop_server
+    # ROUNDS > 1: more cold pairs (restart, random run; restart, hot run),
+    # adjacent in time; the table then shows the medians, and `random` the
+    # median of the pairs' ratios (this VM's neighbours move single runs by
+    # 20 % and more).
+    pairs="$r_rps:$h_rps"
+    for round in $(seq 2 "${ROUNDS:-1}"); do
+        log "N=$N ($BACKEND, $SERVER): round $round of $ROUNDS: restarted, random keys; restarted, one hot key"
+        start_server
+        read -r rr _ _ _ <<<"$(run_wrk "$WORK/scale" "$N")"
+        stop_server
+        start_server
+        read -r hh _ _ _ <<<"$(run_wrk "$WORK/scale" 1)"
+        stop_server
+        pairs="$pairs $rr:$hh"
+    done
+    if [ "${ROUNDS:-1}" -gt 1 ]; then
+        log "N=$N ($BACKEND, $SERVER): random:hot-cold req/s per round: $pairs"
+        med() { tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+        r_rps="$(tr ' ' '\n' <<<"$pairs" | cut -d: -f1 | tr '\n' ' ' | med)"
+        h_rps="$(tr ' ' '\n' <<<"$pairs" | cut -d: -f2 | tr '\n' ' ' | med)"
+        ratio_med="$(tr ' ' '\n' <<<"$pairs" | awk -F: '{ print 100 * $1 / $2 }' | tr '\n' ' ' | med)"
+    else
+        ratio_med="$(awk -v a="$r_rps" -v b="$h_rps" 'BEGIN { print 100 * a / b }')"
+    fi
     raw_enum=- raw_cold=0 raw_warm=0 raw_hot=0
     if [ "${RAW:-1}" = 1 ] && [ "$SERVER" = new ]; then
         log "N=$N ($BACKEND): the token alone (hsm-kms-bench --token-keys, ${RAW_SECS:-5}s per run)"
@@ -258,11 +294,11 @@ for ON_TMPFS in "${TOKEN_LIST[@]}"; do
 
     # Distinct keys a uniform draw of r_n requests among N touches.
     touched="$(awk -v n="$N" -v r="$r_n" 'BEGIN { printf "%.0f", n * (1 - exp(-r / n)) }')"
-    RESULTS+=("$(printf '%s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s' "$N" "$kps" "$ready_ms" \
+    RESULTS+=("$(printf '%s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s' "$N" "$kps" "$ready_ms" \
         "$r_rps" "$r_p50" "$r_p99" "$h_rps" "$h_p99" "$map_entries" "$map_bytes" \
         "$((rss1 - rss0))" "$touched" "$lookups" "$refreshes" "$store_kib" \
         "$BACKEND/$TOKEN_PLACE" "$p_module" "$p_enum" "$p_store" "$SERVER" "$cache_entries" "$cache_bytes" "$p_preload" "$rss0" \
-        "$w_rps" "$resv" "$p_blocks" "$raw_enum" "$raw_cold" "$raw_warm" "$raw_hot")")
+        "$w_rps" "$resv" "$p_blocks" "$raw_enum" "$raw_cold" "$raw_warm" "$raw_hot" "$ratio_med")")
     done
     rm -rf "$TOKEN_DIR" "$WORK/data"
 done
@@ -276,11 +312,11 @@ printf '\nhsm-kms scale benchmark: %s cores (%s), SoftHSMv2 %s, wrk -t%s -c%s, %
 printf '%10s %5s %8s %9s %8s %8s %8s %8s %9s %8s %11s %8s %8s %9s %11s %8s %7s %9s %10s %10s %10s %9s %6s %8s\n' \
     "store/tok" "srv" "keys" "create/s" "ready s" "init s" "enum s" "store s" "preload s" "blocks s" "random r/s" "p50 ms" "p99 ms" "resv/req" "hot r/s" "p99 ms" "random" "rnd/warm" "map B/ver" "cache B/k" "RSS B/key" "RSS0 MiB" "finds" "refresh"
 for r in "${RESULTS[@]}"; do
-    read -r n kps ready r_rps r_p50 r_p99 h_rps h_p99 entries bytes drss touched finds refreshes _ backend p_module p_enum p_store srv c_entries c_bytes p_preload rss0 w_rps resv p_blocks _ _ _ _ <<<"$r"
+    read -r n kps ready r_rps r_p50 r_p99 h_rps h_p99 entries bytes drss touched finds refreshes _ backend p_module p_enum p_store srv c_entries c_bytes p_preload rss0 w_rps resv p_blocks _ _ _ _ ratio_med <<<"$r"
     printf '%10s %5s %8s %9.0f %8.2f %8.2f %8.2f %8.2f %9.2f %8.2f %11.0f %8.2f %8.2f %9.3f %11.0f %8.2f %6.0f%% %8.0f%% %10.0f %10.0f %10.0f %9.1f %6s %8s\n' \
         "$backend" "$srv" "$n" "$kps" "$(awk -v m="$ready" 'BEGIN { print m / 1000 }')" "$p_module" "$p_enum" "$p_store" "$p_preload" "$p_blocks" \
         "$r_rps" "$r_p50" "$r_p99" "$(awk -v a="$resv" -v b="$r_rps" -v s="$HTTP_SECS" 'BEGIN { print (b > 0 ? a / (b * s) : 0) }')" "$h_rps" "$h_p99" \
-        "$(awk -v a="$r_rps" -v b="$h_rps" 'BEGIN { print 100 * a / b }')" \
+        "$ratio_med" \
         "$(awk -v a="$r_rps" -v b="$w_rps" 'BEGIN { print 100 * a / b }')" \
         "$(awk -v b="$bytes" -v e="$entries" 'BEGIN { print (e > 0 ? b / e : 0) }')" \
         "$(awk -v b="$c_bytes" -v e="$c_entries" 'BEGIN { print (e > 0 ? b / e : 0) }')" \
@@ -291,14 +327,14 @@ if [ "${RAW:-1}" = 1 ]; then
     printf '\nThe token alone (hsm-kms-bench --token-keys: PKCS#11 layer, no HTTP, no store; 2 threads, %ss per run):\n' "${RAW_SECS:-5}"
     printf '%10s %8s %8s %12s %12s %11s %8s %8s\n' "store/tok" "keys" "enum s" "raw cold r/s" "raw warm r/s" "raw hot r/s" "raw r/h" "http r/h"
     for r in "${RESULTS[@]}"; do
-        read -r n _ _ r_rps _ _ h_rps _ _ _ _ _ _ _ _ backend _ _ _ srv _ _ _ _ _ _ _ raw_enum raw_cold raw_warm raw_hot <<<"$r"
+        read -r n _ _ _ _ _ _ _ _ _ _ _ _ _ _ backend _ _ _ srv _ _ _ _ _ _ _ raw_enum raw_cold raw_warm raw_hot ratio_med <<<"$r"
         [ "$srv" = new ] || continue
         printf '%10s %8s %8s %12s %12s %11s %7.0f%% %7.0f%%\n' "$backend" "$n" "$raw_enum" "$raw_cold" "$raw_warm" "$raw_hot" \
             "$(awk -v a="$raw_cold" -v b="$raw_hot" 'BEGIN { print (b > 0 ? 100 * a / b : 0) }')" \
-            "$(awk -v a="$r_rps" -v b="$h_rps" 'BEGIN { print (b > 0 ? 100 * a / b : 0) }')"
+            "$ratio_med"
     done
 fi
-printf '\nrandom = random-key req/s / hot r/s: each on a server just started (cold: no warm-up, cold start included).\n'
+printf '\nrandom = random-key req/s / hot r/s: each on a server just started (cold: no warm-up, cold start included);\n  with ROUNDS > 1, random r/s and hot r/s are medians and random the median of the rounds'"'"' ratios.\n'
 printf 'rnd/warm = random-key req/s / one-hot-key req/s on the same server right after the random run (warm: the old figure).\n'
 printf 'resv/req = AES-GCM blocks reserved on the request path (a store write waited for) per random-run request;\n'
 printf '  blocks s = the start-up reservation of a first block per AES key version (in ready s, beside the enumeration).\n'
