@@ -341,7 +341,7 @@ printf '  blocks s = the start-up reservation of a first block per AES key versi
 printf 'ready s = spawn to /readyz 200; of it: init s = C_Initialize + login + mechanism probe (SoftHSM loads its object store),\n'
 printf '  enum s = the one token enumeration that fills the handle map, store s = the reconciler store reads.\n'
 printf 'store/tok = SoftHSM object store / where its token files are (tmpfs: TOKEN_TMPFS=1, the stand-in for an HSM'"'"'s own storage).\n'
-printf 'preload s = the key cache preload after the listener is up (not in ready s); RSS0 MiB = server RSS at ready.\n'
+printf 'preload s = the key cache preload (in ready s, beside the enumeration; servers before 2026-11-27 ran it after ready); RSS0 MiB = server RSS at ready.\n'
 printf 'map B/ver = handle map bytes / entries; cache B/k = key cache bytes / keys (preloaded at start; 0: no preload);\n'
 printf '  RSS B/key = RSS growth over the random run / keys it touched. srv = base (BASELINE_BIN) or new (this tree).\n'
 printf 'finds = C_FindObjects searches since start (the start-up enumeration included; servers before 1356b41 also searched by label for the installation id); refresh = handle refreshes.\n'

@@ -139,22 +139,41 @@ pub async fn start(
     let t_reconcile = Instant::now();
     // The AES versions' first blocks (README "GCM IVs") are reserved in the
     // store beside the token enumeration, which is far longer: they add
-    // nothing to the start-up, and no request waits for them.
-    let first_blocks = async {
-        let t = Instant::now();
-        let ends = store
-            .gcm_reserve_first_blocks(
-                crate::core::FIRST_BLOCK
-                    .min(cfg.hsm.gcm_invocation_limit)
-                    .max(1),
-                crate::core::FIRST_BLOCK_MAX,
-            )
-            .await;
-        (ends, t.elapsed())
+    // nothing to the start-up, and no request waits for them. So is the key
+    // cache's read (README "### Key count"): the engine takes it once it
+    // exists, with the changes logged since. Tasks of their own: neither
+    // waits for the reconciler, nor holds a store transaction while the
+    // reconciler's task is blocked.
+    let first_blocks = tokio::spawn({
+        let store = store.clone();
+        let block = crate::core::FIRST_BLOCK
+            .min(cfg.hsm.gcm_invocation_limit)
+            .max(1);
+        async move {
+            let t = Instant::now();
+            let ends = store
+                .gcm_reserve_first_blocks(block, crate::core::FIRST_BLOCK_MAX)
+                .await;
+            (ends, t.elapsed())
+        }
+    });
+    let preload = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let t = Instant::now();
+            (crate::core::Preload::read(&store).await, t.elapsed())
+        }
+    });
+    let report = start_up(&hsm, &store, StartMode::Serve).await?;
+    let joined = |e: tokio::task::JoinError| crate::core::Error::Internal(e.to_string());
+    let (first_blocks, t_first_blocks) = match first_blocks.await {
+        Ok((r, t)) => (r.map_err(crate::core::Error::from), t),
+        Err(e) => (Err(joined(e)), Duration::ZERO),
     };
-    let (report, (first_blocks, t_first_blocks)) =
-        tokio::join!(start_up(&hsm, &store, StartMode::Serve), first_blocks);
-    let report = report?;
+    let (preload, t_preload) = match preload.await {
+        Ok(v) => v,
+        Err(e) => (Err(joined(e)), Duration::ZERO),
+    };
     startup_phase("reconcile", t_reconcile.elapsed());
     startup_phase("enumeration", Duration::from_millis(report.enumeration_ms));
     startup_phase("store_scan", Duration::from_millis(report.store_scan_ms));
@@ -188,7 +207,25 @@ pub async fn start(
         },
     )
     .await?;
-    // Before the listener: no request reserves a version on its own first.
+    // Before the listener: no request reads a key or reserves a version on
+    // its own first.
+    let mut preloaded = false;
+    match preload {
+        Ok(p) => {
+            let t = Instant::now();
+            match engine.install_preload(p).await {
+                Ok(n) => {
+                    startup_phase("key_preload", t_preload + t.elapsed());
+                    tracing::info!(keys = n, "key cache preloaded");
+                    preloaded = true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "key preload failed; retried in the background")
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "key preload failed; retried in the background"),
+    }
     match first_blocks {
         Ok(ends) => {
             let n = engine.adopt_first_blocks(engine.first_block(), &ends);
@@ -278,19 +315,21 @@ pub async fn start(
         Ok(())
     });
     startup_phase("total", started.elapsed());
-    // The key cache fills in the background: the first use of a key then
-    // reads nothing from the store (README "### Key count").
-    let preload = engine.clone();
-    tokio::spawn(async move {
-        let t = Instant::now();
-        match preload.preload_keys().await {
-            Ok(n) => {
-                startup_phase("key_preload", t.elapsed());
-                tracing::info!(keys = n, "key cache preloaded");
+    if !preloaded {
+        // The key cache fills in the background: the first use of a key
+        // then reads nothing from the store (README "### Key count").
+        let preload = engine.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            match preload.preload_keys().await {
+                Ok(n) => {
+                    startup_phase("key_preload", t.elapsed());
+                    tracing::info!(keys = n, "key cache preloaded");
+                }
+                Err(e) => tracing::warn!(error = %e, "key preload failed; keys load on first use"),
             }
-            Err(e) => tracing::warn!(error = %e, "key preload failed; keys load on first use"),
-        }
-    });
+        });
+    }
     tracing::info!(%addr, token = engine.token_label(), "hsm-kms listening");
     Ok(Running {
         addr,

@@ -639,3 +639,38 @@ async fn the_preload_skips_a_key_still_being_created() {
         .await
         .expect("the key, active now, serves on the preloaded node");
 }
+
+/// `serve` reads the key cache's rows beside the token enumeration, before
+/// its engine exists (`Preload::read`, then `Engine::install_preload`): a
+/// key changed between that read and the engine (by the start-up
+/// reconciler, another node or the admin CLI) is read again, not served as
+/// it was read; the others are served from the preload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_changed_after_the_preload_read_is_not_served_stale() {
+    let kms = Kms::start().await;
+    let a = kms.create_key("first", "AES256", json!({})).await;
+    let b = kms.create_key("second", "AES256", json!({})).await;
+    let read = hsm_kms::core::Preload::read(kms.engine.store())
+        .await
+        .expect("read");
+    assert_eq!(read.len(), 2);
+    // After the read, before the new engine: `a` gets a second version.
+    kms.op(&a, "rotate", json!(null)).await.ok();
+    let node = second_engine(&kms).await;
+    assert_eq!(node.install_preload(read).await.expect("install"), 2);
+    assert_eq!(node.key_cache_size().0, 1, "only `b` kept from the read");
+    let entry = node
+        .key_entry(&hsm_kms::core::KeyUid::from(&a))
+        .await
+        .expect("key a");
+    assert_eq!(
+        entry.current().map(|v| v.version),
+        Some(2),
+        "the rotated key is read again"
+    );
+    let entry = node
+        .key_entry(&hsm_kms::core::KeyUid::from(&b))
+        .await
+        .expect("key b");
+    assert_eq!(entry.current().map(|v| v.version), Some(1));
+}

@@ -74,10 +74,34 @@ impl Engine {
     /// Reads the change log past the last position seen and drops what it
     /// names. Returns how many changes were applied.
     pub async fn poll_changes(&self) -> Result<usize> {
+        let last = self.inner.change_seq.load(Ordering::Acquire);
+        let (applied, reload_cas) = self
+            .apply_changes_after(last, &std::collections::HashSet::new(), |seq| {
+                self.inner.change_seq.fetch_max(seq, Ordering::AcqRel);
+                self.inner.change_seq.load(Ordering::Acquire)
+            })
+            .await?;
+        if reload_cas {
+            self.nhn_load_cas().await?;
+        }
+        Ok(applied)
+    }
+
+    /// Drops what every change after `from` names, except the positions
+    /// in `skip`, a batch at a time; `advance` gets the last position of
+    /// each batch and returns where the next batch starts. When rows past `from` were pruned unseen,
+    /// every cache is dropped. Returns how many changes were applied and
+    /// whether the NHN project CAs must be loaded again.
+    pub(crate) async fn apply_changes_after(
+        &self,
+        from: i64,
+        skip: &std::collections::HashSet<i64>,
+        advance: impl Fn(i64) -> i64,
+    ) -> Result<(usize, bool)> {
         let mut applied = 0;
         let mut reload_cas = false;
+        let mut last = from;
         loop {
-            let last = self.inner.change_seq.load(Ordering::Acquire);
             let batch = self.store().changes_after(last, BATCH).await?;
             let Some(first) = batch.first() else { break };
             if first.seq > last + 1 {
@@ -97,19 +121,18 @@ impl Engine {
             let n = batch.len();
             let mut seq = last;
             for c in batch {
-                reload_cas |= self.apply_change(&c.kind, &c.id);
+                if !skip.contains(&c.seq) {
+                    reload_cas |= self.apply_change(&c.kind, &c.id);
+                }
                 seq = c.seq;
             }
-            self.inner.change_seq.fetch_max(seq, Ordering::AcqRel);
+            last = advance(seq);
             applied += n;
             if (n as i64) < BATCH {
                 break;
             }
         }
-        if reload_cas {
-            self.nhn_load_cas().await?;
-        }
-        Ok(applied)
+        Ok((applied, reload_cas))
     }
 
     /// Follows PostgreSQL's change notifications until the runtime stops

@@ -184,6 +184,55 @@ pub struct KeyEntry {
 /// 0.9 kB each; README "### Key count").
 pub const KEY_PRELOAD_MAX: usize = 250_000;
 
+/// Live keys with their versions, read from the store for the key cache
+/// ([`Engine::install_preload`]) before an engine exists.
+pub struct Preload {
+    /// Changes after this position may postdate the read.
+    since: i64,
+    /// Except these, committed before the read (PostgreSQL only, see
+    /// [`PRELOAD_CHANGE_WINDOW`]).
+    seen: std::collections::HashSet<i64>,
+    rows: Vec<(Key, Vec<KeyVersion>)>,
+}
+
+/// On PostgreSQL ([`Store::commits_out_of_log_order`]) a change's position
+/// is taken at its insert, so a transaction still open when the log's last
+/// position is read may commit a lower one after it. [`Preload::read`]
+/// therefore notes which of the last this-many positions are committed
+/// before it reads the keys, and [`Engine::install_preload`] applies every
+/// other change after the window's start as well. A transaction that
+/// outlasts this many later changes could still leave its key as read
+/// until the change feed drops it (its `NOTIFY`), as for any node's cache.
+const PRELOAD_CHANGE_WINDOW: i64 = 1_000;
+
+impl Preload {
+    /// Notes the change log's position (and on PostgreSQL the committed
+    /// positions just below it), then reads the live keys (up to
+    /// [`KEY_PRELOAD_MAX`]) in two store queries.
+    pub async fn read(store: &Store) -> Result<Preload> {
+        let last = store.last_change().await?;
+        let (since, seen) = if store.commits_out_of_log_order() {
+            let since = last.saturating_sub(PRELOAD_CHANGE_WINDOW).max(0);
+            let seen = store.change_seqs_between(since, last).await?;
+            (since, seen.into_iter().collect())
+        } else {
+            (last, std::collections::HashSet::new())
+        };
+        let rows = store.live_keys_with_versions(KEY_PRELOAD_MAX).await?;
+        Ok(Preload { since, seen, rows })
+    }
+
+    /// Keys read.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether no key was read.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
 impl KeyEntry {
     /// Bytes this entry holds: itself, its strings and versions.
     fn heap_bytes(&self) -> usize {
@@ -515,37 +564,56 @@ impl Engine {
     }
 
     /// Fills the key cache with the live keys (up to [`KEY_PRELOAD_MAX`])
-    /// in two store queries, so that the first use of a key after a start
-    /// reads nothing from the store; `serve` runs it once the listener is
-    /// up. Returns the number of keys read. Keys already cached (read by a
-    /// request meanwhile) are kept; an invalidation during the read keeps
-    /// none of them (they load on first use as before). Publishes
-    /// `hsm_kms_key_cache_entries` and `hsm_kms_key_cache_bytes`.
+    /// in two store queries ([`Preload::read`], then
+    /// [`Engine::install_preload`]), so that the first use of a key after a
+    /// start reads nothing from the store. Returns the number of keys read.
+    /// Keys already cached (read by a request meanwhile) are kept; an
+    /// invalidation during the read keeps none of them (they load on first
+    /// use as before). `serve` makes the read beside the token enumeration
+    /// instead, before the engine exists.
     pub async fn preload_keys(&self) -> Result<usize> {
         let seen = self.inner.keys.generation();
-        let rows = self
-            .inner
-            .store
-            .live_keys_with_versions(KEY_PRELOAD_MAX)
-            .await?;
-        let n = rows.len();
+        let p = Preload::read(self.store()).await?;
+        self.fill_preload(p, seen).await
+    }
+
+    /// Fills the key cache with keys read before this engine existed, then
+    /// drops every entry that a change logged since the read names (a key
+    /// the start-up reconciler, another node or the admin CLI changed
+    /// meanwhile loads again on first use). Returns the number of keys
+    /// read. Publishes `hsm_kms_key_cache_entries` and
+    /// `hsm_kms_key_cache_bytes`.
+    pub async fn install_preload(&self, p: Preload) -> Result<usize> {
+        let seen = self.inner.keys.generation();
+        self.fill_preload(p, seen).await
+    }
+
+    async fn fill_preload(&self, p: Preload, seen: u64) -> Result<usize> {
+        let n = p.rows.len();
         // A key with no active version is still being created (perhaps by
         // another node): cached as read, it would answer "not found" after
         // its activation until the change feed dropped it. It loads on
         // first use instead.
         let kept = self.inner.keys.fill_many(
-            rows.into_iter()
+            p.rows
+                .into_iter()
                 .map(|(key, versions)| KeyEntry { key, versions })
                 .filter(|e| e.current().is_some())
                 .map(|e| (e.key.uid.clone(), Arc::new(e))),
             seen,
         );
-        let (entries, bytes) = self.key_cache_size();
-        metrics::gauge!("hsm_kms_key_cache_entries").set(entries as f64);
-        metrics::gauge!("hsm_kms_key_cache_bytes").set(bytes as f64);
         if !kept {
             tracing::info!("a key changed during the key preload; keys load on first use");
         }
+        let (_, reload_cas) = self
+            .apply_changes_after(p.since, &p.seen, |seq| seq)
+            .await?;
+        if reload_cas {
+            self.nhn_load_cas().await?;
+        }
+        let (entries, bytes) = self.key_cache_size();
+        metrics::gauge!("hsm_kms_key_cache_entries").set(entries as f64);
+        metrics::gauge!("hsm_kms_key_cache_bytes").set(bytes as f64);
         Ok(n)
     }
 

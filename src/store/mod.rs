@@ -232,6 +232,14 @@ impl Store {
         }
     }
 
+    /// Whether writers may commit out of the change log's order: on
+    /// PostgreSQL a change's position is taken at its insert, so a
+    /// transaction open while the log's last position is read may commit a
+    /// lower one after it; SQLite's one writer commits in order.
+    pub fn commits_out_of_log_order(&self) -> bool {
+        matches!(self.db, Db::Postgres(_))
+    }
+
     /// Why the store is lost, once [`Store::check_file`] found its SQLite
     /// file deleted or replaced (it stays lost: only a restart, through the
     /// start-up binding check, may use a store again). Never on PostgreSQL.

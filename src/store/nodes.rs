@@ -254,6 +254,18 @@ impl Store {
         })
     }
 
+    /// The positions in the change log above `after` and up to `upto` that
+    /// are visible now (committed).
+    pub async fn change_seqs_between(&self, after: i64, upto: i64) -> Result<Vec<i64>> {
+        on_db!(self, db => {
+            Ok(sqlx::query_scalar("SELECT seq FROM changes WHERE seq > $1 AND seq <= $2")
+                .bind(after)
+                .bind(upto)
+                .fetch_all(&db.pool)
+                .await?)
+        })
+    }
+
     /// The oldest position still in the change log, if any.
     pub async fn first_change(&self) -> Result<Option<i64>> {
         on_db!(self, db => {
