@@ -291,6 +291,12 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// How long the reconciler waits for the module's re-initialisation after
+/// objects were missing from its view of the token (a start-up at 100 000
+/// objects spends 6 s in SoftHSMv2's `C_Initialize` and 10 s refilling the
+/// handle map).
+const REREAD_WAIT: Duration = Duration::from_secs(120);
+
 /// The first few entries of a list, for one-line messages.
 fn summarise(items: &[String]) -> String {
     const SHOWN: usize = 10;
@@ -335,6 +341,29 @@ pub async fn reconcile(hsm: &Hsm, store: &Store, mode: StartMode) -> Result<Reco
         again
     } else {
         inv
+    };
+    // Objects missing from this process's view: on a token directory other
+    // processes share (several nodes on one SoftHSMv2 directory, or behind
+    // p11-kit), the view may be late; it heals only by a re-initialisation
+    // of the module. Once, before judging (the same repair the request
+    // path makes, hsm::late_view_allowed).
+    let inv = if inv.missing.is_empty() {
+        inv
+    } else {
+        tracing::warn!(
+            missing = inv.missing.len(),
+            first = %summarise(&inv.missing),
+            "objects the store names are missing from this process's view of the token; \
+             re-initialising the PKCS#11 module once and listing the token again before judging"
+        );
+        if hsm.reread_token(REREAD_WAIT).await {
+            let again = Inventory::take(hsm, store).await?;
+            report.enumeration_ms += millis(again.enumeration);
+            report.store_scan_ms += millis(again.store_scan);
+            again
+        } else {
+            inv
+        }
     };
     let unknown = inv.unknown();
     for o in &unknown {

@@ -340,6 +340,31 @@ impl Hsm {
         self.inner.health.borrow().clone()
     }
 
+    /// Re-initialises the module once (the device-fault recovery: finalize,
+    /// initialize, log in, refill the handle map; nothing destroyed) and
+    /// waits, at most `wait`, until the new generation is ready; returns
+    /// whether it is. For the start-up reconciler, when objects the store
+    /// names are missing from this process's view of the token: a late
+    /// view of a token directory other processes share (README "Running
+    /// several nodes") heals only by a re-initialisation. Counted in
+    /// `hsm_kms_hsm_late_view_reinits_total`.
+    pub async fn reread_token(&self, wait: Duration) -> bool {
+        let Ok(module) = self.module() else {
+            return self.wait_ready(wait).await;
+        };
+        let generation = module.generation;
+        drop(module);
+        metrics::counter!("hsm_kms_hsm_late_view_reinits_total").increment(1);
+        let mut rx = self.inner.health.subscribe();
+        self.device_fault(generation, &HsmError::LateView);
+        let ready = tokio::time::timeout(
+            wait,
+            rx.wait_for(|h| matches!(h, Health::Ready { generation: g } if *g > generation)),
+        )
+        .await;
+        matches!(ready, Ok(Ok(_)))
+    }
+
     /// Completes once the token is ready, or after `wait`; returns whether
     /// it is ready.
     pub async fn wait_ready(&self, wait: Duration) -> bool {
