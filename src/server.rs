@@ -146,9 +146,7 @@ pub async fn start(
     // reconciler's task is blocked.
     let first_blocks = tokio::spawn({
         let store = store.clone();
-        let block = crate::core::FIRST_BLOCK
-            .min(cfg.hsm.gcm_invocation_limit)
-            .max(1);
+        let block = crate::core::first_block(cfg.hsm.gcm_invocation_limit);
         async move {
             let t = Instant::now();
             let ends = store
@@ -209,23 +207,22 @@ pub async fn start(
     .await?;
     // Before the listener: no request reads a key or reserves a version on
     // its own first.
-    let mut preloaded = false;
-    match preload {
-        Ok(p) => {
-            let t = Instant::now();
-            match engine.install_preload(p).await {
-                Ok(n) => {
-                    startup_phase("key_preload", t_preload + t.elapsed());
-                    tracing::info!(keys = n, "key cache preloaded");
-                    preloaded = true;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "key preload failed; retried in the background")
-                }
-            }
+    let t = Instant::now();
+    let installed = match preload {
+        Ok(p) => engine.install_preload(p).await,
+        Err(e) => Err(e),
+    };
+    let preloaded = match installed {
+        Ok(n) => {
+            startup_phase("key_preload", t_preload + t.elapsed());
+            tracing::info!(keys = n, "key cache preloaded");
+            true
         }
-        Err(e) => tracing::warn!(error = %e, "key preload failed; retried in the background"),
-    }
+        Err(e) => {
+            tracing::warn!(error = %e, "key preload failed; retried in the background");
+            false
+        }
+    };
     match first_blocks {
         Ok(ends) => {
             let n = engine.adopt_first_blocks(engine.first_block(), &ends);

@@ -160,59 +160,31 @@ async fn the_start_up_inventory_reads_the_token_again_after_a_late_view() {
     let uid: String = (0..32).map(|i| format!("{:02x}", 0xa0 + i)).collect();
     let id = b"late-view-start1".to_vec();
     let db = kms.db().await;
-    let columns = |table: &'static str| {
-        let db = db.clone();
-        async move {
-            let names: Vec<String> = sqlx::query_scalar(&format!(
-                "SELECT name FROM pragma_table_info('{table}') WHERE name <> 'id'"
-            ))
-            .fetch_all(&db)
-            .await
-            .expect("columns");
-            names
-        }
-    };
-    let cols = columns("keys").await;
-    let picked: Vec<&str> = cols
-        .iter()
-        .map(|c| match c.as_str() {
-            "uid" => "$1",
-            "name" => "$2",
-            other => other,
-        })
-        .collect();
-    sqlx::query(&format!(
-        "INSERT INTO keys ({}) SELECT {} FROM keys WHERE uid = $3",
-        cols.join(", "),
-        picked.join(", ")
-    ))
-    .bind(&uid)
-    .bind("othernode")
-    .bind(&model)
-    .execute(&db)
-    .await
-    .expect("copy the key row");
-    let cols = columns("key_versions").await;
-    let picked: Vec<&str> = cols
-        .iter()
-        .map(|c| match c.as_str() {
-            "key_id" => "(SELECT id FROM keys WHERE uid = $1)",
-            "cka_id" => "$2",
-            other => other,
-        })
-        .collect();
-    sqlx::query(&format!(
-        "INSERT INTO key_versions ({}) SELECT {} FROM key_versions \
-         WHERE key_id = (SELECT id FROM keys WHERE uid = $3)",
-        cols.join(", "),
-        picked.join(", ")
-    ))
-    .bind(&uid)
-    .bind(&id)
-    .bind(&model)
-    .execute(&db)
-    .await
-    .expect("copy the version row");
+    let sql = copy_rows(&db, "keys", &[("uid", "$1"), ("name", "$2")], "uid = $3").await;
+    sqlx::query(&sql)
+        .bind(&uid)
+        .bind("othernode")
+        .bind(&model)
+        .execute(&db)
+        .await
+        .expect("copy the key row");
+    let sql = copy_rows(
+        &db,
+        "key_versions",
+        &[
+            ("key_id", "(SELECT id FROM keys WHERE uid = $1)"),
+            ("cka_id", "$2"),
+        ],
+        "key_id = (SELECT id FROM keys WHERE uid = $3)",
+    )
+    .await;
+    sqlx::query(&sql)
+        .bind(&uid)
+        .bind(&id)
+        .bind(&model)
+        .execute(&db)
+        .await
+        .expect("copy the version row");
     late_view_then_labelled_key_from_another_process(&kms, &id, &format!("hsm-kms/{uid}/v1"));
 
     let report = hsm_kms::core::reconcile(
@@ -228,4 +200,35 @@ async fn the_start_up_inventory_reads_the_token_again_after_a_late_view() {
         1.0,
         "one re-initialisation for the late view"
     );
+}
+
+/// An `INSERT ... SELECT` that copies the rows of `table` matching `filter`
+/// (SQLite: the columns from `pragma_table_info`, all but `id`), with the
+/// columns in `replace` taken from the given expressions instead.
+async fn copy_rows(
+    db: &sqlx::AnyPool,
+    table: &str,
+    replace: &[(&str, &str)],
+    filter: &str,
+) -> String {
+    let cols: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT name FROM pragma_table_info('{table}') WHERE name <> 'id'"
+    ))
+    .fetch_all(db)
+    .await
+    .expect("columns");
+    let picked: Vec<&str> = cols
+        .iter()
+        .map(|c| {
+            replace
+                .iter()
+                .find(|(name, _)| name == c)
+                .map_or(c.as_str(), |(_, expr)| expr)
+        })
+        .collect();
+    format!(
+        "INSERT INTO {table} ({}) SELECT {} FROM {table} WHERE {filter}",
+        cols.join(", "),
+        picked.join(", ")
+    )
 }

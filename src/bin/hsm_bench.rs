@@ -150,35 +150,21 @@ fn subject<'a>(hsm: &Hsm, op: Op, id: &'a [u8]) -> anyhow::Result<Subject<'a>> {
     Ok(Subject { id, data, input })
 }
 
-/// Encrypts 256 bytes once with each key of `ids` (split between `threads`
-/// threads, each taking every `threads`-th key) until `secs` pass; returns
-/// operations per second and how many keys were used.
-fn measure_keys(
-    hsm: &Hsm,
-    ids: &[Vec<u8>],
-    threads: usize,
-    secs: f64,
-) -> anyhow::Result<(f64, u64)> {
-    let data = vec![0x5au8; PAYLOAD];
+/// Runs `work(thread, session, deadline)` on `threads` threads, each on a
+/// logged-in session of its own, with a deadline `secs` away; returns the
+/// operations per second and the operations counted (the sum of what each
+/// `work` returned).
+fn on_threads<W>(hsm: &Hsm, threads: usize, secs: f64, work: W) -> anyhow::Result<(f64, u64)>
+where
+    W: Fn(usize, &SessionRef<'_>, Instant) -> hsm_kms::hsm::Result<u64> + Sync,
+{
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let counts = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|t| {
-                let (hsm, data) = (hsm.clone(), &data);
-                scope.spawn(move || {
-                    hsm.run_blocking(|s| {
-                        let mut n: u64 = 0;
-                        for id in ids.iter().skip(t).step_by(threads) {
-                            if Instant::now() >= deadline {
-                                break;
-                            }
-                            s.aes_gcm_encrypt(id, data, &[], None)?;
-                            n += 1;
-                        }
-                        Ok(n)
-                    })
-                })
+                let (hsm, work) = (hsm.clone(), &work);
+                scope.spawn(move || hsm.run_blocking(|s| work(t, s, deadline)))
             })
             .collect();
         workers
@@ -189,9 +175,31 @@ fn measure_keys(
             })
             .collect::<anyhow::Result<Vec<u64>>>()
     })?;
-    let elapsed = start.elapsed().as_secs_f64();
     let n: u64 = counts.iter().sum();
-    Ok((n as f64 / elapsed, n))
+    Ok((n as f64 / start.elapsed().as_secs_f64(), n))
+}
+
+/// Encrypts 256 bytes once with each key of `ids` (split between `threads`
+/// threads, each taking every `threads`-th key) until `secs` pass; returns
+/// operations per second and how many keys were used.
+fn measure_keys(
+    hsm: &Hsm,
+    ids: &[Vec<u8>],
+    threads: usize,
+    secs: f64,
+) -> anyhow::Result<(f64, u64)> {
+    let data = vec![0x5au8; PAYLOAD];
+    on_threads(hsm, threads, secs, |t, s, deadline| {
+        let mut n: u64 = 0;
+        for id in ids.iter().skip(t).step_by(threads) {
+            if Instant::now() >= deadline {
+                break;
+            }
+            s.aes_gcm_encrypt(id, &data, &[], None)?;
+            n += 1;
+        }
+        Ok(n)
+    })
 }
 
 /// `--token-keys`: see the module documentation.
@@ -249,34 +257,15 @@ fn token_keys(hsm: &Hsm, secs: f64) -> anyhow::Result<()> {
 
 /// Runs `op` on `threads` threads for `secs`; returns operations per second.
 fn measure(hsm: &Hsm, op: Op, sub: &Subject<'_>, threads: usize, secs: f64) -> anyhow::Result<f64> {
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs_f64(secs);
-    let counts = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                let hsm = hsm.clone();
-                scope.spawn(move || {
-                    hsm.run_blocking(|s| {
-                        let mut n: u64 = 0;
-                        while Instant::now() < deadline {
-                            once(s, op, sub)?;
-                            n += 1;
-                        }
-                        Ok(n)
-                    })
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| match w.join() {
-                Ok(r) => r.map_err(anyhow::Error::from),
-                Err(_) => Err(anyhow::anyhow!("benchmark thread panicked")),
-            })
-            .collect::<anyhow::Result<Vec<u64>>>()
+    let (rate, _) = on_threads(hsm, threads, secs, |_, s, deadline| {
+        let mut n: u64 = 0;
+        while Instant::now() < deadline {
+            once(s, op, sub)?;
+            n += 1;
+        }
+        Ok(n)
     })?;
-    let elapsed = start.elapsed().as_secs_f64();
-    Ok(counts.iter().sum::<u64>() as f64 / elapsed)
+    Ok(rate)
 }
 
 fn main() -> anyhow::Result<()> {

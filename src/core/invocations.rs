@@ -81,6 +81,12 @@ pub const RESERVATION_BLOCK: u64 = 1 << 16;
 /// version per start.
 pub const FIRST_BLOCK: u64 = 1 << 10;
 
+/// The first block's size under an invocation limit of `limit`:
+/// [`FIRST_BLOCK`], or less when the limit is lower.
+pub fn first_block(limit: u64) -> u64 {
+    FIRST_BLOCK.min(limit).max(1)
+}
+
 /// Key versions [`Engine::reserve_first_blocks`] reserves for at most per
 /// start (as many as the key preload caches: the versions beyond reserve
 /// on first use).
@@ -251,9 +257,9 @@ impl Engine {
     }
 
     /// The first block's size: [`FIRST_BLOCK`], within the configured
-    /// limit.
+    /// limit ([`first_block`]).
     pub fn first_block(&self) -> u64 {
-        FIRST_BLOCK.min(self.inner.gcm.limit).max(1)
+        first_block(self.inner.gcm.limit)
     }
 
     /// Takes first blocks of `block` invocations, each ending at the

@@ -28,7 +28,7 @@ pub use changes::spawn_change_feed;
 pub use crypto::{
     CustomKey, RsaSignature, Sealed, CONTEXT_MAX, ENCRYPT_MAX, RSA_ENCRYPT_MAX, SIGN_DATA_MAX,
 };
-pub use invocations::{FIRST_BLOCK, FIRST_BLOCK_MAX, RESERVATION_BLOCK};
+pub use invocations::{first_block, FIRST_BLOCK, FIRST_BLOCK_MAX, RESERVATION_BLOCK};
 pub use keys::{KeyType, KeyView, VersionView};
 pub use naver::{CreateKeyRequest, DELETION_WAIT_MS, MAX_VERSIONS, ROTATION_PERIOD_DEFAULT};
 pub use reconcile::{bind, destroy_orphans, reconcile, Inventory, ReconcileReport, StartMode};

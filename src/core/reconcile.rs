@@ -335,10 +335,7 @@ pub async fn reconcile(hsm: &Hsm, store: &Store, mode: StartMode) -> Result<Reco
     // The repairs above changed the token; otherwise the first inventory
     // still holds.
     let inv = if report.pending_rolled_back + report.destroyed_finished > 0 {
-        let again = Inventory::take(hsm, store).await?;
-        report.enumeration_ms += millis(again.enumeration);
-        report.store_scan_ms += millis(again.store_scan);
-        again
+        take_again(hsm, store, &mut report).await?
     } else {
         inv
     };
@@ -357,10 +354,7 @@ pub async fn reconcile(hsm: &Hsm, store: &Store, mode: StartMode) -> Result<Reco
              re-initialising the PKCS#11 module once and listing the token again before judging"
         );
         if hsm.reread_token(REREAD_WAIT).await {
-            let again = Inventory::take(hsm, store).await?;
-            report.enumeration_ms += millis(again.enumeration);
-            report.store_scan_ms += millis(again.store_scan);
-            again
+            take_again(hsm, store, &mut report).await?
         } else {
             inv
         }
@@ -388,6 +382,15 @@ pub async fn reconcile(hsm: &Hsm, store: &Store, mode: StartMode) -> Result<Reco
         )));
     }
     Ok(report)
+}
+
+/// Another inventory, its listing and store reads added to the report's
+/// times.
+async fn take_again(hsm: &Hsm, store: &Store, report: &mut ReconcileReport) -> Result<Inventory> {
+    let again = Inventory::take(hsm, store).await?;
+    report.enumeration_ms += millis(again.enumeration);
+    report.store_scan_ms += millis(again.store_scan);
+    Ok(again)
 }
 
 /// Finishes or undoes the versions left `pending` or `destroying` by nodes
