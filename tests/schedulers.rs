@@ -108,6 +108,78 @@ async fn automatic_rotation_rotates_due_keys_only() {
     assert_eq!(current_version(&kms, &due).await, 2);
 }
 
+async fn next_rotation_at(kms: &Kms, tag: &str) -> i64 {
+    let db = kms.db().await;
+    let (at,): (i64,) = sqlx::query_as("SELECT next_rotation_at FROM keys WHERE uid = $1")
+        .bind(tag)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    at
+}
+
+/// A rotation that fails on a node that stays up (seen on Kryoptic: the
+/// token answered CKR_DEVICE_MEMORY to one C_GenerateKey) gives its claim
+/// back: it is due again within seconds, not after the ten minutes a
+/// claim of a node that died waits. Before, the key stayed unrotated for
+/// ten minutes. The failure is real: a store trigger refuses every new
+/// version row while it exists.
+#[tokio::test]
+async fn a_failed_automatic_rotation_is_due_again_within_seconds() {
+    let kms = Kms::start().await;
+    let tag = kms
+        .create_key(
+            "auto-fails",
+            "AES256",
+            json!({"isAutoRotation": true, "rotationPeriod": 30}),
+        )
+        .await;
+    let postgres = kms.config.store.url.starts_with("postgres");
+    let db = kms.db().await;
+    let make: &[&str] = if postgres {
+        &[
+            "CREATE FUNCTION refuse_versions() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN RAISE EXCEPTION 'injected: no new versions'; END $$",
+            "CREATE TRIGGER refuse_versions BEFORE INSERT ON key_versions
+             FOR EACH ROW EXECUTE FUNCTION refuse_versions()",
+        ]
+    } else {
+        &[
+            "CREATE TRIGGER refuse_versions BEFORE INSERT ON key_versions
+           BEGIN SELECT RAISE(ABORT, 'injected: no new versions'); END",
+        ]
+    };
+    for sql in make {
+        sqlx::query(sql).execute(&db).await.unwrap();
+    }
+    set_due(&kms, "next_rotation_at", &tag, now_ms() - 1000).await;
+    assert_eq!(kms.engine.run_due_work().await.unwrap(), (0, 0));
+    assert_eq!(current_version(&kms, &tag).await, 1);
+    let retry_in = next_rotation_at(&kms, &tag).await - now_ms();
+    assert!(
+        (0..=10_000).contains(&retry_in),
+        "the failed rotation is due again in {retry_in} ms"
+    );
+    // Not claimed again before then: the next pass does nothing.
+    assert_eq!(kms.engine.run_due_work().await.unwrap(), (0, 0));
+    assert_eq!(current_version(&kms, &tag).await, 1);
+
+    // The fault is gone; once due, the next pass rotates it, once.
+    let drop = if postgres {
+        "DROP TRIGGER refuse_versions ON key_versions"
+    } else {
+        "DROP TRIGGER refuse_versions"
+    };
+    sqlx::query(drop).execute(&db).await.unwrap();
+    db.close().await;
+    set_due(&kms, "next_rotation_at", &tag, now_ms() - 1000).await;
+    assert_eq!(kms.engine.run_due_work().await.unwrap(), (1, 0));
+    assert_eq!(current_version(&kms, &tag).await, 2);
+    let next = next_rotation_at(&kms, &tag).await - now_ms();
+    assert!((next - 30 * DAY_MS).abs() < 10_000, "{next}");
+}
+
 #[tokio::test]
 async fn scheduler_loop_rotates_in_the_background() {
     let kms = Kms::start_with(|c| c.server.scheduler_interval_secs = 1).await;

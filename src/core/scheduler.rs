@@ -9,8 +9,16 @@ use super::accounts::now;
 use super::{Dialect, Engine};
 
 /// How long a claimed automatic rotation waits before any node may try it
-/// again when the claiming node died or failed before rotating.
+/// again when the claiming node died before rotating.
 pub(crate) const ROTATION_RETRY_MS: i64 = 10 * 60 * 1000;
+
+/// How long after a failed automatic rotation (a token or store error on
+/// this node, which stays up) any node may try it again: the claim is
+/// given back at once, due this much later, so a transient fault (a token
+/// out of memory for a moment, a store busy) delays the rotation by a pass
+/// or two, not by [`ROTATION_RETRY_MS`]. A permanent one is logged at WARN
+/// on every such retry.
+pub(crate) const ROTATION_FAILED_RETRY_MS: i64 = 10 * 1000;
 
 /// How many entries of the change log are kept (see `core::changes`).
 const CHANGES_KEPT: i64 = 100_000;
@@ -37,9 +45,10 @@ impl Engine {
         }
         let mut rotated = 0;
         for key_id in due_rotation {
+            let claimed_until = t + ROTATION_RETRY_MS;
             if !self
                 .store()
-                .claim_rotation(key_id.get(), t, t + ROTATION_RETRY_MS)
+                .claim_rotation(key_id.get(), t, claimed_until)
                 .await?
             {
                 continue;
@@ -69,7 +78,22 @@ impl Engine {
                     self.record_system(&key, v, action).await;
                 }
                 Err(e) => {
-                    tracing::warn!(key = %key.uid, error = %e, "automatic rotation failed")
+                    let retry_at = now() + ROTATION_FAILED_RETRY_MS;
+                    let released = self
+                        .store()
+                        .release_rotation_claim(key_id.get(), claimed_until, retry_at)
+                        .await;
+                    tracing::warn!(
+                        key = %key.uid,
+                        error = %e,
+                        retry_in_ms = if matches!(released, Ok(true)) {
+                            ROTATION_FAILED_RETRY_MS
+                        } else {
+                            ROTATION_RETRY_MS
+                        },
+                        "automatic rotation failed"
+                    );
+                    self.invalidate(&key.uid);
                 }
             }
         }

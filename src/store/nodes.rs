@@ -320,6 +320,33 @@ impl Store {
         })
     }
 
+    /// Gives back a claim this node took with [`Store::claim_rotation`] and
+    /// could not carry out (the rotation failed): moves the next rotation
+    /// from `claimed_until` to `retry_at`, only if the key still holds this
+    /// claim (a rotation that did activate wrote the next period's due
+    /// time, and another node's later claim is left alone). `true` when
+    /// the claim was given back.
+    pub async fn release_rotation_claim(
+        &self,
+        key_id: i64,
+        claimed_until: i64,
+        retry_at: i64,
+    ) -> Result<bool> {
+        on_db!(self, db => {
+            let r = sqlx::query(
+                "UPDATE keys SET next_rotation_at = $1, updated_at = $2, revision = revision + 1
+                 WHERE id = $3 AND next_rotation_at = $4",
+            )
+            .bind(retry_at)
+            .bind(now_ms())
+            .bind(key_id)
+            .bind(claimed_until)
+            .execute(&db.pool)
+            .await?;
+            Ok(r.rows_affected() == 1)
+        })
+    }
+
     /// A listener on the change notifications (PostgreSQL), `None` on SQLite.
     pub async fn change_listener(&self) -> Result<Option<ChangeListener>> {
         match &self.db {
