@@ -42,6 +42,11 @@
 #   batch_min      defaults with activity_log.batch_wait_us = 2000 and
 #                  batch_min_records = 16: the writer waits only while a batch
 #                  holds fewer than 16 records (slow streams such as RSA)
+#   no_batch_wait  defaults with activity_log.batch_wait_us = 0: the log
+#                  writer never waits for more records (the default before
+#                  session 10; the sibling-aware batch wait by its inverse)
+#   wait_always    defaults with activity_log.batch_siblings = 0: the batch
+#                  wait whatever is on its way (batch_min before session 10)
 #   host_iv        defaults with hsm.gcm_iv_source = host (not for FIPS)
 #   access_log_off defaults with log.access = false (no access line per
 #                  request; the server logs at info, to a file)
@@ -51,6 +56,10 @@
 #   log_off        defaults with the activity log off (what the log costs)
 #   tokio_1        defaults on one async executor thread (TOKIO_WORKER_THREADS
 #                  =1): fewer idle executor threads to wake on 2 cores
+#   mimalloc_preload, jemalloc_preload
+#                  defaults with Debian's libmimalloc2.0 or libjemalloc2 as
+#                  the whole process's malloc (LD_PRELOAD; listed when the
+#                  library is installed)
 #   baseline       defaults served by BASELINE_BIN (another build of
 #                  hsm-kms, e.g. main's): before / after of a code change in
 #                  one interleaved run; listed only when BASELINE_BIN is set
@@ -61,7 +70,8 @@
 # PROFILE_DIR/{encrypt,sign-rsa,sign-ecdsa}-<configuration>.svg, and with
 # PROFILE_FOLDED=1 the folded stacks beside it (.folded, for grep).
 #
-# SWITCHES=1 also prints, per run, the server's context switches per request
+# SWITCHES=1 also prints, per run, the server CPU per request by thread kind
+# and the server's context switches per request
 # by thread kind (voluntary + involuntary, from /proc/PID/task/*/status),
 # and repeats them under the levers table: who waits for whose wake-up.
 #
@@ -291,6 +301,15 @@ server_switches() {
             "$(awk '/^voluntary_ctxt_switches/ { v = $2 } /^nonvoluntary_ctxt_switches/ { n = $2 } END { print v + 0, n + 0 }' "$t/status")"
     done 2>/dev/null | awk '{ v[$1] += $2; n[$1] += $3 } END { for (k in v) print k, v[k], n[k] }' | sort
 }
+# CPU clock ticks (user + system) of every server thread, one line per
+# thread kind: "kind ticks", summed.
+server_thread_ticks() {
+    local t
+    for t in /proc/"$SERVER_PID"/task/*; do
+        printf '%s %s\n' "$(tr -d '0-9' <"$t/comm" | tr ' ' '_')" \
+            "$(sed 's/^.*) //' "$t/stat" | awk '{ print $12 + $13 }')"
+    done 2>/dev/null | awk '{ v[$1] += $2 } END { for (k in v) print k, v[k] }' | sort
+}
 rounds() { cut -d' ' -f1 "$1" 2>/dev/null | xargs printf '%.0f ' 2>/dev/null || true; }
 
 header() {
@@ -318,12 +337,21 @@ LEVER_ALL=(
     "no_inline:HSM_KMS_HSM_INLINE_SYMMETRIC=false"
     "batch_wait:HSM_KMS_ACTIVITY_LOG_BATCH_WAIT_US=1000"
     "batch_min:HSM_KMS_ACTIVITY_LOG_BATCH_WAIT_US=2000 HSM_KMS_ACTIVITY_LOG_BATCH_MIN_RECORDS=16"
+    "no_batch_wait:HSM_KMS_ACTIVITY_LOG_BATCH_WAIT_US=0"
+    "wait_always:HSM_KMS_ACTIVITY_LOG_BATCH_SIBLINGS=0"
     "host_iv:HSM_KMS_HSM_GCM_IV_SOURCE=host"
     "access_log_off:HSM_KMS_LOG_ACCESS=false"
     "writer_task:HSM_KMS_ACTIVITY_LOG_WRITER_THREAD=false"
     "log_off:HSM_KMS_ACTIVITY_LOG_ENABLED=false"
     "tokio_1:TOKIO_WORKER_THREADS=1"
 )
+# Another malloc for the whole server process (the Rust code, SoftHSMv2,
+# SQLite and OpenSSL alike), preloaded: Debian's libmimalloc2.0 and
+# libjemalloc2, listed when installed.
+for lib in mimalloc jemalloc; do
+    so="/usr/lib/$(uname -m)-linux-gnu/lib$lib.so.2"
+    [ -e "$so" ] && LEVER_ALL+=("${lib}_preload:LD_PRELOAD=$so")
+done
 if [ -n "${BASELINE_BIN:-}" ]; then
     [ -x "$BASELINE_BIN" ] || die "BASELINE_BIN=$BASELINE_BIN is not an executable"
     LEVER_ALL+=("baseline:SERVER_BIN=$BASELINE_BIN")
@@ -358,7 +386,7 @@ if part levers; then
                 b0="$(metric_sum hsm_kms_activity_batches_total)"; r0="$(metric_sum hsm_kms_activity_batch_records_total)"
                 cs0="$(metric_float hsm_kms_activity_commit_duration_seconds_sum)"; cn0="$(metric_sum hsm_kms_activity_commit_duration_seconds_count)"
                 cpu0="$(server_cpu_ticks)"
-                [ "${SWITCHES:-0}" = 1 ] && server_switches >"$WORK/sw0.txt"
+                [ "${SWITCHES:-0}" = 1 ] && { server_switches >"$WORK/sw0.txt"; server_thread_ticks >"$WORK/tt0.txt"; }
                 http_run "lever-$name-$op-$round" "$(op_path "$op")" "$(op_body "$op")" >"$WORK/lever-run.txt" \
                     || log "levers: $name $op round $round failed"
                 cat "$WORK/lever-run.txt" >>"$WORK/lever-$name-$op.txt"
@@ -373,6 +401,14 @@ if part levers; then
                              r + 0 > 0 { vv = ($2 - $4) / (r * s); nn = ($3 - $5) / (r * s); tv += vv; tn += nn
                                          if (vv + nn >= 0.01) printf " %s %.2f+%.2f", $1, vv, nn }
                              END { printf "; total %.2f voluntary + %.2f involuntary\n", tv, tn }' \
+                        | tee -a "$WORK/switches.txt" >&2
+                    # CPU per request by thread kind: where the server's
+                    # µs/req go (the token's work is on its worker threads).
+                    server_thread_ticks | join -a1 -e0 -o 0,1.2,2.2 - "$WORK/tt0.txt" \
+                        | awk -v r="$rps" -v s="$HTTP_SECS" -v c="$name" -v o="$op" -v k="$round" -v hz="$(getconf CLK_TCK)" \
+                            'BEGIN { printf "CPU µs per request, %s %s round %s:", c, o, k }
+                             r + 0 > 0 { u = ($2 - $3) / hz * 1e6 / (r * s); t += u; if (u >= 1) printf " %s %.0f", $1, u }
+                             END { printf "; total %.0f\n", t }' \
                         | tee -a "$WORK/switches.txt" >&2
                 fi
                 # The server's CPU time per request (user + system, all its
@@ -454,6 +490,26 @@ if part http; then
     run_row nhn-enc "/keymanager/v1.2/appkey/$APPKEY/symmetric-keys/$NHN_KEY/encrypt" "{\"plaintext\":\"$NHN_TEXT\"}" nhn
     run_row token-enc "/kms/v1/keys/$AES_TAG/encrypt" "{\"plaintext\":\"$DATA_B64\"}" "token:$ACCESS_TOKEN"
     run_row v1-enc "/keys/v1/$AES_TAG/encrypt" "{\"plaintext\":\"$DATA_B64\"}" v1
+    # The HTTP floor: GET /healthz through the same listener and middleware
+    # (request id, span, access log, limits) with no authentication, no
+    # JSON and no token call, wrk on the same cores: no row can pass it.
+    cat >"$WORK/floor.lua" <<'LUA'
+done = function(summary, latency, requests)
+  local errs = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
+  io.write(string.format("RESULT %.1f %.3f %.3f %d %d\n", summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.errors.status, errs))
+end
+LUA
+    log "wrk floor: GET /healthz, ${HTTP_SECS}s, -t$WRK_THREADS -c$CONNECTIONS"
+    cpu0="$(server_cpu_ticks)"
+    wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${HTTP_SECS}s" --latency -s "$WORK/floor.lua" "$URL/healthz" >"$WORK/floor.wrk" 2>&1 || true
+    if read -r _ rps p50 p99 non2xx _ <<<"$(grep '^RESULT' "$WORK/floor.wrk")" && [ "${non2xx:-1}" -eq 0 ]; then
+        HTTP[floor]="$rps $p50 $p99"
+        FLOOR_US="$(awk -v t="$(( $(server_cpu_ticks) - cpu0 ))" -v hz="$(getconf CLK_TCK)" -v r="$rps" -v s="$HTTP_SECS" \
+            'BEGIN { if (r + 0 > 0) printf "%.0f", t / hz * 1e6 / (r * s) }')"
+    else
+        HTTP[floor]=fail
+    fi
 fi
 
 # The activity log's cost: alternating server restarts, medians.
@@ -520,8 +576,12 @@ if part raw || part http || part log; then
         row "AES encrypt, log, no fsync (median)" aes-gcm-encrypt-256B "$(med3 "$WORK/log-nofsync.txt")"
         row "AES encrypt, no log (median)" aes-gcm-encrypt-256B "$(med3 "$WORK/log-off.txt")"
     fi
+    part http && row "HTTP floor, GET /healthz" none "$(hrow floor)"
     printf '\nratio = HTTP req/s / the better raw figure (1 or 2 threads) of the same token operation (token object).\n'
     printf 'HTTP rows: NAVER API 2.0 signed requests (v2) unless named; one wrk run each on one server.\n'
+    if part http && [ -n "${FLOOR_US:-}" ]; then
+        printf 'HTTP floor: the server took %s µs of CPU per /healthz request (user + system, every thread); with wrk on the same cores no signed row can pass its req/s.\n' "$FLOOR_US"
+    fi
     if part log; then
         printf 'log rows: medians of %s alternating rounds, a fresh server each (req/s per round: fsync %s| no fsync %s| off %s)\n' \
             "$LOG_ROUNDS" "$(rounds "$WORK/log-fsync.txt")" "$(rounds "$WORK/log-nofsync.txt")" "$(rounds "$WORK/log-off.txt")"

@@ -122,14 +122,23 @@ pub struct ActivityLogConfig {
     /// Off: every batch's INSERT is parsed afresh (the earlier way; kept to
     /// measure the lever in `BENCH_PARTS=levers scripts/bench.sh`).
     pub statement_cache: bool,
-    /// Microseconds the writer waits for more records after the first of a
-    /// batch, before it writes them: fewer, larger commits. 0 (the default)
-    /// writes what is queued at once. Tokio's timer rounds a wait up to the
-    /// next millisecond.
+    /// Microseconds the writer may wait for more records after the first
+    /// of a batch, before it writes them: fewer, larger commits (2000 by
+    /// default; 0 writes what is queued at once). It waits only while at
+    /// least `batch_siblings` other logged requests are on their way, and
+    /// stops once none is. Tokio's timer rounds a wait up to the next
+    /// millisecond.
     pub batch_wait_us: u64,
     /// With `batch_wait_us`: the wait ends once the batch holds this many
-    /// records; 0 (the default) waits for a full batch (512) or the time.
+    /// records (16 by default); 0 waits for a full batch (512) or the time.
     pub batch_min_records: usize,
+    /// With `batch_wait_us`: the writer waits only when at least this many
+    /// other logged requests are on their way (started, record not yet
+    /// queued; 4 by default, like PostgreSQL's `commit_siblings`), so a
+    /// lone client's call never waits; the wait also ends once none is
+    /// left. 0: the writer waits whatever is on its way (until the batch
+    /// holds `batch_min_records` or the time is over).
+    pub batch_siblings: usize,
     /// On SQLite, run the writer on an OS thread of its own with its own
     /// synchronous connection, which runs BEGIN IMMEDIATE, the INSERTs, the
     /// checkpoint and COMMIT (and the batch's token calls) itself: no
@@ -145,8 +154,9 @@ impl Default for ActivityLogConfig {
             enabled: true,
             fsync: true,
             statement_cache: true,
-            batch_wait_us: 0,
-            batch_min_records: 0,
+            batch_wait_us: 2000,
+            batch_min_records: 16,
+            batch_siblings: 4,
             writer_thread: true,
         }
     }

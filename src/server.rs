@@ -198,6 +198,7 @@ pub async fn start(
             activity_statement_cache: cfg.activity_log.statement_cache,
             activity_batch_wait: Duration::from_micros(cfg.activity_log.batch_wait_us),
             activity_batch_min: cfg.activity_log.batch_min_records,
+            activity_batch_siblings: cfg.activity_log.batch_siblings,
             activity_writer_thread: cfg.activity_log.writer_thread,
             rsa_signature: cfg.naver.rsa_signature()?,
             naver_region: cfg.naver.region()?,

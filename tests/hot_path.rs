@@ -412,6 +412,79 @@ async fn a_batch_wait_ends_at_the_minimum_batch() {
     .expect("the writer waited past its minimum batch");
 }
 
+/// `activity_log.batch_siblings`: the writer waits for more records only
+/// while enough other logged calls are on their way, so a lone client's
+/// calls never wait out the batch wait. Before, with a wait and a minimum
+/// batch above one, every call of a lone client waited the whole time (5
+/// calls here: 2 s).
+#[tokio::test]
+async fn a_lone_clients_calls_do_not_wait_for_a_batch() {
+    let kms = Kms::start_with(|c| {
+        c.activity_log.batch_wait_us = 400_000;
+        c.activity_log.batch_min_records = 16;
+        c.activity_log.batch_siblings = 4;
+    })
+    .await;
+    let tag = kms.create_key("lone", "AES256", json!({})).await;
+    let t0 = std::time::Instant::now();
+    for i in 0..5u8 {
+        kms.op(&tag, "encrypt", json!({"plaintext": b64(&[i; 9])}))
+            .await
+            .ok();
+    }
+    let took = t0.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(1000),
+        "5 calls one after the other took {took:?}"
+    );
+}
+
+/// With other logged calls on their way, the writer waits for them and
+/// they share commits; the wait ends as soon as none is left, not at its
+/// time (20 s here, with no minimum batch: before, the first call at once
+/// waited all of it). NAVER and NHN calls alike.
+#[tokio::test]
+async fn calls_on_their_way_share_a_commit_and_end_the_wait_early() {
+    let kms = Kms::start_with(|c| {
+        c.activity_log.batch_wait_us = 20_000_000;
+        c.activity_log.batch_min_records = 0;
+        c.activity_log.batch_siblings = 2;
+    })
+    .await;
+    tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        let mut tags = Vec::new();
+        for i in 0..8 {
+            tags.push(
+                kms.create_key(&format!("sib-{i}"), "AES256", json!({}))
+                    .await,
+            );
+        }
+        let before = kms.metric("hsm_kms_activity_batches_total").await;
+        let records_before = kms.metric("hsm_kms_activity_batch_records_total").await;
+        let t0 = std::time::Instant::now();
+        let replies = join_all(
+            tags.iter()
+                .map(|t| kms.op(t, "encrypt", json!({"plaintext": b64(b"together")})))
+                .collect(),
+        )
+        .await;
+        for r in &replies {
+            r.ok();
+        }
+        let took = t0.elapsed();
+        let batches = kms.metric("hsm_kms_activity_batches_total").await - before;
+        let records = kms.metric("hsm_kms_activity_batch_records_total").await - records_before;
+        assert_eq!(records, 8.0);
+        assert!(
+            took < std::time::Duration::from_secs(10),
+            "8 calls at once took {took:?}: the wait did not end when none was left"
+        );
+        assert!(batches <= 4.0, "{batches} commits for 8 calls at once");
+    })
+    .await
+    .expect("the writer waited out its batch wait");
+}
+
 /// Calls through both per-request paths answer alike: request ids present
 /// and distinct (a client's own kept), success envelopes with `code` and
 /// `data`, a decrypt that gives the plaintext back.

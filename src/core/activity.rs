@@ -101,9 +101,40 @@ pub struct WriterOptions {
     pub batch_wait: std::time::Duration,
     /// `activity_log.batch_min_records`.
     pub batch_min: usize,
+    /// `activity_log.batch_siblings`: the writer waits for more records
+    /// only while at least this many other logged requests are on their
+    /// way (see [`ActivityLog::start`]).
+    pub batch_siblings: usize,
     /// `activity_log.writer_thread`: on SQLite, the writer runs on an OS
     /// thread of its own with its own synchronous connection.
     pub thread: bool,
+}
+
+/// Logged requests on their way: started (the activity middleware saw a
+/// logged call) and whose record is not queued yet. The writer reads it to
+/// decide whether waiting for more records can pay (see
+/// [`ActivityLog::start`], `batch_siblings`).
+#[derive(Debug, Default)]
+struct OnTheirWay(std::sync::atomic::AtomicUsize);
+
+impl OnTheirWay {
+    fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// One logged request on its way to the writer, from the activity
+/// middleware's start until its record is queued (or the request ends
+/// without one): dropping it takes it off the count.
+#[derive(Debug)]
+pub struct Coming(Option<std::sync::Arc<OnTheirWay>>);
+
+impl Drop for Coming {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// Handle to the writer.
@@ -112,6 +143,7 @@ pub struct ActivityLog {
     // Declared before `_thread`: the last handle's sender is dropped first,
     // which ends the writer thread that `_thread` then waits for.
     tx: Option<flume::Sender<Pending>>,
+    coming: std::sync::Arc<OnTheirWay>,
     // Held for its drop.
     _thread: Option<std::sync::Arc<WriterThread>>,
 }
@@ -193,12 +225,20 @@ impl ActivityLog {
     /// before it writes (fewer, larger commits: less work per record, a
     /// little more latency). Zero writes what is queued at once.
     ///
-    /// `batch_min` (`activity_log.batch_min_records`, 0 by default): the
+    /// `batch_min` (`activity_log.batch_min_records`, 16 by default): the
     /// wait ends as soon as the batch holds this many records (0: only at
     /// the largest batch). Under a fast stream (Encrypt) a batch fills at
     /// once and nothing waits; under a slow one (RSA sign, where a commit
     /// otherwise carries one or two records) the writer waits up to
     /// `batch_wait` and commits fewer, larger batches.
+    ///
+    /// `batch_siblings` (`activity_log.batch_siblings`, 4 by default): the
+    /// writer waits at all only when at least this many other logged
+    /// requests are on their way (past the activity middleware's start,
+    /// record not yet queued; [`ActivityLog::expect`]), and stops waiting
+    /// as soon as none is: a lone client never waits, and a wait ends when
+    /// nothing more can come. PostgreSQL's `commit_delay` /
+    /// `commit_siblings` make the same trade.
     ///
     /// `thread` (`activity_log.writer_thread`, on by default): on SQLite
     /// the writer is an OS thread of its own with a synchronous connection
@@ -208,13 +248,16 @@ impl ActivityLog {
     /// callers once, after the commit. Off, or on PostgreSQL: a task on
     /// the runtime with sqlx's connection (the earlier way).
     pub fn start(store: Store, chain: Option<AuditChain>, opts: WriterOptions) -> Self {
+        let coming = std::sync::Arc::new(OnTheirWay::default());
         let Some(chain) = chain else {
             return ActivityLog {
                 tx: None,
+                coming,
                 _thread: None,
             };
         };
         let (tx, rx) = flume::bounded::<Pending>(4096);
+        let batching = Batching::new(opts, coming.clone());
         if opts.thread && store.is_sqlite() {
             let runtime = tokio::runtime::Handle::try_current().ok();
             let spawned = std::thread::Builder::new()
@@ -223,11 +266,12 @@ impl ActivityLog {
                     // Whatever the store or the token port spawns when
                     // dropped here finds the runtime.
                     let _rt = runtime.as_ref().map(|h| h.enter());
-                    run_thread(store, chain, opts, rx);
+                    run_thread(store, chain, opts, batching, rx);
                 });
             return match spawned {
                 Ok(join) => ActivityLog {
                     tx: Some(tx),
+                    coming,
                     _thread: Some(std::sync::Arc::new(WriterThread {
                         join: std::sync::Mutex::new(Some(join)),
                     })),
@@ -238,16 +282,38 @@ impl ActivityLog {
                     tracing::error!(error = %e, "starting the activity-log writer thread failed");
                     ActivityLog {
                         tx: Some(tx),
+                        coming,
                         _thread: None,
                     }
                 }
             };
         }
-        tokio::spawn(run_task(store, chain, opts, rx));
+        tokio::spawn(run_task(store, chain, opts, batching, rx));
         ActivityLog {
             tx: Some(tx),
+            coming,
             _thread: None,
         }
+    }
+
+    /// Counts one logged request on its way to the writer until the
+    /// returned guard is dropped ([`ActivityLog::record_coming`] drops it
+    /// once the record is queued). With the log off it counts nothing.
+    pub fn expect(&self) -> Coming {
+        if self.tx.is_none() {
+            return Coming(None);
+        }
+        self.coming
+            .0
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Coming(Some(self.coming.clone()))
+    }
+
+    /// [`ActivityLog::record`] for a request counted by
+    /// [`ActivityLog::expect`]: it leaves the count once its record is
+    /// queued, before the commit is waited for.
+    pub async fn record_coming(&self, row: ActivityRecord, coming: Coming) -> Result<()> {
+        self.queue_and_wait(row, Some(coming)).await
     }
 
     /// True when records are kept.
@@ -257,9 +323,18 @@ impl ActivityLog {
 
     /// Queues a record and waits until it is committed.
     pub async fn record(&self, row: ActivityRecord) -> Result<()> {
+        self.queue_and_wait(row, None).await
+    }
+
+    async fn queue_and_wait(&self, row: ActivityRecord, coming: Option<Coming>) -> Result<()> {
         let Some(tx) = &self.tx else { return Ok(()) };
         let (ack, done) = oneshot::channel();
         telemetry::activity_queued(1);
+        // Off the count before the record is in the channel: a writer that
+        // sees the record must not still count its sender as on its way
+        // (it would wait for a record that never comes). The other order
+        // only lets a batch close a moment early.
+        drop(coming);
         tx.send_async((row, ack)).await.map_err(|_| {
             telemetry::activity_queued(-1);
             Error::Internal("activity log writer stopped".into())
@@ -278,22 +353,64 @@ impl ActivityLog {
     }
 }
 
-/// The batch size that ends a batch wait.
-fn enough(batch_min: usize) -> usize {
-    match batch_min {
-        0 => MAX_BATCH,
-        n => n.min(MAX_BATCH),
+/// When the writer waits for more records before a commit, and for how
+/// long (see [`ActivityLog::start`]).
+struct Batching {
+    /// `batch_wait`; zero: never.
+    wait: std::time::Duration,
+    /// The batch size that ends a wait.
+    enough: usize,
+    /// Other logged requests on their way that make a wait worth it.
+    siblings: usize,
+    coming: std::sync::Arc<OnTheirWay>,
+}
+
+impl Batching {
+    fn new(opts: WriterOptions, coming: std::sync::Arc<OnTheirWay>) -> Self {
+        Batching {
+            wait: opts.batch_wait,
+            enough: match opts.batch_min {
+                0 => MAX_BATCH,
+                n => n.min(MAX_BATCH),
+            },
+            siblings: opts.batch_siblings,
+            coming,
+        }
+    }
+
+    /// Whether to wait for more records into a batch of `len`: only with
+    /// a wait configured, enough siblings on their way when the wait
+    /// starts, and until the batch is large enough or none is left.
+    /// With `siblings` 0 the count is not read: the wait runs until the
+    /// batch is large enough or the time is over (the way before the count).
+    fn starts(&self, len: usize) -> bool {
+        !self.wait.is_zero() && len < self.enough && self.coming.count() >= self.siblings
+    }
+
+    fn goes_on(&self, len: usize) -> bool {
+        len < self.enough && (self.siblings == 0 || self.coming.count() > 0)
+    }
+
+    /// The end of the next slice of a wait that ends at `until`: the count
+    /// is read again at least this often, so a request that ends without a
+    /// record (refused before its caller was known) holds a wait up by at
+    /// most [`WAIT_SLICE`], not by the whole wait.
+    fn slice(until: std::time::Instant) -> std::time::Instant {
+        until.min(std::time::Instant::now() + WAIT_SLICE)
     }
 }
+
+/// How often a batch wait reads the count of records on their way again.
+const WAIT_SLICE: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// The writer as a task on the runtime, with sqlx's connection.
 async fn run_task(
     store: Store,
     chain: AuditChain,
     opts: WriterOptions,
+    batching: Batching,
     rx: flume::Receiver<Pending>,
 ) {
-    let enough = enough(opts.batch_min);
     let mut conn: Option<crate::store::ActivityWriter> = None;
     let mut tail = None;
     let since_ms = crate::core::now_ms();
@@ -330,17 +447,19 @@ async fn run_task(
         // What is queued already counts towards the batch size that ends
         // the wait.
         drain_queued(&rx, &mut rows, &mut acks);
-        if !opts.batch_wait.is_zero() {
-            let until = tokio::time::Instant::now() + opts.batch_wait;
-            while rows.len() < enough {
-                match tokio::time::timeout_at(until, rx.recv_async()).await {
+        if batching.starts(rows.len()) {
+            let until = std::time::Instant::now() + batching.wait;
+            while batching.goes_on(rows.len()) && std::time::Instant::now() < until {
+                let slice = tokio::time::Instant::from_std(Batching::slice(until));
+                match tokio::time::timeout_at(slice, rx.recv_async()).await {
                     Ok(Ok((row, ack))) => {
                         rows.push(row);
                         acks.push(ack);
                     }
-                    // The wait is over, or every sender is gone (the next
-                    // `recv` ends the writer).
-                    Ok(Err(_)) | Err(_) => break,
+                    // Every sender is gone (the next `recv` ends the writer).
+                    Ok(Err(_)) => break,
+                    // The slice is over: read the count again.
+                    Err(_) => {}
                 }
             }
         }
@@ -390,8 +509,13 @@ fn open_direct<'a>(
 /// The writer on its own OS thread with its own synchronous SQLite
 /// connection: the same batches, order, checks and answers as
 /// [`run_task`], with no hand-off between threads inside a batch.
-fn run_thread(store: Store, chain: AuditChain, opts: WriterOptions, rx: flume::Receiver<Pending>) {
-    let enough = enough(opts.batch_min);
+fn run_thread(
+    store: Store,
+    chain: AuditChain,
+    opts: WriterOptions,
+    batching: Batching,
+    rx: flume::Receiver<Pending>,
+) {
     let mut conn: Option<crate::store::DirectWriter> = None;
     let mut tail = None;
     let since_ms = crate::core::now_ms();
@@ -418,15 +542,17 @@ fn run_thread(store: Store, chain: AuditChain, opts: WriterOptions, rx: flume::R
         rows.push(row);
         acks.push(ack);
         drain_queued(&rx, &mut rows, &mut acks);
-        if !opts.batch_wait.is_zero() {
-            let until = std::time::Instant::now() + opts.batch_wait;
-            while rows.len() < enough {
-                match rx.recv_deadline(until) {
+        if batching.starts(rows.len()) {
+            let until = std::time::Instant::now() + batching.wait;
+            while batching.goes_on(rows.len()) && std::time::Instant::now() < until {
+                match rx.recv_deadline(Batching::slice(until)) {
                     Ok((row, ack)) => {
                         rows.push(row);
                         acks.push(ack);
                     }
-                    Err(_) => break,
+                    Err(flume::RecvTimeoutError::Disconnected) => break,
+                    // The slice is over: read the count again.
+                    Err(flume::RecvTimeoutError::Timeout) => {}
                 }
             }
         }
@@ -459,6 +585,20 @@ impl Engine {
     /// Records one activity and waits until it is durable.
     pub async fn record_activity(&self, row: ActivityRecord) -> Result<()> {
         self.inner.activity.record(row).await
+    }
+
+    /// Counts a logged request on its way to the activity log, from the
+    /// start of its call, so that the writer can tell whether more records
+    /// are coming (see [`ActivityLog::expect`]). Keep the guard until
+    /// [`Engine::record_coming_activity`] takes it, or drop it.
+    pub fn activity_coming(&self) -> Coming {
+        self.inner.activity.expect()
+    }
+
+    /// [`Engine::record_activity`] for a request counted by
+    /// [`Engine::activity_coming`].
+    pub async fn record_coming_activity(&self, row: ActivityRecord, coming: Coming) -> Result<()> {
+        self.inner.activity.record_coming(row, coming).await
     }
 
     /// Records an action of the admin CLI (`auth_type` `ADMIN`, caller

@@ -23,7 +23,7 @@ mod types;
 pub use accounts::{
     ensure_service_keys, AccessKey, AccessKeyInfo, AccountRecord, NewAccessKey, ACCESS_KEY_RECHECK,
 };
-pub use activity::{ActivityLog, ActivityRecord};
+pub use activity::{ActivityLog, ActivityRecord, Coming};
 pub use changes::spawn_change_feed;
 pub use crypto::{
     CustomKey, RsaSignature, Sealed, CONTEXT_MAX, ENCRYPT_MAX, RSA_ENCRYPT_MAX, SIGN_DATA_MAX,
@@ -361,6 +361,9 @@ pub struct EngineOptions {
     /// Batch size that ends that wait (`activity_log.batch_min_records`;
     /// 0: the largest batch).
     pub activity_batch_min: usize,
+    /// Other logged requests on their way that make that wait worth it
+    /// (`activity_log.batch_siblings`).
+    pub activity_batch_siblings: usize,
     /// On SQLite, the activity log's writer runs on an OS thread of its own
     /// with its own synchronous connection (`activity_log.writer_thread`).
     pub activity_writer_thread: bool,
@@ -387,6 +390,7 @@ impl Default for EngineOptions {
             activity_statement_cache: true,
             activity_batch_wait: std::time::Duration::ZERO,
             activity_batch_min: 0,
+            activity_batch_siblings: 4,
             activity_writer_thread: true,
             rsa_signature: RsaSignature::default(),
             naver_region: None,
@@ -482,6 +486,7 @@ impl Engine {
                         fsync: opts.activity_fsync,
                         batch_wait: opts.activity_batch_wait,
                         batch_min: opts.activity_batch_min,
+                        batch_siblings: opts.activity_batch_siblings,
                         thread: opts.activity_writer_thread,
                     },
                 ),

@@ -148,6 +148,9 @@ pub async fn record(State(st): State<AppState>, mut req: Request, next: Next) ->
     }
     let slot = ActivitySlot::default();
     req.extensions_mut().insert(slot.clone());
+    // On its way to the log's writer until its record is queued (or it
+    // ends without one): the writer's batch wait counts it.
+    let coming = st.engine.activity_coming();
     let resp = next.run(req).await;
     let ctx = std::mem::take(&mut *slot.0.lock().unwrap_or_else(|p| p.into_inner()));
     // Fails closed: an answer that reports success always has its record.
@@ -215,7 +218,7 @@ pub async fn record(State(st): State<AppState>, mut req: Request, next: Next) ->
             status.canonical_reason().unwrap_or("").to_string()
         },
     };
-    match st.engine.record_activity(row).await {
+    match st.engine.record_coming_activity(row, coming).await {
         Ok(()) => resp,
         Err(e) => NaverError::from(e).into_response(),
     }

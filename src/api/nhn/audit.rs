@@ -156,6 +156,9 @@ pub async fn record(State(st): State<AppState>, req: Request, next: Next) -> Res
     };
     let slot = AuditSlot::default();
     parts.extensions.insert(slot.clone());
+    // On its way to the log's writer until its record is queued (or it
+    // ends without one): the writer's batch wait counts it.
+    let coming = st.engine.activity_coming();
     let resp = next.run(Request::from_parts(parts, body)).await;
     let status = resp.status();
     let Some(caller) = slot.take() else {
@@ -226,7 +229,7 @@ pub async fn record(State(st): State<AppState>, req: Request, next: Next) -> Res
         status: i64::from(status.as_u16()),
         message: detail.join(" "),
     };
-    match st.engine.record_activity(row).await {
+    match st.engine.record_coming_activity(row, coming).await {
         Ok(()) => resp,
         Err(e) => NhnError::from(e).into_response(),
     }
