@@ -63,7 +63,8 @@
 #   baseline       defaults served by BASELINE_BIN (another build of
 #                  hsm-kms, e.g. main's): before / after of a code change in
 #                  one interleaved run; listed only when BASELINE_BIN is set
-# LEVER_OPS (default "enc rsa ec": AES encrypt, RSA-2048 sign, ECDSA sign).
+# LEVER_OPS (default "enc rsa ec": AES encrypt, RSA-2048 sign, ECDSA sign;
+# also "floor": GET /healthz, the HTTP floor).
 # PROFILE_DIR=docs/perf also records the server with perf during the first
 # run of each operation in PROFILE_OPS (default "enc") of each configuration
 # in PROFILE_CONFIGS (default "defaults") and writes a flamegraph (inferno):
@@ -278,6 +279,22 @@ LUA
     [ "$errs" -eq 0 ] || log "$name: $errs socket errors"
     echo "$rps $p50 $p99"
 }
+# floor_run NAME -> "rps p50_ms p99_ms": wrk GET /healthz (the HTTP floor).
+floor_run() {
+    cat >"$WORK/$1.lua" <<'LUA'
+done = function(summary, latency, requests)
+  local errs = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
+  io.write(string.format("RESULT %.1f %.3f %.3f %d %d\n", summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.errors.status, errs))
+end
+LUA
+    log "wrk $1: GET /healthz, ${HTTP_SECS}s, -t$WRK_THREADS -c$CONNECTIONS"
+    wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${HTTP_SECS}s" --latency -s "$WORK/$1.lua" "$URL/healthz" >"$WORK/$1.wrk" 2>&1 || true
+    local rps p50 p99 non2xx
+    read -r _ rps p50 p99 non2xx _ <<<"$(grep '^RESULT' "$WORK/$1.wrk")" || { log "$1: no result"; return 1; }
+    [ "${non2xx:-1}" -eq 0 ] || { log "$1: $non2xx non-2xx answers"; return 1; }
+    echo "$rps $p50 $p99"
+}
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 med3() { # med3 FILE -> "median_rps median_p50 median_p99", or "fail"
     if [ -s "$1" ]; then
@@ -362,7 +379,7 @@ for c in "${LEVER_ALL[@]}"; do
 done
 PROFILE_CONFIGS="${PROFILE_CONFIGS:-defaults}"
 PROFILE_OPS="${PROFILE_OPS:-enc}"
-op_label() { case $1 in enc) echo "AES encrypt" ;; rsa) echo "RSA-2048 sign" ;; ec) echo "ECDSA sign" ;; esac; }
+op_label() { case $1 in enc) echo "AES encrypt" ;; rsa) echo "RSA-2048 sign" ;; ec) echo "ECDSA sign" ;; floor) echo "GET /healthz" ;; esac; }
 op_path() { case $1 in enc) echo "/kms/v1/keys/$AES_TAG/encrypt" ;; rsa) echo "/kms/v1/keys/$RSA_TAG/sign" ;; ec) echo "/kms/v1/keys/$EC_TAG/sign" ;; esac; }
 op_body() { case $1 in enc) echo "{\"plaintext\":\"$DATA_B64\"}" ;; *) echo "{\"data\":\"$DATA_B64\"}" ;; esac; }
 if part levers; then
@@ -387,8 +404,11 @@ if part levers; then
                 cs0="$(metric_float hsm_kms_activity_commit_duration_seconds_sum)"; cn0="$(metric_sum hsm_kms_activity_commit_duration_seconds_count)"
                 cpu0="$(server_cpu_ticks)"
                 [ "${SWITCHES:-0}" = 1 ] && { server_switches >"$WORK/sw0.txt"; server_thread_ticks >"$WORK/tt0.txt"; }
-                http_run "lever-$name-$op-$round" "$(op_path "$op")" "$(op_body "$op")" >"$WORK/lever-run.txt" \
-                    || log "levers: $name $op round $round failed"
+                if [ "$op" = floor ]; then
+                    floor_run "lever-$name-$op-$round" >"$WORK/lever-run.txt"
+                else
+                    http_run "lever-$name-$op-$round" "$(op_path "$op")" "$(op_body "$op")" >"$WORK/lever-run.txt"
+                fi || log "levers: $name $op round $round failed"
                 cat "$WORK/lever-run.txt" >>"$WORK/lever-$name-$op.txt"
                 if [ "${SWITCHES:-0}" = 1 ]; then
                     # Context switches per request, per thread kind: who
@@ -493,18 +513,9 @@ if part http; then
     # The HTTP floor: GET /healthz through the same listener and middleware
     # (request id, span, access log, limits) with no authentication, no
     # JSON and no token call, wrk on the same cores: no row can pass it.
-    cat >"$WORK/floor.lua" <<'LUA'
-done = function(summary, latency, requests)
-  local errs = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
-  io.write(string.format("RESULT %.1f %.3f %.3f %d %d\n", summary.requests / (summary.duration / 1e6),
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.errors.status, errs))
-end
-LUA
-    log "wrk floor: GET /healthz, ${HTTP_SECS}s, -t$WRK_THREADS -c$CONNECTIONS"
     cpu0="$(server_cpu_ticks)"
-    wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${HTTP_SECS}s" --latency -s "$WORK/floor.lua" "$URL/healthz" >"$WORK/floor.wrk" 2>&1 || true
-    if read -r _ rps p50 p99 non2xx _ <<<"$(grep '^RESULT' "$WORK/floor.wrk")" && [ "${non2xx:-1}" -eq 0 ]; then
-        HTTP[floor]="$rps $p50 $p99"
+    if HTTP[floor]="$(floor_run floor)"; then
+        read -r rps _ <<<"${HTTP[floor]}"
         FLOOR_US="$(awk -v t="$(( $(server_cpu_ticks) - cpu0 ))" -v hz="$(getconf CLK_TCK)" -v r="$rps" -v s="$HTTP_SECS" \
             'BEGIN { if (r + 0 > 0) printf "%.0f", t / hz * 1e6 / (r * s) }')"
     else
