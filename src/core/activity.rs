@@ -220,7 +220,7 @@ impl ActivityLog {
     /// `audit.checkpoint_every_secs` to sign a checkpoint of records not yet
     /// covered by one.
     ///
-    /// `batch_wait` (`activity_log.batch_wait_us`, 0 by default): after the
+    /// `batch_wait` (`activity_log.batch_wait_us`, 2 ms by default): after the
     /// first record of a batch, the writer waits up to this long for more
     /// before it writes (fewer, larger commits: less work per record, a
     /// little more latency). Zero writes what is queued at once.
