@@ -244,16 +244,6 @@ NHN_TEXT="$(head -c 192 /dev/urandom | base64 -w0)"
 # a wrong credential would otherwise bench error answers.
 http_run() {
     local name="$1" path="$2" body="$3" mode="${4:-}" hdrs out ok='"code":"SUCCESS"'
-    cat >"$WORK/$name.lua" <<LUA
-wrk.method = "POST"
-wrk.body = [[$body]]
-wrk.headers["Content-Type"] = "application/json"
-done = function(summary, latency, requests)
-  local errs = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
-  io.write(string.format("RESULT %.1f %.3f %.3f %d %d\n", summary.requests / (summary.duration / 1e6),
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.errors.status, errs))
-end
-LUA
     case "$mode" in
         token:*)
             hdrs=(-H "x-ncp-ocapi-token: ${mode#token:}")
@@ -271,28 +261,36 @@ LUA
     esac
     grep -q "$ok" <<<"$out" || { log "$name: the checked request failed: $out"; return 1; }
     log "wrk $name: ${HTTP_SECS}s, -t$WRK_THREADS -c$CONNECTIONS"
-    wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${HTTP_SECS}s" --latency -s "$WORK/$name.lua" "${hdrs[@]}" "$URL$path" >"$WORK/$name.wrk" 2>&1 || true
-    local line
-    line="$(grep '^RESULT' "$WORK/$name.wrk")" || { log "$name: no result: $(tail -3 "$WORK/$name.wrk")"; return 1; }
-    read -r _ rps p50 p99 non2xx errs <<<"$line"
-    [ "$non2xx" -eq 0 ] || { log "$name: $non2xx non-2xx answers"; return 1; }
-    [ "$errs" -eq 0 ] || log "$name: $errs socket errors"
-    echo "$rps $p50 $p99"
+    wrk_run "$name" "wrk.method = \"POST\"
+wrk.body = [[$body]]
+wrk.headers[\"Content-Type\"] = \"application/json\"" "$URL$path" "${hdrs[@]}"
 }
 # floor_run NAME -> "rps p50_ms p99_ms": wrk GET /healthz (the HTTP floor).
 floor_run() {
-    cat >"$WORK/$1.lua" <<'LUA'
+    log "wrk $1: GET /healthz, ${HTTP_SECS}s, -t$WRK_THREADS -c$CONNECTIONS"
+    wrk_run "$1" "" "$URL/healthz"
+}
+# wrk_run NAME LUA URL [WRK_ARGS...] -> "rps p50_ms p99_ms": one wrk run
+# (WRK_THREADS, CONNECTIONS, HTTP_SECS) with LUA before the script's result
+# line; fails on no result or any non-2xx answer, logs socket errors.
+wrk_run() {
+    local name="$1" lua="$2" url="$3" line rps p50 p99 non2xx errs
+    shift 3
+    {
+        printf '%s\n' "$lua"
+        cat <<'LUA'
 done = function(summary, latency, requests)
   local errs = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
   io.write(string.format("RESULT %.1f %.3f %.3f %d %d\n", summary.requests / (summary.duration / 1e6),
     latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.errors.status, errs))
 end
 LUA
-    log "wrk $1: GET /healthz, ${HTTP_SECS}s, -t$WRK_THREADS -c$CONNECTIONS"
-    wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${HTTP_SECS}s" --latency -s "$WORK/$1.lua" "$URL/healthz" >"$WORK/$1.wrk" 2>&1 || true
-    local rps p50 p99 non2xx
-    read -r _ rps p50 p99 non2xx _ <<<"$(grep '^RESULT' "$WORK/$1.wrk")" || { log "$1: no result"; return 1; }
-    [ "${non2xx:-1}" -eq 0 ] || { log "$1: $non2xx non-2xx answers"; return 1; }
+    } >"$WORK/$name.lua"
+    wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${HTTP_SECS}s" --latency -s "$WORK/$name.lua" "$@" "$url" >"$WORK/$name.wrk" 2>&1 || true
+    line="$(grep '^RESULT' "$WORK/$name.wrk")" || { log "$name: no result: $(tail -3 "$WORK/$name.wrk")"; return 1; }
+    read -r _ rps p50 p99 non2xx errs <<<"$line"
+    [ "$non2xx" -eq 0 ] || { log "$name: $non2xx non-2xx answers"; return 1; }
+    [ "$errs" -eq 0 ] || log "$name: $errs socket errors"
     echo "$rps $p50 $p99"
 }
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
@@ -312,20 +310,22 @@ server_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat"; }
 # Context switches of every server thread, one line per thread kind (the
 # name without its number): "kind voluntary involuntary", summed.
 server_switches() {
-    local t
-    for t in /proc/"$SERVER_PID"/task/*; do
-        printf '%s %s\n' "$(tr -d '0-9' <"$t/comm" | tr ' ' '_')" \
-            "$(awk '/^voluntary_ctxt_switches/ { v = $2 } /^nonvoluntary_ctxt_switches/ { n = $2 } END { print v + 0, n + 0 }' "$t/status")"
-    done 2>/dev/null | awk '{ v[$1] += $2; n[$1] += $3 } END { for (k in v) print k, v[k], n[k] }' | sort
+    by_thread_kind status '/^voluntary_ctxt_switches/ { v = $2 } /^nonvoluntary_ctxt_switches/ { n = $2 } END { print v + 0, n + 0 }'
 }
 # CPU clock ticks (user + system) of every server thread, one line per
 # thread kind: "kind ticks", summed.
 server_thread_ticks() {
+    by_thread_kind stat '{ sub(/^.*\) /, ""); print $12 + $13 }'
+}
+# by_thread_kind FILE AWK: for each server thread, what AWK prints of its
+# /proc/PID/task/TID/FILE (numbers), summed column by column per thread kind
+# (the thread's name without its digits): "kind sum...", sorted.
+by_thread_kind() {
     local t
     for t in /proc/"$SERVER_PID"/task/*; do
-        printf '%s %s\n' "$(tr -d '0-9' <"$t/comm" | tr ' ' '_')" \
-            "$(sed 's/^.*) //' "$t/stat" | awk '{ print $12 + $13 }')"
-    done 2>/dev/null | awk '{ v[$1] += $2 } END { for (k in v) print k, v[k] }' | sort
+        printf '%s %s\n' "$(tr -d '0-9' <"$t/comm" | tr ' ' '_')" "$(awk "$2" "$t/$1")"
+    done 2>/dev/null | awk '{ for (i = 2; i <= NF; i++) s[$1, i] += $i; if (NF > w[$1]) w[$1] = NF }
+        END { for (k in w) { line = k; for (i = 2; i <= w[k]; i++) line = line " " s[k, i]; print line } }' | sort
 }
 rounds() { cut -d' ' -f1 "$1" 2>/dev/null | xargs printf '%.0f ' 2>/dev/null || true; }
 
